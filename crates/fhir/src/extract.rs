@@ -1,0 +1,357 @@
+//! Turns a resource into search-index rows, one set per parameter type.
+//!
+//! Path syntax (see [`crate::params`]): alternatives separated by `|`; each alternative a dotted path of
+//! JSON member names from the resource root; a step may carry one filter `step[field=value]` that keeps only
+//! array items whose `field` equals `value`. Arrays are flattened at every step.
+
+use crate::params::{self, ParamKind, SearchParam};
+use crate::reference::parse_reference;
+use crate::time::parse_date_range;
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StringRow {
+    pub key: &'static str,
+    pub norm: String,
+    pub exact: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    pub key: &'static str,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    /// Display or text, normalised, for `:text`.
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceRow {
+    pub key: &'static str,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DateRow {
+    pub key: &'static str,
+    pub lo: i64,
+    pub hi: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantityRow {
+    pub key: &'static str,
+    pub value: f64,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberRow {
+    pub key: &'static str,
+    pub value: f64,
+}
+
+/// Every index row of one resource version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexRows {
+    pub strings: Vec<StringRow>,
+    pub tokens: Vec<TokenRow>,
+    pub references: Vec<ReferenceRow>,
+    pub dates: Vec<DateRow>,
+    pub quantities: Vec<QuantityRow>,
+    pub numbers: Vec<NumberRow>,
+    /// Ids of the patients whose compartment holds this resource.
+    pub patient_compartments: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{element}: {problem}")]
+pub struct ExtractError {
+    pub element: String,
+    pub problem: String,
+}
+
+/// Lower-cases and strips common diacritics, for FHIR's "case- and accent-insensitive" string matching.
+pub fn normalize_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let folded = match c {
+            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'À' | 'Á' | 'Â' | 'Ã' | 'Ä' | 'Å' => 'a',
+            'ç' | 'Ç' => 'c',
+            'è' | 'é' | 'ê' | 'ë' | 'È' | 'É' | 'Ê' | 'Ë' => 'e',
+            'ì' | 'í' | 'î' | 'ï' | 'Ì' | 'Í' | 'Î' | 'Ï' => 'i',
+            'ñ' | 'Ñ' => 'n',
+            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'Ò' | 'Ó' | 'Ô' | 'Õ' | 'Ö' | 'Ø' => 'o',
+            'ù' | 'ú' | 'û' | 'ü' | 'Ù' | 'Ú' | 'Û' | 'Ü' => 'u',
+            'ý' | 'ÿ' | 'Ý' => 'y',
+            _ => {
+                for l in c.to_lowercase() {
+                    out.push(l);
+                }
+                continue;
+            }
+        };
+        out.push(folded);
+    }
+    out
+}
+
+/// Collects the values found at `path` (one alternative) below `root`.
+pub fn values_at<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
+    let mut current: Vec<&Value> = vec![root];
+    for step in path.split('.') {
+        let (name, filter) = match step.find('[') {
+            Some(i) => {
+                let inner = step[i + 1..].trim_end_matches(']');
+                (&step[..i], inner.split_once('='))
+            }
+            None => (step, None),
+        };
+        let mut next = Vec::new();
+        for v in current {
+            let Some(child) = v.get(name) else { continue };
+            let items: Vec<&Value> = match child {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for item in items {
+                if let Some((field, expected)) = filter {
+                    if item.get(field).and_then(Value::as_str) != Some(expected) {
+                        continue;
+                    }
+                }
+                next.push(item);
+            }
+        }
+        current = next;
+        if current.is_empty() {
+            break;
+        }
+    }
+    current
+}
+
+fn all_values<'a>(root: &'a Value, paths: &str) -> Vec<&'a Value> {
+    paths.split('|').flat_map(|p| values_at(root, p)).collect()
+}
+
+/// Extracts the index rows of `resource` (whose `resourceType` is `resource_type`). `base` is this server's
+/// FHIR base URL, so that absolute references to it are indexed as local ones.
+pub fn extract(resource_type: &str, resource: &Value, base: Option<&str>) -> Result<IndexRows, ExtractError> {
+    let mut rows = IndexRows::default();
+    for param in params::params_for(resource_type) {
+        extract_param(param, resource, base, &mut rows)?;
+    }
+    let mut compartments = Vec::new();
+    if resource_type == "Patient" {
+        if let Some(id) = resource.get("id").and_then(Value::as_str) {
+            compartments.push(id.to_string());
+        }
+    }
+    for path in params::patient_compartment_paths(resource_type) {
+        for v in values_at(resource, path) {
+            if let Some(r) = v.get("reference").and_then(Value::as_str) {
+                let parsed = parse_reference(r, base);
+                if let Some(("Patient", id)) = parsed.local() {
+                    if parsed.url.is_none() && !compartments.iter().any(|c| c == id) {
+                        compartments.push(id.to_string());
+                    }
+                }
+            }
+        }
+    }
+    rows.patient_compartments = compartments;
+    Ok(rows)
+}
+
+fn extract_param(param: &'static SearchParam, resource: &Value, base: Option<&str>, rows: &mut IndexRows) -> Result<(), ExtractError> {
+    let key = param.key.as_str();
+    for v in all_values(resource, param.paths) {
+        match param.kind {
+            ParamKind::String => {
+                let mut strings = Vec::new();
+                collect_strings(v, &mut strings);
+                for s in strings {
+                    rows.strings.push(StringRow { key, norm: normalize_string(s), exact: s.to_string() });
+                }
+            }
+            ParamKind::Token | ParamKind::Uri => collect_tokens(key, v, rows),
+            ParamKind::Reference => {
+                let reference = match v {
+                    Value::Object(o) => o.get("reference").and_then(Value::as_str),
+                    Value::String(s) => Some(s.as_str()),
+                    _ => None,
+                };
+                if let Some(r) = reference {
+                    let parsed = parse_reference(r, base);
+                    if parsed.resource_type.is_none() && parsed.url.is_none() {
+                        continue;
+                    }
+                    if let (Some(targets), Some(t)) = (param.targets, parsed.resource_type.as_deref()) {
+                        if !targets.contains(&t) {
+                            continue;
+                        }
+                    }
+                    rows.references.push(ReferenceRow {
+                        key,
+                        target_type: parsed.resource_type,
+                        target_id: parsed.id,
+                        url: parsed.url,
+                    });
+                }
+            }
+            ParamKind::Date => {
+                let range = match v {
+                    Value::String(s) => Some(parse_date_range(s).ok_or_else(|| bad_date(param, s))?),
+                    Value::Object(o) => {
+                        let start = match o.get("start").and_then(Value::as_str) {
+                            Some(s) => Some(parse_date_range(s).ok_or_else(|| bad_date(param, s))?),
+                            None => None,
+                        };
+                        let end = match o.get("end").and_then(Value::as_str) {
+                            Some(s) => Some(parse_date_range(s).ok_or_else(|| bad_date(param, s))?),
+                            None => None,
+                        };
+                        match (start, end) {
+                            (None, None) => None,
+                            (s, e) => Some(crate::time::MsRange {
+                                lo: s.map_or(crate::time::MIN_MS, |r| r.lo),
+                                hi: e.map_or(crate::time::MAX_MS, |r| r.hi),
+                            }),
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some(r) = range {
+                    rows.dates.push(DateRow { key, lo: r.lo, hi: r.hi });
+                }
+            }
+            ParamKind::Quantity => {
+                if let Some(value) = v.get("value").and_then(Value::as_f64) {
+                    let s = |f: &str| v.get(f).and_then(Value::as_str).map(str::to_string);
+                    rows.quantities.push(QuantityRow { key, value, system: s("system"), code: s("code"), unit: s("unit") });
+                }
+            }
+            ParamKind::Number => {
+                if let Some(value) = v.as_f64() {
+                    rows.numbers.push(NumberRow { key, value });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bad_date(param: &SearchParam, s: &str) -> ExtractError {
+    ExtractError {
+        element: format!("{}.{}", param.resource, param.paths.split('|').next().unwrap_or(param.paths)),
+        problem: format!("'{s}' is not a valid FHIR date, dateTime or instant"),
+    }
+}
+
+/// Strings of a string-typed element: the value itself, or the text parts of HumanName / Address.
+fn collect_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                if matches!(k.as_str(), "use" | "type" | "period" | "extension" | "id" | "system") {
+                    continue;
+                }
+                collect_strings(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn collect_tokens(key: &'static str, v: &Value, rows: &mut IndexRows) {
+    let text = |s: Option<&Value>| s.and_then(Value::as_str).map(normalize_string);
+    let s = |o: &Value, f: &str| o.get(f).and_then(Value::as_str).map(str::to_string);
+    match v {
+        Value::String(code) => rows.tokens.push(TokenRow { key, system: None, code: Some(code.clone()), text: None }),
+        Value::Bool(b) => rows.tokens.push(TokenRow { key, system: None, code: Some(b.to_string()), text: None }),
+        Value::Object(o) => {
+            if let Some(codings) = o.get("coding").and_then(Value::as_array) {
+                // CodeableConcept
+                let cc_text = text(o.get("text"));
+                for c in codings {
+                    rows.tokens.push(TokenRow {
+                        key,
+                        system: s(c, "system"),
+                        code: s(c, "code"),
+                        text: text(c.get("display")).or_else(|| cc_text.clone()),
+                    });
+                }
+                if codings.is_empty() && cc_text.is_some() {
+                    rows.tokens.push(TokenRow { key, system: None, code: None, text: cc_text });
+                }
+            } else if o.contains_key("code") {
+                // Coding (or Quantity used as a token)
+                rows.tokens.push(TokenRow { key, system: s(v, "system"), code: s(v, "code"), text: text(o.get("display")) });
+            } else if o.contains_key("value") {
+                // Identifier, ContactPoint
+                let type_text = o.get("type").and_then(|t| t.get("text")).and_then(Value::as_str).map(normalize_string);
+                rows.tokens.push(TokenRow { key, system: s(v, "system"), code: s(v, "value"), text: type_text });
+            } else if let Some(t) = text(o.get("text")) {
+                rows.tokens.push(TokenRow { key, system: None, code: None, text: Some(t) });
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn observation_rows() {
+        let obs = json!({
+            "resourceType": "Observation", "id": "o1", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}], "text": "Heart rate"},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2020-01-02T03:04:05Z",
+            "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
+        });
+        let rows = extract("Observation", &obs, None).unwrap();
+        assert!(rows.tokens.iter().any(|t| t.key == "Observation.category" && t.code.as_deref() == Some("vital-signs")));
+        assert!(rows.tokens.iter().any(|t| t.key == "Observation.code" && t.text.as_deref() == Some("heart rate")));
+        assert!(rows.tokens.iter().any(|t| t.key == "Observation.status" && t.code.as_deref() == Some("final")));
+        assert_eq!(rows.references.iter().filter(|r| r.target_id.as_deref() == Some("p1")).count(), 2);
+        assert_eq!(rows.dates.len(), 1);
+        assert_eq!(rows.quantities[0].value, 72.0);
+        assert_eq!(rows.patient_compartments, vec!["p1".to_string()]);
+    }
+
+    #[test]
+    fn patient_names_and_filters() {
+        let p = json!({
+            "resourceType": "Patient", "id": "p1",
+            "name": [{"use": "official", "family": "Müller", "given": ["Anna", "Lena"]}],
+            "telecom": [{"system": "phone", "value": "555-1"}, {"system": "email", "value": "a@b.test"}],
+            "birthDate": "1980-05"
+        });
+        let rows = extract("Patient", &p, None).unwrap();
+        let names: Vec<_> = rows.strings.iter().filter(|s| s.key == "Patient.name").map(|s| s.norm.as_str()).collect();
+        assert_eq!(names, vec!["muller", "anna", "lena"]);
+        let email: Vec<_> = rows.tokens.iter().filter(|t| t.key == "Patient.email").collect();
+        assert_eq!(email.len(), 1);
+        assert_eq!(email[0].code.as_deref(), Some("a@b.test"));
+        assert_eq!(rows.patient_compartments, vec!["p1".to_string()]);
+    }
+
+    #[test]
+    fn invalid_dates_are_errors() {
+        let p = json!({"resourceType": "Patient", "birthDate": "yesterday"});
+        let err = extract("Patient", &p, None).unwrap_err();
+        assert!(err.problem.contains("yesterday"));
+    }
+}
