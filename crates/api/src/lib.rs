@@ -1,1 +1,76 @@
+//! The FHIR R4 REST API of Kindling, served under `/fhir` by axum over any [`store::Store`].
 
+pub mod bundle;
+mod bundle_out;
+pub mod capability;
+pub mod error;
+mod everything;
+pub mod ops;
+pub mod response;
+pub mod rest;
+pub mod search;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{MethodRouter, get, post};
+use fhir::time::{SharedClock, format_instant, unix_ms};
+use std::sync::Arc;
+use store::Store;
+
+pub use error::{ApiError, ApiResult};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    /// The FHIR base URL as clients see it, without a trailing slash (e.g. `http://127.0.0.1:8080/fhir`).
+    pub base_url: String,
+    pub clock: SharedClock,
+}
+
+impl AppState {
+    pub fn now_ms(&self) -> i64 {
+        unix_ms(self.clock.now())
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed("this interaction is not supported at this URL")
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("there is nothing at this URL; the FHIR base is /fhir")
+}
+
+fn with_405(m: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    m.fallback(method_not_allowed)
+}
+
+async fn metadata(State(state): State<AppState>, neg: response::Negotiated) -> Response {
+    let cs = capability::capability_statement(&state.base_url, env!("CARGO_PKG_VERSION"), &format_instant(state.clock.now()));
+    response::json_response(StatusCode::OK, &cs, neg.pretty, neg.content_type)
+}
+
+/// The `/fhir` routes. Mount the result at the root of the server.
+pub fn router(state: AppState) -> Router {
+    use rest::*;
+    Router::new()
+        .route("/fhir/metadata", with_405(get(metadata)))
+        .route("/fhir", with_405(get(system_get).post(system_post)))
+        .route("/fhir/", with_405(get(system_get).post(system_post)))
+        .route("/fhir/_history", with_405(get(system_history)))
+        .route(
+            "/fhir/{type}",
+            with_405(get(type_search).post(type_create).put(type_conditional_update).delete(type_conditional_delete)),
+        )
+        .route("/fhir/{type}/_search", with_405(post(type_search_post)))
+        .route("/fhir/{type}/_history", with_405(get(type_history)))
+        .route("/fhir/{type}/{id}", with_405(get(instance_read).put(instance_update).delete(instance_delete)))
+        .route("/fhir/{type}/{id}/_history", with_405(get(instance_history)))
+        .route("/fhir/{type}/{id}/_history/{vid}", with_405(get(instance_vread)))
+        .route("/fhir/{type}/{id}/{sub}", with_405(get(instance_sub)))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(state)
+}

@@ -1,1 +1,130 @@
+//! Storage for Kindling: the [`Store`] trait and its SQLite backend.
+//!
+//! Contract: resources are canonical JSON with `id`, `meta.versionId` and `meta.lastUpdated` set by the
+//! store; every write keeps the superseded version in history and rewrites the search-index rows of the
+//! resource in the same database transaction; deletes are soft (a new version marked deleted). The trait
+//! speaks only in FHIR terms and opaque `i64` keys, so a backend may be SQLite or PostgreSQL.
 
+mod error;
+mod snapshot;
+pub mod sql;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use fhir::query::{Include, SearchQuery};
+use serde_json::Value;
+
+pub use error::StoreError;
+pub use snapshot::{Snapshot, SnapshotCache};
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One version of one resource as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    /// Opaque key of the resource (all versions share it).
+    pub key: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// Unix milliseconds.
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// Canonical JSON; empty when `deleted`.
+    pub json: String,
+}
+
+impl StoredResource {
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance(String, String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryParams {
+    /// Only versions updated at or after this (Unix ms).
+    pub since: Option<i64>,
+    /// Only versions updated at or before this (Unix ms); pins paging against concurrent writes.
+    pub till: Option<i64>,
+    pub count: usize,
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub total: usize,
+    pub entries: Vec<StoredResource>,
+}
+
+/// What a write expects of the current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// `If-Match`: the current version must be this one.
+    Version(i64),
+    /// Create only: the resource must not exist (or be deleted).
+    Absent,
+}
+
+/// The outcome of a write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub resource: StoredResource,
+    /// True when the write created the resource (no earlier live version).
+    pub created: bool,
+}
+
+/// A read view of the store; also implemented by transactions (reads see the transaction's own writes).
+#[async_trait]
+pub trait Reader: Send {
+    /// The current version, also when it is a deletion; `None` when the resource never existed.
+    async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>>;
+    /// The keys of every live resource matching `query`, in the query's sort order.
+    async fn search(&mut self, query: &SearchQuery) -> Result<Vec<i64>>;
+    /// The current, live versions of `keys`, in the order given (deleted ones are left out).
+    async fn fetch(&mut self, keys: &[i64]) -> Result<Vec<StoredResource>>;
+}
+
+/// A write transaction: all or nothing. Dropping it without [`Transaction::commit`] rolls back.
+#[async_trait]
+pub trait Transaction: Reader {
+    /// Writes a new version of `resource` (whose `resourceType` and `id` must be set).
+    async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written>;
+    /// Deletes the resource; `None` when there was no live version.
+    async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current version, also when it is a deletion; `None` when the resource never existed.
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>>;
+    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>>;
+    async fn history(&self, scope: &HistoryScope, params: &HistoryParams) -> Result<HistoryPage>;
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<i64>>;
+    async fn fetch(&self, keys: &[i64]) -> Result<Vec<StoredResource>>;
+    /// Keys of live resources that resources in `keys` reference through `include`.
+    async fn include(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>>;
+    /// Keys of live resources (of `include.source_type`) that reference resources in `keys` through `include`.
+    async fn revinclude(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>>;
+    /// Keys for `Patient/$everything`: the patient, every live resource in their compartment and the
+    /// resources those reference, optionally only of `types` and updated since `since` (Unix ms).
+    async fn everything(&self, patient_id: &str, types: Option<&[String]>, since: Option<i64>) -> Result<Vec<i64>>;
+    /// Whether the resource with this key lies in the compartment of `patient_id`.
+    async fn in_patient_compartment(&self, key: i64, patient_id: &str) -> Result<bool>;
+    async fn begin(&self) -> Result<Box<dyn Transaction>>;
+    /// Paging snapshots: a search result frozen so that `next` links are stable under concurrent writes.
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String>;
+    async fn load_snapshot(&self, id: &str) -> Result<Option<std::sync::Arc<Snapshot>>>;
+    /// Counts of live resources per type.
+    async fn counts(&self) -> Result<Vec<(String, i64)>>;
+    /// Refreshes planner statistics after bulk loads.
+    async fn optimize(&self) -> Result<()>;
+}

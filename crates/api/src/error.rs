@@ -1,0 +1,71 @@
+//! One error type for the FHIR surface, mapped to an OperationOutcome with the right status. Internal
+//! details (SQL, paths) are logged, never returned.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fhir::{Severity, outcome};
+use store::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// FHIR issue-type code.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", message)
+    }
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "deleted", message)
+    }
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "structure", message)
+    }
+    pub fn precondition_failed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PRECONDITION_FAILED, "conflict", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message)
+    }
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal server error; the details are in the server log")
+    }
+
+    pub fn to_outcome(&self) -> serde_json::Value {
+        outcome(Severity::Error, self.code, &self.message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => ApiError::precondition_failed(m),
+            StoreError::Invalid(m) => ApiError::unprocessable(m),
+            StoreError::BadInput(m) => ApiError::bad_request(m),
+            StoreError::Backend(m) => {
+                tracing::error!(error = %m, "storage error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        crate::response::json_response(self.status, &self.to_outcome(), false, crate::response::FHIR_JSON)
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,41 @@
+//! `Patient/{id}/$everything` with `_since`, `_type` and `_count` paging.
+
+use crate::bundle_out::Bundle;
+use crate::error::{ApiError, ApiResult};
+use crate::search::{PageSource, page_bundle};
+use crate::AppState;
+use fhir::query::{DEFAULT_COUNT, MAX_COUNT, SearchQuery};
+use fhir::time::parse_date_range;
+use fhir::types::is_storable_type;
+use store::Snapshot;
+
+pub async fn everything(state: &AppState, patient_id: &str, pairs: &[(String, String)]) -> ApiResult<Bundle> {
+    let mut since = None;
+    let mut types: Option<Vec<String>> = None;
+    let mut count = DEFAULT_COUNT;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_since" => since = Some(parse_date_range(v).ok_or_else(|| ApiError::bad_request(format!("_since '{v}' is not an instant")))?.lo),
+            "_type" => {
+                let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                if let Some(bad) = list.iter().find(|t| !is_storable_type(t)) {
+                    return Err(ApiError::bad_request(format!("_type names '{bad}', which is not a resource type")));
+                }
+                types.get_or_insert_with(Vec::new).extend(list);
+            }
+            "_count" => count = v.parse::<usize>().map_err(|_| ApiError::bad_request("_count must be a number"))?.clamp(1, MAX_COUNT),
+            "_format" | "_pretty" => {}
+            other => return Err(ApiError::bad_request(format!("$everything does not take the parameter '{other}'"))),
+        }
+    }
+    let keys = state.store.everything(patient_id, types.as_deref(), since).await?;
+    let mut q = SearchQuery::new("Patient");
+    q.count = count;
+    let mut source = PageSource { keys, offset: 0, snapshot_id: None };
+    if source.keys.len() > count {
+        let snapshot = Snapshot { resource_type: Some("Patient".into()), query: format!("_count={count}"), keys: source.keys.clone(), expires: 0 };
+        source.snapshot_id = Some(state.store.save_snapshot(snapshot).await?);
+    }
+    let self_url = format!("{}/Patient/{patient_id}/$everything", state.base_url);
+    page_bundle(state, &q, source, self_url).await
+}

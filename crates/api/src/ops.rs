@@ -1,0 +1,157 @@
+//! The write interactions, each over an open store transaction so that single requests and the entries of
+//! a transaction Bundle share one implementation.
+
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+use axum::http::StatusCode;
+use fhir::query::{ParseOptions, SearchQuery, parse};
+use fhir::types::{is_storable_type, is_valid_id};
+use fhir::validate::validate_resource;
+use serde_json::Value;
+use store::{Precondition, StoredResource, Transaction};
+
+/// The result of one interaction, before it becomes an HTTP response or a Bundle entry response.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: StatusCode,
+    pub resource: Option<StoredResource>,
+    /// Set on creates and updates, for the `Location` header.
+    pub location: bool,
+    /// A human-readable note for `Prefer: return=OperationOutcome`.
+    pub message: String,
+}
+
+pub fn check_type(resource_type: &str) -> ApiResult<()> {
+    if is_storable_type(resource_type) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("'{resource_type}' is not a resource type served here")))
+    }
+}
+
+pub fn check_id(id: &str) -> ApiResult<()> {
+    if is_valid_id(id) { Ok(()) } else { Err(ApiError::bad_request(format!("'{id}' is not a valid FHIR id"))) }
+}
+
+/// Parses an `If-Match` value (`W/"3"` or `"3"` or `3`) into a version.
+pub fn parse_if_match(v: &str) -> ApiResult<i64> {
+    let t = v.trim().trim_start_matches("W/").trim_matches('"');
+    t.parse().map_err(|_| ApiError::bad_request(format!("If-Match '{v}' is not a version ETag like W/\"3\"")))
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Parses a conditional query (`identifier=x|y`, the part after `?`) for `resource_type`.
+pub fn conditional_query(state: &AppState, resource_type: &str, query: &str) -> ApiResult<SearchQuery> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    if pairs.is_empty() {
+        return Err(ApiError::bad_request("a conditional request needs search parameters"));
+    }
+    let opts = ParseOptions { lenient: false, base: Some(&state.base_url), now_ms: state.now_ms() };
+    parse(resource_type, &pairs, opts).map_err(|e| ApiError::bad_request(format!("conditional criteria: {e}")))
+}
+
+/// Validates `body` as a resource of `resource_type`.
+pub fn validated(body: &Value, resource_type: &str) -> ApiResult<()> {
+    validate_resource(body, Some(resource_type)).map_err(|e| ApiError::unprocessable(e.0))
+}
+
+/// `POST [type]` with optional `If-None-Exist`.
+pub async fn create(
+    state: &AppState,
+    tx: &mut dyn Transaction,
+    resource_type: &str,
+    mut body: Value,
+    if_none_exist: Option<&str>,
+    assigned_id: Option<String>,
+) -> ApiResult<Outcome> {
+    check_type(resource_type)?;
+    validated(&body, resource_type)?;
+    if let Some(criteria) = if_none_exist {
+        let q = conditional_query(state, resource_type, criteria)?;
+        let keys = tx.search(&q).await?;
+        match keys.len() {
+            0 => {}
+            1 => {
+                let existing = tx.fetch(&keys).await?.into_iter().next();
+                return Ok(Outcome { status: StatusCode::OK, resource: existing, location: true, message: "a matching resource already exists; nothing was created".into() });
+            }
+            n => return Err(ApiError::precondition_failed(format!("If-None-Exist matched {n} resources"))),
+        }
+    }
+    let id = assigned_id.unwrap_or_else(new_id);
+    body["id"] = Value::String(id);
+    let written = tx.put(body, Precondition::Absent).await?;
+    Ok(Outcome { status: StatusCode::CREATED, resource: Some(written.resource), location: true, message: "created".into() })
+}
+
+/// `PUT [type]/[id]` (create-on-update allowed) with optional `If-Match`.
+pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &str, id: &str, body: Value, if_match: Option<i64>) -> ApiResult<Outcome> {
+    let _ = state;
+    check_type(resource_type)?;
+    check_id(id)?;
+    validated(&body, resource_type)?;
+    match body.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => {}
+        Some(body_id) => return Err(ApiError::bad_request(format!("the id in the body ({body_id}) does not match the id in the URL ({id})"))),
+        None => return Err(ApiError::bad_request("the resource in a PUT must carry the id from the URL")),
+    }
+    let precondition = if_match.map_or(Precondition::None, Precondition::Version);
+    let written = tx.put(body, precondition).await?;
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(Outcome { status, resource: Some(written.resource), location: true, message: if written.created { "created".into() } else { "updated".into() } })
+}
+
+/// `PUT [type]?criteria`: update the one match, create when none, 412 when several.
+pub async fn conditional_update(state: &AppState, tx: &mut dyn Transaction, resource_type: &str, criteria: &str, body: Value) -> ApiResult<Outcome> {
+    check_type(resource_type)?;
+    let q = conditional_query(state, resource_type, criteria)?;
+    let keys = tx.search(&q).await?;
+    match keys.len() {
+        0 => {
+            let id = body.get("id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(new_id);
+            let mut body = body;
+            body["id"] = Value::String(id.clone());
+            update(state, tx, resource_type, &id, body, None).await
+        }
+        1 => {
+            let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
+            if let Some(body_id) = body.get("id").and_then(Value::as_str) {
+                if body_id != existing.id {
+                    return Err(ApiError::bad_request(format!("the body's id {body_id} differs from the matching resource {}", existing.id)));
+                }
+            }
+            let mut body = body;
+            body["id"] = Value::String(existing.id.clone());
+            update(state, tx, resource_type, &existing.id, body, None).await
+        }
+        n => Err(ApiError::precondition_failed(format!("the conditional update matched {n} resources"))),
+    }
+}
+
+/// `DELETE [type]/[id]`, idempotent: deleting a missing or deleted resource succeeds.
+pub async fn delete(tx: &mut dyn Transaction, resource_type: &str, id: &str, if_match: Option<i64>) -> ApiResult<Outcome> {
+    check_type(resource_type)?;
+    check_id(id)?;
+    let precondition = if_match.map_or(Precondition::None, Precondition::Version);
+    let deleted = tx.delete(resource_type, id, precondition).await?;
+    let message = if deleted.is_some() { format!("deleted {resource_type}/{id}") } else { format!("{resource_type}/{id} did not exist or was already deleted") };
+    Ok(Outcome { status: StatusCode::OK, resource: deleted, location: false, message })
+}
+
+/// `DELETE [type]?criteria`: deletes the single match (412 when several).
+pub async fn conditional_delete(state: &AppState, tx: &mut dyn Transaction, resource_type: &str, criteria: &str) -> ApiResult<Outcome> {
+    check_type(resource_type)?;
+    let q = conditional_query(state, resource_type, criteria)?;
+    let keys = tx.search(&q).await?;
+    match keys.len() {
+        0 => Ok(Outcome { status: StatusCode::OK, resource: None, location: false, message: "no resource matched; nothing was deleted".into() }),
+        1 => {
+            let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
+            delete(tx, resource_type, &existing.id, None).await
+        }
+        n => Err(ApiError::precondition_failed(format!("the conditional delete matched {n} resources"))),
+    }
+}

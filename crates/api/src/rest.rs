@@ -1,0 +1,370 @@
+//! The FHIR RESTful interactions as axum handlers.
+
+use crate::bundle_out::{Body, Bundle, Entry, EntryResponse, Link, SearchInfo};
+use crate::error::{ApiError, ApiResult};
+use crate::ops::{self, Outcome, check_id, check_type, parse_if_match};
+use crate::response::{Negotiated, PreferReturn, json_response, raw_json_response, resource_body, resource_headers};
+use crate::search::{self, encode_pairs, parse_pairs, parse_search};
+use crate::{AppState, bundle};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fhir::time::{format_instant, from_unix_ms, parse_date_range};
+use serde_json::Value;
+use store::{HistoryParams, HistoryScope, StoredResource};
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Parses a JSON request body after checking its content type.
+pub fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    if let Some(ct) = header_str(headers, header::CONTENT_TYPE.as_str()) {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !matches!(mime, "application/fhir+json" | "application/json" | "application/json+fhir" | "text/json") {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", format!("Content-Type '{mime}' is not supported; send application/fhir+json")));
+        }
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty; send a FHIR resource as JSON"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+/// Turns a write outcome into a response honouring `Prefer: return=`.
+fn write_response(state: &AppState, neg: Negotiated, outcome: Outcome) -> Response {
+    let mut response = match (&outcome.resource, neg.prefer_return) {
+        (Some(r), PreferReturn::Representation) if !r.deleted => raw_json_response(outcome.status, resource_body(r, neg.pretty), neg.content_type),
+        (_, PreferReturn::Minimal) => outcome.status.into_response(),
+        _ => json_response(outcome.status, &fhir::outcome(fhir::Severity::Information, "informational", &outcome.message), neg.pretty, neg.content_type),
+    };
+    if let Some(r) = outcome.resource.as_ref().filter(|r| !r.deleted) {
+        resource_headers(response.headers_mut(), &state.base_url, r, outcome.location);
+    }
+    response
+}
+
+fn resource_response(state: &AppState, neg: Negotiated, r: &StoredResource) -> Response {
+    let mut response = raw_json_response(StatusCode::OK, resource_body(r, neg.pretty), neg.content_type);
+    resource_headers(response.headers_mut(), &state.base_url, r, false);
+    response
+}
+
+fn bundle_response(neg: Negotiated, b: &Bundle) -> Response {
+    json_response(StatusCode::OK, b, neg.pretty, neg.content_type)
+}
+
+// ---- whole system --------------------------------------------------------------------------------------
+
+pub async fn system_get(State(state): State<AppState>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let pairs = parse_pairs(q.as_deref().unwrap_or(""));
+    if pairs.iter().any(|(k, _)| k == "_getpages") {
+        let b = search::snapshot_page(&state, &pairs).await?;
+        return Ok(bundle_response(neg, &b));
+    }
+    Err(ApiError::bad_request("searching across all resource types is not supported; search one type, e.g. GET [base]/Patient?name=smith"))
+}
+
+pub async fn system_post(State(state): State<AppState>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let value = json_body(&headers, &body)?;
+    let b = bundle::process(&state, value).await?;
+    Ok(bundle_response(neg, &b))
+}
+
+pub async fn system_history(State(state): State<AppState>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    history(&state, neg, HistoryScope::System, q.as_deref().unwrap_or(""), format!("{}/_history", state.base_url)).await
+}
+
+// ---- type level ----------------------------------------------------------------------------------------
+
+pub async fn type_search(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    check_type(&ty)?;
+    let pairs = parse_pairs(q.as_deref().unwrap_or(""));
+    run_search(&state, neg, &ty, pairs, None).await
+}
+
+pub async fn type_search_post(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_type(&ty)?;
+    if let Some(ct) = header_str(&headers, header::CONTENT_TYPE.as_str()) {
+        if !ct.starts_with("application/x-www-form-urlencoded") {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters"));
+        }
+    }
+    let mut pairs = parse_pairs(q.as_deref().unwrap_or(""));
+    pairs.extend(url::form_urlencoded::parse(&body).into_owned());
+    run_search(&state, neg, &ty, pairs, None).await
+}
+
+/// Runs a search of `ty`; `compartment` restricts it to one patient's compartment.
+async fn run_search(state: &AppState, neg: Negotiated, ty: &str, pairs: Vec<(String, String)>, compartment: Option<&str>) -> ApiResult<Response> {
+    let mut q = parse_search(state, ty, &pairs, neg.lenient)?;
+    let path = match compartment {
+        Some(p) => {
+            if !fhir::params::in_patient_compartment(ty) {
+                return Err(ApiError::bad_request(format!("{ty} is not part of the Patient compartment")));
+            }
+            q.filters.push(fhir::query::Filter::PatientCompartment(p.to_string()));
+            format!("{}/Patient/{p}/{ty}", state.base_url)
+        }
+        None => format!("{}/{ty}", state.base_url),
+    };
+    // Later pages take their keys from the frozen snapshot (so the compartment filter stays applied) and
+    // re-read only the result parameters (_include, _elements, ...) from this query string.
+    let query_string = encode_pairs(&pairs);
+    let self_url = if query_string.is_empty() { path } else { format!("{path}?{query_string}") };
+    let b = search::search_bundle(state, &q, self_url, query_string).await?;
+    Ok(bundle_response(neg, &b))
+}
+
+pub async fn type_create(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    check_type(&ty)?;
+    let value = json_body(&headers, &body)?;
+    let if_none_exist = header_str(&headers, "if-none-exist").map(|s| s.trim_start_matches('?').to_string());
+    let mut tx = state.store.begin().await?;
+    let outcome = ops::create(&state, &mut *tx, &ty, value, if_none_exist.as_deref(), None).await?;
+    tx.commit().await?;
+    Ok(write_response(&state, neg, outcome))
+}
+
+pub async fn type_conditional_update(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_type(&ty)?;
+    let criteria = q.unwrap_or_default();
+    let value = json_body(&headers, &body)?;
+    let mut tx = state.store.begin().await?;
+    let outcome = ops::conditional_update(&state, &mut *tx, &ty, &criteria, value).await?;
+    tx.commit().await?;
+    Ok(write_response(&state, neg, outcome))
+}
+
+pub async fn type_conditional_delete(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    check_type(&ty)?;
+    let criteria = q.unwrap_or_default();
+    let mut tx = state.store.begin().await?;
+    let outcome = ops::conditional_delete(&state, &mut *tx, &ty, &criteria).await?;
+    tx.commit().await?;
+    Ok(write_response(&state, Negotiated { prefer_return: PreferReturn::OperationOutcome, ..neg }, outcome))
+}
+
+pub async fn type_history(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    check_type(&ty)?;
+    let url = format!("{}/{ty}/_history", state.base_url);
+    history(&state, neg, HistoryScope::Type(ty), q.as_deref().unwrap_or(""), url).await
+}
+
+// ---- instance level ------------------------------------------------------------------------------------
+
+/// Reads the current version: 404 when it never existed, 410 when deleted.
+pub async fn read_current(state: &AppState, ty: &str, id: &str) -> ApiResult<StoredResource> {
+    check_type(ty)?;
+    check_id(id)?;
+    match state.store.read(ty, id).await? {
+        None => Err(ApiError::not_found(format!("{ty}/{id} is not known"))),
+        Some(r) if r.deleted => Err(ApiError::gone(format!("{ty}/{id} was deleted"))),
+        Some(r) => Ok(r),
+    }
+}
+
+pub async fn instance_read(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+    let r = read_current(&state, &ty, &id).await?;
+    if header_str(&headers, "if-none-match").is_some_and(|v| v.trim() == r.etag() || v.trim() == format!("\"{}\"", r.version)) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resource_headers(resp.headers_mut(), &state.base_url, &r, false);
+        return Ok(resp);
+    }
+    Ok(resource_response(&state, neg, &r))
+}
+
+pub async fn instance_vread(State(state): State<AppState>, Path((ty, id, vid)): Path<(String, String, String)>, neg: Negotiated) -> ApiResult<Response> {
+    check_type(&ty)?;
+    check_id(&id)?;
+    let version: i64 = vid.parse().map_err(|_| ApiError::bad_request(format!("'{vid}' is not a version id")))?;
+    match state.store.vread(&ty, &id, version).await? {
+        None => Err(ApiError::not_found(format!("{ty}/{id} has no version {version}"))),
+        Some(r) if r.deleted => Err(ApiError::gone(format!("version {version} of {ty}/{id} is a deletion"))),
+        Some(r) => Ok(resource_response(&state, neg, &r)),
+    }
+}
+
+pub async fn instance_update(
+    State(state): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    neg: Negotiated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_type(&ty)?;
+    let value = json_body(&headers, &body)?;
+    let if_match = match header_str(&headers, "if-match") {
+        Some(v) => Some(parse_if_match(v)?),
+        None => None,
+    };
+    let mut tx = state.store.begin().await?;
+    let outcome = ops::update(&state, &mut *tx, &ty, &id, value, if_match).await?;
+    tx.commit().await?;
+    Ok(write_response(&state, neg, outcome))
+}
+
+pub async fn instance_delete(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+    let if_match = match header_str(&headers, "if-match") {
+        Some(v) => Some(parse_if_match(v)?),
+        None => None,
+    };
+    let mut tx = state.store.begin().await?;
+    let outcome = ops::delete(&mut *tx, &ty, &id, if_match).await?;
+    tx.commit().await?;
+    let neg = if neg.prefer_return == PreferReturn::Representation { Negotiated { prefer_return: PreferReturn::OperationOutcome, ..neg } } else { neg };
+    Ok(write_response(&state, neg, outcome))
+}
+
+pub async fn instance_history(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    check_type(&ty)?;
+    check_id(&id)?;
+    if state.store.read(&ty, &id).await?.is_none() {
+        return Err(ApiError::not_found(format!("{ty}/{id} is not known")));
+    }
+    let url = format!("{}/{ty}/{id}/_history", state.base_url);
+    history(&state, neg, HistoryScope::Instance(ty, id), q.as_deref().unwrap_or(""), url).await
+}
+
+/// `GET Patient/{id}/$everything` and compartment searches `GET Patient/{id}/{Type}`.
+pub async fn instance_sub(
+    State(state): State<AppState>,
+    Path((ty, id, sub)): Path<(String, String, String)>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    check_type(&ty)?;
+    check_id(&id)?;
+    let pairs = parse_pairs(q.as_deref().unwrap_or(""));
+    if ty != "Patient" {
+        return Err(ApiError::not_found(format!("{ty}/{id}/{sub} is not an operation or compartment served here")));
+    }
+    read_current(&state, &ty, &id).await?;
+    if sub == "$everything" {
+        let b = crate::everything::everything(&state, &id, &pairs).await?;
+        return Ok(bundle_response(neg, &b));
+    }
+    check_type(&sub)?;
+    run_search(&state, neg, &sub, pairs, Some(&id)).await
+}
+
+// ---- history -------------------------------------------------------------------------------------------
+
+async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: &str, url: String) -> ApiResult<Response> {
+    let pairs = parse_pairs(query);
+    let mut p = HistoryParams { count: fhir::query::DEFAULT_COUNT, ..Default::default() };
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "_count" => p.count = v.parse::<usize>().map_err(|_| ApiError::bad_request("_count must be a number"))?.min(fhir::query::MAX_COUNT),
+            "_since" => p.since = Some(parse_date_range(v).ok_or_else(|| ApiError::bad_request(format!("_since '{v}' is not an instant")))?.lo),
+            "_getpagesoffset" => p.offset = v.parse().map_err(|_| ApiError::bad_request("_getpagesoffset must be a number"))?,
+            "_till" => p.till = Some(v.parse().map_err(|_| ApiError::bad_request("_till must be a number"))?),
+            "_format" | "_pretty" => {}
+            other if neg.lenient => tracing::debug!(param = other, "ignored history parameter"),
+            other => return Err(ApiError::bad_request(format!("history does not take the parameter '{other}'"))),
+        }
+    }
+    let till = p.till.unwrap_or_else(|| state.now_ms());
+    p.till = Some(till);
+    let page = state.store.history(&scope, &p).await?;
+    let mut b = Bundle::new("history", state.now_ms());
+    b.total = Some(page.total);
+    let link = |offset: usize| {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        s.append_pair("_count", &p.count.to_string());
+        if let Some(since) = p.since {
+            s.append_pair("_since", &format_instant(from_unix_ms(since)));
+        }
+        s.append_pair("_till", &till.to_string());
+        s.append_pair("_getpagesoffset", &offset.to_string());
+        format!("{url}?{}", s.finish())
+    };
+    b.link.push(Link { relation: "self", url: link(p.offset) });
+    if p.offset + p.count < page.total {
+        b.link.push(Link { relation: "next", url: link(p.offset + p.count) });
+    }
+    if p.offset > 0 {
+        b.link.push(Link { relation: "previous", url: link(p.offset.saturating_sub(p.count)) });
+    }
+    for r in &page.entries {
+        let method = if r.deleted { "DELETE" } else if r.version == 1 { "POST" } else { "PUT" };
+        let request_url = if method == "POST" { r.resource_type.clone() } else { format!("{}/{}", r.resource_type, r.id) };
+        b.entry.push(Entry {
+            full_url: Some(crate::bundle_out::full_url(&state.base_url, r)),
+            resource: (!r.deleted).then(|| Body::stored(r)),
+            request: Some(crate::bundle_out::EntryRequest { method, url: request_url }),
+            response: Some(EntryResponse {
+                status: if r.deleted { "204".into() } else if r.version == 1 { "201".into() } else { "200".into() },
+                location: None,
+                etag: Some(r.etag()),
+                last_modified: Some(format_instant(from_unix_ms(r.last_updated))),
+                outcome: None,
+            }),
+            ..Default::default()
+        });
+    }
+    Ok(bundle_response(neg, &b))
+}
+
+/// Executes a GET entry of a batch or transaction (`Type/id`, `Type/id/_history/v`, `Type?query`).
+pub async fn read_entry(state: &AppState, url: &str) -> ApiResult<Entry> {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (url, ""),
+    };
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let resource = match parts.as_slice() {
+        [ty] => {
+            check_type(ty)?;
+            let pairs = parse_pairs(query);
+            let q = parse_search(state, ty, &pairs, false)?;
+            let self_url = format!("{}/{ty}?{}", state.base_url, encode_pairs(&pairs));
+            let b = search::search_bundle(state, &q, self_url, encode_pairs(&pairs)).await?;
+            let v = serde_json::to_value(&b).map_err(|_| ApiError::internal())?;
+            return Ok(Entry {
+                resource: Some(Body::Value(v)),
+                response: Some(EntryResponse { status: "200 OK".into(), location: None, etag: None, last_modified: None, outcome: None }),
+                ..Default::default()
+            });
+        }
+        [ty, id] => read_current(state, ty, id).await?,
+        [ty, id, "_history", v] => {
+            check_type(ty)?;
+            let version: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("'{v}' is not a version id")))?;
+            match state.store.vread(ty, id, version).await? {
+                Some(r) if !r.deleted => r,
+                Some(_) => return Err(ApiError::gone(format!("version {version} of {ty}/{id} is a deletion"))),
+                None => return Err(ApiError::not_found(format!("{ty}/{id} has no version {version}"))),
+            }
+        }
+        _ => return Err(ApiError::bad_request(format!("'{url}' is not a supported GET in a Bundle"))),
+    };
+    Ok(Entry {
+        full_url: Some(crate::bundle_out::full_url(&state.base_url, &resource)),
+        resource: Some(Body::stored(&resource)),
+        response: Some(EntryResponse {
+            status: "200 OK".into(),
+            location: None,
+            etag: Some(resource.etag()),
+            last_modified: Some(format_instant(from_unix_ms(resource.last_updated))),
+            outcome: None,
+        }),
+        search: None::<SearchInfo>,
+        ..Default::default()
+    })
+}

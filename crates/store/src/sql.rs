@@ -1,0 +1,325 @@
+//! Compiles a [`SearchQuery`] into SQL over the index tables. The SQL is plain enough for SQLite and
+//! PostgreSQL alike; only the placeholder style differs ([`Dialect`]).
+
+use fhir::params::ParamKind;
+use fhir::query::{DateCmp, Filter, NumCmp, Prefix, RefValue, SearchQuery, SortKey, StringMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `?NNN`
+    Sqlite,
+    /// `$N`
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Text(String),
+    Int(i64),
+    Real(f64),
+}
+
+/// Accumulates SQL text and its bound values.
+pub struct SqlBuilder {
+    pub sql: String,
+    pub values: Vec<SqlValue>,
+    dialect: Dialect,
+}
+
+impl SqlBuilder {
+    pub fn new(dialect: Dialect) -> Self {
+        SqlBuilder { sql: String::with_capacity(256), values: Vec::new(), dialect }
+    }
+
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        self.sql.push_str(s);
+        self
+    }
+
+    /// Appends a placeholder bound to `v`.
+    pub fn bind(&mut self, v: SqlValue) -> &mut Self {
+        self.values.push(v);
+        let n = self.values.len();
+        match self.dialect {
+            Dialect::Sqlite => self.sql.push_str(&format!("?{n}")),
+            Dialect::Postgres => self.sql.push_str(&format!("${n}")),
+        }
+        self
+    }
+
+    pub fn text(&mut self, s: &str) -> &mut Self {
+        self.bind(SqlValue::Text(s.to_string()))
+    }
+
+    pub fn int(&mut self, i: i64) -> &mut Self {
+        self.bind(SqlValue::Int(i))
+    }
+
+    pub fn real(&mut self, f: f64) -> &mut Self {
+        self.bind(SqlValue::Real(f))
+    }
+
+    pub fn int_list(&mut self, keys: &[i64]) -> &mut Self {
+        self.push("(");
+        for (i, k) in keys.iter().enumerate() {
+            if i > 0 {
+                self.push(",");
+            }
+            self.int(*k);
+        }
+        self.push(")")
+    }
+}
+
+fn table_for(kind: ParamKind) -> &'static str {
+    match kind {
+        ParamKind::String => "sp_string",
+        ParamKind::Token | ParamKind::Uri => "sp_token",
+        ParamKind::Reference => "sp_reference",
+        ParamKind::Date => "sp_date",
+        ParamKind::Quantity => "sp_quantity",
+        ParamKind::Number => "sp_number",
+    }
+}
+
+/// `SELECT r.rid FROM resources r WHERE … ORDER BY …`: the keys of all live matches in order.
+pub fn compile_search(q: &SearchQuery, dialect: Dialect) -> SqlBuilder {
+    let mut b = SqlBuilder::new(dialect);
+    b.push("SELECT r.rid FROM resources r WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0");
+    for f in &q.filters {
+        b.push(" AND ");
+        compile_filter(&mut b, f);
+    }
+    b.push(" ORDER BY ");
+    for s in &q.sort {
+        let dir = if s.descending { "DESC" } else { "ASC" };
+        match &s.key {
+            SortKey::Id => b.push(&format!("r.id {dir}, ")),
+            SortKey::LastUpdated => b.push(&format!("r.last_updated {dir}, ")),
+            SortKey::Param { key, kind } => {
+                let (agg, col) = match (kind, s.descending) {
+                    (ParamKind::Date, false) => ("MIN", "lo"),
+                    (ParamKind::Date, true) => ("MAX", "hi"),
+                    (ParamKind::String, d) => (if d { "MAX" } else { "MIN" }, "norm"),
+                    (ParamKind::Token | ParamKind::Uri, d) => (if d { "MAX" } else { "MIN" }, "code"),
+                    (_, d) => (if d { "MAX" } else { "MIN" }, "value"),
+                };
+                b.push(&format!("(SELECT {agg}(s.{col}) FROM {} s WHERE s.rid = r.rid AND s.p = ", table_for(*kind)));
+                b.text(key);
+                b.push(&format!(") {dir} NULLS LAST, "))
+            }
+        };
+    }
+    b.push("r.rid ASC");
+    b
+}
+
+fn sub_in(b: &mut SqlBuilder, table: &str, key: &str, negate: bool) {
+    b.push(if negate { "r.rid NOT IN (SELECT rid FROM " } else { "r.rid IN (SELECT rid FROM " });
+    b.push(table).push(" WHERE p = ").text(key).push(" AND (");
+}
+
+fn or_sep(b: &mut SqlBuilder, i: usize) {
+    if i > 0 {
+        b.push(" OR ");
+    }
+}
+
+fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
+    match f {
+        Filter::Id(ids) => {
+            b.push("r.id IN (");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    b.push(",");
+                }
+                b.text(id);
+            }
+            b.push(")");
+        }
+        Filter::LastUpdated(cmps) => {
+            b.push("(");
+            for (i, c) in cmps.iter().enumerate() {
+                or_sep(b, i);
+                date_cond(b, c, "r.last_updated", "r.last_updated");
+            }
+            b.push(")");
+        }
+        Filter::String { key, mode, values } => {
+            sub_in(b, "sp_string", key, false);
+            for (i, v) in values.iter().enumerate() {
+                or_sep(b, i);
+                match mode {
+                    StringMode::Exact => {
+                        b.push("exact = ").text(v);
+                    }
+                    StringMode::StartsWith => {
+                        b.push("(norm >= ").text(v).push(" AND norm < ").text(&prefix_upper_bound(v)).push(")");
+                    }
+                    StringMode::Contains => {
+                        b.push("norm LIKE ").text(&format!("%{}%", escape_like(v))).push(" ESCAPE '\\'");
+                    }
+                }
+            }
+            b.push("))");
+        }
+        Filter::Token { key, values, negate } => {
+            sub_in(b, "sp_token", key, *negate);
+            for (i, v) in values.iter().enumerate() {
+                or_sep(b, i);
+                b.push("(");
+                let mut first = true;
+                if let Some(code) = &v.code {
+                    b.push("code = ").text(code);
+                    first = false;
+                }
+                match &v.system {
+                    None => {}
+                    Some(None) => {
+                        if !first {
+                            b.push(" AND ");
+                        }
+                        b.push("system IS NULL");
+                        first = false;
+                    }
+                    Some(Some(s)) => {
+                        if !first {
+                            b.push(" AND ");
+                        }
+                        b.push("system = ").text(s);
+                        first = false;
+                    }
+                }
+                if first {
+                    b.push("1 = 1");
+                }
+                b.push(")");
+            }
+            b.push("))");
+        }
+        Filter::TokenText { key, values } => {
+            sub_in(b, "sp_token", key, false);
+            for (i, v) in values.iter().enumerate() {
+                or_sep(b, i);
+                b.push("text LIKE ").text(&format!("%{}%", escape_like(v))).push(" ESCAPE '\\'");
+            }
+            b.push("))");
+        }
+        Filter::Reference { key, values } => {
+            sub_in(b, "sp_reference", key, false);
+            for (i, v) in values.iter().enumerate() {
+                or_sep(b, i);
+                match v {
+                    RefValue::Local { resource_type: Some(t), id } => {
+                        b.push("(target_id = ").text(id).push(" AND target_type = ").text(t).push(")");
+                    }
+                    RefValue::Local { resource_type: None, id } => {
+                        b.push("target_id = ").text(id);
+                    }
+                    RefValue::Url(u) => {
+                        b.push("url = ").text(u);
+                    }
+                }
+            }
+            b.push("))");
+        }
+        Filter::Date { key, values } => {
+            sub_in(b, "sp_date", key, false);
+            for (i, c) in values.iter().enumerate() {
+                or_sep(b, i);
+                date_cond(b, c, "lo", "hi");
+            }
+            b.push("))");
+        }
+        Filter::Quantity { key, values } => {
+            sub_in(b, "sp_quantity", key, false);
+            for (i, c) in values.iter().enumerate() {
+                or_sep(b, i);
+                b.push("(");
+                num_cond(b, &c.num);
+                if let Some(s) = &c.system {
+                    b.push(" AND system = ").text(s);
+                }
+                if let Some(code) = &c.code {
+                    b.push(" AND (code = ").text(code).push(" OR unit = ").text(code).push(")");
+                }
+                b.push(")");
+            }
+            b.push("))");
+        }
+        Filter::Number { key, values } => {
+            sub_in(b, "sp_number", key, false);
+            for (i, c) in values.iter().enumerate() {
+                or_sep(b, i);
+                num_cond(b, c);
+            }
+            b.push("))");
+        }
+        Filter::Missing { key, kind, missing } => {
+            b.push(if *missing { "r.rid NOT IN (SELECT rid FROM " } else { "r.rid IN (SELECT rid FROM " });
+            b.push(table_for(*kind)).push(" WHERE p = ").text(key).push(")");
+        }
+        Filter::PatientCompartment(patient_id) => {
+            b.push("r.rid IN (SELECT rid FROM compartment WHERE patient_id = ").text(patient_id).push(")");
+        }
+    }
+}
+
+/// FHIR date comparison of a stored range [lo, hi] against the parameter's range.
+fn date_cond(b: &mut SqlBuilder, c: &DateCmp, lo: &str, hi: &str) {
+    b.push("(");
+    match c.prefix {
+        Prefix::Eq => b.push(lo).push(" >= ").int(c.lo).push(" AND ").push(hi).push(" <= ").int(c.hi),
+        Prefix::Ne => b.push(lo).push(" < ").int(c.lo).push(" OR ").push(hi).push(" > ").int(c.hi),
+        Prefix::Gt => b.push(hi).push(" > ").int(c.hi),
+        Prefix::Lt => b.push(lo).push(" < ").int(c.lo),
+        Prefix::Ge => b.push(hi).push(" >= ").int(c.lo),
+        Prefix::Le => b.push(lo).push(" <= ").int(c.hi),
+        Prefix::Sa => b.push(lo).push(" > ").int(c.hi),
+        Prefix::Eb => b.push(hi).push(" < ").int(c.lo),
+        Prefix::Ap => b.push(lo).push(" <= ").int(c.hi).push(" AND ").push(hi).push(" >= ").int(c.lo),
+    };
+    b.push(")");
+}
+
+fn num_cond(b: &mut SqlBuilder, c: &NumCmp) {
+    b.push("(");
+    match c.prefix {
+        Prefix::Eq | Prefix::Ap => b.push("value >= ").real(c.lo).push(" AND value < ").real(c.hi),
+        Prefix::Ne => b.push("value < ").real(c.lo).push(" OR value >= ").real(c.hi),
+        Prefix::Gt | Prefix::Sa => b.push("value > ").real(c.value),
+        Prefix::Lt | Prefix::Eb => b.push("value < ").real(c.value),
+        Prefix::Ge => b.push("value >= ").real(c.value),
+        Prefix::Le => b.push("value <= ").real(c.value),
+    };
+    b.push(")");
+}
+
+/// The smallest string greater than every string starting with `prefix`.
+pub fn prefix_upper_bound(prefix: &str) -> String {
+    let mut s = prefix.to_string();
+    s.push(char::MAX);
+    s
+}
+
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhir::query::{ParseOptions, parse};
+
+    #[test]
+    fn compiles_with_placeholders() {
+        let pairs = vec![("patient".to_string(), "p1".to_string()), ("category".to_string(), "vital-signs".to_string()), ("_sort".to_string(), "-date".to_string())];
+        let q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        let b = compile_search(&q, Dialect::Postgres);
+        assert!(b.sql.contains("$1"));
+        assert!(!b.sql.contains("p1"), "values are bound, never inlined");
+        assert_eq!(b.values.len(), 7);
+        let b = compile_search(&q, Dialect::Sqlite);
+        assert!(b.sql.contains("?3"));
+    }
+}

@@ -1,0 +1,445 @@
+//! The SQLite backend: one file in WAL mode with `synchronous=FULL` (a commit survives power loss), one
+//! writer connection behind an async mutex and a pool of reader connections.
+//!
+//! Queries are short (microseconds) and run inline on the calling task; SQLite work is never held across an
+//! `.await` except the writer lock of an open transaction.
+
+mod write;
+
+use crate::sql::{Dialect, SqlValue, compile_search};
+use crate::{
+    HistoryPage, HistoryParams, HistoryScope, Precondition, Reader, Result, Snapshot, SnapshotCache, Store,
+    StoreError, StoredResource, Transaction, Written,
+};
+use async_trait::async_trait;
+use fhir::query::{Include, SearchQuery};
+use fhir::time::{SharedClock, unix_ms};
+use rusqlite::types::{ToSqlOutput, Value as SqliteValue};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql"))];
+
+/// How long a paging snapshot lives.
+const SNAPSHOT_TTL_MS: i64 = 30 * 60 * 1000;
+
+impl ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            SqlValue::Text(s) => ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(s.as_bytes())),
+            SqlValue::Int(i) => ToSqlOutput::Owned(SqliteValue::Integer(*i)),
+            SqlValue::Real(f) => ToSqlOutput::Owned(SqliteValue::Real(*f)),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    /// This server's FHIR base URL; absolute references to it are indexed as local.
+    pub base_url: Option<String>,
+}
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    base_url: Option<String>,
+    clock: SharedClock,
+    writer: Arc<AsyncMutex<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+    snapshots: SnapshotCache,
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;
+         PRAGMA cache_size = -8000;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, now_ms: i64) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS kindling_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")?;
+    let applied: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM kindling_migrations", [], |r| r.get(0))?;
+    for (version, name, sql) in MIGRATIONS {
+        if *version <= applied {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute("INSERT INTO kindling_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)", params![version, name, now_ms])?;
+        tx.commit()?;
+        tracing::info!(version, name, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `config.path` and applies pending migrations.
+    pub fn open(config: SqliteConfig, clock: SharedClock) -> Result<Self> {
+        if let Some(dir) = config.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+        let mut writer = open_connection(&config.path)?;
+        migrate(&mut writer, unix_ms(clock.now()))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: config.path,
+                base_url: config.base_url,
+                clock,
+                writer: Arc::new(AsyncMutex::new(writer)),
+                readers: Mutex::new(Vec::new()),
+                snapshots: SnapshotCache::new(2048),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+/// A pooled reader connection, returned to the pool on drop.
+struct PooledReader<'a> {
+    conn: Option<Connection>,
+    pool: &'a Mutex<Vec<Connection>>,
+}
+
+impl std::ops::Deref for PooledReader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl Drop for PooledReader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < 8 {
+                pool.push(c);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn reader(&self) -> Result<PooledReader<'_>> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.path)?,
+        };
+        Ok(PooledReader { conn: Some(conn), pool: &self.readers })
+    }
+}
+
+const RESOURCE_COLUMNS: &str = "rid, res_type, id, version, last_updated, deleted, content";
+
+fn row_to_resource(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredResource> {
+    Ok(StoredResource {
+        key: row.get(0)?,
+        resource_type: row.get(1)?,
+        id: row.get(2)?,
+        version: row.get(3)?,
+        last_updated: row.get(4)?,
+        deleted: row.get::<_, i64>(5)? != 0,
+        json: row.get(6)?,
+    })
+}
+
+pub(crate) fn read_current(conn: &Connection, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE res_type = ?1 AND id = ?2"))?;
+    Ok(stmt.query_row(params![resource_type, id], row_to_resource).optional()?)
+}
+
+pub(crate) fn search_keys(conn: &Connection, query: &SearchQuery) -> Result<Vec<i64>> {
+    let b = compile_search(query, Dialect::Sqlite);
+    let mut stmt = conn.prepare_cached(&b.sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(b.values.iter()), |r| r.get::<_, i64>(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub(crate) fn fetch_keys(conn: &Connection, keys: &[i64]) -> Result<Vec<StoredResource>> {
+    let mut found: std::collections::HashMap<i64, StoredResource> = std::collections::HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let mut stmt = conn.prepare_cached(&format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE deleted = 0 AND rid IN ({placeholders})"))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(chunk.iter()), row_to_resource)?;
+        for r in rows {
+            let r = r?;
+            found.insert(r.key, r);
+        }
+    }
+    Ok(keys.iter().filter_map(|k| found.remove(k)).collect())
+}
+
+fn query_keys(conn: &Connection, sql: &str, values: &[SqlValue]) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| r.get::<_, i64>(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        let conn = self.inner.reader()?;
+        read_current(&conn, resource_type, id)
+    }
+
+    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>> {
+        let conn = self.inner.reader()?;
+        let Some(current) = read_current(&conn, resource_type, id)? else { return Ok(None) };
+        if current.version == version {
+            return Ok(Some(current));
+        }
+        let mut stmt = conn.prepare_cached("SELECT last_updated, deleted, content FROM resource_history WHERE rid = ?1 AND version = ?2")?;
+        let old = stmt
+            .query_row(params![current.key, version], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+            .optional()?;
+        Ok(old.map(|(last_updated, deleted, json)| StoredResource {
+            key: current.key,
+            resource_type: current.resource_type.clone(),
+            id: current.id.clone(),
+            version,
+            last_updated,
+            deleted: deleted != 0,
+            json,
+        }))
+    }
+
+    async fn history(&self, scope: &HistoryScope, p: &HistoryParams) -> Result<HistoryPage> {
+        let conn = self.inner.reader()?;
+        let mut values: Vec<SqlValue> = Vec::new();
+        let mut cond = String::from("1 = 1");
+        match scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(t) => {
+                values.push(SqlValue::Text(t.clone()));
+                cond.push_str(&format!(" AND r.res_type = ?{}", values.len()));
+            }
+            HistoryScope::Instance(t, id) => {
+                values.push(SqlValue::Text(t.clone()));
+                cond.push_str(&format!(" AND r.res_type = ?{}", values.len()));
+                values.push(SqlValue::Text(id.clone()));
+                cond.push_str(&format!(" AND r.id = ?{}", values.len()));
+            }
+        }
+        let mut time_cond = String::new();
+        if let Some(since) = p.since {
+            values.push(SqlValue::Int(since));
+            time_cond.push_str(&format!(" AND v.last_updated >= ?{}", values.len()));
+        }
+        if let Some(till) = p.till {
+            values.push(SqlValue::Int(till));
+            time_cond.push_str(&format!(" AND v.last_updated <= ?{}", values.len()));
+        }
+        let union = format!(
+            "SELECT r.rid AS rid, r.res_type AS res_type, r.id AS id, v.version AS version, v.last_updated AS last_updated, v.deleted AS deleted, v.content AS content
+               FROM resources r JOIN (SELECT rid, version, last_updated, deleted, content FROM resources
+                                      UNION ALL SELECT rid, version, last_updated, deleted, content FROM resource_history) v ON v.rid = r.rid
+              WHERE {cond}{time_cond}"
+        );
+        let total: i64 = {
+            let mut stmt = conn.prepare_cached(&format!("SELECT COUNT(*) FROM ({union}) AS h"))?;
+            stmt.query_row(rusqlite::params_from_iter(values.iter()), |r| r.get(0))?
+        };
+        values.push(SqlValue::Int(p.count as i64));
+        let limit_idx = values.len();
+        values.push(SqlValue::Int(p.offset as i64));
+        let offset_idx = values.len();
+        let sql = format!("SELECT {RESOURCE_COLUMNS} FROM ({union}) AS h ORDER BY last_updated DESC, version DESC, rid DESC LIMIT ?{limit_idx} OFFSET ?{offset_idx}");
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let entries = stmt
+            .query_map(rusqlite::params_from_iter(values.iter()), row_to_resource)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(HistoryPage { total: total as usize, entries })
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<i64>> {
+        let conn = self.inner.reader()?;
+        search_keys(&conn, query)
+    }
+
+    async fn fetch(&self, keys: &[i64]) -> Result<Vec<StoredResource>> {
+        let conn = self.inner.reader()?;
+        fetch_keys(&conn, keys)
+    }
+
+    async fn include(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>> {
+        let conn = self.inner.reader()?;
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
+            b.push("SELECT DISTINCT t.rid FROM sp_reference s JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE t.deleted = 0 AND s.p = ")
+                .text(include.key)
+                .push(" AND s.rid IN ")
+                .int_list(chunk);
+            if let Some(t) = &include.target_type {
+                b.push(" AND t.res_type = ").text(t);
+            }
+            out.extend(query_keys(&conn, &b.sql, &b.values)?);
+        }
+        Ok(out)
+    }
+
+    async fn revinclude(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>> {
+        let conn = self.inner.reader()?;
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
+            b.push("SELECT DISTINCT s.rid FROM resources t JOIN sp_reference s ON s.target_type = t.res_type AND s.target_id = t.id JOIN resources src ON src.rid = s.rid WHERE src.deleted = 0 AND s.p = ")
+                .text(include.key)
+                .push(" AND t.rid IN ")
+                .int_list(chunk);
+            if let Some(t) = &include.target_type {
+                b.push(" AND t.res_type = ").text(t);
+            }
+            out.extend(query_keys(&conn, &b.sql, &b.values)?);
+        }
+        Ok(out)
+    }
+
+    async fn everything(&self, patient_id: &str, types: Option<&[String]>, since: Option<i64>) -> Result<Vec<i64>> {
+        let conn = self.inner.reader()?;
+        let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
+        b.push("SELECT r.rid FROM resources r WHERE r.deleted = 0 AND r.rid IN (SELECT rid FROM compartment WHERE patient_id = ")
+            .text(patient_id)
+            .push(" UNION SELECT t.rid FROM compartment c JOIN sp_reference s ON s.rid = c.rid JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE c.patient_id = ")
+            .text(patient_id)
+            .push(" AND s.target_type <> 'Patient')");
+        if let Some(types) = types {
+            b.push(" AND r.res_type IN (");
+            for (i, t) in types.iter().enumerate() {
+                if i > 0 {
+                    b.push(",");
+                }
+                b.text(t);
+            }
+            b.push(")");
+        }
+        if let Some(since) = since {
+            b.push(" AND r.last_updated >= ").int(since);
+        }
+        b.push(" ORDER BY CASE WHEN r.res_type = 'Patient' THEN 0 ELSE 1 END, r.rid");
+        query_keys(&conn, &b.sql, &b.values)
+    }
+
+    async fn in_patient_compartment(&self, key: i64, patient_id: &str) -> Result<bool> {
+        let conn = self.inner.reader()?;
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM compartment WHERE rid = ?1 AND patient_id = ?2")?;
+        Ok(stmt.exists(params![key, patient_id])?)
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        let guard = self.inner.writer.clone().lock_owned().await;
+        guard.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Box::new(SqliteTransaction {
+            conn: Some(guard),
+            clock: self.inner.clock.clone(),
+            base_url: self.inner.base_url.clone(),
+        }))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let now = unix_ms(self.inner.clock.now());
+        let snapshot = Snapshot { expires: now + SNAPSHOT_TTL_MS, ..snapshot };
+        self.inner.snapshots.insert(id.clone(), snapshot, now);
+        Ok(id)
+    }
+
+    async fn load_snapshot(&self, id: &str) -> Result<Option<Arc<Snapshot>>> {
+        Ok(self.inner.snapshots.get(id, unix_ms(self.inner.clock.now())))
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.inner.reader()?;
+        let mut stmt = conn.prepare_cached("SELECT res_type, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY res_type ORDER BY res_type")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    async fn optimize(&self) -> Result<()> {
+        let conn = self.inner.writer.lock().await;
+        conn.execute_batch("ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        // Readers cache the old statistics in their prepared statements; start them afresh.
+        self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+}
+
+pub struct SqliteTransaction {
+    conn: Option<OwnedMutexGuard<Connection>>,
+    clock: SharedClock,
+    base_url: Option<String>,
+}
+
+impl SqliteTransaction {
+    fn conn(&self) -> &Connection {
+        self.conn.as_ref().expect("transaction is open")
+    }
+}
+
+impl Drop for SqliteTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "rollback failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Reader for SqliteTransaction {
+    async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        read_current(self.conn(), resource_type, id)
+    }
+    async fn search(&mut self, query: &SearchQuery) -> Result<Vec<i64>> {
+        search_keys(self.conn(), query)
+    }
+    async fn fetch(&mut self, keys: &[i64]) -> Result<Vec<StoredResource>> {
+        fetch_keys(self.conn(), keys)
+    }
+}
+
+#[async_trait]
+impl Transaction for SqliteTransaction {
+    async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written> {
+        let now = unix_ms(self.clock.now());
+        write::put(self.conn(), resource, precondition, now, self.base_url.as_deref())
+    }
+
+    async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>> {
+        let now = unix_ms(self.clock.now());
+        write::delete(self.conn(), resource_type, id, precondition, now)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+}
