@@ -1,1 +1,162 @@
-fn main(){}
+//! The `kindling` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fhir::time::{SharedClock, SystemClock};
+use indicatif::{ProgressBar, ProgressStyle};
+use kindling::{Application, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "kindling", version, about = "Kindling: a SMART on FHIR sandbox and platform in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "KINDLING_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for the database and keys.
+    #[arg(long, default_value = "./kindling-data", env = "KINDLING_DATA")]
+    data: PathBuf,
+    /// The externally visible base URL (default: http://<listen>).
+    #[arg(long, env = "KINDLING_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sandbox: FHIR server with synthetic patients (seeded on first start).
+    Up {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Patients to seed when the data directory is new.
+        #[arg(long, default_value_t = 25)]
+        patients: usize,
+        /// Seed of the synthetic population.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run the server on an existing data directory without seeding.
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Add deterministic synthetic patients.
+    Seed {
+        #[arg(long, default_value = "./kindling-data")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 25)]
+        patients: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Import FHIR Bundles, resources or NDJSON files (optionally .gz), or directories of them.
+    Import {
+        #[arg(long, default_value = "./kindling-data")]
+        data: PathBuf,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Benchmark import, reads and searches on the Synthea sample set (prints throughput and latencies).
+    Bench(kindling::bench::BenchArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KINDLING_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+fn offline_config(data: PathBuf) -> ServerConfig {
+    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let clock: SharedClock = Arc::new(SystemClock);
+    match cli.command {
+        Command::Up { serve, patients, seed } => {
+            let started = Instant::now();
+            let app = Application::build(&config(&serve), clock).await?;
+            let counts = app.store().counts().await?;
+            if !counts.iter().any(|(t, n)| t == "Patient" && *n > 0) {
+                eprintln!("First start: seeding {patients} synthetic patients (seed {seed}) into {} ...", serve.data.display());
+                let n = kindling::seed(&app.state, patients, seed).await?;
+                eprintln!("Seeded {n} resources.");
+            }
+            print_ready(&app, started);
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Serve { serve } => {
+            let started = Instant::now();
+            let app = Application::build(&config(&serve), clock).await?;
+            print_ready(&app, started);
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Seed { data, patients, seed } => {
+            let app = Application::build(&offline_config(data), clock).await?;
+            let n = kindling::seed(&app.state, patients, seed).await?;
+            println!("Seeded {patients} patients ({n} resources, seed {seed}).");
+            Ok(())
+        }
+        Command::Import { data, paths } => {
+            let files = kindling::import::collect_files(&paths)?;
+            let app = Application::build(&offline_config(data), clock).await?;
+            let bar = ProgressBar::new(files.len() as u64);
+            bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}").context("progress template")?);
+            let summary = kindling::import::import_files(&app.state, files, |s| {
+                bar.set_position(s.files as u64);
+                bar.set_message(format!("{} resources, {:.0}/s", s.resources, s.rate()));
+            })
+            .await?;
+            bar.finish_and_clear();
+            println!(
+                "Imported {} resources from {} files in {:.1} s ({:.0} resources/s); {} errors.",
+                summary.resources,
+                summary.files,
+                summary.elapsed.as_secs_f64(),
+                summary.rate(),
+                summary.errors.len()
+            );
+            for e in &summary.errors {
+                println!("  error: {e}");
+            }
+            if summary.errors.is_empty() { Ok(()) } else { std::process::exit(1) }
+        }
+        Command::Bench(args) => kindling::bench::run(args).await,
+    }
+}
+
+fn config(serve: &ServeArgs) -> ServerConfig {
+    ServerConfig { listen: serve.listen, public_url: serve.public_url.clone(), data_dir: serve.data.clone() }
+}
+
+fn print_ready(app: &Application, started: Instant) {
+    println!("Kindling is serving at {} (ready in {} ms)", app.public_url, started.elapsed().as_millis());
+    println!("  FHIR R4 base:        {}", app.base_url());
+    println!("  CapabilityStatement: {}/metadata", app.base_url());
+    println!("  Health:              {}/healthz", app.public_url);
+}

@@ -14,14 +14,14 @@ fn canonical(resource: Value, id: &str, version: i64, last_updated: i64) -> Resu
     let Value::Object(mut obj) = resource else {
         return Err(StoreError::BadInput("a resource must be a JSON object".into()));
     };
-    let resource_type = obj.remove("resourceType").unwrap_or(Value::Null);
-    obj.remove("id");
-    let mut meta = match obj.remove("meta") {
+    let resource_type = obj.shift_remove("resourceType").unwrap_or(Value::Null);
+    obj.shift_remove("id");
+    let mut meta = match obj.shift_remove("meta") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    meta.remove("versionId");
-    meta.remove("lastUpdated");
+    meta.shift_remove("versionId");
+    meta.shift_remove("lastUpdated");
     let mut new_meta = Map::new();
     new_meta.insert("versionId".into(), Value::String(version.to_string()));
     new_meta.insert("lastUpdated".into(), Value::String(format_instant(from_unix_ms(last_updated))));

@@ -1,0 +1,147 @@
+//! The Kindling binary's library: assembling the server from its parts, seeding, importing and
+//! benchmarking. `main.rs` is only the command line over this.
+
+
+pub mod bench;
+pub mod import;
+
+use anyhow::Context;
+use api::AppState;
+use axum::Router;
+use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use fhir::time::SharedClock;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use store::sqlite::{SqliteConfig, SqliteStore};
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::decompression::RequestDecompressionLayer;
+
+/// What a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Externally visible base URL of the server (no trailing slash); derived from the bound address when absent.
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+impl ServerConfig {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("kindling.db")
+    }
+}
+
+/// A bound, not yet serving, Kindling server.
+pub struct Application {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+    /// e.g. `http://127.0.0.1:8080`
+    pub public_url: String,
+    pub state: AppState,
+}
+
+impl Application {
+    /// Opens the store (running migrations) and binds the listener. Use port 0 in tests.
+    pub async fn build(config: &ServerConfig, clock: SharedClock) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_string();
+        let base_url = format!("{public_url}/fhir");
+        let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()) }, clock.clone())
+            .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+        let state = AppState { store: Arc::new(store), base_url, clock };
+        Ok(Application { listener, addr, public_url, state })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.state.base_url
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let app = router(self.state);
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        Ok(())
+    }
+}
+
+/// CORS for browser apps: any origin may call the FHIR API with a bearer token; nothing uses cookies here.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("prefer"),
+            HeaderName::from_static("if-none-exist"),
+        ])
+        .expose_headers([header::LOCATION, header::ETAG, header::LAST_MODIFIED, header::CONTENT_LOCATION])
+        .max_age(Duration::from_secs(3600))
+}
+
+async fn index(axum::extract::State(state): axum::extract::State<AppState>) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Kindling</title></head><body>\
+         <h1>Kindling</h1><p>FHIR R4 base: <a href=\"{0}/metadata\">{0}</a></p></body></html>",
+        state.base_url
+    ))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    match state.store.read("Patient", "readiness-probe").await {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let fhir = api::router(state.clone()).layer(cors());
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .merge(fhir)
+        .layer(CompressionLayer::new().gzip(true))
+        .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            // The path only: query strings are not logged.
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+        }))
+}
+
+/// Loads the deterministic synthetic population into the store.
+pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Result<usize> {
+    let today = state.clock.now().date();
+    let bundles = synth::generate(&synth::Options { patients, seed, today });
+    let mut resources = 0;
+    for b in bundles {
+        resources += b["entry"].as_array().map_or(0, Vec::len);
+        api::bundle::process(state, b).await.map_err(|e| anyhow::anyhow!("seeding failed: {}", e.message))?;
+    }
+    state.store.optimize().await?;
+    Ok(resources)
+}
