@@ -279,9 +279,9 @@ async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: 
             other => return Err(ApiError::bad_request(format!("history does not take the parameter '{other}'"))),
         }
     }
-    let till = p.till.unwrap_or_else(|| state.now_ms());
-    p.till = Some(till);
     let page = state.store.history(&scope, &p).await?;
+    // Later pages are pinned to what existed at the first request, so new versions do not shift them.
+    let till = p.till.unwrap_or_else(|| page.entries.first().map_or(0, |e| e.last_updated).max(state.now_ms()));
     let mut b = Bundle::new("history", state.now_ms());
     b.total = Some(page.total);
     let link = |offset: usize| {

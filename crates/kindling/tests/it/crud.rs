@@ -1,0 +1,202 @@
+use crate::{patient, spawn_app};
+use serde_json::json;
+
+#[tokio::test]
+async fn create_read_vread_update_delete() {
+    let app = spawn_app().await;
+    let r = app.post_json("Patient", &patient("Smith", "Ann", "female", "1970-01-02")).await;
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&app.base) && location.ends_with("/_history/1"), "{location}");
+    assert_eq!(r.headers()["etag"], "W/\"1\"");
+    assert!(r.headers().contains_key("last-modified"));
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+json"));
+    let created: serde_json::Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["meta"]["versionId"], "1");
+    assert!(created["meta"]["lastUpdated"].is_string());
+
+    let (status, read) = app.get_json(&format!("Patient/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(read, created);
+
+    let mut changed = created.clone();
+    changed["gender"] = json!("other");
+    let r = app.put_json(&format!("Patient/{id}"), &changed).await;
+    assert_eq!(r.status(), 200);
+    let updated: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(updated["meta"]["versionId"], "2");
+
+    let (status, v1) = app.get_json(&format!("Patient/{id}/_history/1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v1["gender"], "female");
+    let (status, _) = app.get_json(&format!("Patient/{id}/_history/9")).await;
+    assert_eq!(status, 404);
+
+    let r = app.client.delete(app.url(&format!("Patient/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, oo) = app.get_json(&format!("Patient/{id}")).await;
+    assert_eq!(status, 410);
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    // Deleting again is fine (idempotent); the history still has every version.
+    let r = app.client.delete(app.url(&format!("Patient/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, hist) = app.get_json(&format!("Patient/{id}/_history")).await;
+    assert_eq!(hist["total"], 3);
+    // Resurrect through update.
+    let r = app.put_json(&format!("Patient/{id}"), &changed).await;
+    assert_eq!(r.status(), 201);
+    let back: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(back["meta"]["versionId"], "4");
+}
+
+#[tokio::test]
+async fn update_as_create_and_id_mismatch() {
+    let app = spawn_app().await;
+    let mut p = patient("Jones", "Bo", "male", "1980");
+    p["id"] = json!("chosen-id");
+    let r = app.put_json("Patient/chosen-id", &p).await;
+    assert_eq!(r.status(), 201);
+    let r = app.put_json("Patient/other-id", &p).await;
+    assert_eq!(r.status(), 400);
+    let mut no_id = p.clone();
+    no_id.as_object_mut().unwrap().remove("id");
+    let r = app.put_json("Patient/chosen-id", &no_id).await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn if_match_optimistic_locking() {
+    let app = spawn_app().await;
+    let created = app.create(patient("Lock", "Ed", "male", "1990")).await;
+    let id = created["id"].as_str().unwrap();
+    let send = |etag: &'static str, body: serde_json::Value| {
+        app.client
+            .put(app.url(&format!("Patient/{id}")))
+            .header("content-type", "application/fhir+json")
+            .header("if-match", etag)
+            .body(body.to_string())
+            .send()
+    };
+    let r = send("W/\"1\"", created.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send("W/\"1\"", created.clone()).await.unwrap();
+    assert_eq!(r.status(), 412, "stale version must conflict");
+    let oo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    let r = send("W/\"2\"", created.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.client.delete(app.url(&format!("Patient/{id}"))).header("if-match", "W/\"1\"").send().await.unwrap();
+    assert_eq!(r.status(), 412);
+}
+
+#[tokio::test]
+async fn concurrent_if_match_updates_one_wins() {
+    let app = spawn_app().await;
+    let created = app.create(patient("Race", "Al", "male", "1990")).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let client = app.client.clone();
+        let url = app.url(&format!("Patient/{id}"));
+        let mut body = created.clone();
+        body["name"][0]["given"] = json!([format!("Al{i}")]);
+        handles.push(tokio::spawn(async move {
+            client.put(url).header("content-type", "application/fhir+json").header("if-match", "W/\"1\"").body(body.to_string()).send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for h in handles {
+        statuses.push(h.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 7, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn conditional_create_and_prefer() {
+    let app = spawn_app().await;
+    let p = patient("Cond", "Cy", "female", "1975");
+    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy").body(p.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy").body(p.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "an existing match is returned, not duplicated");
+    let b = app.search("Patient?identifier=urn:test:mrn|Cond-Cy").await;
+    assert_eq!(b["total"], 1);
+
+    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("prefer", "return=minimal").body(p.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().contains_key("location"));
+    assert!(r.text().await.unwrap().is_empty());
+    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("prefer", "return=OperationOutcome").body(p.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let oo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    // Two matches now: If-None-Exist must refuse.
+    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy").body(p.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 412);
+}
+
+#[tokio::test]
+async fn conditional_update_and_delete() {
+    let app = spawn_app().await;
+    let p = patient("Cu", "Di", "female", "1975");
+    let r = app.put_json("Patient?identifier=urn:test:mrn|Cu-Di", &p).await;
+    assert_eq!(r.status(), 201);
+    let r = app.put_json("Patient?identifier=urn:test:mrn|Cu-Di", &p).await;
+    assert_eq!(r.status(), 200);
+    let b = app.search("Patient?identifier=urn:test:mrn|Cu-Di").await;
+    assert_eq!(b["total"], 1);
+    let r = app.client.delete(app.url("Patient?identifier=urn:test:mrn|Cu-Di")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let b = app.search("Patient?identifier=urn:test:mrn|Cu-Di").await;
+    assert_eq!(b["total"], 0);
+}
+
+#[tokio::test]
+async fn formats_pretty_gzip_and_etag_caching() {
+    let app = spawn_app().await;
+    let created = app.create(patient("Fmt", "Ev", "female", "1975")).await;
+    let id = created["id"].as_str().unwrap();
+    let r = app.client.get(app.url(&format!("Patient/{id}?_pretty=true"))).header("accept", "application/json").send().await.unwrap();
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(r.text().await.unwrap().contains("\n  \"resourceType\""));
+    let r = app.client.get(app.url(&format!("Patient/{id}?_format=json"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.client.get(app.url(&format!("Patient/{id}?_format=xml"))).send().await.unwrap();
+    assert_eq!(r.status(), 406);
+    let r = app.client.get(app.url("metadata")).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let r = app.client.get(app.url(&format!("Patient/{id}"))).header("if-none-match", "W/\"1\"").send().await.unwrap();
+    assert_eq!(r.status(), 304);
+}
+
+#[tokio::test]
+async fn capability_statement_is_truthful() {
+    let app = spawn_app().await;
+    let (status, cs) = app.get_json("metadata").await;
+    assert_eq!(status, 200);
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    assert!(cs["format"].as_array().unwrap().iter().any(|f| f == "json"));
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let obs = resources.iter().find(|r| r["type"] == "Observation").unwrap();
+    let names: Vec<&str> = obs["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for n in ["patient", "subject", "category", "code", "date", "status", "_id", "_lastUpdated"] {
+        assert!(names.contains(&n), "{n}");
+    }
+    // Every advertised search parameter of every type is accepted by the server.
+    for r in resources.iter().filter(|r| r["type"] == "Patient" || r["type"] == "Observation" || r["type"] == "MedicationRequest") {
+        for p in r["searchParam"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let value = match p["type"].as_str().unwrap() {
+                "date" => "2020",
+                "quantity" | "number" => "5",
+                "reference" => "x1",
+                _ => "x",
+            };
+            let (status, body) = app.get_json(&format!("{}?{name}={value}", r["type"].as_str().unwrap())).await;
+            assert_eq!(status, 200, "{}.{name}: {body}", r["type"]);
+        }
+    }
+    assert!(resources.iter().all(|r| r["type"] != "Bundle" && r["type"] != "OperationOutcome"));
+}

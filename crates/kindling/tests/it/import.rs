@@ -1,0 +1,63 @@
+use crate::spawn_app;
+use std::path::PathBuf;
+
+fn synthea_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/synthea-r4");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("the Synthea data set is missing at {} but CI always has it", dir.display());
+    }
+    eprintln!("SKIPPED: Synthea data not found at {}", dir.display());
+    None
+}
+
+#[tokio::test]
+async fn imports_real_synthea_bundles_and_serves_them() {
+    let Some(dir) = synthea_dir() else { return };
+    let app = spawn_app().await;
+    let mut files = kindling::import::collect_files(&[dir]).unwrap();
+    assert!(files.len() > 600);
+    files.truncate(12);
+    let summary = kindling::import::import_files(&app.app_state, files, |_| {}).await.unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert!(summary.resources > 1000, "{}", summary.resources);
+    let patients = app.search("Patient?_count=100").await;
+    assert_eq!(patients["total"], 12);
+    let pid = patients["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    // urn:uuid references were rewritten to the server's ids.
+    let obs = app.search(&format!("Observation?patient={pid}&category=vital-signs&_sort=-date&_count=5")).await;
+    assert!(obs["total"].as_u64().unwrap() > 0);
+    assert!(obs["entry"][0]["resource"]["subject"]["reference"].as_str().unwrap().starts_with("Patient/"));
+    let enc = app.search(&format!("Encounter?patient={pid}&_revinclude=Observation:encounter&_count=50")).await;
+    assert!(enc["entry"].as_array().unwrap().iter().any(|e| e["search"]["mode"] == "include"));
+    let everything = app.search(&format!("Patient/{pid}/$everything?_count=1000")).await;
+    assert!(everything["total"].as_u64().unwrap() > 20);
+}
+
+#[tokio::test]
+async fn imports_ndjson_gzip_and_reports_errors_with_file() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nd = dir.path().join("patients.ndjson.gz");
+    {
+        use std::io::Write;
+        let f = std::fs::File::create(&nd).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        for i in 0..30 {
+            writeln!(gz, "{}", serde_json::json!({"resourceType": "Patient", "id": format!("nd-{i}"), "gender": "female"})).unwrap();
+        }
+        gz.finish().unwrap();
+    }
+    std::fs::write(dir.path().join("broken.json"), "{ nope").unwrap();
+    std::fs::write(dir.path().join("single.json"), serde_json::json!({"resourceType": "Practitioner", "name": [{"family": "Solo"}]}).to_string()).unwrap();
+    let files = kindling::import::collect_files(&[dir.path().to_path_buf()]).unwrap();
+    assert_eq!(files.len(), 3);
+    let summary = kindling::import::import_files(&app.app_state, files, |_| {}).await.unwrap();
+    assert_eq!(summary.resources, 31);
+    assert_eq!(summary.errors.len(), 1);
+    assert!(summary.errors[0].contains("broken.json"));
+    assert_eq!(app.search("Patient?gender=female").await["total"], 30);
+    assert_eq!(app.search("Practitioner?family=solo").await["total"], 1);
+}

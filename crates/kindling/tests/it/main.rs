@@ -1,0 +1,107 @@
+//! Integration tests: the whole server on port 0, driven over real HTTP.
+
+mod bundles;
+mod crud;
+mod errors;
+mod history;
+mod import;
+mod search;
+
+use fhir::time::{ManualClock, SharedClock};
+use kindling::{Application, ServerConfig};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub app_state: api::AppState,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let shared: SharedClock = clock.clone();
+    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf() };
+    let app = Application::build(&config, shared).await.expect("build app");
+    let base = app.base_url().to_string();
+    let app_state = app.state.clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp { base, client: reqwest::Client::new(), clock, app_state, _dir: dir }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.get(path).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()).send().await.expect("POST")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()).send().await.expect("PUT")
+    }
+
+    /// Creates a resource and returns it as stored.
+    pub async fn create(&self, resource: Value) -> Value {
+        let ty = resource["resourceType"].as_str().expect("resourceType").to_string();
+        let r = self.post_json(&ty, &resource).await;
+        assert_eq!(r.status().as_u16(), 201, "create {ty}");
+        r.json().await.expect("json")
+    }
+
+    /// Searches and returns the bundle, asserting 200.
+    pub async fn search(&self, query: &str) -> Value {
+        let (status, b) = self.get_json(query).await;
+        assert_eq!(status, 200, "{query}: {b}");
+        b
+    }
+}
+
+/// The ids of the entries of a searchset with mode `match`.
+pub fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn patient(family: &str, given: &str, gender: &str, birth: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:test:mrn", "value": format!("{family}-{given}")}],
+        "name": [{"family": family, "given": [given]}],
+        "gender": gender,
+        "birthDate": birth
+    })
+}
+
+pub fn observation(patient_id: &str, category: &str, loinc: &str, when: &str, value: f64, unit: &str) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}], "text": format!("code {loinc}")},
+        "subject": {"reference": format!("Patient/{patient_id}")},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+    })
+}

@@ -1,0 +1,270 @@
+use crate::{TestApp, ids, observation, patient, spawn_app};
+use serde_json::{Value, json};
+
+/// Two patients with a handful of observations, a condition, medications and an encounter.
+async fn fixture() -> (TestApp, String, String) {
+    let app = spawn_app().await;
+    let a = app.create(patient("Smith", "Ann", "female", "1970-03-04")).await["id"].as_str().unwrap().to_string();
+    let b = app.create(patient("Smythe", "Bob", "male", "1985-11-20")).await["id"].as_str().unwrap().to_string();
+    app.create(patient("Müller", "Zoë", "female", "2001-07-07")).await;
+    app.create(observation(&a, "vital-signs", "8867-4", "2020-01-05T10:00:00Z", 72.0, "/min")).await;
+    app.create(observation(&a, "vital-signs", "8867-4", "2021-06-01T10:00:00Z", 88.0, "/min")).await;
+    app.create(observation(&a, "vital-signs", "29463-7", "2022-02-02", 70.5, "kg")).await;
+    app.create(observation(&a, "laboratory", "2339-0", "2022-03-03T08:00:00Z", 105.0, "mg/dL")).await;
+    app.create(observation(&b, "vital-signs", "8867-4", "2019-12-31T23:00:00Z", 60.0, "/min")).await;
+    let enc = app
+        .create(json!({
+            "resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": format!("Patient/{a}")},
+            "period": {"start": "2022-02-02T09:00:00Z", "end": "2022-02-02T09:30:00Z"}
+        }))
+        .await;
+    let enc_id = enc["id"].as_str().unwrap().to_string();
+    let med = app.create(json!({"resourceType": "Medication", "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]}})).await;
+    app.create(json!({
+        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "medicationReference": {"reference": format!("Medication/{}", med["id"].as_str().unwrap())},
+        "subject": {"reference": format!("Patient/{a}")},
+        "encounter": {"reference": format!("Encounter/{enc_id}")},
+        "authoredOn": "2022-02-02"
+    }))
+    .await;
+    app.create(json!({
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item"}]}],
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]},
+        "subject": {"reference": format!("Patient/{a}")},
+        "onsetDateTime": "2015-05-05"
+    }))
+    .await;
+    (app, a, b)
+}
+
+fn total(b: &Value) -> u64 {
+    b["total"].as_u64().unwrap_or(u64::MAX)
+}
+
+#[tokio::test]
+async fn string_parameters() {
+    let (app, _, _) = fixture().await;
+    assert_eq!(total(&app.search("Patient?name=smi").await), 1, "prefix, case-insensitive");
+    assert_eq!(total(&app.search("Patient?family=sm").await), 2);
+    assert_eq!(total(&app.search("Patient?family:exact=Smith").await), 1);
+    assert_eq!(total(&app.search("Patient?family:exact=smith").await), 0, "exact is case-sensitive");
+    assert_eq!(total(&app.search("Patient?name:contains=myth").await), 1);
+    assert_eq!(total(&app.search("Patient?family=muller").await), 1, "accent-insensitive");
+    assert_eq!(total(&app.search("Patient?given=ann,bob").await), 2, "comma is OR");
+    assert_eq!(total(&app.search("Patient?family=sm&given=bob").await), 1, "repeated parameters are AND");
+    assert_eq!(total(&app.search("Patient?name=s&name=smy").await), 1);
+}
+
+#[tokio::test]
+async fn token_parameters() {
+    let (app, _, _) = fixture().await;
+    assert_eq!(total(&app.search("Patient?gender=female").await), 2);
+    assert_eq!(total(&app.search("Patient?gender:not=female").await), 1);
+    assert_eq!(total(&app.search("Observation?code=http://loinc.org|8867-4").await), 3);
+    assert_eq!(total(&app.search("Observation?code=8867-4").await), 3);
+    assert_eq!(total(&app.search("Observation?code=http://snomed.info/sct|8867-4").await), 0);
+    assert_eq!(total(&app.search("Observation?code=|8867-4").await), 0, "|code means no system");
+    assert_eq!(total(&app.search("Observation?category=http://terminology.hl7.org/CodeSystem/observation-category|").await), 5);
+    assert_eq!(total(&app.search("Observation?code:text=code 29463").await), 1);
+    assert_eq!(total(&app.search("Patient?identifier=urn:test:mrn|Smith-Ann").await), 1);
+    assert_eq!(total(&app.search("Condition?clinical-status=active&category=problem-list-item&code=38341003").await), 1);
+}
+
+#[tokio::test]
+async fn reference_parameters() {
+    let (app, a, b) = fixture().await;
+    assert_eq!(total(&app.search(&format!("Observation?patient={a}")).await), 4);
+    assert_eq!(total(&app.search(&format!("Observation?subject=Patient/{a}")).await), 4);
+    assert_eq!(total(&app.search(&format!("Observation?subject:Patient={b}")).await), 1);
+    assert_eq!(total(&app.search(&format!("Observation?subject={}/Patient/{b}", app.base)).await), 1, "absolute URL on this server");
+    assert_eq!(total(&app.search(&format!("Observation?patient={a},{b}")).await), 5);
+    let (status, _) = app.get_json("Observation?patient=Encounter/1").await;
+    assert_eq!(status, 400, "patient cannot point to an Encounter");
+}
+
+#[tokio::test]
+async fn date_parameters() {
+    let (app, a, _) = fixture().await;
+    let q = |s: &str| format!("Observation?patient={a}&date={s}");
+    assert_eq!(total(&app.search(&q("2020")).await), 1);
+    assert_eq!(total(&app.search(&q("2020-01-05")).await), 1);
+    assert_eq!(total(&app.search(&q("eq2021-06")).await), 1);
+    assert_eq!(total(&app.search(&q("ne2020")).await), 3);
+    assert_eq!(total(&app.search(&q("gt2021-01-01")).await), 3);
+    assert_eq!(total(&app.search(&q("ge2022-02-02")).await), 2);
+    assert_eq!(total(&app.search(&q("lt2021")).await), 1);
+    assert_eq!(total(&app.search(&q("le2021-06-01")).await), 2);
+    assert_eq!(total(&app.search(&q("sa2021-12-31")).await), 2);
+    assert_eq!(total(&app.search(&q("eb2020-06")).await), 1);
+    assert_eq!(total(&app.search(&q("ap2022-02-10")).await), 2, "approximately: within 10% of the distance to now");
+    assert_eq!(total(&app.search(&format!("Observation?patient={a}&date=ge2020&date=lt2022")).await), 2);
+    assert_eq!(total(&app.search("Patient?birthdate=1970").await), 1);
+    assert_eq!(total(&app.search("Patient?birthdate=lt1980-01-01").await), 1);
+    assert_eq!(total(&app.search("Encounter?date=2022-02-02").await), 1, "a Period inside the day");
+    assert_eq!(total(&app.search("Encounter?date=2022").await), 1);
+    assert_eq!(total(&app.search("MedicationRequest?authoredon=ge2022").await), 1);
+    assert_eq!(total(&app.search("Condition?onset-date=2015-05").await), 1);
+    let (status, _) = app.get_json("Observation?date=2020-13-01").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn quantity_and_number_parameters() {
+    let (app, _, _) = fixture().await;
+    assert_eq!(total(&app.search("Observation?value-quantity=72").await), 1);
+    assert_eq!(total(&app.search("Observation?value-quantity=gt70").await), 4);
+    assert_eq!(total(&app.search("Observation?value-quantity=gt70||kg").await), 1);
+    assert_eq!(total(&app.search("Observation?value-quantity=le72|http://unitsofmeasure.org|/min").await), 2);
+    assert_eq!(total(&app.search("Observation?value-quantity=70.5").await), 1);
+    assert_eq!(total(&app.search("Observation?value-quantity=70.4").await), 0, "precision of 70.4 is [70.35, 70.45)");
+    app.create(json!({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/x"}, "prediction": [{"probabilityDecimal": 0.42}]})).await;
+    assert_eq!(total(&app.search("RiskAssessment?probability=gt0.4").await), 1);
+    assert_eq!(total(&app.search("RiskAssessment?probability=0.42").await), 1);
+    assert_eq!(total(&app.search("RiskAssessment?probability=lt0.4").await), 0);
+}
+
+#[tokio::test]
+async fn missing_id_and_last_updated() {
+    let (app, a, b) = fixture().await;
+    assert_eq!(total(&app.search("Observation?value-quantity:missing=true").await), 0);
+    assert_eq!(total(&app.search("Patient?death-date:missing=true").await), 3);
+    assert_eq!(total(&app.search("MedicationRequest?encounter:missing=false").await), 1);
+    assert_eq!(total(&app.search(&format!("Patient?_id={a},{b}")).await), 2);
+    assert_eq!(total(&app.search("Patient?_lastUpdated=gt2000-01-01").await), 3);
+    assert_eq!(total(&app.search("Patient?_lastUpdated=lt2000-01-01").await), 0);
+}
+
+#[tokio::test]
+async fn sort_count_summary_elements_total() {
+    let (app, a, _) = fixture().await;
+    let b = app.search(&format!("Observation?patient={a}&category=vital-signs&_sort=-date")).await;
+    let dates: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["effectiveDateTime"].as_str().unwrap()).collect();
+    assert_eq!(dates, vec!["2022-02-02", "2021-06-01T10:00:00Z", "2020-01-05T10:00:00Z"]);
+    let b = app.search(&format!("Observation?patient={a}&_sort=code,-date")).await;
+    let codes: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["code"]["coding"][0]["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, vec!["2339-0", "29463-7", "8867-4", "8867-4"]);
+    let b = app.search("Patient?_sort=birthdate").await;
+    let births: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["birthDate"].as_str().unwrap()).collect();
+    assert_eq!(births, vec!["1970-03-04", "1985-11-20", "2001-07-07"]);
+    let b = app.search("Patient?_sort=-_lastUpdated,_id").await;
+    assert_eq!(ids(&b).len(), 3);
+    let b = app.search("Observation?_summary=count").await;
+    assert_eq!(b["total"], 5);
+    assert!(b.get("entry").is_none());
+    let b = app.search("Observation?_count=2&_total=none").await;
+    assert!(b.get("total").is_none());
+    assert_eq!(ids(&b).len(), 2);
+    let b = app.search("Patient?_elements=birthDate").await;
+    let first = &b["entry"][0]["resource"];
+    assert!(first.get("birthDate").is_some() && first.get("name").is_none());
+    assert_eq!(first["meta"]["tag"][0]["code"], "SUBSETTED");
+    let (status, _) = app.get_json("Patient?_sort=nonsense").await;
+    assert_eq!(status, 400);
+    let b = app.search("Patient?_count=5000").await;
+    assert_eq!(ids(&b).len(), 3, "_count is capped, not refused");
+}
+
+#[tokio::test]
+async fn include_revinclude_and_iterate() {
+    let (app, a, _) = fixture().await;
+    let b = app.search("MedicationRequest?_include=MedicationRequest:medication&_include=MedicationRequest:patient").await;
+    let modes: Vec<(&str, &str)> = b["entry"].as_array().unwrap().iter().map(|e| (e["resource"]["resourceType"].as_str().unwrap(), e["search"]["mode"].as_str().unwrap())).collect();
+    assert!(modes.contains(&("MedicationRequest", "match")));
+    assert!(modes.contains(&("Medication", "include")));
+    assert!(modes.contains(&("Patient", "include")));
+    let b = app.search(&format!("Patient?_id={a}&_revinclude=Observation:patient")).await;
+    assert_eq!(b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").count(), 4);
+    // Encounter -> revinclude MedicationRequest -> iterate include its Medication.
+    let b = app.search("Encounter?_revinclude=MedicationRequest:encounter&_include:iterate=MedicationRequest:medication").await;
+    let types: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    assert!(types.contains(&"MedicationRequest") && types.contains(&"Medication"), "{types:?}");
+    let (status, _) = app.get_json("MedicationRequest?_include=MedicationRequest:status").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn paging_is_stable_under_concurrent_writes() {
+    let app = spawn_app().await;
+    let p = app.create(patient("Page", "Pat", "female", "1990")).await["id"].as_str().unwrap().to_string();
+    for i in 0..25 {
+        app.create(observation(&p, "vital-signs", "8867-4", &format!("2020-01-{:02}", i + 1), 60.0 + i as f64, "/min")).await;
+    }
+    let first = app.search(&format!("Observation?patient={p}&_sort=date&_count=10")).await;
+    assert_eq!(first["total"], 25);
+    let mut seen = ids(&first);
+    // Writes between pages must neither shift nor duplicate what the pages return.
+    app.create(observation(&p, "vital-signs", "8867-4", "2019-01-01", 50.0, "/min")).await;
+    let mut next = first["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+    let mut pages = 1;
+    while let Some(url) = next {
+        let r = app.client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let b: Value = r.json().await.unwrap();
+        seen.extend(ids(&b));
+        assert!(b["link"].as_array().unwrap().iter().any(|l| l["relation"] == "previous"));
+        next = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+        pages += 1;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 25);
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), 25, "no duplicates across pages");
+    // Paging snapshots expire.
+    app.clock.advance(time::Duration::hours(2));
+    let link = first["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
+    let r = app.client.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 410);
+}
+
+#[tokio::test]
+async fn post_search_compartment_and_everything() {
+    let (app, a, b) = fixture().await;
+    let r = app.client.post(app.url("Observation/_search")).header("content-type", "application/x-www-form-urlencoded").body(format!("patient={a}&category=vital-signs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let bundle: Value = r.json().await.unwrap();
+    assert_eq!(bundle["total"], 3);
+    let c = app.search(&format!("Patient/{a}/Observation?category=laboratory")).await;
+    assert_eq!(c["total"], 1);
+    let c = app.search(&format!("Patient/{b}/Observation")).await;
+    assert_eq!(c["total"], 1);
+    let e = app.search(&format!("Patient/{a}/$everything")).await;
+    let types: std::collections::HashSet<&str> = e["entry"].as_array().unwrap().iter().map(|x| x["resource"]["resourceType"].as_str().unwrap()).collect();
+    for t in ["Patient", "Observation", "Encounter", "MedicationRequest", "Medication", "Condition"] {
+        assert!(types.contains(t), "{t} missing from $everything: {types:?}");
+    }
+    assert_eq!(e["entry"][0]["resource"]["resourceType"], "Patient");
+    let ids_everything: Vec<&str> = e["entry"].as_array().unwrap().iter().filter(|x| x["resource"]["resourceType"] == "Patient").map(|x| x["resource"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids_everything, vec![a.as_str()], "no other patient leaks into $everything");
+    let e = app.search(&format!("Patient/{a}/$everything?_type=Observation,Condition&_count=2")).await;
+    assert_eq!(e["total"], 5);
+    assert_eq!(e["entry"].as_array().unwrap().len(), 2);
+    assert!(e["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    let e = app.search(&format!("Patient/{a}/$everything?_since=2999-01-01")).await;
+    assert_eq!(e["total"], 0);
+    let (status, _) = app.get_json("Patient/nobody/$everything").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn unknown_parameters_and_lenient_handling() {
+    let (app, _, _) = fixture().await;
+    let (status, oo) = app.get_json("Patient?nonsense=1").await;
+    assert_eq!(status, 400);
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("nonsense"));
+    let r = app.client.get(app.url("Patient?nonsense=1&gender=male")).header("prefer", "handling=lenient").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["total"], 1);
+    let outcome = b["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("an outcome entry says what was ignored");
+    assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("nonsense"));
+    for bad in ["Patient?gender:fuzzy=x", "Patient?_count=abc", "Patient?birthdate=yesterday", "Observation?value-quantity=abc", "Patient?name=", "Patient?general-practitioner.name=x"] {
+        let (status, body) = app.get_json(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
