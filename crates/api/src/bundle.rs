@@ -47,14 +47,16 @@ impl Request {
     }
 }
 
-fn parse_entries(state: &AppState, bundle: &Value) -> ApiResult<Vec<Request>> {
-    let entries = match bundle.get("entry") {
-        None => return Ok(Vec::new()),
+/// Takes the entries out of `bundle` (resources are moved, not copied).
+fn parse_entries(base_url: &str, bundle: &mut Value) -> ApiResult<Vec<Request>> {
+    let entries = match bundle.get_mut("entry").map(Value::take) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
         Some(_) => return Err(ApiError::bad_request("Bundle.entry must be an array")),
     };
     let mut out = Vec::with_capacity(entries.len());
-    for (i, e) in entries.iter().enumerate() {
+    for (i, mut e) in entries.into_iter().enumerate() {
+        let resource = e.get_mut("resource").map(Value::take);
         let request = e.get("request").ok_or_else(|| ApiError::bad_request(format!("entry {i} has no request")))?;
         let method = match request.get("method").and_then(Value::as_str) {
             Some("GET") | Some("HEAD") => Method::Get,
@@ -65,12 +67,11 @@ fn parse_entries(state: &AppState, bundle: &Value) -> ApiResult<Vec<Request>> {
             other => return Err(ApiError::bad_request(format!("entry {i}: request.method {other:?} is not a FHIR HTTP verb"))),
         };
         let raw_url = request.get("url").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("entry {i} has no request.url")))?;
-        let url = raw_url.strip_prefix(state.base_url.as_str()).map(|u| u.trim_start_matches('/')).unwrap_or(raw_url).trim_start_matches('/').to_string();
+        let url = raw_url.strip_prefix(base_url).map(|u| u.trim_start_matches('/')).unwrap_or(raw_url).trim_start_matches('/').to_string();
         let if_match = match request.get("ifMatch").and_then(Value::as_str) {
             Some(v) => Some(parse_if_match(v)?),
             None => None,
         };
-        let resource = e.get("resource").cloned();
         if matches!(method, Method::Post | Method::Put) && resource.is_none() {
             return Err(ApiError::bad_request(format!("entry {i} ({raw_url}) needs a resource")));
         }
@@ -87,13 +88,13 @@ fn parse_entries(state: &AppState, bundle: &Value) -> ApiResult<Vec<Request>> {
 }
 
 /// Processes a `transaction` or `batch` Bundle and returns the response Bundle.
-pub async fn process(state: &AppState, bundle: Value) -> ApiResult<Bundle> {
+pub async fn process(state: &AppState, mut bundle: Value) -> ApiResult<Bundle> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ApiError::bad_request("POST to the base URL takes a Bundle of type transaction or batch"));
     }
     match bundle.get("type").and_then(Value::as_str) {
-        Some("transaction") => transaction(state, &bundle).await,
-        Some("batch") => batch(state, &bundle).await,
+        Some("transaction") => transaction(state, &mut bundle).await,
+        Some("batch") => batch(state, &mut bundle).await,
         other => Err(ApiError::bad_request(format!("Bundle.type {other:?} cannot be processed; use transaction or batch"))),
     }
 }
@@ -127,9 +128,147 @@ fn error_entry(e: &ApiError) -> Entry {
     }
 }
 
-async fn transaction(state: &AppState, bundle: &Value) -> ApiResult<Bundle> {
-    let mut requests = parse_entries(state, bundle)?;
+async fn transaction(state: &AppState, bundle: &mut Value) -> ApiResult<Bundle> {
     let mut tx = state.store.begin().await?;
+    let applied = apply_transaction(state, &mut *tx, bundle).await?;
+    tx.commit().await?;
+    Ok(finish_transaction(state, applied).await)
+}
+
+/// A transaction whose writes are done (not yet committed) and whose GET entries are still to run.
+pub struct Applied {
+    requests: Vec<Request>,
+    outcomes: Vec<Option<Outcome>>,
+    gets: Vec<usize>,
+}
+
+/// A transaction Bundle made only of unconditional creates and updates, fully prepared (ids assigned,
+/// references rewritten, validated, canonicalised and indexed) without the database.
+pub struct PreparedBundle {
+    writes: Vec<(store::Prepared, store::Precondition)>,
+}
+
+impl PreparedBundle {
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// What [`prepare_transaction`] made of a Bundle.
+pub enum Preparation {
+    Ready(PreparedBundle),
+    /// The Bundle needs the database to resolve (conditional entries or references, deletes, reads, or not
+    /// a transaction): process it with [`process`].
+    NeedsDatabase(Value),
+    Invalid(ApiError),
+}
+
+/// Prepares a transaction Bundle for import on any thread. Pure: no store access.
+pub fn prepare_transaction(base_url: &str, mut bundle: Value) -> Preparation {
+    if bundle.get("type").and_then(Value::as_str) != Some("transaction") || bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Preparation::NeedsDatabase(bundle);
+    }
+    let simple = bundle.get("entry").and_then(Value::as_array).is_some_and(|entries| {
+        entries.iter().all(|e| {
+            let r = &e["request"];
+            let url = r["url"].as_str().unwrap_or("?");
+            let unconditional = match r["method"].as_str() {
+                Some("POST") => r.get("ifNoneExist").is_none() && !url.contains('?'),
+                Some("PUT") => !url.contains('?') && r.get("ifMatch").is_none(),
+                _ => false,
+            };
+            unconditional && !has_conditional_reference(&e["resource"])
+        })
+    });
+    if !simple {
+        return Preparation::NeedsDatabase(bundle);
+    }
+    let mut requests = match parse_entries(base_url, &mut bundle) {
+        Ok(r) => r,
+        Err(e) => return Preparation::Invalid(e),
+    };
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut targets = Vec::with_capacity(requests.len());
+    for r in &requests {
+        let (ty, id, _) = r.target();
+        let (id, precondition) = match (r.method, id) {
+            (Method::Post, _) => (ops::new_id(), store::Precondition::Absent),
+            (Method::Put, Some(id)) => (id.to_string(), store::Precondition::None),
+            _ => return Preparation::NeedsDatabase(bundle),
+        };
+        if let Some(full) = &r.full_url {
+            ids.insert(full.clone(), format!("{ty}/{id}"));
+        }
+        targets.push((ty.to_string(), id, precondition));
+    }
+    let mut writes = Vec::with_capacity(requests.len());
+    for (i, (r, (ty, id, precondition))) in requests.iter_mut().zip(targets).enumerate() {
+        let mut body = r.resource.take().unwrap_or(Value::Null);
+        // No conditional references here (checked above), so nothing is left to resolve.
+        collect_rewrites(&mut body, &ids, &mut Vec::new());
+        let checked = ops::check_type(&ty).and_then(|_| ops::check_id(&id)).and_then(|_| ops::validated(&body, &ty));
+        if let Err(e) = checked {
+            return Preparation::Invalid(entry_error(i, e));
+        }
+        if precondition == store::Precondition::None && body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+            return Preparation::Invalid(entry_error(i, ApiError::bad_request("the resource in a PUT must carry the id from the URL")));
+        }
+        body["id"] = Value::String(id);
+        match store::prepare(body, Some(base_url)) {
+            Ok(p) => writes.push((p, precondition)),
+            Err(e) => return Preparation::Invalid(entry_error(i, e.into())),
+        }
+    }
+    Preparation::Ready(PreparedBundle { writes })
+}
+
+/// Writes prepared Bundles, all in one store transaction when none fails (the common case, and far
+/// cheaper than a savepoint per Bundle); if one fails, the group is rolled back and every Bundle is
+/// written in a transaction of its own, so each stays all or nothing. Returns, per Bundle, the number of
+/// entries written or the error.
+pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> ApiResult<Vec<ApiResult<usize>>> {
+    let mut tx = state.store.begin().await?;
+    let mut group_failed = false;
+    'group: for bundle in &bundles {
+        for (prepared, precondition) in &bundle.writes {
+            if tx.put_prepared(prepared, *precondition).await.is_err() {
+                group_failed = true;
+                break 'group;
+            }
+        }
+    }
+    if !group_failed {
+        tx.commit().await?;
+        return Ok(bundles.iter().map(|b| Ok(b.writes.len())).collect());
+    }
+    drop(tx);
+    let mut results = Vec::with_capacity(bundles.len());
+    for bundle in &bundles {
+        let mut tx = state.store.begin().await?;
+        let mut failed = None;
+        for (i, (prepared, precondition)) in bundle.writes.iter().enumerate() {
+            if let Err(e) = tx.put_prepared(prepared, *precondition).await {
+                failed = Some(entry_error(i, e.into()));
+                break;
+            }
+        }
+        match failed {
+            None => {
+                tx.commit().await?;
+                results.push(Ok(bundle.writes.len()));
+            }
+            Some(e) => results.push(Err(e)),
+        }
+    }
+    Ok(results)
+}
+
+/// Runs the writes of a transaction Bundle inside `tx`.
+async fn apply_transaction(state: &AppState, tx: &mut dyn Transaction, bundle: &mut Value) -> ApiResult<Applied> {
+    let mut requests = parse_entries(&state.base_url, bundle)?;
     // 1. Decide the identity of every entry that creates or updates, so references can be rewritten.
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut preresolved: HashMap<usize, Outcome> = HashMap::new();
@@ -187,7 +326,7 @@ async fn transaction(state: &AppState, bundle: &Value) -> ApiResult<Bundle> {
     // 2. Rewrite references to other entries and resolve conditional references.
     for i in 0..requests.len() {
         if let Some(res) = requests[i].resource.as_mut() {
-            rewrite_references(state, &mut *tx, res, &ids).await.map_err(|e| entry_error(i, e))?;
+            rewrite_references(state, tx, res, &ids).await.map_err(|e| entry_error(i, e))?;
         }
     }
     // 3. Process in the mandated order.
@@ -234,7 +373,12 @@ async fn transaction(state: &AppState, bundle: &Value) -> ApiResult<Bundle> {
         };
         outcomes[i] = Some(outcome.map_err(|e| entry_error(i, e))?);
     }
-    tx.commit().await?;
+    Ok(Applied { requests, outcomes, gets })
+}
+
+/// Runs the GET entries (after the commit, so they see the writes) and assembles the response.
+async fn finish_transaction(state: &AppState, applied: Applied) -> Bundle {
+    let Applied { requests, outcomes, gets } = applied;
     let mut response = Bundle::new("transaction-response", state.now_ms());
     let mut get_results: HashMap<usize, Entry> = HashMap::new();
     for i in gets {
@@ -250,7 +394,7 @@ async fn transaction(state: &AppState, bundle: &Value) -> ApiResult<Bundle> {
             None => response.entry.push(get_results.remove(&i).unwrap_or_default()),
         }
     }
-    Ok(response)
+    response
 }
 
 fn entry_error(i: usize, e: ApiError) -> ApiError {
@@ -281,6 +425,18 @@ async fn rewrite_references(state: &AppState, tx: &mut dyn Transaction, v: &mut 
     Ok(())
 }
 
+/// Whether any `reference` below `v` is conditional (`Type?criteria`).
+fn has_conditional_reference(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.iter().any(|(k, x)| match (k.as_str(), x) {
+            ("reference", Value::String(s)) => s.contains('?') && !s.contains("://"),
+            _ => has_conditional_reference(x),
+        }),
+        Value::Array(a) => a.iter().any(has_conditional_reference),
+        _ => false,
+    }
+}
+
 fn collect_rewrites(v: &mut Value, ids: &HashMap<String, String>, conditional: &mut Vec<String>) {
     match v {
         Value::Object(o) => {
@@ -303,8 +459,8 @@ fn collect_rewrites(v: &mut Value, ids: &HashMap<String, String>, conditional: &
     }
 }
 
-async fn batch(state: &AppState, bundle: &Value) -> ApiResult<Bundle> {
-    let requests = parse_entries(state, bundle)?;
+async fn batch(state: &AppState, bundle: &mut Value) -> ApiResult<Bundle> {
+    let requests = parse_entries(&state.base_url, bundle)?;
     let mut response = Bundle::new("batch-response", state.now_ms());
     for r in requests {
         let result = batch_entry(state, r).await;

@@ -89,15 +89,38 @@ pub fn validate_resource(body: &Value, expected_type: Option<&str>) -> Result<()
     Ok(())
 }
 
-/// FHIR forbids empty strings, objects and arrays anywhere in a resource (ele-1 and the JSON rules).
-fn check_no_empty(v: &Value, path: &str) -> Result<(), Invalid> {
-    match v {
-        Value::String(s) if s.is_empty() => Err(Invalid(format!("{path} is an empty string"))),
-        Value::Array(a) if a.is_empty() => Err(Invalid(format!("{path} is an empty array"))),
-        Value::Object(o) if o.is_empty() => Err(Invalid(format!("{path} is an empty object"))),
-        Value::Array(a) => a.iter().enumerate().try_for_each(|(i, x)| check_no_empty(x, &format!("{path}[{i}]"))),
-        Value::Object(o) => o.iter().try_for_each(|(k, x)| check_no_empty(x, &format!("{path}.{k}"))),
-        _ => Ok(()),
+/// FHIR forbids empty strings, objects and arrays anywhere in a resource (ele-1 and the JSON rules). The
+/// path of the offending element is built only when one is found.
+fn check_no_empty(v: &Value, root: &str) -> Result<(), Invalid> {
+    fn find_empty(v: &Value) -> Option<(Vec<String>, &'static str)> {
+        match v {
+            Value::String(s) if s.is_empty() => Some((Vec::new(), "an empty string")),
+            Value::Array(a) if a.is_empty() => Some((Vec::new(), "an empty array")),
+            Value::Object(o) if o.is_empty() => Some((Vec::new(), "an empty object")),
+            Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| {
+                find_empty(x).map(|(mut path, what)| {
+                    path.push(format!("[{i}]"));
+                    (path, what)
+                })
+            }),
+            Value::Object(o) => o.iter().find_map(|(k, x)| {
+                find_empty(x).map(|(mut path, what)| {
+                    path.push(format!(".{k}"));
+                    (path, what)
+                })
+            }),
+            _ => None,
+        }
+    }
+    match find_empty(v) {
+        None => Ok(()),
+        Some((path, what)) => {
+            let mut p = root.to_string();
+            for seg in path.iter().rev() {
+                p.push_str(seg);
+            }
+            Err(Invalid(format!("{p} is {what}")))
+        }
     }
 }
 

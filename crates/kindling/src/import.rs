@@ -2,6 +2,7 @@
 //! gzip-compressed. Files are read and parsed on a blocking thread while the previous one is written.
 
 use api::AppState;
+use api::bundle::{Preparation, PreparedBundle};
 use flate2::read::GzDecoder;
 use serde_json::{Value, json};
 use std::io::Read;
@@ -42,14 +43,15 @@ pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// One unit of work: a Bundle to process as a transaction (or batch).
+/// One file's work: Bundles prepared on the reading thread where possible, the rest as they are.
 struct Unit {
     file: String,
+    prepared: Vec<api::bundle::PreparedBundle>,
     bundles: Vec<Value>,
-    error: Option<String>,
+    errors: Vec<String>,
 }
 
-fn read_file(path: &Path) -> Unit {
+fn read_file(path: &Path, base_url: &str) -> Unit {
     let file = path.display().to_string();
     let result = (|| -> anyhow::Result<Vec<Value>> {
         let raw = std::fs::read(path)?;
@@ -73,10 +75,20 @@ fn read_file(path: &Path) -> Unit {
             Ok(vec![normalise(v)])
         }
     })();
+    let mut unit = Unit { file, prepared: Vec::new(), bundles: Vec::new(), errors: Vec::new() };
     match result {
-        Ok(bundles) => Unit { file, bundles, error: None },
-        Err(e) => Unit { file, bundles: Vec::new(), error: Some(e.to_string()) },
+        Ok(bundles) => {
+            for b in bundles {
+                match api::bundle::prepare_transaction(base_url, b) {
+                    Preparation::Ready(p) => unit.prepared.push(p),
+                    Preparation::NeedsDatabase(b) => unit.bundles.push(b),
+                    Preparation::Invalid(e) => unit.errors.push(e.message),
+                }
+            }
+        }
+        Err(e) => unit.errors.push(e.to_string()),
     }
+    unit
 }
 
 /// Wraps resources into a transaction: `PUT Type/id` when they carry an id, else `POST Type`.
@@ -126,22 +138,64 @@ fn normalise(v: Value) -> Value {
     }
 }
 
+const READERS: usize = 2;
+
+/// Entries written per store transaction during import.
+const GROUP_ENTRIES: usize = 5000;
+
+async fn flush(state: &AppState, group: &mut Vec<(String, PreparedBundle)>, summary: &mut ImportSummary) -> anyhow::Result<()> {
+    if group.is_empty() {
+        return Ok(());
+    }
+    let (files, bundles): (Vec<String>, Vec<PreparedBundle>) = std::mem::take(group).into_iter().unzip();
+    let results = api::bundle::import_prepared(state, bundles).await.map_err(|e| anyhow::anyhow!("import failed: {}", e.message))?;
+    for (file, r) in files.iter().zip(results) {
+        match r {
+            Ok(n) => summary.resources += n,
+            Err(e) => summary.errors.push(format!("{file}: {}", e.message)),
+        }
+    }
+    Ok(())
+}
+
 /// Imports `files` into the store behind `state`. `progress` is called after each file.
 pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: impl FnMut(&ImportSummary)) -> anyhow::Result<ImportSummary> {
     let started = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Unit>(8);
-    let reader = tokio::task::spawn_blocking(move || {
-        for f in files {
-            if tx.blocking_send(read_file(&f)).is_err() {
-                break;
+    // Two readers: reading, inflating, parsing and preparing are about as costly as writing, so the
+    // single writer is kept busy while the other core prepares the next files.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(files)));
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let queue = queue.clone();
+        let tx = tx.clone();
+        let base_url = state.base_url.clone();
+        readers.push(tokio::task::spawn_blocking(move || {
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let Some(f) = next else { break };
+                if tx.blocking_send(read_file(&f, &base_url)).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        }));
+    }
+    drop(tx);
     let mut summary = ImportSummary::default();
+    // Transaction Bundles are written in groups, one store transaction per group with a savepoint per
+    // Bundle: far fewer commits (each rewrites the same index pages) while each Bundle stays atomic.
+    let mut group: Vec<(String, PreparedBundle)> = Vec::new();
+    let mut group_entries = 0;
     while let Some(unit) = rx.recv().await {
         summary.files += 1;
-        if let Some(e) = unit.error {
-            summary.errors.push(format!("{}: {e}", unit.file));
+        summary.errors.extend(unit.errors.iter().map(|e| format!("{}: {e}", unit.file)));
+        for p in unit.prepared {
+            group_entries += p.len();
+            group.push((unit.file.clone(), p));
+            if group_entries >= GROUP_ENTRIES {
+                flush(state, &mut group, &mut summary).await?;
+                group_entries = 0;
+            }
         }
         for b in unit.bundles {
             let n = b.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
@@ -153,7 +207,10 @@ pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: i
         summary.elapsed = started.elapsed();
         progress(&summary);
     }
-    reader.await?;
+    flush(state, &mut group, &mut summary).await?;
+    for r in readers {
+        r.await?;
+    }
     state.store.optimize().await?;
     summary.elapsed = started.elapsed();
     Ok(summary)

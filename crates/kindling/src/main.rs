@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// glibc's allocator contends when JSON parsed on one thread is freed on another (import, request
+/// handling across workers); mimalloc does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "kindling", version, about = "Kindling: a SMART on FHIR sandbox and platform in one binary")]
 struct Cli {

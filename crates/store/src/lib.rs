@@ -6,6 +6,7 @@
 //! speaks only in FHIR terms and opaque `i64` keys, so a backend may be SQLite or PostgreSQL.
 
 mod error;
+mod prepare;
 mod snapshot;
 pub mod sql;
 pub mod sqlite;
@@ -15,6 +16,7 @@ use fhir::query::{Include, SearchQuery};
 use serde_json::Value;
 
 pub use error::StoreError;
+pub use prepare::{Prepared, prepare};
 pub use snapshot::{Snapshot, SnapshotCache};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -97,6 +99,8 @@ pub trait Reader: Send {
 pub trait Transaction: Reader {
     /// Writes a new version of `resource` (whose `resourceType` and `id` must be set).
     async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written>;
+    /// Writes a resource prepared (canonicalised and indexed) ahead of the transaction by [`prepare`].
+    async fn put_prepared(&mut self, prepared: &Prepared, precondition: Precondition) -> Result<Written>;
     /// Deletes the resource; `None` when there was no live version.
     async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>>;
     async fn commit(self: Box<Self>) -> Result<()>;

@@ -86,9 +86,13 @@ fn table_for(kind: ParamKind) -> &'static str {
 pub fn compile_search(q: &SearchQuery, dialect: Dialect) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
     b.push("SELECT r.rid FROM resources r WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0");
-    for f in &q.filters {
+    // The most selective filter drives the query through its search index (`r.rid IN (…)`); the others are
+    // checked per candidate row with correlated EXISTS on the rid-first indexes. Building IN-sets for
+    // unselective filters such as `category=vital-signs` would cost tens of thousands of rows per query.
+    let driver = q.filters.iter().enumerate().min_by_key(|(_, f)| selectivity_rank(f)).map(|(i, _)| i);
+    for (i, f) in q.filters.iter().enumerate() {
         b.push(" AND ");
-        compile_filter(&mut b, f);
+        compile_filter(&mut b, f, Some(i) == driver);
     }
     b.push(" ORDER BY ");
     for s in &q.sort {
@@ -114,9 +118,30 @@ pub fn compile_search(q: &SearchQuery, dialect: Dialect) -> SqlBuilder {
     b
 }
 
-fn sub_in(b: &mut SqlBuilder, table: &str, key: &str, negate: bool) {
-    b.push(if negate { "r.rid NOT IN (SELECT rid FROM " } else { "r.rid IN (SELECT rid FROM " });
-    b.push(table).push(" WHERE p = ").text(key).push(" AND (");
+/// Lower is more selective (a heuristic: the planner has no statistics for our parameter values).
+fn selectivity_rank(f: &Filter) -> u8 {
+    match f {
+        Filter::Id(_) => 0,
+        Filter::Reference { .. } | Filter::PatientCompartment(_) => 1,
+        Filter::Token { key, negate: false, .. } if key.ends_with(".identifier") => 1,
+        Filter::String { mode: StringMode::Exact, .. } => 2,
+        Filter::String { .. } | Filter::Date { .. } | Filter::Quantity { .. } | Filter::Number { .. } => 3,
+        Filter::Token { negate: false, .. } => 4,
+        Filter::TokenText { .. } => 5,
+        Filter::LastUpdated(_) | Filter::Missing { .. } => 6,
+        Filter::Token { negate: true, .. } => 7,
+    }
+}
+
+/// Opens the subquery of an index filter: the driving form selects matching rids, the others test the
+/// candidate row. Close it with `"))"`.
+fn sub_in(b: &mut SqlBuilder, table: &str, key: &str, negate: bool, driving: bool) {
+    match (negate, driving) {
+        (false, true) => b.push("r.rid IN (SELECT rid FROM ").push(table).push(" WHERE p = "),
+        (false, false) => b.push("EXISTS (SELECT 1 FROM ").push(table).push(" x WHERE x.rid = r.rid AND x.p = "),
+        (true, _) => b.push("NOT EXISTS (SELECT 1 FROM ").push(table).push(" x WHERE x.rid = r.rid AND x.p = "),
+    };
+    b.text(key).push(" AND (");
 }
 
 fn or_sep(b: &mut SqlBuilder, i: usize) {
@@ -125,7 +150,7 @@ fn or_sep(b: &mut SqlBuilder, i: usize) {
     }
 }
 
-fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
+fn compile_filter(b: &mut SqlBuilder, f: &Filter, driving: bool) {
     match f {
         Filter::Id(ids) => {
             b.push("r.id IN (");
@@ -146,7 +171,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push(")");
         }
         Filter::String { key, mode, values } => {
-            sub_in(b, "sp_string", key, false);
+            sub_in(b, "sp_string", key, false, driving);
             for (i, v) in values.iter().enumerate() {
                 or_sep(b, i);
                 match mode {
@@ -164,7 +189,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push("))");
         }
         Filter::Token { key, values, negate } => {
-            sub_in(b, "sp_token", key, *negate);
+            sub_in(b, "sp_token", key, *negate, driving);
             for (i, v) in values.iter().enumerate() {
                 or_sep(b, i);
                 b.push("(");
@@ -198,7 +223,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push("))");
         }
         Filter::TokenText { key, values } => {
-            sub_in(b, "sp_token", key, false);
+            sub_in(b, "sp_token", key, false, driving);
             for (i, v) in values.iter().enumerate() {
                 or_sep(b, i);
                 b.push("text LIKE ").text(&format!("%{}%", escape_like(v))).push(" ESCAPE '\\'");
@@ -206,7 +231,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push("))");
         }
         Filter::Reference { key, values } => {
-            sub_in(b, "sp_reference", key, false);
+            sub_in(b, "sp_reference", key, false, driving);
             for (i, v) in values.iter().enumerate() {
                 or_sep(b, i);
                 match v {
@@ -224,7 +249,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push("))");
         }
         Filter::Date { key, values } => {
-            sub_in(b, "sp_date", key, false);
+            sub_in(b, "sp_date", key, false, driving);
             for (i, c) in values.iter().enumerate() {
                 or_sep(b, i);
                 date_cond(b, c, "lo", "hi");
@@ -232,7 +257,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push("))");
         }
         Filter::Quantity { key, values } => {
-            sub_in(b, "sp_quantity", key, false);
+            sub_in(b, "sp_quantity", key, false, driving);
             for (i, c) in values.iter().enumerate() {
                 or_sep(b, i);
                 b.push("(");
@@ -248,7 +273,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push("))");
         }
         Filter::Number { key, values } => {
-            sub_in(b, "sp_number", key, false);
+            sub_in(b, "sp_number", key, false, driving);
             for (i, c) in values.iter().enumerate() {
                 or_sep(b, i);
                 num_cond(b, c);
@@ -256,11 +281,15 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter) {
             b.push("))");
         }
         Filter::Missing { key, kind, missing } => {
-            b.push(if *missing { "r.rid NOT IN (SELECT rid FROM " } else { "r.rid IN (SELECT rid FROM " });
-            b.push(table_for(*kind)).push(" WHERE p = ").text(key).push(")");
+            b.push(if *missing { "NOT EXISTS (SELECT 1 FROM " } else { "EXISTS (SELECT 1 FROM " });
+            b.push(table_for(*kind)).push(" x WHERE x.rid = r.rid AND x.p = ").text(key).push(")");
         }
         Filter::PatientCompartment(patient_id) => {
-            b.push("r.rid IN (SELECT rid FROM compartment WHERE patient_id = ").text(patient_id).push(")");
+            if driving {
+                b.push("r.rid IN (SELECT rid FROM compartment WHERE patient_id = ").text(patient_id).push(")");
+            } else {
+                b.push("EXISTS (SELECT 1 FROM compartment x WHERE x.rid = r.rid AND x.patient_id = ").text(patient_id).push(")");
+            }
         }
     }
 }

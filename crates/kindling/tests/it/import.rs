@@ -51,13 +51,20 @@ async fn imports_ndjson_gzip_and_reports_errors_with_file() {
         gz.finish().unwrap();
     }
     std::fs::write(dir.path().join("broken.json"), "{ nope").unwrap();
+    let bad_tx = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Patient", "name": [{"family": "Halfway"}]}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "subject": {"reference": "urn:uuid:1"}}, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    std::fs::write(dir.path().join("bad-tx.json"), bad_tx.to_string()).unwrap();
     std::fs::write(dir.path().join("single.json"), serde_json::json!({"resourceType": "Practitioner", "name": [{"family": "Solo"}]}).to_string()).unwrap();
     let files = kindling::import::collect_files(&[dir.path().to_path_buf()]).unwrap();
-    assert_eq!(files.len(), 3);
+    assert_eq!(files.len(), 4);
     let summary = kindling::import::import_files(&app.app_state, files, |_| {}).await.unwrap();
     assert_eq!(summary.resources, 31);
-    assert_eq!(summary.errors.len(), 1);
-    assert!(summary.errors[0].contains("broken.json"));
+    assert_eq!(summary.errors.len(), 2, "{:?}", summary.errors);
+    assert!(summary.errors.iter().any(|e| e.contains("broken.json")));
+    assert!(summary.errors.iter().any(|e| e.contains("bad-tx.json") && e.contains("entry 1")), "{:?}", summary.errors);
+    assert_eq!(app.search("Patient?family=halfway").await["total"], 0, "a failing transaction stores nothing");
     assert_eq!(app.search("Patient?gender=female").await["total"], 30);
     assert_eq!(app.search("Practitioner?family=solo").await["total"], 1);
 }

@@ -21,32 +21,33 @@ CREATE TABLE resource_history (
 ) WITHOUT ROWID;
 CREATE INDEX resource_history_updated ON resource_history (last_updated);
 
--- Search index rows of the current version; p is 'Type.param'.
-CREATE TABLE sp_string (rid INTEGER NOT NULL, p TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
+-- Search index rows of the current version; p is 'Type.param'. Each table is clustered by (rid, p, seq)
+-- — seq numbers the rows of one resource — which serves the correlated EXISTS checks of secondary filters,
+-- sorting and clearing rows on update; a second index (p first) serves the filter that drives a query.
+CREATE TABLE sp_string (rid INTEGER NOT NULL, p TEXT NOT NULL, seq INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL,
+    PRIMARY KEY (rid, p, seq)) WITHOUT ROWID;
 CREATE INDEX sp_string_search ON sp_string (p, norm, rid);
-CREATE INDEX sp_string_rid ON sp_string (rid);
 
-CREATE TABLE sp_token (rid INTEGER NOT NULL, p TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
+CREATE TABLE sp_token (rid INTEGER NOT NULL, p TEXT NOT NULL, seq INTEGER NOT NULL, system TEXT, code TEXT, text TEXT,
+    PRIMARY KEY (rid, p, seq)) WITHOUT ROWID;
 CREATE INDEX sp_token_search ON sp_token (p, code, system, rid);
-CREATE INDEX sp_token_rid ON sp_token (rid);
 
-CREATE TABLE sp_reference (rid INTEGER NOT NULL, p TEXT NOT NULL, target_type TEXT, target_id TEXT, url TEXT);
+CREATE TABLE sp_reference (rid INTEGER NOT NULL, p TEXT NOT NULL, seq INTEGER NOT NULL, target_type TEXT, target_id TEXT, url TEXT,
+    PRIMARY KEY (rid, p, seq)) WITHOUT ROWID;
 CREATE INDEX sp_reference_search ON sp_reference (p, target_id, target_type, rid);
-CREATE INDEX sp_reference_rid ON sp_reference (rid);
 
-CREATE TABLE sp_date (rid INTEGER NOT NULL, p TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL);
+CREATE TABLE sp_date (rid INTEGER NOT NULL, p TEXT NOT NULL, seq INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+    PRIMARY KEY (rid, p, seq)) WITHOUT ROWID;
 CREATE INDEX sp_date_search ON sp_date (p, lo, hi, rid);
-CREATE INDEX sp_date_rid ON sp_date (rid, p);
 
-CREATE TABLE sp_quantity (rid INTEGER NOT NULL, p TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT, unit TEXT);
+CREATE TABLE sp_quantity (rid INTEGER NOT NULL, p TEXT NOT NULL, seq INTEGER NOT NULL, value REAL NOT NULL, system TEXT, code TEXT, unit TEXT,
+    PRIMARY KEY (rid, p, seq)) WITHOUT ROWID;
 CREATE INDEX sp_quantity_search ON sp_quantity (p, value, rid);
-CREATE INDEX sp_quantity_rid ON sp_quantity (rid);
 
-CREATE TABLE sp_number (rid INTEGER NOT NULL, p TEXT NOT NULL, value REAL NOT NULL);
+CREATE TABLE sp_number (rid INTEGER NOT NULL, p TEXT NOT NULL, seq INTEGER NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (rid, p, seq)) WITHOUT ROWID;
 CREATE INDEX sp_number_search ON sp_number (p, value, rid);
-CREATE INDEX sp_number_rid ON sp_number (rid);
 
 -- Patient compartment membership of the current version.
-CREATE TABLE compartment (rid INTEGER NOT NULL, patient_id TEXT NOT NULL);
+CREATE TABLE compartment (rid INTEGER NOT NULL, patient_id TEXT NOT NULL, PRIMARY KEY (rid, patient_id)) WITHOUT ROWID;
 CREATE INDEX compartment_patient ON compartment (patient_id, rid);
-CREATE INDEX compartment_rid ON compartment (rid);

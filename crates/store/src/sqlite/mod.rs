@@ -8,7 +8,7 @@ mod write;
 
 use crate::sql::{Dialect, SqlValue, compile_search};
 use crate::{
-    HistoryPage, HistoryParams, HistoryScope, Precondition, Reader, Result, Snapshot, SnapshotCache, Store,
+    HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, Snapshot, SnapshotCache, Store,
     StoreError, StoredResource, Transaction, Written,
 };
 use async_trait::async_trait;
@@ -56,7 +56,8 @@ struct Inner {
     snapshots: SnapshotCache,
 }
 
-fn open_connection(path: &Path) -> Result<Connection> {
+/// Opens a connection; `cache_kib` sizes its page cache (it fills only as pages are used).
+fn open_connection(path: &Path, cache_kib: i64) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -66,9 +67,10 @@ fn open_connection(path: &Path) -> Result<Connection> {
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 10000;
-         PRAGMA cache_size = -8000;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 16384;",
     )?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -97,7 +99,7 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
             }
         }
-        let mut writer = open_connection(&config.path)?;
+        let mut writer = open_connection(&config.path, 32 * 1024)?;
         migrate(&mut writer, unix_ms(clock.now()))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -145,7 +147,7 @@ impl Inner {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => open_connection(&self.path)?,
+            None => open_connection(&self.path, 8 * 1024)?,
         };
         Ok(PooledReader { conn: Some(conn), pool: &self.readers })
     }
@@ -424,8 +426,13 @@ impl Reader for SqliteTransaction {
 #[async_trait]
 impl Transaction for SqliteTransaction {
     async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written> {
+        let prepared = crate::prepare(resource, self.base_url.as_deref())?;
+        self.put_prepared(&prepared, precondition).await
+    }
+
+    async fn put_prepared(&mut self, prepared: &Prepared, precondition: Precondition) -> Result<Written> {
         let now = unix_ms(self.clock.now());
-        write::put(self.conn(), resource, precondition, now, self.base_url.as_deref())
+        write::put(self.conn(), prepared, precondition, now)
     }
 
     async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>> {
