@@ -173,7 +173,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&args.data)?;
         }
         let clock: SharedClock = Arc::new(SystemClock);
-        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone() }, clock).await?;
+        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB }, clock).await?;
         let files = crate::import::collect_files(std::slice::from_ref(&args.synthea))?;
         let summary = crate::import::import_files(&app.state, files, |_| {}).await?;
         println!(

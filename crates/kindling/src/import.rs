@@ -141,7 +141,7 @@ fn normalise(v: Value) -> Value {
 const READERS: usize = 2;
 
 /// Entries written per store transaction during import.
-const GROUP_ENTRIES: usize = 5000;
+const GROUP_ENTRIES: usize = 40000;
 
 async fn flush(state: &AppState, group: &mut Vec<(String, PreparedBundle)>, summary: &mut ImportSummary) -> anyhow::Result<()> {
     if group.is_empty() {

@@ -30,6 +30,13 @@ pub struct ServerConfig {
     /// Externally visible base URL of the server (no trailing slash); derived from the bound address when absent.
     pub public_url: Option<String>,
     pub data_dir: PathBuf,
+    /// SQLite writer page cache; large for bulk imports, small for serving.
+    pub writer_cache_mib: u32,
+}
+
+impl ServerConfig {
+    pub const SERVE_CACHE_MIB: u32 = 32;
+    pub const IMPORT_CACHE_MIB: u32 = 256;
 }
 
 impl ServerConfig {
@@ -54,7 +61,7 @@ impl Application {
         let addr = listener.local_addr()?;
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_string();
         let base_url = format!("{public_url}/fhir");
-        let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()) }, clock.clone())
+        let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()), writer_cache_mib: config.writer_cache_mib }, clock.clone())
             .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
         let state = AppState { store: Arc::new(store), base_url, clock };
         Ok(Application { listener, addr, public_url, state })

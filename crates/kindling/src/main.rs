@@ -94,7 +94,7 @@ async fn shutdown_signal() {
 }
 
 fn offline_config(data: PathBuf) -> ServerConfig {
-    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data }
+    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB }
 }
 
 #[tokio::main]
@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn config(serve: &ServeArgs) -> ServerConfig {
-    ServerConfig { listen: serve.listen, public_url: serve.public_url.clone(), data_dir: serve.data.clone() }
+    ServerConfig { listen: serve.listen, public_url: serve.public_url.clone(), data_dir: serve.data.clone(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB }
 }
 
 fn print_ready(app: &Application, started: Instant) {

@@ -24,7 +24,7 @@ pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf() };
+    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB };
     let app = Application::build(&config, shared).await.expect("build app");
     let base = app.base_url().to_string();
     let app_state = app.state.clone();
