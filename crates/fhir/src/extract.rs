@@ -143,7 +143,7 @@ fn all_values<'a>(root: &'a Value, paths: &str) -> Vec<&'a Value> {
 /// FHIR base URL, so that absolute references to it are indexed as local ones.
 pub fn extract(resource_type: &str, resource: &Value, base: Option<&str>) -> Result<IndexRows, ExtractError> {
     let mut rows = IndexRows::default();
-    for param in params::params_for(resource_type) {
+    for param in params::params_for(resource_type).iter().filter(|p| p.index_key == p.key) {
         extract_param(param, resource, base, &mut rows)?;
     }
     let mut compartments = Vec::new();
@@ -325,7 +325,7 @@ mod tests {
         assert!(rows.tokens.iter().any(|t| t.key == "Observation.category" && t.code.as_deref() == Some("vital-signs")));
         assert!(rows.tokens.iter().any(|t| t.key == "Observation.code" && t.text.as_deref() == Some("heart rate")));
         assert!(rows.tokens.iter().any(|t| t.key == "Observation.status" && t.code.as_deref() == Some("final")));
-        assert_eq!(rows.references.iter().filter(|r| r.target_id.as_deref() == Some("p1")).count(), 2);
+        assert_eq!(rows.references.iter().filter(|r| r.target_id.as_deref() == Some("p1")).count(), 1, "patient shares subject's row");
         assert_eq!(rows.dates.len(), 1);
         assert_eq!(rows.quantities[0].value, 72.0);
         assert_eq!(rows.patient_compartments, vec!["p1".to_string()]);

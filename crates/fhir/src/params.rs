@@ -40,8 +40,19 @@ pub struct SearchParam {
     pub paths: &'static str,
     /// For reference parameters: the resource types the reference may point to (`None` = any).
     pub targets: Option<&'static [&'static str]>,
-    /// The key under which index rows of this parameter are stored, `Type.name`.
+    /// `Type.name`.
     pub key: std::string::String,
+    /// The key under which this parameter's index rows are stored. A reference parameter that reads the
+    /// same element as a broader one and allows a single target type (Observation `patient` beside
+    /// `subject`) shares the broader one's rows, filtered by that type, so they are written only once.
+    pub index_key: std::string::String,
+}
+
+impl SearchParam {
+    /// The target type a query must add when this parameter shares another's index rows.
+    pub fn shared_target(&self) -> Option<&'static str> {
+        if self.index_key != self.key { self.targets.map(|t| t[0]) } else { None }
+    }
 }
 
 use ParamKind::*;
@@ -364,7 +375,23 @@ fn registry() -> &'static Registry {
                 paths,
                 targets,
                 key: format!("{resource}.{name}"),
+                index_key: format!("{resource}.{name}"),
             });
+        }
+        for list in by_type.values_mut() {
+            let snapshot = list.clone();
+            for p in list.iter_mut() {
+                let Some([single]) = p.targets else { continue };
+                if p.kind != Reference {
+                    continue;
+                }
+                let broader = snapshot.iter().find(|q| {
+                    q.name != p.name && q.kind == Reference && q.paths == p.paths && q.targets.is_none_or(|t| t.len() > 1 && t.contains(single))
+                });
+                if let Some(q) = broader {
+                    p.index_key = q.key.clone();
+                }
+            }
         }
         Registry { by_type }
     })
@@ -424,5 +451,15 @@ mod tests {
         }
         assert!(types_with_params().len() >= 25);
         assert_eq!(find("Observation", "category").map(|p| p.kind), Some(Token));
+        let patient = find("Observation", "patient").unwrap();
+        assert_eq!(patient.index_key, "Observation.subject");
+        assert_eq!(patient.shared_target(), Some("Patient"));
+        assert_eq!(find("Observation", "subject").unwrap().shared_target(), None);
+        // Shared rows always belong to a parameter that indexes itself.
+        for t in types_with_params() {
+            for p in params_for(t) {
+                assert_eq!(params_for(t).iter().find(|q| q.key == p.index_key).unwrap().index_key, p.index_key);
+            }
+        }
     }
 }

@@ -80,7 +80,8 @@ pub enum Filter {
     Date { key: &'static str, values: Vec<DateCmp> },
     Quantity { key: &'static str, values: Vec<QuantityCmp> },
     Number { key: &'static str, values: Vec<NumCmp> },
-    Missing { key: &'static str, kind: ParamKind, missing: bool },
+    /// `target_type` restricts reference rows shared with a broader parameter.
+    Missing { key: &'static str, kind: ParamKind, missing: bool, target_type: Option<&'static str> },
     /// Resources in the compartment of this patient.
     PatientCompartment(String),
 }
@@ -219,7 +220,7 @@ fn parse_one(q: &mut SearchQuery, raw_name: &str, value: &str, opts: ParseOption
                     "_id" => SortKey::Id,
                     "_lastUpdated" => SortKey::LastUpdated,
                     other => match params::find(&ty, other) {
-                        Some(p) if p.kind != ParamKind::Reference => SortKey::Param { key: p.key.as_str(), kind: p.kind },
+                        Some(p) if p.kind != ParamKind::Reference => SortKey::Param { key: p.index_key.as_str(), kind: p.kind },
                         Some(_) => return err(format!("sorting by the reference parameter '{other}' is not supported")),
                         None => return err(format!("unknown sort parameter '{other}' for {ty}")),
                     },
@@ -329,18 +330,19 @@ fn parse_include(value: &str, iterate: bool) -> Result<Include, QueryError> {
         Some(t) => return err(format!("unknown target type '{t}' in '{value}'")),
         None => None,
     };
-    Ok(Include { source_type: source_type.to_string(), key: p.key.as_str(), target_type, iterate })
+    let target_type = target_type.or_else(|| p.shared_target().map(str::to_string));
+    Ok(Include { source_type: source_type.to_string(), key: p.index_key.as_str(), target_type, iterate })
 }
 
 fn parse_param(param: &'static SearchParam, modifier: Option<&str>, values: &[String], opts: ParseOptions<'_>) -> Result<Filter, QueryError> {
-    let key = param.key.as_str();
+    let key = param.index_key.as_str();
     if let Some("missing") = modifier {
         let missing = match values {
             [v] if v == "true" => true,
             [v] if v == "false" => false,
             _ => return err(format!("{}:missing takes true or false", param.name)),
         };
-        return Ok(Filter::Missing { key, kind: param.kind, missing });
+        return Ok(Filter::Missing { key, kind: param.kind, missing, target_type: param.shared_target() });
     }
     let bad_modifier = |m: &str| err(format!("modifier ':{m}' is not supported on the {} parameter '{}'", param.kind.as_str(), param.name));
     match param.kind {
@@ -529,7 +531,7 @@ mod tests {
         assert_eq!(q.filters.len(), 2);
         assert_eq!(
             q.filters[0],
-            Filter::Reference { key: "Observation.patient", values: vec![RefValue::Local { resource_type: Some("Patient".into()), id: "123".into() }] }
+            Filter::Reference { key: "Observation.subject", values: vec![RefValue::Local { resource_type: Some("Patient".into()), id: "123".into() }] }
         );
         assert_eq!(q.sort.len(), 2);
         assert!(q.sort[0].descending);

@@ -280,9 +280,13 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, driving: bool) {
             }
             b.push("))");
         }
-        Filter::Missing { key, kind, missing } => {
+        Filter::Missing { key, kind, missing, target_type } => {
             b.push(if *missing { "NOT EXISTS (SELECT 1 FROM " } else { "EXISTS (SELECT 1 FROM " });
-            b.push(table_for(*kind)).push(" x WHERE x.rid = r.rid AND x.p = ").text(key).push(")");
+            b.push(table_for(*kind)).push(" x WHERE x.rid = r.rid AND x.p = ").text(key);
+            if let Some(t) = target_type {
+                b.push(" AND x.target_type = ").text(t);
+            }
+            b.push(")");
         }
         Filter::PatientCompartment(patient_id) => {
             if driving {

@@ -85,6 +85,16 @@ async fn reference_parameters() {
     assert_eq!(total(&app.search(&format!("Observation?patient={a},{b}")).await), 5);
     let (status, _) = app.get_json("Observation?patient=Encounter/1").await;
     assert_eq!(status, 400, "patient cannot point to an Encounter");
+    // `patient` shares `subject`'s index rows; a Group subject is found by subject only.
+    let mut group_obs = crate::observation("g1", "vital-signs", "8867-4", "2020-01-01", 1.0, "/min");
+    group_obs["subject"] = json!({"reference": "Group/g1"});
+    app.create(group_obs).await;
+    assert_eq!(total(&app.search("Observation?subject=Group/g1").await), 1);
+    assert_eq!(total(&app.search("Observation?patient=g1").await), 0);
+    assert_eq!(total(&app.search("Observation?patient:missing=true").await), 1);
+    assert_eq!(total(&app.search("Observation?subject:missing=true").await), 0);
+    let b = app.search("Observation?subject=Group/g1&_include=Observation:patient").await;
+    assert_eq!(b["entry"].as_array().unwrap().len(), 1, "no Group comes in through patient");
 }
 
 #[tokio::test]
