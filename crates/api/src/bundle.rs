@@ -324,8 +324,8 @@ async fn apply_transaction(state: &AppState, tx: &mut dyn Transaction, bundle: &
         }
     }
     // 2. Rewrite references to other entries and resolve conditional references.
-    for i in 0..requests.len() {
-        if let Some(res) = requests[i].resource.as_mut() {
+    for (i, r) in requests.iter_mut().enumerate() {
+        if let Some(res) = r.resource.as_mut() {
             rewrite_references(state, tx, res, &ids).await.map_err(|e| entry_error(i, e))?;
         }
     }

@@ -118,11 +118,10 @@ pub async fn conditional_update(state: &AppState, tx: &mut dyn Transaction, reso
         }
         1 => {
             let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
-            if let Some(body_id) = body.get("id").and_then(Value::as_str) {
-                if body_id != existing.id {
+            if let Some(body_id) = body.get("id").and_then(Value::as_str)
+                && body_id != existing.id {
                     return Err(ApiError::bad_request(format!("the body's id {body_id} differs from the matching resource {}", existing.id)));
                 }
-            }
             let mut body = body;
             body["id"] = Value::String(existing.id.clone());
             update(state, tx, resource_type, &existing.id, body, None).await

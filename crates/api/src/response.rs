@@ -130,12 +130,10 @@ pub fn resource_headers(headers: &mut HeaderMap, base: &str, r: &StoredResource,
 
 /// The body of a stored resource, re-indented when `_pretty=true`.
 pub fn resource_body(r: &StoredResource, pretty: bool) -> String {
-    if pretty {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.json) {
-            if let Ok(s) = serde_json::to_string_pretty(&v) {
+    if pretty
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.json)
+            && let Ok(s) = serde_json::to_string_pretty(&v) {
                 return s;
             }
-        }
-    }
     r.json.clone()
 }

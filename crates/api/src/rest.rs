@@ -93,11 +93,10 @@ pub async fn type_search_post(
     body: Bytes,
 ) -> ApiResult<Response> {
     check_type(&ty)?;
-    if let Some(ct) = header_str(&headers, header::CONTENT_TYPE.as_str()) {
-        if !ct.starts_with("application/x-www-form-urlencoded") {
+    if let Some(ct) = header_str(&headers, header::CONTENT_TYPE.as_str())
+        && !ct.starts_with("application/x-www-form-urlencoded") {
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters"));
         }
-    }
     let mut pairs = parse_pairs(q.as_deref().unwrap_or(""));
     pairs.extend(url::form_urlencoded::parse(&body).into_owned());
     run_search(&state, neg, &ty, pairs, None).await

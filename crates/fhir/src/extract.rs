@@ -119,11 +119,10 @@ pub fn values_at<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
                 other => vec![other],
             };
             for item in items {
-                if let Some((field, expected)) = filter {
-                    if item.get(field).and_then(Value::as_str) != Some(expected) {
+                if let Some((field, expected)) = filter
+                    && item.get(field).and_then(Value::as_str) != Some(expected) {
                         continue;
                     }
-                }
                 next.push(item);
             }
         }
@@ -147,20 +146,18 @@ pub fn extract(resource_type: &str, resource: &Value, base: Option<&str>) -> Res
         extract_param(param, resource, base, &mut rows)?;
     }
     let mut compartments = Vec::new();
-    if resource_type == "Patient" {
-        if let Some(id) = resource.get("id").and_then(Value::as_str) {
+    if resource_type == "Patient"
+        && let Some(id) = resource.get("id").and_then(Value::as_str) {
             compartments.push(id.to_string());
         }
-    }
     for path in params::patient_compartment_paths(resource_type) {
         for v in values_at(resource, path) {
             if let Some(r) = v.get("reference").and_then(Value::as_str) {
                 let parsed = parse_reference(r, base);
-                if let Some(("Patient", id)) = parsed.local() {
-                    if parsed.url.is_none() && !compartments.iter().any(|c| c == id) {
+                if let Some(("Patient", id)) = parsed.local()
+                    && parsed.url.is_none() && !compartments.iter().any(|c| c == id) {
                         compartments.push(id.to_string());
                     }
-                }
             }
         }
     }
@@ -191,11 +188,10 @@ fn extract_param(param: &'static SearchParam, resource: &Value, base: Option<&st
                     if parsed.resource_type.is_none() && parsed.url.is_none() {
                         continue;
                     }
-                    if let (Some(targets), Some(t)) = (param.targets, parsed.resource_type.as_deref()) {
-                        if !targets.contains(&t) {
+                    if let (Some(targets), Some(t)) = (param.targets, parsed.resource_type.as_deref())
+                        && !targets.contains(&t) {
                             continue;
                         }
-                    }
                     rows.references.push(ReferenceRow {
                         key,
                         target_type: parsed.resource_type,

@@ -428,11 +428,10 @@ fn parse_ref_value(param: &SearchParam, type_modifier: Option<&str>, v: &str, ba
     }
     match parsed.local() {
         Some((t, id)) => {
-            if let Some(targets) = param.targets {
-                if !targets.contains(&t) {
+            if let Some(targets) = param.targets
+                && !targets.contains(&t) {
                     return err(format!("parameter '{}' cannot refer to {t}", param.name));
                 }
-            }
             Ok(RefValue::Local { resource_type: Some(t.to_string()), id: id.to_string() })
         }
         None => err(format!("'{v}' is not a valid reference for parameter '{}'", param.name)),

@@ -71,7 +71,8 @@ pub const VACCINES: &[(&str, &str)] = &[
 ];
 
 /// A laboratory test: (LOINC, display, unit, low, high, mean, sd, decimals)
-pub const LABS: &[(&str, &str, &str, f64, f64, f64, f64, u32)] = &[
+pub type Lab = (&'static str, &'static str, &'static str, f64, f64, f64, f64, u32);
+pub const LABS: &[Lab] = &[
     ("2339-0", "Glucose [Mass/volume] in Blood", "mg/dL", 70.0, 99.0, 92.0, 18.0, 0),
     ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", 4.0, 5.6, 5.7, 0.9, 1),
     ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", 0.6, 1.3, 1.0, 0.25, 2),

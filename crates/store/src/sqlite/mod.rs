@@ -99,11 +99,10 @@ fn migrate(conn: &mut Connection, now_ms: i64) -> Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `config.path` and applies pending migrations.
     pub fn open(config: SqliteConfig, clock: SharedClock) -> Result<Self> {
-        if let Some(dir) = config.path.parent() {
-            if !dir.as_os_str().is_empty() {
+        if let Some(dir) = config.path.parent()
+            && !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
             }
-        }
         let mut writer = open_connection(&config.path, config.writer_cache_mib as i64 * 1024)?;
         migrate(&mut writer, unix_ms(clock.now()))?;
         Ok(SqliteStore {
@@ -408,11 +407,10 @@ impl SqliteTransaction {
 
 impl Drop for SqliteTransaction {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
+        if let Some(conn) = self.conn.take()
+            && let Err(e) = conn.execute_batch("ROLLBACK") {
                 tracing::error!(error = %e, "rollback failed");
             }
-        }
     }
 }
 
@@ -447,12 +445,11 @@ impl Transaction for SqliteTransaction {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        if let Some(conn) = self.conn.take() {
-            if let Err(e) = conn.execute_batch("COMMIT") {
+        if let Some(conn) = self.conn.take()
+            && let Err(e) = conn.execute_batch("COMMIT") {
                 let _ = conn.execute_batch("ROLLBACK");
                 return Err(e.into());
             }
-        }
         Ok(())
     }
 }
