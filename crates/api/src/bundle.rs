@@ -5,6 +5,7 @@
 //! mandated order — DELETE, POST, PUT/PATCH, then GET/HEAD — while responses keep the request order.
 //! A batch runs each entry on its own and reports each outcome.
 
+use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, EntryResponse};
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, Outcome, parse_if_match};
@@ -14,6 +15,7 @@ use fhir::time::{format_instant, from_unix_ms};
 use fhir::types::is_known_type;
 use serde_json::Value;
 use std::collections::HashMap;
+use smart::Interaction;
 use store::Transaction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,14 +89,20 @@ fn parse_entries(base_url: &str, bundle: &mut Value) -> ApiResult<Vec<Request>> 
     Ok(out)
 }
 
-/// Processes a `transaction` or `batch` Bundle and returns the response Bundle.
-pub async fn process(state: &AppState, mut bundle: Value) -> ApiResult<Bundle> {
+/// Processes a `transaction` or `batch` Bundle with full access (seeding and import).
+pub async fn process(state: &AppState, bundle: Value) -> ApiResult<Bundle> {
+    process_with_access(state, &Access::Open, bundle).await
+}
+
+/// Processes a `transaction` or `batch` Bundle, checking every entry against `access`, and returns the
+/// response Bundle.
+pub async fn process_with_access(state: &AppState, access: &Access, mut bundle: Value) -> ApiResult<Bundle> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ApiError::bad_request("POST to the base URL takes a Bundle of type transaction or batch"));
     }
     match bundle.get("type").and_then(Value::as_str) {
-        Some("transaction") => transaction(state, &mut bundle).await,
-        Some("batch") => batch(state, &mut bundle).await,
+        Some("transaction") => transaction(state, access, &mut bundle).await,
+        Some("batch") => batch(state, access, &mut bundle).await,
         other => Err(ApiError::bad_request(format!("Bundle.type {other:?} cannot be processed; use transaction or batch"))),
     }
 }
@@ -128,11 +136,11 @@ fn error_entry(e: &ApiError) -> Entry {
     }
 }
 
-async fn transaction(state: &AppState, bundle: &mut Value) -> ApiResult<Bundle> {
+async fn transaction(state: &AppState, access: &Access, bundle: &mut Value) -> ApiResult<Bundle> {
     let mut tx = state.store.begin().await?;
-    let applied = apply_transaction(state, &mut *tx, bundle).await?;
+    let applied = apply_transaction(state, access, &mut *tx, bundle).await?;
     tx.commit().await?;
-    Ok(finish_transaction(state, applied).await)
+    Ok(finish_transaction(state, access, applied).await)
 }
 
 /// A transaction whose writes are done (not yet committed) and whose GET entries are still to run.
@@ -267,7 +275,7 @@ pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> 
 }
 
 /// Runs the writes of a transaction Bundle inside `tx`.
-async fn apply_transaction(state: &AppState, tx: &mut dyn Transaction, bundle: &mut Value) -> ApiResult<Applied> {
+async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Transaction, bundle: &mut Value) -> ApiResult<Applied> {
     let mut requests = parse_entries(&state.base_url, bundle)?;
     // 1. Decide the identity of every entry that creates or updates, so references can be rewritten.
     let mut ids: HashMap<String, String> = HashMap::new();
@@ -336,9 +344,13 @@ async fn apply_transaction(state: &AppState, tx: &mut dyn Transaction, bundle: &
     let mut gets = Vec::new();
     for i in order {
         if let Some(done) = preresolved.remove(&i) {
+            if let Some(existing) = &done.resource {
+                rest::check_stored(state, access, Interaction::Read, existing).await.map_err(|e| entry_error(i, e))?;
+            }
             outcomes[i] = Some(done);
             continue;
         }
+        check_entry(state, access, &mut *tx, &requests[i]).await.map_err(|e| entry_error(i, e))?;
         let r = &mut requests[i];
         let (ty, id, query) = {
             let (t, id, q) = r.target();
@@ -377,12 +389,12 @@ async fn apply_transaction(state: &AppState, tx: &mut dyn Transaction, bundle: &
 }
 
 /// Runs the GET entries (after the commit, so they see the writes) and assembles the response.
-async fn finish_transaction(state: &AppState, applied: Applied) -> Bundle {
+async fn finish_transaction(state: &AppState, access: &Access, applied: Applied) -> Bundle {
     let Applied { requests, outcomes, gets } = applied;
     let mut response = Bundle::new("transaction-response", state.now_ms());
     let mut get_results: HashMap<usize, Entry> = HashMap::new();
     for i in gets {
-        let e = match rest::read_entry(state, &requests[i].url).await {
+        let e = match rest::read_entry(state, access, &requests[i].url).await {
             Ok(e) => e,
             Err(err) => error_entry(&err),
         };
@@ -395,6 +407,35 @@ async fn finish_transaction(state: &AppState, applied: Applied) -> Bundle {
         }
     }
     response
+}
+
+/// Checks a write entry against the request's access (reads are checked when they run).
+async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction, r: &Request) -> ApiResult<()> {
+    if matches!(access, Access::Open) {
+        return Ok(());
+    }
+    let (ty, id, query) = r.target();
+    let empty = Value::Null;
+    let body = r.resource.as_ref().unwrap_or(&empty);
+    match (r.method, id, query) {
+        (Method::Get, _, _) => Ok(()),
+        (Method::Post, _, _) => access.check_resource(state, Interaction::Create, ty, "", None, body).await,
+        (Method::Put | Method::Delete, _, Some(_)) => {
+            access.check_type_wide(ty, if r.method == Method::Put { Interaction::Update } else { Interaction::Delete })
+        }
+        (Method::Put, Some(id), None) => {
+            access.check_resource(state, Interaction::Update, ty, id, None, body).await?;
+            match tx.read(ty, id).await?.filter(|e| !e.deleted) {
+                Some(existing) => rest::check_stored(state, access, Interaction::Update, &existing).await,
+                None => Ok(()),
+            }
+        }
+        (Method::Delete, Some(id), None) => match tx.read(ty, id).await?.filter(|e| !e.deleted) {
+            Some(existing) => rest::check_stored(state, access, Interaction::Delete, &existing).await,
+            None => access.check_any(ty, Interaction::Delete),
+        },
+        _ => Ok(()),
+    }
 }
 
 fn entry_error(i: usize, e: ApiError) -> ApiError {
@@ -459,11 +500,11 @@ fn collect_rewrites(v: &mut Value, ids: &HashMap<String, String>, conditional: &
     }
 }
 
-async fn batch(state: &AppState, bundle: &mut Value) -> ApiResult<Bundle> {
+async fn batch(state: &AppState, access: &Access, bundle: &mut Value) -> ApiResult<Bundle> {
     let requests = parse_entries(&state.base_url, bundle)?;
     let mut response = Bundle::new("batch-response", state.now_ms());
     for r in requests {
-        let result = batch_entry(state, r).await;
+        let result = batch_entry(state, access, r).await;
         response.entry.push(match result {
             Ok(e) => e,
             Err(err) => error_entry(&err),
@@ -472,12 +513,13 @@ async fn batch(state: &AppState, bundle: &mut Value) -> ApiResult<Bundle> {
     Ok(response)
 }
 
-async fn batch_entry(state: &AppState, r: Request) -> ApiResult<Entry> {
+async fn batch_entry(state: &AppState, access: &Access, r: Request) -> ApiResult<Entry> {
     let (ty, id, query) = {
         let (t, id, q) = r.target();
         (t.to_string(), id.map(str::to_string), q.map(str::to_string))
     };
     let mut tx = state.store.begin().await?;
+    check_entry(state, access, &mut *tx, &r).await?;
     let outcome = match r.method {
         Method::Delete => match (id, query) {
             (Some(id), None) => ops::delete(&mut *tx, &ty, &id, r.if_match).await?,
@@ -492,7 +534,7 @@ async fn batch_entry(state: &AppState, r: Request) -> ApiResult<Entry> {
         },
         Method::Get => {
             drop(tx);
-            return rest::read_entry(state, &r.url).await;
+            return rest::read_entry(state, access, &r.url).await;
         }
     };
     tx.commit().await?;

@@ -9,7 +9,7 @@ use fhir::time::parse_date_range;
 use fhir::types::is_storable_type;
 use store::Snapshot;
 
-pub async fn everything(state: &AppState, patient_id: &str, pairs: &[(String, String)]) -> ApiResult<Bundle> {
+pub async fn everything(state: &AppState, access: &crate::access::Access, patient_id: &str, pairs: &[(String, String)]) -> ApiResult<Bundle> {
     let mut since = None;
     let mut types: Option<Vec<String>> = None;
     let mut count = DEFAULT_COUNT;
@@ -37,5 +37,5 @@ pub async fn everything(state: &AppState, patient_id: &str, pairs: &[(String, St
         source.snapshot_id = Some(state.store.save_snapshot(snapshot).await?);
     }
     let self_url = format!("{}/Patient/{patient_id}/$everything", state.base_url);
-    page_bundle(state, &q, source, self_url).await
+    page_bundle(state, access, &q, source, self_url).await
 }

@@ -1,5 +1,6 @@
 //! The FHIR R4 REST API of Kindling, served under `/fhir` by axum over any [`store::Store`].
 
+pub mod access;
 pub mod bundle;
 mod bundle_out;
 pub mod capability;
@@ -27,6 +28,8 @@ pub struct AppState {
     /// The FHIR base URL as clients see it, without a trailing slash (e.g. `http://127.0.0.1:8080/fhir`).
     pub base_url: String,
     pub clock: SharedClock,
+    /// Resolves bearer tokens; `None` is the explicit open-sandbox mode (no token needed).
+    pub access: Option<Arc<dyn access::AccessResolver>>,
 }
 
 impl AppState {
@@ -55,8 +58,7 @@ async fn metadata(State(state): State<AppState>, neg: response::Negotiated) -> R
 /// The `/fhir` routes. Mount the result at the root of the server.
 pub fn router(state: AppState) -> Router {
     use rest::*;
-    Router::new()
-        .route("/fhir/metadata", with_405(get(metadata)))
+    let protected = Router::new()
         .route("/fhir", with_405(get(system_get).post(system_post)))
         .route("/fhir/", with_405(get(system_get).post(system_post)))
         .route("/fhir/_history", with_405(get(system_history)))
@@ -70,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/{type}/{id}/_history", with_405(get(instance_history)))
         .route("/fhir/{type}/{id}/_history/{vid}", with_405(get(instance_vread)))
         .route("/fhir/{type}/{id}/{sub}", with_405(get(instance_sub)))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::require_access));
+    Router::new()
+        .route("/fhir/metadata", with_405(get(metadata)))
+        .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(state)

@@ -1,5 +1,6 @@
 //! The FHIR RESTful interactions as axum handlers.
 
+use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, EntryResponse, Link, SearchInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, Outcome, check_id, check_type, parse_if_match};
@@ -7,11 +8,13 @@ use crate::response::{Negotiated, PreferReturn, json_response, raw_json_response
 use crate::search::{self, encode_pairs, parse_pairs, parse_search};
 use crate::{AppState, bundle};
 use axum::body::Bytes;
+use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fhir::time::{format_instant, from_unix_ms, parse_date_range};
 use serde_json::Value;
+use smart::Interaction;
 use store::{HistoryParams, HistoryScope, StoredResource};
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -57,35 +60,37 @@ fn bundle_response(neg: Negotiated, b: &Bundle) -> Response {
 
 // ---- whole system --------------------------------------------------------------------------------------
 
-pub async fn system_get(State(state): State<AppState>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn system_get(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let pairs = parse_pairs(q.as_deref().unwrap_or(""));
     if pairs.iter().any(|(k, _)| k == "_getpages") {
-        let b = search::snapshot_page(&state, &pairs).await?;
+        let b = search::snapshot_page(&state, &access, &pairs).await?;
         return Ok(bundle_response(neg, &b));
     }
     Err(ApiError::bad_request("searching across all resource types is not supported; search one type, e.g. GET [base]/Patient?name=smith"))
 }
 
-pub async fn system_post(State(state): State<AppState>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn system_post(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let value = json_body(&headers, &body)?;
-    let b = bundle::process(&state, value).await?;
+    let b = bundle::process_with_access(&state, &access, value).await?;
     Ok(bundle_response(neg, &b))
 }
 
-pub async fn system_history(State(state): State<AppState>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn system_history(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    access.check_history(None)?;
     history(&state, neg, HistoryScope::System, q.as_deref().unwrap_or(""), format!("{}/_history", state.base_url)).await
 }
 
 // ---- type level ----------------------------------------------------------------------------------------
 
-pub async fn type_search(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn type_search(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     check_type(&ty)?;
     let pairs = parse_pairs(q.as_deref().unwrap_or(""));
-    run_search(&state, neg, &ty, pairs, None).await
+    run_search(&state, &access, neg, &ty, pairs, None).await
 }
 
 pub async fn type_search_post(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(ty): Path<String>,
     neg: Negotiated,
     RawQuery(q): RawQuery,
@@ -99,12 +104,13 @@ pub async fn type_search_post(
         }
     let mut pairs = parse_pairs(q.as_deref().unwrap_or(""));
     pairs.extend(url::form_urlencoded::parse(&body).into_owned());
-    run_search(&state, neg, &ty, pairs, None).await
+    run_search(&state, &access, neg, &ty, pairs, None).await
 }
 
 /// Runs a search of `ty`; `compartment` restricts it to one patient's compartment.
-async fn run_search(state: &AppState, neg: Negotiated, ty: &str, pairs: Vec<(String, String)>, compartment: Option<&str>) -> ApiResult<Response> {
+async fn run_search(state: &AppState, access: &Access, neg: Negotiated, ty: &str, pairs: Vec<(String, String)>, compartment: Option<&str>) -> ApiResult<Response> {
     let mut q = parse_search(state, ty, &pairs, neg.lenient)?;
+    access.restrict_search(state, &mut q)?;
     let path = match compartment {
         Some(p) => {
             if !fhir::params::in_patient_compartment(ty) {
@@ -119,13 +125,14 @@ async fn run_search(state: &AppState, neg: Negotiated, ty: &str, pairs: Vec<(Str
     // re-read only the result parameters (_include, _elements, ...) from this query string.
     let query_string = encode_pairs(&pairs);
     let self_url = if query_string.is_empty() { path } else { format!("{path}?{query_string}") };
-    let b = search::search_bundle(state, &q, self_url, query_string).await?;
+    let b = search::search_bundle(state, access, &q, self_url, query_string).await?;
     Ok(bundle_response(neg, &b))
 }
 
-pub async fn type_create(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn type_create(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     check_type(&ty)?;
     let value = json_body(&headers, &body)?;
+    access.check_resource(&state, Interaction::Create, &ty, "", None, &value).await?;
     let if_none_exist = header_str(&headers, "if-none-exist").map(|s| s.trim_start_matches('?').to_string());
     let mut tx = state.store.begin().await?;
     let outcome = ops::create(&state, &mut *tx, &ty, value, if_none_exist.as_deref(), None).await?;
@@ -135,6 +142,7 @@ pub async fn type_create(State(state): State<AppState>, Path(ty): Path<String>, 
 
 pub async fn type_conditional_update(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(ty): Path<String>,
     neg: Negotiated,
     RawQuery(q): RawQuery,
@@ -144,14 +152,16 @@ pub async fn type_conditional_update(
     check_type(&ty)?;
     let criteria = q.unwrap_or_default();
     let value = json_body(&headers, &body)?;
+    access.check_type_wide(&ty, Interaction::Update)?;
     let mut tx = state.store.begin().await?;
     let outcome = ops::conditional_update(&state, &mut *tx, &ty, &criteria, value).await?;
     tx.commit().await?;
     Ok(write_response(&state, neg, outcome))
 }
 
-pub async fn type_conditional_delete(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn type_conditional_delete(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     check_type(&ty)?;
+    access.check_type_wide(&ty, Interaction::Delete)?;
     let criteria = q.unwrap_or_default();
     let mut tx = state.store.begin().await?;
     let outcome = ops::conditional_delete(&state, &mut *tx, &ty, &criteria).await?;
@@ -159,8 +169,9 @@ pub async fn type_conditional_delete(State(state): State<AppState>, Path(ty): Pa
     Ok(write_response(&state, Negotiated { prefer_return: PreferReturn::OperationOutcome, ..neg }, outcome))
 }
 
-pub async fn type_history(State(state): State<AppState>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn type_history(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     check_type(&ty)?;
+    access.check_history(Some(&ty))?;
     let url = format!("{}/{ty}/_history", state.base_url);
     history(&state, neg, HistoryScope::Type(ty), q.as_deref().unwrap_or(""), url).await
 }
@@ -178,8 +189,9 @@ pub async fn read_current(state: &AppState, ty: &str, id: &str) -> ApiResult<Sto
     }
 }
 
-pub async fn instance_read(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn instance_read(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
     let r = read_current(&state, &ty, &id).await?;
+    check_stored(&state, &access, Interaction::Read, &r).await?;
     if header_str(&headers, "if-none-match").is_some_and(|v| v.trim() == r.etag() || v.trim() == format!("\"{}\"", r.version)) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         resource_headers(resp.headers_mut(), &state.base_url, &r, false);
@@ -188,19 +200,23 @@ pub async fn instance_read(State(state): State<AppState>, Path((ty, id)): Path<(
     Ok(resource_response(&state, neg, &r))
 }
 
-pub async fn instance_vread(State(state): State<AppState>, Path((ty, id, vid)): Path<(String, String, String)>, neg: Negotiated) -> ApiResult<Response> {
+pub async fn instance_vread(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id, vid)): Path<(String, String, String)>, neg: Negotiated) -> ApiResult<Response> {
     check_type(&ty)?;
     check_id(&id)?;
     let version: i64 = vid.parse().map_err(|_| ApiError::bad_request(format!("'{vid}' is not a version id")))?;
     match state.store.vread(&ty, &id, version).await? {
         None => Err(ApiError::not_found(format!("{ty}/{id} has no version {version}"))),
         Some(r) if r.deleted => Err(ApiError::gone(format!("version {version} of {ty}/{id} is a deletion"))),
-        Some(r) => Ok(resource_response(&state, neg, &r)),
+        Some(r) => {
+            check_stored(&state, &access, Interaction::Read, &r).await?;
+            Ok(resource_response(&state, neg, &r))
+        }
     }
 }
 
 pub async fn instance_update(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path((ty, id)): Path<(String, String)>,
     neg: Negotiated,
     headers: HeaderMap,
@@ -208,6 +224,13 @@ pub async fn instance_update(
 ) -> ApiResult<Response> {
     check_type(&ty)?;
     let value = json_body(&headers, &body)?;
+    if !matches!(access, Access::Open) {
+        // Neither the new content nor the resource it replaces may lie outside what the token grants.
+        access.check_resource(&state, Interaction::Update, &ty, &id, None, &value).await?;
+        if let Some(existing) = state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
+            check_stored(&state, &access, Interaction::Update, &existing).await?;
+        }
+    }
     let if_match = match header_str(&headers, "if-match") {
         Some(v) => Some(parse_if_match(v)?),
         None => None,
@@ -218,7 +241,14 @@ pub async fn instance_update(
     Ok(write_response(&state, neg, outcome))
 }
 
-pub async fn instance_delete(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn instance_delete(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+    check_type(&ty)?;
+    if !matches!(access, Access::Open) {
+        match state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
+            Some(existing) => check_stored(&state, &access, Interaction::Delete, &existing).await?,
+            None => access.check_type_wide(&ty, Interaction::Delete).or_else(|_| access.check_any(&ty, Interaction::Delete))?,
+        }
+    }
     let if_match = match header_str(&headers, "if-match") {
         Some(v) => Some(parse_if_match(v)?),
         None => None,
@@ -230,11 +260,16 @@ pub async fn instance_delete(State(state): State<AppState>, Path((ty, id)): Path
     Ok(write_response(&state, neg, outcome))
 }
 
-pub async fn instance_history(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn instance_history(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     check_type(&ty)?;
     check_id(&id)?;
-    if state.store.read(&ty, &id).await?.is_none() {
+    let Some(current) = state.store.read(&ty, &id).await? else {
         return Err(ApiError::not_found(format!("{ty}/{id} is not known")));
+    };
+    if !matches!(access, Access::Open) {
+        // A deleted resource's compartment is judged by its last live version.
+        let judged = if current.deleted { state.store.vread(&ty, &id, current.version - 1).await?.unwrap_or(current) } else { current };
+        check_stored(&state, &access, Interaction::Read, &judged).await?;
     }
     let url = format!("{}/{ty}/{id}/_history", state.base_url);
     history(&state, neg, HistoryScope::Instance(ty, id), q.as_deref().unwrap_or(""), url).await
@@ -243,6 +278,7 @@ pub async fn instance_history(State(state): State<AppState>, Path((ty, id)): Pat
 /// `GET Patient/{id}/$everything` and compartment searches `GET Patient/{id}/{Type}`.
 pub async fn instance_sub(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path((ty, id, sub)): Path<(String, String, String)>,
     neg: Negotiated,
     RawQuery(q): RawQuery,
@@ -253,13 +289,14 @@ pub async fn instance_sub(
     if ty != "Patient" {
         return Err(ApiError::not_found(format!("{ty}/{id}/{sub} is not an operation or compartment served here")));
     }
-    read_current(&state, &ty, &id).await?;
+    let patient = read_current(&state, &ty, &id).await?;
     if sub == "$everything" {
-        let b = crate::everything::everything(&state, &id, &pairs).await?;
+        check_stored(&state, &access, Interaction::Read, &patient).await?;
+        let b = crate::everything::everything(&state, &access, &id, &pairs).await?;
         return Ok(bundle_response(neg, &b));
     }
     check_type(&sub)?;
-    run_search(&state, neg, &sub, pairs, Some(&id)).await
+    run_search(&state, &access, neg, &sub, pairs, Some(&id)).await
 }
 
 // ---- history -------------------------------------------------------------------------------------------
@@ -321,7 +358,7 @@ async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: 
 }
 
 /// Executes a GET entry of a batch or transaction (`Type/id`, `Type/id/_history/v`, `Type?query`).
-pub async fn read_entry(state: &AppState, url: &str) -> ApiResult<Entry> {
+pub async fn read_entry(state: &AppState, access: &Access, url: &str) -> ApiResult<Entry> {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, q),
         None => (url, ""),
@@ -331,9 +368,10 @@ pub async fn read_entry(state: &AppState, url: &str) -> ApiResult<Entry> {
         [ty] => {
             check_type(ty)?;
             let pairs = parse_pairs(query);
-            let q = parse_search(state, ty, &pairs, false)?;
+            let mut q = parse_search(state, ty, &pairs, false)?;
+            access.restrict_search(state, &mut q)?;
             let self_url = format!("{}/{ty}?{}", state.base_url, encode_pairs(&pairs));
-            let b = search::search_bundle(state, &q, self_url, encode_pairs(&pairs)).await?;
+            let b = search::search_bundle(state, access, &q, self_url, encode_pairs(&pairs)).await?;
             let v = serde_json::to_value(&b).map_err(|_| ApiError::internal())?;
             return Ok(Entry {
                 resource: Some(Body::Value(v)),
@@ -353,6 +391,7 @@ pub async fn read_entry(state: &AppState, url: &str) -> ApiResult<Entry> {
         }
         _ => return Err(ApiError::bad_request(format!("'{url}' is not a supported GET in a Bundle"))),
     };
+    check_stored(state, access, Interaction::Read, &resource).await?;
     Ok(Entry {
         full_url: Some(crate::bundle_out::full_url(&state.base_url, &resource)),
         resource: Some(Body::stored(&resource)),
@@ -366,4 +405,13 @@ pub async fn read_entry(state: &AppState, url: &str) -> ApiResult<Entry> {
         search: None::<SearchInfo>,
         ..Default::default()
     })
+}
+
+/// Checks an interaction on a stored resource against the request's access.
+pub async fn check_stored(state: &AppState, access: &Access, interaction: Interaction, r: &StoredResource) -> ApiResult<()> {
+    if matches!(access, Access::Open) {
+        return Ok(());
+    }
+    let v: Value = serde_json::from_str(&r.json).map_err(|_| ApiError::internal())?;
+    access.check_resource(state, interaction, &r.resource_type, &r.id, Some(r.key), &v).await
 }

@@ -1,6 +1,7 @@
 //! Search execution: matching keys from the store, a page of them, `_include`/`_revinclude`, and paging
 //! through frozen snapshots so that `next` links are stable while others write.
 
+use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, Link, SearchInfo, full_url};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -40,18 +41,18 @@ pub struct PageSource {
 }
 
 /// Runs a new search and builds its first page.
-pub async fn search_bundle(state: &AppState, q: &SearchQuery, self_url: String, query_string: String) -> ApiResult<Bundle> {
+pub async fn search_bundle(state: &AppState, access: &Access, q: &SearchQuery, self_url: String, query_string: String) -> ApiResult<Bundle> {
     let keys = state.store.search(q).await?;
     let mut source = PageSource { keys, offset: 0, snapshot_id: None };
     if source.keys.len() > q.count && q.summary != Summary::Count && q.count > 0 {
         let snapshot = Snapshot { resource_type: Some(q.resource_type.clone()), query: query_string, keys: source.keys.clone(), expires: 0 };
         source.snapshot_id = Some(state.store.save_snapshot(snapshot).await?);
     }
-    page_bundle(state, q, source, self_url).await
+    page_bundle(state, access, q, source, self_url).await
 }
 
 /// Builds a page (`source.offset .. +q.count`) as a searchset Bundle.
-pub async fn page_bundle(state: &AppState, q: &SearchQuery, source: PageSource, self_url: String) -> ApiResult<Bundle> {
+pub async fn page_bundle(state: &AppState, access: &Access, q: &SearchQuery, source: PageSource, self_url: String) -> ApiResult<Bundle> {
     let now = state.now_ms();
     let mut bundle = Bundle::new("searchset", now);
     let total = source.keys.len();
@@ -78,8 +79,14 @@ pub async fn page_bundle(state: &AppState, q: &SearchQuery, source: PageSource, 
         bundle.link.push(Link { relation: "last", url: link(last) });
     }
     let page_keys = &source.keys[start..end];
-    let matches = state.store.fetch(page_keys).await?;
-    let included = includes(state, q, page_keys).await?;
+    let mut matches = state.store.fetch(page_keys).await?;
+    let mut included = includes(state, q, page_keys).await?;
+    if !matches!(access, Access::Open) {
+        // Searches are already narrowed to what the token may see; included resources and pages of
+        // frozen results (possibly fetched with another token) are checked one by one.
+        matches = filter_readable(state, access, matches).await;
+        included = filter_readable(state, access, included).await;
+    }
     for r in &matches {
         bundle.entry.push(entry(state, q, r, "match"));
     }
@@ -91,6 +98,16 @@ pub async fn page_bundle(state: &AppState, q: &SearchQuery, source: PageSource, 
         bundle.entry.push(Entry { resource: Some(Body::Value(oo)), search: Some(SearchInfo { mode: "outcome" }), ..Default::default() });
     }
     Ok(bundle)
+}
+
+async fn filter_readable(state: &AppState, access: &Access, resources: Vec<StoredResource>) -> Vec<StoredResource> {
+    let mut out = Vec::with_capacity(resources.len());
+    for r in resources {
+        if access.may_read(state, &r).await {
+            out.push(r);
+        }
+    }
+    out
 }
 
 fn entry(state: &AppState, q: &SearchQuery, r: &StoredResource, mode: &'static str) -> Entry {
@@ -145,7 +162,7 @@ async fn includes(state: &AppState, q: &SearchQuery, page: &[i64]) -> ApiResult<
 }
 
 /// `GET [base]?_getpages=ID&_getpagesoffset=N&_count=C`: a later page of a frozen search.
-pub async fn snapshot_page(state: &AppState, pairs: &[(String, String)]) -> ApiResult<Bundle> {
+pub async fn snapshot_page(state: &AppState, access: &Access, pairs: &[(String, String)]) -> ApiResult<Bundle> {
     let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let id = get("_getpages").unwrap_or_default();
     let offset: usize = get("_getpagesoffset").unwrap_or("0").parse().map_err(|_| ApiError::bad_request("_getpagesoffset must be a number"))?;
@@ -163,5 +180,5 @@ pub async fn snapshot_page(state: &AppState, pairs: &[(String, String)]) -> ApiR
     let q = parse_search(state, &resource_type, &original, true)?;
     let self_url = format!("{}?_getpages={id}&_getpagesoffset={offset}&_count={}", state.base_url, q.count);
     let source = PageSource { keys: snapshot.keys.clone(), offset, snapshot_id: Some(id.to_string()) };
-    page_bundle(state, &q, source, self_url).await
+    page_bundle(state, access, &q, source, self_url).await
 }

@@ -63,7 +63,7 @@ impl Application {
         let base_url = format!("{public_url}/fhir");
         let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()), writer_cache_mib: config.writer_cache_mib }, clock.clone())
             .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
-        let state = AppState { store: Arc::new(store), base_url, clock };
+        let state = AppState { store: Arc::new(store), base_url, clock, access: None };
         Ok(Application { listener, addr, public_url, state })
     }
 

@@ -106,8 +106,37 @@ pub trait Transaction: Reader {
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// One record of authorisation-server state (see [`AuthStore`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthRecord {
+    /// JSON.
+    pub value: String,
+    pub grant_id: Option<String>,
+    /// Unix ms.
+    pub expires: Option<i64>,
+    pub used: bool,
+    pub revoked: bool,
+}
+
+/// Authorisation-server state, shared by every node: records keyed by `(kind, key)`. Expired records are
+/// never returned.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait AuthStore: Send + Sync {
+    /// Inserts or replaces a record (clearing `used` and `revoked`).
+    async fn auth_put(&self, kind: &str, key: &str, value: &str, grant_id: Option<&str>, expires: Option<i64>) -> Result<()>;
+    async fn auth_get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>>;
+    /// Marks a record used and returns it as it was before, atomically: of two concurrent consumers exactly
+    /// one sees `used == false`.
+    async fn auth_consume(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>>;
+    /// Revokes every record of a grant; returns how many.
+    async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64>;
+    async fn auth_delete(&self, kind: &str, key: &str) -> Result<()>;
+    /// Every live record of a kind, by key.
+    async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>>;
+}
+
+#[async_trait]
+pub trait Store: AuthStore + Send + Sync + 'static {
     /// The current version, also when it is a deletion; `None` when the resource never existed.
     async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>>;
     async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>>;

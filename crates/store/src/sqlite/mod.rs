@@ -21,7 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql"))];
+mod auth;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql")),
+    (2, "auth", include_str!("../../migrations/sqlite/0002_auth.sql")),
+];
 
 /// How long a paging snapshot lives.
 const SNAPSHOT_TTL_MS: i64 = 30 * 60 * 1000;

@@ -1,0 +1,231 @@
+//! Enforcement of what a bearer token grants, for every FHIR interaction.
+//!
+//! The FHIR layer knows nothing of sessions or clients: an [`AccessResolver`] (the authorisation server)
+//! turns a bearer token into a [`TokenAccess`] — the granted scopes and the patient and user in context —
+//! and this module decides. `patient/` scopes confine to the context patient's compartment (resources of
+//! types outside any compartment, such as Medication, are readable when their type is granted);
+//! `user/` and `system/` scopes act on every resource of the type; `?param=value` constraints (granular
+//! scopes) filter searches and refuse non-matching reads. The `fhirUser` resource is always readable.
+
+use crate::AppState;
+use crate::error::ApiError;
+use async_trait::async_trait;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use fhir::params;
+use fhir::query::{Filter, ParseOptions, SearchQuery};
+use serde_json::Value;
+use smart::{Interaction, Level, ScopeSet};
+use std::sync::Arc;
+
+/// What a request may do.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// The explicit open-sandbox mode: no token needed.
+    Open,
+    Token(Arc<TokenAccess>),
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenAccess {
+    pub client_id: String,
+    pub scopes: ScopeSet,
+    /// The patient in context (bare id).
+    pub patient: Option<String>,
+    /// `Type/id` of the signed-in user.
+    pub fhir_user: Option<String>,
+}
+
+/// Turns a bearer token into what it grants; `None` when the token is unknown, expired or revoked.
+#[async_trait]
+pub trait AccessResolver: Send + Sync {
+    async fn resolve(&self, bearer_token: &str) -> Option<TokenAccess>;
+}
+
+fn unauthorized(error: Option<&str>, message: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "login", message).into_response();
+    let challenge = match error {
+        Some(e) => format!("Bearer realm=\"kindling\", error=\"{e}\""),
+        None => "Bearer realm=\"kindling\"".to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// Middleware for the FHIR routes that need a token: resolves it and stores the [`Access`] in the
+/// request's extensions, or answers 401 (RFC 6750 §3).
+pub async fn require_access(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let access = match &state.access {
+        None => Access::Open,
+        Some(resolver) => {
+            let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let Some(header) = header else {
+                return unauthorized(None, "this request needs an access token (Authorization: Bearer ...)");
+            };
+            let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim);
+            let Some(token) = token.filter(|t| !t.is_empty()) else {
+                return unauthorized(Some("invalid_request"), "the Authorization header must carry a Bearer token");
+            };
+            match resolver.resolve(token).await {
+                Some(t) => Access::Token(Arc::new(t)),
+                None => return unauthorized(Some("invalid_token"), "the access token is invalid, expired or revoked"),
+            }
+        }
+    };
+    request.extensions_mut().insert(access);
+    next.run(request).await
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+fn verb(i: Interaction) -> &'static str {
+    match i {
+        Interaction::Create => "create",
+        Interaction::Read => "read",
+        Interaction::Update => "update",
+        Interaction::Delete => "delete",
+        Interaction::Search => "search",
+    }
+}
+
+/// Whether `resource` satisfies one of the constraint sets (each a list of `param=value` that must all hold).
+fn matches_constraints(resource_type: &str, resource: &Value, sets: &[Vec<(String, String)>], base: &str) -> bool {
+    let Ok(rows) = fhir::extract::extract(resource_type, resource, Some(base)) else { return false };
+    sets.iter().any(|set| {
+        set.iter().all(|(name, value)| {
+            let Some(p) = params::find(resource_type, name) else { return false };
+            let (system, code) = match value.split_once('|') {
+                Some((s, c)) => (Some(s), c),
+                None => (None, value.as_str()),
+            };
+            rows.tokens.iter().any(|t| {
+                t.key == p.index_key && t.code.as_deref() == Some(code) && system.is_none_or(|s| (s.is_empty() && t.system.is_none()) || t.system.as_deref() == Some(s))
+            })
+        })
+    })
+}
+
+impl Access {
+    /// May `interaction` happen on this resource (as stored, or as about to be written)? `key` is the
+    /// stored resource's key when it exists.
+    pub async fn check_resource(&self, state: &AppState, interaction: Interaction, resource_type: &str, id: &str, key: Option<i64>, resource: &Value) -> Result<(), ApiError> {
+        let Access::Token(t) = self else { return Ok(()) };
+        if interaction == Interaction::Read && t.fhir_user.as_deref() == Some(&format!("{resource_type}/{id}")) {
+            return Ok(());
+        }
+        for level in [Level::System, Level::User] {
+            if let Some(sets) = t.scopes.access(level, resource_type, interaction) {
+                if sets.is_empty() || matches_constraints(resource_type, resource, &sets, &state.base_url) {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(sets) = t.scopes.access(Level::Patient, resource_type, interaction) {
+            let Some(patient) = t.patient.as_deref() else {
+                return Err(forbidden("patient-level scopes need a patient in context"));
+            };
+            let in_compartment = if resource_type == "Patient" {
+                id == patient
+            } else if !params::in_patient_compartment(resource_type) {
+                true
+            } else {
+                match key {
+                    Some(k) if interaction != Interaction::Create && interaction != Interaction::Update => state.store.in_patient_compartment(k, patient).await?,
+                    _ => fhir::extract::extract(resource_type, resource, Some(&state.base_url)).is_ok_and(|r| r.patient_compartments.iter().any(|p| p == patient)),
+                }
+            };
+            if in_compartment && (sets.is_empty() || matches_constraints(resource_type, resource, &sets, &state.base_url)) {
+                return Ok(());
+            }
+            return Err(forbidden(format!("the granted scopes do not allow {} of this {resource_type}", verb(interaction))));
+        }
+        Err(forbidden(format!("no granted scope allows {} of {resource_type}", verb(interaction))))
+    }
+
+    /// Narrows a search of `q.resource_type` to what the token may see, or refuses it.
+    pub fn restrict_search(&self, state: &AppState, q: &mut SearchQuery) -> Result<(), ApiError> {
+        let Access::Token(t) = self else { return Ok(()) };
+        let ty = q.resource_type.clone();
+        for level in [Level::System, Level::User] {
+            if let Some(sets) = t.scopes.access(level, &ty, Interaction::Search) {
+                return add_constraint_filter(state, q, &sets);
+            }
+        }
+        if let Some(sets) = t.scopes.access(Level::Patient, &ty, Interaction::Search) {
+            let Some(patient) = t.patient.clone() else {
+                return Err(forbidden("patient-level scopes need a patient in context"));
+            };
+            if params::in_patient_compartment(&ty) {
+                q.filters.push(Filter::PatientCompartment(patient));
+            }
+            return add_constraint_filter(state, q, &sets);
+        }
+        Err(forbidden(format!("no granted scope allows searching {ty}")))
+    }
+
+    /// Whether the token may read this stored resource (for `_include`d entries, `$everything` and pages
+    /// of frozen searches).
+    pub async fn may_read(&self, state: &AppState, r: &store::StoredResource) -> bool {
+        if matches!(self, Access::Open) {
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&r.json) else { return false };
+        self.check_resource(state, Interaction::Read, &r.resource_type, &r.id, Some(r.key), &v).await.is_ok()
+    }
+
+    /// Interactions on resources not known in advance (conditional update or delete) need an
+    /// unconstrained user/ or system/ scope for the type.
+    pub fn check_type_wide(&self, resource_type: &str, interaction: Interaction) -> Result<(), ApiError> {
+        let Access::Token(t) = self else { return Ok(()) };
+        for level in [Level::System, Level::User] {
+            if t.scopes.access(level, resource_type, interaction).is_some_and(|sets| sets.is_empty()) {
+                return Ok(());
+            }
+        }
+        Err(forbidden(format!("{} of {resource_type} by criteria needs an unconstrained user/ or system/ scope", verb(interaction))))
+    }
+
+    /// Whether any scope at all allows `interaction` on the type (for deleting what is already gone).
+    pub fn check_any(&self, resource_type: &str, interaction: Interaction) -> Result<(), ApiError> {
+        let Access::Token(t) = self else { return Ok(()) };
+        if [Level::System, Level::User, Level::Patient].iter().any(|l| t.scopes.access(*l, resource_type, interaction).is_some()) {
+            Ok(())
+        } else {
+            Err(forbidden(format!("no granted scope allows {} of {resource_type}", verb(interaction))))
+        }
+    }
+
+    /// History across many resources is only for user- and system-level search grants.
+    pub fn check_history(&self, resource_type: Option<&str>) -> Result<(), ApiError> {
+        let Access::Token(t) = self else { return Ok(()) };
+        let ty = resource_type.unwrap_or("*");
+        let allowed = [Level::System, Level::User].iter().any(|l| {
+            t.scopes.resource_scopes().any(|s| s.level == *l && s.constraints.is_empty() && s.permissions.allows(Interaction::Search) && (s.resource_type.is_none() || s.resource_type.as_deref() == Some(ty)))
+        });
+        if allowed { Ok(()) } else { Err(forbidden("history across resources needs an unconstrained user/ or system/ search scope")) }
+    }
+}
+
+/// Granular scopes become one token filter when they all constrain the same single parameter (the shape
+/// SMART uses, e.g. several `?category=` grants); other shapes are refused rather than half-enforced.
+fn add_constraint_filter(state: &AppState, q: &mut SearchQuery, sets: &[Vec<(String, String)>]) -> Result<(), ApiError> {
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let name = &sets[0].first().map(|(n, _)| n.clone()).unwrap_or_default();
+    if !sets.iter().all(|s| s.len() == 1 && &s[0].0 == name) {
+        return Err(forbidden("these granular scopes combine several parameters; search each granted subset separately"));
+    }
+    let values: Vec<String> = sets.iter().map(|s| s[0].1.replace(',', "\\,")).collect();
+    let pairs = vec![(name.clone(), values.join(","))];
+    let parsed = fhir::query::parse(&q.resource_type, &pairs, ParseOptions { lenient: false, base: Some(&state.base_url), now_ms: state.now_ms() })
+        .map_err(|e| forbidden(format!("a granted scope constraint cannot be applied: {e}")))?;
+    q.filters.extend(parsed.filters);
+    Ok(())
+}

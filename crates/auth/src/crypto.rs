@@ -1,0 +1,78 @@
+//! Randomness, hashing and password handling (aws-lc-rs and argon2).
+
+use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s).ok()
+}
+
+/// 256 random bits, base64url: tokens, codes, launch handles, session ids.
+pub fn random_token() -> String {
+    let mut buf = [0u8; 32];
+    // The system RNG failing is not recoverable; aws-lc aborts itself in that case.
+    let _ = SystemRandom::new().fill(&mut buf);
+    b64url(&buf)
+}
+
+/// How secrets are stored and looked up: SHA-256, hex. Tokens are 256-bit random values, so a fast hash is
+/// enough (no dictionary to attack); passwords use argon2 instead.
+pub fn token_hash(token: &str) -> String {
+    digest(&SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `BASE64URL(SHA256(verifier))`, the PKCE S256 transform (RFC 7636 §4.2).
+pub fn pkce_s256(verifier: &str) -> String {
+    b64url(digest(&SHA256, verifier.as_bytes()).as_ref())
+}
+
+/// RFC 7636 §4.1: 43–128 characters of `[A-Za-z0-9-._~]`.
+pub fn valid_pkce_verifier(v: &str) -> bool {
+    (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    let _ = SystemRandom::new().fill(&mut salt);
+    let salt = SaltString::encode_b64(&salt).unwrap_or_else(|_| SaltString::from_b64("a2luZGxpbmdzYWx0").expect("static salt"));
+    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default()
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_matches_rfc7636_appendix_b() {
+        assert_eq!(pkce_s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert!(valid_pkce_verifier("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"));
+        assert!(!valid_pkce_verifier("short"));
+        assert!(!valid_pkce_verifier(&"a b".repeat(20)));
+    }
+
+    #[test]
+    fn passwords_and_tokens() {
+        let h = hash_password("correct horse");
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert_ne!(random_token(), random_token());
+        assert_eq!(random_token().len(), 43);
+        assert_eq!(token_hash("x").len(), 64);
+    }
+}

@@ -1,0 +1,87 @@
+//! The server's signing keys: RSA-2048, generated on first start and persisted in the auth store, used for
+//! RS256 id_tokens and published as a JWKS. Every stored key stays in the JWKS, so tokens signed before a
+//! rotation still verify.
+
+use crate::crypto::{b64url, b64url_decode};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+use serde_json::{Value, json};
+use store::AuthStore;
+
+const KIND: &str = "signing_key";
+
+pub struct SigningKey {
+    pub kid: String,
+    pair: KeyPair,
+}
+
+pub struct Keys {
+    current: SigningKey,
+    /// Public JWKs of every key, current first.
+    jwks: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key generation or parsing failed")]
+    Crypto,
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+fn public_jwk(key: &SigningKey) -> Value {
+    let public = key.pair.public_key();
+    json!({
+        "kty": "RSA",
+        "use": "sig",
+        "alg": "RS256",
+        "kid": key.kid,
+        "n": b64url(public.modulus().big_endian_without_leading_zero()),
+        "e": b64url(public.exponent().big_endian_without_leading_zero()),
+    })
+}
+
+impl Keys {
+    /// Loads the stored keys, generating and storing one when there is none.
+    pub async fn load_or_create(store: &dyn AuthStore, now_ms: i64) -> Result<Keys, KeyError> {
+        let mut stored: Vec<(i64, SigningKey)> = Vec::new();
+        for (kid, record) in store.auth_list(KIND).await? {
+            let v: Value = serde_json::from_str(&record.value).map_err(|_| KeyError::Crypto)?;
+            let der = v["pkcs8"].as_str().and_then(b64url_decode).ok_or(KeyError::Crypto)?;
+            let pair = KeyPair::from_pkcs8(&der).map_err(|_| KeyError::Crypto)?;
+            stored.push((v["created"].as_i64().unwrap_or(0), SigningKey { kid, pair }));
+        }
+        if stored.is_empty() {
+            let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|_| KeyError::Crypto)?;
+            let der = pair.as_der().map_err(|_| KeyError::Crypto)?;
+            let kid = crate::crypto::random_token()[..16].to_string();
+            let value = json!({"pkcs8": b64url(der.as_ref()), "created": now_ms}).to_string();
+            store.auth_put(KIND, &kid, &value, None, None).await?;
+            tracing::info!(kid, "generated a new RS256 signing key");
+            stored.push((now_ms, SigningKey { kid, pair }));
+        }
+        stored.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
+        let jwks = json!({"keys": stored.iter().map(|(_, k)| public_jwk(k)).collect::<Vec<_>>()});
+        let current = stored.into_iter().next().map(|(_, k)| k).ok_or(KeyError::Crypto)?;
+        Ok(Keys { current, jwks })
+    }
+
+    pub fn jwks(&self) -> &Value {
+        &self.jwks
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.current.kid
+    }
+
+    /// A compact RS256 JWS of `claims`.
+    pub fn sign_jwt(&self, claims: &Value) -> Result<String, KeyError> {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.current.kid});
+        let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+        let mut sig = vec![0u8; self.current.pair.public_modulus_len()];
+        self.current.pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut sig).map_err(|_| KeyError::Crypto)?;
+        Ok(format!("{signing_input}.{}", b64url(&sig)))
+    }
+}
