@@ -25,7 +25,7 @@ fi
 
 data=$(mktemp -d)
 log="$data/kindling.log"
-target/debug/kindling up --data "$data/data" --listen 127.0.0.1:0 --patients 3 >"$log" 2>&1 &
+target/debug/kindling up --open-sandbox --data "$data/data" --listen 127.0.0.1:0 --patients 3 >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 url=""

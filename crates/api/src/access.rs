@@ -120,11 +120,10 @@ impl Access {
             return Ok(());
         }
         for level in [Level::System, Level::User] {
-            if let Some(sets) = t.scopes.access(level, resource_type, interaction) {
-                if sets.is_empty() || matches_constraints(resource_type, resource, &sets, &state.base_url) {
+            if let Some(sets) = t.scopes.access(level, resource_type, interaction)
+                && (sets.is_empty() || matches_constraints(resource_type, resource, &sets, &state.base_url)) {
                     return Ok(());
                 }
-            }
         }
         if let Some(sets) = t.scopes.access(Level::Patient, resource_type, interaction) {
             let Some(patient) = t.patient.as_deref() else {

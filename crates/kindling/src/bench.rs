@@ -48,7 +48,7 @@ fn start_server(data: &std::path::Path) -> anyhow::Result<ServerProcess> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args(["serve", "--open-sandbox", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("KINDLING_LOG", "warn")
         .stdout(Stdio::piped())
@@ -173,7 +173,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&args.data)?;
         }
         let clock: SharedClock = Arc::new(SystemClock);
-        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB }, clock).await?;
+        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false }, clock).await?;
         let files = crate::import::collect_files(std::slice::from_ref(&args.synthea))?;
         let summary = crate::import::import_files(&app.state, files, |_| {}).await?;
         println!(

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// SQLite writer page cache; large for bulk imports, small for serving.
     pub writer_cache_mib: u32,
+    /// The explicit open-sandbox switch: the FHIR API answers without an access token.
+    pub open_sandbox: bool,
 }
 
 impl ServerConfig {
@@ -52,6 +54,7 @@ pub struct Application {
     /// e.g. `http://127.0.0.1:8080`
     pub public_url: String,
     pub state: AppState,
+    pub auth: auth::Shared,
 }
 
 impl Application {
@@ -63,8 +66,18 @@ impl Application {
         let base_url = format!("{public_url}/fhir");
         let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()), writer_cache_mib: config.writer_cache_mib }, clock.clone())
             .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
-        let state = AppState { store: Arc::new(store), base_url, clock, access: None };
-        Ok(Application { listener, addr, public_url, state })
+        let store: Arc<dyn Store> = Arc::new(store);
+        let auth = auth::AuthServer::new(store.clone(), auth::AuthConfig::new(&public_url), clock.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load or create the signing keys: {e}"))?;
+        let access: Option<Arc<dyn api::access::AccessResolver>> = if config.open_sandbox {
+            tracing::warn!("OPEN SANDBOX: the FHIR API answers without access tokens; never expose this server");
+            None
+        } else {
+            Some(auth.clone())
+        };
+        let state = AppState { store, base_url, clock, access };
+        Ok(Application { listener, addr, public_url, state, auth })
     }
 
     pub fn base_url(&self) -> &str {
@@ -77,7 +90,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let app = router(self.state);
+        let app = router(self.state, self.auth);
         axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
         Ok(())
     }
@@ -124,13 +137,15 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
 }
 
 /// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, auth: auth::Shared) -> Router {
     let fhir = api::router(state.clone()).layer(cors());
+    let auth = auth::router(auth).layer(cors());
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(auth)
         .merge(fhir)
         .layer(CompressionLayer::new().gzip(true))
         .layer(RequestDecompressionLayer::new().gzip(true))
@@ -151,4 +166,24 @@ pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Resul
     }
     state.store.optimize().await?;
     Ok(resources)
+}
+
+/// Demo accounts of the sandbox: (user name, password, role, display name).
+pub const DEMO_USERS: &[(&str, &str, &str, &str)] = &[
+    ("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter"),
+    ("patient", "kindling-patient", "patient", "the first synthetic patient"),
+];
+
+/// Creates the demo users when they do not exist: a clinician linked to the first practitioner and a
+/// patient linked to the first synthetic patient of `seed`.
+pub async fn ensure_demo_users(app: &Application, seed: u64) -> anyhow::Result<()> {
+    let store = app.state.store.as_ref();
+    if auth::registry::get_user(store, "clinician").await?.is_none() {
+        auth::registry::put_user(store, "clinician", "Dr. Alice Carter", auth::model::UserRole::Clinician, "kindling-clinician", &format!("Practitioner/{}", synth::practitioner_id(0))).await?;
+    }
+    if auth::registry::get_user(store, "patient").await?.is_none() {
+        let id = synth::patient_id(seed, 0);
+        auth::registry::put_user(store, "patient", "Synthetic patient", auth::model::UserRole::Patient, "kindling-patient", &format!("Patient/{id}")).await?;
+    }
+    Ok(())
 }

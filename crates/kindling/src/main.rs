@@ -33,6 +33,9 @@ struct ServeArgs {
     /// The externally visible base URL (default: http://<listen>).
     #[arg(long, env = "KINDLING_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Open sandbox: serve the FHIR API without access tokens (off by default; never expose such a server).
+    #[arg(long, env = "KINDLING_OPEN_SANDBOX")]
+    open_sandbox: bool,
 }
 
 #[derive(Subcommand)]
@@ -94,7 +97,7 @@ async fn shutdown_signal() {
 }
 
 fn offline_config(data: PathBuf) -> ServerConfig {
-    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB }
+    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false }
 }
 
 #[tokio::main]
@@ -112,7 +115,16 @@ async fn main() -> anyhow::Result<()> {
                 let n = kindling::seed(&app.state, patients, seed).await?;
                 eprintln!("Seeded {n} resources.");
             }
+            kindling::ensure_demo_users(&app, seed).await?;
             print_ready(&app, started);
+            println!("  SMART discovery:     {}/.well-known/smart-configuration", app.base_url());
+            println!("  Demo accounts (user name / password):");
+            for (user, password, role, name) in kindling::DEMO_USERS {
+                println!("    {user} / {password}  ({role}: {name})");
+            }
+            if serve.open_sandbox {
+                println!("  OPEN SANDBOX: the FHIR API answers without access tokens.");
+            }
             app.run_until(shutdown_signal()).await
         }
         Command::Serve { serve } => {
@@ -156,7 +168,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn config(serve: &ServeArgs) -> ServerConfig {
-    ServerConfig { listen: serve.listen, public_url: serve.public_url.clone(), data_dir: serve.data.clone(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB }
+    ServerConfig {
+        listen: serve.listen,
+        public_url: serve.public_url.clone(),
+        data_dir: serve.data.clone(),
+        writer_cache_mib: ServerConfig::SERVE_CACHE_MIB,
+        open_sandbox: serve.open_sandbox,
+    }
 }
 
 fn print_ready(app: &Application, started: Instant) {

@@ -6,6 +6,7 @@ mod errors;
 mod history;
 mod import;
 mod search;
+mod smart_flows;
 
 use fhir::time::{ManualClock, SharedClock};
 use kindling::{Application, ServerConfig};
@@ -17,19 +18,32 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub app_state: api::AppState,
+    pub auth: auth::Shared,
     _dir: tempfile::TempDir,
 }
 
+/// The FHIR API in open-sandbox mode (no tokens), for the FHIR-only tests.
 pub async fn spawn_app() -> TestApp {
+    spawn(true).await
+}
+
+/// The whole platform with the authorisation server enforcing tokens.
+pub async fn spawn_secured_app() -> TestApp {
+    spawn(false).await
+}
+
+async fn spawn(open_sandbox: bool) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB };
+    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox };
     let app = Application::build(&config, shared).await.expect("build app");
     let base = app.base_url().to_string();
     let app_state = app.state.clone();
+    let auth = app.auth.clone();
     tokio::spawn(app.run_until(std::future::pending()));
-    TestApp { base, client: reqwest::Client::new(), clock, app_state, _dir: dir }
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    TestApp { base, client, clock, app_state, auth, _dir: dir }
 }
 
 impl TestApp {

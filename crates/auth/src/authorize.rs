@@ -1,0 +1,465 @@
+//! The authorisation endpoint (GET and POST, RFC 6749 §4.1 with PKCE and SMART's `aud` and `launch`), and
+//! the pages a person passes through: sign-in, patient picker, consent.
+//!
+//! Errors before the redirect URI is trusted (unknown app, unregistered redirect URI) are pages for a
+//! person and never redirect; after that, RFC 6749 error codes go back to the app with `state` and `iss`.
+
+use crate::crypto::{random_token, token_hash, verify_password};
+use crate::model::{Client, Grant, LaunchContext, PendingAuthorization, User, UserRole};
+use crate::pages::{self, ConsentItem};
+use crate::{Shared, registry};
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use smart::{Scope, ScopeSet};
+use std::collections::HashMap;
+
+const SESSION_COOKIE: &str = "kindling_session";
+const REQUEST_KIND: &str = "authz_request";
+const SESSION_HOURS: i64 = 8;
+
+type Params = HashMap<String, String>;
+
+pub async fn authorize_get(State(s): State<Shared>, headers: HeaderMap, Query(p): Query<Params>) -> Response {
+    authorize(&s, &headers, p).await
+}
+
+pub async fn authorize_post(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+    authorize(&s, &headers, p).await
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "authorisation server error");
+    pages::error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        "The sign-in service could not complete this step.",
+        "Try launching the app again. If it keeps happening, tell your system administrator.",
+    )
+}
+
+/// A redirect back to the app with an RFC 6749 error.
+fn redirect_error(s: &Shared, redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
+    let Ok(mut url) = url::Url::parse(redirect_uri) else {
+        return pages::error_page(StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("error", error);
+        q.append_pair("error_description", description);
+        if let Some(st) = state {
+            q.append_pair("state", st);
+        }
+        q.append_pair("iss", &s.config.fhir_base);
+    }
+    tracing::info!(error, "authorisation refused");
+    Redirect::to(url.as_str()).into_response()
+}
+
+async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
+    let get = |k: &str| p.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let Some(client_id) = get("client_id") else {
+        return pages::error_page(StatusCode::BAD_REQUEST, "This app did not say who it is", "The request has no client_id.", "Tell the app's developer; the app must be registered and send its client id.");
+    };
+    let client = match registry::get_client(s.store.as_ref(), client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "This app is not registered here",
+                &format!("No app with the client id '{client_id}' is registered, or it has been disabled."),
+                "Ask your administrator to register the app, or check the app's configuration.",
+            );
+        }
+        Err(e) => return internal(e),
+    };
+    let Some(redirect_uri) = get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == r)) else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "The app's return address is not registered",
+            &format!("{} asked to be sent back to an address it has not registered, so the request was stopped.", client.name),
+            "Tell the app's developer: the redirect_uri must match a registered one exactly.",
+        );
+    };
+    let state = get("state");
+    if get("response_type") != Some("code") {
+        return redirect_error(s, redirect_uri, state, "unsupported_response_type", "only response_type=code is supported");
+    }
+    let Some(code_challenge) = get("code_challenge") else {
+        return redirect_error(s, redirect_uri, state, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
+    };
+    if get("code_challenge_method") != Some("S256") {
+        return redirect_error(s, redirect_uri, state, "invalid_request", "code_challenge_method must be S256");
+    }
+    let aud = get("aud").or_else(|| get("resource"));
+    if aud.map(|a| a.trim_end_matches('/')) != Some(s.config.fhir_base.as_str()) {
+        return redirect_error(s, redirect_uri, state, "invalid_request", "aud must be this server's FHIR base URL");
+    }
+    let Some(scope) = get("scope") else {
+        return redirect_error(s, redirect_uri, state, "invalid_scope", "scope is required");
+    };
+    let requested = ScopeSet::parse(scope);
+    let mut launch: Option<LaunchContext> = None;
+    if let Some(handle) = get("launch") {
+        match s.store.auth_consume("launch", &token_hash(handle)).await {
+            Ok(Some(r)) if !r.used => launch = serde_json::from_str(&r.value).ok(),
+            Ok(Some(_)) => return redirect_error(s, redirect_uri, state, "invalid_request", "this launch was already used; launch the app again from the EHR"),
+            Ok(None) => return redirect_error(s, redirect_uri, state, "invalid_request", "this launch has expired or is unknown; launch the app again from the EHR"),
+            Err(e) => return internal(e),
+        }
+        if launch.is_none() {
+            return redirect_error(s, redirect_uri, state, "invalid_request", "the launch could not be read");
+        }
+        if !requested.contains(&Scope::Launch) {
+            return redirect_error(s, redirect_uri, state, "invalid_scope", "an EHR launch must request the launch scope");
+        }
+    } else if requested.contains(&Scope::Launch) {
+        return redirect_error(s, redirect_uri, state, "invalid_request", "the launch scope needs the launch parameter from the EHR");
+    }
+    let pending = PendingAuthorization {
+        client_id: client.client_id.clone(),
+        redirect_uri: redirect_uri.to_string(),
+        scope: scope.to_string(),
+        state: state.map(str::to_string),
+        code_challenge: code_challenge.to_string(),
+        nonce: get("nonce").map(str::to_string),
+        username: launch.as_ref().and_then(|l| l.username.clone()),
+        patient: launch.as_ref().and_then(|l| l.patient.clone()),
+        launch,
+    };
+    let request_id = random_token();
+    if let Err(e) = save_pending(s, &request_id, &pending).await {
+        return internal(e);
+    }
+    proceed(s, headers, &request_id, pending, &client).await
+}
+
+async fn save_pending(s: &Shared, request_id: &str, pending: &PendingAuthorization) -> Result<(), store::StoreError> {
+    let value = serde_json::to_string(pending).map_err(|e| store::StoreError::Backend(e.to_string()))?;
+    s.store.auth_put(REQUEST_KIND, &token_hash(request_id), &value, None, Some(s.now_ms() + 15 * 60 * 1000)).await
+}
+
+async fn load_pending(s: &Shared, request_id: &str) -> Option<PendingAuthorization> {
+    let r = s.store.auth_get(REQUEST_KIND, &token_hash(request_id)).await.ok()??;
+    serde_json::from_str(&r.value).ok()
+}
+
+fn expired_request() -> Response {
+    pages::error_page(
+        StatusCode::BAD_REQUEST,
+        "This sign-in has expired",
+        "The page was open too long or was already used.",
+        "Go back to the app (or the patient's chart in the EHR) and launch it again.",
+    )
+}
+
+fn session_user_from_cookie(headers: &HeaderMap) -> Option<String> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    cookies.split(';').filter_map(|c| c.trim().split_once('=')).find(|(k, _)| *k == SESSION_COOKIE).map(|(_, v)| v.to_string())
+}
+
+async fn session_user(s: &Shared, headers: &HeaderMap) -> Option<User> {
+    let token = session_user_from_cookie(headers)?;
+    let record = s.store.auth_get("session", &token_hash(&token)).await.ok()??;
+    registry::get_user(s.store.as_ref(), &record.value).await.ok()?
+}
+
+/// Decides the next step: sign-in, patient choice, consent, or the code.
+async fn proceed(s: &Shared, headers: &HeaderMap, request_id: &str, mut pending: PendingAuthorization, client: &Client) -> Response {
+    let user = match &pending.username {
+        Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
+        None => session_user(s, headers).await,
+    };
+    let Some(user) = user else { return pages::login(request_id, &client.name, None) };
+    pending.username = Some(user.username.clone());
+    let requested = ScopeSet::parse(&pending.scope);
+    let granted = ScopeSet::parse(&client.allowed_scope).narrow(&requested);
+    let wants_patient = granted.contains(&Scope::LaunchContext { context: "patient".into(), role: None })
+        || granted.resource_scopes().any(|r| r.level == smart::Level::Patient);
+    if pending.patient.is_none() {
+        if let Some(own) = user.own_patient() {
+            pending.patient = Some(own.to_string());
+        } else if wants_patient {
+            if let Err(e) = save_pending(s, request_id, &pending).await {
+                return internal(e);
+            }
+            return match patient_choices(s).await {
+                Ok(list) => pages::patient_picker(request_id, &client.name, &list),
+                Err(e) => internal(e),
+            };
+        }
+    }
+    // A repeat launch with consent already given needs no extra click: when everything asked now was
+    // offered before, the user's earlier decision stands.
+    let consent_key = format!("{}|{}", user.username, client.client_id);
+    if let Ok(Some(r)) = s.store.auth_get("consent", &consent_key).await
+        && let Ok(decision) = serde_json::from_str::<serde_json::Value>(&r.value) {
+            let offered = ScopeSet::parse(decision["offered"].as_str().unwrap_or(""));
+            let approved = ScopeSet::parse(decision["approved"].as_str().unwrap_or(""));
+            if offered.narrow(&granted).to_string() == granted.to_string() {
+                return issue_code(s, pending, &user, approved.narrow(&granted).to_string()).await;
+            }
+        }
+    if let Err(e) = save_pending(s, request_id, &pending).await {
+        return internal(e);
+    }
+    let patient_label = match &pending.patient {
+        Some(p) => patient_label(s, p).await,
+        None => None,
+    };
+    let items = consent_items(&granted);
+    pages::consent(request_id, &client.name, patient_label.as_deref(), &items, granted.contains(&Scope::OfflineAccess))
+}
+
+async fn patient_choices(s: &Shared) -> Result<Vec<(String, String)>, store::StoreError> {
+    let mut q = fhir::query::SearchQuery::new("Patient");
+    q.sort.push(fhir::query::Sort { key: fhir::query::SortKey::Param { key: "Patient.family", kind: fhir::params::ParamKind::String }, descending: false });
+    let keys = s.store.search(&q).await?;
+    let patients = s.store.fetch(&keys[..keys.len().min(200)]).await?;
+    Ok(patients.iter().map(|r| (r.id.clone(), label_of(&r.json, &r.id))).collect())
+}
+
+fn label_of(json: &str, id: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let name = &v["name"][0];
+    let given = name["given"].as_array().map(|g| g.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    let family = name["family"].as_str().unwrap_or("");
+    let birth = v["birthDate"].as_str().unwrap_or("unknown");
+    format!("{given} {family} (born {birth}, id {id})").trim().to_string()
+}
+
+async fn patient_label(s: &Shared, id: &str) -> Option<String> {
+    let r = s.store.read("Patient", id).await.ok()??;
+    Some(label_of(&r.json, id))
+}
+
+const OBSERVATION_CATEGORIES: &[(&str, &str)] = &[
+    ("http://terminology.hl7.org/CodeSystem/observation-category|vital-signs", "Vital signs"),
+    ("http://terminology.hl7.org/CodeSystem/observation-category|laboratory", "Laboratory results"),
+    ("http://terminology.hl7.org/CodeSystem/observation-category|social-history", "Social history"),
+    ("http://terminology.hl7.org/CodeSystem/observation-category|survey", "Surveys and assessments"),
+    ("http://terminology.hl7.org/CodeSystem/observation-category|procedure", "Clinical tests"),
+    ("http://hl7.org/fhir/us/core/CodeSystem/us-core-category|sdoh", "Social determinants of health"),
+];
+
+const CONDITION_CATEGORIES: &[(&str, &str)] = &[
+    ("http://terminology.hl7.org/CodeSystem/condition-category|problem-list-item", "Problem list"),
+    ("http://terminology.hl7.org/CodeSystem/condition-category|encounter-diagnosis", "Encounter diagnoses"),
+    ("http://hl7.org/fhir/us/core/CodeSystem/condition-category|health-concern", "Health concerns"),
+];
+
+fn explain(scope: &Scope) -> String {
+    match scope {
+        Scope::OpenId | Scope::Profile => "Know who you are".into(),
+        Scope::FhirUser => "Know your user record (who you are in the record system)".into(),
+        Scope::OfflineAccess => "Keep access when you are not signed in, until you withdraw it".into(),
+        Scope::OnlineAccess => "Keep access while you are signed in".into(),
+        Scope::Launch => "Open with the patient and encounter you are working on".into(),
+        Scope::LaunchContext { context, .. } => format!("Know which {context} is selected"),
+        Scope::Resource(r) => {
+            let what = r.resource_type.as_deref().unwrap_or("all kinds of record");
+            let whose = match r.level {
+                smart::Level::Patient => "for this patient",
+                smart::Level::User => "that you can see",
+                smart::Level::System => "for every patient",
+            };
+            let mut verbs = Vec::new();
+            for (i, v) in [(smart::Interaction::Read, "read"), (smart::Interaction::Search, "search"), (smart::Interaction::Create, "create"), (smart::Interaction::Update, "change"), (smart::Interaction::Delete, "delete")] {
+                if r.permissions.allows(i) {
+                    verbs.push(v);
+                }
+            }
+            let only = if r.constraints.is_empty() { String::new() } else { format!(" (only {})", r.constraints.iter().map(|(_, v)| v.rsplit('|').next().unwrap_or(v)).collect::<Vec<_>>().join(", ")) };
+            format!("{} {what} records {whose}{only}", capitalise(&verbs.join(", ")))
+        }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+}
+
+fn consent_items(granted: &ScopeSet) -> Vec<ConsentItem> {
+    granted
+        .scopes
+        .iter()
+        .map(|sc| {
+            let categories = match sc {
+                Scope::Resource(r) if r.constraints.is_empty() => match r.resource_type.as_deref() {
+                    Some("Observation") => OBSERVATION_CATEGORIES.iter().map(|(v, l)| (v.to_string(), l.to_string())).collect(),
+                    Some("Condition") => CONDITION_CATEGORIES.iter().map(|(v, l)| (v.to_string(), l.to_string())).collect(),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            ConsentItem { scope: sc.to_string(), explanation: explain(sc), optional: matches!(sc, Scope::Resource(_)), categories }
+        })
+        .collect()
+}
+
+/// Sign-in form submission.
+pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+    let request_id = p.get("request").cloned().unwrap_or_default();
+    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request() };
+    let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return expired_request(),
+        Err(e) => return internal(e),
+    };
+    let username = p.get("username").map(String::as_str).unwrap_or("");
+    let password = p.get("password").map(String::as_str).unwrap_or("");
+    let user = match registry::get_user(s.store.as_ref(), username).await {
+        Ok(Some(u)) if verify_password(password, &u.password_hash) => u,
+        Ok(_) => {
+            tracing::info!("sign-in failed");
+            return pages::login(&request_id, &client.name, Some("That user name and password do not match. Try again."));
+        }
+        Err(e) => return internal(e),
+    };
+    let session = random_token();
+    let expires = s.now_ms() + SESSION_HOURS * 3600 * 1000;
+    if let Err(e) = s.store.auth_put("session", &token_hash(&session), &user.username, None, Some(expires)).await {
+        return internal(e);
+    }
+    tracing::info!(user = %user.username, "signed in");
+    pending.username = Some(user.username.clone());
+    let mut response = proceed(&s, &headers, &request_id, pending, &client).await;
+    let secure = if s.config.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={session}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age={}{secure}", SESSION_HOURS * 3600);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Patient picker submission.
+pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+    let request_id = p.get("request").cloned().unwrap_or_default();
+    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request() };
+    let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request() };
+    match s.store.read("Patient", patient).await {
+        Ok(Some(r)) if !r.deleted => {}
+        Ok(_) => return pages::error_page(StatusCode::BAD_REQUEST, "That patient was not found", "The chosen patient does not exist.", "Go back and choose another patient."),
+        Err(e) => return internal(e),
+    }
+    if pending.username.as_deref().is_none() {
+        return expired_request();
+    }
+    pending.patient = Some(patient.clone());
+    let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return expired_request(),
+        Err(e) => return internal(e),
+    };
+    proceed(&s, &headers, &request_id, pending, &client).await
+}
+
+/// Consent submission: the ticked scopes (with category sub-scopes in place of whole types), or a denial.
+pub async fn consent(State(s): State<Shared>, body: String) -> Response {
+    // Repeated fields (`scope`, `category`) need the raw pairs.
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let request_id = get("request").unwrap_or_default();
+    let Some(pending) = load_pending(&s, &request_id).await else { return expired_request() };
+    let _ = s.store.auth_delete(REQUEST_KIND, &token_hash(&request_id)).await;
+    let Some(user) = (match &pending.username {
+        Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
+        None => None,
+    }) else {
+        return expired_request();
+    };
+    if get("decision").as_deref() != Some("allow") {
+        tracing::info!(client = %pending.client_id, user = %user.username, "consent denied");
+        return redirect_error(&s, &pending.redirect_uri, pending.state.as_deref(), "access_denied", "the user did not allow access");
+    }
+    let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return expired_request(),
+        Err(e) => return internal(e),
+    };
+    let granted = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(&pending.scope));
+    let ticked: Vec<String> = pairs.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
+    let categories: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k == "category")
+        .filter_map(|(_, v)| {
+            // "<scope>|<system>|<code>": the scope is everything before the category's system.
+            let (scope, rest) = v.split_once('|')?;
+            Some((scope.to_string(), rest.to_string()))
+        })
+        .collect();
+    let mut approved: Vec<String> = Vec::new();
+    for sc in &granted.scopes {
+        let text = sc.to_string();
+        match sc {
+            Scope::Resource(r) => {
+                if !ticked.contains(&text) {
+                    continue;
+                }
+                let chosen: Vec<&String> = categories.iter().filter(|(s, _)| *s == text).map(|(_, c)| c).collect();
+                if chosen.is_empty() || !r.constraints.is_empty() {
+                    approved.push(text);
+                } else {
+                    for c in chosen {
+                        let mut narrowed = r.clone();
+                        narrowed.v1 = false;
+                        narrowed.constraints = vec![("category".into(), c.clone())];
+                        approved.push(narrowed.to_string());
+                    }
+                }
+            }
+            _ => approved.push(text),
+        }
+    }
+    let scope = approved.join(" ");
+    let consent_key = format!("{}|{}", user.username, client.client_id);
+    let decision = serde_json::json!({"offered": granted.to_string(), "approved": scope}).to_string();
+    if let Err(e) = s.store.auth_put("consent", &consent_key, &decision, None, None).await {
+        return internal(e);
+    }
+    tracing::info!(client = %client.client_id, user = %user.username, "consent given");
+    issue_code(&s, pending, &user, scope).await
+}
+
+async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, scope: String) -> Response {
+    let code = random_token();
+    let grant = Grant {
+        grant_id: uuid::Uuid::new_v4().to_string(),
+        client_id: pending.client_id.clone(),
+        scope,
+        username: Some(user.username.clone()),
+        fhir_user: Some(user.fhir_user.clone()),
+        patient: pending.patient.clone(),
+        encounter: pending.launch.as_ref().and_then(|l| l.encounter.clone()),
+        launch: pending.launch.clone(),
+        nonce: pending.nonce.clone(),
+        redirect_uri: Some(pending.redirect_uri.clone()),
+        code_challenge: Some(pending.code_challenge.clone()),
+        expires: None,
+    };
+    let value = match serde_json::to_string(&grant) {
+        Ok(v) => v,
+        Err(e) => return internal(e),
+    };
+    let expires = s.now_ms() + s.config.code_secs * 1000;
+    if let Err(e) = s.store.auth_put("code", &token_hash(&code), &value, Some(&grant.grant_id), Some(expires)).await {
+        return internal(e);
+    }
+    let role = match user.role {
+        UserRole::Clinician => "clinician",
+        UserRole::Patient => "patient",
+    };
+    tracing::info!(client = %grant.client_id, user = %user.username, role, patient = ?grant.patient, "authorisation code issued");
+    let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal("stored redirect URI no longer parses") };
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("code", &code);
+        if let Some(st) = &pending.state {
+            q.append_pair("state", st);
+        }
+        q.append_pair("iss", &s.config.fhir_base);
+    }
+    Redirect::to(url.as_str()).into_response()
+}

@@ -1,0 +1,98 @@
+//! Discovery documents (SMART 2.2 §2.1, OpenID Connect Discovery) and the JWKS. Every URL is absolute and
+//! every capability listed works.
+
+use crate::Shared;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+pub const CAPABILITIES: &[&str] = &[
+    "launch-ehr",
+    "launch-standalone",
+    "authorize-post",
+    "client-public",
+    "client-confidential-symmetric",
+    "sso-openid-connect",
+    "context-banner",
+    "context-style",
+    "context-ehr-patient",
+    "context-ehr-encounter",
+    "context-standalone-patient",
+    "permission-offline",
+    "permission-online",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+];
+
+pub const SCOPES_SUPPORTED: &[&str] = &[
+    "openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter", "offline_access", "online_access",
+    "patient/*.cruds", "patient/*.rs", "patient/*.read", "patient/*.write", "patient/*.*",
+    "user/*.cruds", "user/*.rs", "user/*.read", "user/*.write", "user/*.*",
+];
+
+/// JSON whatever the `Accept` header says (S-02), and readable from any origin (S-09).
+fn json_response(v: Value) -> Response {
+    let mut r = Json(v).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    r
+}
+
+pub async fn smart_configuration(State(s): State<Shared>) -> Response {
+    let c = &s.config;
+    json_response(json!({
+        "issuer": c.fhir_base,
+        "jwks_uri": c.endpoint("jwks"),
+        "authorization_endpoint": c.endpoint("authorize"),
+        "token_endpoint": c.endpoint("token"),
+        "introspection_endpoint": c.endpoint("introspect"),
+        "revocation_endpoint": c.endpoint("revoke"),
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": SCOPES_SUPPORTED,
+        "capabilities": CAPABILITIES,
+    }))
+}
+
+pub async fn openid_configuration(State(s): State<Shared>) -> Response {
+    let c = &s.config;
+    json_response(json!({
+        "issuer": c.fhir_base,
+        "authorization_endpoint": c.endpoint("authorize"),
+        "token_endpoint": c.endpoint("token"),
+        "jwks_uri": c.endpoint("jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "fhirUser", "profile"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser", "name"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+    }))
+}
+
+pub async fn jwks(State(s): State<Shared>) -> Response {
+    json_response(s.keys.jwks().clone())
+}
+
+/// The style an embedding EHR hands to apps through `smart_style_url` (SMART's `context-style`).
+pub async fn style() -> Response {
+    json_response(json!({
+        "color_background": "#f6f7f9",
+        "color_error": "#a40000",
+        "color_highlight": "#1f5fa8",
+        "color_modal_backdrop": "rgba(0,0,0,0.4)",
+        "color_success": "#2e7d32",
+        "color_text": "#1a1a1a",
+        "dim_border_radius": "6px",
+        "dim_font_size": "16px",
+        "dim_spacing_size": "16px",
+        "font_family_body": "system-ui, sans-serif",
+        "font_family_heading": "system-ui, sans-serif"
+    }))
+}

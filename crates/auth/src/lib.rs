@@ -1,0 +1,136 @@
+//! Kindling's SMART App Launch 2.2 authorisation server.
+//!
+//! Discovery (`/fhir/.well-known/smart-configuration`, OpenID configuration, JWKS), the authorisation
+//! endpoint with sign-in, patient picker and consent pages, the token endpoint (`authorization_code` with
+//! PKCE S256, `refresh_token` with rotation and reuse detection), introspection (RFC 7662), revocation
+//! (RFC 7009), and the EHR's launch-context API. All state lives in the [`store::AuthStore`], so any node
+//! can finish a flow another began. [`AuthServer`] also resolves bearer tokens for the FHIR API.
+
+mod authorize;
+pub mod crypto;
+mod discovery;
+pub mod keys;
+mod launch;
+pub mod model;
+pub mod pages;
+pub mod registry;
+mod token;
+
+use api::access::{AccessResolver, TokenAccess};
+use async_trait::async_trait;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fhir::time::{SharedClock, unix_ms};
+use model::Grant;
+use serde_json::json;
+use std::sync::Arc;
+use store::Store;
+
+/// Lifetimes and addresses.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The server's externally visible base, e.g. `http://127.0.0.1:8080`.
+    pub public_url: String,
+    /// The FHIR base (`{public_url}/fhir`): the `aud` apps must ask for, the `iss` of launches and tokens.
+    pub fhir_base: String,
+    pub access_token_secs: i64,
+    pub code_secs: i64,
+    pub launch_secs: i64,
+    pub refresh_token_days: i64,
+}
+
+impl AuthConfig {
+    pub fn new(public_url: &str) -> AuthConfig {
+        let public_url = public_url.trim_end_matches('/').to_string();
+        AuthConfig {
+            fhir_base: format!("{public_url}/fhir"),
+            public_url,
+            access_token_secs: 3600,
+            code_secs: 60,
+            launch_secs: 300,
+            refresh_token_days: 90,
+        }
+    }
+
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}/auth/{path}", self.public_url)
+    }
+}
+
+pub struct AuthServer {
+    pub store: Arc<dyn Store>,
+    pub config: AuthConfig,
+    pub keys: keys::Keys,
+    pub clock: SharedClock,
+}
+
+pub type Shared = Arc<AuthServer>;
+
+impl AuthServer {
+    pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock) -> Result<Shared, keys::KeyError> {
+        let keys = keys::Keys::load_or_create(store.as_ref(), unix_ms(clock.now())).await?;
+        Ok(Arc::new(AuthServer { store, config, keys, clock }))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        unix_ms(self.clock.now())
+    }
+
+    /// The grant behind a live (unexpired, unrevoked) access token.
+    pub async fn access_grant(&self, token: &str) -> Option<Grant> {
+        let record = self.store.auth_get("access", &crypto::token_hash(token)).await.ok().flatten()?;
+        if record.revoked {
+            return None;
+        }
+        serde_json::from_str(&record.value).ok()
+    }
+}
+
+/// Bearer tokens for the FHIR API.
+#[async_trait]
+impl AccessResolver for AuthServer {
+    async fn resolve(&self, bearer_token: &str) -> Option<TokenAccess> {
+        let grant = self.access_grant(bearer_token).await?;
+        Some(TokenAccess {
+            client_id: grant.client_id,
+            scopes: smart::ScopeSet::parse(&grant.scope),
+            patient: grant.patient,
+            fhir_user: grant.fhir_user,
+        })
+    }
+}
+
+/// RFC 6749 §5.2 error JSON (also used by introspection and revocation), never cached.
+pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut r = (status, axum::Json(json!({"error": error, "error_description": description}))).into_response();
+    no_store(&mut r);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"kindling\""));
+    }
+    r
+}
+
+pub fn no_store(r: &mut Response) {
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// The routes of the authorisation server (mount at the server root).
+pub fn router(server: Shared) -> Router {
+    Router::new()
+        .route("/fhir/.well-known/smart-configuration", get(discovery::smart_configuration))
+        .route("/fhir/.well-known/openid-configuration", get(discovery::openid_configuration))
+        .route("/auth/jwks", get(discovery::jwks))
+        .route("/auth/style.json", get(discovery::style))
+        .route("/auth/authorize", get(authorize::authorize_get).post(authorize::authorize_post))
+        .route("/auth/login", post(authorize::login))
+        .route("/auth/pick", post(authorize::pick))
+        .route("/auth/consent", post(authorize::consent))
+        .route("/auth/token", post(token::token))
+        .route("/auth/introspect", post(token::introspect))
+        .route("/auth/revoke", post(token::revoke))
+        .route("/auth/launch", post(launch::create_launch))
+        .with_state(server)
+}

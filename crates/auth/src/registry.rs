@@ -1,0 +1,54 @@
+//! Registered apps and users, kept in the auth store.
+
+use crate::crypto::{hash_password, random_token};
+use crate::model::{Client, ClientKind, User, UserRole};
+use store::{AuthStore, StoreError};
+
+const CLIENT: &str = "client";
+const USER: &str = "user";
+
+pub async fn get_client(store: &dyn AuthStore, client_id: &str) -> Result<Option<Client>, StoreError> {
+    Ok(store.auth_get(CLIENT, client_id).await?.and_then(|r| serde_json::from_str(&r.value).ok()).filter(|c: &Client| !c.disabled))
+}
+
+pub async fn list_clients(store: &dyn AuthStore) -> Result<Vec<Client>, StoreError> {
+    Ok(store.auth_list(CLIENT).await?.into_iter().filter_map(|(_, r)| serde_json::from_str(&r.value).ok()).collect())
+}
+
+/// Registers (or replaces) a client. For a symmetric client a new secret is generated, stored hashed and
+/// returned: the only time it can be seen.
+pub async fn put_client(store: &dyn AuthStore, mut client: Client) -> Result<Option<String>, StoreError> {
+    let secret = match client.kind {
+        ClientKind::ConfidentialSymmetric => {
+            let s = random_token();
+            client.secret_hash = Some(hash_password(&s));
+            Some(s)
+        }
+        _ => None,
+    };
+    put_client_as_is(store, &client).await?;
+    Ok(secret)
+}
+
+/// Stores a client with the secret hash it carries (for registrations whose secret is known elsewhere).
+pub async fn put_client_as_is(store: &dyn AuthStore, client: &Client) -> Result<(), StoreError> {
+    let value = serde_json::to_string(client).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.auth_put(CLIENT, &client.client_id, &value, None, None).await
+}
+
+pub async fn get_user(store: &dyn AuthStore, username: &str) -> Result<Option<User>, StoreError> {
+    Ok(store.auth_get(USER, username).await?.and_then(|r| serde_json::from_str(&r.value).ok()))
+}
+
+pub async fn put_user(store: &dyn AuthStore, username: &str, display_name: &str, role: UserRole, password: &str, fhir_user: &str) -> Result<User, StoreError> {
+    let user = User {
+        username: username.to_string(),
+        display_name: display_name.to_string(),
+        role,
+        password_hash: hash_password(password),
+        fhir_user: fhir_user.to_string(),
+    };
+    let value = serde_json::to_string(&user).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.auth_put(USER, username, &value, None, None).await?;
+    Ok(user)
+}

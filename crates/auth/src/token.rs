@@ -1,0 +1,316 @@
+//! The token endpoint (`authorization_code` with PKCE, `refresh_token` with rotation and reuse
+//! detection), introspection (RFC 7662) and revocation (RFC 7009).
+
+use crate::crypto::{constant_time_eq, pkce_s256, random_token, token_hash, valid_pkce_verifier, verify_password};
+use crate::launch::basic_credentials;
+use crate::model::{Client, ClientKind, Grant};
+use crate::{Shared, no_store, oauth_error, registry};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use smart::{Scope, ScopeSet};
+
+type Pairs = Vec<(String, String)>;
+
+fn get<'a>(pairs: &'a Pairs, k: &str) -> Option<&'a str> {
+    pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "token endpoint error");
+    oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request could not be completed")
+}
+
+/// Authenticates the client of a token-endpoint request (RFC 6749 §2.3): HTTP Basic, `client_secret` in
+/// the body, or — for public clients only — `client_id` alone.
+async fn authenticate_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> Result<Client, Response> {
+    let bad = |msg: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg);
+    if get(pairs, "client_assertion").is_some() || get(pairs, "client_assertion_type").is_some() {
+        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "private_key_jwt client authentication is not supported by this server"));
+    }
+    let (client_id, secret) = match basic_credentials(headers) {
+        Some((id, secret)) => (id, Some(secret)),
+        None => match get(pairs, "client_id") {
+            Some(id) => (id.to_string(), get(pairs, "client_secret").map(str::to_string)),
+            None => return Err(bad("client authentication is required")),
+        },
+    };
+    let client = match registry::get_client(s.store.as_ref(), &client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(bad("unknown client")),
+        Err(e) => return Err(internal(e)),
+    };
+    match (client.kind, secret) {
+        (ClientKind::Public, None) => Ok(client),
+        (ClientKind::Public, Some(_)) => Err(bad("this client is registered as public and has no secret")),
+        (ClientKind::ConfidentialSymmetric, Some(secret)) => {
+            if client.secret_hash.as_deref().is_some_and(|h| verify_password(&secret, h)) {
+                Ok(client)
+            } else {
+                Err(bad("client authentication failed"))
+            }
+        }
+        (ClientKind::ConfidentialSymmetric, None) => Err(bad("this confidential client must authenticate with its secret")),
+        (ClientKind::ConfidentialAsymmetric, _) => Err(bad("this client must authenticate with private_key_jwt, which is not supported yet")),
+    }
+}
+
+pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    let pairs: Pairs = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let grant_type = get(&pairs, "grant_type");
+    if !matches!(grant_type, Some("authorization_code") | Some("refresh_token")) {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token");
+    }
+    let client = match authenticate_client(&s, &headers, &pairs).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match grant_type {
+        Some("authorization_code") => authorization_code(&s, &client, &pairs).await,
+        _ => refresh_token(&s, &client, &pairs).await,
+    }
+}
+
+fn invalid_grant(msg: &str) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", msg)
+}
+
+async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
+    let Some(code) = get(pairs, "code") else { return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "code is required") };
+    let record = match s.store.auth_consume("code", &token_hash(code)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return invalid_grant("the code is invalid or has expired"),
+        Err(e) => return internal(e),
+    };
+    let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return internal("unreadable code record") };
+    if record.used || record.revoked {
+        // RFC 6749 §4.1.2: a replayed code revokes what it produced.
+        let n = s.store.auth_revoke_grant(&grant.grant_id).await.unwrap_or(0);
+        tracing::warn!(client = %client.client_id, revoked = n, "authorisation code replayed; its tokens are revoked");
+        return invalid_grant("the code was already used");
+    }
+    if grant.client_id != client.client_id {
+        return invalid_grant("the code was issued to another client");
+    }
+    if get(pairs, "redirect_uri") != grant.redirect_uri.as_deref() {
+        return invalid_grant("redirect_uri does not match the authorisation request");
+    }
+    let verifier = get(pairs, "code_verifier").unwrap_or("");
+    let challenge = grant.code_challenge.as_deref().unwrap_or("");
+    if !valid_pkce_verifier(verifier) || !constant_time_eq(pkce_s256(verifier).as_bytes(), challenge.as_bytes()) {
+        return invalid_grant("code_verifier does not match the code_challenge");
+    }
+    issue_tokens(s, client, grant, None).await
+}
+
+async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
+    let Some(rt) = get(pairs, "refresh_token") else { return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required") };
+    let hash = token_hash(rt);
+    let record = match s.store.auth_get("refresh", &hash).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return invalid_grant("the refresh token is invalid or has expired"),
+        Err(e) => return internal(e),
+    };
+    let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return internal("unreadable refresh record") };
+    if record.revoked {
+        return invalid_grant("the refresh token was revoked");
+    }
+    if record.used {
+        return reused(s, client, &grant).await;
+    }
+    if grant.client_id != client.client_id {
+        return invalid_grant("the refresh token was issued to another client");
+    }
+    // The request is checked before the token is spent, so a bad request does not burn it.
+    let narrowed = match get(pairs, "scope") {
+        None => None,
+        Some(requested) => {
+            let requested = ScopeSet::parse(requested);
+            let original = ScopeSet::parse(&grant.scope);
+            let within = original.narrow(&requested);
+            if !requested.invalid.is_empty() || within.to_string() != requested.to_string() {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "a refresh may only ask for scopes that were granted");
+            }
+            Some(within.to_string())
+        }
+    };
+    match s.store.auth_consume("refresh", &hash).await {
+        Ok(Some(r)) if !r.used && !r.revoked => {}
+        Ok(_) => return reused(s, client, &grant).await,
+        Err(e) => return internal(e),
+    }
+    issue_tokens(s, client, grant, narrowed).await
+}
+
+/// A rotated-out refresh token came back: someone holds a copy. Revoke the whole grant (OAuth 2.0
+/// Security BCP §4.14).
+async fn reused(s: &Shared, client: &Client, grant: &Grant) -> Response {
+    let n = s.store.auth_revoke_grant(&grant.grant_id).await.unwrap_or(0);
+    tracing::warn!(client = %client.client_id, revoked = n, "refresh token reused; the grant is revoked");
+    invalid_grant("the refresh token was already used")
+}
+
+async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_scope: Option<String>) -> Response {
+    if let Some(sc) = narrowed_scope {
+        grant.scope = sc;
+    }
+    grant.redirect_uri = None;
+    grant.code_challenge = None;
+    let now = s.now_ms();
+    let scopes = ScopeSet::parse(&grant.scope);
+    let access = random_token();
+    let expires = now + s.config.access_token_secs * 1000;
+    grant.expires = Some(expires);
+    let value = match serde_json::to_string(&grant) {
+        Ok(v) => v,
+        Err(e) => return internal(e),
+    };
+    if let Err(e) = s.store.auth_put("access", &token_hash(&access), &value, Some(&grant.grant_id), Some(expires)).await {
+        return internal(e);
+    }
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": s.config.access_token_secs,
+        "scope": grant.scope,
+    });
+    if scopes.contains(&Scope::OfflineAccess) || scopes.contains(&Scope::OnlineAccess) {
+        let refresh = random_token();
+        let refresh_expires = now + s.config.refresh_token_days * 86_400_000;
+        if let Err(e) = s.store.auth_put("refresh", &token_hash(&refresh), &value, Some(&grant.grant_id), Some(refresh_expires)).await {
+            return internal(e);
+        }
+        body["refresh_token"] = json!(refresh);
+    }
+    if scopes.contains(&Scope::OpenId)
+        && let Some(username) = &grant.username {
+            let mut claims = json!({
+                "iss": s.config.fhir_base,
+                "sub": username,
+                "aud": client.client_id,
+                "iat": now / 1000,
+                "exp": now / 1000 + s.config.access_token_secs,
+            });
+            if let Some(n) = &grant.nonce {
+                claims["nonce"] = json!(n);
+            }
+            if scopes.contains(&Scope::FhirUser)
+                && let Some(fu) = &grant.fhir_user {
+                    claims["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base));
+                }
+            match s.keys.sign_jwt(&claims) {
+                Ok(jwt) => body["id_token"] = json!(jwt),
+                Err(e) => return internal(e),
+            }
+        }
+    if let Some(p) = &grant.patient {
+        body["patient"] = json!(p);
+    }
+    if let Some(e) = &grant.encounter {
+        body["encounter"] = json!(e);
+    }
+    let launch = grant.launch.clone().unwrap_or_default();
+    let ehr_launch = grant.launch.is_some();
+    body["need_patient_banner"] = json!(launch.need_patient_banner.unwrap_or(!ehr_launch));
+    body["smart_style_url"] = json!(launch.smart_style_url.clone().unwrap_or_else(|| s.config.endpoint("style.json")));
+    if !launch.fhir_context.is_empty() {
+        body["fhirContext"] = json!(launch.fhir_context);
+    }
+    if let Some(i) = &launch.intent {
+        body["intent"] = json!(i);
+    }
+    if let Some(t) = &launch.tenant {
+        body["tenant"] = json!(t);
+    }
+    for (k, v) in &launch.extra {
+        if body.get(k).is_none() {
+            body[k] = v.clone();
+        }
+    }
+    tracing::info!(client = %client.client_id, user = ?grant.username, patient = ?grant.patient, "tokens issued");
+    let mut r = (StatusCode::OK, Json(body)).into_response();
+    no_store(&mut r);
+    r
+}
+
+/// Introspection is for authenticated clients, or callers holding a live access token (SMART 2.2).
+async fn may_introspect(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> bool {
+    if let Some(bearer) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+        return s.access_grant(bearer.trim()).await.is_some();
+    }
+    authenticate_client(s, headers, pairs).await.is_ok()
+}
+
+pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    let pairs: Pairs = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    if !may_introspect(&s, &headers, &pairs).await {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "introspection needs client authentication or a bearer token");
+    }
+    let token = get(&pairs, "token").unwrap_or("");
+    let hash = token_hash(token);
+    let mut found = None;
+    for kind in ["access", "refresh"] {
+        if let Ok(Some(r)) = s.store.auth_get(kind, &hash).await
+            && !r.revoked && !(kind == "refresh" && r.used) {
+                found = Some((kind, r));
+                break;
+            }
+    }
+    let body = match found.and_then(|(kind, r)| serde_json::from_str::<Grant>(&r.value).ok().map(|g| (kind, r, g))) {
+        None => json!({"active": false}),
+        Some((kind, record, grant)) => {
+            let mut v = json!({
+                "active": true,
+                "client_id": grant.client_id,
+                "scope": grant.scope,
+                "token_type": if kind == "access" { "Bearer" } else { "refresh_token" },
+                "iss": s.config.fhir_base,
+                "aud": s.config.fhir_base,
+            });
+            if let Some(exp) = record.expires {
+                v["exp"] = json!(exp / 1000);
+            }
+            if let Some(u) = &grant.username {
+                v["sub"] = json!(u);
+                v["username"] = json!(u);
+            }
+            if let Some(fu) = &grant.fhir_user {
+                v["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base));
+            }
+            if let Some(p) = &grant.patient {
+                v["patient"] = json!(p);
+            }
+            if let Some(e) = &grant.encounter {
+                v["encounter"] = json!(e);
+            }
+            v
+        }
+    };
+    let mut r = Json::<Value>(body).into_response();
+    no_store(&mut r);
+    r
+}
+
+pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    let pairs: Pairs = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let client = match authenticate_client(&s, &headers, &pairs).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(token) = get(&pairs, "token") else { return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required") };
+    let hash = token_hash(token);
+    for kind in ["access", "refresh"] {
+        if let Ok(Some(r)) = s.store.auth_get(kind, &hash).await
+            && let Ok(g) = serde_json::from_str::<Grant>(&r.value)
+                && g.client_id == client.client_id {
+                    let n = s.store.auth_revoke_grant(&g.grant_id).await.unwrap_or(0);
+                    tracing::info!(client = %client.client_id, revoked = n, "tokens revoked");
+                }
+    }
+    // RFC 7009 §2.2: 200 whether or not the token was known.
+    let mut r = StatusCode::OK.into_response();
+    no_store(&mut r);
+    r
+}

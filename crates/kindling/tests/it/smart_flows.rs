@@ -1,0 +1,600 @@
+//! SMART App Launch against the running server: discovery, the authorisation code flow through the real
+//! sign-in, picker and consent pages, tokens, refresh, introspection, revocation and enforcement at the
+//! FHIR API. Each negative case checks the reason, not just the failure.
+
+use crate::{TestApp, spawn_secured_app};
+use auth::model::{Client, ClientKind, UserRole};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+const REDIRECT: &str = "https://app.example/callback";
+const PUBLIC: &str = "public-app";
+const CONFIDENTIAL: &str = "confidential-app";
+const ALL: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds user/*.cruds";
+
+struct Fixture {
+    app: TestApp,
+    secret: String,
+    p1: String,
+    p2: String,
+}
+
+async fn fixture() -> Fixture {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 2, 7).await.unwrap();
+    let store = app.auth.store.as_ref();
+    let client = |id: &str, kind| Client {
+        client_id: id.into(),
+        name: format!("App {id}"),
+        kind,
+        secret_hash: None,
+        redirect_uris: vec![REDIRECT.into()],
+        launch_url: Some("https://app.example/launch".into()),
+        allowed_scope: ALL.into(),
+        jwks: None,
+        jwks_url: None,
+        icon: None,
+        disabled: false,
+    };
+    auth::registry::put_client(store, client(PUBLIC, ClientKind::Public)).await.unwrap();
+    let secret = auth::registry::put_client(store, client(CONFIDENTIAL, ClientKind::ConfidentialSymmetric)).await.unwrap().unwrap();
+    let p1 = synth::patient_id(7, 0);
+    let p2 = synth::patient_id(7, 1);
+    auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    auth::registry::put_user(store, "pat", "Pat", UserRole::Patient, "pat-pass", &format!("Patient/{p1}")).await.unwrap();
+    Fixture { app, secret, p1, p2 }
+}
+
+fn root(app: &TestApp) -> String {
+    app.base.trim_end_matches("/fhir").to_string()
+}
+
+fn pkce() -> (String, String) {
+    let verifier = format!("{}{}", auth::crypto::random_token(), "-verifier");
+    let challenge = auth::crypto::pkce_s256(&verifier);
+    (verifier, challenge)
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+/// Values of the inputs named `name` in an HTML page.
+fn inputs(html: &str, name: &str) -> Vec<String> {
+    let needle = format!("name=\"{name}\" value=\"");
+    html.match_indices(&needle).map(|(i, _)| {
+        let rest = &html[i + needle.len()..];
+        unescape(&rest[..rest.find('"').unwrap()])
+    }).collect()
+}
+
+fn location(r: &reqwest::Response) -> url::Url {
+    let loc = r.headers().get("location").unwrap_or_else(|| panic!("no redirect (status {})", r.status())).to_str().unwrap();
+    url::Url::parse(loc).unwrap()
+}
+
+fn query(u: &url::Url) -> HashMap<String, String> {
+    u.query_pairs().into_owned().collect()
+}
+
+struct Auth<'a> {
+    client_id: &'a str,
+    scope: String,
+    state: String,
+    challenge: String,
+    verifier: String,
+    launch: Option<String>,
+    aud: String,
+}
+
+impl<'a> Auth<'a> {
+    fn new(app: &TestApp, client_id: &'a str, scope: &str) -> Self {
+        let (verifier, challenge) = pkce();
+        Auth { client_id, scope: scope.into(), state: "st-ü &=|x".into(), challenge, verifier, launch: None, aud: app.base.clone() }
+    }
+
+    fn params(&self) -> Vec<(String, String)> {
+        let mut p = vec![
+            ("response_type".into(), "code".into()),
+            ("client_id".into(), self.client_id.into()),
+            ("redirect_uri".into(), REDIRECT.into()),
+            ("scope".into(), self.scope.clone()),
+            ("state".into(), self.state.clone()),
+            ("aud".into(), self.aud.clone()),
+            ("code_challenge".into(), self.challenge.clone()),
+            ("code_challenge_method".into(), "S256".into()),
+            ("nonce".into(), "n-123".into()),
+        ];
+        if let Some(l) = &self.launch {
+            p.push(("launch".into(), l.clone()));
+        }
+        p
+    }
+
+    async fn start(&self, app: &TestApp) -> reqwest::Response {
+        let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+        url.query_pairs_mut().extend_pairs(self.params());
+        app.client.get(url).send().await.unwrap()
+    }
+}
+
+async fn post_form(app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    app.client.post(format!("{}{path}", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap()
+}
+
+async fn login(app: &TestApp, page: reqwest::Response, user: &str, password: &str) -> reqwest::Response {
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Sign in"), "{html}");
+    let req = inputs(&html, "request").remove(0);
+    post_form(app, "/auth/login", &[("request", &req), ("username", user), ("password", password)]).await
+}
+
+/// Submits the consent page: every scope ticked unless `untick` names it; `categories` as `scope|system|code`.
+async fn consent(app: &TestApp, page: reqwest::Response, allow: bool, untick: &[&str], categories: &[&str]) -> reqwest::Response {
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("would like to"), "{html}");
+    let req = inputs(&html, "request").remove(0);
+    let scopes: Vec<String> = inputs(&html, "scope").into_iter().filter(|s| !untick.contains(&s.as_str())).collect();
+    let mut form: Vec<(&str, &str)> = vec![("request", &req), ("decision", if allow { "allow" } else { "deny" })];
+    for s in &scopes {
+        form.push(("scope", s));
+    }
+    for c in categories {
+        form.push(("category", c));
+    }
+    post_form(app, "/auth/consent", &form).await
+}
+
+/// Consents when the consent page is shown (it is not when the user decided before).
+async fn consent_if_asked(app: &TestApp, r: reqwest::Response) -> reqwest::Response {
+    if r.status() == 303 { r } else { consent(app, r, true, &[], &[]).await }
+}
+
+/// The code from the redirect to the app, after checking `state` and `iss`.
+fn code(app: &TestApp, a: &Auth<'_>, r: &reqwest::Response) -> String {
+    assert_eq!(r.status(), 303);
+    let loc = location(r);
+    assert!(loc.as_str().starts_with(REDIRECT), "{loc}");
+    let q = query(&loc);
+    assert_eq!(q.get("state"), Some(&a.state), "state is echoed byte for byte");
+    assert_eq!(q.get("iss"), Some(&app.base), "RFC 9207 iss");
+    assert!(q.get("error").is_none(), "{q:?}");
+    q["code"].clone()
+}
+
+async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> reqwest::Response {
+    post_form(app, "/auth/token", &[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", client_id)]).await
+}
+
+/// Standalone launch as the patient user, consenting to everything.
+async fn patient_tokens(f: &Fixture, scope: &str) -> Value {
+    let a = Auth::new(&f.app, PUBLIC, scope);
+    let page = a.start(&f.app).await;
+    let after_login = login(&f.app, page, "pat", "pat-pass").await;
+    let redirect = consent_if_asked(&f.app, after_login).await;
+    let code = code(&f.app, &a, &redirect);
+    let r = exchange(&f.app, PUBLIC, &code, &a.verifier).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn fhir_get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = app.client.get(app.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn discovery_documents() {
+    let f = fixture().await;
+    let app = &f.app;
+    for accept in [None, Some("text/html"), Some("application/fhir+json"), Some("application/json")] {
+        let mut req = app.client.get(app.url(".well-known/smart-configuration")).header("origin", "https://inferno.example");
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+        assert_eq!(r.headers()["access-control-allow-origin"], "https://inferno.example");
+    }
+    let (_, d) = app.get_json(".well-known/smart-configuration").await;
+    assert!(d["capabilities"].as_array().unwrap().iter().all(Value::is_string));
+    assert!(d["grant_types_supported"].as_array().unwrap().contains(&json!("authorization_code")));
+    assert_eq!(d["code_challenge_methods_supported"], json!(["S256"]));
+    for k in ["authorization_endpoint", "token_endpoint", "jwks_uri", "introspection_endpoint", "revocation_endpoint"] {
+        assert!(d[k].as_str().unwrap().starts_with("http://127.0.0.1:"), "{k} is absolute");
+    }
+    assert_eq!(d["issuer"], json!(app.base));
+    let oidc: Value = app.client.get(format!("{}/.well-known/openid-configuration", app.base)).send().await.unwrap().json().await.unwrap();
+    for k in ["issuer", "authorization_endpoint", "token_endpoint", "jwks_uri", "response_types_supported", "subject_types_supported", "id_token_signing_alg_values_supported"] {
+        assert!(oidc.get(k).is_some(), "{k}");
+    }
+    assert_eq!(oidc["issuer"], d["issuer"]);
+    let jwks: Value = app.client.get(d["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "RSA");
+    assert!(key.get("n").is_some() && key.get("e").is_some() && key.get("d").is_none(), "public parts only");
+    let (status, _) = app.get_json("metadata").await;
+    assert_eq!(status, 200, "metadata stays public");
+    let style = app.client.get(format!("{}/auth/style.json", root(app))).send().await.unwrap();
+    assert_eq!(style.status(), 200);
+}
+
+/// Verifies an RS256 id_token against the server's JWKS and returns its claims.
+async fn verify_id_token(app: &TestApp, jwt: &str) -> Value {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256");
+    let jwks: Value = app.client.get(format!("{}/auth/jwks", root(app))).send().await.unwrap().json().await.unwrap();
+    let key = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == header["kid"]).expect("kid in JWKS");
+    let n = b64.decode(key["n"].as_str().unwrap()).unwrap();
+    let e = b64.decode(key["e"].as_str().unwrap()).unwrap();
+    let components = aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e };
+    components
+        .verify(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, format!("{}.{}", parts[0], parts[1]).as_bytes(), &b64.decode(parts[2]).unwrap())
+        .expect("signature verifies");
+    serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn standalone_patient_launch_end_to_end() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient openid fhirUser offline_access patient/*.rs").await;
+    assert_eq!(t["token_type"], "Bearer");
+    assert!(t["expires_in"].is_number());
+    assert_eq!(t["patient"], json!(f.p1), "a patient user gets their own record");
+    assert_eq!(t["scope"], "launch/patient openid fhirUser offline_access patient/*.rs");
+    assert!(t["refresh_token"].is_string());
+    assert_eq!(t["need_patient_banner"], true);
+    assert!(t["smart_style_url"].as_str().unwrap().starts_with("http"));
+    let claims = verify_id_token(app, t["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["iss"], json!(app.base));
+    assert_eq!(claims["aud"], PUBLIC);
+    assert_eq!(claims["nonce"], "n-123");
+    assert_eq!(claims["fhirUser"], json!(format!("{}/Patient/{}", app.base, f.p1)));
+    let token = t["access_token"].as_str().unwrap();
+    let (status, p) = fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await;
+    assert_eq!((status, p["id"].as_str()), (200, Some(f.p1.as_str())));
+    let (status, _) = fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await;
+    assert_eq!(status, 403, "another patient is outside the compartment");
+    let (status, b) = fhir_get(app, "Observation?category=vital-signs&_count=500", Some(token)).await;
+    assert_eq!(status, 200);
+    assert!(b["total"].as_u64().unwrap() > 0);
+    assert!(b["entry"].as_array().unwrap().iter().all(|e| e["resource"]["subject"]["reference"] == json!(format!("Patient/{}", f.p1))));
+    let (status, b) = fhir_get(app, &format!("Observation?patient={}", f.p2), Some(token)).await;
+    assert_eq!((status, b["total"].as_u64()), (200, Some(0)), "searching another patient finds nothing");
+    let (status, _) = fhir_get(app, &format!("Patient/{}/$everything", f.p2), Some(token)).await;
+    assert_eq!(status, 403);
+    let r = app.client.post(app.url("Patient")).bearer_auth(token).header("content-type", "application/fhir+json").body(json!({"resourceType": "Patient"}).to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 403, ".rs grants no create");
+    // The practitioner named in the record is outside the compartment but not of any patient: readable.
+    let (status, _) = fhir_get(app, &format!("Practitioner/{}", synth::practitioner_id(0)), Some(token)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn fhir_api_needs_a_valid_token() {
+    let f = fixture().await;
+    let r = f.app.client.get(f.app.url(&format!("Patient/{}", f.p1))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let oo: Value = r.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    let r = f.app.client.get(f.app.url("Patient")).bearer_auth("not-a-token").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    // Expired tokens are refused.
+    let t = patient_tokens(&f, "launch/patient patient/*.rs").await;
+    f.app.clock.advance(time::Duration::seconds(3601));
+    let (status, _) = fhir_get(&f.app, &format!("Patient/{}", f.p1), t["access_token"].as_str()).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn pkce_code_and_client_checks_at_the_token_endpoint() {
+    let f = fixture().await;
+    let app = &f.app;
+    let get_code = |_: ()| async {
+        let a = Auth::new(app, PUBLIC, "launch/patient patient/Patient.rs");
+        let page = a.start(app).await;
+        let r = consent_if_asked(app, login(app, page, "pat", "pat-pass").await).await;
+        (code(app, &a, &r), a.verifier.clone(), a.challenge.clone())
+    };
+    for (label, verifier) in [("no verifier", None), ("empty verifier", Some(String::new())), ("wrong verifier", Some(format!("{}-{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4())))] {
+        let (c, _, _) = get_code(()).await;
+        let mut form = vec![("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("client_id", PUBLIC)];
+        if let Some(v) = &verifier {
+            form.push(("code_verifier", v));
+        }
+        let r = post_form(app, "/auth/token", &form).await;
+        assert_eq!(r.status(), 400, "{label}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"], "invalid_grant", "{label}");
+    }
+    let (c, _, challenge) = get_code(()).await;
+    let r = exchange(app, PUBLIC, &c, &challenge).await;
+    assert_eq!(r.status(), 400, "the challenge itself is not a verifier (plain attack)");
+    let r = exchange(app, PUBLIC, "BAD_CODE", "x".repeat(50).as_str()).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    // Redirect URI must match the authorisation request.
+    let (c, v, _) = get_code(()).await;
+    let r = post_form(app, "/auth/token", &[("grant_type", "authorization_code"), ("code", &c), ("redirect_uri", "https://app.example/other"), ("code_verifier", &v), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.status(), 400);
+    // A replayed code fails and revokes the tokens of its first use.
+    let (c, v, _) = get_code(()).await;
+    let first: Value = exchange(app, PUBLIC, &c, &v).await.json().await.unwrap();
+    let token = first["access_token"].as_str().unwrap().to_string();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(&token)).await.0, 200);
+    let r = exchange(app, PUBLIC, &c, &v).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(&token)).await.0, 401, "replay revoked the first tokens");
+    // Expired codes (60 s).
+    let (c, v, _) = get_code(()).await;
+    app.clock.advance(time::Duration::seconds(61));
+    assert_eq!(exchange(app, PUBLIC, &c, &v).await.status(), 400);
+    // Unsupported grant type, unknown client, a confidential client without its secret.
+    let r = post_form(app, "/auth/token", &[("grant_type", "password"), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    let r = app.client.post(format!("{}/auth/token", root(app))).basic_auth("BAD_CLIENT_ID", Some("secret")).header("content-type", "application/x-www-form-urlencoded").body("grant_type=authorization_code&code=x").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    let r = post_form(app, "/auth/token", &[("grant_type", "authorization_code"), ("code", "x"), ("client_id", CONFIDENTIAL)]).await;
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn authorize_errors_never_redirect_to_untrusted_addresses() {
+    let f = fixture().await;
+    let app = &f.app;
+    let mut a = Auth::new(app, "nobody", "launch/patient");
+    let r = a.start(app).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    assert!(r.text().await.unwrap().contains("not registered"));
+    a.client_id = PUBLIC;
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+    url.query_pairs_mut().extend_pairs(a.params().into_iter().map(|(k, v)| if k == "redirect_uri" { (k, format!("{v}/")) } else { (k, v) }));
+    let r = app.client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 400, "a redirect URI with an extra slash is not the registered one");
+    assert!(r.headers().get("location").is_none());
+    // From here errors go back to the app, with state and iss.
+    let check = |r: reqwest::Response, error: &'static str| {
+        assert_eq!(r.status(), 303);
+        let q = query(&location(&r));
+        assert_eq!(q.get("error").map(String::as_str), Some(error));
+        assert_eq!(q.get("state").map(String::as_str), Some("st-ü &=|x"));
+        assert!(q.get("code").is_none());
+    };
+    let mut bad_aud = Auth::new(app, PUBLIC, "launch/patient");
+    bad_aud.aud = "https://inferno.healthit.gov/invalid_aud".into();
+    check(bad_aud.start(app).await, "invalid_request");
+    let mut plain = Auth::new(app, PUBLIC, "launch/patient");
+    plain.challenge = plain.verifier.clone();
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+    url.query_pairs_mut().extend_pairs(plain.params().into_iter().map(|(k, v)| if k == "code_challenge_method" { (k, "plain".to_string()) } else { (k, v) }));
+    check(app.client.get(url).send().await.unwrap(), "invalid_request");
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+    url.query_pairs_mut().extend_pairs(Auth::new(app, PUBLIC, "launch/patient").params().into_iter().filter(|(k, _)| !k.starts_with("code_challenge")));
+    check(app.client.get(url).send().await.unwrap(), "invalid_request");
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+    url.query_pairs_mut().extend_pairs(Auth::new(app, PUBLIC, "launch/patient").params().into_iter().map(|(k, v)| if k == "response_type" { (k, "token".to_string()) } else { (k, v) }));
+    check(app.client.get(url).send().await.unwrap(), "unsupported_response_type");
+    // Denied consent.
+    let a = Auth::new(app, PUBLIC, "launch/patient patient/*.rs");
+    let r = consent(app, login(app, a.start(app).await, "pat", "pat-pass").await, false, &[], &[]).await;
+    check(r, "access_denied");
+    // A wrong password shows the sign-in page again with an explanation.
+    let r = login(app, Auth::new(app, PUBLIC, "launch/patient").start(app).await, "pat", "wrong").await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("do not match"));
+}
+
+#[tokio::test]
+async fn authorize_by_post_and_confidential_client_with_basic_auth() {
+    let f = fixture().await;
+    let app = &f.app;
+    let a = Auth::new(app, CONFIDENTIAL, "launch/patient openid fhirUser patient/Patient.rs");
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(a.params()).finish();
+    let page = app.client.post(format!("{}/auth/authorize", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    let r = consent(app, login(app, page, "pat", "pat-pass").await, true, &[], &[]).await;
+    let c = code(app, &a, &r);
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("code_verifier", a.verifier.as_str())])
+        .finish();
+    let wrong = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some("wrong")).header("content-type", "application/x-www-form-urlencoded").body(form.clone()).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some(&f.secret)).header("content-type", "application/x-www-form-urlencoded").body(form).send().await.unwrap();
+    assert_eq!(ok.status(), 200, "a failed attempt does not burn the code");
+    let t: Value = ok.json().await.unwrap();
+    assert!(t["id_token"].is_string());
+}
+
+#[tokio::test]
+async fn consent_unticking_categories_and_remembered_consent() {
+    let f = fixture().await;
+    let app = &f.app;
+    let scope = "launch/patient patient/Patient.rs patient/Observation.rs patient/Condition.rs";
+    let a = Auth::new(app, PUBLIC, scope);
+    let page = login(app, a.start(app).await, "pat", "pat-pass").await;
+    let vitals = "patient/Observation.rs|http://terminology.hl7.org/CodeSystem/observation-category|vital-signs";
+    let r = consent(app, page, true, &["patient/Condition.rs"], &[vitals]).await;
+    let c = code(app, &a, &r);
+    let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
+    assert_eq!(t["scope"], "launch/patient patient/Patient.rs patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs");
+    let token = t["access_token"].as_str().unwrap();
+    let (status, _) = fhir_get(app, &format!("Condition?patient={}", f.p1), Some(token)).await;
+    assert_eq!(status, 403, "an unticked type is refused");
+    let (status, b) = fhir_get(app, "Observation?_count=1000", Some(token)).await;
+    assert_eq!(status, 200);
+    let entries = b["entry"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    assert!(entries.iter().all(|e| e["resource"]["category"][0]["coding"][0]["code"] == "vital-signs"), "only granted categories");
+    let (_, labs) = fhir_get(app, &format!("Observation?patient={}&category=laboratory", f.p1), Some(token)).await;
+    assert_eq!(labs["total"], 0);
+    // A lab result read directly is refused.
+    let lab_id = f.app.app_state.store.search(&fhir::query::parse("Observation", &[("patient".into(), f.p1.clone()), ("category".into(), "laboratory".into())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    if let Some(key) = lab_id.first() {
+        let lab = f.app.app_state.store.fetch(&[*key]).await.unwrap().remove(0);
+        let (status, _) = fhir_get(app, &format!("Observation/{}", lab.id), Some(token)).await;
+        assert_eq!(status, 403);
+    }
+    // The same request again: consent is remembered, no page.
+    let again = Auth::new(app, PUBLIC, scope);
+    let page = login(app, again.start(app).await, "pat", "pat-pass").await;
+    let c = code(app, &again, &page);
+    let t2: Value = exchange(app, PUBLIC, &c, &again.verifier).await.json().await.unwrap();
+    assert_eq!(t2["scope"], t["scope"]);
+}
+
+#[tokio::test]
+async fn ehr_launch_with_context_and_single_use_handle() {
+    let f = fixture().await;
+    let app = &f.app;
+    let enc = app.app_state.store.search(&fhir::query::parse("Encounter", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let encounter = app.app_state.store.fetch(&enc[..1]).await.unwrap().remove(0).id;
+    let launch_ctx = json!({"patient": f.p2, "encounter": encounter, "need_patient_banner": false, "tenant": "practice-42", "intent": "reconcile-medications",
+        "fhirContext": [{"reference": format!("Encounter/{encounter}")}], "extra": {"practice_id": "P-42"}});
+    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("wrong")).json(&launch_ctx).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&launch_ctx).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let handle = created["launch"].as_str().unwrap().to_string();
+    assert_eq!(created["iss"], json!(app.base));
+    let mut a = Auth::new(app, PUBLIC, "launch openid fhirUser user/*.rs");
+    a.launch = Some(handle.clone());
+    // The EHR user is already signed in: straight to consent.
+    let r = consent(app, a.start(app).await, true, &[], &[]).await;
+    let c = code(app, &a, &r);
+    let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
+    assert_eq!(t["patient"], json!(f.p2));
+    assert_eq!(t["encounter"], json!(encounter));
+    assert_eq!(t["need_patient_banner"], false);
+    assert_eq!(t["tenant"], "practice-42");
+    assert_eq!(t["intent"], "reconcile-medications");
+    assert_eq!(t["practice_id"], "P-42");
+    assert_eq!(t["fhirContext"][0]["reference"], json!(format!("Encounter/{encounter}")));
+    let claims = verify_id_token(app, t["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["fhirUser"], json!(format!("{}/Practitioner/{}", app.base, synth::practitioner_id(0))));
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Encounter/{encounter}"), Some(token)).await.0, 200);
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 200, "user/ scopes reach every patient");
+    // The handle is single use.
+    let mut again = Auth::new(app, PUBLIC, "launch openid fhirUser user/*.rs");
+    again.launch = Some(handle);
+    let r = again.start(app).await;
+    assert_eq!(query(&location(&r)).get("error").map(String::as_str), Some("invalid_request"));
+    // And expires.
+    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&json!({"patient": f.p1})).send().await.unwrap();
+    let handle: Value = r.json().await.unwrap();
+    app.clock.advance(time::Duration::minutes(6));
+    let mut late = Auth::new(app, PUBLIC, "launch user/*.rs");
+    late.launch = Some(handle["launch"].as_str().unwrap().to_string());
+    let r = late.start(app).await;
+    assert_eq!(query(&location(&r)).get("error").map(String::as_str), Some("invalid_request"));
+}
+
+#[tokio::test]
+async fn refresh_rotation_reuse_detection_and_scope_narrowing() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient openid fhirUser offline_access patient/*.rs").await;
+    let rt1 = t["refresh_token"].as_str().unwrap().to_string();
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt1), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["pragma"], "no-cache");
+    let t2: Value = r.json().await.unwrap();
+    assert!(t2["expires_in"].is_number());
+    assert_eq!(t2["scope"], t["scope"]);
+    let rt2 = t2["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(rt1, rt2, "rotated");
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), t2["access_token"].as_str()).await.0, 200);
+    // Narrowing with the full granted scope string (non-resource scopes included) and a subset.
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt2), ("client_id", PUBLIC), ("scope", t["scope"].as_str().unwrap())]).await;
+    assert_eq!(r.status(), 200);
+    let t3: Value = r.json().await.unwrap();
+    let rt3 = t3["refresh_token"].as_str().unwrap().to_string();
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt3), ("client_id", PUBLIC), ("scope", "patient/*.cruds")]).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt3), ("client_id", PUBLIC), ("scope", "patient/Patient.rs")]).await;
+    let t4: Value = r.json().await.unwrap();
+    assert_eq!(t4["scope"], "patient/Patient.rs");
+    // Reusing a rotated-out token revokes the whole grant.
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt1), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), t4["access_token"].as_str()).await.0, 401);
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &uuid::Uuid::new_v4().to_string()), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.status(), 400);
+    // Another client cannot use this client's refresh token.
+    let t = patient_tokens(&f, "launch/patient offline_access patient/*.rs").await;
+    let r = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some(&f.secret)).header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("grant_type=refresh_token&refresh_token={}", t["refresh_token"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn introspection_and_revocation() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient openid fhirUser offline_access patient/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    let r = post_form(app, "/auth/introspect", &[("token", token)]).await;
+    assert_eq!(r.status(), 401, "introspection needs authentication");
+    let r = app.client.post(format!("{}/auth/introspect", root(app))).bearer_auth(token).header("content-type", "application/x-www-form-urlencoded").body(format!("token={token}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let i: Value = r.json().await.unwrap();
+    assert_eq!(i["active"], true);
+    assert_eq!(i["client_id"], PUBLIC);
+    assert_eq!(i["scope"], t["scope"]);
+    assert_eq!(i["patient"], t["patient"]);
+    assert!(i["exp"].is_i64());
+    let claims = verify_id_token(app, t["id_token"].as_str().unwrap()).await;
+    assert_eq!(i["sub"], claims["sub"]);
+    assert_eq!(i["iss"], claims["iss"]);
+    let r = post_form(app, "/auth/introspect", &[("token", "invalid_token_value"), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"active": false}));
+    // Revoking the refresh token ends the access token too, at once.
+    let r = post_form(app, "/auth/revoke", &[("token", t["refresh_token"].as_str().unwrap()), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 401);
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.status(), 400);
+    let r = post_form(app, "/auth/introspect", &[("token", token), ("client_id", PUBLIC)]).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["active"], false);
+}
+
+#[tokio::test]
+async fn clinician_standalone_launch_picks_a_patient() {
+    let f = fixture().await;
+    let app = &f.app;
+    let a = Auth::new(app, PUBLIC, "launch/patient openid fhirUser patient/*.rs");
+    let page = login(app, a.start(app).await, "doc", "doc-pass").await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Which patient"), "{html}");
+    let req = inputs(&html, "request").remove(0);
+    let patients = inputs(&html, "patient");
+    assert!(patients.contains(&f.p2));
+    let r = post_form(app, "/auth/pick", &[("request", &req), ("patient", &f.p2)]).await;
+    let r = consent(app, r, true, &[], &[]).await;
+    let c = code(app, &a, &r);
+    let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
+    assert_eq!(t["patient"], json!(f.p2));
+    // The fhirUser resource is readable with patient scopes.
+    assert_eq!(fhir_get(app, &format!("Practitioner/{}", synth::practitioner_id(0)), t["access_token"].as_str()).await.0, 200);
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), t["access_token"].as_str()).await.0, 403);
+}
