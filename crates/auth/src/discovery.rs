@@ -14,6 +14,7 @@ pub const CAPABILITIES: &[&str] = &[
     "authorize-post",
     "client-public",
     "client-confidential-symmetric",
+    "client-confidential-asymmetric",
     "sso-openid-connect",
     "context-banner",
     "context-style",
@@ -32,6 +33,7 @@ pub const SCOPES_SUPPORTED: &[&str] = &[
     "openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter", "offline_access", "online_access",
     "patient/*.cruds", "patient/*.rs", "patient/*.read", "patient/*.write", "patient/*.*",
     "user/*.cruds", "user/*.rs", "user/*.read", "user/*.write", "user/*.*",
+    "system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "system/*.*",
 ];
 
 /// JSON whatever the `Accept` header says (S-02), and readable from any origin (S-09).
@@ -50,8 +52,9 @@ pub async fn smart_configuration(State(s): State<Shared>) -> Response {
         "token_endpoint": c.endpoint("token"),
         "introspection_endpoint": c.endpoint("introspect"),
         "revocation_endpoint": c.endpoint("revoke"),
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": SCOPES_SUPPORTED,
@@ -71,7 +74,7 @@ pub async fn openid_configuration(State(s): State<Shared>) -> Response {
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": ["openid", "fhirUser", "profile"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser", "name"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "code_challenge_methods_supported": ["S256"],
     }))
 }

@@ -9,6 +9,7 @@
 mod authorize;
 pub mod crypto;
 mod discovery;
+pub mod jose;
 pub mod keys;
 mod launch;
 pub mod model;
@@ -36,6 +37,8 @@ pub struct AuthConfig {
     /// The FHIR base (`{public_url}/fhir`): the `aud` apps must ask for, the `iss` of launches and tokens.
     pub fhir_base: String,
     pub access_token_secs: i64,
+    /// Backend-services (client_credentials) tokens.
+    pub backend_token_secs: i64,
     pub code_secs: i64,
     pub launch_secs: i64,
     pub refresh_token_days: i64,
@@ -48,6 +51,7 @@ impl AuthConfig {
             fhir_base: format!("{public_url}/fhir"),
             public_url,
             access_token_secs: 3600,
+            backend_token_secs: 300,
             code_secs: 60,
             launch_secs: 300,
             refresh_token_days: 90,

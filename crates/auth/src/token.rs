@@ -28,7 +28,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 async fn authenticate_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> Result<Client, Response> {
     let bad = |msg: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg);
     if get(pairs, "client_assertion").is_some() || get(pairs, "client_assertion_type").is_some() {
-        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "private_key_jwt client authentication is not supported by this server"));
+        return authenticate_assertion(s, pairs).await;
     }
     let (client_id, secret) = match basic_credentials(headers) {
         Some((id, secret)) => (id, Some(secret)),
@@ -53,15 +53,49 @@ async fn authenticate_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> 
             }
         }
         (ClientKind::ConfidentialSymmetric, None) => Err(bad("this confidential client must authenticate with its secret")),
-        (ClientKind::ConfidentialAsymmetric, _) => Err(bad("this client must authenticate with private_key_jwt, which is not supported yet")),
+        (ClientKind::ConfidentialAsymmetric, _) => Err(bad("this client must authenticate with a private_key_jwt assertion")),
+    }
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// `private_key_jwt` (RFC 7523 §2.2): the assertion is verified against the client's registered keys and
+/// its `jti` may be used once while the assertion lives.
+async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<Client, Response> {
+    let bad = |msg: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg);
+    if get(pairs, "client_assertion_type") != Some(JWT_BEARER) {
+        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
+    }
+    let jwt = get(pairs, "client_assertion").unwrap_or("");
+    let Some(iss) = crate::jose::claimed_issuer(jwt) else { return Err(bad("the client assertion cannot be read")) };
+    if get(pairs, "client_id").is_some_and(|id| id != iss) {
+        return Err(bad("client_id differs from the assertion's issuer"));
+    }
+    let client = match registry::get_client(s.store.as_ref(), &iss).await {
+        Ok(Some(c)) if c.kind == ClientKind::ConfidentialAsymmetric => c,
+        Ok(_) => return Err(bad("the assertion's issuer is not a registered asymmetric client")),
+        Err(e) => return Err(internal(e)),
+    };
+    let assertion = match crate::jose::verify(jwt, &client, &s.config.endpoint("token"), s.now_ms() / 1000) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::info!(client = %client.client_id, reason = %why, "client assertion refused");
+            return Err(bad(&why));
+        }
+    };
+    let key = format!("{}|{}", assertion.client_id, assertion.jti);
+    match s.store.auth_insert_new("jti", &key, "{}", Some(assertion.exp * 1000 + 60_000)).await {
+        Ok(true) => Ok(client),
+        Ok(false) => Err(bad("this assertion's jti was already used")),
+        Err(e) => Err(internal(e)),
     }
 }
 
 pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
     let pairs: Pairs = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
     let grant_type = get(&pairs, "grant_type");
-    if !matches!(grant_type, Some("authorization_code") | Some("refresh_token")) {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token");
+    if !matches!(grant_type, Some("authorization_code") | Some("refresh_token") | Some("client_credentials")) {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be authorization_code, refresh_token or client_credentials");
     }
     let client = match authenticate_client(&s, &headers, &pairs).await {
         Ok(c) => c,
@@ -69,8 +103,38 @@ pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) ->
     };
     match grant_type {
         Some("authorization_code") => authorization_code(&s, &client, &pairs).await,
+        Some("client_credentials") => client_credentials(&s, &client, &pairs).await,
         _ => refresh_token(&s, &client, &pairs).await,
     }
+}
+
+/// Backend services: `system/` scopes for an asymmetric client, within what it was registered for. Short
+/// lived (five minutes) and without a refresh token.
+async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
+    if client.kind != ClientKind::ConfidentialAsymmetric {
+        return oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "client_credentials is for clients that authenticate with private_key_jwt");
+    }
+    let requested = ScopeSet::parse(get(pairs, "scope").unwrap_or(""));
+    let mut granted = ScopeSet::parse(&client.allowed_scope).narrow(&requested);
+    granted.scopes.retain(|sc| matches!(sc, Scope::Resource(r) if r.level == smart::Level::System));
+    if granted.scopes.is_empty() {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "none of the requested system/ scopes is allowed for this client");
+    }
+    let grant = Grant {
+        grant_id: uuid::Uuid::new_v4().to_string(),
+        client_id: client.client_id.clone(),
+        scope: granted.to_string(),
+        username: None,
+        fhir_user: None,
+        patient: None,
+        encounter: None,
+        launch: None,
+        nonce: None,
+        redirect_uri: None,
+        code_challenge: None,
+        expires: None,
+    };
+    issue_tokens(s, client, grant, None).await
 }
 
 fn invalid_grant(msg: &str) -> Response {
@@ -160,8 +224,10 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     grant.code_challenge = None;
     let now = s.now_ms();
     let scopes = ScopeSet::parse(&grant.scope);
+    let backend = grant.username.is_none();
+    let lifetime = if backend { s.config.backend_token_secs } else { s.config.access_token_secs };
     let access = random_token();
-    let expires = now + s.config.access_token_secs * 1000;
+    let expires = now + lifetime * 1000;
     grant.expires = Some(expires);
     let value = match serde_json::to_string(&grant) {
         Ok(v) => v,
@@ -173,10 +239,16 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     let mut body = json!({
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": s.config.access_token_secs,
+        "expires_in": lifetime,
         "scope": grant.scope,
     });
-    if scopes.contains(&Scope::OfflineAccess) || scopes.contains(&Scope::OnlineAccess) {
+    if backend {
+        tracing::info!(client = %client.client_id, "backend services token issued");
+        let mut r = (StatusCode::OK, Json(body)).into_response();
+        no_store(&mut r);
+        return r;
+    }
+    if !backend && (scopes.contains(&Scope::OfflineAccess) || scopes.contains(&Scope::OnlineAccess)) {
         let refresh = random_token();
         let refresh_expires = now + s.config.refresh_token_days * 86_400_000;
         if let Err(e) = s.store.auth_put("refresh", &token_hash(&refresh), &value, Some(&grant.grant_id), Some(refresh_expires)).await {

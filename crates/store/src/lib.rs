@@ -128,6 +128,9 @@ pub trait AuthStore: Send + Sync {
     /// Marks a record used and returns it as it was before, atomically: of two concurrent consumers exactly
     /// one sees `used == false`.
     async fn auth_consume(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>>;
+    /// Inserts a record only when no live one exists under the key (an expired one is replaced); returns
+    /// whether it was inserted. The replay cache for assertion `jti`s.
+    async fn auth_insert_new(&self, kind: &str, key: &str, value: &str, expires: Option<i64>) -> Result<bool>;
     /// Revokes every record of a grant; returns how many.
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64>;
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()>;

@@ -54,6 +54,18 @@ impl AuthStore for SqliteStore {
         Ok(record)
     }
 
+    async fn auth_insert_new(&self, kind: &str, key: &str, value: &str, expires: Option<i64>) -> Result<bool> {
+        let conn = self.inner.writer.lock().await;
+        let n = conn
+            .prepare_cached(
+                "INSERT INTO auth_records (kind, key, value, expires) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, used = 0, revoked = 0
+                 WHERE auth_records.expires IS NOT NULL AND auth_records.expires <= ?5",
+            )?
+            .execute(params![kind, key, value, expires, self.now()])?;
+        Ok(n == 1)
+    }
+
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64> {
         let conn = self.inner.writer.lock().await;
         let n = conn.prepare_cached("UPDATE auth_records SET revoked = 1 WHERE grant_id = ?1")?.execute([grant_id])?;
@@ -111,5 +123,10 @@ mod tests {
         clock.advance(time::Duration::seconds(61));
         assert!(store.auth_get("code", "h1").await.unwrap().is_none(), "expired");
         assert_eq!(store.auth_list("token").await.unwrap().len(), 1);
+        let exp = now + 120_000;
+        assert!(store.auth_insert_new("jti", "c|1", "{}", Some(exp)).await.unwrap());
+        assert!(!store.auth_insert_new("jti", "c|1", "{}", Some(exp)).await.unwrap(), "a replay within the lifetime");
+        clock.advance(time::Duration::seconds(200));
+        assert!(store.auth_insert_new("jti", "c|1", "{}", Some(exp + 300_000)).await.unwrap(), "after expiry the key is free again");
     }
 }

@@ -1,0 +1,104 @@
+//! Verification of `private_key_jwt` client assertions (RFC 7523, SMART Backend Services and
+//! client-confidential-asymmetric): RS384 and ES384 only, the key chosen by `kid` from the client's
+//! registered JWKS with a `kty` that fits the algorithm, and every claim checked.
+
+use crate::crypto::b64url_decode;
+use crate::model::Client;
+use aws_lc_rs::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use serde_json::Value;
+
+/// Seconds of clock skew tolerated on `exp`.
+const SKEW: i64 = 60;
+/// Assertions may live at most this long (SMART: `exp` no more than five minutes ahead).
+const MAX_LIFETIME: i64 = 300;
+
+#[derive(Debug)]
+pub struct Assertion {
+    pub client_id: String,
+    pub jti: String,
+    pub exp: i64,
+}
+
+fn part(s: &str) -> Result<Value, String> {
+    let bytes = b64url_decode(s).ok_or("the assertion is not base64url")?;
+    serde_json::from_slice(&bytes).map_err(|_| "the assertion is not JSON".to_string())
+}
+
+/// The `iss` of an assertion, unverified: which client claims to speak.
+pub fn claimed_issuer(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    part(payload).ok()?.get("iss")?.as_str().map(str::to_string)
+}
+
+/// Verifies `jwt` as an assertion of `client` for the token endpoint `token_url` at `now` (Unix seconds).
+pub fn verify(jwt: &str, client: &Client, token_url: &str, now: i64) -> Result<Assertion, String> {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return Err("the assertion is not a compact JWS".into());
+    }
+    let header = part(parts[0])?;
+    let claims = part(parts[1])?;
+    let alg = header["alg"].as_str().unwrap_or("");
+    let kty = match alg {
+        "RS384" => "RSA",
+        "ES384" => "EC",
+        _ => return Err(format!("alg '{alg}' is not accepted; use RS384 or ES384")),
+    };
+    let kid = header["kid"].as_str().ok_or("the assertion header has no kid")?;
+    if let Some(jku) = header.get("jku") {
+        if jku.as_str() != client.jwks_url.as_deref() {
+            return Err("the jku header is not the client's registered JWKS URL".into());
+        }
+    }
+    let jwks = client.jwks.as_ref().ok_or("the client has no registered JWKS")?;
+    let candidates: Vec<&Value> = jwks["keys"].as_array().map(|k| k.iter().filter(|k| k["kid"] == kid && k["kty"] == kty).collect()).unwrap_or_default();
+    let key = match candidates.as_slice() {
+        [k] => *k,
+        [] => return Err(format!("no {kty} key with kid '{kid}' is registered")),
+        _ => return Err(format!("several keys have kid '{kid}'")),
+    };
+    let signing_input = format!("{}.{}", parts[0], parts[1]);
+    let sig = b64url_decode(parts[2]).ok_or("the signature is not base64url")?;
+    let field = |name: &str| key[name].as_str().and_then(b64url_decode).ok_or_else(|| format!("the registered key has no valid '{name}'"));
+    let verified = match alg {
+        "RS384" => {
+            let (n, e) = (field("n")?, field("e")?);
+            RsaPublicKeyComponents { n: &n, e: &e }.verify(&signature::RSA_PKCS1_2048_8192_SHA384, signing_input.as_bytes(), &sig).is_ok()
+        }
+        _ => {
+            if key["crv"] != "P-384" {
+                return Err("ES384 needs a P-384 key".into());
+            }
+            let (x, y) = (field("x")?, field("y")?);
+            let mut point = Vec::with_capacity(97);
+            point.push(4u8);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, &point).verify(signing_input.as_bytes(), &sig).is_ok()
+        }
+    };
+    if !verified {
+        return Err("the assertion's signature does not verify".into());
+    }
+    let iss = claims["iss"].as_str().unwrap_or("");
+    if iss != client.client_id || claims["sub"].as_str() != Some(iss) {
+        return Err("iss and sub must both be the client id".into());
+    }
+    let aud_ok = match &claims["aud"] {
+        Value::String(a) => a == token_url,
+        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(token_url)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err("aud must be the token endpoint URL".into());
+    }
+    let exp = claims["exp"].as_i64().ok_or("exp is missing")?;
+    if exp + SKEW < now {
+        return Err("the assertion has expired".into());
+    }
+    if exp > now + MAX_LIFETIME + SKEW {
+        return Err("exp may be at most five minutes ahead".into());
+    }
+    let jti = claims["jti"].as_str().filter(|j| !j.is_empty()).ok_or("jti is missing")?;
+    Ok(Assertion { client_id: iss.to_string(), jti: jti.to_string(), exp })
+}

@@ -1,0 +1,182 @@
+//! SMART Backend Services: `client_credentials` with `private_key_jwt` (ES384 and RS384) and every way an
+//! assertion must be refused.
+
+use crate::{TestApp, spawn_secured_app};
+use auth::crypto::b64url;
+use auth::model::{Client, ClientKind};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
+use serde_json::{Value, json};
+
+const CLIENT: &str = "backend-app";
+
+struct Keys {
+    ec: EcdsaKeyPair,
+    rsa: aws_lc_rs::rsa::KeyPair,
+}
+
+fn jwks(keys: &Keys) -> Value {
+    let point = keys.ec.public_key().as_ref();
+    let rsa = keys.rsa.public_key();
+    json!({"keys": [
+        {"kty": "EC", "crv": "P-384", "kid": "ec-1", "x": b64url(&point[1..49]), "y": b64url(&point[49..97])},
+        {"kty": "RSA", "kid": "rsa-1", "n": b64url(rsa.modulus().big_endian_without_leading_zero()), "e": b64url(rsa.exponent().big_endian_without_leading_zero())}
+    ]})
+}
+
+async fn setup() -> (TestApp, Keys) {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 2, 3).await.unwrap();
+    let keys = Keys {
+        ec: EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap(),
+        rsa: aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+    };
+    let client = Client {
+        client_id: CLIENT.into(),
+        name: "Nightly export".into(),
+        kind: ClientKind::ConfidentialAsymmetric,
+        secret_hash: None,
+        redirect_uris: vec!["https://backend.example/cb".into()],
+        launch_url: None,
+        allowed_scope: "system/*.rs system/Observation.rs".into(),
+        jwks: Some(jwks(&keys)),
+        jwks_url: Some("https://backend.example/jwks.json".into()),
+        icon: None,
+        disabled: false,
+    };
+    auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
+    (app, keys)
+}
+
+fn token_url(app: &TestApp) -> String {
+    format!("{}/auth/token", app.base.trim_end_matches("/fhir"))
+}
+
+fn now(app: &TestApp) -> i64 {
+    fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock)) / 1000
+}
+
+fn sign(keys: &Keys, header: &Value, claims: &Value) -> String {
+    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let sig = match header["alg"].as_str() {
+        Some("RS384") => {
+            let mut sig = vec![0u8; keys.rsa.public_modulus_len()];
+            keys.rsa.sign(&signature::RSA_PKCS1_SHA384, &SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
+            sig
+        }
+        _ => keys.ec.sign(&SystemRandom::new(), input.as_bytes()).unwrap().as_ref().to_vec(),
+    };
+    format!("{input}.{}", b64url(&sig))
+}
+
+fn claims(app: &TestApp) -> Value {
+    json!({"iss": CLIENT, "sub": CLIENT, "aud": token_url(app), "exp": now(app) + 300, "jti": uuid::Uuid::new_v4().simple().to_string()})
+}
+
+fn header(alg: &str, kid: &str) -> Value {
+    json!({"alg": alg, "kid": kid, "typ": "JWT"})
+}
+
+async fn request(app: &TestApp, assertion: &str, scope: &str) -> reqwest::Response {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", assertion),
+        ])
+        .finish();
+    app.client.post(token_url(app)).header("content-type", "application/x-www-form-urlencoded").header("accept", "application/json").body(body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn es384_and_rs384_assertions_get_system_tokens() {
+    let (app, keys) = setup().await;
+    for (alg, kid) in [("ES384", "ec-1"), ("RS384", "rsa-1")] {
+        let r = request(&app, &sign(&keys, &header(alg, kid), &claims(&app)), "system/*.rs").await;
+        assert_eq!(r.status(), 200, "{alg}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let t: Value = r.json().await.unwrap();
+        assert_eq!(t["token_type"], "Bearer");
+        assert!(t["expires_in"].as_i64().unwrap() <= 300);
+        assert_eq!(t["scope"], "system/*.rs");
+        assert!(t.get("refresh_token").is_none(), "backend services get no refresh token");
+        let token = t["access_token"].as_str().unwrap();
+        let r = app.client.get(app.url("Observation?_count=5")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = app.client.get(app.url(&format!("Patient/{}", synth::patient_id(3, 1)))).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "system scopes reach every patient");
+        let r = app.client.post(app.url("Patient")).bearer_auth(token).header("content-type", "application/fhir+json").body(r#"{"resourceType":"Patient"}"#).send().await.unwrap();
+        assert_eq!(r.status(), 403, "read-only system scopes");
+    }
+    // v1 system scopes are accepted and answered in v1; scopes beyond the registration are not granted.
+    let t: Value = request(&app, &sign(&keys, &header("ES384", "ec-1"), &claims(&app)), "system/*.read system/Patient.write").await.json().await.unwrap();
+    assert_eq!(t["scope"], "system/*.read");
+    let r = request(&app, &sign(&keys, &header("ES384", "ec-1"), &claims(&app)), "system/Patient.cud").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
+}
+
+#[tokio::test]
+async fn bad_grant_types_and_assertion_types() {
+    let (app, keys) = setup().await;
+    let assertion = sign(&keys, &header("ES384", "ec-1"), &claims(&app));
+    let body = format!("grant_type=not_a_grant_type&scope=system/*.rs&client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer&client_assertion={assertion}");
+    let r = app.client.post(token_url(&app)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    let body = format!("grant_type=client_credentials&scope=system/*.rs&client_assertion_type=not_an_assertion_type&client_assertion={assertion}");
+    let r = app.client.post(token_url(&app)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    assert!(r.status() == 400 || r.status() == 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client");
+}
+
+#[tokio::test]
+async fn every_bad_assertion_is_refused() {
+    let (app, keys) = setup().await;
+    let other = Keys {
+        ec: EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap(),
+        rsa: aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+    };
+    let good = claims(&app);
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c["jti"] = json!(uuid::Uuid::new_v4().to_string());
+        c
+    };
+    let without = |k: &str| {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    let unsigned = |h: Value, c: &Value| format!("{}.{}.", b64url(h.to_string().as_bytes()), b64url(c.to_string().as_bytes()));
+    let cases: Vec<(&str, String)> = vec![
+        ("signed by another key", sign(&other, &header("ES384", "ec-1"), &with("jti", json!("a")))),
+        ("alg none", unsigned(json!({"alg": "none", "kid": "ec-1"}), &with("jti", json!("b")))),
+        ("HS256", unsigned(json!({"alg": "HS256", "kid": "ec-1"}), &with("jti", json!("c")))),
+        ("alg that does not fit the key", sign(&keys, &header("RS384", "ec-1"), &with("jti", json!("d")))),
+        ("unknown kid", sign(&keys, &header("ES384", "nope"), &with("jti", json!("e")))),
+        ("foreign jku", sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "jku": "https://evil.example/jwks.json"}), &with("jti", json!("f")))),
+        ("wrong aud", sign(&keys, &header("ES384", "ec-1"), &with("aud", json!("https://other.example/token")))),
+        ("iss differs from sub", sign(&keys, &header("ES384", "ec-1"), &with("sub", json!("someone-else")))),
+        ("unknown issuer", sign(&keys, &header("ES384", "ec-1"), &json!({"iss": "nobody", "sub": "nobody", "aud": token_url(&app), "exp": now(&app) + 60, "jti": "g"}))),
+        ("expired", sign(&keys, &header("ES384", "ec-1"), &with("exp", json!(now(&app) - 120)))),
+        ("exp too far ahead", sign(&keys, &header("ES384", "ec-1"), &with("exp", json!(now(&app) + 3600)))),
+        ("no exp", sign(&keys, &header("ES384", "ec-1"), &without("exp"))),
+        ("no jti", sign(&keys, &header("ES384", "ec-1"), &without("jti"))),
+    ];
+    for (label, assertion) in cases {
+        let r = request(&app, &assertion, "system/*.rs").await;
+        assert!(r.status() == 400 || r.status() == 401, "{label}: {}", r.status());
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client", "{label}");
+    }
+    // The same jti twice while the assertion lives: a replay.
+    let once = sign(&keys, &header("ES384", "ec-1"), &claims(&app));
+    assert_eq!(request(&app, &once, "system/*.rs").await.status(), 200);
+    let r = request(&app, &once, "system/*.rs").await;
+    assert_eq!(r.status(), 401, "replayed jti");
+    // The registered jku is accepted.
+    let jku = sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "jku": "https://backend.example/jwks.json"}), &claims(&app));
+    assert_eq!(request(&app, &jku, "system/*.rs").await.status(), 200);
+}
