@@ -45,11 +45,10 @@ pub fn verify(jwt: &str, client: &Client, token_url: &str, now: i64) -> Result<A
         _ => return Err(format!("alg '{alg}' is not accepted; use RS384 or ES384")),
     };
     let kid = header["kid"].as_str().ok_or("the assertion header has no kid")?;
-    if let Some(jku) = header.get("jku") {
-        if jku.as_str() != client.jwks_url.as_deref() {
+    if let Some(jku) = header.get("jku")
+        && jku.as_str() != client.jwks_url.as_deref() {
             return Err("the jku header is not the client's registered JWKS URL".into());
         }
-    }
     let jwks = client.jwks.as_ref().ok_or("the client has no registered JWKS")?;
     let candidates: Vec<&Value> = jwks["keys"].as_array().map(|k| k.iter().filter(|k| k["kid"] == kid && k["kty"] == kty).collect()).unwrap_or_default();
     let key = match candidates.as_slice() {
