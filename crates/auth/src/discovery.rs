@@ -52,6 +52,7 @@ pub async fn smart_configuration(State(s): State<Shared>) -> Response {
         "token_endpoint": c.endpoint("token"),
         "introspection_endpoint": c.endpoint("introspect"),
         "revocation_endpoint": c.endpoint("revoke"),
+        "registration_endpoint": c.endpoint("register"),
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],

@@ -6,6 +6,7 @@
 //! (RFC 7009), and the EHR's launch-context API. All state lives in the [`store::AuthStore`], so any node
 //! can finish a flow another began. [`AuthServer`] also resolves bearer tokens for the FHIR API.
 
+pub mod apps;
 mod authorize;
 pub mod crypto;
 mod discovery;
@@ -136,5 +137,6 @@ pub fn router(server: Shared) -> Router {
         .route("/auth/introspect", post(token::introspect))
         .route("/auth/revoke", post(token::revoke))
         .route("/auth/launch", post(launch::create_launch))
+        .route("/auth/register", post(apps::register_endpoint))
         .with_state(server)
 }

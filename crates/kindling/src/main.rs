@@ -36,6 +36,37 @@ struct ServeArgs {
     /// Open sandbox: serve the FHIR API without access tokens (off by default; never expose such a server).
     #[arg(long, env = "KINDLING_OPEN_SANDBOX")]
     open_sandbox: bool,
+    /// Apps to register at start (TOML); `config/apps.dev.toml` is used when it exists and none is given.
+    #[arg(long, env = "KINDLING_APPS")]
+    apps: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AppsCommand {
+    /// List registered apps.
+    List,
+    /// Register an app; prints its client id (and, for a confidential-symmetric app, its secret, once).
+    Add {
+        #[arg(long)]
+        name: String,
+        /// public, confidential-symmetric or confidential-asymmetric
+        #[arg(long = "type", default_value = "public")]
+        kind: String,
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// The most the app may be granted.
+        #[arg(long, default_value = "launch launch/patient launch/encounter openid fhirUser offline_access patient/*.rs user/*.rs")]
+        scope: String,
+        #[arg(long)]
+        launch_url: Option<String>,
+        /// A JWKS file (asymmetric apps).
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+    /// Remove an app.
+    Remove { client_id: String },
 }
 
 #[derive(Subcommand)]
@@ -74,6 +105,13 @@ enum Command {
     },
     /// Benchmark import, reads and searches on the Synthea sample set (prints throughput and latencies).
     Bench(kindling::bench::BenchArgs),
+    /// Manage registered apps.
+    Apps {
+        #[arg(long, default_value = "./kindling-data")]
+        data: PathBuf,
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
 }
 
 fn init_tracing() {
@@ -116,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("Seeded {n} resources.");
             }
             kindling::ensure_demo_users(&app, seed).await?;
+            load_apps(&app, serve.apps.as_deref()).await?;
             print_ready(&app, started);
             println!("  SMART discovery:     {}/.well-known/smart-configuration", app.base_url());
             println!("  Demo accounts (user name / password):");
@@ -130,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { serve } => {
             let started = Instant::now();
             let app = Application::build(&config(&serve), clock).await?;
+            load_apps(&app, serve.apps.as_deref()).await?;
             print_ready(&app, started);
             app.run_until(shutdown_signal()).await
         }
@@ -164,7 +204,68 @@ async fn main() -> anyhow::Result<()> {
             if summary.errors.is_empty() { Ok(()) } else { std::process::exit(1) }
         }
         Command::Bench(args) => kindling::bench::run(args).await,
+        Command::Apps { data, command } => apps(data, command, clock).await,
     }
+}
+
+async fn load_apps(app: &Application, path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let default = PathBuf::from("config/apps.dev.toml");
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None if default.is_file() => default,
+        None => return Ok(()),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let ids = auth::apps::load_apps_file(app.state.store.as_ref(), &text, |v| std::env::var(v).ok())
+        .await
+        .with_context(|| format!("in {}", path.display()))?;
+    tracing::info!(apps = ids.len(), file = %path.display(), "apps registered from configuration");
+    Ok(())
+}
+
+async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow::Result<()> {
+    let app = Application::build(&offline_config(data), clock).await?;
+    let store = app.state.store.as_ref();
+    match command {
+        AppsCommand::List => {
+            for c in auth::registry::list_clients(store).await? {
+                println!("{}\t{:?}\t{}\t{}", c.client_id, c.kind, c.name, c.redirect_uris.join(" "));
+            }
+        }
+        AppsCommand::Add { name, kind, redirect_uris, scope, launch_url, jwks_file, client_id } => {
+            let kind: auth::model::ClientKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+                .map_err(|_| anyhow::anyhow!("--type must be public, confidential-symmetric or confidential-asymmetric, not '{kind}'"))?;
+            let jwks = match jwks_file {
+                Some(f) => Some(serde_json::from_str(&std::fs::read_to_string(&f)?).with_context(|| format!("{} is not a JWKS", f.display()))?),
+                None => None,
+            };
+            let client = auth::model::Client {
+                client_id: client_id.unwrap_or_else(auth::apps::new_client_id),
+                name,
+                kind,
+                secret_hash: None,
+                redirect_uris,
+                launch_url,
+                allowed_scope: scope,
+                jwks,
+                jwks_url: None,
+                icon: None,
+                disabled: false,
+            };
+            let id = client.client_id.clone();
+            let secret = auth::apps::register(store, client).await?;
+            println!("client_id: {id}");
+            if let Some(s) = secret {
+                println!("client_secret: {s}");
+                println!("(the secret is shown only now; it is stored hashed)");
+            }
+        }
+        AppsCommand::Remove { client_id } => {
+            store.auth_delete("client", &client_id).await?;
+            println!("removed {client_id}");
+        }
+    }
+    Ok(())
 }
 
 fn config(serve: &ServeArgs) -> ServerConfig {

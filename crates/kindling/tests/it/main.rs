@@ -6,6 +6,7 @@ mod errors;
 mod history;
 mod import;
 mod search;
+mod apps;
 mod backend;
 mod smart_flows;
 

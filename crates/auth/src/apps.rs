@@ -1,0 +1,198 @@
+//! App registration: apps declared in a version-controlled TOML file per environment (secrets come from
+//! environment variables, never from the file), and RFC 7591 dynamic registration.
+
+use crate::crypto::random_token;
+use crate::model::{Client, ClientKind};
+use crate::{Shared, oauth_error, registry};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use store::AuthStore;
+
+/// One `[[app]]` of an apps file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppEntry {
+    pub client_id: String,
+    pub name: String,
+    /// `public`, `confidential-symmetric` or `confidential-asymmetric`.
+    #[serde(rename = "type")]
+    pub kind: ClientKind,
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub launch_url: Option<String>,
+    /// The most the app may be granted.
+    pub scope: String,
+    /// For symmetric apps: the environment variable that holds the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// For asymmetric apps: the JWKS as inline JSON text, or a URL.
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub icon: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppsFile {
+    #[serde(default)]
+    app: Vec<AppEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppsError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Checks a redirect URI: absolute, no fragment, https — or http on a loopback host, for development.
+pub fn valid_redirect_uri(uri: &str) -> bool {
+    let Ok(u) = url::Url::parse(uri) else { return false };
+    if u.fragment().is_some() {
+        return false;
+    }
+    match u.scheme() {
+        "https" => true,
+        "http" => matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
+        // Native apps' private-use schemes (RFC 8252 §7.1) contain a dot.
+        other => other.contains('.'),
+    }
+}
+
+fn validate(c: &Client) -> Result<(), String> {
+    if c.client_id.is_empty() || c.name.is_empty() {
+        return Err("client_id and name are required".into());
+    }
+    if c.redirect_uris.is_empty() && c.kind != ClientKind::ConfidentialAsymmetric {
+        return Err(format!("{}: at least one redirect URI is required", c.client_id));
+    }
+    if let Some(bad) = c.redirect_uris.iter().find(|u| !valid_redirect_uri(u)) {
+        return Err(format!("{}: redirect URI '{bad}' must be absolute https (or http on localhost) without a fragment", c.client_id));
+    }
+    let scopes = smart::ScopeSet::parse(&c.allowed_scope);
+    if let Some(e) = scopes.invalid.first() {
+        return Err(format!("{}: {e}", c.client_id));
+    }
+    if c.kind == ClientKind::ConfidentialAsymmetric && c.jwks.is_none() {
+        return Err(format!("{}: an asymmetric app needs its JWKS (keys fetched by URL are not supported yet)", c.client_id));
+    }
+    Ok(())
+}
+
+/// Loads an apps file and registers (or updates) every app in it. A symmetric app's secret is read from
+/// the environment variable it names.
+pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Vec<String>, AppsError> {
+    let file: AppsFile = toml::from_str(text).map_err(|e| AppsError::Invalid(format!("apps file: {e}")))?;
+    let mut ids = Vec::new();
+    for entry in file.app {
+        let jwks = match &entry.jwks {
+            Some(text) => Some(serde_json::from_str::<Value>(text).map_err(|e| AppsError::Invalid(format!("{}: jwks is not JSON: {e}", entry.client_id)))?),
+            None => None,
+        };
+        let secret_hash = match (entry.kind, &entry.secret_env) {
+            (ClientKind::ConfidentialSymmetric, Some(var)) => {
+                let secret = env(var).ok_or_else(|| AppsError::Invalid(format!("{}: the environment variable {var} holding its secret is not set", entry.client_id)))?;
+                Some(crate::crypto::hash_password(&secret))
+            }
+            (ClientKind::ConfidentialSymmetric, None) => return Err(AppsError::Invalid(format!("{}: a confidential-symmetric app needs secret_env", entry.client_id))),
+            _ => None,
+        };
+        let client = Client {
+            client_id: entry.client_id,
+            name: entry.name,
+            kind: entry.kind,
+            secret_hash,
+            redirect_uris: entry.redirect_uris,
+            launch_url: entry.launch_url,
+            allowed_scope: entry.scope,
+            jwks,
+            jwks_url: entry.jwks_url,
+            icon: entry.icon,
+            disabled: false,
+        };
+        validate(&client).map_err(AppsError::Invalid)?;
+        registry::put_client_as_is(store, &client).await?;
+        ids.push(client.client_id);
+    }
+    Ok(ids)
+}
+
+/// Registers an app given on the command line or through the API; returns the secret of a symmetric app
+/// (shown once).
+pub async fn register(store: &dyn AuthStore, client: Client) -> Result<Option<String>, AppsError> {
+    validate(&client).map_err(AppsError::Invalid)?;
+    Ok(registry::put_client(store, client).await?)
+}
+
+const DEFAULT_DYNAMIC_SCOPE: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds user/*.cruds";
+
+/// RFC 7591 dynamic client registration.
+pub async fn register_endpoint(State(s): State<Shared>, Json(m): Json<Value>) -> Response {
+    let bad = |error: &str, msg: &str| oauth_error(StatusCode::BAD_REQUEST, error, msg);
+    let redirect_uris: Vec<String> = m["redirect_uris"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let method = m["token_endpoint_auth_method"].as_str().unwrap_or("client_secret_basic");
+    let kind = match method {
+        "none" => ClientKind::Public,
+        "client_secret_basic" | "client_secret_post" => ClientKind::ConfidentialSymmetric,
+        "private_key_jwt" => ClientKind::ConfidentialAsymmetric,
+        other => return bad("invalid_client_metadata", &format!("token_endpoint_auth_method '{other}' is not supported")),
+    };
+    let scope = m["scope"].as_str().map(str::to_string).unwrap_or_else(|| {
+        if kind == ClientKind::ConfidentialAsymmetric { format!("{DEFAULT_DYNAMIC_SCOPE} system/*.rs") } else { DEFAULT_DYNAMIC_SCOPE.to_string() }
+    });
+    let client = Client {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        name: m["client_name"].as_str().unwrap_or("Unnamed app").to_string(),
+        kind,
+        secret_hash: None,
+        redirect_uris,
+        launch_url: m["initiate_login_uri"].as_str().map(str::to_string),
+        allowed_scope: scope,
+        jwks: m.get("jwks").cloned(),
+        jwks_url: m["jwks_uri"].as_str().map(str::to_string),
+        icon: m["logo_uri"].as_str().map(str::to_string),
+        disabled: false,
+    };
+    let invalid_redirect = client.redirect_uris.iter().any(|u| !valid_redirect_uri(u)) || (client.redirect_uris.is_empty() && kind != ClientKind::ConfidentialAsymmetric);
+    if invalid_redirect {
+        return bad("invalid_redirect_uri", "redirect_uris must be absolute https URLs (or http on localhost) without fragments");
+    }
+    let secret = match register(s.store.as_ref(), client.clone()).await {
+        Ok(secret) => secret,
+        Err(AppsError::Invalid(msg)) => return bad("invalid_client_metadata", &msg),
+        Err(AppsError::Store(e)) => {
+            tracing::error!(error = %e, "registration: store error");
+            return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the app could not be registered");
+        }
+    };
+    tracing::info!(client = %client.client_id, kind = ?client.kind, "app registered dynamically");
+    let mut body = json!({
+        "client_id": client.client_id,
+        "client_id_issued_at": s.now_ms() / 1000,
+        "client_name": client.name,
+        "redirect_uris": client.redirect_uris,
+        "token_endpoint_auth_method": method,
+        "grant_types": if kind == ClientKind::ConfidentialAsymmetric { json!(["authorization_code", "refresh_token", "client_credentials"]) } else { json!(["authorization_code", "refresh_token"]) },
+        "scope": client.allowed_scope,
+    });
+    if let Some(secret) = secret {
+        body["client_secret"] = json!(secret);
+        body["client_secret_expires_at"] = json!(0);
+    }
+    let mut r = (StatusCode::CREATED, Json(body)).into_response();
+    crate::no_store(&mut r);
+    r
+}
+
+/// A fresh client id for apps added on the command line without one.
+pub fn new_client_id() -> String {
+    random_token()[..22].to_string()
+}

@@ -1,0 +1,96 @@
+//! App registration: the version-controlled apps file and RFC 7591 dynamic registration.
+
+use crate::spawn_secured_app;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn apps_file_registers_apps_with_secrets_from_the_environment() {
+    let app = spawn_secured_app().await;
+    let store = app.auth.store.as_ref();
+    let file = r#"
+        [[app]]
+        client_id = "cfg-public"
+        name = "Configured public app"
+        type = "public"
+        redirect_uris = ["https://cfg.example/cb"]
+        scope = "launch/patient patient/*.rs"
+
+        [[app]]
+        client_id = "cfg-secret"
+        name = "Configured confidential app"
+        type = "confidential-symmetric"
+        redirect_uris = ["http://localhost:3000/cb"]
+        scope = "launch openid fhirUser user/*.rs"
+        secret_env = "CFG_SECRET"
+    "#;
+    let ids = auth::apps::load_apps_file(store, file, |v| (v == "CFG_SECRET").then(|| "s3cret".to_string())).await.unwrap();
+    assert_eq!(ids, vec!["cfg-public", "cfg-secret"]);
+    let c = auth::registry::get_client(store, "cfg-secret").await.unwrap().unwrap();
+    assert!(auth::crypto::verify_password("s3cret", c.secret_hash.as_deref().unwrap()));
+    assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"), "only the hash is stored");
+    // Missing secret variable, bad redirect URI, unknown field, bad scope: refused with the reason.
+    let missing = auth::apps::load_apps_file(store, file, |_| None).await.unwrap_err().to_string();
+    assert!(missing.contains("CFG_SECRET"), "{missing}");
+    let bad = file.replace("https://cfg.example/cb", "http://cfg.example/cb");
+    assert!(auth::apps::load_apps_file(store, &bad, |_| Some("x".into())).await.unwrap_err().to_string().contains("redirect URI"));
+    let unknown = file.replace("scope = \"launch/patient patient/*.rs\"", "scope = \"launch/patient patient/*.rs\"\ncolour = \"red\"");
+    assert!(auth::apps::load_apps_file(store, &unknown, |_| Some("x".into())).await.is_err());
+    let scope = file.replace("patient/*.rs\"", "patient/*.rw\"");
+    assert!(auth::apps::load_apps_file(store, &scope, |_| Some("x".into())).await.unwrap_err().to_string().contains("scope"));
+    // The repository's own development apps file is valid.
+    let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/apps.dev.toml")).unwrap();
+    assert!(!auth::apps::load_apps_file(store, &dev, |_| None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn dynamic_registration() {
+    let app = spawn_secured_app().await;
+    let root = app.base.trim_end_matches("/fhir").to_string();
+    let (_, d) = app.get_json(".well-known/smart-configuration").await;
+    let endpoint = d["registration_endpoint"].as_str().unwrap().to_string();
+    assert_eq!(endpoint, format!("{root}/auth/register"));
+    let r = app.client.post(&endpoint).json(&json!({"client_name": "Dyn", "redirect_uris": ["https://dyn.example/cb"], "token_endpoint_auth_method": "none"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let reg: Value = r.json().await.unwrap();
+    assert!(reg.get("client_secret").is_none());
+    let client_id = reg["client_id"].as_str().unwrap();
+    assert!(auth::registry::get_client(app.auth.store.as_ref(), client_id).await.unwrap().is_some());
+    let r = app.client.post(&endpoint).json(&json!({"client_name": "Dyn2", "redirect_uris": ["https://dyn.example/cb"], "token_endpoint_auth_method": "client_secret_basic"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let reg: Value = r.json().await.unwrap();
+    let secret = reg["client_secret"].as_str().unwrap();
+    // The secret works for client authentication (introspection accepts authenticated clients).
+    let r = app.client.post(format!("{root}/auth/introspect")).basic_auth(reg["client_id"].as_str().unwrap(), Some(secret)).header("content-type", "application/x-www-form-urlencoded").body("token=x").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for bad in [
+        json!({"redirect_uris": ["http://evil.example/cb"], "token_endpoint_auth_method": "none"}),
+        json!({"redirect_uris": ["https://a.example/cb#frag"], "token_endpoint_auth_method": "none"}),
+        json!({"redirect_uris": [], "token_endpoint_auth_method": "none"}),
+    ] {
+        let r = app.client.post(&endpoint).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_redirect_uri");
+    }
+    let r = app.client.post(&endpoint).json(&json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "tls_client_auth"})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client_metadata");
+}
+
+#[test]
+fn apps_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kindling")).args(args).env("KINDLING_LOG", "warn").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let added = run(&["apps", "--data", data, "add", "--name", "CLI app", "--type", "confidential-symmetric", "--redirect-uri", "https://cli.example/cb", "--client-id", "cli-app"]);
+    assert!(added.contains("client_id: cli-app"));
+    assert!(added.contains("client_secret: "), "the secret is shown once");
+    let listed = run(&["apps", "--data", data, "list"]);
+    assert!(listed.contains("cli-app") && !listed.contains("client_secret"));
+    run(&["apps", "--data", data, "remove", "cli-app"]);
+    assert!(!run(&["apps", "--data", data, "list"]).contains("cli-app"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kindling")).args(["apps", "--data", data, "add", "--name", "x", "--redirect-uri", "http://evil.example/cb"]).output().unwrap();
+    assert!(!out.status.success());
+}
