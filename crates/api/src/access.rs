@@ -41,7 +41,7 @@ pub struct TokenAccess {
 /// Turns a bearer token into what it grants; `None` when the token is unknown, expired or revoked.
 #[async_trait]
 pub trait AccessResolver: Send + Sync {
-    async fn resolve(&self, bearer_token: &str) -> Option<TokenAccess>;
+    async fn resolve(&self, bearer_token: &str) -> Option<Arc<TokenAccess>>;
 }
 
 fn unauthorized(error: Option<&str>, message: &str) -> Response {
@@ -71,7 +71,7 @@ pub async fn require_access(State(state): State<AppState>, mut request: Request,
                 return unauthorized(Some("invalid_request"), "the Authorization header must carry a Bearer token");
             };
             match resolver.resolve(token).await {
-                Some(t) => Access::Token(Arc::new(t)),
+                Some(t) => Access::Token(t),
                 None => return unauthorized(Some("invalid_token"), "the access token is invalid, expired or revoked"),
             }
         }
@@ -91,6 +91,23 @@ fn verb(i: Interaction) -> &'static str {
         Interaction::Update => "update",
         Interaction::Delete => "delete",
         Interaction::Search => "search",
+    }
+}
+
+/// A resource to check: already parsed (about to be written) or as stored (parsed only when a constraint
+/// or a compartment must be read from it, so unconstrained grants cost no JSON parsing).
+#[derive(Clone, Copy)]
+pub enum Content<'a> {
+    Parsed(&'a Value),
+    Stored(&'a str),
+}
+
+impl Content<'_> {
+    fn value(&self) -> Option<std::borrow::Cow<'_, Value>> {
+        match self {
+            Content::Parsed(v) => Some(std::borrow::Cow::Borrowed(*v)),
+            Content::Stored(s) => serde_json::from_str(s).ok().map(std::borrow::Cow::Owned),
+        }
     }
 }
 
@@ -114,14 +131,14 @@ fn matches_constraints(resource_type: &str, resource: &Value, sets: &[Vec<(Strin
 impl Access {
     /// May `interaction` happen on this resource (as stored, or as about to be written)? `key` is the
     /// stored resource's key when it exists.
-    pub async fn check_resource(&self, state: &AppState, interaction: Interaction, resource_type: &str, id: &str, key: Option<i64>, resource: &Value) -> Result<(), ApiError> {
+    pub async fn check_resource(&self, state: &AppState, interaction: Interaction, resource_type: &str, id: &str, key: Option<i64>, content: Content<'_>) -> Result<(), ApiError> {
         let Access::Token(t) = self else { return Ok(()) };
         if interaction == Interaction::Read && t.fhir_user.as_deref() == Some(&format!("{resource_type}/{id}")) {
             return Ok(());
         }
         for level in [Level::System, Level::User] {
             if let Some(sets) = t.scopes.access(level, resource_type, interaction)
-                && (sets.is_empty() || matches_constraints(resource_type, resource, &sets, &state.base_url)) {
+                && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url))) {
                     return Ok(());
                 }
         }
@@ -136,10 +153,12 @@ impl Access {
             } else {
                 match key {
                     Some(k) if interaction != Interaction::Create && interaction != Interaction::Update => state.store.in_patient_compartment(k, patient).await?,
-                    _ => fhir::extract::extract(resource_type, resource, Some(&state.base_url)).is_ok_and(|r| r.patient_compartments.iter().any(|p| p == patient)),
+                    _ => content.value().is_some_and(|v| {
+                        fhir::extract::extract(resource_type, &v, Some(&state.base_url)).is_ok_and(|r| r.patient_compartments.iter().any(|p| p == patient))
+                    }),
                 }
             };
-            if in_compartment && (sets.is_empty() || matches_constraints(resource_type, resource, &sets, &state.base_url)) {
+            if in_compartment && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url))) {
                 return Ok(());
             }
             return Err(forbidden(format!("the granted scopes do not allow {} of this {resource_type}", verb(interaction))));
@@ -174,8 +193,7 @@ impl Access {
         if matches!(self, Access::Open) {
             return true;
         }
-        let Ok(v) = serde_json::from_str::<Value>(&r.json) else { return false };
-        self.check_resource(state, Interaction::Read, &r.resource_type, &r.id, Some(r.key), &v).await.is_ok()
+        self.check_resource(state, Interaction::Read, &r.resource_type, &r.id, Some(r.key), Content::Stored(&r.json)).await.is_ok()
     }
 
     /// Interactions on resources not known in advance (conditional update or delete) need an

@@ -5,7 +5,7 @@
 //! mandated order — DELETE, POST, PUT/PATCH, then GET/HEAD — while responses keep the request order.
 //! A batch runs each entry on its own and reports each outcome.
 
-use crate::access::Access;
+use crate::access::{Access, Content};
 use crate::bundle_out::{Body, Bundle, Entry, EntryResponse};
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, Outcome, parse_if_match};
@@ -419,12 +419,12 @@ async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction
     let body = r.resource.as_ref().unwrap_or(&empty);
     match (r.method, id, query) {
         (Method::Get, _, _) => Ok(()),
-        (Method::Post, _, _) => access.check_resource(state, Interaction::Create, ty, "", None, body).await,
+        (Method::Post, _, _) => access.check_resource(state, Interaction::Create, ty, "", None, Content::Parsed(body)).await,
         (Method::Put | Method::Delete, _, Some(_)) => {
             access.check_type_wide(ty, if r.method == Method::Put { Interaction::Update } else { Interaction::Delete })
         }
         (Method::Put, Some(id), None) => {
-            access.check_resource(state, Interaction::Update, ty, id, None, body).await?;
+            access.check_resource(state, Interaction::Update, ty, id, None, Content::Parsed(body)).await?;
             match tx.read(ty, id).await?.filter(|e| !e.deleted) {
                 Some(existing) => rest::check_stored(state, access, Interaction::Update, &existing).await,
                 None => Ok(()),

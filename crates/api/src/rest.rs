@@ -1,6 +1,6 @@
 //! The FHIR RESTful interactions as axum handlers.
 
-use crate::access::Access;
+use crate::access::{Access, Content};
 use crate::bundle_out::{Body, Bundle, Entry, EntryResponse, Link, SearchInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, Outcome, check_id, check_type, parse_if_match};
@@ -132,7 +132,7 @@ async fn run_search(state: &AppState, access: &Access, neg: Negotiated, ty: &str
 pub async fn type_create(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     check_type(&ty)?;
     let value = json_body(&headers, &body)?;
-    access.check_resource(&state, Interaction::Create, &ty, "", None, &value).await?;
+    access.check_resource(&state, Interaction::Create, &ty, "", None, Content::Parsed(&value)).await?;
     let if_none_exist = header_str(&headers, "if-none-exist").map(|s| s.trim_start_matches('?').to_string());
     let mut tx = state.store.begin().await?;
     let outcome = ops::create(&state, &mut *tx, &ty, value, if_none_exist.as_deref(), None).await?;
@@ -226,7 +226,7 @@ pub async fn instance_update(
     let value = json_body(&headers, &body)?;
     if !matches!(access, Access::Open) {
         // Neither the new content nor the resource it replaces may lie outside what the token grants.
-        access.check_resource(&state, Interaction::Update, &ty, &id, None, &value).await?;
+        access.check_resource(&state, Interaction::Update, &ty, &id, None, Content::Parsed(&value)).await?;
         if let Some(existing) = state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
             check_stored(&state, &access, Interaction::Update, &existing).await?;
         }
@@ -412,6 +412,5 @@ pub async fn check_stored(state: &AppState, access: &Access, interaction: Intera
     if matches!(access, Access::Open) {
         return Ok(());
     }
-    let v: Value = serde_json::from_str(&r.json).map_err(|_| ApiError::internal())?;
-    access.check_resource(state, interaction, &r.resource_type, &r.id, Some(r.key), &v).await
+    access.check_resource(state, interaction, &r.resource_type, &r.id, Some(r.key), Content::Stored(&r.json)).await
 }

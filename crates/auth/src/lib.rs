@@ -69,18 +69,33 @@ pub struct AuthServer {
     pub config: AuthConfig,
     pub keys: keys::Keys,
     pub clock: SharedClock,
+    /// Tokens resolved in the last second, by hash: repeated requests with one token skip the store.
+    /// One second bounds how long a revocation on another node goes unnoticed here.
+    resolved: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<TokenAccess>)>>,
 }
+
+/// How long a resolved token is trusted without asking the store again (revocation latency per node).
+const RESOLVE_CACHE_MS: i64 = 1000;
+const RESOLVE_CACHE_MAX: usize = 10_000;
 
 pub type Shared = Arc<AuthServer>;
 
 impl AuthServer {
     pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock) -> Result<Shared, keys::KeyError> {
         let keys = keys::Keys::load_or_create(store.as_ref(), unix_ms(clock.now())).await?;
-        Ok(Arc::new(AuthServer { store, config, keys, clock }))
+        Ok(Arc::new(AuthServer { store, config, keys, clock, resolved: std::sync::Mutex::new(std::collections::HashMap::new()) }))
     }
 
     pub fn now_ms(&self) -> i64 {
         unix_ms(self.clock.now())
+    }
+
+    /// Revokes everything of a grant; this node forgets every token it resolved at once (others within
+    /// [`RESOLVE_CACHE_MS`]).
+    pub async fn revoke_grant(&self, grant_id: &str) -> Result<u64, store::StoreError> {
+        let n = self.store.auth_revoke_grant(grant_id).await?;
+        self.resolved.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(n)
     }
 
     /// The grant behind a live (unexpired, unrevoked) access token.
@@ -96,14 +111,37 @@ impl AuthServer {
 /// Bearer tokens for the FHIR API.
 #[async_trait]
 impl AccessResolver for AuthServer {
-    async fn resolve(&self, bearer_token: &str) -> Option<TokenAccess> {
-        let grant = self.access_grant(bearer_token).await?;
-        Some(TokenAccess {
+    async fn resolve(&self, bearer_token: &str) -> Option<Arc<TokenAccess>> {
+        let hash = crypto::token_hash(bearer_token);
+        let now = self.now_ms();
+        if let Some((at, access)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
+            if now - at < RESOLVE_CACHE_MS && now >= *at {
+                return Some(access.clone());
+            }
+        }
+        let record = self.store.auth_get("access", &hash).await.ok().flatten()?;
+        if record.revoked {
+            return None;
+        }
+        let grant: Grant = serde_json::from_str(&record.value).ok()?;
+        let access = Arc::new(TokenAccess {
             client_id: grant.client_id,
             scopes: smart::ScopeSet::parse(&grant.scope),
             patient: grant.patient,
             fhir_user: grant.fhir_user,
-        })
+        });
+        // Never trust a cached token past its own expiry.
+        if record.expires.is_none_or(|e| e > now + RESOLVE_CACHE_MS) {
+            let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= RESOLVE_CACHE_MAX {
+                cache.retain(|_, (at, _)| now - *at < RESOLVE_CACHE_MS);
+                if cache.len() >= RESOLVE_CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(hash, (now, access.clone()));
+        }
+        Some(access)
     }
 }
 

@@ -151,7 +151,7 @@ async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
     let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return internal("unreadable code record") };
     if record.used || record.revoked {
         // RFC 6749 §4.1.2: a replayed code revokes what it produced.
-        let n = s.store.auth_revoke_grant(&grant.grant_id).await.unwrap_or(0);
+        let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
         tracing::warn!(client = %client.client_id, revoked = n, "authorisation code replayed; its tokens are revoked");
         return invalid_grant("the code was already used");
     }
@@ -211,7 +211,7 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
 /// A rotated-out refresh token came back: someone holds a copy. Revoke the whole grant (OAuth 2.0
 /// Security BCP §4.14).
 async fn reused(s: &Shared, client: &Client, grant: &Grant) -> Response {
-    let n = s.store.auth_revoke_grant(&grant.grant_id).await.unwrap_or(0);
+    let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
     tracing::warn!(client = %client.client_id, revoked = n, "refresh token reused; the grant is revoked");
     invalid_grant("the refresh token was already used")
 }
@@ -377,7 +377,7 @@ pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: String) -
         if let Ok(Some(r)) = s.store.auth_get(kind, &hash).await
             && let Ok(g) = serde_json::from_str::<Grant>(&r.value)
                 && g.client_id == client.client_id {
-                    let n = s.store.auth_revoke_grant(&g.grant_id).await.unwrap_or(0);
+                    let n = s.revoke_grant(&g.grant_id).await.unwrap_or(0);
                     tracing::info!(client = %client.client_id, revoked = n, "tokens revoked");
                 }
     }

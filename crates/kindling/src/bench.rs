@@ -4,7 +4,7 @@
 
 use anyhow::{Context, bail};
 use fhir::time::{SharedClock, SystemClock};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -44,11 +44,15 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(data: &std::path::Path) -> anyhow::Result<ServerProcess> {
+fn start_server(data: &std::path::Path, open_sandbox: bool) -> anyhow::Result<ServerProcess> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data"];
+    if open_sandbox {
+        args.insert(1, "--open-sandbox");
+    }
     let mut child = Command::new(exe)
-        .args(["serve", "--open-sandbox", "--listen", "127.0.0.1:0", "--data"])
+        .args(args)
         .arg(data)
         .env("KINDLING_LOG", "warn")
         .stdout(Stdio::piped())
@@ -76,8 +80,16 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// One keep-alive connection.
 struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
+}
+
+/// A response as the benchmark needs it.
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    body: Bytes,
 }
 
 async fn connect(base: &str) -> anyhow::Result<Conn> {
@@ -91,13 +103,27 @@ async fn connect(base: &str) -> anyhow::Result<Conn> {
 }
 
 impl Conn {
-    async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<String>) -> anyhow::Result<Reply> {
         self.sender.ready().await?;
-        let req = Request::get(path).header("host", &self.host).header("accept", "application/fhir+json").body(Empty::new())?;
+        let mut req = Request::builder().method(method).uri(path).header("host", &self.host).header("accept", "application/fhir+json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
+        let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (location, set_cookie) = (header("location"), header("set-cookie"));
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok(Reply { status, location, set_cookie, body })
+    }
+
+    async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        let r = self.send("GET", path, &[], None).await?;
+        Ok((r.status, r.body))
     }
 }
 
@@ -185,7 +211,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             summary.rate()
         );
     }
-    let server = start_server(&args.data)?;
+    let server = start_server(&args.data, true)?;
     println!("startup                      ready_in={} ms (existing data directory)", server.startup.as_millis());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = server.child.id();
@@ -220,5 +246,224 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(kib) = rss_kib(pid) {
         println!("memory_after_load            rss={:.1} MB", kib as f64 / 1024.0);
     }
+    auth_bench(&args, &reads, &patients, &server.base).await
+}
+
+const BENCH_REDIRECT: &str = "https://bench.example/cb";
+
+/// The authorisation server: backend-services tokens, full code flows and the cost of checking a token on a
+/// FHIR read, against a `kindling serve` that enforces tokens.
+async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[String], open_base: &str) -> anyhow::Result<()> {
+    use auth::model::{Client, ClientKind, UserRole};
+    use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let ec = Arc::new(EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(|_| anyhow::anyhow!("key generation"))?);
+    {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let config = crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: 32, open_sandbox: false };
+        let app = crate::Application::build(&config, clock).await?;
+        let store = app.state.store.as_ref();
+        let point = ec.public_key().as_ref();
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "bench", "x": auth::crypto::b64url(&point[1..49]), "y": auth::crypto::b64url(&point[49..97])}]});
+        let client = |id: &str, kind, scope: &str, jwks: Option<Value>| Client {
+            client_id: id.into(),
+            name: id.into(),
+            kind,
+            secret_hash: None,
+            redirect_uris: vec![BENCH_REDIRECT.into()],
+            launch_url: None,
+            allowed_scope: scope.into(),
+            jwks,
+            jwks_url: None,
+            icon: None,
+            disabled: false,
+        };
+        auth::registry::put_client(store, client("bench-backend", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(jwks))).await?;
+        auth::registry::put_client(store, client("bench-public", ClientKind::Public, "launch/patient openid fhirUser user/*.rs patient/*.rs", None)).await?;
+        auth::registry::put_user(store, "bench-doc", "Bench", UserRole::Clinician, "bench-pass", "Practitioner/bench").await?;
+    }
+    let server = start_server(&args.data, false)?;
+    let base = server.base.clone();
+    let token_path = "/auth/token".to_string();
+    let token_url = format!("{base}/auth/token");
+
+    // client_credentials with a fresh ES384 assertion per request.
+    for clients in [1, 32] {
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (base, ec, token_url, token_path) = (base.clone(), ec.clone(), token_url.clone(), token_path.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conn = connect(&base).await?;
+                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                while Instant::now() < deadline && lat.len() < 1_000_000 {
+                    let t = Instant::now();
+                    let assertion = es384_assertion(&ec, &token_url)?;
+                    let body = format!("grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}");
+                    let r = conn.send("POST", &token_path, &[], Some(body)).await?;
+                    lat.push(t.elapsed().as_micros() as u64);
+                    errors += usize::from(r.status != 200);
+                }
+                anyhow::Ok((lat, errors))
+            }));
+        }
+        let s = collect(tasks, started).await?;
+        report("client_credentials token", clients, &s);
+    }
+
+    // Full authorization_code flows: authorise (signed-in session, consent remembered) then exchange
+    // the code for tokens with an RS256 id_token.
+    let scope = "openid fhirUser user/*.rs";
+    let patient = patients.first().cloned().unwrap_or_default();
+    let mut user_token = String::new();
+    for clients in [1, 32] {
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (base, patient) = (base.clone(), patient.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conn = connect(&base).await?;
+                let cookie = sign_in(&mut conn, &base, scope, &patient).await?;
+                let (mut lat, mut errors, mut last_token) = (Vec::new(), 0usize, String::new());
+                while Instant::now() < deadline && lat.len() < 1_000_000 {
+                    let t = Instant::now();
+                    match code_flow(&mut conn, &base, scope, &cookie).await {
+                        Ok(tok) => last_token = tok,
+                        Err(_) => errors += 1,
+                    }
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok((lat, errors, last_token))
+            }));
+        }
+        let mut latencies_us = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e, tok) = t.await??;
+            latencies_us.extend(l);
+            errors += e;
+            user_token = tok;
+        }
+        latencies_us.sort_unstable();
+        let s = Stats { requests: latencies_us.len(), errors, elapsed: started.elapsed(), latencies_us };
+        report("authorize + code exchange", clients, &s);
+    }
+
+    // The cost of the token check on a FHIR read: one client reads the same resources alternately from
+    // the open-sandbox server and from this one (same database, both running), so machine noise hits
+    // both sides alike.
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut secured = connect(&base).await?;
+    let mut open = connect(open_base).await?;
+    let bearer = format!("Bearer {user_token}");
+    let (mut with_token, mut without, mut errors) = (Vec::new(), Vec::new(), 0usize);
+    let mut i = 0;
+    while Instant::now() < deadline && i < 1_000_000 {
+        let path = &reads[i % reads.len()];
+        let t = Instant::now();
+        let r = secured.send("GET", path, &[("authorization", &bearer)], None).await?;
+        with_token.push(t.elapsed().as_micros() as u64);
+        errors += usize::from(r.status != 200);
+        let t = Instant::now();
+        let r = open.send("GET", path, &[], None).await?;
+        without.push(t.elapsed().as_micros() as u64);
+        errors += usize::from(r.status != 200);
+        i += 1;
+    }
+    with_token.sort_unstable();
+    without.sort_unstable();
+    println!(
+        "token_check_overhead         reads={i} errors={errors} p50_with_token={:.3} ms p50_open={:.3} ms overhead={:.0} us",
+        percentile(&with_token, 0.5),
+        percentile(&without, 0.5),
+        (percentile(&with_token, 0.5) - percentile(&without, 0.5)) * 1000.0
+    );
     Ok(())
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<(Vec<u64>, usize)>>>, started: Instant) -> anyhow::Result<Stats> {
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        latencies_us.extend(l);
+        errors += e;
+    }
+    latencies_us.sort_unstable();
+    Ok(Stats { requests: latencies_us.len(), errors, elapsed: started.elapsed(), latencies_us })
+}
+
+fn es384_assertion(ec: &aws_lc_rs::signature::EcdsaKeyPair, token_url: &str) -> anyhow::Result<String> {
+    let now = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?).as_secs() as i64;
+    let header = serde_json::json!({"alg": "ES384", "kid": "bench", "typ": "JWT"});
+    let claims = serde_json::json!({"iss": "bench-backend", "sub": "bench-backend", "aud": token_url, "exp": now + 240, "jti": uuid::Uuid::new_v4().simple().to_string()});
+    let input = format!("{}.{}", auth::crypto::b64url(header.to_string().as_bytes()), auth::crypto::b64url(claims.to_string().as_bytes()));
+    let sig = ec.sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes()).map_err(|_| anyhow::anyhow!("signing"))?;
+    Ok(format!("{input}.{}", auth::crypto::b64url(sig.as_ref())))
+}
+
+fn authorize_path(base: &str, scope: &str, challenge: &str) -> String {
+    let mut url = url::Url::parse(&format!("{base}/auth/authorize")).expect("base URL");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "bench-public")
+        .append_pair("redirect_uri", BENCH_REDIRECT)
+        .append_pair("scope", scope)
+        .append_pair("state", "s")
+        .append_pair("aud", &format!("{base}/fhir"))
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", "S256");
+    format!("{}?{}", url.path(), url.query().unwrap_or(""))
+}
+
+fn hidden(html: &[u8], name: &str) -> Option<String> {
+    let html = String::from_utf8_lossy(html);
+    let needle = format!("name=\"{name}\" value=\"");
+    let start = html.find(&needle)? + needle.len();
+    Some(html[start..].split('"').next()?.to_string())
+}
+
+/// Signs in once (and consents once), returning the session cookie.
+async fn sign_in(conn: &mut Conn, base: &str, scope: &str, patient: &str) -> anyhow::Result<String> {
+    let challenge = auth::crypto::pkce_s256(&format!("{}-bench-verifier", auth::crypto::random_token()));
+    let page = conn.send("GET", &authorize_path(base, scope, &challenge), &[], None).await?;
+    let req = hidden(&page.body, "request").context("no sign-in page")?;
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs([("request", req.as_str()), ("username", "bench-doc"), ("password", "bench-pass")]).finish();
+    let r = conn.send("POST", "/auth/login", &[], Some(body)).await?;
+    let cookie = r.set_cookie.clone().context("no session cookie")?.split(';').next().unwrap_or_default().to_string();
+    let mut r = r;
+    if hidden(&r.body, "patient").is_some() {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs([("request", req.as_str()), ("patient", patient)]).finish();
+        r = conn.send("POST", "/auth/pick", &[], Some(body)).await?;
+    }
+    if r.status == 200 {
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("request", &req).append_pair("decision", "allow");
+            for sc in scope.split(' ').filter(|s| s.contains('/') && !s.starts_with("launch")) {
+                form.append_pair("scope", sc);
+            }
+            form.finish()
+        };
+        conn.send("POST", "/auth/consent", &[], Some(body)).await?;
+    }
+    Ok(cookie)
+}
+
+/// One full flow: authorise with the session, then exchange the code; returns the access token.
+async fn code_flow(conn: &mut Conn, base: &str, scope: &str, cookie: &str) -> anyhow::Result<String> {
+    let verifier = format!("{}-bench-verifier", auth::crypto::random_token());
+    let challenge = auth::crypto::pkce_s256(&verifier);
+    let r = conn.send("GET", &authorize_path(base, scope, &challenge), &[("cookie", cookie)], None).await?;
+    let location = r.location.context("no redirect with a code")?;
+    let code = url::Url::parse(&location)?.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).context("no code")?;
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", BENCH_REDIRECT), ("code_verifier", verifier.as_str()), ("client_id", "bench-public")])
+        .finish();
+    let r = conn.send("POST", "/auth/token", &[], Some(body)).await?;
+    anyhow::ensure!(r.status == 200, "token exchange failed with {}", r.status);
+    let v: Value = serde_json::from_slice(&r.body)?;
+    anyhow::ensure!(v["id_token"].is_string(), "no id_token");
+    Ok(v["access_token"].as_str().unwrap_or_default().to_string())
 }

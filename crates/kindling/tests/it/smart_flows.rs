@@ -6,6 +6,7 @@ use crate::{TestApp, spawn_secured_app};
 use auth::model::{Client, ClientKind, UserRole};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use store::AuthStore;
 
 const REDIRECT: &str = "https://app.example/callback";
 const PUBLIC: &str = "public-app";
@@ -597,4 +598,18 @@ async fn clinician_standalone_launch_picks_a_patient() {
     // The fhirUser resource is readable with patient scopes.
     assert_eq!(fhir_get(app, &format!("Practitioner/{}", synth::practitioner_id(0)), t["access_token"].as_str()).await.0, 200);
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), t["access_token"].as_str()).await.0, 403);
+}
+
+#[tokio::test]
+async fn revocation_by_another_node_takes_effect_within_a_second() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient patient/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 200);
+    // Another node revokes: only the shared store changes.
+    let record = app.auth.store.auth_get("access", &auth::crypto::token_hash(token)).await.unwrap().unwrap();
+    app.auth.store.auth_revoke_grant(record.grant_id.as_deref().unwrap()).await.unwrap();
+    app.clock.advance(time::Duration::milliseconds(1001));
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 401);
 }

@@ -22,15 +22,28 @@ impl SqliteStore {
     }
 }
 
+/// Runs one auth-state write without waiting for the disk. Auth records are short-lived (codes, tokens,
+/// the jti cache); in WAL mode `synchronous=NORMAL` keeps the database consistent and loses at most the
+/// last moments of such writes on a power failure, which only invalidates freshly issued tokens. FHIR
+/// writes keep `synchronous=FULL`.
+fn relaxed<T>(conn: &rusqlite::Connection, write: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> Result<T> {
+    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    let result = write(conn);
+    conn.execute_batch("PRAGMA synchronous = FULL")?;
+    Ok(result?)
+}
+
 #[async_trait]
 impl AuthStore for SqliteStore {
     async fn auth_put(&self, kind: &str, key: &str, value: &str, grant_id: Option<&str>, expires: Option<i64>) -> Result<()> {
         let conn = self.inner.writer.lock().await;
-        conn.prepare_cached(
-            "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
-             ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, grant_id = excluded.grant_id, expires = excluded.expires, used = 0, revoked = 0",
-        )?
-        .execute(params![kind, key, value, grant_id, expires])?;
+        relaxed(&conn, |c| {
+            c.prepare_cached(
+                "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, grant_id = excluded.grant_id, expires = excluded.expires, used = 0, revoked = 0",
+            )?
+            .execute(params![kind, key, value, grant_id, expires])
+        })?;
         Ok(())
     }
 
@@ -49,20 +62,22 @@ impl AuthStore for SqliteStore {
             .query_row(params![kind, key, self.now()], row_to_record)
             .optional()?;
         if record.is_some() {
-            conn.prepare_cached("UPDATE auth_records SET used = 1 WHERE kind = ?1 AND key = ?2")?.execute(params![kind, key])?;
+            relaxed(&conn, |c| c.prepare_cached("UPDATE auth_records SET used = 1 WHERE kind = ?1 AND key = ?2")?.execute(params![kind, key]))?;
         }
         Ok(record)
     }
 
     async fn auth_insert_new(&self, kind: &str, key: &str, value: &str, expires: Option<i64>) -> Result<bool> {
         let conn = self.inner.writer.lock().await;
-        let n = conn
-            .prepare_cached(
+        let now = self.now();
+        let n = relaxed(&conn, |c| {
+            c.prepare_cached(
                 "INSERT INTO auth_records (kind, key, value, expires) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, used = 0, revoked = 0
                  WHERE auth_records.expires IS NOT NULL AND auth_records.expires <= ?5",
             )?
-            .execute(params![kind, key, value, expires, self.now()])?;
+            .execute(params![kind, key, value, expires, now])
+        })?;
         Ok(n == 1)
     }
 
