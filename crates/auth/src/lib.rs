@@ -114,11 +114,10 @@ impl AccessResolver for AuthServer {
     async fn resolve(&self, bearer_token: &str) -> Option<Arc<TokenAccess>> {
         let hash = crypto::token_hash(bearer_token);
         let now = self.now_ms();
-        if let Some((at, access)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
-            if now - at < RESOLVE_CACHE_MS && now >= *at {
+        if let Some((at, access)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&hash)
+            && now - at < RESOLVE_CACHE_MS && now >= *at {
                 return Some(access.clone());
             }
-        }
         let record = self.store.auth_get("access", &hash).await.ok().flatten()?;
         if record.revoked {
             return None;

@@ -6,7 +6,6 @@ use crate::{TestApp, spawn_secured_app};
 use auth::model::{Client, ClientKind, UserRole};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use store::AuthStore;
 
 const REDIRECT: &str = "https://app.example/callback";
 const PUBLIC: &str = "public-app";
