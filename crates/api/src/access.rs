@@ -58,26 +58,51 @@ fn unauthorized(error: Option<&str>, message: &str) -> Response {
 
 /// Middleware for the FHIR routes that need a token: resolves it and stores the [`Access`] in the
 /// request's extensions, or answers 401 (RFC 6750 §3).
-pub async fn require_access(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn require_access(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let (response, access) = resolve_and_run(&state, request, next).await;
+    if let Some(sink) = &state.audit {
+        let status = response.status().as_u16();
+        let token = match &access {
+            Some(Access::Token(t)) => Some(t.clone()),
+            _ => None,
+        };
+        sink.record(store::audit::AuditRecord {
+            recorded: state.now_ms(),
+            category: "rest".into(),
+            action: crate::audit_event::interaction(&method, &path).into(),
+            outcome: if status < 400 { "0" } else if status < 500 { "4" } else { "8" }.into(),
+            client_id: token.as_ref().map(|t| t.client_id.clone()),
+            username: token.as_ref().and_then(|t| t.fhir_user.clone()),
+            patient: token.as_ref().and_then(|t| t.patient.clone()),
+            entity: Some(path),
+            detail: Some(format!("{method} {status}")),
+        });
+    }
+    response
+}
+
+async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> (Response, Option<Access>) {
     let access = match &state.access {
         None => Access::Open,
         Some(resolver) => {
             let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
             let Some(header) = header else {
-                return unauthorized(None, "this request needs an access token (Authorization: Bearer ...)");
+                return (unauthorized(None, "this request needs an access token (Authorization: Bearer ...)"), None);
             };
             let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim);
             let Some(token) = token.filter(|t| !t.is_empty()) else {
-                return unauthorized(Some("invalid_request"), "the Authorization header must carry a Bearer token");
+                return (unauthorized(Some("invalid_request"), "the Authorization header must carry a Bearer token"), None);
             };
             match resolver.resolve(token).await {
                 Some(t) => Access::Token(t),
-                None => return unauthorized(Some("invalid_token"), "the access token is invalid, expired or revoked"),
+                None => return (unauthorized(Some("invalid_token"), "the access token is invalid, expired or revoked"), None),
             }
         }
     };
-    request.extensions_mut().insert(access);
-    next.run(request).await
+    request.extensions_mut().insert(access.clone());
+    (next.run(request).await, Some(access))
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {

@@ -1,6 +1,7 @@
 //! The FHIR R4 REST API of Kindling, served under `/fhir` by axum over any [`store::Store`].
 
 pub mod access;
+mod audit_event;
 pub mod bundle;
 mod bundle_out;
 pub mod capability;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub clock: SharedClock,
     /// Resolves bearer tokens; `None` is the explicit open-sandbox mode (no token needed).
     pub access: Option<Arc<dyn access::AccessResolver>>,
+    /// Where FHIR accesses are recorded (every request when tokens are enforced).
+    pub audit: Option<store::audit::AuditSink>,
 }
 
 impl AppState {
@@ -59,6 +62,8 @@ async fn metadata(State(state): State<AppState>, neg: response::Negotiated) -> R
 pub fn router(state: AppState) -> Router {
     use rest::*;
     let protected = Router::new()
+        .route("/fhir/AuditEvent", get(audit_event::search).fallback(audit_event::read_only))
+        .route("/fhir/AuditEvent/{id}", get(audit_event::read).fallback(audit_event::read_only))
         .route("/fhir", with_405(get(system_get).post(system_post)))
         .route("/fhir/", with_405(get(system_get).post(system_post)))
         .route("/fhir/_history", with_405(get(system_history)))

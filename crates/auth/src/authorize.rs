@@ -54,6 +54,7 @@ fn redirect_error(s: &Shared, redirect_uri: &str, state: Option<&str>, error: &s
         q.append_pair("iss", &s.config.fhir_base);
     }
     tracing::info!(error, "authorisation refused");
+    s.audit("authorize", false, None, None, None, &format!("{error}: {description}"));
     Redirect::to(url.as_str()).into_response()
 }
 
@@ -314,6 +315,7 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
         Ok(Some(u)) if verify_password(password, &u.password_hash) => u,
         Ok(_) => {
             tracing::info!("sign-in failed");
+            s.audit("login", false, Some(&client.client_id), Some(username), None, "wrong user name or password");
             return pages::login(&request_id, &client.name, Some("That user name and password do not match. Try again."));
         }
         Err(e) => return internal(e),
@@ -324,6 +326,7 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
         return internal(e);
     }
     tracing::info!(user = %user.username, "signed in");
+    s.audit("login", true, Some(&client.client_id), Some(&user.username), None, "signed in");
     pending.username = Some(user.username.clone());
     let mut response = proceed(&s, &headers, &request_id, pending, &client).await;
     let secure = if s.config.public_url.starts_with("https://") { "; Secure" } else { "" };
@@ -372,6 +375,7 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
     };
     if get("decision").as_deref() != Some("allow") {
         tracing::info!(client = %pending.client_id, user = %user.username, "consent denied");
+        s.audit("consent", false, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), "the user denied access");
         return redirect_error(&s, &pending.redirect_uri, pending.state.as_deref(), "access_denied", "the user did not allow access");
     }
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
@@ -420,6 +424,7 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
         return internal(e);
     }
     tracing::info!(client = %client.client_id, user = %user.username, "consent given");
+    s.audit("consent", true, Some(&client.client_id), Some(&user.username), pending.patient.as_deref(), &format!("approved: {scope}"));
     issue_code(&s, pending, &user, scope).await
 }
 
@@ -452,6 +457,7 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, scop
         UserRole::Patient => "patient",
     };
     tracing::info!(client = %grant.client_id, user = %user.username, role, patient = ?grant.patient, "authorisation code issued");
+    s.audit("code", true, Some(&grant.client_id), Some(&user.username), grant.patient.as_deref(), &format!("scope: {}", grant.scope));
     let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal("stored redirect URI no longer parses") };
     {
         let mut q = url.query_pairs_mut();

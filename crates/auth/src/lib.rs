@@ -72,6 +72,7 @@ pub struct AuthServer {
     /// Tokens resolved in the last second, by hash: repeated requests with one token skip the store.
     /// One second bounds how long a revocation on another node goes unnoticed here.
     resolved: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<TokenAccess>)>>,
+    audit: Option<store::audit::AuditSink>,
 }
 
 /// How long a resolved token is trusted without asking the store again (revocation latency per node).
@@ -81,9 +82,26 @@ const RESOLVE_CACHE_MAX: usize = 10_000;
 pub type Shared = Arc<AuthServer>;
 
 impl AuthServer {
-    pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock) -> Result<Shared, keys::KeyError> {
+    pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock, audit: Option<store::audit::AuditSink>) -> Result<Shared, keys::KeyError> {
         let keys = keys::Keys::load_or_create(store.as_ref(), unix_ms(clock.now())).await?;
-        Ok(Arc::new(AuthServer { store, config, keys, clock, resolved: std::sync::Mutex::new(std::collections::HashMap::new()) }))
+        Ok(Arc::new(AuthServer { store, config, keys, clock, resolved: std::sync::Mutex::new(std::collections::HashMap::new()), audit }))
+    }
+
+    /// Records an authorisation decision in the audit trail (never token material).
+    pub fn audit(&self, action: &str, success: bool, client_id: Option<&str>, username: Option<&str>, patient: Option<&str>, detail: &str) {
+        if let Some(sink) = &self.audit {
+            sink.record(store::audit::AuditRecord {
+                recorded: self.now_ms(),
+                category: "auth".into(),
+                action: action.into(),
+                outcome: if success { "0" } else { "4" }.into(),
+                client_id: client_id.map(str::to_string),
+                username: username.map(str::to_string),
+                patient: patient.map(str::to_string),
+                entity: None,
+                detail: Some(detail.to_string()),
+            });
+        }
     }
 
     pub fn now_ms(&self) -> i64 {

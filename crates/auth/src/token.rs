@@ -80,6 +80,7 @@ async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<Client, Res
         Ok(a) => a,
         Err(why) => {
             tracing::info!(client = %client.client_id, reason = %why, "client assertion refused");
+            s.audit("client-authentication", false, Some(&client.client_id), None, None, &why);
             return Err(bad(&why));
         }
     };
@@ -153,6 +154,7 @@ async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
         // RFC 6749 §4.1.2: a replayed code revokes what it produced.
         let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
         tracing::warn!(client = %client.client_id, revoked = n, "authorisation code replayed; its tokens are revoked");
+        s.audit("code-replay", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a used code came back; its tokens were revoked");
         return invalid_grant("the code was already used");
     }
     if grant.client_id != client.client_id {
@@ -213,6 +215,7 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
 async fn reused(s: &Shared, client: &Client, grant: &Grant) -> Response {
     let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
     tracing::warn!(client = %client.client_id, revoked = n, "refresh token reused; the grant is revoked");
+    s.audit("refresh-reuse", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a rotated-out refresh token came back; the grant was revoked");
     invalid_grant("the refresh token was already used")
 }
 
@@ -244,6 +247,7 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     });
     if backend {
         tracing::info!(client = %client.client_id, "backend services token issued");
+        s.audit("token", true, Some(&client.client_id), None, None, &format!("client_credentials: {}", grant.scope));
         let mut r = (StatusCode::OK, Json(body)).into_response();
         no_store(&mut r);
         return r;
@@ -302,6 +306,7 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
         }
     }
     tracing::info!(client = %client.client_id, user = ?grant.username, patient = ?grant.patient, "tokens issued");
+    s.audit("token", true, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), &format!("scope: {}", grant.scope));
     let mut r = (StatusCode::OK, Json(body)).into_response();
     no_store(&mut r);
     r
@@ -379,6 +384,7 @@ pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: String) -
                 && g.client_id == client.client_id {
                     let n = s.revoke_grant(&g.grant_id).await.unwrap_or(0);
                     tracing::info!(client = %client.client_id, revoked = n, "tokens revoked");
+                    s.audit("revoke", true, Some(&client.client_id), g.username.as_deref(), g.patient.as_deref(), "tokens revoked");
                 }
     }
     // RFC 7009 §2.2: 200 whether or not the token was known.

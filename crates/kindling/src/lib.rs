@@ -67,7 +67,8 @@ impl Application {
         let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()), writer_cache_mib: config.writer_cache_mib }, clock.clone())
             .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(store);
-        let auth = auth::AuthServer::new(store.clone(), auth::AuthConfig::new(&public_url), clock.clone())
+        let audit = store::audit::AuditSink::spawn(store.clone());
+        let auth = auth::AuthServer::new(store.clone(), auth::AuthConfig::new(&public_url), clock.clone(), Some(audit.clone()))
             .await
             .map_err(|e| anyhow::anyhow!("cannot load or create the signing keys: {e}"))?;
         let access: Option<Arc<dyn api::access::AccessResolver>> = if config.open_sandbox {
@@ -76,7 +77,9 @@ impl Application {
         } else {
             Some(auth.clone())
         };
-        let state = AppState { store, base_url, clock, access };
+        // The open sandbox is unaudited at the FHIR API, like it is unauthenticated.
+        let fhir_audit = (!config.open_sandbox).then_some(audit);
+        let state = AppState { store, base_url, clock, access, audit: fhir_audit };
         Ok(Application { listener, addr, public_url, state, auth })
     }
 

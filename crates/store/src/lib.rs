@@ -5,6 +5,7 @@
 //! resource in the same database transaction; deletes are soft (a new version marked deleted). The trait
 //! speaks only in FHIR terms and opaque `i64` keys, so a backend may be SQLite or PostgreSQL.
 
+pub mod audit;
 mod error;
 mod prepare;
 mod snapshot;
@@ -163,4 +164,8 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn counts(&self) -> Result<Vec<(String, i64)>>;
     /// Refreshes planner statistics after bulk loads.
     async fn optimize(&self) -> Result<()>;
+    /// Appends audit records (see [`audit::AuditSink`], which batches them).
+    async fn append_audit(&self, records: &[audit::AuditRecord]) -> Result<()>;
+    /// Audit records, newest first, with their ids.
+    async fn audit_events(&self, filter: &audit::AuditFilter) -> Result<Vec<(i64, audit::AuditRecord)>>;
 }

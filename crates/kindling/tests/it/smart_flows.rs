@@ -612,3 +612,53 @@ async fn revocation_by_another_node_takes_effect_within_a_second() {
     app.clock.advance(time::Duration::milliseconds(1001));
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 401);
 }
+
+#[tokio::test]
+async fn every_decision_and_access_is_audited_without_token_material() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient openid fhirUser offline_access patient/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 200);
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 403);
+    assert_eq!(fhir_get(app, "Patient", Some("garbage")).await.0, 401);
+    // A clinician with user/ scopes reads the trail.
+    let a = Auth::new(app, PUBLIC, "openid fhirUser user/*.rs");
+    let r = consent_if_asked(app, login(app, a.start(app).await, "doc", "doc-pass").await).await;
+    let c = code(app, &a, &r);
+    let doc: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
+    let doc_token = doc["access_token"].as_str().unwrap();
+    let mut events = Value::Null;
+    for _ in 0..40 {
+        let (status, b) = fhir_get(app, "AuditEvent?_count=200", Some(doc_token)).await;
+        assert_eq!(status, 200);
+        let text = b.to_string();
+        if text.contains("GET 403") && text.contains("consent") {
+            events = b;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if events.is_null() {
+        let (_, b) = fhir_get(app, "AuditEvent?_count=200", Some(doc_token)).await;
+        panic!("audit events did not arrive: {}", &b.to_string()[..b.to_string().len().min(3000)]);
+    }
+    let text = events.to_string();
+    for action in ["login", "consent", "code", "token", "read"] {
+        assert!(text.contains(&format!("\"code\":\"{action}\"")), "{action} audited");
+    }
+    assert!(text.contains(&format!("Patient/{}", f.p2)) && text.contains("GET 403"), "the refused read is recorded");
+    assert!(text.contains("GET 401"), "the request with a bad token is recorded");
+    for secret in [token, t["refresh_token"].as_str().unwrap(), doc_token, t["id_token"].as_str().unwrap(), &c] {
+        assert!(!text.contains(secret), "no token material in the audit trail");
+    }
+    let first_id = events["entry"][0]["resource"]["id"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("AuditEvent/{first_id}"), Some(doc_token)).await.0, 200);
+    // The trail is read-only, and a patient token without AuditEvent sees it only for its own patient.
+    let r = app.client.post(app.url("AuditEvent")).bearer_auth(doc_token).header("content-type", "application/fhir+json").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let (status, own) = fhir_get(app, "AuditEvent", Some(token)).await;
+    assert_eq!(status, 200);
+    assert!(own["entry"].as_array().unwrap().iter().all(|e| e["resource"].to_string().contains(&format!("Patient/{}", f.p1))));
+    assert_eq!(fhir_get(app, &format!("AuditEvent?patient={}", f.p2), Some(token)).await.0, 403);
+}

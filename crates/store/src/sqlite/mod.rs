@@ -26,6 +26,7 @@ mod auth;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql")),
     (2, "auth", include_str!("../../migrations/sqlite/0002_auth.sql")),
+    (3, "audit", include_str!("../../migrations/sqlite/0003_audit.sql")),
 ];
 
 /// How long a paging snapshot lives.
@@ -385,6 +386,63 @@ impl Store for SqliteStore {
         let conn = self.inner.reader()?;
         let mut stmt = conn.prepare_cached("SELECT res_type, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY res_type ORDER BY res_type")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    async fn append_audit(&self, records: &[crate::audit::AuditRecord]) -> Result<()> {
+        let conn = self.inner.writer.lock().await;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")?;
+        let result = (|| -> rusqlite::Result<()> {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO audit_events (recorded, category, action, outcome, client_id, username, patient, entity, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for r in records {
+                stmt.execute(params![r.recorded, r.category, r.action, r.outcome, r.client_id, r.username, r.patient, r.entity, r.detail])?;
+            }
+            Ok(())
+        })();
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        conn.execute_batch(&format!("{end}; PRAGMA synchronous = FULL"))?;
+        Ok(result?)
+    }
+
+    async fn audit_events(&self, f: &crate::audit::AuditFilter) -> Result<Vec<(i64, crate::audit::AuditRecord)>> {
+        let conn = self.inner.reader()?;
+        let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
+        b.push("SELECT id, recorded, category, action, outcome, client_id, username, patient, entity, detail FROM audit_events WHERE 1 = 1");
+        if let Some(id) = f.id {
+            b.push(" AND id = ").int(id);
+        }
+        if let Some(s) = f.since {
+            b.push(" AND recorded >= ").int(s);
+        }
+        if let Some(p) = &f.patient {
+            b.push(" AND patient = ").text(p);
+        }
+        if let Some(c) = &f.client_id {
+            b.push(" AND client_id = ").text(c);
+        }
+        if let Some(u) = &f.username {
+            b.push(" AND username = ").text(u);
+        }
+        b.push(" ORDER BY id DESC LIMIT ").int(f.limit as i64);
+        let mut stmt = conn.prepare_cached(&b.sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(b.values.iter()), |r| {
+            Ok((
+                r.get(0)?,
+                crate::audit::AuditRecord {
+                    recorded: r.get(1)?,
+                    category: r.get(2)?,
+                    action: r.get(3)?,
+                    outcome: r.get(4)?,
+                    client_id: r.get(5)?,
+                    username: r.get(6)?,
+                    patient: r.get(7)?,
+                    entity: r.get(8)?,
+                    detail: r.get(9)?,
+                },
+            ))
+        })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

@@ -1,0 +1,71 @@
+//! The audit trail: records are queued on a channel and written in batches by one background task, so
+//! recording an access costs the request a channel send, not a database write.
+
+use crate::Store;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditRecord {
+    /// Unix ms.
+    pub recorded: i64,
+    /// `rest` or `auth`.
+    pub category: String,
+    pub action: String,
+    /// `0` success, `4` minor failure (refused), `8` serious failure.
+    pub outcome: String,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub patient: Option<String>,
+    pub entity: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<i64>,
+    pub patient: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub id: Option<i64>,
+    pub limit: usize,
+}
+
+/// Where audit records go. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct AuditSink {
+    tx: mpsc::Sender<AuditRecord>,
+}
+
+const BATCH: usize = 512;
+
+impl AuditSink {
+    /// Starts the writer task on the current runtime.
+    pub fn spawn(store: Arc<dyn Store>) -> AuditSink {
+        let (tx, mut rx) = mpsc::channel::<AuditRecord>(65_536);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = store.append_audit(&batch).await {
+                    tracing::error!(error = %e, lost = batch.len(), "audit records could not be written");
+                }
+                batch.clear();
+            }
+        });
+        AuditSink { tx }
+    }
+
+    /// Queues a record. When the queue is full the request is not held up; the loss is logged.
+    pub fn record(&self, r: AuditRecord) {
+        if self.tx.try_send(r).is_err() {
+            tracing::error!("audit queue full; an audit record was dropped");
+        }
+    }
+}
