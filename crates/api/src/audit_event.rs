@@ -100,12 +100,11 @@ fn scope_filter(access: &Access, filter: &mut AuditFilter) -> ApiResult<()> {
             return Ok(());
         }
     }
-    if t.scopes.access(Level::Patient, "AuditEvent", Interaction::Search).is_some() {
-        if let Some(p) = &t.patient {
+    if t.scopes.access(Level::Patient, "AuditEvent", Interaction::Search).is_some()
+        && let Some(p) = &t.patient {
             filter.patient = Some(p.clone());
             return Ok(());
         }
-    }
     Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "no granted scope allows reading the audit trail"))
 }
 
