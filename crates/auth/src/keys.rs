@@ -43,6 +43,37 @@ fn public_jwk(key: &SigningKey) -> Value {
     })
 }
 
+/// Generates a new signing key and stores it; servers use it as their current key from their next start,
+/// while every older key stays in the JWKS.
+pub async fn rotate(store: &dyn AuthStore, now_ms: i64) -> Result<String, KeyError> {
+    let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|_| KeyError::Crypto)?;
+    let der = pair.as_der().map_err(|_| KeyError::Crypto)?;
+    let kid = crate::crypto::random_token()[..16].to_string();
+    let value = json!({"pkcs8": b64url(der.as_ref()), "created": now_ms}).to_string();
+    store.auth_put(KIND, &kid, &value, None, None).await?;
+    tracing::info!(kid, "rotated: new RS256 signing key");
+    Ok(kid)
+}
+
+/// Removes keys older than the newest one by more than `keep_ms` (longer than any token they signed
+/// lives); returns the removed kids.
+pub async fn prune(store: &dyn AuthStore, keep_ms: i64) -> Result<Vec<String>, KeyError> {
+    let mut keys: Vec<(i64, String)> = Vec::new();
+    for (kid, record) in store.auth_list(KIND).await? {
+        let v: Value = serde_json::from_str(&record.value).map_err(|_| KeyError::Crypto)?;
+        keys.push((v["created"].as_i64().unwrap_or(0), kid));
+    }
+    let Some(newest) = keys.iter().map(|(c, _)| *c).max() else { return Ok(Vec::new()) };
+    let mut removed = Vec::new();
+    for (created, kid) in keys {
+        if created < newest - keep_ms {
+            store.auth_delete(KIND, &kid).await?;
+            removed.push(kid);
+        }
+    }
+    Ok(removed)
+}
+
 impl Keys {
     /// Loads the stored keys, generating and storing one when there is none.
     pub async fn load_or_create(store: &dyn AuthStore, now_ms: i64) -> Result<Keys, KeyError> {

@@ -42,6 +42,13 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    Rotate,
+    /// Remove keys older than the current one by more than two hours (id_tokens live one hour).
+    Prune,
+}
+
+#[derive(Subcommand)]
 enum AppsCommand {
     /// List registered apps.
     List,
@@ -105,6 +112,14 @@ enum Command {
     },
     /// Benchmark import, reads and searches on the Synthea sample set (prints throughput and latencies).
     Bench(kindling::bench::BenchArgs),
+    /// Rotate the RS256 signing keys: `rotate` adds a new current key (servers use it from their next
+    /// start; older keys stay in the JWKS), `prune` drops keys that no live token can need any more.
+    Keys {
+        #[arg(long, default_value = "./kindling-data")]
+        data: PathBuf,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Manage registered apps.
     Apps {
         #[arg(long, default_value = "./kindling-data")]
@@ -205,6 +220,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => kindling::bench::run(args).await,
         Command::Apps { data, command } => apps(data, command, clock).await,
+        Command::Keys { data, command } => {
+            let app = Application::build(&offline_config(data), clock.clone()).await?;
+            let store = app.state.store.as_ref();
+            match command {
+                KeysCommand::Rotate => println!("new signing key: {}", auth::keys::rotate(store, fhir::time::unix_ms(clock.now())).await?),
+                KeysCommand::Prune => println!("removed keys: {:?}", auth::keys::prune(store, 2 * 3600 * 1000).await?),
+            }
+            Ok(())
+        }
     }
 }
 

@@ -662,3 +662,57 @@ async fn every_decision_and_access_is_audited_without_token_material() {
     assert!(own["entry"].as_array().unwrap().iter().all(|e| e["resource"].to_string().contains(&format!("Patient/{}", f.p1))));
     assert_eq!(fhir_get(app, &format!("AuditEvent?patient={}", f.p2), Some(token)).await.0, 403);
 }
+
+#[tokio::test]
+async fn includes_and_bundle_entries_stay_in_the_compartment() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient patient/*.cruds").await;
+    let token = t["access_token"].as_str().unwrap();
+    // Observations of every patient point to the practitioners; a revinclude must not leak them.
+    let (status, b) = fhir_get(app, "Practitioner?_revinclude=Observation:performer&_count=10", Some(token)).await;
+    assert_eq!(status, 200);
+    let included: Vec<&Value> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").collect();
+    assert!(!included.is_empty());
+    assert!(included.iter().all(|e| e["resource"]["subject"]["reference"] == json!(format!("Patient/{}", f.p1))), "only the context patient's");
+    // A transaction writing into another patient's record fails as a whole.
+    let obs = |p: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "note"}, "subject": {"reference": format!("Patient/{p}")}});
+    let tx = |entries: Vec<Value>| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let post = |r: Value| json!({"resource": r, "request": {"method": "POST", "url": "Observation"}});
+    let send = |body: Value| app.client.post(app.base.clone()).bearer_auth(token).header("content-type", "application/fhir+json").body(body.to_string()).send();
+    let r = send(tx(vec![post(obs(&f.p1)), post(obs(&f.p2))])).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = send(tx(vec![post(obs(&f.p1))])).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // In a batch each entry is judged alone.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{}", f.p2)}},
+        {"request": {"method": "GET", "url": format!("Patient/{}", f.p1)}},
+        post(obs(&f.p2)),
+    ]});
+    let r: Value = send(batch).await.unwrap().json().await.unwrap();
+    let statuses: Vec<&str> = r["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert!(statuses[0].starts_with("403") && statuses[1].starts_with("200") && statuses[2].starts_with("403"), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_and_old_keys_stay_published() {
+    let f = fixture().await;
+    let app = &f.app;
+    let store = app.auth.store.clone();
+    let old_kid = app.auth.keys.kid().to_string();
+    let t = patient_tokens(&f, "launch/patient openid fhirUser patient/*.rs").await;
+    app.clock.advance(time::Duration::minutes(10));
+    let new_kid = auth::keys::rotate(store.as_ref(), fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock))).await.unwrap();
+    // What a node sees after its next start.
+    let restarted = auth::AuthServer::new(store.clone(), app.auth.config.clone(), app.clock.clone(), None).await.unwrap();
+    assert_eq!(restarted.keys.kid(), new_kid);
+    let kids: Vec<&str> = restarted.keys.jwks()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, vec![new_kid.as_str(), old_kid.as_str()], "the old key stays published");
+    let jwt = restarted.keys.sign_jwt(&json!({"iss": "x"})).unwrap();
+    assert!(jwt.split('.').next().map(|h| String::from_utf8(auth::crypto::b64url_decode(h).unwrap()).unwrap().contains(&new_kid)).unwrap());
+    // Pruning keeps keys younger than the window, then drops the old one.
+    assert!(auth::keys::prune(store.as_ref(), 2 * 3600 * 1000).await.unwrap().is_empty());
+    assert_eq!(auth::keys::prune(store.as_ref(), 60 * 1000).await.unwrap(), vec![old_kid]);
+    let _ = t;
+}
