@@ -39,8 +39,10 @@ pub fn parse_if_match(v: &str) -> ApiResult<i64> {
     t.parse().map_err(|_| ApiError::bad_request(format!("If-Match '{v}' is not a version ETag like W/\"3\"")))
 }
 
+/// Server-assigned ids are time-ordered UUIDs (v7): as unique as random ones, but new rows land at the
+/// end of the id indexes instead of at random places, which keeps bulk imports out of the disk cache's way.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Parses a conditional query (`identifier=x|y`, the part after `?`) for `resource_type`.
