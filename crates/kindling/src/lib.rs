@@ -34,6 +34,32 @@ pub struct ServerConfig {
     pub writer_cache_mib: u32,
     /// The explicit open-sandbox switch: the FHIR API answers without an access token.
     pub open_sandbox: bool,
+    /// Terminate TLS (1.2 and 1.3 only) with this certificate chain and key, both PEM.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A rustls acceptor for TLS 1.2 and 1.3 (older versions do not exist in rustls, so they are refused).
+pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("cannot read the certificate {}", files.cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("cannot read the private key {}", files.key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not form a usable pair")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl ServerConfig {
@@ -50,6 +76,7 @@ impl ServerConfig {
 /// A bound, not yet serving, Kindling server.
 pub struct Application {
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     pub addr: SocketAddr,
     /// e.g. `http://127.0.0.1:8080`
     pub public_url: String,
@@ -60,9 +87,11 @@ pub struct Application {
 impl Application {
     /// Opens the store (running migrations) and binds the listener. Use port 0 in tests.
     pub async fn build(config: &ServerConfig, clock: SharedClock) -> anyhow::Result<Self> {
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_string();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")).trim_end_matches('/').to_string();
         let base_url = format!("{public_url}/fhir");
         let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()), writer_cache_mib: config.writer_cache_mib }, clock.clone())
             .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
@@ -80,7 +109,7 @@ impl Application {
         // The open sandbox is unaudited at the FHIR API, like it is unauthenticated.
         let fhir_audit = (!config.open_sandbox).then_some(audit);
         let state = AppState { store, base_url, clock, access, audit: fhir_audit };
-        Ok(Application { listener, addr, public_url, state, auth })
+        Ok(Application { listener, tls, addr, public_url, state, auth })
     }
 
     pub fn base_url(&self) -> &str {
@@ -94,8 +123,37 @@ impl Application {
     /// Serves until `shutdown` resolves.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let app = router(self.state, self.auth);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        match self.tls {
+            None => axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?,
+            Some(acceptor) => serve_tls(self.listener, acceptor, app, shutdown).await?,
+        }
         Ok(())
+    }
+}
+
+/// Accepts TLS connections and serves HTTP/1.1 on them until `shutdown` resolves.
+async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
     }
 }
 

@@ -39,6 +39,12 @@ struct ServeArgs {
     /// Apps to register at start (TOML); `config/apps.dev.toml` is used when it exists and none is given.
     #[arg(long, env = "KINDLING_APPS")]
     apps: Option<PathBuf>,
+    /// Serve HTTPS (TLS 1.2 and 1.3) with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "KINDLING_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "KINDLING_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -150,7 +156,7 @@ async fn shutdown_signal() {
 }
 
 fn offline_config(data: PathBuf) -> ServerConfig {
-    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false }
+    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None }
 }
 
 #[tokio::main]
@@ -299,6 +305,10 @@ fn config(serve: &ServeArgs) -> ServerConfig {
         data_dir: serve.data.clone(),
         writer_cache_mib: ServerConfig::SERVE_CACHE_MIB,
         open_sandbox: serve.open_sandbox,
+        tls: match (&serve.tls_cert, &serve.tls_key) {
+            (Some(cert), Some(key)) => Some(kindling::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
     }
 }
 

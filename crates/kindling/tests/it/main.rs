@@ -9,6 +9,7 @@ mod search;
 mod apps;
 mod backend;
 mod smart_flows;
+mod tls;
 
 use fhir::time::{ManualClock, SharedClock};
 use kindling::{Application, ServerConfig};
@@ -38,7 +39,7 @@ async fn spawn(open_sandbox: bool) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox };
+    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None };
     let app = Application::build(&config, shared).await.expect("build app");
     let base = app.base_url().to_string();
     let app_state = app.state.clone();
