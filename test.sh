@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust workspace (unit and HTTP integration tests), then an interop check in which
-# independent FHIR tooling (Python fhirpy and fhir.resources) drives a running `kindling up`.
-# Installs what the tests need first; safe to run repeatedly.
+# Runs every test: the Rust workspace (unit and HTTP integration tests), then interop checks in which
+# independent tooling drives a running `kindling up`:
+#   - Python fhirpy + fhir.resources against the FHIR API (open sandbox);
+#   - the SMART JavaScript client (npm fhirclient) in headless Chromium, through a full standalone launch
+#     against the token-enforcing server.
+# Installs what the tests need first (Debian chromium and chromium-driver, Python and npm packages); safe
+# to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,7 +17,10 @@ fi
 # 1. The workspace. The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
 cargo test --workspace --locked "$@"
 
-# 2. Interop with independent FHIR tooling, against the binary the tests just built.
+# 2. What the interop checks need.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 venv=target/interop-venv
 if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -22,18 +29,38 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
+npm_dir=target/interop-npm
+if [ ! -f "$npm_dir/node_modules/fhirclient/build/fhir-client.js" ]; then
+    mkdir -p "$npm_dir"
+    npm install --silent --no-audit --no-fund --prefix "$npm_dir" fhirclient@2.6.3 >/dev/null
+fi
 
-data=$(mktemp -d)
-log="$data/kindling.log"
-target/debug/kindling up --open-sandbox --data "$data/data" --listen 127.0.0.1:0 --patients 3 >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
-url=""
-for _ in $(seq 1 120); do
-    url=$(sed -n 's/^Kindling is serving at \([^ ]*\).*/\1/p' "$log")
-    [ -n "$url" ] && break
-    kill -0 $pid 2>/dev/null || { cat "$log" >&2; echo "kindling up exited early" >&2; exit 1; }
-    sleep 0.5
-done
-[ -n "$url" ] || { cat "$log" >&2; echo "kindling up did not become ready in 60 s" >&2; exit 1; }
+work=$(mktemp -d)
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+# Starts `kindling up` with the given extra arguments on a free port; sets $url to its base URL.
+start_kindling() {
+    local name=$1; shift
+    local log="$work/$name.log"
+    target/debug/kindling up --data "$work/$name" --listen 127.0.0.1:0 --patients 3 "$@" >"$log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    url=""
+    for _ in $(seq 1 120); do
+        url=$(sed -n 's/^Kindling is serving at \([^ ]*\).*/\1/p' "$log")
+        [ -n "$url" ] && break
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "kindling up exited early" >&2; exit 1; }
+        sleep 0.5
+    done
+    [ -n "$url" ] || { cat "$log" >&2; echo "kindling up did not become ready in 60 s" >&2; exit 1; }
+}
+
+# 3. FHIR interop (open sandbox, no tokens).
+start_kindling open --open-sandbox
 "$venv/bin/python" tests/interop/fhirpy_check.py "$url/fhir"
+
+# 4. SMART interop (tokens enforced).
+start_kindling secured
+"$venv/bin/python" tests/interop/fhirclient_check.py "$url/fhir" target/debug/kindling "$work/secured" \
+    "$npm_dir/node_modules/fhirclient/build/fhir-client.js"

@@ -100,13 +100,33 @@ pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) ->
     }
     let client = match authenticate_client(&s, &headers, &pairs).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => match public_refresh_client(&s, &headers, &pairs, grant_type).await {
+            // RFC 6749 §6 asks public clients for no credentials on refresh (the SMART JavaScript
+            // client sends none): the refresh token itself names its public client.
+            Some(c) => c,
+            None => return r,
+        },
     };
     match grant_type {
         Some("authorization_code") => authorization_code(&s, &client, &pairs).await,
         Some("client_credentials") => client_credentials(&s, &client, &pairs).await,
         _ => refresh_token(&s, &client, &pairs).await,
     }
+}
+
+/// The public client a refresh token belongs to, for a refresh request that carries no client
+/// identification at all.
+async fn public_refresh_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs, grant_type: Option<&str>) -> Option<Client> {
+    let anonymous = grant_type == Some("refresh_token")
+        && headers.get(axum::http::header::AUTHORIZATION).is_none()
+        && get(pairs, "client_id").is_none()
+        && get(pairs, "client_assertion").is_none();
+    if !anonymous {
+        return None;
+    }
+    let record = s.store.auth_get("refresh", &token_hash(get(pairs, "refresh_token")?)).await.ok()??;
+    let grant: Grant = serde_json::from_str(&record.value).ok()?;
+    registry::get_client(s.store.as_ref(), &grant.client_id).await.ok()?.filter(|c| c.kind == ClientKind::Public)
 }
 
 /// Backend services: `system/` scopes for an asymmetric client, within what it was registered for. Short

@@ -716,3 +716,22 @@ async fn signing_keys_rotate_and_old_keys_stay_published() {
     assert_eq!(auth::keys::prune(store.as_ref(), 60 * 1000).await.unwrap(), vec![old_kid]);
     let _ = t;
 }
+
+#[tokio::test]
+async fn public_clients_may_refresh_without_identifying_themselves() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient offline_access patient/*.rs").await;
+    let rt = t["refresh_token"].as_str().unwrap();
+    // RFC 6749 §6: the SMART JavaScript client refreshes without client_id; the token names its client.
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", rt)]).await;
+    assert_eq!(r.status(), 200);
+    // A confidential client's refresh token still needs the client's credentials.
+    let a = Auth::new(app, CONFIDENTIAL, "launch/patient offline_access patient/*.rs");
+    let r = consent_if_asked(app, login(app, a.start(app).await, "pat", "pat-pass").await).await;
+    let c = code(app, &a, &r);
+    let body = format!("grant_type=authorization_code&code={c}&redirect_uri={}&code_verifier={}", url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>(), a.verifier);
+    let t: Value = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some(&f.secret)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap().json().await.unwrap();
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())]).await;
+    assert_eq!(r.status(), 401);
+}
