@@ -136,6 +136,31 @@ impl Content<'_> {
     }
 }
 
+/// Types outside every patient compartment that patient-level tokens may read: the practitioners,
+/// organisations, locations and medications that records point to, and terminology-like resources.
+/// Any other type outside a compartment is refused to patient-level tokens.
+pub fn is_shared_type(resource_type: &str) -> bool {
+    matches!(
+        resource_type,
+        "Practitioner" | "PractitionerRole" | "Organization" | "Location" | "Medication" | "HealthcareService" | "Endpoint"
+            | "Substance" | "Questionnaire" | "ValueSet" | "CodeSystem" | "StructureDefinition"
+    )
+}
+
+/// Whether content about to be written belongs to `patient`: its `patient` search parameter (the
+/// subject/patient element) points to them and to no one else.
+fn written_for_patient(resource_type: &str, v: &Value, patient: &str, base: &str) -> bool {
+    let Ok(rows) = fhir::extract::extract(resource_type, v, Some(base)) else { return false };
+    match params::find(resource_type, "patient") {
+        Some(p) => {
+            let targets: Vec<&fhir::extract::ReferenceRow> =
+                rows.references.iter().filter(|r| r.key == p.index_key && r.target_type.as_deref() == Some("Patient")).collect();
+            !targets.is_empty() && targets.iter().all(|r| r.target_id.as_deref() == Some(patient) && r.url.is_none())
+        }
+        None => !rows.patient_compartments.is_empty() && rows.patient_compartments.iter().all(|p| p == patient),
+    }
+}
+
 /// Whether `resource` satisfies one of the constraint sets (each a list of `param=value` that must all hold).
 fn matches_constraints(resource_type: &str, resource: &Value, sets: &[Vec<(String, String)>], base: &str) -> bool {
     let Ok(rows) = fhir::extract::extract(resource_type, resource, Some(base)) else { return false };
@@ -171,16 +196,22 @@ impl Access {
             let Some(patient) = t.patient.as_deref() else {
                 return Err(forbidden("patient-level scopes need a patient in context"));
             };
+            let writing = matches!(interaction, Interaction::Create | Interaction::Update | Interaction::Delete);
             let in_compartment = if resource_type == "Patient" {
                 id == patient
+            } else if is_shared_type(resource_type) {
+                // Reference data every record points to: readable, never written with patient scopes.
+                !writing
             } else if !params::in_patient_compartment(resource_type) {
-                true
+                false
+            } else if matches!(interaction, Interaction::Create | Interaction::Update) {
+                // New content must be about the context patient (its subject/patient element), not merely
+                // mention them as performer or author.
+                content.value().is_some_and(|v| written_for_patient(resource_type, &v, patient, &state.base_url))
             } else {
                 match key {
-                    Some(k) if interaction != Interaction::Create && interaction != Interaction::Update => state.store.in_patient_compartment(k, patient).await?,
-                    _ => content.value().is_some_and(|v| {
-                        fhir::extract::extract(resource_type, &v, Some(&state.base_url)).is_ok_and(|r| r.patient_compartments.iter().any(|p| p == patient))
-                    }),
+                    Some(k) => state.store.in_patient_compartment(k, patient).await?,
+                    None => false,
                 }
             };
             if in_compartment && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url))) {
@@ -204,8 +235,10 @@ impl Access {
             let Some(patient) = t.patient.clone() else {
                 return Err(forbidden("patient-level scopes need a patient in context"));
             };
-            if params::in_patient_compartment(&ty) {
+            if ty == "Patient" || params::in_patient_compartment(&ty) {
                 q.filters.push(Filter::PatientCompartment(patient));
+            } else if !is_shared_type(&ty) {
+                return Err(forbidden(format!("{ty} is outside the patient's record; patient-level scopes cannot search it")));
             }
             return add_constraint_filter(state, q, &sets);
         }

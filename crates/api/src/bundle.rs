@@ -277,6 +277,7 @@ pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> 
 /// Runs the writes of a transaction Bundle inside `tx`.
 async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Transaction, bundle: &mut Value) -> ApiResult<Applied> {
     let mut requests = parse_entries(&state.base_url, bundle)?;
+    check_conditionals(access, &requests)?;
     // 1. Decide the identity of every entry that creates or updates, so references can be rewritten.
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut preresolved: HashMap<usize, Outcome> = HashMap::new();
@@ -372,6 +373,9 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
             }
             Method::Put => {
                 let mut body = r.resource.take().unwrap_or(Value::Null);
+                if !body.is_object() {
+                    return Err(entry_error(i, ApiError::unprocessable("the body must be a JSON object holding a FHIR resource")));
+                }
                 let id = match (id, assigned.remove(&i)) {
                     (Some(id), _) => id,
                     (None, Some(id)) => {
@@ -407,6 +411,50 @@ async fn finish_transaction(state: &AppState, access: &Access, applied: Applied)
         }
     }
     response
+}
+
+/// Conditional entries and references search the store before any write is checked; with a token they
+/// need an unconstrained user/ or system/ search scope on the searched type, so that match counts and
+/// matches never tell about resources the token cannot see.
+fn check_conditionals(access: &Access, requests: &[Request]) -> ApiResult<()> {
+    if matches!(access, Access::Open) {
+        return Ok(());
+    }
+    for (i, r) in requests.iter().enumerate() {
+        let (ty, _, query) = r.target();
+        if r.if_none_exist.is_some() || (query.is_some() && r.method != Method::Get) {
+            access.check_type_wide(ty, Interaction::Search).map_err(|e| entry_error(i, e))?;
+        }
+        if let Some(res) = &r.resource {
+            for target in conditional_reference_types(res) {
+                access.check_type_wide(&target, Interaction::Search).map_err(|e| entry_error(i, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The types searched by the conditional references (`Type?criteria`) inside a resource.
+fn conditional_reference_types(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    match (k.as_str(), x) {
+                        ("reference", Value::String(s)) if s.contains('?') && !s.contains("://") => {
+                            out.push(s.split('?').next().unwrap_or_default().to_string());
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
 }
 
 /// Checks a write entry against the request's access (reads are checked when they run).
@@ -518,6 +566,7 @@ async fn batch_entry(state: &AppState, access: &Access, r: Request) -> ApiResult
         let (t, id, q) = r.target();
         (t.to_string(), id.map(str::to_string), q.map(str::to_string))
     };
+    check_conditionals(access, std::slice::from_ref(&r))?;
     let mut tx = state.store.begin().await?;
     check_entry(state, access, &mut *tx, &r).await?;
     let outcome = match r.method {

@@ -109,6 +109,7 @@ pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &
 /// `PUT [type]?criteria`: update the one match, create when none, 412 when several.
 pub async fn conditional_update(state: &AppState, tx: &mut dyn Transaction, resource_type: &str, criteria: &str, body: Value) -> ApiResult<Outcome> {
     check_type(resource_type)?;
+    validated(&body, resource_type)?;
     let q = conditional_query(state, resource_type, criteria)?;
     let keys = tx.search(&q).await?;
     match keys.len() {

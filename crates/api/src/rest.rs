@@ -137,6 +137,10 @@ pub async fn type_create(State(state): State<AppState>, Extension(access): Exten
     let mut tx = state.store.begin().await?;
     let outcome = ops::create(&state, &mut *tx, &ty, value, if_none_exist.as_deref(), None).await?;
     tx.commit().await?;
+    if let Some(existing) = outcome.resource.as_ref().filter(|_| outcome.status == StatusCode::OK) {
+        // If-None-Exist matched: what comes back must be readable with this token.
+        check_stored(&state, &access, Interaction::Read, existing).await?;
+    }
     Ok(write_response(&state, neg, outcome))
 }
 
@@ -227,8 +231,12 @@ pub async fn instance_update(
     if !matches!(access, Access::Open) {
         // Neither the new content nor the resource it replaces may lie outside what the token grants.
         access.check_resource(&state, Interaction::Update, &ty, &id, None, Content::Parsed(&value)).await?;
-        if let Some(existing) = state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
-            check_stored(&state, &access, Interaction::Update, &existing).await?;
+        if let Some(current) = state.store.read(&ty, &id).await? {
+            // Replacing a deleted resource would expose its history: judge its last live version.
+            let judged = if current.deleted { state.store.vread(&ty, &id, current.version - 1).await? } else { Some(current) };
+            if let Some(existing) = judged {
+                check_stored(&state, &access, Interaction::Update, &existing).await?;
+            }
         }
     }
     let if_match = match header_str(&headers, "if-match") {
@@ -331,8 +339,8 @@ async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: 
         format!("{url}?{}", s.finish())
     };
     b.link.push(Link { relation: "self", url: link(p.offset) });
-    if p.offset + p.count < page.total {
-        b.link.push(Link { relation: "next", url: link(p.offset + p.count) });
+    if p.offset.saturating_add(p.count) < page.total {
+        b.link.push(Link { relation: "next", url: link(p.offset.saturating_add(p.count)) });
     }
     if p.offset > 0 {
         b.link.push(Link { relation: "previous", url: link(p.offset.saturating_sub(p.count)) });

@@ -132,7 +132,9 @@ pub async fn register(store: &dyn AuthStore, client: Client) -> Result<Option<St
     Ok(registry::put_client(store, client).await?)
 }
 
-const DEFAULT_DYNAMIC_SCOPE: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds user/*.cruds";
+/// The most a self-registered app may be granted: patient-level access and launch/identity scopes. `user/`
+/// and `system/` access needs an app registered by an administrator (apps file or `kindling apps add`).
+const DYNAMIC_CEILING: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds";
 
 /// RFC 7591 dynamic client registration.
 pub async fn register_endpoint(State(s): State<Shared>, Json(m): Json<Value>) -> Response {
@@ -145,9 +147,10 @@ pub async fn register_endpoint(State(s): State<Shared>, Json(m): Json<Value>) ->
         "private_key_jwt" => ClientKind::ConfidentialAsymmetric,
         other => return bad("invalid_client_metadata", &format!("token_endpoint_auth_method '{other}' is not supported")),
     };
-    let scope = m["scope"].as_str().map(str::to_string).unwrap_or_else(|| {
-        if kind == ClientKind::ConfidentialAsymmetric { format!("{DEFAULT_DYNAMIC_SCOPE} system/*.rs") } else { DEFAULT_DYNAMIC_SCOPE.to_string() }
-    });
+    let scope = match m["scope"].as_str() {
+        Some(requested) => smart::ScopeSet::parse(DYNAMIC_CEILING).narrow(&smart::ScopeSet::parse(requested)).to_string(),
+        None => DYNAMIC_CEILING.to_string(),
+    };
     let client = Client {
         client_id: uuid::Uuid::new_v4().to_string(),
         name: m["client_name"].as_str().unwrap_or("Unnamed app").to_string(),
@@ -180,7 +183,7 @@ pub async fn register_endpoint(State(s): State<Shared>, Json(m): Json<Value>) ->
         "client_name": client.name,
         "redirect_uris": client.redirect_uris,
         "token_endpoint_auth_method": method,
-        "grant_types": if kind == ClientKind::ConfidentialAsymmetric { json!(["authorization_code", "refresh_token", "client_credentials"]) } else { json!(["authorization_code", "refresh_token"]) },
+        "grant_types": ["authorization_code", "refresh_token"],
         "scope": client.allowed_scope,
     });
     if let Some(secret) = secret {

@@ -112,6 +112,9 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
         if launch.is_none() {
             return redirect_error(s, redirect_uri, state, "invalid_request", "the launch could not be read");
         }
+        if launch.as_ref().and_then(|l| l.client_id.as_deref()).is_some_and(|c| c != client.client_id) {
+            return redirect_error(s, redirect_uri, state, "invalid_request", "this launch was made for another app");
+        }
         if !requested.contains(&Scope::Launch) {
             return redirect_error(s, redirect_uri, state, "invalid_scope", "an EHR launch must request the launch scope");
         }
@@ -174,8 +177,11 @@ async fn proceed(s: &Shared, headers: &HeaderMap, request_id: &str, mut pending:
     };
     let Some(user) = user else { return pages::login(request_id, &client.name, None) };
     pending.username = Some(user.username.clone());
-    let requested = ScopeSet::parse(&pending.scope);
-    let granted = ScopeSet::parse(&client.allowed_scope).narrow(&requested);
+    if let Some(own) = user.own_patient() {
+        // A patient acts only on their own record, whatever a launch or a form said.
+        pending.patient = Some(own.to_string());
+    }
+    let granted = grantable(client, &user, &pending.scope);
     let wants_patient = granted.contains(&Scope::LaunchContext { context: "patient".into(), role: None })
         || granted.resource_scopes().any(|r| r.level == smart::Level::Patient);
     if pending.patient.is_none() {
@@ -282,17 +288,34 @@ fn capitalise(s: &str) -> String {
     c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }
 
+fn categories_for(resource_type: Option<&str>) -> &'static [(&'static str, &'static str)] {
+    match resource_type {
+        Some("Observation") => OBSERVATION_CATEGORIES,
+        Some("Condition") => CONDITION_CATEGORIES,
+        _ => &[],
+    }
+}
+
+/// What may be granted to this user through this app: requested ∩ the app's allowance, and for patient
+/// users only patient-level resource scopes (their `user/` access would be every record; `system/` is for
+/// backend services only).
+fn grantable(client: &Client, user: &User, requested: &str) -> ScopeSet {
+    let mut granted = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(requested));
+    let patient_user = user.role == UserRole::Patient;
+    granted.scopes.retain(|s| match s {
+        Scope::Resource(r) => r.level == smart::Level::Patient || (r.level == smart::Level::User && !patient_user),
+        _ => true,
+    });
+    granted
+}
+
 fn consent_items(granted: &ScopeSet) -> Vec<ConsentItem> {
     granted
         .scopes
         .iter()
         .map(|sc| {
             let categories = match sc {
-                Scope::Resource(r) if r.constraints.is_empty() => match r.resource_type.as_deref() {
-                    Some("Observation") => OBSERVATION_CATEGORIES.iter().map(|(v, l)| (v.to_string(), l.to_string())).collect(),
-                    Some("Condition") => CONDITION_CATEGORIES.iter().map(|(v, l)| (v.to_string(), l.to_string())).collect(),
-                    _ => Vec::new(),
-                },
+                Scope::Resource(r) if r.constraints.is_empty() => categories_for(r.resource_type.as_deref()).iter().map(|(v, l)| (v.to_string(), l.to_string())).collect(),
                 _ => Vec::new(),
             };
             ConsentItem { scope: sc.to_string(), explanation: explain(sc), optional: matches!(sc, Scope::Resource(_)), categories }
@@ -347,7 +370,12 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
         Ok(_) => return pages::error_page(StatusCode::BAD_REQUEST, "That patient was not found", "The chosen patient does not exist.", "Go back and choose another patient."),
         Err(e) => return internal(e),
     }
-    if pending.username.as_deref().is_none() {
+    let picker = match &pending.username {
+        Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
+        None => None,
+    };
+    // Only a clinician chooses a patient, and only while no patient is set for the request.
+    if !picker.is_some_and(|u| u.role == UserRole::Clinician) || pending.patient.is_some() {
         return expired_request();
     }
     pending.patient = Some(patient.clone());
@@ -383,7 +411,7 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
         Ok(None) => return expired_request(),
         Err(e) => return internal(e),
     };
-    let granted = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(&pending.scope));
+    let granted = grantable(&client, &user, &pending.scope);
     let ticked: Vec<String> = pairs.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
     let categories: Vec<(String, String)> = pairs
         .iter()
@@ -402,7 +430,9 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
                 if !ticked.contains(&text) {
                     continue;
                 }
-                let chosen: Vec<&String> = categories.iter().filter(|(s, _)| *s == text).map(|(_, c)| c).collect();
+                // Only the offered category codes are accepted: the value becomes part of a scope.
+                let offered = categories_for(r.resource_type.as_deref());
+                let chosen: Vec<&String> = categories.iter().filter(|(s, c)| *s == text && offered.iter().any(|(v, _)| v == c)).map(|(_, c)| c).collect();
                 if chosen.is_empty() || !r.constraints.is_empty() {
                     approved.push(text);
                 } else {

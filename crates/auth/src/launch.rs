@@ -44,6 +44,13 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, Jso
             return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the launch could not be stored");
         }
     };
+    // Patients launch apps on their own record only (portal launches); clinicians on any.
+    if let Some(own) = user.own_patient() {
+        if context.patient.as_deref().is_some_and(|p| p != own) {
+            return oauth_error(StatusCode::FORBIDDEN, "access_denied", "a patient can launch apps only on their own record");
+        }
+        context.patient = Some(own.to_string());
+    }
     if let Some(p) = &context.patient {
         match server.store.read("Patient", p).await {
             Ok(Some(r)) if !r.deleted => {}

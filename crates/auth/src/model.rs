@@ -68,6 +68,9 @@ impl User {
 /// Context created by the EHR before it launches an app; redeemed once through the opaque `launch` handle.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LaunchContext {
+    /// The app the EHR launched; when set, only that app can redeem the handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// The signed-in EHR user who launched the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,

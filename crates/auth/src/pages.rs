@@ -34,6 +34,9 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let mut r = (status, Html(html)).into_response();
     r.headers_mut().insert("cache-control", axum::http::HeaderValue::from_static("no-store"));
     r.headers_mut().insert("referrer-policy", axum::http::HeaderValue::from_static("no-referrer"));
+    // Sign-in and consent must never be framed by another site (clickjacking).
+    r.headers_mut().insert("content-security-policy", axum::http::HeaderValue::from_static("frame-ancestors 'none'; default-src 'self'; style-src 'unsafe-inline'"));
+    r.headers_mut().insert("x-frame-options", axum::http::HeaderValue::from_static("DENY"));
     r
 }
 

@@ -222,6 +222,10 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
             Some(within.to_string())
         }
     };
+    // The app's registration may have shrunk since: never refresh beyond what it is allowed now.
+    let current = narrowed.clone().unwrap_or_else(|| grant.scope.clone());
+    let allowed_now = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(&current)).to_string();
+    let narrowed = if allowed_now == grant.scope { narrowed } else { Some(allowed_now) };
     match s.store.auth_consume("refresh", &hash).await {
         Ok(Some(r)) if !r.used && !r.revoked => {}
         Ok(_) => return reused(s, client, &grant).await,

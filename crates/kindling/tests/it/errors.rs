@@ -43,6 +43,14 @@ async fn every_error_is_an_operation_outcome() {
     assert_outcome(app.get("Patient?_getpages=nope").await, 400).await;
     assert_outcome(app.get("?_getpages=nope").await, 410).await;
     assert_outcome(app.get("Patient/x/_history/abc").await, 400).await;
+    // Bodies that are JSON but not objects, on every write path, and absurd paging offsets: clear errors, no crash.
+    let r = app.client.put(app.url("Observation?_id=x")).header("content-type", "application/fhir+json").body("[1]").send().await.unwrap();
+    assert_outcome(r, 422).await;
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": [1], "request": {"method": "PUT", "url": "Observation?_id=x"}}]});
+    let r = app.post_json("", &tx).await;
+    assert!(r.status().is_client_error());
+    let (status, _) = app.get_json("Patient/_history?_getpagesoffset=18446744073709551615").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]

@@ -735,3 +735,102 @@ async fn public_clients_may_refresh_without_identifying_themselves() {
     let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())]).await;
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn cors_on_discovery_metadata_and_the_token_endpoint() {
+    let f = fixture().await;
+    let app = &f.app;
+    let origin = "https://inferno.example";
+    for url in [app.url("metadata"), app.url(".well-known/smart-configuration"), format!("{}/auth/jwks", root(app))] {
+        let r = app.client.get(&url).header("origin", origin).send().await.unwrap();
+        assert_eq!(r.headers()["access-control-allow-origin"], origin, "{url}");
+    }
+    let r = app
+        .client
+        .request(reqwest::Method::OPTIONS, format!("{}/auth/token", root(app)))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "preflight answered");
+    assert_eq!(r.headers()["access-control-allow-origin"], origin);
+    // A public client's code exchange from a browser origin.
+    let a = Auth::new(app, PUBLIC, "launch/patient patient/Patient.rs");
+    let r = consent_if_asked(app, login(app, a.start(app).await, "pat", "pat-pass").await).await;
+    let c = code(app, &a, &r);
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("code_verifier", a.verifier.as_str()), ("client_id", PUBLIC)])
+        .finish();
+    let r = app.client.post(format!("{}/auth/token", root(app))).header("origin", origin).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], origin);
+}
+
+/// Regression tests for the holes a security review found.
+#[tokio::test]
+async fn consent_and_pick_forms_cannot_widen_the_grant() {
+    let f = fixture().await;
+    let app = &f.app;
+    // A category value smuggling another scope in is ignored.
+    let a = Auth::new(app, PUBLIC, "launch/patient patient/Observation.rs");
+    let page = login(app, a.start(app).await, "pat", "pat-pass").await;
+    let evil = "patient/Observation.rs|x system/*.cruds";
+    let r = consent(app, page, true, &[], &[evil]).await;
+    let c = code(app, &a, &r);
+    let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
+    assert_eq!(t["scope"], "launch/patient patient/Observation.rs");
+    // A patient user asking for user/ scopes gets none (it would be every record).
+    let t = patient_tokens(&f, "launch/patient user/*.rs patient/Patient.rs").await;
+    assert_eq!(t["scope"], "launch/patient patient/Patient.rs");
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), t["access_token"].as_str()).await.0, 403);
+    // A patient user cannot pick another patient.
+    let a = Auth::new(app, PUBLIC, "launch/patient patient/*.rs");
+    let page = login(app, a.start(app).await, "pat", "pat-pass").await;
+    let html = page.text().await.unwrap();
+    let req = inputs(&html, "request").remove(0);
+    let r = post_form(app, "/auth/pick", &[("request", &req), ("patient", &f.p2)]).await;
+    assert_eq!(r.status(), 400);
+    // Nor launch an app on another patient's record.
+    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("pat", Some("pat-pass")).json(&json!({"patient": f.p2})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // Self-registered apps get no user/ or system/ access.
+    let reg: Value = app.client.post(format!("{}/auth/register", root(app))).json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", "scope": "system/*.cruds user/*.rs patient/*.rs"})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(reg["scope"], "patient/*.rs");
+}
+
+#[tokio::test]
+async fn patient_tokens_stay_in_the_record_on_every_path() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient patient/*.cruds").await;
+    let token = t["access_token"].as_str().unwrap();
+    let post = |ty: &'static str, body: Value, extra: Option<(&'static str, String)>| {
+        let mut req = app.client.post(app.url(ty)).bearer_auth(token).header("content-type", "application/fhir+json");
+        if let Some((k, v)) = extra {
+            req = req.header(k, v);
+        }
+        req.body(body.to_string()).send()
+    };
+    // Types outside every compartment and not shared reference data are refused.
+    assert_eq!(fhir_get(app, "Communication", Some(token)).await.0, 403);
+    // Writing about another patient while naming oneself as performer is refused.
+    let sneaky = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p2)}, "performer": [{"reference": format!("Patient/{}", f.p1)}]});
+    assert_eq!(post("Observation", sneaky, None).await.unwrap().status(), 403);
+    // Shared reference data is readable but not writable.
+    assert_eq!(post("Organization", json!({"resourceType": "Organization", "name": "x"}), None).await.unwrap().status(), 403);
+    // If-None-Exist cannot fetch another patient's resource.
+    let other = app.app_state.store.search(&fhir::query::parse("Observation", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let other_id = app.app_state.store.fetch(&other[..1]).await.unwrap().remove(0).id;
+    let mine = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
+    let r = post("Observation", mine, Some(("if-none-exist", format!("_id={other_id}")))).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(!r.text().await.unwrap().contains(&f.p2));
+    // Conditional entries in bundles need a type-wide search scope.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient?_id={}", f.p2)}}, "request": {"method": "POST", "url": "Observation"}}]});
+    assert_eq!(post("", tx, None).await.unwrap().status(), 403);
+    // A conditional PUT with a body that is not an object is a clear 4xx, never a crash.
+    let r = app.client.put(app.url("Observation?_id=x")).bearer_auth(token).header("content-type", "application/fhir+json").body("[1]").send().await.unwrap();
+    assert!(r.status().is_client_error());
+}
