@@ -17,9 +17,14 @@ fi
 # 1. The workspace. The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
 cargo test --workspace --locked "$@"
 
-# 2. What the interop checks need.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+# 2. What the interop checks need (Debian packages when missing, then Python and npm packages in target/).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 venv=target/interop-venv
 if [ ! -x "$venv/bin/python" ]; then

@@ -168,15 +168,7 @@ async fn load(base: &str, paths: Arc<Vec<String>>, clients: usize, seconds: u64)
             anyhow::Ok((lat, errors))
         }));
     }
-    let mut latencies_us = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await??;
-        latencies_us.extend(l);
-        errors += e;
-    }
-    latencies_us.sort_unstable();
-    Ok(Stats { requests: latencies_us.len(), errors, elapsed: started.elapsed(), latencies_us })
+    collect(tasks, started).await
 }
 
 fn report(name: &str, clients: usize, s: &Stats) {
