@@ -180,3 +180,48 @@ async fn every_bad_assertion_is_refused() {
     let jku = sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "jku": "https://backend.example/jwks.json"}), &claims(&app));
     assert_eq!(request(&app, &jku, "system/*.rs").await.status(), 200);
 }
+
+/// SMART S-68: an asymmetric client runs the code flow and refreshes with client assertions only.
+#[tokio::test]
+async fn asymmetric_client_code_flow_and_refresh() {
+    let (app, keys) = setup().await;
+    let store = app.auth.store.as_ref();
+    auth::registry::put_user(store, "pat3", "Pat", auth::model::UserRole::Patient, "pw", &format!("Patient/{}", synth::patient_id(3, 0))).await.unwrap();
+    let mut client = auth::registry::get_client(store, CLIENT).await.unwrap().unwrap();
+    client.allowed_scope = "launch/patient openid fhirUser offline_access patient/*.rs system/*.rs".into();
+    auth::registry::put_client_as_is(store, &client).await.unwrap();
+    let root = app.base.trim_end_matches("/fhir").to_string();
+    let verifier = format!("{}-verifier", auth::crypto::random_token());
+    let mut url = url::Url::parse(&format!("{root}/auth/authorize")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", CLIENT)
+        .append_pair("redirect_uri", "https://backend.example/cb")
+        .append_pair("scope", "launch/patient openid fhirUser offline_access patient/*.rs")
+        .append_pair("state", "s")
+        .append_pair("aud", &app.base)
+        .append_pair("code_challenge", &auth::crypto::pkce_s256(&verifier))
+        .append_pair("code_challenge_method", "S256");
+    let page = app.client.get(url).send().await.unwrap().text().await.unwrap();
+    let req = page.split("name=\"request\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let form = |pairs: &[(&str, &str)]| url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    let post = |path: &str, body: String| app.client.post(format!("{root}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body).send();
+    let consent_page = post("/auth/login", form(&[("request", &req), ("username", "pat3"), ("password", "pw")])).await.unwrap().text().await.unwrap();
+    assert!(consent_page.contains("would like to"));
+    let r = post("/auth/consent", form(&[("request", &req), ("decision", "allow"), ("scope", "patient/*.rs")])).await.unwrap();
+    let location = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let code = location.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    let a1 = sign(&keys, &header("ES384", "ec-1"), &claims(&app));
+    let r = post("/auth/token", form(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "https://backend.example/cb"), ("code_verifier", &verifier), ("client_assertion_type", assertion_type), ("client_assertion", &a1)])).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert!(t["id_token"].is_string() && t["refresh_token"].is_string());
+    let a2 = sign(&keys, &header("RS384", "rsa-1"), &claims(&app));
+    let r = post("/auth/token", form(&[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_assertion_type", assertion_type), ("client_assertion", &a2)])).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Without an assertion the refresh is refused: this client must authenticate.
+    let t2: Value = r.json().await.unwrap();
+    let r = post("/auth/token", form(&[("grant_type", "refresh_token"), ("refresh_token", t2["refresh_token"].as_str().unwrap()), ("client_id", CLIENT)])).await.unwrap();
+    assert_eq!(r.status(), 401);
+}
