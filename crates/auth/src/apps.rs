@@ -81,8 +81,14 @@ fn validate(c: &Client) -> Result<(), String> {
     if let Some(e) = scopes.invalid.first() {
         return Err(format!("{}: {e}", c.client_id));
     }
-    if c.kind == ClientKind::ConfidentialAsymmetric && c.jwks.is_none() {
-        return Err(format!("{}: an asymmetric app needs its JWKS (keys fetched by URL are not supported yet)", c.client_id));
+    if c.kind == ClientKind::ConfidentialAsymmetric && c.jwks.is_none() && c.jwks_url.is_none() {
+        return Err(format!("{}: an asymmetric app needs its JWKS or a JWKS URL", c.client_id));
+    }
+    if let Some(u) = &c.jwks_url {
+        let ok = url::Url::parse(u).is_ok_and(|x| x.scheme() == "https" || (x.scheme() == "http" && matches!(x.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))));
+        if !ok {
+            return Err(format!("{}: the JWKS URL must be https (or http on localhost)", c.client_id));
+        }
     }
     Ok(())
 }

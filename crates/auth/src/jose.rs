@@ -30,8 +30,9 @@ pub fn claimed_issuer(jwt: &str) -> Option<String> {
     part(payload).ok()?.get("iss")?.as_str().map(str::to_string)
 }
 
-/// Verifies `jwt` as an assertion of `client` for the token endpoint `token_url` at `now` (Unix seconds).
-pub fn verify(jwt: &str, client: &Client, token_url: &str, now: i64) -> Result<Assertion, String> {
+/// Verifies `jwt` as an assertion of `client` for the token endpoint `token_url` at `now` (Unix seconds),
+/// with the client's keys `jwks` (registered by value, or fetched from its registered JWKS URL).
+pub fn verify(jwt: &str, client: &Client, jwks: &Value, token_url: &str, now: i64) -> Result<Assertion, String> {
     let parts: Vec<&str> = jwt.split('.').collect();
     if parts.len() != 3 {
         return Err("the assertion is not a compact JWS".into());
@@ -49,7 +50,6 @@ pub fn verify(jwt: &str, client: &Client, token_url: &str, now: i64) -> Result<A
         && jku.as_str() != client.jwks_url.as_deref() {
             return Err("the jku header is not the client's registered JWKS URL".into());
         }
-    let jwks = client.jwks.as_ref().ok_or("the client has no registered JWKS")?;
     let candidates: Vec<&Value> = jwks["keys"].as_array().map(|k| k.iter().filter(|k| k["kid"] == kid && k["kty"] == kty).collect()).unwrap_or_default();
     let key = match candidates.as_slice() {
         [k] => *k,

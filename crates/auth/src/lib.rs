@@ -73,6 +73,10 @@ pub struct AuthServer {
     /// One second bounds how long a revocation on another node goes unnoticed here.
     resolved: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<TokenAccess>)>>,
     audit: Option<store::audit::AuditSink>,
+    /// For clients' JWKS URLs.
+    http: reqwest::Client,
+    /// Fetched JWKS by URL, with the time (Unix ms) until which their Cache-Control allows keeping them.
+    jwks_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, serde_json::Value)>>,
 }
 
 /// How long a resolved token is trusted without asking the store again (revocation latency per node).
@@ -84,7 +88,55 @@ pub type Shared = Arc<AuthServer>;
 impl AuthServer {
     pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock, audit: Option<store::audit::AuditSink>) -> Result<Shared, keys::KeyError> {
         let keys = keys::Keys::load_or_create(store.as_ref(), unix_ms(clock.now())).await?;
-        Ok(Arc::new(AuthServer { store, config, keys, clock, resolved: std::sync::Mutex::new(std::collections::HashMap::new()), audit }))
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|_| keys::KeyError::Crypto)?;
+        Ok(Arc::new(AuthServer {
+            store,
+            config,
+            keys,
+            clock,
+            resolved: std::sync::Mutex::new(std::collections::HashMap::new()),
+            audit,
+            http,
+            jwks_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }))
+    }
+
+    /// A client's public keys: registered by value, or fetched from its registered JWKS URL and kept no
+    /// longer than the response's `Cache-Control: max-age` allows (not at all without one).
+    pub async fn client_keys(&self, client: &model::Client) -> Result<serde_json::Value, String> {
+        if let Some(jwks) = &client.jwks {
+            return Ok(jwks.clone());
+        }
+        let url = client.jwks_url.as_deref().ok_or("the client has registered no keys")?;
+        let now = self.now_ms();
+        if let Some((until, jwks)) = self.jwks_cache.lock().unwrap_or_else(|p| p.into_inner()).get(url)
+            && *until > now {
+                return Ok(jwks.clone());
+            }
+        let response = self.http.get(url).header("accept", "application/json").send().await.map_err(|e| format!("the JWKS URL could not be fetched: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("the JWKS URL answered {}", response.status()));
+        }
+        let max_age = response
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.contains("no-store") && !v.contains("no-cache"))
+            .and_then(|v| v.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<i64>().ok()))
+            .unwrap_or(0)
+            .min(3600);
+        let jwks: serde_json::Value = response.json().await.map_err(|_| "the JWKS URL did not return JSON".to_string())?;
+        if !jwks["keys"].is_array() {
+            return Err("the JWKS URL did not return a JWK set".into());
+        }
+        if max_age > 0 {
+            self.jwks_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(url.to_string(), (now + max_age * 1000, jwks.clone()));
+        }
+        Ok(jwks)
     }
 
     /// Records an authorisation decision in the audit trail (never token material).

@@ -76,7 +76,14 @@ async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<Client, Res
         Ok(_) => return Err(bad("the assertion's issuer is not a registered asymmetric client")),
         Err(e) => return Err(internal(e)),
     };
-    let assertion = match crate::jose::verify(jwt, &client, &s.config.endpoint("token"), s.now_ms() / 1000) {
+    let jwks = match s.client_keys(&client).await {
+        Ok(k) => k,
+        Err(why) => {
+            tracing::info!(client = %client.client_id, reason = %why, "client keys unavailable");
+            return Err(bad(&why));
+        }
+    };
+    let assertion = match crate::jose::verify(jwt, &client, &jwks, &s.config.endpoint("token"), s.now_ms() / 1000) {
         Ok(a) => a,
         Err(why) => {
             tracing::info!(client = %client.client_id, reason = %why, "client assertion refused");

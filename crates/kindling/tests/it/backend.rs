@@ -225,3 +225,39 @@ async fn asymmetric_client_code_flow_and_refresh() {
     let r = post("/auth/token", form(&[("grant_type", "refresh_token"), ("refresh_token", t2["refresh_token"].as_str().unwrap()), ("client_id", CLIENT)])).await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// SMART S-65: keys registered by URL are fetched, and not kept beyond what Cache-Control allows.
+#[tokio::test]
+async fn keys_registered_by_url_are_fetched_and_not_cached_without_max_age() {
+    let (app, keys) = setup().await;
+    let served = std::sync::Arc::new(std::sync::Mutex::new(jwks(&keys)));
+    let state = served.clone();
+    let jwks_app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let state = state.clone();
+            async move { ([("cache-control", "no-store")], axum::Json(state.lock().unwrap().clone())) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, jwks_app).await });
+    let store = app.auth.store.as_ref();
+    let mut client = auth::registry::get_client(store, CLIENT).await.unwrap().unwrap();
+    client.jwks = None;
+    client.jwks_url = Some(jwks_url.clone());
+    auth::registry::put_client_as_is(store, &client).await.unwrap();
+    let r = request(&app, &sign(&keys, &header("ES384", "ec-1"), &claims(&app)), "system/*.rs").await;
+    assert_eq!(r.status(), 200);
+    // The client rotates its keys at the URL: the new key works at once, the old one no longer.
+    let rotated = Keys {
+        ec: EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap(),
+        rsa: aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+    };
+    *served.lock().unwrap() = jwks(&rotated);
+    assert_eq!(request(&app, &sign(&rotated, &header("ES384", "ec-1"), &claims(&app)), "system/*.rs").await.status(), 200);
+    assert_eq!(request(&app, &sign(&keys, &header("ES384", "ec-1"), &claims(&app)), "system/*.rs").await.status(), 401);
+    // A jku naming the registered URL is accepted; another is not.
+    let ok = sign(&rotated, &json!({"alg": "ES384", "kid": "ec-1", "jku": jwks_url}), &claims(&app));
+    assert_eq!(request(&app, &ok, "system/*.rs").await.status(), 200);
+}
