@@ -391,7 +391,13 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, records: &[crate::audit::AuditRecord]) -> Result<()> {
         let conn = self.inner.writer.lock().await;
-        conn.execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")?;
+        // Audit batches need no fsync of their own (see `sqlite::auth::relaxed`); FULL is restored however
+        // the batch ends, so FHIR writes never run relaxed.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            conn.execute_batch("PRAGMA synchronous = FULL")?;
+            return Err(e.into());
+        }
         let result = (|| -> rusqlite::Result<()> {
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO audit_events (recorded, category, action, outcome, client_id, username, patient, entity, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -401,8 +407,12 @@ impl Store for SqliteStore {
             }
             Ok(())
         })();
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        conn.execute_batch(&format!("{end}; PRAGMA synchronous = FULL"))?;
+        let end = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        if end.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+        end?;
         Ok(result?)
     }
 
