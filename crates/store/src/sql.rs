@@ -2,7 +2,7 @@
 //! PostgreSQL alike; only the placeholder style differs ([`Dialect`]).
 
 use fhir::params::ParamKind;
-use fhir::query::{DateCmp, Filter, NumCmp, Prefix, RefValue, SearchQuery, SortKey, StringMode};
+use fhir::query::{DateCmp, Filter, Include, NumCmp, Prefix, RefValue, SearchQuery, SortKey, StringMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -80,6 +80,26 @@ fn table_for(kind: ParamKind) -> &'static str {
         ParamKind::Quantity => "sp_quantity",
         ParamKind::Number => "sp_number",
     }
+}
+
+/// One `_include` (`reverse` false: the live resources that `keys` point to through `include.key`) or
+/// `_revinclude` hop (`reverse` true: the live resources that point to `keys` through it).
+pub fn compile_reference_hop(keys: &[i64], include: &Include, reverse: bool, dialect: Dialect) -> SqlBuilder {
+    let mut b = SqlBuilder::new(dialect);
+    if reverse {
+        b.push("SELECT DISTINCT s.rid FROM resources t JOIN sp_reference s ON s.target_type = t.res_type AND s.target_id = t.id JOIN resources src ON src.rid = s.rid WHERE src.deleted = 0 AND s.p = ")
+            .text(include.key)
+            .push(" AND t.rid IN ");
+    } else {
+        b.push("SELECT DISTINCT t.rid FROM sp_reference s JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE t.deleted = 0 AND s.p = ")
+            .text(include.key)
+            .push(" AND s.rid IN ");
+    }
+    b.int_list(keys);
+    if let Some(t) = &include.target_type {
+        b.push(" AND t.res_type = ").text(t);
+    }
+    b
 }
 
 /// `SELECT r.rid FROM resources r WHERE … ORDER BY …`: the keys of all live matches in order.

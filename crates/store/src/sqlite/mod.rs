@@ -126,6 +126,17 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+
+    /// `_include` / `_revinclude` hops, in chunks that stay within SQLite's bound-parameter limit.
+    fn reference_hop(&self, keys: &[i64], include: &Include, reverse: bool) -> Result<Vec<i64>> {
+        let conn = self.inner.reader()?;
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let b = crate::sql::compile_reference_hop(chunk, include, reverse, Dialect::Sqlite);
+            out.extend(query_keys(&conn, &b.sql, &b.values)?);
+        }
+        Ok(out)
+    }
 }
 
 /// A pooled reader connection, returned to the pool on drop.
@@ -296,37 +307,11 @@ impl Store for SqliteStore {
     }
 
     async fn include(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>> {
-        let conn = self.inner.reader()?;
-        let mut out = Vec::new();
-        for chunk in keys.chunks(500) {
-            let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
-            b.push("SELECT DISTINCT t.rid FROM sp_reference s JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE t.deleted = 0 AND s.p = ")
-                .text(include.key)
-                .push(" AND s.rid IN ")
-                .int_list(chunk);
-            if let Some(t) = &include.target_type {
-                b.push(" AND t.res_type = ").text(t);
-            }
-            out.extend(query_keys(&conn, &b.sql, &b.values)?);
-        }
-        Ok(out)
+        self.reference_hop(keys, include, false)
     }
 
     async fn revinclude(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>> {
-        let conn = self.inner.reader()?;
-        let mut out = Vec::new();
-        for chunk in keys.chunks(500) {
-            let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
-            b.push("SELECT DISTINCT s.rid FROM resources t JOIN sp_reference s ON s.target_type = t.res_type AND s.target_id = t.id JOIN resources src ON src.rid = s.rid WHERE src.deleted = 0 AND s.p = ")
-                .text(include.key)
-                .push(" AND t.rid IN ")
-                .int_list(chunk);
-            if let Some(t) = &include.target_type {
-                b.push(" AND t.res_type = ").text(t);
-            }
-            out.extend(query_keys(&conn, &b.sql, &b.values)?);
-        }
-        Ok(out)
+        self.reference_hop(keys, include, true)
     }
 
     async fn everything(&self, patient_id: &str, types: Option<&[String]>, since: Option<i64>) -> Result<Vec<i64>> {
