@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust workspace (unit and HTTP integration tests), then interop checks in which
+# Runs every test: the Rust workspace (unit, HTTP integration and browser tests), then interop checks in which
 # independent tooling drives a running `kindling up`:
 #   - Python fhirpy + fhir.resources against the FHIR API (open sandbox);
 #   - the SMART JavaScript client (npm fhirclient) in headless Chromium, through a full standalone launch
@@ -14,10 +14,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# 1. The workspace. The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
-cargo test --workspace --locked "$@"
-
-# 2. What the interop checks need (Debian packages when missing, then Python and npm packages in target/).
+# 1. What the browser and interop tests need: Debian's chromium and chromium-driver, Python, npm.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
@@ -26,6 +23,12 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# 2. The workspace: unit tests, HTTP integration tests, and the browser tests (headless Chromium through
+# the EHR). The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
+cargo test --workspace --locked "$@"
+
+# 3. Python and npm packages for the interop checks (in target/).
 venv=target/interop-venv
 if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -61,11 +64,11 @@ start_kindling() {
     [ -n "$url" ] || { cat "$log" >&2; echo "kindling up did not become ready in 60 s" >&2; exit 1; }
 }
 
-# 3. FHIR interop (open sandbox, no tokens).
+# 4. FHIR interop (open sandbox, no tokens).
 start_kindling open --open-sandbox
 "$venv/bin/python" tests/interop/fhirpy_check.py "$url/fhir"
 
-# 4. SMART interop (tokens enforced).
+# 5. SMART interop (tokens enforced).
 start_kindling secured
 "$venv/bin/python" tests/interop/fhirclient_check.py "$url/fhir" target/debug/kindling "$work/secured" \
     "$npm_dir/node_modules/fhirclient/build/fhir-client.js"

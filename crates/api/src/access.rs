@@ -36,6 +36,33 @@ pub struct TokenAccess {
     pub patient: Option<String>,
     /// `Type/id` of the signed-in user.
     pub fhir_user: Option<String>,
+    /// The public id of the SMART launch the token came from (for the audit trail and launch inspector).
+    pub launch: Option<String>,
+    /// Failures the EHR simulator injects into this token's FHIR calls.
+    pub faults: Option<Arc<FhirFaults>>,
+}
+
+/// Injected FHIR failures of one grant: a delay, and an error status on a share of requests. The share is
+/// deterministic (0.5 fails every second request, starting with the second) so that tests can rely on it.
+#[derive(Debug)]
+pub struct FhirFaults {
+    pub status: Option<u16>,
+    pub rate: f64,
+    pub delay_ms: u64,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl FhirFaults {
+    pub fn new(status: Option<u16>, rate: f64, delay_ms: u64) -> FhirFaults {
+        FhirFaults { status, rate: rate.clamp(0.0, 1.0), delay_ms, requests: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Counts a request; the status it must fail with, if any.
+    pub fn next_failure(&self) -> Option<u16> {
+        let status = self.status?;
+        let n = self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+        ((((n + 1.0) * self.rate).floor() as u64) > ((n * self.rate).floor() as u64)).then_some(status)
+    }
 }
 
 /// Turns a bearer token into what it grants; `None` when the token is unknown, expired or revoked.
@@ -61,7 +88,13 @@ fn unauthorized(error: Option<&str>, message: &str) -> Response {
 pub async fn require_access(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let (response, access) = resolve_and_run(&state, request, next).await;
+    let started = std::time::Instant::now();
+    let (mut response, access) = resolve_and_run(&state, request, next).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if matches!(access, Some(Access::Token(_))) {
+        // Health records fetched with a token stay out of browser and proxy caches.
+        response.headers_mut().entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    }
     if let Some(sink) = &state.audit {
         let status = response.status().as_u16();
         let token = match &access {
@@ -76,8 +109,9 @@ pub async fn require_access(State(state): State<AppState>, request: Request, nex
             client_id: token.as_ref().map(|t| t.client_id.clone()),
             username: token.as_ref().and_then(|t| t.fhir_user.clone()),
             patient: token.as_ref().and_then(|t| t.patient.clone()),
+            launch: token.as_ref().and_then(|t| t.launch.clone()),
             entity: Some(path),
-            detail: Some(format!("{method} {status}")),
+            detail: Some(format!("{method} {status} in {elapsed_ms:.1} ms")),
         });
     }
     response
@@ -96,13 +130,32 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
                 return (unauthorized(Some("invalid_request"), "the Authorization header must carry a Bearer token"), None);
             };
             match resolver.resolve(token).await {
-                Some(t) => Access::Token(t),
+                Some(t) => {
+                    if let Some(f) = &t.faults {
+                        if f.delay_ms > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(f.delay_ms)).await;
+                        }
+                        if let Some(status) = f.next_failure() {
+                            return (injected_failure(status), Some(Access::Token(t)));
+                        }
+                    }
+                    Access::Token(t)
+                }
                 None => return (unauthorized(Some("invalid_token"), "the access token is invalid, expired or revoked"), None),
             }
         }
     };
     request.extensions_mut().insert(access.clone());
     (next.run(request).await, Some(access))
+}
+
+/// What a rate-limited (429) or overloaded (503) FHIR server answers: an OperationOutcome and `Retry-After`.
+fn injected_failure(status: u16) -> Response {
+    let (code, message) = if status == 429 { ("throttled", "too many requests; retry after the time given in Retry-After") } else { ("transient", "the service is temporarily unavailable; retry after the time given in Retry-After") };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut r = ApiError::new(status, code, message).into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    r
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {

@@ -67,7 +67,8 @@ pub fn valid_redirect_uri(uri: &str) -> bool {
     }
 }
 
-fn validate(c: &Client) -> Result<(), String> {
+/// Checks a registration: names, redirect URIs, scopes, keys.
+pub fn validate(c: &Client) -> Result<(), String> {
     if c.client_id.is_empty() || c.name.is_empty() {
         return Err("client_id and name are required".into());
     }
@@ -123,6 +124,7 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
             jwks_url: entry.jwks_url,
             icon: entry.icon,
             disabled: false,
+            profile: None,
         };
         validate(&client).map_err(AppsError::Invalid)?;
         registry::put_client_as_is(store, &client).await?;
@@ -169,6 +171,7 @@ pub async fn register_endpoint(State(s): State<Shared>, Json(m): Json<Value>) ->
         jwks_url: m["jwks_uri"].as_str().map(str::to_string),
         icon: m["logo_uri"].as_str().map(str::to_string),
         disabled: false,
+        profile: None,
     };
     let invalid_redirect = client.redirect_uris.iter().any(|u| !valid_redirect_uri(u)) || (client.redirect_uris.is_empty() && kind != ClientKind::ConfidentialAsymmetric);
     if invalid_redirect {

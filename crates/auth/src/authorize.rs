@@ -5,19 +5,17 @@
 //! person and never redirect; after that, RFC 6749 error codes go back to the app with `state` and `iss`.
 
 use crate::crypto::{random_token, token_hash, verify_password};
-use crate::model::{Client, Grant, LaunchContext, PendingAuthorization, User, UserRole};
+use crate::model::{Client, Grant, LaunchContext, PendingAuthorization, Profile, User, UserRole};
 use crate::pages::{self, ConsentItem};
-use crate::{Shared, registry};
+use crate::{Shared, registry, session};
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use smart::{Scope, ScopeSet};
 use std::collections::HashMap;
 
-const SESSION_COOKIE: &str = "kindling_session";
 const REQUEST_KIND: &str = "authz_request";
-const SESSION_HOURS: i64 = 8;
 
 type Params = HashMap<String, String>;
 
@@ -40,7 +38,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 /// A redirect back to the app with an RFC 6749 error.
-fn redirect_error(s: &Shared, redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
+fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
     let Ok(mut url) = url::Url::parse(redirect_uri) else {
         return pages::error_page(StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
     };
@@ -54,7 +52,7 @@ fn redirect_error(s: &Shared, redirect_uri: &str, state: Option<&str>, error: &s
         q.append_pair("iss", &s.config.fhir_base);
     }
     tracing::info!(error, "authorisation refused");
-    s.audit("authorize", false, None, None, None, &format!("{error}: {description}"));
+    s.audit_in(trace, "authorize", false, None, None, None, &format!("refused, sent back to the app: {error}: {description}"));
     Redirect::to(url.as_str()).into_response()
 }
 
@@ -84,44 +82,70 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
         );
     };
     let state = get("state");
+    // The launch this request belongs to, when it names one (even an expired one), for the inspector.
+    let trace = match get("launch") {
+        Some(handle) => s.store.auth_get(crate::launch::LAUNCH_REF, &token_hash(handle)).await.ok().flatten().map(|r| r.value),
+        None => None,
+    };
+    if trace.is_some() {
+        let show = |k: &str| match k {
+            "state" | "nonce" | "code_challenge" => get(k).map(|v| format!("({} characters)", v.len())),
+            "launch" => get(k).map(|_| "(handle)".to_string()),
+            _ => get(k).map(str::to_string),
+        };
+        let params: Vec<String> = ["response_type", "client_id", "redirect_uri", "scope", "aud", "resource", "state", "nonce", "code_challenge", "code_challenge_method", "launch"]
+            .iter()
+            .filter_map(|k| show(k).map(|v| format!("{k}={v}")))
+            .collect();
+        s.audit_in(trace.as_deref(), "authorize-request", true, Some(&client.client_id), None, None, &params.join("\n"));
+    }
     if get("response_type") != Some("code") {
-        return redirect_error(s, redirect_uri, state, "unsupported_response_type", "only response_type=code is supported");
+        return redirect_error(s, trace.as_deref(), redirect_uri, state, "unsupported_response_type", "only response_type=code is supported");
     }
     let Some(code_challenge) = get("code_challenge") else {
-        return redirect_error(s, redirect_uri, state, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
+        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
     };
     if get("code_challenge_method") != Some("S256") {
-        return redirect_error(s, redirect_uri, state, "invalid_request", "code_challenge_method must be S256");
+        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "code_challenge_method must be S256");
     }
     let aud = get("aud").or_else(|| get("resource"));
     if aud.map(|a| a.trim_end_matches('/')) != Some(s.config.fhir_base.as_str()) {
-        return redirect_error(s, redirect_uri, state, "invalid_request", "aud must be this server's FHIR base URL");
+        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "aud must be this server's FHIR base URL");
     }
     let Some(scope) = get("scope") else {
-        return redirect_error(s, redirect_uri, state, "invalid_scope", "scope is required");
+        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_scope", "scope is required");
     };
     let requested = ScopeSet::parse(scope);
     let mut launch: Option<LaunchContext> = None;
     if let Some(handle) = get("launch") {
         match s.store.auth_consume("launch", &token_hash(handle)).await {
             Ok(Some(r)) if !r.used => launch = serde_json::from_str(&r.value).ok(),
-            Ok(Some(_)) => return redirect_error(s, redirect_uri, state, "invalid_request", "this launch was already used; launch the app again from the EHR"),
-            Ok(None) => return redirect_error(s, redirect_uri, state, "invalid_request", "this launch has expired or is unknown; launch the app again from the EHR"),
+            Ok(Some(_)) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch was already used; launch the app again from the EHR"),
+            Ok(None) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch has expired or is unknown; launch the app again from the EHR"),
             Err(e) => return internal(e),
         }
         if launch.is_none() {
-            return redirect_error(s, redirect_uri, state, "invalid_request", "the launch could not be read");
+            return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "the launch could not be read");
         }
         if launch.as_ref().and_then(|l| l.client_id.as_deref()).is_some_and(|c| c != client.client_id) {
-            return redirect_error(s, redirect_uri, state, "invalid_request", "this launch was made for another app");
+            return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch was made for another app");
         }
         if !requested.contains(&Scope::Launch) {
-            return redirect_error(s, redirect_uri, state, "invalid_scope", "an EHR launch must request the launch scope");
+            return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_scope", "an EHR launch must request the launch scope");
         }
+        if let Some(l) = launch.as_mut()
+            && l.faults.no_encounter {
+                l.encounter = None;
+            }
     } else if requested.contains(&Scope::Launch) {
-        return redirect_error(s, redirect_uri, state, "invalid_request", "the launch scope needs the launch parameter from the EHR");
+        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "the launch scope needs the launch parameter from the EHR");
+    }
+    let profile = launch.as_ref().and_then(|l| l.profile).or(client.profile).unwrap_or_default();
+    if profile == Profile::Oracle && get("aud").is_none() {
+        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "aud is required");
     }
     let pending = PendingAuthorization {
+        profile: Some(profile),
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_string(),
         scope: scope.to_string(),
@@ -136,7 +160,21 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     if let Err(e) = save_pending(s, &request_id, &pending).await {
         return internal(e);
     }
-    proceed(s, headers, &request_id, pending, &client).await
+    // Who is at the browser: the session's user. An EHR launch names its user; only that user, signed in
+    // here (the EHR's sign-in shares the session), may continue it — the handle alone is not enough.
+    let signed_in = session::current(s, headers).await.map(|sess| sess.user);
+    let user = match (&pending.username, signed_in) {
+        (Some(launcher), Some(user)) if *launcher != user.username => {
+            return pages::error_page(
+                StatusCode::FORBIDDEN,
+                "You are signed in as someone else",
+                "This app was launched by another user than the one signed in to this browser.",
+                "Sign out of the EHR, sign in as the user who launched the app, and launch it again from the patient's chart.",
+            );
+        }
+        (_, user) => user,
+    };
+    proceed(s, user, &request_id, pending, &client).await
 }
 
 async fn save_pending(s: &Shared, request_id: &str, pending: &PendingAuthorization) -> Result<(), store::StoreError> {
@@ -158,24 +196,10 @@ fn expired_request() -> Response {
     )
 }
 
-fn session_user_from_cookie(headers: &HeaderMap) -> Option<String> {
-    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
-    cookies.split(';').filter_map(|c| c.trim().split_once('=')).find(|(k, _)| *k == SESSION_COOKIE).map(|(_, v)| v.to_string())
-}
-
-async fn session_user(s: &Shared, headers: &HeaderMap) -> Option<User> {
-    let token = session_user_from_cookie(headers)?;
-    let record = s.store.auth_get("session", &token_hash(&token)).await.ok()??;
-    registry::get_user(s.store.as_ref(), &record.value).await.ok()?
-}
-
-/// Decides the next step: sign-in, patient choice, consent, or the code.
-async fn proceed(s: &Shared, headers: &HeaderMap, request_id: &str, mut pending: PendingAuthorization, client: &Client) -> Response {
-    let user = match &pending.username {
-        Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
-        None => session_user(s, headers).await,
-    };
-    let Some(user) = user else { return pages::login(request_id, &client.name, None) };
+/// Decides the next step for the person at the browser (`user`, when signed in): sign-in, patient
+/// choice, consent, or the code.
+async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: PendingAuthorization, client: &Client) -> Response {
+    let Some(user) = user else { return pages::login(request_id, &client.name, pending.username.as_deref(), None) };
     pending.username = Some(user.username.clone());
     if let Some(own) = user.own_patient() {
         // A patient acts only on their own record, whatever a launch or a form said.
@@ -205,7 +229,9 @@ async fn proceed(s: &Shared, headers: &HeaderMap, request_id: &str, mut pending:
             let offered = ScopeSet::parse(decision["offered"].as_str().unwrap_or(""));
             let approved = ScopeSet::parse(decision["approved"].as_str().unwrap_or(""));
             if offered.narrow(&granted).to_string() == granted.to_string() {
-                return issue_code(s, pending, &user, approved.narrow(&granted).to_string()).await;
+                let approved = approved.narrow(&granted).to_string();
+                s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", true, Some(&client.client_id), Some(&user.username), pending.patient.as_deref(), &format!("remembered from an earlier decision: {approved}"));
+                return issue_code(s, pending, &user, approved).await;
             }
         }
     if let Err(e) = save_pending(s, request_id, &pending).await {
@@ -324,7 +350,7 @@ fn consent_items(granted: &ScopeSet) -> Vec<ConsentItem> {
 }
 
 /// Sign-in form submission.
-pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+pub async fn login(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
     let request_id = p.get("request").cloned().unwrap_or_default();
     let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request() };
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
@@ -339,29 +365,29 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
         Ok(_) => {
             tracing::info!("sign-in failed");
             s.audit("login", false, Some(&client.client_id), Some(username), None, "wrong user name or password");
-            return pages::login(&request_id, &client.name, Some("That user name and password do not match. Try again."));
+            return pages::login(&request_id, &client.name, pending.username.as_deref(), Some("That user name and password do not match. Try again."));
         }
         Err(e) => return internal(e),
     };
-    let session = random_token();
-    let expires = s.now_ms() + SESSION_HOURS * 3600 * 1000;
-    if let Err(e) = s.store.auth_put("session", &token_hash(&session), &user.username, None, Some(expires)).await {
-        return internal(e);
+    // An EHR launch continues only as the user who launched it.
+    if pending.username.as_ref().is_some_and(|launcher| *launcher != user.username) {
+        s.audit("login", false, Some(&client.client_id), Some(&user.username), None, "signed in as another user than the launch's");
+        return pages::login(&request_id, &client.name, pending.username.as_deref(), Some("This app was launched by another user. Sign in as that user."));
     }
+    let cookie = match session::start(&s, &user).await {
+        Ok(c) => c,
+        Err(e) => return internal(e),
+    };
     tracing::info!(user = %user.username, "signed in");
     s.audit("login", true, Some(&client.client_id), Some(&user.username), None, "signed in");
     pending.username = Some(user.username.clone());
-    let mut response = proceed(&s, &headers, &request_id, pending, &client).await;
-    let secure = if s.config.public_url.starts_with("https://") { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={session}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age={}{secure}", SESSION_HOURS * 3600);
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
+    let mut response = proceed(&s, Some(user), &request_id, pending, &client).await;
+    response.headers_mut().append(header::SET_COOKIE, cookie);
     response
 }
 
 /// Patient picker submission.
-pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+pub async fn pick(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
     let request_id = p.get("request").cloned().unwrap_or_default();
     let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request() };
     let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request() };
@@ -375,7 +401,7 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
         None => None,
     };
     // Only a clinician chooses a patient, and only while no patient is set for the request.
-    if !picker.is_some_and(|u| u.role == UserRole::Clinician) || pending.patient.is_some() {
+    if !picker.as_ref().is_some_and(|u| u.role == UserRole::Clinician) || pending.patient.is_some() {
         return expired_request();
     }
     pending.patient = Some(patient.clone());
@@ -384,7 +410,7 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
         Ok(None) => return expired_request(),
         Err(e) => return internal(e),
     };
-    proceed(&s, &headers, &request_id, pending, &client).await
+    proceed(&s, picker, &request_id, pending, &client).await
 }
 
 /// Consent submission: the ticked scopes (with category sub-scopes in place of whole types), or a denial.
@@ -403,8 +429,8 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
     };
     if get("decision").as_deref() != Some("allow") {
         tracing::info!(client = %pending.client_id, user = %user.username, "consent denied");
-        s.audit("consent", false, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), "the user denied access");
-        return redirect_error(&s, &pending.redirect_uri, pending.state.as_deref(), "access_denied", "the user did not allow access");
+        s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", false, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), "the user denied access");
+        return redirect_error(&s, pending.launch.as_ref().and_then(|l| l.id.as_deref()), &pending.redirect_uri, pending.state.as_deref(), "access_denied", "the user did not allow access");
     }
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
         Ok(Some(c)) => c,
@@ -454,12 +480,19 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
         return internal(e);
     }
     tracing::info!(client = %client.client_id, user = %user.username, "consent given");
-    s.audit("consent", true, Some(&client.client_id), Some(&user.username), pending.patient.as_deref(), &format!("approved: {scope}"));
+    s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", true, Some(&client.client_id), Some(&user.username), pending.patient.as_deref(), &format!("approved: {scope}"));
     issue_code(&s, pending, &user, scope).await
 }
 
-async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, scope: String) -> Response {
+async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, approved: String) -> Response {
     let code = random_token();
+    let profile = pending.profile.unwrap_or_default();
+    let faults = pending.launch.as_ref().map(|l| l.faults.clone()).unwrap_or_default();
+    let scope = crate::profile::shape_granted(profile, &faults, &approved);
+    let trace = pending.launch.as_ref().and_then(|l| l.id.clone());
+    if !faults.deny.is_empty() {
+        s.audit_in(trace.as_deref(), "consent", true, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), &format!("injected fault: the user denied {}", faults.deny.join(", ")));
+    }
     let grant = Grant {
         grant_id: uuid::Uuid::new_v4().to_string(),
         client_id: pending.client_id.clone(),
@@ -473,6 +506,8 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, scop
         redirect_uri: Some(pending.redirect_uri.clone()),
         code_challenge: Some(pending.code_challenge.clone()),
         expires: None,
+        revoke_at: None,
+        profile: Some(profile),
     };
     let value = match serde_json::to_string(&grant) {
         Ok(v) => v,
@@ -487,7 +522,7 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, scop
         UserRole::Patient => "patient",
     };
     tracing::info!(client = %grant.client_id, user = %user.username, role, patient = ?grant.patient, "authorisation code issued");
-    s.audit("code", true, Some(&grant.client_id), Some(&user.username), grant.patient.as_deref(), &format!("scope: {}", grant.scope));
+    s.audit_in(trace.as_deref(), "code", true, Some(&grant.client_id), Some(&user.username), grant.patient.as_deref(), &format!("code issued (lives {} s) for scope: {}", s.config.code_secs, grant.scope));
     let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal("stored redirect URI no longer parses") };
     {
         let mut q = url.query_pairs_mut();

@@ -23,13 +23,42 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((dec(user)?, dec(pass)?))
 }
 
-/// Stores a launch context and returns its handle.
-pub async fn new_launch(server: &Shared, context: &LaunchContext) -> Result<String, store::StoreError> {
+/// Handle hash → launch id, kept a day: an authorisation request with an expired handle can still be
+/// shown in that launch's inspector.
+pub const LAUNCH_REF: &str = "launch_ref";
+
+/// A created launch: the opaque handle for the app, and the public id for the inspector.
+pub struct NewLaunch {
+    pub handle: String,
+    pub id: String,
+}
+
+/// Stores a launch context (giving it an id when it has none) and returns its handle. With the
+/// `expired_launch` fault the handle is expired from the start.
+pub async fn new_launch(server: &Shared, context: &LaunchContext) -> Result<NewLaunch, store::StoreError> {
     let handle = random_token();
-    let value = serde_json::to_string(context).map_err(|e| store::StoreError::Backend(e.to_string()))?;
-    let expires = server.now_ms() + server.config.launch_secs * 1000;
-    server.store.auth_put("launch", &token_hash(&handle), &value, None, Some(expires)).await?;
-    Ok(handle)
+    let mut context = context.clone();
+    let id = context.id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string()).clone();
+    let value = serde_json::to_string(&context).map_err(|e| store::StoreError::Backend(e.to_string()))?;
+    let now = server.now_ms();
+    let expires = if context.faults.expired_launch { now - 1 } else { now + server.config.launch_secs * 1000 };
+    let hash = token_hash(&handle);
+    server.store.auth_put("launch", &hash, &value, None, Some(expires)).await?;
+    server.store.auth_put(LAUNCH_REF, &hash, &id, None, Some(now + 86_400_000)).await?;
+    let mut what = vec![format!("user: {}", context.username.as_deref().unwrap_or("-"))];
+    what.push(format!("patient: {}", context.patient.as_deref().unwrap_or("none")));
+    what.push(format!("encounter: {}", context.encounter.as_deref().unwrap_or("none")));
+    if let Some(c) = &context.client_id {
+        what.push(format!("app: {c}"));
+    }
+    what.push(format!("profile: {}", context.profile.unwrap_or_default().label()));
+    let faults = context.faults.describe();
+    if !faults.is_empty() {
+        what.push(format!("injected faults: {}", faults.join("; ")));
+    }
+    what.push(format!("handle expires in {} s", if context.faults.expired_launch { 0 } else { server.config.launch_secs }));
+    server.audit_in(Some(&id), "launch", true, context.client_id.as_deref(), context.username.as_deref(), context.patient.as_deref(), &what.join("\n"));
+    Ok(NewLaunch { handle, id })
 }
 
 pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, Json(mut context): Json<LaunchContext>) -> Response {
@@ -63,10 +92,14 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, Jso
             _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the encounter of the launch does not exist"),
         }
     }
+    if let Err(why) = context.faults.validate() {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &why);
+    }
     context.username = Some(user.username);
+    context.id = None;
     match new_launch(&server, &context).await {
-        Ok(handle) => {
-            let mut r = (StatusCode::CREATED, Json(json!({"launch": handle, "expires_in": server.config.launch_secs, "iss": server.config.fhir_base}))).into_response();
+        Ok(NewLaunch { handle, id }) => {
+            let mut r = (StatusCode::CREATED, Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": server.config.fhir_base}))).into_response();
             crate::no_store(&mut r);
             r
         }

@@ -12,10 +12,12 @@ pub mod crypto;
 mod discovery;
 pub mod jose;
 pub mod keys;
-mod launch;
+pub mod launch;
 pub mod model;
 pub mod pages;
+pub mod profile;
 pub mod registry;
+pub mod session;
 mod token;
 
 use api::access::{AccessResolver, TokenAccess};
@@ -77,6 +79,8 @@ pub struct AuthServer {
     http: reqwest::Client,
     /// Fetched JWKS by URL, with the time (Unix ms) until which their Cache-Control allows keeping them.
     jwks_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, serde_json::Value)>>,
+    /// Injected FHIR faults by grant, so that "every second request" counts across cache refreshes.
+    fhir_faults: std::sync::Mutex<std::collections::HashMap<String, Arc<api::access::FhirFaults>>>,
 }
 
 /// How long a resolved token is trusted without asking the store again (revocation latency per node).
@@ -102,6 +106,7 @@ impl AuthServer {
             audit,
             http,
             jwks_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            fhir_faults: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -141,6 +146,12 @@ impl AuthServer {
 
     /// Records an authorisation decision in the audit trail (never token material).
     pub fn audit(&self, action: &str, success: bool, client_id: Option<&str>, username: Option<&str>, patient: Option<&str>, detail: &str) {
+        self.audit_in(None, action, success, client_id, username, patient, detail);
+    }
+
+    /// [`AuthServer::audit`] for a step of one launch (shown by the EHR's launch inspector).
+    #[allow(clippy::too_many_arguments)]
+    pub fn audit_in(&self, launch: Option<&str>, action: &str, success: bool, client_id: Option<&str>, username: Option<&str>, patient: Option<&str>, detail: &str) {
         if let Some(sink) = &self.audit {
             sink.record(store::audit::AuditRecord {
                 recorded: self.now_ms(),
@@ -152,6 +163,7 @@ impl AuthServer {
                 patient: patient.map(str::to_string),
                 entity: None,
                 detail: Some(detail.to_string()),
+                launch: launch.map(str::to_string),
             });
         }
     }
@@ -193,14 +205,40 @@ impl AccessResolver for AuthServer {
             return None;
         }
         let grant: Grant = serde_json::from_str(&record.value).ok()?;
+        if let Some(at) = grant.revoke_at
+            && at <= now {
+                // An injected revocation: from now on the grant is revoked like any other.
+                let _ = self.revoke_grant(&grant.grant_id).await;
+                self.audit_in(grant.launch_id(), "revoke", true, Some(&grant.client_id), grant.username.as_deref(), grant.patient.as_deref(), "tokens revoked by the server (injected fault)");
+                return None;
+            }
+        let faults = grant.faults();
+        let fhir_faults = (faults.fhir_delay_ms.is_some() || faults.fhir_error_status.is_some()).then(|| {
+            let mut map = self.fhir_faults.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > RESOLVE_CACHE_MAX {
+                map.clear();
+            }
+            map.entry(grant.grant_id.clone())
+                .or_insert_with(|| {
+                    Arc::new(api::access::FhirFaults::new(faults.fhir_error_status, faults.fhir_error_rate.unwrap_or(0.0), faults.fhir_delay_ms.unwrap_or(0)))
+                })
+                .clone()
+        });
+        let launch = grant.launch_id().map(str::to_string);
         let access = Arc::new(TokenAccess {
             client_id: grant.client_id,
             scopes: smart::ScopeSet::parse(&grant.scope),
             patient: grant.patient,
             fhir_user: grant.fhir_user,
+            launch,
+            faults: fhir_faults,
         });
-        // Never trust a cached token past its own expiry.
-        if record.expires.is_none_or(|e| e > now + RESOLVE_CACHE_MS) {
+        // Never trust a cached token past its own expiry (or its injected revocation).
+        let until = match (record.expires, grant.revoke_at) {
+            (Some(e), Some(r)) => Some(e.min(r)),
+            (e, r) => e.or(r),
+        };
+        if until.is_none_or(|e| e > now + RESOLVE_CACHE_MS) {
             let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= RESOLVE_CACHE_MAX {
                 cache.retain(|_, (at, _)| now - *at < RESOLVE_CACHE_MS);

@@ -36,6 +36,145 @@ pub struct Client {
     pub icon: Option<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// The EHR behaviour this app meets by default (a launch may choose another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// Vendor profiles: documented behaviours of real EHRs that break apps, reproduced on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// SMART App Launch 2.2 to the letter.
+    #[default]
+    Strict,
+    /// NextGen-style: practice and enterprise identifiers in the token response; one-hour access tokens;
+    /// refresh without rotation (the same refresh token stays valid).
+    Nextgen,
+    /// Epic-style: `need_patient_banner` as the string "false", vendor-prefixed extra token fields, refresh
+    /// responses without a new refresh token, granted scopes in another form than requested (v1 names,
+    /// wildcards expanded).
+    Epic,
+    /// Oracle Health-style: ~570 s access tokens, wildcard resource scopes silently dropped, `aud` (not
+    /// `resource`) mandatory.
+    Oracle,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 4] = [Profile::Strict, Profile::Nextgen, Profile::Epic, Profile::Oracle];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Strict => "strict",
+            Profile::Nextgen => "nextgen",
+            Profile::Epic => "epic",
+            Profile::Oracle => "oracle",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Profile::Strict => "Strict SMART 2.2",
+            Profile::Nextgen => "NextGen-style",
+            Profile::Epic => "Epic-style",
+            Profile::Oracle => "Oracle Health-style",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Failures injected into one launch, each behaving as a real server's would.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// The launch handle is already expired when the app gets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired_launch: bool,
+    /// Resource types (or whole scopes) the user will deny at consent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// No encounter in the context, even when one was chosen.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_encounter: bool,
+    /// Access tokens expire after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secs: Option<i64>,
+    /// Refresh requests fail with `invalid_grant`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_fails: bool,
+    /// The grant (access and refresh tokens) is revoked this many seconds after the first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_after_secs: Option<i64>,
+    /// The FHIR API answers this status (429 or 503) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_error_status: Option<u16>,
+    /// ... on this share of requests (0–1; 0.5 fails every second request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_error_rate: Option<f64>,
+    /// The FHIR API waits this long before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_delay_ms: Option<u64>,
+}
+
+impl Faults {
+    pub fn is_empty(&self) -> bool {
+        *self == Faults::default()
+    }
+
+    /// Plain-language list of what is injected (for the EHR's pages).
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.expired_launch {
+            out.push("launch handle already expired".to_string());
+        }
+        if !self.deny.is_empty() {
+            out.push(format!("user denies {}", self.deny.join(", ")));
+        }
+        if self.no_encounter {
+            out.push("no encounter context".into());
+        }
+        if let Some(s) = self.token_secs {
+            out.push(format!("access tokens expire after {s} s"));
+        }
+        if self.refresh_fails {
+            out.push("refresh fails".into());
+        }
+        if let Some(s) = self.revoke_after_secs {
+            out.push(format!("tokens revoked after {s} s"));
+        }
+        if let (Some(status), Some(rate)) = (self.fhir_error_status, self.fhir_error_rate) {
+            out.push(format!("FHIR API answers {status} on {:.0}% of requests", rate * 100.0));
+        }
+        if let Some(ms) = self.fhir_delay_ms {
+            out.push(format!("FHIR responses delayed {ms} ms"));
+        }
+        out
+    }
+
+    /// Refuses values a real server could not produce.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(st) = self.fhir_error_status
+            && st != 429 && st != 503 {
+                return Err("fhir_error_status must be 429 or 503".into());
+            }
+        if let Some(r) = self.fhir_error_rate
+            && !(0.0..=1.0).contains(&r) {
+                return Err("fhir_error_rate must be between 0 and 1".into());
+            }
+        if self.fhir_error_rate.is_some() != self.fhir_error_status.is_some() {
+            return Err("fhir_error_status and fhir_error_rate go together".into());
+        }
+        if self.token_secs.is_some_and(|s| s < 1) || self.revoke_after_secs.is_some_and(|s| s < 0) {
+            return Err("token_secs must be at least 1 and revoke_after_secs not negative".into());
+        }
+        if self.fhir_delay_ms.is_some_and(|ms| ms > 30_000) {
+            return Err("fhir_delay_ms must be at most 30000".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +207,15 @@ impl User {
 /// Context created by the EHR before it launches an app; redeemed once through the opaque `launch` handle.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LaunchContext {
+    /// Public id of the launch (never the handle): names it in the launch inspector and the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The EHR behaviour to reproduce for this launch (overrides the app's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+    /// Failures to inject, for rehearsing an app's recovery.
+    #[serde(default, skip_serializing_if = "Faults::is_empty")]
+    pub faults: Faults,
     /// The app the EHR launched; when set, only that app can redeem the handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
@@ -97,6 +245,8 @@ pub struct LaunchContext {
 /// An authorisation request between `/authorize` and the code, across sign-in, picker and consent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingAuthorization {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
     pub client_id: String,
     pub redirect_uri: String,
     pub scope: String,
@@ -139,4 +289,24 @@ pub struct Grant {
     /// Unix ms of the access token's expiry (on access tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// Unix ms at which the whole grant stops working (an injected revocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_at: Option<i64>,
+    /// The vendor profile the grant was made under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+impl Grant {
+    pub fn faults(&self) -> Faults {
+        self.launch.as_ref().map(|l| l.faults.clone()).unwrap_or_default()
+    }
+
+    pub fn launch_id(&self) -> Option<&str> {
+        self.launch.as_ref().and_then(|l| l.id.as_deref())
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.profile.unwrap_or_default()
+    }
 }

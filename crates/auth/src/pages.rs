@@ -34,9 +34,10 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let mut r = (status, Html(html)).into_response();
     r.headers_mut().insert("cache-control", axum::http::HeaderValue::from_static("no-store"));
     r.headers_mut().insert("referrer-policy", axum::http::HeaderValue::from_static("no-referrer"));
-    // Sign-in and consent must never be framed by another site (clickjacking).
-    r.headers_mut().insert("content-security-policy", axum::http::HeaderValue::from_static("frame-ancestors 'none'; default-src 'self'; style-src 'unsafe-inline'"));
-    r.headers_mut().insert("x-frame-options", axum::http::HeaderValue::from_static("DENY"));
+    // Sign-in and consent are never framed by another site (clickjacking); the EHR, on this origin, may
+    // embed an app in its chart, and the app's authorisation then happens inside that frame.
+    r.headers_mut().insert("content-security-policy", axum::http::HeaderValue::from_static("frame-ancestors 'self'; default-src 'self'; style-src 'unsafe-inline'"));
+    r.headers_mut().insert("x-frame-options", axum::http::HeaderValue::from_static("SAMEORIGIN"));
     r
 }
 
@@ -46,7 +47,8 @@ pub fn error_page(status: StatusCode, title: &str, explanation: &str, action: &s
     page(status, title, &format!("<h1>{}</h1><p>{}</p><p><strong>What to do:</strong> {}</p>", escape(title), escape(explanation), escape(action)))
 }
 
-pub fn login(request_id: &str, app_name: &str, error: Option<&str>) -> Response {
+/// The sign-in form; `expected_user` is the user an EHR launch was made by (only they may continue it).
+pub fn login(request_id: &str, app_name: &str, expected_user: Option<&str>, error: Option<&str>) -> Response {
     let err = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
     page(
         if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK },
@@ -55,11 +57,12 @@ pub fn login(request_id: &str, app_name: &str, error: Option<&str>) -> Response 
             "<h1>Sign in to continue to {app}</h1>{err}\
              <form method=\"post\" action=\"/auth/login\">\
              <input type=\"hidden\" name=\"request\" value=\"{req}\">\
-             <label for=\"username\">User name</label><input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required>\
+             <label for=\"username\">User name</label><input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{user}\" required>\
              <label for=\"password\">Password</label><input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
              <button class=\"primary\" type=\"submit\">Sign in</button></form>",
             app = escape(app_name),
-            req = escape(request_id)
+            req = escape(request_id),
+            user = escape(expected_user.unwrap_or(""))
         ),
     )
 }

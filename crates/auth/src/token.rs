@@ -161,8 +161,20 @@ async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
         redirect_uri: None,
         code_challenge: None,
         expires: None,
+        revoke_at: None,
+        profile: None,
     };
-    issue_tokens(s, client, grant, None).await
+    issue_tokens(s, client, grant, None, Refresh::New).await
+}
+
+/// What a token response does about the refresh token.
+enum Refresh<'a> {
+    /// A new one (first issue, or rotation).
+    New,
+    /// The one presented, unchanged (no rotation).
+    Same(&'a str),
+    /// None in the response; the presented one stays valid.
+    Omit,
 }
 
 fn invalid_grant(msg: &str) -> Response {
@@ -195,7 +207,7 @@ async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
     if !valid_pkce_verifier(verifier) || !constant_time_eq(pkce_s256(verifier).as_bytes(), challenge.as_bytes()) {
         return invalid_grant("code_verifier does not match the code_challenge");
     }
-    issue_tokens(s, client, grant, None).await
+    issue_tokens(s, client, grant, None, Refresh::New).await
 }
 
 async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
@@ -216,6 +228,16 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     if grant.client_id != client.client_id {
         return invalid_grant("the refresh token was issued to another client");
     }
+    let trace = grant.launch_id().map(str::to_string);
+    if grant.revoke_at.is_some_and(|at| at <= s.now_ms()) {
+        let _ = s.revoke_grant(&grant.grant_id).await;
+        s.audit_in(trace.as_deref(), "refresh", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "refused: the grant was revoked (injected fault)");
+        return invalid_grant("the refresh token was revoked");
+    }
+    if grant.faults().refresh_fails {
+        s.audit_in(trace.as_deref(), "refresh", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "refused with invalid_grant (injected fault: refresh fails)");
+        return invalid_grant("the refresh token is no longer valid");
+    }
     // The request is checked before the token is spent, so a bad request does not burn it.
     let narrowed = match get(pairs, "scope") {
         None => None,
@@ -233,12 +255,17 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     let current = narrowed.clone().unwrap_or_else(|| grant.scope.clone());
     let allowed_now = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(&current)).to_string();
     let narrowed = if allowed_now == grant.scope { narrowed } else { Some(allowed_now) };
+    let profile = grant.profile();
+    if !crate::profile::rotates_refresh(profile) {
+        let keep = if profile == crate::model::Profile::Nextgen { Refresh::Same(rt) } else { Refresh::Omit };
+        return issue_tokens(s, client, grant, narrowed, keep).await;
+    }
     match s.store.auth_consume("refresh", &hash).await {
         Ok(Some(r)) if !r.used && !r.revoked => {}
         Ok(_) => return reused(s, client, &grant).await,
         Err(e) => return internal(e),
     }
-    issue_tokens(s, client, grant, narrowed).await
+    issue_tokens(s, client, grant, narrowed, Refresh::New).await
 }
 
 /// A rotated-out refresh token came back: someone holds a copy. Revoke the whole grant (OAuth 2.0
@@ -250,7 +277,8 @@ async fn reused(s: &Shared, client: &Client, grant: &Grant) -> Response {
     invalid_grant("the refresh token was already used")
 }
 
-async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_scope: Option<String>) -> Response {
+async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_scope: Option<String>, refresh: Refresh<'_>) -> Response {
+    let refreshing = grant.expires.is_some();
     if let Some(sc) = narrowed_scope {
         grant.scope = sc;
     }
@@ -259,7 +287,12 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     let now = s.now_ms();
     let scopes = ScopeSet::parse(&grant.scope);
     let backend = grant.username.is_none();
-    let lifetime = if backend { s.config.backend_token_secs } else { s.config.access_token_secs };
+    let faults = grant.faults();
+    if grant.revoke_at.is_none()
+        && let Some(after) = faults.revoke_after_secs {
+            grant.revoke_at = Some(now + after * 1000);
+        }
+    let lifetime = if backend { s.config.backend_token_secs } else { crate::profile::access_token_secs(grant.profile(), &faults, s.config.access_token_secs) };
     let access = random_token();
     let expires = now + lifetime * 1000;
     grant.expires = Some(expires);
@@ -283,7 +316,11 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
         no_store(&mut r);
         return r;
     }
-    if !backend && (scopes.contains(&Scope::OfflineAccess) || scopes.contains(&Scope::OnlineAccess)) {
+    let wants_refresh = !backend && (scopes.contains(&Scope::OfflineAccess) || scopes.contains(&Scope::OnlineAccess));
+    if let (true, Refresh::Same(same)) = (wants_refresh, &refresh) {
+        body["refresh_token"] = json!(same);
+    }
+    if wants_refresh && matches!(refresh, Refresh::New) {
         let refresh = random_token();
         let refresh_expires = now + s.config.refresh_token_days * 86_400_000;
         if let Err(e) = s.store.auth_put("refresh", &token_hash(&refresh), &value, Some(&grant.grant_id), Some(refresh_expires)).await {
@@ -336,8 +373,23 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
             body[k] = v.clone();
         }
     }
+    crate::profile::shape_response(&grant, &mut body);
     tracing::info!(client = %client.client_id, user = ?grant.username, patient = ?grant.patient, "tokens issued");
-    s.audit("token", true, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), &format!("scope: {}", grant.scope));
+    let refresh_note = match (&refresh, body.get("refresh_token").is_some()) {
+        (Refresh::New, true) => "a new refresh token",
+        (Refresh::Same(_), _) => "the same refresh token again (no rotation)",
+        (Refresh::Omit, _) => "no new refresh token (the old one stays valid)",
+        (Refresh::New, false) => "no refresh token",
+    };
+    s.audit_in(
+        grant.launch_id(),
+        if refreshing { "refresh" } else { "token" },
+        true,
+        Some(&client.client_id),
+        grant.username.as_deref(),
+        grant.patient.as_deref(),
+        &format!("{}: access token for {lifetime} s and {refresh_note}; scope: {}", if refreshing { "refreshed" } else { "code exchanged" }, grant.scope),
+    );
     let mut r = (StatusCode::OK, Json(body)).into_response();
     no_store(&mut r);
     r

@@ -268,6 +268,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             jwks_url: None,
             icon: None,
             disabled: false,
+            profile: None,
         };
         auth::registry::put_client(store, client("bench-backend", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(jwks))).await?;
         auth::registry::put_client(store, client("bench-public", ClientKind::Public, "launch/patient openid fhirUser user/*.rs patient/*.rs", None)).await?;

@@ -178,7 +178,8 @@ fn cors() -> CorsLayer {
 async fn index(axum::extract::State(state): axum::extract::State<AppState>) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Kindling</title></head><body>\
-         <h1>Kindling</h1><p>FHIR R4 base: <a href=\"{0}/metadata\">{0}</a></p></body></html>",
+         <h1>Kindling</h1><ul><li><a href=\"/ehr\">EHR (clinicians)</a></li><li><a href=\"/portal\">Patient portal</a></li>\
+         <li>FHIR R4 base: <a href=\"{0}/metadata\">{0}</a></li></ul></body></html>",
         state.base_url
     ))
 }
@@ -200,6 +201,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
 /// The whole HTTP surface.
 pub fn router(state: AppState, auth: auth::Shared) -> Router {
     let fhir = api::router(state.clone()).layer(cors());
+    let ehr = ehr::router(auth.clone());
     let auth = auth::router(auth).layer(cors());
     Router::new()
         .route("/", get(index))
@@ -207,6 +209,7 @@ pub fn router(state: AppState, auth: auth::Shared) -> Router {
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(auth)
+        .merge(ehr)
         .merge(fhir)
         .layer(CompressionLayer::new().gzip(true))
         .layer(RequestDecompressionLayer::new().gzip(true))

@@ -175,8 +175,11 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("Seeded {n} resources.");
             }
             kindling::ensure_demo_users(&app, seed).await?;
+            ehr::register_demo_app(&app.auth).await?;
             load_apps(&app, serve.apps.as_deref()).await?;
             print_ready(&app, started);
+            println!("  EHR (clinicians):    {}/ehr", app.public_url);
+            println!("  Patient portal:      {}/portal", app.public_url);
             println!("  SMART discovery:     {}/.well-known/smart-configuration", app.base_url());
             println!("  Demo accounts (user name / password):");
             for (user, password, role, name) in kindling::DEMO_USERS {
@@ -281,6 +284,7 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
                 jwks_url: None,
                 icon: None,
                 disabled: false,
+                profile: None,
             };
             let id = client.client_id.clone();
             let secret = auth::apps::register(store, client).await?;

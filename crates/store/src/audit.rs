@@ -19,6 +19,8 @@ pub struct AuditRecord {
     pub patient: Option<String>,
     pub entity: Option<String>,
     pub detail: Option<String>,
+    /// The public id of the SMART launch this belongs to, when known (for the launch inspector).
+    pub launch: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -28,6 +30,7 @@ pub struct AuditFilter {
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub id: Option<i64>,
+    pub launch: Option<String>,
     pub limit: usize,
 }
 

@@ -43,6 +43,7 @@ async fn setup() -> (TestApp, Keys) {
         jwks_url: Some("https://backend.example/jwks.json".into()),
         icon: None,
         disabled: false,
+        profile: None,
     };
     auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
     (app, keys)

@@ -35,6 +35,7 @@ async fn fixture() -> Fixture {
         jwks_url: None,
         icon: None,
         disabled: false,
+        profile: None,
     };
     auth::registry::put_client(store, client(PUBLIC, ClientKind::Public)).await.unwrap();
     let secret = auth::registry::put_client(store, client(CONFIDENTIAL, ClientKind::ConfidentialSymmetric)).await.unwrap().unwrap();
@@ -477,8 +478,15 @@ async fn ehr_launch_with_context_and_single_use_handle() {
     assert_eq!(created["iss"], json!(app.base));
     let mut a = Auth::new(app, PUBLIC, "launch openid fhirUser user/*.rs");
     a.launch = Some(handle.clone());
-    // The EHR user is already signed in: straight to consent.
-    let r = consent(app, a.start(app).await, true, &[], &[]).await;
+    // The handle alone is not enough: without the EHR's session the launching user signs in, and nobody else may.
+    let page = a.start(app).await;
+    let wrong = login(app, page, "pat", "pat-pass").await;
+    assert_eq!(wrong.status(), 401, "another user cannot continue the doctor's launch");
+    let html = wrong.text().await.unwrap();
+    assert!(html.contains("launched by another user"), "{html}");
+    let req = inputs(&html, "request").remove(0);
+    let r = post_form(app, "/auth/login", &[("request", &req), ("username", "doc"), ("password", "doc-pass")]).await;
+    let r = consent(app, r, true, &[], &[]).await;
     let c = code(app, &a, &r);
     let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
     assert_eq!(t["patient"], json!(f.p2));

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql")),
     (2, "auth", include_str!("../../migrations/sqlite/0002_auth.sql")),
     (3, "audit", include_str!("../../migrations/sqlite/0003_audit.sql")),
+    (4, "audit_launch", include_str!("../../migrations/sqlite/0004_audit_launch.sql")),
 ];
 
 /// How long a paging snapshot lives.
@@ -385,10 +386,10 @@ impl Store for SqliteStore {
         }
         let result = (|| -> rusqlite::Result<()> {
             let mut stmt = conn.prepare_cached(
-                "INSERT INTO audit_events (recorded, category, action, outcome, client_id, username, patient, entity, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO audit_events (recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for r in records {
-                stmt.execute(params![r.recorded, r.category, r.action, r.outcome, r.client_id, r.username, r.patient, r.entity, r.detail])?;
+                stmt.execute(params![r.recorded, r.category, r.action, r.outcome, r.client_id, r.username, r.patient, r.entity, r.detail, r.launch])?;
             }
             Ok(())
         })();
@@ -404,7 +405,7 @@ impl Store for SqliteStore {
     async fn audit_events(&self, f: &crate::audit::AuditFilter) -> Result<Vec<(i64, crate::audit::AuditRecord)>> {
         let conn = self.inner.reader()?;
         let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
-        b.push("SELECT id, recorded, category, action, outcome, client_id, username, patient, entity, detail FROM audit_events WHERE 1 = 1");
+        b.push("SELECT id, recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id FROM audit_events WHERE 1 = 1");
         if let Some(id) = f.id {
             b.push(" AND id = ").int(id);
         }
@@ -419,6 +420,9 @@ impl Store for SqliteStore {
         }
         if let Some(u) = &f.username {
             b.push(" AND username = ").text(u);
+        }
+        if let Some(l) = &f.launch {
+            b.push(" AND launch_id = ").text(l);
         }
         b.push(" ORDER BY id DESC LIMIT ").int(f.limit as i64);
         let mut stmt = conn.prepare_cached(&b.sql)?;
@@ -435,6 +439,7 @@ impl Store for SqliteStore {
                     patient: r.get(7)?,
                     entity: r.get(8)?,
                     detail: r.get(9)?,
+                    launch: r.get(10)?,
                 },
             ))
         })?;

@@ -1,0 +1,71 @@
+//! Browser sessions of people signed in to Kindling: one cookie shared by the EHR's pages and the
+//! authorisation endpoint, so that a clinician signed in to the EHR is not asked to sign in again when an
+//! app they launched asks for authorisation. The cookie holds a random token; the store keeps its hash.
+
+use crate::crypto::{random_token, token_hash};
+use crate::model::User;
+use crate::{Shared, registry};
+use axum::http::{HeaderMap, HeaderValue, header};
+
+pub const COOKIE: &str = "kindling_session";
+pub const HOURS: i64 = 8;
+const KIND: &str = "session";
+
+/// A signed-in person.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    /// Derived from the session token: forms carry it so that another site cannot post them (CSRF).
+    pub csrf: String,
+}
+
+impl Session {
+    /// Whether a submitted form's CSRF token is this session's.
+    pub fn csrf_ok(&self, submitted: Option<&str>) -> bool {
+        submitted.is_some_and(|s| crate::crypto::constant_time_eq(s.as_bytes(), self.csrf.as_bytes()))
+    }
+}
+
+fn csrf_of(token: &str) -> String {
+    token_hash(&format!("csrf:{token}"))
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Starts a session for `user`; returns the `Set-Cookie` value.
+pub async fn start(server: &Shared, user: &User) -> Result<HeaderValue, store::StoreError> {
+    let token = random_token();
+    let expires = server.now_ms() + HOURS * 3600 * 1000;
+    server.store.auth_put(KIND, &token_hash(&token), &user.username, None, Some(expires)).await?;
+    let secure = if server.config.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", HOURS * 3600);
+    HeaderValue::from_str(&cookie).map_err(|e| store::StoreError::Backend(e.to_string()))
+}
+
+/// The session the request's cookie names, when it is live.
+pub async fn current(server: &Shared, headers: &HeaderMap) -> Option<Session> {
+    let token = cookie_value(headers)?;
+    let record = server.store.auth_get(KIND, &token_hash(&token)).await.ok()??;
+    if record.revoked || record.expires.is_some_and(|e| e <= server.now_ms()) {
+        return None;
+    }
+    let user = registry::get_user(server.store.as_ref(), &record.value).await.ok()??;
+    Some(Session { user, csrf: csrf_of(&token) })
+}
+
+/// Ends the request's session; returns the `Set-Cookie` value that clears the cookie.
+pub async fn end(server: &Shared, headers: &HeaderMap) -> HeaderValue {
+    if let Some(token) = cookie_value(headers) {
+        let _ = server.store.auth_delete(KIND, &token_hash(&token)).await;
+    }
+    HeaderValue::from_static("kindling_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+}

@@ -1,0 +1,192 @@
+//! What the EHR shows of a patient, read straight from the FHIR store: banner facts, encounters,
+//! problems, medications, allergies and the latest vital signs.
+
+use fhir::query::{ParseOptions, parse};
+use serde_json::Value;
+use store::Store;
+use time::Date;
+
+/// A patient as listed and bannered.
+#[derive(Debug, Clone)]
+pub struct PatientFacts {
+    pub id: String,
+    pub name: String,
+    pub gender: String,
+    pub birth_date: String,
+    pub age: String,
+    pub identifier: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub id: String,
+    pub text: String,
+    pub detail: String,
+}
+
+/// Everything the chart page shows.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub patient: PatientFacts,
+    pub encounters: Vec<Line>,
+    pub problems: Vec<Line>,
+    pub medications: Vec<Line>,
+    pub allergies: Vec<Line>,
+    pub vitals: Vec<Line>,
+}
+
+pub fn patient_facts(id: &str, v: &Value, today: Date) -> PatientFacts {
+    let name = &v["name"][0];
+    let given = name["given"].as_array().map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    let family = name["family"].as_str().unwrap_or("");
+    let full = format!("{given} {family}").trim().to_string();
+    let birth_date = v["birthDate"].as_str().unwrap_or("").to_string();
+    let age = age(&birth_date, today).map(|a| format!("{a} y")).unwrap_or_default();
+    let identifier = v["identifier"]
+        .as_array()
+        .and_then(|ids| ids.iter().find(|i| i["type"]["coding"][0]["code"] == "MR").or(ids.first()))
+        .and_then(|i| i["value"].as_str())
+        .unwrap_or("")
+        .to_string();
+    PatientFacts {
+        id: id.to_string(),
+        name: if full.is_empty() { format!("Patient {id}") } else { full },
+        gender: v["gender"].as_str().unwrap_or("unknown").to_string(),
+        birth_date,
+        age,
+        identifier,
+    }
+}
+
+/// Whole years between a FHIR date and today.
+pub fn age(birth: &str, today: Date) -> Option<i32> {
+    let mut parts = birth.split('-').map(|p| p.parse::<i32>().ok());
+    let (y, m, d) = (parts.next()??, parts.next().flatten().unwrap_or(1), parts.next().flatten().unwrap_or(1));
+    let mut years = today.year() - y;
+    if (today.month() as i32, today.day() as i32) < (m, d) {
+        years -= 1;
+    }
+    (years >= 0).then_some(years)
+}
+
+/// The words of a CodeableConcept: its text, else its first coding's display, else its code.
+pub fn concept(v: &Value) -> String {
+    if let Some(t) = v["text"].as_str() {
+        return t.to_string();
+    }
+    let coding = &v["coding"][0];
+    coding["display"].as_str().or(coding["code"].as_str()).unwrap_or("(not coded)").to_string()
+}
+
+fn date_part(v: &Value) -> String {
+    v.as_str().map(|s| s.chars().take(10).collect()).unwrap_or_default()
+}
+
+fn quantity(q: &Value) -> Option<String> {
+    let value = q["value"].as_f64()?;
+    let unit = q["unit"].as_str().or(q["code"].as_str()).unwrap_or("");
+    let shown = if value.fract() == 0.0 { format!("{value:.0}") } else { format!("{value:.1}") };
+    Some(format!("{shown} {unit}").trim().to_string())
+}
+
+/// An Observation's value: a quantity, a concept, or its components (blood pressure).
+pub fn observation_value(o: &Value) -> String {
+    if let Some(q) = quantity(&o["valueQuantity"]) {
+        return q;
+    }
+    if o["valueCodeableConcept"].is_object() {
+        return concept(&o["valueCodeableConcept"]);
+    }
+    if let Some(s) = o["valueString"].as_str() {
+        return s.to_string();
+    }
+    if let Some(components) = o["component"].as_array() {
+        let values: Vec<String> = components.iter().filter_map(|c| c["valueQuantity"]["value"].as_f64()).map(|v| format!("{v:.0}")).collect();
+        let unit = components.first().and_then(|c| c["valueQuantity"]["unit"].as_str()).unwrap_or("");
+        if !values.is_empty() {
+            return format!("{} {unit}", values.join("/")).trim().to_string();
+        }
+    }
+    String::new()
+}
+
+/// Resources of one type matching FHIR search parameters, at most `limit`.
+pub async fn search(store: &dyn Store, resource_type: &str, pairs: &[(&str, &str)], limit: usize) -> Result<Vec<(String, Value)>, store::StoreError> {
+    let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let q = parse(resource_type, &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).map_err(|e| store::StoreError::Backend(e.0))?;
+    let keys = store.search(&q).await?;
+    let found = store.fetch(&keys[..keys.len().min(limit)]).await?;
+    Ok(found.into_iter().filter_map(|r| serde_json::from_str(&r.json).ok().map(|v| (r.id, v))).collect())
+}
+
+/// Reads a patient's chart; `None` when the patient does not exist.
+pub async fn load(store: &dyn Store, id: &str, today: Date) -> Result<Option<Chart>, store::StoreError> {
+    let Some(p) = store.read("Patient", id).await? else { return Ok(None) };
+    if p.deleted {
+        return Ok(None);
+    }
+    let patient_json: Value = serde_json::from_str(&p.json).unwrap_or_default();
+    let patient = patient_facts(id, &patient_json, today);
+    let (encounters, problems, medications, allergies, vitals) = sections(store, id).await?;
+    Ok(Some(Chart { patient, encounters, problems, medications, allergies, vitals }))
+}
+
+type Sections = (Vec<Line>, Vec<Line>, Vec<Line>, Vec<Line>, Vec<Line>);
+
+async fn sections(store: &dyn Store, id: &str) -> Result<Sections, store::StoreError> {
+    let encounters = search(store, "Encounter", &[("patient", id), ("_sort", "-date")], 10).await?;
+    let encounters = encounters
+        .iter()
+        .map(|(eid, e)| {
+            let what = e["type"].as_array().and_then(|t| t.first()).map(concept).unwrap_or_else(|| e["class"]["code"].as_str().unwrap_or("Encounter").to_string());
+            let status = e["status"].as_str().unwrap_or("");
+            Line { id: eid.clone(), text: what, detail: format!("{} · {status}", date_part(&e["period"]["start"])) }
+        })
+        .collect();
+    let problems = search(store, "Condition", &[("patient", id), ("clinical-status", "active"), ("_sort", "-onset-date")], 50).await?;
+    let problems = problems.iter().map(|(cid, c)| Line { id: cid.clone(), text: concept(&c["code"]), detail: format!("since {}", date_part(&c["onsetDateTime"])) }).collect();
+    let meds = search(store, "MedicationRequest", &[("patient", id), ("status", "active")], 50).await?;
+    let medications = meds
+        .iter()
+        .map(|(mid, m)| {
+            let dose = m["dosageInstruction"][0]["text"].as_str().unwrap_or("").to_string();
+            Line { id: mid.clone(), text: concept(&m["medicationCodeableConcept"]), detail: if dose.is_empty() { format!("since {}", date_part(&m["authoredOn"])) } else { dose } }
+        })
+        .collect();
+    let allergies = search(store, "AllergyIntolerance", &[("patient", id)], 50).await?;
+    let allergies = allergies
+        .iter()
+        .map(|(aid, a)| Line { id: aid.clone(), text: concept(&a["code"]), detail: a["criticality"].as_str().map(|c| format!("criticality {c}")).unwrap_or_default() })
+        .collect();
+    let obs = search(store, "Observation", &[("patient", id), ("category", "vital-signs"), ("_sort", "-date")], 200).await?;
+    let mut seen = std::collections::HashSet::new();
+    let vitals = obs
+        .iter()
+        .filter(|(_, o)| seen.insert(o["code"]["coding"][0]["code"].as_str().unwrap_or("").to_string()))
+        .map(|(oid, o)| Line { id: oid.clone(), text: concept(&o["code"]), detail: format!("{} · {}", observation_value(o), date_part(&o["effectiveDateTime"])) })
+        .collect();
+    Ok((encounters, problems, medications, allergies, vitals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::macros::date;
+
+    #[test]
+    fn ages_count_whole_years() {
+        assert_eq!(age("2000-06-15", date!(2026 - 06 - 14)), Some(25));
+        assert_eq!(age("2000-06-15", date!(2026 - 06 - 15)), Some(26));
+        assert_eq!(age("2000", date!(2026 - 01 - 01)), Some(26));
+        assert_eq!(age("", date!(2026 - 01 - 01)), None);
+    }
+
+    #[test]
+    fn observation_values_read_like_a_chart() {
+        assert_eq!(observation_value(&json!({"valueQuantity": {"value": 72.0, "unit": "/min"}})), "72 /min");
+        assert_eq!(observation_value(&json!({"valueQuantity": {"value": 36.55, "unit": "Cel"}})), "36.5 Cel");
+        let bp = json!({"component": [{"valueQuantity": {"value": 120, "unit": "mm[Hg]"}}, {"valueQuantity": {"value": 80, "unit": "mm[Hg]"}}]});
+        assert_eq!(observation_value(&bp), "120/80 mm[Hg]");
+    }
+}
