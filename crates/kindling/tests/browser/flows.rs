@@ -200,7 +200,7 @@ async fn injected_faults_behave_like_a_real_server() {
     // 6. No encounter context although one was chosen.
     back_to_first_window(&b).await;
     with_faults(&b, &s, id, &[("no_encounter", "1")]).await;
-    b.click("input[name=encounter]:not([value=''])").await;
+    b.find("#encounter").await.select_by_index(1).await.expect("choose an encounter");
     launch_in_new_tab(&b, &format!("tab|{DEMO}")).await;
     app_shows_patient(&b, name).await;
     assert!(b.text("#ctx-encounter").await.starts_with("none"));
@@ -216,8 +216,9 @@ async fn embedded_launch_and_two_tabs_with_two_patients() {
     let (b_id, b_name, b_family) = &ps[1];
     open_chart(&b, &s, a_id, a_name, a_family).await;
     // Embedded in the chart, with an encounter chosen: consent happens inside the frame.
-    b.click("input[name=encounter]:not([value=''])").await;
-    let encounter = b.find("input[name=encounter]:checked").await.attr("value").await.expect("value").expect("encounter id");
+    b.find("#encounter").await.select_by_index(1).await.expect("choose an encounter");
+    let encounter = b.c.execute("return document.getElementById('encounter').value", vec![]).await.expect("js").as_str().expect("encounter id").to_string();
+    assert!(!encounter.is_empty());
     b.click(&format!("button[value='embed|{DEMO}']")).await;
     let frame = b.find("iframe.embedded").await;
     frame.enter_frame().await.expect("enter frame");

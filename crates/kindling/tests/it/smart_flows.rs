@@ -842,3 +842,156 @@ async fn patient_tokens_stay_in_the_record_on_every_path() {
     let r = app.client.put(app.url("Observation?_id=x")).bearer_auth(token).header("content-type", "application/fhir+json").body("[1]").send().await.unwrap();
     assert!(r.status().is_client_error());
 }
+
+/// An EHR launch made through the launch API with `context`, run to tokens as the clinician `doc`.
+async fn ehr_tokens(f: &Fixture, context: Value, scope: &str) -> Value {
+    let app = &f.app;
+    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&context).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let mut a = Auth::new(app, PUBLIC, scope);
+    a.launch = Some(created["launch"].as_str().unwrap().to_string());
+    let page = login(app, a.start(app).await, "doc", "doc-pass").await;
+    let redirect = consent_if_asked(app, page).await;
+    let c = code(app, &a, &redirect);
+    let r = exchange(app, PUBLIC, &c, &a.verifier).await;
+    assert_eq!(r.status(), 200);
+    let mut t: Value = r.json().await.unwrap();
+    t["launch_id"] = created["launch_id"].clone();
+    t
+}
+
+async fn refresh(app: &TestApp, rt: &str) -> reqwest::Response {
+    post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", rt), ("client_id", PUBLIC)]).await
+}
+
+#[tokio::test]
+async fn vendor_profiles_reproduce_their_ehrs() {
+    let f = fixture().await;
+    let app = &f.app;
+    let scope = "launch openid fhirUser offline_access patient/*.rs";
+    // Epic-style: the banner flag as a string, vendor-prefixed fields, wildcards expanded to v1 names,
+    // refresh responses without a new refresh token (the old one stays valid).
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "epic", "need_patient_banner": false}), scope).await;
+    assert_eq!(t["need_patient_banner"], json!("false"));
+    assert_eq!(t["__epic.dstu2.patient"], json!(format!("E{}", f.p2)));
+    let granted = t["scope"].as_str().unwrap();
+    assert!(granted.contains("patient/Observation.read") && !granted.contains("patient/*"), "{granted}");
+    assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 200, "the expanded grant still works");
+    let rt = t["refresh_token"].as_str().unwrap();
+    let r1: Value = refresh(app, rt).await.json().await.unwrap();
+    assert!(r1["access_token"].is_string() && r1.get("refresh_token").is_none(), "{r1}");
+    assert_eq!(refresh(app, rt).await.status(), 200, "the old refresh token stays valid");
+
+    // NextGen-style: practice and enterprise identifiers, one-hour tokens, the same refresh token again.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen", "extra": {"practice_id": "P-42"}}), scope).await;
+    assert_eq!(t["practice_id"], "P-42");
+    assert!(t["enterprise_id"].is_string());
+    assert_eq!(t["expires_in"], 3600);
+    let rt = t["refresh_token"].as_str().unwrap();
+    let r1: Value = refresh(app, rt).await.json().await.unwrap();
+    assert_eq!(r1["refresh_token"].as_str(), Some(rt), "no rotation");
+    assert_eq!(refresh(app, rt).await.status(), 200);
+
+    // Oracle Health-style: ~570 s tokens, wildcard scopes silently dropped, aud mandatory.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "oracle"}), "launch openid fhirUser patient/*.rs patient/Condition.rs").await;
+    assert_eq!(t["expires_in"], 570);
+    assert_eq!(t["scope"], "launch openid fhirUser patient/Condition.rs");
+    assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 403);
+    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&json!({"patient": f.p2, "profile": "oracle"})).send().await.unwrap();
+    let handle: Value = r.json().await.unwrap();
+    let mut a = Auth::new(app, PUBLIC, scope);
+    a.launch = Some(handle["launch"].as_str().unwrap().to_string());
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+    url.query_pairs_mut().extend_pairs(a.params().into_iter().map(|(k, v)| if k == "aud" { ("resource".to_string(), v) } else { (k, v) }));
+    let r = app.client.get(url).send().await.unwrap();
+    assert_eq!(query(&location(&r)).get("error_description").map(String::as_str), Some("aud is required"));
+
+    // Strict (the default): a boolean, rotation, no vendor fields.
+    let t = ehr_tokens(&f, json!({"patient": f.p2}), scope).await;
+    assert_eq!(t["need_patient_banner"], json!(false), "a boolean, not a string");
+    assert!(t.get("practice_id").is_none() && t.get("__epic.dstu2.patient").is_none());
+    assert_eq!(t["scope"], scope);
+}
+
+#[tokio::test]
+async fn injected_faults_behave_as_a_real_server_would() {
+    let f = fixture().await;
+    let app = &f.app;
+    let scope = "launch openid fhirUser offline_access patient/*.rs";
+    let launch = |ctx: Value| app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&ctx).send();
+    // Faults a real server could not produce are refused.
+    let r = launch(json!({"patient": f.p2, "faults": {"fhir_error_status": 500, "fhir_error_rate": 1.0}})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = launch(json!({"patient": f.p2, "faults": {"no_such_fault": true}})).await.unwrap();
+    assert_eq!(r.status(), 422, "unknown fault names are refused, not ignored");
+
+    // The launch handle is already expired.
+    let r: Value = launch(json!({"patient": f.p2, "faults": {"expired_launch": true}})).await.unwrap().json().await.unwrap();
+    let mut a = Auth::new(app, PUBLIC, scope);
+    a.launch = Some(r["launch"].as_str().unwrap().to_string());
+    let q = query(&location(&a.start(app).await));
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
+    assert!(q["error_description"].contains("expired"));
+
+    // Short-lived access tokens.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "faults": {"token_secs": 5}}), scope).await;
+    assert_eq!(t["expires_in"], 5);
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 200);
+    app.clock.advance(time::Duration::seconds(6));
+    let (status, _) = fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await;
+    assert_eq!(status, 401, "expired");
+    assert_eq!(refresh(app, t["refresh_token"].as_str().unwrap()).await.status(), 200, "and the refresh works");
+
+    // Tokens revoked by the server after N seconds: access and refresh both stop.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "faults": {"revoke_after_secs": 10}}), scope).await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 200);
+    app.clock.advance(time::Duration::seconds(11));
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 401);
+    let r: Value = refresh(app, t["refresh_token"].as_str().unwrap()).await.json().await.unwrap();
+    assert_eq!(r["error"], "invalid_grant");
+
+    // Refresh fails.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "faults": {"refresh_fails": true}}), scope).await;
+    let r = refresh(app, t["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+
+    // 429 on every request, with Retry-After and an OperationOutcome; then 503 on half of them.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "faults": {"fhir_error_status": 429, "fhir_error_rate": 1.0}}), scope).await;
+    let r = app.client.get(app.url(&format!("Patient/{}", f.p2))).bearer_auth(t["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "faults": {"fhir_error_status": 503, "fhir_error_rate": 0.5}}), scope).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(fhir_get(app, &format!("Patient/{}", f.p2), t["access_token"].as_str()).await.0);
+    }
+    assert_eq!(statuses, vec![200, 503, 200, 503]);
+
+    // The user denies Observation (under a wildcard grant): every other type stays readable.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "faults": {"deny": ["Observation"]}}), scope).await;
+    let granted = t["scope"].as_str().unwrap();
+    assert!(!granted.contains("Observation") && granted.contains("patient/Condition.rs"), "{granted}");
+    assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 403);
+    assert_eq!(fhir_get(app, &format!("Condition?patient={}", f.p2), t["access_token"].as_str()).await.0, 200);
+
+    // No encounter context, although the EHR chose one.
+    let enc = app.app_state.store.search(&fhir::query::parse("Encounter", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let encounter = app.app_state.store.fetch(&enc[..1]).await.unwrap().remove(0).id;
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "encounter": encounter, "faults": {"no_encounter": true}}), scope).await;
+    assert!(t.get("encounter").is_none());
+
+    // The launch's steps are in the audit trail under its id, for the inspector, without token values.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let steps = app.app_state.store.audit_events(&store::audit::AuditFilter { launch: t["launch_id"].as_str().map(str::to_string), limit: 100, ..Default::default() }).await.unwrap();
+    let actions: Vec<&str> = steps.iter().rev().map(|(_, r)| r.action.as_str()).collect();
+    for a in ["launch", "authorize-request", "code", "token"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    let all = format!("{steps:?}");
+    assert!(!all.contains(t["access_token"].as_str().unwrap()) && !all.contains(t["refresh_token"].as_str().unwrap()));
+}
