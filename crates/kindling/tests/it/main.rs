@@ -9,6 +9,7 @@ mod search;
 mod apps;
 mod backend;
 mod smart_flows;
+mod ehr_pages;
 mod tls;
 
 use fhir::time::{ManualClock, SharedClock};

@@ -1,0 +1,184 @@
+//! The EHR simulator's pages over HTTP: sessions, CSRF, search and paging, launching, refusals.
+
+use crate::{TestApp, spawn_secured_app};
+use serde_json::Value;
+
+fn root(app: &TestApp) -> String {
+    app.base.trim_end_matches("/fhir").to_string()
+}
+
+async fn form(app: &TestApp, path: &str, cookie: Option<&str>, pairs: &[(&str, &str)]) -> reqwest::Response {
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    let mut req = app.client.post(format!("{}{path}", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap()
+}
+
+async fn page(app: &TestApp, path: &str, cookie: &str) -> (u16, String) {
+    let r = app.client.get(format!("{}{path}", root(app))).header("cookie", cookie).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Signs in and returns the session cookie (`name=value`).
+async fn sign_in(app: &TestApp, path: &str, user: &str, password: &str) -> String {
+    let r = form(app, path, None, &[("username", user), ("password", password)]).await;
+    assert_eq!(r.status(), 303, "sign-in as {user}");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Path=/;"), "{set}");
+    set.split(';').next().unwrap().to_string()
+}
+
+fn csrf(html: &str) -> String {
+    let start = html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn ehr_pages_sessions_search_paging_and_launch() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 25, 3).await.unwrap();
+    let store = app.auth.store.as_ref();
+    auth::registry::put_user(store, "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    auth::registry::put_user(store, "pat", "Pat", auth::model::UserRole::Patient, "pat-pass", &format!("Patient/{}", synth::patient_id(3, 0))).await.unwrap();
+    ehr::register_demo_app(&app.auth).await.unwrap();
+
+    // No session: to the sign-in page. Wrong password: said plainly.
+    let r = app.client.get(format!("{}/ehr/patients", root(&app))).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ehr/login");
+    let r = form(&app, "/ehr/login", None, &[("username", "doc"), ("password", "nope")]).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("do not match"));
+    // Patients use the portal, clinicians the EHR.
+    let r = form(&app, "/ehr/login", None, &[("username", "pat"), ("password", "pat-pass")]).await;
+    assert_eq!(r.status(), 401);
+    let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+
+    // Paging: 25 patients, 20 per page.
+    let (status, html) = page(&app, "/ehr/patients", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("25 patients, showing 1–20"), "{html}");
+    assert_eq!(html.matches("href=\"/ehr/patients/kp-3-").count(), 20);
+    assert!(html.contains("page=2") && !html.contains("rel=\"prev\""));
+    let (_, html2) = page(&app, "/ehr/patients?page=2", &cookie).await;
+    assert_eq!(html2.matches("href=\"/ehr/patients/kp-3-").count(), 5);
+    assert!(html2.contains("rel=\"prev\"") && !html2.contains("rel=\"next\""));
+    // Search by name, by birth date, by identifier.
+    let target = app.app_state.store.read("Patient", &synth::patient_id(3, 7)).await.unwrap().unwrap();
+    let v: Value = serde_json::from_str(&target.json).unwrap();
+    let family = v["name"][0]["family"].as_str().unwrap();
+    let birth = v["birthDate"].as_str().unwrap();
+    let mrn = v["identifier"][0]["value"].as_str().unwrap();
+    for q in [format!("name={family}"), format!("birthdate={birth}"), format!("identifier={mrn}")] {
+        let (_, html) = page(&app, &format!("/ehr/patients?{q}"), &cookie).await;
+        assert!(html.contains(&format!("href=\"/ehr/patients/{}\"", target.id)), "{q}");
+    }
+    let (status, html) = page(&app, "/ehr/patients?birthdate=yesterday", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Birth dates are written YYYY-MM-DD"));
+
+    // The chart, and a launch from it.
+    let (status, chart) = page(&app, &format!("/ehr/patients/{}", target.id), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(chart.contains(family) && chart.contains("Kindling demo app"));
+    let token = csrf(&chart);
+    let launch = [("patient", target.id.as_str()), ("encounter", ""), ("launch", "tab|kindling-demo")];
+    let r = form(&app, "/ehr/launch", Some(&cookie), &launch).await;
+    assert_eq!(r.status(), 403, "no CSRF token, no launch");
+    let mut with_csrf = launch.to_vec();
+    with_csrf.push(("csrf", &token));
+    let r = form(&app, "/ehr/launch", Some(&cookie), &with_csrf).await;
+    assert_eq!(r.status(), 303);
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(to.path(), "/demo-app/launch.html");
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(q["iss"], app.base);
+    assert!(q["launch"].len() >= 43, "an opaque random handle");
+    assert!(!q["launch"].contains(&target.id), "the handle carries no context");
+    // Impossible faults are refused with a page, not a launch.
+    let mut bad = with_csrf.clone();
+    bad.push(("fhir_error_status", "500"));
+    let r = form(&app, "/ehr/launch", Some(&cookie), &bad).await;
+    assert_eq!(r.status(), 400);
+    // Another patient's encounter cannot go into this launch.
+    let other = fhir::query::parse("Encounter", &[("patient".into(), synth::patient_id(3, 1))], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+    let keys = app.app_state.store.search(&other).await.unwrap();
+    let foreign = app.app_state.store.fetch(&keys[..1]).await.unwrap().remove(0).id;
+    let mut wrong = with_csrf.clone();
+    wrong[1] = ("encounter", &foreign);
+    assert_eq!(form(&app, "/ehr/launch", Some(&cookie), &wrong).await.status(), 400);
+
+    // The launch is listed and inspectable; unknown launches are not.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, list) = page(&app, "/ehr/launches", &cookie).await;
+    assert!(list.contains("kindling-demo") && list.contains(&target.id));
+    let (status, _) = page(&app, "/ehr/launches/no-such-launch", &cookie).await;
+    assert_eq!(status, 404);
+
+    // A patient in the portal sees their own record and cannot use the clinicians' pages.
+    let pat = sign_in(&app, "/portal/login", "pat", "pat-pass").await;
+    let (status, portal) = page(&app, "/portal", &pat).await;
+    assert_eq!(status, 200);
+    assert!(portal.contains("Kindling demo app"));
+    assert_eq!(page(&app, "/ehr/patients", &pat).await.0, 403);
+    assert_eq!(page(&app, "/ehr/apps", &pat).await.0, 403);
+    // A portal launch is always on the patient's own record, whatever the form says.
+    let pat_csrf = csrf(&portal);
+    let r = form(&app, "/ehr/launch", Some(&pat), &[("patient", &target.id), ("launch", "tab|kindling-demo"), ("csrf", &pat_csrf)]).await;
+    assert_eq!(r.status(), 303);
+
+    // Signing out ends the session.
+    let r = form(&app, "/ehr/logout", Some(&cookie), &[("csrf", &token)]).await;
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let r = app.client.get(format!("{}/ehr/patients", root(&app))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the old cookie no longer works");
+}
+
+#[tokio::test]
+async fn app_registration_pages() {
+    let app = spawn_secured_app().await;
+    let store = app.auth.store.as_ref();
+    auth::registry::put_user(store, "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", "Practitioner/x").await.unwrap();
+    let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    let (_, new_page) = page(&app, "/ehr/apps/new", &cookie).await;
+    let token = csrf(&new_page);
+    // Invalid: an http redirect URI off localhost.
+    let r = form(&app, "/ehr/apps", Some(&cookie), &[("csrf", &token), ("name", "Bad"), ("kind", "public"), ("redirect_uris", "http://evil.example/cb")]).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("redirect URI"));
+    // A confidential app: the secret is shown once, stored hashed.
+    let r = form(
+        &app,
+        "/ehr/apps",
+        Some(&cookie),
+        &[("csrf", &token), ("name", "Chart Helper"), ("kind", "confidential-symmetric"), ("launch_url", "https://helper.example/launch"), ("redirect_uris", "https://helper.example/cb"), ("profile", "epic")],
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let html = r.text().await.unwrap();
+    let id_start = html.find("id=\"client-id\">").unwrap() + "id=\"client-id\">".len();
+    let client_id = html[id_start..id_start + html[id_start..].find('<').unwrap()].to_string();
+    assert!(client_id.starts_with("chart-helper-"), "{client_id}");
+    let s_start = html.find("id=\"client-secret\">").unwrap() + "id=\"client-secret\">".len();
+    let secret = html[s_start..s_start + html[s_start..].find('<').unwrap()].to_string();
+    let stored = auth::registry::get_client(store, &client_id).await.unwrap().unwrap();
+    assert!(auth::crypto::verify_password(&secret, stored.secret_hash.as_deref().unwrap()));
+    assert_eq!(stored.profile, Some(auth::model::Profile::Epic));
+    let (_, edit) = page(&app, &format!("/ehr/apps/{client_id}"), &cookie).await;
+    assert!(!edit.contains(&secret), "the secret is never shown again");
+    // Edit keeps the secret; disable removes the app from charts and from token requests.
+    let r = form(&app, &format!("/ehr/apps/{client_id}"), Some(&cookie), &[("csrf", &token), ("name", "Chart Helper 2"), ("launch_url", "https://helper.example/launch"), ("redirect_uris", "https://helper.example/cb")]).await;
+    assert_eq!(r.status(), 303);
+    let stored2 = auth::registry::get_client(store, &client_id).await.unwrap().unwrap();
+    assert_eq!(stored2.name, "Chart Helper 2");
+    assert_eq!(stored2.secret_hash, stored.secret_hash);
+    let r = form(&app, &format!("/ehr/apps/{client_id}/status"), Some(&cookie), &[("csrf", &token), ("disabled", "1")]).await;
+    assert_eq!(r.status(), 303);
+    assert!(auth::registry::get_client(store, &client_id).await.unwrap().is_none(), "disabled apps are not found for flows");
+    let (_, list) = page(&app, "/ehr/apps", &cookie).await;
+    assert!(list.contains("Chart Helper 2") && list.contains("disabled"));
+}
