@@ -6,8 +6,8 @@
 
 use crate::crypto::{random_token, token_hash, verify_password};
 use crate::model::{Client, Grant, LaunchContext, PendingAuthorization, Profile, User, UserRole};
-use crate::pages::{self, ConsentItem};
-use crate::{Shared, registry, session};
+use crate::pages::{self, ConsentItem, ConsentView, ErrorView, LoginView, PickerView};
+use crate::{AuthServer, Shared, registry, session};
 use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -27,9 +27,18 @@ pub async fn authorize_post(State(s): State<Shared>, headers: HeaderMap, Form(p)
     authorize(&s, &headers, p).await
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+fn error_page(s: &AuthServer, status: StatusCode, title: &str, explanation: &str, action: &str) -> Response {
+    pages::serve(status, s.pages.error(&ErrorView { title, explanation, action }))
+}
+
+fn login_page(s: &AuthServer, request_id: &str, app_name: &str, expected_user: Option<&str>, error: Option<&str>) -> Response {
+    let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+    pages::serve(status, s.pages.login(&LoginView { request_id, app_name, expected_user, error }))
+}
+
+fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "authorisation server error");
-    pages::error_page(
+    error_page(&s, 
         StatusCode::INTERNAL_SERVER_ERROR,
         "Something went wrong",
         "The sign-in service could not complete this step.",
@@ -40,7 +49,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 /// A redirect back to the app with an RFC 6749 error.
 fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
     let Ok(mut url) = url::Url::parse(redirect_uri) else {
-        return pages::error_page(StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
+        return error_page(&s, StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
     };
     {
         let mut q = url.query_pairs_mut();
@@ -59,22 +68,22 @@ fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Op
 async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     let get = |k: &str| p.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let Some(client_id) = get("client_id") else {
-        return pages::error_page(StatusCode::BAD_REQUEST, "This app did not say who it is", "The request has no client_id.", "Tell the app's developer; the app must be registered and send its client id.");
+        return error_page(&s, StatusCode::BAD_REQUEST, "This app did not say who it is", "The request has no client_id.", "Tell the app's developer; the app must be registered and send its client id.");
     };
     let client = match registry::get_client(s.store.as_ref(), client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return pages::error_page(
+            return error_page(&s, 
                 StatusCode::BAD_REQUEST,
                 "This app is not registered here",
                 &format!("No app with the client id '{client_id}' is registered, or it has been disabled."),
                 "Ask your administrator to register the app, or check the app's configuration.",
             );
         }
-        Err(e) => return internal(e),
+        Err(e) => return internal(&s, e),
     };
     let Some(redirect_uri) = get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == r)) else {
-        return pages::error_page(
+        return error_page(&s, 
             StatusCode::BAD_REQUEST,
             "The app's return address is not registered",
             &format!("{} asked to be sent back to an address it has not registered, so the request was stopped.", client.name),
@@ -122,7 +131,7 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
             Ok(Some(r)) if !r.used => launch = serde_json::from_str(&r.value).ok(),
             Ok(Some(_)) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch was already used; launch the app again from the EHR"),
             Ok(None) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch has expired or is unknown; launch the app again from the EHR"),
-            Err(e) => return internal(e),
+            Err(e) => return internal(&s, e),
         }
         if launch.is_none() {
             return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "the launch could not be read");
@@ -158,14 +167,14 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     };
     let request_id = random_token();
     if let Err(e) = save_pending(s, &request_id, &pending).await {
-        return internal(e);
+        return internal(&s, e);
     }
     // Who is at the browser: the session's user. An EHR launch names its user; only that user, signed in
     // here (the EHR's sign-in shares the session), may continue it — the handle alone is not enough.
     let signed_in = session::current(s, headers).await.map(|sess| sess.user);
     let user = match (&pending.username, signed_in) {
         (Some(launcher), Some(user)) if *launcher != user.username => {
-            return pages::error_page(
+            return error_page(&s, 
                 StatusCode::FORBIDDEN,
                 "You are signed in as someone else",
                 "This app was launched by another user than the one signed in to this browser.",
@@ -187,8 +196,8 @@ async fn load_pending(s: &Shared, request_id: &str) -> Option<PendingAuthorizati
     serde_json::from_str(&r.value).ok()
 }
 
-fn expired_request() -> Response {
-    pages::error_page(
+fn expired_request(s: &AuthServer) -> Response {
+    error_page(&s, 
         StatusCode::BAD_REQUEST,
         "This sign-in has expired",
         "The page was open too long or was already used.",
@@ -199,7 +208,7 @@ fn expired_request() -> Response {
 /// Decides the next step for the person at the browser (`user`, when signed in): sign-in, patient
 /// choice, consent, or the code.
 async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: PendingAuthorization, client: &Client) -> Response {
-    let Some(user) = user else { return pages::login(request_id, &client.name, pending.username.as_deref(), None) };
+    let Some(user) = user else { return login_page(&s, request_id, &client.name, pending.username.as_deref(), None) };
     pending.username = Some(user.username.clone());
     if let Some(own) = user.own_patient() {
         // A patient acts only on their own record, whatever a launch or a form said.
@@ -213,11 +222,11 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
             pending.patient = Some(own.to_string());
         } else if wants_patient {
             if let Err(e) = save_pending(s, request_id, &pending).await {
-                return internal(e);
+                return internal(&s, e);
             }
             return match patient_choices(s).await {
-                Ok(list) => pages::patient_picker(request_id, &client.name, &list),
-                Err(e) => internal(e),
+                Ok(list) => pages::serve(StatusCode::OK, s.pages.patient_picker(&PickerView { request_id, app_name: &client.name, patients: &list })),
+                Err(e) => internal(&s, e),
             };
         }
     }
@@ -235,14 +244,15 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
             }
         }
     if let Err(e) = save_pending(s, request_id, &pending).await {
-        return internal(e);
+        return internal(&s, e);
     }
     let patient_label = match &pending.patient {
         Some(p) => patient_label(s, p).await,
         None => None,
     };
     let items = consent_items(&granted);
-    pages::consent(request_id, &client.name, patient_label.as_deref(), &items, granted.contains(&Scope::OfflineAccess))
+    let view = ConsentView { request_id, app_name: &client.name, patient_label: patient_label.as_deref(), items: &items, offline: granted.contains(&Scope::OfflineAccess) };
+    pages::serve(StatusCode::OK, s.pages.consent(&view))
 }
 
 async fn patient_choices(s: &Shared) -> Result<Vec<(String, String)>, store::StoreError> {
@@ -291,7 +301,10 @@ fn explain(scope: &Scope) -> String {
         Scope::Launch => "Open with the patient and encounter you are working on".into(),
         Scope::LaunchContext { context, .. } => format!("Know which {context} is selected"),
         Scope::Resource(r) => {
-            let what = r.resource_type.as_deref().unwrap_or("all kinds of record");
+            let what = match r.resource_type.as_deref() {
+                Some(t) => format!("{t} records"),
+                None => "all kinds of records".to_string(),
+            };
             let whose = match r.level {
                 smart::Level::Patient => "for this patient",
                 smart::Level::User => "that you can see",
@@ -304,7 +317,7 @@ fn explain(scope: &Scope) -> String {
                 }
             }
             let only = if r.constraints.is_empty() { String::new() } else { format!(" (only {})", r.constraints.iter().map(|(_, v)| v.rsplit('|').next().unwrap_or(v)).collect::<Vec<_>>().join(", ")) };
-            format!("{} {what} records {whose}{only}", capitalise(&verbs.join(", ")))
+            format!("{} {what} {whose}{only}", capitalise(&verbs.join(", ")))
         }
     }
 }
@@ -352,11 +365,11 @@ fn consent_items(granted: &ScopeSet) -> Vec<ConsentItem> {
 /// Sign-in form submission.
 pub async fn login(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
     let request_id = p.get("request").cloned().unwrap_or_default();
-    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request() };
+    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
         Ok(Some(c)) => c,
-        Ok(None) => return expired_request(),
-        Err(e) => return internal(e),
+        Ok(None) => return expired_request(&s),
+        Err(e) => return internal(&s, e),
     };
     let username = p.get("username").map(String::as_str).unwrap_or("");
     let password = p.get("password").map(String::as_str).unwrap_or("");
@@ -365,18 +378,18 @@ pub async fn login(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
         Ok(_) => {
             tracing::info!("sign-in failed");
             s.audit("login", false, Some(&client.client_id), Some(username), None, "wrong user name or password");
-            return pages::login(&request_id, &client.name, pending.username.as_deref(), Some("That user name and password do not match. Try again."));
+            return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some("That user name and password do not match. Try again."));
         }
-        Err(e) => return internal(e),
+        Err(e) => return internal(&s, e),
     };
     // An EHR launch continues only as the user who launched it.
     if pending.username.as_ref().is_some_and(|launcher| *launcher != user.username) {
         s.audit("login", false, Some(&client.client_id), Some(&user.username), None, "signed in as another user than the launch's");
-        return pages::login(&request_id, &client.name, pending.username.as_deref(), Some("This app was launched by another user. Sign in as that user."));
+        return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some("This app was launched by another user. Sign in as that user."));
     }
     let cookie = match session::start(&s, &user).await {
         Ok(c) => c,
-        Err(e) => return internal(e),
+        Err(e) => return internal(&s, e),
     };
     tracing::info!(user = %user.username, "signed in");
     s.audit("login", true, Some(&client.client_id), Some(&user.username), None, "signed in");
@@ -389,12 +402,12 @@ pub async fn login(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
 /// Patient picker submission.
 pub async fn pick(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
     let request_id = p.get("request").cloned().unwrap_or_default();
-    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request() };
-    let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request() };
+    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
+    let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request(&s) };
     match s.store.read("Patient", patient).await {
         Ok(Some(r)) if !r.deleted => {}
-        Ok(_) => return pages::error_page(StatusCode::BAD_REQUEST, "That patient was not found", "The chosen patient does not exist.", "Go back and choose another patient."),
-        Err(e) => return internal(e),
+        Ok(_) => return error_page(&s, StatusCode::BAD_REQUEST, "That patient was not found", "The chosen patient does not exist.", "Go back and choose another patient."),
+        Err(e) => return internal(&s, e),
     }
     let picker = match &pending.username {
         Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
@@ -402,13 +415,13 @@ pub async fn pick(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
     };
     // Only a clinician chooses a patient, and only while no patient is set for the request.
     if !picker.as_ref().is_some_and(|u| u.role == UserRole::Clinician) || pending.patient.is_some() {
-        return expired_request();
+        return expired_request(&s);
     }
     pending.patient = Some(patient.clone());
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
         Ok(Some(c)) => c,
-        Ok(None) => return expired_request(),
-        Err(e) => return internal(e),
+        Ok(None) => return expired_request(&s),
+        Err(e) => return internal(&s, e),
     };
     proceed(&s, picker, &request_id, pending, &client).await
 }
@@ -419,13 +432,13 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let request_id = get("request").unwrap_or_default();
-    let Some(pending) = load_pending(&s, &request_id).await else { return expired_request() };
+    let Some(pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
     let _ = s.store.auth_delete(REQUEST_KIND, &token_hash(&request_id)).await;
     let Some(user) = (match &pending.username {
         Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
         None => None,
     }) else {
-        return expired_request();
+        return expired_request(&s);
     };
     if get("decision").as_deref() != Some("allow") {
         tracing::info!(client = %pending.client_id, user = %user.username, "consent denied");
@@ -434,8 +447,8 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
     }
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
         Ok(Some(c)) => c,
-        Ok(None) => return expired_request(),
-        Err(e) => return internal(e),
+        Ok(None) => return expired_request(&s),
+        Err(e) => return internal(&s, e),
     };
     let granted = grantable(&client, &user, &pending.scope);
     let ticked: Vec<String> = pairs.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
@@ -477,7 +490,7 @@ pub async fn consent(State(s): State<Shared>, body: String) -> Response {
     let consent_key = format!("{}|{}", user.username, client.client_id);
     let decision = serde_json::json!({"offered": granted.to_string(), "approved": scope}).to_string();
     if let Err(e) = s.store.auth_put("consent", &consent_key, &decision, None, None).await {
-        return internal(e);
+        return internal(&s, e);
     }
     tracing::info!(client = %client.client_id, user = %user.username, "consent given");
     s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", true, Some(&client.client_id), Some(&user.username), pending.patient.as_deref(), &format!("approved: {scope}"));
@@ -511,11 +524,11 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
     };
     let value = match serde_json::to_string(&grant) {
         Ok(v) => v,
-        Err(e) => return internal(e),
+        Err(e) => return internal(&s, e),
     };
     let expires = s.now_ms() + s.config.code_secs * 1000;
     if let Err(e) = s.store.auth_put("code", &token_hash(&code), &value, Some(&grant.grant_id), Some(expires)).await {
-        return internal(e);
+        return internal(&s, e);
     }
     let role = match user.role {
         UserRole::Clinician => "clinician",
@@ -523,7 +536,7 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
     };
     tracing::info!(client = %grant.client_id, user = %user.username, role, patient = ?grant.patient, "authorisation code issued");
     s.audit_in(trace.as_deref(), "code", true, Some(&grant.client_id), Some(&user.username), grant.patient.as_deref(), &format!("code issued (lives {} s) for scope: {}", s.config.code_secs, grant.scope));
-    let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal("stored redirect URI no longer parses") };
+    let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal(&s, "stored redirect URI no longer parses") };
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("code", &code);

@@ -71,6 +71,8 @@ pub struct AuthServer {
     pub config: AuthConfig,
     pub keys: keys::Keys,
     pub clock: SharedClock,
+    /// Renders the sign-in, picker, consent and error pages (the EHR layer provides it).
+    pub pages: Arc<dyn pages::Pages>,
     /// Tokens resolved in the last second, by hash: repeated requests with one token skip the store.
     /// One second bounds how long a revocation on another node goes unnoticed here.
     resolved: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<TokenAccess>)>>,
@@ -90,7 +92,7 @@ const RESOLVE_CACHE_MAX: usize = 10_000;
 pub type Shared = Arc<AuthServer>;
 
 impl AuthServer {
-    pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock, audit: Option<store::audit::AuditSink>) -> Result<Shared, keys::KeyError> {
+    pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock, audit: Option<store::audit::AuditSink>, pages: Arc<dyn pages::Pages>) -> Result<Shared, keys::KeyError> {
         let keys = keys::Keys::load_or_create(store.as_ref(), unix_ms(clock.now())).await?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(5))
@@ -102,6 +104,7 @@ impl AuthServer {
             config,
             keys,
             clock,
+            pages,
             resolved: std::sync::Mutex::new(std::collections::HashMap::new()),
             audit,
             http,

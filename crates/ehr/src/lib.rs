@@ -13,7 +13,10 @@
 //! search live and the inspector refresh itself. The EHR shares its sign-in session with the
 //! authorisation server, so an app launched here does not ask the clinician to sign in again.
 
+mod auth_pages;
 pub mod chart;
+
+pub use auth_pages::AuthPages;
 mod pages;
 
 use askama::Template;

@@ -97,7 +97,7 @@ impl Application {
             .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(store);
         let audit = store::audit::AuditSink::spawn(store.clone());
-        let auth = auth::AuthServer::new(store.clone(), auth::AuthConfig::new(&public_url), clock.clone(), Some(audit.clone()))
+        let auth = auth::AuthServer::new(store.clone(), auth::AuthConfig::new(&public_url), clock.clone(), Some(audit.clone()), Arc::new(ehr::AuthPages))
             .await
             .map_err(|e| anyhow::anyhow!("cannot load or create the signing keys: {e}"))?;
         let access: Option<Arc<dyn api::access::AccessResolver>> = if config.open_sandbox {

@@ -713,7 +713,7 @@ async fn signing_keys_rotate_and_old_keys_stay_published() {
     app.clock.advance(time::Duration::minutes(10));
     let new_kid = auth::keys::rotate(store.as_ref(), fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock))).await.unwrap();
     // What a node sees after its next start.
-    let restarted = auth::AuthServer::new(store.clone(), app.auth.config.clone(), app.clock.clone(), None).await.unwrap();
+    let restarted = auth::AuthServer::new(store.clone(), app.auth.config.clone(), app.clock.clone(), None, std::sync::Arc::new(ehr::AuthPages)).await.unwrap();
     assert_eq!(restarted.keys.kid(), new_kid);
     let kids: Vec<&str> = restarted.keys.jwks()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert_eq!(kids, vec![new_kid.as_str(), old_kid.as_str()], "the old key stays published");
