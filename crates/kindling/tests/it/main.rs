@@ -10,6 +10,7 @@ mod apps;
 mod backend;
 mod smart_flows;
 mod ehr_pages;
+mod sdk;
 mod tls;
 
 use fhir::time::{ManualClock, SharedClock};

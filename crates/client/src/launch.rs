@@ -1,0 +1,239 @@
+//! Launching: EHR launch (`iss` + `launch`) and standalone launch build the authorisation request; the
+//! callback checks `state` and RFC 9207 `iss`, turns errors into typed ones and exchanges the code.
+
+use crate::context::{LaunchContext, Tokens};
+use crate::discovery::SmartConfiguration;
+use crate::error::{Error, Result, Secret};
+use crate::jose::{self, SigningKey};
+use crate::pending::{PendingAuthorization, PendingStore};
+use crate::session::Session;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the app authenticates at the token endpoint.
+#[derive(Clone, Debug)]
+pub enum ClientAuth {
+    /// A public app (browser or native): `client_id` only.
+    Public,
+    /// `client_secret_basic`.
+    SecretBasic(Secret),
+    /// `client_secret_post`.
+    SecretPost(Secret),
+    /// `private_key_jwt` with an RS384 or ES384 key; each request gets a fresh assertion.
+    PrivateKeyJwt(Arc<SigningKey>),
+}
+
+impl ClientAuth {
+    /// Adds this authentication to a token-endpoint request (form pairs and the request builder).
+    pub(crate) fn apply(&self, client_id: &str, token_url: &str, form: &mut Vec<(String, String)>, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
+        match self {
+            ClientAuth::Public => {
+                form.push(("client_id".into(), client_id.into()));
+                Ok(req)
+            }
+            ClientAuth::SecretBasic(secret) => {
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                Ok(req.basic_auth(enc(client_id), Some(enc(secret.expose()))))
+            }
+            ClientAuth::SecretPost(secret) => {
+                form.push(("client_id".into(), client_id.into()));
+                form.push(("client_secret".into(), secret.expose().into()));
+                Ok(req)
+            }
+            ClientAuth::PrivateKeyJwt(key) => {
+                form.push(("client_id".into(), client_id.into()));
+                form.push(("client_assertion_type".into(), "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+                form.push(("client_assertion".into(), key.client_assertion(client_id, token_url)?));
+                Ok(req)
+            }
+        }
+    }
+}
+
+/// One EHR the app is configured for. Only these issuers are ever contacted.
+#[derive(Clone, Debug)]
+pub struct EhrConfig {
+    /// The EHR's FHIR base URL, exactly as it sends it in `iss`.
+    pub iss: String,
+    pub client_id: String,
+    pub auth: ClientAuth,
+    pub redirect_uri: String,
+    /// Scopes asked for in an EHR launch (`launch` is added when missing).
+    pub ehr_scope: String,
+    /// Scopes asked for in a standalone launch.
+    pub standalone_scope: String,
+}
+
+/// Where to send the user's browser.
+#[derive(Debug, Clone)]
+pub enum AuthorizationRequest {
+    /// Redirect the browser here (GET).
+    Redirect { url: String, state: String },
+    /// Auto-submit a form to `url` with these fields (POST; used for long scope strings when the server
+    /// advertises `authorize-post`).
+    Post { url: String, fields: Vec<(String, String)>, state: String },
+}
+
+impl AuthorizationRequest {
+    pub fn state(&self) -> &str {
+        match self {
+            AuthorizationRequest::Redirect { state, .. } | AuthorizationRequest::Post { state, .. } => state,
+        }
+    }
+}
+
+/// GET URLs longer than this go by POST when the server allows it.
+const MAX_GET_URL: usize = 2000;
+/// How long a pending authorisation waits for its callback.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+/// How long a discovery document is reused.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
+/// The SMART side of an app: several EHRs, any number of concurrent launches, no global state.
+pub struct SmartClient {
+    ehrs: Vec<EhrConfig>,
+    pending: Arc<dyn PendingStore>,
+    http: reqwest::Client,
+    discovery: std::sync::Mutex<HashMap<String, (Instant, Arc<SmartConfiguration>)>>,
+}
+
+impl SmartClient {
+    /// A client for these EHRs, keeping pending authorisations in `pending`.
+    pub fn new(ehrs: Vec<EhrConfig>, pending: Arc<dyn PendingStore>) -> Result<SmartClient> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(SmartClient { ehrs, pending, http, discovery: std::sync::Mutex::new(HashMap::new()) })
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The configured EHR for an `iss`; an unknown issuer is refused and never contacted.
+    pub fn ehr(&self, iss: &str) -> Result<&EhrConfig> {
+        let norm = |s: &str| s.trim_end_matches('/').to_string();
+        self.ehrs.iter().find(|e| norm(&e.iss) == norm(iss)).ok_or_else(|| Error::UnknownIssuer { iss: iss.to_string() })
+    }
+
+    /// The EHR's SMART configuration, fetched once an hour at most.
+    pub async fn configuration(&self, iss: &str) -> Result<Arc<SmartConfiguration>> {
+        let ehr = self.ehr(iss)?;
+        if let Some((at, c)) = self.discovery.lock().unwrap_or_else(|p| p.into_inner()).get(&ehr.iss)
+            && at.elapsed() < DISCOVERY_TTL {
+                return Ok(c.clone());
+            }
+        let c = Arc::new(SmartConfiguration::fetch(&self.http, &ehr.iss).await?);
+        self.discovery.lock().unwrap_or_else(|p| p.into_inner()).insert(ehr.iss.clone(), (Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    /// An EHR launch: the EHR opened the app's launch URL with `iss` and `launch`.
+    pub async fn ehr_launch(&self, iss: &str, launch: &str) -> Result<AuthorizationRequest> {
+        let ehr = self.ehr(iss)?;
+        let mut scope = ehr.ehr_scope.clone();
+        if !scope.split_whitespace().any(|s| s == "launch") {
+            scope = format!("launch {scope}");
+        }
+        self.authorize(ehr, &scope, Some(launch)).await
+    }
+
+    /// A standalone launch: the user starts the app, which picks the EHR.
+    pub async fn standalone_launch(&self, iss: &str) -> Result<AuthorizationRequest> {
+        let ehr = self.ehr(iss)?;
+        self.authorize(ehr, &ehr.standalone_scope.clone(), None).await
+    }
+
+    async fn authorize(&self, ehr: &EhrConfig, scope: &str, launch: Option<&str>) -> Result<AuthorizationRequest> {
+        let conf = self.configuration(&ehr.iss).await?;
+        let state = jose::random(24);
+        let verifier = jose::random(48);
+        let nonce = jose::random(16);
+        let mut fields = vec![
+            ("response_type".to_string(), "code".to_string()),
+            ("client_id".into(), ehr.client_id.clone()),
+            ("redirect_uri".into(), ehr.redirect_uri.clone()),
+            ("scope".into(), scope.to_string()),
+            ("state".into(), state.clone()),
+            ("aud".into(), ehr.iss.clone()),
+            ("code_challenge".into(), jose::pkce_challenge(&verifier)),
+            ("code_challenge_method".into(), "S256".into()),
+            ("nonce".into(), nonce.clone()),
+        ];
+        if let Some(l) = launch {
+            fields.push(("launch".into(), l.to_string()));
+        }
+        let pending = PendingAuthorization {
+            iss: ehr.iss.clone(),
+            issuer: conf.issuer.clone().unwrap_or_else(|| ehr.iss.clone()),
+            client_id: ehr.client_id.clone(),
+            redirect_uri: ehr.redirect_uri.clone(),
+            scope: scope.to_string(),
+            code_verifier: Secret::new(verifier),
+            nonce,
+            token_endpoint: conf.token_endpoint.clone(),
+        };
+        self.pending.put(&state, pending, PENDING_TTL).await?;
+        let mut url = url::Url::parse(&conf.authorization_endpoint).map_err(|e| Error::Config(e.to_string()))?;
+        url.query_pairs_mut().extend_pairs(fields.iter());
+        if url.as_str().len() > MAX_GET_URL && conf.supports("authorize-post") {
+            return Ok(AuthorizationRequest::Post { url: conf.authorization_endpoint.clone(), fields, state });
+        }
+        Ok(AuthorizationRequest::Redirect { url: url.to_string(), state })
+    }
+
+    /// Finishes an authorisation from the callback's query parameters: checks `state` (single use) and
+    /// the RFC 9207 `iss` when present, turns `error` into a typed error, exchanges the code, and verifies
+    /// the `id_token` when there is one.
+    pub async fn callback(&self, params: &HashMap<String, String>) -> Result<Session> {
+        let state = params.get("state").ok_or(Error::UnknownState)?;
+        let pending = self.pending.take(state).await?.ok_or(Error::UnknownState)?;
+        if let Some(iss) = params.get("iss")
+            && iss.trim_end_matches('/') != pending.issuer.trim_end_matches('/') {
+                return Err(Error::IssuerMismatch { expected: pending.issuer, got: iss.clone() });
+            }
+        if let Some(code) = params.get("error") {
+            return Err(Error::from_oauth(code, params.get("error_description").map(String::as_str).unwrap_or("")));
+        }
+        let code = params.get("code").ok_or_else(|| Error::OAuth { code: "invalid_request".into(), description: "the callback has neither code nor error".into() })?;
+        let ehr = self.ehr(&pending.iss)?;
+        let mut form = vec![
+            ("grant_type".to_string(), "authorization_code".to_string()),
+            ("code".into(), code.clone()),
+            ("redirect_uri".into(), pending.redirect_uri.clone()),
+            ("code_verifier".into(), pending.code_verifier.expose().to_string()),
+        ];
+        let body = token_request(&self.http, &ehr.auth, &ehr.client_id, &pending.token_endpoint, &mut form).await?;
+        let tokens = Tokens::from_response(&body).ok_or_else(|| Error::Transport("the token response has no access_token".into()))?;
+        let conf = self.configuration(&pending.iss).await?;
+        let claims = match (&tokens.id_token, &conf.jwks_uri) {
+            (Some(id), Some(jwks_uri)) => {
+                let jwks: Value = self.http.get(jwks_uri).send().await.map_err(Error::transport)?.json().await.map_err(Error::transport)?;
+                Some(jose::verify_id_token(id.expose(), &jwks, &pending.issuer, &pending.client_id, Some(&pending.nonce), jose::now_secs())?)
+            }
+            (Some(_), None) => return Err(Error::IdToken("the server publishes no jwks_uri to verify it with".into())),
+            _ => None,
+        };
+        let context = LaunchContext::from_response(&body, &pending.scope, claims.as_ref());
+        tracing::info!(iss = %pending.iss, client = %pending.client_id, patient = ?context.patient, "SMART launch completed");
+        Ok(Session::new(self.http.clone(), pending.iss, ehr.client_id.clone(), ehr.auth.clone(), pending.token_endpoint, conf.revocation_endpoint.clone(), tokens, context, claims))
+    }
+}
+
+/// POSTs a token request with the client's authentication; the response JSON, or a typed error.
+pub(crate) async fn token_request(http: &reqwest::Client, auth: &ClientAuth, client_id: &str, token_url: &str, form: &mut Vec<(String, String)>) -> Result<Value> {
+    let req = http.post(token_url).header("accept", "application/json");
+    let req = auth.apply(client_id, token_url, form, req)?;
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
+    let r = req.header("content-type", "application/x-www-form-urlencoded").body(body).send().await.map_err(Error::transport)?;
+    let status = r.status();
+    let json: Value = r.json().await.map_err(Error::transport)?;
+    if !status.is_success() {
+        return Err(Error::from_oauth(json["error"].as_str().unwrap_or("server_error"), json["error_description"].as_str().unwrap_or("")));
+    }
+    Ok(json)
+}

@@ -1,0 +1,58 @@
+//! Authorisation requests between the redirect to the EHR and the callback, keyed by `state`. Pluggable so
+//! an app running on several nodes keeps them in its database; [`MemoryPendingStore`] for one process.
+
+use crate::error::{Result, Secret};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What the callback needs to finish an authorisation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingAuthorization {
+    /// The FHIR base the launch is for (the `iss`).
+    pub iss: String,
+    /// The authorisation server's issuer for RFC 9207 `iss` checks (the FHIR base for SMART servers).
+    pub issuer: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub code_verifier: Secret,
+    pub nonce: String,
+    pub token_endpoint: String,
+}
+
+/// Where pending authorisations wait for their callback. `take` must remove what it returns (one use).
+#[async_trait]
+pub trait PendingStore: Send + Sync {
+    async fn put(&self, state: &str, pending: PendingAuthorization, ttl: Duration) -> Result<()>;
+    async fn take(&self, state: &str) -> Result<Option<PendingAuthorization>>;
+}
+
+/// In-process pending authorisations with expiry.
+#[derive(Default)]
+pub struct MemoryPendingStore {
+    map: std::sync::Mutex<HashMap<String, (Instant, PendingAuthorization)>>,
+}
+
+impl MemoryPendingStore {
+    pub fn new() -> MemoryPendingStore {
+        MemoryPendingStore::default()
+    }
+}
+
+#[async_trait]
+impl PendingStore for MemoryPendingStore {
+    async fn put(&self, state: &str, pending: PendingAuthorization, ttl: Duration) -> Result<()> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, (until, _)| *until > now);
+        map.insert(state.to_string(), (now + ttl, pending));
+        Ok(())
+    }
+
+    async fn take(&self, state: &str) -> Result<Option<PendingAuthorization>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.remove(state).filter(|(until, _)| *until > Instant::now()).map(|(_, p)| p))
+    }
+}

@@ -1,0 +1,186 @@
+//! One launch's tokens and context, and their lifecycle: proactive refresh before expiry, rotation (the new
+//! refresh token is kept; the old one when none comes back), a typed error when refresh fails, revocation.
+
+use crate::context::{LaunchContext, Tokens};
+use crate::error::{Error, Result, Secret};
+use crate::fhir::Fhir;
+use crate::launch::{ClientAuth, token_request};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Refresh this long before the access token expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// Something that can hand out a bearer token and renew it once it was refused.
+#[async_trait]
+pub trait TokenSource: Send + Sync {
+    async fn token(&self) -> Result<Secret>;
+    /// The token was refused (401): get a new one, or fail with a typed error.
+    async fn renew(&self) -> Result<()>;
+    /// The FHIR base the token is for.
+    fn base(&self) -> &str;
+}
+
+struct TokenState {
+    tokens: Tokens,
+    expires_at: Option<Instant>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    iss: String,
+    client_id: String,
+    auth: ClientAuth,
+    token_endpoint: String,
+    revocation_endpoint: Option<String>,
+    state: tokio::sync::Mutex<TokenState>,
+    context: LaunchContext,
+    id_claims: Option<Value>,
+}
+
+/// A completed launch. Cheap to clone; clones share the tokens.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("iss", &self.inner.iss).field("client_id", &self.inner.client_id).field("context", &self.inner.context).finish_non_exhaustive()
+    }
+}
+
+fn expiry(tokens: &Tokens) -> Option<Instant> {
+    tokens.expires_in.map(|s| Instant::now() + Duration::from_secs(s.max(0) as u64))
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        http: reqwest::Client,
+        iss: String,
+        client_id: String,
+        auth: ClientAuth,
+        token_endpoint: String,
+        revocation_endpoint: Option<String>,
+        tokens: Tokens,
+        context: LaunchContext,
+        id_claims: Option<Value>,
+    ) -> Session {
+        let expires_at = expiry(&tokens);
+        Session {
+            inner: Arc::new(Inner { http, iss, client_id, auth, token_endpoint, revocation_endpoint, state: tokio::sync::Mutex::new(TokenState { tokens, expires_at }), context, id_claims }),
+        }
+    }
+
+    /// The launch context from the token response.
+    pub fn context(&self) -> &LaunchContext {
+        &self.inner.context
+    }
+
+    /// The verified `id_token` claims, when `openid` was granted.
+    pub fn id_claims(&self) -> Option<&Value> {
+        self.inner.id_claims.as_ref()
+    }
+
+    /// The FHIR base (`iss`) of this session.
+    pub fn iss(&self) -> &str {
+        &self.inner.iss
+    }
+
+    /// FHIR access with this session's token.
+    pub fn fhir(&self) -> Fhir {
+        Fhir::new(self.inner.http.clone(), Arc::new(self.clone()))
+    }
+
+    /// Whether a refresh token is held.
+    pub async fn can_refresh(&self) -> bool {
+        self.inner.state.lock().await.tokens.refresh_token.is_some()
+    }
+
+    /// Seconds until the access token expires, when known.
+    pub async fn expires_in(&self) -> Option<u64> {
+        self.inner.state.lock().await.expires_at.map(|e| e.saturating_duration_since(Instant::now()).as_secs())
+    }
+
+    /// The current access token, refreshed first when it expires within a minute and can be refreshed.
+    pub async fn access_token(&self) -> Result<Secret> {
+        let mut state = self.inner.state.lock().await;
+        let due = state.expires_at.is_some_and(|e| e.saturating_duration_since(Instant::now()) < REFRESH_MARGIN);
+        if due && state.tokens.refresh_token.is_some() {
+            self.refresh_locked(&mut state).await?;
+        } else if state.expires_at.is_some_and(|e| e <= Instant::now()) {
+            return Err(Error::SessionEnded { detail: "the access token expired and there is no refresh token".into() });
+        }
+        Ok(state.tokens.access_token.clone())
+    }
+
+    /// Refreshes now (rotation-aware; asymmetric clients sign a fresh assertion).
+    pub async fn refresh(&self) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        self.refresh_locked(&mut state).await
+    }
+
+    async fn refresh_locked(&self, state: &mut TokenState) -> Result<()> {
+        let Some(rt) = state.tokens.refresh_token.clone() else {
+            return Err(Error::RefreshFailed { detail: "no refresh token was issued".into() });
+        };
+        let mut form = vec![("grant_type".to_string(), "refresh_token".to_string()), ("refresh_token".into(), rt.expose().to_string())];
+        let body = match token_request(&self.inner.http, &self.inner.auth, &self.inner.client_id, &self.inner.token_endpoint, &mut form).await {
+            Ok(b) => b,
+            Err(Error::Transport(t)) => return Err(Error::Transport(t)),
+            Err(e) => {
+                tracing::info!(iss = %self.inner.iss, client = %self.inner.client_id, "refresh refused");
+                return Err(Error::RefreshFailed { detail: e.to_string() });
+            }
+        };
+        let mut tokens = Tokens::from_response(&body).ok_or_else(|| Error::RefreshFailed { detail: "the refresh response has no access_token".into() })?;
+        if tokens.refresh_token.is_none() {
+            // No rotation (or an Epic-style response without one): the old refresh token stays valid.
+            tokens.refresh_token = Some(rt);
+        }
+        state.expires_at = expiry(&tokens);
+        state.tokens = tokens;
+        tracing::info!(iss = %self.inner.iss, client = %self.inner.client_id, "access token refreshed");
+        Ok(())
+    }
+
+    /// Revokes the refresh token (or the access token when there is none) at sign-out (RFC 7009).
+    pub async fn revoke(&self) -> Result<()> {
+        let Some(endpoint) = &self.inner.revocation_endpoint else { return Ok(()) };
+        let state = self.inner.state.lock().await;
+        let (token, hint) = match &state.tokens.refresh_token {
+            Some(rt) => (rt.clone(), "refresh_token"),
+            None => (state.tokens.access_token.clone(), "access_token"),
+        };
+        let mut form = vec![("token".to_string(), token.expose().to_string()), ("token_type_hint".into(), hint.into())];
+        let req = self.inner.http.post(endpoint);
+        let req = self.inner.auth.apply(&self.inner.client_id, endpoint, &mut form, req)?;
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
+        let r = req.header("content-type", "application/x-www-form-urlencoded").body(body).send().await.map_err(Error::transport)?;
+        if !r.status().is_success() {
+            return Err(Error::OAuth { code: r.status().as_u16().to_string(), description: "revocation failed".into() });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TokenSource for Session {
+    async fn token(&self) -> Result<Secret> {
+        self.access_token().await
+    }
+
+    async fn renew(&self) -> Result<()> {
+        self.refresh().await.map_err(|e| match e {
+            Error::RefreshFailed { detail } => Error::SessionEnded { detail },
+            other => other,
+        })
+    }
+
+    fn base(&self) -> &str {
+        &self.inner.iss
+    }
+}
