@@ -23,6 +23,8 @@ pub struct BackendClient {
 }
 
 impl BackendClient {
+    /// A client for the FHIR server `iss`, registered as `client_id` with `key`'s public JWK, asking for
+    /// `scope` (`system/...` scopes).
     pub fn new(iss: &str, client_id: &str, key: Arc<SigningKey>, scope: &str) -> Result<Arc<BackendClient>> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).redirect(reqwest::redirect::Policy::none()).build().map_err(|e| Error::Config(e.to_string()))?;
         Ok(Arc::new(BackendClient {

@@ -22,8 +22,11 @@ pub struct LaunchContext {
     pub fhir_user: Option<String>,
     /// Whether the app should show its own patient banner (true when the server did not say).
     pub need_patient_banner: bool,
+    /// Where the EHR's style for embedded apps is (see [`crate::Session::style`]).
     pub smart_style_url: Option<String>,
+    /// The EHR's intent for the launch (e.g. `reconcile-medications`).
     pub intent: Option<String>,
+    /// The EHR's tenant or practice, when it sends one.
     pub tenant: Option<String>,
     /// SMART 2.2 `fhirContext` objects.
     pub fhir_context: Vec<Value>,
@@ -36,8 +39,11 @@ pub struct LaunchContext {
 /// Tokens of a session. `Debug` never shows them.
 #[derive(Debug, Clone)]
 pub struct Tokens {
+    /// The bearer token for the FHIR API.
     pub access_token: Secret,
+    /// Present with `offline_access` or `online_access`.
     pub refresh_token: Option<Secret>,
+    /// Present with `openid`.
     pub id_token: Option<Secret>,
     /// Seconds the access token lives, when the server said.
     pub expires_in: Option<i64>,
@@ -88,6 +94,7 @@ impl LaunchContext {
 }
 
 impl Tokens {
+    /// The tokens of a token response; `None` without an `access_token`.
     pub fn from_response(body: &Value) -> Option<Tokens> {
         Some(Tokens {
             access_token: Secret::new(body.get("access_token")?.as_str()?),
@@ -101,11 +108,13 @@ impl Tokens {
 /// Granted scopes, parsed (v1 and v2, granular), to gate features before calling.
 #[derive(Debug, Clone)]
 pub struct Granted {
+    /// The parsed scopes.
     pub scopes: ScopeSet,
     raw: String,
 }
 
 impl Granted {
+    /// Parses a granted `scope` string.
     pub fn new(scope: &str) -> Granted {
         Granted { scopes: ScopeSet::parse(scope), raw: scope.to_string() }
     }
@@ -136,6 +145,7 @@ impl Granted {
         })
     }
 
+    /// Whether exactly this scope (e.g. `offline_access`, `launch/patient`) was granted.
     pub fn has(&self, scope: &str) -> bool {
         smart::Scope::parse(scope).is_ok_and(|s| self.scopes.contains(&s))
     }

@@ -8,16 +8,27 @@ use serde_json::Value;
 /// A server's SMART configuration, as needed by a client.
 #[derive(Debug, Clone)]
 pub struct SmartConfiguration {
+    /// The authorisation server's issuer (the `iss` of its id_tokens and RFC 9207 responses).
     pub issuer: Option<String>,
+    /// Absolute URL of the authorisation endpoint.
     pub authorization_endpoint: String,
+    /// Absolute URL of the token endpoint.
     pub token_endpoint: String,
+    /// The issuer's JWKS, for id_token verification.
     pub jwks_uri: Option<String>,
+    /// RFC 7009 revocation endpoint.
     pub revocation_endpoint: Option<String>,
+    /// RFC 7662 introspection endpoint.
     pub introspection_endpoint: Option<String>,
+    /// RFC 7591 dynamic registration endpoint.
     pub registration_endpoint: Option<String>,
+    /// SMART capabilities (`launch-ehr`, `authorize-post`, ...).
     pub capabilities: Vec<String>,
+    /// Scopes the server says it supports.
     pub scopes_supported: Vec<String>,
+    /// PKCE methods (`S256` assumed when the server omits the field).
     pub code_challenge_methods_supported: Vec<String>,
+    /// Client authentication methods at the token endpoint.
     pub token_endpoint_auth_methods_supported: Vec<String>,
     /// The whole document, for fields this type does not name.
     pub raw: Value,
@@ -77,6 +88,7 @@ impl SmartConfiguration {
         })
     }
 
+    /// Whether the server advertises a SMART capability.
     pub fn supports(&self, capability: &str) -> bool {
         self.capabilities.iter().any(|c| c == capability)
     }

@@ -1,8 +1,10 @@
 //! Errors with two faces: [`Error::user_message`] is a short, clinician-facing sentence with the action to
 //! take; `Display` is the technical detail for logs. Neither ever contains a token.
 
-/// Everything that can go wrong in a SMART integration, by what the app should do about it.
+/// Everything that can go wrong in a SMART integration, by what the app should do about it. The variants'
+/// fields carry the technical detail for logs (never a token).
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
 pub enum Error {
     /// The launch came from an EHR that is not configured (`iss` not on the allow-list).
     #[error("unknown issuer {iss}: not on the allow-list of configured EHRs")]
@@ -97,6 +99,7 @@ impl Error {
     }
 }
 
+/// The SDK's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// A secret (token, client secret) whose `Debug` and `Display` never show it.
@@ -105,6 +108,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())
     }

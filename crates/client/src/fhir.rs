@@ -24,6 +24,7 @@ pub struct Fhir {
 }
 
 impl Fhir {
+    /// FHIR access through `http` with tokens from `source`.
     pub fn new(http: reqwest::Client, source: Arc<dyn TokenSource>) -> Fhir {
         Fhir { http, source, max_attempts: 3, max_wait: Duration::from_secs(10), timeout: Duration::from_secs(20) }
     }
@@ -145,6 +146,7 @@ pub struct Pages {
 }
 
 impl Pages {
+    /// The next page; `None` after the last.
     pub async fn next(&mut self) -> Option<Result<Bundle>> {
         let result = if let Some((ty, params)) = self.first.take() {
             let p: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -76,6 +76,7 @@ impl SigningKey {
         SigningKey { kid: kid.into(), key: Key::Rsa(pair) }
     }
 
+    /// `RS384` or `ES384`.
     pub fn alg(&self) -> &'static str {
         match self.key {
             Key::Rsa(_) => "RS384",

@@ -57,8 +57,11 @@ impl ClientAuth {
 pub struct EhrConfig {
     /// The EHR's FHIR base URL, exactly as it sends it in `iss`.
     pub iss: String,
+    /// The app's client id at this EHR.
     pub client_id: String,
+    /// How the app authenticates at this EHR's token endpoint.
     pub auth: ClientAuth,
+    /// The app's registered redirect URI at this EHR.
     pub redirect_uri: String,
     /// Scopes asked for in an EHR launch (`launch` is added when missing).
     pub ehr_scope: String,
@@ -70,13 +73,16 @@ pub struct EhrConfig {
 #[derive(Debug, Clone)]
 pub enum AuthorizationRequest {
     /// Redirect the browser here (GET).
+    #[allow(missing_docs)]
     Redirect { url: String, state: String },
     /// Auto-submit a form to `url` with these fields (POST; used for long scope strings when the server
     /// advertises `authorize-post`).
+    #[allow(missing_docs)]
     Post { url: String, fields: Vec<(String, String)>, state: String },
 }
 
 impl AuthorizationRequest {
+    /// The `state` of this request (the key of its pending authorisation).
     pub fn state(&self) -> &str {
         match self {
             AuthorizationRequest::Redirect { state, .. } | AuthorizationRequest::Post { state, .. } => state,
@@ -110,6 +116,7 @@ impl SmartClient {
         Ok(SmartClient { ehrs, pending, http, discovery: std::sync::Mutex::new(HashMap::new()) })
     }
 
+    /// The HTTP client the SDK uses (timeouts set, redirects not followed).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

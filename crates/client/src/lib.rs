@@ -40,6 +40,8 @@
 //! # let _ = request; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod backend;
 mod context;
 mod discovery;

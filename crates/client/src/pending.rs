@@ -14,18 +14,26 @@ pub struct PendingAuthorization {
     pub iss: String,
     /// The authorisation server's issuer for RFC 9207 `iss` checks (the FHIR base for SMART servers).
     pub issuer: String,
+    /// The app's client id at this EHR.
     pub client_id: String,
+    /// The redirect URI the request named (sent again with the code).
     pub redirect_uri: String,
+    /// The scopes requested.
     pub scope: String,
+    /// The PKCE verifier.
     pub code_verifier: Secret,
+    /// The OpenID Connect nonce the id_token must carry.
     pub nonce: String,
+    /// Where the code is exchanged.
     pub token_endpoint: String,
 }
 
 /// Where pending authorisations wait for their callback. `take` must remove what it returns (one use).
 #[async_trait]
 pub trait PendingStore: Send + Sync {
+    /// Keeps `pending` under `state` for `ttl`.
     async fn put(&self, state: &str, pending: PendingAuthorization, ttl: Duration) -> Result<()>;
+    /// Removes and returns what is kept under `state`, unless it expired.
     async fn take(&self, state: &str) -> Result<Option<PendingAuthorization>>;
 }
 
@@ -36,6 +44,7 @@ pub struct MemoryPendingStore {
 }
 
 impl MemoryPendingStore {
+    /// An empty store.
     pub fn new() -> MemoryPendingStore {
         MemoryPendingStore::default()
     }

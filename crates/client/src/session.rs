@@ -16,6 +16,7 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// Something that can hand out a bearer token and renew it once it was refused.
 #[async_trait]
 pub trait TokenSource: Send + Sync {
+    /// A token to send now.
     async fn token(&self) -> Result<Secret>;
     /// The token was refused (401): get a new one, or fail with a typed error.
     async fn renew(&self) -> Result<()>;
@@ -93,6 +94,20 @@ impl Session {
     /// FHIR access with this session's token.
     pub fn fhir(&self) -> Fhir {
         Fhir::new(self.inner.http.clone(), Arc::new(self.clone()))
+    }
+
+    /// The EHR's style for embedded apps (`smart_style_url`), fetched without the token; `None` when the
+    /// launch gave no style.
+    pub async fn style(&self) -> Result<Option<Value>> {
+        let Some(u) = &self.inner.context.smart_style_url else { return Ok(None) };
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(Error::Config(format!("smart_style_url is not an http(s) URL: {u}")));
+        }
+        let r = self.inner.http.get(u).header("accept", "application/json").send().await.map_err(Error::transport)?;
+        if !r.status().is_success() {
+            return Err(Error::Transport(format!("the style answered {}", r.status())));
+        }
+        r.json().await.map(Some).map_err(Error::transport)
     }
 
     /// Whether a refresh token is held.

@@ -1,9 +1,13 @@
 //! Typed views of the resources apps commonly read; everything else stays `serde_json::Value`. Every field
-//! is optional or defaulted: real servers omit a great deal.
+//! is optional or defaulted: real servers omit a great deal. Field names are the FHIR R4 element names
+//! in snake_case (`birth_date` is `birthDate`, `type_` is `type`); see the FHIR specification for their
+//! meaning.
+#![allow(missing_docs)]
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// FHIR R4 `Coding`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Coding {
     pub system: Option<String>,
@@ -11,6 +15,7 @@ pub struct Coding {
     pub display: Option<String>,
 }
 
+/// FHIR R4 `CodeableConcept`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CodeableConcept {
     #[serde(default)]
@@ -29,12 +34,14 @@ impl CodeableConcept {
     }
 }
 
+/// FHIR R4 `Reference`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Reference {
     pub reference: Option<String>,
     pub display: Option<String>,
 }
 
+/// FHIR R4 `Quantity`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Quantity {
     pub value: Option<f64>,
@@ -43,18 +50,21 @@ pub struct Quantity {
     pub code: Option<String>,
 }
 
+/// FHIR R4 `Period`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Period {
     pub start: Option<String>,
     pub end: Option<String>,
 }
 
+/// FHIR R4 `Identifier`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Identifier {
     pub system: Option<String>,
     pub value: Option<String>,
 }
 
+/// FHIR R4 `HumanName`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HumanName {
     pub text: Option<String>,
@@ -75,6 +85,7 @@ impl HumanName {
     }
 }
 
+/// FHIR R4 `Patient`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Patient {
@@ -94,6 +105,7 @@ impl Patient {
     }
 }
 
+/// FHIR R4 `Practitioner`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Practitioner {
@@ -102,6 +114,7 @@ pub struct Practitioner {
     pub name: Vec<HumanName>,
 }
 
+/// FHIR R4 `Encounter`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Encounter {
@@ -114,6 +127,7 @@ pub struct Encounter {
     pub subject: Option<Reference>,
 }
 
+/// FHIR R4 `Condition`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -128,6 +142,7 @@ pub struct Condition {
     pub recorded_date: Option<String>,
 }
 
+/// FHIR R4 `ReferenceRange`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferenceRange {
@@ -136,6 +151,7 @@ pub struct ReferenceRange {
     pub text: Option<String>,
 }
 
+/// FHIR R4 `ObservationComponent`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservationComponent {
@@ -143,6 +159,7 @@ pub struct ObservationComponent {
     pub value_quantity: Option<Quantity>,
 }
 
+/// FHIR R4 `Observation`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Observation {
@@ -165,12 +182,14 @@ pub struct Observation {
     pub component: Vec<ObservationComponent>,
 }
 
+/// FHIR R4 `Dosage`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Dosage {
     pub text: Option<String>,
 }
 
+/// FHIR R4 `MedicationRequest`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MedicationRequest {
@@ -185,6 +204,7 @@ pub struct MedicationRequest {
     pub dosage_instruction: Vec<Dosage>,
 }
 
+/// FHIR R4 `AllergyIntolerance`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllergyIntolerance {
@@ -195,6 +215,7 @@ pub struct AllergyIntolerance {
     pub patient: Option<Reference>,
 }
 
+/// FHIR R4 `Immunization`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Immunization {
@@ -205,6 +226,7 @@ pub struct Immunization {
     pub occurrence_date_time: Option<String>,
 }
 
+/// FHIR R4 `OperationOutcomeIssue`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationOutcomeIssue {
@@ -213,6 +235,7 @@ pub struct OperationOutcomeIssue {
     pub diagnostics: Option<String>,
 }
 
+/// FHIR R4 `OperationOutcome`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationOutcome {
@@ -220,17 +243,20 @@ pub struct OperationOutcome {
     pub issue: Vec<OperationOutcomeIssue>,
 }
 
+/// FHIR R4 `BundleLink`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BundleLink {
     pub relation: String,
     pub url: String,
 }
 
+/// FHIR R4 `BundleSearch`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BundleSearch {
     pub mode: Option<String>,
 }
 
+/// FHIR R4 `BundleEntry`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleEntry {
@@ -240,6 +266,7 @@ pub struct BundleEntry {
     pub search: Option<BundleSearch>,
 }
 
+/// FHIR R4 `Bundle`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Bundle {
     #[serde(rename = "type")]
