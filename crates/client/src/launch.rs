@@ -103,6 +103,7 @@ pub struct SmartClient {
     pending: Arc<dyn PendingStore>,
     http: reqwest::Client,
     discovery: std::sync::Mutex<HashMap<String, (Instant, Arc<SmartConfiguration>)>>,
+    post_threshold: usize,
 }
 
 impl SmartClient {
@@ -113,12 +114,26 @@ impl SmartClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(SmartClient { ehrs, pending, http, discovery: std::sync::Mutex::new(HashMap::new()) })
+        Ok(SmartClient { ehrs, pending, http, discovery: std::sync::Mutex::new(HashMap::new()), post_threshold: MAX_GET_URL })
     }
 
     /// The HTTP client the SDK uses (timeouts set, redirects not followed).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Authorisation requests whose GET URL would be longer than `bytes` go by POST when the server
+    /// advertises `authorize-post` (default 2000).
+    pub fn with_post_threshold(mut self, bytes: usize) -> SmartClient {
+        self.post_threshold = bytes;
+        self
+    }
+
+    /// Restores a session saved with [`Session::to_stored`] (e.g. by another node of the app). The EHR
+    /// must still be configured; the client authentication comes from its configuration.
+    pub fn restore(&self, stored: crate::session::StoredSession) -> Result<Session> {
+        let ehr = self.ehr(&stored.iss)?.clone();
+        Ok(Session::restore(self.http.clone(), ehr.auth, stored))
     }
 
     /// The configured EHR for an `iss`; an unknown issuer is refused and never contacted.
@@ -187,7 +202,7 @@ impl SmartClient {
         self.pending.put(&state, pending, PENDING_TTL).await?;
         let mut url = url::Url::parse(&conf.authorization_endpoint).map_err(|e| Error::Config(e.to_string()))?;
         url.query_pairs_mut().extend_pairs(fields.iter());
-        if url.as_str().len() > MAX_GET_URL && conf.supports("authorize-post") {
+        if url.as_str().len() > self.post_threshold && conf.supports("authorize-post") {
             return Ok(AuthorizationRequest::Post { url: conf.authorization_endpoint.clone(), fields, state });
         }
         Ok(AuthorizationRequest::Redirect { url: url.to_string(), state })
@@ -227,7 +242,28 @@ impl SmartClient {
         };
         let context = LaunchContext::from_response(&body, &pending.scope, claims.as_ref());
         tracing::info!(iss = %pending.iss, client = %pending.client_id, patient = ?context.patient, "SMART launch completed");
-        Ok(Session::new(self.http.clone(), pending.iss, ehr.client_id.clone(), ehr.auth.clone(), pending.token_endpoint, conf.revocation_endpoint.clone(), tokens, context, claims))
+        // What the context is rebuilt from when a stored session is restored: the response without tokens.
+        let mut context_source = body.clone();
+        if let Some(o) = context_source.as_object_mut() {
+            for k in ["access_token", "refresh_token", "id_token"] {
+                o.remove(k);
+            }
+        }
+        Ok(Session::new(
+            self.http.clone(),
+            crate::session::SessionParts {
+                iss: pending.iss,
+                client_id: ehr.client_id.clone(),
+                auth: ehr.auth.clone(),
+                token_endpoint: pending.token_endpoint,
+                revocation_endpoint: conf.revocation_endpoint.clone(),
+                requested_scope: pending.scope,
+                context_source,
+            },
+            tokens,
+            context,
+            claims,
+        ))
     }
 }
 

@@ -61,5 +61,5 @@ pub use fhir::{Fhir, Pages};
 pub use jose::SigningKey;
 pub use launch::{AuthorizationRequest, ClientAuth, EhrConfig, SmartClient};
 pub use pending::{MemoryPendingStore, PendingAuthorization, PendingStore};
-pub use session::{Session, TokenSource};
+pub use session::{Session, StoredSession, TokenSource};
 pub use smart::Interaction;

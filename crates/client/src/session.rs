@@ -29,6 +29,44 @@ struct TokenState {
     expires_at: Option<Instant>,
 }
 
+/// What a session knows besides its tokens and context.
+pub(crate) struct SessionParts {
+    pub iss: String,
+    pub client_id: String,
+    pub auth: ClientAuth,
+    pub token_endpoint: String,
+    pub revocation_endpoint: Option<String>,
+    pub requested_scope: String,
+    /// The token response without its tokens.
+    pub context_source: Value,
+}
+
+/// A session as saved by the app (server-side only: it contains the tokens; encrypt it at rest), to be
+/// restored with [`crate::SmartClient::restore`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoredSession {
+    /// The FHIR base.
+    pub iss: String,
+    /// The app's client id.
+    pub client_id: String,
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// The revocation endpoint, when the server has one.
+    pub revocation_endpoint: Option<String>,
+    /// The access token.
+    pub access_token: Secret,
+    /// The refresh token, when one is held.
+    pub refresh_token: Option<Secret>,
+    /// Unix seconds at which the access token expires, when known.
+    pub expires_at: Option<i64>,
+    /// The scopes requested (stand in for a missing granted `scope`).
+    pub requested_scope: String,
+    /// The token response without its tokens (the launch context).
+    pub response: Value,
+    /// The verified id_token claims.
+    pub id_claims: Option<Value>,
+}
+
 struct Inner {
     http: reqwest::Client,
     iss: String,
@@ -36,6 +74,8 @@ struct Inner {
     auth: ClientAuth,
     token_endpoint: String,
     revocation_endpoint: Option<String>,
+    requested_scope: String,
+    context_source: Value,
     state: tokio::sync::Mutex<TokenState>,
     context: LaunchContext,
     id_claims: Option<Value>,
@@ -58,21 +98,56 @@ fn expiry(tokens: &Tokens) -> Option<Instant> {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        http: reqwest::Client,
-        iss: String,
-        client_id: String,
-        auth: ClientAuth,
-        token_endpoint: String,
-        revocation_endpoint: Option<String>,
-        tokens: Tokens,
-        context: LaunchContext,
-        id_claims: Option<Value>,
-    ) -> Session {
+    pub(crate) fn new(http: reqwest::Client, parts: SessionParts, tokens: Tokens, context: LaunchContext, id_claims: Option<Value>) -> Session {
         let expires_at = expiry(&tokens);
         Session {
-            inner: Arc::new(Inner { http, iss, client_id, auth, token_endpoint, revocation_endpoint, state: tokio::sync::Mutex::new(TokenState { tokens, expires_at }), context, id_claims }),
+            inner: Arc::new(Inner {
+                http,
+                iss: parts.iss,
+                client_id: parts.client_id,
+                auth: parts.auth,
+                token_endpoint: parts.token_endpoint,
+                revocation_endpoint: parts.revocation_endpoint,
+                requested_scope: parts.requested_scope,
+                context_source: parts.context_source,
+                state: tokio::sync::Mutex::new(TokenState { tokens, expires_at }),
+                context,
+                id_claims,
+            }),
+        }
+    }
+
+    pub(crate) fn restore(http: reqwest::Client, auth: ClientAuth, s: StoredSession) -> Session {
+        let now = crate::jose::now_secs();
+        let tokens = Tokens { access_token: s.access_token, refresh_token: s.refresh_token, id_token: None, expires_in: s.expires_at.map(|e| e - now) };
+        let context = LaunchContext::from_response(&s.response, &s.requested_scope, s.id_claims.as_ref());
+        let parts = SessionParts {
+            iss: s.iss,
+            client_id: s.client_id,
+            auth,
+            token_endpoint: s.token_endpoint,
+            revocation_endpoint: s.revocation_endpoint,
+            requested_scope: s.requested_scope,
+            context_source: s.response,
+        };
+        Session::new(http, parts, tokens, context, s.id_claims)
+    }
+
+    /// The session as data for the app's session store (tokens included: keep it server-side, encrypted).
+    pub async fn to_stored(&self) -> StoredSession {
+        let state = self.inner.state.lock().await;
+        let now = crate::jose::now_secs();
+        StoredSession {
+            iss: self.inner.iss.clone(),
+            client_id: self.inner.client_id.clone(),
+            token_endpoint: self.inner.token_endpoint.clone(),
+            revocation_endpoint: self.inner.revocation_endpoint.clone(),
+            access_token: state.tokens.access_token.clone(),
+            refresh_token: state.tokens.refresh_token.clone(),
+            expires_at: state.expires_at.map(|e| now + e.saturating_duration_since(Instant::now()).as_secs() as i64),
+            requested_scope: self.inner.requested_scope.clone(),
+            response: self.inner.context_source.clone(),
+            id_claims: self.inner.id_claims.clone(),
         }
     }
 

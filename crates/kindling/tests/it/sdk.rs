@@ -68,8 +68,13 @@ async fn post(app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Resp
 
 /// Plays the person at the browser: signs in, allows (or denies) at consent; returns the callback's query.
 async fn browser(app: &TestApp, request: &client::AuthorizationRequest, user: &str, password: &str, allow: bool) -> HashMap<String, String> {
-    let client::AuthorizationRequest::Redirect { url, .. } = request else { panic!("expected a redirect") };
-    let mut r = app.client.get(url).send().await.unwrap();
+    let mut r = match request {
+        client::AuthorizationRequest::Redirect { url, .. } => app.client.get(url).send().await.unwrap(),
+        client::AuthorizationRequest::Post { url, fields, .. } => {
+            let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields.iter()).finish();
+            app.client.post(url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap()
+        }
+    };
     if r.status() == 200 {
         let html = r.text().await.unwrap();
         assert!(html.contains("Sign in"), "{html}");
@@ -302,4 +307,27 @@ async fn backend_services_client() {
     let wrong = client::BackendClient::new(&app.base, "backend", Arc::new(SigningKey::generate_es384("backend-1")), "system/*.rs").unwrap();
     let e = wrong.fhir().search("Patient", &[]).await.unwrap_err();
     assert!(matches!(e, Error::OAuth { ref code, .. } if code == "invalid_client"), "{e}");
+}
+
+#[tokio::test]
+async fn post_authorisation_and_sessions_restored_elsewhere() {
+    let f = fix().await;
+    let app = &f.app;
+    register(app, "pub", ClientKind::Public, None).await;
+    let s = smart(app, "pub", ClientAuth::Public).with_post_threshold(0);
+    let req = s.standalone_launch(&app.base).await.unwrap();
+    assert!(matches!(req, client::AuthorizationRequest::Post { .. }), "authorize-post is advertised");
+    let session = s.callback(&browser(app, &req, "pat", "pat-pass", true).await).await.unwrap();
+    // Saved by one node of the app and restored by another (a new SmartClient): same context, working tokens.
+    let stored = session.to_stored().await;
+    let text = serde_json::to_string(&stored).unwrap();
+    assert!(!text.contains("\"id_token\""), "the id_token itself is not kept");
+    let other = smart(app, "pub", ClientAuth::Public);
+    let restored = other.restore(serde_json::from_str(&text).unwrap()).unwrap();
+    assert_eq!(restored.context().patient, session.context().patient);
+    assert_eq!(restored.context().granted.as_str(), session.context().granted.as_str());
+    assert!(restored.fhir().read::<Value>("Patient", &f.p).await.is_ok());
+    restored.refresh().await.unwrap();
+    assert!(restored.fhir().read::<Value>("Patient", &f.p).await.is_ok());
+    assert!(format!("{stored:?}").contains("***") && !format!("{stored:?}").contains(stored.access_token.expose()));
 }
