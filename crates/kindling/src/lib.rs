@@ -82,9 +82,49 @@ pub struct Application {
     pub public_url: String,
     pub state: AppState,
     pub auth: auth::Shared,
+    /// The reference clinician app, when mounted (see [`Application::mount_reference_app`]).
+    pub reference_app: Option<app::App>,
+    data_dir: PathBuf,
 }
 
+/// The reference app's client id in the sandbox.
+pub const REFERENCE_APP: &str = "kindling-summary";
+
 impl Application {
+    /// Registers the reference clinician app (a confidential client with a fresh secret each start) and
+    /// serves it under `/app` on this server, as `kindling up` does.
+    pub async fn mount_reference_app(&mut self) -> anyhow::Result<()> {
+        let store = self.state.store.as_ref();
+        let base = &self.public_url;
+        let existing = store.auth_get("client", REFERENCE_APP).await?.and_then(|r| serde_json::from_str::<auth::model::Client>(&r.value).ok());
+        let client = auth::model::Client {
+            client_id: REFERENCE_APP.into(),
+            name: "Patient summary (reference app)".into(),
+            kind: auth::model::ClientKind::ConfidentialSymmetric,
+            secret_hash: None,
+            redirect_uris: vec![format!("{base}/app/callback")],
+            launch_url: Some(format!("{base}/app/launch")),
+            allowed_scope: app::config::ALLOWED_SCOPE.into(),
+            jwks: None,
+            jwks_url: None,
+            icon: None,
+            disabled: existing.as_ref().is_some_and(|c| c.disabled),
+            profile: existing.and_then(|c| c.profile),
+        };
+        let secret = auth::registry::put_client(store, client).await?.ok_or_else(|| anyhow::anyhow!("no secret generated"))?;
+        let config = app::config::AppConfig {
+            listen: self.addr.to_string(),
+            public_url: base.clone(),
+            database: self.data_dir.join("app.db"),
+            session_key_env: None,
+            frame_ancestors: Vec::new(),
+            ehrs: vec![app::config::EhrEntry { iss: self.state.base_url.clone(), client_id: REFERENCE_APP.into(), client_secret_env: Some("secret".into()) }],
+        };
+        let app = app::App::new(config, app::random_key(), move |_| Some(secret.clone())).map_err(|e| anyhow::anyhow!(e))?;
+        self.reference_app = Some(app);
+        Ok(())
+    }
+
     /// Opens the store (running migrations) and binds the listener. Use port 0 in tests.
     pub async fn build(config: &ServerConfig, clock: SharedClock) -> anyhow::Result<Self> {
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
@@ -109,7 +149,7 @@ impl Application {
         // The open sandbox is unaudited at the FHIR API, like it is unauthenticated.
         let fhir_audit = (!config.open_sandbox).then_some(audit);
         let state = AppState { store, base_url, clock, access, audit: fhir_audit };
-        Ok(Application { listener, tls, addr, public_url, state, auth })
+        Ok(Application { listener, tls, addr, public_url, state, auth, reference_app: None, data_dir: config.data_dir.clone() })
     }
 
     pub fn base_url(&self) -> &str {
@@ -122,7 +162,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let app = router(self.state, self.auth);
+        let mut app = router(self.state, self.auth);
+        if let Some(reference) = self.reference_app {
+            app = app.merge(reference.router());
+        }
         match self.tls {
             None => axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?,
             Some(acceptor) => serve_tls(self.listener, acceptor, app, shutdown).await?,

@@ -126,6 +126,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run the reference clinician app on its own against any SMART EHR (`config/app.dev.toml`).
+    App {
+        /// The app's configuration (TOML): listen, public_url, database, EHRs and the environment
+        /// variables holding its secrets.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Manage registered apps.
     Apps {
         #[arg(long, default_value = "./kindling-data")]
@@ -167,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up { serve, patients, seed } => {
             let started = Instant::now();
-            let app = Application::build(&config(&serve), clock).await?;
+            let mut app = Application::build(&config(&serve), clock).await?;
             let counts = app.store().counts().await?;
             if !counts.iter().any(|(t, n)| t == "Patient" && *n > 0) {
                 eprintln!("First start: seeding {patients} synthetic patients (seed {seed}) into {} ...", serve.data.display());
@@ -176,10 +183,12 @@ async fn main() -> anyhow::Result<()> {
             }
             kindling::ensure_demo_users(&app, seed).await?;
             ehr::register_demo_app(&app.auth).await?;
+            app.mount_reference_app().await?;
             load_apps(&app, serve.apps.as_deref()).await?;
             print_ready(&app, started);
             println!("  EHR (clinicians):    {}/ehr", app.public_url);
             println!("  Patient portal:      {}/portal", app.public_url);
+            println!("  Reference app:       {}/app/launch (launch it from a chart: \"Patient summary\")", app.public_url);
             println!("  SMART discovery:     {}/.well-known/smart-configuration", app.base_url());
             println!("  Demo accounts (user name / password):");
             for (user, password, role, name) in kindling::DEMO_USERS {
@@ -229,6 +238,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => kindling::bench::run(args).await,
         Command::Apps { data, command } => apps(data, command, clock).await,
+        Command::App { config } => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?;
+            let cfg = app::config::AppConfig::from_toml(&text).map_err(|e| anyhow::anyhow!(e))?;
+            let key = match &cfg.session_key_env {
+                Some(var) => match std::env::var(var) {
+                    Ok(v) => app::key_from_base64(&v).map_err(|e| anyhow::anyhow!("{var}: {e}"))?,
+                    Err(_) => {
+                        eprintln!("{var} is not set: using a random session key (sessions end when the app restarts)");
+                        app::random_key()
+                    }
+                },
+                None => app::random_key(),
+            };
+            let listen = cfg.listen.clone();
+            let public = cfg.public_url.clone();
+            let reference = app::App::new(cfg, key, |var| std::env::var(var).ok()).map_err(|e| anyhow::anyhow!(e))?;
+            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            println!("Reference app serving at {public} (launch URL {public}/app/launch, redirect URI {public}/app/callback)");
+            axum::serve(listener, reference.router()).with_graceful_shutdown(shutdown_signal()).await?;
+            Ok(())
+        }
         Command::Keys { data, command } => {
             let app = Application::build(&offline_config(data), clock.clone()).await?;
             let store = app.state.store.as_ref();

@@ -6,6 +6,7 @@
 //! With `KINDLING_SCREENSHOTS=<dir>` the tests also save the screenshots referenced from the README.
 
 mod flows;
+mod reference_app;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use fhir::time::{SharedClock, SystemClock};
@@ -30,6 +31,8 @@ pub async fn sandbox() -> Sandbox {
     kindling::seed(&app.state, 3, 1).await.expect("seed");
     kindling::ensure_demo_users(&app, 1).await.expect("users");
     ::ehr::register_demo_app(&app.auth).await.expect("demo app");
+    let mut app = app;
+    app.mount_reference_app().await.expect("reference app");
     let url = app.public_url.clone();
     let store = app.store();
     tokio::spawn(app.run_until(std::future::pending()));
@@ -43,7 +46,10 @@ pub struct Browser {
 }
 
 impl Drop for Browser {
+    /// The Chromium that chromedriver started goes with it (its helpers follow the browser process), even
+    /// when a test panics before closing the session.
     fn drop(&mut self) {
+        let _ = Command::new("pkill").args(["-KILL", "-P", &self.driver.id().to_string()]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

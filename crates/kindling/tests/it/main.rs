@@ -11,6 +11,7 @@ mod backend;
 mod smart_flows;
 mod ehr_pages;
 mod sdk;
+mod reference_app;
 mod tls;
 
 use fhir::time::{ManualClock, SharedClock};
@@ -24,6 +25,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub app_state: api::AppState,
     pub auth: auth::Shared,
+    pub reference_app: Option<app::App>,
     _dir: tempfile::TempDir,
 }
 
@@ -37,18 +39,31 @@ pub async fn spawn_secured_app() -> TestApp {
     spawn(false).await
 }
 
+/// The whole platform with the reference clinician app mounted under `/app`.
+pub async fn spawn_with_reference_app() -> TestApp {
+    spawn_inner(false, true).await
+}
+
 async fn spawn(open_sandbox: bool) -> TestApp {
+    spawn_inner(open_sandbox, false).await
+}
+
+async fn spawn_inner(open_sandbox: bool, reference_app: bool) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
     let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None };
-    let app = Application::build(&config, shared).await.expect("build app");
+    let mut app = Application::build(&config, shared).await.expect("build app");
+    if reference_app {
+        app.mount_reference_app().await.expect("reference app");
+    }
     let base = app.base_url().to_string();
     let app_state = app.state.clone();
     let auth = app.auth.clone();
+    let reference_app = app.reference_app.clone();
     tokio::spawn(app.run_until(std::future::pending()));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    TestApp { base, client, clock, app_state, auth, _dir: dir }
+    TestApp { base, client, clock, app_state, auth, reference_app, _dir: dir }
 }
 
 impl TestApp {

@@ -1,0 +1,173 @@
+//! Server-side state in SQLite: sessions (each launch its own, bound to a browser secret held in an
+//! HttpOnly cookie) and pending authorisations. Everything that holds a token or a PKCE verifier is
+//! encrypted with AES-256-GCM under the app's session key, with the record's id as associated data.
+
+use async_trait::async_trait;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use client::{PendingAuthorization, PendingStore, StoredSession};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("a stored record could not be decrypted")]
+    Decrypt,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A session as kept: the SDK's stored session plus what the app shows while it cannot reach the EHR.
+#[derive(Serialize, Deserialize)]
+pub struct AppSession {
+    pub smart: StoredSession,
+    /// The patient's name once read (for orientation on error pages).
+    #[serde(default)]
+    pub patient_name: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct AppStore {
+    conn: Arc<Mutex<Connection>>,
+    key: Arc<LessSafeKey>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Sessions live at most this long (a clinic day); the EHR's tokens usually end them sooner.
+pub const SESSION_SECS: i64 = 12 * 3600;
+
+impl AppStore {
+    pub fn open(path: &Path, key: [u8; 32]) -> Result<AppStore, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS app_sessions (id TEXT PRIMARY KEY, browser_hash TEXT NOT NULL, expires INTEGER NOT NULL, data BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS app_pending (state_hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, data BLOB NOT NULL);",
+        )?;
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).map_err(|_| StoreError::Other("bad key".into()))?);
+        Ok(AppStore { conn: Arc::new(Mutex::new(conn)), key: Arc::new(key) })
+    }
+
+    fn seal(&self, aad: &str, plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 12];
+        aws_lc_rs::rand::fill(&mut nonce).expect("randomness");
+        let mut buf = plain.to_vec();
+        self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut buf).expect("seal");
+        let mut out = nonce.to_vec();
+        out.extend(buf);
+        out
+    }
+
+    fn open_sealed(&self, aad: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if sealed.len() < 12 + 16 {
+            return Err(StoreError::Decrypt);
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[..12]).map_err(|_| StoreError::Decrypt)?;
+        let mut buf = sealed[12..].to_vec();
+        let plain = self.key.open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf).map_err(|_| StoreError::Decrypt)?;
+        Ok(plain.to_vec())
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&c)
+        })
+        .await
+        .map_err(|e| StoreError::Other(e.to_string()))?
+    }
+
+    /// Saves a session under `id`, bound to the browser secret's hash.
+    pub async fn save_session(&self, id: &str, browser_hash: &str, s: &AppSession) -> Result<(), StoreError> {
+        let plain = serde_json::to_vec(s).map_err(|e| StoreError::Other(e.to_string()))?;
+        let sealed = self.seal(id, &plain);
+        let (id, browser_hash) = (id.to_string(), browser_hash.to_string());
+        self.blocking(move |c| {
+            c.execute(
+                "INSERT INTO app_sessions (id, browser_hash, expires, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                params![id, browser_hash, now() + SESSION_SECS, sealed],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The session `id` when `browser_hash` matches and it has not expired.
+    pub async fn load_session(&self, id: &str, browser_hash: &str) -> Result<Option<AppSession>, StoreError> {
+        let (idc, bh) = (id.to_string(), browser_hash.to_string());
+        let row: Option<Vec<u8>> = self
+            .blocking(move |c| Ok(c.query_row("SELECT data FROM app_sessions WHERE id = ?1 AND browser_hash = ?2 AND expires > ?3", params![idc, bh, now()], |r| r.get(0)).optional()?))
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(sealed) => {
+                let plain = self.open_sealed(id, &sealed)?;
+                serde_json::from_slice(&plain).map(Some).map_err(|e| StoreError::Other(e.to_string()))
+            }
+        }
+    }
+
+    pub async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            c.execute("DELETE FROM app_sessions WHERE id = ?1", params![id])?;
+            c.execute("DELETE FROM app_sessions WHERE expires <= ?1", params![now()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The raw sealed bytes of a session (for tests that prove tokens are not stored in the clear).
+    pub async fn raw_session(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |c| Ok(c.query_row("SELECT data FROM app_sessions WHERE id = ?1", params![id], |r| r.get(0)).optional()?)).await
+    }
+}
+
+pub fn hash(s: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+}
+
+/// Pending authorisations in the same database, so any node of the app can take the callback.
+#[async_trait]
+impl PendingStore for AppStore {
+    async fn put(&self, state: &str, pending: PendingAuthorization, ttl: Duration) -> client::Result<()> {
+        let key = hash(state);
+        let plain = serde_json::to_vec(&pending).map_err(|e| client::Error::Config(e.to_string()))?;
+        let sealed = self.seal(&key, &plain);
+        self.blocking(move |c| {
+            c.execute("DELETE FROM app_pending WHERE expires <= ?1", params![now()])?;
+            c.execute("INSERT OR REPLACE INTO app_pending (state_hash, expires, data) VALUES (?1, ?2, ?3)", params![key, now() + ttl.as_secs() as i64, sealed])?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| client::Error::Config(e.to_string()))
+    }
+
+    async fn take(&self, state: &str) -> client::Result<Option<PendingAuthorization>> {
+        let key = hash(state);
+        let k2 = key.clone();
+        let row: Option<Vec<u8>> = self
+            .blocking(move |c| Ok(c.query_row("DELETE FROM app_pending WHERE state_hash = ?1 AND expires > ?2 RETURNING data", params![k2, now()], |r| r.get(0)).optional()?))
+            .await
+            .map_err(|e| client::Error::Config(e.to_string()))?;
+        match row {
+            None => Ok(None),
+            Some(sealed) => {
+                let plain = self.open_sealed(&key, &sealed).map_err(|e| client::Error::Config(e.to_string()))?;
+                serde_json::from_slice(&plain).map(Some).map_err(|e| client::Error::Config(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Server-side SVG trend charts: readable without JavaScript, labelled for screen readers.
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A line chart of `points` (day, one or more series values), oldest first.
+pub fn trend(title: &str, unit: &str, points: &[(String, Vec<f64>)]) -> String {
+    const W: f64 = 320.0;
+    const H: f64 = 120.0;
+    const PAD_L: f64 = 36.0;
+    const PAD_B: f64 = 18.0;
+    let values: Vec<f64> = points.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    if values.is_empty() {
+        return String::new();
+    }
+    let (mut lo, mut hi) = values.iter().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    if (hi - lo).abs() < 1e-9 {
+        lo -= 1.0;
+        hi += 1.0;
+    }
+    let span = hi - lo;
+    let n = points.len().max(2) - 1;
+    let x = |i: usize| PAD_L + (W - PAD_L - 8.0) * (i as f64) / (n as f64);
+    let y = |v: f64| 6.0 + (H - PAD_B - 12.0) * (1.0 - (v - lo) / span);
+    let series = points.first().map(|(_, v)| v.len()).unwrap_or(0);
+    let colours = ["#1f5fa8", "#b3541e"];
+    let mut lines = String::new();
+    for s in 0..series {
+        let path: Vec<String> = points.iter().enumerate().filter_map(|(i, (_, v))| v.get(s).map(|val| format!("{:.1},{:.1}", x(i), y(*val)))).collect();
+        lines.push_str(&format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>", colours[s % 2], path.join(" ")));
+        for (i, (_, v)) in points.iter().enumerate() {
+            if let Some(val) = v.get(s) {
+                lines.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{}\"/>", x(i), y(*val), colours[s % 2]));
+            }
+        }
+    }
+    let first = points.first().map(|p| p.0.as_str()).unwrap_or("");
+    let last = points.last().map(|p| p.0.as_str()).unwrap_or("");
+    let label = format!("{title} trend from {first} to {last}, between {lo:.0} and {hi:.0} {unit}");
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{label}\" class=\"trend\">\
+         <title>{label}</title>\
+         <line x1=\"{PAD_L}\" y1=\"6\" x2=\"{PAD_L}\" y2=\"{yb}\" stroke=\"#999\"/><line x1=\"{PAD_L}\" y1=\"{yb}\" x2=\"{W}\" y2=\"{yb}\" stroke=\"#999\"/>\
+         <text x=\"{tx}\" y=\"12\" font-size=\"10\" text-anchor=\"end\">{hi:.0}</text><text x=\"{tx}\" y=\"{yb}\" font-size=\"10\" text-anchor=\"end\">{lo:.0}</text>\
+         <text x=\"{PAD_L}\" y=\"{H}\" font-size=\"10\">{first}</text><text x=\"{W}\" y=\"{H}\" font-size=\"10\" text-anchor=\"end\">{last}</text>{lines}</svg>",
+        label = esc(&label),
+        yb = H - PAD_B,
+        tx = PAD_L - 4.0,
+        first = esc(first),
+        last = esc(last),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_labelled_and_scaled() {
+        let svg = trend("Heart rate", "/min", &[("2026-01-01".into(), vec![70.0]), ("2026-02-01".into(), vec![90.0])]);
+        assert!(svg.contains("aria-label=\"Heart rate trend from 2026-01-01 to 2026-02-01, between 70 and 90 /min\""));
+        assert_eq!(svg.matches("<circle").count(), 2);
+        let bp = trend("Blood pressure", "mm[Hg]", &[("d1".into(), vec![120.0, 80.0]), ("d2".into(), vec![130.0, 85.0])]);
+        assert_eq!(bp.matches("<polyline").count(), 2, "systolic and diastolic");
+        assert_eq!(trend("x", "", &[]), "");
+        assert!(!trend("<b>", "", &[("d".into(), vec![1.0])]).contains("<b>"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The reference clinician app, launched from the EHR the way a clinician does, in headless Chromium:
+//! the summary against the FHIR data, and each designed unhappy path through the EHR's fault injection.
+
+use crate::{Browser, Sandbox, browser, sandbox};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const APP: &str = "kindling-summary";
+
+async fn sign_in(b: &Browser, s: &Sandbox) {
+    b.goto(&format!("{}/ehr/login", s.url)).await;
+    b.fill("#username", "clinician").await;
+    b.fill("#password", "kindling-clinician").await;
+    b.click("main form button.primary").await;
+    b.wait_text("h1", |t| t == "Patients").await;
+}
+
+/// Opens the chart with the given launcher options and launches the reference app in a new tab.
+async fn launch(b: &Browser, s: &Sandbox, patient: &str, options: &[(&str, &str)]) {
+    b.goto(&format!("{}/ehr/patients/{patient}", s.url)).await;
+    if !options.is_empty() {
+        b.click("details summary").await;
+    }
+    for (field, value) in options {
+        let e = b.find(&format!("[name={field}]")).await;
+        if e.tag_name().await.expect("tag") == "select" {
+            e.select_by_value(value).await.expect("select");
+        } else if e.attr("type").await.expect("type").as_deref() == Some("checkbox") {
+            e.click().await.expect("tick");
+        } else {
+            e.clear().await.expect("clear");
+            e.send_keys(value).await.expect("type");
+        }
+    }
+    let before = b.c.windows().await.expect("windows").len();
+    b.click(&format!("button[value='tab|{APP}']")).await;
+    b.to_new_window(before).await;
+}
+
+async fn approve_if_asked(b: &Browser) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = b.c.current_url().await.expect("url").to_string();
+        if url.contains("/app/s/") {
+            return;
+        }
+        if let Ok(e) = b.c.find(fantoccini::Locator::Css("button[value=allow]")).await {
+            e.click().await.expect("allow");
+            return;
+        }
+        assert!(Instant::now() < deadline, "neither consent nor the app: {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn first_window(b: &Browser) {
+    let w = b.c.windows().await.expect("windows");
+    b.c.switch_to_window(w[0].clone()).await.expect("switch");
+}
+
+/// The texts of the FHIR resources the summary should show, read straight from the store.
+async fn expected(s: &Sandbox, ty: &str, patient: &str, extra: &[(&str, &str)], path: &[&str]) -> Vec<String> {
+    let mut pairs = vec![("patient".to_string(), patient.to_string())];
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let q = fhir::query::parse(ty, &pairs, fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).expect("query");
+    let keys = s.store.search(&q).await.expect("search");
+    let found = s.store.fetch(&keys).await.expect("fetch");
+    found
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(&r.json).expect("json");
+            let mut x = &v;
+            for p in path {
+                x = &x[*p];
+            }
+            x.as_str().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_summary_shows_the_record_and_each_tab_keeps_its_patient() {
+    let s = sandbox().await;
+    let Some(b) = browser().await else { return };
+    let a = synth::patient_id(1, 1);
+    let other = synth::patient_id(1, 2);
+    sign_in(&b, &s).await;
+    // With an encounter chosen.
+    b.goto(&format!("{}/ehr/patients/{a}", s.url)).await;
+    b.find("#encounter").await.select_by_index(1).await.expect("encounter");
+    let before = b.c.windows().await.expect("windows").len();
+    b.click(&format!("button[value='tab|{APP}']")).await;
+    b.to_new_window(before).await;
+    approve_if_asked(&b).await;
+    let name = b.wait_text("#patient-name", |t| !t.is_empty()).await;
+    let r = s.store.read("Patient", &a).await.unwrap().unwrap();
+    let v: Value = serde_json::from_str(&r.json).unwrap();
+    assert!(name.contains(v["name"][0]["family"].as_str().unwrap()), "{name}");
+    assert!(b.find("#encounter").await.text().await.unwrap().contains("This encounter"));
+    // Problems and medications as recorded.
+    let problems = b.text("#problems").await;
+    let conditions = expected(&s, "Condition", &a, &[("clinical-status", "active")], &["code", "text"]).await;
+    assert!(!conditions.is_empty(), "the test patient has active problems");
+    let shown = conditions.iter().filter(|c| !c.is_empty() && problems.contains(c.as_str())).count();
+    assert_eq!(shown, conditions.iter().filter(|c| !c.is_empty()).count(), "every active problem is listed:\n{problems}\n{conditions:?}");
+    let meds = b.text("#medications").await;
+    for m in expected(&s, "MedicationRequest", &a, &[("status", "active")], &["medicationCodeableConcept", "text"]).await.iter().filter(|m| !m.is_empty()) {
+        assert!(meds.contains(m.as_str()), "{m} missing from {meds}");
+    }
+    // Vital-sign trends as server-side SVG, labs with ranges and flags.
+    assert!(b.find("#vitals svg.trend").await.attr("aria-label").await.unwrap().unwrap().contains("trend"));
+    let labs = b.text("#labs").await;
+    assert!(labs.contains("Reference range") && labs.contains("–"), "{labs}");
+    b.screenshot("app-summary").await;
+    let tab_a = b.c.window().await.unwrap();
+
+    // A second tab with another patient; the first keeps its own.
+    first_window(&b).await;
+    launch(&b, &s, &other, &[]).await;
+    approve_if_asked(&b).await;
+    let name_b = b.wait_text("#patient-name", |t| !t.is_empty()).await;
+    assert_ne!(name_b, name);
+    assert!(b.c.find(fantoccini::Locator::Css("#encounter")).await.is_err(), "no encounter context is normal: no section, no error");
+    b.c.switch_to_window(tab_a).await.unwrap();
+    b.c.refresh().await.unwrap();
+    assert_eq!(b.wait_text("#patient-name", |t| !t.is_empty()).await, name);
+}
+
+#[tokio::test]
+async fn unhappy_paths_have_designed_pages() {
+    let s = sandbox().await;
+    let Some(b) = browser().await else { return };
+    let p = synth::patient_id(1, 1);
+    sign_in(&b, &s).await;
+    // Consent once, so the runs below go straight to the app.
+    launch(&b, &s, &p, &[]).await;
+    approve_if_asked(&b).await;
+    b.wait_text("#patient-name", |t| !t.is_empty()).await;
+
+    // Denied scopes: those sections explain, the rest works.
+    first_window(&b).await;
+    launch(&b, &s, &p, &[("deny", "Observation")]).await;
+    b.wait_text("#vitals", |t| t.contains("were not shared with this app")).await;
+    assert!(b.text("#labs").await.contains("were not shared with this app"));
+    assert!(!b.text("#problems").await.contains("not shared"));
+    assert!(!b.text("#patient-name").await.is_empty());
+    b.screenshot("app-denied-section").await;
+
+    // The launch expired.
+    first_window(&b).await;
+    launch(&b, &s, &p, &[("expired_launch", "1")]).await;
+    b.wait_text("h1", |t| t == "This launch has expired").await;
+    assert!(b.text(".action").await.contains("Relaunch the app from the patient's chart"));
+    b.screenshot("app-launch-expired").await;
+
+    // FHIR 503 on every request: retried, then a partial page saying what is missing.
+    first_window(&b).await;
+    launch(&b, &s, &p, &[("fhir_error_status", "503"), ("fhir_error_percent", "100")]).await;
+    b.wait_text("#problems", |t| t.contains("record system is busy")).await;
+    // 429 on a third of the requests: the retries get through, nothing is missing.
+    first_window(&b).await;
+    launch(&b, &s, &p, &[("fhir_error_status", "429"), ("fhir_error_percent", "34")]).await;
+    b.wait_text("#patient-name", |t| !t.is_empty()).await;
+    assert!(!b.text("main").await.contains("busy"));
+
+    // Token near its end and refresh failing: a relaunch prompt that still names the patient.
+    first_window(&b).await;
+    launch(&b, &s, &p, &[("token_secs", "64"), ("refresh_fails", "1")]).await;
+    let name = b.wait_text("#patient-name", |t| !t.is_empty()).await;
+    // The app refreshes a minute before expiry: wait until it must.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    b.c.refresh().await.unwrap();
+    b.wait_text("h1", |t| t == "Your session with the record system has ended").await;
+    assert!(b.text(".context").await.contains(&name), "the clinician stays oriented");
+    b.screenshot("app-session-ended").await;
+}
