@@ -174,3 +174,88 @@ async fn unhappy_paths_have_designed_pages() {
     assert!(b.text(".context").await.contains(&name), "the clinician stays oriented");
     b.screenshot("app-session-ended").await;
 }
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Benchmark (run explicitly; prints figures, asserts nothing about time):
+/// `cargo test --release -p kindling --test browser bench_click_to_summary -- --ignored --nocapture`.
+/// From the click on Launch in the EHR chart to the rendered summary in headless Chromium, with consent
+/// given before; and the server-side time of the callback and the summary page over plain HTTP.
+#[tokio::test]
+#[ignore]
+async fn bench_click_to_summary() {
+    let s = sandbox().await;
+    let Some(b) = browser().await else { return };
+    let p = synth::patient_id(1, 1);
+    sign_in(&b, &s).await;
+    launch(&b, &s, &p, &[]).await;
+    approve_if_asked(&b).await;
+    b.wait_text("#problems", |t| !t.is_empty()).await;
+    let mut wall = Vec::new();
+    let mut server = Vec::new();
+    for _ in 0..12 {
+        b.c.close_window().await.expect("close tab");
+        first_window(&b).await;
+        b.goto(&format!("{}/ehr/patients/{p}", s.url)).await;
+        let before = b.c.windows().await.expect("windows").len();
+        let started = Instant::now();
+        b.click(&format!("button[value='tab|{APP}']")).await;
+        b.to_new_window(before).await;
+        b.find("#labs").await;
+        wall.push(started.elapsed().as_secs_f64() * 1000.0);
+        let t = b.c.execute("const e = performance.getEntriesByType('navigation')[0]; const st = (e.serverTiming || []).find(x => x.name === 'app'); return st ? st.duration : -1", vec![]).await.expect("timing");
+        server.push(t.as_f64().unwrap_or(-1.0));
+    }
+    // Drop the first (warm-up) run.
+    wall.remove(0);
+    server.remove(0);
+    println!("click_to_summary     runs={} p50={:.0} ms p90={:.0} ms max={:.0} ms (headless Chromium: click in the EHR chart → summary rendered, consent given before)", wall.len(), percentile(&mut wall.clone(), 0.5), percentile(&mut wall.clone(), 0.9), percentile(&mut wall, 1.0));
+    println!("summary_server_time  runs={} p50={:.1} ms (Server-Timing of the summary page in those runs)", server.len(), percentile(&mut server, 0.5));
+
+    // Server side over HTTP: the EHR session cookie, remembered consent, then callback + summary.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let body = "username=clinician&password=kindling-clinician";
+    let r = http.post(format!("{}/ehr/login", s.url)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    let ehr_cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let (mut cb, mut sum, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    let timing = |r: &reqwest::Response| r.headers().get("server-timing").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("app;dur=")).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    for _ in 0..25 {
+        let handle: Value = http
+            .post(format!("{}/auth/launch", s.url))
+            .basic_auth("clinician", Some("kindling-clinician"))
+            .json(&serde_json::json!({"patient": p, "need_patient_banner": true}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut u = url::Url::parse(&format!("{}/app/launch", s.url)).unwrap();
+        u.query_pairs_mut().append_pair("iss", &format!("{}/fhir", s.url)).append_pair("launch", handle["launch"].as_str().unwrap());
+        let r = http.get(u).send().await.unwrap();
+        let authorize = r.headers()["location"].to_str().unwrap().to_string();
+        let r = http.get(&authorize).header("cookie", &ehr_cookie).send().await.unwrap();
+        let callback = r.headers()["location"].to_str().unwrap().to_string();
+        let r = http.get(&callback).send().await.unwrap();
+        let c = timing(&r);
+        let summary = format!("{}{}", s.url, r.headers()["location"].to_str().unwrap());
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let r = http.get(&summary).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let t = timing(&r);
+        cb.push(c);
+        sum.push(t);
+        total.push(c + t);
+    }
+    println!(
+        "server_callback_summary runs={} callback_p50={:.1} ms summary_p50={:.1} ms callback+summary_p50={:.1} ms p90={:.1} ms",
+        total.len(),
+        percentile(&mut cb, 0.5),
+        percentile(&mut sum, 0.5),
+        percentile(&mut total.clone(), 0.5),
+        percentile(&mut total, 0.9)
+    );
+}
