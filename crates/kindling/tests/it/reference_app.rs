@@ -149,3 +149,41 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
         assert!(!text.contains(value), "the {what} appears in the logs");
     }
 }
+
+#[tokio::test]
+async fn consent_denied_and_standalone_launch() {
+    let app = spawn_with_reference_app().await;
+    kindling::seed(&app.app_state, 1, 6).await.unwrap();
+    let store = app.auth.store.as_ref();
+    let patient = synth::patient_id(6, 0);
+    auth::registry::put_user(store, "pat", "Pat", UserRole::Patient, "pat-pass", &format!("Patient/{patient}")).await.unwrap();
+    // Standalone (no launch handle): the patient signs in, then denies.
+    let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
+    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    let html = r.text().await.unwrap();
+    let r = post(&app, "/auth/consent", None, &[("request", &hidden(&html, "request")), ("decision", "deny")]).await;
+    let r = app.client.get(location(&r)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Access was not allowed") && page.contains("Without that access this app cannot"), "{page}");
+    // Allowed this time: the patient's own summary.
+    let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
+    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
+    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    let html = r.text().await.unwrap();
+    let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
+    for s in html.split("name=\"scope\" value=\"").skip(1) {
+        form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
+    }
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = post(&app, "/auth/consent", None, &pairs).await;
+    let r = app.client.get(location(&r)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let r = app.client.get(format!("{}{}", root(&app), location(&r))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("id=\"patient-name\""), "a standalone launch shows the banner");
+}
