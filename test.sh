@@ -24,6 +24,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# PostgreSQL on 127.0.0.1:5432 for the PostgreSQL tests: started when it is installed but not running
+# (the tests skip PostgreSQL with a message when it is unreachable, and fail in CI).
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    if command -v pg_ctlcluster >/dev/null 2>&1; then
+        for v in $(ls /etc/postgresql 2>/dev/null); do pg_ctlcluster --skip-systemctl-redirect "$v" main start || true; done
+        for _ in $(seq 1 20); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+    fi
+fi
+
 # 2. The workspace: unit tests, HTTP integration tests, and the browser tests (headless Chromium through
 # the EHR). The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
 cargo test --workspace --locked "$@"

@@ -3,7 +3,6 @@
 //! variables that hold them.
 
 use serde::Deserialize;
-use std::path::PathBuf;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -13,9 +12,10 @@ pub struct AppConfig {
     pub listen: String,
     /// The app's externally visible base URL (its launch URL is `{public_url}/app/launch`).
     pub public_url: String,
-    /// SQLite file for sessions and pending authorisations.
+    /// Where sessions and pending authorisations are kept: an SQLite file path (one node), or a
+    /// `postgres://` URL (several nodes of the app share it).
     #[serde(default = "default_database")]
-    pub database: PathBuf,
+    pub database: String,
     /// Environment variable holding the 32-byte session encryption key (base64); a random key is used (and
     /// sessions do not survive a restart) when it is not set.
     #[serde(default)]
@@ -43,8 +43,8 @@ fn default_listen() -> String {
     "127.0.0.1:3000".into()
 }
 
-fn default_database() -> PathBuf {
-    PathBuf::from("./kindling-app.db")
+fn default_database() -> String {
+    "./kindling-app.db".into()
 }
 
 impl AppConfig {

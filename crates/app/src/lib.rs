@@ -36,7 +36,7 @@ pub struct App {
 impl App {
     /// Builds the app: its EHR registrations (secrets from `secret`, by environment variable name) and its
     /// store (sessions encrypted with `key`).
-    pub fn new(config: AppConfig, key: [u8; 32], secret: impl Fn(&str) -> Option<String>) -> Result<App, String> {
+    pub async fn new(config: AppConfig, key: [u8; 32], secret: impl Fn(&str) -> Option<String>) -> Result<App, String> {
         let mut ehrs = Vec::new();
         for e in &config.ehrs {
             let auth = match &e.client_secret_env {
@@ -52,7 +52,7 @@ impl App {
                 standalone_scope: config::EHR_SCOPE.replace("launch ", "launch/patient "),
             });
         }
-        let store = AppStore::open(&config.database, key).map_err(|e| format!("cannot open {}: {e}", config.database.display()))?;
+        let store = AppStore::connect(&config.database, key).await.map_err(|e| format!("cannot open the app's database: {e}"))?;
         let smart = SmartClient::new(ehrs, Arc::new(store.clone())).map_err(|e| e.to_string())?;
         let ancestors = if config.frame_ancestors.is_empty() { "'self'".to_string() } else { format!("'self' {}", config.frame_ancestors.join(" ")) };
         let csp = HeaderValue::from_str(&format!("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors {ancestors}")).map_err(|e| e.to_string())?;

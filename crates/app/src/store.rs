@@ -30,9 +30,16 @@ pub struct AppSession {
     pub patient_name: Option<String>,
 }
 
+/// Where sessions are kept: an SQLite file (one node) or PostgreSQL (several nodes of the app).
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(sqlx::PgPool),
+}
+
 #[derive(Clone)]
 pub struct AppStore {
-    conn: Arc<Mutex<Connection>>,
+    backend: Backend,
     key: Arc<LessSafeKey>,
 }
 
@@ -43,16 +50,37 @@ fn now() -> i64 {
 /// Sessions live at most this long (a clinic day); the EHR's tokens usually end them sooner.
 pub const SESSION_SECS: i64 = 12 * 3600;
 
+const PG_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS app_sessions (id TEXT PRIMARY KEY, browser_hash TEXT NOT NULL, expires BIGINT NOT NULL, data BYTEA NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS app_pending (state_hash TEXT PRIMARY KEY, expires BIGINT NOT NULL, data BYTEA NOT NULL)",
+];
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Other(format!("postgres: {e}"))
+    }
+}
+
 impl AppStore {
-    pub fn open(path: &Path, key: [u8; 32]) -> Result<AppStore, StoreError> {
-        let conn = Connection::open(path)?;
+    /// Opens (creating) the store: `postgres://…` URLs go to PostgreSQL, anything else is an SQLite path
+    /// (optionally `sqlite://path`).
+    pub async fn connect(database: &str, key: [u8; 32]) -> Result<AppStore, StoreError> {
+        let key = Arc::new(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).map_err(|_| StoreError::Other("bad key".into()))?));
+        if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(database).await?;
+            for stmt in PG_SCHEMA {
+                sqlx::query(*stmt).execute(&pool).await?;
+            }
+            return Ok(AppStore { backend: Backend::Postgres(pool), key });
+        }
+        let path = database.strip_prefix("sqlite://").unwrap_or(database);
+        let conn = Connection::open(Path::new(path))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS app_sessions (id TEXT PRIMARY KEY, browser_hash TEXT NOT NULL, expires INTEGER NOT NULL, data BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS app_pending (state_hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, data BLOB NOT NULL);",
         )?;
-        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).map_err(|_| StoreError::Other("bad key".into()))?);
-        Ok(AppStore { conn: Arc::new(Mutex::new(conn)), key: Arc::new(key) })
+        Ok(AppStore { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))), key })
     }
 
     fn seal(&self, aad: &str, plain: &[u8]) -> Vec<u8> {
@@ -75,8 +103,8 @@ impl AppStore {
         Ok(plain.to_vec())
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
+    async fn sqlite<T: Send + 'static>(conn: &Arc<Mutex<Connection>>, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let conn = conn.clone();
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&c)
@@ -85,28 +113,26 @@ impl AppStore {
         .map_err(|e| StoreError::Other(e.to_string()))?
     }
 
-    /// Saves a session under `id`, bound to the browser secret's hash.
+    /// Saves a session under `id`, bound to the browser secret's hash (the binding never changes).
     pub async fn save_session(&self, id: &str, browser_hash: &str, s: &AppSession) -> Result<(), StoreError> {
         let plain = serde_json::to_vec(s).map_err(|e| StoreError::Other(e.to_string()))?;
         let sealed = self.seal(id, &plain);
-        let (id, browser_hash) = (id.to_string(), browser_hash.to_string());
-        self.blocking(move |c| {
-            c.execute(
-                "INSERT INTO app_sessions (id, browser_hash, expires, data) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-                params![id, browser_hash, now() + SESSION_SECS, sealed],
-            )?;
-            Ok(())
-        })
-        .await
+        let (id, browser_hash, expires) = (id.to_string(), browser_hash.to_string(), now() + SESSION_SECS);
+        const SQL: &str = "INSERT INTO app_sessions (id, browser_hash, expires, data) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET data = excluded.data";
+        match &self.backend {
+            Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.execute(SQL, params![id, browser_hash, expires, sealed]).map(|_| ())?)).await,
+            Backend::Postgres(pool) => Ok(sqlx::query(SQL).bind(id).bind(browser_hash).bind(expires).bind(sealed).execute(pool).await.map(|_| ())?),
+        }
     }
 
     /// The session `id` when `browser_hash` matches and it has not expired.
     pub async fn load_session(&self, id: &str, browser_hash: &str) -> Result<Option<AppSession>, StoreError> {
-        let (idc, bh) = (id.to_string(), browser_hash.to_string());
-        let row: Option<Vec<u8>> = self
-            .blocking(move |c| Ok(c.query_row("SELECT data FROM app_sessions WHERE id = ?1 AND browser_hash = ?2 AND expires > ?3", params![idc, bh, now()], |r| r.get(0)).optional()?))
-            .await?;
+        let (idc, bh, t) = (id.to_string(), browser_hash.to_string(), now());
+        const SQL: &str = "SELECT data FROM app_sessions WHERE id = $1 AND browser_hash = $2 AND expires > $3";
+        let row: Option<Vec<u8>> = match &self.backend {
+            Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.query_row(SQL, params![idc, bh, t], |r| r.get(0)).optional()?)).await?,
+            Backend::Postgres(pool) => sqlx::query_scalar(SQL).bind(idc).bind(bh).bind(t).fetch_optional(pool).await?,
+        };
         match row {
             None => Ok(None),
             Some(sealed) => {
@@ -116,20 +142,55 @@ impl AppStore {
         }
     }
 
+    /// Deletes a session (and every expired one).
     pub async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.blocking(move |c| {
-            c.execute("DELETE FROM app_sessions WHERE id = ?1", params![id])?;
-            c.execute("DELETE FROM app_sessions WHERE expires <= ?1", params![now()])?;
-            Ok(())
-        })
-        .await
+        let (id, t) = (id.to_string(), now());
+        const DEL: &str = "DELETE FROM app_sessions WHERE id = $1 OR expires <= $2";
+        match &self.backend {
+            Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.execute(DEL, params![id, t]).map(|_| ())?)).await,
+            Backend::Postgres(pool) => Ok(sqlx::query(DEL).bind(id).bind(t).execute(pool).await.map(|_| ())?),
+        }
     }
 
     /// The raw sealed bytes of a session (for tests that prove tokens are not stored in the clear).
     pub async fn raw_session(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let id = id.to_string();
-        self.blocking(move |c| Ok(c.query_row("SELECT data FROM app_sessions WHERE id = ?1", params![id], |r| r.get(0)).optional()?)).await
+        const SQL: &str = "SELECT data FROM app_sessions WHERE id = $1";
+        match &self.backend {
+            Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.query_row(SQL, params![id], |r| r.get(0)).optional()?)).await,
+            Backend::Postgres(pool) => Ok(sqlx::query_scalar(SQL).bind(id).fetch_optional(pool).await?),
+        }
+    }
+
+    async fn pending_put(&self, key: String, expires: i64, sealed: Vec<u8>) -> Result<(), StoreError> {
+        let t = now();
+        const CLEAN: &str = "DELETE FROM app_pending WHERE expires <= $1";
+        const PUT: &str = "INSERT INTO app_pending (state_hash, expires, data) VALUES ($1, $2, $3) ON CONFLICT (state_hash) DO UPDATE SET expires = excluded.expires, data = excluded.data";
+        match &self.backend {
+            Backend::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute(CLEAN, params![t])?;
+                    c.execute(PUT, params![key, expires, sealed])?;
+                    Ok(())
+                })
+                .await
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query(CLEAN).bind(t).execute(pool).await?;
+                sqlx::query(PUT).bind(key).bind(expires).bind(sealed).execute(pool).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes and returns a pending authorisation: one statement, so two nodes cannot both take it.
+    async fn pending_take(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = now();
+        const TAKE: &str = "DELETE FROM app_pending WHERE state_hash = $1 AND expires > $2 RETURNING data";
+        match &self.backend {
+            Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.query_row(TAKE, params![key, t], |r| r.get(0)).optional()?)).await,
+            Backend::Postgres(pool) => Ok(sqlx::query_scalar(TAKE).bind(key).bind(t).fetch_optional(pool).await?),
+        }
     }
 }
 
@@ -146,23 +207,12 @@ impl PendingStore for AppStore {
         let key = hash(state);
         let plain = serde_json::to_vec(&pending).map_err(|e| client::Error::Config(e.to_string()))?;
         let sealed = self.seal(&key, &plain);
-        self.blocking(move |c| {
-            c.execute("DELETE FROM app_pending WHERE expires <= ?1", params![now()])?;
-            c.execute("INSERT OR REPLACE INTO app_pending (state_hash, expires, data) VALUES (?1, ?2, ?3)", params![key, now() + ttl.as_secs() as i64, sealed])?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| client::Error::Config(e.to_string()))
+        self.pending_put(key, now() + ttl.as_secs() as i64, sealed).await.map_err(|e| client::Error::Config(e.to_string()))
     }
 
     async fn take(&self, state: &str) -> client::Result<Option<PendingAuthorization>> {
         let key = hash(state);
-        let k2 = key.clone();
-        let row: Option<Vec<u8>> = self
-            .blocking(move |c| Ok(c.query_row("DELETE FROM app_pending WHERE state_hash = ?1 AND expires > ?2 RETURNING data", params![k2, now()], |r| r.get(0)).optional()?))
-            .await
-            .map_err(|e| client::Error::Config(e.to_string()))?;
-        match row {
+        match self.pending_take(key.clone()).await.map_err(|e| client::Error::Config(e.to_string()))? {
             None => Ok(None),
             Some(sealed) => {
                 let plain = self.open_sealed(&key, &sealed).map_err(|e| client::Error::Config(e.to_string()))?;

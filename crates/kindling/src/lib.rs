@@ -94,6 +94,13 @@ impl Application {
     /// Registers the reference clinician app (a confidential client with a fresh secret each start) and
     /// serves it under `/app` on this server, as `kindling up` does.
     pub async fn mount_reference_app(&mut self) -> anyhow::Result<()> {
+        let database = self.data_dir.join("app.db").display().to_string();
+        self.mount_reference_app_on(&database).await
+    }
+
+    /// [`Application::mount_reference_app`] with the app's sessions in `database` (an SQLite path or a
+    /// `postgres://` URL).
+    pub async fn mount_reference_app_on(&mut self, database: &str) -> anyhow::Result<()> {
         let store = self.state.store.as_ref();
         let base = &self.public_url;
         let existing = store.auth_get("client", REFERENCE_APP).await?.and_then(|r| serde_json::from_str::<auth::model::Client>(&r.value).ok());
@@ -115,12 +122,12 @@ impl Application {
         let config = app::config::AppConfig {
             listen: self.addr.to_string(),
             public_url: base.clone(),
-            database: self.data_dir.join("app.db"),
+            database: database.to_string(),
             session_key_env: None,
             frame_ancestors: Vec::new(),
             ehrs: vec![app::config::EhrEntry { iss: self.state.base_url.clone(), client_id: REFERENCE_APP.into(), client_secret_env: Some("secret".into()) }],
         };
-        let app = app::App::new(config, app::random_key(), move |_| Some(secret.clone())).map_err(|e| anyhow::anyhow!(e))?;
+        let app = app::App::new(config, app::random_key(), move |_| Some(secret.clone())).await.map_err(|e| anyhow::anyhow!(e))?;
         self.reference_app = Some(app);
         Ok(())
     }

@@ -253,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let listen = cfg.listen.clone();
             let public = cfg.public_url.clone();
-            let reference = app::App::new(cfg, key, |var| std::env::var(var).ok()).map_err(|e| anyhow::anyhow!(e))?;
+            let reference = app::App::new(cfg, key, |var| std::env::var(var).ok()).await.map_err(|e| anyhow::anyhow!(e))?;
             let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             println!("Reference app serving at {public} (launch URL {public}/app/launch, redirect URI {public}/app/callback)");
             axum::serve(listener, reference.router()).with_graceful_shutdown(shutdown_signal()).await?;

@@ -41,21 +41,29 @@ pub async fn spawn_secured_app() -> TestApp {
 
 /// The whole platform with the reference clinician app mounted under `/app`.
 pub async fn spawn_with_reference_app() -> TestApp {
-    spawn_inner(false, true).await
+    spawn_inner(false, Some(None)).await
+}
+
+/// The same with the app's sessions in `database` (e.g. a PostgreSQL URL).
+pub async fn spawn_with_reference_app_on(database: &str) -> TestApp {
+    spawn_inner(false, Some(Some(database.to_string()))).await
 }
 
 async fn spawn(open_sandbox: bool) -> TestApp {
-    spawn_inner(open_sandbox, false).await
+    spawn_inner(open_sandbox, None).await
 }
 
-async fn spawn_inner(open_sandbox: bool, reference_app: bool) -> TestApp {
+/// `reference_app`: not mounted (`None`), mounted on SQLite (`Some(None)`) or on the given database.
+async fn spawn_inner(open_sandbox: bool, reference_app: Option<Option<String>>) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
     let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None };
     let mut app = Application::build(&config, shared).await.expect("build app");
-    if reference_app {
-        app.mount_reference_app().await.expect("reference app");
+    match &reference_app {
+        None => {}
+        Some(None) => app.mount_reference_app().await.expect("reference app"),
+        Some(Some(db)) => app.mount_reference_app_on(db).await.expect("reference app"),
     }
     let base = app.base_url().to_string();
     let app_state = app.state.clone();

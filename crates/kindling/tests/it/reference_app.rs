@@ -2,7 +2,7 @@
 //! and security headers, encryption of tokens at rest, CSRF on sign-out, the refusal of unknown EHRs, and
 //! that no token material ever reaches the logs.
 
-use crate::{TestApp, spawn_with_reference_app};
+use crate::{TestApp, spawn_with_reference_app, spawn_with_reference_app_on};
 use auth::model::UserRole;
 use std::collections::HashMap;
 use std::io::Write;
@@ -186,4 +186,45 @@ async fn consent_denied_and_standalone_launch() {
     assert_eq!(r.status(), 200);
     let page = r.text().await.unwrap();
     assert!(page.contains("id=\"patient-name\""), "a standalone launch shows the banner");
+}
+
+/// The app's sessions and pending authorisations on PostgreSQL (a database of its own, dropped after).
+/// Skipped with a message when PostgreSQL is not reachable, except in CI.
+#[tokio::test]
+async fn reference_app_on_postgres() {
+    const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+    let admin = match sqlx::PgPool::connect(ADMIN).await {
+        Ok(p) => p,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: PostgreSQL is not reachable: {e}");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL is not reachable in CI: {e}"),
+    };
+    let name = format!("kindling_it_app_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let app = spawn_with_reference_app_on(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
+    kindling::seed(&app.app_state, 1, 8).await.unwrap();
+    let patient = synth::patient_id(8, 0);
+    auth::registry::put_user(app.auth.store.as_ref(), "pat", "Pat", UserRole::Patient, "pat-pass", &format!("Patient/{patient}")).await.unwrap();
+    let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
+    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
+    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    let html = r.text().await.unwrap();
+    let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
+    for s in html.split("name=\"scope\" value=\"").skip(1) {
+        form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
+    }
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = post(&app, "/auth/consent", None, &pairs).await;
+    let r = app.client.get(location(&r)).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the callback found its pending authorisation in PostgreSQL");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let summary = format!("{}{}", root(&app), location(&r));
+    let r = app.client.get(&summary).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM app_sessions").fetch_one(&sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await.unwrap()).await.unwrap();
+    assert_eq!(stored, 1);
+    drop(app);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.unwrap();
 }
