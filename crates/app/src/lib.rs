@@ -31,6 +31,15 @@ pub struct App {
     store: AppStore,
     config: Arc<AppConfig>,
     csp: HeaderValue,
+    /// One page load at a time per session on this node, so that two loads near a token's expiry do not
+    /// both spend the same refresh token (the second would look like reuse and revoke the grant).
+    locks: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// The cookie binding a launch to the browser that started it, read back at the callback; one per launch
+/// (named after its `state`), so that launches in several tabs at once do not overwrite each other's.
+fn launch_cookie(state: &str) -> String {
+    format!("kapp_l_{}", &store::hash(state)[..16])
 }
 
 impl App {
@@ -56,7 +65,7 @@ impl App {
         let smart = SmartClient::new(ehrs, Arc::new(store.clone())).map_err(|e| e.to_string())?;
         let ancestors = if config.frame_ancestors.is_empty() { "'self'".to_string() } else { format!("'self' {}", config.frame_ancestors.join(" ")) };
         let csp = HeaderValue::from_str(&format!("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors {ancestors}")).map_err(|e| e.to_string())?;
-        Ok(App { smart: Arc::new(smart), store, config: Arc::new(config), csp })
+        Ok(App { smart: Arc::new(smart), store, config: Arc::new(config), csp, locks: Arc::new(std::sync::Mutex::new(HashMap::new())) })
     }
 
     /// The app's routes, under `/app`.
@@ -95,6 +104,14 @@ impl App {
 
     fn message(&self, status: StatusCode, m: Message) -> Response {
         self.page(status, m.render())
+    }
+
+    fn session_lock(&self, sid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(sid.to_string()).or_default().clone()
     }
 }
 
@@ -171,14 +188,22 @@ async fn launch(State(app): State<App>, Query(q): Query<HashMap<String, String>>
             Message { kind: "no-launch", heading: "Open this app from the EHR".into(), explanation: "The app starts from a patient's chart.".into(), action: "Open the patient's chart and launch the app from there.".into(), ..Default::default() },
         );
     };
+    // The launch is bound to this browser: only it can finish the callback (no login CSRF, no forwarded
+    // callback links showing someone else's patient).
+    let browser = client::jose::random(24);
     let started = match q.get("launch") {
-        Some(handle) => app.smart.ehr_launch(iss, handle).await,
-        None => app.smart.standalone_launch(iss).await,
+        Some(handle) => app.smart.ehr_launch_bound(iss, handle, &browser).await,
+        None => app.smart.standalone_launch_bound(iss, &browser).await,
     };
     match started {
-        Ok(client::AuthorizationRequest::Redirect { url, .. }) => {
+        Ok(client::AuthorizationRequest::Redirect { url, state }) => {
             tracing::info!(event = "launch", iss = %iss, outcome = "redirected to authorise");
-            Redirect::to(&url).into_response()
+            let secure = if app.secure() { "; Secure" } else { "" };
+            let mut r = Redirect::to(&url).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("{}={browser}; Path=/app/callback; HttpOnly; SameSite=Lax; Max-Age=600{secure}", launch_cookie(&state))) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
         }
         Ok(client::AuthorizationRequest::Post { url, .. }) => {
             // The app's scopes keep the URL short; a POST form would need a script this CSP forbids.
@@ -193,9 +218,11 @@ async fn launch(State(app): State<App>, Query(q): Query<HashMap<String, String>>
     }
 }
 
-async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn callback(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     let started = Instant::now();
-    let session = match app.smart.callback(&q).await {
+    let launch_cookie_name = q.get("state").map(|s| launch_cookie(s));
+    let browser = launch_cookie_name.as_deref().and_then(|name| cookie(&headers, name));
+    let session = match app.smart.callback_bound(&q, browser.as_deref()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(event = "token", outcome = "failed", reason = %e);
@@ -205,6 +232,9 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
     };
     let ctx = session.context();
     if ctx.patient.is_none() {
+        if let Err(e) = session.revoke().await {
+            tracing::warn!(error = %e, "revocation of a launch without a patient failed");
+        }
         return app.message(
             StatusCode::BAD_REQUEST,
             Message { kind: "no-patient", heading: "No patient was chosen".into(), explanation: "The launch did not say which patient to show.".into(), action: "Relaunch the app from the patient's chart.".into(), ..Default::default() },
@@ -224,12 +254,19 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
+    if let Some(name) = launch_cookie_name
+        && let Ok(v) = HeaderValue::from_str(&format!("{name}=; Path=/app/callback; HttpOnly; SameSite=Lax; Max-Age=0")) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
     r.headers_mut().insert("server-timing", HeaderValue::from_str(&format!("app;dur={:.1}", started.elapsed().as_secs_f64() * 1000.0)).unwrap_or(HeaderValue::from_static("app")));
     r
 }
 
 fn browser_secret(headers: &HeaderMap, sid: &str) -> Option<String> {
-    let name = format!("kapp_{sid}");
+    cookie(headers, &format!("kapp_{sid}"))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -264,6 +301,8 @@ async fn load(app: &App, sid: &str, headers: &HeaderMap) -> Result<(AppSession, 
 
 async fn summary_page(State(app): State<App>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
     let started = Instant::now();
+    let lock = app.session_lock(&sid);
+    let _one_at_a_time = lock.lock().await;
     let (mut stored, secret) = match load(&app, &sid, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -317,7 +356,9 @@ async fn signout(State(app): State<App>, Path(sid): Path<String>, headers: Heade
         Ok(x) => x,
         Err(r) => return r,
     };
-    if form.get("csrf").map(String::as_str) != Some(store::hash(&format!("csrf:{secret}")).as_str()) {
+    let expected = store::hash(&format!("csrf:{secret}"));
+    let presented = form.get("csrf").map(String::as_str).unwrap_or("");
+    if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), expected.as_bytes()).is_err() {
         return app.message(StatusCode::FORBIDDEN, Message { kind: "csrf", heading: "This form has expired".into(), explanation: "The sign-out did not come from this app's page.".into(), action: "Reload the page and try again.".into(), ..Default::default() });
     }
     if let Ok(session) = app.smart.restore(stored.smart)

@@ -44,6 +44,7 @@ fn session(access: &str) -> AppSession {
             requested_scope: "launch patient/*.rs".into(),
             response: serde_json::json!({"patient": "p1", "scope": "launch patient/*.rs"}),
             id_claims: None,
+            lifetime: Some(3600),
         },
         patient_name: Some("Ann Lee".into()),
     }
@@ -59,6 +60,7 @@ fn pending() -> PendingAuthorization {
         code_verifier: Secret::new("verifier-verifier-verifier-verifier-verifier"),
         nonce: "n".into(),
         token_endpoint: "https://ehr.example/token".into(),
+        browser_binding: None,
     }
 }
 

@@ -85,6 +85,12 @@ pub fn validate(c: &Client) -> Result<(), String> {
     if c.kind == ClientKind::ConfidentialAsymmetric && c.jwks.is_none() && c.jwks_url.is_none() {
         return Err(format!("{}: an asymmetric app needs its JWKS or a JWKS URL", c.client_id));
     }
+    for (what, u) in [("launch URL", &c.launch_url), ("icon URL", &c.icon)] {
+        if let Some(u) = u
+            && !url::Url::parse(u).is_ok_and(|x| matches!(x.scheme(), "https" | "http")) {
+                return Err(format!("{}: the {what} must be an http(s) URL", c.client_id));
+            }
+    }
     if let Some(u) = &c.jwks_url {
         let ok = url::Url::parse(u).is_ok_and(|x| x.scheme() == "https" || (x.scheme() == "http" && matches!(x.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))));
         if !ok {

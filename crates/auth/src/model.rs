@@ -167,8 +167,8 @@ impl Faults {
         if self.fhir_error_rate.is_some() != self.fhir_error_status.is_some() {
             return Err("fhir_error_status and fhir_error_rate go together".into());
         }
-        if self.token_secs.is_some_and(|s| s < 1) || self.revoke_after_secs.is_some_and(|s| s < 0) {
-            return Err("token_secs must be at least 1 and revoke_after_secs not negative".into());
+        if self.token_secs.is_some_and(|s| !(1..=86_400).contains(&s)) || self.revoke_after_secs.is_some_and(|s| !(0..=86_400).contains(&s)) {
+            return Err("token_secs must be 1–86400 and revoke_after_secs 0–86400".into());
         }
         if self.fhir_delay_ms.is_some_and(|ms| ms > 30_000) {
             return Err("fhir_delay_ms must be at most 30000".into());
@@ -184,7 +184,7 @@ pub enum UserRole {
     Patient,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct User {
     pub username: String,
     pub display_name: String,
@@ -192,6 +192,12 @@ pub struct User {
     pub password_hash: String,
     /// `Practitioner/x` or `Patient/y`.
     pub fhir_user: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User").field("username", &self.username).field("role", &self.role).field("fhir_user", &self.fhir_user).finish_non_exhaustive()
+    }
 }
 
 impl User {

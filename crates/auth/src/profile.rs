@@ -8,12 +8,16 @@ use smart::{Scope, ScopeSet};
 
 /// The resource types an Epic-style server lists when it expands a wildcard grant.
 const EXPANDED_TYPES: &[&str] = &[
-    "Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "AllergyIntolerance", "Immunization", "Procedure", "DiagnosticReport", "Practitioner",
+    "Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "AllergyIntolerance", "Immunization", "Procedure", "DiagnosticReport",
 ];
 
 /// The scope actually granted, after the user's (injected) denials and the profile's rewriting.
 pub fn shape_granted(profile: Profile, faults: &Faults, approved: &str) -> String {
     let mut set = ScopeSet::parse(approved);
+    // Oracle-style servers drop wildcard resource scopes before anything else is decided.
+    if profile == Profile::Oracle {
+        set.scopes.retain(|sc| !matches!(sc, Scope::Resource(r) if r.resource_type.is_none()));
+    }
     if !faults.deny.is_empty() {
         let denied = |text: &str, ty: Option<&str>| faults.deny.iter().any(|d| d == text || Some(d.as_str()) == ty || (d == "*" && ty.is_none()));
         let mut out = Vec::new();
@@ -40,9 +44,7 @@ pub fn shape_granted(profile: Profile, faults: &Faults, approved: &str) -> Strin
         set.scopes = out;
     }
     match profile {
-        Profile::Strict | Profile::Nextgen => {}
-        // Wildcard resource scopes are silently dropped.
-        Profile::Oracle => set.scopes.retain(|sc| !matches!(sc, Scope::Resource(r) if r.resource_type.is_none())),
+        Profile::Strict | Profile::Nextgen | Profile::Oracle => {}
         // Granted in v1 names, wildcards expanded to a list of types.
         Profile::Epic => {
             let mut out = Vec::new();

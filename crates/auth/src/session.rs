@@ -12,11 +12,17 @@ pub const HOURS: i64 = 8;
 const KIND: &str = "session";
 
 /// A signed-in person.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     pub user: User,
     /// Derived from the session token: forms carry it so that another site cannot post them (CSRF).
     pub csrf: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 impl Session {

@@ -193,7 +193,7 @@ async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
         // RFC 6749 §4.1.2: a replayed code revokes what it produced.
         let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
         tracing::warn!(client = %client.client_id, revoked = n, "authorisation code replayed; its tokens are revoked");
-        s.audit("code-replay", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a used code came back; its tokens were revoked");
+        s.audit_in(grant.launch_id(), "code-replay", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a used code came back; its tokens were revoked");
         return invalid_grant("the code was already used");
     }
     if grant.client_id != client.client_id {
@@ -273,7 +273,7 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
 async fn reused(s: &Shared, client: &Client, grant: &Grant) -> Response {
     let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
     tracing::warn!(client = %client.client_id, revoked = n, "refresh token reused; the grant is revoked");
-    s.audit("refresh-reuse", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a rotated-out refresh token came back; the grant was revoked");
+    s.audit_in(grant.launch_id(), "refresh-reuse", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a rotated-out refresh token came back; the grant was revoked");
     invalid_grant("the refresh token was already used")
 }
 
@@ -467,7 +467,7 @@ pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: String) -
                 && g.client_id == client.client_id {
                     let n = s.revoke_grant(&g.grant_id).await.unwrap_or(0);
                     tracing::info!(client = %client.client_id, revoked = n, "tokens revoked");
-                    s.audit("revoke", true, Some(&client.client_id), g.username.as_deref(), g.patient.as_deref(), "tokens revoked");
+                    s.audit_in(g.launch_id(), "revoke", true, Some(&client.client_id), g.username.as_deref(), g.patient.as_deref(), "tokens revoked at the app's request (RFC 7009)");
                 }
     }
     // RFC 7009 §2.2: 200 whether or not the token was known.

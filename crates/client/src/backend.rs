@@ -47,7 +47,7 @@ impl BackendClient {
         let mut form = vec![("grant_type".to_string(), "client_credentials".to_string()), ("scope".into(), self.scope.clone())];
         let body = token_request(&self.http, &ClientAuth::PrivateKeyJwt(self.key.clone()), &self.client_id, &endpoint, &mut form).await?;
         let token = body["access_token"].as_str().ok_or_else(|| Error::Transport("no access_token".into()))?;
-        let lifetime = body["expires_in"].as_u64().unwrap_or(300);
+        let lifetime = body["expires_in"].as_u64().unwrap_or(300).min(86_400);
         // Renew 30 s before expiry (at half-life for tokens shorter than a minute).
         let keep = lifetime - (lifetime / 2).min(30);
         Ok((Secret::new(token), Instant::now() + Duration::from_secs(keep)))
@@ -72,9 +72,12 @@ impl TokenSource for BackendClient {
         Ok(fresh.0)
     }
 
-    async fn renew(&self) -> Result<()> {
-        let fresh = self.fetch().await?;
-        *self.cached.lock().await = Some(fresh);
+    async fn renew(&self, refused: &Secret) -> Result<()> {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|(t, _)| t != refused) {
+            return Ok(());
+        }
+        *cached = Some(self.fetch().await?);
         Ok(())
     }
 

@@ -107,7 +107,7 @@ impl Fhir {
                 200..=299 => return r.json().await.map_err(Error::transport),
                 401 if !renewed => {
                     renewed = true;
-                    self.source.renew().await?;
+                    self.source.renew(&token).await?;
                     continue;
                 }
                 401 => return Err(Error::SessionEnded { detail: "the server refused the renewed token".into() }),

@@ -156,21 +156,38 @@ impl SmartClient {
 
     /// An EHR launch: the EHR opened the app's launch URL with `iss` and `launch`.
     pub async fn ehr_launch(&self, iss: &str, launch: &str) -> Result<AuthorizationRequest> {
+        self.ehr_launch_inner(iss, launch, None).await
+    }
+
+    /// [`SmartClient::ehr_launch`] bound to the browser: `browser_secret` is a random value the app keeps
+    /// in a short-lived HttpOnly cookie and hands to [`SmartClient::callback_bound`], so that a callback
+    /// link started in another browser (login CSRF, a forwarded link) is refused. Web apps should use this.
+    pub async fn ehr_launch_bound(&self, iss: &str, launch: &str, browser_secret: &str) -> Result<AuthorizationRequest> {
+        self.ehr_launch_inner(iss, launch, Some(browser_secret)).await
+    }
+
+    async fn ehr_launch_inner(&self, iss: &str, launch: &str, browser: Option<&str>) -> Result<AuthorizationRequest> {
         let ehr = self.ehr(iss)?;
         let mut scope = ehr.ehr_scope.clone();
         if !scope.split_whitespace().any(|s| s == "launch") {
             scope = format!("launch {scope}");
         }
-        self.authorize(ehr, &scope, Some(launch)).await
+        self.authorize(ehr, &scope, Some(launch), browser).await
     }
 
     /// A standalone launch: the user starts the app, which picks the EHR.
     pub async fn standalone_launch(&self, iss: &str) -> Result<AuthorizationRequest> {
         let ehr = self.ehr(iss)?;
-        self.authorize(ehr, &ehr.standalone_scope.clone(), None).await
+        self.authorize(ehr, &ehr.standalone_scope.clone(), None, None).await
     }
 
-    async fn authorize(&self, ehr: &EhrConfig, scope: &str, launch: Option<&str>) -> Result<AuthorizationRequest> {
+    /// [`SmartClient::standalone_launch`] bound to the browser (see [`SmartClient::ehr_launch_bound`]).
+    pub async fn standalone_launch_bound(&self, iss: &str, browser_secret: &str) -> Result<AuthorizationRequest> {
+        let ehr = self.ehr(iss)?;
+        self.authorize(ehr, &ehr.standalone_scope.clone(), None, Some(browser_secret)).await
+    }
+
+    async fn authorize(&self, ehr: &EhrConfig, scope: &str, launch: Option<&str>, browser: Option<&str>) -> Result<AuthorizationRequest> {
         let conf = self.configuration(&ehr.iss).await?;
         let state = jose::random(24);
         let verifier = jose::random(48);
@@ -198,6 +215,7 @@ impl SmartClient {
             code_verifier: Secret::new(verifier),
             nonce,
             token_endpoint: conf.token_endpoint.clone(),
+            browser_binding: browser.map(jose::pkce_challenge),
         };
         self.pending.put(&state, pending, PENDING_TTL).await?;
         let mut url = url::Url::parse(&conf.authorization_endpoint).map_err(|e| Error::Config(e.to_string()))?;
@@ -212,8 +230,22 @@ impl SmartClient {
     /// the RFC 9207 `iss` when present, turns `error` into a typed error, exchanges the code, and verifies
     /// the `id_token` when there is one.
     pub async fn callback(&self, params: &HashMap<String, String>) -> Result<Session> {
+        self.callback_bound(params, None).await
+    }
+
+    /// [`SmartClient::callback`] for a launch made with a browser binding: `browser_secret` must be the one
+    /// the launch was bound to (from the app's cookie), otherwise the callback is refused as
+    /// [`Error::UnknownState`]. A launch made without a binding accepts any.
+    pub async fn callback_bound(&self, params: &HashMap<String, String>, browser_secret: Option<&str>) -> Result<Session> {
         let state = params.get("state").ok_or(Error::UnknownState)?;
         let pending = self.pending.take(state).await?.ok_or(Error::UnknownState)?;
+        if let Some(expected) = &pending.browser_binding {
+            let presented = browser_secret.map(jose::pkce_challenge).unwrap_or_default();
+            if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), expected.as_bytes()).is_err() {
+                tracing::warn!(iss = %pending.iss, "callback from another browser than the launch's refused");
+                return Err(Error::UnknownState);
+            }
+        }
         if let Some(iss) = params.get("iss")
             && iss.trim_end_matches('/') != pending.issuer.trim_end_matches('/') {
                 return Err(Error::IssuerMismatch { expected: pending.issuer, got: iss.clone() });

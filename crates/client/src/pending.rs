@@ -26,6 +26,9 @@ pub struct PendingAuthorization {
     pub nonce: String,
     /// Where the code is exchanged.
     pub token_endpoint: String,
+    /// Hash of the browser secret the launch was bound to (see [`crate::SmartClient::ehr_launch_bound`]).
+    #[serde(default)]
+    pub browser_binding: Option<String>,
 }
 
 /// Where pending authorisations wait for their callback. `take` must remove what it returns (one use).

@@ -10,16 +10,20 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Refresh this long before the access token expires.
+/// Refresh this long before the access token expires (half the lifetime for tokens shorter than two
+/// minutes, so that short tokens are not refreshed on every call).
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// Lifetimes beyond a year are read as a year (no overflow from absurd `expires_in` values).
+const MAX_LIFETIME_SECS: i64 = 365 * 86_400;
 
 /// Something that can hand out a bearer token and renew it once it was refused.
 #[async_trait]
 pub trait TokenSource: Send + Sync {
     /// A token to send now.
     async fn token(&self) -> Result<Secret>;
-    /// The token was refused (401): get a new one, or fail with a typed error.
-    async fn renew(&self) -> Result<()>;
+    /// `refused` was refused (401): get a new token unless another call already did, or fail with a
+    /// typed error.
+    async fn renew(&self, refused: &Secret) -> Result<()>;
     /// The FHIR base the token is for.
     fn base(&self) -> &str;
 }
@@ -27,6 +31,19 @@ pub trait TokenSource: Send + Sync {
 struct TokenState {
     tokens: Tokens,
     expires_at: Option<Instant>,
+    /// The access token's whole lifetime, for the refresh margin.
+    lifetime: Option<Duration>,
+}
+
+impl TokenState {
+    fn new(tokens: Tokens) -> TokenState {
+        let lifetime = tokens.expires_in.map(|s| Duration::from_secs(s.clamp(0, MAX_LIFETIME_SECS) as u64));
+        TokenState { expires_at: lifetime.map(|l| Instant::now() + l), lifetime, tokens }
+    }
+
+    fn margin(&self) -> Duration {
+        self.lifetime.map_or(REFRESH_MARGIN, |l| REFRESH_MARGIN.min(l / 2))
+    }
 }
 
 /// What a session knows besides its tokens and context.
@@ -63,6 +80,9 @@ pub struct StoredSession {
     pub requested_scope: String,
     /// The token response without its tokens (the launch context).
     pub response: Value,
+    /// The access token's whole lifetime in seconds, when known (for the refresh margin).
+    #[serde(default)]
+    pub lifetime: Option<i64>,
     /// The verified id_token claims.
     pub id_claims: Option<Value>,
 }
@@ -93,13 +113,12 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn expiry(tokens: &Tokens) -> Option<Instant> {
-    tokens.expires_in.map(|s| Instant::now() + Duration::from_secs(s.max(0) as u64))
-}
-
 impl Session {
     pub(crate) fn new(http: reqwest::Client, parts: SessionParts, tokens: Tokens, context: LaunchContext, id_claims: Option<Value>) -> Session {
-        let expires_at = expiry(&tokens);
+        Session::with_state(http, parts, TokenState::new(tokens), context, id_claims)
+    }
+
+    fn with_state(http: reqwest::Client, parts: SessionParts, state: TokenState, context: LaunchContext, id_claims: Option<Value>) -> Session {
         Session {
             inner: Arc::new(Inner {
                 http,
@@ -110,7 +129,7 @@ impl Session {
                 revocation_endpoint: parts.revocation_endpoint,
                 requested_scope: parts.requested_scope,
                 context_source: parts.context_source,
-                state: tokio::sync::Mutex::new(TokenState { tokens, expires_at }),
+                state: tokio::sync::Mutex::new(state),
                 context,
                 id_claims,
             }),
@@ -119,7 +138,7 @@ impl Session {
 
     pub(crate) fn restore(http: reqwest::Client, auth: ClientAuth, s: StoredSession) -> Session {
         let now = crate::jose::now_secs();
-        let tokens = Tokens { access_token: s.access_token, refresh_token: s.refresh_token, id_token: None, expires_in: s.expires_at.map(|e| e - now) };
+        let tokens = Tokens { access_token: s.access_token, refresh_token: s.refresh_token, id_token: None, expires_in: s.expires_at.map(|e| e.saturating_sub(now)) };
         let context = LaunchContext::from_response(&s.response, &s.requested_scope, s.id_claims.as_ref());
         let parts = SessionParts {
             iss: s.iss,
@@ -130,7 +149,11 @@ impl Session {
             requested_scope: s.requested_scope,
             context_source: s.response,
         };
-        Session::new(http, parts, tokens, context, s.id_claims)
+        let mut state = TokenState::new(tokens);
+        if let Some(l) = s.lifetime {
+            state.lifetime = Some(Duration::from_secs(l.clamp(0, MAX_LIFETIME_SECS) as u64));
+        }
+        Session::with_state(http, parts, state, context, s.id_claims)
     }
 
     /// The session as data for the app's session store (tokens included: keep it server-side, encrypted).
@@ -144,7 +167,8 @@ impl Session {
             revocation_endpoint: self.inner.revocation_endpoint.clone(),
             access_token: state.tokens.access_token.clone(),
             refresh_token: state.tokens.refresh_token.clone(),
-            expires_at: state.expires_at.map(|e| now + e.saturating_duration_since(Instant::now()).as_secs() as i64),
+            expires_at: state.expires_at.map(|e| now.saturating_add(e.saturating_duration_since(Instant::now()).as_secs() as i64)),
+            lifetime: state.lifetime.map(|l| l.as_secs() as i64),
             requested_scope: self.inner.requested_scope.clone(),
             response: self.inner.context_source.clone(),
             id_claims: self.inner.id_claims.clone(),
@@ -198,7 +222,7 @@ impl Session {
     /// The current access token, refreshed first when it expires within a minute and can be refreshed.
     pub async fn access_token(&self) -> Result<Secret> {
         let mut state = self.inner.state.lock().await;
-        let due = state.expires_at.is_some_and(|e| e.saturating_duration_since(Instant::now()) < REFRESH_MARGIN);
+        let due = state.expires_at.is_some_and(|e| e.saturating_duration_since(Instant::now()) < state.margin());
         if due && state.tokens.refresh_token.is_some() {
             self.refresh_locked(&mut state).await?;
         } else if state.expires_at.is_some_and(|e| e <= Instant::now()) {
@@ -231,8 +255,7 @@ impl Session {
             // No rotation (or an Epic-style response without one): the old refresh token stays valid.
             tokens.refresh_token = Some(rt);
         }
-        state.expires_at = expiry(&tokens);
-        state.tokens = tokens;
+        *state = TokenState::new(tokens);
         tracing::info!(iss = %self.inner.iss, client = %self.inner.client_id, "access token refreshed");
         Ok(())
     }
@@ -263,8 +286,13 @@ impl TokenSource for Session {
         self.access_token().await
     }
 
-    async fn renew(&self) -> Result<()> {
-        self.refresh().await.map_err(|e| match e {
+    async fn renew(&self, refused: &Secret) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        if state.tokens.access_token != *refused {
+            // Another call already renewed it.
+            return Ok(());
+        }
+        self.refresh_locked(&mut state).await.map_err(|e| match e {
             Error::RefreshFailed { detail } => Error::SessionEnded { detail },
             other => other,
         })

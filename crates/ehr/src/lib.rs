@@ -147,14 +147,17 @@ async fn sign_in(s: &Shared, p: &Params, role: UserRole) -> Result<HeaderValue, 
     session::start(s, &user).await.map_err(|_| "The sign-in could not be saved. Try again.")
 }
 
-async fn login(State(s): State<Shared>, axum::Form(p): axum::Form<Params>) -> Response {
+async fn login(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
+    // A new sign-in replaces whatever session this browser had.
+    let _ = session::end(&s, &headers).await;
     match sign_in(&s, &p, UserRole::Clinician).await {
         Ok(cookie) => with_cookie(Redirect::to("/ehr/patients").into_response(), cookie),
         Err(why) => render(StatusCode::UNAUTHORIZED, &LoginPage::clinician(Some(why))),
     }
 }
 
-async fn portal_login(State(s): State<Shared>, axum::Form(p): axum::Form<Params>) -> Response {
+async fn portal_login(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
+    let _ = session::end(&s, &headers).await;
     match sign_in(&s, &p, UserRole::Patient).await {
         Ok(cookie) => with_cookie(Redirect::to("/portal").into_response(), cookie),
         Err(why) => render(StatusCode::UNAUTHORIZED, &LoginPage::portal(Some(why))),
@@ -198,7 +201,7 @@ async fn patients(State(s): State<Shared>, headers: HeaderMap, Query(p): Query<P
         birthdate: p.get("birthdate").map(|v| v.trim().to_string()).unwrap_or_default(),
         identifier: p.get("identifier").map(|v| v.trim().to_string()).unwrap_or_default(),
     };
-    let page: usize = p.get("page").and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1);
+    let page: usize = p.get("page").and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1).min(100_000);
     let mut pairs: Vec<(String, String)> = vec![("_sort".into(), "family,given".into())];
     for (k, v) in [("name", &q.name), ("birthdate", &q.birthdate), ("identifier", &q.identifier)] {
         if !v.is_empty() {
@@ -348,12 +351,23 @@ async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum
         Err(e) => return internal(e),
     };
     let patient = match sess.user.own_patient() {
-        Some(own) => own.to_string(),
+        Some(own) => {
+            // Patients launch only the apps the portal offers them.
+            if !smart::ScopeSet::parse(&client.allowed_scope).resource_scopes().any(|r| r.level == smart::Level::Patient) {
+                return message(nav, StatusCode::FORBIDDEN, "This app is not for patients", "The app is not offered in the patient portal.", "Choose one of the apps listed in your portal.", &back);
+            }
+            own.to_string()
+        }
         None => match p.get("patient").filter(|v| fhir::types::is_valid_id(v)) {
             Some(v) => v.clone(),
             None => return message(nav, StatusCode::BAD_REQUEST, "Open a chart first", "Apps are launched from a patient's chart.", "Open the patient's chart and launch the app there.", "/ehr/patients"),
         },
     };
+    match s.store.read("Patient", &patient).await {
+        Ok(Some(r)) if !r.deleted => {}
+        Ok(_) => return message(nav, StatusCode::NOT_FOUND, "No such patient", "This patient is not in the record system.", "Find the patient in the patient list.", "/ehr/patients"),
+        Err(e) => return internal(e),
+    }
     let faults = match faults_from(&p) {
         Ok(f) => f,
         Err(why) => return message(nav, StatusCode::BAD_REQUEST, "These launch options do not fit together", &why, "Go back and correct the injected faults.", &back),

@@ -165,10 +165,10 @@ async fn unhappy_paths_have_designed_pages() {
 
     // Token near its end and refresh failing: a relaunch prompt that still names the patient.
     first_window(&b).await;
-    launch(&b, &s, &p, &[("token_secs", "64"), ("refresh_fails", "1")]).await;
+    launch(&b, &s, &p, &[("token_secs", "6"), ("refresh_fails", "1")]).await;
     let name = b.wait_text("#patient-name", |t| !t.is_empty()).await;
-    // The app refreshes a minute before expiry: wait until it must.
-    tokio::time::sleep(Duration::from_millis(5000)).await;
+    // The app refreshes when less than half a short token's life is left: wait until it must.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     b.c.refresh().await.unwrap();
     b.wait_text("h1", |t| t == "Your session with the record system has ended").await;
     assert!(b.text(".context").await.contains(&name), "the clinician stays oriented");
@@ -236,10 +236,11 @@ async fn bench_click_to_summary() {
         let mut u = url::Url::parse(&format!("{}/app/launch", s.url)).unwrap();
         u.query_pairs_mut().append_pair("iss", &format!("{}/fhir", s.url)).append_pair("launch", handle["launch"].as_str().unwrap());
         let r = http.get(u).send().await.unwrap();
+        let bound = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("kapp_l_")).unwrap().split(';').next().unwrap().to_string();
         let authorize = r.headers()["location"].to_str().unwrap().to_string();
         let r = http.get(&authorize).header("cookie", &ehr_cookie).send().await.unwrap();
         let callback = r.headers()["location"].to_str().unwrap().to_string();
-        let r = http.get(&callback).send().await.unwrap();
+        let r = http.get(&callback).header("cookie", &bound).send().await.unwrap();
         let c = timing(&r);
         let summary = format!("{}{}", s.url, r.headers()["location"].to_str().unwrap());
         let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();

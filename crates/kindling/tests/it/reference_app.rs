@@ -31,6 +31,11 @@ fn location(r: &reqwest::Response) -> String {
     r.headers()["location"].to_str().unwrap().to_string()
 }
 
+/// The `name=value` of the launch-binding cookie the app set when it started a launch.
+fn launch_cookie(r: &reqwest::Response) -> String {
+    r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("kapp_l_")).expect("launch cookie").split(';').next().unwrap().to_string()
+}
+
 /// Captured log output of the whole test process.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -65,6 +70,8 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     launch_url.query_pairs_mut().append_pair("iss", &app.base).append_pair("launch", &handle);
     let r = app.client.get(launch_url).send().await.unwrap();
     assert_eq!(r.status(), 303);
+    let bound = launch_cookie(&r);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Path=/app/callback; HttpOnly"));
     let authorize = location(&r);
     assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("client_id=kindling-summary"));
     let html = app.client.get(&authorize).send().await.unwrap().text().await.unwrap();
@@ -81,7 +88,7 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     let code: String = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
 
     // The callback: a session of its own, a cookie scoped to it, and the browser never sees a token.
-    let r = app.client.get(&callback).send().await.unwrap();
+    let r = app.client.get(&callback).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 303);
     let summary_path = location(&r);
     assert!(summary_path.starts_with("/app/s/") && summary_path.ends_with('/'));
@@ -136,9 +143,21 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("This EHR is not known to the app"));
     // A reused launch (the callback again) gets the relaunch page.
-    let r = app.client.get(&callback).send().await.unwrap();
+    let r = app.client.get(&callback).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("This launch has expired"));
+    // A callback link opened in another browser (without the launch's cookie) is refused.
+    let r = app.client.post(format!("{}/auth/launch", root(&app))).basic_auth("doc", Some("doc-pass")).json(&serde_json::json!({"patient": patient})).send().await.unwrap();
+    let handle2 = r.json::<serde_json::Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
+    let mut u = url::Url::parse(&format!("{}/app/launch", root(&app))).unwrap();
+    u.query_pairs_mut().append_pair("iss", &app.base).append_pair("launch", &handle2);
+    let r = app.client.get(u).send().await.unwrap();
+    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
+    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    let forwarded = location(&r);
+    assert!(forwarded.contains("/app/callback?"), "consent remembered: straight back to the app");
+    let r = app.client.get(&forwarded).send().await.unwrap();
+    assert_eq!(r.status(), 400, "not the browser that started the launch");
 
     // Nothing secret in the logs of the whole flow.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -160,16 +179,18 @@ async fn consent_denied_and_standalone_launch() {
     // Standalone (no launch handle): the patient signs in, then denies.
     let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
     assert_eq!(r.status(), 303);
+    let bound = launch_cookie(&r);
     let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
     let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
     let r = post(&app, "/auth/consent", None, &[("request", &hidden(&html, "request")), ("decision", "deny")]).await;
-    let r = app.client.get(location(&r)).send().await.unwrap();
+    let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap();
     assert!(page.contains("Access was not allowed") && page.contains("Without that access this app cannot"), "{page}");
     // Allowed this time: the patient's own summary.
     let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
+    let bound = launch_cookie(&r);
     let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
     let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
@@ -179,7 +200,7 @@ async fn consent_denied_and_standalone_launch() {
     }
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let r = post(&app, "/auth/consent", None, &pairs).await;
-    let r = app.client.get(location(&r)).send().await.unwrap();
+    let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 303);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     let r = app.client.get(format!("{}{}", root(&app), location(&r))).header("cookie", &cookie).send().await.unwrap();
@@ -208,6 +229,7 @@ async fn reference_app_on_postgres() {
     let patient = synth::patient_id(8, 0);
     auth::registry::put_user(app.auth.store.as_ref(), "pat", "Pat", UserRole::Patient, "pat-pass", &format!("Patient/{patient}")).await.unwrap();
     let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
+    let bound = launch_cookie(&r);
     let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
     let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
@@ -217,7 +239,7 @@ async fn reference_app_on_postgres() {
     }
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let r = post(&app, "/auth/consent", None, &pairs).await;
-    let r = app.client.get(location(&r)).send().await.unwrap();
+    let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 303, "the callback found its pending authorisation in PostgreSQL");
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     let summary = format!("{}{}", root(&app), location(&r));
