@@ -34,8 +34,11 @@ async fn launch(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, Str
     let (Some(iss), Some(handle)) = (q.get("iss"), q.get("launch")) else {
         return page("<p>Open this app from a patient's chart in the EHR.</p>");
     };
-    match app.smart.ehr_launch(iss, handle).await {
-        Ok(AuthorizationRequest::Redirect { url, .. }) => Redirect::to(&url).into_response(),
+    // Bind the launch to this browser: the callback must come back with the same cookie.
+    let browser = client::jose::random(24);
+    let cookie = format!("example_launch={browser}; Path=/callback; HttpOnly; SameSite=Lax; Max-Age=600");
+    match app.smart.ehr_launch_bound(iss, handle, &browser).await {
+        Ok(AuthorizationRequest::Redirect { url, .. }) => ([(header::SET_COOKIE, cookie)], Redirect::to(&url)).into_response(),
         Ok(AuthorizationRequest::Post { url, fields, .. }) => {
             let inputs: String = fields.iter().map(|(k, v)| format!("<input type=hidden name=\"{}\" value=\"{}\">", escape(k), escape(v))).collect();
             page(&format!("<form method=post action=\"{}\">{inputs}<button>Continue</button></form>", escape(&url)))
@@ -47,8 +50,9 @@ async fn launch(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, Str
     }
 }
 
-async fn callback(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    match app.smart.callback(&q).await {
+async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let browser = headers.get(header::COOKIE).and_then(|c| c.to_str().ok()).and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("example_launch=").map(str::to_string)));
+    match app.smart.callback_bound(&q, browser.as_deref()).await {
         Ok(session) => {
             let id = client::jose::random(24);
             app.sessions.lock().unwrap().insert(id.clone(), session);
