@@ -37,7 +37,25 @@ fi
 # the EHR). The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
 cargo test --workspace --locked "$@"
 
-# 3. Python and npm packages for the interop checks (in target/).
+# 3. The same HTTP-level FHIR and SMART suite on PostgreSQL (each test server on a database of its own,
+# dropped afterwards), plus the multi-node checks. Skipped with a message when PostgreSQL is unreachable;
+# in CI (CI set) that is a failure.
+pg_admin=postgres://postgres@127.0.0.1:5432/test
+drop_test_databases() {
+    psql "$pg_admin" -Atc "select 'DROP DATABASE IF EXISTS ' || datname || ' WITH (FORCE);' from pg_database where datname like 'kindling_it_%' or datname like 'kindling_app_test_%'" | psql "$pg_admin" -q >/dev/null
+}
+if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; then
+    drop_test_databases
+    KINDLING_TEST_POSTGRES=$pg_admin cargo test --locked -p kindling --test it
+    drop_test_databases
+elif [ -n "${CI:-}" ]; then
+    echo "PostgreSQL is not reachable on 127.0.0.1:5432: the PostgreSQL suite cannot run in CI" >&2
+    exit 1
+else
+    echo "PostgreSQL is not reachable on 127.0.0.1:5432: skipping the PostgreSQL suite" >&2
+fi
+
+# 4. Python and npm packages for the interop checks (in target/).
 venv=target/interop-venv
 if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -73,11 +91,11 @@ start_kindling() {
     [ -n "$url" ] || { cat "$log" >&2; echo "kindling up did not become ready in 60 s" >&2; exit 1; }
 }
 
-# 4. FHIR interop (open sandbox, no tokens).
+# 5. FHIR interop (open sandbox, no tokens).
 start_kindling open --open-sandbox
 "$venv/bin/python" tests/interop/fhirpy_check.py "$url/fhir"
 
-# 5. SMART interop (tokens enforced).
+# 6. SMART interop (tokens enforced).
 start_kindling secured
 "$venv/bin/python" tests/interop/fhirclient_check.py "$url/fhir" target/debug/kindling "$work/secured" \
     "$npm_dir/node_modules/fhirclient/build/fhir-client.js"

@@ -191,7 +191,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&args.data)?;
         }
         let clock: SharedClock = Arc::new(SystemClock);
-        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None }, clock).await?;
+        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None, database_url: None }, clock).await?;
         let files = crate::import::collect_files(std::slice::from_ref(&args.synthea))?;
         let summary = crate::import::import_files(&app.state, files, |_| {}).await?;
         println!(
@@ -251,7 +251,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
     let ec = Arc::new(EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(|_| anyhow::anyhow!("key generation"))?);
     {
         let clock: SharedClock = Arc::new(SystemClock);
-        let config = crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: 32, open_sandbox: false, tls: None };
+        let config = crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: 32, open_sandbox: false, tls: None, database_url: None };
         let app = crate::Application::build(&config, clock).await?;
         let store = app.state.store.as_ref();
         let point = ec.public_key().as_ref();

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub open_sandbox: bool,
     /// Terminate TLS (1.2 and 1.3 only) with this certificate chain and key, both PEM.
     pub tls: Option<TlsFiles>,
+    /// `postgres://…` for PostgreSQL (several nodes share it), `sqlite://path`, or `None` for the SQLite
+    /// file in `data_dir`.
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +73,27 @@ impl ServerConfig {
 impl ServerConfig {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("kindling.db")
+    }
+}
+
+/// Opens the configured database (running migrations): PostgreSQL for `postgres://` URLs, else SQLite.
+pub async fn open_store(config: &ServerConfig, base_url: &str, clock: SharedClock) -> anyhow::Result<Arc<dyn Store>> {
+    match config.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = store::postgres::PostgresStore::connect(store::postgres::PostgresConfig { url: url.to_string(), base_url: Some(base_url.to_string()), max_connections: 16 }, clock)
+                .await
+                .context("cannot open the PostgreSQL database")?;
+            Ok(Arc::new(store))
+        }
+        other => {
+            let path = match other {
+                Some(url) => PathBuf::from(url.strip_prefix("sqlite://").ok_or_else(|| anyhow::anyhow!("the database URL must start with postgres:// or sqlite://"))?),
+                None => config.database_path(),
+            };
+            let store = SqliteStore::open(SqliteConfig { path, base_url: Some(base_url.to_string()), writer_cache_mib: config.writer_cache_mib }, clock)
+                .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -140,9 +164,7 @@ impl Application {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")).trim_end_matches('/').to_string();
         let base_url = format!("{public_url}/fhir");
-        let store = SqliteStore::open(SqliteConfig { path: config.database_path(), base_url: Some(base_url.clone()), writer_cache_mib: config.writer_cache_mib }, clock.clone())
-            .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store = open_store(config, &base_url, clock.clone()).await?;
         let audit = store::audit::AuditSink::spawn(store.clone());
         let auth = auth::AuthServer::new(store.clone(), auth::AuthConfig::new(&public_url), clock.clone(), Some(audit.clone()), Arc::new(ehr::AuthPages))
             .await

@@ -45,6 +45,10 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "KINDLING_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The database: `postgres://user@host:port/db` (several nodes share it), or `sqlite://path`; default
+    /// the SQLite file in --data.
+    #[arg(long, env = "KINDLING_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -126,6 +130,12 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Apply pending database migrations and exit (PostgreSQL or SQLite).
+    Migrate {
+        /// `postgres://…` or `sqlite://path`.
+        #[arg(long, env = "KINDLING_DATABASE_URL")]
+        database_url: String,
+    },
     /// Run the reference clinician app on its own against any SMART EHR (`config/app.dev.toml`).
     App {
         /// The app's configuration (TOML): listen, public_url, database, EHRs and the environment
@@ -162,8 +172,11 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }
 
+/// For the commands that work on the database without serving: `KINDLING_DATABASE_URL` selects
+/// PostgreSQL (or another SQLite file) as for `serve`.
 fn offline_config(data: PathBuf) -> ServerConfig {
-    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None }
+    let database_url = std::env::var("KINDLING_DATABASE_URL").ok().filter(|u| !u.is_empty());
+    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None, database_url }
 }
 
 #[tokio::main]
@@ -238,6 +251,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => kindling::bench::run(args).await,
         Command::Apps { data, command } => apps(data, command, clock).await,
+        Command::Migrate { database_url } => {
+            let mut cfg = offline_config(PathBuf::from("."));
+            cfg.database_url = Some(database_url);
+            kindling::open_store(&cfg, "http://localhost/fhir", clock).await?;
+            println!("The database is up to date.");
+            Ok(())
+        }
         Command::App { config } => {
             let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?;
             let cfg = app::config::AppConfig::from_toml(&text).map_err(|e| anyhow::anyhow!(e))?;
@@ -343,6 +363,7 @@ fn config(serve: &ServeArgs) -> ServerConfig {
             (Some(cert), Some(key)) => Some(kindling::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         },
+        database_url: serve.database_url.clone(),
     }
 }
 

@@ -19,3 +19,15 @@ impl From<rusqlite::Error> for StoreError {
         StoreError::Backend(e.to_string())
     }
 }
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            // A concurrent writer created the same resource, or another node won an If-Match race.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("40001") => {
+                StoreError::Conflict("a concurrent write changed this resource".into())
+            }
+            _ => StoreError::Backend(format!("postgres: {e}")),
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod error;
 mod prepare;
 mod snapshot;
 pub mod sql;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -169,3 +170,18 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     /// Audit records, newest first, with their ids.
     async fn audit_events(&self, filter: &audit::AuditFilter) -> Result<Vec<(i64, audit::AuditRecord)>>;
 }
+
+/// Whether `precondition` holds for the current version (shared by the backends).
+pub(crate) fn check_precondition(precondition: Precondition, current: Option<&StoredResource>) -> Result<()> {
+    match (precondition, current) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::Version(v), Some(c)) if !c.deleted && c.version == v => Ok(()),
+        (Precondition::Version(v), Some(c)) if !c.deleted => {
+            Err(StoreError::Conflict(format!("expected version {v}, but the current version is {}", c.version)))
+        }
+        (Precondition::Version(v), _) => Err(StoreError::Conflict(format!("expected version {v}, but the resource does not exist"))),
+        (Precondition::Absent, Some(c)) if !c.deleted => Err(StoreError::Conflict(format!("{}/{} already exists", c.resource_type, c.id))),
+        (Precondition::Absent, _) => Ok(()),
+    }
+}
+

@@ -12,6 +12,7 @@ mod smart_flows;
 mod ehr_pages;
 mod sdk;
 mod reference_app;
+mod multi_node;
 mod tls;
 
 use fhir::time::{ManualClock, SharedClock};
@@ -58,7 +59,7 @@ async fn spawn_inner(open_sandbox: bool, reference_app: Option<Option<String>>) 
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None };
+    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None, database_url: test_database().await };
     let mut app = Application::build(&config, shared).await.expect("build app");
     match &reference_app {
         None => {}
@@ -111,6 +112,24 @@ impl TestApp {
         assert_eq!(status, 200, "{query}: {b}");
         b
     }
+}
+
+/// With `KINDLING_TEST_POSTGRES` set to an administrative PostgreSQL URL (e.g.
+/// `postgres://postgres@127.0.0.1:5432/test`), every test server runs on a fresh PostgreSQL database of its
+/// own, named `kindling_it_…` (`./test.sh` drops them after the run); otherwise on SQLite.
+async fn test_database() -> Option<String> {
+    let admin = std::env::var("KINDLING_TEST_POSTGRES").ok().filter(|u| !u.is_empty())?;
+    let name = format!("kindling_it_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&admin).await.expect("KINDLING_TEST_POSTGRES is not reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.expect("create test database");
+    pool.close().await;
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+    Some(format!("{base}/{name}"))
+}
+
+/// Whether the suite runs on PostgreSQL (some checks are SQLite-specific).
+pub fn on_postgres() -> bool {
+    std::env::var("KINDLING_TEST_POSTGRES").is_ok_and(|u| !u.is_empty())
 }
 
 /// The ids of the entries of a searchset with mode `match`.

@@ -1,24 +1,11 @@
 //! Writes: new versions, history and search-index rows, all on the transaction's connection.
 
 use super::read_current;
-use crate::{Precondition, Prepared, Result, StoreError, StoredResource, Written};
+use crate::{Precondition, Prepared, Result, StoredResource, Written};
 use fhir::extract::IndexRows;
 use rusqlite::{Connection, params};
 
 const INDEX_TABLES: &[&str] = &["sp_string", "sp_token", "sp_reference", "sp_date", "sp_quantity", "sp_number", "compartment"];
-
-fn check(precondition: Precondition, current: Option<&StoredResource>) -> Result<()> {
-    match (precondition, current) {
-        (Precondition::None, _) => Ok(()),
-        (Precondition::Version(v), Some(c)) if !c.deleted && c.version == v => Ok(()),
-        (Precondition::Version(v), Some(c)) if !c.deleted => {
-            Err(StoreError::Conflict(format!("expected version {v}, but the current version is {}", c.version)))
-        }
-        (Precondition::Version(v), _) => Err(StoreError::Conflict(format!("expected version {v}, but the resource does not exist"))),
-        (Precondition::Absent, Some(c)) if !c.deleted => Err(StoreError::Conflict(format!("{}/{} already exists", c.resource_type, c.id))),
-        (Precondition::Absent, _) => Ok(()),
-    }
-}
 
 pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondition, now: i64) -> Result<Written> {
     if precondition == Precondition::Absent {
@@ -36,7 +23,7 @@ pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondi
         }
     }
     let current = read_current(conn, &prepared.resource_type, &prepared.id)?;
-    check(precondition, current.as_ref())?;
+    crate::check_precondition(precondition, current.as_ref())?;
     let version = current.as_ref().map_or(1, |c| c.version + 1);
     // lastUpdated never goes backwards for one resource, even if the clock does.
     let last_updated = current.as_ref().map_or(now, |c| now.max(c.last_updated + 1));
@@ -63,7 +50,7 @@ pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondi
 
 pub(crate) fn delete(conn: &Connection, resource_type: &str, id: &str, precondition: Precondition, now: i64) -> Result<Option<StoredResource>> {
     let current = read_current(conn, resource_type, id)?;
-    check(precondition, current.as_ref())?;
+    crate::check_precondition(precondition, current.as_ref())?;
     let Some(c) = current.filter(|c| !c.deleted) else { return Ok(None) };
     archive(conn, &c)?;
     let version = c.version + 1;

@@ -1,0 +1,96 @@
+//! [`AuthStore`] on PostgreSQL: the state every node shares. Single-use records are consumed with one
+//! `UPDATE … RETURNING` of the previous state, so of two nodes racing on one code exactly one wins.
+
+use super::PostgresStore;
+use crate::{AuthRecord, AuthStore, Result, StoreError};
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+fn record(r: &PgRow, offset: usize) -> Result<AuthRecord> {
+    Ok(AuthRecord {
+        value: r.try_get(offset)?,
+        grant_id: r.try_get(offset + 1)?,
+        expires: r.try_get(offset + 2)?,
+        used: r.try_get::<i64, _>(offset + 3)? != 0,
+        revoked: r.try_get::<i64, _>(offset + 4)? != 0,
+    })
+}
+
+#[async_trait]
+impl AuthStore for PostgresStore {
+    async fn auth_put(&self, kind: &str, key: &str, value: &str, grant_id: Option<&str>, expires: Option<i64>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES ($1, $2, $3, $4, $5, 0, 0)
+             ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, grant_id = excluded.grant_id, expires = excluded.expires, used = 0, revoked = 0",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(value)
+        .bind(grant_id)
+        .bind(expires)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn auth_get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
+        let row = sqlx::query("SELECT value, grant_id, expires, used, revoked FROM auth_records WHERE kind = $1 AND key = $2 AND (expires IS NULL OR expires > $3)")
+            .bind(kind)
+            .bind(key)
+            .bind(self.now())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(|r| record(r, 0)).transpose()
+    }
+
+    async fn auth_consume(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
+        // The old row's state comes back through a self-join on the locked row.
+        let row = sqlx::query(
+            "UPDATE auth_records a SET used = 1 FROM (SELECT kind, key, used FROM auth_records WHERE kind = $1 AND key = $2 AND (expires IS NULL OR expires > $3) FOR UPDATE) old
+              WHERE a.kind = old.kind AND a.key = old.key
+              RETURNING a.value, a.grant_id, a.expires, old.used, a.revoked",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(self.now())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(|r| record(r, 0)).transpose()
+    }
+
+    async fn auth_insert_new(&self, kind: &str, key: &str, value: &str, expires: Option<i64>) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO auth_records (kind, key, value, expires) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, used = 0, revoked = 0
+             WHERE auth_records.expires IS NOT NULL AND auth_records.expires <= $5",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(value)
+        .bind(expires)
+        .bind(self.now())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64> {
+        Ok(sqlx::query("UPDATE auth_records SET revoked = 1 WHERE grant_id = $1").bind(grant_id).execute(self.pool()).await?.rows_affected())
+    }
+
+    async fn auth_delete(&self, kind: &str, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM auth_records WHERE kind = $1 AND key = $2").bind(kind).bind(key).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>> {
+        let rows = sqlx::query("SELECT key, value, grant_id, expires, used, revoked FROM auth_records WHERE kind = $1 AND (expires IS NULL OR expires > $2) ORDER BY key")
+            .bind(kind)
+            .bind(self.now())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok::<_, StoreError>((r.try_get::<String, _>(0)?, record(r, 1)?))).collect()
+    }
+}

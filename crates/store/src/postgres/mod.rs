@@ -1,0 +1,402 @@
+//! The PostgreSQL backend: a connection pool (sqlx), the same schema and search SQL as SQLite
+//! ([`crate::sql`] with `$N` placeholders), and everything a node must share with the others in the
+//! database — auth state, audit, and paging snapshots. Writes lock the current row (`FOR UPDATE`), so
+//! `If-Match` holds across nodes.
+
+mod auth;
+mod write;
+
+use crate::sql::{Dialect, SqlBuilder, SqlValue, compile_search};
+use crate::{HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, Snapshot, Store, StoreError, StoredResource, Transaction, Written};
+use async_trait::async_trait;
+use fhir::query::{Include, SearchQuery};
+use fhir::time::{SharedClock, unix_ms};
+use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
+use sqlx::{Arguments, PgPool, Postgres, Row};
+use std::sync::Arc;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// How long a paging snapshot lives.
+const SNAPSHOT_TTL_MS: i64 = 30 * 60 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/database`
+    pub url: String,
+    /// This server's FHIR base URL; absolute references to it are indexed as local.
+    pub base_url: Option<String>,
+    pub max_connections: u32,
+}
+
+pub struct PostgresStore {
+    pool: PgPool,
+    base_url: Option<String>,
+    clock: SharedClock,
+}
+
+pub(crate) fn args(values: &[SqlValue]) -> PgArguments {
+    let mut a = PgArguments::default();
+    for v in values {
+        let _ = match v {
+            SqlValue::Text(s) => a.add(s.clone()),
+            SqlValue::Int(i) => a.add(*i),
+            SqlValue::Real(f) => a.add(*f),
+        };
+    }
+    a
+}
+
+const RESOURCE_COLUMNS: &str = "rid, res_type, id, version, last_updated, deleted, content";
+
+pub(crate) fn row_to_resource(r: &PgRow) -> Result<StoredResource> {
+    Ok(StoredResource {
+        key: r.try_get(0)?,
+        resource_type: r.try_get(1)?,
+        id: r.try_get(2)?,
+        version: r.try_get(3)?,
+        last_updated: r.try_get(4)?,
+        deleted: r.try_get::<i64, _>(5)? != 0,
+        json: r.try_get(6)?,
+    })
+}
+
+/// Applies pending migrations under an advisory lock, so that nodes starting together do not race.
+pub async fn migrate(pool: &PgPool, now_ms: i64) -> Result<Vec<String>> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(7206191)").execute(&mut *conn).await?;
+    let result = async {
+        sqlx::query("CREATE TABLE IF NOT EXISTS kindling_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)").execute(&mut *conn).await?;
+        let applied: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM kindling_migrations").fetch_one(&mut *conn).await?;
+        let mut done = Vec::new();
+        for (version, name, sql) in MIGRATIONS {
+            if *version <= applied {
+                continue;
+            }
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql)).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO kindling_migrations (version, name, applied_at) VALUES ($1, $2, $3)").bind(version).bind(*name).bind(now_ms).execute(&mut *tx).await?;
+            tx.commit().await?;
+            tracing::info!(version, name, "applied PostgreSQL migration");
+            done.push(format!("{version} {name}"));
+        }
+        Ok::<_, StoreError>(done)
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(7206191)").execute(&mut *conn).await;
+    result
+}
+
+impl PostgresStore {
+    /// Connects and applies pending migrations.
+    pub async fn connect(config: PostgresConfig, clock: SharedClock) -> Result<PostgresStore> {
+        let pool = PgPoolOptions::new().max_connections(config.max_connections).connect(&config.url).await?;
+        migrate(&pool, unix_ms(clock.now())).await?;
+        Ok(PostgresStore { pool, base_url: config.base_url, clock })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn now(&self) -> i64 {
+        unix_ms(self.clock.now())
+    }
+
+    async fn keys(&self, b: &SqlBuilder) -> Result<Vec<i64>> {
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from)).collect()
+    }
+}
+
+pub(crate) async fn read_current<'e, E: sqlx::Executor<'e, Database = Postgres>>(exec: E, resource_type: &str, id: &str, for_update: bool) -> Result<Option<StoredResource>> {
+    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE res_type = $1 AND id = $2{}", if for_update { " FOR UPDATE" } else { "" });
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(resource_type).bind(id).fetch_optional(exec).await?;
+    row.as_ref().map(row_to_resource).transpose()
+}
+
+pub(crate) async fn fetch_keys<'e, E: sqlx::Executor<'e, Database = Postgres>>(exec: E, keys: &[i64]) -> Result<Vec<StoredResource>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE deleted = 0 AND rid = ANY($1)"))).bind(keys).fetch_all(exec).await?;
+    let mut found: std::collections::HashMap<i64, StoredResource> = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let r = row_to_resource(r)?;
+        found.insert(r.key, r);
+    }
+    Ok(keys.iter().filter_map(|k| found.remove(k)).collect())
+}
+
+pub(crate) async fn search_keys<'e, E: sqlx::Executor<'e, Database = Postgres>>(exec: E, query: &SearchQuery) -> Result<Vec<i64>> {
+    let b = compile_search(query, Dialect::Postgres);
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_all(exec).await?;
+    rows.iter().map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from)).collect()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        read_current(&self.pool, resource_type, id, false).await
+    }
+
+    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>> {
+        let Some(current) = read_current(&self.pool, resource_type, id, false).await? else { return Ok(None) };
+        if current.version == version {
+            return Ok(Some(current));
+        }
+        let row = sqlx::query("SELECT last_updated, deleted, content FROM resource_history WHERE rid = $1 AND version = $2").bind(current.key).bind(version).fetch_optional(&self.pool).await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(StoredResource {
+                key: current.key,
+                resource_type: current.resource_type.clone(),
+                id: current.id.clone(),
+                version,
+                last_updated: r.try_get(0)?,
+                deleted: r.try_get::<i64, _>(1)? != 0,
+                json: r.try_get(2)?,
+            })),
+        }
+    }
+
+    async fn history(&self, scope: &HistoryScope, p: &HistoryParams) -> Result<HistoryPage> {
+        let mut b = SqlBuilder::new(Dialect::Postgres);
+        let mut cond = String::from("1 = 1");
+        let mut values = Vec::new();
+        let bind = |v: SqlValue, values: &mut Vec<SqlValue>| {
+            values.push(v);
+            format!("${}", values.len())
+        };
+        match scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(t) => cond.push_str(&format!(" AND r.res_type = {}", bind(SqlValue::Text(t.clone()), &mut values))),
+            HistoryScope::Instance(t, id) => {
+                cond.push_str(&format!(" AND r.res_type = {}", bind(SqlValue::Text(t.clone()), &mut values)));
+                cond.push_str(&format!(" AND r.id = {}", bind(SqlValue::Text(id.clone()), &mut values)));
+            }
+        }
+        if let Some(since) = p.since {
+            cond.push_str(&format!(" AND v.last_updated >= {}", bind(SqlValue::Int(since), &mut values)));
+        }
+        if let Some(till) = p.till {
+            cond.push_str(&format!(" AND v.last_updated <= {}", bind(SqlValue::Int(till), &mut values)));
+        }
+        let union = format!(
+            "SELECT r.rid AS rid, r.res_type AS res_type, r.id AS id, v.version AS version, v.last_updated AS last_updated, v.deleted AS deleted, v.content AS content
+               FROM resources r JOIN (SELECT rid, version, last_updated, deleted, content FROM resources
+                                      UNION ALL SELECT rid, version, last_updated, deleted, content FROM resource_history) v ON v.rid = r.rid
+              WHERE {cond}"
+        );
+        let total: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM ({union}) AS h")), args(&values)).fetch_one(&self.pool).await?;
+        // usize values beyond i64 (absurd paging offsets) would wrap negative, which PostgreSQL refuses.
+        let limit = bind(SqlValue::Int(p.count.min(i64::MAX as usize) as i64), &mut values);
+        let offset = bind(SqlValue::Int(p.offset.min(i64::MAX as usize) as i64), &mut values);
+        b.push(&format!("SELECT {RESOURCE_COLUMNS} FROM ({union}) AS h ORDER BY last_updated DESC, version DESC, rid DESC LIMIT {limit} OFFSET {offset}"));
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&values)).fetch_all(&self.pool).await?;
+        let entries = rows.iter().map(row_to_resource).collect::<Result<Vec<_>>>()?;
+        Ok(HistoryPage { total: total as usize, entries })
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<i64>> {
+        search_keys(&self.pool, query).await
+    }
+
+    async fn fetch(&self, keys: &[i64]) -> Result<Vec<StoredResource>> {
+        fetch_keys(&self.pool, keys).await
+    }
+
+    async fn include(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(2000) {
+            out.extend(self.keys(&crate::sql::compile_reference_hop(chunk, include, false, Dialect::Postgres)).await?);
+        }
+        Ok(out)
+    }
+
+    async fn revinclude(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(2000) {
+            out.extend(self.keys(&crate::sql::compile_reference_hop(chunk, include, true, Dialect::Postgres)).await?);
+        }
+        Ok(out)
+    }
+
+    async fn everything(&self, patient_id: &str, types: Option<&[String]>, since: Option<i64>) -> Result<Vec<i64>> {
+        let mut b = SqlBuilder::new(Dialect::Postgres);
+        b.push("SELECT r.rid FROM resources r WHERE r.deleted = 0 AND r.rid IN (SELECT rid FROM compartment WHERE patient_id = ")
+            .text(patient_id)
+            .push(" UNION SELECT t.rid FROM compartment c JOIN sp_reference s ON s.rid = c.rid JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE c.patient_id = ")
+            .text(patient_id)
+            .push(" AND s.target_type <> 'Patient')");
+        if let Some(types) = types {
+            b.push(" AND r.res_type IN (");
+            for (i, t) in types.iter().enumerate() {
+                if i > 0 {
+                    b.push(",");
+                }
+                b.text(t);
+            }
+            b.push(")");
+        }
+        if let Some(since) = since {
+            b.push(" AND r.last_updated >= ").int(since);
+        }
+        b.push(" ORDER BY CASE WHEN r.res_type = 'Patient' THEN 0 ELSE 1 END, r.rid");
+        self.keys(&b).await
+    }
+
+    async fn in_patient_compartment(&self, key: i64, patient_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM compartment WHERE rid = $1 AND patient_id = $2").bind(key).bind(patient_id).fetch_optional(&self.pool).await?;
+        Ok(row.is_some())
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        let tx = self.pool.begin().await?;
+        Ok(Box::new(PostgresTransaction { tx, clock: self.clock.clone(), base_url: self.base_url.clone() }))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let now = self.now();
+        sqlx::query("DELETE FROM search_snapshots WHERE expires <= $1").bind(now).execute(&self.pool).await?;
+        sqlx::query("INSERT INTO search_snapshots (id, resource_type, query, keys, expires) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&id)
+            .bind(&snapshot.resource_type)
+            .bind(&snapshot.query)
+            .bind(&snapshot.keys)
+            .bind(now + SNAPSHOT_TTL_MS)
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    async fn load_snapshot(&self, id: &str) -> Result<Option<Arc<Snapshot>>> {
+        let row = sqlx::query("SELECT resource_type, query, keys, expires FROM search_snapshots WHERE id = $1 AND expires > $2").bind(id).bind(self.now()).fetch_optional(&self.pool).await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(Arc::new(Snapshot { resource_type: r.try_get(0)?, query: r.try_get(1)?, keys: r.try_get(2)?, expires: r.try_get(3)? }))),
+        }
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT res_type, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY res_type ORDER BY res_type").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn optimize(&self) -> Result<()> {
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, records: &[crate::audit::AuditRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut qb = sqlx::QueryBuilder::<Postgres>::new("INSERT INTO audit_events (recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id) ");
+        qb.push_values(records, |mut b, r| {
+            b.push_bind(r.recorded)
+                .push_bind(r.category.clone())
+                .push_bind(r.action.clone())
+                .push_bind(r.outcome.clone())
+                .push_bind(r.client_id.clone())
+                .push_bind(r.username.clone())
+                .push_bind(r.patient.clone())
+                .push_bind(r.entity.clone())
+                .push_bind(r.detail.clone())
+                .push_bind(r.launch.clone());
+        });
+        qb.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, f: &crate::audit::AuditFilter) -> Result<Vec<(i64, crate::audit::AuditRecord)>> {
+        let mut b = SqlBuilder::new(Dialect::Postgres);
+        b.push("SELECT id, recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id FROM audit_events WHERE 1 = 1");
+        if let Some(id) = f.id {
+            b.push(" AND id = ").int(id);
+        }
+        if let Some(s) = f.since {
+            b.push(" AND recorded >= ").int(s);
+        }
+        if let Some(p) = &f.patient {
+            b.push(" AND patient = ").text(p);
+        }
+        if let Some(c) = &f.client_id {
+            b.push(" AND client_id = ").text(c);
+        }
+        if let Some(u) = &f.username {
+            b.push(" AND username = ").text(u);
+        }
+        if let Some(l) = &f.launch {
+            b.push(" AND launch_id = ").text(l);
+        }
+        b.push(" ORDER BY id DESC LIMIT ").int(f.limit as i64);
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    crate::audit::AuditRecord {
+                        recorded: r.try_get(1)?,
+                        category: r.try_get(2)?,
+                        action: r.try_get(3)?,
+                        outcome: r.try_get(4)?,
+                        client_id: r.try_get(5)?,
+                        username: r.try_get(6)?,
+                        patient: r.try_get(7)?,
+                        entity: r.try_get(8)?,
+                        detail: r.try_get(9)?,
+                        launch: r.try_get(10)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+pub struct PostgresTransaction {
+    tx: sqlx::Transaction<'static, Postgres>,
+    clock: SharedClock,
+    base_url: Option<String>,
+}
+
+#[async_trait]
+impl Reader for PostgresTransaction {
+    async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        read_current(&mut *self.tx, resource_type, id, false).await
+    }
+
+    async fn search(&mut self, query: &SearchQuery) -> Result<Vec<i64>> {
+        search_keys(&mut *self.tx, query).await
+    }
+
+    async fn fetch(&mut self, keys: &[i64]) -> Result<Vec<StoredResource>> {
+        fetch_keys(&mut *self.tx, keys).await
+    }
+}
+
+#[async_trait]
+impl Transaction for PostgresTransaction {
+    async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written> {
+        let prepared = crate::prepare(resource, self.base_url.as_deref())?;
+        let now = unix_ms(self.clock.now());
+        write::put(&mut self.tx, &prepared, precondition, now).await
+    }
+
+    async fn put_prepared(&mut self, prepared: &Prepared, precondition: Precondition) -> Result<Written> {
+        let now = unix_ms(self.clock.now());
+        write::put(&mut self.tx, prepared, precondition, now).await
+    }
+
+    async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>> {
+        let now = unix_ms(self.clock.now());
+        write::delete(&mut self.tx, resource_type, id, precondition, now).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
