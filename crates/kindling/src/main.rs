@@ -24,12 +24,16 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "KINDLING_LISTEN")]
-    listen: SocketAddr,
-    /// Directory for the database and keys.
-    #[arg(long, default_value = "./kindling-data", env = "KINDLING_DATA")]
-    data: PathBuf,
+    /// Settings from a TOML file (listen, public_url, database_url, data, apps, tls_cert, tls_key); flags and
+    /// environment variables given as well take precedence.
+    #[arg(long, env = "KINDLING_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "KINDLING_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the SQLite database [default: ./kindling-data].
+    #[arg(long, env = "KINDLING_DATA")]
+    data: Option<PathBuf>,
     /// The externally visible base URL (default: http://<listen>).
     #[arg(long, env = "KINDLING_PUBLIC_URL")]
     public_url: Option<String>,
@@ -49,6 +53,58 @@ struct ServeArgs {
     /// the SQLite file in --data.
     #[arg(long, env = "KINDLING_DATABASE_URL")]
     database_url: Option<String>,
+}
+
+/// The settings of a `--config` file.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    public_url: Option<String>,
+    database_url: Option<String>,
+    data: Option<PathBuf>,
+    apps: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// Serving settings after flags, environment, `--config` file and defaults are combined.
+struct Serve {
+    listen: SocketAddr,
+    data: PathBuf,
+    public_url: Option<String>,
+    open_sandbox: bool,
+    apps: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    database_url: Option<String>,
+}
+
+impl ServeArgs {
+    fn resolve(self) -> anyhow::Result<Serve> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("{} is not a valid Kindling configuration", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let tls_cert = self.tls_cert.or(file.tls_cert);
+        let tls_key = self.tls_key.or(file.tls_key);
+        if tls_cert.is_some() != tls_key.is_some() {
+            anyhow::bail!("tls_cert and tls_key go together");
+        }
+        Ok(Serve {
+            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data: self.data.or(file.data).unwrap_or_else(|| PathBuf::from("./kindling-data")),
+            public_url: self.public_url.or(file.public_url),
+            open_sandbox: self.open_sandbox,
+            apps: self.apps.or(file.apps),
+            tls_cert,
+            tls_key,
+            database_url: self.database_url.or(file.database_url),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -186,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     match cli.command {
         Command::Up { serve, patients, seed } => {
+            let serve = serve.resolve()?;
             let started = Instant::now();
             let mut app = Application::build(&config(&serve), clock).await?;
             let counts = app.store().counts().await?;
@@ -213,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
             app.run_until(shutdown_signal()).await
         }
         Command::Serve { serve } => {
+            let serve = serve.resolve()?;
             let started = Instant::now();
             let app = Application::build(&config(&serve), clock).await?;
             load_apps(&app, serve.apps.as_deref()).await?;
@@ -352,7 +410,7 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
     Ok(())
 }
 
-fn config(serve: &ServeArgs) -> ServerConfig {
+fn config(serve: &Serve) -> ServerConfig {
     ServerConfig {
         listen: serve.listen,
         public_url: serve.public_url.clone(),
@@ -368,7 +426,7 @@ fn config(serve: &ServeArgs) -> ServerConfig {
 }
 
 fn print_ready(app: &Application, started: Instant) {
-    println!("Kindling is serving at {} (ready in {} ms)", app.public_url, started.elapsed().as_millis());
+    println!("Kindling is serving at {} (ready in {} ms, listening on {})", app.public_url, started.elapsed().as_millis(), app.addr);
     println!("  FHIR R4 base:        {}", app.base_url());
     println!("  CapabilityStatement: {}/metadata", app.base_url());
     println!("  Health:              {}/healthz", app.public_url);

@@ -1,26 +1,48 @@
-//! Two Kindling nodes on one PostgreSQL database, as behind a load balancer: separate servers, pools and
-//! caches, one public URL. A flow started on one node finishes on the other; revocation and refresh-token
+//! Two `kindling` processes on one PostgreSQL database, as behind a load balancer: separate processes,
+//! pools and caches, one public URL. A flow started on one node finishes on the other; revocation and refresh-token
 //! reuse are seen across nodes; concurrent `If-Match` updates through both nodes lose nothing.
 //! Skipped with a message without PostgreSQL, except in CI.
 
-use fhir::time::{SharedClock, SystemClock};
-use kindling::{Application, ServerConfig};
 use serde_json::{Value, json};
-use std::sync::Arc;
+use store::Store;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// A `kindling` process serving one node.
 struct Node {
     /// Where this node listens.
     addr: String,
+    /// The deployment's public URL as this node sees it.
+    public: String,
+    child: Child,
 }
 
-async fn node(database_url: &str, public_url: Option<String>, dir: &std::path::Path) -> (Node, Application) {
-    let clock: SharedClock = Arc::new(SystemClock);
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url, data_dir: dir.to_path_buf(), writer_cache_mib: 8, open_sandbox: false, tls: None, database_url: Some(database_url.to_string()) };
-    let app = Application::build(&config, clock).await.expect("node");
-    (Node { addr: format!("http://{}", app.addr) }, app)
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kindling <args>` and waits for its ready line.
+fn node(args: &[&str]) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kindling")).args(args).env("KINDLING_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start kindling");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("Kindling is serving at ") {
+                let public = rest.split(' ').next().unwrap_or_default().to_string();
+                let addr = rest.split("listening on ").nth(1).unwrap_or_default().trim_end_matches(')').to_string();
+                let _ = tx.send((public, addr));
+            }
+        }
+    });
+    let (public, addr) = rx.recv_timeout(Duration::from_secs(60)).expect("the node did not become ready");
+    Node { addr: format!("http://{addr}"), public, child }
 }
 
 fn hidden(html: &str, name: &str) -> String {
@@ -47,15 +69,18 @@ async fn two_nodes_share_every_flow() {
     let name = format!("kindling_it_nodes_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-    let dir = tempfile::tempdir().unwrap();
-    let (a, app_a) = node(&url, None, dir.path()).await;
-    let public = app_a.public_url.clone();
-    let (b, app_b) = node(&url, Some(public.clone()), dir.path()).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    // Node A seeds the deployment (`kindling up`: one synthetic patient, the demo users); node B joins
+    // with A's public URL, as every node behind one load balancer would.
+    let a = node(&["up", "--listen", "127.0.0.1:0", "--data", dir_a.path().to_str().unwrap(), "--database-url", &url, "--patients", "1", "--seed", "9"]);
+    let public = a.public.clone();
+    let b = node(&["serve", "--listen", "127.0.0.1:0", "--data", dir_b.path().to_str().unwrap(), "--database-url", &url, "--public-url", &public]);
+    assert_eq!(b.public, public);
     let base = format!("{public}/fhir");
-    kindling::seed(&app_a.state, 1, 9).await.unwrap();
     let patient = synth::patient_id(9, 0);
-    let store = app_a.state.store.clone();
-    auth::registry::put_user(store.as_ref(), "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    let clock: fhir::time::SharedClock = std::sync::Arc::new(fhir::time::SystemClock);
+    let store = std::sync::Arc::new(store::postgres::PostgresStore::connect(store::postgres::PostgresConfig { url: url.clone(), base_url: Some(base.clone()), max_connections: 2 }, clock).await.unwrap());
     let client = auth::model::Client {
         client_id: "nodes-app".into(),
         name: "Nodes".into(),
@@ -71,12 +96,10 @@ async fn two_nodes_share_every_flow() {
         profile: None,
     };
     auth::registry::put_client(store.as_ref(), client).await.unwrap();
-    tokio::spawn(app_a.run_until(std::future::pending()));
-    tokio::spawn(app_b.run_until(std::future::pending()));
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
 
     // A launch created on node A is authorised on node B, and its code exchanged on node A.
-    let r = http.post(format!("{}/auth/launch", a.addr)).basic_auth("doc", Some("doc-pass")).json(&json!({"patient": patient})).send().await.unwrap();
+    let r = http.post(format!("{}/auth/launch", a.addr)).basic_auth("clinician", Some("kindling-clinician")).json(&json!({"patient": patient})).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let handle = r.json::<Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
     let verifier = "a-verifier-that-is-long-enough-for-pkce-0123456789";
@@ -93,7 +116,7 @@ async fn two_nodes_share_every_flow() {
         .append_pair("code_challenge", &auth::crypto::pkce_s256(verifier))
         .append_pair("code_challenge_method", "S256");
     let html = http.get(authorize).send().await.unwrap().text().await.unwrap();
-    let r = form(&http, &format!("{}/auth/login", b.addr), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    let r = form(&http, &format!("{}/auth/login", b.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
     let html = r.text().await.unwrap();
     let mut consent = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
@@ -130,7 +153,7 @@ async fn two_nodes_share_every_flow() {
     // a new one through the same nodes.)
     let _ = rt1;
     let mut authorize = url::Url::parse(&format!("{}/auth/authorize", a.addr)).unwrap();
-    let r = http.post(format!("{}/auth/launch", b.addr)).basic_auth("doc", Some("doc-pass")).json(&json!({"patient": patient})).send().await.unwrap();
+    let r = http.post(format!("{}/auth/launch", b.addr)).basic_auth("clinician", Some("kindling-clinician")).json(&json!({"patient": patient})).send().await.unwrap();
     let handle = r.json::<Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
     authorize
         .query_pairs_mut()
@@ -144,7 +167,7 @@ async fn two_nodes_share_every_flow() {
         .append_pair("code_challenge", &auth::crypto::pkce_s256(verifier))
         .append_pair("code_challenge_method", "S256");
     let html = http.get(authorize).send().await.unwrap().text().await.unwrap();
-    let r = form(&http, &format!("{}/auth/login", a.addr), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    let r = form(&http, &format!("{}/auth/login", a.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
     assert_eq!(r.status(), 303, "consent remembered across nodes");
     let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let code = loc.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
@@ -228,5 +251,6 @@ async fn two_nodes_share_every_flow() {
     assert!(store.vread("Patient", &patient, fresh.version).await.unwrap().is_some(), "the previous version is kept in history");
 
     drop(store);
+    drop((a, b));
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.unwrap();
 }
