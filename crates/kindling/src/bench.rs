@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// Seconds per load scenario.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Benchmark on PostgreSQL instead of SQLite: `postgres://…` of a database the benchmark may wipe.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 struct ServerProcess {
@@ -44,15 +47,19 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(data: &std::path::Path, open_sandbox: bool) -> anyhow::Result<ServerProcess> {
+fn start_server(data: &std::path::Path, open_sandbox: bool, database_url: Option<&str>) -> anyhow::Result<ServerProcess> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data"];
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     if open_sandbox {
         args.insert(1, "--open-sandbox");
     }
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
     let mut child = Command::new(exe)
         .args(args)
+        .arg("--data")
         .arg(data)
         .env("KINDLING_LOG", "warn")
         .stdout(Stdio::piped())
@@ -190,8 +197,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.data.exists() {
             std::fs::remove_dir_all(&args.data)?;
         }
+        if let Some(url) = &args.database_url {
+            store::postgres::reset_database(url).await?;
+        }
         let clock: SharedClock = Arc::new(SystemClock);
-        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None, database_url: None }, clock).await?;
+        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None, database_url: args.database_url.clone() }, clock).await?;
         let files = crate::import::collect_files(std::slice::from_ref(&args.synthea))?;
         let summary = crate::import::import_files(&app.state, files, |_| {}).await?;
         println!(
@@ -203,8 +213,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             summary.rate()
         );
     }
-    let server = start_server(&args.data, true)?;
-    println!("startup                      ready_in={} ms (existing data directory)", server.startup.as_millis());
+    let server = start_server(&args.data, true, args.database_url.as_deref())?;
+    println!("startup                      ready_in={} ms (existing {})", server.startup.as_millis(), if args.database_url.is_some() { "PostgreSQL database" } else { "data directory" });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = server.child.id();
     if let Some(kib) = rss_kib(pid) {
@@ -251,7 +261,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
     let ec = Arc::new(EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(|_| anyhow::anyhow!("key generation"))?);
     {
         let clock: SharedClock = Arc::new(SystemClock);
-        let config = crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: 32, open_sandbox: false, tls: None, database_url: None };
+        let config = crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: 32, open_sandbox: false, tls: None, database_url: args.database_url.clone() };
         let app = crate::Application::build(&config, clock).await?;
         let store = app.state.store.as_ref();
         let point = ec.public_key().as_ref();
@@ -274,7 +284,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         auth::registry::put_client(store, client("bench-public", ClientKind::Public, "launch/patient openid fhirUser user/*.rs patient/*.rs", None)).await?;
         auth::registry::put_user(store, "bench-doc", "Bench", UserRole::Clinician, "bench-pass", "Practitioner/bench").await?;
     }
-    let server = start_server(&args.data, false)?;
+    let server = start_server(&args.data, false, args.database_url.as_deref())?;
     let base = server.base.clone();
     let token_path = "/auth/token".to_string();
     let token_url = format!("{base}/auth/token");

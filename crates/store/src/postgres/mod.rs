@@ -400,3 +400,12 @@ impl Transaction for PostgresTransaction {
         Ok(())
     }
 }
+
+/// Empties a database completely (every table of its `public` schema), for benchmarks that start from
+/// nothing. Destructive: only for databases made for the purpose.
+pub async fn reset_database(url: &str) -> Result<()> {
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;").execute(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
