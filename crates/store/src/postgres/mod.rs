@@ -254,7 +254,7 @@ impl Store for PostgresStore {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let tx = self.pool.begin().await?;
-        Ok(Box::new(PostgresTransaction { tx, clock: self.clock.clone(), base_url: self.base_url.clone() }))
+        Ok(Box::new(PostgresTransaction { tx, clock: self.clock.clone(), base_url: self.base_url.clone(), batch: write::IndexBatch::default() }))
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String> {
@@ -360,6 +360,8 @@ pub struct PostgresTransaction {
     tx: sqlx::Transaction<'static, Postgres>,
     clock: SharedClock,
     base_url: Option<String>,
+    /// Index rows not yet written (see [`write::flush`]); written before any read and at commit.
+    batch: write::IndexBatch,
 }
 
 #[async_trait]
@@ -369,6 +371,7 @@ impl Reader for PostgresTransaction {
     }
 
     async fn search(&mut self, query: &SearchQuery) -> Result<Vec<i64>> {
+        write::flush(&mut self.tx, &mut self.batch).await?;
         search_keys(&mut *self.tx, query).await
     }
 
@@ -382,20 +385,21 @@ impl Transaction for PostgresTransaction {
     async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written> {
         let prepared = crate::prepare(resource, self.base_url.as_deref())?;
         let now = unix_ms(self.clock.now());
-        write::put(&mut self.tx, &prepared, precondition, now).await
+        write::put(&mut self.tx, &mut self.batch, &prepared, precondition, now).await
     }
 
     async fn put_prepared(&mut self, prepared: &Prepared, precondition: Precondition) -> Result<Written> {
         let now = unix_ms(self.clock.now());
-        write::put(&mut self.tx, prepared, precondition, now).await
+        write::put(&mut self.tx, &mut self.batch, prepared, precondition, now).await
     }
 
     async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>> {
         let now = unix_ms(self.clock.now());
-        write::delete(&mut self.tx, resource_type, id, precondition, now).await
+        write::delete(&mut self.tx, &mut self.batch, resource_type, id, precondition, now).await
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        write::flush(&mut self.tx, &mut self.batch).await?;
         self.tx.commit().await?;
         Ok(())
     }

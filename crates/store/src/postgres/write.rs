@@ -1,15 +1,83 @@
 //! Writes on PostgreSQL: new versions, history and search-index rows in the caller's transaction. The
 //! current row is locked (`FOR UPDATE`) before it is replaced, so concurrent writers on several nodes are
 //! serialised and `If-Match` cannot be lost.
+//!
+//! Index rows are collected in an [`IndexBatch`] and written with one multi-row `INSERT` per table when the
+//! transaction next reads or commits: a round trip per table per transaction instead of several per
+//! resource, which is what bulk imports spend their time on.
 
 use super::read_current;
 use crate::{Precondition, Prepared, Result, StoredResource, Written};
 use fhir::extract::IndexRows;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-const INDEX_TABLES: &[&str] = &["sp_string", "sp_token", "sp_reference", "sp_date", "sp_quantity", "sp_number", "compartment"];
+/// Index rows waiting to be written, by resource key.
+#[derive(Default)]
+pub(crate) struct IndexBatch {
+    rows: Vec<(i64, IndexRows)>,
+}
 
-pub(crate) async fn put(conn: &mut PgConnection, prepared: &Prepared, precondition: Precondition, now: i64) -> Result<Written> {
+impl IndexBatch {
+    fn push(&mut self, key: i64, rows: &IndexRows) {
+        self.rows.push((key, rows.clone()));
+    }
+
+    /// Forgets the pending rows of a resource whose index is being replaced.
+    fn forget(&mut self, key: i64) {
+        self.rows.retain(|(k, _)| *k != key);
+    }
+}
+
+/// Rows per multi-row INSERT (PostgreSQL allows 65,535 bound parameters per statement).
+const CHUNK: usize = 4000;
+
+/// Writes the pending index rows.
+pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Result<()> {
+    if batch.rows.is_empty() {
+        return Ok(());
+    }
+    let pending = std::mem::take(&mut batch.rows);
+    macro_rules! insert {
+        ($table:literal, $cols:literal, $field:ident, |$b:ident, $key:ident, $seq:ident, $r:ident| $bind:block) => {{
+            let all: Vec<(i64, usize, _)> = pending.iter().flat_map(|(k, rows)| rows.$field.iter().enumerate().map(move |(seq, r)| (*k, seq, r))).collect();
+            for chunk in all.chunks(CHUNK) {
+                let mut q = QueryBuilder::<Postgres>::new(concat!("INSERT INTO ", $table, " ", $cols, " "));
+                q.push_values(chunk, |mut $b, ($key, $seq, $r)| $bind);
+                q.build().execute(&mut *conn).await?;
+            }
+        }};
+    }
+    insert!("sp_string", "(rid, p, seq, norm, exact)", strings, |b, key, seq, r| {
+        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.norm.clone()).push_bind(r.exact.clone());
+    });
+    insert!("sp_token", "(rid, p, seq, system, code, text)", tokens, |b, key, seq, r| {
+        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.system.clone()).push_bind(r.code.clone()).push_bind(r.text.clone());
+    });
+    insert!("sp_reference", "(rid, p, seq, target_type, target_id, url)", references, |b, key, seq, r| {
+        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.target_type.clone()).push_bind(r.target_id.clone()).push_bind(r.url.clone());
+    });
+    insert!("sp_date", "(rid, p, seq, lo, hi)", dates, |b, key, seq, r| {
+        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.lo).push_bind(r.hi);
+    });
+    insert!("sp_quantity", "(rid, p, seq, value, system, code, unit)", quantities, |b, key, seq, r| {
+        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.value).push_bind(r.system.clone()).push_bind(r.code.clone()).push_bind(r.unit.clone());
+    });
+    insert!("sp_number", "(rid, p, seq, value)", numbers, |b, key, seq, r| {
+        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.value);
+    });
+    let compartments: Vec<(i64, &String)> = pending.iter().flat_map(|(k, rows)| rows.patient_compartments.iter().map(move |p| (*k, p))).collect();
+    for chunk in compartments.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO compartment (rid, patient_id) ");
+        q.push_values(chunk, |mut b, (key, p)| {
+            b.push_bind(*key).push_bind((*p).clone());
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepared: &Prepared, precondition: Precondition, now: i64) -> Result<Written> {
     if precondition == Precondition::Absent {
         let json = prepared.render(1, now);
         let key: Option<i64> = sqlx::query_scalar("INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES ($1, $2, 1, $3, 0, $4) ON CONFLICT (res_type, id) DO NOTHING RETURNING rid")
@@ -20,7 +88,7 @@ pub(crate) async fn put(conn: &mut PgConnection, prepared: &Prepared, preconditi
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(key) = key {
-            write_index(conn, key, &prepared.rows).await?;
+            batch.push(key, &prepared.rows);
             let resource = StoredResource { key, resource_type: prepared.resource_type.clone(), id: prepared.id.clone(), version: 1, last_updated: now, deleted: false, json };
             return Ok(Written { resource, created: true });
         }
@@ -34,7 +102,7 @@ pub(crate) async fn put(conn: &mut PgConnection, prepared: &Prepared, preconditi
         Some(c) => {
             archive(conn, c).await?;
             sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 0, content = $3 WHERE rid = $4").bind(version).bind(last_updated).bind(&json).bind(c.key).execute(&mut *conn).await?;
-            clear_index(conn, c.key).await?;
+            clear_index(conn, batch, c.key).await?;
             c.key
         }
         None => {
@@ -48,13 +116,13 @@ pub(crate) async fn put(conn: &mut PgConnection, prepared: &Prepared, preconditi
                 .await?
         }
     };
-    write_index(conn, key, &prepared.rows).await?;
+    batch.push(key, &prepared.rows);
     let created = current.as_ref().is_none_or(|c| c.deleted);
     let (resource_type, id) = (prepared.resource_type.clone(), prepared.id.clone());
     Ok(Written { resource: StoredResource { key, resource_type, id, version, last_updated, deleted: false, json }, created })
 }
 
-pub(crate) async fn delete(conn: &mut PgConnection, resource_type: &str, id: &str, precondition: Precondition, now: i64) -> Result<Option<StoredResource>> {
+pub(crate) async fn delete(conn: &mut PgConnection, batch: &mut IndexBatch, resource_type: &str, id: &str, precondition: Precondition, now: i64) -> Result<Option<StoredResource>> {
     let current = read_current(&mut *conn, resource_type, id, true).await?;
     crate::check_precondition(precondition, current.as_ref())?;
     let Some(c) = current.filter(|c| !c.deleted) else { return Ok(None) };
@@ -62,7 +130,7 @@ pub(crate) async fn delete(conn: &mut PgConnection, resource_type: &str, id: &st
     let version = c.version + 1;
     let last_updated = now.max(c.last_updated + 1);
     sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 1, content = '' WHERE rid = $3").bind(version).bind(last_updated).bind(c.key).execute(&mut *conn).await?;
-    clear_index(conn, c.key).await?;
+    clear_index(conn, batch, c.key).await?;
     Ok(Some(StoredResource { version, last_updated, deleted: true, json: String::new(), ..c }))
 }
 
@@ -78,63 +146,16 @@ async fn archive(conn: &mut PgConnection, c: &StoredResource) -> Result<()> {
     Ok(())
 }
 
-async fn clear_index(conn: &mut PgConnection, key: i64) -> Result<()> {
-    for table in INDEX_TABLES {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE rid = $1"))).bind(key).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-async fn write_index(conn: &mut PgConnection, key: i64, rows: &IndexRows) -> Result<()> {
-    if !rows.strings.is_empty() {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_string (rid, p, seq, norm, exact) ");
-        q.push_values(rows.strings.iter().enumerate(), |mut b, (seq, r)| {
-            b.push_bind(key).push_bind(r.key.to_string()).push_bind(seq as i64).push_bind(r.norm.clone()).push_bind(r.exact.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    if !rows.tokens.is_empty() {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_token (rid, p, seq, system, code, text) ");
-        q.push_values(rows.tokens.iter().enumerate(), |mut b, (seq, r)| {
-            b.push_bind(key).push_bind(r.key.to_string()).push_bind(seq as i64).push_bind(r.system.clone()).push_bind(r.code.clone()).push_bind(r.text.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    if !rows.references.is_empty() {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_reference (rid, p, seq, target_type, target_id, url) ");
-        q.push_values(rows.references.iter().enumerate(), |mut b, (seq, r)| {
-            b.push_bind(key).push_bind(r.key.to_string()).push_bind(seq as i64).push_bind(r.target_type.clone()).push_bind(r.target_id.clone()).push_bind(r.url.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    if !rows.dates.is_empty() {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_date (rid, p, seq, lo, hi) ");
-        q.push_values(rows.dates.iter().enumerate(), |mut b, (seq, r)| {
-            b.push_bind(key).push_bind(r.key.to_string()).push_bind(seq as i64).push_bind(r.lo).push_bind(r.hi);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    if !rows.quantities.is_empty() {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_quantity (rid, p, seq, value, system, code, unit) ");
-        q.push_values(rows.quantities.iter().enumerate(), |mut b, (seq, r)| {
-            b.push_bind(key).push_bind(r.key.to_string()).push_bind(seq as i64).push_bind(r.value).push_bind(r.system.clone()).push_bind(r.code.clone()).push_bind(r.unit.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    if !rows.numbers.is_empty() {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_number (rid, p, seq, value) ");
-        q.push_values(rows.numbers.iter().enumerate(), |mut b, (seq, r)| {
-            b.push_bind(key).push_bind(r.key.to_string()).push_bind(seq as i64).push_bind(r.value);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    if !rows.patient_compartments.is_empty() {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO compartment (rid, patient_id) ");
-        q.push_values(rows.patient_compartments.iter(), |mut b, p| {
-            b.push_bind(key).push_bind(p.clone());
-        });
-        q.push(" ON CONFLICT DO NOTHING");
-        q.build().execute(&mut *conn).await?;
-    }
+/// Drops the index rows of a resource (stored and pending) in one round trip.
+async fn clear_index(conn: &mut PgConnection, batch: &mut IndexBatch, key: i64) -> Result<()> {
+    batch.forget(key);
+    sqlx::query(
+        "WITH a AS (DELETE FROM sp_string WHERE rid = $1), b AS (DELETE FROM sp_token WHERE rid = $1), c AS (DELETE FROM sp_reference WHERE rid = $1),
+              d AS (DELETE FROM sp_date WHERE rid = $1), e AS (DELETE FROM sp_quantity WHERE rid = $1), f AS (DELETE FROM sp_number WHERE rid = $1)
+         DELETE FROM compartment WHERE rid = $1",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
