@@ -240,12 +240,10 @@ pub fn prepare_transaction(base_url: &str, mut bundle: Value) -> Preparation {
 pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> ApiResult<Vec<ApiResult<usize>>> {
     let mut tx = state.store.begin().await?;
     let mut group_failed = false;
-    'group: for bundle in &bundles {
-        for (prepared, precondition) in &bundle.writes {
-            if tx.put_prepared(prepared, *precondition).await.is_err() {
-                group_failed = true;
-                break 'group;
-            }
+    for bundle in &bundles {
+        if tx.put_prepared_many(&bundle.writes).await.is_err() {
+            group_failed = true;
+            break;
         }
     }
     if !group_failed {

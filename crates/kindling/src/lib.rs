@@ -80,7 +80,7 @@ impl ServerConfig {
 pub async fn open_store(config: &ServerConfig, base_url: &str, clock: SharedClock) -> anyhow::Result<Arc<dyn Store>> {
     match config.database_url.as_deref() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = store::postgres::PostgresStore::connect(store::postgres::PostgresConfig { url: url.to_string(), base_url: Some(base_url.to_string()), max_connections: 16 }, clock)
+            let store = store::postgres::PostgresStore::connect(store::postgres::PostgresConfig { url: url.to_string(), base_url: Some(base_url.to_string()), max_connections: std::env::var("KINDLING_PG_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(16) }, clock)
                 .await
                 .context("cannot open the PostgreSQL database")?;
             Ok(Arc::new(store))

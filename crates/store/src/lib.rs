@@ -103,6 +103,15 @@ pub trait Transaction: Reader {
     async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written>;
     /// Writes a resource prepared (canonicalised and indexed) ahead of the transaction by [`prepare`].
     async fn put_prepared(&mut self, prepared: &Prepared, precondition: Precondition) -> Result<Written>;
+    /// Writes several prepared resources in order, stopping at the first error; backends may batch them
+    /// (PostgreSQL inserts runs of creates with one statement).
+    async fn put_prepared_many(&mut self, writes: &[(Prepared, Precondition)]) -> Result<Vec<Written>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for (p, pre) in writes {
+            out.push(self.put_prepared(p, *pre).await?);
+        }
+        Ok(out)
+    }
     /// Deletes the resource; `None` when there was no live version.
     async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>>;
     async fn commit(self: Box<Self>) -> Result<()>;

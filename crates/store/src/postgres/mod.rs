@@ -393,6 +393,11 @@ impl Transaction for PostgresTransaction {
         write::put(&mut self.tx, &mut self.batch, prepared, precondition, now).await
     }
 
+    async fn put_prepared_many(&mut self, writes: &[(Prepared, Precondition)]) -> Result<Vec<Written>> {
+        let now = unix_ms(self.clock.now());
+        write::put_many(&mut self.tx, &mut self.batch, writes, now).await
+    }
+
     async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>> {
         let now = unix_ms(self.clock.now());
         write::delete(&mut self.tx, &mut self.batch, resource_type, id, precondition, now).await

@@ -9,7 +9,7 @@
 use super::read_current;
 use crate::{Precondition, Prepared, Result, StoredResource, Written};
 use fhir::extract::IndexRows;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 /// Index rows waiting to be written, by resource key.
 #[derive(Default)]
@@ -120,6 +120,49 @@ pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepare
     let created = current.as_ref().is_none_or(|c| c.deleted);
     let (resource_type, id) = (prepared.resource_type.clone(), prepared.id.clone());
     Ok(Written { resource: StoredResource { key, resource_type, id, version, last_updated, deleted: false, json }, created })
+}
+
+/// Writes in order; runs of creates of distinct resources go in one multi-row `INSERT … ON CONFLICT DO
+/// NOTHING RETURNING`, and whatever it did not insert (the resource existed) takes the single-write path.
+pub(crate) async fn put_many(conn: &mut PgConnection, batch: &mut IndexBatch, writes: &[(Prepared, Precondition)], now: i64) -> Result<Vec<Written>> {
+    let mut out: Vec<Option<Written>> = vec![None; writes.len()];
+    let mut i = 0;
+    while i < writes.len() {
+        if writes[i].1 != Precondition::Absent {
+            out[i] = Some(put(conn, batch, &writes[i].0, writes[i].1, now).await?);
+            i += 1;
+            continue;
+        }
+        // A run of creates, each resource at most once.
+        let mut seen = std::collections::HashSet::new();
+        let mut j = i;
+        while j < writes.len() && j - i < 1000 && writes[j].1 == Precondition::Absent && seen.insert((writes[j].0.resource_type.as_str(), writes[j].0.id.as_str())) {
+            j += 1;
+        }
+        let run = &writes[i..j];
+        let rendered: Vec<String> = run.iter().map(|(p, _)| p.render(1, now)).collect();
+        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO resources (res_type, id, version, last_updated, deleted, content) ");
+        q.push_values(run.iter().zip(&rendered), |mut b, ((p, _), json)| {
+            b.push_bind(&p.resource_type).push_bind(&p.id).push_bind(1i64).push_bind(now).push_bind(0i64).push_bind(json);
+        });
+        q.push(" ON CONFLICT (res_type, id) DO NOTHING RETURNING rid, res_type, id");
+        let rows = q.build().fetch_all(&mut *conn).await?;
+        let mut keys: std::collections::HashMap<(String, String), i64> = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            keys.insert((r.try_get(1)?, r.try_get(2)?), r.try_get(0)?);
+        }
+        for (k, ((p, pre), json)) in run.iter().zip(rendered).enumerate() {
+            out[i + k] = Some(match keys.get(&(p.resource_type.clone(), p.id.clone())) {
+                Some(&key) => {
+                    batch.push(key, &p.rows);
+                    Written { resource: StoredResource { key, resource_type: p.resource_type.clone(), id: p.id.clone(), version: 1, last_updated: now, deleted: false, json }, created: true }
+                }
+                None => put(conn, batch, p, *pre, now).await?,
+            });
+        }
+        i = j;
+    }
+    Ok(out.into_iter().map(|w| w.expect("every write done")).collect())
 }
 
 pub(crate) async fn delete(conn: &mut PgConnection, batch: &mut IndexBatch, resource_type: &str, id: &str, precondition: Precondition, now: i64) -> Result<Option<StoredResource>> {
