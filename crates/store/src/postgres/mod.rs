@@ -91,7 +91,10 @@ pub async fn migrate(pool: &PgPool, now_ms: i64) -> Result<Vec<String>> {
 impl PostgresStore {
     /// Connects and applies pending migrations.
     pub async fn connect(config: PostgresConfig, clock: SharedClock) -> Result<PostgresStore> {
-        let pool = PgPoolOptions::new().max_connections(config.max_connections).connect(&config.url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .connect(&config.url)
+            .await?;
         migrate(&pool, unix_ms(clock.now())).await?;
         Ok(PostgresStore { pool, base_url: config.base_url, clock })
     }
@@ -131,7 +134,10 @@ pub(crate) async fn fetch_keys<'e, E: sqlx::Executor<'e, Database = Postgres>>(e
 
 pub(crate) async fn search_keys<'e, E: sqlx::Executor<'e, Database = Postgres>>(exec: E, query: &SearchQuery) -> Result<Vec<i64>> {
     let b = compile_search(query, Dialect::Postgres);
-    let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_all(exec).await?;
+    // Not a cached prepared statement: a search's selectivity depends on its values (one patient's rows
+    // versus every vital sign), and the generic plan PostgreSQL switches cached statements to can pick the
+    // wrong driving index and be a thousand times slower. Each search is planned with its values.
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).persistent(false).fetch_all(exec).await?;
     rows.iter().map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from)).collect()
 }
 
@@ -286,7 +292,8 @@ impl Store for PostgresStore {
     }
 
     async fn optimize(&self) -> Result<()> {
-        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        // VACUUM also sets the visibility map after bulk loads, so index-only scans skip the heap.
+        sqlx::query("VACUUM (ANALYZE)").execute(&self.pool).await?;
         Ok(())
     }
 
