@@ -348,6 +348,25 @@ fn num_cond(b: &mut SqlBuilder, c: &NumCmp) {
     b.push(")");
 }
 
+/// The audit records a filter asks for, newest first (both backends).
+pub fn compile_audit_query(f: &crate::audit::AuditFilter, dialect: Dialect) -> SqlBuilder {
+    let mut b = SqlBuilder::new(dialect);
+    b.push("SELECT id, recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id FROM audit_events WHERE 1 = 1");
+    if let Some(id) = f.id {
+        b.push(" AND id = ").int(id);
+    }
+    if let Some(s) = f.since {
+        b.push(" AND recorded >= ").int(s);
+    }
+    for (column, value) in [("patient", &f.patient), ("client_id", &f.client_id), ("username", &f.username), ("launch_id", &f.launch)] {
+        if let Some(v) = value {
+            b.push(" AND ").push(column).push(" = ").text(v);
+        }
+    }
+    b.push(" ORDER BY id DESC LIMIT ").int(f.limit as i64);
+    b
+}
+
 /// The smallest string greater than every string starting with `prefix`.
 pub fn prefix_upper_bound(prefix: &str) -> String {
     let mut s = prefix.to_string();

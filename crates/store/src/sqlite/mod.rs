@@ -404,27 +404,7 @@ impl Store for SqliteStore {
 
     async fn audit_events(&self, f: &crate::audit::AuditFilter) -> Result<Vec<(i64, crate::audit::AuditRecord)>> {
         let conn = self.inner.reader()?;
-        let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
-        b.push("SELECT id, recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id FROM audit_events WHERE 1 = 1");
-        if let Some(id) = f.id {
-            b.push(" AND id = ").int(id);
-        }
-        if let Some(s) = f.since {
-            b.push(" AND recorded >= ").int(s);
-        }
-        if let Some(p) = &f.patient {
-            b.push(" AND patient = ").text(p);
-        }
-        if let Some(c) = &f.client_id {
-            b.push(" AND client_id = ").text(c);
-        }
-        if let Some(u) = &f.username {
-            b.push(" AND username = ").text(u);
-        }
-        if let Some(l) = &f.launch {
-            b.push(" AND launch_id = ").text(l);
-        }
-        b.push(" ORDER BY id DESC LIMIT ").int(f.limit as i64);
+        let b = crate::sql::compile_audit_query(f, Dialect::Sqlite);
         let mut stmt = conn.prepare_cached(&b.sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(b.values.iter()), |r| {
             Ok((
