@@ -363,7 +363,20 @@ fn consent_items(granted: &ScopeSet) -> Vec<ConsentItem> {
 }
 
 /// Sign-in form submission.
-pub async fn login(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
+fn cross_site(s: &AuthServer) -> Response {
+    error_page(
+        s,
+        StatusCode::FORBIDDEN,
+        "This form came from another site",
+        "The sign-in service only accepts its own forms, so the request was stopped.",
+        "Go back to the app or the EHR and start again.",
+    )
+}
+
+pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+    if !session::same_origin(&s, &headers) {
+        return cross_site(&s);
+    }
     let request_id = p.get("request").cloned().unwrap_or_default();
     let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
@@ -400,7 +413,10 @@ pub async fn login(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
 }
 
 /// Patient picker submission.
-pub async fn pick(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
+pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+    if !session::same_origin(&s, &headers) {
+        return cross_site(&s);
+    }
     let request_id = p.get("request").cloned().unwrap_or_default();
     let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
     let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request(&s) };
@@ -427,7 +443,10 @@ pub async fn pick(State(s): State<Shared>, Form(p): Form<Params>) -> Response {
 }
 
 /// Consent submission: the ticked scopes (with category sub-scopes in place of whole types), or a denial.
-pub async fn consent(State(s): State<Shared>, body: String) -> Response {
+pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    if !session::same_origin(&s, &headers) {
+        return cross_site(&s);
+    }
     // Repeated fields (`scope`, `category`) need the raw pairs.
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());

@@ -61,7 +61,7 @@ pub fn serve(status: StatusCode, html: String) -> Response {
     let mut r = (status, Html(html)).into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'self'; default-src 'self'; style-src 'self'"));
     h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
     r

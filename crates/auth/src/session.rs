@@ -47,6 +47,16 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Whether a form post comes from this server's own pages: browsers send `Origin` with every POST, so a
+/// post from another site (login CSRF, a forged consent) is recognised and refused. Requests without
+/// `Origin` (not from a browser) pass; the session cookie's SameSite=Lax keeps those from riding on a
+/// person's session.
+pub fn same_origin(server: &crate::AuthServer, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let ours = url::Url::parse(&server.config.public_url).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+    origin.to_str().is_ok_and(|o| o == ours)
+}
+
 /// Starts a session for `user`; returns the `Set-Cookie` value.
 pub async fn start(server: &Shared, user: &User) -> Result<HeaderValue, store::StoreError> {
     let token = random_token();

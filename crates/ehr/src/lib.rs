@@ -62,7 +62,7 @@ fn render(status: StatusCode, t: &impl Template) -> Response {
             let mut r = (status, Html(html)).into_response();
             let h = r.headers_mut();
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
             h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
             h.insert(
                 header::CONTENT_SECURITY_POLICY,
@@ -127,7 +127,10 @@ async fn portal_login_page() -> Response {
     render(StatusCode::OK, &LoginPage::portal(None))
 }
 
-async fn sign_in(s: &Shared, p: &Params, role: UserRole) -> Result<HeaderValue, &'static str> {
+async fn sign_in(s: &Shared, headers: &HeaderMap, p: &Params, role: UserRole) -> Result<HeaderValue, &'static str> {
+    if !session::same_origin(s, headers) {
+        return Err("This sign-in form came from another site and was refused. Open the EHR's own sign-in page.");
+    }
     let username = p.get("username").map(String::as_str).unwrap_or("");
     let password = p.get("password").map(String::as_str).unwrap_or("");
     let user = match auth::registry::get_user(s.store.as_ref(), username).await {
@@ -148,17 +151,21 @@ async fn sign_in(s: &Shared, p: &Params, role: UserRole) -> Result<HeaderValue, 
 }
 
 async fn login(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
-    // A new sign-in replaces whatever session this browser had.
-    let _ = session::end(&s, &headers).await;
-    match sign_in(&s, &p, UserRole::Clinician).await {
+    // A new sign-in replaces whatever session this browser had (not when the post is refused).
+    if session::same_origin(&s, &headers) {
+        let _ = session::end(&s, &headers).await;
+    }
+    match sign_in(&s, &headers, &p, UserRole::Clinician).await {
         Ok(cookie) => with_cookie(Redirect::to("/ehr/patients").into_response(), cookie),
         Err(why) => render(StatusCode::UNAUTHORIZED, &LoginPage::clinician(Some(why))),
     }
 }
 
 async fn portal_login(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
-    let _ = session::end(&s, &headers).await;
-    match sign_in(&s, &p, UserRole::Patient).await {
+    if session::same_origin(&s, &headers) {
+        let _ = session::end(&s, &headers).await;
+    }
+    match sign_in(&s, &headers, &p, UserRole::Patient).await {
         Ok(cookie) => with_cookie(Redirect::to("/portal").into_response(), cookie),
         Err(why) => render(StatusCode::UNAUTHORIZED, &LoginPage::portal(Some(why))),
     }

@@ -182,3 +182,25 @@ async fn app_registration_pages() {
     let (_, list) = page(&app, "/ehr/apps", &cookie).await;
     assert!(list.contains("Chart Helper 2") && list.contains("disabled"));
 }
+
+#[tokio::test]
+async fn sign_in_and_consent_forms_from_another_site_are_refused() {
+    let app = spawn_secured_app().await;
+    auth::registry::put_user(app.auth.store.as_ref(), "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", "Practitioner/x").await.unwrap();
+    let ours = root(&app);
+    let post = |path: &str, origin: &str, body: &'static str| {
+        app.client.post(format!("{ours}{path}")).header("origin", origin).header("content-type", "application/x-www-form-urlencoded").body(body).send()
+    };
+    // Login CSRF: another site posting the EHR's or the authorisation server's sign-in form.
+    let r = post("/ehr/login", "https://evil.example", "username=doc&password=doc-pass").await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none(), "no session for a cross-site sign-in");
+    assert!(r.text().await.unwrap().contains("came from another site"));
+    for path in ["/auth/login", "/auth/consent", "/auth/pick"] {
+        let r = post(path, "https://evil.example", "request=x&username=doc&password=doc-pass").await.unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    // The same form from the server's own pages works.
+    let r = post("/ehr/login", &ours, "username=doc&password=doc-pass").await.unwrap();
+    assert_eq!(r.status(), 303);
+}
