@@ -348,6 +348,32 @@ fn num_cond(b: &mut SqlBuilder, c: &NumCmp) {
     b.push(")");
 }
 
+/// Keys for `Patient/$everything` (both backends): the patient, every live resource in their compartment
+/// and the resources those reference, optionally only of `types` and updated since `since`.
+pub fn compile_everything(patient_id: &str, types: Option<&[String]>, since: Option<i64>, dialect: Dialect) -> SqlBuilder {
+    let mut b = SqlBuilder::new(dialect);
+    b.push("SELECT r.rid FROM resources r WHERE r.deleted = 0 AND r.rid IN (SELECT rid FROM compartment WHERE patient_id = ")
+        .text(patient_id)
+        .push(" UNION SELECT t.rid FROM compartment c JOIN sp_reference s ON s.rid = c.rid JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE c.patient_id = ")
+        .text(patient_id)
+        .push(" AND s.target_type <> 'Patient')");
+    if let Some(types) = types {
+        b.push(" AND r.res_type IN (");
+        for (i, t) in types.iter().enumerate() {
+            if i > 0 {
+                b.push(",");
+            }
+            b.text(t);
+        }
+        b.push(")");
+    }
+    if let Some(since) = since {
+        b.push(" AND r.last_updated >= ").int(since);
+    }
+    b.push(" ORDER BY CASE WHEN r.res_type = 'Patient' THEN 0 ELSE 1 END, r.rid");
+    b
+}
+
 /// The audit records a filter asks for, newest first (both backends).
 pub fn compile_audit_query(f: &crate::audit::AuditFilter, dialect: Dialect) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);

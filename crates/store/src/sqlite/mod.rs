@@ -317,26 +317,7 @@ impl Store for SqliteStore {
 
     async fn everything(&self, patient_id: &str, types: Option<&[String]>, since: Option<i64>) -> Result<Vec<i64>> {
         let conn = self.inner.reader()?;
-        let mut b = crate::sql::SqlBuilder::new(Dialect::Sqlite);
-        b.push("SELECT r.rid FROM resources r WHERE r.deleted = 0 AND r.rid IN (SELECT rid FROM compartment WHERE patient_id = ")
-            .text(patient_id)
-            .push(" UNION SELECT t.rid FROM compartment c JOIN sp_reference s ON s.rid = c.rid JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE c.patient_id = ")
-            .text(patient_id)
-            .push(" AND s.target_type <> 'Patient')");
-        if let Some(types) = types {
-            b.push(" AND r.res_type IN (");
-            for (i, t) in types.iter().enumerate() {
-                if i > 0 {
-                    b.push(",");
-                }
-                b.text(t);
-            }
-            b.push(")");
-        }
-        if let Some(since) = since {
-            b.push(" AND r.last_updated >= ").int(since);
-        }
-        b.push(" ORDER BY CASE WHEN r.res_type = 'Patient' THEN 0 ELSE 1 END, r.rid");
+        let b = crate::sql::compile_everything(patient_id, types, since, Dialect::Sqlite);
         query_keys(&conn, &b.sql, &b.values)
     }
 
