@@ -200,3 +200,65 @@ async fn capability_statement_is_truthful() {
     }
     assert!(resources.iter().all(|r| r["type"] != "Bundle" && r["type"] != "OperationOutcome"));
 }
+
+/// Many reads at once (on PostgreSQL they are answered together by one statement): each gets its own
+/// resource, unknown ids get 404 and deleted ones 410, and a write is seen by every read asked after it.
+#[tokio::test]
+async fn concurrent_reads_each_get_their_own_answer() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let p = app.create(patient(&format!("Many{i}"), "Read", "female", "1980-01-01")).await;
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let gone = ids.pop().unwrap();
+    assert_eq!(app.client.delete(app.url(&format!("Patient/{gone}"))).send().await.unwrap().status(), 200);
+    let mut asks: Vec<(String, u16, Option<String>)> = Vec::new();
+    for round in 0..6 {
+        for (i, id) in ids.iter().enumerate() {
+            asks.push((format!("Patient/{id}"), 200, Some(format!("Many{i}"))));
+        }
+        asks.push((format!("Patient/unknown-{round}"), 404, None));
+        asks.push((format!("Patient/{gone}"), 410, None));
+        asks.push((format!("Observation/{}", ids[0]), 404, None));
+    }
+    let answers = get_all(&app, asks.iter().map(|(path, _, _)| path.clone()).collect()).await;
+    for ((path, status, family), (got, body)) in asks.iter().zip(answers) {
+        assert_eq!(got, *status, "{path}: {body}");
+        if let Some(f) = family {
+            assert_eq!(body["name"][0]["family"], f.as_str(), "{path}");
+        }
+    }
+    // Read after write, while other reads are in flight.
+    let (_, mut p) = app.get_json(&format!("Patient/{}", ids[1])).await;
+    p["gender"] = json!("other");
+    assert_eq!(app.put_json(&format!("Patient/{}", ids[1]), &p).await.status(), 200);
+    let answers = get_all(&app, (0..40).map(|i| format!("Patient/{}", ids[i % ids.len()])).collect()).await;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200);
+        if i % ids.len() == 1 {
+            assert_eq!(body["gender"], "other");
+            assert_eq!(body["meta"]["versionId"], "2");
+        }
+    }
+}
+
+/// GETs `paths` all at once (each on its own task) and returns (status, JSON body) in order.
+async fn get_all(app: &crate::TestApp, paths: Vec<String>) -> Vec<(u16, serde_json::Value)> {
+    let tasks: Vec<_> = paths
+        .into_iter()
+        .map(|path| {
+            let (client, url) = (app.client.clone(), app.url(&path));
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.expect("request");
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or_default())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}

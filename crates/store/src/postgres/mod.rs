@@ -4,6 +4,7 @@
 //! `If-Match` holds across nodes.
 
 mod auth;
+mod reads;
 mod write;
 
 use crate::sql::{Dialect, SqlBuilder, SqlValue, compile_search};
@@ -16,10 +17,15 @@ use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
 use sqlx::{Arguments, PgPool, Postgres, Row};
 use std::sync::Arc;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, "unlogged_snapshots", include_str!("../../migrations/postgres/0002_unlogged_snapshots.sql")),
+];
 
 /// How long a paging snapshot lives.
 const SNAPSHOT_TTL_MS: i64 = 30 * 60 * 1000;
+/// Expired snapshots are deleted by the first save after this much time (per node), not by every save.
+const SNAPSHOT_SWEEP_MS: i64 = 60 * 1000;
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -32,6 +38,9 @@ pub struct PostgresConfig {
 
 pub struct PostgresStore {
     pool: PgPool,
+    reads: reads::ReadCoalescer,
+    /// When this node last deleted expired snapshots (Unix ms).
+    swept: std::sync::atomic::AtomicI64,
     base_url: Option<String>,
     clock: SharedClock,
 }
@@ -91,12 +100,17 @@ pub async fn migrate(pool: &PgPool, now_ms: i64) -> Result<Vec<String>> {
 impl PostgresStore {
     /// Connects and applies pending migrations.
     pub async fn connect(config: PostgresConfig, clock: SharedClock) -> Result<PostgresStore> {
+        // No ping before each use (sqlx's default): it is a network round trip per statement, which
+        // halved read throughput. A connection that broke while idle fails its next statement instead,
+        // which sqlx then closes; the request answers 500 and the next one gets a fresh connection.
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
+            .test_before_acquire(false)
             .connect(&config.url)
             .await?;
         migrate(&pool, unix_ms(clock.now())).await?;
-        Ok(PostgresStore { pool, base_url: config.base_url, clock })
+        let reads = reads::ReadCoalescer::spawn(pool.clone());
+        Ok(PostgresStore { pool, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -134,17 +148,18 @@ pub(crate) async fn fetch_keys<'e, E: sqlx::Executor<'e, Database = Postgres>>(e
 
 pub(crate) async fn search_keys<'e, E: sqlx::Executor<'e, Database = Postgres>>(exec: E, query: &SearchQuery) -> Result<Vec<i64>> {
     let b = compile_search(query, Dialect::Postgres);
-    // Not a cached prepared statement: a search's selectivity depends on its values (one patient's rows
-    // versus every vital sign), and the generic plan PostgreSQL switches cached statements to can pick the
-    // wrong driving index and be a thousand times slower. Each search is planned with its values.
-    let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).persistent(false).fetch_all(exec).await?;
+    // A cached prepared statement: after five runs PostgreSQL may switch it to a generic plan (planned
+    // without the values). The search SQL fixes the driving index itself (a MATERIALIZED CTE), so the
+    // generic plan cannot start from an unselective index; planning each search with its values cost
+    // more than the search itself.
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_all(exec).await?;
     rows.iter().map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from)).collect()
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
-        read_current(&self.pool, resource_type, id, false).await
+        self.reads.read(resource_type, id).await
     }
 
     async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>> {
@@ -247,7 +262,10 @@ impl Store for PostgresStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = self.now();
-        sqlx::query("DELETE FROM search_snapshots WHERE expires <= $1").bind(now).execute(&self.pool).await?;
+        let swept = self.swept.load(std::sync::atomic::Ordering::Relaxed);
+        if now - swept >= SNAPSHOT_SWEEP_MS && self.swept.compare_exchange(swept, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_ok() {
+            sqlx::query("DELETE FROM search_snapshots WHERE expires <= $1").bind(now).execute(&self.pool).await?;
+        }
         sqlx::query("INSERT INTO search_snapshots (id, resource_type, query, keys, expires) VALUES ($1, $2, $3, $4, $5)")
             .bind(&id)
             .bind(&snapshot.resource_type)
