@@ -38,16 +38,16 @@ pub struct PageSource {
     pub offset: usize,
     /// Present when the result set was frozen for paging.
     pub snapshot_id: Option<String>,
+    /// The resources of this page when they came with the search (else fetched by key).
+    pub first: Option<Vec<StoredResource>>,
 }
 
 /// Runs a new search and builds its first page.
 pub async fn search_bundle(state: &AppState, access: &Access, q: &SearchQuery, self_url: String, query_string: String) -> ApiResult<Bundle> {
-    let keys = state.store.search(q).await?;
-    let mut source = PageSource { keys, offset: 0, snapshot_id: None };
-    if source.keys.len() > q.count && q.summary != Summary::Count && q.count > 0 {
-        let snapshot = Snapshot { resource_type: Some(q.resource_type.clone()), query: query_string, keys: source.keys.clone(), expires: 0 };
-        source.snapshot_id = Some(state.store.save_snapshot(snapshot).await?);
-    }
+    let paged = q.summary != Summary::Count && q.count > 0;
+    let snapshot = paged.then(|| Snapshot { resource_type: Some(q.resource_type.clone()), query: query_string, keys: Vec::new(), expires: 0 });
+    let page = state.store.search_page(q, if paged { q.count } else { 0 }, snapshot).await?;
+    let source = PageSource { keys: page.keys, offset: 0, snapshot_id: page.snapshot_id, first: Some(page.first) };
     page_bundle(state, access, q, source, self_url).await
 }
 
@@ -79,7 +79,10 @@ pub async fn page_bundle(state: &AppState, access: &Access, q: &SearchQuery, sou
         bundle.link.push(Link { relation: "last", url: link(last) });
     }
     let page_keys = &source.keys[start..end];
-    let mut matches = state.store.fetch(page_keys).await?;
+    let mut matches = match source.first {
+        Some(first) => first,
+        None => state.store.fetch(page_keys).await?,
+    };
     let mut included = includes(state, q, page_keys).await?;
     if !matches!(access, Access::Open) {
         // Searches are already narrowed to what the token may see; included resources and pages of
@@ -179,6 +182,6 @@ pub async fn snapshot_page(state: &AppState, access: &Access, pairs: &[(String, 
     }
     let q = parse_search(state, &resource_type, &original, true)?;
     let self_url = format!("{}?_getpages={id}&_getpagesoffset={offset}&_count={}", state.base_url, q.count);
-    let source = PageSource { keys: snapshot.keys.clone(), offset, snapshot_id: Some(id.to_string()) };
+    let source = PageSource { keys: snapshot.keys.clone(), offset, snapshot_id: Some(id.to_string()), first: None };
     page_bundle(state, access, &q, source, self_url).await
 }

@@ -44,6 +44,17 @@ impl StoredResource {
     }
 }
 
+/// A new search's first page, as [`Store::search_page`] gives it.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    /// Every matching key, in the query's order.
+    pub keys: Vec<i64>,
+    /// The live resources of the first `count` keys, in order.
+    pub first: Vec<StoredResource>,
+    /// The paging snapshot saved because more than `count` keys matched.
+    pub snapshot_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryScope {
     System,
@@ -157,6 +168,21 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn history(&self, scope: &HistoryScope, params: &HistoryParams) -> Result<HistoryPage>;
     async fn search(&self, query: &SearchQuery) -> Result<Vec<i64>>;
     async fn fetch(&self, keys: &[i64]) -> Result<Vec<StoredResource>>;
+    /// Runs a new search and fetches the resources of its first `count` keys; when more than `count`
+    /// match and `snapshot` is given, saves it (with the keys filled in) for paging. A backend may do it
+    /// all in one statement.
+    async fn search_page(&self, query: &SearchQuery, count: usize, snapshot: Option<Snapshot>) -> Result<SearchPage> {
+        let keys = self.search(query).await?;
+        let snapshot_id = match snapshot {
+            Some(mut s) if keys.len() > count => {
+                s.keys = keys.clone();
+                Some(self.save_snapshot(s).await?)
+            }
+            _ => None,
+        };
+        let first = self.fetch(&keys[..count.min(keys.len())]).await?;
+        Ok(SearchPage { keys, first, snapshot_id })
+    }
     /// Keys of live resources that resources in `keys` reference through `include`.
     async fn include(&self, keys: &[i64], include: &Include) -> Result<Vec<i64>>;
     /// Keys of live resources (of `include.source_type`) that reference resources in `keys` through `include`.

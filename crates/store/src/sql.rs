@@ -111,25 +111,37 @@ pub fn compile_reference_hop(keys: &[i64], include: &Include, reverse: bool, dia
 /// When the driver is a parameter index and nothing needs the resource row (`_id`, `_lastUpdated`), the
 /// index rows alone answer: their key names the resource type, and a deleted resource has none.
 pub fn compile_search(q: &SearchQuery, dialect: Dialect) -> SqlBuilder {
+    compile_search_as(q, dialect, false)
+}
+
+/// The search as `… SELECT r.rid, row_number() OVER (ORDER BY …) AS n …` (unordered rows, each with its
+/// place in the sort order), to be wrapped in a larger statement.
+pub fn compile_search_numbered(q: &SearchQuery, dialect: Dialect) -> SqlBuilder {
+    compile_search_as(q, dialect, true)
+}
+
+fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
     let driver = q.filters.iter().enumerate().min_by_key(|(_, f)| selectivity_rank(f)).map(|(i, _)| i).filter(|&i| can_drive(&q.filters[i]));
-    match driver {
-        Some(d) => {
-            b.push("WITH d AS MATERIALIZED (");
-            compile_filter(&mut b, &q.filters[d], Role::Source);
-            let index_only = !matches!(q.filters[d], Filter::PatientCompartment(_))
-                && !q.filters.iter().any(|f| matches!(f, Filter::Id(_) | Filter::LastUpdated(_)))
-                && !q.sort.iter().any(|s| matches!(s.key, SortKey::Id | SortKey::LastUpdated));
-            if index_only {
-                b.push(") SELECT r.rid FROM d r WHERE 1 = 1");
-            } else {
-                b.push(") SELECT r.rid FROM d JOIN resources r ON r.rid = d.rid WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0");
-            }
-        }
-        None => {
-            b.push("SELECT r.rid FROM resources r WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0");
-        }
+    let index_only = driver.is_some_and(|d| !matches!(q.filters[d], Filter::PatientCompartment(_)))
+        && !q.filters.iter().any(|f| matches!(f, Filter::Id(_) | Filter::LastUpdated(_)))
+        && !q.sort.iter().any(|s| matches!(s.key, SortKey::Id | SortKey::LastUpdated));
+    if let Some(d) = driver {
+        b.push("WITH d AS MATERIALIZED (");
+        compile_filter(&mut b, &q.filters[d], Role::Source);
+        b.push(") ");
     }
+    b.push("SELECT r.rid");
+    if numbered {
+        b.push(", row_number() OVER (ORDER BY ");
+        compile_sort(&mut b, q);
+        b.push(") AS n");
+    }
+    match driver {
+        Some(_) if index_only => b.push(" FROM d r WHERE 1 = 1"),
+        Some(_) => b.push(" FROM d JOIN resources r ON r.rid = d.rid WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0"),
+        None => b.push(" FROM resources r WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0"),
+    };
     for (i, f) in q.filters.iter().enumerate() {
         if Some(i) == driver {
             continue;
@@ -137,7 +149,15 @@ pub fn compile_search(q: &SearchQuery, dialect: Dialect) -> SqlBuilder {
         b.push(" AND ");
         compile_filter(&mut b, f, Role::Check);
     }
-    b.push(" ORDER BY ");
+    if !numbered {
+        b.push(" ORDER BY ");
+        compile_sort(&mut b, q);
+    }
+    b
+}
+
+/// The sort keys, ending with `r.rid` so that the order is total.
+fn compile_sort(b: &mut SqlBuilder, q: &SearchQuery) {
     for s in &q.sort {
         let dir = if s.descending { "DESC" } else { "ASC" };
         match &s.key {
@@ -158,7 +178,6 @@ pub fn compile_search(q: &SearchQuery, dialect: Dialect) -> SqlBuilder {
         };
     }
     b.push("r.rid ASC");
-    b
 }
 
 /// Lower is more selective (a heuristic: the planner has no statistics for our parameter values).

@@ -7,8 +7,8 @@ mod auth;
 mod reads;
 mod write;
 
-use crate::sql::{Dialect, SqlBuilder, SqlValue, compile_search};
-use crate::{HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, Snapshot, Store, StoreError, StoredResource, Transaction, Written};
+use crate::sql::{Dialect, SqlBuilder, SqlValue, compile_search, compile_search_numbered};
+use crate::{HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, SearchPage, Snapshot, Store, StoreError, StoredResource, Transaction, Written};
 use async_trait::async_trait;
 use fhir::query::{Include, SearchQuery};
 use fhir::time::{SharedClock, unix_ms};
@@ -58,6 +58,8 @@ pub(crate) fn args(values: &[SqlValue]) -> PgArguments {
 }
 
 const RESOURCE_COLUMNS: &str = "rid, res_type, id, version, last_updated, deleted, content";
+/// [`RESOURCE_COLUMNS`] but the key, of the table aliased `res`.
+const PAGE_COLUMNS: &str = "res.res_type, res.id, res.version, res.last_updated, res.deleted, res.content";
 
 pub(crate) fn row_to_resource(r: &PgRow) -> Result<StoredResource> {
     Ok(StoredResource {
@@ -115,6 +117,17 @@ impl PostgresStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Deletes expired paging snapshots, at most once a minute per node.
+    async fn sweep_snapshots(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.now();
+        let swept = self.swept.load(Relaxed);
+        if now - swept >= SNAPSHOT_SWEEP_MS && self.swept.compare_exchange(swept, now, Relaxed, Relaxed).is_ok() {
+            sqlx::query("DELETE FROM search_snapshots WHERE expires <= $1").bind(now).execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     fn now(&self) -> i64 {
@@ -259,13 +272,55 @@ impl Store for PostgresStore {
         Ok(Box::new(PostgresTransaction { tx, clock: self.clock.clone(), base_url: self.base_url.clone(), batch: write::IndexBatch::default() }))
     }
 
+    async fn search_page(&self, query: &SearchQuery, count: usize, snapshot: Option<Snapshot>) -> Result<SearchPage> {
+        // One statement instead of three (keys, snapshot, page): the numbered keys are materialised once;
+        // the snapshot is inserted by a data-modifying CTE when more than `count` match; the first `count`
+        // rows come back with their resources, the others as bare keys.
+        let mut b = compile_search_numbered(query, Dialect::Postgres);
+        b.sql = format!("WITH k AS MATERIALIZED ({})", b.sql);
+        let snapshot_id = match &snapshot {
+            Some(s) => {
+                self.sweep_snapshots().await?;
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                b.push(", snap AS (INSERT INTO search_snapshots (id, resource_type, query, keys, expires) SELECT ").text(&id).push(", ");
+                b.text(s.resource_type.as_deref().unwrap_or(&query.resource_type)).push(", ").text(&s.query).push(", array_agg(rid ORDER BY n), ");
+                b.int(self.now() + SNAPSHOT_TTL_MS).push(" FROM k HAVING count(*) > ").int(count as i64).push(")");
+                Some(id)
+            }
+            None => None,
+        };
+        // The page's resources by key, one probe each (`OFFSET 0` keeps the lateral subquery a per-row
+        // probe, whatever the generic plan estimates for `k`).
+        b.push(&format!(" SELECT k.n, k.rid, x.* FROM k CROSS JOIN LATERAL (SELECT {PAGE_COLUMNS} FROM resources res WHERE res.rid = k.rid AND res.deleted = 0 OFFSET 0) x WHERE k.n <= "));
+        b.int(count as i64);
+        b.push(" UNION ALL SELECT k.n, k.rid, NULL, NULL, NULL, NULL, NULL, NULL FROM k WHERE k.n > ").int(count as i64).push(" ORDER BY 1");
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_all(&self.pool).await?;
+        let mut page = SearchPage { keys: Vec::with_capacity(rows.len()), first: Vec::with_capacity(count.min(rows.len())), snapshot_id: None };
+        for r in &rows {
+            let key: i64 = r.try_get(1)?;
+            page.keys.push(key);
+            if let Some(resource_type) = r.try_get::<Option<String>, _>(2)? {
+                page.first.push(StoredResource {
+                    key,
+                    resource_type,
+                    id: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                    last_updated: r.try_get(5)?,
+                    deleted: r.try_get::<i64, _>(6)? != 0,
+                    json: r.try_get(7)?,
+                });
+            }
+        }
+        if page.keys.len() > count {
+            page.snapshot_id = snapshot_id;
+        }
+        Ok(page)
+    }
+
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = self.now();
-        let swept = self.swept.load(std::sync::atomic::Ordering::Relaxed);
-        if now - swept >= SNAPSHOT_SWEEP_MS && self.swept.compare_exchange(swept, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_ok() {
-            sqlx::query("DELETE FROM search_snapshots WHERE expires <= $1").bind(now).execute(&self.pool).await?;
-        }
+        self.sweep_snapshots().await?;
         sqlx::query("INSERT INTO search_snapshots (id, resource_type, query, keys, expires) VALUES ($1, $2, $3, $4, $5)")
             .bind(&id)
             .bind(&snapshot.resource_type)

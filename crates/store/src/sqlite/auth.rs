@@ -4,7 +4,10 @@ use super::SqliteStore;
 use crate::{AuthRecord, AuthStore, Result};
 use async_trait::async_trait;
 use fhir::time::unix_ms;
+use crate::StoreError;
 use rusqlite::{OptionalExtension, params};
+use std::sync::Arc;
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthRecord> {
     Ok(AuthRecord {
@@ -20,6 +23,102 @@ impl SqliteStore {
     fn now(&self) -> i64 {
         unix_ms(self.inner.clock.now())
     }
+
+    /// Hands a write to the queue and waits until it is committed.
+    async fn queued(&self, write: AuthWrite) -> Result<bool> {
+        // The writer is free: nobody to share a commit with, so write at once.
+        if let Ok(conn) = self.inner.writer.try_lock() {
+            return relaxed(&conn, |c| apply(c, &write));
+        }
+        let queue = self.inner.auth_writes.get_or_init(|| spawn_queue(self.inner.writer.clone()));
+        let (reply, answer) = oneshot::channel();
+        if let Err(refused) = queue.send(Pending { write, reply }) {
+            // The queue's runtime is gone (a store used from another runtime): write directly.
+            let conn = self.inner.writer.lock().await;
+            return relaxed(&conn, |c| apply(c, &refused.0.write));
+        }
+        answer.await.map_err(|_| StoreError::Backend("the auth write queue stopped".into()))?
+    }
+}
+
+/// The auth writes of the token hot path (tokens, the `jti` cache). They are committed in groups: while
+/// one group is written, the next queues up, and it is committed with one transaction instead of one per
+/// record. Each commit of a single record wrote its four B-tree pages (table and three indexes) to the
+/// WAL; issuing a backend token took two such commits.
+pub(crate) enum AuthWrite {
+    Put { kind: String, key: String, value: String, grant_id: Option<String>, expires: Option<i64> },
+    /// Inserts unless a live record has the key; `true` when inserted.
+    InsertNew { kind: String, key: String, value: String, expires: Option<i64>, now: i64 },
+}
+
+pub(crate) struct Pending {
+    write: AuthWrite,
+    reply: oneshot::Sender<Result<bool>>,
+}
+
+const MAX_GROUP: usize = 512;
+
+fn apply(c: &rusqlite::Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
+    match w {
+        AuthWrite::Put { kind, key, value, grant_id, expires } => {
+            c.prepare_cached(
+                "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, grant_id = excluded.grant_id, expires = excluded.expires, used = 0, revoked = 0",
+            )?
+            .execute(params![kind, key, value, grant_id, expires])?;
+            Ok(true)
+        }
+        AuthWrite::InsertNew { kind, key, value, expires, now } => {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO auth_records (kind, key, value, expires) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, used = 0, revoked = 0
+                     WHERE auth_records.expires IS NOT NULL AND auth_records.expires <= ?5",
+                )?
+                .execute(params![kind, key, value, expires, now])?;
+            Ok(n == 1)
+        }
+    }
+}
+
+/// Commits `group` in one transaction; if that fails, each write on its own, so that one bad write
+/// fails alone.
+fn commit_group(conn: &rusqlite::Connection, group: &[Pending]) -> Vec<Result<bool>> {
+    let together = relaxed(conn, |c| {
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = group.iter().map(|p| apply(c, &p.write)).collect::<rusqlite::Result<Vec<bool>>>().and_then(|v| c.execute_batch("COMMIT").map(|_| v));
+        if applied.is_err() {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+        applied
+    });
+    match together {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(_) => group.iter().map(|p| relaxed(conn, |c| apply(c, &p.write))).collect(),
+    }
+}
+
+fn spawn_queue(writer: Arc<AsyncMutex<rusqlite::Connection>>) -> mpsc::UnboundedSender<Pending> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            // What arrives while the writer is busy joins this group.
+            let conn = writer.lock().await;
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
+                }
+            }
+            let results = commit_group(&conn, &group);
+            drop(conn);
+            for (p, r) in group.into_iter().zip(results) {
+                let _ = p.reply.send(r);
+            }
+        }
+    });
+    tx
 }
 
 /// Runs one auth-state write without waiting for the disk. Auth records are short-lived (codes, tokens,
@@ -36,14 +135,7 @@ fn relaxed<T>(conn: &rusqlite::Connection, write: impl FnOnce(&rusqlite::Connect
 #[async_trait]
 impl AuthStore for SqliteStore {
     async fn auth_put(&self, kind: &str, key: &str, value: &str, grant_id: Option<&str>, expires: Option<i64>) -> Result<()> {
-        let conn = self.inner.writer.lock().await;
-        relaxed(&conn, |c| {
-            c.prepare_cached(
-                "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
-                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, grant_id = excluded.grant_id, expires = excluded.expires, used = 0, revoked = 0",
-            )?
-            .execute(params![kind, key, value, grant_id, expires])
-        })?;
+        self.queued(AuthWrite::Put { kind: kind.into(), key: key.into(), value: value.into(), grant_id: grant_id.map(str::to_string), expires }).await?;
         Ok(())
     }
 
@@ -68,17 +160,7 @@ impl AuthStore for SqliteStore {
     }
 
     async fn auth_insert_new(&self, kind: &str, key: &str, value: &str, expires: Option<i64>) -> Result<bool> {
-        let conn = self.inner.writer.lock().await;
-        let now = self.now();
-        let n = relaxed(&conn, |c| {
-            c.prepare_cached(
-                "INSERT INTO auth_records (kind, key, value, expires) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, used = 0, revoked = 0
-                 WHERE auth_records.expires IS NOT NULL AND auth_records.expires <= ?5",
-            )?
-            .execute(params![kind, key, value, expires, now])
-        })?;
-        Ok(n == 1)
+        self.queued(AuthWrite::InsertNew { kind: kind.into(), key: key.into(), value: value.into(), expires, now: self.now() }).await
     }
 
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64> {
@@ -143,5 +225,32 @@ mod tests {
         assert!(!store.auth_insert_new("jti", "c|1", "{}", Some(exp)).await.unwrap(), "a replay within the lifetime");
         clock.advance(time::Duration::seconds(200));
         assert!(store.auth_insert_new("jti", "c|1", "{}", Some(exp + 300_000)).await.unwrap(), "after expiry the key is free again");
+    }
+
+    /// Writes that queue up behind a busy writer are committed together, each with its own answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_grouped_and_each_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)));
+        let store = Arc::new(SqliteStore::open(SqliteConfig { path: dir.path().join("g.db"), base_url: None, writer_cache_mib: 8 }, clock.clone()).unwrap());
+        let now = fhir::time::unix_ms(fhir::time::Clock::now(&*clock));
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.auth_put("access", &format!("t{i}"), &format!("{{\"n\":{i}}}"), Some("g"), Some(now + 60_000)).await.unwrap();
+                // Forty tasks race for each of five jti keys: one of each wins.
+                store.auth_insert_new("jti", &format!("c|{}", i % 5), "{}", Some(now + 60_000)).await.unwrap()
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            won += usize::from(t.await.unwrap());
+        }
+        assert_eq!(won, 5, "each jti is accepted exactly once");
+        for i in 0..200 {
+            let r = store.auth_get("access", &format!("t{i}")).await.unwrap().expect("every write committed");
+            assert_eq!(r.value, format!("{{\"n\":{i}}}"));
+        }
     }
 }

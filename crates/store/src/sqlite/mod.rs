@@ -64,6 +64,8 @@ struct Inner {
     writer: Arc<AsyncMutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
     snapshots: SnapshotCache,
+    /// Started on first use, on the runtime of that use.
+    auth_writes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<auth::Pending>>,
 }
 
 /// Opens a connection; `cache_kib` sizes its page cache (it fills only as pages are used).
@@ -120,6 +122,7 @@ impl SqliteStore {
                 writer: Arc::new(AsyncMutex::new(writer)),
                 readers: Mutex::new(Vec::new()),
                 snapshots: SnapshotCache::new(2048),
+                auth_writes: std::sync::OnceLock::new(),
             }),
         })
     }
