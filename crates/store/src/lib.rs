@@ -158,6 +158,8 @@ pub trait AuthStore: Send + Sync {
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()>;
     /// Every live record of a kind, by key.
     async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>>;
+    /// Deletes at most `limit` records that expired before `before` (Unix ms); returns how many.
+    async fn auth_purge_expired(&self, before: i64, limit: usize) -> Result<u64>;
 }
 
 #[async_trait]

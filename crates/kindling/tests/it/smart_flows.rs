@@ -995,3 +995,22 @@ async fn injected_faults_behave_as_a_real_server_would() {
     let all = format!("{steps:?}");
     assert!(!all.contains(t["access_token"].as_str().unwrap()) && !all.contains(t["refresh_token"].as_str().unwrap()));
 }
+
+/// Expired auth records are deleted (both backends): only those expired before the cut, a slice at a time;
+/// live ones and records without expiry stay.
+#[tokio::test]
+async fn expired_auth_records_are_purged() {
+    let app = spawn_secured_app().await;
+    let store = app.app_state.store.clone();
+    let now = fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock));
+    for i in 0..3 {
+        store.auth_put("purge-test", &format!("old{i}"), "{}", None, Some(now - 1)).await.unwrap();
+    }
+    store.auth_put("purge-test", "live", "{}", None, Some(now + 60_000)).await.unwrap();
+    store.auth_put("purge-test", "forever", "{}", None, None).await.unwrap();
+    assert_eq!(store.auth_purge_expired(now, 2).await.unwrap(), 2, "one slice");
+    assert!(store.auth_purge_expired(now, 1_000).await.unwrap() >= 1, "the rest");
+    assert_eq!(store.auth_purge_expired(now, 1_000).await.unwrap(), 0);
+    assert!(store.auth_get("purge-test", "live").await.unwrap().is_some());
+    assert!(store.auth_get("purge-test", "forever").await.unwrap().is_some());
+}

@@ -85,6 +85,15 @@ impl AuthStore for PostgresStore {
         Ok(())
     }
 
+    async fn auth_purge_expired(&self, before: i64, limit: usize) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM auth_records WHERE ctid IN (SELECT ctid FROM auth_records WHERE expires < $1 LIMIT $2)")
+            .bind(before)
+            .bind(limit as i64)
+            .execute(self.pool())
+            .await?
+            .rows_affected())
+    }
+
     async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>> {
         let rows = sqlx::query("SELECT key, value, grant_id, expires, used, revoked FROM auth_records WHERE kind = $1 AND (expires IS NULL OR expires > $2) ORDER BY key")
             .bind(kind)

@@ -175,6 +175,14 @@ impl AuthStore for SqliteStore {
         Ok(())
     }
 
+    async fn auth_purge_expired(&self, before: i64, limit: usize) -> Result<u64> {
+        let conn = self.inner.writer.lock().await;
+        let n = relaxed(&conn, |c| {
+            c.prepare_cached("DELETE FROM auth_records WHERE (kind, key) IN (SELECT kind, key FROM auth_records WHERE expires < ?1 LIMIT ?2)")?.execute(params![before, limit as i64])
+        })?;
+        Ok(n as u64)
+    }
+
     async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>> {
         let conn = self.inner.reader()?;
         let mut stmt = conn.prepare_cached(
@@ -225,6 +233,18 @@ mod tests {
         assert!(!store.auth_insert_new("jti", "c|1", "{}", Some(exp)).await.unwrap(), "a replay within the lifetime");
         clock.advance(time::Duration::seconds(200));
         assert!(store.auth_insert_new("jti", "c|1", "{}", Some(exp + 300_000)).await.unwrap(), "after expiry the key is free again");
+        // Purging: only what expired before the cut, at most `limit` at a time; records without expiry stay.
+        let now = fhir::time::unix_ms(fhir::time::Clock::now(&*clock));
+        for i in 0..5 {
+            store.auth_put("access", &format!("old{i}"), "{}", None, Some(now - 1_000)).await.unwrap();
+        }
+        store.auth_put("access", "fresh", "{}", None, Some(now + 60_000)).await.unwrap();
+        store.auth_put("client", "app", "{}", None, None).await.unwrap();
+        assert_eq!(store.auth_purge_expired(now, 3).await.unwrap(), 3);
+        assert_eq!(store.auth_purge_expired(now, 100).await.unwrap(), 3, "the two old tokens left and the expired code");
+        assert_eq!(store.auth_purge_expired(now, 100).await.unwrap(), 0);
+        assert!(store.auth_get("access", "fresh").await.unwrap().is_some());
+        assert!(store.auth_get("client", "app").await.unwrap().is_some());
     }
 
     /// Writes that queue up behind a busy writer are committed together, each with its own answer.

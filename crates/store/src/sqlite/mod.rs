@@ -88,6 +88,9 @@ const RESTART_FRAMES: i64 = 4096;
 /// 64 MiB when it restarts).
 fn spawn_checkpoints(path: &Path, alive: std::sync::Weak<()>) -> Result<()> {
     let conn = open_connection(path, 2048)?;
+    // A pending `RESTART` holds new writers back while it waits for readers: give up quickly and try
+    // again on the next round rather than stall writes (the other connections wait up to ten seconds).
+    conn.execute_batch("PRAGMA busy_timeout = 50;")?;
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || {
