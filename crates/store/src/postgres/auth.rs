@@ -29,7 +29,7 @@ impl AuthStore for PostgresStore {
         .bind(value)
         .bind(grant_id)
         .bind(expires)
-        .execute(self.pool())
+        .execute(self.relaxed_pool())
         .await?;
         Ok(())
     }
@@ -54,7 +54,7 @@ impl AuthStore for PostgresStore {
         .bind(kind)
         .bind(key)
         .bind(self.now())
-        .fetch_optional(self.pool())
+        .fetch_optional(self.relaxed_pool())
         .await?;
         row.as_ref().map(|r| record(r, 0)).transpose()
     }
@@ -70,7 +70,7 @@ impl AuthStore for PostgresStore {
         .bind(value)
         .bind(expires)
         .bind(self.now())
-        .execute(self.pool())
+        .execute(self.relaxed_pool())
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -81,7 +81,7 @@ impl AuthStore for PostgresStore {
     }
 
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM auth_records WHERE kind = $1 AND key = $2").bind(kind).bind(key).execute(self.pool()).await?;
+        sqlx::query("DELETE FROM auth_records WHERE kind = $1 AND key = $2").bind(kind).bind(key).execute(self.relaxed_pool()).await?;
         Ok(())
     }
 
@@ -89,7 +89,7 @@ impl AuthStore for PostgresStore {
         Ok(sqlx::query("DELETE FROM auth_records WHERE ctid IN (SELECT ctid FROM auth_records WHERE expires < $1 LIMIT $2)")
             .bind(before)
             .bind(limit as i64)
-            .execute(self.pool())
+            .execute(self.relaxed_pool())
             .await?
             .rows_affected())
     }

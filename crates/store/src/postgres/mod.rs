@@ -38,6 +38,8 @@ pub struct PostgresConfig {
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// For short-lived auth records: `synchronous_commit = off` (see [`PostgresStore::relaxed_pool`]).
+    relaxed: PgPool,
     reads: reads::ReadCoalescer,
     /// When this node last deleted expired snapshots (Unix ms).
     swept: std::sync::atomic::AtomicI64,
@@ -111,12 +113,23 @@ impl PostgresStore {
             .connect(&config.url)
             .await?;
         migrate(&pool, unix_ms(clock.now())).await?;
+        let relaxed_options = config.url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("synchronous_commit", "off")]);
+        let relaxed = PgPoolOptions::new().max_connections((config.max_connections / 2).max(2)).test_before_acquire(false).connect_with(relaxed_options).await?;
         let reads = reads::ReadCoalescer::spawn(pool.clone());
-        Ok(PostgresStore { pool, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock })
+        Ok(PostgresStore { pool, relaxed, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Connections with `synchronous_commit = off`, for the short-lived auth records (codes, tokens, the
+    /// `jti` cache, sessions): a commit does not wait for the WAL flush, and a PostgreSQL crash may lose
+    /// the last fraction of a second of them, which only invalidates freshly issued tokens or codes. The
+    /// writes are visible to every node at once as usual. Revocations and FHIR data stay durable. The same
+    /// trade as SQLite's `synchronous=NORMAL` for these records.
+    pub(crate) fn relaxed_pool(&self) -> &PgPool {
+        &self.relaxed
     }
 
     /// Deletes expired paging snapshots, at most once a minute per node.
