@@ -304,24 +304,17 @@ impl Store for PostgresStore {
         };
         // The page's resources by key, one probe each (`OFFSET 0` keeps the lateral subquery a per-row
         // probe, whatever the generic plan estimates for `k`).
-        b.push(&format!(" SELECT k.n, k.rid, x.* FROM k CROSS JOIN LATERAL (SELECT {PAGE_COLUMNS} FROM resources res WHERE res.rid = k.rid AND res.deleted = 0 OFFSET 0) x WHERE k.n <= "));
+        // Columns as `RESOURCE_COLUMNS` (for `row_to_resource`), then the place `n`.
+        b.push(&format!(" SELECT k.rid, x.*, k.n FROM k CROSS JOIN LATERAL (SELECT {PAGE_COLUMNS} FROM resources res WHERE res.rid = k.rid AND res.deleted = 0 OFFSET 0) x WHERE k.n <= "));
         b.int(count as i64);
-        b.push(" UNION ALL SELECT k.n, k.rid, NULL, NULL, NULL, NULL, NULL, NULL FROM k WHERE k.n > ").int(count as i64).push(" ORDER BY 1");
+        b.push(" UNION ALL SELECT k.rid, NULL, NULL, NULL, NULL, NULL, NULL, k.n FROM k WHERE k.n > ").int(count as i64).push(" ORDER BY n");
         let rows = sqlx::query_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_all(&self.pool).await?;
         let mut page = SearchPage { keys: Vec::with_capacity(rows.len()), first: Vec::with_capacity(count.min(rows.len())), snapshot_id: None };
         for r in &rows {
-            let key: i64 = r.try_get(1)?;
-            page.keys.push(key);
-            if let Some(resource_type) = r.try_get::<Option<String>, _>(2)? {
-                page.first.push(StoredResource {
-                    key,
-                    resource_type,
-                    id: r.try_get(3)?,
-                    version: r.try_get(4)?,
-                    last_updated: r.try_get(5)?,
-                    deleted: r.try_get::<i64, _>(6)? != 0,
-                    json: r.try_get(7)?,
-                });
+            page.keys.push(r.try_get(0)?);
+            // Rows past the first page carry only their key.
+            if r.try_get::<Option<String>, _>(1)?.is_some() {
+                page.first.push(row_to_resource(r)?);
             }
         }
         if page.keys.len() > count {
