@@ -517,7 +517,7 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: String) 
 }
 
 async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, approved: String) -> Response {
-    let code = random_token();
+    let code = crate::crypto::ordered_token(s.now_ms());
     let profile = pending.profile.unwrap_or_default();
     let faults = pending.launch.as_ref().map(|l| l.faults.clone()).unwrap_or_default();
     let scope = crate::profile::shape_granted(profile, &faults, &approved);
@@ -526,7 +526,7 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
         s.audit_in(trace.as_deref(), "consent", true, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), &format!("injected fault: the user denied {}", faults.deny.join(", ")));
     }
     let grant = Grant {
-        grant_id: uuid::Uuid::new_v4().to_string(),
+        grant_id: uuid::Uuid::now_v7().to_string(),
         client_id: pending.client_id.clone(),
         scope,
         username: Some(user.username.clone()),
@@ -546,7 +546,7 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
         Err(e) => return internal(&s, e),
     };
     let expires = s.now_ms() + s.config.code_secs * 1000;
-    if let Err(e) = s.store.auth_put("code", &token_hash(&code), &value, Some(&grant.grant_id), Some(expires)).await {
+    if let Err(e) = s.store.auth_put("code", &crate::crypto::token_key(&code), &value, Some(&grant.grant_id), Some(expires)).await {
         return internal(&s, e);
     }
     let role = match user.role {

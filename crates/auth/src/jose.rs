@@ -4,8 +4,10 @@
 
 use crate::crypto::b64url_decode;
 use crate::model::Client;
-use aws_lc_rs::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Seconds of clock skew tolerated on `exp`.
 const SKEW: i64 = 60;
@@ -28,6 +30,46 @@ fn part(s: &str) -> Result<Value, String> {
 pub fn claimed_issuer(jwt: &str) -> Option<String> {
     let payload = jwt.split('.').nth(1)?;
     part(payload).ok()?.get("iss")?.as_str().map(str::to_string)
+}
+
+/// Parsed public keys by algorithm and JWK value: parsing (the modulus of an RSA key, the point of an EC
+/// key, with its validation) cost about as much as verifying a signature, and a backend client signs
+/// every assertion with the same key. Keyed by the key material itself, so an entry can never stand for
+/// another key; cleared when full.
+static PARSED: LazyLock<Mutex<HashMap<String, Arc<ParsedPublicKey>>>> = LazyLock::new(Default::default);
+const PARSED_MAX: usize = 1024;
+
+fn parsed_key(alg: &str, key: &Value) -> Result<Arc<ParsedPublicKey>, String> {
+    let text = |name: &str| key[name].as_str().ok_or_else(|| format!("the registered key has no valid '{name}'"));
+    let id = match alg {
+        "RS384" => format!("RS384|{}|{}", text("n")?, text("e")?),
+        _ => format!("ES384|{}|{}", text("x")?, text("y")?),
+    };
+    if let Some(k) = PARSED.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        return Ok(k.clone());
+    }
+    let field = |name: &str| text(name).and_then(|t| b64url_decode(t).ok_or_else(|| format!("the registered key has no valid '{name}'")));
+    let parsed = match alg {
+        "RS384" => {
+            let (n, e) = (field("n")?, field("e")?);
+            RsaPublicKeyComponents { n: &n, e: &e }.to_parsed_public_key(&signature::RSA_PKCS1_2048_8192_SHA384)
+        }
+        _ => {
+            let (x, y) = (field("x")?, field("y")?);
+            let mut point = Vec::with_capacity(97);
+            point.push(4u8);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            ParsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, &point)
+        }
+    };
+    let parsed = Arc::new(parsed.map_err(|_| "the registered key is not a valid public key".to_string())?);
+    let mut cache = PARSED.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= PARSED_MAX {
+        cache.clear();
+    }
+    cache.insert(id, parsed.clone());
+    Ok(parsed)
 }
 
 /// Verifies `jwt` as an assertion of `client` for the token endpoint `token_url` at `now` (Unix seconds),
@@ -58,25 +100,11 @@ pub fn verify(jwt: &str, client: &Client, jwks: &Value, token_url: &str, now: i6
     };
     let signing_input = format!("{}.{}", parts[0], parts[1]);
     let sig = b64url_decode(parts[2]).ok_or("the signature is not base64url")?;
-    let field = |name: &str| key[name].as_str().and_then(b64url_decode).ok_or_else(|| format!("the registered key has no valid '{name}'"));
-    let verified = match alg {
-        "RS384" => {
-            let (n, e) = (field("n")?, field("e")?);
-            RsaPublicKeyComponents { n: &n, e: &e }.verify(&signature::RSA_PKCS1_2048_8192_SHA384, signing_input.as_bytes(), &sig).is_ok()
-        }
-        _ => {
-            if key["crv"] != "P-384" {
-                return Err("ES384 needs a P-384 key".into());
-            }
-            let (x, y) = (field("x")?, field("y")?);
-            let mut point = Vec::with_capacity(97);
-            point.push(4u8);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, &point).verify(signing_input.as_bytes(), &sig).is_ok()
-        }
-    };
-    if !verified {
+    if alg == "ES384" && key["crv"] != "P-384" {
+        return Err("ES384 needs a P-384 key".into());
+    }
+    let public = parsed_key(alg, key)?;
+    if public.verify_sig(signing_input.as_bytes(), &sig).is_err() {
         return Err("the assertion's signature does not verify".into());
     }
     let iss = claims["iss"].as_str().unwrap_or("");

@@ -81,6 +81,9 @@ pub struct AuthServer {
     http: reqwest::Client,
     /// Fetched JWKS by URL, with the time (Unix ms) until which their Cache-Control allows keeping them.
     jwks_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, serde_json::Value)>>,
+    /// Registered clients read in the last second, by id, for the token endpoint (see [`AuthServer::client`]).
+    /// With the time read and [`registry::CHANGES`] then.
+    clients: std::sync::Mutex<std::collections::HashMap<String, (i64, u64, Arc<model::Client>)>>,
     /// Injected FHIR faults by grant, so that "every second request" counts across cache refreshes.
     fhir_faults: std::sync::Mutex<std::collections::HashMap<String, Arc<api::access::FhirFaults>>>,
 }
@@ -110,7 +113,27 @@ impl AuthServer {
             http,
             jwks_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             fhir_faults: std::sync::Mutex::new(std::collections::HashMap::new()),
+            clients: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
+    }
+
+    /// A registered, enabled client, as the token endpoint authenticates it: read from the store at most
+    /// once a second per client (a backend service asks for tokens thousands of times a second). A change
+    /// to a registration reaches the token endpoint within a second, like a revocation.
+    pub async fn client(&self, client_id: &str) -> Result<Option<Arc<model::Client>>, store::StoreError> {
+        let now = self.now_ms();
+        let changes = registry::CHANGES.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((at, seen, c)) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(client_id)
+            && now - at < RESOLVE_CACHE_MS && now >= *at && *seen == changes {
+                return Ok(Some(c.clone()));
+            }
+        let Some(client) = registry::get_client(self.store.as_ref(), client_id).await?.map(Arc::new) else { return Ok(None) };
+        let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= RESOLVE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(client_id.to_string(), (now, changes, client.clone()));
+        Ok(Some(client))
     }
 
     /// A client's public keys: registered by value, or fetched from its registered JWKS URL and kept no
@@ -185,7 +208,7 @@ impl AuthServer {
 
     /// The grant behind a live (unexpired, unrevoked) access token.
     pub async fn access_grant(&self, token: &str) -> Option<Grant> {
-        let record = self.store.auth_get("access", &crypto::token_hash(token)).await.ok().flatten()?;
+        let record = self.store.auth_get("access", &crypto::token_key(token)).await.ok().flatten()?;
         if record.revoked {
             return None;
         }
@@ -197,7 +220,7 @@ impl AuthServer {
 #[async_trait]
 impl AccessResolver for AuthServer {
     async fn resolve(&self, bearer_token: &str) -> Option<Arc<TokenAccess>> {
-        let hash = crypto::token_hash(bearer_token);
+        let hash = crypto::token_key(bearer_token);
         let now = self.now_ms();
         if let Some((at, access)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&hash)
             && now - at < RESOLVE_CACHE_MS && now >= *at {

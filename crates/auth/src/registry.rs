@@ -5,6 +5,11 @@ use crate::model::{Client, ClientKind, User, UserRole};
 use store::{AuthStore, StoreError};
 
 const CLIENT: &str = "client";
+
+/// Bumped by every registration change made through this module in this process, so that the clients
+/// the token endpoint keeps for a second ([`crate::AuthServer::client`]) are dropped here at once; other
+/// processes notice within that second.
+pub(crate) static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const USER: &str = "user";
 
 pub async fn get_client(store: &dyn AuthStore, client_id: &str) -> Result<Option<Client>, StoreError> {
@@ -33,7 +38,16 @@ pub async fn put_client(store: &dyn AuthStore, mut client: Client) -> Result<Opt
 /// Stores a client with the secret hash it carries (for registrations whose secret is known elsewhere).
 pub async fn put_client_as_is(store: &dyn AuthStore, client: &Client) -> Result<(), StoreError> {
     let value = serde_json::to_string(client).map_err(|e| StoreError::Backend(e.to_string()))?;
-    store.auth_put(CLIENT, &client.client_id, &value, None, None).await
+    let result = store.auth_put(CLIENT, &client.client_id, &value, None, None).await;
+    CHANGES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    result
+}
+
+/// Removes a registration.
+pub async fn remove_client(store: &dyn AuthStore, client_id: &str) -> Result<(), StoreError> {
+    let result = store.auth_delete(CLIENT, client_id).await;
+    CHANGES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    result
 }
 
 pub async fn get_user(store: &dyn AuthStore, username: &str) -> Result<Option<User>, StoreError> {

@@ -1,15 +1,16 @@
 //! The token endpoint (`authorization_code` with PKCE, `refresh_token` with rotation and reuse
 //! detection), introspection (RFC 7662) and revocation (RFC 7009).
 
-use crate::crypto::{constant_time_eq, pkce_s256, random_token, token_hash, valid_pkce_verifier, verify_password};
+use crate::crypto::{constant_time_eq, ordered_token, pkce_s256, token_key, valid_pkce_verifier, verify_password};
 use crate::launch::basic_credentials;
 use crate::model::{Client, ClientKind, Grant};
-use crate::{Shared, no_store, oauth_error, registry};
+use crate::{Shared, no_store, oauth_error};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use smart::{Scope, ScopeSet};
 
 type Pairs = Vec<(String, String)>;
@@ -24,11 +25,48 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 /// Authenticates the client of a token-endpoint request (RFC 6749 §2.3): HTTP Basic, `client_secret` in
-/// the body, or — for public clients only — `client_id` alone.
-async fn authenticate_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> Result<Client, Response> {
+/// the body, `private_key_jwt`, or — for public clients only — `client_id` alone. An assertion's `jti`
+/// is recorded (used up) before this returns.
+async fn authenticate_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> Result<Arc<Client>, Response> {
+    let (client, jti) = authenticate(s, headers, pairs).await?;
+    if let Some(jti) = jti {
+        record_jti(s, &jti).await?;
+    }
+    Ok(client)
+}
+
+/// The `jti` of a verified client assertion, still to be recorded: it may be used once while the
+/// assertion lives.
+struct Jti {
+    key: String,
+    expires: i64,
+}
+
+impl Jti {
+    fn record(&self) -> store::NewAuthRecord<'_> {
+        store::NewAuthRecord { kind: "jti", key: &self.key, value: "{}", grant_id: None, expires: Some(self.expires) }
+    }
+}
+
+fn jti_reused() -> Response {
+    oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "this assertion's jti was already used")
+}
+
+async fn record_jti(s: &Shared, jti: &Jti) -> Result<(), Response> {
+    let r = jti.record();
+    match s.store.auth_insert_new(r.kind, r.key, r.value, r.expires).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(jti_reused()),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// [`authenticate_client`] that leaves an assertion's `jti` to the caller, who must record it before
+/// answering (a backend token records it with the token, in one write).
+async fn authenticate(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> Result<(Arc<Client>, Option<Jti>), Response> {
     let bad = |msg: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg);
     if get(pairs, "client_assertion").is_some() || get(pairs, "client_assertion_type").is_some() {
-        return authenticate_assertion(s, pairs).await;
+        return authenticate_assertion(s, pairs).await.map(|(c, j)| (c, Some(j)));
     }
     let (client_id, secret) = match basic_credentials(headers) {
         Some((id, secret)) => (id, Some(secret)),
@@ -37,12 +75,12 @@ async fn authenticate_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> 
             None => return Err(bad("client authentication is required")),
         },
     };
-    let client = match registry::get_client(s.store.as_ref(), &client_id).await {
+    let client = match s.client(&client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return Err(bad("unknown client")),
         Err(e) => return Err(internal(e)),
     };
-    match (client.kind, secret) {
+    let client = match (client.kind, secret) {
         (ClientKind::Public, None) => Ok(client),
         (ClientKind::Public, Some(_)) => Err(bad("this client is registered as public and has no secret")),
         (ClientKind::ConfidentialSymmetric, Some(secret)) => {
@@ -54,14 +92,15 @@ async fn authenticate_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> 
         }
         (ClientKind::ConfidentialSymmetric, None) => Err(bad("this confidential client must authenticate with its secret")),
         (ClientKind::ConfidentialAsymmetric, _) => Err(bad("this client must authenticate with a private_key_jwt assertion")),
-    }
+    }?;
+    Ok((client, None))
 }
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// `private_key_jwt` (RFC 7523 §2.2): the assertion is verified against the client's registered keys and
-/// its `jti` may be used once while the assertion lives.
-async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<Client, Response> {
+/// `private_key_jwt` (RFC 7523 §2.2): the assertion is verified against the client's registered keys; its
+/// `jti` comes back to be recorded.
+async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<(Arc<Client>, Jti), Response> {
     let bad = |msg: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg);
     if get(pairs, "client_assertion_type") != Some(JWT_BEARER) {
         return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
@@ -71,7 +110,7 @@ async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<Client, Res
     if get(pairs, "client_id").is_some_and(|id| id != iss) {
         return Err(bad("client_id differs from the assertion's issuer"));
     }
-    let client = match registry::get_client(s.store.as_ref(), &iss).await {
+    let client = match s.client(&iss).await {
         Ok(Some(c)) if c.kind == ClientKind::ConfidentialAsymmetric => c,
         Ok(_) => return Err(bad("the assertion's issuer is not a registered asymmetric client")),
         Err(e) => return Err(internal(e)),
@@ -91,12 +130,8 @@ async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<Client, Res
             return Err(bad(&why));
         }
     };
-    let key = format!("{}|{}", assertion.client_id, assertion.jti);
-    match s.store.auth_insert_new("jti", &key, "{}", Some(assertion.exp * 1000 + 60_000)).await {
-        Ok(true) => Ok(client),
-        Ok(false) => Err(bad("this assertion's jti was already used")),
-        Err(e) => Err(internal(e)),
-    }
+    let jti = Jti { key: format!("{}|{}", assertion.client_id, assertion.jti), expires: assertion.exp * 1000 + 60_000 };
+    Ok((client, jti))
 }
 
 pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
@@ -105,25 +140,31 @@ pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) ->
     if !matches!(grant_type, Some("authorization_code") | Some("refresh_token") | Some("client_credentials")) {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be authorization_code, refresh_token or client_credentials");
     }
-    let client = match authenticate_client(&s, &headers, &pairs).await {
+    let (client, jti) = match authenticate(&s, &headers, &pairs).await {
         Ok(c) => c,
         Err(r) => match public_refresh_client(&s, &headers, &pairs, grant_type).await {
             // RFC 6749 §6 asks public clients for no credentials on refresh (the SMART JavaScript
             // client sends none): the refresh token itself names its public client.
-            Some(c) => c,
+            Some(c) => (c, None),
             None => return r,
         },
     };
+    if grant_type == Some("client_credentials") {
+        return client_credentials(&s, &client, &pairs, jti).await;
+    }
+    if let Some(jti) = jti
+        && let Err(r) = record_jti(&s, &jti).await {
+            return r;
+        }
     match grant_type {
         Some("authorization_code") => authorization_code(&s, &client, &pairs).await,
-        Some("client_credentials") => client_credentials(&s, &client, &pairs).await,
         _ => refresh_token(&s, &client, &pairs).await,
     }
 }
 
 /// The public client a refresh token belongs to, for a refresh request that carries no client
 /// identification at all.
-async fn public_refresh_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs, grant_type: Option<&str>) -> Option<Client> {
+async fn public_refresh_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs, grant_type: Option<&str>) -> Option<Arc<Client>> {
     let anonymous = grant_type == Some("refresh_token")
         && headers.get(axum::http::header::AUTHORIZATION).is_none()
         && get(pairs, "client_id").is_none()
@@ -131,25 +172,32 @@ async fn public_refresh_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs, g
     if !anonymous {
         return None;
     }
-    let record = s.store.auth_get("refresh", &token_hash(get(pairs, "refresh_token")?)).await.ok()??;
+    let record = s.store.auth_get("refresh", &token_key(get(pairs, "refresh_token")?)).await.ok()??;
     let grant: Grant = serde_json::from_str(&record.value).ok()?;
-    registry::get_client(s.store.as_ref(), &grant.client_id).await.ok()?.filter(|c| c.kind == ClientKind::Public)
+    s.client(&grant.client_id).await.ok()?.filter(|c| c.kind == ClientKind::Public)
 }
 
 /// Backend services: `system/` scopes for an asymmetric client, within what it was registered for. Short
 /// lived (five minutes) and without a refresh token.
-async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
-    if client.kind != ClientKind::ConfidentialAsymmetric {
-        return oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "client_credentials is for clients that authenticate with private_key_jwt");
-    }
+///
+/// The assertion's `jti` is recorded in the same write as the token; a refusal records it on its own.
+async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs, jti: Option<Jti>) -> Response {
+    let refuse = async |r: Response| match &jti {
+        Some(j) => record_jti(s, j).await.err().unwrap_or(r),
+        None => r,
+    };
+    let Some(jti) = jti.as_ref().filter(|_| client.kind == ClientKind::ConfidentialAsymmetric) else {
+        return refuse(oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "client_credentials is for clients that authenticate with private_key_jwt")).await;
+    };
     let requested = ScopeSet::parse(get(pairs, "scope").unwrap_or(""));
     let mut granted = ScopeSet::parse(&client.allowed_scope).narrow(&requested);
     granted.scopes.retain(|sc| matches!(sc, Scope::Resource(r) if r.level == smart::Level::System));
     if granted.scopes.is_empty() {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "none of the requested system/ scopes is allowed for this client");
+        return refuse(oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "none of the requested system/ scopes is allowed for this client")).await;
     }
     let grant = Grant {
-        grant_id: uuid::Uuid::new_v4().to_string(),
+        // Time-ordered, as token keys are (see `crypto::token_key`): grant ids are indexed too.
+        grant_id: uuid::Uuid::now_v7().to_string(),
         client_id: client.client_id.clone(),
         scope: granted.to_string(),
         username: None,
@@ -164,7 +212,7 @@ async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
         revoke_at: None,
         profile: None,
     };
-    issue_tokens(s, client, grant, None, Refresh::New).await
+    issue_tokens(s, client, grant, None, Refresh::New, Some(jti)).await
 }
 
 /// What a token response does about the refresh token.
@@ -183,7 +231,7 @@ fn invalid_grant(msg: &str) -> Response {
 
 async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     let Some(code) = get(pairs, "code") else { return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "code is required") };
-    let record = match s.store.auth_consume("code", &token_hash(code)).await {
+    let record = match s.store.auth_consume("code", &token_key(code)).await {
         Ok(Some(r)) => r,
         Ok(None) => return invalid_grant("the code is invalid or has expired"),
         Err(e) => return internal(e),
@@ -207,12 +255,12 @@ async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
     if !valid_pkce_verifier(verifier) || !constant_time_eq(pkce_s256(verifier).as_bytes(), challenge.as_bytes()) {
         return invalid_grant("code_verifier does not match the code_challenge");
     }
-    issue_tokens(s, client, grant, None, Refresh::New).await
+    issue_tokens(s, client, grant, None, Refresh::New, None).await
 }
 
 async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     let Some(rt) = get(pairs, "refresh_token") else { return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required") };
-    let hash = token_hash(rt);
+    let hash = token_key(rt);
     let record = match s.store.auth_get("refresh", &hash).await {
         Ok(Some(r)) => r,
         Ok(None) => return invalid_grant("the refresh token is invalid or has expired"),
@@ -258,14 +306,14 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     let profile = grant.profile();
     if !crate::profile::rotates_refresh(profile) {
         let keep = if profile == crate::model::Profile::Nextgen { Refresh::Same(rt) } else { Refresh::Omit };
-        return issue_tokens(s, client, grant, narrowed, keep).await;
+        return issue_tokens(s, client, grant, narrowed, keep, None).await;
     }
     match s.store.auth_consume("refresh", &hash).await {
         Ok(Some(r)) if !r.used && !r.revoked => {}
         Ok(_) => return reused(s, client, &grant).await,
         Err(e) => return internal(e),
     }
-    issue_tokens(s, client, grant, narrowed, Refresh::New).await
+    issue_tokens(s, client, grant, narrowed, Refresh::New, None).await
 }
 
 /// A rotated-out refresh token came back: someone holds a copy. Revoke the whole grant (OAuth 2.0
@@ -277,7 +325,9 @@ async fn reused(s: &Shared, client: &Client, grant: &Grant) -> Response {
     invalid_grant("the refresh token was already used")
 }
 
-async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_scope: Option<String>, refresh: Refresh<'_>) -> Response {
+/// Issues the tokens of `grant`. With `jti`, the access token is stored only if that assertion `jti` is
+/// recorded now for the first time (one write for both).
+async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_scope: Option<String>, refresh: Refresh<'_>, jti: Option<&Jti>) -> Response {
     let refreshing = grant.expires.is_some();
     if let Some(sc) = narrowed_scope {
         grant.scope = sc;
@@ -293,15 +343,23 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
             grant.revoke_at = Some(now + after * 1000);
         }
     let lifetime = if backend { s.config.backend_token_secs } else { crate::profile::access_token_secs(grant.profile(), &faults, s.config.access_token_secs) };
-    let access = random_token();
+    let access = ordered_token(now);
     let expires = now + lifetime * 1000;
     grant.expires = Some(expires);
     let value = match serde_json::to_string(&grant) {
         Ok(v) => v,
         Err(e) => return internal(e),
     };
-    if let Err(e) = s.store.auth_put("access", &token_hash(&access), &value, Some(&grant.grant_id), Some(expires)).await {
-        return internal(e);
+    let key = token_key(&access);
+    let record = store::NewAuthRecord { kind: "access", key: &key, value: &value, grant_id: Some(&grant.grant_id), expires: Some(expires) };
+    let stored = match jti {
+        Some(jti) => s.store.auth_insert_new_then_put(jti.record(), record).await,
+        None => s.store.auth_put(record.kind, record.key, record.value, record.grant_id, record.expires).await.map(|_| true),
+    };
+    match stored {
+        Ok(true) => {}
+        Ok(false) => return jti_reused(),
+        Err(e) => return internal(e),
     }
     let mut body = json!({
         "access_token": access,
@@ -321,9 +379,9 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
         body["refresh_token"] = json!(same);
     }
     if wants_refresh && matches!(refresh, Refresh::New) {
-        let refresh = random_token();
+        let refresh = ordered_token(now);
         let refresh_expires = now + s.config.refresh_token_days * 86_400_000;
-        if let Err(e) = s.store.auth_put("refresh", &token_hash(&refresh), &value, Some(&grant.grant_id), Some(refresh_expires)).await {
+        if let Err(e) = s.store.auth_put("refresh", &token_key(&refresh), &value, Some(&grant.grant_id), Some(refresh_expires)).await {
             return internal(e);
         }
         body["refresh_token"] = json!(refresh);
@@ -409,7 +467,7 @@ pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: Strin
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "introspection needs client authentication or a bearer token");
     }
     let token = get(&pairs, "token").unwrap_or("");
-    let hash = token_hash(token);
+    let hash = token_key(token);
     let mut found = None;
     for kind in ["access", "refresh"] {
         if let Ok(Some(r)) = s.store.auth_get(kind, &hash).await
@@ -460,7 +518,7 @@ pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: String) -
         Err(r) => return r,
     };
     let Some(token) = get(&pairs, "token") else { return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required") };
-    let hash = token_hash(token);
+    let hash = token_key(token);
     for kind in ["access", "refresh"] {
         if let Ok(Some(r)) = s.store.auth_get(kind, &hash).await
             && let Ok(g) = serde_json::from_str::<Grant>(&r.value)

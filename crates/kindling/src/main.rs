@@ -403,7 +403,7 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
             }
         }
         AppsCommand::Remove { client_id } => {
-            store.auth_delete("client", &client_id).await?;
+            auth::registry::remove_client(store, &client_id).await?;
             println!("removed {client_id}");
         }
     }

@@ -140,6 +140,16 @@ pub struct AuthRecord {
     pub revoked: bool,
 }
 
+/// A record to write, for [`AuthStore::auth_insert_new_then_put`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewAuthRecord<'a> {
+    pub kind: &'a str,
+    pub key: &'a str,
+    pub value: &'a str,
+    pub grant_id: Option<&'a str>,
+    pub expires: Option<i64>,
+}
+
 /// Authorisation-server state, shared by every node: records keyed by `(kind, key)`. Expired records are
 /// never returned.
 #[async_trait]
@@ -153,6 +163,10 @@ pub trait AuthStore: Send + Sync {
     /// Inserts a record only when no live one exists under the key (an expired one is replaced); returns
     /// whether it was inserted. The replay cache for assertion `jti`s.
     async fn auth_insert_new(&self, kind: &str, key: &str, value: &str, expires: Option<i64>) -> Result<bool>;
+    /// [`AuthStore::auth_insert_new`] of `new` and, only when that inserts, [`AuthStore::auth_put`] of
+    /// `then`, in one transaction; returns whether `new` was inserted. A backend-services token and the
+    /// `jti` of the assertion it was issued for: one commit instead of two.
+    async fn auth_insert_new_then_put(&self, new: NewAuthRecord<'_>, then: NewAuthRecord<'_>) -> Result<bool>;
     /// Revokes every record of a grant; returns how many.
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64>;
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()>;

@@ -615,7 +615,7 @@ async fn revocation_by_another_node_takes_effect_within_a_second() {
     let token = t["access_token"].as_str().unwrap();
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 200);
     // Another node revokes: only the shared store changes.
-    let record = app.auth.store.auth_get("access", &auth::crypto::token_hash(token)).await.unwrap().unwrap();
+    let record = app.auth.store.auth_get("access", &auth::crypto::token_key(token)).await.unwrap().unwrap();
     app.auth.store.auth_revoke_grant(record.grant_id.as_deref().unwrap()).await.unwrap();
     app.clock.advance(time::Duration::milliseconds(1001));
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 401);

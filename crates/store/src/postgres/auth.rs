@@ -76,6 +76,36 @@ impl AuthStore for PostgresStore {
         Ok(n == 1)
     }
 
+    async fn auth_insert_new_then_put(&self, new: crate::NewAuthRecord<'_>, then: crate::NewAuthRecord<'_>) -> Result<bool> {
+        // One statement: the second insert runs only when the first one wrote its row.
+        let row = sqlx::query(
+            "WITH j AS (
+                 INSERT INTO auth_records (kind, key, value, expires) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, used = 0, revoked = 0
+                 WHERE auth_records.expires IS NOT NULL AND auth_records.expires <= $5
+                 RETURNING 1
+             ), t AS (
+                 INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) SELECT $6, $7, $8, $9, $10, 0, 0 WHERE EXISTS (SELECT 1 FROM j)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, grant_id = excluded.grant_id, expires = excluded.expires, used = 0, revoked = 0
+                 RETURNING 1
+             )
+             SELECT EXISTS (SELECT 1 FROM j)",
+        )
+        .bind(new.kind)
+        .bind(new.key)
+        .bind(new.value)
+        .bind(new.expires)
+        .bind(self.now())
+        .bind(then.kind)
+        .bind(then.key)
+        .bind(then.value)
+        .bind(then.grant_id)
+        .bind(then.expires)
+        .fetch_one(self.relaxed_pool())
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64> {
         Ok(sqlx::query("UPDATE auth_records SET revoked = 1 WHERE grant_id = $1").bind(grant_id).execute(self.pool()).await?.rows_affected())
     }

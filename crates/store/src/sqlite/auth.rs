@@ -49,6 +49,14 @@ pub(crate) enum AuthWrite {
     Put { kind: String, key: String, value: String, grant_id: Option<String>, expires: Option<i64> },
     /// Inserts unless a live record has the key; `true` when inserted.
     InsertNew { kind: String, key: String, value: String, expires: Option<i64>, now: i64 },
+    /// `InsertNew` of the first, then (only if it inserted) `Put` of the second.
+    InsertNewThenPut(Box<(AuthWrite, AuthWrite)>),
+}
+
+impl AuthWrite {
+    fn owned(r: &crate::NewAuthRecord<'_>) -> AuthWrite {
+        AuthWrite::Put { kind: r.kind.into(), key: r.key.into(), value: r.value.into(), grant_id: r.grant_id.map(str::to_string), expires: r.expires }
+    }
 }
 
 pub(crate) struct Pending {
@@ -77,6 +85,18 @@ fn apply(c: &rusqlite::Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
                 )?
                 .execute(params![kind, key, value, expires, now])?;
             Ok(n == 1)
+        }
+        AuthWrite::InsertNewThenPut(pair) => {
+            // In a group the whole group is one transaction; alone, this pair is made one here.
+            let alone = c.is_autocommit();
+            if alone {
+                c.execute_batch("BEGIN IMMEDIATE")?;
+            }
+            let result = apply(c, &pair.0).and_then(|inserted| if inserted { apply(c, &pair.1) } else { Ok(false) });
+            if alone {
+                c.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+            }
+            result
         }
     }
 }
@@ -161,6 +181,11 @@ impl AuthStore for SqliteStore {
 
     async fn auth_insert_new(&self, kind: &str, key: &str, value: &str, expires: Option<i64>) -> Result<bool> {
         self.queued(AuthWrite::InsertNew { kind: kind.into(), key: key.into(), value: value.into(), expires, now: self.now() }).await
+    }
+
+    async fn auth_insert_new_then_put(&self, new: crate::NewAuthRecord<'_>, then: crate::NewAuthRecord<'_>) -> Result<bool> {
+        let new = AuthWrite::InsertNew { kind: new.kind.into(), key: new.key.into(), value: new.value.into(), expires: new.expires, now: self.now() };
+        self.queued(AuthWrite::InsertNewThenPut(Box::new((new, AuthWrite::owned(&then))))).await
     }
 
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64> {
