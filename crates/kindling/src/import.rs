@@ -143,18 +143,44 @@ const READERS: usize = 2;
 /// Entries written per store transaction during import.
 const GROUP_ENTRIES: usize = 40000;
 
-async fn flush(state: &AppState, group: &mut Vec<(String, PreparedBundle)>, summary: &mut ImportSummary) -> anyhow::Result<()> {
+
+/// What one written group adds to the summary: resources written, and errors by file.
+type GroupResult = anyhow::Result<(usize, Vec<String>)>;
+
+async fn write_group(state: AppState, group: Vec<(String, PreparedBundle)>) -> GroupResult {
+    let (files, bundles): (Vec<String>, Vec<PreparedBundle>) = group.into_iter().unzip();
+    let results = api::bundle::import_prepared(&state, bundles).await.map_err(|e| anyhow::anyhow!("import failed: {}", e.message))?;
+    let (mut resources, mut errors) = (0, Vec::new());
+    for (file, r) in files.iter().zip(results) {
+        match r {
+            Ok(n) => resources += n,
+            Err(e) => errors.push(format!("{file}: {}", e.message)),
+        }
+    }
+    Ok((resources, errors))
+}
+
+fn add(summary: &mut ImportSummary, done: Result<GroupResult, tokio::task::JoinError>) -> anyhow::Result<()> {
+    let (resources, errors) = done??;
+    summary.resources += resources;
+    summary.errors.extend(errors);
+    Ok(())
+}
+
+/// Starts writing `group`, first waiting for a writer to be free.
+async fn flush(state: &AppState, group: &mut Vec<(String, PreparedBundle)>, writing: &mut tokio::task::JoinSet<GroupResult>, summary: &mut ImportSummary) -> anyhow::Result<()> {
     if group.is_empty() {
         return Ok(());
     }
-    let (files, bundles): (Vec<String>, Vec<PreparedBundle>) = std::mem::take(group).into_iter().unzip();
-    let results = api::bundle::import_prepared(state, bundles).await.map_err(|e| anyhow::anyhow!("import failed: {}", e.message))?;
-    for (file, r) in files.iter().zip(results) {
-        match r {
-            Ok(n) => summary.resources += n,
-            Err(e) => summary.errors.push(format!("{file}: {}", e.message)),
+    // On PostgreSQL two groups are written at once, overlapping the database's work on one with this
+    // process's work on the other (one writer left a core idle a fifth of the time: 7.5k -> 12k
+    // resources/s). SQLite has one writer.
+    while writing.len() >= state.store.concurrent_writers() {
+        if let Some(done) = writing.join_next().await {
+            add(summary, done)?;
         }
     }
+    writing.spawn(write_group(state.clone(), std::mem::take(group)));
     Ok(())
 }
 
@@ -186,6 +212,7 @@ pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: i
     // Bundle: far fewer commits (each rewrites the same index pages) while each Bundle stays atomic.
     let mut group: Vec<(String, PreparedBundle)> = Vec::new();
     let mut group_entries = 0;
+    let mut writing = tokio::task::JoinSet::new();
     while let Some(unit) = rx.recv().await {
         summary.files += 1;
         summary.errors.extend(unit.errors.iter().map(|e| format!("{}: {e}", unit.file)));
@@ -193,7 +220,7 @@ pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: i
             group_entries += p.len();
             group.push((unit.file.clone(), p));
             if group_entries >= GROUP_ENTRIES {
-                flush(state, &mut group, &mut summary).await?;
+                flush(state, &mut group, &mut writing, &mut summary).await?;
                 group_entries = 0;
             }
         }
@@ -207,7 +234,10 @@ pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: i
         summary.elapsed = started.elapsed();
         progress(&summary);
     }
-    flush(state, &mut group, &mut summary).await?;
+    flush(state, &mut group, &mut writing, &mut summary).await?;
+    while let Some(done) = writing.join_next().await {
+        add(&mut summary, done)?;
+    }
     for r in readers {
         r.await?;
     }

@@ -216,6 +216,10 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn counts(&self) -> Result<Vec<(String, i64)>>;
     /// Refreshes planner statistics after bulk loads.
     async fn optimize(&self) -> Result<()>;
+    /// How many write transactions make progress at once (SQLite has one writer).
+    fn concurrent_writers(&self) -> usize {
+        1
+    }
     /// Appends audit records (see [`audit::AuditSink`], which batches them).
     async fn append_audit(&self, records: &[audit::AuditRecord]) -> Result<()>;
     /// Audit records, newest first, with their ids.
