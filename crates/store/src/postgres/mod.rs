@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
     (2, "unlogged_snapshots", include_str!("../../migrations/postgres/0002_unlogged_snapshots.sql")),
     (3, "covering_index_keys", include_str!("../../migrations/postgres/0003_covering_index_keys.sql")),
+    (4, "partial_auth_indexes", include_str!("../../migrations/postgres/0004_partial_auth_indexes.sql")),
 ];
 
 /// How long a paging snapshot lives.

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "auth", include_str!("../../migrations/sqlite/0002_auth.sql")),
     (3, "audit", include_str!("../../migrations/sqlite/0003_audit.sql")),
     (4, "audit_launch", include_str!("../../migrations/sqlite/0004_audit_launch.sql")),
+    (5, "partial_auth_indexes", include_str!("../../migrations/sqlite/0005_partial_auth_indexes.sql")),
 ];
 
 /// How long a paging snapshot lives.
