@@ -177,6 +177,19 @@ async fn every_bad_assertion_is_refused() {
     assert_eq!(request(&app, &once, "system/*.rs").await.status(), 200);
     let r = request(&app, &once, "system/*.rs").await;
     assert_eq!(r.status(), 401, "replayed jti");
+    // The jti is recorded with the token it bought: of concurrent replays one gets a token.
+    let raced = sign(&keys, &header("RS384", "rsa-1"), &claims(&app));
+    let one = || request(&app, &raced, "system/*.rs");
+    let (a, b, c, d) = tokio::join!(one(), one(), one(), one());
+    let mut statuses: Vec<u16> = [a, b, c, d].iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401, 401, 401], "one token per assertion");
+    // A refused request uses its assertion up too: it cannot be replayed with another scope.
+    let refused = sign(&keys, &header("ES384", "ec-1"), &claims(&app));
+    assert_eq!(request(&app, &refused, "system/Patient.cud").await.status(), 400);
+    let r = request(&app, &refused, "system/*.rs").await;
+    assert_eq!(r.status(), 401, "the refused request's jti is used up");
+    assert_eq!(r.json::<Value>().await.unwrap()["error_description"], "this assertion's jti was already used");
     // The registered jku is accepted.
     let jku = sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "jku": "https://backend.example/jwks.json"}), &claims(&app));
     assert_eq!(request(&app, &jku, "system/*.rs").await.status(), 200);
