@@ -94,7 +94,12 @@ fn apply(c: &rusqlite::Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
             }
             let result = apply(c, &pair.0).and_then(|inserted| if inserted { apply(c, &pair.1) } else { Ok(false) });
             if alone {
-                c.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+                // Never leave the writer inside a transaction, whatever failed.
+                let end = c.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+                if end.is_err() {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
+                end?;
             }
             result
         }
