@@ -5,12 +5,12 @@ use crate::model::{Client, ClientKind, User, UserRole};
 use store::{AuthStore, StoreError};
 
 const CLIENT: &str = "client";
+const USER: &str = "user";
 
 /// Bumped by every registration change made through this module in this process, so that the clients
 /// the token endpoint keeps for a second ([`crate::AuthServer::client`]) are dropped here at once; other
 /// processes notice within that second.
 pub(crate) static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-const USER: &str = "user";
 
 pub async fn get_client(store: &dyn AuthStore, client_id: &str) -> Result<Option<Client>, StoreError> {
     Ok(store.auth_get(CLIENT, client_id).await?.and_then(|r| serde_json::from_str(&r.value).ok()).filter(|c: &Client| !c.disabled))

@@ -143,7 +143,6 @@ const READERS: usize = 2;
 /// Entries written per store transaction during import.
 const GROUP_ENTRIES: usize = 40000;
 
-
 /// What one written group adds to the summary: resources written, and errors by file.
 type GroupResult = anyhow::Result<(usize, Vec<String>)>;
 
@@ -167,7 +166,7 @@ fn add(summary: &mut ImportSummary, done: Result<GroupResult, tokio::task::JoinE
     Ok(())
 }
 
-/// Starts writing `group`, first waiting for a writer to be free.
+/// Writes `group`: at once where the store has one writer, else in the background once a writer is free.
 async fn flush(state: &AppState, group: &mut Vec<(String, PreparedBundle)>, writing: &mut tokio::task::JoinSet<GroupResult>, summary: &mut ImportSummary) -> anyhow::Result<()> {
     if group.is_empty() {
         return Ok(());
