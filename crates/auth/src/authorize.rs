@@ -38,7 +38,7 @@ fn login_page(s: &AuthServer, request_id: &str, app_name: &str, expected_user: O
 
 fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "authorisation server error");
-    error_page(&s, 
+    error_page(s, 
         StatusCode::INTERNAL_SERVER_ERROR,
         "Something went wrong",
         "The sign-in service could not complete this step.",
@@ -49,7 +49,7 @@ fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
 /// A redirect back to the app with an RFC 6749 error.
 fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
     let Ok(mut url) = url::Url::parse(redirect_uri) else {
-        return error_page(&s, StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
+        return error_page(s, StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
     };
     {
         let mut q = url.query_pairs_mut();
@@ -68,22 +68,22 @@ fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Op
 async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     let get = |k: &str| p.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let Some(client_id) = get("client_id") else {
-        return error_page(&s, StatusCode::BAD_REQUEST, "This app did not say who it is", "The request has no client_id.", "Tell the app's developer; the app must be registered and send its client id.");
+        return error_page(s, StatusCode::BAD_REQUEST, "This app did not say who it is", "The request has no client_id.", "Tell the app's developer; the app must be registered and send its client id.");
     };
     let client = match registry::get_client(s.store.as_ref(), client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return error_page(&s, 
+            return error_page(s, 
                 StatusCode::BAD_REQUEST,
                 "This app is not registered here",
                 &format!("No app with the client id '{client_id}' is registered, or it has been disabled."),
                 "Ask your administrator to register the app, or check the app's configuration.",
             );
         }
-        Err(e) => return internal(&s, e),
+        Err(e) => return internal(s, e),
     };
     let Some(redirect_uri) = get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == r)) else {
-        return error_page(&s, 
+        return error_page(s, 
             StatusCode::BAD_REQUEST,
             "The app's return address is not registered",
             &format!("{} asked to be sent back to an address it has not registered, so the request was stopped.", client.name),
@@ -131,7 +131,7 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
             Ok(Some(r)) if !r.used => launch = serde_json::from_str(&r.value).ok(),
             Ok(Some(_)) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch was already used; launch the app again from the EHR"),
             Ok(None) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch has expired or is unknown; launch the app again from the EHR"),
-            Err(e) => return internal(&s, e),
+            Err(e) => return internal(s, e),
         }
         if launch.is_none() {
             return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "the launch could not be read");
@@ -167,14 +167,14 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     };
     let request_id = random_token();
     if let Err(e) = save_pending(s, &request_id, &pending).await {
-        return internal(&s, e);
+        return internal(s, e);
     }
     // Who is at the browser: the session's user. An EHR launch names its user; only that user, signed in
     // here (the EHR's sign-in shares the session), may continue it — the handle alone is not enough.
     let signed_in = session::current(s, headers).await.map(|sess| sess.user);
     let user = match (&pending.username, signed_in) {
         (Some(launcher), Some(user)) if *launcher != user.username => {
-            return error_page(&s, 
+            return error_page(s, 
                 StatusCode::FORBIDDEN,
                 "You are signed in as someone else",
                 "This app was launched by another user than the one signed in to this browser.",
@@ -197,7 +197,7 @@ async fn load_pending(s: &Shared, request_id: &str) -> Option<PendingAuthorizati
 }
 
 fn expired_request(s: &AuthServer) -> Response {
-    error_page(&s, 
+    error_page(s, 
         StatusCode::BAD_REQUEST,
         "This sign-in has expired",
         "The page was open too long or was already used.",
@@ -208,7 +208,7 @@ fn expired_request(s: &AuthServer) -> Response {
 /// Decides the next step for the person at the browser (`user`, when signed in): sign-in, patient
 /// choice, consent, or the code.
 async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: PendingAuthorization, client: &Client) -> Response {
-    let Some(user) = user else { return login_page(&s, request_id, &client.name, pending.username.as_deref(), None) };
+    let Some(user) = user else { return login_page(s, request_id, &client.name, pending.username.as_deref(), None) };
     pending.username = Some(user.username.clone());
     if let Some(own) = user.own_patient() {
         // A patient acts only on their own record, whatever a launch or a form said.
@@ -222,11 +222,11 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
             pending.patient = Some(own.to_string());
         } else if wants_patient {
             if let Err(e) = save_pending(s, request_id, &pending).await {
-                return internal(&s, e);
+                return internal(s, e);
             }
             return match patient_choices(s).await {
                 Ok(list) => pages::serve(StatusCode::OK, s.pages.patient_picker(&PickerView { request_id, app_name: &client.name, patients: &list })),
-                Err(e) => internal(&s, e),
+                Err(e) => internal(s, e),
             };
         }
     }
@@ -244,7 +244,7 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
             }
         }
     if let Err(e) = save_pending(s, request_id, &pending).await {
-        return internal(&s, e);
+        return internal(s, e);
     }
     let patient_label = match &pending.patient {
         Some(p) => patient_label(s, p).await,
@@ -543,11 +543,11 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
     };
     let value = match serde_json::to_string(&grant) {
         Ok(v) => v,
-        Err(e) => return internal(&s, e),
+        Err(e) => return internal(s, e),
     };
     let expires = s.now_ms() + s.config.code_secs * 1000;
     if let Err(e) = s.store.auth_put("code", &crate::crypto::token_key(&code), &value, Some(&grant.grant_id), Some(expires)).await {
-        return internal(&s, e);
+        return internal(s, e);
     }
     let role = match user.role {
         UserRole::Clinician => "clinician",
@@ -555,7 +555,7 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
     };
     tracing::info!(client = %grant.client_id, user = %user.username, role, patient = ?grant.patient, "authorisation code issued");
     s.audit_in(trace.as_deref(), "code", true, Some(&grant.client_id), Some(&user.username), grant.patient.as_deref(), &format!("code issued (lives {} s) for scope: {}", s.config.code_secs, grant.scope));
-    let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal(&s, "stored redirect URI no longer parses") };
+    let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal(s, "stored redirect URI no longer parses") };
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("code", &code);

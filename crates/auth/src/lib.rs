@@ -82,10 +82,16 @@ pub struct AuthServer {
     /// Fetched JWKS by URL, with the time (Unix ms) until which their Cache-Control allows keeping them.
     jwks_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, serde_json::Value)>>,
     /// Registered clients read in the last second, by id, for the token endpoint (see [`AuthServer::client`]).
-    /// With the time read and [`registry::CHANGES`] then.
-    clients: std::sync::Mutex<std::collections::HashMap<String, (i64, u64, Arc<model::Client>)>>,
+    clients: std::sync::Mutex<std::collections::HashMap<String, CachedClient>>,
     /// Injected FHIR faults by grant, so that "every second request" counts across cache refreshes.
     fhir_faults: std::sync::Mutex<std::collections::HashMap<String, Arc<api::access::FhirFaults>>>,
+}
+
+/// A registration as the token endpoint read it: when (Unix ms), and [`registry::CHANGES`] then.
+struct CachedClient {
+    at: i64,
+    changes: u64,
+    client: Arc<model::Client>,
 }
 
 /// How long a resolved token is trusted without asking the store again (revocation latency per node).
@@ -123,16 +129,16 @@ impl AuthServer {
     pub async fn client(&self, client_id: &str) -> Result<Option<Arc<model::Client>>, store::StoreError> {
         let now = self.now_ms();
         let changes = registry::CHANGES.load(std::sync::atomic::Ordering::SeqCst);
-        if let Some((at, seen, c)) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(client_id)
-            && now - at < RESOLVE_CACHE_MS && now >= *at && *seen == changes {
-                return Ok(Some(c.clone()));
+        if let Some(c) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(client_id)
+            && now - c.at < RESOLVE_CACHE_MS && now >= c.at && c.changes == changes {
+                return Ok(Some(c.client.clone()));
             }
         let Some(client) = registry::get_client(self.store.as_ref(), client_id).await?.map(Arc::new) else { return Ok(None) };
         let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= RESOLVE_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(client_id.to_string(), (now, changes, client.clone()));
+        cache.insert(client_id.to_string(), CachedClient { at: now, changes, client: client.clone() });
         Ok(Some(client))
     }
 

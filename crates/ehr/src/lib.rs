@@ -272,7 +272,7 @@ async fn launchable_apps(s: &Shared, for_patients: bool) -> Result<Vec<AppView>,
         .filter(|c| !for_patients || smart::ScopeSet::parse(&c.allowed_scope).resource_scopes().any(|r| r.level == smart::Level::Patient))
         .map(|c| AppView { client_id: c.client_id, name: c.name, icon: c.icon })
         .collect();
-    apps.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    apps.sort_by_key(|a| a.name.to_lowercase());
     Ok(apps)
 }
 
@@ -484,7 +484,7 @@ async fn apps_list(State(s): State<Shared>, headers: HeaderMap) -> Response {
         Ok(a) => a,
         Err(e) => return internal(e),
     };
-    apps.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    apps.sort_by_key(|a| a.name.to_lowercase());
     let rows = apps.into_iter().map(|c| AppRow { kind: kind_str(c.kind), client_id: c.client_id, name: c.name, disabled: c.disabled }).collect();
     render(StatusCode::OK, &AppsPage { nav: Nav::of(&sess), apps: rows })
 }

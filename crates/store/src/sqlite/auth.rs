@@ -54,7 +54,7 @@ pub(crate) enum AuthWrite {
 }
 
 impl AuthWrite {
-    fn owned(r: &crate::NewAuthRecord<'_>) -> AuthWrite {
+    fn put(r: &crate::NewAuthRecord<'_>) -> AuthWrite {
         AuthWrite::Put { kind: r.kind.into(), key: r.key.into(), value: r.value.into(), grant_id: r.grant_id.map(str::to_string), expires: r.expires }
     }
 }
@@ -87,36 +87,28 @@ fn apply(c: &rusqlite::Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
             Ok(n == 1)
         }
         AuthWrite::InsertNewThenPut(pair) => {
-            // In a group the whole group is one transaction; alone, this pair is made one here.
-            let alone = c.is_autocommit();
-            if alone {
-                c.execute_batch("BEGIN IMMEDIATE")?;
-            }
-            let result = apply(c, &pair.0).and_then(|inserted| if inserted { apply(c, &pair.1) } else { Ok(false) });
-            if alone {
-                // Never leave the writer inside a transaction, whatever failed.
-                let end = c.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
-                if end.is_err() {
-                    let _ = c.execute_batch("ROLLBACK");
-                }
-                end?;
-            }
-            result
+            let both = |c: &rusqlite::Connection| apply(c, &pair.0).and_then(|inserted| if inserted { apply(c, &pair.1) } else { Ok(false) });
+            // In a group the whole group is one transaction already.
+            if c.is_autocommit() { transaction(c, both) } else { both(c) }
         }
     }
+}
+
+/// Runs `f` in one write transaction, rolled back if anything fails (the writer never stays inside a
+/// transaction).
+fn transaction<T>(c: &rusqlite::Connection, f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let result = f(c).and_then(|v| c.execute_batch("COMMIT").map(|_| v));
+    if result.is_err() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    result
 }
 
 /// Commits `group` in one transaction; if that fails, each write on its own, so that one bad write
 /// fails alone.
 fn commit_group(conn: &rusqlite::Connection, group: &[Pending]) -> Vec<Result<bool>> {
-    let together = relaxed(conn, |c| {
-        c.execute_batch("BEGIN IMMEDIATE")?;
-        let applied = group.iter().map(|p| apply(c, &p.write)).collect::<rusqlite::Result<Vec<bool>>>().and_then(|v| c.execute_batch("COMMIT").map(|_| v));
-        if applied.is_err() {
-            let _ = c.execute_batch("ROLLBACK");
-        }
-        applied
-    });
+    let together = relaxed(conn, |c| transaction(c, |c| group.iter().map(|p| apply(c, &p.write)).collect::<rusqlite::Result<Vec<bool>>>()));
     match together {
         Ok(results) => results.into_iter().map(Ok).collect(),
         Err(_) => group.iter().map(|p| relaxed(conn, |c| apply(c, &p.write))).collect(),
@@ -190,7 +182,7 @@ impl AuthStore for SqliteStore {
 
     async fn auth_insert_new_then_put(&self, new: crate::NewAuthRecord<'_>, then: crate::NewAuthRecord<'_>) -> Result<bool> {
         let new = AuthWrite::InsertNew { kind: new.kind.into(), key: new.key.into(), value: new.value.into(), expires: new.expires, now: self.now() };
-        self.queued(AuthWrite::InsertNewThenPut(Box::new((new, AuthWrite::owned(&then))))).await
+        self.queued(AuthWrite::InsertNewThenPut(Box::new((new, AuthWrite::put(&then))))).await
     }
 
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64> {
