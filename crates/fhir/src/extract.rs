@@ -66,6 +66,21 @@ pub struct IndexRows {
     pub numbers: Vec<NumberRow>,
     /// Ids of the patients whose compartment holds this resource.
     pub patient_compartments: Vec<String>,
+    /// `patient_compartments`, plus the ids of patients this resource references by an absolute URL
+    /// (`http://elsewhere/fhir/Patient/X`: a `patient=X` search matches those rows, but they do not place
+    /// the resource in X's compartment). The per-patient token index is keyed by these, so that it holds
+    /// every resource that a compartment or a patient reference search can find.
+    pub referenced_patients: Vec<String>,
+}
+
+impl IndexRows {
+    /// The rows of the per-patient token index (see [`crate::params::indexed_per_patient`]): for each
+    /// referenced patient, each such token with a code, with its place among `tokens`.
+    pub fn patient_tokens(&self) -> impl Iterator<Item = (&str, usize, &TokenRow)> {
+        self.referenced_patients.iter().flat_map(move |p| {
+            self.tokens.iter().enumerate().filter(|(_, t)| t.code.is_some() && params::indexed_per_patient(t.key)).map(move |(seq, t)| (p.as_str(), seq, t))
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -161,7 +176,15 @@ pub fn extract(resource_type: &str, resource: &Value, base: Option<&str>) -> Res
             }
         }
     }
+    let mut referenced = compartments.clone();
+    for r in &rows.references {
+        if let (Some("Patient"), Some(id), Some(_)) = (r.target_type.as_deref(), r.target_id.as_deref(), &r.url)
+            && !referenced.iter().any(|c| c == id) {
+                referenced.push(id.to_string());
+            }
+    }
     rows.patient_compartments = compartments;
+    rows.referenced_patients = referenced;
     Ok(rows)
 }
 

@@ -427,6 +427,25 @@ pub fn patient_compartment_paths(resource_type: &str) -> &'static [&'static str]
     }
 }
 
+/// Token parameters whose rows are also indexed per patient (see `sp_token_patient` in the PostgreSQL
+/// migrations): `category` splits a patient's record into sections (vital signs, laboratory, problem list
+/// items, …). Such a value matches a large share of all resources, so its own index cannot start a search;
+/// per patient it picks out a few dozen of the patient's resources instead of all of them.
+pub fn indexed_per_patient(token_key: &str) -> bool {
+    token_key.rsplit_once('.').is_some_and(|(_, name)| name == "category")
+}
+
+/// Whether the reference parameter stored under `key` (an index key, `Observation.subject`) reads only
+/// elements that place a resource in a patient's compartment, so that a resource whose parameter points
+/// to `Patient/X` is among the resources that reference patient X from their compartment elements.
+pub fn references_compartment(resource_type: &str, key: &str) -> bool {
+    let compartment = patient_compartment_paths(resource_type);
+    params_for(resource_type)
+        .iter()
+        .find(|p| p.key == key && p.kind == Reference)
+        .is_some_and(|p| p.paths.split('|').all(|path| compartment.contains(&path)))
+}
+
 /// Whether resources of this type can belong to a patient compartment at all.
 pub fn in_patient_compartment(resource_type: &str) -> bool {
     resource_type == "Patient" || !patient_compartment_paths(resource_type).is_empty()
@@ -451,6 +470,10 @@ mod tests {
         }
         assert!(types_with_params().len() >= 25);
         assert_eq!(find("Observation", "category").map(|p| p.kind), Some(Token));
+        assert!(indexed_per_patient("Observation.category") && !indexed_per_patient("Observation.code"));
+        assert!(references_compartment("Observation", "Observation.subject"));
+        assert!(!references_compartment("Observation", "Observation.encounter"));
+        assert!(references_compartment("Condition", "Condition.subject"));
         let patient = find("Observation", "patient").unwrap();
         assert_eq!(patient.index_key, "Observation.subject");
         assert_eq!(patient.shared_target(), Some("Patient"));

@@ -12,6 +12,15 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// Whether the schema has the per-patient token index `sp_token_patient` (PostgreSQL migration 5).
+    /// SQLite does without: an index descent costs it about a third of what it costs PostgreSQL, and its
+    /// import would pay for the extra rows (see `BENCHMARKS.md`).
+    pub fn has_patient_tokens(self) -> bool {
+        matches!(self, Dialect::Postgres)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
     Text(String),
@@ -123,12 +132,23 @@ pub fn compile_search_numbered(q: &SearchQuery, dialect: Dialect) -> SqlBuilder 
 fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
     let driver = q.filters.iter().enumerate().min_by_key(|(_, f)| selectivity_rank(f)).map(|(i, _)| i).filter(|&i| can_drive(&q.filters[i]));
-    let index_only = driver.is_some_and(|d| !matches!(q.filters[d], Filter::PatientCompartment(_)))
+    // One patient's category: the per-patient token index answers the token filter and narrows the
+    // patient filter to a superset of its matches, which is still checked per row.
+    let patient_tokens = driver.filter(|_| dialect.has_patient_tokens()).and_then(|d| patient_token_driver(q, d));
+    let index_only = driver.is_some_and(|d| patient_tokens.is_some() || !matches!(q.filters[d], Filter::PatientCompartment(_)))
         && !q.filters.iter().any(|f| matches!(f, Filter::Id(_) | Filter::LastUpdated(_)))
         && !q.sort.iter().any(|s| matches!(s.key, SortKey::Id | SortKey::LastUpdated));
+    // The filter the driver answers completely (no per-row check).
+    let answered = match patient_tokens {
+        Some((_, token)) => Some(token),
+        None => driver,
+    };
     if let Some(d) = driver {
         b.push("WITH d AS MATERIALIZED (");
-        compile_filter(&mut b, &q.filters[d], Role::Source);
+        match patient_tokens {
+            Some((patient, token)) => compile_patient_tokens(&mut b, patient, &q.filters[token]),
+            None => compile_filter(&mut b, &q.filters[d], Role::Source),
+        }
         b.push(") ");
     }
     b.push("SELECT r.rid");
@@ -143,7 +163,7 @@ fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBu
         None => b.push(" FROM resources r WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0"),
     };
     for (i, f) in q.filters.iter().enumerate() {
-        if Some(i) == driver {
+        if Some(i) == answered {
             continue;
         }
         b.push(" AND ");
@@ -178,6 +198,46 @@ fn compile_sort(b: &mut SqlBuilder, q: &SearchQuery) {
         };
     }
     b.push("r.rid ASC");
+}
+
+/// When the driving filter `d` names one patient (their compartment, or a reference to `Patient/X` through
+/// compartment elements) and another filter is a token of [`fhir::params::indexed_per_patient`] with a
+/// code in every value: the patient and that filter's index.
+fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<(&str, usize)> {
+    let patient = match &q.filters[d] {
+        Filter::PatientCompartment(p) => p.as_str(),
+        Filter::Reference { key, values } if fhir::params::references_compartment(&q.resource_type, key) => match values.as_slice() {
+            [RefValue::Local { resource_type: Some(t), id }] if t == "Patient" => id.as_str(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let token = q.filters.iter().position(|f| match f {
+        Filter::Token { key, values, negate: false } => fhir::params::indexed_per_patient(key) && values.iter().all(|v| v.code.is_some()),
+        _ => false,
+    })?;
+    Some((patient, token))
+}
+
+/// The rids of one patient's resources with one of the token values (see [`patient_token_driver`]).
+fn compile_patient_tokens(b: &mut SqlBuilder, patient: &str, token: &Filter) {
+    let Filter::Token { key, values, .. } = token else { unreachable!("patient_token_driver picks token filters") };
+    b.push("SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = ").text(patient).push(" AND p = ").text(key).push(" AND (");
+    for (i, v) in values.iter().enumerate() {
+        or_sep(b, i);
+        b.push("(code = ").text(v.code.as_deref().unwrap_or_default());
+        match &v.system {
+            None => {}
+            Some(None) => {
+                b.push(" AND system IS NULL");
+            }
+            Some(Some(s)) => {
+                b.push(" AND system = ").text(s);
+            }
+        }
+        b.push(")");
+    }
+    b.push(")) z");
 }
 
 /// Lower is more selective (a heuristic: the planner has no statistics for our parameter values).
@@ -494,7 +554,7 @@ mod tests {
         let b = compile_search(&q, Dialect::Postgres);
         assert!(b.sql.contains("$1"));
         assert!(!b.sql.contains("p1"), "values are bound, never inlined");
-        assert_eq!(b.values.len(), 6);
+        assert_eq!(b.values.len(), 7);
         let b = compile_search(&q, Dialect::Sqlite);
         assert!(b.sql.contains("?3"));
     }
@@ -506,7 +566,7 @@ mod tests {
 
     #[test]
     fn the_most_selective_index_drives_and_the_row_is_read_only_when_needed() {
-        let sql = search("Observation", &[("category", "vital-signs"), ("patient", "p1")]);
+        let sql = search("Observation", &[("code", "8867-4"), ("patient", "p1")]);
         assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_reference "), "{sql}");
         assert!(sql.contains("EXISTS (SELECT 1 FROM sp_token x WHERE x.rid = r.rid"), "{sql}");
         assert!(!sql.contains("resources"), "index rows alone answer: {sql}");
@@ -519,5 +579,40 @@ mod tests {
         // Filters that cannot drive: the resource table does.
         let sql = search("Observation", &[("_id", "a")]);
         assert!(sql.starts_with("SELECT r.rid FROM resources r WHERE r.res_type = $1"), "{sql}");
+    }
+
+    #[test]
+    fn one_patients_category_starts_from_the_per_patient_index_and_still_checks_the_reference() {
+        let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs")]);
+        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3)))"), "{sql}");
+        assert!(sql.contains("EXISTS (SELECT 1 FROM sp_reference x WHERE x.rid = r.rid"), "{sql}");
+        assert!(!sql.contains("FROM sp_token x"), "the category is answered by the driver: {sql}");
+        let sql = search("Observation", &[("subject", "Patient/p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs,laboratory")]);
+        assert!(sql.contains("((code = $3 AND system = $4) OR (code = $5))"), "{sql}");
+        let sql = search("Condition", &[("patient", "p1"), ("category", "|problem-list-item")]);
+        assert!(sql.contains("(code = $3 AND system IS NULL)"), "{sql}");
+        // Not for: a system without a code (rows without a code are not in the per-patient index), a
+        // subject that may be a Group, a reference through non-compartment elements, other tokens,
+        // negations, or SQLite.
+        for (ty, pairs) in [
+            ("Observation", &[("patient", "p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|")][..]),
+            ("Observation", &[("subject", "p1"), ("category", "vital-signs")][..]),
+            ("Observation", &[("encounter", "e1"), ("category", "vital-signs")][..]),
+            ("Observation", &[("patient", "p1"), ("code", "8867-4")][..]),
+            ("Observation", &[("patient", "p1"), ("category:not", "vital-signs")][..]),
+        ] {
+            let sql = search(ty, pairs);
+            assert!(!sql.contains("sp_token_patient"), "{pairs:?}: {sql}");
+        }
+        let pairs: Vec<(String, String)> = [("patient", "p1"), ("category", "vital-signs")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        assert!(!compile_search(&q, Dialect::Sqlite).sql.contains("sp_token_patient"));
+        // A patient-compartment search (patient-level scopes) checks the compartment per row: the index
+        // also holds patients referenced by absolute URL, who are not in the compartment.
+        let mut q = parse("Observation", &pairs[1..], ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        q.filters.push(Filter::PatientCompartment("p1".into()));
+        let sql = compile_search(&q, Dialect::Postgres).sql;
+        assert!(sql.contains("FROM sp_token_patient WHERE patient_id = $1"), "{sql}");
+        assert!(sql.contains("EXISTS (SELECT 1 FROM compartment x WHERE x.rid = r.rid"), "{sql}");
     }
 }

@@ -231,6 +231,57 @@ async fn paging_is_stable_under_concurrent_writes() {
     assert_eq!(r.status(), 410);
 }
 
+/// `patient=X&category=Y` starts from a per-patient index on PostgreSQL; whatever the plan, the answers
+/// are those of the filters, also after updates and deletes, and for resources that name the patient
+/// only as a performer or by an absolute URL.
+#[tokio::test]
+async fn one_patients_category_through_writes() {
+    let (app, a, b) = fixture().await;
+    let vitals = |p: &str| format!("Observation?patient={p}&category=vital-signs&_count=100");
+    assert_eq!(total(&app.search(&vitals(&a)).await), 3);
+    assert_eq!(total(&app.search(&format!("Observation?patient={a}&category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs")).await), 3);
+    assert_eq!(total(&app.search(&format!("Observation?patient={a}&category=http://snomed.info/sct|vital-signs")).await), 0);
+    assert_eq!(total(&app.search(&format!("Observation?patient={a}&category=laboratory,vital-signs")).await), 4);
+    assert_eq!(total(&app.search(&format!("Observation?subject=Patient/{a}&category=laboratory&category=vital-signs")).await), 0, "repeated is AND");
+    assert_eq!(total(&app.search(&format!("Condition?patient={a}&category=problem-list-item")).await), 1);
+
+    // In A's compartment as performer, but about B: not A's by `patient`, A's by compartment.
+    let mut performed = crate::observation(&b, "vital-signs", "8867-4", "2023-01-01", 61.0, "/min");
+    performed["performer"] = json!([{"reference": format!("Patient/{a}")}]);
+    let performed = app.create(performed).await;
+    let performed_id = performed["id"].as_str().unwrap().to_string();
+    assert!(!ids(&app.search(&vitals(&a)).await).contains(&performed_id));
+    assert!(ids(&app.search(&vitals(&b)).await).contains(&performed_id));
+    assert!(ids(&app.search(&format!("Patient/{a}/Observation?category=vital-signs")).await).contains(&performed_id));
+
+    // About A by an absolute URL elsewhere: `patient=A` matches it with or without the category.
+    let mut foreign = crate::observation(&a, "vital-signs", "8867-4", "2023-02-02", 62.0, "/min");
+    foreign["subject"] = json!({"reference": format!("http://elsewhere.example/fhir/Patient/{a}")});
+    let foreign = app.create(foreign).await;
+    let foreign_id = foreign["id"].as_str().unwrap().to_string();
+    let all_of_a = ids(&app.search(&format!("Observation?patient={a}&_count=100")).await);
+    assert_eq!(all_of_a.contains(&foreign_id), ids(&app.search(&vitals(&a)).await).contains(&foreign_id));
+
+    // Update: the category changes, then the subject; then delete.
+    let mut changed = performed.clone();
+    changed["category"][0]["coding"][0]["code"] = json!("laboratory");
+    assert_eq!(app.put_json(&format!("Observation/{performed_id}"), &changed).await.status(), 200);
+    assert!(!ids(&app.search(&vitals(&b)).await).contains(&performed_id));
+    assert!(ids(&app.search(&format!("Observation?patient={b}&category=laboratory")).await).contains(&performed_id));
+    changed["subject"] = json!({"reference": format!("Patient/{a}")});
+    changed["performer"] = json!([{"reference": format!("Patient/{b}")}]);
+    assert_eq!(app.put_json(&format!("Observation/{performed_id}"), &changed).await.status(), 200);
+    assert!(ids(&app.search(&format!("Observation?patient={a}&category=laboratory")).await).contains(&performed_id));
+    assert!(!ids(&app.search(&format!("Observation?patient={b}&category=laboratory")).await).contains(&performed_id));
+    assert!(ids(&app.search(&format!("Patient/{b}/Observation?category=laboratory")).await).contains(&performed_id), "B performed it");
+    let r = app.client.delete(app.url(&format!("Observation/{performed_id}"))).send().await.unwrap();
+    assert!(r.status().is_success());
+    for q in [format!("Observation?patient={a}&category=laboratory"), format!("Patient/{b}/Observation?category=laboratory")] {
+        assert!(!ids(&app.search(&q).await).contains(&performed_id), "{q}");
+    }
+    assert_eq!(total(&app.search(&format!("Observation?patient={a}&category=laboratory")).await), 1);
+}
+
 #[tokio::test]
 async fn post_search_compartment_and_everything() {
     let (app, a, b) = fixture().await;

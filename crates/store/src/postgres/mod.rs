@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "unlogged_snapshots", include_str!("../../migrations/postgres/0002_unlogged_snapshots.sql")),
     (3, "covering_index_keys", include_str!("../../migrations/postgres/0003_covering_index_keys.sql")),
     (4, "partial_auth_indexes", include_str!("../../migrations/postgres/0004_partial_auth_indexes.sql")),
+    (5, "patient_tokens", include_str!("../../migrations/postgres/0005_patient_tokens.sql")),
 ];
 
 /// How long a paging snapshot lives.

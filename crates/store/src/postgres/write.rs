@@ -65,6 +65,14 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
     insert!("sp_number", "(rid, p, seq, value)", numbers, |b, key, seq, r| {
         b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.value);
     });
+    let patient_tokens: Vec<(i64, &str, usize, &fhir::extract::TokenRow)> = pending.iter().flat_map(|(k, rows)| rows.patient_tokens().map(move |(p, seq, t)| (*k, p, seq, t))).collect();
+    for chunk in patient_tokens.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_token_patient (patient_id, p, code, rid, seq, system) ");
+        q.push_values(chunk, |mut b, (key, patient, seq, t)| {
+            b.push_bind(*patient).push_bind(t.key).push_bind(t.code.as_deref()).push_bind(*key).push_bind(*seq as i64).push_bind(t.system.as_deref());
+        });
+        q.build().execute(&mut *conn).await?;
+    }
     let compartments: Vec<(i64, &String)> = pending.iter().flat_map(|(k, rows)| rows.patient_compartments.iter().map(move |p| (*k, p))).collect();
     for chunk in compartments.chunks(CHUNK) {
         let mut q = QueryBuilder::<Postgres>::new("INSERT INTO compartment (rid, patient_id) ");
@@ -189,12 +197,16 @@ async fn archive(conn: &mut PgConnection, c: &StoredResource) -> Result<()> {
     Ok(())
 }
 
-/// Drops the index rows of a resource (stored and pending) in one round trip.
+/// Drops the index rows of a resource (stored and pending) in one round trip. The per-patient token rows
+/// are found through the patients they were written for (the statement's sub-statements all see the rows
+/// as they were before it).
 async fn clear_index(conn: &mut PgConnection, batch: &mut IndexBatch, key: i64) -> Result<()> {
     batch.forget(key);
     sqlx::query(
         "WITH a AS (DELETE FROM sp_string WHERE rid = $1), b AS (DELETE FROM sp_token WHERE rid = $1), c AS (DELETE FROM sp_reference WHERE rid = $1),
-              d AS (DELETE FROM sp_date WHERE rid = $1), e AS (DELETE FROM sp_quantity WHERE rid = $1), f AS (DELETE FROM sp_number WHERE rid = $1)
+              d AS (DELETE FROM sp_date WHERE rid = $1), e AS (DELETE FROM sp_quantity WHERE rid = $1), f AS (DELETE FROM sp_number WHERE rid = $1),
+              g AS (DELETE FROM sp_token_patient WHERE rid = $1 AND patient_id IN (SELECT patient_id FROM compartment WHERE rid = $1
+                    UNION SELECT target_id FROM sp_reference WHERE rid = $1 AND target_type = 'Patient' AND url IS NOT NULL AND target_id IS NOT NULL))
          DELETE FROM compartment WHERE rid = $1",
     )
     .bind(key)
