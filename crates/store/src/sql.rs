@@ -12,15 +12,6 @@ pub enum Dialect {
     Postgres,
 }
 
-impl Dialect {
-    /// Whether the schema has the per-patient token index `sp_token_patient` (PostgreSQL migration 5).
-    /// SQLite does without: an index descent costs it about a third of what it costs PostgreSQL, and its
-    /// import would pay for the extra rows (see `BENCHMARKS.md`).
-    pub fn has_patient_tokens(self) -> bool {
-        matches!(self, Dialect::Postgres)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
     Text(String),
@@ -134,7 +125,7 @@ fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBu
     let driver = q.filters.iter().enumerate().min_by_key(|(_, f)| selectivity_rank(f)).map(|(i, _)| i).filter(|&i| can_drive(&q.filters[i]));
     // One patient's category: the per-patient token index answers the token filter and narrows the
     // patient filter to a superset of its matches, which is still checked per row.
-    let patient_tokens = driver.filter(|_| dialect.has_patient_tokens()).and_then(|d| patient_token_driver(q, d));
+    let patient_tokens = driver.and_then(|d| patient_token_driver(q, d));
     let index_only = driver.is_some_and(|d| patient_tokens.is_some() || !matches!(q.filters[d], Filter::PatientCompartment(_)))
         && !q.filters.iter().any(|f| matches!(f, Filter::Id(_) | Filter::LastUpdated(_)))
         && !q.sort.iter().any(|s| matches!(s.key, SortKey::Id | SortKey::LastUpdated));
@@ -592,8 +583,8 @@ mod tests {
         let sql = search("Condition", &[("patient", "p1"), ("category", "|problem-list-item")]);
         assert!(sql.contains("(code = $3 AND system IS NULL)"), "{sql}");
         // Not for: a system without a code (rows without a code are not in the per-patient index), a
-        // subject that may be a Group, a reference through non-compartment elements, other tokens,
-        // negations, or SQLite.
+        // subject that may be a Group, a reference through non-compartment elements, other tokens, or
+        // negations.
         for (ty, pairs) in [
             ("Observation", &[("patient", "p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|")][..]),
             ("Observation", &[("subject", "p1"), ("category", "vital-signs")][..]),
@@ -605,8 +596,6 @@ mod tests {
             assert!(!sql.contains("sp_token_patient"), "{pairs:?}: {sql}");
         }
         let pairs: Vec<(String, String)> = [("patient", "p1"), ("category", "vital-signs")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
-        assert!(!compile_search(&q, Dialect::Sqlite).sql.contains("sp_token_patient"));
         // A patient-compartment search (patient-level scopes) checks the compartment per row: the index
         // also holds patients referenced by absolute URL, who are not in the compartment.
         let mut q = parse("Observation", &pairs[1..], ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();

@@ -68,6 +68,12 @@ fn archive(conn: &Connection, c: &StoredResource) -> Result<()> {
 }
 
 fn clear_index(conn: &Connection, key: i64) -> Result<()> {
+    // Before the compartment rows that lead to them (the per-patient rows are keyed by patient).
+    conn.prepare_cached(
+        "DELETE FROM sp_token_patient WHERE rid = ?1 AND patient_id IN (SELECT patient_id FROM compartment WHERE rid = ?1
+         UNION SELECT target_id FROM sp_reference WHERE rid = ?1 AND target_type = 'Patient' AND url IS NOT NULL AND target_id IS NOT NULL)",
+    )?
+    .execute([key])?;
     for table in INDEX_TABLES {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?.execute([key])?;
     }
@@ -109,6 +115,13 @@ fn write_index(conn: &Connection, key: i64, rows: &IndexRows) -> Result<()> {
         let mut stmt = conn.prepare_cached("INSERT INTO sp_number (rid, p, seq, value) VALUES (?1, ?2, ?3, ?4)")?;
         for (seq, r) in rows.numbers.iter().enumerate() {
             stmt.execute(params![key, r.key, seq as i64, r.value])?;
+        }
+    }
+    let mut patient_tokens = rows.patient_tokens().peekable();
+    if patient_tokens.peek().is_some() {
+        let mut stmt = conn.prepare_cached("INSERT INTO sp_token_patient (patient_id, p, code, rid, seq, system) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+        for (patient, seq, t) in patient_tokens {
+            stmt.execute(params![patient, t.key, t.code, key, seq as i64, t.system])?;
         }
     }
     if !rows.patient_compartments.is_empty() {
