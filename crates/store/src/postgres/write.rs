@@ -30,58 +30,138 @@ impl IndexBatch {
 
 /// Rows per multi-row INSERT (PostgreSQL allows 65,535 bound parameters per statement).
 const CHUNK: usize = 4000;
+/// From this many pending rows on, a table's rows go in by `COPY … FROM STDIN` (one stream, nothing to
+/// parse or plan per row) rather than by multi-row INSERTs. COPY costs one more round trip, which only
+/// pays off for bulk writes (imports, large transaction Bundles).
+const COPY_FROM: usize = 256;
+
+/// One field of a row, for either way of writing it.
+enum Field<'a> {
+    Int(i64),
+    Real(f64),
+    Text(Option<&'a str>),
+}
+
+/// Appends `fields` as one row of COPY's text format: tab-separated, `\N` for NULL, and backslash,
+/// tab, newline and carriage return escaped.
+fn copy_row(buf: &mut Vec<u8>, fields: &[Field]) {
+    use std::io::Write;
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            buf.push(b'\t');
+        }
+        match f {
+            Field::Int(v) => {
+                let _ = write!(buf, "{v}");
+            }
+            Field::Real(v) => {
+                let _ = write!(buf, "{v:?}");
+            }
+            Field::Text(None) => buf.extend_from_slice(b"\\N"),
+            Field::Text(Some(s)) => {
+                for &c in s.as_bytes() {
+                    match c {
+                        b'\\' => buf.extend_from_slice(b"\\\\"),
+                        b'\t' => buf.extend_from_slice(b"\\t"),
+                        b'\n' => buf.extend_from_slice(b"\\n"),
+                        b'\r' => buf.extend_from_slice(b"\\r"),
+                        c => buf.push(c),
+                    }
+                }
+            }
+        }
+    }
+    buf.push(b'\n');
+}
+
+/// Writes `rows` (each as its fields) into `table (columns)`: by COPY when there are many, else by
+/// multi-row INSERTs. `suffix` (`ON CONFLICT DO NOTHING`) is only possible with INSERT: a table that
+/// needs it never takes the COPY path.
+async fn write_rows<'a>(conn: &mut PgConnection, table: &str, columns: &str, rows: &[Vec<Field<'a>>], suffix: Option<&str>) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if rows.len() >= COPY_FROM && suffix.is_none() {
+        let mut buf = Vec::with_capacity(rows.len() * 64);
+        for r in rows {
+            copy_row(&mut buf, r);
+        }
+        let mut copy = conn.copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN")).await?;
+        copy.send(buf).await?;
+        copy.finish().await?;
+        return Ok(());
+    }
+    for chunk in rows.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Postgres>::new(format!("INSERT INTO {table} ({columns}) "));
+        q.push_values(chunk, |mut b, fields| {
+            for f in fields {
+                match f {
+                    Field::Int(v) => b.push_bind(*v),
+                    Field::Real(v) => b.push_bind(*v),
+                    Field::Text(v) => b.push_bind(v.map(str::to_string)),
+                };
+            }
+        });
+        if let Some(suffix) = suffix {
+            q.push(" ").push(suffix);
+        }
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
 
 /// Writes the pending index rows.
 pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Result<()> {
     if batch.rows.is_empty() {
         return Ok(());
     }
+    use Field::{Int, Real, Text};
     let pending = std::mem::take(&mut batch.rows);
-    macro_rules! insert {
-        ($table:literal, $cols:literal, $field:ident, |$b:ident, $key:ident, $seq:ident, $r:ident| $bind:block) => {{
-            let all: Vec<(i64, usize, _)> = pending.iter().flat_map(|(k, rows)| rows.$field.iter().enumerate().map(move |(seq, r)| (*k, seq, r))).collect();
-            for chunk in all.chunks(CHUNK) {
-                let mut q = QueryBuilder::<Postgres>::new(concat!("INSERT INTO ", $table, " ", $cols, " "));
-                q.push_values(chunk, |mut $b, ($key, $seq, $r)| $bind);
-                q.build().execute(&mut *conn).await?;
-            }
-        }};
+    let mut strings = Vec::new();
+    let mut tokens = Vec::new();
+    let mut references = Vec::new();
+    let mut dates = Vec::new();
+    let mut quantities = Vec::new();
+    let mut numbers = Vec::new();
+    let mut patient_tokens = Vec::new();
+    let mut compartments = Vec::new();
+    for (k, rows) in &pending {
+        let k = *k;
+        for (seq, r) in rows.strings.iter().enumerate() {
+            strings.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Text(Some(&r.norm)), Text(Some(&r.exact))]);
+        }
+        for (seq, r) in rows.tokens.iter().enumerate() {
+            tokens.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Text(r.system.as_deref()), Text(r.code.as_deref()), Text(r.text.as_deref())]);
+        }
+        for (seq, r) in rows.references.iter().enumerate() {
+            references.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Text(r.target_type.as_deref()), Text(r.target_id.as_deref()), Text(r.url.as_deref())]);
+        }
+        for (seq, r) in rows.dates.iter().enumerate() {
+            dates.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Int(r.lo), Int(r.hi)]);
+        }
+        for (seq, r) in rows.quantities.iter().enumerate() {
+            quantities.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Real(r.value), Text(r.system.as_deref()), Text(r.code.as_deref()), Text(r.unit.as_deref())]);
+        }
+        for (seq, r) in rows.numbers.iter().enumerate() {
+            numbers.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Real(r.value)]);
+        }
+        for (patient, seq, t) in rows.patient_tokens() {
+            patient_tokens.push(vec![Text(Some(patient)), Text(Some(t.key)), Text(t.code.as_deref()), Int(k), Int(seq as i64), Text(t.system.as_deref())]);
+        }
+        for p in &rows.patient_compartments {
+            compartments.push(vec![Int(k), Text(Some(p))]);
+        }
     }
-    insert!("sp_string", "(rid, p, seq, norm, exact)", strings, |b, key, seq, r| {
-        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.norm.clone()).push_bind(r.exact.clone());
-    });
-    insert!("sp_token", "(rid, p, seq, system, code, text)", tokens, |b, key, seq, r| {
-        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.system.clone()).push_bind(r.code.clone()).push_bind(r.text.clone());
-    });
-    insert!("sp_reference", "(rid, p, seq, target_type, target_id, url)", references, |b, key, seq, r| {
-        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.target_type.clone()).push_bind(r.target_id.clone()).push_bind(r.url.clone());
-    });
-    insert!("sp_date", "(rid, p, seq, lo, hi)", dates, |b, key, seq, r| {
-        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.lo).push_bind(r.hi);
-    });
-    insert!("sp_quantity", "(rid, p, seq, value, system, code, unit)", quantities, |b, key, seq, r| {
-        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.value).push_bind(r.system.clone()).push_bind(r.code.clone()).push_bind(r.unit.clone());
-    });
-    insert!("sp_number", "(rid, p, seq, value)", numbers, |b, key, seq, r| {
-        b.push_bind(*key).push_bind(r.key).push_bind(*seq as i64).push_bind(r.value);
-    });
-    let patient_tokens: Vec<(i64, &str, usize, &fhir::extract::TokenRow)> = pending.iter().flat_map(|(k, rows)| rows.patient_tokens().map(move |(p, seq, t)| (*k, p, seq, t))).collect();
-    for chunk in patient_tokens.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO sp_token_patient (patient_id, p, code, rid, seq, system) ");
-        q.push_values(chunk, |mut b, (key, patient, seq, t)| {
-            b.push_bind(*patient).push_bind(t.key).push_bind(t.code.as_deref()).push_bind(*key).push_bind(*seq as i64).push_bind(t.system.as_deref());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    let compartments: Vec<(i64, &String)> = pending.iter().flat_map(|(k, rows)| rows.patient_compartments.iter().map(move |p| (*k, p))).collect();
-    for chunk in compartments.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Postgres>::new("INSERT INTO compartment (rid, patient_id) ");
-        q.push_values(chunk, |mut b, (key, p)| {
-            b.push_bind(*key).push_bind((*p).clone());
-        });
-        q.push(" ON CONFLICT DO NOTHING");
-        q.build().execute(&mut *conn).await?;
-    }
+    write_rows(conn, "sp_string", "rid, p, seq, norm, exact", &strings, None).await?;
+    write_rows(conn, "sp_token", "rid, p, seq, system, code, text", &tokens, None).await?;
+    write_rows(conn, "sp_reference", "rid, p, seq, target_type, target_id, url", &references, None).await?;
+    write_rows(conn, "sp_date", "rid, p, seq, lo, hi", &dates, None).await?;
+    write_rows(conn, "sp_quantity", "rid, p, seq, value, system, code, unit", &quantities, None).await?;
+    write_rows(conn, "sp_number", "rid, p, seq, value", &numbers, None).await?;
+    write_rows(conn, "sp_token_patient", "patient_id, p, code, rid, seq, system", &patient_tokens, None).await?;
+    // A resource's compartment ids are distinct (see fhir::extract), and its old rows are cleared before
+    // new ones are written, so COPY could not collide either; ON CONFLICT stays as a guard.
+    write_rows(conn, "compartment", "rid, patient_id", &compartments, Some("ON CONFLICT DO NOTHING")).await?;
     Ok(())
 }
 
@@ -213,4 +293,17 @@ async fn clear_index(conn: &mut PgConnection, batch: &mut IndexBatch, key: i64) 
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Field, copy_row};
+
+    #[test]
+    fn copy_rows_escape_what_the_text_format_reserves() {
+        let mut buf = Vec::new();
+        copy_row(&mut buf, &[Field::Int(-7), Field::Text(Some("a\tb\nc\rd\\e")), Field::Text(None), Field::Text(Some("\\N")), Field::Real(0.1), Field::Real(1e-300)]);
+        copy_row(&mut buf, &[Field::Text(Some("")), Field::Text(Some("Ünï ✓"))]);
+        assert_eq!(String::from_utf8(buf).unwrap(), "-7\ta\\tb\\nc\\rd\\\\e\t\\N\t\\\\N\t0.1\t1e-300\n\tÜnï ✓\n");
+    }
 }
