@@ -73,13 +73,39 @@ pub struct IndexRows {
     pub referenced_patients: Vec<String>,
 }
 
+/// One row of the per-patient token index (see [`crate::params::indexed_per_patient`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientTokenRow<'a> {
+    pub patient: &'a str,
+    /// Whether the resource is in this patient's compartment.
+    pub in_compartment: bool,
+    /// The keys of the reference rows that point to `Patient/<patient>`, each between commas
+    /// (`,Observation.subject,`), so that a search can test one with `LIKE '%,key,%'`.
+    pub via: String,
+    /// The token's place among [`IndexRows::tokens`].
+    pub seq: usize,
+    pub token: &'a TokenRow,
+}
+
 impl IndexRows {
-    /// The rows of the per-patient token index (see [`crate::params::indexed_per_patient`]): for each
-    /// referenced patient, each such token with a code, with its place among `tokens`.
-    pub fn patient_tokens(&self) -> impl Iterator<Item = (&str, usize, &TokenRow)> {
-        self.referenced_patients.iter().flat_map(move |p| {
-            self.tokens.iter().enumerate().filter(|(_, t)| t.code.is_some() && params::indexed_per_patient(t.key)).map(move |(seq, t)| (p.as_str(), seq, t))
-        })
+    /// The rows of the per-patient token index: for each referenced patient, each such token with a code.
+    pub fn patient_tokens(&self) -> Vec<PatientTokenRow<'_>> {
+        let tokens: Vec<(usize, &TokenRow)> = self.tokens.iter().enumerate().filter(|(_, t)| t.code.is_some() && params::indexed_per_patient(t.key)).collect();
+        if tokens.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for patient in &self.referenced_patients {
+            let mut keys: Vec<&str> = self.references.iter().filter(|r| r.target_type.as_deref() == Some("Patient") && r.target_id.as_deref() == Some(patient)).map(|r| r.key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let via = if keys.is_empty() { String::new() } else { format!(",{},", keys.join(",")) };
+            let in_compartment = self.patient_compartments.contains(patient);
+            for &(seq, token) in &tokens {
+                out.push(PatientTokenRow { patient, in_compartment, via: via.clone(), seq, token });
+            }
+        }
+        out
     }
 }
 
@@ -348,6 +374,35 @@ mod tests {
         assert_eq!(rows.dates.len(), 1);
         assert_eq!(rows.quantities[0].value, 72.0);
         assert_eq!(rows.patient_compartments, vec!["p1".to_string()]);
+    }
+
+    #[test]
+    fn per_patient_category_rows_say_how_the_patient_is_referenced() {
+        let obs = json!({
+            "resourceType": "Observation", "id": "o1", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}, {"code": "extra"}]},
+                         {"text": "no code, not indexed per patient"}],
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/p1"},
+            "performer": [{"reference": "Patient/p2"}, {"reference": "Patient/p1"}, {"reference": "http://elsewhere.example/fhir/Patient/p3"}]
+        });
+        let rows = extract("Observation", &obs, None).unwrap();
+        assert_eq!(rows.patient_compartments, vec!["p1", "p2"]);
+        assert_eq!(rows.referenced_patients, vec!["p1", "p2", "p3"]);
+        let patient_tokens = rows.patient_tokens();
+        let got: Vec<(&str, bool, &str, &str)> = patient_tokens.iter().map(|r| (r.patient, r.in_compartment, r.via.as_str(), r.token.code.as_deref().unwrap())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("p1", true, ",Observation.performer,Observation.subject,", "vital-signs"),
+                ("p1", true, ",Observation.performer,Observation.subject,", "extra"),
+                ("p2", true, ",Observation.performer,", "vital-signs"),
+                ("p2", true, ",Observation.performer,", "extra"),
+                ("p3", false, ",Observation.performer,", "vital-signs"),
+                ("p3", false, ",Observation.performer,", "extra"),
+            ]
+        );
+        assert!(patient_tokens.iter().all(|r| rows.tokens[r.seq] == *r.token));
     }
 
     #[test]

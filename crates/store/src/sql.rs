@@ -123,21 +123,21 @@ pub fn compile_search_numbered(q: &SearchQuery, dialect: Dialect) -> SqlBuilder 
 fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
     let driver = q.filters.iter().enumerate().min_by_key(|(_, f)| selectivity_rank(f)).map(|(i, _)| i).filter(|&i| can_drive(&q.filters[i]));
-    // One patient's category: the per-patient token index answers the token filter and narrows the
-    // patient filter to a superset of its matches, which is still checked per row.
+    // One patient's category: the per-patient token index answers the token filter and the filters
+    // that name the same patient.
     let patient_tokens = driver.and_then(|d| patient_token_driver(q, d));
     let index_only = driver.is_some_and(|d| patient_tokens.is_some() || !matches!(q.filters[d], Filter::PatientCompartment(_)))
         && !q.filters.iter().any(|f| matches!(f, Filter::Id(_) | Filter::LastUpdated(_)))
         && !q.sort.iter().any(|s| matches!(s.key, SortKey::Id | SortKey::LastUpdated));
-    // The filter the driver answers completely (no per-row check).
-    let answered = match patient_tokens {
-        Some((_, token)) => Some(token),
-        None => driver,
+    // The filters the driver answers completely (no per-row check).
+    let answered: Vec<usize> = match &patient_tokens {
+        Some(pt) => pt.answered.clone(),
+        None => driver.into_iter().collect(),
     };
     if let Some(d) = driver {
         b.push("WITH d AS MATERIALIZED (");
-        match patient_tokens {
-            Some((patient, token)) => compile_patient_tokens(&mut b, patient, &q.filters[token]),
+        match &patient_tokens {
+            Some(pt) => compile_patient_tokens(&mut b, pt, &q.filters[pt.token]),
             None => compile_filter(&mut b, &q.filters[d], Role::Source),
         }
         b.push(") ");
@@ -154,7 +154,7 @@ fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBu
         None => b.push(" FROM resources r WHERE r.res_type = ").text(&q.resource_type).push(" AND r.deleted = 0"),
     };
     for (i, f) in q.filters.iter().enumerate() {
-        if Some(i) == answered {
+        if answered.contains(&i) {
             continue;
         }
         b.push(" AND ");
@@ -191,29 +191,70 @@ fn compile_sort(b: &mut SqlBuilder, q: &SearchQuery) {
     b.push("r.rid ASC");
 }
 
-/// When the driving filter `d` names one patient (their compartment, or a reference to `Patient/X` through
-/// compartment elements) and another filter is a token of [`fhir::params::indexed_per_patient`] with a
-/// code in every value: the patient and that filter's index.
-fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<(&str, usize)> {
-    let patient = match &q.filters[d] {
-        Filter::PatientCompartment(p) => p.as_str(),
+/// How a search starts from the per-patient token index (`sp_token_patient`).
+struct PatientTokens<'q> {
+    patient: &'q str,
+    /// The token filter (its key is one of [`fhir::params::indexed_per_patient`]).
+    token: usize,
+    /// Only rows of resources in the patient's compartment.
+    compartment: bool,
+    /// Only rows whose resource points to `Patient/<patient>` through this reference key.
+    via: Option<&'static str>,
+    /// The filters the index rows answer: the token, and those naming the same patient.
+    answered: Vec<usize>,
+}
+
+/// How a filter names one patient.
+enum PatientLink {
+    /// Their compartment.
+    Compartment,
+    /// A reference to `Patient/<id>` through this key, which reads compartment elements only, so that
+    /// every match is among the rows of the per-patient index (see `IndexRows::referenced_patients`).
+    Via(&'static str),
+}
+
+fn patient_link<'q>(q: &SearchQuery, f: &'q Filter) -> Option<(&'q str, PatientLink)> {
+    match f {
+        Filter::PatientCompartment(p) => Some((p.as_str(), PatientLink::Compartment)),
         Filter::Reference { key, values } if fhir::params::references_compartment(&q.resource_type, key) => match values.as_slice() {
-            [RefValue::Local { resource_type: Some(t), id }] if t == "Patient" => id.as_str(),
-            _ => return None,
+            [RefValue::Local { resource_type: Some(t), id }] if t == "Patient" => Some((id.as_str(), PatientLink::Via(key))),
+            _ => None,
         },
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+/// When the driving filter `d` names one patient and another filter is a token of
+/// [`fhir::params::indexed_per_patient`] with a code in every value (rows without a code are not in the
+/// per-patient index).
+fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<PatientTokens<'_>> {
+    let (patient, _) = patient_link(q, &q.filters[d])?;
     let token = q.filters.iter().position(|f| match f {
         Filter::Token { key, values, negate: false } => fhir::params::indexed_per_patient(key) && values.iter().all(|v| v.code.is_some()),
         _ => false,
     })?;
-    Some((patient, token))
+    let mut pt = PatientTokens { patient, token, compartment: false, via: None, answered: vec![token] };
+    for (i, f) in q.filters.iter().enumerate() {
+        match patient_link(q, f) {
+            Some((p, PatientLink::Compartment)) if p == patient => {
+                pt.compartment = true;
+                pt.answered.push(i);
+            }
+            // A second reference to the same patient (through another key) is checked per row.
+            Some((p, PatientLink::Via(key))) if p == patient && pt.via.is_none() => {
+                pt.via = Some(key);
+                pt.answered.push(i);
+            }
+            _ => {}
+        }
+    }
+    Some(pt)
 }
 
 /// The rids of one patient's resources with one of the token values (see [`patient_token_driver`]).
-fn compile_patient_tokens(b: &mut SqlBuilder, patient: &str, token: &Filter) {
+fn compile_patient_tokens(b: &mut SqlBuilder, pt: &PatientTokens, token: &Filter) {
     let Filter::Token { key, values, .. } = token else { unreachable!("patient_token_driver picks token filters") };
-    b.push("SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = ").text(patient).push(" AND p = ").text(key).push(" AND (");
+    b.push("SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = ").text(pt.patient).push(" AND p = ").text(key).push(" AND (");
     for (i, v) in values.iter().enumerate() {
         or_sep(b, i);
         b.push("(code = ").text(v.code.as_deref().unwrap_or_default());
@@ -228,7 +269,14 @@ fn compile_patient_tokens(b: &mut SqlBuilder, patient: &str, token: &Filter) {
         }
         b.push(")");
     }
-    b.push(")) z");
+    b.push(")");
+    if pt.compartment {
+        b.push(" AND in_compartment = 1");
+    }
+    if let Some(via) = pt.via {
+        b.push(" AND via LIKE ").text(&format!("%,{},%", escape_like(via))).push(" ESCAPE '\\'");
+    }
+    b.push(") z");
 }
 
 /// Lower is more selective (a heuristic: the planner has no statistics for our parameter values).
@@ -545,7 +593,7 @@ mod tests {
         let b = compile_search(&q, Dialect::Postgres);
         assert!(b.sql.contains("$1"));
         assert!(!b.sql.contains("p1"), "values are bound, never inlined");
-        assert_eq!(b.values.len(), 7);
+        assert_eq!(b.values.len(), 5);
         let b = compile_search(&q, Dialect::Sqlite);
         assert!(b.sql.contains("?3"));
     }
@@ -575,9 +623,8 @@ mod tests {
     #[test]
     fn one_patients_category_starts_from_the_per_patient_index_and_still_checks_the_reference() {
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs")]);
-        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3)))"), "{sql}");
-        assert!(sql.contains("EXISTS (SELECT 1 FROM sp_reference x WHERE x.rid = r.rid"), "{sql}");
-        assert!(!sql.contains("FROM sp_token x"), "the category is answered by the driver: {sql}");
+        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3)) AND via LIKE $4 ESCAPE '\\') z)"), "{sql}");
+        assert!(!sql.contains("EXISTS"), "the driver answers both filters: {sql}");
         let sql = search("Observation", &[("subject", "Patient/p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs,laboratory")]);
         assert!(sql.contains("((code = $3 AND system = $4) OR (code = $5))"), "{sql}");
         let sql = search("Condition", &[("patient", "p1"), ("category", "|problem-list-item")]);
@@ -596,12 +643,18 @@ mod tests {
             assert!(!sql.contains("sp_token_patient"), "{pairs:?}: {sql}");
         }
         let pairs: Vec<(String, String)> = [("patient", "p1"), ("category", "vital-signs")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        // A patient-compartment search (patient-level scopes) checks the compartment per row: the index
-        // also holds patients referenced by absolute URL, who are not in the compartment.
-        let mut q = parse("Observation", &pairs[1..], ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        // Patient-level scopes add the compartment: answered by the same rows.
+        let mut q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
         q.filters.push(Filter::PatientCompartment("p1".into()));
+        let b = compile_search(&q, Dialect::Postgres);
+        assert!(b.sql.contains("FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3)) AND in_compartment = 1 AND via LIKE $4"), "{}", b.sql);
+        assert!(!b.sql.contains("EXISTS"), "{}", b.sql);
+        assert_eq!(b.values[3], SqlValue::Text("%,Observation.subject,%".into()));
+        // Another patient's compartment, or a second reference, is checked per row.
+        q.filters.push(Filter::PatientCompartment("p2".into()));
         let sql = compile_search(&q, Dialect::Postgres).sql;
-        assert!(sql.contains("FROM sp_token_patient WHERE patient_id = $1"), "{sql}");
-        assert!(sql.contains("EXISTS (SELECT 1 FROM compartment x WHERE x.rid = r.rid"), "{sql}");
+        assert!(sql.contains("EXISTS (SELECT 1 FROM compartment x WHERE x.rid = r.rid AND x.patient_id = "), "{sql}");
+        let sql = search("Observation", &[("patient", "p1"), ("performer", "Patient/p1"), ("category", "vital-signs")]);
+        assert!(sql.contains("via LIKE $4") && sql.contains("EXISTS (SELECT 1 FROM sp_reference x"), "{sql}");
     }
 }

@@ -261,6 +261,9 @@ async fn one_patients_category_through_writes() {
     let foreign_id = foreign["id"].as_str().unwrap().to_string();
     let all_of_a = ids(&app.search(&format!("Observation?patient={a}&_count=100")).await);
     assert_eq!(all_of_a.contains(&foreign_id), ids(&app.search(&vitals(&a)).await).contains(&foreign_id));
+    assert!(!ids(&app.search(&format!("Patient/{a}/Observation?category=vital-signs")).await).contains(&foreign_id), "not in A's compartment");
+    assert_eq!(total(&app.search(&format!("Patient/{a}/Observation?category=vital-signs&patient={a}")).await), 3, "compartment and reference together");
+    assert_eq!(total(&app.search(&format!("Patient/{b}/Observation?category=vital-signs&patient={a}")).await), 0);
 
     // Update: the category changes, then the subject; then delete.
     let mut changed = performed.clone();

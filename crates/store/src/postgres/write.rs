@@ -40,6 +40,7 @@ enum Field<'a> {
     Int(i64),
     Real(f64),
     Text(Option<&'a str>),
+    Owned(String),
 }
 
 /// Appends `fields` as one row of COPY's text format: tab-separated, `\N` for NULL, and backslash,
@@ -58,20 +59,23 @@ fn copy_row(buf: &mut Vec<u8>, fields: &[Field]) {
                 let _ = write!(buf, "{v:?}");
             }
             Field::Text(None) => buf.extend_from_slice(b"\\N"),
-            Field::Text(Some(s)) => {
-                for &c in s.as_bytes() {
-                    match c {
-                        b'\\' => buf.extend_from_slice(b"\\\\"),
-                        b'\t' => buf.extend_from_slice(b"\\t"),
-                        b'\n' => buf.extend_from_slice(b"\\n"),
-                        b'\r' => buf.extend_from_slice(b"\\r"),
-                        c => buf.push(c),
-                    }
-                }
-            }
+            Field::Text(Some(s)) => copy_text(buf, s),
+            Field::Owned(s) => copy_text(buf, s),
         }
     }
     buf.push(b'\n');
+}
+
+fn copy_text(buf: &mut Vec<u8>, s: &str) {
+    for &c in s.as_bytes() {
+        match c {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            c => buf.push(c),
+        }
+    }
 }
 
 /// Writes `rows` (each as its fields) into `table (columns)`: by COPY when there are many, else by
@@ -99,6 +103,7 @@ async fn write_rows<'a>(conn: &mut PgConnection, table: &str, columns: &str, row
                     Field::Int(v) => b.push_bind(*v),
                     Field::Real(v) => b.push_bind(*v),
                     Field::Text(v) => b.push_bind(v.map(str::to_string)),
+                    Field::Owned(v) => b.push_bind(v.clone()),
                 };
             }
         });
@@ -115,7 +120,7 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
     if batch.rows.is_empty() {
         return Ok(());
     }
-    use Field::{Int, Real, Text};
+    use Field::{Int, Owned, Real, Text};
     let pending = std::mem::take(&mut batch.rows);
     let mut strings = Vec::new();
     let mut tokens = Vec::new();
@@ -145,8 +150,9 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
         for (seq, r) in rows.numbers.iter().enumerate() {
             numbers.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Real(r.value)]);
         }
-        for (patient, seq, t) in rows.patient_tokens() {
-            patient_tokens.push(vec![Text(Some(patient)), Text(Some(t.key)), Text(t.code.as_deref()), Int(k), Int(seq as i64), Text(t.system.as_deref())]);
+        for r in rows.patient_tokens() {
+            let t = r.token;
+            patient_tokens.push(vec![Text(Some(r.patient)), Text(Some(t.key)), Text(t.code.as_deref()), Int(k), Int(r.seq as i64), Text(t.system.as_deref()), Int(r.in_compartment as i64), Owned(r.via)]);
         }
         for p in &rows.patient_compartments {
             compartments.push(vec![Int(k), Text(Some(p))]);
@@ -158,7 +164,7 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
     write_rows(conn, "sp_date", "rid, p, seq, lo, hi", &dates, None).await?;
     write_rows(conn, "sp_quantity", "rid, p, seq, value, system, code, unit", &quantities, None).await?;
     write_rows(conn, "sp_number", "rid, p, seq, value", &numbers, None).await?;
-    write_rows(conn, "sp_token_patient", "patient_id, p, code, rid, seq, system", &patient_tokens, None).await?;
+    write_rows(conn, "sp_token_patient", "patient_id, p, code, rid, seq, system, in_compartment, via", &patient_tokens, None).await?;
     // A resource's compartment ids are distinct (see fhir::extract), and its old rows are cleared before
     // new ones are written, so COPY could not collide either; ON CONFLICT stays as a guard.
     write_rows(conn, "compartment", "rid, patient_id", &compartments, Some("ON CONFLICT DO NOTHING")).await?;

@@ -117,11 +117,11 @@ fn write_index(conn: &Connection, key: i64, rows: &IndexRows) -> Result<()> {
             stmt.execute(params![key, r.key, seq as i64, r.value])?;
         }
     }
-    let mut patient_tokens = rows.patient_tokens().peekable();
-    if patient_tokens.peek().is_some() {
-        let mut stmt = conn.prepare_cached("INSERT INTO sp_token_patient (patient_id, p, code, rid, seq, system) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-        for (patient, seq, t) in patient_tokens {
-            stmt.execute(params![patient, t.key, t.code, key, seq as i64, t.system])?;
+    let patient_tokens = rows.patient_tokens();
+    if !patient_tokens.is_empty() {
+        let mut stmt = conn.prepare_cached("INSERT INTO sp_token_patient (patient_id, p, code, rid, seq, system, in_compartment, via) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
+        for r in patient_tokens {
+            stmt.execute(params![r.patient, r.token.key, r.token.code, key, r.seq as i64, r.token.system, r.in_compartment as i64, r.via])?;
         }
     }
     if !rows.patient_compartments.is_empty() {
