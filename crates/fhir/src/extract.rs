@@ -66,10 +66,11 @@ pub struct IndexRows {
     pub numbers: Vec<NumberRow>,
     /// Ids of the patients whose compartment holds this resource.
     pub patient_compartments: Vec<String>,
-    /// `patient_compartments`, plus the ids of patients this resource references by an absolute URL
-    /// (`http://elsewhere/fhir/Patient/X`: a `patient=X` search matches those rows, but they do not place
-    /// the resource in X's compartment). The per-patient token index is keyed by these, so that it holds
-    /// every resource that a compartment or a patient reference search can find.
+    /// `patient_compartments`, plus the ids of every other patient a reference row of this resource points
+    /// to (by an absolute URL elsewhere, through an element outside the compartment definition, or as a
+    /// bare string, all of which a `patient=X` or `subject=Patient/X` search matches). The per-patient
+    /// token index is keyed by these, so that it holds every resource that a compartment or a patient
+    /// reference search can find.
     pub referenced_patients: Vec<String>,
 }
 
@@ -204,7 +205,7 @@ pub fn extract(resource_type: &str, resource: &Value, base: Option<&str>) -> Res
     }
     let mut referenced = compartments.clone();
     for r in &rows.references {
-        if let (Some("Patient"), Some(id), Some(_)) = (r.target_type.as_deref(), r.target_id.as_deref(), &r.url)
+        if let (Some("Patient"), Some(id)) = (r.target_type.as_deref(), r.target_id.as_deref())
             && !referenced.iter().any(|c| c == id) {
                 referenced.push(id.to_string());
             }
@@ -403,6 +404,14 @@ mod tests {
             ]
         );
         assert!(patient_tokens.iter().all(|r| rows.tokens[r.seq] == *r.token));
+        // A reference given as a bare string is indexed (a `patient=p5` search finds it) but does not
+        // place the resource in p5's compartment: the per-patient rows are there all the same.
+        let bare = json!({"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"},
+                          "category": [{"coding": [{"code": "vital-signs"}]}], "subject": "Patient/p5"});
+        let rows = extract("Observation", &bare, None).unwrap();
+        assert!(rows.patient_compartments.is_empty());
+        let got: Vec<(&str, bool, String)> = rows.patient_tokens().into_iter().map(|r| (r.patient, r.in_compartment, r.via)).collect();
+        assert_eq!(got, vec![("p5", false, ",Observation.subject,".to_string())]);
     }
 
     #[test]

@@ -435,17 +435,6 @@ pub fn indexed_per_patient(token_key: &str) -> bool {
     token_key.rsplit_once('.').is_some_and(|(_, name)| name == "category")
 }
 
-/// Whether the reference parameter stored under `key` (an index key, `Observation.subject`) reads only
-/// elements that place a resource in a patient's compartment, so that a resource whose parameter points
-/// to `Patient/X` is among the resources that reference patient X from their compartment elements.
-pub fn references_compartment(resource_type: &str, key: &str) -> bool {
-    let compartment = patient_compartment_paths(resource_type);
-    params_for(resource_type)
-        .iter()
-        .find(|p| p.key == key && p.kind == Reference)
-        .is_some_and(|p| p.paths.split('|').all(|path| compartment.contains(&path)))
-}
-
 /// Whether resources of this type can belong to a patient compartment at all.
 pub fn in_patient_compartment(resource_type: &str) -> bool {
     resource_type == "Patient" || !patient_compartment_paths(resource_type).is_empty()
@@ -471,9 +460,6 @@ mod tests {
         assert!(types_with_params().len() >= 25);
         assert_eq!(find("Observation", "category").map(|p| p.kind), Some(Token));
         assert!(indexed_per_patient("Observation.category") && !indexed_per_patient("Observation.code"));
-        assert!(references_compartment("Observation", "Observation.subject"));
-        assert!(!references_compartment("Observation", "Observation.encounter"));
-        assert!(references_compartment("Condition", "Condition.subject"));
         let patient = find("Observation", "patient").unwrap();
         assert_eq!(patient.index_key, "Observation.subject");
         assert_eq!(patient.shared_target(), Some("Patient"));

@@ -240,3 +240,15 @@ pub(crate) fn check_precondition(precondition: Precondition, current: Option<&St
     }
 }
 
+
+/// Refuses a database that a newer Kindling has migrated past what this binary knows (`known`, its last
+/// migration): this binary would not maintain the newer tables, and searches answered from them would go
+/// wrong (e.g. a per-patient index missing the rows of resources this binary writes).
+pub(crate) fn check_schema_not_newer(applied: i64, known: i64) -> Result<()> {
+    if applied > known {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {applied}, newer than this Kindling knows ({known}): it was migrated by a newer release; run that release (or a newer one) instead"
+        )));
+    }
+    Ok(())
+}

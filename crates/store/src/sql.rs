@@ -208,15 +208,15 @@ struct PatientTokens<'q> {
 enum PatientLink {
     /// Their compartment.
     Compartment,
-    /// A reference to `Patient/<id>` through this key, which reads compartment elements only, so that
-    /// every match is among the rows of the per-patient index (see `IndexRows::referenced_patients`).
+    /// A reference to `Patient/<id>` through this key (every patient a reference row points to has rows
+    /// in the per-patient index, see `IndexRows::referenced_patients`).
     Via(&'static str),
 }
 
-fn patient_link<'q>(q: &SearchQuery, f: &'q Filter) -> Option<(&'q str, PatientLink)> {
+fn patient_link(f: &Filter) -> Option<(&str, PatientLink)> {
     match f {
         Filter::PatientCompartment(p) => Some((p.as_str(), PatientLink::Compartment)),
-        Filter::Reference { key, values } if fhir::params::references_compartment(&q.resource_type, key) => match values.as_slice() {
+        Filter::Reference { key, values } => match values.as_slice() {
             [RefValue::Local { resource_type: Some(t), id }] if t == "Patient" => Some((id.as_str(), PatientLink::Via(key))),
             _ => None,
         },
@@ -228,14 +228,14 @@ fn patient_link<'q>(q: &SearchQuery, f: &'q Filter) -> Option<(&'q str, PatientL
 /// [`fhir::params::indexed_per_patient`] with a code in every value (rows without a code are not in the
 /// per-patient index).
 fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<PatientTokens<'_>> {
-    let (patient, _) = patient_link(q, &q.filters[d])?;
+    let (patient, _) = patient_link(&q.filters[d])?;
     let token = q.filters.iter().position(|f| match f {
         Filter::Token { key, values, negate: false } => fhir::params::indexed_per_patient(key) && values.iter().all(|v| v.code.is_some()),
         _ => false,
     })?;
     let mut pt = PatientTokens { patient, token, compartment: false, via: None, answered: vec![token] };
     for (i, f) in q.filters.iter().enumerate() {
-        match patient_link(q, f) {
+        match patient_link(f) {
             Some((p, PatientLink::Compartment)) if p == patient => {
                 pt.compartment = true;
                 pt.answered.push(i);
@@ -632,8 +632,7 @@ mod tests {
         let sql = search("Condition", &[("patient", "p1"), ("category", "|problem-list-item")]);
         assert!(sql.contains("(code = $3 AND system IS NULL)"), "{sql}");
         // Not for: a system without a code (rows without a code are not in the per-patient index), a
-        // subject that may be a Group, a reference through non-compartment elements, other tokens, or
-        // negations.
+        // subject that may be a Group, other tokens, or negations.
         for (ty, pairs) in [
             ("Observation", &[("patient", "p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|")][..]),
             ("Observation", &[("subject", "p1"), ("category", "vital-signs")][..]),

@@ -254,14 +254,24 @@ async fn one_patients_category_through_writes() {
     assert!(ids(&app.search(&vitals(&b)).await).contains(&performed_id));
     assert!(ids(&app.search(&format!("Patient/{a}/Observation?category=vital-signs")).await).contains(&performed_id));
 
-    // About A by an absolute URL elsewhere: `patient=A` matches it with or without the category.
+    // About A by an absolute URL elsewhere: `patient=A` matches it (the reference filter compares type and
+    // id), with or without the category.
     let mut foreign = crate::observation(&a, "vital-signs", "8867-4", "2023-02-02", 62.0, "/min");
     foreign["subject"] = json!({"reference": format!("http://elsewhere.example/fhir/Patient/{a}")});
     let foreign = app.create(foreign).await;
     let foreign_id = foreign["id"].as_str().unwrap().to_string();
-    let all_of_a = ids(&app.search(&format!("Observation?patient={a}&_count=100")).await);
-    assert_eq!(all_of_a.contains(&foreign_id), ids(&app.search(&vitals(&a)).await).contains(&foreign_id));
+    assert!(ids(&app.search(&format!("Observation?patient={a}&_count=100")).await).contains(&foreign_id));
+    assert!(ids(&app.search(&vitals(&a)).await).contains(&foreign_id));
     assert!(!ids(&app.search(&format!("Patient/{a}/Observation?category=vital-signs")).await).contains(&foreign_id), "not in A's compartment");
+    // A subject given as a bare string (not a Reference object) is matched by `patient=A` too.
+    let mut bare = crate::observation(&a, "vital-signs", "8867-4", "2023-03-03", 63.0, "/min");
+    bare["subject"] = json!(format!("Patient/{a}"));
+    let bare_id = app.create(bare).await["id"].as_str().unwrap().to_string();
+    assert!(ids(&app.search(&format!("Observation?patient={a}&_count=100")).await).contains(&bare_id));
+    assert!(ids(&app.search(&vitals(&a)).await).contains(&bare_id));
+    let r = app.client.delete(app.url(&format!("Observation/{bare_id}"))).send().await.unwrap();
+    assert!(r.status().is_success());
+    assert!(!ids(&app.search(&vitals(&a)).await).contains(&bare_id), "deleted");
     assert_eq!(total(&app.search(&format!("Patient/{a}/Observation?category=vital-signs&patient={a}")).await), 3, "compartment and reference together");
     assert_eq!(total(&app.search(&format!("Patient/{b}/Observation?category=vital-signs&patient={a}")).await), 0);
 

@@ -5,8 +5,9 @@
 -- times what it costs SQLite. From this index it starts from the ~44 vital signs, and each row says how
 -- the resource refers to the patient (`in_compartment`; `via`, the keys of its reference rows to
 -- `Patient/X`, each between commas), so the patient filter needs no per-row check either.
--- Rows are written for the patient compartment plus the patients referenced by absolute URL (which a
--- `patient=X` search matches), so every resource a compartment or patient-reference search finds is here.
+-- Rows are written for the patient compartment plus every other patient a reference row points to (by
+-- absolute URL, or through elements outside the compartment definition: a `patient=X` search matches
+-- those too), so every resource a compartment or patient-reference search finds is here.
 CREATE TABLE sp_token_patient (
     patient_id     TEXT COLLATE "C" NOT NULL,
     p              TEXT COLLATE "C" NOT NULL,
@@ -20,7 +21,7 @@ CREATE TABLE sp_token_patient (
 );
 WITH links AS (
     SELECT rid, patient_id FROM compartment
-    UNION SELECT rid, target_id FROM sp_reference WHERE target_type = 'Patient' AND url IS NOT NULL AND target_id IS NOT NULL
+    UNION SELECT rid, target_id FROM sp_reference WHERE target_type = 'Patient' AND target_id IS NOT NULL
 ), described AS (
     SELECT l.rid, l.patient_id,
            CASE WHEN EXISTS (SELECT 1 FROM compartment c WHERE c.rid = l.rid AND c.patient_id = l.patient_id) THEN 1 ELSE 0 END AS in_compartment,

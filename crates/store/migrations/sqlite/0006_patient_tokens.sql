@@ -13,7 +13,7 @@ CREATE TABLE sp_token_patient (
 ) WITHOUT ROWID;
 WITH links AS (
     SELECT rid, patient_id FROM compartment
-    UNION SELECT rid, target_id FROM sp_reference WHERE target_type = 'Patient' AND url IS NOT NULL AND target_id IS NOT NULL
+    UNION SELECT rid, target_id FROM sp_reference WHERE target_type = 'Patient' AND target_id IS NOT NULL
 ), described AS (
     SELECT l.rid, l.patient_id,
            EXISTS (SELECT 1 FROM compartment c WHERE c.rid = l.rid AND c.patient_id = l.patient_id) AS in_compartment,

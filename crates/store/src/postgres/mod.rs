@@ -85,6 +85,7 @@ pub async fn migrate(pool: &PgPool, now_ms: i64) -> Result<Vec<String>> {
     let result = async {
         sqlx::query("CREATE TABLE IF NOT EXISTS kindling_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)").execute(&mut *conn).await?;
         let applied: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM kindling_migrations").fetch_one(&mut *conn).await?;
+        crate::check_schema_not_newer(applied, MIGRATIONS.last().map_or(0, |m| m.0))?;
         let mut done = Vec::new();
         for (version, name, sql) in MIGRATIONS {
             if *version <= applied {

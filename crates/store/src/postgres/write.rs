@@ -284,15 +284,16 @@ async fn archive(conn: &mut PgConnection, c: &StoredResource) -> Result<()> {
 }
 
 /// Drops the index rows of a resource (stored and pending) in one round trip. The per-patient token rows
-/// are found through the patients they were written for (the statement's sub-statements all see the rows
-/// as they were before it).
+/// are found by their whole key prefix, from the patients and tokens they were written for (the
+/// statement's sub-statements all see the rows as they were before it).
 async fn clear_index(conn: &mut PgConnection, batch: &mut IndexBatch, key: i64) -> Result<()> {
     batch.forget(key);
     sqlx::query(
         "WITH a AS (DELETE FROM sp_string WHERE rid = $1), b AS (DELETE FROM sp_token WHERE rid = $1), c AS (DELETE FROM sp_reference WHERE rid = $1),
               d AS (DELETE FROM sp_date WHERE rid = $1), e AS (DELETE FROM sp_quantity WHERE rid = $1), f AS (DELETE FROM sp_number WHERE rid = $1),
-              g AS (DELETE FROM sp_token_patient WHERE rid = $1 AND patient_id IN (SELECT patient_id FROM compartment WHERE rid = $1
-                    UNION SELECT target_id FROM sp_reference WHERE rid = $1 AND target_type = 'Patient' AND url IS NOT NULL AND target_id IS NOT NULL))
+              g AS (DELETE FROM sp_token_patient WHERE (patient_id, p, code, rid) IN (SELECT l.patient_id, t.p, t.code, t.rid FROM
+                    (SELECT patient_id FROM compartment WHERE rid = $1 UNION SELECT target_id FROM sp_reference WHERE rid = $1 AND target_type = 'Patient' AND target_id IS NOT NULL) l
+                    CROSS JOIN sp_token t WHERE t.rid = $1 AND t.code IS NOT NULL))
          DELETE FROM compartment WHERE rid = $1",
     )
     .bind(key)

@@ -137,6 +137,7 @@ fn open_connection(path: &Path, cache_kib: i64) -> Result<Connection> {
 fn migrate(conn: &mut Connection, now_ms: i64) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS kindling_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")?;
     let applied: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM kindling_migrations", [], |r| r.get(0))?;
+    crate::check_schema_not_newer(applied, MIGRATIONS.last().map_or(0, |m| m.0))?;
     for (version, name, sql) in MIGRATIONS {
         if *version <= applied {
             continue;
@@ -535,5 +536,24 @@ impl Transaction for SqliteTransaction {
                 return Err(e.into());
             }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SqliteConfig, SqliteStore};
+    use fhir::time::SystemClock;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_database_migrated_by_a_newer_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || SqliteConfig { path: dir.path().join("a.db"), base_url: None, writer_cache_mib: 8 };
+        drop(SqliteStore::open(config(), Arc::new(SystemClock)).unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        conn.execute("INSERT INTO kindling_migrations (version, name, applied_at) VALUES (9999, 'from the future', 0)", []).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(config(), Arc::new(SystemClock)).err().expect("refused");
+        assert!(err.to_string().contains("schema version 9999"), "{err}");
     }
 }

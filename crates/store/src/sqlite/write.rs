@@ -68,10 +68,12 @@ fn archive(conn: &Connection, c: &StoredResource) -> Result<()> {
 }
 
 fn clear_index(conn: &Connection, key: i64) -> Result<()> {
-    // Before the compartment rows that lead to them (the per-patient rows are keyed by patient).
+    // First, while the compartment, reference and token rows that lead to them are there: the per-patient
+    // rows are found by their whole key prefix (patient, parameter, code, rid).
     conn.prepare_cached(
-        "DELETE FROM sp_token_patient WHERE rid = ?1 AND patient_id IN (SELECT patient_id FROM compartment WHERE rid = ?1
-         UNION SELECT target_id FROM sp_reference WHERE rid = ?1 AND target_type = 'Patient' AND url IS NOT NULL AND target_id IS NOT NULL)",
+        "DELETE FROM sp_token_patient WHERE (patient_id, p, code, rid) IN (SELECT l.patient_id, t.p, t.code, t.rid FROM
+         (SELECT patient_id FROM compartment WHERE rid = ?1 UNION SELECT target_id FROM sp_reference WHERE rid = ?1 AND target_type = 'Patient' AND target_id IS NOT NULL) l
+         CROSS JOIN sp_token t WHERE t.rid = ?1 AND t.code IS NOT NULL)",
     )?
     .execute([key])?;
     for table in INDEX_TABLES {
