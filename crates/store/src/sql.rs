@@ -623,7 +623,7 @@ mod tests {
     }
 
     #[test]
-    fn one_patients_category_starts_from_the_per_patient_index_and_still_checks_the_reference() {
+    fn one_patients_category_is_answered_by_the_per_patient_index() {
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs")]);
         assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3)) AND via LIKE $4) z)"), "{sql}");
         assert!(!sql.contains("EXISTS"), "the driver answers both filters: {sql}");
