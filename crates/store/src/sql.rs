@@ -2,7 +2,7 @@
 //! PostgreSQL alike; only the placeholder style differs ([`Dialect`]).
 
 use fhir::params::ParamKind;
-use fhir::query::{DateCmp, Filter, Include, NumCmp, Prefix, RefValue, SearchQuery, SortKey, StringMode};
+use fhir::query::{DateCmp, Filter, Include, NumCmp, Prefix, RefValue, SearchQuery, SortKey, StringMode, TokenValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -256,20 +256,7 @@ fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<PatientTokens<'_>> 
 fn compile_patient_tokens(b: &mut SqlBuilder, pt: &PatientTokens, token: &Filter) {
     let Filter::Token { key, values, .. } = token else { unreachable!("patient_token_driver picks token filters") };
     b.push("SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = ").text(pt.patient).push(" AND p = ").text(key).push(" AND (");
-    for (i, v) in values.iter().enumerate() {
-        or_sep(b, i);
-        b.push("(code = ").text(v.code.as_deref().unwrap_or_default());
-        match &v.system {
-            None => {}
-            Some(None) => {
-                b.push(" AND system IS NULL");
-            }
-            Some(Some(s)) => {
-                b.push(" AND system = ").text(s);
-            }
-        }
-        b.push(")");
-    }
+    token_values(b, values);
     b.push(")");
     if pt.compartment {
         b.push(" AND in_compartment = 1");
@@ -388,36 +375,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
         }
         Filter::Token { key, values, negate } => {
             sub_in(b, "sp_token", key, *negate, role);
-            for (i, v) in values.iter().enumerate() {
-                or_sep(b, i);
-                b.push("(");
-                let mut first = true;
-                if let Some(code) = &v.code {
-                    b.push("code = ").text(code);
-                    first = false;
-                }
-                match &v.system {
-                    None => {}
-                    Some(None) => {
-                        if !first {
-                            b.push(" AND ");
-                        }
-                        b.push("system IS NULL");
-                        first = false;
-                    }
-                    Some(Some(s)) => {
-                        if !first {
-                            b.push(" AND ");
-                        }
-                        b.push("system = ").text(s);
-                        first = false;
-                    }
-                }
-                if first {
-                    b.push("1 = 1");
-                }
-                b.push(")");
-            }
+            token_values(b, values);
             sub_close(b, role);
         }
         Filter::TokenText { key, values } => {
@@ -494,6 +452,40 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
                 b.push("EXISTS (SELECT 1 FROM compartment x WHERE x.rid = r.rid AND x.patient_id = ").text(patient_id).push(")");
             }
         }
+    }
+}
+
+/// The ORed conditions on `code` and `system` of a token filter's values.
+fn token_values(b: &mut SqlBuilder, values: &[TokenValue]) {
+    for (i, v) in values.iter().enumerate() {
+        or_sep(b, i);
+        b.push("(");
+        let mut first = true;
+        if let Some(code) = &v.code {
+            b.push("code = ").text(code);
+            first = false;
+        }
+        match &v.system {
+            None => {}
+            Some(None) => {
+                if !first {
+                    b.push(" AND ");
+                }
+                b.push("system IS NULL");
+                first = false;
+            }
+            Some(Some(s)) => {
+                if !first {
+                    b.push(" AND ");
+                }
+                b.push("system = ").text(s);
+                first = false;
+            }
+        }
+        if first {
+            b.push("1 = 1");
+        }
+        b.push(")");
     }
 }
 
