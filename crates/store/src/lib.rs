@@ -240,7 +240,6 @@ pub(crate) fn check_precondition(precondition: Precondition, current: Option<&St
     }
 }
 
-
 /// Refuses a database that a newer Kindling has migrated past what this binary knows (`known`, its last
 /// migration): this binary would not maintain the newer tables, and searches answered from them would go
 /// wrong (e.g. a per-patient index missing the rows of resources this binary writes).

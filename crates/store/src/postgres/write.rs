@@ -81,7 +81,7 @@ fn copy_text(buf: &mut Vec<u8>, s: &str) {
 /// Writes `rows` (each as its fields) into `table (columns)`: by COPY when there are many, else by
 /// multi-row INSERTs. `suffix` (`ON CONFLICT DO NOTHING`) is only possible with INSERT: a table that
 /// needs it never takes the COPY path.
-async fn write_rows<'a>(conn: &mut PgConnection, table: &str, columns: &str, rows: &[Vec<Field<'a>>], suffix: Option<&str>) -> Result<()> {
+async fn write_rows(conn: &mut PgConnection, table: &str, columns: &str, rows: &[Vec<Field<'_>>], suffix: Option<&str>) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
