@@ -86,6 +86,9 @@ pub struct PatientTokenRow<'a> {
     /// The token's place among [`IndexRows::tokens`].
     pub seq: usize,
     pub token: &'a TokenRow,
+    /// The range of the resource's date parameter of [`crate::params::dated_per_patient`]: the least `lo`
+    /// and the greatest `hi` of its values (what an ascending and a descending sort compare), if it has any.
+    pub date: Option<(i64, i64)>,
 }
 
 impl IndexRows {
@@ -95,6 +98,10 @@ impl IndexRows {
         if tokens.is_empty() {
             return Vec::new();
         }
+        let date = self.dates.iter().filter(|d| params::dated_per_patient(d.key)).fold(None, |acc: Option<(i64, i64)>, d| match acc {
+            None => Some((d.lo, d.hi)),
+            Some((lo, hi)) => Some((lo.min(d.lo), hi.max(d.hi))),
+        });
         let mut out = Vec::new();
         for patient in &self.referenced_patients {
             let mut keys: Vec<&str> = self.references.iter().filter(|r| r.target_type.as_deref() == Some("Patient") && r.target_id.as_deref() == Some(patient)).map(|r| r.key).collect();
@@ -103,7 +110,7 @@ impl IndexRows {
             let via = if keys.is_empty() { String::new() } else { format!(",{},", keys.join(",")) };
             let in_compartment = self.patient_compartments.contains(patient);
             for &(seq, token) in &tokens {
-                out.push(PatientTokenRow { patient, in_compartment, via: via.clone(), seq, token });
+                out.push(PatientTokenRow { patient, in_compartment, via: via.clone(), seq, token, date });
             }
         }
         out
@@ -412,6 +419,30 @@ mod tests {
         assert!(rows.patient_compartments.is_empty());
         let got: Vec<(&str, bool, String)> = rows.patient_tokens().into_iter().map(|r| (r.patient, r.in_compartment, r.via)).collect();
         assert_eq!(got, vec![("p5", false, ",Observation.subject,".to_string())]);
+    }
+
+    #[test]
+    fn per_patient_category_rows_carry_the_date_range() {
+        let obs = json!({
+            "resourceType": "Observation", "id": "o1", "status": "final",
+            "category": [{"coding": [{"code": "vital-signs"}, {"code": "extra"}]}],
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/p1"},
+            "effectivePeriod": {"start": "2020-01-02", "end": "2020-03-04T05:06:07Z"},
+            "issued": "2021-01-01T00:00:00Z"
+        });
+        let rows = extract("Observation", &obs, None).unwrap();
+        let date = rows.dates.iter().find(|d| d.key == "Observation.date").unwrap();
+        assert!(date.lo < date.hi);
+        let tokens = rows.patient_tokens();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.iter().all(|r| r.date == Some((date.lo, date.hi))), "{tokens:?}");
+        // No `date`: nothing to sort by from the row (the sort then reads the date index, which has none either).
+        let undated = json!({"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"},
+                             "category": [{"coding": [{"code": "vital-signs"}]}], "subject": {"reference": "Patient/p1"},
+                             "issued": "2021-01-01T00:00:00Z"});
+        let rows = extract("Observation", &undated, None).unwrap();
+        assert_eq!(rows.patient_tokens()[0].date, None);
     }
 
     #[test]

@@ -435,6 +435,14 @@ pub fn indexed_per_patient(token_key: &str) -> bool {
     token_key.rsplit_once('.').is_some_and(|(_, name)| name == "category")
 }
 
+/// Date parameters whose range is carried on each per-patient token row (`date_lo`, `date_hi` of
+/// `sp_token_patient`): `date`, the clinical date of a resource, by which a patient's section is listed
+/// (`Observation?patient=X&category=vital-signs&_sort=-date`). Sorting from the row needs no probe of the
+/// date index per result.
+pub fn dated_per_patient(date_key: &str) -> bool {
+    date_key.rsplit_once('.').is_some_and(|(_, name)| name == "date")
+}
+
 /// Whether resources of this type can belong to a patient compartment at all.
 pub fn in_patient_compartment(resource_type: &str) -> bool {
     resource_type == "Patient" || !patient_compartment_paths(resource_type).is_empty()
@@ -460,6 +468,7 @@ mod tests {
         assert!(types_with_params().len() >= 25);
         assert_eq!(find("Observation", "category").map(|p| p.kind), Some(Token));
         assert!(indexed_per_patient("Observation.category") && !indexed_per_patient("Observation.code"));
+        assert!(dated_per_patient("Observation.date") && !dated_per_patient("Condition.onset-date"));
         let patient = find("Observation", "patient").unwrap();
         assert_eq!(patient.index_key, "Observation.subject");
         assert_eq!(patient.shared_target(), Some("Patient"));

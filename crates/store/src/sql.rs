@@ -142,10 +142,13 @@ fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBu
         }
         b.push(") ");
     }
+    // Where the per-patient rows carry the sort's date range: the driver's rows (`d`), which are `r` when
+    // they answer alone.
+    let dates_from = patient_tokens.as_ref().filter(|pt| pt.dated).map(|_| if index_only { "r" } else { "d" });
     b.push("SELECT r.rid");
     if numbered {
         b.push(", row_number() OVER (ORDER BY ");
-        compile_sort(&mut b, q);
+        compile_sort(&mut b, q, dates_from);
         b.push(") AS n");
     }
     match driver {
@@ -162,18 +165,32 @@ fn compile_search_as(q: &SearchQuery, dialect: Dialect, numbered: bool) -> SqlBu
     }
     if !numbered {
         b.push(" ORDER BY ");
-        compile_sort(&mut b, q);
+        compile_sort(&mut b, q, dates_from);
     }
     b
 }
 
-/// The sort keys, ending with `r.rid` so that the order is total.
-fn compile_sort(b: &mut SqlBuilder, q: &SearchQuery) {
+/// Whether a sort key is the date range the per-patient token rows carry (`date_lo`, `date_hi`).
+fn sorts_by_patient_token_date(q: &SearchQuery, key: &SortKey) -> bool {
+    match key {
+        SortKey::Param { key, kind: ParamKind::Date } => fhir::params::dated_per_patient(key) && key.split_once('.').is_some_and(|(t, _)| t == q.resource_type),
+        _ => false,
+    }
+}
+
+/// The sort keys, ending with `r.rid` so that the order is total. `dates_from` names the driver rows that
+/// carry the per-patient date range, when they do.
+fn compile_sort(b: &mut SqlBuilder, q: &SearchQuery, dates_from: Option<&str>) {
     for s in &q.sort {
         let dir = if s.descending { "DESC" } else { "ASC" };
         match &s.key {
             SortKey::Id => b.push(&format!("r.id {dir}, ")),
             SortKey::LastUpdated => b.push(&format!("r.last_updated {dir}, ")),
+            // The same values as the subquery below: the least `lo` ascending, the greatest `hi` descending.
+            key if dates_from.is_some() && sorts_by_patient_token_date(q, key) => {
+                let col = if s.descending { "date_hi" } else { "date_lo" };
+                b.push(&format!("{}.{col} {dir} NULLS LAST, ", dates_from.unwrap_or("r")))
+            }
             SortKey::Param { key, kind } => {
                 let (agg, col) = match (kind, s.descending) {
                     (ParamKind::Date, false) => ("MIN", "lo"),
@@ -202,6 +219,8 @@ struct PatientTokens<'q> {
     via: Option<&'static str>,
     /// The filters the index rows answer: the token, and those naming the same patient.
     answered: Vec<usize>,
+    /// The search sorts by the date range the rows carry (see [`sorts_by_patient_token_date`]).
+    dated: bool,
 }
 
 /// How a filter names one patient.
@@ -233,7 +252,8 @@ fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<PatientTokens<'_>> 
         Filter::Token { key, values, negate: false } => fhir::params::indexed_per_patient(key) && values.iter().all(|v| v.code.is_some()),
         _ => false,
     })?;
-    let mut pt = PatientTokens { patient, token, compartment: false, via: None, answered: vec![token] };
+    let dated = q.sort.iter().any(|s| sorts_by_patient_token_date(q, &s.key));
+    let mut pt = PatientTokens { patient, token, compartment: false, via: None, answered: vec![token], dated };
     for (i, f) in q.filters.iter().enumerate() {
         match patient_link(f) {
             Some((p, PatientLink::Compartment)) if p == patient => {
@@ -255,7 +275,8 @@ fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<PatientTokens<'_>> 
 /// The rids of one patient's resources with one of the token values (see [`patient_token_driver`]).
 fn compile_patient_tokens(b: &mut SqlBuilder, pt: &PatientTokens, token: &Filter) {
     let Filter::Token { key, values, .. } = token else { unreachable!("patient_token_driver picks token filters") };
-    b.push("SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = ").text(pt.patient).push(" AND p = ").text(key).push(" AND (");
+    let columns = if pt.dated { "rid, date_lo, date_hi" } else { "rid" };
+    b.push(&format!("SELECT DISTINCT {columns} FROM (SELECT {columns} FROM sp_token_patient WHERE patient_id = ")).text(pt.patient).push(" AND p = ").text(key).push(" AND (");
     token_values(b, values);
     b.push(")");
     if pt.compartment {
@@ -587,7 +608,7 @@ mod tests {
         let b = compile_search(&q, Dialect::Postgres);
         assert!(b.sql.contains("$1"));
         assert!(!b.sql.contains("p1"), "values are bound, never inlined");
-        assert_eq!(b.values.len(), 5);
+        assert_eq!(b.values.len(), 4, "patient, category key, code, reference key (the sort key is a column)");
         let b = compile_search(&q, Dialect::Sqlite);
         assert!(b.sql.contains("?3"));
     }
@@ -649,5 +670,21 @@ mod tests {
         assert!(sql.contains("EXISTS (SELECT 1 FROM compartment x WHERE x.rid = r.rid AND x.patient_id = "), "{sql}");
         let sql = search("Observation", &[("patient", "p1"), ("performer", "Patient/p1"), ("category", "vital-signs")]);
         assert!(sql.contains("via LIKE $4") && sql.contains("EXISTS (SELECT 1 FROM sp_reference x"), "{sql}");
+    }
+
+    #[test]
+    fn one_patients_category_by_date_sorts_from_the_per_patient_rows() {
+        let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")]);
+        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid, date_lo, date_hi FROM (SELECT rid, date_lo, date_hi FROM sp_token_patient "), "{sql}");
+        assert!(sql.ends_with(" FROM d r WHERE 1 = 1 ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"), "{sql}");
+        assert!(!sql.contains("sp_date"), "{sql}");
+        let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "date,-_lastUpdated")]);
+        assert!(sql.ends_with("ORDER BY d.date_lo ASC NULLS LAST, r.last_updated DESC, r.rid ASC"), "the resource row is joined: {sql}");
+        // Other sort keys, and searches the per-patient rows do not drive, read the date index.
+        let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "code")]);
+        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient "), "{sql}");
+        let sql = search("Observation", &[("patient", "p1"), ("code", "8867-4"), ("_sort", "-date")]);
+        assert!(sql.contains("(SELECT MAX(s.hi) FROM sp_date s WHERE s.rid = r.rid AND s.p = $"), "{sql}");
+        assert!(!sql.contains("date_hi"), "{sql}");
     }
 }

@@ -296,6 +296,59 @@ async fn one_patients_category_through_writes() {
 }
 
 #[tokio::test]
+async fn one_patients_category_sorted_by_date_through_writes() {
+    let app = spawn_app().await;
+    let c = app.create(patient("Dates", "Cora", "female", "1990-01-01")).await["id"].as_str().unwrap().to_string();
+    let mut made = Vec::new();
+    for when in ["2023-01-05", "period", "2023-01-07", "undated"] {
+        let mut o = observation(&c, "vital-signs", "8867-4", when, 70.0, "/min");
+        match when {
+            // Ascending compares its start (first), descending its end (first as well).
+            "period" => {
+                o.as_object_mut().unwrap().remove("effectiveDateTime");
+                o["effectivePeriod"] = json!({"start": "2023-01-01", "end": "2023-01-10"});
+            }
+            // No date: last in either direction.
+            "undated" => {
+                o.as_object_mut().unwrap().remove("effectiveDateTime");
+            }
+            _ => {}
+        }
+        made.push(app.create(o).await["id"].as_str().unwrap().to_string());
+    }
+    let [d05, period, d07, undated] = [0, 1, 2, 3].map(|i| made[i].clone());
+    let order = |b: Value| ids(&b);
+    // From the per-patient rows (reference, compartment, and with the resource row joined for a second
+    // key), and from the date index (no category): the same order.
+    for (query, expected) in [
+        (format!("Observation?patient={c}&category=vital-signs&_sort=-date"), [&period, &d07, &d05, &undated]),
+        (format!("Patient/{c}/Observation?category=vital-signs&_sort=-date"), [&period, &d07, &d05, &undated]),
+        (format!("Observation?patient={c}&_sort=-date"), [&period, &d07, &d05, &undated]),
+        (format!("Observation?patient={c}&category=vital-signs&_sort=date"), [&period, &d05, &d07, &undated]),
+        (format!("Observation?patient={c}&category=vital-signs&_sort=date,-_lastUpdated"), [&period, &d05, &d07, &undated]),
+        (format!("Observation?patient={c}&_sort=date"), [&period, &d05, &d07, &undated]),
+    ] {
+        assert_eq!(order(app.search(&query).await), expected.map(|s| s.clone()).to_vec(), "{query}");
+    }
+    // A new date moves the resource; a date added to the undated one too.
+    let mut moved = app.get_json(&format!("Observation/{d07}")).await.1;
+    moved["effectiveDateTime"] = json!("2023-01-20");
+    assert_eq!(app.put_json(&format!("Observation/{d07}"), &moved).await.status(), 200);
+    let mut dated = app.get_json(&format!("Observation/{undated}")).await.1;
+    dated["effectiveDateTime"] = json!("2023-01-03");
+    assert_eq!(app.put_json(&format!("Observation/{undated}"), &dated).await.status(), 200);
+    for query in [format!("Observation?patient={c}&category=vital-signs&_sort=-date"), format!("Observation?patient={c}&_sort=-date")] {
+        assert_eq!(order(app.search(&query).await), vec![d07.clone(), period.clone(), d05.clone(), undated.clone()], "{query}");
+    }
+    // Paged: the snapshot keeps the order.
+    let first = app.search(&format!("Observation?patient={c}&category=vital-signs&_sort=date&_count=2")).await;
+    assert_eq!(ids(&first), vec![period.clone(), undated.clone()]);
+    let next = first["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
+    let second: Value = app.client.get(&next).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ids(&second), vec![d05.clone(), d07.clone()]);
+}
+
+#[tokio::test]
 async fn post_search_compartment_and_everything() {
     let (app, a, b) = fixture().await;
     let r = app.client.post(app.url("Observation/_search")).header("content-type", "application/x-www-form-urlencoded").body(format!("patient={a}&category=vital-signs")).send().await.unwrap();

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "covering_index_keys", include_str!("../../migrations/postgres/0003_covering_index_keys.sql")),
     (4, "partial_auth_indexes", include_str!("../../migrations/postgres/0004_partial_auth_indexes.sql")),
     (5, "patient_tokens", include_str!("../../migrations/postgres/0005_patient_tokens.sql")),
+    (6, "patient_token_dates", include_str!("../../migrations/postgres/0006_patient_token_dates.sql")),
 ];
 
 /// How long a paging snapshot lives.

@@ -38,6 +38,7 @@ const COPY_FROM: usize = 256;
 /// One field of a row, for either way of writing it.
 enum Field<'a> {
     Int(i64),
+    OptInt(Option<i64>),
     Real(f64),
     Text(Option<&'a str>),
     Owned(String),
@@ -52,9 +53,10 @@ fn copy_row(buf: &mut Vec<u8>, fields: &[Field]) {
             buf.push(b'\t');
         }
         match f {
-            Field::Int(v) => {
+            Field::Int(v) | Field::OptInt(Some(v)) => {
                 let _ = write!(buf, "{v}");
             }
+            Field::OptInt(None) => buf.extend_from_slice(b"\\N"),
             Field::Real(v) => {
                 let _ = write!(buf, "{v:?}");
             }
@@ -101,6 +103,7 @@ async fn write_rows(conn: &mut PgConnection, table: &str, columns: &str, rows: &
             for f in fields {
                 match f {
                     Field::Int(v) => b.push_bind(*v),
+                    Field::OptInt(v) => b.push_bind(*v),
                     Field::Real(v) => b.push_bind(*v),
                     Field::Text(v) => b.push_bind(v.map(str::to_string)),
                     Field::Owned(v) => b.push_bind(v.clone()),
@@ -120,7 +123,7 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
     if batch.rows.is_empty() {
         return Ok(());
     }
-    use Field::{Int, Owned, Real, Text};
+    use Field::{Int, OptInt, Owned, Real, Text};
     let pending = std::mem::take(&mut batch.rows);
     let mut strings = Vec::new();
     let mut tokens = Vec::new();
@@ -152,7 +155,7 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
         }
         for r in rows.patient_tokens() {
             let t = r.token;
-            patient_tokens.push(vec![Text(Some(r.patient)), Text(Some(t.key)), Text(t.code.as_deref()), Int(k), Int(r.seq as i64), Text(t.system.as_deref()), Int(r.in_compartment as i64), Owned(r.via)]);
+            patient_tokens.push(vec![Text(Some(r.patient)), Text(Some(t.key)), Text(t.code.as_deref()), Int(k), Int(r.seq as i64), Text(t.system.as_deref()), Int(r.in_compartment as i64), Owned(r.via), OptInt(r.date.map(|d| d.0)), OptInt(r.date.map(|d| d.1))]);
         }
         for p in &rows.patient_compartments {
             compartments.push(vec![Int(k), Text(Some(p))]);
@@ -164,7 +167,7 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
     write_rows(conn, "sp_date", "rid, p, seq, lo, hi", &dates, None).await?;
     write_rows(conn, "sp_quantity", "rid, p, seq, value, system, code, unit", &quantities, None).await?;
     write_rows(conn, "sp_number", "rid, p, seq, value", &numbers, None).await?;
-    write_rows(conn, "sp_token_patient", "patient_id, p, code, rid, seq, system, in_compartment, via", &patient_tokens, None).await?;
+    write_rows(conn, "sp_token_patient", "patient_id, p, code, rid, seq, system, in_compartment, via, date_lo, date_hi", &patient_tokens, None).await?;
     // A resource's compartment ids are distinct (see fhir::extract), and its old rows are cleared before
     // new ones are written, so COPY could not collide either; ON CONFLICT stays as a guard.
     write_rows(conn, "compartment", "rid, patient_id", &compartments, Some("ON CONFLICT DO NOTHING")).await?;
@@ -310,7 +313,7 @@ mod tests {
     fn copy_rows_escape_what_the_text_format_reserves() {
         let mut buf = Vec::new();
         copy_row(&mut buf, &[Field::Int(-7), Field::Text(Some("a\tb\nc\rd\\e")), Field::Text(None), Field::Text(Some("\\N")), Field::Real(0.1), Field::Real(1e-300)]);
-        copy_row(&mut buf, &[Field::Text(Some("")), Field::Text(Some("Ünï ✓"))]);
-        assert_eq!(String::from_utf8(buf).unwrap(), "-7\ta\\tb\\nc\\rd\\\\e\t\\N\t\\\\N\t0.1\t1e-300\n\tÜnï ✓\n");
+        copy_row(&mut buf, &[Field::Text(Some("")), Field::Text(Some("Ünï ✓")), Field::OptInt(None), Field::OptInt(Some(-1))]);
+        assert_eq!(String::from_utf8(buf).unwrap(), "-7\ta\\tb\\nc\\rd\\\\e\t\\N\t\\\\N\t0.1\t1e-300\n\tÜnï ✓\t\\N\t-1\n");
     }
 }

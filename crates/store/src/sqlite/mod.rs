@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "audit_launch", include_str!("../../migrations/sqlite/0004_audit_launch.sql")),
     (5, "partial_auth_indexes", include_str!("../../migrations/sqlite/0005_partial_auth_indexes.sql")),
     (6, "patient_tokens", include_str!("../../migrations/sqlite/0006_patient_tokens.sql")),
+    (7, "patient_token_dates", include_str!("../../migrations/sqlite/0007_patient_token_dates.sql")),
 ];
 
 /// How long a paging snapshot lives.

@@ -121,9 +121,10 @@ fn write_index(conn: &Connection, key: i64, rows: &IndexRows) -> Result<()> {
     }
     let patient_tokens = rows.patient_tokens();
     if !patient_tokens.is_empty() {
-        let mut stmt = conn.prepare_cached("INSERT INTO sp_token_patient (patient_id, p, code, rid, seq, system, in_compartment, via) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
+        let mut stmt = conn.prepare_cached("INSERT INTO sp_token_patient (patient_id, p, code, rid, seq, system, in_compartment, via, date_lo, date_hi) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?;
         for r in patient_tokens {
-            stmt.execute(params![r.patient, r.token.key, r.token.code, key, r.seq as i64, r.token.system, r.in_compartment as i64, r.via])?;
+            let (date_lo, date_hi) = (r.date.map(|d| d.0), r.date.map(|d| d.1));
+            stmt.execute(params![r.patient, r.token.key, r.token.code, key, r.seq as i64, r.token.system, r.in_compartment as i64, r.via, date_lo, date_hi])?;
         }
     }
     if !rows.patient_compartments.is_empty() {
