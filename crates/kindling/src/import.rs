@@ -140,8 +140,14 @@ fn normalise(v: Value) -> Value {
 
 const READERS: usize = 2;
 
-/// Entries written per store transaction during import.
+/// Entries written per store transaction during import, where the store has one writer (SQLite: each
+/// commit rewrites the same index pages, so few large groups).
 const GROUP_ENTRIES: usize = 40000;
+/// The same where groups are written concurrently (PostgreSQL). Smaller groups start the database's work
+/// sooner, leave less of it for the end, when nothing else is left to prepare, and hold less memory: the
+/// Synthea set imported at a median 14.8 s instead of 16.2 s (five alternating runs each), peak memory
+/// 380 MB instead of 810 MB, and a fifth of the kernel time (fresh memory is zeroed when touched).
+const CONCURRENT_GROUP_ENTRIES: usize = 10000;
 
 /// What one written group adds to the summary: resources written, and errors by file.
 type GroupResult = anyhow::Result<(usize, Vec<String>)>;
@@ -223,6 +229,7 @@ pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: i
     // Bundle: far fewer commits (each rewrites the same index pages) while each Bundle stays atomic.
     let mut group: Vec<(String, PreparedBundle)> = Vec::new();
     let mut group_entries = 0;
+    let group_limit = if state.store.concurrent_writers() > 1 { CONCURRENT_GROUP_ENTRIES } else { GROUP_ENTRIES };
     let mut writing = tokio::task::JoinSet::new();
     while let Some(unit) = rx.recv().await {
         summary.files += 1;
@@ -230,7 +237,7 @@ pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: i
         for p in unit.prepared {
             group_entries += p.len();
             group.push((unit.file.clone(), p));
-            if group_entries >= GROUP_ENTRIES {
+            if group_entries >= group_limit {
                 flush(state, &mut group, &mut writing, &mut summary).await?;
                 group_entries = 0;
             }
