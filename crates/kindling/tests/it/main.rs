@@ -13,6 +13,7 @@ mod ehr_pages;
 mod sdk;
 mod reference_app;
 mod multi_node;
+mod migrations;
 mod tls;
 
 use fhir::time::{ManualClock, SharedClock};

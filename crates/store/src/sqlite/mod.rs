@@ -543,8 +543,55 @@ impl Transaction for SqliteTransaction {
 #[cfg(test)]
 mod tests {
     use super::{SqliteConfig, SqliteStore};
+    use crate::{Precondition, Store};
     use fhir::time::SystemClock;
+    use serde_json::json;
     use std::sync::Arc;
+
+    /// Migration 7 fills the date range of existing per-patient rows with what writes put there.
+    #[tokio::test]
+    async fn migration_7_fills_the_per_patient_dates_as_writes_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || SqliteConfig { path: dir.path().join("a.db"), base_url: None, writer_cache_mib: 8 };
+        let rows = |conn: &rusqlite::Connection| -> Vec<(String, i64, Option<i64>, Option<i64>)> {
+            let mut stmt = conn.prepare("SELECT p, rid, date_lo, date_hi FROM sp_token_patient ORDER BY rid, p, seq").unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+        };
+        {
+            let store = SqliteStore::open(config(), Arc::new(SystemClock)).unwrap();
+            let mut tx = store.begin().await.unwrap();
+            let obs = |effective: serde_json::Value| {
+                let mut o = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                   "category": [{"coding": [{"code": "vital-signs"}, {"code": "survey"}]}], "subject": {"reference": "Patient/p1"}});
+                if let Some(e) = effective.as_object() {
+                    o.as_object_mut().unwrap().extend(e.clone());
+                }
+                o
+            };
+            for (id, mut o) in [
+                ("o1", obs(json!({"effectiveDateTime": "2023-01-05"}))),
+                ("o2", obs(json!({"effectivePeriod": {"start": "2023-01-01", "end": "2023-01-10T12:00:00Z"}}))),
+                ("o3", obs(json!(null))),
+                // No `date` parameter on Condition.
+                ("c1", json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2020-01-01",
+                              "category": [{"coding": [{"code": "problem-list-item"}]}]})),
+            ] {
+                o["id"] = json!(id);
+                tx.put(o, Precondition::None).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        let conn = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let written = rows(&conn);
+        assert_eq!(written.len(), 7);
+        assert_eq!(written.iter().filter(|r| r.2.is_some() && r.3.is_some()).count(), 4, "{written:?}");
+        // Back to the schema before migration 7, then open again.
+        conn.execute_batch("ALTER TABLE sp_token_patient DROP COLUMN date_lo; ALTER TABLE sp_token_patient DROP COLUMN date_hi; DELETE FROM kindling_migrations WHERE version = 7;").unwrap();
+        drop(conn);
+        drop(SqliteStore::open(config(), Arc::new(SystemClock)).unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        assert_eq!(rows(&conn), written);
+    }
 
     #[test]
     fn a_database_migrated_by_a_newer_release_is_refused() {

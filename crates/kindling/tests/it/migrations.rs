@@ -1,0 +1,70 @@
+//! PostgreSQL migrations that fill new index columns from the rows already there give what writes give.
+//! Skipped with a message without PostgreSQL, except in CI. (SQLite's: unit tests in `store::sqlite`.)
+
+use serde_json::json;
+use store::{Precondition, Store};
+use store::postgres::{PostgresConfig, PostgresStore};
+
+const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[tokio::test]
+async fn migration_6_fills_the_per_patient_dates_as_writes_do() {
+    let admin = match sqlx::PgPool::connect(ADMIN).await {
+        Ok(p) => p,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping the PostgreSQL migration test: PostgreSQL is not reachable: {e}");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL is not reachable in CI: {e}"),
+    };
+    let name = format!("kindling_it_migrations_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let config = || PostgresConfig { url: url.clone(), base_url: None, max_connections: 2 };
+    let clock: fhir::time::SharedClock = std::sync::Arc::new(fhir::time::SystemClock);
+    let store = PostgresStore::connect(config(), clock.clone()).await.unwrap();
+    let obs = |id: &str, effective: serde_json::Value| {
+        let mut o = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
+                           "category": [{"coding": [{"code": "vital-signs"}, {"code": "survey"}]}], "subject": {"reference": "Patient/p1"}});
+        if let Some(e) = effective.as_object() {
+            o.as_object_mut().unwrap().extend(e.clone());
+        }
+        o
+    };
+    let mut tx = store.begin().await.unwrap();
+    for r in [
+        obs("o1", json!({"effectiveDateTime": "2023-01-05"})),
+        obs("o2", json!({"effectivePeriod": {"start": "2023-01-01", "end": "2023-01-10T12:00:00Z"}})),
+        obs("o3", json!(null)),
+        // No `date` parameter on Condition.
+        json!({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2020-01-01",
+               "category": [{"coding": [{"code": "problem-list-item"}]}]}),
+    ] {
+        tx.put(r, Precondition::None).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    drop(store);
+
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let rows = || async {
+        sqlx::query_as::<_, (String, i64, Option<i64>, Option<i64>)>("SELECT p, rid, date_lo, date_hi FROM sp_token_patient ORDER BY rid, p, seq").fetch_all(&pool).await.unwrap()
+    };
+    let written = rows().await;
+    assert_eq!(written.len(), 7);
+    assert_eq!(written.iter().filter(|r| r.2.is_some() && r.3.is_some()).count(), 4, "{written:?}");
+    // Back to the schema before migration 6, then connect again.
+    sqlx::raw_sql(
+        "ALTER TABLE sp_token_patient DROP CONSTRAINT sp_token_patient_pkey, DROP COLUMN date_lo, DROP COLUMN date_hi,
+             ADD PRIMARY KEY (patient_id, p, code, rid, seq) INCLUDE (system, in_compartment, via);
+         DELETE FROM kindling_migrations WHERE version = 6;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    drop(PostgresStore::connect(config(), clock).await.unwrap());
+    assert_eq!(rows().await, written);
+    let key: String = sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'sp_token_patient_pkey'").fetch_one(&pool).await.unwrap();
+    assert!(key.ends_with("INCLUDE (system, in_compartment, via, date_lo, date_hi)"), "the search reads the index alone: {key}");
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.unwrap();
+}
