@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "partial_auth_indexes", include_str!("../../migrations/postgres/0004_partial_auth_indexes.sql")),
     (5, "patient_tokens", include_str!("../../migrations/postgres/0005_patient_tokens.sql")),
     (6, "patient_token_dates", include_str!("../../migrations/postgres/0006_patient_token_dates.sql")),
+    (7, "lz4_content", include_str!("../../migrations/postgres/0007_lz4_content.sql")),
 ];
 
 /// How long a paging snapshot lives.
