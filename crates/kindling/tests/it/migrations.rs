@@ -52,11 +52,11 @@ async fn migration_6_fills_the_per_patient_dates_as_writes_do() {
     let written = rows().await;
     assert_eq!(written.len(), 7);
     assert_eq!(written.iter().filter(|r| r.2.is_some() && r.3.is_some()).count(), 4, "{written:?}");
-    // Back to the schema before migration 6, then connect again.
+    // Back to the schema before migration 6 (the later ones run again), then connect again.
     sqlx::raw_sql(
         "ALTER TABLE sp_token_patient DROP CONSTRAINT sp_token_patient_pkey, DROP COLUMN date_lo, DROP COLUMN date_hi,
              ADD PRIMARY KEY (patient_id, p, code, rid, seq) INCLUDE (system, in_compartment, via);
-         DELETE FROM kindling_migrations WHERE version = 6;",
+         DELETE FROM kindling_migrations WHERE version >= 6;",
     )
     .execute(&pool)
     .await
