@@ -437,12 +437,21 @@ mod tests {
         let tokens = rows.patient_tokens();
         assert_eq!(tokens.len(), 2);
         assert!(tokens.iter().all(|r| r.date == Some((date.lo, date.hi))), "{tokens:?}");
-        // No `date`: nothing to sort by from the row (the sort then reads the date index, which has none either).
+        // No `date`: the row carries none (and sorts last, as with the date index).
         let undated = json!({"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"},
                              "category": [{"coding": [{"code": "vital-signs"}]}], "subject": {"reference": "Patient/p1"},
                              "issued": "2021-01-01T00:00:00Z"});
         let rows = extract("Observation", &undated, None).unwrap();
         assert_eq!(rows.patient_tokens()[0].date, None);
+        // Several values: the least start and the greatest end; other date parameters do not count.
+        let date = |key, lo, hi| DateRow { key, lo, hi };
+        let rows = IndexRows {
+            tokens: vec![TokenRow { key: "Observation.category", system: None, code: Some("vital-signs".into()), text: None }],
+            dates: vec![date("Observation.date", 10, 20), date("Observation.issued", 1, 100), date("Observation.date", 5, 15)],
+            referenced_patients: vec!["p1".into()],
+            ..Default::default()
+        };
+        assert_eq!(rows.patient_tokens()[0].date, Some((5, 20)));
     }
 
     #[test]

@@ -144,9 +144,8 @@ const READERS: usize = 2;
 /// commit rewrites the same index pages, so few large groups).
 const GROUP_ENTRIES: usize = 40000;
 /// The same where groups are written concurrently (PostgreSQL). Smaller groups start the database's work
-/// sooner, leave less of it for the end, when nothing else is left to prepare, and hold less memory: the
-/// Synthea set imported at a median 14.8 s instead of 16.2 s (five alternating runs each), peak memory
-/// 380 MB instead of 810 MB, and a fifth of the kernel time (fresh memory is zeroed when touched).
+/// sooner, leave less of it for the end, when nothing else is left to prepare, and hold less memory
+/// (measured in BENCHMARKS.md, PostgreSQL, session 6: faster, and half the peak memory).
 const CONCURRENT_GROUP_ENTRIES: usize = 10000;
 
 /// What one written group adds to the summary: resources written, and errors by file.

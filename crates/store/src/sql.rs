@@ -183,14 +183,16 @@ fn sorts_by_patient_token_date(q: &SearchQuery, key: &SortKey) -> bool {
 fn compile_sort(b: &mut SqlBuilder, q: &SearchQuery, dates_from: Option<&str>) {
     for s in &q.sort {
         let dir = if s.descending { "DESC" } else { "ASC" };
+        // From the driver's rows: the same values as the subquery below (the least `lo` ascending, the
+        // greatest `hi` descending).
+        if let Some(from) = dates_from.filter(|_| sorts_by_patient_token_date(q, &s.key)) {
+            let col = if s.descending { "date_hi" } else { "date_lo" };
+            b.push(&format!("{from}.{col} {dir} NULLS LAST, "));
+            continue;
+        }
         match &s.key {
             SortKey::Id => b.push(&format!("r.id {dir}, ")),
             SortKey::LastUpdated => b.push(&format!("r.last_updated {dir}, ")),
-            // The same values as the subquery below: the least `lo` ascending, the greatest `hi` descending.
-            key if dates_from.is_some() && sorts_by_patient_token_date(q, key) => {
-                let col = if s.descending { "date_hi" } else { "date_lo" };
-                b.push(&format!("{}.{col} {dir} NULLS LAST, ", dates_from.unwrap_or("r")))
-            }
             SortKey::Param { key, kind } => {
                 let (agg, col) = match (kind, s.descending) {
                     (ParamKind::Date, false) => ("MIN", "lo"),
@@ -275,8 +277,10 @@ fn patient_token_driver(q: &SearchQuery, d: usize) -> Option<PatientTokens<'_>> 
 /// The rids of one patient's resources with one of the token values (see [`patient_token_driver`]).
 fn compile_patient_tokens(b: &mut SqlBuilder, pt: &PatientTokens, token: &Filter) {
     let Filter::Token { key, values, .. } = token else { unreachable!("patient_token_driver picks token filters") };
-    let columns = if pt.dated { "rid, date_lo, date_hi" } else { "rid" };
-    b.push(&format!("SELECT DISTINCT {columns} FROM (SELECT {columns} FROM sp_token_patient WHERE patient_id = ")).text(pt.patient).push(" AND p = ").text(key).push(" AND (");
+    // With the date range: aggregated per resource like the sort subquery it replaces (the rows of one
+    // resource carry the same range).
+    let (select, columns) = if pt.dated { ("rid, MIN(date_lo) AS date_lo, MAX(date_hi) AS date_hi", "rid, date_lo, date_hi") } else { ("DISTINCT rid", "rid") };
+    b.push(&format!("SELECT {select} FROM (SELECT {columns} FROM sp_token_patient WHERE patient_id = ")).text(pt.patient).push(" AND p = ").text(key).push(" AND (");
     token_values(b, values);
     b.push(")");
     if pt.compartment {
@@ -286,7 +290,7 @@ fn compile_patient_tokens(b: &mut SqlBuilder, pt: &PatientTokens, token: &Filter
         // No ESCAPE clause: PostgreSQL would apply `like_escape` to the pattern for every row.
         b.push(" AND via LIKE ").text(&format!("%,{via},%"));
     }
-    b.push(") z");
+    b.push(if pt.dated { ") z GROUP BY rid" } else { ") z" });
 }
 
 /// Lower is more selective (a heuristic: the planner has no statistics for our parameter values).
@@ -675,8 +679,8 @@ mod tests {
     #[test]
     fn one_patients_category_by_date_sorts_from_the_per_patient_rows() {
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")]);
-        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid, date_lo, date_hi FROM (SELECT rid, date_lo, date_hi FROM sp_token_patient "), "{sql}");
-        assert!(sql.ends_with(" FROM d r WHERE 1 = 1 ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"), "{sql}");
+        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT rid, MIN(date_lo) AS date_lo, MAX(date_hi) AS date_hi FROM (SELECT rid, date_lo, date_hi FROM sp_token_patient "), "{sql}");
+        assert!(sql.contains(") z GROUP BY rid) SELECT r.rid FROM d r WHERE 1 = 1 ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"), "{sql}");
         assert!(!sql.contains("sp_date"), "{sql}");
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "date,-_lastUpdated")]);
         assert!(sql.ends_with("ORDER BY d.date_lo ASC NULLS LAST, r.last_updated DESC, r.rid ASC"), "the resource row is joined: {sql}");
@@ -686,5 +690,12 @@ mod tests {
         let sql = search("Observation", &[("patient", "p1"), ("code", "8867-4"), ("_sort", "-date")]);
         assert!(sql.contains("(SELECT MAX(s.hi) FROM sp_date s WHERE s.rid = r.rid AND s.p = $"), "{sql}");
         assert!(!sql.contains("date_hi"), "{sql}");
+        // Both dialects, and the numbered form a page is cut from.
+        let pairs: Vec<(String, String)> = [("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        let sql = compile_search(&q, Dialect::Sqlite).sql;
+        assert!(sql.contains("FROM sp_token_patient WHERE patient_id = ?1 AND p = ?2") && sql.ends_with("ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"), "{sql}");
+        let sql = compile_search_numbered(&q, Dialect::Postgres).sql;
+        assert!(sql.contains("row_number() OVER (ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC) AS n FROM d r"), "{sql}");
     }
 }

@@ -585,11 +585,9 @@ mod tests {
         let written = rows(&conn);
         assert_eq!(written.len(), 7);
         assert_eq!(written.iter().filter(|r| r.2.is_some() && r.3.is_some()).count(), 4, "{written:?}");
-        // Back to the schema before migration 7, then open again.
-        conn.execute_batch("ALTER TABLE sp_token_patient DROP COLUMN date_lo; ALTER TABLE sp_token_patient DROP COLUMN date_hi; DELETE FROM kindling_migrations WHERE version >= 7;").unwrap();
-        drop(conn);
-        drop(SqliteStore::open(config(), Arc::new(SystemClock)).unwrap());
-        let conn = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        // Back to the schema before migration 7, then its SQL again.
+        conn.execute_batch("ALTER TABLE sp_token_patient DROP COLUMN date_lo; ALTER TABLE sp_token_patient DROP COLUMN date_hi;").unwrap();
+        conn.execute_batch(include_str!("../../migrations/sqlite/0007_patient_token_dates.sql")).unwrap();
         assert_eq!(rows(&conn), written);
     }
 
