@@ -102,11 +102,12 @@ async fn clinician(s: &Shared, headers: &HeaderMap) -> Result<Session, Response>
     }
 }
 
-fn check_csrf(sess: &Session, p: &Params) -> Result<(), Response> {
+/// The page refusing a form that was not sent from this session, if it was not.
+fn csrf_refusal(sess: &Session, p: &Params) -> Option<Response> {
     if sess.csrf_ok(p.get("csrf").map(String::as_str)) {
-        Ok(())
+        None
     } else {
-        Err(message(
+        Some(message(
             Nav::of(sess),
             StatusCode::FORBIDDEN,
             "This form has expired",
@@ -179,7 +180,7 @@ fn with_cookie(mut r: Response, cookie: HeaderValue) -> Response {
 async fn logout(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
     let back = match session::current(&s, &headers).await {
         Some(sess) => {
-            if let Err(r) = check_csrf(&sess, &p) {
+            if let Some(r) = csrf_refusal(&sess, &p) {
                 return r;
             }
             if sess.user.role == UserRole::Patient { "/portal/login" } else { "/ehr/login" }
@@ -344,7 +345,7 @@ fn faults_from(p: &Params) -> Result<Faults, String> {
 
 async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
     let Some(sess) = session::current(&s, &headers).await else { return Redirect::to("/ehr/login").into_response() };
-    if let Err(r) = check_csrf(&sess, &p) {
+    if let Some(r) = csrf_refusal(&sess, &p) {
         return r;
     }
     let nav = Nav::of(&sess);
@@ -502,7 +503,7 @@ async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): 
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&sess, &p) {
+    if let Some(r) = csrf_refusal(&sess, &p) {
         return r;
     }
     let mut form = AppForm::from_params(&p);
@@ -543,7 +544,7 @@ async fn app_update(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&sess, &p) {
+    if let Some(r) = csrf_refusal(&sess, &p) {
         return r;
     }
     let existing = match stored_client(&s, &id).await {
@@ -573,7 +574,7 @@ async fn app_status(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&sess, &p) {
+    if let Some(r) = csrf_refusal(&sess, &p) {
         return r;
     }
     let mut client = match stored_client(&s, &id).await {
