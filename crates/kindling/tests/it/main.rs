@@ -128,6 +128,39 @@ async fn test_database() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
+/// A database of its own on the local PostgreSQL, for the tests that need PostgreSQL whichever backend the
+/// suite runs on. Dropped by [`ScratchPostgres::drop_database`] at the end of the test.
+pub struct ScratchPostgres {
+    admin: sqlx::PgPool,
+    name: String,
+    pub url: String,
+}
+
+impl ScratchPostgres {
+    const ADMIN: &'static str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// Creates `kindling_it_<prefix>_<uuid>`. `None`, with a message, when PostgreSQL is not reachable,
+    /// except in CI, where that fails the test.
+    pub async fn create(prefix: &str) -> Option<ScratchPostgres> {
+        let admin = match sqlx::PgPool::connect(Self::ADMIN).await {
+            Ok(p) => p,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping a PostgreSQL test ({prefix}): PostgreSQL is not reachable: {e}");
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL is not reachable in CI: {e}"),
+        };
+        let name = format!("kindling_it_{prefix}_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create the test database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        Some(ScratchPostgres { admin, name, url })
+    }
+
+    pub async fn drop_database(self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&self.admin).await.expect("drop the test database");
+    }
+}
+
 /// Whether the suite runs on PostgreSQL (some checks are SQLite-specific).
 pub fn on_postgres() -> bool {
     std::env::var("KINDLING_TEST_POSTGRES").is_ok_and(|u| !u.is_empty())

@@ -5,21 +5,10 @@ use serde_json::json;
 use store::{Precondition, Store};
 use store::postgres::{PostgresConfig, PostgresStore};
 
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 #[tokio::test]
 async fn migration_6_fills_the_per_patient_dates_as_writes_do() {
-    let admin = match sqlx::PgPool::connect(ADMIN).await {
-        Ok(p) => p,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping the PostgreSQL migration test: PostgreSQL is not reachable: {e}");
-            return;
-        }
-        Err(e) => panic!("PostgreSQL is not reachable in CI: {e}"),
-    };
-    let name = format!("kindling_it_migrations_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let Some(db) = crate::ScratchPostgres::create("migrations").await else { return };
+    let url = db.url.clone();
     let config = PostgresConfig { url: url.clone(), base_url: None, max_connections: 2 };
     let clock: fhir::time::SharedClock = std::sync::Arc::new(fhir::time::SystemClock);
     let store = PostgresStore::connect(config, clock).await.unwrap();
@@ -65,5 +54,5 @@ async fn migration_6_fills_the_per_patient_dates_as_writes_do() {
     let key: String = sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'sp_token_patient_pkey'").fetch_one(&pool).await.unwrap();
     assert!(key.ends_with("INCLUDE (system, in_compartment, via, date_lo, date_hi)"), "the search reads the index alone: {key}");
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.unwrap();
+    db.drop_database().await;
 }

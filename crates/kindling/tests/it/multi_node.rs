@@ -9,8 +9,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-
 /// A `kindling` process serving one node.
 struct Node {
     /// Where this node listens.
@@ -58,17 +56,8 @@ async fn form(http: &reqwest::Client, url: &str, pairs: &[(&str, &str)]) -> reqw
 
 #[tokio::test]
 async fn two_nodes_share_every_flow() {
-    let admin = match sqlx::PgPool::connect(ADMIN).await {
-        Ok(p) => p,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping the multi-node test: PostgreSQL is not reachable: {e}");
-            return;
-        }
-        Err(e) => panic!("PostgreSQL is not reachable in CI: {e}"),
-    };
-    let name = format!("kindling_it_nodes_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let Some(db) = crate::ScratchPostgres::create("nodes").await else { return };
+    let url = db.url.clone();
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
     // Node A seeds the deployment (`kindling up`: one synthetic patient, the demo users); node B joins
@@ -252,5 +241,5 @@ async fn two_nodes_share_every_flow() {
 
     drop(store);
     drop((a, b));
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.unwrap();
+    db.drop_database().await;
 }

@@ -213,18 +213,8 @@ async fn consent_denied_and_standalone_launch() {
 /// Skipped with a message when PostgreSQL is not reachable, except in CI.
 #[tokio::test]
 async fn reference_app_on_postgres() {
-    const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-    let admin = match sqlx::PgPool::connect(ADMIN).await {
-        Ok(p) => p,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: PostgreSQL is not reachable: {e}");
-            return;
-        }
-        Err(e) => panic!("PostgreSQL is not reachable in CI: {e}"),
-    };
-    let name = format!("kindling_it_app_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    let app = spawn_with_reference_app_on(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
+    let Some(db) = crate::ScratchPostgres::create("app").await else { return };
+    let app = spawn_with_reference_app_on(&db.url).await;
     kindling::seed(&app.app_state, 1, 8).await.unwrap();
     let patient = synth::patient_id(8, 0);
     auth::registry::put_user(app.auth.store.as_ref(), "pat", "Pat", UserRole::Patient, "pat-pass", &format!("Patient/{patient}")).await.unwrap();
@@ -245,8 +235,8 @@ async fn reference_app_on_postgres() {
     let summary = format!("{}{}", root(&app), location(&r));
     let r = app.client.get(&summary).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM app_sessions").fetch_one(&sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await.unwrap()).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM app_sessions").fetch_one(&sqlx::PgPool::connect(&db.url).await.unwrap()).await.unwrap();
     assert_eq!(stored, 1);
     drop(app);
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.unwrap();
+    db.drop_database().await;
 }
