@@ -607,8 +607,7 @@ mod tests {
 
     #[test]
     fn compiles_with_placeholders() {
-        let pairs = vec![("patient".to_string(), "p1".to_string()), ("category".to_string(), "vital-signs".to_string()), ("_sort".to_string(), "-date".to_string())];
-        let q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        let q = query("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")]);
         let b = compile_search(&q, Dialect::Postgres);
         assert!(b.sql.contains("$1"));
         assert!(!b.sql.contains("p1"), "values are bound, never inlined");
@@ -617,9 +616,13 @@ mod tests {
         assert!(b.sql.contains("?3"));
     }
 
-    fn search(resource_type: &str, pairs: &[(&str, &str)]) -> String {
+    fn query(resource_type: &str, pairs: &[(&str, &str)]) -> SearchQuery {
         let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        compile_search(&parse(resource_type, &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap(), Dialect::Postgres).sql
+        parse(resource_type, &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()
+    }
+
+    fn search(resource_type: &str, pairs: &[(&str, &str)]) -> String {
+        compile_search(&query(resource_type, pairs), Dialect::Postgres).sql
     }
 
     #[test]
@@ -660,9 +663,8 @@ mod tests {
             let sql = search(ty, pairs);
             assert!(!sql.contains("sp_token_patient"), "{pairs:?}: {sql}");
         }
-        let pairs: Vec<(String, String)> = [("patient", "p1"), ("category", "vital-signs")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         // Patient-level scopes add the compartment: answered by the same rows.
-        let mut q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        let mut q = query("Observation", &[("patient", "p1"), ("category", "vital-signs")]);
         q.filters.push(Filter::PatientCompartment("p1".into()));
         let b = compile_search(&q, Dialect::Postgres);
         assert!(b.sql.contains("FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3)) AND in_compartment = 1 AND via LIKE $4"), "{}", b.sql);
@@ -691,8 +693,7 @@ mod tests {
         assert!(sql.contains("(SELECT MAX(s.hi) FROM sp_date s WHERE s.rid = r.rid AND s.p = $"), "{sql}");
         assert!(!sql.contains("date_hi"), "{sql}");
         // Both dialects, and the numbered form a page is cut from.
-        let pairs: Vec<(String, String)> = [("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let q = parse("Observation", &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        let q = query("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")]);
         let sql = compile_search(&q, Dialect::Sqlite).sql;
         assert!(sql.contains("FROM sp_token_patient WHERE patient_id = ?1 AND p = ?2") && sql.ends_with("ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"), "{sql}");
         let sql = compile_search_numbered(&q, Dialect::Postgres).sql;

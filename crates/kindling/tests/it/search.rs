@@ -317,7 +317,6 @@ async fn one_patients_category_sorted_by_date_through_writes() {
         made.push(app.create(o).await["id"].as_str().unwrap().to_string());
     }
     let [d05, period, d07, undated] = [0, 1, 2, 3].map(|i| made[i].clone());
-    let order = |b: Value| ids(&b);
     // From the per-patient rows (reference, compartment, and with the resource row joined for a second
     // key), and from the date index (no category): the same order.
     for (query, expected) in [
@@ -328,7 +327,7 @@ async fn one_patients_category_sorted_by_date_through_writes() {
         (format!("Observation?patient={c}&category=vital-signs&_sort=date,-_lastUpdated"), [&period, &d05, &d07, &undated]),
         (format!("Observation?patient={c}&_sort=date"), [&period, &d05, &d07, &undated]),
     ] {
-        assert_eq!(order(app.search(&query).await), expected.map(|s| s.clone()).to_vec(), "{query}");
+        assert_eq!(ids(&app.search(&query).await), expected.map(|s| s.clone()).to_vec(), "{query}");
     }
     // A new date moves the resource; a date added to the undated one too.
     let mut moved = app.get_json(&format!("Observation/{d07}")).await.1;
@@ -338,7 +337,7 @@ async fn one_patients_category_sorted_by_date_through_writes() {
     dated["effectiveDateTime"] = json!("2023-01-03");
     assert_eq!(app.put_json(&format!("Observation/{undated}"), &dated).await.status(), 200);
     for query in [format!("Observation?patient={c}&category=vital-signs&_sort=-date"), format!("Observation?patient={c}&_sort=-date")] {
-        assert_eq!(order(app.search(&query).await), vec![d07.clone(), period.clone(), d05.clone(), undated.clone()], "{query}");
+        assert_eq!(ids(&app.search(&query).await), vec![d07.clone(), period.clone(), d05.clone(), undated.clone()], "{query}");
     }
     // Paged: the snapshot keeps the order.
     let first = app.search(&format!("Observation?patient={c}&category=vital-signs&_sort=date&_count=2")).await;
