@@ -65,10 +65,11 @@ impl FhirFaults {
     }
 }
 
-/// Turns a bearer token into what it grants; `None` when the token is unknown, expired or revoked.
+/// Turns a bearer token into what it grants; `Ok(None)` when the token is unknown, expired or revoked, an
+/// error when that cannot be known now (the database is unreachable): never a bad credential.
 #[async_trait]
 pub trait AccessResolver: Send + Sync {
-    async fn resolve(&self, bearer_token: &str) -> Option<Arc<TokenAccess>>;
+    async fn resolve(&self, bearer_token: &str) -> Result<Option<Arc<TokenAccess>>, store::StoreError>;
 }
 
 fn unauthorized(error: Option<&str>, message: &str) -> Response {
@@ -130,7 +131,8 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
                 return (unauthorized(Some("invalid_request"), "the Authorization header must carry a Bearer token"), None);
             };
             match resolver.resolve(token).await {
-                Some(t) => {
+                Err(e) => return (ApiError::from(e).into_response(), None),
+                Ok(Some(t)) => {
                     if let Some(f) = &t.faults {
                         if f.delay_ms > 0 {
                             tokio::time::sleep(std::time::Duration::from_millis(f.delay_ms)).await;
@@ -141,7 +143,7 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
                     }
                     Access::Token(t)
                 }
-                None => return (unauthorized(Some("invalid_token"), "the access token is invalid, expired or revoked"), None),
+                Ok(None) => return (unauthorized(Some("invalid_token"), "the access token is invalid, expired or revoked"), None),
             }
         }
     };
@@ -200,10 +202,14 @@ pub fn is_shared_type(resource_type: &str) -> bool {
     )
 }
 
-/// Whether content about to be written belongs to `patient`: its `patient` search parameter (the
-/// subject/patient element) points to them and to no one else.
+/// Whether content written (or deleted) with a patient-level token belongs to `patient`: its `patient`
+/// search parameter (the subject/patient element) points to them, and no element of it points to any
+/// other patient (a performer, author or participant `Patient/B` would put it in B's compartment).
 fn written_for_patient(resource_type: &str, v: &Value, patient: &str, base: &str) -> bool {
     let Ok(rows) = fhir::extract::extract(resource_type, v, Some(base)) else { return false };
+    if !rows.referenced_patients.iter().all(|p| p == patient) {
+        return false;
+    }
     match params::find(resource_type, "patient") {
         Some(p) => {
             let targets: Vec<&fhir::extract::ReferenceRow> =
@@ -212,6 +218,11 @@ fn written_for_patient(resource_type: &str, v: &Value, patient: &str, base: &str
         }
         None => !rows.patient_compartments.is_empty() && rows.patient_compartments.iter().all(|p| p == patient),
     }
+}
+
+/// Whether this content (one version of a resource) is in `patient`'s compartment.
+fn content_in_compartment(resource_type: &str, v: &Value, patient: &str, base: &str) -> bool {
+    fhir::extract::extract(resource_type, v, Some(base)).is_ok_and(|rows| rows.patient_compartments.iter().any(|p| p == patient))
 }
 
 /// Whether `resource` satisfies one of the constraint sets (each a list of `param=value` that must all hold).
@@ -233,7 +244,8 @@ fn matches_constraints(resource_type: &str, resource: &Value, sets: &[Vec<(Strin
 
 impl Access {
     /// May `interaction` happen on this resource (as stored, or as about to be written)? `key` is the
-    /// stored resource's key when it exists.
+    /// stored resource's key when `content` is its current version (its index rows then answer the
+    /// compartment question); `None` judges the content itself (a past version, or a new resource).
     pub async fn check_resource(&self, state: &AppState, interaction: Interaction, resource_type: &str, id: &str, key: Option<i64>, content: Content<'_>) -> Result<(), ApiError> {
         let Access::Token(t) = self else { return Ok(()) };
         if interaction == Interaction::Read && t.fhir_user.as_deref() == Some(&format!("{resource_type}/{id}")) {
@@ -257,14 +269,14 @@ impl Access {
                 !writing
             } else if !params::in_patient_compartment(resource_type) {
                 false
-            } else if matches!(interaction, Interaction::Create | Interaction::Update) {
-                // New content must be about the context patient (its subject/patient element), not merely
-                // mention them as performer or author.
+            } else if writing {
+                // Content written or deleted must be about the context patient (its subject/patient
+                // element), not merely mention them as performer or author, and mention no other patient.
                 content.value().is_some_and(|v| written_for_patient(resource_type, &v, patient, &state.base_url))
             } else {
                 match key {
                     Some(k) => state.store.in_patient_compartment(k, patient).await?,
-                    None => false,
+                    None => content.value().is_some_and(|v| content_in_compartment(resource_type, &v, patient, &state.base_url)),
                 }
             };
             if in_compartment && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url))) {

@@ -471,7 +471,13 @@ async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction
         }
         (Method::Put, Some(id), None) => {
             access.check_resource(state, Interaction::Update, ty, id, None, Content::Parsed(body)).await?;
-            match tx.read(ty, id).await?.filter(|e| !e.deleted) {
+            match tx.read(ty, id).await? {
+                // Replacing a deleted resource continues its history: its last live version is judged, as
+                // the REST update does.
+                Some(current) if current.deleted => match state.store.vread(ty, id, current.version - 1).await? {
+                    Some(last) => rest::check_version_for(state, access, Interaction::Update, &last).await,
+                    None => access.check_type_wide(ty, Interaction::Update),
+                },
                 Some(existing) => rest::check_stored(state, access, Interaction::Update, &existing).await,
                 None => Ok(()),
             }

@@ -39,6 +39,10 @@ impl ApiError {
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message)
     }
+    /// The database cannot answer now: 503 with `Retry-After` (see [`IntoResponse`]).
+    pub fn unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the service cannot reach its database right now; retry after the time given in Retry-After")
+    }
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal server error; the details are in the server log")
     }
@@ -58,13 +62,22 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %m, "storage error");
                 ApiError::internal()
             }
+            StoreError::Unavailable(m) => {
+                store::error::report_unavailable(&m);
+                ApiError::unavailable()
+            }
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        crate::response::json_response(self.status, &self.to_outcome(), false, crate::response::FHIR_JSON)
+        let unavailable = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut r = crate::response::json_response(self.status, &self.to_outcome(), false, crate::response::FHIR_JSON);
+        if unavailable {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
+        r
     }
 }
 

@@ -58,6 +58,33 @@ async fn metadata(State(state): State<AppState>, neg: response::Negotiated) -> R
     response::json_response(StatusCode::OK, &cs, neg.pretty, neg.content_type)
 }
 
+/// Every error from `/fhir` is an OperationOutcome: a refusal produced outside the handlers (an extractor's
+/// rejection of a path that is not UTF-8, a body over the limit, ...) is plain text, and becomes one here.
+async fn outcome_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let json = response.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
+    if json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 16 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::NOT_ACCEPTABLE => "not-supported",
+        StatusCode::PAYLOAD_TOO_LARGE => "too-costly",
+        s if s.is_server_error() => "exception",
+        _ => "invalid",
+    };
+    ApiError::new(status, code, text).into_response()
+}
+
 /// The `/fhir` routes. Mount the result at the root of the server.
 pub fn router(state: AppState) -> Router {
     use rest::*;
@@ -83,5 +110,6 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .layer(axum::middleware::from_fn(outcome_errors))
         .with_state(state)
 }

@@ -65,15 +65,31 @@ pub async fn create(
     state: &AppState,
     tx: &mut dyn Transaction,
     resource_type: &str,
-    mut body: Value,
+    body: Value,
     if_none_exist: Option<&str>,
     assigned_id: Option<String>,
 ) -> ApiResult<Outcome> {
+    let condition = match if_none_exist {
+        Some(criteria) => Some(conditional_query(state, resource_type, criteria)?),
+        None => None,
+    };
+    create_if_none(state, tx, resource_type, body, condition.as_ref(), assigned_id).await
+}
+
+/// [`create`] with the `If-None-Exist` criteria already parsed (and narrowed to what the caller may see).
+pub async fn create_if_none(
+    state: &AppState,
+    tx: &mut dyn Transaction,
+    resource_type: &str,
+    mut body: Value,
+    condition: Option<&SearchQuery>,
+    assigned_id: Option<String>,
+) -> ApiResult<Outcome> {
+    let _ = state;
     check_type(resource_type)?;
     validated(&body, resource_type)?;
-    if let Some(criteria) = if_none_exist {
-        let q = conditional_query(state, resource_type, criteria)?;
-        let keys = tx.search(&q).await?;
+    if let Some(q) = condition {
+        let keys = tx.search(q).await?;
         match keys.len() {
             0 => {}
             1 => {

@@ -77,7 +77,7 @@ pub async fn system_post(State(state): State<AppState>, Extension(access): Exten
 
 pub async fn system_history(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     access.check_history(None)?;
-    history(&state, neg, HistoryScope::System, q.as_deref().unwrap_or(""), format!("{}/_history", state.base_url)).await
+    history(&state, &access, neg, HistoryScope::System, q.as_deref().unwrap_or(""), format!("{}/_history", state.base_url)).await
 }
 
 // ---- type level ----------------------------------------------------------------------------------------
@@ -133,9 +133,18 @@ pub async fn type_create(State(state): State<AppState>, Extension(access): Exten
     check_type(&ty)?;
     let value = json_body(&headers, &body)?;
     access.check_resource(&state, Interaction::Create, &ty, "", None, Content::Parsed(&value)).await?;
-    let if_none_exist = header_str(&headers, "if-none-exist").map(|s| s.trim_start_matches('?').to_string());
+    // If-None-Exist is a search: it runs only within what the token may search (a patient token's
+    // criteria see its own patient's records only), so that its answer says nothing about the rest.
+    let condition = match header_str(&headers, "if-none-exist") {
+        Some(criteria) => {
+            let mut q = ops::conditional_query(&state, &ty, criteria.trim_start_matches('?'))?;
+            access.restrict_search(&state, &mut q).map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("a conditional create needs a scope that allows searching {ty}")))?;
+            Some(q)
+        }
+        None => None,
+    };
     let mut tx = state.store.begin().await?;
-    let outcome = ops::create(&state, &mut *tx, &ty, value, if_none_exist.as_deref(), None).await?;
+    let outcome = ops::create_if_none(&state, &mut *tx, &ty, value, condition.as_ref(), None).await?;
     tx.commit().await?;
     if let Some(existing) = outcome.resource.as_ref().filter(|_| outcome.status == StatusCode::OK) {
         // If-None-Exist matched: what comes back must be readable with this token.
@@ -177,7 +186,7 @@ pub async fn type_history(State(state): State<AppState>, Extension(access): Exte
     check_type(&ty)?;
     access.check_history(Some(&ty))?;
     let url = format!("{}/{ty}/_history", state.base_url);
-    history(&state, neg, HistoryScope::Type(ty), q.as_deref().unwrap_or(""), url).await
+    history(&state, &access, neg, HistoryScope::Type(ty), q.as_deref().unwrap_or(""), url).await
 }
 
 // ---- instance level ------------------------------------------------------------------------------------
@@ -212,7 +221,7 @@ pub async fn instance_vread(State(state): State<AppState>, Extension(access): Ex
         None => Err(ApiError::not_found(format!("{ty}/{id} has no version {version}"))),
         Some(r) if r.deleted => Err(ApiError::gone(format!("version {version} of {ty}/{id} is a deletion"))),
         Some(r) => {
-            check_stored(&state, &access, Interaction::Read, &r).await?;
+            check_version(&state, &access, &r).await?;
             Ok(resource_response(&state, neg, &r))
         }
     }
@@ -233,9 +242,13 @@ pub async fn instance_update(
         access.check_resource(&state, Interaction::Update, &ty, &id, None, Content::Parsed(&value)).await?;
         if let Some(current) = state.store.read(&ty, &id).await? {
             // Replacing a deleted resource would expose its history: judge its last live version.
-            let judged = if current.deleted { state.store.vread(&ty, &id, current.version - 1).await? } else { Some(current) };
-            if let Some(existing) = judged {
-                check_stored(&state, &access, Interaction::Update, &existing).await?;
+            if current.deleted {
+                match state.store.vread(&ty, &id, current.version - 1).await? {
+                    Some(last) => check_version_for(&state, &access, Interaction::Update, &last).await?,
+                    None => access.check_type_wide(&ty, Interaction::Update)?,
+                }
+            } else {
+                check_stored(&state, &access, Interaction::Update, &current).await?;
             }
         }
     }
@@ -276,11 +289,17 @@ pub async fn instance_history(State(state): State<AppState>, Extension(access): 
     };
     if !matches!(access, Access::Open) {
         // A deleted resource's compartment is judged by its last live version.
-        let judged = if current.deleted { state.store.vread(&ty, &id, current.version - 1).await?.unwrap_or(current) } else { current };
-        check_stored(&state, &access, Interaction::Read, &judged).await?;
+        if current.deleted {
+            match state.store.vread(&ty, &id, current.version - 1).await? {
+                Some(last) => check_version(&state, &access, &last).await?,
+                None => access.check_history(Some(&ty))?,
+            }
+        } else {
+            check_stored(&state, &access, Interaction::Read, &current).await?;
+        }
     }
     let url = format!("{}/{ty}/{id}/_history", state.base_url);
-    history(&state, neg, HistoryScope::Instance(ty, id), q.as_deref().unwrap_or(""), url).await
+    history(&state, &access, neg, HistoryScope::Instance(ty, id), q.as_deref().unwrap_or(""), url).await
 }
 
 /// `GET Patient/{id}/$everything` and compartment searches `GET Patient/{id}/{Type}`.
@@ -309,7 +328,7 @@ pub async fn instance_sub(
 
 // ---- history -------------------------------------------------------------------------------------------
 
-async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: &str, url: String) -> ApiResult<Response> {
+async fn history(state: &AppState, access: &Access, neg: Negotiated, scope: HistoryScope, query: &str, url: String) -> ApiResult<Response> {
     let pairs = parse_pairs(query);
     let mut p = HistoryParams { count: fhir::query::DEFAULT_COUNT, ..Default::default() };
     for (k, v) in &pairs {
@@ -328,6 +347,7 @@ async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: 
     let till = p.till.unwrap_or_else(|| page.entries.first().map_or(0, |e| e.last_updated).max(state.now_ms()));
     let mut b = Bundle::new("history", state.now_ms());
     b.total = Some(page.total);
+    let mut hidden = false;
     let link = |offset: usize| {
         let mut s = url::form_urlencoded::Serializer::new(String::new());
         s.append_pair("_count", &p.count.to_string());
@@ -346,6 +366,12 @@ async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: 
         b.link.push(Link { relation: "previous", url: link(p.offset.saturating_sub(p.count)) });
     }
     for r in &page.entries {
+        // Every version is judged on its own content: one the token may not read is left out (a deletion
+        // has none, and belongs to a resource whose last version the caller was allowed to see).
+        if !r.deleted && check_version(state, access, r).await.is_err() {
+            hidden = true;
+            continue;
+        }
         let method = if r.deleted { "DELETE" } else if r.version == 1 { "POST" } else { "PUT" };
         let request_url = if method == "POST" { r.resource_type.clone() } else { format!("{}/{}", r.resource_type, r.id) };
         b.entry.push(Entry {
@@ -361,6 +387,10 @@ async fn history(state: &AppState, neg: Negotiated, scope: HistoryScope, query: 
             }),
             ..Default::default()
         });
+    }
+    if hidden {
+        // The page holds fewer versions than the history has: no total that counts the hidden ones.
+        b.total = None;
     }
     Ok(bundle_response(neg, &b))
 }
@@ -399,7 +429,7 @@ pub async fn read_entry(state: &AppState, access: &Access, url: &str) -> ApiResu
         }
         _ => return Err(ApiError::bad_request(format!("'{url}' is not a supported GET in a Bundle"))),
     };
-    check_stored(state, access, Interaction::Read, &resource).await?;
+    check_version(state, access, &resource).await?;
     Ok(Entry {
         full_url: Some(crate::bundle_out::full_url(&state.base_url, &resource)),
         resource: Some(Body::stored(&resource)),
@@ -413,6 +443,20 @@ pub async fn read_entry(state: &AppState, access: &Access, url: &str) -> ApiResu
         search: None::<SearchInfo>,
         ..Default::default()
     })
+}
+
+/// Checks a read of one version (current or past) on that version's own content: a record filed under
+/// another patient and later corrected stays out of reach in its old versions.
+pub async fn check_version(state: &AppState, access: &Access, r: &StoredResource) -> ApiResult<()> {
+    check_version_for(state, access, Interaction::Read, r).await
+}
+
+/// [`check_version`] for any interaction.
+pub async fn check_version_for(state: &AppState, access: &Access, interaction: Interaction, r: &StoredResource) -> ApiResult<()> {
+    if matches!(access, Access::Open) {
+        return Ok(());
+    }
+    access.check_resource(state, interaction, &r.resource_type, &r.id, None, Content::Stored(&r.json)).await
 }
 
 /// Checks an interaction on a stored resource against the request's access.

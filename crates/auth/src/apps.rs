@@ -131,6 +131,7 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
             icon: entry.icon,
             disabled: false,
             profile: None,
+            self_registered: false,
         };
         validate(&client).map_err(AppsError::Invalid)?;
         registry::put_client_as_is(store, &client).await?;
@@ -151,8 +152,33 @@ pub async fn register(store: &dyn AuthStore, client: Client) -> Result<Option<St
 const DYNAMIC_CEILING: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds";
 
 /// RFC 7591 dynamic client registration.
-pub async fn register_endpoint(State(s): State<Shared>, Json(m): Json<Value>) -> Response {
+pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
     let bad = |error: &str, msg: &str| oauth_error(StatusCode::BAD_REQUEST, error, msg);
+    // Parsed here, not by an extractor, so that every refusal is RFC 7591 JSON.
+    let m: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return bad("invalid_client_metadata", "the registration must be a JSON object"),
+        Err(e) => return bad("invalid_client_metadata", &format!("the registration is not valid JSON: {e}")),
+    };
+    for field in ["client_name", "token_endpoint_auth_method", "scope", "jwks_uri", "initiate_login_uri", "logo_uri"] {
+        if m.get(field).is_some_and(|v| !v.is_string()) {
+            return bad("invalid_client_metadata", &format!("{field} must be a string"));
+        }
+    }
+    if m.get("redirect_uris").is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
+        return bad("invalid_redirect_uri", "redirect_uris must be an array of strings");
+    }
+    if m.get("jwks").is_some_and(|v| !v["keys"].is_array()) {
+        return bad("invalid_client_metadata", "jwks must be a JWK set: an object with a keys array");
+    }
+    // A self-registered app's keys URL is fetched by this server: https only, and (at fetch time) public
+    // addresses only.
+    if let Some(uri) = m["jwks_uri"].as_str() {
+        let ok = url::Url::parse(uri).is_ok_and(|u| u.scheme() == "https" && u.host().is_some() && u.username().is_empty() && u.password().is_none());
+        if !ok {
+            return bad("invalid_client_metadata", "jwks_uri must be an https URL");
+        }
+    }
     let redirect_uris: Vec<String> = m["redirect_uris"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect()).unwrap_or_default();
     let method = m["token_endpoint_auth_method"].as_str().unwrap_or("client_secret_basic");
     let kind = match method {
@@ -178,6 +204,7 @@ pub async fn register_endpoint(State(s): State<Shared>, Json(m): Json<Value>) ->
         icon: m["logo_uri"].as_str().map(str::to_string),
         disabled: false,
         profile: None,
+        self_registered: true,
     };
     let invalid_redirect = client.redirect_uris.iter().any(|u| !valid_redirect_uri(u)) || (client.redirect_uris.is_empty() && kind != ClientKind::ConfidentialAsymmetric);
     if invalid_redirect {

@@ -5,7 +5,7 @@
 //! person and never redirect; after that, RFC 6749 error codes go back to the app with `state` and `iss`.
 
 use crate::crypto::{random_token, token_hash, verify_password};
-use crate::model::{Client, Grant, LaunchContext, PendingAuthorization, Profile, User, UserRole};
+use crate::model::{Awaiting, Client, Grant, LaunchContext, PendingAuthorization, Profile, User, UserRole};
 use crate::pages::{self, ConsentItem, ConsentView, ErrorView, LoginView, PickerView};
 use crate::{AuthServer, Shared, registry, session};
 use axum::Form;
@@ -164,7 +164,13 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
         username: launch.as_ref().and_then(|l| l.username.clone()),
         patient: launch.as_ref().and_then(|l| l.patient.clone()),
         launch,
+        browser: String::new(),
+        awaiting: Awaiting::SignIn,
     };
+    // The request belongs to this browser: its forms are accepted only with this browser's binding cookie.
+    let (browser, set_cookie) = session::browser_binding(s, headers);
+    let mut pending = pending;
+    pending.browser = browser;
     let request_id = random_token();
     if let Err(e) = save_pending(s, &request_id, &pending).await {
         return internal(s, e);
@@ -183,7 +189,11 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
         }
         (_, user) => user,
     };
-    proceed(s, user, &request_id, pending, &client).await
+    let mut response = proceed(s, user, &request_id, pending, &client).await;
+    if let Some(cookie) = set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 async fn save_pending(s: &Shared, request_id: &str, pending: &PendingAuthorization) -> Result<(), store::StoreError> {
@@ -193,7 +203,73 @@ async fn save_pending(s: &Shared, request_id: &str, pending: &PendingAuthorizati
 
 async fn load_pending(s: &Shared, request_id: &str) -> Option<PendingAuthorization> {
     let r = s.store.auth_get(REQUEST_KIND, &token_hash(request_id)).await.ok()??;
+    if r.expires.is_some_and(|e| e <= s.now_ms()) {
+        return None;
+    }
     serde_json::from_str(&r.value).ok()
+}
+
+/// The pending request a posted form continues: only from the browser that started it, and only for the
+/// step it waits for. Anything else gets a page for a person (and nothing about the request).
+async fn bound_request(s: &Shared, headers: &HeaderMap, request_id: &str, step: Awaiting) -> Result<PendingAuthorization, Response> {
+    if !session::same_origin(s, headers) {
+        return Err(cross_site(s));
+    }
+    let Some(pending) = load_pending(s, request_id).await else { return Err(expired_request(s)) };
+    if !session::same_browser(headers, &pending.browser) {
+        tracing::info!(client = %pending.client_id, "authorisation form from another browser refused");
+        s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "authorize", false, Some(&pending.client_id), None, None, "a form of this request was posted by another browser (or without its cookie): refused");
+        return Err(other_browser(s));
+    }
+    if pending.awaiting != step {
+        return Err(expired_request(s));
+    }
+    Ok(pending)
+}
+
+/// The signed-in user of this browser, when they are the user the pending request is for: pick and consent
+/// act only for that person (whatever the form or a launch handle says).
+async fn acting_user(s: &Shared, headers: &HeaderMap, pending: &PendingAuthorization) -> Result<User, Response> {
+    let Some(session) = session::current(s, headers).await else {
+        return Err(error_page(s, StatusCode::UNAUTHORIZED, "You are not signed in", "Your sign-in ended before this step was finished.", "Go back to the app or the EHR and launch it again."));
+    };
+    if pending.username.as_deref() != Some(session.user.username.as_str()) {
+        s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "authorize", false, Some(&pending.client_id), Some(&session.user.username), None, "a form of another user's request was posted: refused");
+        return Err(error_page(
+            s,
+            StatusCode::FORBIDDEN,
+            "You are signed in as someone else",
+            "This sign-in belongs to another user than the one signed in to this browser.",
+            "Sign out, sign in as the user who launched the app, and launch it again.",
+        ));
+    }
+    Ok(session.user)
+}
+
+fn unreadable_form(s: &AuthServer) -> Response {
+    error_page(s, StatusCode::BAD_REQUEST, "This form could not be read", "The page sent something the sign-in service does not understand.", "Go back to the app or the EHR and launch it again.")
+}
+
+/// The person-facing routes answer every refusal with a page: an extractor's rejection (a form that is
+/// not UTF-8, a wrong content type) is plain text, and becomes the sign-in service's error page here.
+pub async fn page_errors(State(s): State<Shared>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let html = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || html {
+        return response;
+    }
+    error_page(&s, status, "This request could not be read", "The sign-in service did not understand what the browser sent.", "Go back to the app or the EHR and launch it again.")
+}
+
+fn other_browser(s: &AuthServer) -> Response {
+    error_page(
+        s,
+        StatusCode::FORBIDDEN,
+        "This sign-in was started in another browser",
+        "The form was sent by a browser other than the one that opened this sign-in (or one that does not keep cookies), so it was stopped.",
+        "Go back to the app or the EHR in this browser and launch the app again.",
+    )
 }
 
 fn expired_request(s: &AuthServer) -> Response {
@@ -221,6 +297,7 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
         if let Some(own) = user.own_patient() {
             pending.patient = Some(own.to_string());
         } else if wants_patient {
+            pending.awaiting = Awaiting::Patient;
             if let Err(e) = save_pending(s, request_id, &pending).await {
                 return internal(s, e);
             }
@@ -243,6 +320,7 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
                 return issue_code(s, pending, &user, approved).await;
             }
         }
+    pending.awaiting = Awaiting::Consent;
     if let Err(e) = save_pending(s, request_id, &pending).await {
         return internal(s, e);
     }
@@ -374,11 +452,11 @@ fn cross_site(s: &AuthServer) -> Response {
 }
 
 pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
-    if !session::same_origin(&s, &headers) {
-        return cross_site(&s);
-    }
     let request_id = p.get("request").cloned().unwrap_or_default();
-    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
+    let mut pending = match bound_request(&s, &headers, &request_id, Awaiting::SignIn).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return expired_request(&s),
@@ -414,23 +492,23 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
 
 /// Patient picker submission.
 pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
-    if !session::same_origin(&s, &headers) {
-        return cross_site(&s);
-    }
     let request_id = p.get("request").cloned().unwrap_or_default();
-    let Some(mut pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
+    let mut pending = match bound_request(&s, &headers, &request_id, Awaiting::Patient).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let picker = match acting_user(&s, &headers, &pending).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
     let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request(&s) };
     match s.store.read("Patient", patient).await {
         Ok(Some(r)) if !r.deleted => {}
         Ok(_) => return error_page(&s, StatusCode::BAD_REQUEST, "That patient was not found", "The chosen patient does not exist.", "Go back and choose another patient."),
         Err(e) => return internal(&s, e),
     }
-    let picker = match &pending.username {
-        Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
-        None => None,
-    };
     // Only a clinician chooses a patient, and only while no patient is set for the request.
-    if !picker.as_ref().is_some_and(|u| u.role == UserRole::Clinician) || pending.patient.is_some() {
+    if picker.role != UserRole::Clinician || pending.patient.is_some() {
         return expired_request(&s);
     }
     pending.patient = Some(patient.clone());
@@ -439,26 +517,30 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
         Ok(None) => return expired_request(&s),
         Err(e) => return internal(&s, e),
     };
-    proceed(&s, picker, &request_id, pending, &client).await
+    proceed(&s, Some(picker), &request_id, pending, &client).await
 }
 
 /// Consent submission: the ticked scopes (with category sub-scopes in place of whole types), or a denial.
-pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    if !session::same_origin(&s, &headers) {
-        return cross_site(&s);
-    }
+pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     // Repeated fields (`scope`, `category`) need the raw pairs.
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let Some(pairs) = crate::token::form_pairs(&body) else { return unreadable_form(&s) };
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let request_id = get("request").unwrap_or_default();
-    let Some(pending) = load_pending(&s, &request_id).await else { return expired_request(&s) };
-    let _ = s.store.auth_delete(REQUEST_KIND, &token_hash(&request_id)).await;
-    let Some(user) = (match &pending.username {
-        Some(u) => registry::get_user(s.store.as_ref(), u).await.ok().flatten(),
-        None => None,
-    }) else {
-        return expired_request(&s);
+    let pending = match bound_request(&s, &headers, &request_id, Awaiting::Consent).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
+    // The decision is the signed-in user's own, or nobody's: it is what the remembered consent records.
+    let user = match acting_user(&s, &headers, &pending).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    // Single use: of two posts of one form, only the first decides.
+    match s.store.auth_consume(REQUEST_KIND, &token_hash(&request_id)).await {
+        Ok(Some(r)) if !r.used => {}
+        Ok(_) => return expired_request(&s),
+        Err(e) => return internal(&s, e),
+    }
     if get("decision").as_deref() != Some("allow") {
         tracing::info!(client = %pending.client_id, user = %user.username, "consent denied");
         s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", false, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), "the user denied access");

@@ -58,6 +58,8 @@ pub async fn smart_configuration(State(s): State<Shared>) -> Response {
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
+        // RFC 9207: every authorisation response (code or error) carries `iss`.
+        "authorization_response_iss_parameter_supported": true,
         "scopes_supported": SCOPES_SUPPORTED,
         "capabilities": CAPABILITIES,
     }))

@@ -87,6 +87,11 @@ pub fn verify(jwt: &str, client: &Client, jwks: &Value, token_url: &str, now: i6
         "ES384" => "EC",
         _ => return Err(format!("alg '{alg}' is not accepted; use RS384 or ES384")),
     };
+    // RFC 7515 §4.1.11: a `crit` header names extensions the verifier must understand; this one
+    // understands none, so any `crit` (even an empty or malformed one) is refused.
+    if header.get("crit").is_some() {
+        return Err("the assertion's crit header names extensions this server does not support".into());
+    }
     let kid = header["kid"].as_str().ok_or("the assertion header has no kid")?;
     if let Some(jku) = header.get("jku")
         && jku.as_str() != client.jwks_url.as_deref() {
@@ -125,6 +130,13 @@ pub fn verify(jwt: &str, client: &Client, jwks: &Value, token_url: &str, now: i6
     }
     if exp > now + MAX_LIFETIME + SKEW {
         return Err("exp may be at most five minutes ahead".into());
+    }
+    // RFC 7519 §4.1.5: not before `nbf` (with the same small skew as `exp`).
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf.as_i64().ok_or("nbf must be a number of seconds")?;
+        if nbf > now + SKEW {
+            return Err("the assertion is not valid yet (nbf is in the future)".into());
+        }
     }
     let jti = claims["jti"].as_str().filter(|j| !j.is_empty()).ok_or("jti is missing")?;
     Ok(Assertion { client_id: iss.to_string(), jti: jti.to_string(), exp })

@@ -61,17 +61,82 @@ pub async fn new_launch(server: &Shared, context: &LaunchContext) -> Result<NewL
     Ok(NewLaunch { handle, id })
 }
 
-pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, Json(mut context): Json<LaunchContext>) -> Response {
+/// Token-response fields an extra launch value may not set.
+const RESERVED: &[&str] = &[
+    "access_token", "token_type", "expires_in", "scope", "refresh_token", "id_token", "patient", "encounter", "fhirContext", "need_patient_banner",
+    "smart_style_url", "intent", "tenant", "state", "code", "iss", "aud", "sub", "client_id", "authorization_details", "fhirUser", "launch",
+];
+
+/// Whether a launch context holds together: its patient exists, its encounter is that patient's, and every
+/// `fhirContext` reference exists and, when it is a record about a patient, is about the launch's patient.
+/// A context can never hand an app a record of another patient than the one it names.
+pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<Result<(), String>, store::StoreError> {
+    let store = server.store.as_ref();
+    if let Some(p) = &context.patient {
+        if !fhir::types::is_valid_id(p) {
+            return Ok(Err("the patient of the launch is not a valid id".into()));
+        }
+        if store.read("Patient", p).await?.is_none_or(|r| r.deleted) {
+            return Ok(Err("the patient of the launch does not exist".into()));
+        }
+    }
+    if let Some(e) = &context.encounter {
+        let Some(p) = &context.patient else { return Ok(Err("an encounter needs the patient it belongs to in the launch".into())) };
+        if !fhir::types::is_valid_id(e) {
+            return Ok(Err("the encounter of the launch is not a valid id".into()));
+        }
+        match store.read("Encounter", e).await? {
+            Some(r) if !r.deleted => {
+                if !store.in_patient_compartment(r.key, p).await? {
+                    return Ok(Err("the encounter of the launch belongs to another patient".into()));
+                }
+            }
+            _ => return Ok(Err("the encounter of the launch does not exist".into())),
+        }
+    }
+    // Extra fields join the token response: they may add vendor values (practice ids), never stand in
+    // for the context this function checks or for the token response's own fields.
+    if let Some(k) = context.extra.keys().find(|k| RESERVED.contains(&k.as_str()) || k.starts_with("error")) {
+        return Ok(Err(format!("'{k}' is a SMART or OAuth field of the token response; it cannot be an extra launch value")));
+    }
+    let base = format!("{}/", server.config.fhir_base);
+    for item in &context.fhir_context {
+        let Some(reference) = item.get("reference") else { continue };
+        let Some(reference) = reference.as_str() else { return Ok(Err("a fhirContext reference must be a string".into())) };
+        let relative = reference.strip_prefix(&base).unwrap_or(reference);
+        let Some((ty, id)) = relative.split_once('/').filter(|(t, i)| fhir::types::is_storable_type(t) && fhir::types::is_valid_id(i)) else {
+            return Ok(Err(format!("the fhirContext reference '{reference}' is not a reference to a resource on this server (Type/id)")));
+        };
+        let Some(r) = store.read(ty, id).await?.filter(|r| !r.deleted) else {
+            return Ok(Err(format!("the fhirContext reference '{reference}' does not exist")));
+        };
+        let about_a_patient = ty == "Patient" || fhir::params::in_patient_compartment(ty);
+        if about_a_patient {
+            let Some(p) = &context.patient else {
+                return Ok(Err(format!("the fhirContext reference '{reference}' is a patient's record: the launch must name that patient")));
+            };
+            let theirs = if ty == "Patient" { id == p } else { store.in_patient_compartment(r.key, p).await? };
+            if !theirs {
+                return Ok(Err(format!("the fhirContext reference '{reference}' belongs to another patient than the launch's")));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let Some((username, password)) = basic_credentials(&headers) else {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "sign in with the EHR user's name and password (HTTP Basic)");
     };
     let user = match registry::get_user(server.store.as_ref(), &username).await {
         Ok(Some(u)) if verify_password(&password, &u.password_hash) => u,
         Ok(_) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown user or wrong password"),
-        Err(e) => {
-            tracing::error!(error = %e, "launch: store error");
-            return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the launch could not be stored");
-        }
+        Err(e) => return crate::unavailable(&e),
+    };
+    // Parsed here, not by an extractor, so that a malformed context is an RFC 6749 error like the others.
+    let mut context: LaunchContext = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &format!("the launch context is not valid: {e}")),
     };
     // Patients launch apps on their own record only (portal launches); clinicians on any.
     if let Some(own) = user.own_patient() {
@@ -80,17 +145,10 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, Jso
         }
         context.patient = Some(own.to_string());
     }
-    if let Some(p) = &context.patient {
-        match server.store.read("Patient", p).await {
-            Ok(Some(r)) if !r.deleted => {}
-            _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the patient of the launch does not exist"),
-        }
-    }
-    if let Some(e) = &context.encounter {
-        match server.store.read("Encounter", e).await {
-            Ok(Some(r)) if !r.deleted => {}
-            _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the encounter of the launch does not exist"),
-        }
+    match check_context(&server, &context).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &why),
+        Err(e) => return crate::unavailable(&e),
     }
     if let Err(why) = context.faults.validate() {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &why);
@@ -103,9 +161,6 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, Jso
             crate::no_store(&mut r);
             r
         }
-        Err(e) => {
-            tracing::error!(error = %e, "launch: store error");
-            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the launch could not be stored")
-        }
+        Err(e) => crate::unavailable(&e),
     }
 }

@@ -14,6 +14,7 @@ pub mod jose;
 pub mod keys;
 pub mod launch;
 pub mod model;
+pub mod outbound;
 pub mod pages;
 pub mod profile;
 pub mod registry;
@@ -77,8 +78,8 @@ pub struct AuthServer {
     /// One second bounds how long a revocation on another node goes unnoticed here.
     resolved: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<TokenAccess>)>>,
     audit: Option<store::audit::AuditSink>,
-    /// For clients' JWKS URLs.
-    http: reqwest::Client,
+    /// For clients' JWKS URLs: fenced against reaching into the server's own network.
+    outbound: outbound::Fetcher,
     /// Fetched JWKS by URL, with the time (Unix ms) until which their Cache-Control allows keeping them.
     jwks_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, serde_json::Value)>>,
     /// Registered clients read in the last second, by id, for the token endpoint (see [`AuthServer::client`]).
@@ -103,11 +104,7 @@ pub type Shared = Arc<AuthServer>;
 impl AuthServer {
     pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock, audit: Option<store::audit::AuditSink>, pages: Arc<dyn pages::Pages>) -> Result<Shared, keys::KeyError> {
         let keys = keys::Keys::load_or_create(store.as_ref(), unix_ms(clock.now())).await?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|_| keys::KeyError::Crypto)?;
+        let outbound = outbound::Fetcher::new().map_err(|_| keys::KeyError::Crypto)?;
         Ok(Arc::new(AuthServer {
             store,
             config,
@@ -116,7 +113,7 @@ impl AuthServer {
             pages,
             resolved: std::sync::Mutex::new(std::collections::HashMap::new()),
             audit,
-            http,
+            outbound,
             jwks_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             fhir_faults: std::sync::Mutex::new(std::collections::HashMap::new()),
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -143,7 +140,8 @@ impl AuthServer {
     }
 
     /// A client's public keys: registered by value, or fetched from its registered JWKS URL and kept no
-    /// longer than the response's `Cache-Control: max-age` allows (not at all without one).
+    /// longer than the response's `Cache-Control: max-age` allows (not at all without one). The error is
+    /// the same whatever went wrong (see [`outbound`]); the reason is logged.
     pub async fn client_keys(&self, client: &model::Client) -> Result<serde_json::Value, String> {
         if let Some(jwks) = &client.jwks {
             return Ok(jwks.clone());
@@ -154,26 +152,37 @@ impl AuthServer {
             && *until > now {
                 return Ok(jwks.clone());
             }
-        let response = self.http.get(url).header("accept", "application/json").send().await.map_err(|e| format!("the JWKS URL could not be fetched: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("the JWKS URL answered {}", response.status()));
+        let (reach, https_only) = self.jwks_reach(client);
+        let fetched = match self.outbound.jwks(url, reach, https_only).await {
+            Ok(f) => f,
+            Err(why) => {
+                tracing::info!(client = %client.client_id, reason = %why, "the client's JWKS URL could not be used");
+                return Err("the client's keys could not be obtained from its registered JWKS URL".into());
+            }
+        };
+        if fetched.max_age > 0 {
+            self.jwks_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(url.to_string(), (now + fetched.max_age * 1000, fetched.jwks.clone()));
         }
-        let max_age = response
-            .headers()
-            .get("cache-control")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.contains("no-store") && !v.contains("no-cache"))
-            .and_then(|v| v.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<i64>().ok()))
-            .unwrap_or(0)
-            .min(3600);
-        let jwks: serde_json::Value = response.json().await.map_err(|_| "the JWKS URL did not return JSON".to_string())?;
-        if !jwks["keys"].is_array() {
-            return Err("the JWKS URL did not return a JWK set".into());
+        Ok(fetched.jwks)
+    }
+
+    /// Where a client's JWKS URL may point: public addresses over https for self-registered apps; private
+    /// networks too for apps an administrator registered, and loopback only when this server itself runs on
+    /// loopback (development).
+    pub fn jwks_reach(&self, client: &model::Client) -> (outbound::Reach, bool) {
+        if client.self_registered {
+            return (outbound::Reach::PUBLIC, true);
         }
-        if max_age > 0 {
-            self.jwks_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(url.to_string(), (now + max_age * 1000, jwks.clone()));
-        }
-        Ok(jwks)
+        (outbound::Reach { private: true, loopback: self.on_loopback() }, false)
+    }
+
+    /// Whether this server's public URL is on loopback (a developer's machine).
+    pub fn on_loopback(&self) -> bool {
+        url::Url::parse(&self.config.public_url).ok().and_then(|u| u.host().map(|h| h.to_owned())).is_some_and(|h| match h {
+            url::Host::Domain(d) => d == "localhost",
+            url::Host::Ipv4(ip) => ip.is_loopback(),
+            url::Host::Ipv6(ip) => ip.is_loopback(),
+        })
     }
 
     /// Records an authorisation decision in the audit trail (never token material).
@@ -213,36 +222,36 @@ impl AuthServer {
     }
 
     /// The grant behind a live (unexpired, unrevoked) access token.
-    pub async fn access_grant(&self, token: &str) -> Option<Grant> {
-        let record = self.store.auth_get("access", &crypto::token_key(token)).await.ok().flatten()?;
-        if record.revoked {
-            return None;
+    pub async fn access_grant(&self, token: &str) -> Result<Option<Grant>, store::StoreError> {
+        let Some(record) = self.store.auth_get("access", &crypto::token_key(token)).await? else { return Ok(None) };
+        if record.revoked || record.expires.is_some_and(|e| e <= self.now_ms()) {
+            return Ok(None);
         }
-        serde_json::from_str(&record.value).ok()
+        Ok(serde_json::from_str(&record.value).ok())
     }
 }
 
 /// Bearer tokens for the FHIR API.
 #[async_trait]
 impl AccessResolver for AuthServer {
-    async fn resolve(&self, bearer_token: &str) -> Option<Arc<TokenAccess>> {
+    async fn resolve(&self, bearer_token: &str) -> Result<Option<Arc<TokenAccess>>, store::StoreError> {
         let hash = crypto::token_key(bearer_token);
         let now = self.now_ms();
         if let Some((at, access)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&hash)
             && now - at < RESOLVE_CACHE_MS && now >= *at {
-                return Some(access.clone());
+                return Ok(Some(access.clone()));
             }
-        let record = self.store.auth_get("access", &hash).await.ok().flatten()?;
+        let Some(record) = self.store.auth_get("access", &hash).await? else { return Ok(None) };
         if record.revoked {
-            return None;
+            return Ok(None);
         }
-        let grant: Grant = serde_json::from_str(&record.value).ok()?;
+        let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return Ok(None) };
         if let Some(at) = grant.revoke_at
             && at <= now {
                 // An injected revocation: from now on the grant is revoked like any other.
                 let _ = self.revoke_grant(&grant.grant_id).await;
                 self.audit_in(grant.launch_id(), "revoke", true, Some(&grant.client_id), grant.username.as_deref(), grant.patient.as_deref(), "tokens revoked by the server (injected fault)");
-                return None;
+                return Ok(None);
             }
         let faults = grant.faults();
         let fhir_faults = (faults.fhir_delay_ms.is_some() || faults.fhir_error_status.is_some()).then(|| {
@@ -280,7 +289,7 @@ impl AccessResolver for AuthServer {
             }
             cache.insert(hash, (now, access.clone()));
         }
-        Some(access)
+        Ok(Some(access))
     }
 }
 
@@ -294,26 +303,68 @@ pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Respon
     r
 }
 
+/// A storage failure at an OAuth endpoint: `503 temporarily_unavailable` with `Retry-After` when the
+/// database cannot be reached (logged once per outage, not per request), `500 server_error` for other
+/// failures. Never a credential error: a valid client or token is not turned away as invalid.
+pub fn unavailable(e: &store::StoreError) -> Response {
+    match e {
+        store::StoreError::Unavailable(m) => {
+            store::error::report_unavailable(m);
+            let mut r = oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authorisation server cannot reach its database right now; retry later");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+        other => {
+            tracing::error!(error = %other, "authorisation server storage error");
+            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the authorisation server could not complete the request")
+        }
+    }
+}
+
 pub fn no_store(r: &mut Response) {
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
+/// Every error from an OAuth endpoint (token, introspection, revocation, registration, launch) is RFC 6749
+/// JSON: a refusal produced outside the handlers (a body over the limit, a wrong method, ...) is plain
+/// text, and becomes `invalid_request` JSON here.
+async fn oauth_json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 16 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let error = if status.is_server_error() { "server_error" } else { "invalid_request" };
+    oauth_error(status, error, &text)
+}
+
 /// The routes of the authorisation server (mount at the server root).
 pub fn router(server: Shared) -> Router {
-    Router::new()
-        .route("/fhir/.well-known/smart-configuration", get(discovery::smart_configuration))
-        .route("/fhir/.well-known/openid-configuration", get(discovery::openid_configuration))
-        .route("/auth/jwks", get(discovery::jwks))
-        .route("/auth/style.json", get(discovery::style))
-        .route("/auth/authorize", get(authorize::authorize_get).post(authorize::authorize_post))
-        .route("/auth/login", post(authorize::login))
-        .route("/auth/pick", post(authorize::pick))
-        .route("/auth/consent", post(authorize::consent))
+    let oauth = Router::new()
         .route("/auth/token", post(token::token))
         .route("/auth/introspect", post(token::introspect))
         .route("/auth/revoke", post(token::revoke))
         .route("/auth/launch", post(launch::create_launch))
         .route("/auth/register", post(apps::register_endpoint))
+        .layer(axum::middleware::from_fn(oauth_json_errors));
+    let pages = Router::new()
+        .route("/auth/authorize", get(authorize::authorize_get).post(authorize::authorize_post))
+        .route("/auth/login", post(authorize::login))
+        .route("/auth/pick", post(authorize::pick))
+        .route("/auth/consent", post(authorize::consent))
+        .layer(axum::middleware::from_fn_with_state(server.clone(), authorize::page_errors));
+    Router::new()
+        .route("/fhir/.well-known/smart-configuration", get(discovery::smart_configuration))
+        .route("/fhir/.well-known/openid-configuration", get(discovery::openid_configuration))
+        .route("/auth/jwks", get(discovery::jwks))
+        .route("/auth/style.json", get(discovery::style))
+        .merge(pages)
+        .merge(oauth)
         .with_state(server)
 }

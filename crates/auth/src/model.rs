@@ -39,6 +39,10 @@ pub struct Client {
     /// The EHR behaviour this app meets by default (a launch may choose another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+    /// Registered by the app itself (RFC 7591), not by an administrator: its JWKS URL may only reach
+    /// public addresses over https.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_registered: bool,
 }
 
 /// Vendor profiles: documented behaviours of real EHRs that break apps, reproduced on demand.
@@ -267,6 +271,24 @@ pub struct PendingAuthorization {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
+    /// Hash of the browser-binding cookie of the browser that started the request: only that browser may
+    /// post its sign-in, picker and consent forms (a request id copied out of a page is worth nothing).
+    #[serde(default)]
+    pub browser: String,
+    /// The form the request waits for; a form posted out of turn (consent before the patient is chosen,
+    /// a second pick) is refused.
+    #[serde(default)]
+    pub awaiting: Awaiting,
+}
+
+/// The step a pending authorisation request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Awaiting {
+    #[default]
+    SignIn,
+    Patient,
+    Consent,
 }
 
 /// What a code, an access token and a refresh token stand for.

@@ -37,14 +37,40 @@ fn csrf_of(token: &str) -> String {
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, v)| *k == name && !v.is_empty())
         .map(|(_, v)| v.to_string())
+}
+
+/// The browser-binding cookie: a random value per browser, set by the authorisation endpoint before anyone
+/// signs in. A pending authorisation request keeps its hash, and its forms are accepted only with it.
+pub const BROWSER_COOKIE: &str = "kindling_authz";
+
+/// The hash of the request's browser-binding cookie and, when the browser had none, the `Set-Cookie` value
+/// that gives it one.
+pub fn browser_binding(server: &crate::AuthServer, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+    if let Some(token) = cookie_named(headers, BROWSER_COOKIE).filter(|t| t.len() >= 32) {
+        return (token_hash(&format!("browser:{token}")), None);
+    }
+    let token = random_token();
+    let secure = if server.config.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = HeaderValue::from_str(&format!("{BROWSER_COOKIE}={token}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age={}{secure}", HOURS * 3600)).ok();
+    (token_hash(&format!("browser:{token}")), cookie)
+}
+
+/// Whether the request comes from the browser whose binding hash is `bound`.
+pub fn same_browser(headers: &HeaderMap, bound: &str) -> bool {
+    !bound.is_empty()
+        && cookie_named(headers, BROWSER_COOKIE).is_some_and(|t| crate::crypto::constant_time_eq(token_hash(&format!("browser:{t}")).as_bytes(), bound.as_bytes()))
 }
 
 /// Whether a form post comes from this server's own pages: browsers send `Origin` with every POST, so a

@@ -19,6 +19,21 @@ fn get<'a>(pairs: &'a Pairs, k: &str) -> Option<&'a str> {
     pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
+/// A form body's pairs; `None` when it is not UTF-8 (percent-decoded values included).
+pub(crate) fn form_pairs(body: &[u8]) -> Option<Pairs> {
+    std::str::from_utf8(body).ok()?;
+    let pairs: Pairs = url::form_urlencoded::parse(body).into_owned().collect();
+    // Decoding replaces invalid UTF-8 with U+FFFD: refuse rather than act on an altered value.
+    if pairs.iter().any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}')) {
+        return None;
+    }
+    Some(pairs)
+}
+
+pub(crate) fn not_a_form() -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the body must be application/x-www-form-urlencoded UTF-8 text")
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "token endpoint error");
     oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request could not be completed")
@@ -57,7 +72,7 @@ async fn record_jti(s: &Shared, jti: &Jti) -> Result<(), Response> {
     match s.store.auth_insert_new(r.kind, r.key, r.value, r.expires).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(jti_reused()),
-        Err(e) => Err(internal(e)),
+        Err(e) => Err(crate::unavailable(&e)),
     }
 }
 
@@ -78,7 +93,7 @@ async fn authenticate(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> Result<
     let client = match s.client(&client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return Err(bad("unknown client")),
-        Err(e) => return Err(internal(e)),
+        Err(e) => return Err(crate::unavailable(&e)),
     };
     let client = match (client.kind, secret) {
         (ClientKind::Public, None) => Ok(client),
@@ -113,7 +128,7 @@ async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<(Arc<Client
     let client = match s.client(&iss).await {
         Ok(Some(c)) if c.kind == ClientKind::ConfidentialAsymmetric => c,
         Ok(_) => return Err(bad("the assertion's issuer is not a registered asymmetric client")),
-        Err(e) => return Err(internal(e)),
+        Err(e) => return Err(crate::unavailable(&e)),
     };
     let jwks = match s.client_keys(&client).await {
         Ok(k) => k,
@@ -134,8 +149,9 @@ async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<(Arc<Client
     Ok((client, jti))
 }
 
-pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let pairs: Pairs = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    // Bytes, not String: a body that is not UTF-8 is an OAuth error like any other bad request.
+    let Some(pairs) = form_pairs(&body) else { return not_a_form() };
     let grant_type = get(&pairs, "grant_type");
     if !matches!(grant_type, Some("authorization_code") | Some("refresh_token") | Some("client_credentials")) {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be authorization_code, refresh_token or client_credentials");
@@ -145,8 +161,9 @@ pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) ->
         Err(r) => match public_refresh_client(&s, &headers, &pairs, grant_type).await {
             // RFC 6749 §6 asks public clients for no credentials on refresh (the SMART JavaScript
             // client sends none): the refresh token itself names its public client.
-            Some(c) => (c, None),
-            None => return r,
+            Ok(Some(c)) => (c, None),
+            Ok(None) => return r,
+            Err(e) => return crate::unavailable(&e),
         },
     };
     if grant_type == Some("client_credentials") {
@@ -164,17 +181,15 @@ pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: String) ->
 
 /// The public client a refresh token belongs to, for a refresh request that carries no client
 /// identification at all.
-async fn public_refresh_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs, grant_type: Option<&str>) -> Option<Arc<Client>> {
+async fn public_refresh_client(s: &Shared, headers: &HeaderMap, pairs: &Pairs, grant_type: Option<&str>) -> Result<Option<Arc<Client>>, store::StoreError> {
     let anonymous = grant_type == Some("refresh_token")
         && headers.get(axum::http::header::AUTHORIZATION).is_none()
         && get(pairs, "client_id").is_none()
         && get(pairs, "client_assertion").is_none();
-    if !anonymous {
-        return None;
-    }
-    let record = s.store.auth_get("refresh", &token_key(get(pairs, "refresh_token")?)).await.ok()??;
-    let grant: Grant = serde_json::from_str(&record.value).ok()?;
-    s.client(&grant.client_id).await.ok()?.filter(|c| c.kind == ClientKind::Public)
+    let Some(refresh) = get(pairs, "refresh_token").filter(|_| anonymous) else { return Ok(None) };
+    let Some(record) = s.store.auth_get("refresh", &token_key(refresh)).await? else { return Ok(None) };
+    let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return Ok(None) };
+    Ok(s.client(&grant.client_id).await?.filter(|c| c.kind == ClientKind::Public))
 }
 
 /// Backend services: `system/` scopes for an asymmetric client, within what it was registered for. Short
@@ -234,18 +249,20 @@ async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
     let record = match s.store.auth_consume("code", &token_key(code)).await {
         Ok(Some(r)) => r,
         Ok(None) => return invalid_grant("the code is invalid or has expired"),
-        Err(e) => return internal(e),
+        Err(e) => return crate::unavailable(&e),
     };
     let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return internal("unreadable code record") };
+    // Another client's code is refused before anything else: it must not be able to trigger the replay
+    // revocation of a grant that is not its own.
+    if grant.client_id != client.client_id {
+        return invalid_grant("the code was issued to another client");
+    }
     if record.used || record.revoked {
         // RFC 6749 §4.1.2: a replayed code revokes what it produced.
         let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
         tracing::warn!(client = %client.client_id, revoked = n, "authorisation code replayed; its tokens are revoked");
         s.audit_in(grant.launch_id(), "code-replay", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a used code came back; its tokens were revoked");
         return invalid_grant("the code was already used");
-    }
-    if grant.client_id != client.client_id {
-        return invalid_grant("the code was issued to another client");
     }
     if get(pairs, "redirect_uri") != grant.redirect_uri.as_deref() {
         return invalid_grant("redirect_uri does not match the authorisation request");
@@ -264,17 +281,19 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     let record = match s.store.auth_get("refresh", &hash).await {
         Ok(Some(r)) => r,
         Ok(None) => return invalid_grant("the refresh token is invalid or has expired"),
-        Err(e) => return internal(e),
+        Err(e) => return crate::unavailable(&e),
     };
     let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return internal("unreadable refresh record") };
+    // Another client's refresh token is refused first: reuse detection (which revokes the grant) is
+    // only for the client the token was issued to.
+    if grant.client_id != client.client_id {
+        return invalid_grant("the refresh token was issued to another client");
+    }
     if record.revoked {
         return invalid_grant("the refresh token was revoked");
     }
     if record.used {
         return reused(s, client, &grant).await;
-    }
-    if grant.client_id != client.client_id {
-        return invalid_grant("the refresh token was issued to another client");
     }
     let trace = grant.launch_id().map(str::to_string);
     if grant.revoke_at.is_some_and(|at| at <= s.now_ms()) {
@@ -311,7 +330,7 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     match s.store.auth_consume("refresh", &hash).await {
         Ok(Some(r)) if !r.used && !r.revoked => {}
         Ok(_) => return reused(s, client, &grant).await,
-        Err(e) => return internal(e),
+        Err(e) => return crate::unavailable(&e),
     }
     issue_tokens(s, client, grant, narrowed, Refresh::New, None).await
 }
@@ -359,7 +378,7 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     match stored {
         Ok(true) => {}
         Ok(false) => return jti_reused(),
-        Err(e) => return internal(e),
+        Err(e) => return crate::unavailable(&e),
     }
     let mut body = json!({
         "access_token": access,
@@ -453,28 +472,43 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     r
 }
 
-/// Introspection is for authenticated clients, or callers holding a live access token (SMART 2.2).
-async fn may_introspect(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> bool {
+/// Introspection is for authenticated clients, or callers holding a live access token (SMART 2.2). A
+/// refusal is the response to send.
+async fn may_introspect(s: &Shared, headers: &HeaderMap, pairs: &Pairs) -> Result<(), Response> {
+    let refused = || oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "introspection needs client authentication or a bearer token");
     if let Some(bearer) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
-        return s.access_grant(bearer.trim()).await.is_some();
+        return match s.access_grant(bearer.trim()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(refused()),
+            Err(e) => Err(crate::unavailable(&e)),
+        };
     }
-    authenticate_client(s, headers, pairs).await.is_ok()
+    match authenticate_client(s, headers, pairs).await {
+        Ok(_) => Ok(()),
+        // A storage failure stays a 503; any other refusal is the same 401.
+        Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE || r.status() == StatusCode::INTERNAL_SERVER_ERROR => Err(r),
+        Err(_) => Err(refused()),
+    }
 }
 
-pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let pairs: Pairs = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
-    if !may_introspect(&s, &headers, &pairs).await {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "introspection needs client authentication or a bearer token");
+pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    // Bytes, not String: a body that is not UTF-8 is an OAuth error like any other bad request.
+    let Some(pairs) = form_pairs(&body) else { return not_a_form() };
+    if let Err(r) = may_introspect(&s, &headers, &pairs).await {
+        return r;
     }
     let token = get(&pairs, "token").unwrap_or("");
     let hash = token_key(token);
     let mut found = None;
     for kind in ["access", "refresh"] {
-        if let Ok(Some(r)) = s.store.auth_get(kind, &hash).await
-            && !r.revoked && !(kind == "refresh" && r.used) {
+        match s.store.auth_get(kind, &hash).await {
+            Ok(Some(r)) if !(r.revoked || kind == "refresh" && r.used) => {
                 found = Some((kind, r));
                 break;
             }
+            Ok(_) => {}
+            Err(e) => return crate::unavailable(&e),
+        }
     }
     let body = match found.and_then(|(kind, r)| serde_json::from_str::<Grant>(&r.value).ok().map(|g| (kind, r, g))) {
         None => json!({"active": false}),
@@ -511,8 +545,9 @@ pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: Strin
     r
 }
 
-pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let pairs: Pairs = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    // Bytes, not String: a body that is not UTF-8 is an OAuth error like any other bad request.
+    let Some(pairs) = form_pairs(&body) else { return not_a_form() };
     let client = match authenticate_client(&s, &headers, &pairs).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -520,10 +555,18 @@ pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: String) -
     let Some(token) = get(&pairs, "token") else { return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required") };
     let hash = token_key(token);
     for kind in ["access", "refresh"] {
-        if let Ok(Some(r)) = s.store.auth_get(kind, &hash).await
+        // A revocation that could not be carried out must not answer 200 (the app would believe it done).
+        let record = match s.store.auth_get(kind, &hash).await {
+            Ok(r) => r,
+            Err(e) => return crate::unavailable(&e),
+        };
+        if let Some(r) = record
             && let Ok(g) = serde_json::from_str::<Grant>(&r.value)
                 && g.client_id == client.client_id {
-                    let n = s.revoke_grant(&g.grant_id).await.unwrap_or(0);
+                    let n = match s.revoke_grant(&g.grant_id).await {
+                        Ok(n) => n,
+                        Err(e) => return crate::unavailable(&e),
+                    };
                     tracing::info!(client = %client.client_id, revoked = n, "tokens revoked");
                     s.audit_in(g.launch_id(), "revoke", true, Some(&client.client_id), g.username.as_deref(), g.patient.as_deref(), "tokens revoked at the app's request (RFC 7009)");
                 }

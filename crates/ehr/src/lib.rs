@@ -269,7 +269,9 @@ async fn launchable_apps(s: &Shared, for_patients: bool) -> Result<Vec<AppView>,
     let mut apps: Vec<AppView> = auth::registry::list_clients(s.store.as_ref())
         .await?
         .into_iter()
-        .filter(|c| !c.disabled && c.launch_url.is_some())
+        // An app that registered itself (RFC 7591) is not offered to clinicians or patients until an
+        // administrator has reviewed and saved it on the Apps page: anyone may register, under any name.
+        .filter(|c| !c.disabled && !c.self_registered && c.launch_url.is_some())
         .filter(|c| !for_patients || smart::ScopeSet::parse(&c.allowed_scope).resource_scopes().any(|r| r.level == smart::Level::Patient))
         .map(|c| AppView { client_id: c.client_id, name: c.name, icon: c.icon })
         .collect();
@@ -354,7 +356,7 @@ async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum
         return message(nav, StatusCode::BAD_REQUEST, "Choose an app", "No app was chosen.", "Click the Launch button next to an app.", &back);
     };
     let client = match auth::registry::get_client(s.store.as_ref(), client_id).await {
-        Ok(Some(c)) if c.launch_url.is_some() => c,
+        Ok(Some(c)) if c.launch_url.is_some() && !c.self_registered => c,
         Ok(_) => return message(nav, StatusCode::NOT_FOUND, "This app cannot be launched", "The app is not registered, is disabled, or has no launch URL.", "Ask your administrator to check the app's registration.", &back),
         Err(e) => return internal(e),
     };
@@ -649,6 +651,7 @@ pub async fn register_demo_app(s: &Shared) -> Result<(), store::StoreError> {
         icon: Some(format!("{base}/demo-app/icon.svg")),
         disabled: false,
         profile: None,
+        self_registered: false,
     };
     // Keep an administrator's changes (disabled, profile) when the app exists.
     let merged = match stored_client(s, DEMO_APP).await? {

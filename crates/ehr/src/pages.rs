@@ -267,6 +267,8 @@ impl AppForm {
             icon: opt(&self.icon),
             disabled: self.disabled,
             profile: Profile::parse(&self.profile).filter(|p| *p != Profile::Strict),
+            // Saved by an administrator on the Apps page: reviewed, so no longer a self-registered app.
+            self_registered: false,
         };
         auth::apps::validate(&client)?;
         Ok(client)

@@ -10,6 +10,12 @@ use crate::types::{is_known_type, is_valid_id};
 
 pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
+/// The most search parameters one search may carry (repeated names count each time).
+pub const MAX_PARAMETERS: usize = 100;
+/// The most comma-separated values one parameter may carry.
+pub const MAX_VALUES_PER_PARAMETER: usize = 100;
+/// The most values all parameters of one search may carry together.
+pub const MAX_VALUES: usize = 400;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefix {
@@ -178,6 +184,7 @@ pub struct ParseOptions<'a> {
 const TRANSPORT_PARAMS: &[&str] = &["_format", "_pretty"];
 
 pub fn parse(resource_type: &str, pairs: &[(String, String)], opts: ParseOptions<'_>) -> Result<SearchQuery, QueryError> {
+    check_size(pairs)?;
     let mut q = SearchQuery::new(resource_type);
     for (raw_name, value) in pairs {
         match parse_one(&mut q, raw_name, value, opts) {
@@ -187,6 +194,28 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)], opts: ParseOptions
         }
     }
     Ok(q)
+}
+
+/// Bounds what one search may ask for, so that a long query is a clear 400 and never a database error
+/// (SQLite refuses expressions deeper than 1,000 terms). Not relaxed by `handling=lenient`.
+fn check_size(pairs: &[(String, String)]) -> Result<(), QueryError> {
+    let counted: Vec<&(String, String)> = pairs.iter().filter(|(n, _)| !TRANSPORT_PARAMS.contains(&n.split(':').next().unwrap_or(""))).collect();
+    if counted.len() > MAX_PARAMETERS {
+        return Err(QueryError(format!("a search may have at most {MAX_PARAMETERS} parameters; this one has {}", counted.len())));
+    }
+    let mut total = 0;
+    for (name, value) in counted {
+        // Commas escaped as `\,` are part of a value.
+        let values = value.split(',').count() - value.matches("\\,").count();
+        if values > MAX_VALUES_PER_PARAMETER {
+            return Err(QueryError(format!("the parameter '{name}' may have at most {MAX_VALUES_PER_PARAMETER} comma-separated values; it has {values}")));
+        }
+        total += values;
+    }
+    if total > MAX_VALUES {
+        return Err(QueryError(format!("a search may have at most {MAX_VALUES} values in all its parameters; this one has {total}")));
+    }
+    Ok(())
 }
 
 fn is_result_param(name: &str) -> bool {

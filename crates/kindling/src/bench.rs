@@ -289,6 +289,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             icon: None,
             disabled: false,
             profile: None,
+            self_registered: false,
         };
         auth::registry::put_client(store, client("bench-backend", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(serde_json::json!({"keys": [es384.public_jwk()]})))).await?;
         auth::registry::put_client(store, client("bench-backend-rs", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(serde_json::json!({"keys": [rs384.public_jwk()]})))).await?;
@@ -474,13 +475,16 @@ async fn sign_in(conn: &mut Conn, base: &str, scope: &str, patient: &str) -> any
     let challenge = auth::crypto::pkce_s256(&format!("{}-bench-verifier", auth::crypto::random_token()));
     let page = conn.send("GET", &authorize_path(base, scope, &challenge), &[], None).await?;
     let req = hidden(&page.body, "request").context("no sign-in page")?;
+    // The request is bound to this "browser": its forms go back with the binding cookie.
+    let binding = page.set_cookie.clone().context("no binding cookie")?.split(';').next().unwrap_or_default().to_string();
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs([("request", req.as_str()), ("username", "bench-doc"), ("password", "bench-pass")]).finish();
-    let r = conn.send("POST", "/auth/login", &[], Some(body)).await?;
+    let r = conn.send("POST", "/auth/login", &[("cookie", &binding)], Some(body)).await?;
     let cookie = r.set_cookie.clone().context("no session cookie")?.split(';').next().unwrap_or_default().to_string();
+    let both = format!("{binding}; {cookie}");
     let mut r = r;
     if hidden(&r.body, "patient").is_some() {
         let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs([("request", req.as_str()), ("patient", patient)]).finish();
-        r = conn.send("POST", "/auth/pick", &[], Some(body)).await?;
+        r = conn.send("POST", "/auth/pick", &[("cookie", &both)], Some(body)).await?;
     }
     if r.status == 200 {
         let body = {
@@ -491,7 +495,7 @@ async fn sign_in(conn: &mut Conn, base: &str, scope: &str, patient: &str) -> any
             }
             form.finish()
         };
-        conn.send("POST", "/auth/consent", &[], Some(body)).await?;
+        conn.send("POST", "/auth/consent", &[("cookie", &both)], Some(body)).await?;
     }
     Ok(cookie)
 }

@@ -141,6 +141,7 @@ impl Application {
             icon: None,
             disabled: existing.as_ref().is_some_and(|c| c.disabled),
             profile: existing.and_then(|c| c.profile),
+            self_registered: false,
         };
         let secret = auth::registry::put_client(store, client).await?.ok_or_else(|| anyhow::anyhow!("no secret generated"))?;
         let config = app::config::AppConfig {

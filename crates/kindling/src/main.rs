@@ -393,6 +393,7 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
                 icon: None,
                 disabled: false,
                 profile: None,
+                self_registered: false,
             };
             let id = client.client_id.clone();
             let secret = auth::apps::register(store, client).await?;

@@ -6,7 +6,7 @@
 //! speaks only in FHIR terms and opaque `i64` keys, so a backend may be SQLite or PostgreSQL.
 
 pub mod audit;
-mod error;
+pub mod error;
 mod prepare;
 mod snapshot;
 pub mod sql;

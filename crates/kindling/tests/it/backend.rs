@@ -44,6 +44,7 @@ async fn setup() -> (TestApp, Keys) {
         icon: None,
         disabled: false,
         profile: None,
+        self_registered: false,
     };
     auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
     (app, keys)
@@ -166,6 +167,12 @@ async fn every_bad_assertion_is_refused() {
         ("exp too far ahead", sign(&keys, &header("ES384", "ec-1"), &with("exp", json!(now(&app) + 3600)))),
         ("no exp", sign(&keys, &header("ES384", "ec-1"), &without("exp"))),
         ("no jti", sign(&keys, &header("ES384", "ec-1"), &without("jti"))),
+        // RFC 7519 §4.1.5: not valid before nbf (a minute of skew allowed).
+        ("nbf in the future", sign(&keys, &header("ES384", "ec-1"), &with("nbf", json!(now(&app) + 600)))),
+        ("nbf not a number", sign(&keys, &header("ES384", "ec-1"), &with("nbf", json!("soon")))),
+        // RFC 7515 §4.1.11: a critical extension this server does not understand.
+        ("crit header", sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "crit": ["exp"], "exp": 1}), &with("jti", json!("h")))),
+        ("empty crit header", sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "crit": []}), &with("jti", json!("i")))),
     ];
     for (label, assertion) in cases {
         let r = request(&app, &assertion, "system/*.rs").await;
@@ -190,6 +197,12 @@ async fn every_bad_assertion_is_refused() {
     let r = request(&app, &refused, "system/*.rs").await;
     assert_eq!(r.status(), 401, "the refused request's jti is used up");
     assert_eq!(r.json::<Value>().await.unwrap()["error_description"], "this assertion's jti was already used");
+    // nbf in the past, or within the skew, is fine.
+    for nbf in [now(&app) - 30, now(&app) + 30] {
+        let mut c = claims(&app);
+        c["nbf"] = json!(nbf);
+        assert_eq!(request(&app, &sign(&keys, &header("ES384", "ec-1"), &c), "system/*.rs").await.status(), 200, "nbf {nbf}");
+    }
     // The registered jku is accepted.
     let jku = sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "jku": "https://backend.example/jwks.json"}), &claims(&app));
     assert_eq!(request(&app, &jku, "system/*.rs").await.status(), 200);
@@ -216,13 +229,14 @@ async fn asymmetric_client_code_flow_and_refresh() {
         .append_pair("aud", &app.base)
         .append_pair("code_challenge", &auth::crypto::pkce_s256(&verifier))
         .append_pair("code_challenge_method", "S256");
-    let page = app.client.get(url).send().await.unwrap().text().await.unwrap();
+    let browser = crate::Browser::new();
+    let page = browser.get(url).await.text().await.unwrap();
     let req = page.split("name=\"request\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
     let form = |pairs: &[(&str, &str)]| url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
     let post = |path: &str, body: String| app.client.post(format!("{root}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body).send();
-    let consent_page = post("/auth/login", form(&[("request", &req), ("username", "pat3"), ("password", "pw")])).await.unwrap().text().await.unwrap();
+    let consent_page = browser.post_form(&format!("{root}/auth/login"), &[("request", &req), ("username", "pat3"), ("password", "pw")]).await.text().await.unwrap();
     assert!(consent_page.contains("would like to"));
-    let r = post("/auth/consent", form(&[("request", &req), ("decision", "allow"), ("scope", "patient/*.rs")])).await.unwrap();
+    let r = browser.post_form(&format!("{root}/auth/consent"), &[("request", &req), ("decision", "allow"), ("scope", "patient/*.rs")]).await;
     let location = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let code = location.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
     let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -274,4 +288,65 @@ async fn keys_registered_by_url_are_fetched_and_not_cached_without_max_age() {
     // A jku naming the registered URL is accepted; another is not.
     let ok = sign(&rotated, &json!({"alg": "ES384", "kid": "ec-1", "jku": jwks_url}), &claims(&app));
     assert_eq!(request(&app, &ok, "system/*.rs").await.status(), 200);
+}
+
+/// The security issue's finding 2: a self-registered app's JWKS URL cannot reach into the server's
+/// network (SSRF). Registration takes https URLs only; at fetch time loopback, private and link-local
+/// addresses are refused without a connection, and the app learns nothing about what is there: one
+/// generic error, whatever the target.
+#[tokio::test]
+async fn self_registered_jwks_urls_cannot_reach_the_servers_network() {
+    let (app, keys) = setup().await;
+    let root = app.base.trim_end_matches("/fhir").to_string();
+    // A service on loopback that counts the connections it gets.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let register = |jwks_uri: String| {
+        let body = json!({"client_name": "Probe", "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": jwks_uri, "redirect_uris": ["https://probe.example/cb"]});
+        app.client.post(format!("{root}/auth/register")).json(&body).send()
+    };
+    // Plain http is refused at registration, even on loopback.
+    let r = register(format!("http://127.0.0.1:{port}/jwks.json")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client_metadata");
+    let mut errors = Vec::new();
+    for target in [
+        format!("https://127.0.0.1:{port}/jwks.json"),
+        format!("https://localhost:{port}/jwks.json"),
+        format!("https://[::1]:{port}/jwks.json"),
+        format!("https://127.0.0.1:{}/closed", port.wrapping_add(1).max(1024)),
+        "https://169.254.169.254/latest/meta-data/".to_string(),
+        "https://10.0.0.1/jwks.json".to_string(),
+        "https://0.0.0.0/jwks.json".to_string(),
+    ] {
+        let r = register(target.clone()).await.unwrap();
+        assert_eq!(r.status(), 201, "{target}: an https URL is taken at registration");
+        let client_id = r.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+        let c = json!({"iss": client_id, "sub": client_id, "aud": token_url(&app), "exp": now(&app) + 300, "jti": uuid::Uuid::new_v4().to_string()});
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "authorization_code"),
+                ("code", "x"),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", &sign(&keys, &header("ES384", "ec-1"), &c)),
+            ])
+            .finish();
+        let started = std::time::Instant::now();
+        let r = app.client.post(token_url(&app)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{target}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "{target}: the fetch is bounded in time");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_client", "{target}");
+        errors.push(v["error_description"].as_str().unwrap().to_string());
+    }
+    errors.dedup();
+    assert_eq!(errors.len(), 1, "one error whatever the target: {errors:?}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the server connected to a loopback service for a self-registered app");
 }

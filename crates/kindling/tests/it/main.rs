@@ -15,6 +15,7 @@ mod reference_app;
 mod multi_node;
 mod migrations;
 mod tls;
+mod adversarial;
 
 use fhir::time::{ManualClock, SharedClock};
 use kindling::{Application, ServerConfig};
@@ -41,6 +42,11 @@ pub async fn spawn_secured_app() -> TestApp {
     spawn(false).await
 }
 
+/// The whole platform, tokens enforced, on the given database (e.g. a [`ScratchPostgres`] URL).
+pub async fn spawn_secured_on(database: &str) -> TestApp {
+    spawn_on(false, None, Some(database.to_string())).await
+}
+
 /// The whole platform with the reference clinician app mounted under `/app`.
 pub async fn spawn_with_reference_app() -> TestApp {
     spawn_inner(false, Some(None)).await
@@ -57,10 +63,14 @@ async fn spawn(open_sandbox: bool) -> TestApp {
 
 /// `reference_app`: not mounted (`None`), mounted on SQLite (`Some(None)`) or on the given database.
 async fn spawn_inner(open_sandbox: bool, reference_app: Option<Option<String>>) -> TestApp {
+    spawn_on(open_sandbox, reference_app, test_database().await).await
+}
+
+async fn spawn_on(open_sandbox: bool, reference_app: Option<Option<String>>, database_url: Option<String>) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None, database_url: test_database().await };
+    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None, database_url };
     let mut app = Application::build(&config, shared).await.expect("build app");
     match &reference_app {
         None => {}
@@ -156,6 +166,18 @@ impl ScratchPostgres {
         Some(ScratchPostgres { admin, name, url })
     }
 
+    /// Makes the database unreachable for the servers using it (as an outage would): no new connections,
+    /// and the open ones are closed.
+    pub async fn cut(&self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", self.name))).execute(&self.admin).await.expect("refuse connections");
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()").bind(&self.name).execute(&self.admin).await.expect("close connections");
+    }
+
+    /// Ends [`ScratchPostgres::cut`].
+    pub async fn restore(&self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", self.name))).execute(&self.admin).await.expect("accept connections");
+    }
+
     pub async fn drop_database(self) {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&self.admin).await.expect("drop the test database");
     }
@@ -199,4 +221,80 @@ pub fn observation(patient_id: &str, category: &str, loinc: &str, when: &str, va
         "effectiveDateTime": when,
         "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
     })
+}
+
+/// A browser for the sign-in pages: keeps the cookies servers set (by name and path, honouring
+/// `Max-Age=0`) and sends them back, as Chromium would. Each `Browser` is a browser of its own: flows
+/// that must not share a session use two.
+#[derive(Clone, Default)]
+pub struct Browser {
+    jar: Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    /// The `Origin` of the pages the forms are posted from, when it is not the URL posted to (a node
+    /// reached directly behind a shared public URL).
+    origin: Option<String>,
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        Browser::default()
+    }
+
+    pub fn with_origin(origin: &str) -> Browser {
+        Browser { origin: Some(url::Url::parse(origin).expect("origin").origin().ascii_serialization()), ..Browser::default() }
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+    }
+
+    /// The `Cookie` header for a request to `url`.
+    pub fn cookie_header(&self, url: &str) -> String {
+        let path = url::Url::parse(url).map(|u| u.path().to_string()).unwrap_or_default();
+        self.jar.lock().unwrap().iter().filter(|(_, _, p)| path.starts_with(p.as_str())).map(|(n, v, _)| format!("{n}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Keeps the cookies a response sets.
+    pub fn keep(&self, r: &reqwest::Response) {
+        let mut jar = self.jar.lock().unwrap();
+        for set in r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()) {
+            let mut parts = set.split(';').map(str::trim);
+            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else { continue };
+            let attrs: Vec<&str> = parts.collect();
+            let path = attrs.iter().find_map(|a| a.strip_prefix("Path=")).unwrap_or("/").to_string();
+            jar.retain(|(n, _, p)| !(n == name && *p == path));
+            if !attrs.contains(&"Max-Age=0") && !value.is_empty() {
+                jar.push((name.to_string(), value.to_string(), path));
+            }
+        }
+    }
+
+    pub fn has_cookie(&self, name: &str) -> bool {
+        self.jar.lock().unwrap().iter().any(|(n, _, _)| n == name)
+    }
+
+    pub async fn get(&self, url: impl reqwest::IntoUrl) -> reqwest::Response {
+        let url = url.into_url().expect("url");
+        let cookies = self.cookie_header(url.as_str());
+        let mut req = Self::client().get(url);
+        if !cookies.is_empty() {
+            req = req.header("cookie", cookies);
+        }
+        let r = req.send().await.expect("GET");
+        self.keep(&r);
+        r
+    }
+
+    /// Posts a form as the browser would from one of the server's own pages (with its `Origin`).
+    pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let origin = self.origin.clone().unwrap_or_else(|| url::Url::parse(url).expect("url").origin().ascii_serialization());
+        let cookies = self.cookie_header(url);
+        let mut req = Self::client().post(url).header("content-type", "application/x-www-form-urlencoded").header("origin", origin).body(body);
+        if !cookies.is_empty() {
+            req = req.header("cookie", cookies);
+        }
+        let r = req.send().await.expect("POST");
+        self.keep(&r);
+        r
+    }
 }

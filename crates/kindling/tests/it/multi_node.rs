@@ -83,6 +83,7 @@ async fn two_nodes_share_every_flow() {
         icon: None,
         disabled: false,
         profile: None,
+        self_registered: false,
     };
     auth::registry::put_client(store.as_ref(), client).await.unwrap();
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -104,15 +105,17 @@ async fn two_nodes_share_every_flow() {
         .append_pair("launch", &handle)
         .append_pair("code_challenge", &auth::crypto::pkce_s256(verifier))
         .append_pair("code_challenge_method", "S256");
-    let html = http.get(authorize).send().await.unwrap().text().await.unwrap();
-    let r = form(&http, &format!("{}/auth/login", b.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
+    // One browser: the binding cookie set by node B is sent back to node B (and A: same host).
+    let browser = crate::Browser::with_origin(&a.public);
+    let html = browser.get(authorize).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", b.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
     let html = r.text().await.unwrap();
     let mut consent = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
         consent.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
     }
     let pairs: Vec<(&str, &str)> = consent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = form(&http, &format!("{}/auth/consent", b.addr), &pairs).await;
+    let r = browser.post_form(&format!("{}/auth/consent", b.addr), &pairs).await;
     assert_eq!(r.status(), 303);
     let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let code = loc.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
@@ -155,8 +158,9 @@ async fn two_nodes_share_every_flow() {
         .append_pair("launch", &handle)
         .append_pair("code_challenge", &auth::crypto::pkce_s256(verifier))
         .append_pair("code_challenge_method", "S256");
-    let html = http.get(authorize).send().await.unwrap().text().await.unwrap();
-    let r = form(&http, &format!("{}/auth/login", a.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
+    let browser = crate::Browser::with_origin(&a.public);
+    let html = browser.get(authorize).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", a.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
     assert_eq!(r.status(), 303, "consent remembered across nodes");
     let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let code = loc.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
@@ -194,6 +198,7 @@ async fn two_nodes_share_every_flow() {
         icon: None,
         disabled: false,
         profile: None,
+        self_registered: false,
     };
     auth::registry::put_client(store.as_ref(), backend).await.unwrap();
     let token_url = format!("{public}/auth/token");

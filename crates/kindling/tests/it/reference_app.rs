@@ -74,15 +74,17 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Path=/app/callback; HttpOnly"));
     let authorize = location(&r);
     assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("client_id=kindling-summary"));
-    let html = app.client.get(&authorize).send().await.unwrap().text().await.unwrap();
-    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    // The sign-in pages in the same browser (their cookies: the request's binding, then the session).
+    let browser = crate::Browser::new();
+    let html = browser.get(&authorize).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
     let html = r.text().await.unwrap();
     let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
         form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
     }
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = post(&app, "/auth/consent", None, &pairs).await;
+    let r = browser.post_form(&format!("{}/auth/consent", root(&app)), &pairs).await;
     let callback = location(&r);
     assert!(callback.starts_with(&format!("{}/app/callback?", root(&app))), "{callback}");
     let code: String = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
@@ -152,8 +154,9 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     let mut u = url::Url::parse(&format!("{}/app/launch", root(&app))).unwrap();
     u.query_pairs_mut().append_pair("iss", &app.base).append_pair("launch", &handle2);
     let r = app.client.get(u).send().await.unwrap();
-    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
-    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    let browser = crate::Browser::new();
+    let html = browser.get(location(&r)).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
     let forwarded = location(&r);
     assert!(forwarded.contains("/app/callback?"), "consent remembered: straight back to the app");
     let r = app.client.get(&forwarded).send().await.unwrap();
@@ -180,10 +183,11 @@ async fn consent_denied_and_standalone_launch() {
     let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
     assert_eq!(r.status(), 303);
     let bound = launch_cookie(&r);
-    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
-    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    let browser = crate::Browser::new();
+    let html = browser.get(location(&r)).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
-    let r = post(&app, "/auth/consent", None, &[("request", &hidden(&html, "request")), ("decision", "deny")]).await;
+    let r = browser.post_form(&format!("{}/auth/consent", root(&app)), &[("request", &hidden(&html, "request")), ("decision", "deny")]).await;
     let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap();
@@ -191,15 +195,16 @@ async fn consent_denied_and_standalone_launch() {
     // Allowed this time: the patient's own summary.
     let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
     let bound = launch_cookie(&r);
-    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
-    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    let browser = crate::Browser::new();
+    let html = browser.get(location(&r)).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
     let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
         form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
     }
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = post(&app, "/auth/consent", None, &pairs).await;
+    let r = browser.post_form(&format!("{}/auth/consent", root(&app)), &pairs).await;
     let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 303);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
@@ -220,15 +225,16 @@ async fn reference_app_on_postgres() {
     auth::registry::put_user(app.auth.store.as_ref(), "pat", "Pat", UserRole::Patient, "pat-pass", &format!("Patient/{patient}")).await.unwrap();
     let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
     let bound = launch_cookie(&r);
-    let html = app.client.get(location(&r)).send().await.unwrap().text().await.unwrap();
-    let r = post(&app, "/auth/login", None, &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    let browser = crate::Browser::new();
+    let html = browser.get(location(&r)).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
     let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
         form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
     }
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = post(&app, "/auth/consent", None, &pairs).await;
+    let r = browser.post_form(&format!("{}/auth/consent", root(&app)), &pairs).await;
     let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
     assert_eq!(r.status(), 303, "the callback found its pending authorisation in PostgreSQL");
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();

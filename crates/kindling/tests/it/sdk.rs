@@ -42,6 +42,7 @@ async fn register(app: &TestApp, id: &str, kind: ClientKind, jwks: Option<Value>
         icon: None,
         disabled: false,
         profile: None,
+        self_registered: false,
     };
     auth::registry::put_client(app.auth.store.as_ref(), c).await.unwrap()
 }
@@ -61,24 +62,26 @@ fn hidden(html: &str, name: &str) -> String {
     html[start..start + html[start..].find('"').unwrap()].to_string()
 }
 
-async fn post(app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-    app.client.post(format!("{}{path}", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap()
+async fn post(app: &TestApp, b: &crate::Browser, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    b.post_form(&format!("{}{path}", root(app)), form).await
 }
 
 /// Plays the person at the browser: signs in, allows (or denies) at consent; returns the callback's query.
 async fn browser(app: &TestApp, request: &client::AuthorizationRequest, user: &str, password: &str, allow: bool) -> HashMap<String, String> {
+    let b = crate::Browser::new();
     let mut r = match request {
-        client::AuthorizationRequest::Redirect { url, .. } => app.client.get(url).send().await.unwrap(),
+        client::AuthorizationRequest::Redirect { url, .. } => b.get(url).await,
         client::AuthorizationRequest::Post { url, fields, .. } => {
             let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields.iter()).finish();
-            app.client.post(url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap()
+            let r = app.client.post(url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+            b.keep(&r);
+            r
         }
     };
     if r.status() == 200 {
         let html = r.text().await.unwrap();
         assert!(html.contains("Sign in"), "{html}");
-        r = post(app, "/auth/login", &[("request", &hidden(&html, "request")), ("username", user), ("password", password)]).await;
+        r = post(app, &b, "/auth/login", &[("request", &hidden(&html, "request")), ("username", user), ("password", password)]).await;
     }
     if r.status() == 200 {
         let html = r.text().await.unwrap();
@@ -88,7 +91,7 @@ async fn browser(app: &TestApp, request: &client::AuthorizationRequest, user: &s
             form.push(("scope".into(), s[..s.find('"').unwrap()].replace("&#x2f;", "/").replace("&#47;", "/")));
         }
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        r = post(app, "/auth/consent", &pairs).await;
+        r = post(app, &b, "/auth/consent", &pairs).await;
     }
     assert_eq!(r.status(), 303);
     let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
@@ -177,11 +180,12 @@ async fn unknown_issuers_state_iss_and_denials_are_refused() {
     register(app, "pub-deny", ClientKind::Public, None).await;
     let s = smart(app, "pub-deny", ClientAuth::Public);
     let req = s.standalone_launch(&app.base).await.unwrap();
-    let mut r = app.client.get(match &req { client::AuthorizationRequest::Redirect { url, .. } => url.clone(), _ => unreachable!() }).send().await.unwrap();
+    let b = crate::Browser::new();
+    let mut r = b.get(match &req { client::AuthorizationRequest::Redirect { url, .. } => url.clone(), _ => unreachable!() }).await;
     let html = r.text().await.unwrap();
-    r = post(app, "/auth/login", &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    r = post(app, &b, "/auth/login", &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
-    let r = post(app, "/auth/consent", &[("request", &hidden(&html, "request")), ("decision", "deny")]).await;
+    let r = post(app, &b, "/auth/consent", &[("request", &hidden(&html, "request")), ("decision", "deny")]).await;
     let params: HashMap<String, String> = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap().query_pairs().into_owned().collect();
     let e = s.callback(&params).await.unwrap_err();
     assert!(matches!(e, Error::AccessDenied { .. }) && e.needs_relaunch());

@@ -2,25 +2,29 @@
 //! sign-in, picker and consent pages, tokens, refresh, introspection, revocation and enforcement at the
 //! FHIR API. Each negative case checks the reason, not just the failure.
 
-use crate::{TestApp, spawn_secured_app};
+use crate::{Browser, TestApp, spawn_secured_app};
 use auth::model::{Client, ClientKind, UserRole};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-const REDIRECT: &str = "https://app.example/callback";
-const PUBLIC: &str = "public-app";
-const CONFIDENTIAL: &str = "confidential-app";
-const ALL: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds user/*.cruds";
+pub(crate) const REDIRECT: &str = "https://app.example/callback";
+pub(crate) const PUBLIC: &str = "public-app";
+pub(crate) const CONFIDENTIAL: &str = "confidential-app";
+pub(crate) const ALL: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds user/*.cruds";
 
-struct Fixture {
-    app: TestApp,
-    secret: String,
-    p1: String,
-    p2: String,
+pub(crate) struct Fixture {
+    pub(crate) app: TestApp,
+    pub(crate) secret: String,
+    pub(crate) p1: String,
+    pub(crate) p2: String,
 }
 
-async fn fixture() -> Fixture {
-    let app = spawn_secured_app().await;
+pub(crate) async fn fixture() -> Fixture {
+    fixture_with(spawn_secured_app().await).await
+}
+
+/// The fixture's users, apps and patients on a server of the caller's.
+pub(crate) async fn fixture_with(app: TestApp) -> Fixture {
     kindling::seed(&app.app_state, 2, 7).await.unwrap();
     let store = app.auth.store.as_ref();
     let client = |id: &str, kind| Client {
@@ -36,6 +40,7 @@ async fn fixture() -> Fixture {
         icon: None,
         disabled: false,
         profile: None,
+        self_registered: false,
     };
     auth::registry::put_client(store, client(PUBLIC, ClientKind::Public)).await.unwrap();
     let secret = auth::registry::put_client(store, client(CONFIDENTIAL, ClientKind::ConfidentialSymmetric)).await.unwrap().unwrap();
@@ -46,22 +51,22 @@ async fn fixture() -> Fixture {
     Fixture { app, secret, p1, p2 }
 }
 
-fn root(app: &TestApp) -> String {
+pub(crate) fn root(app: &TestApp) -> String {
     app.base.trim_end_matches("/fhir").to_string()
 }
 
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     let verifier = format!("{}{}", auth::crypto::random_token(), "-verifier");
     let challenge = auth::crypto::pkce_s256(&verifier);
     (verifier, challenge)
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     s.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
 /// Values of the inputs named `name` in an HTML page.
-fn inputs(html: &str, name: &str) -> Vec<String> {
+pub(crate) fn inputs(html: &str, name: &str) -> Vec<String> {
     let needle = format!("name=\"{name}\" value=\"");
     html.match_indices(&needle).map(|(i, _)| {
         let rest = &html[i + needle.len()..];
@@ -69,29 +74,31 @@ fn inputs(html: &str, name: &str) -> Vec<String> {
     }).collect()
 }
 
-fn location(r: &reqwest::Response) -> url::Url {
+pub(crate) fn location(r: &reqwest::Response) -> url::Url {
     let loc = r.headers().get("location").unwrap_or_else(|| panic!("no redirect (status {})", r.status())).to_str().unwrap();
     url::Url::parse(loc).unwrap()
 }
 
-fn query(u: &url::Url) -> HashMap<String, String> {
+pub(crate) fn query(u: &url::Url) -> HashMap<String, String> {
     u.query_pairs().into_owned().collect()
 }
 
-struct Auth<'a> {
+pub(crate) struct Auth<'a> {
     client_id: &'a str,
     scope: String,
     state: String,
     challenge: String,
-    verifier: String,
-    launch: Option<String>,
+    pub(crate) verifier: String,
+    pub(crate) launch: Option<String>,
     aud: String,
+    /// The browser the flow runs in (its own cookies: binding cookie, session).
+    pub(crate) browser: Browser,
 }
 
 impl<'a> Auth<'a> {
-    fn new(app: &TestApp, client_id: &'a str, scope: &str) -> Self {
+    pub(crate) fn new(app: &TestApp, client_id: &'a str, scope: &str) -> Self {
         let (verifier, challenge) = pkce();
-        Auth { client_id, scope: scope.into(), state: "st-ü &=|x".into(), challenge, verifier, launch: None, aud: app.base.clone() }
+        Auth { client_id, scope: scope.into(), state: "st-ü &=|x".into(), challenge, verifier, launch: None, aud: app.base.clone(), browser: Browser::new() }
     }
 
     fn params(&self) -> Vec<(String, String)> {
@@ -112,28 +119,33 @@ impl<'a> Auth<'a> {
         p
     }
 
-    async fn start(&self, app: &TestApp) -> reqwest::Response {
+    pub(crate) async fn start(&self, app: &TestApp) -> reqwest::Response {
         let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
         url.query_pairs_mut().extend_pairs(self.params());
-        app.client.get(url).send().await.unwrap()
+        self.browser.get(url).await
     }
 }
 
-async fn post_form(app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+/// Posts a form of the sign-in pages from `browser`.
+pub(crate) async fn browser_form(app: &TestApp, browser: &Browser, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    browser.post_form(&format!("{}{path}", root(app)), form).await
+}
+
+pub(crate) async fn post_form(app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
     app.client.post(format!("{}{path}", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap()
 }
 
-async fn login(app: &TestApp, page: reqwest::Response, user: &str, password: &str) -> reqwest::Response {
+pub(crate) async fn login(app: &TestApp, browser: &Browser, page: reqwest::Response, user: &str, password: &str) -> reqwest::Response {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("Sign in"), "{html}");
     let req = inputs(&html, "request").remove(0);
-    post_form(app, "/auth/login", &[("request", &req), ("username", user), ("password", password)]).await
+    browser_form(app, browser, "/auth/login", &[("request", &req), ("username", user), ("password", password)]).await
 }
 
 /// Submits the consent page: every scope ticked unless `untick` names it; `categories` as `scope|system|code`.
-async fn consent(app: &TestApp, page: reqwest::Response, allow: bool, untick: &[&str], categories: &[&str]) -> reqwest::Response {
+pub(crate) async fn consent(app: &TestApp, browser: &Browser, page: reqwest::Response, allow: bool, untick: &[&str], categories: &[&str]) -> reqwest::Response {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("would like to"), "{html}");
@@ -146,16 +158,16 @@ async fn consent(app: &TestApp, page: reqwest::Response, allow: bool, untick: &[
     for c in categories {
         form.push(("category", c));
     }
-    post_form(app, "/auth/consent", &form).await
+    browser_form(app, browser, "/auth/consent", &form).await
 }
 
 /// Consents when the consent page is shown (it is not when the user decided before).
-async fn consent_if_asked(app: &TestApp, r: reqwest::Response) -> reqwest::Response {
-    if r.status() == 303 { r } else { consent(app, r, true, &[], &[]).await }
+pub(crate) async fn consent_if_asked(app: &TestApp, browser: &Browser, r: reqwest::Response) -> reqwest::Response {
+    if r.status() == 303 { r } else { consent(app, browser, r, true, &[], &[]).await }
 }
 
 /// The code from the redirect to the app, after checking `state` and `iss`.
-fn code(app: &TestApp, a: &Auth<'_>, r: &reqwest::Response) -> String {
+pub(crate) fn code(app: &TestApp, a: &Auth<'_>, r: &reqwest::Response) -> String {
     assert_eq!(r.status(), 303);
     let loc = location(r);
     assert!(loc.as_str().starts_with(REDIRECT), "{loc}");
@@ -166,23 +178,23 @@ fn code(app: &TestApp, a: &Auth<'_>, r: &reqwest::Response) -> String {
     q["code"].clone()
 }
 
-async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> reqwest::Response {
+pub(crate) async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> reqwest::Response {
     post_form(app, "/auth/token", &[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", client_id)]).await
 }
 
 /// Standalone launch as the patient user, consenting to everything.
-async fn patient_tokens(f: &Fixture, scope: &str) -> Value {
+pub(crate) async fn patient_tokens(f: &Fixture, scope: &str) -> Value {
     let a = Auth::new(&f.app, PUBLIC, scope);
     let page = a.start(&f.app).await;
-    let after_login = login(&f.app, page, "pat", "pat-pass").await;
-    let redirect = consent_if_asked(&f.app, after_login).await;
+    let after_login = login(&f.app, &a.browser, page, "pat", "pat-pass").await;
+    let redirect = consent_if_asked(&f.app, &a.browser, after_login).await;
     let code = code(&f.app, &a, &redirect);
     let r = exchange(&f.app, PUBLIC, &code, &a.verifier).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
 
-async fn fhir_get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
+pub(crate) async fn fhir_get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
     let mut req = app.client.get(app.url(path));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -310,7 +322,7 @@ async fn pkce_code_and_client_checks_at_the_token_endpoint() {
     let get_code = |_: ()| async {
         let a = Auth::new(app, PUBLIC, "launch/patient patient/Patient.rs");
         let page = a.start(app).await;
-        let r = consent_if_asked(app, login(app, page, "pat", "pat-pass").await).await;
+        let r = consent_if_asked(app, &a.browser, login(app, &a.browser, page, "pat", "pat-pass").await).await;
         (code(app, &a, &r), a.verifier.clone(), a.challenge.clone())
     };
     for (label, verifier) in [("no verifier", None), ("empty verifier", Some(String::new())), ("wrong verifier", Some(format!("{}-{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4())))] {
@@ -396,10 +408,11 @@ async fn authorize_errors_never_redirect_to_untrusted_addresses() {
     check(app.client.get(url).send().await.unwrap(), "unsupported_response_type");
     // Denied consent.
     let a = Auth::new(app, PUBLIC, "launch/patient patient/*.rs");
-    let r = consent(app, login(app, a.start(app).await, "pat", "pat-pass").await, false, &[], &[]).await;
+    let r = consent(app, &a.browser, login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await, false, &[], &[]).await;
     check(r, "access_denied");
     // A wrong password shows the sign-in page again with an explanation.
-    let r = login(app, Auth::new(app, PUBLIC, "launch/patient").start(app).await, "pat", "wrong").await;
+    let b = Auth::new(app, PUBLIC, "launch/patient");
+    let r = login(app, &b.browser, b.start(app).await, "pat", "wrong").await;
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("do not match"));
 }
@@ -411,7 +424,8 @@ async fn authorize_by_post_and_confidential_client_with_basic_auth() {
     let a = Auth::new(app, CONFIDENTIAL, "launch/patient openid fhirUser patient/Patient.rs");
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(a.params()).finish();
     let page = app.client.post(format!("{}/auth/authorize", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
-    let r = consent(app, login(app, page, "pat", "pat-pass").await, true, &[], &[]).await;
+    a.browser.keep(&page);
+    let r = consent(app, &a.browser, login(app, &a.browser, page, "pat", "pat-pass").await, true, &[], &[]).await;
     let c = code(app, &a, &r);
     let form = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs([("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("code_verifier", a.verifier.as_str())])
@@ -430,9 +444,9 @@ async fn consent_unticking_categories_and_remembered_consent() {
     let app = &f.app;
     let scope = "launch/patient patient/Patient.rs patient/Observation.rs patient/Condition.rs";
     let a = Auth::new(app, PUBLIC, scope);
-    let page = login(app, a.start(app).await, "pat", "pat-pass").await;
+    let page = login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await;
     let vitals = "patient/Observation.rs|http://terminology.hl7.org/CodeSystem/observation-category|vital-signs";
-    let r = consent(app, page, true, &["patient/Condition.rs"], &[vitals]).await;
+    let r = consent(app, &a.browser, page, true, &["patient/Condition.rs"], &[vitals]).await;
     let c = code(app, &a, &r);
     let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
     assert_eq!(t["scope"], "launch/patient patient/Patient.rs patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs");
@@ -455,7 +469,7 @@ async fn consent_unticking_categories_and_remembered_consent() {
     }
     // The same request again: consent is remembered, no page.
     let again = Auth::new(app, PUBLIC, scope);
-    let page = login(app, again.start(app).await, "pat", "pat-pass").await;
+    let page = login(app, &again.browser, again.start(app).await, "pat", "pat-pass").await;
     let c = code(app, &again, &page);
     let t2: Value = exchange(app, PUBLIC, &c, &again.verifier).await.json().await.unwrap();
     assert_eq!(t2["scope"], t["scope"]);
@@ -480,13 +494,13 @@ async fn ehr_launch_with_context_and_single_use_handle() {
     a.launch = Some(handle.clone());
     // The handle alone is not enough: without the EHR's session the launching user signs in, and nobody else may.
     let page = a.start(app).await;
-    let wrong = login(app, page, "pat", "pat-pass").await;
+    let wrong = login(app, &a.browser, page, "pat", "pat-pass").await;
     assert_eq!(wrong.status(), 401, "another user cannot continue the doctor's launch");
     let html = wrong.text().await.unwrap();
     assert!(html.contains("launched by another user"), "{html}");
     let req = inputs(&html, "request").remove(0);
-    let r = post_form(app, "/auth/login", &[("request", &req), ("username", "doc"), ("password", "doc-pass")]).await;
-    let r = consent(app, r, true, &[], &[]).await;
+    let r = browser_form(app, &a.browser, "/auth/login", &[("request", &req), ("username", "doc"), ("password", "doc-pass")]).await;
+    let r = consent(app, &a.browser, r, true, &[], &[]).await;
     let c = code(app, &a, &r);
     let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
     assert_eq!(t["patient"], json!(f.p2));
@@ -591,14 +605,14 @@ async fn clinician_standalone_launch_picks_a_patient() {
     let f = fixture().await;
     let app = &f.app;
     let a = Auth::new(app, PUBLIC, "launch/patient openid fhirUser patient/*.rs");
-    let page = login(app, a.start(app).await, "doc", "doc-pass").await;
+    let page = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
     let html = page.text().await.unwrap();
     assert!(html.contains("Which patient"), "{html}");
     let req = inputs(&html, "request").remove(0);
     let patients = inputs(&html, "patient");
     assert!(patients.contains(&f.p2));
-    let r = post_form(app, "/auth/pick", &[("request", &req), ("patient", &f.p2)]).await;
-    let r = consent(app, r, true, &[], &[]).await;
+    let r = browser_form(app, &a.browser, "/auth/pick", &[("request", &req), ("patient", &f.p2)]).await;
+    let r = consent(app, &a.browser, r, true, &[], &[]).await;
     let c = code(app, &a, &r);
     let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
     assert_eq!(t["patient"], json!(f.p2));
@@ -632,7 +646,7 @@ async fn every_decision_and_access_is_audited_without_token_material() {
     assert_eq!(fhir_get(app, "Patient", Some("garbage")).await.0, 401);
     // A clinician with user/ scopes reads the trail.
     let a = Auth::new(app, PUBLIC, "openid fhirUser user/*.rs");
-    let r = consent_if_asked(app, login(app, a.start(app).await, "doc", "doc-pass").await).await;
+    let r = consent_if_asked(app, &a.browser, login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await).await;
     let c = code(app, &a, &r);
     let doc: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
     let doc_token = doc["access_token"].as_str().unwrap();
@@ -736,7 +750,7 @@ async fn public_clients_may_refresh_without_identifying_themselves() {
     assert_eq!(r.status(), 200);
     // A confidential client's refresh token still needs the client's credentials.
     let a = Auth::new(app, CONFIDENTIAL, "launch/patient offline_access patient/*.rs");
-    let r = consent_if_asked(app, login(app, a.start(app).await, "pat", "pat-pass").await).await;
+    let r = consent_if_asked(app, &a.browser, login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await).await;
     let c = code(app, &a, &r);
     let body = format!("grant_type=authorization_code&code={c}&redirect_uri={}&code_verifier={}", url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>(), a.verifier);
     let t: Value = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some(&f.secret)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap().json().await.unwrap();
@@ -766,7 +780,7 @@ async fn cors_on_discovery_metadata_and_the_token_endpoint() {
     assert_eq!(r.headers()["access-control-allow-origin"], origin);
     // A public client's code exchange from a browser origin.
     let a = Auth::new(app, PUBLIC, "launch/patient patient/Patient.rs");
-    let r = consent_if_asked(app, login(app, a.start(app).await, "pat", "pat-pass").await).await;
+    let r = consent_if_asked(app, &a.browser, login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await).await;
     let c = code(app, &a, &r);
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs([("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("code_verifier", a.verifier.as_str()), ("client_id", PUBLIC)])
@@ -783,9 +797,9 @@ async fn consent_and_pick_forms_cannot_widen_the_grant() {
     let app = &f.app;
     // A category value smuggling another scope in is ignored.
     let a = Auth::new(app, PUBLIC, "launch/patient patient/Observation.rs");
-    let page = login(app, a.start(app).await, "pat", "pat-pass").await;
+    let page = login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await;
     let evil = "patient/Observation.rs|x system/*.cruds";
-    let r = consent(app, page, true, &[], &[evil]).await;
+    let r = consent(app, &a.browser, page, true, &[], &[evil]).await;
     let c = code(app, &a, &r);
     let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
     assert_eq!(t["scope"], "launch/patient patient/Observation.rs");
@@ -795,10 +809,10 @@ async fn consent_and_pick_forms_cannot_widen_the_grant() {
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), t["access_token"].as_str()).await.0, 403);
     // A patient user cannot pick another patient.
     let a = Auth::new(app, PUBLIC, "launch/patient patient/*.rs");
-    let page = login(app, a.start(app).await, "pat", "pat-pass").await;
+    let page = login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await;
     let html = page.text().await.unwrap();
     let req = inputs(&html, "request").remove(0);
-    let r = post_form(app, "/auth/pick", &[("request", &req), ("patient", &f.p2)]).await;
+    let r = browser_form(app, &a.browser, "/auth/pick", &[("request", &req), ("patient", &f.p2)]).await;
     assert_eq!(r.status(), 400);
     // Nor launch an app on another patient's record.
     let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("pat", Some("pat-pass")).json(&json!({"patient": f.p2})).send().await.unwrap();
@@ -828,13 +842,15 @@ async fn patient_tokens_stay_in_the_record_on_every_path() {
     assert_eq!(post("Observation", sneaky, None).await.unwrap().status(), 403);
     // Shared reference data is readable but not writable.
     assert_eq!(post("Organization", json!({"resourceType": "Organization", "name": "x"}), None).await.unwrap().status(), 403);
-    // If-None-Exist cannot fetch another patient's resource.
+    // If-None-Exist cannot fetch another patient's resource: its criteria see only this patient's record,
+    // so another patient's match is no match, and the new resource is created.
     let other = app.app_state.store.search(&fhir::query::parse("Observation", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
     let other_id = app.app_state.store.fetch(&other[..1]).await.unwrap().remove(0).id;
     let mine = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
     let r = post("Observation", mine, Some(("if-none-exist", format!("_id={other_id}")))).await.unwrap();
-    assert_eq!(r.status(), 403);
-    assert!(!r.text().await.unwrap().contains(&f.p2));
+    assert_eq!(r.status(), 201);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&f.p2) && !text.contains(&other_id), "{text}");
     // Conditional entries in bundles need a type-wide search scope.
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient?_id={}", f.p2)}}, "request": {"method": "POST", "url": "Observation"}}]});
     assert_eq!(post("", tx, None).await.unwrap().status(), 403);
@@ -844,15 +860,15 @@ async fn patient_tokens_stay_in_the_record_on_every_path() {
 }
 
 /// An EHR launch made through the launch API with `context`, run to tokens as the clinician `doc`.
-async fn ehr_tokens(f: &Fixture, context: Value, scope: &str) -> Value {
+pub(crate) async fn ehr_tokens(f: &Fixture, context: Value, scope: &str) -> Value {
     let app = &f.app;
     let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&context).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let created: Value = r.json().await.unwrap();
     let mut a = Auth::new(app, PUBLIC, scope);
     a.launch = Some(created["launch"].as_str().unwrap().to_string());
-    let page = login(app, a.start(app).await, "doc", "doc-pass").await;
-    let redirect = consent_if_asked(app, page).await;
+    let page = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
+    let redirect = consent_if_asked(app, &a.browser, page).await;
     let c = code(app, &a, &redirect);
     let r = exchange(app, PUBLIC, &c, &a.verifier).await;
     assert_eq!(r.status(), 200);
@@ -861,7 +877,7 @@ async fn ehr_tokens(f: &Fixture, context: Value, scope: &str) -> Value {
     t
 }
 
-async fn refresh(app: &TestApp, rt: &str) -> reqwest::Response {
+pub(crate) async fn refresh(app: &TestApp, rt: &str) -> reqwest::Response {
     post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", rt), ("client_id", PUBLIC)]).await
 }
 
@@ -924,7 +940,8 @@ async fn injected_faults_behave_as_a_real_server_would() {
     let r = launch(json!({"patient": f.p2, "faults": {"fhir_error_status": 500, "fhir_error_rate": 1.0}})).await.unwrap();
     assert_eq!(r.status(), 400);
     let r = launch(json!({"patient": f.p2, "faults": {"no_such_fault": true}})).await.unwrap();
-    assert_eq!(r.status(), 422, "unknown fault names are refused, not ignored");
+    assert_eq!(r.status(), 400, "unknown fault names are refused, not ignored");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
 
     // The launch handle is already expired.
     let r: Value = launch(json!({"patient": f.p2, "faults": {"expired_launch": true}})).await.unwrap().json().await.unwrap();

@@ -115,12 +115,15 @@ impl PostgresStore {
         // which sqlx then closes; the request answers 500 and the next one gets a fresh connection.
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
+            // An unreachable database answers 503 within seconds instead of holding requests for sqlx's
+            // default 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .test_before_acquire(false)
             .connect(&config.url)
             .await?;
         migrate(&pool, unix_ms(clock.now())).await?;
         let relaxed_options = config.url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("synchronous_commit", "off")]);
-        let relaxed = PgPoolOptions::new().max_connections((config.max_connections / 2).max(2)).test_before_acquire(false).connect_with(relaxed_options).await?;
+        let relaxed = PgPoolOptions::new().max_connections((config.max_connections / 2).max(2)).acquire_timeout(std::time::Duration::from_secs(5)).test_before_acquire(false).connect_with(relaxed_options).await?;
         let reads = reads::ReadCoalescer::spawn(pool.clone());
         Ok(PostgresStore { pool, relaxed, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock })
     }

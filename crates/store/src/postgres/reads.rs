@@ -116,9 +116,13 @@ async fn answer(pool: &PgPool, batch: Vec<Ask>) {
         }
         Err(e) => {
             let message = e.to_string();
-            tracing::warn!(error = %message, reads = batch.len(), "a batch of reads failed");
+            let unavailable = crate::error::sqlx_unavailable(&e);
+            if !unavailable {
+                tracing::warn!(error = %message, reads = batch.len(), "a batch of reads failed");
+            }
             for ask in batch {
-                let _ = ask.reply.send(Err(StoreError::Backend(message.clone())));
+                let err = if unavailable { StoreError::Unavailable(message.clone()) } else { StoreError::Backend(message.clone()) };
+                let _ = ask.reply.send(Err(err));
             }
         }
     }
