@@ -310,6 +310,17 @@ impl Access {
         Err(forbidden(format!("no granted scope allows searching {ty}")))
     }
 
+    /// The context patient when `resource_type` is searchable only through patient-level scopes (no
+    /// `user/` or `system/` search grant): a compartment search of another patient is then refused before
+    /// anything is looked up, so that its answer does not tell whether that patient exists.
+    pub fn patient_only(&self, resource_type: &str) -> Option<Option<&str>> {
+        let Access::Token(t) = self else { return None };
+        if [Level::System, Level::User].iter().any(|l| t.scopes.access(*l, resource_type, Interaction::Search).is_some()) {
+            return None;
+        }
+        Some(t.patient.as_deref())
+    }
+
     /// Whether the token may read this stored resource (for `_include`d entries, `$everything` and pages
     /// of frozen searches).
     pub async fn may_read(&self, state: &AppState, r: &store::StoredResource) -> bool {

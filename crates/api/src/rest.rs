@@ -316,6 +316,12 @@ pub async fn instance_sub(
     if ty != "Patient" {
         return Err(ApiError::not_found(format!("{ty}/{id}/{sub} is not an operation or compartment served here")));
     }
+    // A patient-level token asking about another patient is refused before the patient is looked up.
+    let searched = if sub == "$everything" { "Patient" } else { sub.as_str() };
+    if let Some(own) = access.patient_only(searched)
+        && own != Some(id.as_str()) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "patient-level scopes reach only the patient in context"));
+        }
     let patient = read_current(&state, &ty, &id).await?;
     if sub == "$everything" {
         check_stored(&state, &access, Interaction::Read, &patient).await?;

@@ -108,50 +108,61 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
             .collect();
         s.audit_in(trace.as_deref(), "authorize-request", true, Some(&client.client_id), None, None, &params.join("\n"));
     }
+    // An app that registered itself may have registered any address as its redirect URI: refusals made
+    // before anyone has signed in are pages here, so that this endpoint is no open redirector for it
+    // (RFC 9700 §4.11.2). Administrator-registered apps get RFC 6749 error redirects.
+    let refuse = |error: &str, description: &str| {
+        if client.self_registered {
+            s.audit_in(trace.as_deref(), "authorize", false, Some(&client.client_id), None, None, &format!("refused: {error}: {description}"));
+            error_page(s, StatusCode::BAD_REQUEST, "This app's request cannot be accepted", description, "Tell the app's developer.")
+        } else {
+            redirect_error(s, trace.as_deref(), redirect_uri, state, error, description)
+        }
+    };
     if get("response_type") != Some("code") {
-        return redirect_error(s, trace.as_deref(), redirect_uri, state, "unsupported_response_type", "only response_type=code is supported");
+        return refuse("unsupported_response_type", "only response_type=code is supported");
     }
     let Some(code_challenge) = get("code_challenge") else {
-        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
+        return refuse("invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
     };
     if get("code_challenge_method") != Some("S256") {
-        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "code_challenge_method must be S256");
+        return refuse("invalid_request", "code_challenge_method must be S256");
     }
     let aud = get("aud").or_else(|| get("resource"));
     if aud.map(|a| a.trim_end_matches('/')) != Some(s.config.fhir_base.as_str()) {
-        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "aud must be this server's FHIR base URL");
+        return refuse("invalid_request", "aud must be this server's FHIR base URL");
     }
     let Some(scope) = get("scope") else {
-        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_scope", "scope is required");
+        return refuse("invalid_scope", "scope is required");
     };
     let requested = ScopeSet::parse(scope);
     let mut launch: Option<LaunchContext> = None;
     if let Some(handle) = get("launch") {
         match s.store.auth_consume("launch", &token_hash(handle)).await {
             Ok(Some(r)) if !r.used => launch = serde_json::from_str(&r.value).ok(),
-            Ok(Some(_)) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch was already used; launch the app again from the EHR"),
-            Ok(None) => return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch has expired or is unknown; launch the app again from the EHR"),
+            Ok(Some(_)) => return refuse("invalid_request", "this launch was already used; launch the app again from the EHR"),
+            Ok(None) => return refuse("invalid_request", "this launch has expired or is unknown; launch the app again from the EHR"),
             Err(e) => return internal(s, e),
         }
         if launch.is_none() {
-            return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "the launch could not be read");
+            return refuse("invalid_request", "the launch could not be read");
         }
         if launch.as_ref().and_then(|l| l.client_id.as_deref()).is_some_and(|c| c != client.client_id) {
-            return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "this launch was made for another app");
+            return refuse("invalid_request", "this launch was made for another app");
         }
         if !requested.contains(&Scope::Launch) {
-            return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_scope", "an EHR launch must request the launch scope");
+            return refuse("invalid_scope", "an EHR launch must request the launch scope");
         }
         if let Some(l) = launch.as_mut()
             && l.faults.no_encounter {
                 l.encounter = None;
             }
     } else if requested.contains(&Scope::Launch) {
-        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "the launch scope needs the launch parameter from the EHR");
+        return refuse("invalid_request", "the launch scope needs the launch parameter from the EHR");
     }
     let profile = launch.as_ref().and_then(|l| l.profile).or(client.profile).unwrap_or_default();
     if profile == Profile::Oracle && get("aud").is_none() {
-        return redirect_error(s, trace.as_deref(), redirect_uri, state, "invalid_request", "aud is required");
+        return refuse("invalid_request", "aud is required");
     }
     let pending = PendingAuthorization {
         profile: Some(profile),

@@ -510,7 +510,10 @@ pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: axum:
             Err(e) => return crate::unavailable(&e),
         }
     }
-    let body = match found.and_then(|(kind, r)| serde_json::from_str::<Grant>(&r.value).ok().map(|g| (kind, r, g))) {
+    let now = s.now_ms();
+    // A grant whose injected revocation time has passed is revoked, whether or not the FHIR API has seen
+    // one of its tokens since.
+    let body = match found.and_then(|(kind, r)| serde_json::from_str::<Grant>(&r.value).ok().map(|g| (kind, r, g))).filter(|(_, _, g)| g.revoke_at.is_none_or(|at| at > now)) {
         None => json!({"active": false}),
         Some((kind, record, grant)) => {
             let mut v = json!({

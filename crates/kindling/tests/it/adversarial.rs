@@ -456,3 +456,50 @@ async fn a_database_outage_is_a_503_not_a_bad_credential() {
     drop(f);
     db.drop_database().await;
 }
+
+/// Found on review: a self-registered app (which may register any redirect URI) cannot use the
+/// authorisation endpoint's error redirects as an open redirector; administrator-registered apps still get
+/// RFC 6749 error redirects.
+#[tokio::test]
+async fn self_registered_apps_get_no_error_redirects() {
+    let f = fixture().await;
+    let app = &f.app;
+    let reg: Value = app
+        .client
+        .post(format!("{}/auth/register", root(app)))
+        .json(&json!({"client_name": "Redirector", "redirect_uris": ["https://evil.example/x"], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = reg["client_id"].as_str().unwrap();
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+    url.query_pairs_mut().append_pair("client_id", client_id).append_pair("redirect_uri", "https://evil.example/x").append_pair("response_type", "token");
+    let r = app.client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none(), "redirected to the self-registered address");
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
+    url.query_pairs_mut().append_pair("client_id", PUBLIC).append_pair("redirect_uri", crate::smart_flows::REDIRECT).append_pair("response_type", "token");
+    let r = app.client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 303, "a registered app's error goes back to it");
+}
+
+/// Found on review: a patient-level token asking for another patient's compartment or `$everything` is
+/// refused before the patient is looked up, so that the answer does not tell whether that patient exists.
+#[tokio::test]
+async fn compartment_requests_do_not_reveal_other_patients() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient patient/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    for path in [format!("Patient/{}/Observation", f.p2), "Patient/no-such-patient/Observation".to_string(), format!("Patient/{}/$everything", f.p2), "Patient/no-such-patient/$everything".to_string()] {
+        let (status, body) = fhir_get(app, &path, Some(token)).await;
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(body["resourceType"], "OperationOutcome");
+    }
+    let (status, b) = fhir_get(app, &format!("Patient/{}/Observation", f.p1), Some(token)).await;
+    assert_eq!(status, 200);
+    assert!(b["total"].as_u64().unwrap() > 0);
+}

@@ -966,6 +966,9 @@ async fn injected_faults_behave_as_a_real_server_would() {
     let token = t["access_token"].as_str().unwrap();
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 200);
     app.clock.advance(time::Duration::seconds(11));
+    // Introspection says so at once, before the FHIR API has seen the token again.
+    let r: Value = post_form(app, "/auth/introspect", &[("token", token), ("client_id", PUBLIC)]).await.json().await.unwrap();
+    assert_eq!(r["active"], false);
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 401);
     let r: Value = refresh(app, t["refresh_token"].as_str().unwrap()).await.json().await.unwrap();
     assert_eq!(r["error"], "invalid_grant");
