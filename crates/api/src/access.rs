@@ -263,7 +263,9 @@ impl Access {
             };
             let writing = matches!(interaction, Interaction::Create | Interaction::Update | Interaction::Delete);
             let in_compartment = if resource_type == "Patient" {
-                id == patient
+                // A patient's own record may not be written to point at another patient either (a
+                // `link.other` would put it in that patient's compartment).
+                id == patient && (!writing || content.value().is_some_and(|v| fhir::extract::extract(resource_type, &v, Some(&state.base_url)).is_ok_and(|rows| rows.referenced_patients.iter().all(|p| p == patient))))
             } else if is_shared_type(resource_type) {
                 // Reference data every record points to: readable, never written with patient scopes.
                 !writing

@@ -213,10 +213,7 @@ pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes)
     let secret = match register(s.store.as_ref(), client.clone()).await {
         Ok(secret) => secret,
         Err(AppsError::Invalid(msg)) => return bad("invalid_client_metadata", &msg),
-        Err(AppsError::Store(e)) => {
-            tracing::error!(error = %e, "registration: store error");
-            return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the app could not be registered");
-        }
+        Err(AppsError::Store(e)) => return crate::unavailable(&e),
     };
     tracing::info!(client = %client.client_id, kind = ?client.kind, "app registered dynamically");
     let mut body = json!({

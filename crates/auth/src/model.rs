@@ -40,9 +40,15 @@ pub struct Client {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
     /// Registered by the app itself (RFC 7591), not by an administrator: its JWKS URL may only reach
-    /// public addresses over https.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// public addresses over https. Always stored; a registration stored before the field existed counts
+    /// as self-registered (the safe side) until an administrator saves it again (apps file, `kindling apps`,
+    /// the EHR's Apps page).
+    #[serde(default = "stored_without_origin")]
     pub self_registered: bool,
+}
+
+fn stored_without_origin() -> bool {
+    true
 }
 
 /// Vendor profiles: documented behaviours of real EHRs that break apps, reproduced on demand.

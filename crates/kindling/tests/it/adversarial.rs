@@ -503,3 +503,33 @@ async fn compartment_requests_do_not_reveal_other_patients() {
     assert_eq!(status, 200);
     assert!(b["total"].as_u64().unwrap() > 0);
 }
+
+/// Found on review: a patient token cannot make its own Patient record point at another patient
+/// (`link.other` would put it in that patient's compartment).
+#[tokio::test]
+async fn a_patient_record_cannot_be_linked_to_another_patient() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient patient/*.cruds").await;
+    let token = t["access_token"].as_str().unwrap();
+    let (_, mut me) = fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await;
+    me["link"] = json!([{"other": {"reference": format!("Patient/{}", f.p2)}, "type": "seealso"}]);
+    let r = app.client.put(app.url(&format!("Patient/{}", f.p1))).bearer_auth(token).header("content-type", "application/fhir+json").body(me.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    me.as_object_mut().unwrap().remove("link");
+    let r = app.client.put(app.url(&format!("Patient/{}", f.p1))).bearer_auth(token).header("content-type", "application/fhir+json").body(me.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the patient's own record without the link is fine");
+}
+
+/// Found on review: a registration stored before the `self_registered` field existed counts as
+/// self-registered (the fenced side) until an administrator saves it again.
+#[test]
+fn registrations_of_unknown_origin_count_as_self_registered() {
+    let old = json!({"client_id": "old", "name": "Old", "kind": "public", "redirect_uris": ["https://a.example/cb"], "allowed_scope": "patient/*.rs"});
+    let c: auth::model::Client = serde_json::from_value(old).unwrap();
+    assert!(c.self_registered);
+    let mut admin = c.clone();
+    admin.self_registered = false;
+    let back: auth::model::Client = serde_json::from_value(serde_json::to_value(&admin).unwrap()).unwrap();
+    assert!(!back.self_registered, "an administrator's registration keeps its origin when stored");
+}
