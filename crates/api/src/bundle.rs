@@ -276,6 +276,24 @@ pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> 
 async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Transaction, bundle: &mut Value) -> ApiResult<Applied> {
     let mut requests = parse_entries(&state.base_url, bundle)?;
     check_conditionals(access, &requests)?;
+    // Conditional entries serialise with every other request naming the same criteria; all their locks are
+    // taken up front, in one order, so that two Bundles naming the same criteria cannot deadlock.
+    let mut lock_keys: Vec<String> = requests
+        .iter()
+        .filter_map(|r| {
+            let (ty, _, query) = r.target();
+            match (r.method, r.if_none_exist.as_deref(), query) {
+                (Method::Post, Some(criteria), _) => Some(ops::criteria_key(ty, criteria)),
+                (Method::Put | Method::Delete, _, Some(criteria)) => Some(ops::criteria_key(ty, criteria)),
+                _ => None,
+            }
+        })
+        .collect();
+    lock_keys.sort();
+    lock_keys.dedup();
+    for key in &lock_keys {
+        tx.serialize_on(key).await?;
+    }
     // 1. Decide the identity of every entry that creates or updates, so references can be rewritten.
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut preresolved: HashMap<usize, Outcome> = HashMap::new();

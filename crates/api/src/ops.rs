@@ -55,6 +55,16 @@ pub fn conditional_query(state: &AppState, resource_type: &str, query: &str) -> 
     parse(resource_type, &pairs, opts).map_err(|e| ApiError::bad_request(format!("conditional criteria: {e}")))
 }
 
+/// The key that serialises conditional writes with the same criteria (see
+/// [`store::Transaction::serialize_on`]): the type and the criteria's pairs, sorted, so that the same
+/// criteria in another order or spelling of the query string meet on the same lock.
+pub fn criteria_key(resource_type: &str, criteria: &str) -> String {
+    let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(criteria.trim_start_matches('?').as_bytes()).into_owned().collect();
+    pairs.sort();
+    let joined: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("conditional:{resource_type}?{}", joined.join("&"))
+}
+
 /// Validates `body` as a resource of `resource_type`.
 pub fn validated(body: &Value, resource_type: &str) -> ApiResult<()> {
     validate_resource(body, Some(resource_type)).map_err(|e| ApiError::unprocessable(e.0))
@@ -70,25 +80,27 @@ pub async fn create(
     assigned_id: Option<String>,
 ) -> ApiResult<Outcome> {
     let condition = match if_none_exist {
-        Some(criteria) => Some(conditional_query(state, resource_type, criteria)?),
+        Some(criteria) => Some((conditional_query(state, resource_type, criteria)?, criteria_key(resource_type, criteria))),
         None => None,
     };
-    create_if_none(state, tx, resource_type, body, condition.as_ref(), assigned_id).await
+    create_if_none(state, tx, resource_type, body, condition.as_ref().map(|(q, k)| (q, k.as_str())), assigned_id).await
 }
 
-/// [`create`] with the `If-None-Exist` criteria already parsed (and narrowed to what the caller may see).
+/// [`create`] with the `If-None-Exist` criteria already parsed (and narrowed to what the caller may see),
+/// and the key of its criteria ([`criteria_key`]).
 pub async fn create_if_none(
     state: &AppState,
     tx: &mut dyn Transaction,
     resource_type: &str,
     mut body: Value,
-    condition: Option<&SearchQuery>,
+    condition: Option<(&SearchQuery, &str)>,
     assigned_id: Option<String>,
 ) -> ApiResult<Outcome> {
     let _ = state;
     check_type(resource_type)?;
     validated(&body, resource_type)?;
-    if let Some(q) = condition {
+    if let Some((q, key)) = condition {
+        tx.serialize_on(key).await?;
         let keys = tx.search(q).await?;
         match keys.len() {
             0 => {}
@@ -117,7 +129,15 @@ pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &
         None => return Err(ApiError::bad_request("the resource in a PUT must carry the id from the URL")),
     }
     let precondition = if_match.map_or(Precondition::None, Precondition::Version);
-    let written = tx.put(body, precondition).await?;
+    let written = match tx.put(body, precondition).await {
+        Ok(w) => w,
+        // Without If-Match nothing was promised: a clash with a concurrent create of the same id (PostgreSQL's
+        // unique key) is a 409 the client can retry, never "precondition failed".
+        Err(store::StoreError::Conflict(_)) if if_match.is_none() => {
+            return Err(ApiError::conflict(format!("{resource_type}/{id} was created by a concurrent request; retry the update")));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(Outcome { status, resource: Some(written.resource), location: true, message: if written.created { "created".into() } else { "updated".into() } })
 }
@@ -127,6 +147,7 @@ pub async fn conditional_update(state: &AppState, tx: &mut dyn Transaction, reso
     check_type(resource_type)?;
     validated(&body, resource_type)?;
     let q = conditional_query(state, resource_type, criteria)?;
+    tx.serialize_on(&criteria_key(resource_type, criteria)).await?;
     let keys = tx.search(&q).await?;
     match keys.len() {
         0 => {

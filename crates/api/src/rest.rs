@@ -137,14 +137,15 @@ pub async fn type_create(State(state): State<AppState>, Extension(access): Exten
     // criteria see its own patient's records only), so that its answer says nothing about the rest.
     let condition = match header_str(&headers, "if-none-exist") {
         Some(criteria) => {
-            let mut q = ops::conditional_query(&state, &ty, criteria.trim_start_matches('?'))?;
+            let criteria = criteria.trim_start_matches('?');
+            let mut q = ops::conditional_query(&state, &ty, criteria)?;
             access.restrict_search(&state, &mut q).map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("a conditional create needs a scope that allows searching {ty}")))?;
-            Some(q)
+            Some((q, ops::criteria_key(&ty, criteria)))
         }
         None => None,
     };
     let mut tx = state.store.begin().await?;
-    let outcome = ops::create_if_none(&state, &mut *tx, &ty, value, condition.as_ref(), None).await?;
+    let outcome = ops::create_if_none(&state, &mut *tx, &ty, value, condition.as_ref().map(|(q, k)| (q, k.as_str())), None).await?;
     tx.commit().await?;
     if let Some(existing) = outcome.resource.as_ref().filter(|_| outcome.status == StatusCode::OK) {
         // If-None-Exist matched: what comes back must be readable with this token.

@@ -125,6 +125,14 @@ pub trait Transaction: Reader {
     }
     /// Deletes the resource; `None` when there was no live version.
     async fn delete(&mut self, resource_type: &str, id: &str, precondition: Precondition) -> Result<Option<StoredResource>>;
+    /// Serialises this transaction with every other one that names the same `key` until it ends (the
+    /// search-then-write of a conditional create or update: two requests with the same criteria must not
+    /// both find nothing and both create). SQLite has one writer at a time, so nothing more is needed there;
+    /// PostgreSQL takes a transaction-scoped advisory lock, which holds across nodes sharing the database.
+    async fn serialize_on(&mut self, key: &str) -> Result<()> {
+        let _ = key;
+        Ok(())
+    }
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 

@@ -16,6 +16,7 @@ mod multi_node;
 mod migrations;
 mod tls;
 mod adversarial;
+mod concurrency;
 
 use fhir::time::{ManualClock, SharedClock};
 use kindling::{Application, ServerConfig};

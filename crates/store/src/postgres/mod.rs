@@ -447,6 +447,13 @@ impl Reader for PostgresTransaction {
 
 #[async_trait]
 impl Transaction for PostgresTransaction {
+    async fn serialize_on(&mut self, key: &str) -> Result<()> {
+        // Held until commit or rollback; a second transaction with the same key waits here, and its search
+        // (a new snapshot under READ COMMITTED) then sees what the first one wrote.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(key).execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
     async fn put(&mut self, resource: Value, precondition: Precondition) -> Result<Written> {
         let prepared = crate::prepare(resource, self.base_url.as_deref())?;
         let now = unix_ms(self.clock.now());
