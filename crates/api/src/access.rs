@@ -316,11 +316,29 @@ impl Access {
     /// `user/` or `system/` search grant): a compartment search of another patient is then refused before
     /// anything is looked up, so that its answer does not tell whether that patient exists.
     pub fn patient_only(&self, resource_type: &str) -> Option<Option<&str>> {
+        self.patient_only_for(resource_type, Interaction::Search)
+    }
+
+    /// [`Access::patient_only`] for any interaction.
+    pub fn patient_only_for(&self, resource_type: &str, interaction: Interaction) -> Option<Option<&str>> {
         let Access::Token(t) = self else { return None };
-        if [Level::System, Level::User].iter().any(|l| t.scopes.access(*l, resource_type, Interaction::Search).is_some()) {
+        if [Level::System, Level::User].iter().any(|l| t.scopes.access(*l, resource_type, interaction).is_some()) {
             return None;
         }
         Some(t.patient.as_deref())
+    }
+
+    /// A patient-level token reading another patient's Patient record is refused before the lookup, so that
+    /// 403 and 404 do not tell whether that patient exists (its own fhirUser record excepted).
+    pub fn check_patient_id(&self, resource_type: &str, id: &str) -> Result<(), ApiError> {
+        let Access::Token(t) = self else { return Ok(()) };
+        if resource_type != "Patient" || t.fhir_user.as_deref() == Some(&format!("Patient/{id}")) {
+            return Ok(());
+        }
+        match self.patient_only_for("Patient", Interaction::Read) {
+            Some(own) if own != Some(id) => Err(forbidden("patient-level scopes reach only the patient in context")),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the token may read this stored resource (for `_include`d entries, `$everything` and pages

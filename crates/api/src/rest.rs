@@ -204,6 +204,7 @@ pub async fn read_current(state: &AppState, ty: &str, id: &str) -> ApiResult<Sto
 }
 
 pub async fn instance_read(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+    access.check_patient_id(&ty, &id)?;
     let r = read_current(&state, &ty, &id).await?;
     check_stored(&state, &access, Interaction::Read, &r).await?;
     if header_str(&headers, "if-none-match").is_some_and(|v| v.trim() == r.etag() || v.trim() == format!("\"{}\"", r.version)) {
@@ -218,6 +219,7 @@ pub async fn instance_vread(State(state): State<AppState>, Extension(access): Ex
     check_type(&ty)?;
     check_id(&id)?;
     let version: i64 = vid.parse().map_err(|_| ApiError::bad_request(format!("'{vid}' is not a version id")))?;
+    access.check_patient_id(&ty, &id)?;
     match state.store.vread(&ty, &id, version).await? {
         None => Err(ApiError::not_found(format!("{ty}/{id} has no version {version}"))),
         Some(r) if r.deleted => Err(ApiError::gone(format!("version {version} of {ty}/{id} is a deletion"))),
@@ -285,6 +287,7 @@ pub async fn instance_delete(State(state): State<AppState>, Extension(access): E
 pub async fn instance_history(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     check_type(&ty)?;
     check_id(&id)?;
+    access.check_patient_id(&ty, &id)?;
     let Some(current) = state.store.read(&ty, &id).await? else {
         return Err(ApiError::not_found(format!("{ty}/{id} is not known")));
     };

@@ -499,6 +499,9 @@ async fn compartment_requests_do_not_reveal_other_patients() {
         assert_eq!(status, 403, "{path}");
         assert_eq!(body["resourceType"], "OperationOutcome");
     }
+    for path in [format!("Patient/{}", f.p2), "Patient/no-such-patient".to_string(), format!("Patient/{}/_history", f.p2), "Patient/no-such-patient/_history".to_string(), "Patient/no-such-patient/_history/1".to_string()] {
+        assert_eq!(fhir_get(app, &path, Some(token)).await.0, 403, "{path}");
+    }
     let (status, b) = fhir_get(app, &format!("Patient/{}/Observation", f.p1), Some(token)).await;
     assert_eq!(status, 200);
     assert!(b["total"].as_u64().unwrap() > 0);
