@@ -207,7 +207,7 @@ pub fn is_shared_type(resource_type: &str) -> bool {
 /// other patient (a performer, author or participant `Patient/B` would put it in B's compartment).
 fn written_for_patient(resource_type: &str, v: &Value, patient: &str, base: &str) -> bool {
     let Ok(rows) = fhir::extract::extract(resource_type, v, Some(base)) else { return false };
-    if !rows.referenced_patients.iter().all(|p| p == patient) {
+    if !names_no_other_patient(&rows, patient) {
         return false;
     }
     match params::find(resource_type, "patient") {
@@ -218,6 +218,11 @@ fn written_for_patient(resource_type: &str, v: &Value, patient: &str, base: &str
         }
         None => !rows.patient_compartments.is_empty() && rows.patient_compartments.iter().all(|p| p == patient),
     }
+}
+
+/// Whether every patient the content points to (in any reference) is `patient`.
+fn names_no_other_patient(rows: &fhir::extract::IndexRows, patient: &str) -> bool {
+    rows.referenced_patients.iter().all(|p| p == patient)
 }
 
 /// Whether this content (one version of a resource) is in `patient`'s compartment.
@@ -265,7 +270,7 @@ impl Access {
             let in_compartment = if resource_type == "Patient" {
                 // A patient's own record may not be written to point at another patient either (a
                 // `link.other` would put it in that patient's compartment).
-                id == patient && (!writing || content.value().is_some_and(|v| fhir::extract::extract(resource_type, &v, Some(&state.base_url)).is_ok_and(|rows| rows.referenced_patients.iter().all(|p| p == patient))))
+                id == patient && (!writing || content.value().is_some_and(|v| fhir::extract::extract(resource_type, &v, Some(&state.base_url)).is_ok_and(|rows| names_no_other_patient(&rows, patient))))
             } else if is_shared_type(resource_type) {
                 // Reference data every record points to: readable, never written with patient scopes.
                 !writing

@@ -58,6 +58,20 @@ async fn metadata(State(state): State<AppState>, neg: response::Negotiated) -> R
     response::json_response(StatusCode::OK, &cs, neg.pretty, neg.content_type)
 }
 
+/// The message of an error response that is not JSON (an extractor's plain-text rejection), for a
+/// middleware that answers it in the endpoint's own error format; a JSON response comes back unchanged.
+pub async fn plain_error_text(response: Response) -> Result<String, Response> {
+    let json = response.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
+    if json {
+        return Err(response);
+    }
+    let status = response.status();
+    Ok(match axum::body::to_bytes(response.into_body(), 16 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    })
+}
+
 /// Every error from `/fhir` is an OperationOutcome: a refusal produced outside the handlers (an extractor's
 /// rejection of a path that is not UTF-8, a body over the limit, ...) is plain text, and becomes one here.
 async fn outcome_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
@@ -67,13 +81,9 @@ async fn outcome_errors(request: axum::extract::Request, next: axum::middleware:
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let json = response.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
-    if json {
-        return response;
-    }
-    let text = match axum::body::to_bytes(response.into_body(), 16 * 1024).await {
-        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
-        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    let text = match plain_error_text(response).await {
+        Ok(text) => text,
+        Err(structured) => return structured,
     };
     let code = match status {
         StatusCode::NOT_FOUND => "not-found",

@@ -164,6 +164,8 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     if profile == Profile::Oracle && get("aud").is_none() {
         return refuse("invalid_request", "aud is required");
     }
+    // The request belongs to this browser: its forms are accepted only with this browser's binding cookie.
+    let (browser, set_cookie) = session::browser_binding(s, headers);
     let pending = PendingAuthorization {
         profile: Some(profile),
         client_id: client.client_id.clone(),
@@ -175,13 +177,9 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
         username: launch.as_ref().and_then(|l| l.username.clone()),
         patient: launch.as_ref().and_then(|l| l.patient.clone()),
         launch,
-        browser: String::new(),
+        browser,
         awaiting: Awaiting::SignIn,
     };
-    // The request belongs to this browser: its forms are accepted only with this browser's binding cookie.
-    let (browser, set_cookie) = session::browser_binding(s, headers);
-    let mut pending = pending;
-    pending.browser = browser;
     let request_id = random_token();
     if let Err(e) = save_pending(s, &request_id, &pending).await {
         return internal(s, e);
@@ -214,9 +212,6 @@ async fn save_pending(s: &Shared, request_id: &str, pending: &PendingAuthorizati
 
 async fn load_pending(s: &Shared, request_id: &str) -> Option<PendingAuthorization> {
     let r = s.store.auth_get(REQUEST_KIND, &token_hash(request_id)).await.ok()??;
-    if r.expires.is_some_and(|e| e <= s.now_ms()) {
-        return None;
-    }
     serde_json::from_str(&r.value).ok()
 }
 

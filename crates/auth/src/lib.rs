@@ -224,7 +224,7 @@ impl AuthServer {
     /// The grant behind a live (unexpired, unrevoked) access token.
     pub async fn access_grant(&self, token: &str) -> Result<Option<Grant>, store::StoreError> {
         let Some(record) = self.store.auth_get("access", &crypto::token_key(token)).await? else { return Ok(None) };
-        if record.revoked || record.expires.is_some_and(|e| e <= self.now_ms()) {
+        if record.revoked {
             return Ok(None);
         }
         Ok(serde_json::from_str(&record.value).ok())
@@ -332,13 +332,12 @@ pub fn no_store(r: &mut Response) {
 async fn oauth_json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let json = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
-    if !(status.is_client_error() || status.is_server_error()) || json {
+    if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let text = match axum::body::to_bytes(response.into_body(), 16 * 1024).await {
-        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
-        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    let text = match api::plain_error_text(response).await {
+        Ok(text) => text,
+        Err(structured) => return structured,
     };
     let error = if status.is_server_error() { "server_error" } else { "invalid_request" };
     oauth_error(status, error, &text)

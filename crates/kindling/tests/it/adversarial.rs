@@ -29,6 +29,13 @@ fn no_code(r: &reqwest::Response, what: &str) {
     assert!(r.headers().get("location").is_none(), "{what}: redirected");
 }
 
+/// Registers an app through RFC 7591 (as anyone may) and returns its client id.
+async fn self_register(app: &TestApp, metadata: Value) -> String {
+    let r = app.client.post(format!("{}/auth/register", root(app))).json(&metadata).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string()
+}
+
 /// Tokens for `doc` through a standalone launch with `scope`.
 async fn doc_tokens(f: &Fixture, scope: &str) -> Value {
     let app = &f.app;
@@ -394,17 +401,8 @@ async fn discovery_advertises_the_iss_parameter() {
 async fn self_registered_apps_are_not_offered_to_users() {
     let f = fixture().await;
     let app = &f.app;
-    let reg: Value = app
-        .client
-        .post(format!("{}/auth/register", root(app)))
-        .json(&json!({"client_name": "Kindling Health Records", "redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none", "initiate_login_uri": "https://evil.example/launch"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = reg["client_id"].as_str().unwrap();
+    let client_id = self_register(app, json!({"client_name": "Kindling Health Records", "redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none", "initiate_login_uri": "https://evil.example/launch"})).await;
+    let client_id = client_id.as_str();
     let docs = doc_browser(app).await;
     let chart = docs.get(format!("{}/ehr/patients/{}", root(app), f.p2)).await.text().await.unwrap();
     assert!(chart.contains("Launch") && !chart.contains("Kindling Health Records"), "{chart}");
@@ -464,17 +462,8 @@ async fn a_database_outage_is_a_503_not_a_bad_credential() {
 async fn self_registered_apps_get_no_error_redirects() {
     let f = fixture().await;
     let app = &f.app;
-    let reg: Value = app
-        .client
-        .post(format!("{}/auth/register", root(app)))
-        .json(&json!({"client_name": "Redirector", "redirect_uris": ["https://evil.example/x"], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = reg["client_id"].as_str().unwrap();
+    let client_id = self_register(app, json!({"client_name": "Redirector", "redirect_uris": ["https://evil.example/x"], "token_endpoint_auth_method": "none"})).await;
+    let client_id = client_id.as_str();
     let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
     url.query_pairs_mut().append_pair("client_id", client_id).append_pair("redirect_uri", "https://evil.example/x").append_pair("response_type", "token");
     let r = app.client.get(url).send().await.unwrap();
