@@ -2,7 +2,7 @@
 //! degrading on its own with a short explanation in clinical language.
 
 use crate::svg;
-use client::types::{AllergyIntolerance, Bundle, Condition, Encounter, MedicationRequest, Observation, Patient};
+use client::types::{AllergyIntolerance, Bundle, Condition, Encounter, MedicationRequest, Observation, Patient, Quantity};
 use client::{Error, Interaction, Session};
 
 /// A section's content, or why it is not shown.
@@ -79,8 +79,8 @@ fn not_shared(what: &str) -> String {
     format!("{what} were not shared with this app at launch.")
 }
 
-const VITALS: &[(&str, &str)] = &[("85354-9", "Blood pressure"), ("8867-4", "Heart rate"), ("29463-7", "Weight"), ("39156-5", "BMI")];
-const LOINC: &str = "http://loinc.org";
+/// The vital signs charted: LOINC codes (any of them) and a title.
+const VITALS: &[(&[&str], &str)] = &[(BLOOD_PRESSURE_PANELS, "Blood pressure"), (&["8867-4"], "Heart rate"), (&["29463-7"], "Weight"), (&["39156-5"], "BMI")];
 
 /// Loads the summary for the session's patient.
 pub async fn load(session: &Session) -> Summary {
@@ -173,52 +173,82 @@ pub async fn load(session: &Session) -> Summary {
     Summary { patient, encounter, problems, medications, allergies, vitals, labs, session_ended }
 }
 
+use fhir::display::{self, BLOOD_PRESSURE_PANELS, DIASTOLIC, LOINC, SYSTOLIC};
+
 fn number(v: f64) -> String {
-    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+    display::number(v)
+}
+
+/// A Quantity's unit as people print it (`mm[Hg]` → mmHg, `Cel` → °C).
+fn unit_of(q: &Quantity) -> String {
+    display::unit(q.unit.as_deref(), q.code.as_deref())
+}
+
+/// The value of the component with a LOINC code, wherever it sits in the array.
+fn component<'a>(o: &'a Observation, code: &str) -> Option<&'a Quantity> {
+    o.component.iter().find(|c| c.code.as_ref().is_some_and(|x| x.has_code(LOINC, code)))?.value_quantity.as_ref()
+}
+
+fn is_vital(o: &Observation, codes: &[&str]) -> bool {
+    o.code.as_ref().is_some_and(|c| codes.iter().any(|code| c.has_code(LOINC, code)))
 }
 
 fn vital_charts(b: &Bundle) -> Vec<VitalChart> {
     let obs: Vec<Observation> = b.matches("Observation");
     let mut charts = Vec::new();
-    for (code, title) in VITALS {
-        let mut points: Vec<(String, Vec<f64>)> = obs
+    for (codes, title) in VITALS {
+        let blood_pressure = *codes == BLOOD_PRESSURE_PANELS;
+        // Newest first, as searched; each point's series by code (systolic, diastolic), a missing one empty.
+        let mut points: Vec<(String, Vec<Option<f64>>, String)> = obs
             .iter()
-            .filter(|o| o.code.as_ref().is_some_and(|c| c.has_code(LOINC, code)))
+            .filter(|o| is_vital(o, codes))
             .filter_map(|o| {
                 let when = day(&o.effective_date_time);
-                if *code == "85354-9" {
-                    let sys = o.component.iter().find(|c| c.code.as_ref().is_some_and(|x| x.has_code(LOINC, "8480-6")))?.value_quantity.as_ref()?.value?;
-                    let dia = o.component.iter().find(|c| c.code.as_ref().is_some_and(|x| x.has_code(LOINC, "8462-4")))?.value_quantity.as_ref()?.value?;
-                    Some((when, vec![sys, dia]))
+                if blood_pressure {
+                    let (sys, dia) = (component(o, SYSTOLIC), component(o, DIASTOLIC));
+                    let unit = sys.or(dia).map(unit_of).unwrap_or_default();
+                    let values = vec![sys.and_then(|q| q.value), dia.and_then(|q| q.value)];
+                    values.iter().any(Option::is_some).then_some((when, values, unit))
                 } else {
-                    Some((when, vec![o.value_quantity.as_ref()?.value?]))
+                    let q = o.value_quantity.as_ref()?;
+                    Some((when, vec![Some(q.value?)], unit_of(q)))
                 }
             })
             .collect();
         if points.is_empty() {
             continue;
         }
+        points.truncate(12);
         points.reverse(); // oldest first
-        let recent: Vec<(String, Vec<f64>)> = points.iter().rev().take(12).rev().cloned().collect();
-        let unit = obs
-            .iter()
-            .find(|o| o.code.as_ref().is_some_and(|c| c.has_code(LOINC, code)))
-            .and_then(|o| o.value_quantity.as_ref().and_then(|q| q.unit.clone()).or_else(|| o.component.first().and_then(|c| c.value_quantity.as_ref()?.unit.clone())))
-            .unwrap_or_default();
+        let unit = points.last().map(|p| p.2.clone()).unwrap_or_default();
+        let recent: Vec<(String, Vec<Option<f64>>)> = points.into_iter().map(|(d, v, _)| (d, v)).collect();
         let (last_day, last) = recent.last().cloned().unwrap_or_default();
-        let latest = format!("{} {unit} on {last_day}", last.iter().map(|v| number(*v)).collect::<Vec<_>>().join("/"));
-        charts.push(VitalChart { title: title.to_string(), svg: svg::trend(title, &unit, &recent), latest });
+        let shown: Vec<String> = last.iter().map(|v| v.map(|v| if blood_pressure { format!("{v:.0}") } else { number(v) }).unwrap_or_else(|| "—".into())).collect();
+        let latest = format!("{} on {last_day}", display::with_unit(&shown.join("/"), &unit));
+        let series: &[&str] = if blood_pressure { &["Systolic", "Diastolic"] } else { &[] };
+        charts.push(VitalChart { title: title.to_string(), svg: svg::trend(title, &unit, series, &recent), latest });
     }
     charts
 }
 
 fn lab_row(o: &Observation) -> Lab {
     let q = o.value_quantity.as_ref();
-    let value = q.and_then(|q| q.value).map(|v| format!("{} {}", number(v), q.and_then(|q| q.unit.clone()).unwrap_or_default())).unwrap_or_else(|| o.value_string.clone().unwrap_or_default());
+    let value = q
+        .and_then(|q| Some(display::with_unit(&number(q.value?), &unit_of(q))))
+        .or_else(|| o.value_codeable_concept.as_ref().map(|c| c.display()))
+        .unwrap_or_else(|| o.value_string.clone().unwrap_or_default());
     let range = o
         .reference_range
         .first()
-        .map(|r| r.text.clone().unwrap_or_else(|| format!("{}–{}", r.low.as_ref().and_then(|l| l.value).map(number).unwrap_or_default(), r.high.as_ref().and_then(|h| h.value).map(number).unwrap_or_default())))
+        .and_then(|r| {
+            let unit = r.high.as_ref().or(r.low.as_ref()).map(unit_of).unwrap_or_default();
+            match (r.low.as_ref().and_then(|l| l.value), r.high.as_ref().and_then(|h| h.value)) {
+                (Some(l), Some(h)) => Some(display::with_unit(&format!("{}–{}", number(l), number(h)), &unit)),
+                (None, Some(h)) => Some(display::with_unit(&format!("≤ {}", number(h)), &unit)),
+                (Some(l), None) => Some(display::with_unit(&format!("≥ {}", number(l)), &unit)),
+                (None, None) => r.text.clone(),
+            }
+        })
         .unwrap_or_default();
     let interpretation = o.interpretation.first().and_then(|i| i.coding.first()).and_then(|c| c.code.clone()).unwrap_or_default();
     let computed = match (q.and_then(|q| q.value), o.reference_range.first()) {

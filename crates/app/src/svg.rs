@@ -4,13 +4,14 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// A line chart of `points` (day, one or more series values), oldest first.
-pub fn trend(title: &str, unit: &str, points: &[(String, Vec<f64>)]) -> String {
+/// A line chart of `points` (day, one value per series, `None` where a reading lacks it), oldest first;
+/// `series` names the lines when there is more than one (a legend, and words for screen readers).
+pub fn trend(title: &str, unit: &str, series: &[&str], points: &[(String, Vec<Option<f64>>)]) -> String {
     const W: f64 = 320.0;
     const H: f64 = 120.0;
     const PAD_L: f64 = 36.0;
     const PAD_B: f64 = 18.0;
-    let values: Vec<f64> = points.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let values: Vec<f64> = points.iter().flat_map(|(_, v)| v.iter().flatten().copied()).collect();
     if values.is_empty() {
         return String::new();
     }
@@ -23,21 +24,26 @@ pub fn trend(title: &str, unit: &str, points: &[(String, Vec<f64>)]) -> String {
     let n = points.len().max(2) - 1;
     let x = |i: usize| PAD_L + (W - PAD_L - 8.0) * (i as f64) / (n as f64);
     let y = |v: f64| 6.0 + (H - PAD_B - 12.0) * (1.0 - (v - lo) / span);
-    let series = points.first().map(|(_, v)| v.len()).unwrap_or(0);
+    let count = points.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     let colours = ["#1f5fa8", "#b3541e"];
     let mut lines = String::new();
-    for s in 0..series {
-        let path: Vec<String> = points.iter().enumerate().filter_map(|(i, (_, v))| v.get(s).map(|val| format!("{:.1},{:.1}", x(i), y(*val)))).collect();
+    for s in 0..count {
+        let path: Vec<String> = points.iter().enumerate().filter_map(|(i, (_, v))| v.get(s).copied().flatten().map(|val| format!("{:.1},{:.1}", x(i), y(val)))).collect();
         lines.push_str(&format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>", colours[s % 2], path.join(" ")));
         for (i, (_, v)) in points.iter().enumerate() {
-            if let Some(val) = v.get(s) {
-                lines.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{}\"/>", x(i), y(*val), colours[s % 2]));
+            if let Some(val) = v.get(s).copied().flatten() {
+                lines.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{}\"/>", x(i), y(val), colours[s % 2]));
             }
         }
     }
     let first = points.first().map(|p| p.0.as_str()).unwrap_or("");
     let last = points.last().map(|p| p.0.as_str()).unwrap_or("");
-    let label = format!("{title} trend from {first} to {last}, between {lo:.0} and {hi:.0} {unit}");
+    let named = if series.len() > 1 { format!(" ({})", series.join(" over ")) } else { String::new() };
+    let label = format!("{title}{named} trend from {first} to {last}, between {lo:.0} and {hi:.0} {unit}");
+    for (s, name) in series.iter().enumerate().filter(|_| series.len() > 1) {
+        let lx = PAD_L + 6.0 + 70.0 * s as f64;
+        lines.push_str(&format!("<text x=\"{lx:.0}\" y=\"12\" font-size=\"10\" fill=\"{}\">{}</text>", colours[s % 2], esc(name)));
+    }
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{label}\" class=\"trend\">\
          <title>{label}</title>\
@@ -58,12 +64,14 @@ mod tests {
 
     #[test]
     fn charts_are_labelled_and_scaled() {
-        let svg = trend("Heart rate", "/min", &[("2026-01-01".into(), vec![70.0]), ("2026-02-01".into(), vec![90.0])]);
+        let svg = trend("Heart rate", "/min", &[], &[("2026-01-01".into(), vec![Some(70.0)]), ("2026-02-01".into(), vec![Some(90.0)])]);
         assert!(svg.contains("aria-label=\"Heart rate trend from 2026-01-01 to 2026-02-01, between 70 and 90 /min\""));
         assert_eq!(svg.matches("<circle").count(), 2);
-        let bp = trend("Blood pressure", "mm[Hg]", &[("d1".into(), vec![120.0, 80.0]), ("d2".into(), vec![130.0, 85.0])]);
+        let bp = trend("Blood pressure", "mmHg", &["Systolic", "Diastolic"], &[("d1".into(), vec![Some(120.0), Some(80.0)]), ("d2".into(), vec![Some(130.0), None])]);
         assert_eq!(bp.matches("<polyline").count(), 2, "systolic and diastolic");
-        assert_eq!(trend("x", "", &[]), "");
-        assert!(!trend("<b>", "", &[("d".into(), vec![1.0])]).contains("<b>"));
+        assert_eq!(bp.matches("<circle").count(), 3, "a missing diastolic is not drawn");
+        assert!(bp.contains("Blood pressure (Systolic over Diastolic) trend") && bp.contains(">Systolic</text>"), "{bp}");
+        assert_eq!(trend("x", "", &[], &[]), "");
+        assert!(!trend("<b>", "", &[], &[("d".into(), vec![Some(1.0)])]).contains("<b>"));
     }
 }

@@ -1,6 +1,7 @@
 //! What the EHR shows of a patient, read straight from the FHIR store: banner facts, encounters,
 //! problems, medications, allergies and the latest vital signs.
 
+use fhir::display;
 use fhir::query::{ParseOptions, parse};
 use serde_json::Value;
 use store::Store;
@@ -78,20 +79,36 @@ pub fn concept(v: &Value) -> String {
     coding["display"].as_str().or(coding["code"].as_str()).unwrap_or("(not coded)").to_string()
 }
 
+/// An encounter's class (a Coding) in words: its display, else the v3 ActCode's name.
+fn encounter_class(class: &Value) -> String {
+    if let Some(d) = class["display"].as_str() {
+        return d.to_string();
+    }
+    let words = match class["code"].as_str().unwrap_or("") {
+        "AMB" => "Ambulatory visit",
+        "EMER" => "Emergency visit",
+        "IMP" => "Inpatient stay",
+        "ACUTE" => "Inpatient acute stay",
+        "NONAC" => "Inpatient non-acute stay",
+        "OBSENC" => "Observation stay",
+        "PRENC" => "Pre-admission",
+        "SS" => "Short stay",
+        "VR" => "Virtual visit",
+        "HH" => "Home health visit",
+        "FLD" => "Field visit",
+        _ => "Encounter",
+    };
+    words.to_string()
+}
+
 fn date_part(v: &Value) -> String {
     v.as_str().map(|s| s.chars().take(10).collect()).unwrap_or_default()
 }
 
-fn quantity(q: &Value) -> Option<String> {
-    let value = q["value"].as_f64()?;
-    let unit = q["unit"].as_str().or(q["code"].as_str()).unwrap_or("");
-    let shown = if value.fract() == 0.0 { format!("{value:.0}") } else { format!("{value:.1}") };
-    Some(format!("{shown} {unit}").trim().to_string())
-}
-
-/// An Observation's value: a quantity, a concept, or its components (blood pressure).
+/// An Observation's value as a clinician reads it: a quantity with its printed unit, a concept's words,
+/// a blood pressure as systolic/diastolic (components found by code), or each coded component labelled.
 pub fn observation_value(o: &Value) -> String {
-    if let Some(q) = quantity(&o["valueQuantity"]) {
+    if let Some(q) = display::quantity(&o["valueQuantity"]) {
         return q;
     }
     if o["valueCodeableConcept"].is_object() {
@@ -100,14 +117,21 @@ pub fn observation_value(o: &Value) -> String {
     if let Some(s) = o["valueString"].as_str() {
         return s.to_string();
     }
-    if let Some(components) = o["component"].as_array() {
-        let values: Vec<String> = components.iter().filter_map(|c| c["valueQuantity"]["value"].as_f64()).map(|v| format!("{v:.0}")).collect();
-        let unit = components.first().and_then(|c| c["valueQuantity"]["unit"].as_str()).unwrap_or("");
-        if !values.is_empty() {
-            return format!("{} {unit}", values.join("/")).trim().to_string();
-        }
+    if display::is_blood_pressure(o) {
+        return display::blood_pressure(o).unwrap_or_default();
     }
-    String::new()
+    let parts: Vec<String> = o["component"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| {
+                    let value = display::quantity(&c["valueQuantity"]).or_else(|| c["valueCodeableConcept"].is_object().then(|| concept(&c["valueCodeableConcept"]))).or_else(|| c["valueString"].as_str().map(str::to_string))?;
+                    Some(format!("{}: {value}", concept(&c["code"])))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.join("; ")
 }
 
 /// Resources of one type matching FHIR search parameters, at most `limit`.
@@ -138,7 +162,7 @@ async fn sections(store: &dyn Store, id: &str) -> Result<Sections, store::StoreE
     let encounters = encounters
         .iter()
         .map(|(eid, e)| {
-            let what = e["type"].as_array().and_then(|t| t.first()).map(concept).unwrap_or_else(|| e["class"]["code"].as_str().unwrap_or("Encounter").to_string());
+            let what = e["type"].as_array().and_then(|t| t.first()).map(concept).unwrap_or_else(|| encounter_class(&e["class"]));
             let status = e["status"].as_str().unwrap_or("");
             Line { id: eid.clone(), text: what, detail: format!("{} · {status}", date_part(&e["period"]["start"])) }
         })
@@ -185,8 +209,11 @@ mod tests {
     #[test]
     fn observation_values_read_like_a_chart() {
         assert_eq!(observation_value(&json!({"valueQuantity": {"value": 72.0, "unit": "/min"}})), "72 /min");
-        assert_eq!(observation_value(&json!({"valueQuantity": {"value": 36.55, "unit": "Cel"}})), "36.5 Cel");
-        let bp = json!({"component": [{"valueQuantity": {"value": 120, "unit": "mm[Hg]"}}, {"valueQuantity": {"value": 80, "unit": "mm[Hg]"}}]});
-        assert_eq!(observation_value(&bp), "120/80 mm[Hg]");
+        assert_eq!(observation_value(&json!({"valueQuantity": {"value": 36.55, "unit": "Cel"}})), "36.5°C");
+        let part = |code: &str, v: f64| json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": code}, "valueQuantity": {"value": v, "unit": "mm[Hg]"}});
+        let bp = json!({"code": {"coding": [{"system": "http://loinc.org", "code": "55284-4"}]}, "component": [part("8462-4", 86.0), part("8480-6", 130.0)]});
+        assert_eq!(observation_value(&bp), "130/86 mmHg", "systolic first, whatever the array order");
+        let other = json!({"code": {"text": "Panel"}, "component": [{"code": {"text": "Left"}, "valueQuantity": {"value": 1.5, "unit": "cm"}}, {"code": {"text": "Right"}, "valueString": "absent"}]});
+        assert_eq!(observation_value(&other), "Left: 1.5 cm; Right: absent");
     }
 }

@@ -4,6 +4,7 @@
 //! parameters we support and how to index and query them, references, structural validation and
 //! OperationOutcome. Time is injected through [`time::Clock`].
 
+pub mod display;
 pub mod extract;
 pub mod outcome;
 pub mod params;

@@ -16,13 +16,13 @@ async fn form(app: &TestApp, path: &str, cookie: Option<&str>, pairs: &[(&str, &
     req.send().await.unwrap()
 }
 
-async fn page(app: &TestApp, path: &str, cookie: &str) -> (u16, String) {
+pub(crate) async fn page(app: &TestApp, path: &str, cookie: &str) -> (u16, String) {
     let r = app.client.get(format!("{}{path}", root(app))).header("cookie", cookie).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
 /// Signs in and returns the session cookie (`name=value`).
-async fn sign_in(app: &TestApp, path: &str, user: &str, password: &str) -> String {
+pub(crate) async fn sign_in(app: &TestApp, path: &str, user: &str, password: &str) -> String {
     let r = form(app, path, None, &[("username", user), ("password", password)]).await;
     assert_eq!(r.status(), 303, "sign-in as {user}");
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();

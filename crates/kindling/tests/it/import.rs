@@ -1,7 +1,7 @@
 use crate::spawn_app;
 use std::path::PathBuf;
 
-fn synthea_dir() -> Option<PathBuf> {
+pub(crate) fn synthea_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/synthea-r4");
     if dir.is_dir() {
         return Some(dir);

@@ -17,6 +17,7 @@ mod migrations;
 mod tls;
 mod adversarial;
 mod concurrency;
+mod clinical;
 
 use fhir::time::{ManualClock, SharedClock};
 use kindling::{Application, ServerConfig};

@@ -36,6 +36,28 @@ fn launch_cookie(r: &reqwest::Response) -> String {
     r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("kapp_l_")).expect("launch cookie").split(';').next().unwrap().to_string()
 }
 
+/// A patient's standalone launch of the reference app, consenting to every scope offered: the summary page.
+pub(crate) async fn standalone_summary(app: &TestApp, user: &str, password: &str) -> String {
+    let r = app.client.get(format!("{}/app/launch?iss={}", root(app), app.base)).send().await.unwrap();
+    let bound = launch_cookie(&r);
+    let browser = crate::Browser::new();
+    let html = browser.get(location(&r)).await.text().await.unwrap();
+    let r = browser.post_form(&format!("{}/auth/login", root(app)), &[("request", &hidden(&html, "request")), ("username", user), ("password", password)]).await;
+    let html = r.text().await.unwrap();
+    let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
+    for s in html.split("name=\"scope\" value=\"").skip(1) {
+        form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
+    }
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = browser.post_form(&format!("{}/auth/consent", root(app)), &pairs).await;
+    let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the callback starts a session");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let r = app.client.get(format!("{}{}", root(app), location(&r))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
 /// Captured log output of the whole test process.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -193,24 +215,7 @@ async fn consent_denied_and_standalone_launch() {
     let page = r.text().await.unwrap();
     assert!(page.contains("Access was not allowed") && page.contains("Without that access this app cannot"), "{page}");
     // Allowed this time: the patient's own summary.
-    let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
-    let bound = launch_cookie(&r);
-    let browser = crate::Browser::new();
-    let html = browser.get(location(&r)).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
-    let html = r.text().await.unwrap();
-    let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
-    for s in html.split("name=\"scope\" value=\"").skip(1) {
-        form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
-    }
-    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = browser.post_form(&format!("{}/auth/consent", root(&app)), &pairs).await;
-    let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
-    assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let r = app.client.get(format!("{}{}", root(&app), location(&r))).header("cookie", &cookie).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let page = r.text().await.unwrap();
+    let page = standalone_summary(&app, "pat", "pat-pass").await;
     assert!(page.contains("id=\"patient-name\""), "a standalone launch shows the banner");
 }
 
@@ -223,24 +228,8 @@ async fn reference_app_on_postgres() {
     kindling::seed(&app.app_state, 1, 8).await.unwrap();
     let patient = synth::patient_id(8, 0);
     auth::registry::put_user(app.auth.store.as_ref(), "pat", "Pat", UserRole::Patient, "pat-pass", &format!("Patient/{patient}")).await.unwrap();
-    let r = app.client.get(format!("{}/app/launch?iss={}", root(&app), app.base)).send().await.unwrap();
-    let bound = launch_cookie(&r);
-    let browser = crate::Browser::new();
-    let html = browser.get(location(&r)).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
-    let html = r.text().await.unwrap();
-    let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
-    for s in html.split("name=\"scope\" value=\"").skip(1) {
-        form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
-    }
-    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = browser.post_form(&format!("{}/auth/consent", root(&app)), &pairs).await;
-    let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();
-    assert_eq!(r.status(), 303, "the callback found its pending authorisation in PostgreSQL");
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let summary = format!("{}{}", root(&app), location(&r));
-    let r = app.client.get(&summary).header("cookie", &cookie).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    let page = standalone_summary(&app, "pat", "pat-pass").await;
+    assert!(page.contains("id=\"patient-name\""), "the callback found its pending authorisation in PostgreSQL");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM app_sessions").fetch_one(&sqlx::PgPool::connect(&db.url).await.unwrap()).await.unwrap();
     assert_eq!(stored, 1);
     drop(app);
