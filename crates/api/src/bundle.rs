@@ -233,38 +233,94 @@ pub fn prepare_transaction(base_url: &str, mut bundle: Value) -> Preparation {
     Preparation::Ready(PreparedBundle { writes })
 }
 
-/// Writes prepared Bundles, all in one store transaction when none fails (the common case, and far
-/// cheaper than a savepoint per Bundle); if one fails, the group is rolled back and every Bundle is
-/// written in a transaction of its own, so each stays all or nothing. Returns, per Bundle, the number of
-/// entries written or the error.
-pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> ApiResult<Vec<ApiResult<usize>>> {
-    let mut tx = state.store.begin().await?;
-    let mut group_failed = false;
-    for bundle in &bundles {
-        if tx.put_prepared_many(&bundle.writes).await.is_err() {
-            group_failed = true;
-            break;
+/// What an import wrote: resources created and resources updated (a new version of one that existed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub created: usize,
+    pub updated: usize,
+}
+
+impl Written {
+    pub fn total(&self) -> usize {
+        self.created + self.updated
+    }
+    fn count(writes: &[store::Written]) -> Self {
+        let created = writes.iter().filter(|w| w.created).count();
+        Written { created, updated: writes.len() - created }
+    }
+    fn add(&mut self, outcome: &Outcome) {
+        if outcome.status == StatusCode::CREATED {
+            self.created += 1;
+        } else if outcome.updated {
+            self.updated += 1;
         }
     }
-    if !group_failed {
+}
+
+/// Imports a `transaction` or `batch` Bundle that needs the database (conditional entries or references),
+/// with full access. Returns what was written and, for a batch, the entries that failed (a failing
+/// transaction is the error).
+pub async fn import_bundle(state: &AppState, mut bundle: Value) -> ApiResult<(Written, Vec<ApiError>)> {
+    let mut written = Written::default();
+    match bundle.get("type").and_then(Value::as_str) {
+        Some("transaction") => {
+            let mut tx = state.store.begin().await?;
+            let applied = apply_transaction(state, &Access::Open, &mut *tx, &mut bundle).await?;
+            tx.commit().await?;
+            applied.outcomes.iter().flatten().for_each(|o| written.add(o));
+            Ok((written, Vec::new()))
+        }
+        Some("batch") => {
+            let mut failed = Vec::new();
+            for (i, r) in parse_entries(&state.base_url, &mut bundle)?.into_iter().enumerate() {
+                match batch_write(state, &Access::Open, r).await {
+                    Ok(BatchDone::Wrote(o)) => written.add(&o),
+                    Ok(BatchDone::Read(_)) => {}
+                    Err(e) => failed.push(ApiError { message: format!("batch entry {i}: {}", e.message), ..e }),
+                }
+            }
+            Ok((written, failed))
+        }
+        other => Err(ApiError::bad_request(format!("Bundle.type {other:?} cannot be imported; use transaction, batch or collection"))),
+    }
+}
+
+/// Writes prepared Bundles, all in one store transaction when none fails (the common case, and far
+/// cheaper than a savepoint per Bundle); if one fails, the group is rolled back and every Bundle is
+/// written in a transaction of its own, so each stays all or nothing. Returns, per Bundle, what was
+/// written or the error.
+pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> ApiResult<Vec<ApiResult<Written>>> {
+    let mut tx = state.store.begin().await?;
+    let mut written = Vec::with_capacity(bundles.len());
+    for bundle in &bundles {
+        match tx.put_prepared_many(&bundle.writes).await {
+            Ok(w) => written.push(Ok(Written::count(&w))),
+            Err(_) => break,
+        }
+    }
+    if written.len() == bundles.len() {
         tx.commit().await?;
-        return Ok(bundles.iter().map(|b| Ok(b.writes.len())).collect());
+        return Ok(written);
     }
     drop(tx);
     let mut results = Vec::with_capacity(bundles.len());
     for bundle in &bundles {
         let mut tx = state.store.begin().await?;
+        let mut done = Vec::with_capacity(bundle.writes.len());
         let mut failed = None;
         for (i, (prepared, precondition)) in bundle.writes.iter().enumerate() {
-            if let Err(e) = tx.put_prepared(prepared, *precondition).await {
-                failed = Some(entry_error(i, e.into()));
-                break;
+            match tx.put_prepared(prepared, *precondition).await {
+                Ok(w) => done.push(w),
+                Err(e) => {
+                    failed = Some(entry_error(i, e.into()));
+                    break;
+                }
             }
         }
         match failed {
             None => {
                 tx.commit().await?;
-                results.push(Ok(bundle.writes.len()));
+                results.push(Ok(Written::count(&done)));
             }
             Some(e) => results.push(Err(e)),
         }
@@ -316,7 +372,7 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                         1 => {
                             let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
                             let reference = format!("{ty}/{}", existing.id);
-                            preresolved.insert(i, Outcome { status: StatusCode::OK, resource: Some(existing), location: true, message: "exists".into() });
+                            preresolved.insert(i, Outcome { status: StatusCode::OK, resource: Some(existing), location: true, message: "exists".into(), updated: false });
                             Some(reference)
                         }
                         n => return Err(entry_error(i, ApiError::precondition_failed(format!("ifNoneExist matched {n} resources")))),
@@ -584,6 +640,19 @@ async fn batch(state: &AppState, access: &Access, bundle: &mut Value) -> ApiResu
 }
 
 async fn batch_entry(state: &AppState, access: &Access, r: Request) -> ApiResult<Entry> {
+    match batch_write(state, access, r).await? {
+        BatchDone::Wrote(outcome) => Ok(entry_for(state, &outcome)),
+        BatchDone::Read(url) => rest::read_entry(state, access, &url).await,
+    }
+}
+
+/// What one batch entry did: a write, or a read still to run.
+enum BatchDone {
+    Wrote(Outcome),
+    Read(String),
+}
+
+async fn batch_write(state: &AppState, access: &Access, r: Request) -> ApiResult<BatchDone> {
     let (ty, id, query) = {
         let (t, id, q) = r.target();
         (t.to_string(), id.map(str::to_string), q.map(str::to_string))
@@ -605,9 +674,9 @@ async fn batch_entry(state: &AppState, access: &Access, r: Request) -> ApiResult
         },
         Method::Get => {
             drop(tx);
-            return rest::read_entry(state, access, &r.url).await;
+            return Ok(BatchDone::Read(r.url));
         }
     };
     tx.commit().await?;
-    Ok(entry_for(state, &outcome))
+    Ok(BatchDone::Wrote(outcome))
 }

@@ -19,6 +19,8 @@ pub struct Outcome {
     pub location: bool,
     /// A human-readable note for `Prefer: return=OperationOutcome`.
     pub message: String,
+    /// True when a new version of an existing resource was written (an update, not a create).
+    pub updated: bool,
 }
 
 pub fn check_type(resource_type: &str) -> ApiResult<()> {
@@ -106,7 +108,7 @@ pub async fn create_if_none(
             0 => {}
             1 => {
                 let existing = tx.fetch(&keys).await?.into_iter().next();
-                return Ok(Outcome { status: StatusCode::OK, resource: existing, location: true, message: "a matching resource already exists; nothing was created".into() });
+                return Ok(Outcome { status: StatusCode::OK, resource: existing, location: true, message: "a matching resource already exists; nothing was created".into(), updated: false });
             }
             n => return Err(ApiError::precondition_failed(format!("If-None-Exist matched {n} resources"))),
         }
@@ -114,7 +116,7 @@ pub async fn create_if_none(
     let id = assigned_id.unwrap_or_else(new_id);
     body["id"] = Value::String(id);
     let written = tx.put(body, Precondition::Absent).await?;
-    Ok(Outcome { status: StatusCode::CREATED, resource: Some(written.resource), location: true, message: "created".into() })
+    Ok(Outcome { status: StatusCode::CREATED, resource: Some(written.resource), location: true, message: "created".into(), updated: false })
 }
 
 /// `PUT [type]/[id]` (create-on-update allowed) with optional `If-Match`.
@@ -139,7 +141,7 @@ pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &
         Err(e) => return Err(e.into()),
     };
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(Outcome { status, resource: Some(written.resource), location: true, message: if written.created { "created".into() } else { "updated".into() } })
+    Ok(Outcome { status, resource: Some(written.resource), location: true, message: if written.created { "created".into() } else { "updated".into() }, updated: !written.created })
 }
 
 /// `PUT [type]?criteria`: update the one match, create when none, 412 when several.
@@ -177,7 +179,7 @@ pub async fn delete(tx: &mut dyn Transaction, resource_type: &str, id: &str, if_
     let precondition = if_match.map_or(Precondition::None, Precondition::Version);
     let deleted = tx.delete(resource_type, id, precondition).await?;
     let message = if deleted.is_some() { format!("deleted {resource_type}/{id}") } else { format!("{resource_type}/{id} did not exist or was already deleted") };
-    Ok(Outcome { status: StatusCode::OK, resource: deleted, location: false, message })
+    Ok(Outcome { status: StatusCode::OK, resource: deleted, location: false, message, updated: false })
 }
 
 /// `DELETE [type]?criteria`: deletes the single match (412 when several).
@@ -186,7 +188,7 @@ pub async fn conditional_delete(state: &AppState, tx: &mut dyn Transaction, reso
     let q = conditional_query(state, resource_type, criteria)?;
     let keys = tx.search(&q).await?;
     match keys.len() {
-        0 => Ok(Outcome { status: StatusCode::OK, resource: None, location: false, message: "no resource matched; nothing was deleted".into() }),
+        0 => Ok(Outcome { status: StatusCode::OK, resource: None, location: false, message: "no resource matched; nothing was deleted".into(), updated: false }),
         1 => {
             let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
             delete(tx, resource_type, &existing.id, None).await

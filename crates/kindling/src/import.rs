@@ -12,12 +12,22 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub struct ImportSummary {
     pub files: usize,
+    /// Resources written (created + updated).
     pub resources: usize,
+    /// Resources that did not exist before.
+    pub created: usize,
+    /// Resources that existed and got a new version (a re-import of the same files updates in place).
+    pub updated: usize,
     pub errors: Vec<String>,
     pub elapsed: Duration,
 }
 
 impl ImportSummary {
+    fn add(&mut self, w: api::bundle::Written) {
+        self.resources += w.total();
+        self.created += w.created;
+        self.updated += w.updated;
+    }
     pub fn rate(&self) -> f64 {
         self.resources as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -109,11 +119,12 @@ fn as_transaction(resources: Vec<Value>) -> Value {
 
 /// Transaction and batch Bundles are processed as they are; a collection (or any other Bundle) keeps its
 /// `fullUrl`s so `urn:uuid:` references still resolve; a single resource becomes a one-entry transaction.
+/// Then every plain create of an entry named `urn:uuid:X` becomes an update of `Type/X`, see [`stable_ids`].
 fn normalise(v: Value) -> Value {
     if v.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return as_transaction(vec![v]);
     }
-    match v.get("type").and_then(Value::as_str) {
+    let mut bundle = match v.get("type").and_then(Value::as_str) {
         Some("transaction") | Some("batch") => v,
         _ => {
             let entries: Vec<Value> = v
@@ -135,6 +146,30 @@ fn normalise(v: Value) -> Value {
                 .unwrap_or_default();
             json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
         }
+    };
+    stable_ids(&mut bundle);
+    bundle
+}
+
+/// Keeps the identities a Bundle gives its resources, so that importing the same files again updates
+/// them in place instead of creating copies: an unconditional `POST Type` whose entry is named
+/// `urn:uuid:X` (Synthea names every resource so) becomes `PUT Type/X`. References to `urn:uuid:X` in the
+/// other entries still resolve through the `fullUrl`. Conditional creates (`ifNoneExist`) stay as they are.
+fn stable_ids(bundle: &mut Value) {
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else { return };
+    for entry in entries {
+        let Some(uuid) = entry.get("fullUrl").and_then(Value::as_str).and_then(|u| u.strip_prefix("urn:uuid:")).map(str::to_string) else { continue };
+        let request = &entry["request"];
+        let ty = match (request["method"].as_str(), request["url"].as_str()) {
+            (Some("POST"), Some(url)) if request.get("ifNoneExist").is_none() && !url.contains(['?', '/']) => url.to_string(),
+            _ => continue,
+        };
+        let valid_id = !uuid.is_empty() && uuid.len() <= 64 && uuid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid_id || entry["resource"]["resourceType"].as_str() != Some(ty.as_str()) {
+            continue;
+        }
+        entry["resource"]["id"] = Value::String(uuid.clone());
+        entry["request"] = json!({"method": "PUT", "url": format!("{ty}/{uuid}")});
     }
 }
 
@@ -149,24 +184,27 @@ const GROUP_ENTRIES: usize = 40000;
 const CONCURRENT_GROUP_ENTRIES: usize = 10000;
 
 /// What one written group adds to the summary: resources written, and errors by file.
-type GroupResult = anyhow::Result<(usize, Vec<String>)>;
+type GroupResult = anyhow::Result<(api::bundle::Written, Vec<String>)>;
 
 async fn write_group(state: AppState, group: Vec<(String, PreparedBundle)>) -> GroupResult {
     let (files, bundles): (Vec<String>, Vec<PreparedBundle>) = group.into_iter().unzip();
     let results = api::bundle::import_prepared(&state, bundles).await.map_err(|e| anyhow::anyhow!("import failed: {}", e.message))?;
-    let (mut resources, mut errors) = (0, Vec::new());
+    let (mut written, mut errors) = (api::bundle::Written::default(), Vec::new());
     for (file, r) in files.iter().zip(results) {
         match r {
-            Ok(n) => resources += n,
+            Ok(w) => {
+                written.created += w.created;
+                written.updated += w.updated;
+            }
             Err(e) => errors.push(format!("{file}: {}", e.message)),
         }
     }
-    Ok((resources, errors))
+    Ok((written, errors))
 }
 
 fn add(summary: &mut ImportSummary, done: Result<GroupResult, tokio::task::JoinError>) -> anyhow::Result<()> {
-    let (resources, errors) = done??;
-    summary.resources += resources;
+    let (written, errors) = done??;
+    summary.add(written);
     summary.errors.extend(errors);
     Ok(())
 }
@@ -246,9 +284,11 @@ pub async fn import_files(state: &AppState, files: Vec<PathBuf>, mut progress: i
             drain(&mut writing, &mut summary).await?;
         }
         for b in unit.bundles {
-            let n = b.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
-            match api::bundle::process(state, b).await {
-                Ok(_) => summary.resources += n,
+            match api::bundle::import_bundle(state, b).await {
+                Ok((written, failed)) => {
+                    summary.add(written);
+                    summary.errors.extend(failed.iter().map(|e| format!("{}: {}", unit.file, e.message)));
+                }
                 Err(e) => summary.errors.push(format!("{}: {}", unit.file, e.message)),
             }
         }

@@ -20,6 +20,7 @@ async fn imports_real_synthea_bundles_and_serves_them() {
     let mut files = kindling::import::collect_files(&[dir]).unwrap();
     assert!(files.len() > 600);
     files.truncate(12);
+    let files_again = files.clone();
     let summary = kindling::import::import_files(&app.app_state, files, |_| {}).await.unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert!(summary.resources > 1000, "{}", summary.resources);
@@ -34,6 +35,25 @@ async fn imports_real_synthea_bundles_and_serves_them() {
     assert!(enc["entry"].as_array().unwrap().iter().any(|e| e["search"]["mode"] == "include"));
     let everything = app.search(&format!("Patient/{pid}/$everything?_count=1000")).await;
     assert!(everything["total"].as_u64().unwrap() > 20);
+    assert_eq!(summary.created, summary.resources, "a first import creates everything");
+
+    // Synthea's urn:uuid names are the ids, so importing the same files again updates in place.
+    let patient_ids = |b: &serde_json::Value| -> Vec<String> { b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect() };
+    let before = patient_ids(&patients);
+    let observations = app.search("Observation?_summary=count").await["total"].clone();
+    let again = kindling::import::import_files(&app.app_state, files_again, |_| {}).await.unwrap();
+    assert!(again.errors.is_empty(), "{:?}", again.errors);
+    assert_eq!(again.created, 0, "nothing is created twice: {again:?}");
+    assert_eq!(again.updated, summary.resources, "{again:?}");
+    let after = app.search("Patient?_count=100").await;
+    assert_eq!(after["total"], 12);
+    let (mut before, mut after) = (before, patient_ids(&after));
+    before.sort();
+    after.sort();
+    assert_eq!(before, after);
+    assert_eq!(app.search("Observation?_summary=count").await["total"], observations);
+    let history = app.search(&format!("Patient/{pid}/_history")).await;
+    assert_eq!(history["total"], 2, "the re-import is a new version of the same record");
 }
 
 #[tokio::test]

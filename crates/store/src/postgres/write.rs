@@ -225,15 +225,18 @@ pub(crate) async fn put_many(conn: &mut PgConnection, batch: &mut IndexBatch, wr
     let mut out: Vec<Option<Written>> = vec![None; writes.len()];
     let mut i = 0;
     while i < writes.len() {
-        if writes[i].1 != Precondition::Absent {
+        // Creates, and updates without a precondition (an import's `PUT Type/id`), are inserted in runs; the
+        // ones whose row exists already are written one by one.
+        let batchable = |pre: Precondition| matches!(pre, Precondition::Absent | Precondition::None);
+        if !batchable(writes[i].1) {
             out[i] = Some(put(conn, batch, &writes[i].0, writes[i].1, now).await?);
             i += 1;
             continue;
         }
-        // A run of creates, each resource at most once.
+        // A run of them, each resource at most once.
         let mut seen = std::collections::HashSet::new();
         let mut j = i;
-        while j < writes.len() && j - i < 1000 && writes[j].1 == Precondition::Absent && seen.insert((writes[j].0.resource_type.as_str(), writes[j].0.id.as_str())) {
+        while j < writes.len() && j - i < 1000 && batchable(writes[j].1) && seen.insert((writes[j].0.resource_type.as_str(), writes[j].0.id.as_str())) {
             j += 1;
         }
         let run = &writes[i..j];

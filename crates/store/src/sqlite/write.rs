@@ -8,9 +8,9 @@ use rusqlite::{Connection, params};
 const INDEX_TABLES: &[&str] = &["sp_string", "sp_token", "sp_reference", "sp_date", "sp_quantity", "sp_number", "compartment"];
 
 pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondition, now: i64) -> Result<Written> {
-    if precondition == Precondition::Absent {
-        // Creates (fresh ids) almost never meet an existing row: insert straight away and let the unique
-        // key tell, instead of looking the id up first.
+    if matches!(precondition, Precondition::Absent | Precondition::None) {
+        // Creates (fresh ids), and an import's first `PUT Type/id`, almost never meet an existing row: insert
+        // straight away and let the unique key tell, instead of looking the id up first.
         let json = prepared.render(1, now);
         let inserted = conn
             .prepare_cached("INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES (?1, ?2, 1, ?3, 0, ?4) ON CONFLICT (res_type, id) DO NOTHING")?
