@@ -204,7 +204,8 @@ pub fn prepare_transaction(base_url: &str, mut bundle: Value) -> Preparation {
         let (ty, id, _) = r.target();
         let (id, precondition) = match (r.method, id) {
             (Method::Post, _) => (ops::new_id(), store::Precondition::Absent),
-            (Method::Put, Some(id)) => (id.to_string(), store::Precondition::None),
+            // An import: the same content again is no new version.
+            (Method::Put, Some(id)) => (id.to_string(), store::Precondition::IfChanged),
             _ => return Preparation::NeedsDatabase(bundle),
         };
         if let Some(full) = &r.full_url {
@@ -221,7 +222,7 @@ pub fn prepare_transaction(base_url: &str, mut bundle: Value) -> Preparation {
         if let Err(e) = checked {
             return Preparation::Invalid(entry_error(i, e));
         }
-        if precondition == store::Precondition::None && body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+        if precondition == store::Precondition::IfChanged && body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
             return Preparation::Invalid(entry_error(i, ApiError::bad_request("the resource in a PUT must carry the id from the URL")));
         }
         body["id"] = Value::String(id);
@@ -233,20 +234,23 @@ pub fn prepare_transaction(base_url: &str, mut bundle: Value) -> Preparation {
     Preparation::Ready(PreparedBundle { writes })
 }
 
-/// What an import wrote: resources created and resources updated (a new version of one that existed).
+/// What an import wrote: resources created, resources updated (a new version of one that existed), and
+/// resources that were already stored with the same content (left as they were).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
     pub created: usize,
     pub updated: usize,
+    pub unchanged: usize,
 }
 
 impl Written {
     pub fn total(&self) -> usize {
-        self.created + self.updated
+        self.created + self.updated + self.unchanged
     }
     fn count(writes: &[store::Written]) -> Self {
         let created = writes.iter().filter(|w| w.created).count();
-        Written { created, updated: writes.len() - created }
+        let unchanged = writes.iter().filter(|w| w.unchanged).count();
+        Written { created, updated: writes.len() - created - unchanged, unchanged }
     }
     fn add(&mut self, outcome: &Outcome) {
         if outcome.status == StatusCode::CREATED {

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub struct ImportSummary {
     pub files: usize,
-    /// Resources written (created + updated).
+    /// Resources imported (created + updated + unchanged).
     pub resources: usize,
     /// Resources that did not exist before.
     pub created: usize,
     /// Resources that existed and got a new version (a re-import of the same files updates in place).
     pub updated: usize,
+    /// Resources already stored with the same content, left as they were (no new version).
+    pub unchanged: usize,
     pub errors: Vec<String>,
     pub elapsed: Duration,
 }
@@ -27,6 +29,7 @@ impl ImportSummary {
         self.resources += w.total();
         self.created += w.created;
         self.updated += w.updated;
+        self.unchanged += w.unchanged;
     }
     pub fn rate(&self) -> f64 {
         self.resources as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -195,6 +198,7 @@ async fn write_group(state: AppState, group: Vec<(String, PreparedBundle)>) -> G
             Ok(w) => {
                 written.created += w.created;
                 written.updated += w.updated;
+                written.unchanged += w.unchanged;
             }
             Err(e) => errors.push(format!("{file}: {}", e.message)),
         }

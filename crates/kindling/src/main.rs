@@ -295,10 +295,11 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             bar.finish_and_clear();
             println!(
-                "Imported {} resources ({} created, {} updated) from {} files in {:.1} s ({:.0} resources/s); {} errors.",
+                "Imported {} resources ({} created, {} updated, {} unchanged) from {} files in {:.1} s ({:.0} resources/s); {} errors.",
                 summary.resources,
                 summary.created,
                 summary.updated,
+                summary.unchanged,
                 summary.files,
                 summary.elapsed.as_secs_f64(),
                 summary.rate(),

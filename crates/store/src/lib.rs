@@ -82,6 +82,9 @@ pub struct HistoryPage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {
     None,
+    /// No precondition, and a write whose content equals the current version's is skipped (no new
+    /// version, no lock held): an import of files already imported leaves the data as it was.
+    IfChanged,
     /// `If-Match`: the current version must be this one.
     Version(i64),
     /// Create only: the resource must not exist (or be deleted).
@@ -94,6 +97,8 @@ pub struct Written {
     pub resource: StoredResource,
     /// True when the write created the resource (no earlier live version).
     pub created: bool,
+    /// True when nothing was written: [`Precondition::IfChanged`] met the same content.
+    pub unchanged: bool,
 }
 
 /// A read view of the store; also implemented by transactions (reads see the transaction's own writes).
@@ -235,9 +240,14 @@ pub trait Store: AuthStore + Send + Sync + 'static {
 }
 
 /// Whether `precondition` holds for the current version (shared by the backends).
+/// The current version when `prepared` would store exactly its content again (same body and meta).
+pub(crate) fn same_as_current(prepared: &Prepared, current: Option<&StoredResource>) -> bool {
+    current.is_some_and(|c| !c.deleted && c.resource_type == prepared.resource_type && c.id == prepared.id && prepared.render(c.version, c.last_updated) == c.json)
+}
+
 pub(crate) fn check_precondition(precondition: Precondition, current: Option<&StoredResource>) -> Result<()> {
     match (precondition, current) {
-        (Precondition::None, _) => Ok(()),
+        (Precondition::None | Precondition::IfChanged, _) => Ok(()),
         (Precondition::Version(v), Some(c)) if !c.deleted && c.version == v => Ok(()),
         (Precondition::Version(v), Some(c)) if !c.deleted => {
             Err(StoreError::Conflict(format!("expected version {v}, but the current version is {}", c.version)))

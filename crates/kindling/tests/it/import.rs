@@ -43,8 +43,8 @@ async fn imports_real_synthea_bundles_and_serves_them() {
     let observations = app.search("Observation?_summary=count").await["total"].clone();
     let again = kindling::import::import_files(&app.app_state, files_again, |_| {}).await.unwrap();
     assert!(again.errors.is_empty(), "{:?}", again.errors);
-    assert_eq!(again.created, 0, "nothing is created twice: {again:?}");
-    assert_eq!(again.updated, summary.resources, "{again:?}");
+    assert_eq!((again.created, again.updated), (0, 0), "nothing is created twice, nothing changed: {again:?}");
+    assert_eq!(again.unchanged, summary.resources, "{again:?}");
     let after = app.search("Patient?_count=100").await;
     assert_eq!(after["total"], 12);
     let (mut before, mut after) = (before, patient_ids(&after));
@@ -53,7 +53,21 @@ async fn imports_real_synthea_bundles_and_serves_them() {
     assert_eq!(before, after);
     assert_eq!(app.search("Observation?_summary=count").await["total"], observations);
     let history = app.search(&format!("Patient/{pid}/_history")).await;
-    assert_eq!(history["total"], 2, "the re-import is a new version of the same record");
+    assert_eq!(history["total"], 1, "the same content again is no new version");
+
+    // A file whose content changed updates the record in place: a new version of the same id.
+    let mut patient = app.search(&format!("Patient/{pid}")).await;
+    patient.as_object_mut().unwrap().remove("meta");
+    patient["telecom"] = serde_json::json!([{"system": "phone", "value": "555-0142"}]);
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.json");
+    let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"fullUrl": format!("urn:uuid:{pid}"), "resource": patient, "request": {"method": "PUT", "url": format!("Patient/{pid}")}}]});
+    std::fs::write(&changed, bundle.to_string()).unwrap();
+    let third = kindling::import::import_files(&app.app_state, vec![changed], |_| {}).await.unwrap();
+    assert_eq!((third.created, third.updated, third.unchanged), (0, 1, 0), "{third:?}");
+    let history = app.search(&format!("Patient/{pid}/_history")).await;
+    assert_eq!(history["total"], 2, "the changed record is a new version of the same record");
+    assert_eq!(app.search(&format!("Patient/{pid}")).await["telecom"][0]["value"], "555-0142");
 }
 
 #[tokio::test]
@@ -87,4 +101,39 @@ async fn imports_ndjson_gzip_and_reports_errors_with_file() {
     assert_eq!(app.search("Patient?family=halfway").await["total"], 0, "a failing transaction stores nothing");
     assert_eq!(app.search("Patient?gender=female").await["total"], 30);
     assert_eq!(app.search("Practitioner?family=solo").await["total"], 1);
+}
+
+/// Eight files imported at once, each naming the same Organization (as Synthea's files name their
+/// practitioners and organisations): every file lands, the shared record exists once, and only one file
+/// creates it. On PostgreSQL the eight run in concurrent transactions.
+#[tokio::test]
+async fn concurrent_imports_of_a_shared_resource_all_land() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let org = serde_json::json!({"resourceType": "Organization", "id": "shared-org", "name": "Shared Clinic"});
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let path = dir.path().join(format!("p{i}.json"));
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:shared-org", "resource": org, "request": {"method": "PUT", "url": "Organization/shared-org"}},
+            {"fullUrl": format!("urn:uuid:cp-{i}"), "resource": {"resourceType": "Patient", "managingOrganization": {"reference": "urn:uuid:shared-org"}}, "request": {"method": "POST", "url": "Patient"}}
+        ]});
+        std::fs::write(&path, bundle.to_string()).unwrap();
+        let state = app.app_state.clone();
+        tasks.push(tokio::spawn(async move { kindling::import::import_files(&state, vec![path], |_| {}).await.unwrap() }));
+    }
+    let (mut created, mut unchanged) = (0, 0);
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        created += s.created;
+        unchanged += s.unchanged;
+    }
+    assert_eq!((created, unchanged), (9, 7), "eight patients and one organisation created; the organisation seven times unchanged");
+    let orgs = app.search("Organization?_id=shared-org").await;
+    assert_eq!(orgs["total"], 1);
+    let history = app.search("Organization/shared-org/_history").await;
+    assert_eq!(history["total"], 1);
+    let patients = app.search("Patient?organization=Organization/shared-org").await;
+    assert_eq!(patients["total"], 8);
 }

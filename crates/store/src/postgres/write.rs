@@ -175,6 +175,14 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
 }
 
 pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepared: &Prepared, precondition: Precondition, now: i64) -> Result<Written> {
+    if precondition == Precondition::IfChanged {
+        // Unchanged content is found without locking the row, so importing the same files again from
+        // several processes neither waits nor deadlocks on shared resources.
+        let current = read_current(&mut *conn, &prepared.resource_type, &prepared.id, false).await?;
+        if crate::same_as_current(prepared, current.as_ref()) {
+            return Ok(Written { resource: current.expect("same as the current version"), created: false, unchanged: true });
+        }
+    }
     if precondition == Precondition::Absent {
         let json = prepared.render(1, now);
         let key: Option<i64> = sqlx::query_scalar("INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES ($1, $2, 1, $3, 0, $4) ON CONFLICT (res_type, id) DO NOTHING RETURNING rid")
@@ -187,36 +195,51 @@ pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepare
         if let Some(key) = key {
             batch.push(key, &prepared.rows);
             let resource = StoredResource { key, resource_type: prepared.resource_type.clone(), id: prepared.id.clone(), version: 1, last_updated: now, deleted: false, json };
-            return Ok(Written { resource, created: true });
+            return Ok(Written { resource, created: true, unchanged: false });
         }
     }
-    let current = read_current(&mut *conn, &prepared.resource_type, &prepared.id, true).await?;
-    crate::check_precondition(precondition, current.as_ref())?;
-    let version = current.as_ref().map_or(1, |c| c.version + 1);
-    let last_updated = current.as_ref().map_or(now, |c| now.max(c.last_updated + 1));
-    let json = prepared.render(version, last_updated);
-    let key = match &current {
-        Some(c) => {
-            archive(conn, c).await?;
-            sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 0, content = $3 WHERE rid = $4").bind(version).bind(last_updated).bind(&json).bind(c.key).execute(&mut *conn).await?;
-            clear_index(conn, batch, c.key).await?;
-            c.key
+    // A create that races another transaction's create of the same id waits for it (ON CONFLICT), then
+    // finds the row on a second look and updates it, so two imports or PUTs of one id never fail on the
+    // unique key.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = read_current(&mut *conn, &prepared.resource_type, &prepared.id, true).await?;
+        crate::check_precondition(precondition, current.as_ref())?;
+        if precondition == Precondition::IfChanged && crate::same_as_current(prepared, current.as_ref()) {
+            return Ok(Written { resource: current.expect("same as the current version"), created: false, unchanged: true });
         }
-        None => {
-            sqlx::query_scalar("INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES ($1, $2, $3, $4, 0, $5) RETURNING rid")
-                .bind(&prepared.resource_type)
-                .bind(&prepared.id)
-                .bind(version)
-                .bind(last_updated)
-                .bind(&json)
-                .fetch_one(&mut *conn)
-                .await?
-        }
-    };
-    batch.push(key, &prepared.rows);
-    let created = current.as_ref().is_none_or(|c| c.deleted);
-    let (resource_type, id) = (prepared.resource_type.clone(), prepared.id.clone());
-    Ok(Written { resource: StoredResource { key, resource_type, id, version, last_updated, deleted: false, json }, created })
+        let version = current.as_ref().map_or(1, |c| c.version + 1);
+        let last_updated = current.as_ref().map_or(now, |c| now.max(c.last_updated + 1));
+        let json = prepared.render(version, last_updated);
+        let key = match &current {
+            Some(c) => {
+                archive(conn, c).await?;
+                sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 0, content = $3 WHERE rid = $4").bind(version).bind(last_updated).bind(&json).bind(c.key).execute(&mut *conn).await?;
+                clear_index(conn, batch, c.key).await?;
+                c.key
+            }
+            None => {
+                let inserted: Option<i64> = sqlx::query_scalar("INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (res_type, id) DO NOTHING RETURNING rid")
+                    .bind(&prepared.resource_type)
+                    .bind(&prepared.id)
+                    .bind(version)
+                    .bind(last_updated)
+                    .bind(&json)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                match inserted {
+                    Some(key) => key,
+                    None if attempts < 3 && matches!(precondition, Precondition::None | Precondition::IfChanged) => continue,
+                    None => return Err(crate::StoreError::Conflict(format!("{}/{} was created by a concurrent write", prepared.resource_type, prepared.id))),
+                }
+            }
+        };
+        batch.push(key, &prepared.rows);
+        let created = current.as_ref().is_none_or(|c| c.deleted);
+        let (resource_type, id) = (prepared.resource_type.clone(), prepared.id.clone());
+        return Ok(Written { resource: StoredResource { key, resource_type, id, version, last_updated, deleted: false, json }, created, unchanged: false });
+    }
 }
 
 /// Writes in order; runs of creates of distinct resources go in one multi-row `INSERT … ON CONFLICT DO
@@ -227,7 +250,7 @@ pub(crate) async fn put_many(conn: &mut PgConnection, batch: &mut IndexBatch, wr
     while i < writes.len() {
         // Creates, and updates without a precondition (an import's `PUT Type/id`), are inserted in runs; the
         // ones whose row exists already are written one by one.
-        let batchable = |pre: Precondition| matches!(pre, Precondition::Absent | Precondition::None);
+        let batchable = |pre: Precondition| matches!(pre, Precondition::Absent | Precondition::None | Precondition::IfChanged);
         if !batchable(writes[i].1) {
             out[i] = Some(put(conn, batch, &writes[i].0, writes[i].1, now).await?);
             i += 1;
@@ -255,7 +278,7 @@ pub(crate) async fn put_many(conn: &mut PgConnection, batch: &mut IndexBatch, wr
             out[i + k] = Some(match keys.get(&(p.resource_type.clone(), p.id.clone())) {
                 Some(&key) => {
                     batch.push(key, &p.rows);
-                    Written { resource: StoredResource { key, resource_type: p.resource_type.clone(), id: p.id.clone(), version: 1, last_updated: now, deleted: false, json }, created: true }
+                    Written { resource: StoredResource { key, resource_type: p.resource_type.clone(), id: p.id.clone(), version: 1, last_updated: now, deleted: false, json }, created: true, unchanged: false }
                 }
                 None => put(conn, batch, p, *pre, now).await?,
             });

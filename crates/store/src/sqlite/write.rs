@@ -8,7 +8,7 @@ use rusqlite::{Connection, params};
 const INDEX_TABLES: &[&str] = &["sp_string", "sp_token", "sp_reference", "sp_date", "sp_quantity", "sp_number", "compartment"];
 
 pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondition, now: i64) -> Result<Written> {
-    if matches!(precondition, Precondition::Absent | Precondition::None) {
+    if matches!(precondition, Precondition::Absent | Precondition::None | Precondition::IfChanged) {
         // Creates (fresh ids), and an import's first `PUT Type/id`, almost never meet an existing row: insert
         // straight away and let the unique key tell, instead of looking the id up first.
         let json = prepared.render(1, now);
@@ -19,11 +19,14 @@ pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondi
             let key = conn.last_insert_rowid();
             write_index(conn, key, &prepared.rows)?;
             let resource = StoredResource { key, resource_type: prepared.resource_type.clone(), id: prepared.id.clone(), version: 1, last_updated: now, deleted: false, json };
-            return Ok(Written { resource, created: true });
+            return Ok(Written { resource, created: true, unchanged: false });
         }
     }
     let current = read_current(conn, &prepared.resource_type, &prepared.id)?;
     crate::check_precondition(precondition, current.as_ref())?;
+    if precondition == Precondition::IfChanged && crate::same_as_current(prepared, current.as_ref()) {
+        return Ok(Written { resource: current.expect("same as the current version"), created: false, unchanged: true });
+    }
     let version = current.as_ref().map_or(1, |c| c.version + 1);
     // lastUpdated never goes backwards for one resource, even if the clock does.
     let last_updated = current.as_ref().map_or(now, |c| now.max(c.last_updated + 1));
@@ -45,7 +48,7 @@ pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondi
     write_index(conn, key, &prepared.rows)?;
     let created = current.as_ref().is_none_or(|c| c.deleted);
     let (resource_type, id) = (prepared.resource_type.clone(), prepared.id.clone());
-    Ok(Written { resource: StoredResource { key, resource_type, id, version, last_updated, deleted: false, json }, created })
+    Ok(Written { resource: StoredResource { key, resource_type, id, version, last_updated, deleted: false, json }, created, unchanged: false })
 }
 
 pub(crate) fn delete(conn: &Connection, resource_type: &str, id: &str, precondition: Precondition, now: i64) -> Result<Option<StoredResource>> {
