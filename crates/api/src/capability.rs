@@ -6,7 +6,84 @@ use serde_json::{Value, json};
 
 const NOT_SERVED: &[&str] = &["Bundle", "OperationOutcome", "Parameters"];
 
-pub fn capability_statement(base_url: &str, software_version: &str, date: &str) -> Value {
+/// The SMART authorisation server's endpoints, for `rest.security`.
+#[derive(Clone, Debug)]
+pub struct OAuthUris {
+    pub authorize: String,
+    pub token: String,
+    pub revoke: String,
+    pub introspect: String,
+    pub register: String,
+}
+
+const US_CORE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/";
+
+/// The US Core 6.1 profiles by resource type (`supportedProfile`): the data Kindling generates is shaped
+/// after them, and the API serves every search their CapabilityStatement requires.
+const US_CORE_PROFILES: &[(&str, &[&str])] = &[
+    ("AllergyIntolerance", &["us-core-allergyintolerance"]),
+    ("CarePlan", &["us-core-careplan"]),
+    ("CareTeam", &["us-core-careteam"]),
+    ("Condition", &["us-core-condition-encounter-diagnosis", "us-core-condition-problems-health-concerns"]),
+    ("Coverage", &["us-core-coverage"]),
+    ("Device", &["us-core-implantable-device"]),
+    ("DiagnosticReport", &["us-core-diagnosticreport-note", "us-core-diagnosticreport-lab"]),
+    ("DocumentReference", &["us-core-documentreference"]),
+    ("Encounter", &["us-core-encounter"]),
+    ("Goal", &["us-core-goal"]),
+    ("Immunization", &["us-core-immunization"]),
+    ("Location", &["us-core-location"]),
+    ("Medication", &["us-core-medication"]),
+    ("MedicationDispense", &["us-core-medicationdispense"]),
+    ("MedicationRequest", &["us-core-medicationrequest"]),
+    (
+        "Observation",
+        &[
+            "us-core-observation-lab", "us-core-observation-pregnancyintent", "us-core-observation-pregnancystatus",
+            "us-core-observation-occupation", "us-core-respiratory-rate", "us-core-simple-observation", "us-core-heart-rate",
+            "us-core-body-temperature", "pediatric-weight-for-height", "us-core-pulse-oximetry", "us-core-smokingstatus",
+            "us-core-observation-sexual-orientation", "head-occipital-frontal-circumference-percentile", "us-core-head-circumference",
+            "us-core-body-height", "us-core-bmi", "us-core-observation-screening-assessment", "us-core-blood-pressure",
+            "us-core-observation-clinical-result", "pediatric-bmi-for-age", "us-core-body-weight", "us-core-vital-signs",
+        ],
+    ),
+    ("Organization", &["us-core-organization"]),
+    ("Patient", &["us-core-patient"]),
+    ("Practitioner", &["us-core-practitioner"]),
+    ("PractitionerRole", &["us-core-practitionerrole"]),
+    ("Procedure", &["us-core-procedure"]),
+    ("Provenance", &["us-core-provenance"]),
+    ("QuestionnaireResponse", &["us-core-questionnaireresponse"]),
+    ("RelatedPerson", &["us-core-relatedperson"]),
+    ("ServiceRequest", &["us-core-servicerequest"]),
+    ("Specimen", &["us-core-specimen"]),
+];
+
+/// `rest.security`: SMART on FHIR, with the endpoints in the `oauth-uris` extension (clients that read
+/// only the CapabilityStatement find the authorisation server here; `.well-known/smart-configuration`
+/// says more).
+fn security(o: &OAuthUris) -> Value {
+    json!({
+        "cors": true,
+        "service": [{
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
+            "text": "OAuth 2.0 with SMART App Launch 2.2 (authorization code with PKCE, backend services)"
+        }],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                {"url": "authorize", "valueUri": o.authorize},
+                {"url": "token", "valueUri": o.token},
+                {"url": "revoke", "valueUri": o.revoke},
+                {"url": "introspect", "valueUri": o.introspect},
+                {"url": "register", "valueUri": o.register}
+            ]
+        }],
+        "description": "Access tokens from the SMART authorisation server are required: patient/, user/ and system/ scopes (v1 and v2, granular) decide what each token reads and writes."
+    })
+}
+
+pub fn capability_statement(base_url: &str, software_version: &str, date: &str, oauth: Option<&OAuthUris>) -> Value {
     let mut resources = Vec::new();
     for ty in R4_RESOURCE_TYPES.iter().filter(|t| !NOT_SERVED.contains(t)) {
         let mut search_params = vec![
@@ -42,16 +119,24 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str) 
             "conditionalDelete": "single",
             "conditionalRead": "not-supported",
             "referencePolicy": ["literal", "local"],
-            "searchInclude": includes,
-            "searchRevInclude": revincludes,
             "searchParam": search_params,
         });
+        // FHIR JSON has no empty arrays: the lists are stated only where they have something.
+        if !includes.is_empty() {
+            r["searchInclude"] = json!(includes);
+        }
+        if !revincludes.is_empty() {
+            r["searchRevInclude"] = json!(revincludes);
+        }
+        if let Some((_, profiles)) = US_CORE_PROFILES.iter().find(|(t, _)| t == ty) {
+            r["supportedProfile"] = json!(profiles.iter().map(|p| format!("{US_CORE}{p}|6.1.0")).collect::<Vec<_>>());
+        }
         if *ty == "Patient" {
             r["operation"] = json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]);
         }
         resources.push(r);
     }
-    json!({
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
@@ -62,7 +147,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str) 
         "implementation": {"description": "Kindling FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json", "application/json"],
-        "patchFormat": [],
+        "implementationGuide": ["http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core|6.1.0"],
         "rest": [{
             "mode": "server",
             "resource": resources,
@@ -75,5 +160,63 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str) 
                 {"name": "_total", "type": "token"},
             ],
         }],
-    })
+    });
+    if let Some(o) = oauth {
+        statement["rest"][0]["security"] = security(o);
+    }
+    statement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every array and object in the statement has something in it, and every string too.
+    fn assert_nothing_empty(v: &Value, path: &str) {
+        match v {
+            Value::Array(a) => {
+                assert!(!a.is_empty(), "{path} is an empty array");
+                a.iter().enumerate().for_each(|(i, x)| assert_nothing_empty(x, &format!("{path}[{i}]")));
+            }
+            Value::Object(m) => {
+                assert!(!m.is_empty(), "{path} is an empty object");
+                m.iter().for_each(|(k, x)| assert_nothing_empty(x, &format!("{path}.{k}")));
+            }
+            Value::String(s) => assert!(!s.trim().is_empty(), "{path} is an empty string"),
+            Value::Null => panic!("{path} is null"),
+            _ => {}
+        }
+    }
+
+    fn uris() -> OAuthUris {
+        let e = |p: &str| format!("https://ehr.example/auth/{p}");
+        OAuthUris { authorize: e("authorize"), token: e("token"), revoke: e("revoke"), introspect: e("introspect"), register: e("register") }
+    }
+
+    #[test]
+    fn no_empty_arrays_objects_or_strings_anywhere() {
+        assert_nothing_empty(&capability_statement("https://ehr.example/fhir", "1.0.0", "2026-12-05T00:00:00Z", Some(&uris())), "CapabilityStatement");
+        assert_nothing_empty(&capability_statement("https://ehr.example/fhir", "1.0.0", "2026-12-05T00:00:00Z", None), "CapabilityStatement");
+    }
+
+    #[test]
+    fn states_the_us_core_profiles_and_the_smart_endpoints() {
+        let cs = capability_statement("https://ehr.example/fhir", "1.0.0", "2026-12-05T00:00:00Z", Some(&uris()));
+        let resources = cs["rest"][0]["resource"].as_array().unwrap();
+        let profiles: Vec<&str> = resources.iter().flat_map(|r| r["supportedProfile"].as_array().into_iter().flatten()).filter_map(Value::as_str).collect();
+        assert!(profiles.len() >= 42, "{}", profiles.len());
+        assert!(profiles.contains(&"http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|6.1.0"));
+        // Every profiled type is one the server serves.
+        for (ty, _) in US_CORE_PROFILES {
+            assert!(resources.iter().any(|r| r["type"] == *ty), "{ty}");
+        }
+        let security = &cs["rest"][0]["security"];
+        assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+        let uris = security["extension"][0]["extension"].as_array().unwrap();
+        let token = uris.iter().find(|e| e["url"] == "token").unwrap();
+        assert_eq!(token["valueUri"], "https://ehr.example/auth/token");
+        assert!(cs.get("patchFormat").is_none(), "no PATCH, so no patchFormat");
+        // The open sandbox states no security it does not enforce.
+        assert!(capability_statement("https://ehr.example/fhir", "1.0.0", "2026-12-05T00:00:00Z", None)["rest"][0].get("security").is_none());
+    }
 }

@@ -33,6 +33,9 @@ pub struct AppState {
     pub access: Option<Arc<dyn access::AccessResolver>>,
     /// Where FHIR accesses are recorded (every request when tokens are enforced).
     pub audit: Option<store::audit::AuditSink>,
+    /// The SMART authorisation server's endpoints, stated in the CapabilityStatement's `rest.security`
+    /// (`None` when tokens are not enforced).
+    pub oauth: Option<capability::OAuthUris>,
 }
 
 impl AppState {
@@ -54,7 +57,7 @@ fn with_405(m: MethodRouter<AppState>) -> MethodRouter<AppState> {
 }
 
 async fn metadata(State(state): State<AppState>, neg: response::Negotiated) -> Response {
-    let cs = capability::capability_statement(&state.base_url, env!("CARGO_PKG_VERSION"), &format_instant(state.clock.now()));
+    let cs = capability::capability_statement(&state.base_url, env!("CARGO_PKG_VERSION"), &format_instant(state.clock.now()), state.oauth.as_ref());
     response::json_response(StatusCode::OK, &cs, neg.pretty, neg.content_type)
 }
 

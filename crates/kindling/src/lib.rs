@@ -178,7 +178,11 @@ impl Application {
         };
         // The open sandbox is unaudited at the FHIR API, like it is unauthenticated.
         let fhir_audit = (!config.open_sandbox).then_some(audit);
-        let state = AppState { store, base_url, clock, access, audit: fhir_audit };
+        let oauth = access.is_some().then(|| {
+            let c = &auth.config;
+            api::capability::OAuthUris { authorize: c.endpoint("authorize"), token: c.endpoint("token"), revoke: c.endpoint("revoke"), introspect: c.endpoint("introspect"), register: c.endpoint("register") }
+        });
+        let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth };
         Ok(Application { listener, tls, addr, public_url, state, auth, reference_app: None, data_dir: config.data_dir.clone() })
     }
 

@@ -199,6 +199,30 @@ async fn capability_statement_is_truthful() {
         }
     }
     assert!(resources.iter().all(|r| r["type"] != "Bundle" && r["type"] != "OperationOutcome"));
+    // The open sandbox enforces no tokens and says so by stating no security.
+    assert!(cs["rest"][0].get("security").is_none());
+}
+
+/// With tokens enforced, the statement names the SMART authorisation server (the `oauth-uris` extension
+/// that clients reading only `/metadata` rely on), the same endpoints as `.well-known/smart-configuration`,
+/// and the US Core profiles; it is readable without a token.
+#[tokio::test]
+async fn capability_statement_states_smart_security_and_us_core_profiles() {
+    let app = crate::spawn_secured_app().await;
+    let cs: serde_json::Value = app.client.get(app.url("metadata")).send().await.unwrap().json().await.unwrap();
+    let smart: serde_json::Value = app.client.get(app.url(".well-known/smart-configuration")).send().await.unwrap().json().await.unwrap();
+    let security = &cs["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let uris = security["extension"][0]["extension"].as_array().unwrap();
+    let uri = |name: &str| uris.iter().find(|e| e["url"] == name).map(|e| e["valueUri"].clone()).unwrap();
+    assert_eq!(uri("authorize"), smart["authorization_endpoint"]);
+    assert_eq!(uri("token"), smart["token_endpoint"]);
+    assert_eq!(uri("revoke"), smart["revocation_endpoint"]);
+    assert_eq!(uri("introspect"), smart["introspection_endpoint"]);
+    assert_eq!(uri("register"), smart["registration_endpoint"]);
+    let patient = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap();
+    assert_eq!(patient["supportedProfile"][0], "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|6.1.0");
+    assert_eq!(cs["instantiates"][0], "http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server");
 }
 
 /// Many reads at once (on PostgreSQL they are answered together by one statement): each gets its own
