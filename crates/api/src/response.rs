@@ -47,51 +47,86 @@ impl<S: Send + Sync> FromRequestParts<S> for Negotiated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or("");
-        let pretty = query_value(query, "_pretty").is_some_and(|v| v == "true");
-        let content_type = if let Some(f) = query_value(query, "_format") {
-            json_format(&f).ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", format!("_format '{f}' is not supported; this server speaks JSON only"))
-            })?
-        } else if let Some(accept) = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
-            let mut chosen = None;
-            for item in accept.split(',') {
-                if let Some(ct) = json_format(item) {
-                    chosen = Some(ct);
-                    break;
-                }
-            }
-            match chosen {
-                Some(c) => c,
-                None if accept.contains("html") || accept.contains("text/") => FHIR_JSON,
-                None => {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_ACCEPTABLE,
-                        "not-supported",
-                        format!("cannot produce '{accept}'; this server speaks application/fhir+json and application/json"),
-                    ));
-                }
-            }
-        } else {
-            FHIR_JSON
-        };
-        let mut prefer_return = PreferReturn::Representation;
-        let mut lenient = false;
-        for v in parts.headers.get_all("prefer") {
-            let Ok(s) = v.to_str() else { continue };
-            for item in s.split([',', ';']) {
-                match item.trim().replace(' ', "").as_str() {
-                    "return=minimal" => prefer_return = PreferReturn::Minimal,
-                    "return=representation" => prefer_return = PreferReturn::Representation,
-                    "return=OperationOutcome" => prefer_return = PreferReturn::OperationOutcome,
-                    "handling=lenient" => lenient = true,
-                    "handling=strict" => lenient = false,
-                    _ => {}
-                }
+        negotiate(parts.uri.query().unwrap_or(""), &parts.headers)
+    }
+}
+
+/// Whether a read of a `Binary` asks for its own bytes rather than FHIR JSON: no `_format`, and an `Accept`
+/// in which no item is JSON or a wildcard (`Accept: application/pdf`, `text/plain`, …).
+pub fn wants_raw_binary(query: &str, headers: &HeaderMap) -> bool {
+    if query_value(query, "_format").is_some() {
+        return false;
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return false };
+    // A FHIR format that is not JSON (application/fhir+xml) stays a 406.
+    !accept.trim().is_empty() && accept.split(',').all(|item| json_format(item).is_none() && !item.contains("fhir"))
+}
+
+/// The answer to a read of a `Binary` that asked for its own bytes: the decoded `data` with its
+/// `contentType`. The content is the uploader's, so it may not run as a page of this origin (sandboxed,
+/// no sniffing).
+pub fn binary_response(r: &StoredResource) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_str(&r.json).map_err(|_| ApiError::internal())?;
+    let content_type = v["contentType"].as_str().and_then(|c| HeaderValue::from_str(c).ok()).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let bytes = match v["data"].as_str() {
+        Some(d) => base64::engine::general_purpose::STANDARD.decode(d).map_err(|_| ApiError::internal())?,
+        None => Vec::new(),
+    };
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
+    resource_headers(h, "", r, false);
+    Ok(resp)
+}
+
+/// Reads `Accept`, `_format`, `_pretty` and `Prefer`; a 406 when no JSON form is acceptable.
+pub fn negotiate(query: &str, headers: &HeaderMap) -> Result<Negotiated, ApiError> {
+    let pretty = query_value(query, "_pretty").is_some_and(|v| v == "true");
+    let content_type = if let Some(f) = query_value(query, "_format") {
+        json_format(&f).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", format!("_format '{f}' is not supported; this server speaks JSON only"))
+        })?
+    } else if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        let mut chosen = None;
+        for item in accept.split(',') {
+            if let Some(ct) = json_format(item) {
+                chosen = Some(ct);
+                break;
             }
         }
-        Ok(Negotiated { pretty, content_type, prefer_return, lenient })
+        match chosen {
+            Some(c) => c,
+            None if accept.contains("html") || accept.contains("text/") => FHIR_JSON,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "not-supported",
+                    format!("cannot produce '{accept}'; this server speaks application/fhir+json and application/json"),
+                ));
+            }
+        }
+    } else {
+        FHIR_JSON
+    };
+    let mut prefer_return = PreferReturn::Representation;
+    let mut lenient = false;
+    for v in headers.get_all("prefer") {
+        let Ok(s) = v.to_str() else { continue };
+        for item in s.split([',', ';']) {
+            match item.trim().replace(' ', "").as_str() {
+                "return=minimal" => prefer_return = PreferReturn::Minimal,
+                "return=representation" => prefer_return = PreferReturn::Representation,
+                "return=OperationOutcome" => prefer_return = PreferReturn::OperationOutcome,
+                "handling=lenient" => lenient = true,
+                "handling=strict" => lenient = false,
+                _ => {}
+            }
+        }
     }
+    Ok(Negotiated { pretty, content_type, prefer_return, lenient })
 }
 
 pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T, pretty: bool, content_type: &'static str) -> Response {

@@ -203,7 +203,11 @@ pub async fn read_current(state: &AppState, ty: &str, id: &str) -> ApiResult<Sto
     }
 }
 
-pub async fn instance_read(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn instance_read(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
+    // A Binary may be read as its own bytes (`Accept: application/pdf`); everything else is FHIR JSON.
+    let query = query.unwrap_or_default();
+    let raw = ty == "Binary" && crate::response::wants_raw_binary(&query, &headers);
+    let neg = if raw { None } else { Some(crate::response::negotiate(&query, &headers)?) };
     access.check_patient_id(&ty, &id)?;
     let r = read_current(&state, &ty, &id).await?;
     check_stored(&state, &access, Interaction::Read, &r).await?;
@@ -212,7 +216,10 @@ pub async fn instance_read(State(state): State<AppState>, Extension(access): Ext
         resource_headers(resp.headers_mut(), &state.base_url, &r, false);
         return Ok(resp);
     }
-    Ok(resource_response(&state, neg, &r))
+    match neg {
+        Some(neg) => Ok(resource_response(&state, neg, &r)),
+        None => crate::response::binary_response(&r),
+    }
 }
 
 pub async fn instance_vread(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id, vid)): Path<(String, String, String)>, neg: Negotiated) -> ApiResult<Response> {

@@ -422,6 +422,9 @@ pub fn patient_compartment_paths(resource_type: &str) -> &'static [&'static str]
         | "Appointment" => &["patient", "subject", "participant.actor"],
         "Coverage" => &["beneficiary", "subscriber", "policyHolder", "payor"],
         "Provenance" => &["target"],
+        // Not in R4's CompartmentDefinition, but `securityContext` is how R4 says whose a Binary is: a
+        // clinical note's document belongs to the patient of its DocumentReference.
+        "Binary" => &["securityContext"],
         "Patient" => &["link.other"],
         _ => &[],
     }

@@ -1034,3 +1034,46 @@ async fn expired_auth_records_are_purged() {
     assert!(store.auth_get("purge-test", "live").await.unwrap().is_some());
     assert!(store.auth_get("purge-test", "forever").await.unwrap().is_some());
 }
+
+/// Clinical notes as an app reads them: a patient token follows its DocumentReference's `attachment.url`
+/// to the Binary, gets FHIR JSON by default and the document's own bytes and type when it asks for them,
+/// and reaches no other patient's document either way.
+#[tokio::test]
+async fn notes_resolve_to_their_documents_within_the_patients_record() {
+    use base64::Engine as _;
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient patient/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    let (status, docs) = fhir_get(app, &format!("DocumentReference?patient={}", f.p1), Some(token)).await;
+    assert_eq!(status, 200);
+    let attachment = docs["entry"][0]["resource"]["content"][0]["attachment"].clone();
+    let url = attachment["url"].as_str().unwrap();
+    assert!(url.starts_with("Binary/"), "{attachment}");
+    let (status, binary) = fhir_get(app, url, Some(token)).await;
+    assert_eq!(status, 200, "{binary}");
+    assert_eq!(binary["resourceType"], "Binary");
+    let content_type = attachment["contentType"].as_str().unwrap();
+    let r = app.client.get(app.url(url)).bearer_auth(token).header("accept", content_type).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], content_type);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("sandbox"));
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(bytes.as_ref(), base64::engine::general_purpose::STANDARD.decode(binary["data"].as_str().unwrap()).unwrap());
+    assert_eq!(bytes.len() as u64, attachment["size"].as_u64().unwrap());
+    // The other patient's discharge summary (a PDF): refused as JSON and as bytes, and not searchable.
+    let theirs = ehr::chart::search(app.app_state.store.as_ref(), "DocumentReference", &[("patient", f.p2.as_str())], 100).await.unwrap();
+    let pdf = theirs.iter().map(|(_, d)| d["content"][0]["attachment"].clone()).find(|a| a["contentType"] == "application/pdf").expect("a discharge summary");
+    let other = pdf["url"].as_str().unwrap();
+    assert_eq!(fhir_get(app, other, Some(token)).await.0, 403);
+    let r = app.client.get(app.url(other)).bearer_auth(token).header("accept", "application/pdf").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers()["content-type"].to_str().unwrap().contains("json"), "the refusal is an OperationOutcome");
+    let (status, found) = fhir_get(app, &format!("Binary?_id={}", other.trim_start_matches("Binary/")), Some(token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(found["total"], 0);
+    // Without a token, nothing.
+    let r = app.client.get(app.url(other)).header("accept", "application/pdf").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
