@@ -1,11 +1,13 @@
 //! The audit trail served as FHIR AuditEvent resources (read-only): `GET /fhir/AuditEvent` with `date`
-//! (`ge`/`gt`), `patient`, `agent` (client id or user) and `_count`, and `GET /fhir/AuditEvent/{id}`.
+//! (`ge`/`gt`), `patient`, `agent` (client id or user) and `_count`, newest first, paged by `next` links
+//! (a cursor, `_before`, so that records written meanwhile do not shift the pages), with the `total` of
+//! the matches; and `GET /fhir/AuditEvent/{id}`.
 
 use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, Link, SearchInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::response::{Negotiated, json_response};
-use crate::search::parse_pairs;
+use crate::search::{encode_pairs, parse_pairs};
 use crate::AppState;
 use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
@@ -110,7 +112,12 @@ fn scope_filter(access: &Access, filter: &mut AuditFilter) -> ApiResult<()> {
 
 pub async fn search(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let mut filter = AuditFilter { limit: fhir::query::DEFAULT_COUNT, ..Default::default() };
+    // The query as the client wrote it, minus the paging cursor: the base of the page links.
+    let mut kept: Vec<(String, String)> = Vec::new();
     for (k, v) in parse_pairs(q.as_deref().unwrap_or("")) {
+        if k != "_before" {
+            kept.push((k.clone(), v.clone()));
+        }
         match k.as_str() {
             "date" => {
                 let value = v.strip_prefix("ge").or_else(|| v.strip_prefix("gt")).ok_or_else(|| ApiError::bad_request("AuditEvent date takes ge or gt"))?;
@@ -125,6 +132,8 @@ pub async fn search(State(state): State<AppState>, Extension(access): Extension<
                 }
             }
             "_count" => filter.limit = v.parse::<usize>().map_err(|_| ApiError::bad_request("_count must be a number"))?.min(fhir::query::MAX_COUNT),
+            // The cursor of a `next` link: records older than this one.
+            "_before" => filter.before = Some(v.parse::<i64>().map_err(|_| ApiError::bad_request("_before must be an AuditEvent id from a next link"))?),
             "_format" | "_pretty" => {}
             other => return Err(ApiError::bad_request(format!("AuditEvent searches take date, patient, agent and _count, not '{other}'"))),
         }
@@ -134,10 +143,27 @@ pub async fn search(State(state): State<AppState>, Extension(access): Extension<
     if asked_patient.is_some() && asked_patient != filter.patient {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the audit trail of another patient is not granted"));
     }
-    let rows = state.store.audit_events(&filter).await?;
+    // One more than a page tells whether there is a next one.
+    let page = filter.limit;
+    filter.limit = page + 1;
+    let mut rows = state.store.audit_events(&filter).await?;
+    let more = rows.len() > page;
+    rows.truncate(page);
+    let total = state.store.audit_count(&filter).await?;
     let mut b = Bundle::new("searchset", state.now_ms());
-    b.total = Some(rows.len());
-    b.link.push(Link { relation: "self", url: format!("{}/AuditEvent", state.base_url) });
+    b.total = Some(total as usize);
+    let link = |before: Option<i64>| {
+        let mut pairs = kept.clone();
+        if let Some(id) = before {
+            pairs.push(("_before".into(), id.to_string()));
+        }
+        let query = encode_pairs(&pairs);
+        if query.is_empty() { format!("{}/AuditEvent", state.base_url) } else { format!("{}/AuditEvent?{query}", state.base_url) }
+    };
+    b.link.push(Link { relation: "self", url: link(filter.before) });
+    if more && let Some((last, _)) = rows.last() {
+        b.link.push(Link { relation: "next", url: link(Some(*last)) });
+    }
     for (id, r) in rows {
         b.entry.push(Entry {
             full_url: Some(format!("{}/AuditEvent/{id}", state.base_url)),

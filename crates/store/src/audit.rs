@@ -31,6 +31,8 @@ pub struct AuditFilter {
     pub username: Option<String>,
     pub id: Option<i64>,
     pub launch: Option<String>,
+    /// Paging: only records older than this id (the last id of the page before).
+    pub before: Option<i64>,
     pub limit: usize,
 }
 

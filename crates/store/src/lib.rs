@@ -237,6 +237,8 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn append_audit(&self, records: &[audit::AuditRecord]) -> Result<()>;
     /// Audit records, newest first, with their ids.
     async fn audit_events(&self, filter: &audit::AuditFilter) -> Result<Vec<(i64, audit::AuditRecord)>>;
+    /// How many audit records match `filter` (its `before` and `limit` ignored).
+    async fn audit_count(&self, filter: &audit::AuditFilter) -> Result<u64>;
 }
 
 /// Whether `precondition` holds for the current version (shared by the backends).

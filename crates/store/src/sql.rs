@@ -574,6 +574,23 @@ pub fn compile_everything(patient_id: &str, types: Option<&[String]>, since: Opt
 pub fn compile_audit_query(f: &crate::audit::AuditFilter, dialect: Dialect) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
     b.push("SELECT id, recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id FROM audit_events WHERE 1 = 1");
+    audit_conditions(&mut b, f);
+    if let Some(before) = f.before {
+        b.push(" AND id < ").int(before);
+    }
+    b.push(" ORDER BY id DESC LIMIT ").int(f.limit as i64);
+    b
+}
+
+/// `SELECT count(*)` of the audit records matching `f` (paging aside).
+pub fn compile_audit_count(f: &crate::audit::AuditFilter, dialect: Dialect) -> SqlBuilder {
+    let mut b = SqlBuilder::new(dialect);
+    b.push("SELECT count(*) FROM audit_events WHERE 1 = 1");
+    audit_conditions(&mut b, f);
+    b
+}
+
+fn audit_conditions(b: &mut SqlBuilder, f: &crate::audit::AuditFilter) {
     if let Some(id) = f.id {
         b.push(" AND id = ").int(id);
     }
@@ -585,8 +602,6 @@ pub fn compile_audit_query(f: &crate::audit::AuditFilter, dialect: Dialect) -> S
             b.push(" AND ").push(column).push(" = ").text(v);
         }
     }
-    b.push(" ORDER BY id DESC LIMIT ").int(f.limit as i64);
-    b
 }
 
 /// The smallest string greater than every string starting with `prefix`.

@@ -683,6 +683,31 @@ async fn every_decision_and_access_is_audited_without_token_material() {
     assert_eq!(status, 200);
     assert!(own["entry"].as_array().unwrap().iter().all(|e| e["resource"].to_string().contains(&format!("Patient/{}", f.p1))));
     assert_eq!(fhir_get(app, &format!("AuditEvent?patient={}", f.p2), Some(token)).await.0, 403);
+
+    // Paging: small pages, followed by their next links, cover every record the large page had (records
+    // written meanwhile are newer and do not shift the pages), newest first, with the total of the matches.
+    let (_, all) = fhir_get(app, "AuditEvent?_count=1000", Some(doc_token)).await;
+    let everything: Vec<i64> = all["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(everything.len() > 6, "{}", everything.len());
+    let (_, first) = fhir_get(app, "AuditEvent?_count=2", Some(doc_token)).await;
+    assert!(first["total"].as_u64().unwrap() >= everything.len() as u64, "total counts the matches, not the page: {}", first["total"]);
+    let mut paged: Vec<i64> = Vec::new();
+    let mut page = first;
+    loop {
+        let entries = page["entry"].as_array().unwrap();
+        assert!(entries.len() <= 2);
+        paged.extend(entries.iter().map(|e| e["resource"]["id"].as_str().unwrap().parse::<i64>().unwrap()));
+        let Some(next) = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") else { break };
+        let url = next["url"].as_str().unwrap();
+        assert!(url.contains("_count=2"), "{url}");
+        let r = app.client.get(url).bearer_auth(doc_token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        page = r.json().await.unwrap();
+    }
+    assert!(paged.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats");
+    for id in &everything {
+        assert!(paged.contains(id), "AuditEvent/{id} was on no page");
+    }
 }
 
 #[tokio::test]

@@ -419,6 +419,12 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+
+    async fn audit_count(&self, f: &crate::audit::AuditFilter) -> Result<u64> {
+        let b = crate::sql::compile_audit_count(f, Dialect::Postgres);
+        let n: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(b.sql.clone()), args(&b.values)).fetch_one(&self.pool).await?;
+        Ok(n as u64)
+    }
 }
 
 pub struct PostgresTransaction {

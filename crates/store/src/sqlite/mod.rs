@@ -460,6 +460,13 @@ impl Store for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    async fn audit_count(&self, f: &crate::audit::AuditFilter) -> Result<u64> {
+        let conn = self.inner.reader()?;
+        let b = crate::sql::compile_audit_count(f, Dialect::Sqlite);
+        let n: i64 = conn.prepare_cached(&b.sql)?.query_row(rusqlite::params_from_iter(b.values.iter()), |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     async fn optimize(&self) -> Result<()> {
         let conn = self.inner.writer.lock().await;
         // Sampled statistics (analysis_limit) are enough for the planner and take milliseconds, not seconds.
