@@ -18,6 +18,9 @@ use std::collections::HashMap;
 use smart::Interaction;
 use store::Transaction;
 
+/// The most entries a transaction or batch Bundle posted to the API may carry (a 413 beyond).
+pub const MAX_ENTRIES: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Method {
     Delete,

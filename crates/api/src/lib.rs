@@ -88,6 +88,7 @@ async fn outcome_errors(request: axum::extract::Request, next: axum::middleware:
         Ok(text) => text,
         Err(structured) => return structured,
     };
+    let text = if status == StatusCode::PAYLOAD_TOO_LARGE { format!("the request body is over {} MiB, the most a request may carry", MAX_BODY_BYTES / (1024 * 1024)) } else { text };
     let code = match status {
         StatusCode::NOT_FOUND => "not-found",
         StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::NOT_ACCEPTABLE => "not-supported",
@@ -97,6 +98,9 @@ async fn outcome_errors(request: axum::extract::Request, next: axum::middleware:
     };
     ApiError::new(status, code, text).into_response()
 }
+
+/// The largest request body the FHIR API reads (a 413 beyond).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The `/fhir` routes. Mount the result at the root of the server.
 pub fn router(state: AppState) -> Router {
@@ -122,7 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/metadata", with_405(get(metadata)))
         .merge(protected)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(outcome_errors))
         .with_state(state)
 }

@@ -71,6 +71,14 @@ pub async fn system_get(State(state): State<AppState>, Extension(access): Extens
 
 pub async fn system_post(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let value = json_body(&headers, &body)?;
+    let entries = value.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
+    if entries > bundle::MAX_ENTRIES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("a transaction or batch Bundle may carry at most {} entries; this one has {entries} (kindling import takes larger files)", bundle::MAX_ENTRIES),
+        ));
+    }
     let b = bundle::process_with_access(&state, &access, value).await?;
     Ok(bundle_response(neg, &b))
 }

@@ -72,3 +72,38 @@ async fn cors_and_health() {
     assert_eq!(app.client.get(format!("{root}/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(app.client.get(format!("{root}/readyz")).send().await.unwrap().status(), 200);
 }
+
+/// Limits that hold under abuse, each a clear 4xx with an OperationOutcome: an oversized body, JSON nested
+/// past any resource's needs, a Bundle with more entries than a request may carry, a huge `_count`, a very
+/// long query string.
+#[tokio::test]
+async fn limits_hold_under_abuse() {
+    let app = spawn_app().await;
+    // 64 MiB is the most a request body may hold.
+    let big = format!("{{\"resourceType\":\"Patient\",\"text\":{{\"div\":\"{}\"}}}}", "x".repeat(65 * 1024 * 1024));
+    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").body(big).send().await.unwrap();
+    let oo = assert_outcome(r, 413).await;
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("64 MiB"), "{oo}");
+    // Nesting far deeper than any resource: refused, not a stack overflow.
+    let deep = format!("{{\"resourceType\":\"Patient\",\"extension\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").body(deep).send().await.unwrap();
+    assert_outcome(r, 400).await;
+    let nested = (0..200).fold(json!("leaf"), |inner, _| json!({"extension": [{"url": "http://x", "valueString": "v"}], "x": inner}));
+    let r = app.post_json("Basic", &json!({"resourceType": "Basic", "code": {"text": "deep"}, "extension": [{"url": "http://x", "valueString": nested.to_string()}]})).await;
+    assert_eq!(r.status(), 201, "deep content inside a string is only text");
+    // A transaction or batch Bundle holds at most 10,000 entries.
+    let entries: Vec<Value> = (0..10_001).map(|i| json!({"resource": {"resourceType": "Basic", "code": {"text": format!("{i}")}}, "request": {"method": "POST", "url": "Basic"}})).collect();
+    let r = app.post_json("", &json!({"resourceType": "Bundle", "type": "batch", "entry": entries})).await;
+    let oo = assert_outcome(r, 413).await;
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("10000"), "{oo}");
+    // _count above the most a page holds is lowered to it, not refused and not obeyed.
+    let (status, b) = app.get_json("Patient?_count=1000000").await;
+    assert_eq!(status, 200);
+    assert!(b["entry"].as_array().is_none_or(|e| e.len() <= 1000));
+    // A query string of 60 KiB: answered (a search for a name nobody has), not a crash.
+    let (status, b) = app.get_json(&format!("Patient?name={}", "a".repeat(60 * 1024))).await;
+    assert!(status == 200 || status == 400 || status == 414, "{status}");
+    if status != 200 {
+        assert_eq!(b["resourceType"], "OperationOutcome");
+    }
+}
