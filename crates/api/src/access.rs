@@ -106,7 +106,14 @@ pub async fn require_access(State(state): State<AppState>, request: Request, nex
             recorded: state.now_ms(),
             category: "rest".into(),
             action: crate::audit_event::interaction(&method, &path).into(),
-            outcome: if status < 400 { "0" } else if status < 500 { "4" } else { "8" }.into(),
+            outcome: if status < 400 {
+                "0"
+            } else if status < 500 {
+                "4"
+            } else {
+                "8"
+            }
+            .into(),
             client_id: token.as_ref().map(|t| t.client_id.clone()),
             username: token.as_ref().and_then(|t| t.fhir_user.clone()),
             patient: token.as_ref().and_then(|t| t.patient.clone()),
@@ -153,7 +160,11 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
 
 /// What a rate-limited (429) or overloaded (503) FHIR server answers: an OperationOutcome and `Retry-After`.
 fn injected_failure(status: u16) -> Response {
-    let (code, message) = if status == 429 { ("throttled", "too many requests; retry after the time given in Retry-After") } else { ("transient", "the service is temporarily unavailable; retry after the time given in Retry-After") };
+    let (code, message) = if status == 429 {
+        ("throttled", "too many requests; retry after the time given in Retry-After")
+    } else {
+        ("transient", "the service is temporarily unavailable; retry after the time given in Retry-After")
+    };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut r = ApiError::new(status, code, message).into_response();
     r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
@@ -197,8 +208,18 @@ impl Content<'_> {
 pub fn is_shared_type(resource_type: &str) -> bool {
     matches!(
         resource_type,
-        "Practitioner" | "PractitionerRole" | "Organization" | "Location" | "Medication" | "HealthcareService" | "Endpoint"
-            | "Substance" | "Questionnaire" | "ValueSet" | "CodeSystem" | "StructureDefinition"
+        "Practitioner"
+            | "PractitionerRole"
+            | "Organization"
+            | "Location"
+            | "Medication"
+            | "HealthcareService"
+            | "Endpoint"
+            | "Substance"
+            | "Questionnaire"
+            | "ValueSet"
+            | "CodeSystem"
+            | "StructureDefinition"
     )
 }
 
@@ -241,7 +262,9 @@ fn matches_constraints(resource_type: &str, resource: &Value, sets: &[Vec<(Strin
                 None => (None, value.as_str()),
             };
             rows.tokens.iter().any(|t| {
-                t.key == p.index_key && t.code.as_deref() == Some(code) && system.is_none_or(|s| (s.is_empty() && t.system.is_none()) || t.system.as_deref() == Some(s))
+                t.key == p.index_key
+                    && t.code.as_deref() == Some(code)
+                    && system.is_none_or(|s| (s.is_empty() && t.system.is_none()) || t.system.as_deref() == Some(s))
             })
         })
     })
@@ -251,16 +274,25 @@ impl Access {
     /// May `interaction` happen on this resource (as stored, or as about to be written)? `key` is the
     /// stored resource's key when `content` is its current version (its index rows then answer the
     /// compartment question); `None` judges the content itself (a past version, or a new resource).
-    pub async fn check_resource(&self, state: &AppState, interaction: Interaction, resource_type: &str, id: &str, key: Option<i64>, content: Content<'_>) -> Result<(), ApiError> {
+    pub async fn check_resource(
+        &self,
+        state: &AppState,
+        interaction: Interaction,
+        resource_type: &str,
+        id: &str,
+        key: Option<i64>,
+        content: Content<'_>,
+    ) -> Result<(), ApiError> {
         let Access::Token(t) = self else { return Ok(()) };
         if interaction == Interaction::Read && t.fhir_user.as_deref() == Some(&format!("{resource_type}/{id}")) {
             return Ok(());
         }
         for level in [Level::System, Level::User] {
             if let Some(sets) = t.scopes.access(level, resource_type, interaction)
-                && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url))) {
-                    return Ok(());
-                }
+                && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url)))
+            {
+                return Ok(());
+            }
         }
         if let Some(sets) = t.scopes.access(Level::Patient, resource_type, interaction) {
             let Some(patient) = t.patient.as_deref() else {
@@ -270,7 +302,11 @@ impl Access {
             let in_compartment = if resource_type == "Patient" {
                 // A patient's own record may not be written to point at another patient either (a
                 // `link.other` would put it in that patient's compartment).
-                id == patient && (!writing || content.value().is_some_and(|v| fhir::extract::extract(resource_type, &v, Some(&state.base_url)).is_ok_and(|rows| names_no_other_patient(&rows, patient))))
+                id == patient
+                    && (!writing
+                        || content.value().is_some_and(|v| {
+                            fhir::extract::extract(resource_type, &v, Some(&state.base_url)).is_ok_and(|rows| names_no_other_patient(&rows, patient))
+                        }))
             } else if is_shared_type(resource_type) {
                 // Reference data every record points to: readable, never written with patient scopes.
                 !writing
@@ -382,7 +418,12 @@ impl Access {
         let Access::Token(t) = self else { return Ok(()) };
         let ty = resource_type.unwrap_or("*");
         let allowed = [Level::System, Level::User].iter().any(|l| {
-            t.scopes.resource_scopes().any(|s| s.level == *l && s.constraints.is_empty() && s.permissions.allows(Interaction::Search) && (s.resource_type.is_none() || s.resource_type.as_deref() == Some(ty)))
+            t.scopes.resource_scopes().any(|s| {
+                s.level == *l
+                    && s.constraints.is_empty()
+                    && s.permissions.allows(Interaction::Search)
+                    && (s.resource_type.is_none() || s.resource_type.as_deref() == Some(ty))
+            })
         });
         if allowed { Ok(()) } else { Err(forbidden("history across resources needs an unconstrained user/ or system/ search scope")) }
     }

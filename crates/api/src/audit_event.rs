@@ -3,12 +3,12 @@
 //! (a cursor, `_before`, so that records written meanwhile do not shift the pages), with the `total` of
 //! the matches; and `GET /fhir/AuditEvent/{id}`.
 
+use crate::AppState;
 use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, Link, SearchInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::response::{Negotiated, json_response};
 use crate::search::{encode_pairs, parse_pairs};
-use crate::AppState;
 use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{Method, StatusCode};
@@ -43,7 +43,8 @@ pub fn interaction(method: &Method, path: &str) -> &'static str {
 pub fn to_audit_event(id: i64, r: &AuditRecord) -> Value {
     let recorded = format_instant(from_unix_ms(r.recorded));
     let (type_code, type_display) = if r.category == "rest" { ("rest", "RESTful Operation") } else { ("110114", "User Authentication") };
-    let type_system = if r.category == "rest" { "http://terminology.hl7.org/CodeSystem/audit-event-type" } else { "http://dicom.nema.org/resources/ontology/DCM" };
+    let type_system =
+        if r.category == "rest" { "http://terminology.hl7.org/CodeSystem/audit-event-type" } else { "http://dicom.nema.org/resources/ontology/DCM" };
     let action = match r.action.as_str() {
         "create" => "C",
         "read" | "vread" | "search-type" | "search-system" | "search-compartment" | "history-instance" | "history-type" | "history-system" => "R",
@@ -103,10 +104,11 @@ fn scope_filter(access: &Access, filter: &mut AuditFilter) -> ApiResult<()> {
         }
     }
     if t.scopes.access(Level::Patient, "AuditEvent", Interaction::Search).is_some()
-        && let Some(p) = &t.patient {
-            filter.patient = Some(p.clone());
-            return Ok(());
-        }
+        && let Some(p) = &t.patient
+    {
+        filter.patient = Some(p.clone());
+        return Ok(());
+    }
     Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "no granted scope allows reading the audit trail"))
 }
 

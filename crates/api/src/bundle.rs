@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use fhir::time::{format_instant, from_unix_ms};
 use fhir::types::is_known_type;
 use serde_json::Value;
-use std::collections::HashMap;
 use smart::Interaction;
+use std::collections::HashMap;
 use store::Transaction;
 
 /// The most entries a transaction or batch Bundle posted to the API may carry (a 413 beyond).
@@ -370,29 +370,28 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
             return Err(entry_error(i, ApiError::bad_request(format!("'{ty}' is not a resource type"))));
         }
         let new_ref = match (r.method, id, query) {
-            (Method::Post, _, _) => {
-                if let Some(criteria) = &r.if_none_exist {
-                    let q = ops::conditional_query(state, ty, criteria).map_err(|e| entry_error(i, e))?;
-                    let keys = tx.search(&q).await?;
-                    match keys.len() {
-                        0 => None,
-                        1 => {
-                            let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
-                            let reference = format!("{ty}/{}", existing.id);
-                            preresolved.insert(i, Outcome { status: StatusCode::OK, resource: Some(existing), location: true, message: "exists".into(), updated: false });
-                            Some(reference)
-                        }
-                        n => return Err(entry_error(i, ApiError::precondition_failed(format!("ifNoneExist matched {n} resources")))),
+            (Method::Post, _, _) => if let Some(criteria) = &r.if_none_exist {
+                let q = ops::conditional_query(state, ty, criteria).map_err(|e| entry_error(i, e))?;
+                let keys = tx.search(&q).await?;
+                match keys.len() {
+                    0 => None,
+                    1 => {
+                        let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
+                        let reference = format!("{ty}/{}", existing.id);
+                        preresolved
+                            .insert(i, Outcome { status: StatusCode::OK, resource: Some(existing), location: true, message: "exists".into(), updated: false });
+                        Some(reference)
                     }
-                } else {
-                    None
+                    n => return Err(entry_error(i, ApiError::precondition_failed(format!("ifNoneExist matched {n} resources")))),
                 }
-                .or_else(|| {
-                    let id = ops::new_id();
-                    assigned.insert(i, id.clone());
-                    Some(format!("{ty}/{id}"))
-                })
+            } else {
+                None
             }
+            .or_else(|| {
+                let id = ops::new_id();
+                assigned.insert(i, id.clone());
+                Some(format!("{ty}/{id}"))
+            }),
             (Method::Put, Some(id), None) => Some(format!("{ty}/{id}")),
             (Method::Put, None, Some(criteria)) => {
                 let q = ops::conditional_query(state, ty, criteria).map_err(|e| entry_error(i, e))?;

@@ -1,9 +1,9 @@
 //! `Patient/{id}/$everything` with `_since`, `_type` and `_count` paging.
 
+use crate::AppState;
 use crate::bundle_out::Bundle;
 use crate::error::{ApiError, ApiResult};
 use crate::search::{PageSource, page_bundle};
-use crate::AppState;
 use fhir::query::{DEFAULT_COUNT, MAX_COUNT, SearchQuery};
 use fhir::time::parse_date_range;
 use fhir::types::is_storable_type;

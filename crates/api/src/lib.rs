@@ -88,7 +88,11 @@ async fn outcome_errors(request: axum::extract::Request, next: axum::middleware:
         Ok(text) => text,
         Err(structured) => return structured,
     };
-    let text = if status == StatusCode::PAYLOAD_TOO_LARGE { format!("the request body is over {} MiB, the most a request may carry", MAX_BODY_BYTES / (1024 * 1024)) } else { text };
+    let text = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body is over {} MiB, the most a request may carry", MAX_BODY_BYTES / (1024 * 1024))
+    } else {
+        text
+    };
     let code = match status {
         StatusCode::NOT_FOUND => "not-found",
         StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::NOT_ACCEPTABLE => "not-supported",
@@ -111,10 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir", with_405(get(system_get).post(system_post)))
         .route("/fhir/", with_405(get(system_get).post(system_post)))
         .route("/fhir/_history", with_405(get(system_history)))
-        .route(
-            "/fhir/{type}",
-            with_405(get(type_search).post(type_create).put(type_conditional_update).delete(type_conditional_delete)),
-        )
+        .route("/fhir/{type}", with_405(get(type_search).post(type_create).put(type_conditional_update).delete(type_conditional_delete)))
         .route("/fhir/{type}/_search", with_405(post(type_search_post)))
         .route("/fhir/{type}/_history", with_405(get(type_history)))
         .route("/fhir/{type}/{id}", with_405(get(instance_read).put(instance_update).delete(instance_delete)))

@@ -1,8 +1,8 @@
 //! The write interactions, each over an open store transaction so that single requests and the entries of
 //! a transaction Bundle share one implementation.
 
-use crate::error::{ApiError, ApiResult};
 use crate::AppState;
+use crate::error::{ApiError, ApiResult};
 use axum::http::StatusCode;
 use fhir::query::{ParseOptions, SearchQuery, parse};
 use fhir::types::{is_storable_type, is_valid_id};
@@ -24,11 +24,7 @@ pub struct Outcome {
 }
 
 pub fn check_type(resource_type: &str) -> ApiResult<()> {
-    if is_storable_type(resource_type) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!("'{resource_type}' is not a resource type served here")))
-    }
+    if is_storable_type(resource_type) { Ok(()) } else { Err(ApiError::not_found(format!("'{resource_type}' is not a resource type served here"))) }
 }
 
 pub fn check_id(id: &str) -> ApiResult<()> {
@@ -108,7 +104,13 @@ pub async fn create_if_none(
             0 => {}
             1 => {
                 let existing = tx.fetch(&keys).await?.into_iter().next();
-                return Ok(Outcome { status: StatusCode::OK, resource: existing, location: true, message: "a matching resource already exists; nothing was created".into(), updated: false });
+                return Ok(Outcome {
+                    status: StatusCode::OK,
+                    resource: existing,
+                    location: true,
+                    message: "a matching resource already exists; nothing was created".into(),
+                    updated: false,
+                });
             }
             n => return Err(ApiError::precondition_failed(format!("If-None-Exist matched {n} resources"))),
         }
@@ -141,7 +143,13 @@ pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &
         Err(e) => return Err(e.into()),
     };
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(Outcome { status, resource: Some(written.resource), location: true, message: if written.created { "created".into() } else { "updated".into() }, updated: !written.created })
+    Ok(Outcome {
+        status,
+        resource: Some(written.resource),
+        location: true,
+        message: if written.created { "created".into() } else { "updated".into() },
+        updated: !written.created,
+    })
 }
 
 /// `PUT [type]?criteria`: update the one match, create when none, 412 when several.
@@ -161,9 +169,10 @@ pub async fn conditional_update(state: &AppState, tx: &mut dyn Transaction, reso
         1 => {
             let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
             if let Some(body_id) = body.get("id").and_then(Value::as_str)
-                && body_id != existing.id {
-                    return Err(ApiError::bad_request(format!("the body's id {body_id} differs from the matching resource {}", existing.id)));
-                }
+                && body_id != existing.id
+            {
+                return Err(ApiError::bad_request(format!("the body's id {body_id} differs from the matching resource {}", existing.id)));
+            }
             let mut body = body;
             body["id"] = Value::String(existing.id.clone());
             update(state, tx, resource_type, &existing.id, body, None).await
@@ -178,7 +187,8 @@ pub async fn delete(tx: &mut dyn Transaction, resource_type: &str, id: &str, if_
     check_id(id)?;
     let precondition = if_match.map_or(Precondition::None, Precondition::Version);
     let deleted = tx.delete(resource_type, id, precondition).await?;
-    let message = if deleted.is_some() { format!("deleted {resource_type}/{id}") } else { format!("{resource_type}/{id} did not exist or was already deleted") };
+    let message =
+        if deleted.is_some() { format!("deleted {resource_type}/{id}") } else { format!("{resource_type}/{id} did not exist or was already deleted") };
     Ok(Outcome { status: StatusCode::OK, resource: deleted, location: false, message, updated: false })
 }
 
@@ -188,7 +198,9 @@ pub async fn conditional_delete(state: &AppState, tx: &mut dyn Transaction, reso
     let q = conditional_query(state, resource_type, criteria)?;
     let keys = tx.search(&q).await?;
     match keys.len() {
-        0 => Ok(Outcome { status: StatusCode::OK, resource: None, location: false, message: "no resource matched; nothing was deleted".into(), updated: false }),
+        0 => {
+            Ok(Outcome { status: StatusCode::OK, resource: None, location: false, message: "no resource matched; nothing was deleted".into(), updated: false })
+        }
         1 => {
             let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
             delete(tx, resource_type, &existing.id, None).await

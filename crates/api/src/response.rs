@@ -2,9 +2,9 @@
 
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fhir::time::{format_http_date, from_unix_ms};
 use serde::Serialize;
@@ -167,8 +167,9 @@ pub fn resource_headers(headers: &mut HeaderMap, base: &str, r: &StoredResource,
 pub fn resource_body(r: &StoredResource, pretty: bool) -> String {
     if pretty
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.json)
-            && let Ok(s) = serde_json::to_string_pretty(&v) {
-                return s;
-            }
+        && let Ok(s) = serde_json::to_string_pretty(&v)
+    {
+        return s;
+    }
     r.json.clone()
 }

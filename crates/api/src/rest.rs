@@ -7,8 +7,8 @@ use crate::ops::{self, Outcome, check_id, check_type, parse_if_match};
 use crate::response::{Negotiated, PreferReturn, json_response, raw_json_response, resource_body, resource_headers};
 use crate::search::{self, encode_pairs, parse_pairs, parse_search};
 use crate::{AppState, bundle};
-use axum::body::Bytes;
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,11 @@ pub fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     if let Some(ct) = header_str(headers, header::CONTENT_TYPE.as_str()) {
         let mime = ct.split(';').next().unwrap_or("").trim();
         if !matches!(mime, "application/fhir+json" | "application/json" | "application/json+fhir" | "text/json") {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", format!("Content-Type '{mime}' is not supported; send application/fhir+json")));
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                format!("Content-Type '{mime}' is not supported; send application/fhir+json"),
+            ));
         }
     }
     if body.is_empty() {
@@ -69,28 +73,48 @@ pub async fn system_get(State(state): State<AppState>, Extension(access): Extens
     Err(ApiError::bad_request("searching across all resource types is not supported; search one type, e.g. GET [base]/Patient?name=smith"))
 }
 
-pub async fn system_post(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn system_post(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    neg: Negotiated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let value = json_body(&headers, &body)?;
     let entries = value.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
     if entries > bundle::MAX_ENTRIES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-costly",
-            format!("a transaction or batch Bundle may carry at most {} entries; this one has {entries} (kindling import takes larger files)", bundle::MAX_ENTRIES),
+            format!(
+                "a transaction or batch Bundle may carry at most {} entries; this one has {entries} (kindling import takes larger files)",
+                bundle::MAX_ENTRIES
+            ),
         ));
     }
     let b = bundle::process_with_access(&state, &access, value).await?;
     Ok(bundle_response(neg, &b))
 }
 
-pub async fn system_history(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn system_history(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     access.check_history(None)?;
     history(&state, &access, neg, HistoryScope::System, q.as_deref().unwrap_or(""), format!("{}/_history", state.base_url)).await
 }
 
 // ---- type level ----------------------------------------------------------------------------------------
 
-pub async fn type_search(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn type_search(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(ty): Path<String>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     check_type(&ty)?;
     let pairs = parse_pairs(q.as_deref().unwrap_or(""));
     run_search(&state, &access, neg, &ty, pairs, None).await
@@ -107,16 +131,24 @@ pub async fn type_search_post(
 ) -> ApiResult<Response> {
     check_type(&ty)?;
     if let Some(ct) = header_str(&headers, header::CONTENT_TYPE.as_str())
-        && !ct.starts_with("application/x-www-form-urlencoded") {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters"));
-        }
+        && !ct.starts_with("application/x-www-form-urlencoded")
+    {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters"));
+    }
     let mut pairs = parse_pairs(q.as_deref().unwrap_or(""));
     pairs.extend(url::form_urlencoded::parse(&body).into_owned());
     run_search(&state, &access, neg, &ty, pairs, None).await
 }
 
 /// Runs a search of `ty`; `compartment` restricts it to one patient's compartment.
-async fn run_search(state: &AppState, access: &Access, neg: Negotiated, ty: &str, pairs: Vec<(String, String)>, compartment: Option<&str>) -> ApiResult<Response> {
+async fn run_search(
+    state: &AppState,
+    access: &Access,
+    neg: Negotiated,
+    ty: &str,
+    pairs: Vec<(String, String)>,
+    compartment: Option<&str>,
+) -> ApiResult<Response> {
     let mut q = parse_search(state, ty, &pairs, neg.lenient)?;
     access.restrict_search(state, &mut q)?;
     let path = match compartment {
@@ -137,7 +169,14 @@ async fn run_search(state: &AppState, access: &Access, neg: Negotiated, ty: &str
     Ok(bundle_response(neg, &b))
 }
 
-pub async fn type_create(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn type_create(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(ty): Path<String>,
+    neg: Negotiated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     check_type(&ty)?;
     let value = json_body(&headers, &body)?;
     access.check_resource(&state, Interaction::Create, &ty, "", None, Content::Parsed(&value)).await?;
@@ -147,7 +186,9 @@ pub async fn type_create(State(state): State<AppState>, Extension(access): Exten
         Some(criteria) => {
             let criteria = criteria.trim_start_matches('?');
             let mut q = ops::conditional_query(&state, &ty, criteria)?;
-            access.restrict_search(&state, &mut q).map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("a conditional create needs a scope that allows searching {ty}")))?;
+            access
+                .restrict_search(&state, &mut q)
+                .map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("a conditional create needs a scope that allows searching {ty}")))?;
             Some((q, ops::criteria_key(&ty, criteria)))
         }
         None => None,
@@ -181,7 +222,13 @@ pub async fn type_conditional_update(
     Ok(write_response(&state, neg, outcome))
 }
 
-pub async fn type_conditional_delete(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn type_conditional_delete(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(ty): Path<String>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     check_type(&ty)?;
     access.check_type_wide(&ty, Interaction::Delete)?;
     let criteria = q.unwrap_or_default();
@@ -191,7 +238,13 @@ pub async fn type_conditional_delete(State(state): State<AppState>, Extension(ac
     Ok(write_response(&state, Negotiated { prefer_return: PreferReturn::OperationOutcome, ..neg }, outcome))
 }
 
-pub async fn type_history(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn type_history(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path(ty): Path<String>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     check_type(&ty)?;
     access.check_history(Some(&ty))?;
     let url = format!("{}/{ty}/_history", state.base_url);
@@ -211,7 +264,13 @@ pub async fn read_current(state: &AppState, ty: &str, id: &str) -> ApiResult<Sto
     }
 }
 
-pub async fn instance_read(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn instance_read(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path((ty, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     // A Binary may be read as its own bytes (`Accept: application/pdf`); everything else is FHIR JSON.
     let query = query.unwrap_or_default();
     let raw = ty == "Binary" && crate::response::wants_raw_binary(&query, &headers);
@@ -230,7 +289,12 @@ pub async fn instance_read(State(state): State<AppState>, Extension(access): Ext
     }
 }
 
-pub async fn instance_vread(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id, vid)): Path<(String, String, String)>, neg: Negotiated) -> ApiResult<Response> {
+pub async fn instance_vread(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path((ty, id, vid)): Path<(String, String, String)>,
+    neg: Negotiated,
+) -> ApiResult<Response> {
     check_type(&ty)?;
     check_id(&id)?;
     let version: i64 = vid.parse().map_err(|_| ApiError::bad_request(format!("'{vid}' is not a version id")))?;
@@ -280,7 +344,13 @@ pub async fn instance_update(
     Ok(write_response(&state, neg, outcome))
 }
 
-pub async fn instance_delete(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn instance_delete(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path((ty, id)): Path<(String, String)>,
+    neg: Negotiated,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     check_type(&ty)?;
     if !matches!(access, Access::Open) {
         match state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
@@ -299,7 +369,13 @@ pub async fn instance_delete(State(state): State<AppState>, Extension(access): E
     Ok(write_response(&state, neg, outcome))
 }
 
-pub async fn instance_history(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn instance_history(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path((ty, id)): Path<(String, String)>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     check_type(&ty)?;
     check_id(&id)?;
     access.check_patient_id(&ty, &id)?;
@@ -338,9 +414,10 @@ pub async fn instance_sub(
     // A patient-level token asking about another patient is refused before the patient is looked up.
     let searched = if sub == "$everything" { "Patient" } else { sub.as_str() };
     if let Some(own) = access.patient_only(searched)
-        && own != Some(id.as_str()) {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "patient-level scopes reach only the patient in context"));
-        }
+        && own != Some(id.as_str())
+    {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "patient-level scopes reach only the patient in context"));
+    }
     let patient = read_current(&state, &ty, &id).await?;
     if sub == "$everything" {
         check_stored(&state, &access, Interaction::Read, &patient).await?;
@@ -397,14 +474,26 @@ async fn history(state: &AppState, access: &Access, neg: Negotiated, scope: Hist
             hidden = true;
             continue;
         }
-        let method = if r.deleted { "DELETE" } else if r.version == 1 { "POST" } else { "PUT" };
+        let method = if r.deleted {
+            "DELETE"
+        } else if r.version == 1 {
+            "POST"
+        } else {
+            "PUT"
+        };
         let request_url = if method == "POST" { r.resource_type.clone() } else { format!("{}/{}", r.resource_type, r.id) };
         b.entry.push(Entry {
             full_url: Some(crate::bundle_out::full_url(&state.base_url, r)),
             resource: (!r.deleted).then(|| Body::stored(r)),
             request: Some(crate::bundle_out::EntryRequest { method, url: request_url }),
             response: Some(EntryResponse {
-                status: if r.deleted { "204".into() } else if r.version == 1 { "201".into() } else { "200".into() },
+                status: if r.deleted {
+                    "204".into()
+                } else if r.version == 1 {
+                    "201".into()
+                } else {
+                    "200".into()
+                },
                 location: None,
                 etag: Some(r.etag()),
                 last_modified: Some(format_instant(from_unix_ms(r.last_updated))),

@@ -1,10 +1,10 @@
 //! Search execution: matching keys from the store, a page of them, `_include`/`_revinclude`, and paging
 //! through frozen snapshots so that `next` links are stable while others write.
 
+use crate::AppState;
 use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, Link, SearchInfo, full_url};
 use crate::error::{ApiError, ApiResult};
-use crate::AppState;
 use fhir::query::{ParseOptions, SearchQuery, Summary, Total, parse};
 use fhir::shape;
 use std::collections::HashSet;
@@ -97,7 +97,11 @@ pub async fn page_bundle(state: &AppState, access: &Access, q: &SearchQuery, sou
         bundle.entry.push(entry(state, q, r, "include"));
     }
     if !q.ignored.is_empty() {
-        let oo = fhir::outcome::outcome_many(fhir::Severity::Warning, "not-supported", &q.ignored.iter().map(|i| format!("ignored under handling=lenient: {i}")).collect::<Vec<_>>());
+        let oo = fhir::outcome::outcome_many(
+            fhir::Severity::Warning,
+            "not-supported",
+            &q.ignored.iter().map(|i| format!("ignored under handling=lenient: {i}")).collect::<Vec<_>>(),
+        );
         bundle.entry.push(Entry { resource: Some(Body::Value(oo)), search: Some(SearchInfo { mode: "outcome" }), ..Default::default() });
     }
     Ok(bundle)
@@ -169,11 +173,8 @@ pub async fn snapshot_page(state: &AppState, access: &Access, pairs: &[(String, 
     let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let id = get("_getpages").unwrap_or_default();
     let offset: usize = get("_getpagesoffset").unwrap_or("0").parse().map_err(|_| ApiError::bad_request("_getpagesoffset must be a number"))?;
-    let snapshot = state
-        .store
-        .load_snapshot(id)
-        .await?
-        .ok_or_else(|| ApiError::gone("this search result has expired or never existed; run the search again"))?;
+    let snapshot =
+        state.store.load_snapshot(id).await?.ok_or_else(|| ApiError::gone("this search result has expired or never existed; run the search again"))?;
     let resource_type = snapshot.resource_type.clone().unwrap_or_default();
     let mut original = parse_pairs(&snapshot.query);
     if let Some(c) = get("_count") {

@@ -50,7 +50,9 @@ impl App {
         for e in &config.ehrs {
             let auth = match &e.client_secret_env {
                 None => ClientAuth::Public,
-                Some(var) => ClientAuth::SecretBasic(Secret::new(secret(var).ok_or_else(|| format!("the environment variable {var} (the client secret for {}) is not set", e.iss))?)),
+                Some(var) => ClientAuth::SecretBasic(Secret::new(
+                    secret(var).ok_or_else(|| format!("the environment variable {var} (the client secret for {}) is not set", e.iss))?,
+                )),
             };
             ehrs.push(EhrConfig {
                 iss: e.iss.clone(),
@@ -64,7 +66,8 @@ impl App {
         let store = AppStore::connect(&config.database, key).await.map_err(|e| format!("cannot open the app's database: {e}"))?;
         let smart = SmartClient::new(ehrs, Arc::new(store.clone())).map_err(|e| e.to_string())?;
         let ancestors = if config.frame_ancestors.is_empty() { "'self'".to_string() } else { format!("'self' {}", config.frame_ancestors.join(" ")) };
-        let csp = HeaderValue::from_str(&format!("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors {ancestors}")).map_err(|e| e.to_string())?;
+        let csp = HeaderValue::from_str(&format!("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors {ancestors}"))
+            .map_err(|e| e.to_string())?;
         Ok(App { smart: Arc::new(smart), store, config: Arc::new(config), csp, locks: Arc::new(std::sync::Mutex::new(HashMap::new())) })
     }
 
@@ -185,7 +188,13 @@ async fn launch(State(app): State<App>, Query(q): Query<HashMap<String, String>>
     let Some(iss) = q.get("iss") else {
         return app.message(
             StatusCode::BAD_REQUEST,
-            Message { kind: "no-launch", heading: "Open this app from the EHR".into(), explanation: "The app starts from a patient's chart.".into(), action: "Open the patient's chart and launch the app from there.".into(), ..Default::default() },
+            Message {
+                kind: "no-launch",
+                heading: "Open this app from the EHR".into(),
+                explanation: "The app starts from a patient's chart.".into(),
+                action: "Open the patient's chart and launch the app from there.".into(),
+                ..Default::default()
+            },
         );
     };
     // The launch is bound to this browser: only it can finish the callback (no login CSRF, no forwarded
@@ -200,7 +209,9 @@ async fn launch(State(app): State<App>, Query(q): Query<HashMap<String, String>>
             tracing::info!(event = "launch", iss = %iss, outcome = "redirected to authorise");
             let secure = if app.secure() { "; Secure" } else { "" };
             let mut r = Redirect::to(&url).into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("{}={browser}; Path=/app/callback; HttpOnly; SameSite=Lax; Max-Age=600{secure}", launch_cookie(&state))) {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("{}={browser}; Path=/app/callback; HttpOnly; SameSite=Lax; Max-Age=600{secure}", launch_cookie(&state)))
+            {
                 r.headers_mut().append(header::SET_COOKIE, v);
             }
             r
@@ -208,7 +219,16 @@ async fn launch(State(app): State<App>, Query(q): Query<HashMap<String, String>>
         Ok(client::AuthorizationRequest::Post { url, .. }) => {
             // The app's scopes keep the URL short; a POST form would need a script this CSP forbids.
             tracing::error!(event = "launch", iss = %iss, outcome = "authorisation URL too long");
-            app.message(StatusCode::INTERNAL_SERVER_ERROR, Message { kind: "error", heading: "The app could not start".into(), explanation: format!("The authorisation request to {url} is too long."), action: "Tell your administrator.".into(), ..Default::default() })
+            app.message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Message {
+                    kind: "error",
+                    heading: "The app could not start".into(),
+                    explanation: format!("The authorisation request to {url} is too long."),
+                    action: "Tell your administrator.".into(),
+                    ..Default::default()
+                },
+            )
         }
         Err(e) => {
             tracing::warn!(event = "launch", iss = %iss, outcome = "refused", reason = %e);
@@ -237,7 +257,13 @@ async fn callback(State(app): State<App>, headers: HeaderMap, Query(q): Query<Ha
         }
         return app.message(
             StatusCode::BAD_REQUEST,
-            Message { kind: "no-patient", heading: "No patient was chosen".into(), explanation: "The launch did not say which patient to show.".into(), action: "Relaunch the app from the patient's chart.".into(), ..Default::default() },
+            Message {
+                kind: "no-patient",
+                heading: "No patient was chosen".into(),
+                explanation: "The launch did not say which patient to show.".into(),
+                action: "Relaunch the app from the patient's chart.".into(),
+                ..Default::default()
+            },
         );
     }
     tracing::info!(event = "token", outcome = "session started", iss = %session.iss(), user = ?ctx.fhir_user, patient = ?ctx.patient, scope = %ctx.granted.as_str());
@@ -246,7 +272,16 @@ async fn callback(State(app): State<App>, headers: HeaderMap, Query(q): Query<Ha
     let stored = AppSession { smart: session.to_stored().await, patient_name: None };
     if let Err(e) = app.store.save_session(&sid, &store::hash(&browser_secret), &stored).await {
         tracing::error!(error = %e, "session could not be saved");
-        return app.message(StatusCode::INTERNAL_SERVER_ERROR, Message { kind: "error", heading: "The app could not start".into(), explanation: "Its session could not be saved.".into(), action: "Relaunch the app; if it keeps happening, tell your administrator.".into(), ..Default::default() });
+        return app.message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Message {
+                kind: "error",
+                heading: "The app could not start".into(),
+                explanation: "Its session could not be saved.".into(),
+                action: "Relaunch the app; if it keeps happening, tell your administrator.".into(),
+                ..Default::default()
+            },
+        );
     }
     let secure = if app.secure() { "; Secure" } else { "" };
     let cookie = format!("kapp_{sid}={browser_secret}; Path=/app/s/{sid}/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", store::SESSION_SECS);
@@ -255,10 +290,14 @@ async fn callback(State(app): State<App>, headers: HeaderMap, Query(q): Query<Ha
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     if let Some(name) = launch_cookie_name
-        && let Ok(v) = HeaderValue::from_str(&format!("{name}=; Path=/app/callback; HttpOnly; SameSite=Lax; Max-Age=0")) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
-    r.headers_mut().insert("server-timing", HeaderValue::from_str(&format!("app;dur={:.1}", started.elapsed().as_secs_f64() * 1000.0)).unwrap_or(HeaderValue::from_static("app")));
+        && let Ok(v) = HeaderValue::from_str(&format!("{name}=; Path=/app/callback; HttpOnly; SameSite=Lax; Max-Age=0"))
+    {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r.headers_mut().insert(
+        "server-timing",
+        HeaderValue::from_str(&format!("app;dur={:.1}", started.elapsed().as_secs_f64() * 1000.0)).unwrap_or(HeaderValue::from_static("app")),
+    );
     r
 }
 
@@ -294,7 +333,16 @@ async fn load(app: &App, sid: &str, headers: &HeaderMap) -> Result<(AppSession, 
         Ok(None) => Err(app.message(StatusCode::UNAUTHORIZED, cookie_missing())),
         Err(e) => {
             tracing::error!(error = %e, "session could not be read");
-            Err(app.message(StatusCode::INTERNAL_SERVER_ERROR, Message { kind: "error", heading: "The app could not read its session".into(), explanation: "Something went wrong on the app's server.".into(), action: "Relaunch the app from the patient's chart.".into(), ..Default::default() }))
+            Err(app.message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Message {
+                    kind: "error",
+                    heading: "The app could not read its session".into(),
+                    explanation: "Something went wrong on the app's server.".into(),
+                    action: "Relaunch the app from the patient's chart.".into(),
+                    ..Default::default()
+                },
+            ))
         }
     }
 }
@@ -339,7 +387,17 @@ async fn summary_page(State(app): State<App>, Path(sid): Path<String>, headers: 
     if let Err(e) = app.store.save_session(&sid, &store::hash(&secret), &stored).await {
         tracing::error!(error = %e, "session could not be saved");
     }
-    let degraded = [s.patient.message.is_some(), s.problems.message.is_some(), s.medications.message.is_some(), s.allergies.message.is_some(), s.vitals.message.is_some(), s.labs.message.is_some()].iter().filter(|x| **x).count();
+    let degraded = [
+        s.patient.message.is_some(),
+        s.problems.message.is_some(),
+        s.medications.message.is_some(),
+        s.allergies.message.is_some(),
+        s.vitals.message.is_some(),
+        s.labs.message.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(event = "access", patient = ?patient, user = ?session.context().fhir_user, degraded_sections = degraded, ms = elapsed, outcome = "summary shown");
     let banner = session.context().need_patient_banner;
@@ -359,15 +417,34 @@ async fn signout(State(app): State<App>, Path(sid): Path<String>, headers: Heade
     let expected = store::hash(&format!("csrf:{secret}"));
     let presented = form.get("csrf").map(String::as_str).unwrap_or("");
     if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), expected.as_bytes()).is_err() {
-        return app.message(StatusCode::FORBIDDEN, Message { kind: "csrf", heading: "This form has expired".into(), explanation: "The sign-out did not come from this app's page.".into(), action: "Reload the page and try again.".into(), ..Default::default() });
+        return app.message(
+            StatusCode::FORBIDDEN,
+            Message {
+                kind: "csrf",
+                heading: "This form has expired".into(),
+                explanation: "The sign-out did not come from this app's page.".into(),
+                action: "Reload the page and try again.".into(),
+                ..Default::default()
+            },
+        );
     }
     if let Ok(session) = app.smart.restore(stored.smart)
-        && let Err(e) = session.revoke().await {
-            tracing::warn!(error = %e, "revocation at sign-out failed");
-        }
+        && let Err(e) = session.revoke().await
+    {
+        tracing::warn!(error = %e, "revocation at sign-out failed");
+    }
     let _ = app.store.delete_session(&sid).await;
     tracing::info!(event = "signout", outcome = "session ended by the user");
-    let mut r = app.message(StatusCode::OK, Message { kind: "signed-out", heading: "Signed out".into(), explanation: "The app's access to the record was withdrawn.".into(), action: "Launch the app again from a patient's chart when you need it.".into(), ..Default::default() });
+    let mut r = app.message(
+        StatusCode::OK,
+        Message {
+            kind: "signed-out",
+            heading: "Signed out".into(),
+            explanation: "The app's access to the record was withdrawn.".into(),
+            action: "Launch the app again from a patient's chart when you need it.".into(),
+            ..Default::default()
+        },
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("kapp_{sid}=; Path=/app/s/{sid}/; HttpOnly; SameSite=Lax; Max-Age=0")) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }

@@ -103,7 +103,10 @@ impl AppStore {
         Ok(plain.to_vec())
     }
 
-    async fn sqlite<T: Send + 'static>(conn: &Arc<Mutex<Connection>>, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    async fn sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let conn = conn.clone();
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,7 +121,8 @@ impl AppStore {
         let plain = serde_json::to_vec(s).map_err(|e| StoreError::Other(e.to_string()))?;
         let sealed = self.seal(id, &plain);
         let (id, browser_hash, expires) = (id.to_string(), browser_hash.to_string(), now() + SESSION_SECS);
-        const SQL: &str = "INSERT INTO app_sessions (id, browser_hash, expires, data) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET data = excluded.data";
+        const SQL: &str =
+            "INSERT INTO app_sessions (id, browser_hash, expires, data) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET data = excluded.data";
         match &self.backend {
             Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.execute(SQL, params![id, browser_hash, expires, sealed]).map(|_| ())?)).await,
             Backend::Postgres(pool) => Ok(sqlx::query(SQL).bind(id).bind(browser_hash).bind(expires).bind(sealed).execute(pool).await.map(|_| ())?),

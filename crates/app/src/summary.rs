@@ -122,7 +122,12 @@ pub async fn load(session: &Session) -> Summary {
             return Section::unavailable(not_shared("Problems"));
         }
         match fhir.search("Condition", &[("patient", pid), ("clinical-status", "active"), ("_count", "100")]).await {
-            Ok(b) => Section::ready(b.matches::<Condition>("Condition").into_iter().map(|c| Row { text: c.code.map(|x| x.display()).unwrap_or_default(), detail: format!("since {}", day(&c.onset_date_time)) }).collect()),
+            Ok(b) => Section::ready(
+                b.matches::<Condition>("Condition")
+                    .into_iter()
+                    .map(|c| Row { text: c.code.map(|x| x.display()).unwrap_or_default(), detail: format!("since {}", day(&c.onset_date_time)) })
+                    .collect(),
+            ),
             Err(e) => Section::from_error(&e, "Problems"),
         }
     };
@@ -134,7 +139,10 @@ pub async fn load(session: &Session) -> Summary {
             Ok(b) => Section::ready(
                 b.matches::<MedicationRequest>("MedicationRequest")
                     .into_iter()
-                    .map(|m| Row { text: m.medication_codeable_concept.map(|x| x.display()).unwrap_or_else(|| "Medication".into()), detail: m.dosage_instruction.first().and_then(|d| d.text.clone()).unwrap_or_default() })
+                    .map(|m| Row {
+                        text: m.medication_codeable_concept.map(|x| x.display()).unwrap_or_else(|| "Medication".into()),
+                        detail: m.dosage_instruction.first().and_then(|d| d.text.clone()).unwrap_or_default(),
+                    })
                     .collect(),
             ),
             Err(e) => Section::from_error(&e, "Medications"),
@@ -145,7 +153,15 @@ pub async fn load(session: &Session) -> Summary {
             return Section::unavailable(not_shared("Allergies"));
         }
         match fhir.search("AllergyIntolerance", &[("patient", pid), ("_count", "100")]).await {
-            Ok(b) => Section::ready(b.matches::<AllergyIntolerance>("AllergyIntolerance").into_iter().map(|a| Row { text: a.code.map(|x| x.display()).unwrap_or_default(), detail: a.criticality.map(|c| format!("criticality {c}")).unwrap_or_default() }).collect()),
+            Ok(b) => Section::ready(
+                b.matches::<AllergyIntolerance>("AllergyIntolerance")
+                    .into_iter()
+                    .map(|a| Row {
+                        text: a.code.map(|x| x.display()).unwrap_or_default(),
+                        detail: a.criticality.map(|c| format!("criticality {c}")).unwrap_or_default(),
+                    })
+                    .collect(),
+            ),
             Err(e) => Section::from_error(&e, "Allergies"),
         }
     };
@@ -169,7 +185,12 @@ pub async fn load(session: &Session) -> Summary {
     };
     let (patient, encounter, problems, medications, allergies, vitals, labs) = tokio::join!(patient, encounter, problems, medications, allergies, vitals, labs);
     let ended = |m: &Option<String>| m.as_deref().is_some_and(|m| m.contains("session with the record system has ended"));
-    let session_ended = ended(&patient.message) || ended(&problems.message) || ended(&medications.message) || ended(&allergies.message) || ended(&vitals.message) || ended(&labs.message);
+    let session_ended = ended(&patient.message)
+        || ended(&problems.message)
+        || ended(&medications.message)
+        || ended(&allergies.message)
+        || ended(&vitals.message)
+        || ended(&labs.message);
     Summary { patient, encounter, problems, medications, allergies, vitals, labs, session_ended }
 }
 
@@ -223,7 +244,8 @@ fn vital_charts(b: &Bundle) -> Vec<VitalChart> {
         let unit = points.last().map(|p| p.2.clone()).unwrap_or_default();
         let recent: Vec<(String, Vec<Option<f64>>)> = points.into_iter().map(|(d, v, _)| (d, v)).collect();
         let (last_day, last) = recent.last().cloned().unwrap_or_default();
-        let shown: Vec<String> = last.iter().map(|v| v.map(|v| if blood_pressure { format!("{v:.0}") } else { number(v) }).unwrap_or_else(|| "—".into())).collect();
+        let shown: Vec<String> =
+            last.iter().map(|v| v.map(|v| if blood_pressure { format!("{v:.0}") } else { number(v) }).unwrap_or_else(|| "—".into())).collect();
         let latest = format!("{} on {last_day}", display::with_unit(&shown.join("/"), &unit));
         let series: &[&str] = if blood_pressure { &["Systolic", "Diastolic"] } else { &[] };
         charts.push(VitalChart { title: title.to_string(), svg: svg::trend(title, &unit, series, &recent), latest });

@@ -28,7 +28,8 @@ pub fn trend(title: &str, unit: &str, series: &[&str], points: &[(String, Vec<Op
     let colours = ["#1f5fa8", "#b3541e"];
     let mut lines = String::new();
     for s in 0..count {
-        let path: Vec<String> = points.iter().enumerate().filter_map(|(i, (_, v))| v.get(s).copied().flatten().map(|val| format!("{:.1},{:.1}", x(i), y(val)))).collect();
+        let path: Vec<String> =
+            points.iter().enumerate().filter_map(|(i, (_, v))| v.get(s).copied().flatten().map(|val| format!("{:.1},{:.1}", x(i), y(val)))).collect();
         lines.push_str(&format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>", colours[s % 2], path.join(" ")));
         for (i, (_, v)) in points.iter().enumerate() {
             if let Some(val) = v.get(s).copied().flatten() {
@@ -67,7 +68,12 @@ mod tests {
         let svg = trend("Heart rate", "/min", &[], &[("2026-01-01".into(), vec![Some(70.0)]), ("2026-02-01".into(), vec![Some(90.0)])]);
         assert!(svg.contains("aria-label=\"Heart rate trend from 2026-01-01 to 2026-02-01, between 70 and 90 /min\""));
         assert_eq!(svg.matches("<circle").count(), 2);
-        let bp = trend("Blood pressure", "mmHg", &["Systolic", "Diastolic"], &[("d1".into(), vec![Some(120.0), Some(80.0)]), ("d2".into(), vec![Some(130.0), None])]);
+        let bp = trend(
+            "Blood pressure",
+            "mmHg",
+            &["Systolic", "Diastolic"],
+            &[("d1".into(), vec![Some(120.0), Some(80.0)]), ("d2".into(), vec![Some(130.0), None])],
+        );
         assert_eq!(bp.matches("<polyline").count(), 2, "systolic and diastolic");
         assert_eq!(bp.matches("<circle").count(), 3, "a missing diastolic is not drawn");
         assert!(bp.contains("Blood pressure (Systolic over Diastolic) trend") && bp.contains(">Systolic</text>"), "{bp}");

@@ -87,12 +87,14 @@ pub fn validate(c: &Client) -> Result<(), String> {
     }
     for (what, u) in [("launch URL", &c.launch_url), ("icon URL", &c.icon)] {
         if let Some(u) = u
-            && !url::Url::parse(u).is_ok_and(|x| matches!(x.scheme(), "https" | "http")) {
-                return Err(format!("{}: the {what} must be an http(s) URL", c.client_id));
-            }
+            && !url::Url::parse(u).is_ok_and(|x| matches!(x.scheme(), "https" | "http"))
+        {
+            return Err(format!("{}: the {what} must be an http(s) URL", c.client_id));
+        }
     }
     if let Some(u) = &c.jwks_url {
-        let ok = url::Url::parse(u).is_ok_and(|x| x.scheme() == "https" || (x.scheme() == "http" && matches!(x.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))));
+        let ok = url::Url::parse(u)
+            .is_ok_and(|x| x.scheme() == "https" || (x.scheme() == "http" && matches!(x.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))));
         if !ok {
             return Err(format!("{}: the JWKS URL must be https (or http on localhost)", c.client_id));
         }
@@ -112,10 +114,13 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
         };
         let secret_hash = match (entry.kind, &entry.secret_env) {
             (ClientKind::ConfidentialSymmetric, Some(var)) => {
-                let secret = env(var).ok_or_else(|| AppsError::Invalid(format!("{}: the environment variable {var} holding its secret is not set", entry.client_id)))?;
+                let secret =
+                    env(var).ok_or_else(|| AppsError::Invalid(format!("{}: the environment variable {var} holding its secret is not set", entry.client_id)))?;
                 Some(crate::crypto::hash_password(&secret))
             }
-            (ClientKind::ConfidentialSymmetric, None) => return Err(AppsError::Invalid(format!("{}: a confidential-symmetric app needs secret_env", entry.client_id))),
+            (ClientKind::ConfidentialSymmetric, None) => {
+                return Err(AppsError::Invalid(format!("{}: a confidential-symmetric app needs secret_env", entry.client_id)));
+            }
             _ => None,
         };
         let client = Client {
@@ -179,7 +184,8 @@ pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes)
             return bad("invalid_client_metadata", "jwks_uri must be an https URL");
         }
     }
-    let redirect_uris: Vec<String> = m["redirect_uris"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let redirect_uris: Vec<String> =
+        m["redirect_uris"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect()).unwrap_or_default();
     let method = m["token_endpoint_auth_method"].as_str().unwrap_or("client_secret_basic");
     let kind = match method {
         "none" => ClientKind::Public,
@@ -206,7 +212,8 @@ pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes)
         profile: None,
         self_registered: true,
     };
-    let invalid_redirect = client.redirect_uris.iter().any(|u| !valid_redirect_uri(u)) || (client.redirect_uris.is_empty() && kind != ClientKind::ConfidentialAsymmetric);
+    let invalid_redirect =
+        client.redirect_uris.iter().any(|u| !valid_redirect_uri(u)) || (client.redirect_uris.is_empty() && kind != ClientKind::ConfidentialAsymmetric);
     if invalid_redirect {
         return bad("invalid_redirect_uri", "redirect_uris must be absolute https URLs (or http on localhost) without fragments");
     }

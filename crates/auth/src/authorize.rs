@@ -38,7 +38,8 @@ fn login_page(s: &AuthServer, request_id: &str, app_name: &str, expected_user: O
 
 fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "authorisation server error");
-    error_page(s, 
+    error_page(
+        s,
         StatusCode::INTERNAL_SERVER_ERROR,
         "Something went wrong",
         "The sign-in service could not complete this step.",
@@ -68,12 +69,19 @@ fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Op
 async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     let get = |k: &str| p.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let Some(client_id) = get("client_id") else {
-        return error_page(s, StatusCode::BAD_REQUEST, "This app did not say who it is", "The request has no client_id.", "Tell the app's developer; the app must be registered and send its client id.");
+        return error_page(
+            s,
+            StatusCode::BAD_REQUEST,
+            "This app did not say who it is",
+            "The request has no client_id.",
+            "Tell the app's developer; the app must be registered and send its client id.",
+        );
     };
     let client = match registry::get_client(s.store.as_ref(), client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return error_page(s, 
+            return error_page(
+                s,
                 StatusCode::BAD_REQUEST,
                 "This app is not registered here",
                 &format!("No app with the client id '{client_id}' is registered, or it has been disabled."),
@@ -83,7 +91,8 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
         Err(e) => return internal(s, e),
     };
     let Some(redirect_uri) = get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == r)) else {
-        return error_page(s, 
+        return error_page(
+            s,
             StatusCode::BAD_REQUEST,
             "The app's return address is not registered",
             &format!("{} asked to be sent back to an address it has not registered, so the request was stopped.", client.name),
@@ -102,10 +111,11 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
             "launch" => get(k).map(|_| "(handle)".to_string()),
             _ => get(k).map(str::to_string),
         };
-        let params: Vec<String> = ["response_type", "client_id", "redirect_uri", "scope", "aud", "resource", "state", "nonce", "code_challenge", "code_challenge_method", "launch"]
-            .iter()
-            .filter_map(|k| show(k).map(|v| format!("{k}={v}")))
-            .collect();
+        let params: Vec<String> =
+            ["response_type", "client_id", "redirect_uri", "scope", "aud", "resource", "state", "nonce", "code_challenge", "code_challenge_method", "launch"]
+                .iter()
+                .filter_map(|k| show(k).map(|v| format!("{k}={v}")))
+                .collect();
         s.audit_in(trace.as_deref(), "authorize-request", true, Some(&client.client_id), None, None, &params.join("\n"));
     }
     // An app that registered itself may have registered any address as its redirect URI: refusals made
@@ -154,9 +164,10 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
             return refuse("invalid_scope", "an EHR launch must request the launch scope");
         }
         if let Some(l) = launch.as_mut()
-            && l.faults.no_encounter {
-                l.encounter = None;
-            }
+            && l.faults.no_encounter
+        {
+            l.encounter = None;
+        }
     } else if requested.contains(&Scope::Launch) {
         return refuse("invalid_request", "the launch scope needs the launch parameter from the EHR");
     }
@@ -189,7 +200,8 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
     let signed_in = session::current(s, headers).await.map(|sess| sess.user);
     let user = match (&pending.username, signed_in) {
         (Some(launcher), Some(user)) if *launcher != user.username => {
-            return error_page(s, 
+            return error_page(
+                s,
                 StatusCode::FORBIDDEN,
                 "You are signed in as someone else",
                 "This app was launched by another user than the one signed in to this browser.",
@@ -224,7 +236,15 @@ async fn bound_request(s: &Shared, headers: &HeaderMap, request_id: &str, step: 
     let Some(pending) = load_pending(s, request_id).await else { return Err(expired_request(s)) };
     if !session::same_browser(headers, &pending.browser) {
         tracing::info!(client = %pending.client_id, "authorisation form from another browser refused");
-        s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "authorize", false, Some(&pending.client_id), None, None, "a form of this request was posted by another browser (or without its cookie): refused");
+        s.audit_in(
+            pending.launch.as_ref().and_then(|l| l.id.as_deref()),
+            "authorize",
+            false,
+            Some(&pending.client_id),
+            None,
+            None,
+            "a form of this request was posted by another browser (or without its cookie): refused",
+        );
         return Err(other_browser(s));
     }
     if pending.awaiting != step {
@@ -237,10 +257,24 @@ async fn bound_request(s: &Shared, headers: &HeaderMap, request_id: &str, step: 
 /// act only for that person (whatever the form or a launch handle says).
 async fn acting_user(s: &Shared, headers: &HeaderMap, pending: &PendingAuthorization) -> Result<User, Response> {
     let Some(session) = session::current(s, headers).await else {
-        return Err(error_page(s, StatusCode::UNAUTHORIZED, "You are not signed in", "Your sign-in ended before this step was finished.", "Go back to the app or the EHR and launch it again."));
+        return Err(error_page(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "You are not signed in",
+            "Your sign-in ended before this step was finished.",
+            "Go back to the app or the EHR and launch it again.",
+        ));
     };
     if pending.username.as_deref() != Some(session.user.username.as_str()) {
-        s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "authorize", false, Some(&pending.client_id), Some(&session.user.username), None, "a form of another user's request was posted: refused");
+        s.audit_in(
+            pending.launch.as_ref().and_then(|l| l.id.as_deref()),
+            "authorize",
+            false,
+            Some(&pending.client_id),
+            Some(&session.user.username),
+            None,
+            "a form of another user's request was posted: refused",
+        );
         return Err(error_page(
             s,
             StatusCode::FORBIDDEN,
@@ -253,7 +287,13 @@ async fn acting_user(s: &Shared, headers: &HeaderMap, pending: &PendingAuthoriza
 }
 
 fn unreadable_form(s: &AuthServer) -> Response {
-    error_page(s, StatusCode::BAD_REQUEST, "This form could not be read", "The page sent something the sign-in service does not understand.", "Go back to the app or the EHR and launch it again.")
+    error_page(
+        s,
+        StatusCode::BAD_REQUEST,
+        "This form could not be read",
+        "The page sent something the sign-in service does not understand.",
+        "Go back to the app or the EHR and launch it again.",
+    )
 }
 
 /// The person-facing routes answer every refusal with a page: an extractor's rejection (a form that is
@@ -265,7 +305,13 @@ pub async fn page_errors(State(s): State<Shared>, request: axum::extract::Reques
     if !(status.is_client_error() || status.is_server_error()) || html {
         return response;
     }
-    error_page(&s, status, "This request could not be read", "The sign-in service did not understand what the browser sent.", "Go back to the app or the EHR and launch it again.")
+    error_page(
+        &s,
+        status,
+        "This request could not be read",
+        "The sign-in service did not understand what the browser sent.",
+        "Go back to the app or the EHR and launch it again.",
+    )
 }
 
 fn other_browser(s: &AuthServer) -> Response {
@@ -279,7 +325,8 @@ fn other_browser(s: &AuthServer) -> Response {
 }
 
 fn expired_request(s: &AuthServer) -> Response {
-    error_page(s, 
+    error_page(
+        s,
         StatusCode::BAD_REQUEST,
         "This sign-in has expired",
         "The page was open too long or was already used.",
@@ -317,15 +364,24 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
     // offered before, the user's earlier decision stands.
     let consent_key = format!("{}|{}", user.username, client.client_id);
     if let Ok(Some(r)) = s.store.auth_get("consent", &consent_key).await
-        && let Ok(decision) = serde_json::from_str::<serde_json::Value>(&r.value) {
-            let offered = ScopeSet::parse(decision["offered"].as_str().unwrap_or(""));
-            let approved = ScopeSet::parse(decision["approved"].as_str().unwrap_or(""));
-            if offered.narrow(&granted).to_string() == granted.to_string() {
-                let approved = approved.narrow(&granted).to_string();
-                s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", true, Some(&client.client_id), Some(&user.username), pending.patient.as_deref(), &format!("remembered from an earlier decision: {approved}"));
-                return issue_code(s, pending, &user, approved).await;
-            }
+        && let Ok(decision) = serde_json::from_str::<serde_json::Value>(&r.value)
+    {
+        let offered = ScopeSet::parse(decision["offered"].as_str().unwrap_or(""));
+        let approved = ScopeSet::parse(decision["approved"].as_str().unwrap_or(""));
+        if offered.narrow(&granted).to_string() == granted.to_string() {
+            let approved = approved.narrow(&granted).to_string();
+            s.audit_in(
+                pending.launch.as_ref().and_then(|l| l.id.as_deref()),
+                "consent",
+                true,
+                Some(&client.client_id),
+                Some(&user.username),
+                pending.patient.as_deref(),
+                &format!("remembered from an earlier decision: {approved}"),
+            );
+            return issue_code(s, pending, &user, approved).await;
         }
+    }
     pending.awaiting = Awaiting::Consent;
     if let Err(e) = save_pending(s, request_id, &pending).await {
         return internal(s, e);
@@ -335,7 +391,13 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
         None => None,
     };
     let items = consent_items(&granted);
-    let view = ConsentView { request_id, app_name: &client.name, patient_label: patient_label.as_deref(), items: &items, offline: granted.contains(&Scope::OfflineAccess) };
+    let view = ConsentView {
+        request_id,
+        app_name: &client.name,
+        patient_label: patient_label.as_deref(),
+        items: &items,
+        offline: granted.contains(&Scope::OfflineAccess),
+    };
     pages::serve(StatusCode::OK, s.pages.consent(&view))
 }
 
@@ -395,12 +457,22 @@ fn explain(scope: &Scope) -> String {
                 smart::Level::System => "for every patient",
             };
             let mut verbs = Vec::new();
-            for (i, v) in [(smart::Interaction::Read, "read"), (smart::Interaction::Search, "search"), (smart::Interaction::Create, "create"), (smart::Interaction::Update, "change"), (smart::Interaction::Delete, "delete")] {
+            for (i, v) in [
+                (smart::Interaction::Read, "read"),
+                (smart::Interaction::Search, "search"),
+                (smart::Interaction::Create, "create"),
+                (smart::Interaction::Update, "change"),
+                (smart::Interaction::Delete, "delete"),
+            ] {
                 if r.permissions.allows(i) {
                     verbs.push(v);
                 }
             }
-            let only = if r.constraints.is_empty() { String::new() } else { format!(" (only {})", r.constraints.iter().map(|(_, v)| v.rsplit('|').next().unwrap_or(v)).collect::<Vec<_>>().join(", ")) };
+            let only = if r.constraints.is_empty() {
+                String::new()
+            } else {
+                format!(" (only {})", r.constraints.iter().map(|(_, v)| v.rsplit('|').next().unwrap_or(v)).collect::<Vec<_>>().join(", "))
+            };
             format!("{} {what} {whose}{only}", capitalise(&verbs.join(", ")))
         }
     }
@@ -438,7 +510,9 @@ fn consent_items(granted: &ScopeSet) -> Vec<ConsentItem> {
         .iter()
         .map(|sc| {
             let categories = match sc {
-                Scope::Resource(r) if r.constraints.is_empty() => categories_for(r.resource_type.as_deref()).iter().map(|(v, l)| (v.to_string(), l.to_string())).collect(),
+                Scope::Resource(r) if r.constraints.is_empty() => {
+                    categories_for(r.resource_type.as_deref()).iter().map(|(v, l)| (v.to_string(), l.to_string())).collect()
+                }
                 _ => Vec::new(),
             };
             ConsentItem { scope: sc.to_string(), explanation: explain(sc), optional: matches!(sc, Scope::Resource(_)), categories }
@@ -510,7 +584,15 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
     let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request(&s) };
     match s.store.read("Patient", patient).await {
         Ok(Some(r)) if !r.deleted => {}
-        Ok(_) => return error_page(&s, StatusCode::BAD_REQUEST, "That patient was not found", "The chosen patient does not exist.", "Go back and choose another patient."),
+        Ok(_) => {
+            return error_page(
+                &s,
+                StatusCode::BAD_REQUEST,
+                "That patient was not found",
+                "The chosen patient does not exist.",
+                "Go back and choose another patient.",
+            );
+        }
         Err(e) => return internal(&s, e),
     }
     // Only a clinician chooses a patient, and only while no patient is set for the request.
@@ -549,8 +631,23 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
     }
     if get("decision").as_deref() != Some("allow") {
         tracing::info!(client = %pending.client_id, user = %user.username, "consent denied");
-        s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", false, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), "the user denied access");
-        return redirect_error(&s, pending.launch.as_ref().and_then(|l| l.id.as_deref()), &pending.redirect_uri, pending.state.as_deref(), "access_denied", "the user did not allow access");
+        s.audit_in(
+            pending.launch.as_ref().and_then(|l| l.id.as_deref()),
+            "consent",
+            false,
+            Some(&pending.client_id),
+            Some(&user.username),
+            pending.patient.as_deref(),
+            "the user denied access",
+        );
+        return redirect_error(
+            &s,
+            pending.launch.as_ref().and_then(|l| l.id.as_deref()),
+            &pending.redirect_uri,
+            pending.state.as_deref(),
+            "access_denied",
+            "the user did not allow access",
+        );
     }
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
         Ok(Some(c)) => c,
@@ -600,7 +697,15 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
         return internal(&s, e);
     }
     tracing::info!(client = %client.client_id, user = %user.username, "consent given");
-    s.audit_in(pending.launch.as_ref().and_then(|l| l.id.as_deref()), "consent", true, Some(&client.client_id), Some(&user.username), pending.patient.as_deref(), &format!("approved: {scope}"));
+    s.audit_in(
+        pending.launch.as_ref().and_then(|l| l.id.as_deref()),
+        "consent",
+        true,
+        Some(&client.client_id),
+        Some(&user.username),
+        pending.patient.as_deref(),
+        &format!("approved: {scope}"),
+    );
     issue_code(&s, pending, &user, scope).await
 }
 
@@ -611,7 +716,15 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
     let scope = crate::profile::shape_granted(profile, &faults, &approved);
     let trace = pending.launch.as_ref().and_then(|l| l.id.clone());
     if !faults.deny.is_empty() {
-        s.audit_in(trace.as_deref(), "consent", true, Some(&pending.client_id), Some(&user.username), pending.patient.as_deref(), &format!("injected fault: the user denied {}", faults.deny.join(", ")));
+        s.audit_in(
+            trace.as_deref(),
+            "consent",
+            true,
+            Some(&pending.client_id),
+            Some(&user.username),
+            pending.patient.as_deref(),
+            &format!("injected fault: the user denied {}", faults.deny.join(", ")),
+        );
     }
     let grant = Grant {
         grant_id: uuid::Uuid::now_v7().to_string(),
@@ -642,7 +755,15 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
         UserRole::Patient => "patient",
     };
     tracing::info!(client = %grant.client_id, user = %user.username, role, patient = ?grant.patient, "authorisation code issued");
-    s.audit_in(trace.as_deref(), "code", true, Some(&grant.client_id), Some(&user.username), grant.patient.as_deref(), &format!("code issued (lives {} s) for scope: {}", s.config.code_secs, grant.scope));
+    s.audit_in(
+        trace.as_deref(),
+        "code",
+        true,
+        Some(&grant.client_id),
+        Some(&user.username),
+        grant.patient.as_deref(),
+        &format!("code issued (lives {} s) for scope: {}", s.config.code_secs, grant.scope),
+    );
     let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal(s, "stored redirect URI no longer parses") };
     {
         let mut q = url.query_pairs_mut();

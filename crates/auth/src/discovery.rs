@@ -30,10 +30,29 @@ pub const CAPABILITIES: &[&str] = &[
 ];
 
 pub const SCOPES_SUPPORTED: &[&str] = &[
-    "openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter", "offline_access", "online_access",
-    "patient/*.cruds", "patient/*.rs", "patient/*.read", "patient/*.write", "patient/*.*",
-    "user/*.cruds", "user/*.rs", "user/*.read", "user/*.write", "user/*.*",
-    "system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "system/*.*",
+    "openid",
+    "fhirUser",
+    "profile",
+    "launch",
+    "launch/patient",
+    "launch/encounter",
+    "offline_access",
+    "online_access",
+    "patient/*.cruds",
+    "patient/*.rs",
+    "patient/*.read",
+    "patient/*.write",
+    "patient/*.*",
+    "user/*.cruds",
+    "user/*.rs",
+    "user/*.read",
+    "user/*.write",
+    "user/*.*",
+    "system/*.cruds",
+    "system/*.rs",
+    "system/*.read",
+    "system/*.write",
+    "system/*.*",
 ];
 
 /// JSON whatever the `Accept` header says (S-02), and readable from any origin (S-09).

@@ -94,9 +94,10 @@ pub fn verify(jwt: &str, client: &Client, jwks: &Value, token_url: &str, now: i6
     }
     let kid = header["kid"].as_str().ok_or("the assertion header has no kid")?;
     if let Some(jku) = header.get("jku")
-        && jku.as_str() != client.jwks_url.as_deref() {
-            return Err("the jku header is not the client's registered JWKS URL".into());
-        }
+        && jku.as_str() != client.jwks_url.as_deref()
+    {
+        return Err("the jku header is not the client's registered JWKS URL".into());
+    }
     let candidates: Vec<&Value> = jwks["keys"].as_array().map(|k| k.iter().filter(|k| k["kid"] == kid && k["kty"] == kty).collect()).unwrap_or_default();
     let key = match candidates.as_slice() {
         [k] => *k,

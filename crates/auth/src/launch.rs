@@ -63,8 +63,28 @@ pub async fn new_launch(server: &Shared, context: &LaunchContext) -> Result<NewL
 
 /// Token-response fields an extra launch value may not set.
 const RESERVED: &[&str] = &[
-    "access_token", "token_type", "expires_in", "scope", "refresh_token", "id_token", "patient", "encounter", "fhirContext", "need_patient_banner",
-    "smart_style_url", "intent", "tenant", "state", "code", "iss", "aud", "sub", "client_id", "authorization_details", "fhirUser", "launch",
+    "access_token",
+    "token_type",
+    "expires_in",
+    "scope",
+    "refresh_token",
+    "id_token",
+    "patient",
+    "encounter",
+    "fhirContext",
+    "need_patient_banner",
+    "smart_style_url",
+    "intent",
+    "tenant",
+    "state",
+    "code",
+    "iss",
+    "aud",
+    "sub",
+    "client_id",
+    "authorization_details",
+    "fhirUser",
+    "launch",
 ];
 
 /// Whether a launch context holds together: its patient exists, its encounter is that patient's, and every
@@ -157,7 +177,11 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, bod
     context.id = None;
     match new_launch(&server, &context).await {
         Ok(NewLaunch { handle, id }) => {
-            let mut r = (StatusCode::CREATED, Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": server.config.fhir_base}))).into_response();
+            let mut r = (
+                StatusCode::CREATED,
+                Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": server.config.fhir_base})),
+            )
+                .into_response();
             crate::no_store(&mut r);
             r
         }

@@ -102,7 +102,13 @@ const RESOLVE_CACHE_MAX: usize = 10_000;
 pub type Shared = Arc<AuthServer>;
 
 impl AuthServer {
-    pub async fn new(store: Arc<dyn Store>, config: AuthConfig, clock: SharedClock, audit: Option<store::audit::AuditSink>, pages: Arc<dyn pages::Pages>) -> Result<Shared, keys::KeyError> {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        config: AuthConfig,
+        clock: SharedClock,
+        audit: Option<store::audit::AuditSink>,
+        pages: Arc<dyn pages::Pages>,
+    ) -> Result<Shared, keys::KeyError> {
         let keys = keys::Keys::load_or_create(store.as_ref(), unix_ms(clock.now())).await?;
         let outbound = outbound::Fetcher::new().map_err(|_| keys::KeyError::Crypto)?;
         Ok(Arc::new(AuthServer {
@@ -127,9 +133,12 @@ impl AuthServer {
         let now = self.now_ms();
         let changes = registry::CHANGES.load(std::sync::atomic::Ordering::SeqCst);
         if let Some(c) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(client_id)
-            && now - c.at < RESOLVE_CACHE_MS && now >= c.at && c.changes == changes {
-                return Ok(Some(c.client.clone()));
-            }
+            && now - c.at < RESOLVE_CACHE_MS
+            && now >= c.at
+            && c.changes == changes
+        {
+            return Ok(Some(c.client.clone()));
+        }
         let Some(client) = registry::get_client(self.store.as_ref(), client_id).await?.map(Arc::new) else { return Ok(None) };
         let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= RESOLVE_CACHE_MAX {
@@ -149,9 +158,10 @@ impl AuthServer {
         let url = client.jwks_url.as_deref().ok_or("the client has registered no keys")?;
         let now = self.now_ms();
         if let Some((until, jwks)) = self.jwks_cache.lock().unwrap_or_else(|p| p.into_inner()).get(url)
-            && *until > now {
-                return Ok(jwks.clone());
-            }
+            && *until > now
+        {
+            return Ok(jwks.clone());
+        }
         let (reach, https_only) = self.jwks_reach(client);
         let fetched = match self.outbound.jwks(url, reach, https_only).await {
             Ok(f) => f,
@@ -192,7 +202,16 @@ impl AuthServer {
 
     /// [`AuthServer::audit`] for a step of one launch (shown by the EHR's launch inspector).
     #[allow(clippy::too_many_arguments)]
-    pub fn audit_in(&self, launch: Option<&str>, action: &str, success: bool, client_id: Option<&str>, username: Option<&str>, patient: Option<&str>, detail: &str) {
+    pub fn audit_in(
+        &self,
+        launch: Option<&str>,
+        action: &str,
+        success: bool,
+        client_id: Option<&str>,
+        username: Option<&str>,
+        patient: Option<&str>,
+        detail: &str,
+    ) {
         if let Some(sink) = &self.audit {
             sink.record(store::audit::AuditRecord {
                 recorded: self.now_ms(),
@@ -238,21 +257,32 @@ impl AccessResolver for AuthServer {
         let hash = crypto::token_key(bearer_token);
         let now = self.now_ms();
         if let Some((at, access)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&hash)
-            && now - at < RESOLVE_CACHE_MS && now >= *at {
-                return Ok(Some(access.clone()));
-            }
+            && now - at < RESOLVE_CACHE_MS
+            && now >= *at
+        {
+            return Ok(Some(access.clone()));
+        }
         let Some(record) = self.store.auth_get("access", &hash).await? else { return Ok(None) };
         if record.revoked {
             return Ok(None);
         }
         let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return Ok(None) };
         if let Some(at) = grant.revoke_at
-            && at <= now {
-                // An injected revocation: from now on the grant is revoked like any other.
-                let _ = self.revoke_grant(&grant.grant_id).await;
-                self.audit_in(grant.launch_id(), "revoke", true, Some(&grant.client_id), grant.username.as_deref(), grant.patient.as_deref(), "tokens revoked by the server (injected fault)");
-                return Ok(None);
-            }
+            && at <= now
+        {
+            // An injected revocation: from now on the grant is revoked like any other.
+            let _ = self.revoke_grant(&grant.grant_id).await;
+            self.audit_in(
+                grant.launch_id(),
+                "revoke",
+                true,
+                Some(&grant.client_id),
+                grant.username.as_deref(),
+                grant.patient.as_deref(),
+                "tokens revoked by the server (injected fault)",
+            );
+            return Ok(None);
+        }
         let faults = grant.faults();
         let fhir_faults = (faults.fhir_delay_ms.is_some() || faults.fhir_error_status.is_some()).then(|| {
             let mut map = self.fhir_faults.lock().unwrap_or_else(|p| p.into_inner());
@@ -310,7 +340,11 @@ pub fn unavailable(e: &store::StoreError) -> Response {
     match e {
         store::StoreError::Unavailable(m) => {
             store::error::report_unavailable(m);
-            let mut r = oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authorisation server cannot reach its database right now; retry later");
+            let mut r = oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the authorisation server cannot reach its database right now; retry later",
+            );
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
         }

@@ -167,13 +167,16 @@ impl Faults {
     /// Refuses values a real server could not produce.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(st) = self.fhir_error_status
-            && st != 429 && st != 503 {
-                return Err("fhir_error_status must be 429 or 503".into());
-            }
+            && st != 429
+            && st != 503
+        {
+            return Err("fhir_error_status must be 429 or 503".into());
+        }
         if let Some(r) = self.fhir_error_rate
-            && !(0.0..=1.0).contains(&r) {
-                return Err("fhir_error_rate must be between 0 and 1".into());
-            }
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err("fhir_error_rate must be between 0 and 1".into());
+        }
         if self.fhir_error_rate.is_some() != self.fhir_error_status.is_some() {
             return Err("fhir_error_status and fhir_error_rate go together".into());
         }

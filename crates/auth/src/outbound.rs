@@ -54,7 +54,16 @@ fn classify(ip: IpAddr) -> Class {
             let o = v4.octets();
             if v4.is_loopback() {
                 Class::Loopback
-            } else if v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_documentation() || o[0] == 0 || o[0] >= 240 || (o[0] == 192 && o[1] == 0 && o[2] == 0) || (o[0] == 198 && (o[1] & 0xfe) == 18) {
+            } else if v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+            {
                 Class::Never
             } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
                 Class::Private
@@ -69,7 +78,13 @@ fn classify(ip: IpAddr) -> Class {
             let seg = v6.segments();
             if v6.is_loopback() {
                 Class::Loopback
-            } else if v6.is_unspecified() || v6.is_multicast() || (seg[0] & 0xffc0) == 0xfe80 || seg[0] == 0x2001 && seg[1] == 0x0db8 || seg[0] == 0x0064 && seg[1] == 0xff9b || seg[0] == 0 {
+            } else if v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xffc0) == 0xfe80
+                || seg[0] == 0x2001 && seg[1] == 0x0db8
+                || seg[0] == 0x0064 && seg[1] == 0xff9b
+                || seg[0] == 0
+            {
                 // Link-local, documentation, NAT64 (reaches IPv4 addresses of any class), and the rest of
                 // ::/16 (IPv4-compatible and other reserved forms).
                 Class::Never
@@ -148,9 +163,10 @@ impl Fetcher {
             None => return Err("no host".into()),
         };
         if let Some(ip) = literal
-            && !reach.allows(ip) {
-                return Err(format!("address {ip} is not reachable for this client"));
-            }
+            && !reach.allows(ip)
+        {
+            return Err(format!("address {ip} is not reachable for this client"));
+        }
         let http = match (reach.private, reach.loopback) {
             (_, true) => &self.with_loopback,
             (true, false) => &self.private,

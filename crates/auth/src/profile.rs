@@ -7,9 +7,8 @@ use serde_json::{Value, json};
 use smart::{Scope, ScopeSet};
 
 /// The resource types an Epic-style server lists when it expands a wildcard grant.
-const EXPANDED_TYPES: &[&str] = &[
-    "Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "AllergyIntolerance", "Immunization", "Procedure", "DiagnosticReport",
-];
+const EXPANDED_TYPES: &[&str] =
+    &["Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "AllergyIntolerance", "Immunization", "Procedure", "DiagnosticReport"];
 
 /// The scope actually granted, after the user's (injected) denials and the profile's rewriting.
 pub fn shape_granted(profile: Profile, faults: &Faults, approved: &str) -> String {

@@ -70,7 +70,8 @@ pub fn browser_binding(server: &crate::AuthServer, headers: &HeaderMap) -> (Stri
 /// Whether the request comes from the browser whose binding hash is `bound`.
 pub fn same_browser(headers: &HeaderMap, bound: &str) -> bool {
     !bound.is_empty()
-        && cookie_named(headers, BROWSER_COOKIE).is_some_and(|t| crate::crypto::constant_time_eq(token_hash(&format!("browser:{t}")).as_bytes(), bound.as_bytes()))
+        && cookie_named(headers, BROWSER_COOKIE)
+            .is_some_and(|t| crate::crypto::constant_time_eq(token_hash(&format!("browser:{t}")).as_bytes(), bound.as_bytes()))
 }
 
 /// Whether a form post comes from this server's own pages: browsers send `Origin` with every POST, so a

@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use smart::{Scope, ScopeSet};
+use std::sync::Arc;
 
 type Pairs = Vec<(String, String)>;
 
@@ -118,7 +118,11 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 async fn authenticate_assertion(s: &Shared, pairs: &Pairs) -> Result<(Arc<Client>, Jti), Response> {
     let bad = |msg: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg);
     if get(pairs, "client_assertion_type") != Some(JWT_BEARER) {
-        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ));
     }
     let jwt = get(pairs, "client_assertion").unwrap_or("");
     let Some(iss) = crate::jose::claimed_issuer(jwt) else { return Err(bad("the client assertion cannot be read")) };
@@ -170,9 +174,10 @@ pub async fn token(State(s): State<Shared>, headers: HeaderMap, body: axum::body
         return client_credentials(&s, &client, &pairs, jti).await;
     }
     if let Some(jti) = jti
-        && let Err(r) = record_jti(&s, &jti).await {
-            return r;
-        }
+        && let Err(r) = record_jti(&s, &jti).await
+    {
+        return r;
+    }
     match grant_type {
         Some("authorization_code") => authorization_code(&s, &client, &pairs).await,
         _ => refresh_token(&s, &client, &pairs).await,
@@ -202,7 +207,8 @@ async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs, jti: Opt
         None => r,
     };
     let Some(jti) = jti.as_ref().filter(|_| client.kind == ClientKind::ConfidentialAsymmetric) else {
-        return refuse(oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "client_credentials is for clients that authenticate with private_key_jwt")).await;
+        return refuse(oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "client_credentials is for clients that authenticate with private_key_jwt"))
+            .await;
     };
     let requested = ScopeSet::parse(get(pairs, "scope").unwrap_or(""));
     let mut granted = ScopeSet::parse(&client.allowed_scope).narrow(&requested);
@@ -261,7 +267,15 @@ async fn authorization_code(s: &Shared, client: &Client, pairs: &Pairs) -> Respo
         // RFC 6749 §4.1.2: a replayed code revokes what it produced.
         let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
         tracing::warn!(client = %client.client_id, revoked = n, "authorisation code replayed; its tokens are revoked");
-        s.audit_in(grant.launch_id(), "code-replay", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a used code came back; its tokens were revoked");
+        s.audit_in(
+            grant.launch_id(),
+            "code-replay",
+            false,
+            Some(&client.client_id),
+            grant.username.as_deref(),
+            grant.patient.as_deref(),
+            "a used code came back; its tokens were revoked",
+        );
         return invalid_grant("the code was already used");
     }
     if get(pairs, "redirect_uri") != grant.redirect_uri.as_deref() {
@@ -298,11 +312,27 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
     let trace = grant.launch_id().map(str::to_string);
     if grant.revoke_at.is_some_and(|at| at <= s.now_ms()) {
         let _ = s.revoke_grant(&grant.grant_id).await;
-        s.audit_in(trace.as_deref(), "refresh", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "refused: the grant was revoked (injected fault)");
+        s.audit_in(
+            trace.as_deref(),
+            "refresh",
+            false,
+            Some(&client.client_id),
+            grant.username.as_deref(),
+            grant.patient.as_deref(),
+            "refused: the grant was revoked (injected fault)",
+        );
         return invalid_grant("the refresh token was revoked");
     }
     if grant.faults().refresh_fails {
-        s.audit_in(trace.as_deref(), "refresh", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "refused with invalid_grant (injected fault: refresh fails)");
+        s.audit_in(
+            trace.as_deref(),
+            "refresh",
+            false,
+            Some(&client.client_id),
+            grant.username.as_deref(),
+            grant.patient.as_deref(),
+            "refused with invalid_grant (injected fault: refresh fails)",
+        );
         return invalid_grant("the refresh token is no longer valid");
     }
     // The request is checked before the token is spent, so a bad request does not burn it.
@@ -340,7 +370,15 @@ async fn refresh_token(s: &Shared, client: &Client, pairs: &Pairs) -> Response {
 async fn reused(s: &Shared, client: &Client, grant: &Grant) -> Response {
     let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
     tracing::warn!(client = %client.client_id, revoked = n, "refresh token reused; the grant is revoked");
-    s.audit_in(grant.launch_id(), "refresh-reuse", false, Some(&client.client_id), grant.username.as_deref(), grant.patient.as_deref(), "a rotated-out refresh token came back; the grant was revoked");
+    s.audit_in(
+        grant.launch_id(),
+        "refresh-reuse",
+        false,
+        Some(&client.client_id),
+        grant.username.as_deref(),
+        grant.patient.as_deref(),
+        "a rotated-out refresh token came back; the grant was revoked",
+    );
     invalid_grant("the refresh token was already used")
 }
 
@@ -358,9 +396,10 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     let backend = grant.username.is_none();
     let faults = grant.faults();
     if grant.revoke_at.is_none()
-        && let Some(after) = faults.revoke_after_secs {
-            grant.revoke_at = Some(now + after * 1000);
-        }
+        && let Some(after) = faults.revoke_after_secs
+    {
+        grant.revoke_at = Some(now + after * 1000);
+    }
     let lifetime = if backend { s.config.backend_token_secs } else { crate::profile::access_token_secs(grant.profile(), &faults, s.config.access_token_secs) };
     let access = ordered_token(now);
     let expires = now + lifetime * 1000;
@@ -406,26 +445,28 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
         body["refresh_token"] = json!(refresh);
     }
     if scopes.contains(&Scope::OpenId)
-        && let Some(username) = &grant.username {
-            let mut claims = json!({
-                "iss": s.config.fhir_base,
-                "sub": username,
-                "aud": client.client_id,
-                "iat": now / 1000,
-                "exp": now / 1000 + s.config.access_token_secs,
-            });
-            if let Some(n) = &grant.nonce {
-                claims["nonce"] = json!(n);
-            }
-            if scopes.contains(&Scope::FhirUser)
-                && let Some(fu) = &grant.fhir_user {
-                    claims["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base));
-                }
-            match s.keys.sign_jwt(&claims) {
-                Ok(jwt) => body["id_token"] = json!(jwt),
-                Err(e) => return internal(e),
-            }
+        && let Some(username) = &grant.username
+    {
+        let mut claims = json!({
+            "iss": s.config.fhir_base,
+            "sub": username,
+            "aud": client.client_id,
+            "iat": now / 1000,
+            "exp": now / 1000 + s.config.access_token_secs,
+        });
+        if let Some(n) = &grant.nonce {
+            claims["nonce"] = json!(n);
         }
+        if scopes.contains(&Scope::FhirUser)
+            && let Some(fu) = &grant.fhir_user
+        {
+            claims["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base));
+        }
+        match s.keys.sign_jwt(&claims) {
+            Ok(jwt) => body["id_token"] = json!(jwt),
+            Err(e) => return internal(e),
+        }
+    }
     if let Some(p) = &grant.patient {
         body["patient"] = json!(p);
     }
@@ -513,7 +554,10 @@ pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: axum:
     let now = s.now_ms();
     // A grant whose injected revocation time has passed is revoked, whether or not the FHIR API has seen
     // one of its tokens since.
-    let body = match found.and_then(|(kind, r)| serde_json::from_str::<Grant>(&r.value).ok().map(|g| (kind, r, g))).filter(|(_, _, g)| g.revoke_at.is_none_or(|at| at > now)) {
+    let body = match found
+        .and_then(|(kind, r)| serde_json::from_str::<Grant>(&r.value).ok().map(|g| (kind, r, g)))
+        .filter(|(_, _, g)| g.revoke_at.is_none_or(|at| at > now))
+    {
         None => json!({"active": false}),
         Some((kind, record, grant)) => {
             let mut v = json!({
@@ -565,14 +609,23 @@ pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: axum::bod
         };
         if let Some(r) = record
             && let Ok(g) = serde_json::from_str::<Grant>(&r.value)
-                && g.client_id == client.client_id {
-                    let n = match s.revoke_grant(&g.grant_id).await {
-                        Ok(n) => n,
-                        Err(e) => return crate::unavailable(&e),
-                    };
-                    tracing::info!(client = %client.client_id, revoked = n, "tokens revoked");
-                    s.audit_in(g.launch_id(), "revoke", true, Some(&client.client_id), g.username.as_deref(), g.patient.as_deref(), "tokens revoked at the app's request (RFC 7009)");
-                }
+            && g.client_id == client.client_id
+        {
+            let n = match s.revoke_grant(&g.grant_id).await {
+                Ok(n) => n,
+                Err(e) => return crate::unavailable(&e),
+            };
+            tracing::info!(client = %client.client_id, revoked = n, "tokens revoked");
+            s.audit_in(
+                g.launch_id(),
+                "revoke",
+                true,
+                Some(&client.client_id),
+                g.username.as_deref(),
+                g.patient.as_deref(),
+                "tokens revoked at the app's request (RFC 7009)",
+            );
+        }
     }
     // RFC 7009 §2.2: 200 whether or not the token was known.
     let mut r = StatusCode::OK.into_response();

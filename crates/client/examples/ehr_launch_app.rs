@@ -51,7 +51,10 @@ async fn launch(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, Str
 }
 
 async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let browser = headers.get(header::COOKIE).and_then(|c| c.to_str().ok()).and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("example_launch=").map(str::to_string)));
+    let browser = headers
+        .get(header::COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("example_launch=").map(str::to_string)));
     match app.smart.callback_bound(&q, browser.as_deref()).await {
         Ok(session) => {
             let id = client::jose::random(24);
@@ -67,7 +70,10 @@ async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Que
 }
 
 async fn home(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let id = headers.get(header::COOKIE).and_then(|c| c.to_str().ok()).and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("example_session=").map(str::to_string)));
+    let id = headers
+        .get(header::COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("example_session=").map(str::to_string)));
     let Some(session) = id.and_then(|id| app.sessions.lock().unwrap().get(&id).cloned()) else {
         return page("<p>Open this app from a patient's chart in the EHR.</p>");
     };

@@ -26,7 +26,11 @@ impl BackendClient {
     /// A client for the FHIR server `iss`, registered as `client_id` with `key`'s public JWK, asking for
     /// `scope` (`system/...` scopes).
     pub fn new(iss: &str, client_id: &str, key: Arc<SigningKey>, scope: &str) -> Result<Arc<BackendClient>> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).redirect(reqwest::redirect::Policy::none()).build().map_err(|e| Error::Config(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Arc::new(BackendClient {
             http,
             iss: iss.trim_end_matches('/').to_string(),
@@ -39,7 +43,10 @@ impl BackendClient {
     }
 
     async fn endpoint(&self) -> Result<&str> {
-        self.token_endpoint.get_or_try_init(|| async { SmartConfiguration::fetch(&self.http, &self.iss).await.map(|c| c.token_endpoint) }).await.map(String::as_str)
+        self.token_endpoint
+            .get_or_try_init(|| async { SmartConfiguration::fetch(&self.http, &self.iss).await.map(|c| c.token_endpoint) })
+            .await
+            .map(String::as_str)
     }
 
     async fn fetch(&self) -> Result<(Secret, Instant)> {
@@ -64,9 +71,10 @@ impl TokenSource for BackendClient {
     async fn token(&self) -> Result<Secret> {
         let mut cached = self.cached.lock().await;
         if let Some((t, until)) = cached.as_ref()
-            && Instant::now() < *until {
-                return Ok(t.clone());
-            }
+            && Instant::now() < *until
+        {
+            return Ok(t.clone());
+        }
         let fresh = self.fetch().await?;
         *cached = Some(fresh.clone());
         Ok(fresh.0)

@@ -8,7 +8,20 @@ use smart::{Interaction, Level, ScopeSet};
 
 /// Standard token-response fields; everything else is in [`LaunchContext::extra`].
 const STANDARD: &[&str] = &[
-    "access_token", "token_type", "expires_in", "scope", "refresh_token", "id_token", "patient", "encounter", "need_patient_banner", "smart_style_url", "intent", "tenant", "fhirContext", "fhirUser",
+    "access_token",
+    "token_type",
+    "expires_in",
+    "scope",
+    "refresh_token",
+    "id_token",
+    "patient",
+    "encounter",
+    "need_patient_banner",
+    "smart_style_url",
+    "intent",
+    "tenant",
+    "fhirContext",
+    "fhirUser",
 ];
 
 /// What a launch gave the app, from the token response (and the verified `id_token`).
@@ -77,7 +90,10 @@ impl LaunchContext {
     pub fn from_response(body: &Value, requested: &str, id_claims: Option<&Value>) -> LaunchContext {
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
         let fhir_user = id_claims.and_then(|c| c["fhirUser"].as_str()).or_else(|| body.get("fhirUser").and_then(Value::as_str)).map(relative_reference);
-        let extra = body.as_object().map(|o| o.iter().filter(|(k, _)| !STANDARD.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let extra = body
+            .as_object()
+            .map(|o| o.iter().filter(|(k, _)| !STANDARD.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         LaunchContext {
             patient: s("patient"),
             encounter: s("encounter"),
@@ -139,7 +155,10 @@ impl Granted {
             Some(alternatives) => {
                 alternatives.is_empty()
                     || alternatives.iter().any(|constraints| {
-                        constraints.is_empty() || constraints.iter().all(|(p, v)| p == param && (v == value || v.rsplit('|').next() == Some(value) || value.rsplit('|').next() == Some(v.as_str())))
+                        constraints.is_empty()
+                            || constraints
+                                .iter()
+                                .all(|(p, v)| p == param && (v == value || v.rsplit('|').next() == Some(value) || value.rsplit('|').next() == Some(v.as_str())))
                     })
             }
         })

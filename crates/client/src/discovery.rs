@@ -127,7 +127,13 @@ mod tests {
 
     #[test]
     fn refuses_a_server_without_s256_or_endpoints() {
-        assert!(SmartConfiguration::parse("https://x/.well-known/smart-configuration", json!({"authorization_endpoint": "a", "token_endpoint": "t", "code_challenge_methods_supported": ["plain"]})).is_err());
+        assert!(
+            SmartConfiguration::parse(
+                "https://x/.well-known/smart-configuration",
+                json!({"authorization_endpoint": "a", "token_endpoint": "t", "code_challenge_methods_supported": ["plain"]})
+            )
+            .is_err()
+        );
         assert!(SmartConfiguration::parse("https://x/.well-known/smart-configuration", json!({"token_endpoint": "t"})).is_err());
     }
 }

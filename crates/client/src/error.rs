@@ -61,14 +61,26 @@ impl Error {
     pub fn user_message(&self) -> &'static str {
         match self {
             Error::UnknownIssuer { .. } => "This app was opened by a system it does not know, so it did not connect. Open it from your EHR.",
-            Error::Discovery { .. } | Error::Transport(_) => "The record system could not be reached. Try again in a moment; if it keeps happening, tell your administrator.",
+            Error::Discovery { .. } | Error::Transport(_) => {
+                "The record system could not be reached. Try again in a moment; if it keeps happening, tell your administrator."
+            }
             Error::UnknownState => "This sign-in link is no longer valid. Relaunch the app from the patient's chart.",
-            Error::IssuerMismatch { .. } => "The sign-in answer did not come from the expected record system, so it was ignored. Relaunch the app from the patient's chart.",
-            Error::AccessDenied { .. } => "Access to the record was not allowed, so this app cannot show it. Relaunch the app from the patient's chart to choose again.",
+            Error::IssuerMismatch { .. } => {
+                "The sign-in answer did not come from the expected record system, so it was ignored. Relaunch the app from the patient's chart."
+            }
+            Error::AccessDenied { .. } => {
+                "Access to the record was not allowed, so this app cannot show it. Relaunch the app from the patient's chart to choose again."
+            }
             Error::LaunchExpired { .. } => "This launch has expired. Relaunch the app from the patient's chart.",
-            Error::OAuth { .. } => "The record system did not let this app in. Relaunch the app from the patient's chart; if it keeps happening, tell your administrator.",
-            Error::RefreshFailed { .. } | Error::SessionEnded { .. } => "Your session with the record system has ended. Relaunch the app from the patient's chart.",
-            Error::IdToken(_) => "The record system's sign-in could not be verified, so the app stopped. Relaunch the app; if it keeps happening, tell your administrator.",
+            Error::OAuth { .. } => {
+                "The record system did not let this app in. Relaunch the app from the patient's chart; if it keeps happening, tell your administrator."
+            }
+            Error::RefreshFailed { .. } | Error::SessionEnded { .. } => {
+                "Your session with the record system has ended. Relaunch the app from the patient's chart."
+            }
+            Error::IdToken(_) => {
+                "The record system's sign-in could not be verified, so the app stopped. Relaunch the app; if it keeps happening, tell your administrator."
+            }
             Error::NotGranted(_) => "This app was not given access to this part of the record.",
             Error::Fhir { status: 403, .. } => "This app was not given access to this part of the record.",
             Error::Fhir { status: 404 | 410, .. } => "This record was not found.",
@@ -80,7 +92,15 @@ impl Error {
 
     /// Whether the only way forward is a new launch from the EHR.
     pub fn needs_relaunch(&self) -> bool {
-        matches!(self, Error::UnknownState | Error::LaunchExpired { .. } | Error::RefreshFailed { .. } | Error::SessionEnded { .. } | Error::AccessDenied { .. } | Error::IssuerMismatch { .. })
+        matches!(
+            self,
+            Error::UnknownState
+                | Error::LaunchExpired { .. }
+                | Error::RefreshFailed { .. }
+                | Error::SessionEnded { .. }
+                | Error::AccessDenied { .. }
+                | Error::IssuerMismatch { .. }
+        )
     }
 
     pub(crate) fn transport(e: reqwest::Error) -> Error {
@@ -93,7 +113,9 @@ impl Error {
         let description = description.to_string();
         match code {
             "access_denied" => Error::AccessDenied { description },
-            "invalid_request" if description.contains("expired") || description.contains("already used") || description.contains("unknown") => Error::LaunchExpired { description },
+            "invalid_request" if description.contains("expired") || description.contains("already used") || description.contains("unknown") => {
+                Error::LaunchExpired { description }
+            }
             _ => Error::OAuth { code: code.to_string(), description },
         }
     }

@@ -48,7 +48,11 @@ impl Fhir {
 
     /// Every page of a search, following `next` links; stops after `max_pages`.
     pub async fn search_all(&self, resource_type: &str, params: &[(&str, &str)], max_pages: usize) -> Result<Vec<Bundle>> {
-        let mut pages = Pages { fhir: self.clone(), next: None, first: Some((resource_type.to_string(), params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())) };
+        let mut pages = Pages {
+            fhir: self.clone(),
+            next: None,
+            first: Some((resource_type.to_string(), params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())),
+        };
         let mut out = Vec::new();
         while out.len() < max_pages {
             match pages.next().await {

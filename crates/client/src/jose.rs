@@ -60,7 +60,8 @@ impl SigningKey {
     /// A P-384 private key (PKCS#8, PEM or DER) for ES384.
     pub fn es384(kid: &str, pkcs8: &[u8]) -> Result<SigningKey> {
         let der = if pkcs8.starts_with(b"-----") { pem_to_der(&String::from_utf8_lossy(pkcs8))? } else { pkcs8.to_vec() };
-        let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, &der).map_err(|_| Error::Config("not a P-384 PKCS#8 private key".into()))?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, &der).map_err(|_| Error::Config("not a P-384 PKCS#8 private key".into()))?;
         Ok(SigningKey { kid: kid.into(), key: Key::Ec(pair) })
     }
 
@@ -164,9 +165,10 @@ pub fn verify_id_token(jwt: &str, jwks: &Value, issuer: &str, client_id: &str, n
         return Err(bad("expired"));
     }
     if let Some(n) = nonce
-        && claims["nonce"].as_str() != Some(n) {
-            return Err(bad("nonce does not match"));
-        }
+        && claims["nonce"].as_str() != Some(n)
+    {
+        return Err(bad("nonce does not match"));
+    }
     Ok(claims)
 }
 

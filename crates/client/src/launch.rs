@@ -27,7 +27,13 @@ pub enum ClientAuth {
 
 impl ClientAuth {
     /// Adds this authentication to a token-endpoint request (form pairs and the request builder).
-    pub(crate) fn apply(&self, client_id: &str, token_url: &str, form: &mut Vec<(String, String)>, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
+    pub(crate) fn apply(
+        &self,
+        client_id: &str,
+        token_url: &str,
+        form: &mut Vec<(String, String)>,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder> {
         match self {
             ClientAuth::Public => {
                 form.push(("client_id".into(), client_id.into()));
@@ -146,9 +152,10 @@ impl SmartClient {
     pub async fn configuration(&self, iss: &str) -> Result<Arc<SmartConfiguration>> {
         let ehr = self.ehr(iss)?;
         if let Some((at, c)) = self.discovery.lock().unwrap_or_else(|p| p.into_inner()).get(&ehr.iss)
-            && at.elapsed() < DISCOVERY_TTL {
-                return Ok(c.clone());
-            }
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(c.clone());
+        }
         let c = Arc::new(SmartConfiguration::fetch(&self.http, &ehr.iss).await?);
         self.discovery.lock().unwrap_or_else(|p| p.into_inner()).insert(ehr.iss.clone(), (Instant::now(), c.clone()));
         Ok(c)
@@ -247,13 +254,15 @@ impl SmartClient {
             }
         }
         if let Some(iss) = params.get("iss")
-            && iss.trim_end_matches('/') != pending.issuer.trim_end_matches('/') {
-                return Err(Error::IssuerMismatch { expected: pending.issuer, got: iss.clone() });
-            }
+            && iss.trim_end_matches('/') != pending.issuer.trim_end_matches('/')
+        {
+            return Err(Error::IssuerMismatch { expected: pending.issuer, got: iss.clone() });
+        }
         if let Some(code) = params.get("error") {
             return Err(Error::from_oauth(code, params.get("error_description").map(String::as_str).unwrap_or("")));
         }
-        let code = params.get("code").ok_or_else(|| Error::OAuth { code: "invalid_request".into(), description: "the callback has neither code nor error".into() })?;
+        let code =
+            params.get("code").ok_or_else(|| Error::OAuth { code: "invalid_request".into(), description: "the callback has neither code nor error".into() })?;
         let ehr = self.ehr(&pending.iss)?;
         let mut form = vec![
             ("grant_type".to_string(), "authorization_code".to_string()),
@@ -300,7 +309,13 @@ impl SmartClient {
 }
 
 /// POSTs a token request with the client's authentication; the response JSON, or a typed error.
-pub(crate) async fn token_request(http: &reqwest::Client, auth: &ClientAuth, client_id: &str, token_url: &str, form: &mut Vec<(String, String)>) -> Result<Value> {
+pub(crate) async fn token_request(
+    http: &reqwest::Client,
+    auth: &ClientAuth,
+    client_id: &str,
+    token_url: &str,
+    form: &mut Vec<(String, String)>,
+) -> Result<Value> {
     let req = http.post(token_url).header("accept", "application/json");
     let req = auth.apply(client_id, token_url, form, req)?;
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();

@@ -109,7 +109,11 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("iss", &self.inner.iss).field("client_id", &self.inner.client_id).field("context", &self.inner.context).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("iss", &self.inner.iss)
+            .field("client_id", &self.inner.client_id)
+            .field("context", &self.inner.context)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +142,8 @@ impl Session {
 
     pub(crate) fn restore(http: reqwest::Client, auth: ClientAuth, s: StoredSession) -> Session {
         let now = crate::jose::now_secs();
-        let tokens = Tokens { access_token: s.access_token, refresh_token: s.refresh_token, id_token: None, expires_in: s.expires_at.map(|e| e.saturating_sub(now)) };
+        let tokens =
+            Tokens { access_token: s.access_token, refresh_token: s.refresh_token, id_token: None, expires_in: s.expires_at.map(|e| e.saturating_sub(now)) };
         let context = LaunchContext::from_response(&s.response, &s.requested_scope, s.id_claims.as_ref());
         let parts = SessionParts {
             iss: s.iss,

@@ -26,7 +26,11 @@ pub struct CodeableConcept {
 impl CodeableConcept {
     /// Words for a person: the text, else the first display, else the first code.
     pub fn display(&self) -> String {
-        self.text.clone().or_else(|| self.coding.iter().find_map(|c| c.display.clone())).or_else(|| self.coding.iter().find_map(|c| c.code.clone())).unwrap_or_default()
+        self.text
+            .clone()
+            .or_else(|| self.coding.iter().find_map(|c| c.display.clone()))
+            .or_else(|| self.coding.iter().find_map(|c| c.code.clone()))
+            .unwrap_or_default()
     }
 
     pub fn has_code(&self, system: &str, code: &str) -> bool {
@@ -327,7 +331,8 @@ mod tests {
     fn sparse_resources_still_parse() {
         let p: Patient = serde_json::from_value(json!({"resourceType": "Patient"})).unwrap();
         assert_eq!(p.display_name(), "");
-        let p: Patient = serde_json::from_value(json!({"resourceType": "Patient", "name": [{"given": ["Ann", "B"], "family": "Lee"}], "birthDate": "1970"})).unwrap();
+        let p: Patient =
+            serde_json::from_value(json!({"resourceType": "Patient", "name": [{"given": ["Ann", "B"], "family": "Lee"}], "birthDate": "1970"})).unwrap();
         assert_eq!(p.display_name(), "Ann B Lee");
     }
 }

@@ -125,7 +125,9 @@ pub fn observation_value(o: &Value) -> String {
         .map(|cs| {
             cs.iter()
                 .filter_map(|c| {
-                    let value = display::quantity(&c["valueQuantity"]).or_else(|| c["valueCodeableConcept"].is_object().then(|| concept(&c["valueCodeableConcept"]))).or_else(|| c["valueString"].as_str().map(str::to_string))?;
+                    let value = display::quantity(&c["valueQuantity"])
+                        .or_else(|| c["valueCodeableConcept"].is_object().then(|| concept(&c["valueCodeableConcept"])))
+                        .or_else(|| c["valueString"].as_str().map(str::to_string))?;
                     Some(format!("{}: {value}", concept(&c["code"])))
                 })
                 .collect()
@@ -168,26 +170,41 @@ async fn sections(store: &dyn Store, id: &str) -> Result<Sections, store::StoreE
         })
         .collect();
     let problems = search(store, "Condition", &[("patient", id), ("clinical-status", "active"), ("_sort", "-onset-date")], 50).await?;
-    let problems = problems.iter().map(|(cid, c)| Line { id: cid.clone(), text: concept(&c["code"]), detail: format!("since {}", date_part(&c["onsetDateTime"])) }).collect();
+    let problems = problems
+        .iter()
+        .map(|(cid, c)| Line { id: cid.clone(), text: concept(&c["code"]), detail: format!("since {}", date_part(&c["onsetDateTime"])) })
+        .collect();
     let meds = search(store, "MedicationRequest", &[("patient", id), ("status", "active")], 50).await?;
     let medications = meds
         .iter()
         .map(|(mid, m)| {
             let dose = m["dosageInstruction"][0]["text"].as_str().unwrap_or("").to_string();
-            Line { id: mid.clone(), text: concept(&m["medicationCodeableConcept"]), detail: if dose.is_empty() { format!("since {}", date_part(&m["authoredOn"])) } else { dose } }
+            Line {
+                id: mid.clone(),
+                text: concept(&m["medicationCodeableConcept"]),
+                detail: if dose.is_empty() { format!("since {}", date_part(&m["authoredOn"])) } else { dose },
+            }
         })
         .collect();
     let allergies = search(store, "AllergyIntolerance", &[("patient", id)], 50).await?;
     let allergies = allergies
         .iter()
-        .map(|(aid, a)| Line { id: aid.clone(), text: concept(&a["code"]), detail: a["criticality"].as_str().map(|c| format!("criticality {c}")).unwrap_or_default() })
+        .map(|(aid, a)| Line {
+            id: aid.clone(),
+            text: concept(&a["code"]),
+            detail: a["criticality"].as_str().map(|c| format!("criticality {c}")).unwrap_or_default(),
+        })
         .collect();
     let obs = search(store, "Observation", &[("patient", id), ("category", "vital-signs"), ("_sort", "-date")], 200).await?;
     let mut seen = std::collections::HashSet::new();
     let vitals = obs
         .iter()
         .filter(|(_, o)| seen.insert(o["code"]["coding"][0]["code"].as_str().unwrap_or("").to_string()))
-        .map(|(oid, o)| Line { id: oid.clone(), text: concept(&o["code"]), detail: format!("{} · {}", observation_value(o), date_part(&o["effectiveDateTime"])) })
+        .map(|(oid, o)| Line {
+            id: oid.clone(),
+            text: concept(&o["code"]),
+            detail: format!("{} · {}", observation_value(o), date_part(&o["effectiveDateTime"])),
+        })
         .collect();
     Ok((encounters, problems, medications, allergies, vitals))
 }

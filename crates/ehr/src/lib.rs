@@ -66,7 +66,9 @@ fn render(status: StatusCode, t: &impl Template) -> Response {
             h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
             h.insert(
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static("default-src 'self'; img-src 'self' https: data:; frame-src *; style-src 'self'; script-src 'self'; frame-ancestors 'self'"),
+                HeaderValue::from_static(
+                    "default-src 'self'; img-src 'self' https: data:; frame-src *; style-src 'self'; script-src 'self'; frame-ancestors 'self'",
+                ),
             );
             r
         }
@@ -83,7 +85,14 @@ fn message(nav: Nav, status: StatusCode, heading: &str, explanation: &str, actio
 
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "EHR error");
-    message(Nav::anonymous(), StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "The EHR could not complete this step.", "Try again. If it keeps happening, tell your system administrator.", "/ehr")
+    message(
+        Nav::anonymous(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        "The EHR could not complete this step.",
+        "Try again. If it keeps happening, tell your system administrator.",
+        "/ehr",
+    )
 }
 
 /// The signed-in clinician, or a redirect to the sign-in page.
@@ -289,11 +298,27 @@ async fn patient_chart(State(s): State<Shared>, headers: HeaderMap, Path(id): Pa
 
 async fn chart_page(s: &Shared, sess: &Session, id: &str, embed: Option<(String, String)>) -> Response {
     if !fhir::types::is_valid_id(id) {
-        return message(Nav::of(sess), StatusCode::NOT_FOUND, "No such patient", "That patient id is not valid.", "Find the patient in the patient list.", "/ehr/patients");
+        return message(
+            Nav::of(sess),
+            StatusCode::NOT_FOUND,
+            "No such patient",
+            "That patient id is not valid.",
+            "Find the patient in the patient list.",
+            "/ehr/patients",
+        );
     }
     let chart = match chart::load(s.store.as_ref(), id, today(s)).await {
         Ok(Some(c)) => c,
-        Ok(None) => return message(Nav::of(sess), StatusCode::NOT_FOUND, "No such patient", "This patient is not in the record system.", "Find the patient in the patient list.", "/ehr/patients"),
+        Ok(None) => {
+            return message(
+                Nav::of(sess),
+                StatusCode::NOT_FOUND,
+                "No such patient",
+                "This patient is not in the record system.",
+                "Find the patient in the patient list.",
+                "/ehr/patients",
+            );
+        }
         Err(e) => return internal(e),
     };
     let apps = match launchable_apps(s, false).await {
@@ -351,42 +376,91 @@ async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum
         return r;
     }
     let nav = Nav::of(&sess);
-    let back = if sess.user.role == UserRole::Patient { "/portal".to_string() } else { format!("/ehr/patients/{}", p.get("patient").map(String::as_str).unwrap_or("")) };
+    let back = if sess.user.role == UserRole::Patient {
+        "/portal".to_string()
+    } else {
+        format!("/ehr/patients/{}", p.get("patient").map(String::as_str).unwrap_or(""))
+    };
     let Some((mode, client_id)) = p.get("launch").and_then(|v| v.split_once('|')) else {
         return message(nav, StatusCode::BAD_REQUEST, "Choose an app", "No app was chosen.", "Click the Launch button next to an app.", &back);
     };
     let client = match auth::registry::get_client(s.store.as_ref(), client_id).await {
         Ok(Some(c)) if c.launch_url.is_some() && !c.self_registered => c,
-        Ok(_) => return message(nav, StatusCode::NOT_FOUND, "This app cannot be launched", "The app is not registered, is disabled, or has no launch URL.", "Ask your administrator to check the app's registration.", &back),
+        Ok(_) => {
+            return message(
+                nav,
+                StatusCode::NOT_FOUND,
+                "This app cannot be launched",
+                "The app is not registered, is disabled, or has no launch URL.",
+                "Ask your administrator to check the app's registration.",
+                &back,
+            );
+        }
         Err(e) => return internal(e),
     };
     let patient = match sess.user.own_patient() {
         Some(own) => {
             // Patients launch only the apps the portal offers them.
             if !smart::ScopeSet::parse(&client.allowed_scope).resource_scopes().any(|r| r.level == smart::Level::Patient) {
-                return message(nav, StatusCode::FORBIDDEN, "This app is not for patients", "The app is not offered in the patient portal.", "Choose one of the apps listed in your portal.", &back);
+                return message(
+                    nav,
+                    StatusCode::FORBIDDEN,
+                    "This app is not for patients",
+                    "The app is not offered in the patient portal.",
+                    "Choose one of the apps listed in your portal.",
+                    &back,
+                );
             }
             own.to_string()
         }
         None => match p.get("patient").filter(|v| fhir::types::is_valid_id(v)) {
             Some(v) => v.clone(),
-            None => return message(nav, StatusCode::BAD_REQUEST, "Open a chart first", "Apps are launched from a patient's chart.", "Open the patient's chart and launch the app there.", "/ehr/patients"),
+            None => {
+                return message(
+                    nav,
+                    StatusCode::BAD_REQUEST,
+                    "Open a chart first",
+                    "Apps are launched from a patient's chart.",
+                    "Open the patient's chart and launch the app there.",
+                    "/ehr/patients",
+                );
+            }
         },
     };
     match s.store.read("Patient", &patient).await {
         Ok(Some(r)) if !r.deleted => {}
-        Ok(_) => return message(nav, StatusCode::NOT_FOUND, "No such patient", "This patient is not in the record system.", "Find the patient in the patient list.", "/ehr/patients"),
+        Ok(_) => {
+            return message(
+                nav,
+                StatusCode::NOT_FOUND,
+                "No such patient",
+                "This patient is not in the record system.",
+                "Find the patient in the patient list.",
+                "/ehr/patients",
+            );
+        }
         Err(e) => return internal(e),
     }
     let faults = match faults_from(&p) {
         Ok(f) => f,
-        Err(why) => return message(nav, StatusCode::BAD_REQUEST, "These launch options do not fit together", &why, "Go back and correct the injected faults.", &back),
+        Err(why) => {
+            return message(nav, StatusCode::BAD_REQUEST, "These launch options do not fit together", &why, "Go back and correct the injected faults.", &back);
+        }
     };
     let encounter = p.get("encounter").filter(|v| !v.is_empty() && fhir::types::is_valid_id(v)).cloned();
     if let Some(e) = &encounter {
         match chart::search(s.store.as_ref(), "Encounter", &[("_id", e), ("patient", &patient)], 1).await {
             Ok(found) if !found.is_empty() => {}
-            Ok(_) => return message(nav, StatusCode::BAD_REQUEST, "That encounter is not this patient's", "The chosen encounter belongs to another patient.", "Choose one of the encounters listed in the chart.", &back),
+            Ok(_) => {
+                return message(
+                    nav,
+                    StatusCode::BAD_REQUEST,
+                    "That encounter is not this patient's",
+                    "The chosen encounter belongs to another patient.",
+                    "Choose one of the encounters listed in the chart.",
+                    &back,
+                );
+            }
             Err(e) => return internal(e),
         }
     }
@@ -407,16 +481,19 @@ async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum
         Err(e) => return internal(e),
     };
     let Some(url) = client.launch_url.as_deref().and_then(|u| url::Url::parse(u).ok()) else {
-        return message(nav, StatusCode::BAD_REQUEST, "This app's launch URL is not valid", "The registered launch URL cannot be opened.", "Ask your administrator to correct the app's registration.", &back);
+        return message(
+            nav,
+            StatusCode::BAD_REQUEST,
+            "This app's launch URL is not valid",
+            "The registered launch URL cannot be opened.",
+            "Ask your administrator to correct the app's registration.",
+            &back,
+        );
     };
     let mut url = url;
     url.query_pairs_mut().append_pair("iss", &s.config.fhir_base).append_pair("launch", &created.handle);
     tracing::info!(client = %client.client_id, user = %sess.user.username, launch = %created.id, embed, "app launched from the EHR");
-    if embed {
-        chart_page(&s, &sess, &patient, Some((url.to_string(), client.name.clone()))).await
-    } else {
-        Redirect::to(url.as_str()).into_response()
-    }
+    if embed { chart_page(&s, &sess, &patient, Some((url.to_string(), client.name.clone()))).await } else { Redirect::to(url.as_str()).into_response() }
 }
 
 // ----- launch inspector -----
@@ -432,7 +509,12 @@ async fn launches(State(s): State<Shared>, headers: HeaderMap) -> Response {
         .into_iter()
         .filter(|(_, r)| r.action == "launch" && r.launch.is_some())
         .take(50)
-        .map(|(_, r)| LaunchRow { id: r.launch.unwrap_or_default(), when: clock_time(r.recorded, true), app: r.client_id.unwrap_or_default(), patient: r.patient.unwrap_or_default() })
+        .map(|(_, r)| LaunchRow {
+            id: r.launch.unwrap_or_default(),
+            when: clock_time(r.recorded, true),
+            app: r.client_id.unwrap_or_default(),
+            patient: r.patient.unwrap_or_default(),
+        })
         .collect();
     render(StatusCode::OK, &LaunchesPage { nav: Nav::of(&sess), launches: rows })
 }
@@ -461,7 +543,14 @@ async fn inspector(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<S
         Some(own) => events.iter().any(|(_, r)| r.action == "launch" && r.patient.as_deref() == Some(own)),
     };
     if events.is_empty() || !visible {
-        return message(Nav::of(&sess), StatusCode::NOT_FOUND, "No such launch", "Nothing was recorded for this launch, or it is not yours to see.", "Pick a launch from the list.", "/ehr/launches");
+        return message(
+            Nav::of(&sess),
+            StatusCode::NOT_FOUND,
+            "No such launch",
+            "Nothing was recorded for this launch, or it is not yours to see.",
+            "Pick a launch from the list.",
+            "/ehr/launches",
+        );
     }
     let start = events.first().map(|(_, r)| r.recorded).unwrap_or(0);
     let steps = events.iter().map(|(_, r)| pages::step(r, start, clock_time(r.recorded, false))).collect();
@@ -509,7 +598,16 @@ async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): 
         return r;
     }
     let mut form = AppForm::from_params(&p);
-    let slug: String = form.name.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>().split('-').filter(|x| !x.is_empty()).collect::<Vec<_>>().join("-");
+    let slug: String = form
+        .name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|x| !x.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     form.client_id = format!("{}-{suffix}", if slug.is_empty() { "app" } else { &slug[..slug.len().min(24)] });
     let client = match form.to_client(None) {
@@ -536,7 +634,14 @@ async fn app_edit(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<St
     };
     match stored_client(&s, &id).await {
         Ok(Some(c)) => render(StatusCode::OK, &AppFormPage::edit(Nav::of(&sess), AppForm::from_client(&c), None)),
-        Ok(None) => message(Nav::of(&sess), StatusCode::NOT_FOUND, "No such app", "No app with this client id is registered.", "Pick an app from the list.", "/ehr/apps"),
+        Ok(None) => message(
+            Nav::of(&sess),
+            StatusCode::NOT_FOUND,
+            "No such app",
+            "No app with this client id is registered.",
+            "Pick an app from the list.",
+            "/ehr/apps",
+        ),
         Err(e) => internal(e),
     }
 }
@@ -551,7 +656,16 @@ async fn app_update(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
     }
     let existing = match stored_client(&s, &id).await {
         Ok(Some(c)) => c,
-        Ok(None) => return message(Nav::of(&sess), StatusCode::NOT_FOUND, "No such app", "No app with this client id is registered.", "Pick an app from the list.", "/ehr/apps"),
+        Ok(None) => {
+            return message(
+                Nav::of(&sess),
+                StatusCode::NOT_FOUND,
+                "No such app",
+                "No app with this client id is registered.",
+                "Pick an app from the list.",
+                "/ehr/apps",
+            );
+        }
         Err(e) => return internal(e),
     };
     let mut form = AppForm::from_params(&p);
@@ -581,7 +695,16 @@ async fn app_status(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
     }
     let mut client = match stored_client(&s, &id).await {
         Ok(Some(c)) => c,
-        Ok(None) => return message(Nav::of(&sess), StatusCode::NOT_FOUND, "No such app", "No app with this client id is registered.", "Pick an app from the list.", "/ehr/apps"),
+        Ok(None) => {
+            return message(
+                Nav::of(&sess),
+                StatusCode::NOT_FOUND,
+                "No such app",
+                "No app with this client id is registered.",
+                "Pick an app from the list.",
+                "/ehr/apps",
+            );
+        }
         Err(e) => return internal(e),
     };
     client.disabled = p.get("disabled").map(String::as_str) == Some("1");
@@ -599,7 +722,16 @@ async fn portal(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let Some(own) = sess.user.own_patient().map(str::to_string) else { return Redirect::to("/ehr/patients").into_response() };
     let patient = match s.store.read("Patient", &own).await {
         Ok(Some(r)) if !r.deleted => chart::patient_facts(&own, &serde_json::from_str(&r.json).unwrap_or_default(), today(&s)),
-        Ok(_) => return message(Nav::of(&sess), StatusCode::NOT_FOUND, "Your record was not found", "Your account is not linked to a record here.", "Contact the practice.", "/portal"),
+        Ok(_) => {
+            return message(
+                Nav::of(&sess),
+                StatusCode::NOT_FOUND,
+                "Your record was not found",
+                "Your account is not linked to a record here.",
+                "Contact the practice.",
+                "/portal",
+            );
+        }
         Err(e) => return internal(e),
     };
     let apps = match launchable_apps(&s, true).await {

@@ -44,7 +44,13 @@ pub struct LoginPage {
 
 impl LoginPage {
     pub fn clinician(error: Option<&'static str>) -> LoginPage {
-        LoginPage { nav: Nav::anonymous(), heading: "Sign in to the EHR", action: "/ehr/login", hint: "Sandbox clinician: clinician / kindling-clinician. Patients use the patient portal (/portal).", error }
+        LoginPage {
+            nav: Nav::anonymous(),
+            heading: "Sign in to the EHR",
+            action: "/ehr/login",
+            hint: "Sandbox clinician: clinician / kindling-clinician. Patients use the patient portal (/portal).",
+            error,
+        }
     }
 
     pub fn portal(error: Option<&'static str>) -> LoginPage {
@@ -143,17 +149,25 @@ pub fn step(r: &store::audit::AuditRecord, start: i64, when: String) -> Step {
         ("auth", "authorize-request") => ("The app asked for authorisation".to_string(), String::new()),
         ("auth", "authorize") => (
             "Authorisation refused".to_string(),
-            if detail.contains("expired") { "The app used the launch after it expired or a second time: launch handles are single use and short lived.".into() } else { String::new() },
+            if detail.contains("expired") {
+                "The app used the launch after it expired or a second time: launch handles are single use and short lived.".into()
+            } else {
+                String::new()
+            },
         ),
         ("auth", "consent") if ok => ("Consent".to_string(), String::new()),
-        ("auth", "consent") => ("The user denied access".to_string(), "The app was sent error=access_denied; it should explain what it cannot do without access.".into()),
+        ("auth", "consent") => {
+            ("The user denied access".to_string(), "The app was sent error=access_denied; it should explain what it cannot do without access.".into())
+        }
         ("auth", "code") => ("Authorisation code issued and sent to the app's redirect URI".to_string(), String::new()),
         ("auth", "token") => ("Token exchange".to_string(), String::new()),
         ("auth", "refresh") if ok => ("Token refreshed".to_string(), String::new()),
         ("auth", "refresh") => ("Refresh refused".to_string(), "The app must stop using this session and ask the user to relaunch from the chart.".into()),
         ("auth", "revoke") => ("Tokens revoked".to_string(), String::new()),
         ("auth", "code-replay") => ("A used code came back".to_string(), "The app exchanged the same code twice; the tokens it produced were revoked.".into()),
-        ("auth", "refresh-reuse") => ("A rotated-out refresh token came back".to_string(), "The app must store the new refresh token from every refresh response.".into()),
+        ("auth", "refresh-reuse") => {
+            ("A rotated-out refresh token came back".to_string(), "The app must store the new refresh token from every refresh response.".into())
+        }
         ("rest", action) => {
             let status = detail.split(' ').nth(1).unwrap_or("");
             let hint = match status {
@@ -251,9 +265,10 @@ impl AppForm {
         };
         let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
         if let Some(u) = opt(&self.launch_url)
-            && url::Url::parse(&u).is_err() {
-                return Err("The launch URL must be an absolute URL.".into());
-            }
+            && url::Url::parse(&u).is_err()
+        {
+            return Err("The launch URL must be an absolute URL.".into());
+        }
         let client = Client {
             client_id: self.client_id.clone(),
             name: self.name.clone(),
@@ -304,7 +319,11 @@ impl AppFormPage {
             created: false,
             secret: None,
             error,
-            kinds: vec![("public", "Public (browser or native app, no secret)"), ("confidential-symmetric", "Confidential, client secret"), ("confidential-asymmetric", "Confidential, private key JWT")],
+            kinds: vec![
+                ("public", "Public (browser or native app, no secret)"),
+                ("confidential-symmetric", "Confidential, client secret"),
+                ("confidential-asymmetric", "Confidential, private key JWT"),
+            ],
             profiles: crate::profiles(),
         }
     }

@@ -104,7 +104,12 @@ impl IndexRows {
         });
         let mut out = Vec::new();
         for patient in &self.referenced_patients {
-            let mut keys: Vec<&str> = self.references.iter().filter(|r| r.target_type.as_deref() == Some("Patient") && r.target_id.as_deref() == Some(patient)).map(|r| r.key).collect();
+            let mut keys: Vec<&str> = self
+                .references
+                .iter()
+                .filter(|r| r.target_type.as_deref() == Some("Patient") && r.target_id.as_deref() == Some(patient))
+                .map(|r| r.key)
+                .collect();
             keys.sort_unstable();
             keys.dedup();
             let via = if keys.is_empty() { String::new() } else { format!(",{},", keys.join(",")) };
@@ -169,9 +174,10 @@ pub fn values_at<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
             };
             for item in items {
                 if let Some((field, expected)) = filter
-                    && item.get(field).and_then(Value::as_str) != Some(expected) {
-                        continue;
-                    }
+                    && item.get(field).and_then(Value::as_str) != Some(expected)
+                {
+                    continue;
+                }
                 next.push(item);
             }
         }
@@ -196,26 +202,30 @@ pub fn extract(resource_type: &str, resource: &Value, base: Option<&str>) -> Res
     }
     let mut compartments = Vec::new();
     if resource_type == "Patient"
-        && let Some(id) = resource.get("id").and_then(Value::as_str) {
-            compartments.push(id.to_string());
-        }
+        && let Some(id) = resource.get("id").and_then(Value::as_str)
+    {
+        compartments.push(id.to_string());
+    }
     for path in params::patient_compartment_paths(resource_type) {
         for v in values_at(resource, path) {
             if let Some(r) = v.get("reference").and_then(Value::as_str) {
                 let parsed = parse_reference(r, base);
                 if let Some(("Patient", id)) = parsed.local()
-                    && parsed.url.is_none() && !compartments.iter().any(|c| c == id) {
-                        compartments.push(id.to_string());
-                    }
+                    && parsed.url.is_none()
+                    && !compartments.iter().any(|c| c == id)
+                {
+                    compartments.push(id.to_string());
+                }
             }
         }
     }
     let mut referenced = compartments.clone();
     for r in &rows.references {
         if let (Some("Patient"), Some(id)) = (r.target_type.as_deref(), r.target_id.as_deref())
-            && !referenced.iter().any(|c| c == id) {
-                referenced.push(id.to_string());
-            }
+            && !referenced.iter().any(|c| c == id)
+        {
+            referenced.push(id.to_string());
+        }
     }
     rows.patient_compartments = compartments;
     rows.referenced_patients = referenced;
@@ -246,15 +256,11 @@ fn extract_param(param: &'static SearchParam, resource: &Value, base: Option<&st
                         continue;
                     }
                     if let (Some(targets), Some(t)) = (param.targets, parsed.resource_type.as_deref())
-                        && !targets.contains(&t) {
-                            continue;
-                        }
-                    rows.references.push(ReferenceRow {
-                        key,
-                        target_type: parsed.resource_type,
-                        target_id: parsed.id,
-                        url: parsed.url,
-                    });
+                        && !targets.contains(&t)
+                    {
+                        continue;
+                    }
+                    rows.references.push(ReferenceRow { key, target_type: parsed.resource_type, target_id: parsed.id, url: parsed.url });
                 }
             }
             ParamKind::Date => {
@@ -271,10 +277,7 @@ fn extract_param(param: &'static SearchParam, resource: &Value, base: Option<&st
                         };
                         match (start, end) {
                             (None, None) => None,
-                            (s, e) => Some(crate::time::MsRange {
-                                lo: s.map_or(crate::time::MIN_MS, |r| r.lo),
-                                hi: e.map_or(crate::time::MAX_MS, |r| r.hi),
-                            }),
+                            (s, e) => Some(crate::time::MsRange { lo: s.map_or(crate::time::MIN_MS, |r| r.lo), hi: e.map_or(crate::time::MAX_MS, |r| r.hi) }),
                         }
                     }
                     _ => None,
@@ -334,12 +337,7 @@ fn collect_tokens(key: &'static str, v: &Value, rows: &mut IndexRows) {
                 // CodeableConcept
                 let cc_text = text(o.get("text"));
                 for c in codings {
-                    rows.tokens.push(TokenRow {
-                        key,
-                        system: s(c, "system"),
-                        code: s(c, "code"),
-                        text: text(c.get("display")).or_else(|| cc_text.clone()),
-                    });
+                    rows.tokens.push(TokenRow { key, system: s(c, "system"), code: s(c, "code"), text: text(c.get("display")).or_else(|| cc_text.clone()) });
                 }
                 if codings.is_empty() && cc_text.is_some() {
                     rows.tokens.push(TokenRow { key, system: None, code: None, text: cc_text });
@@ -398,7 +396,8 @@ mod tests {
         assert_eq!(rows.patient_compartments, vec!["p1", "p2"]);
         assert_eq!(rows.referenced_patients, vec!["p1", "p2", "p3"]);
         let patient_tokens = rows.patient_tokens();
-        let got: Vec<(&str, bool, &str, &str)> = patient_tokens.iter().map(|r| (r.patient, r.in_compartment, r.via.as_str(), r.token.code.as_deref().unwrap())).collect();
+        let got: Vec<(&str, bool, &str, &str)> =
+            patient_tokens.iter().map(|r| (r.patient, r.in_compartment, r.via.as_str(), r.token.code.as_deref().unwrap())).collect();
         assert_eq!(
             got,
             vec![

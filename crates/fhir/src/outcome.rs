@@ -32,9 +32,6 @@ pub fn outcome(severity: Severity, code: &str, diagnostics: &str) -> Value {
 
 /// An OperationOutcome with several issues of the same severity and code.
 pub fn outcome_many(severity: Severity, code: &str, diagnostics: &[String]) -> Value {
-    let issues: Vec<Value> = diagnostics
-        .iter()
-        .map(|d| json!({ "severity": severity.as_str(), "code": code, "diagnostics": d }))
-        .collect();
+    let issues: Vec<Value> = diagnostics.iter().map(|d| json!({ "severity": severity.as_str(), "code": code, "diagnostics": d })).collect();
     json!({ "resourceType": "OperationOutcome", "issue": issues })
 }

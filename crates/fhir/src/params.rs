@@ -385,9 +385,9 @@ fn registry() -> &'static Registry {
                 if p.kind != Reference {
                     continue;
                 }
-                let broader = snapshot.iter().find(|q| {
-                    q.name != p.name && q.kind == Reference && q.paths == p.paths && q.targets.is_none_or(|t| t.len() > 1 && t.contains(single))
-                });
+                let broader = snapshot
+                    .iter()
+                    .find(|q| q.name != p.name && q.kind == Reference && q.paths == p.paths && q.targets.is_none_or(|t| t.len() > 1 && t.contains(single)));
                 if let Some(q) = broader {
                     p.index_key = q.key.clone();
                 }
@@ -411,15 +411,34 @@ pub fn find(resource_type: &str, name: &str) -> Option<&'static SearchParam> {
 pub fn patient_compartment_paths(resource_type: &str) -> &'static [&'static str] {
     match resource_type {
         "AllergyIntolerance" => &["patient", "recorder", "asserter"],
-        "CarePlan" | "CareTeam" | "Goal" | "Specimen" | "MedicationRequest" | "DiagnosticReport" | "Encounter"
-        | "Condition" | "Procedure" | "ServiceRequest" | "ImagingStudy" | "RiskAssessment"
-        | "QuestionnaireResponse" | "MedicationStatement" | "Flag" | "List" | "Composition" | "DeviceRequest"
-        | "NutritionOrder" | "ClinicalImpression" | "FamilyMemberHistory" | "MedicationAdministration" => &["subject", "patient"],
+        "CarePlan"
+        | "CareTeam"
+        | "Goal"
+        | "Specimen"
+        | "MedicationRequest"
+        | "DiagnosticReport"
+        | "Encounter"
+        | "Condition"
+        | "Procedure"
+        | "ServiceRequest"
+        | "ImagingStudy"
+        | "RiskAssessment"
+        | "QuestionnaireResponse"
+        | "MedicationStatement"
+        | "Flag"
+        | "List"
+        | "Composition"
+        | "DeviceRequest"
+        | "NutritionOrder"
+        | "ClinicalImpression"
+        | "FamilyMemberHistory"
+        | "MedicationAdministration" => &["subject", "patient"],
         "Observation" => &["subject", "performer"],
         "MedicationDispense" => &["subject", "receiver"],
         "DocumentReference" => &["subject", "author"],
-        "Immunization" | "Device" | "RelatedPerson" | "Claim" | "ExplanationOfBenefit" | "Account" | "AdverseEvent"
-        | "Appointment" => &["patient", "subject", "participant.actor"],
+        "Immunization" | "Device" | "RelatedPerson" | "Claim" | "ExplanationOfBenefit" | "Account" | "AdverseEvent" | "Appointment" => {
+            &["patient", "subject", "participant.actor"]
+        }
         "Coverage" => &["beneficiary", "subscriber", "policyHolder", "payor"],
         "Provenance" => &["target"],
         // Not in R4's CompartmentDefinition, but `securityContext` is how R4 says whose a Binary is: a

@@ -79,15 +79,43 @@ pub enum StringMode {
 pub enum Filter {
     Id(Vec<String>),
     LastUpdated(Vec<DateCmp>),
-    String { key: &'static str, mode: StringMode, values: Vec<String> },
-    Token { key: &'static str, values: Vec<TokenValue>, negate: bool },
-    TokenText { key: &'static str, values: Vec<String> },
-    Reference { key: &'static str, values: Vec<RefValue> },
-    Date { key: &'static str, values: Vec<DateCmp> },
-    Quantity { key: &'static str, values: Vec<QuantityCmp> },
-    Number { key: &'static str, values: Vec<NumCmp> },
+    String {
+        key: &'static str,
+        mode: StringMode,
+        values: Vec<String>,
+    },
+    Token {
+        key: &'static str,
+        values: Vec<TokenValue>,
+        negate: bool,
+    },
+    TokenText {
+        key: &'static str,
+        values: Vec<String>,
+    },
+    Reference {
+        key: &'static str,
+        values: Vec<RefValue>,
+    },
+    Date {
+        key: &'static str,
+        values: Vec<DateCmp>,
+    },
+    Quantity {
+        key: &'static str,
+        values: Vec<QuantityCmp>,
+    },
+    Number {
+        key: &'static str,
+        values: Vec<NumCmp>,
+    },
     /// `target_type` restricts reference rows shared with a broader parameter.
-    Missing { key: &'static str, kind: ParamKind, missing: bool, target_type: Option<&'static str> },
+    Missing {
+        key: &'static str,
+        kind: ParamKind,
+        missing: bool,
+        target_type: Option<&'static str>,
+    },
     /// Resources in the compartment of this patient.
     PatientCompartment(String),
 }
@@ -458,9 +486,10 @@ fn parse_ref_value(param: &SearchParam, type_modifier: Option<&str>, v: &str, ba
     match parsed.local() {
         Some((t, id)) => {
             if let Some(targets) = param.targets
-                && !targets.contains(&t) {
-                    return err(format!("parameter '{}' cannot refer to {t}", param.name));
-                }
+                && !targets.contains(&t)
+            {
+                return err(format!("parameter '{}' cannot refer to {t}", param.name));
+            }
             Ok(RefValue::Local { resource_type: Some(t.to_string()), id: id.to_string() })
         }
         None => err(format!("'{v}' is not a valid reference for parameter '{}'", param.name)),
@@ -500,11 +529,7 @@ pub fn parse_date_cmp(v: &str, now_ms: i64) -> Result<DateCmp, QueryError> {
 
 pub fn parse_num_cmp(v: &str) -> Result<NumCmp, QueryError> {
     let (prefix, rest) = split_prefix(v);
-    let value: f64 = rest
-        .parse()
-        .ok()
-        .filter(|f: &f64| f.is_finite())
-        .ok_or_else(|| QueryError(format!("'{v}' is not a valid number search value")))?;
+    let value: f64 = rest.parse().ok().filter(|f: &f64| f.is_finite()).ok_or_else(|| QueryError(format!("'{v}' is not a valid number search value")))?;
     let decimals = if rest.contains(['e', 'E']) { 0 } else { rest.split_once('.').map_or(0, |(_, d)| d.len()) };
     let half = 0.5 * 10f64.powi(-(decimals as i32));
     let (lo, hi) = if prefix == Prefix::Ap { (value - value.abs() * 0.1, value + value.abs() * 0.1) } else { (value - half, value + half) };
@@ -549,12 +574,7 @@ mod tests {
 
     #[test]
     fn vital_signs_query() {
-        let q = parse(
-            "Observation",
-            &pairs(&[("patient", "123"), ("category", "vital-signs"), ("_sort", "-date,_id"), ("_count", "50")]),
-            opts(),
-        )
-        .unwrap();
+        let q = parse("Observation", &pairs(&[("patient", "123"), ("category", "vital-signs"), ("_sort", "-date,_id"), ("_count", "50")]), opts()).unwrap();
         assert_eq!(q.count, 50);
         assert_eq!(q.filters.len(), 2);
         assert_eq!(
@@ -605,7 +625,10 @@ mod tests {
     #[test]
     fn absolute_reference_to_this_server_is_local() {
         let q = parse("Observation", &pairs(&[("subject", "http://h.test/fhir/Patient/7")]), opts()).unwrap();
-        assert_eq!(q.filters[0], Filter::Reference { key: "Observation.subject", values: vec![RefValue::Local { resource_type: Some("Patient".into()), id: "7".into() }] });
+        assert_eq!(
+            q.filters[0],
+            Filter::Reference { key: "Observation.subject", values: vec![RefValue::Local { resource_type: Some("Patient".into()), id: "7".into() }] }
+        );
     }
 
     #[test]

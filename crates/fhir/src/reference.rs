@@ -30,9 +30,10 @@ pub fn parse_reference(reference: &str, base: Option<&str>) -> ParsedReference {
     if let Some(base) = base {
         let base = base.trim_end_matches('/');
         if let Some(rest) = reference.strip_prefix(base)
-            && let Some(rest) = rest.strip_prefix('/') {
-                rel = rest;
-            }
+            && let Some(rest) = rest.strip_prefix('/')
+        {
+            rel = rest;
+        }
     }
     if rel == reference && (reference.contains("://") || reference.starts_with("urn:")) {
         out.url = Some(reference.to_string());

@@ -21,9 +21,7 @@ pub fn apply_elements(resource: &Value, elements: &[String]) -> Value {
     let mut out = serde_json::Map::new();
     for (k, v) in obj {
         let keep = matches!(k.as_str(), "resourceType" | "id" | "meta")
-            || elements.iter().any(|e| {
-                k == e || (k.len() > e.len() && k.starts_with(e.as_str()) && k.as_bytes()[e.len()].is_ascii_uppercase())
-            });
+            || elements.iter().any(|e| k == e || (k.len() > e.len() && k.starts_with(e.as_str()) && k.as_bytes()[e.len()].is_ascii_uppercase()));
         if keep {
             out.insert(k.clone(), v.clone());
         }

@@ -54,16 +54,7 @@ pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
 /// Formats an instant as FHIR `instant` with millisecond precision in UTC, e.g. `2024-01-02T03:04:05.678Z`.
 pub fn format_instant(t: OffsetDateTime) -> String {
     let t = t.to_offset(UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second(), t.millisecond())
 }
 
 /// RFC 7231 HTTP-date, for `Last-Modified`.

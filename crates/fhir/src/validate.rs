@@ -40,9 +40,9 @@ fn required_elements(resource_type: &str) -> &'static [&'static str] {
 fn has_element(resource: &serde_json::Map<String, Value>, name: &str) -> bool {
     let present = |v: &Value| !matches!(v, Value::Null) && !matches!(v, Value::Array(a) if a.is_empty());
     match name.strip_suffix("[x]") {
-        Some(prefix) => resource.iter().any(|(k, v)| {
-            k.len() > prefix.len() && k.starts_with(prefix) && k.as_bytes()[prefix.len()].is_ascii_uppercase() && present(v)
-        }),
+        Some(prefix) => {
+            resource.iter().any(|(k, v)| k.len() > prefix.len() && k.starts_with(prefix) && k.as_bytes()[prefix.len()].is_ascii_uppercase() && present(v))
+        }
         None => resource.get(name).is_some_and(present),
     }
 }
@@ -60,27 +60,30 @@ pub fn validate_resource(body: &Value, expected_type: Option<&str>) -> Result<()
         return Err(Invalid(format!("'{rt}' is not a FHIR R4 resource type that can be stored")));
     }
     if let Some(expected) = expected_type
-        && rt != expected {
-            return Err(Invalid(format!("resourceType '{rt}' does not match the URL's type '{expected}'")));
-        }
+        && rt != expected
+    {
+        return Err(Invalid(format!("resourceType '{rt}' does not match the URL's type '{expected}'")));
+    }
     match obj.get("id") {
         None => {}
         Some(Value::String(id)) if is_valid_id(id) => {}
         Some(other) => return Err(Invalid(format!("id {other} is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})"))),
     }
     if let Some(meta) = obj.get("meta")
-        && !meta.is_object() {
-            return Err(Invalid("meta must be an object".into()));
-        }
+        && !meta.is_object()
+    {
+        return Err(Invalid("meta must be an object".into()));
+    }
     let missing: Vec<&str> = required_elements(rt).iter().copied().filter(|e| !has_element(obj, e)).collect();
     if !missing.is_empty() {
         return Err(Invalid(format!("{rt} is missing required element(s): {}", missing.join(", "))));
     }
     if rt == "Patient"
         && let Some(g) = obj.get("gender")
-            && !matches!(g.as_str(), Some("male" | "female" | "other" | "unknown")) {
-                return Err(Invalid(format!("Patient.gender {g} is not one of male, female, other, unknown")));
-            }
+        && !matches!(g.as_str(), Some("male" | "female" | "other" | "unknown"))
+    {
+        return Err(Invalid(format!("Patient.gender {g} is not one of male, female, other, unknown")));
+    }
     check_no_empty(body, rt)?;
     Ok(())
 }

@@ -67,14 +67,7 @@ fn start_server(data: &std::path::Path, open_sandbox: bool, database_url: Option
     if let Some(url) = database_url {
         args.extend(["--database-url", url]);
     }
-    let mut child = Command::new(exe)
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .env("KINDLING_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let mut child = Command::new(exe).args(args).arg("--data").arg(data).env("KINDLING_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let base = loop {
@@ -211,7 +204,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             store::postgres::reset_database(url).await?;
         }
         let clock: SharedClock = Arc::new(SystemClock);
-        let app = crate::Application::build(&crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None, database_url: args.database_url.clone() }, clock).await?;
+        let app = crate::Application::build(
+            &crate::ServerConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+                public_url: None,
+                data_dir: args.data.clone(),
+                writer_cache_mib: crate::ServerConfig::IMPORT_CACHE_MIB,
+                open_sandbox: false,
+                tls: None,
+                database_url: args.database_url.clone(),
+            },
+            clock,
+        )
+        .await?;
         let files = crate::import::collect_files(std::slice::from_ref(&args.synthea))?;
         let summary = crate::import::import_files(&app.state, files, |_| {}).await?;
         println!(
@@ -224,7 +229,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let server = start_server(&args.data, true, args.database_url.as_deref())?;
-    println!("startup                      ready_in={} ms (existing {})", server.startup.as_millis(), if args.database_url.is_some() { "PostgreSQL database" } else { "data directory" });
+    println!(
+        "startup                      ready_in={} ms (existing {})",
+        server.startup.as_millis(),
+        if args.database_url.is_some() { "PostgreSQL database" } else { "data directory" }
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = server.child.id();
     if let Some(kib) = rss_kib(pid) {
@@ -233,7 +242,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut conn = connect(&server.base).await?;
     let (_, body) = conn.get("/fhir/Patient?_count=200&_elements=id").await?;
     let bundle: Value = serde_json::from_slice(&body)?;
-    let patients: Vec<String> = bundle["entry"].as_array().map(|a| a.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let patients: Vec<String> =
+        bundle["entry"].as_array().map(|a| a.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
     if patients.is_empty() {
         bail!("no patients in {}", args.data.display());
     }
@@ -273,7 +283,15 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
     let rs384 = client::SigningKey::generate_rs384("bench-rs");
     {
         let clock: SharedClock = Arc::new(SystemClock);
-        let config = crate::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: args.data.clone(), writer_cache_mib: 32, open_sandbox: false, tls: None, database_url: args.database_url.clone() };
+        let config = crate::ServerConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            public_url: None,
+            data_dir: args.data.clone(),
+            writer_cache_mib: 32,
+            open_sandbox: false,
+            tls: None,
+            database_url: args.database_url.clone(),
+        };
         let app = crate::Application::build(&config, clock).await?;
         let store = app.state.store.as_ref();
         let client = |id: &str, kind, scope: &str, jwks: Option<Value>| Client {
@@ -291,8 +309,16 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             profile: None,
             self_registered: false,
         };
-        auth::registry::put_client(store, client("bench-backend", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(serde_json::json!({"keys": [es384.public_jwk()]})))).await?;
-        auth::registry::put_client(store, client("bench-backend-rs", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(serde_json::json!({"keys": [rs384.public_jwk()]})))).await?;
+        auth::registry::put_client(
+            store,
+            client("bench-backend", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(serde_json::json!({"keys": [es384.public_jwk()]}))),
+        )
+        .await?;
+        auth::registry::put_client(
+            store,
+            client("bench-backend-rs", ClientKind::ConfidentialAsymmetric, "system/*.rs", Some(serde_json::json!({"keys": [rs384.public_jwk()]}))),
+        )
+        .await?;
         auth::registry::put_client(store, client("bench-public", ClientKind::Public, "launch/patient openid fhirUser user/*.rs patient/*.rs", None)).await?;
         auth::registry::put_user(store, "bench-doc", "Bench", UserRole::Clinician, "bench-pass", "Practitioner/bench").await?;
     }
@@ -440,7 +466,8 @@ fn presign(key: &client::SigningKey, client_id: &str, token_url: &str, count: us
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let per = count.div_ceil(threads);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || (0..per).map(|_| key.client_assertion(client_id, token_url)).collect::<Result<Vec<_>, _>>())).collect();
+        let handles: Vec<_> =
+            (0..threads).map(|_| scope.spawn(move || (0..per).map(|_| key.client_assertion(client_id, token_url)).collect::<Result<Vec<_>, _>>())).collect();
         let mut all = Vec::with_capacity(count);
         for h in handles {
             all.extend(h.join().map_err(|_| anyhow::anyhow!("signing thread panicked"))?.map_err(|e| anyhow::anyhow!("signing: {e}"))?);
@@ -477,7 +504,9 @@ async fn sign_in(conn: &mut Conn, base: &str, scope: &str, patient: &str) -> any
     let req = hidden(&page.body, "request").context("no sign-in page")?;
     // The request is bound to this "browser": its forms go back with the binding cookie.
     let binding = page.set_cookie.clone().context("no binding cookie")?.split(';').next().unwrap_or_default().to_string();
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs([("request", req.as_str()), ("username", "bench-doc"), ("password", "bench-pass")]).finish();
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("request", req.as_str()), ("username", "bench-doc"), ("password", "bench-pass")])
+        .finish();
     let r = conn.send("POST", "/auth/login", &[("cookie", &binding)], Some(body)).await?;
     let cookie = r.set_cookie.clone().context("no session cookie")?.split(';').next().unwrap_or_default().to_string();
     let both = format!("{binding}; {cookie}");
@@ -508,7 +537,13 @@ async fn code_flow(conn: &mut Conn, base: &str, scope: &str, cookie: &str) -> an
     let location = r.location.context("no redirect with a code")?;
     let code = url::Url::parse(&location)?.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).context("no code")?;
     let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", BENCH_REDIRECT), ("code_verifier", verifier.as_str()), ("client_id", "bench-public")])
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", BENCH_REDIRECT),
+            ("code_verifier", verifier.as_str()),
+            ("client_id", "bench-public"),
+        ])
         .finish();
     let r = conn.send("POST", "/auth/token", &[], Some(body)).await?;
     anyhow::ensure!(r.status == 200, "token exchange failed with {}", r.status);

@@ -214,7 +214,12 @@ fn add(summary: &mut ImportSummary, done: Result<GroupResult, tokio::task::JoinE
 }
 
 /// Writes `group`: at once where the store has one writer, else in the background once a writer is free.
-async fn flush(state: &AppState, group: &mut Vec<(String, PreparedBundle)>, writing: &mut tokio::task::JoinSet<GroupResult>, summary: &mut ImportSummary) -> anyhow::Result<()> {
+async fn flush(
+    state: &AppState,
+    group: &mut Vec<(String, PreparedBundle)>,
+    writing: &mut tokio::task::JoinSet<GroupResult>,
+    summary: &mut ImportSummary,
+) -> anyhow::Result<()> {
     if group.is_empty() {
         return Ok(());
     }

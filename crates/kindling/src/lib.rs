@@ -1,7 +1,6 @@
 //! The Kindling binary's library: assembling the server from its parts, seeding, importing and
 //! benchmarking. `main.rs` is only the command line over this.
 
-
 pub mod bench;
 pub mod import;
 
@@ -80,14 +79,23 @@ impl ServerConfig {
 pub async fn open_store(config: &ServerConfig, base_url: &str, clock: SharedClock) -> anyhow::Result<Arc<dyn Store>> {
     match config.database_url.as_deref() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = store::postgres::PostgresStore::connect(store::postgres::PostgresConfig { url: url.to_string(), base_url: Some(base_url.to_string()), max_connections: std::env::var("KINDLING_PG_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(16) }, clock)
-                .await
-                .context("cannot open the PostgreSQL database")?;
+            let store = store::postgres::PostgresStore::connect(
+                store::postgres::PostgresConfig {
+                    url: url.to_string(),
+                    base_url: Some(base_url.to_string()),
+                    max_connections: std::env::var("KINDLING_PG_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
+                },
+                clock,
+            )
+            .await
+            .context("cannot open the PostgreSQL database")?;
             Ok(Arc::new(store))
         }
         other => {
             let path = match other {
-                Some(url) => PathBuf::from(url.strip_prefix("sqlite://").ok_or_else(|| anyhow::anyhow!("the database URL must start with postgres:// or sqlite://"))?),
+                Some(url) => {
+                    PathBuf::from(url.strip_prefix("sqlite://").ok_or_else(|| anyhow::anyhow!("the database URL must start with postgres:// or sqlite://"))?)
+                }
                 None => config.database_path(),
             };
             let store = SqliteStore::open(SqliteConfig { path, base_url: Some(base_url.to_string()), writer_cache_mib: config.writer_cache_mib }, clock)
@@ -180,7 +188,13 @@ impl Application {
         let fhir_audit = (!config.open_sandbox).then_some(audit);
         let oauth = access.is_some().then(|| {
             let c = &auth.config;
-            api::capability::OAuthUris { authorize: c.endpoint("authorize"), token: c.endpoint("token"), revoke: c.endpoint("revoke"), introspect: c.endpoint("introspect"), register: c.endpoint("register") }
+            api::capability::OAuthUris {
+                authorize: c.endpoint("authorize"),
+                token: c.endpoint("token"),
+                revoke: c.endpoint("revoke"),
+                introspect: c.endpoint("introspect"),
+                register: c.endpoint("register"),
+            }
         });
         let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth };
         Ok(Application { listener, tls, addr, public_url, state, auth, reference_app: None, data_dir: config.data_dir.clone() })
@@ -247,7 +261,12 @@ async fn purge_expired_auth(store: Arc<dyn Store>, clock: SharedClock) {
 }
 
 /// Accepts TLS connections and serves HTTP/1.1 on them until `shutdown` resolves.
-async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -348,17 +367,23 @@ pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Resul
 }
 
 /// Demo accounts of the sandbox: (user name, password, role, display name).
-pub const DEMO_USERS: &[(&str, &str, &str, &str)] = &[
-    ("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter"),
-    ("patient", "kindling-patient", "patient", "the first synthetic patient"),
-];
+pub const DEMO_USERS: &[(&str, &str, &str, &str)] =
+    &[("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter"), ("patient", "kindling-patient", "patient", "the first synthetic patient")];
 
 /// Creates the demo users when they do not exist: a clinician linked to the first practitioner and a
 /// patient linked to the first synthetic patient of `seed`.
 pub async fn ensure_demo_users(app: &Application, seed: u64) -> anyhow::Result<()> {
     let store = app.state.store.as_ref();
     if auth::registry::get_user(store, "clinician").await?.is_none() {
-        auth::registry::put_user(store, "clinician", "Dr. Alice Carter", auth::model::UserRole::Clinician, "kindling-clinician", &format!("Practitioner/{}", synth::practitioner_id(0))).await?;
+        auth::registry::put_user(
+            store,
+            "clinician",
+            "Dr. Alice Carter",
+            auth::model::UserRole::Clinician,
+            "kindling-clinician",
+            &format!("Practitioner/{}", synth::practitioner_id(0)),
+        )
+        .await?;
     }
     if auth::registry::get_user(store, "patient").await?.is_none() {
         let id = synth::patient_id(seed, 0);

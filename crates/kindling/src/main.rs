@@ -232,7 +232,15 @@ async fn shutdown_signal() {
 /// PostgreSQL (or another SQLite file) as for `serve`.
 fn offline_config(data: PathBuf) -> ServerConfig {
     let database_url = std::env::var("KINDLING_DATABASE_URL").ok().filter(|u| !u.is_empty());
-    ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, data_dir: data, writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB, open_sandbox: false, tls: None, database_url }
+    ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        public_url: None,
+        data_dir: data,
+        writer_cache_mib: ServerConfig::IMPORT_CACHE_MIB,
+        open_sandbox: false,
+        tls: None,
+        database_url,
+    }
 }
 
 #[tokio::main]
@@ -360,9 +368,7 @@ async fn load_apps(app: &Application, path: Option<&std::path::Path>) -> anyhow:
         None => return Ok(()),
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let ids = auth::apps::load_apps_file(app.state.store.as_ref(), &text, |v| std::env::var(v).ok())
-        .await
-        .with_context(|| format!("in {}", path.display()))?;
+    let ids = auth::apps::load_apps_file(app.state.store.as_ref(), &text, |v| std::env::var(v).ok()).await.with_context(|| format!("in {}", path.display()))?;
     tracing::info!(apps = ids.len(), file = %path.display(), "apps registered from configuration");
     Ok(())
 }

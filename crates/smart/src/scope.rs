@@ -119,9 +119,10 @@ impl ResourceScope {
             return None;
         }
         if let Some(t) = &self.resource_type
-            && requested.resource_type.as_deref() != Some(t.as_str()) {
-                return None;
-            }
+            && requested.resource_type.as_deref() != Some(t.as_str())
+        {
+            return None;
+        }
         let permissions = self.permissions.intersect(requested.permissions);
         if permissions.is_empty() {
             return None;
@@ -172,7 +173,10 @@ pub enum Scope {
     /// `launch` (EHR launch).
     Launch,
     /// `launch/patient`, `launch/encounter`, `launch/<type>[?role=URI]`.
-    LaunchContext { context: String, role: Option<String> },
+    LaunchContext {
+        context: String,
+        role: Option<String>,
+    },
     Resource(ResourceScope),
 }
 
@@ -315,9 +319,10 @@ impl ScopeSet {
                 Scope::Resource(r) => {
                     for allowed in self.resource_scopes() {
                         if let Some(n) = allowed.narrow(r)
-                            && !out.scopes.contains(&Scope::Resource(n.clone())) {
-                                out.scopes.push(Scope::Resource(n));
-                            }
+                            && !out.scopes.contains(&Scope::Resource(n.clone()))
+                        {
+                            out.scopes.push(Scope::Resource(n));
+                        }
                     }
                 }
                 other => {
@@ -396,9 +401,20 @@ mod tests {
     #[test]
     fn refuses_loose_forms() {
         for bad in [
-            "patient/Observation.dus", "patient/Observation.rw", "patient/Observation.rr", "patient/Observation.",
-            "patient/observation.rs", "doctor/Observation.rs", "patient/Observation.read?category=x", "patient/Observation.rs?category",
-            "launch/Patient", "launch/", "openid2", "patient/Observation", "patient/Observation.rs?a=b&", "launch/patient?role=a&b=c",
+            "patient/Observation.dus",
+            "patient/Observation.rw",
+            "patient/Observation.rr",
+            "patient/Observation.",
+            "patient/observation.rs",
+            "doctor/Observation.rs",
+            "patient/Observation.read?category=x",
+            "patient/Observation.rs?category",
+            "launch/Patient",
+            "launch/",
+            "openid2",
+            "patient/Observation",
+            "patient/Observation.rs?a=b&",
+            "launch/patient?role=a&b=c",
         ] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
@@ -410,7 +426,11 @@ mod tests {
         let requested = ScopeSet::parse("patient/Observation.read patient/Patient.* launch/patient openid");
         assert_eq!(allowed.narrow(&requested).to_string(), "patient/Observation.read patient/Patient.* launch/patient openid");
         let read_only = ScopeSet::parse("patient/*.rs");
-        assert_eq!(read_only.narrow(&ScopeSet::parse("patient/Patient.*")).to_string(), "patient/Patient.read", "a v1 request narrowed to rs is answered as .read");
+        assert_eq!(
+            read_only.narrow(&ScopeSet::parse("patient/Patient.*")).to_string(),
+            "patient/Patient.read",
+            "a v1 request narrowed to rs is answered as .read"
+        );
     }
 
     #[test]
@@ -439,12 +459,8 @@ mod tests {
     fn arb_resource_scope() -> impl Strategy<Value = String> {
         let level = prop_oneof![Just("patient"), Just("user"), Just("system")];
         let ty = prop_oneof![Just("*".to_string()), "[A-Z][a-zA-Z]{1,20}"];
-        let perms = prop_oneof![
-            Just("read".to_string()),
-            Just("write".to_string()),
-            Just("*".to_string()),
-            (1u8..32).prop_map(|b| Permissions(b).v2_letters()),
-        ];
+        let perms =
+            prop_oneof![Just("read".to_string()), Just("write".to_string()), Just("*".to_string()), (1u8..32).prop_map(|b| Permissions(b).v2_letters()),];
         let constraint = proptest::option::of(("[a-z][a-z-]{0,10}", "[A-Za-z0-9:/.|_-]{1,30}"));
         (level, ty, perms, constraint).prop_map(|(l, t, p, c)| match c {
             Some((k, v)) if !matches!(p.as_str(), "read" | "write" | "*") => format!("{l}/{t}.{p}?{k}={v}"),

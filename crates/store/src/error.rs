@@ -22,7 +22,12 @@ pub enum StoreError {
 /// Whether a PostgreSQL error means the database cannot be reached or cannot serve now.
 pub fn sqlx_unavailable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
         // Class 08 (connection exception), 57P01-03 (shutdown, cannot connect now), 53300 (too many
         // connections), 3D000 (the database is gone), 55000 (e.g. the database does not allow connections).
         sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || matches!(c.as_ref(), "53300" | "3D000" | "55000")),

@@ -7,10 +7,10 @@
 
 pub mod audit;
 pub mod error;
+pub mod postgres;
 mod prepare;
 mod snapshot;
 pub mod sql;
-pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -244,7 +244,8 @@ pub trait Store: AuthStore + Send + Sync + 'static {
 /// Whether `precondition` holds for the current version (shared by the backends).
 /// The current version when `prepared` would store exactly its content again (same body and meta).
 pub(crate) fn same_as_current(prepared: &Prepared, current: Option<&StoredResource>) -> bool {
-    current.is_some_and(|c| !c.deleted && c.resource_type == prepared.resource_type && c.id == prepared.id && prepared.render(c.version, c.last_updated) == c.json)
+    current
+        .is_some_and(|c| !c.deleted && c.resource_type == prepared.resource_type && c.id == prepared.id && prepared.render(c.version, c.last_updated) == c.json)
 }
 
 pub(crate) fn check_precondition(precondition: Precondition, current: Option<&StoredResource>) -> Result<()> {

@@ -91,9 +91,11 @@ pub fn compile_reference_hop(keys: &[i64], include: &Include, reverse: bool, dia
             .text(include.key)
             .push(" AND t.rid IN ");
     } else {
-        b.push("SELECT DISTINCT t.rid FROM sp_reference s JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE t.deleted = 0 AND s.p = ")
-            .text(include.key)
-            .push(" AND s.rid IN ");
+        b.push(
+            "SELECT DISTINCT t.rid FROM sp_reference s JOIN resources t ON t.res_type = s.target_type AND t.id = s.target_id WHERE t.deleted = 0 AND s.p = ",
+        )
+        .text(include.key)
+        .push(" AND s.rid IN ");
     }
     b.int_list(keys);
     if let Some(t) = &include.target_type {
@@ -280,7 +282,11 @@ fn compile_patient_tokens(b: &mut SqlBuilder, pt: &PatientTokens, token: &Filter
     // With the date range: aggregated per resource like the sort subquery it replaces (the rows of one
     // resource carry the same range).
     let (select, columns) = if pt.dated { ("rid, MIN(date_lo) AS date_lo, MAX(date_hi) AS date_hi", "rid, date_lo, date_hi") } else { ("DISTINCT rid", "rid") };
-    b.push(&format!("SELECT {select} FROM (SELECT {columns} FROM sp_token_patient WHERE patient_id = ")).text(pt.patient).push(" AND p = ").text(key).push(" AND (");
+    b.push(&format!("SELECT {select} FROM (SELECT {columns} FROM sp_token_patient WHERE patient_id = "))
+        .text(pt.patient)
+        .push(" AND p = ")
+        .text(key)
+        .push(" AND (");
     token_values(b, values);
     b.push(")");
     if pt.compartment {
@@ -320,7 +326,13 @@ enum Role {
 /// Filters that can drive a search from their index alone.
 fn can_drive(f: &Filter) -> bool {
     match f {
-        Filter::String { .. } | Filter::TokenText { .. } | Filter::Reference { .. } | Filter::Date { .. } | Filter::Quantity { .. } | Filter::Number { .. } | Filter::PatientCompartment(_) => true,
+        Filter::String { .. }
+        | Filter::TokenText { .. }
+        | Filter::Reference { .. }
+        | Filter::Date { .. }
+        | Filter::Quantity { .. }
+        | Filter::Number { .. }
+        | Filter::PatientCompartment(_) => true,
         Filter::Token { negate, .. } => !negate,
         Filter::Id(_) | Filter::LastUpdated(_) | Filter::Missing { .. } => false,
     }
@@ -662,7 +674,10 @@ mod tests {
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs")]);
         assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3)) AND via LIKE $4) z)"), "{sql}");
         assert!(!sql.contains("EXISTS"), "the driver answers both filters: {sql}");
-        let sql = search("Observation", &[("subject", "Patient/p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs,laboratory")]);
+        let sql = search(
+            "Observation",
+            &[("subject", "Patient/p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs,laboratory")],
+        );
         assert!(sql.contains("((code = $3 AND system = $4) OR (code = $5))"), "{sql}");
         let sql = search("Condition", &[("patient", "p1"), ("category", "|problem-list-item")]);
         assert!(sql.contains("(code = $3 AND system IS NULL)"), "{sql}");
@@ -696,7 +711,12 @@ mod tests {
     #[test]
     fn one_patients_category_by_date_sorts_from_the_per_patient_rows() {
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")]);
-        assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT rid, MIN(date_lo) AS date_lo, MAX(date_hi) AS date_hi FROM (SELECT rid, date_lo, date_hi FROM sp_token_patient "), "{sql}");
+        assert!(
+            sql.starts_with(
+                "WITH d AS MATERIALIZED (SELECT rid, MIN(date_lo) AS date_lo, MAX(date_hi) AS date_hi FROM (SELECT rid, date_lo, date_hi FROM sp_token_patient "
+            ),
+            "{sql}"
+        );
         assert!(sql.contains(") z GROUP BY rid) SELECT r.rid FROM d r WHERE 1 = 1 ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"), "{sql}");
         assert!(!sql.contains("sp_date"), "{sql}");
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "date,-_lastUpdated")]);
@@ -710,7 +730,10 @@ mod tests {
         // Both dialects, and the numbered form a page is cut from.
         let q = query("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "-date")]);
         let sql = compile_search(&q, Dialect::Sqlite).sql;
-        assert!(sql.contains("FROM sp_token_patient WHERE patient_id = ?1 AND p = ?2") && sql.ends_with("ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"), "{sql}");
+        assert!(
+            sql.contains("FROM sp_token_patient WHERE patient_id = ?1 AND p = ?2") && sql.ends_with("ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC"),
+            "{sql}"
+        );
         let sql = compile_search_numbered(&q, Dialect::Postgres).sql;
         assert!(sql.contains("row_number() OVER (ORDER BY r.date_hi DESC NULLS LAST, r.rid ASC) AS n FROM d r"), "{sql}");
     }

@@ -160,7 +160,16 @@ const fn lab(code: &'static str, display: &'static str, unit: &'static str, rang
 }
 
 pub const GLUCOSE: Lab = lab("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", (70.0, 99.0), 91.0, 9.0, 0);
-pub const CREATININE: Lab = Lab { code: "2160-0", display: "Creatinine [Mass/volume] in Serum or Plasma", unit: "mg/dL", male: (0.74, 1.35), female: (0.59, 1.04), mean: 0.9, sd: 0.15, decimals: 2 };
+pub const CREATININE: Lab = Lab {
+    code: "2160-0",
+    display: "Creatinine [Mass/volume] in Serum or Plasma",
+    unit: "mg/dL",
+    male: (0.74, 1.35),
+    female: (0.59, 1.04),
+    mean: 0.9,
+    sd: 0.15,
+    decimals: 2,
+};
 pub const SODIUM: Lab = lab("2951-2", "Sodium [Moles/volume] in Serum or Plasma", "mmol/L", (135.0, 145.0), 140.0, 2.0, 0);
 pub const POTASSIUM: Lab = lab("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", (3.5, 5.1), 4.2, 0.3, 1);
 pub const CHOLESTEROL: Lab = lab("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma", "mg/dL", (0.0, 200.0), 185.0, 28.0, 0);
@@ -168,7 +177,16 @@ pub const TRIGLYCERIDES: Lab = lab("2571-8", "Triglyceride [Mass/volume] in Seru
 pub const HDL: Lab = lab("2085-9", "Cholesterol in HDL [Mass/volume] in Serum or Plasma", "mg/dL", (40.0, 100.0), 52.0, 10.0, 0);
 pub const LDL: Lab = lab("18262-6", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by Direct assay", "mg/dL", (0.0, 100.0), 105.0, 25.0, 0);
 /// The mean is for men; women's is 1.5 g/dL lower.
-pub const HEMOGLOBIN: Lab = Lab { code: "718-7", display: "Hemoglobin [Mass/volume] in Blood", unit: "g/dL", male: (13.5, 17.5), female: (12.0, 15.5), mean: 15.0, sd: 0.8, decimals: 1 };
+pub const HEMOGLOBIN: Lab = Lab {
+    code: "718-7",
+    display: "Hemoglobin [Mass/volume] in Blood",
+    unit: "g/dL",
+    male: (13.5, 17.5),
+    female: (12.0, 15.5),
+    mean: 15.0,
+    sd: 0.8,
+    decimals: 1,
+};
 pub const LEUKOCYTES: Lab = lab("6690-2", "Leukocytes [#/volume] in Blood by Automated count", "10*3/uL", (4.5, 11.0), 7.0, 1.4, 1);
 pub const PLATELETS: Lab = lab("777-3", "Platelets [#/volume] in Blood by Automated count", "10*3/uL", (150.0, 400.0), 260.0, 45.0, 0);
 pub const A1C: Lab = lab("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", (4.0, 5.6), 5.3, 0.25, 1);
@@ -181,34 +199,141 @@ pub struct Panel {
 }
 
 pub const BASIC_METABOLIC: Panel = Panel { code: "51990-0", display: "Basic metabolic panel - Blood", tests: &[&GLUCOSE, &CREATININE, &SODIUM, &POTASSIUM] };
-pub const LIPID: Panel = Panel { code: "57698-3", display: "Lipid panel with direct LDL - Serum or Plasma", tests: &[&CHOLESTEROL, &TRIGLYCERIDES, &HDL, &LDL] };
+pub const LIPID: Panel =
+    Panel { code: "57698-3", display: "Lipid panel with direct LDL - Serum or Plasma", tests: &[&CHOLESTEROL, &TRIGLYCERIDES, &HDL, &LDL] };
 pub const BLOOD_COUNT: Panel = Panel { code: "58410-2", display: "CBC panel - Blood by Automated count", tests: &[&HEMOGLOBIN, &LEUKOCYTES, &PLATELETS] };
 pub const HBA1C: Panel = Panel { code: "4548-4", display: "Hemoglobin A1c/Hemoglobin.total in Blood", tests: &[&A1C] };
 
 pub const GIVEN_MALE: &[&str] = &[
-    "James", "Robert", "Michael", "David", "William", "Joseph", "Thomas", "Carlos", "Hiroshi", "Ahmed", "Liam", "Noah", "Mateo",
-    "Oliver", "Samuel", "Daniel", "Anthony", "Marcus", "Kwame", "Ravi", "Luis", "Andre", "Peter", "Gabriel", "Isaac", "Tomasz",
-    "Elijah", "Henry", "Omar", "Jun",
+    "James", "Robert", "Michael", "David", "William", "Joseph", "Thomas", "Carlos", "Hiroshi", "Ahmed", "Liam", "Noah", "Mateo", "Oliver", "Samuel", "Daniel",
+    "Anthony", "Marcus", "Kwame", "Ravi", "Luis", "Andre", "Peter", "Gabriel", "Isaac", "Tomasz", "Elijah", "Henry", "Omar", "Jun",
 ];
 pub const GIVEN_FEMALE: &[&str] = &[
-    "Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Maria", "Sofia", "Aisha", "Mei", "Olivia", "Emma", "Amelia", "Chloé",
-    "Zoë", "Hannah", "Grace", "Rosa", "Priya", "Naomi", "Fatima", "Ingrid", "Yesenia", "Keiko", "Abigail", "Ruth", "Claire",
-    "Esther", "Lucia", "Nadia", "Beatriz",
+    "Mary",
+    "Patricia",
+    "Jennifer",
+    "Linda",
+    "Elizabeth",
+    "Maria",
+    "Sofia",
+    "Aisha",
+    "Mei",
+    "Olivia",
+    "Emma",
+    "Amelia",
+    "Chloé",
+    "Zoë",
+    "Hannah",
+    "Grace",
+    "Rosa",
+    "Priya",
+    "Naomi",
+    "Fatima",
+    "Ingrid",
+    "Yesenia",
+    "Keiko",
+    "Abigail",
+    "Ruth",
+    "Claire",
+    "Esther",
+    "Lucia",
+    "Nadia",
+    "Beatriz",
 ];
 /// 61 family names: a prime, so that stepping through them by a fixed stride visits each once.
 pub const FAMILY: &[&str] = &[
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Nguyen", "Kim",
-    "Okafor", "Müller", "O'Brien", "Kowalski", "Haddad", "Schmidt", "Rossi", "Yamamoto", "Patel", "Cohen", "Sullivan",
-    "Fitzgerald", "Mendes", "Andersson", "Novak", "Chen", "Park", "Osei", "Murphy", "Reyes", "Tran", "Hughes", "Bianchi",
-    "Lindqvist", "Moreau", "Adeyemi", "Kaplan", "Walsh", "Ferreira", "Gallagher", "Horvath", "Ibrahim", "Jensen", "Kelley",
-    "Lambert", "MacDonald", "Nakamura", "Olsen", "Pereira", "Quinn", "Romero", "Sato", "Torres", "Underwood", "Vargas",
-    "Whitaker", "Xu", "Young", "Zimmerman",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Nguyen",
+    "Kim",
+    "Okafor",
+    "Müller",
+    "O'Brien",
+    "Kowalski",
+    "Haddad",
+    "Schmidt",
+    "Rossi",
+    "Yamamoto",
+    "Patel",
+    "Cohen",
+    "Sullivan",
+    "Fitzgerald",
+    "Mendes",
+    "Andersson",
+    "Novak",
+    "Chen",
+    "Park",
+    "Osei",
+    "Murphy",
+    "Reyes",
+    "Tran",
+    "Hughes",
+    "Bianchi",
+    "Lindqvist",
+    "Moreau",
+    "Adeyemi",
+    "Kaplan",
+    "Walsh",
+    "Ferreira",
+    "Gallagher",
+    "Horvath",
+    "Ibrahim",
+    "Jensen",
+    "Kelley",
+    "Lambert",
+    "MacDonald",
+    "Nakamura",
+    "Olsen",
+    "Pereira",
+    "Quinn",
+    "Romero",
+    "Sato",
+    "Torres",
+    "Underwood",
+    "Vargas",
+    "Whitaker",
+    "Xu",
+    "Young",
+    "Zimmerman",
 ];
 pub const CITIES: &[(&str, &str, &str, &str)] = &[
-    ("Boston", "MA", "02118", "617"), ("Worcester", "MA", "01608", "508"), ("Springfield", "MA", "01103", "413"), ("Cambridge", "MA", "02139", "617"),
-    ("Lowell", "MA", "01852", "978"), ("Quincy", "MA", "02169", "617"), ("Brockton", "MA", "02301", "508"), ("Somerville", "MA", "02143", "617"),
+    ("Boston", "MA", "02118", "617"),
+    ("Worcester", "MA", "01608", "508"),
+    ("Springfield", "MA", "01103", "413"),
+    ("Cambridge", "MA", "02139", "617"),
+    ("Lowell", "MA", "01852", "978"),
+    ("Quincy", "MA", "02169", "617"),
+    ("Brockton", "MA", "02301", "508"),
+    ("Somerville", "MA", "02143", "617"),
 ];
-pub const STREETS: &[&str] = &["Maple Street", "Oak Avenue", "Washington Street", "Elm Road", "Harbor Way", "Chestnut Lane", "Beacon Street", "Pine Court", "Summer Street", "Cedar Terrace", "Prospect Hill Road", "Linden Avenue"];
+pub const STREETS: &[&str] = &[
+    "Maple Street",
+    "Oak Avenue",
+    "Washington Street",
+    "Elm Road",
+    "Harbor Way",
+    "Chestnut Lane",
+    "Beacon Street",
+    "Pine Court",
+    "Summer Street",
+    "Cedar Terrace",
+    "Prospect Hill Road",
+    "Linden Avenue",
+];
 
 /// (OMB race code, display)
-pub const RACES: &[(&str, &str)] = &[("2106-3", "White"), ("2054-5", "Black or African American"), ("2028-9", "Asian"), ("1002-5", "American Indian or Alaska Native"), ("2076-8", "Native Hawaiian or Other Pacific Islander")];
+pub const RACES: &[(&str, &str)] = &[
+    ("2106-3", "White"),
+    ("2054-5", "Black or African American"),
+    ("2028-9", "Asian"),
+    ("1002-5", "American Indian or Alaska Native"),
+    ("2076-8", "Native Hawaiian or Other Pacific Islander"),
+];

@@ -62,7 +62,8 @@ const HEIGHT: Table = &[
 ];
 
 /// Head circumference for age, cm (measured to 3 years).
-const HEAD: Table = &[(0.0, 34.5, 33.9), (0.25, 40.5, 39.5), (0.5, 43.3, 42.2), (0.75, 44.9, 43.8), (1.0, 46.1, 45.0), (1.5, 47.4, 46.2), (2.0, 48.3, 47.2), (3.0, 49.5, 48.5)];
+const HEAD: Table =
+    &[(0.0, 34.5, 33.9), (0.25, 40.5, 39.5), (0.5, 43.3, 42.2), (0.75, 44.9, 43.8), (1.0, 46.1, 45.0), (1.5, 47.4, 46.2), (2.0, 48.3, 47.2), (3.0, 49.5, 48.5)];
 
 /// Spread of one standard deviation, as a fraction of the median.
 pub const WEIGHT_SD: f64 = 0.12;

@@ -43,7 +43,15 @@ pub(crate) struct Clinician {
     pub credential: &'static str,
 }
 
-const fn clinician(given: &'static str, family: &'static str, gender: &'static str, taxonomy: (&'static str, &'static str), org: usize, location: &'static str, credential: &'static str) -> Clinician {
+const fn clinician(
+    given: &'static str,
+    family: &'static str,
+    gender: &'static str,
+    taxonomy: (&'static str, &'static str),
+    org: usize,
+    location: &'static str,
+    credential: &'static str,
+) -> Clinician {
     Clinician { given, family, gender, taxonomy, org, location, credential }
 }
 
@@ -147,7 +155,19 @@ pub(crate) fn round(v: f64, decimals: u32) -> f64 {
 pub(crate) fn npi(base: u64) -> String {
     let body = format!("{:09}", base % 1_000_000_000);
     let digits: Vec<u32> = format!("80840{body}").chars().filter_map(|c| c.to_digit(10)).collect();
-    let sum: u32 = digits.iter().rev().enumerate().map(|(i, &d)| if i % 2 == 0 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { d }).sum();
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
     format!("{body}{}", (10 - sum % 10) % 10)
 }
 
@@ -251,9 +271,10 @@ fn shared_resources() -> Value {
     // Empty prefixes are left out rather than sent as [].
     for e in out["entry"].as_array_mut().into_iter().flatten() {
         if let Some(name) = e["resource"]["name"].get_mut(0).and_then(Value::as_object_mut)
-            && name.get("prefix").is_some_and(|p| p.as_array().is_some_and(Vec::is_empty)) {
-                name.remove("prefix");
-            }
+            && name.get("prefix").is_some_and(|p| p.as_array().is_some_and(Vec::is_empty))
+        {
+            name.remove("prefix");
+        }
     }
     out
 }

@@ -10,7 +10,8 @@ use time::{Date, Duration, PrimitiveDateTime, Time};
 
 /// Age in years of the n-th patient (by index modulo 25): the first three are adults (the first is the demo
 /// patient), then newborns to the very old.
-const AGES: [f64; 25] = [58.0, 67.0, 44.0, 0.06, 1.6, 4.5, 8.2, 13.4, 16.7, 24.0, 31.0, 36.5, 52.0, 71.0, 79.0, 88.0, 97.0, 0.55, 2.7, 10.5, 19.0, 27.5, 39.0, 62.0, 84.0];
+const AGES: [f64; 25] =
+    [58.0, 67.0, 44.0, 0.06, 1.6, 4.5, 8.2, 13.4, 16.7, 24.0, 31.0, 36.5, 52.0, 71.0, 79.0, 88.0, 97.0, 0.55, 2.7, 10.5, 19.0, 27.5, 39.0, 62.0, 84.0];
 /// Patients (index modulo 25) with fifteen years of records, and with a single visit.
 const LONG: [usize; 3] = [0, 1, 14];
 const SPARSE: [usize; 2] = [9, 21];
@@ -117,7 +118,13 @@ pub(crate) fn bundle(seed: u64, n: usize, today: Date) -> Value {
         if n < FAMILY.len() { f.to_string() } else { format!("{f}-{}", FAMILY[(n / FAMILY.len() * 23 + n) % FAMILY.len()]) }
     };
     let child = age_years < 18.0;
-    let gp = if child { PEDIATRICIAN } else if slot == 0 { FAMILY_DOCTOR } else { [FAMILY_DOCTOR, INTERNIST, NURSE_PRACTITIONER][n % 3] };
+    let gp = if child {
+        PEDIATRICIAN
+    } else if slot == 0 {
+        FAMILY_DOCTOR
+    } else {
+        [FAMILY_DOCTOR, INTERNIST, NURSE_PRACTITIONER][n % 3]
+    };
     let org = CLINICIANS[gp].org;
     let mut g = Gen {
         pid: patient_id(seed, n),
@@ -186,7 +193,15 @@ impl Gen {
             self.problems.push(Problem { cond: condition("72892002"), onset: self.today - Duration::days(150), id: None, rx: None });
         }
         let r = self.rng.unit();
-        self.smoking = if age < 13.0 { ("266919005", "Never smoked tobacco (finding)") } else if r < 0.12 { ("77176002", "Smoker (finding)") } else if r < 0.3 || self.has("13645005") { ("8517006", "Ex-smoker (finding)") } else { ("266919005", "Never smoked tobacco (finding)") };
+        self.smoking = if age < 13.0 {
+            ("266919005", "Never smoked tobacco (finding)")
+        } else if r < 0.12 {
+            ("77176002", "Smoker (finding)")
+        } else if r < 0.3 || self.has("13645005") {
+            ("8517006", "Ex-smoker (finding)")
+        } else {
+            ("266919005", "Never smoked tobacco (finding)")
+        };
         self.food_insecure = demo || self.rng.chance(0.12);
         // An adult's weight from a BMI that fits their problems.
         let height = growth::at(growth::median_height(age.min(20.0), self.male), growth::HEIGHT_SD, self.z_height);
@@ -254,7 +269,13 @@ impl Gen {
             }
             let onset = if demo {
                 // The demo patient's problems began over the years of their record, the oldest first.
-                self.today - Duration::days(match code { "38341003" => 3_900, "162864005" => 3_300, "44054006" => 2_900, _ => 2_100 })
+                self.today
+                    - Duration::days(match code {
+                        "38341003" => 3_900,
+                        "162864005" => 3_300,
+                        "44054006" => 2_900,
+                        _ => 2_100,
+                    })
             } else {
                 earliest + Duration::days(self.rng.range(0, (latest - earliest).whole_days()))
             };
@@ -298,7 +319,11 @@ impl Gen {
             p["communication"][0]["language"] = cc("urn:ietf:bcp:47", "en-US", "English (United States)");
         }
         if self.age_at(self.today) >= 18.0 {
-            p["maritalStatus"] = if self.rng.chance(0.55) { cc("http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "M", "Married") } else { cc("http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "S", "Never Married") };
+            p["maritalStatus"] = if self.rng.chance(0.55) {
+                cc("http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "M", "Married")
+            } else {
+                cc("http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "S", "Never Married")
+            };
         }
         self.put(p);
     }
@@ -336,9 +361,11 @@ impl Gen {
         }
         // The most recent well visit is recent, so the chart has current vitals.
         if let Some(last) = out.iter_mut().rev().find(|v| v.1 == Kind::Wellness)
-            && (today - last.0).whole_days() > 200 && age >= 3.0 {
-                last.0 = today - Duration::days(self.rng.range(10, 60));
-            }
+            && (today - last.0).whole_days() > 200
+            && age >= 3.0
+        {
+            last.0 = today - Duration::days(self.rng.range(10, 60));
+        }
         // Follow-ups for blood pressure and diabetes, every four to six months.
         let followed = self.problems.iter().filter(|p| matches!(CONDITIONS[p.cond].0, "38341003" | "44054006" | "49436004")).map(|p| p.onset).min();
         if let Some(onset) = followed {
@@ -351,7 +378,13 @@ impl Gen {
             }
         }
         // Sick visits: children more often than adults.
-        let per_year = if age < 6.0 { 1.6 } else if age < 18.0 { 0.9 } else { 0.6 };
+        let per_year = if age < 6.0 {
+            1.6
+        } else if age < 18.0 {
+            0.9
+        } else {
+            0.6
+        };
         let span_days = (today - start).whole_days().max(1);
         let n_sick = ((span_days as f64 / YEAR) * per_year).round() as i64 + self.rng.range(0, 1);
         for _ in 0..n_sick {
@@ -368,7 +401,8 @@ impl Gen {
             } else {
                 &["444814009", "195662009", "10509002", "68566005", "68566005"]
             };
-            out.push((d, Kind::Sick(condition(*self.rng.pick(options)))));
+            let code = *self.rng.pick(options);
+            out.push((d, Kind::Sick(condition(code))));
         }
         // An emergency for some: a sprained ankle, or pneumonia that needs a hospital stay for the old
         // and the very young.
@@ -407,7 +441,13 @@ impl Gen {
 
     fn coverage(&mut self, start: Date, parent: Option<&str>) {
         let age = self.age_at(self.today);
-        let payer = if age >= 65.0 { 1 } else if age < 18.0 && self.n % 3 == 0 { 2 } else { 0 };
+        let payer = if age >= 65.0 {
+            1
+        } else if age < 18.0 && self.n.is_multiple_of(3) {
+            2
+        } else {
+            0
+        };
         let (payer_id, payer_name, code, display) = PAYERS[payer];
         let id = self.id("coverage");
         let member = format!("{}{:09}", ["BSH", "MCR", "MAH"][payer], (self.n as u64 * 104_729 + 7) % 1_000_000_000);
@@ -426,7 +466,9 @@ impl Gen {
                 {"type": cc(COVERAGE_CLASS, "plan", "Plan"), "value": plan.0, "name": plan.1}
             ]
         });
-        if let Some(parent) = parent && payer == 0 {
+        if let Some(parent) = parent
+            && payer == 0
+        {
             c["subscriber"] = reference("RelatedPerson", parent);
             c["policyHolder"] = reference("RelatedPerson", parent);
             c["relationship"] = cc(SUBSCRIBER_RELATIONSHIP, "child", "Child");
@@ -471,9 +513,20 @@ impl Gen {
         let start = PrimitiveDateTime::new(day, Time::from_hms(hour, minute, 0).unwrap_or(Time::MIDNIGHT));
         let (minutes, clinician, location, org) = match kind {
             Kind::Wellness => (self.rng.range(30, 50), self.gp, CLINICIANS[self.gp].location, self.org),
-            Kind::FollowUp => (self.rng.range(20, 30), if self.has("49436004") && self.rng.chance(0.5) { CARDIOLOGIST } else { self.gp }, CLINICIANS[self.gp].location, self.org),
+            Kind::FollowUp => (
+                self.rng.range(20, 30),
+                if self.has("49436004") && self.rng.chance(0.5) { CARDIOLOGIST } else { self.gp },
+                CLINICIANS[self.gp].location,
+                self.org,
+            ),
             Kind::Sick(_) => {
-                let c = if age < 18.0 { PEDIATRICIAN } else if self.rng.chance(0.5) { NURSE_PRACTITIONER } else { self.gp };
+                let c = if age < 18.0 {
+                    PEDIATRICIAN
+                } else if self.rng.chance(0.5) {
+                    NURSE_PRACTITIONER
+                } else {
+                    self.gp
+                };
                 (self.rng.range(15, 30), c, CLINICIANS[c].location, CLINICIANS[c].org)
             }
             Kind::Emergency(_) => (self.rng.range(150, 360), EMERGENCY_DOCTOR, "kp-location-ed", 0),
@@ -516,7 +569,12 @@ impl Gen {
         match kind {
             Kind::Sick(c) | Kind::Emergency(c) | Kind::Inpatient(c) => e["reasonCode"] = json!([cc(SNOMED, CONDITIONS[c].0, CONDITIONS[c].1)]),
             Kind::FollowUp => {
-                let reasons: Vec<Value> = self.problems.iter().filter(|p| p.onset <= day && matches!(CONDITIONS[p.cond].0, "38341003" | "44054006" | "49436004")).map(|p| cc(SNOMED, CONDITIONS[p.cond].0, CONDITIONS[p.cond].1)).collect();
+                let reasons: Vec<Value> = self
+                    .problems
+                    .iter()
+                    .filter(|p| p.onset <= day && matches!(CONDITIONS[p.cond].0, "38341003" | "44054006" | "49436004"))
+                    .map(|p| cc(SNOMED, CONDITIONS[p.cond].0, CONDITIONS[p.cond].1))
+                    .collect();
                 if !reasons.is_empty() {
                     e["reasonCode"] = json!(reasons);
                 }
@@ -583,7 +641,11 @@ impl Gen {
             let id = self.id("cond");
             let pregnancy = code == "72892002";
             let health_concern = code == "733423003";
-            let (cat_system, cat_code, cat_display) = if health_concern { (CONDITION_CATEGORY_US_CORE, "health-concern", "Health Concern") } else { (CONDITION_CATEGORY, "problem-list-item", "Problem List Item") };
+            let (cat_system, cat_code, cat_display) = if health_concern {
+                (CONDITION_CATEGORY_US_CORE, "health-concern", "Health Concern")
+            } else {
+                (CONDITION_CATEGORY, "problem-list-item", "Problem List Item")
+            };
             let mut category = vec![cc(cat_system, cat_code, cat_display)];
             if health_concern {
                 category.push(cc(US_CORE_CATEGORY, "sdoh", "SDOH"));
@@ -640,7 +702,17 @@ impl Gen {
     fn prescribe(&mut self, enc: &Enc, m: usize, reason: &str, long_term: bool) -> String {
         let (rx, display, dosage) = MEDICATIONS[m];
         let id = self.id("medrx");
-        let frequency = if dosage.contains("twice") { 2 } else if dosage.contains("three times") { 3 } else if dosage.contains("every 6 hours") { 4 } else if dosage.contains("every 8 hours") { 3 } else { 1 };
+        let frequency = if dosage.contains("twice") {
+            2
+        } else if dosage.contains("three times") {
+            3
+        } else if dosage.contains("every 6 hours") {
+            4
+        } else if dosage.contains("every 8 hours") {
+            3
+        } else {
+            1
+        };
         self.put(json!({
             "resourceType": "MedicationRequest", "id": id,
             "identifier": [{"system": ORDER_SYSTEM, "value": format!("RX{}", 500_000 + self.counter * 7 + self.n * 10_007)}],
@@ -783,7 +855,17 @@ impl Gen {
         let age = self.age_at(day);
         let fever = matches!(kind, Kind::Sick(c) | Kind::Inpatient(c) if !matches!(CONDITIONS[c].0, "44465007" | "68566005"));
         let pneumonia = matches!(kind, Kind::Inpatient(_));
-        let (hr_mean, rr_mean) = if age < 1.0 { (135.0, 38.0) } else if age < 3.0 { (115.0, 28.0) } else if age < 6.0 { (100.0, 24.0) } else if age < 12.0 { (88.0, 20.0) } else { (72.0, 15.0) };
+        let (hr_mean, rr_mean) = if age < 1.0 {
+            (135.0, 38.0)
+        } else if age < 3.0 {
+            (115.0, 28.0)
+        } else if age < 6.0 {
+            (100.0, 24.0)
+        } else if age < 12.0 {
+            (88.0, 20.0)
+        } else {
+            (72.0, 15.0)
+        };
         let hr = self.rng.normal(hr_mean + if fever { 12.0 } else { 0.0 }, hr_mean * 0.07);
         let rr = self.rng.normal(rr_mean + if pneumonia { 8.0 } else { 0.0 }, rr_mean * 0.08);
         let temp = if fever { self.rng.normal(38.4, 0.4) } else { self.rng.normal(36.8, 0.2) };
@@ -800,7 +882,19 @@ impl Gen {
         };
         let bmi = weight / (height / 100.0).powi(2);
         let hypertensive = self.active_at("38341003", day);
-        let (sys_mean, dia_mean) = if age < 1.0 { (85.0, 50.0) } else if age < 6.0 { (96.0, 58.0) } else if age < 13.0 { (104.0, 64.0) } else if age < 18.0 { (112.0, 70.0) } else if hypertensive { (142.0 + age * 0.1, 88.0) } else { (112.0 + age * 0.2, 72.0 + age * 0.05) };
+        let (sys_mean, dia_mean) = if age < 1.0 {
+            (85.0, 50.0)
+        } else if age < 6.0 {
+            (96.0, 58.0)
+        } else if age < 13.0 {
+            (104.0, 64.0)
+        } else if age < 18.0 {
+            (112.0, 70.0)
+        } else if hypertensive {
+            (142.0 + age * 0.1, 88.0)
+        } else {
+            (112.0 + age * 0.2, 72.0 + age * 0.05)
+        };
         let child_scale = if age < 18.0 { 0.4 } else { 1.0 };
         let systolic = self.rng.normal(sys_mean + self.bp_offset * child_scale, 6.0).round();
         let diastolic = self.rng.normal(dia_mean + self.bp_offset * 0.5 * child_scale, 4.0).round().min(systolic - 25.0);
@@ -877,7 +971,8 @@ impl Gen {
             }
             self.put(bp);
         }
-        let mut line = format!("Vital signs: weight {:.1} kg, height {:.1} cm, heart rate {:.0}/min, temperature {:.1} °C, SpO2 {:.0}%", weight, height, hr, temp, spo2);
+        let mut line =
+            format!("Vital signs: weight {:.1} kg, height {:.1} cm, heart rate {:.0}/min, temperature {:.1} °C, SpO2 {:.0}%", weight, height, hr, temp, spo2);
         if age >= 3.0 {
             line.push_str(&format!(", blood pressure {systolic:.0}/{diastolic:.0} mmHg"));
         }
@@ -889,7 +984,17 @@ impl Gen {
         let day = enc.start.date();
         let age_days = (day - self.birth).whole_days();
         // Immunisations due since the previous well visit (or since the records began).
-        let previous = self.b.entries.iter().rev().filter(|e| e["resource"]["resourceType"] == "Encounter" && matches!(e["resource"]["type"][0]["coding"][0]["code"].as_str(), Some("410620009" | "162673000"))).nth(1).and_then(|e| e["resource"]["period"]["start"].as_str().map(str::to_string));
+        let previous = self
+            .b
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| {
+                e["resource"]["resourceType"] == "Encounter"
+                    && matches!(e["resource"]["type"][0]["coding"][0]["code"].as_str(), Some("410620009" | "162673000"))
+            })
+            .nth(1)
+            .and_then(|e| e["resource"]["period"]["start"].as_str().map(str::to_string));
         let from_age = match &previous {
             Some(p) => parse_day(p).map_or(age_days, |d| (d - self.birth).whole_days()),
             None => age_days - 120,
@@ -902,7 +1007,10 @@ impl Gen {
                 self.immunization(enc, cvx, display, None);
             }
         }
-        let had_flu_shot = self.b.entries.iter().rev().any(|e| e["resource"]["vaccineCode"]["coding"][0]["code"] == INFLUENZA.0 && e["resource"]["occurrenceDateTime"].as_str().and_then(parse_day).is_some_and(|d| (day - d).whole_days() < 200));
+        let had_flu_shot = self.b.entries.iter().rev().any(|e| {
+            e["resource"]["vaccineCode"]["coding"][0]["code"] == INFLUENZA.0
+                && e["resource"]["occurrenceDateTime"].as_str().and_then(parse_day).is_some_and(|d| (day - d).whole_days() < 200)
+        });
         if age >= 0.5 && matches!(day.month() as u8, 9..=12 | 1) && !had_flu_shot {
             let declined = age >= 18.0 && self.n % 7 == 3;
             self.immunization(enc, INFLUENZA.0, INFLUENZA.1, declined.then_some(("PATOBJ", "patient objection")));
@@ -926,7 +1034,7 @@ impl Gen {
                     "performer": [{"actor": reference("Practitioner", &practitioner_id(enc.clinician))}]
                 }));
             }
-            if !self.male && age >= 50.0 && age < 75.0 && self.rng.chance(0.5) {
+            if !self.male && (50.0..75.0).contains(&age) && self.rng.chance(0.5) {
                 self.referral(enc, "24623002", "Screening mammography (procedure)", "363679005", "Imaging", None);
             }
             if (45.0..76.0).contains(&age) && self.rng.chance(0.15) {
@@ -962,7 +1070,11 @@ impl Gen {
         }
         let first_adult_visit = age >= 18.0 && !self.b.entries.iter().any(|e| e["resource"]["code"]["coding"][0]["code"] == "76690-7");
         if first_adult_visit {
-            let value = match self.n % 11 { 4 => ("38628009", "Homosexual (finding)"), 7 => ("42035005", "Bisexual (finding)"), _ => ("20430005", "Heterosexual (finding)") };
+            let value = match self.n % 11 {
+                4 => ("38628009", "Homosexual (finding)"),
+                7 => ("42035005", "Bisexual (finding)"),
+                _ => ("20430005", "Heterosexual (finding)"),
+            };
             self.coded_observation(enc, "social-history", "76690-7", "Sexual orientation", (SNOMED, value.0, value.1));
         }
         if age >= 18.0 && (last || self.rng.chance(0.3)) {
@@ -989,7 +1101,11 @@ impl Gen {
             None => {
                 r["lotNumber"] = json!(format!("{}{:05}", ["EK", "FH", "U7", "Y3"][self.counter % 4], self.rng.below(100_000)));
                 r["expirationDate"] = json!(date_str(enc.start.date() + Duration::days(self.rng.range(120, 600))));
-                r["site"] = if self.age_at(enc.start.date()) < 3.0 { cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LT", "left thigh") } else { cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LA", "left arm") };
+                r["site"] = if self.age_at(enc.start.date()) < 3.0 {
+                    cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LT", "left thigh")
+                } else {
+                    cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LA", "left arm")
+                };
                 r["route"] = cc("http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration", "IM", "Injection, intramuscular");
             }
         }
@@ -1015,7 +1131,8 @@ impl Gen {
     /// Observations derived from it.
     fn hunger_screen(&mut self, enc: &Enc, last: bool) {
         let positive = self.food_insecure && last;
-        let (a1, a2) = if positive { (("LA28397-0", "Often true"), ("LA6729-3", "Sometimes true")) } else { (("LA28398-8", "Never true"), ("LA28398-8", "Never true")) };
+        let (a1, a2) =
+            if positive { (("LA28397-0", "Often true"), ("LA6729-3", "Sometimes true")) } else { (("LA28398-8", "Never true"), ("LA28398-8", "Never true")) };
         let risk = if positive { ("LA19952-3", "At risk") } else { ("LA19983-8", "No risk") };
         let qr = self.id("qr");
         let q1 = "Within the past 12 months we worried whether our food would run out before we got money to buy more";
@@ -1034,7 +1151,8 @@ impl Gen {
                 {"linkId": "/88124-3", "text": "Food insecurity risk", "answer": [{"valueCoding": coding(LOINC, risk.0, risk.1)}]}
             ]
         }));
-        let category = json!([cc(OBS_CATEGORY, "survey", "Survey"), cc(OBS_CATEGORY, "social-history", "Social History"), cc(US_CORE_CATEGORY, "sdoh", "SDOH")]);
+        let category =
+            json!([cc(OBS_CATEGORY, "survey", "Survey"), cc(OBS_CATEGORY, "social-history", "Social History"), cc(US_CORE_CATEGORY, "sdoh", "SDOH")]);
         let mut members = Vec::new();
         for (code, display, (vcode, vdisplay)) in [("88122-7", q1, a1), ("88123-5", q2, a2), ("88124-3", "Food insecurity risk [HVS]", risk)] {
             let id = self.id("obs");
@@ -1126,7 +1244,11 @@ impl Gen {
             "requester": named_reference("Practitioner", &practitioner_id(enc.clinician), &clinician_name(enc.clinician)),
             "specimen": [reference("Specimen", &specimen)]
         }));
-        let (type_code, type_display) = if panel.code == BLOOD_COUNT.code || panel.code == HBA1C.code { ("119297000", "Blood specimen (specimen)") } else { ("119364003", "Serum specimen (specimen)") };
+        let (type_code, type_display) = if panel.code == BLOOD_COUNT.code || panel.code == HBA1C.code {
+            ("119297000", "Blood specimen (specimen)")
+        } else {
+            ("119364003", "Serum specimen (specimen)")
+        };
         self.put(json!({
             "resourceType": "Specimen", "id": specimen, "status": "available",
             "accessionIdentifier": {"system": ACCESSION_SYSTEM, "value": accession},
@@ -1169,7 +1291,13 @@ impl Gen {
             let z = self.lab_offset(lab.code);
             let value = round((mean + sd * (z + self.rng.normal(0.0, 0.5))).max(lab.mean * 0.3), lab.decimals);
             let (low, high) = if self.male { lab.male } else { lab.female };
-            let (flag, flag_display) = if value > high { ("H", "High") } else if value < low { ("L", "Low") } else { ("N", "Normal") };
+            let (flag, flag_display) = if value > high {
+                ("H", "High")
+            } else if value < low {
+                ("L", "Low")
+            } else {
+                ("N", "Normal")
+            };
             let id = self.id("obs");
             let q = |v: f64| json!({"value": v, "unit": lab.unit, "system": UCUM, "code": lab.unit});
             let mut range = json!({"high": q(high), "text": format!("{low}–{high} {}", lab.unit)});
@@ -1230,15 +1358,22 @@ impl Gen {
             format!("Date: {}  Clinician: {}", date_str(enc.start.date()), clinician_name(enc.clinician)),
         ];
         text.extend(lines.iter().cloned());
-        let active: Vec<String> = self.problems.iter().filter(|p| p.id.is_some()).map(|p| CONDITIONS[p.cond].1.split(" (").next().unwrap_or_default().to_string()).collect();
+        let active: Vec<String> =
+            self.problems.iter().filter(|p| p.id.is_some()).map(|p| CONDITIONS[p.cond].1.split(" (").next().unwrap_or_default().to_string()).collect();
         if !active.is_empty() {
             text.push(format!("Problem list: {}.", active.join("; ")));
         }
-        text.push(if inpatient { "Discharged home in stable condition; follow up with primary care within 7 days.".into() } else { "Plan: continue current medicines; return as needed.".into() });
+        text.push(if inpatient {
+            "Discharged home in stable condition; follow up with primary care within 7 days.".into()
+        } else {
+            "Plan: continue current medicines; return as needed.".into()
+        });
         let (content_type, bytes) = if inpatient { ("application/pdf", pdf(&text)) } else { ("text/plain", text.join("\n").into_bytes()) };
         let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
         let binary = self.id("binary");
-        self.put(json!({"resourceType": "Binary", "id": binary, "contentType": content_type, "securityContext": reference("Patient", &self.pid), "data": data}));
+        self.put(
+            json!({"resourceType": "Binary", "id": binary, "contentType": content_type, "securityContext": reference("Patient", &self.pid), "data": data}),
+        );
         let id = self.id("doc");
         self.put(json!({
             "resourceType": "DocumentReference", "id": id, "status": "current", "docStatus": "final",
@@ -1334,7 +1469,11 @@ impl Gen {
         if self.age_at(self.today) < 60.0 {
             return;
         }
-        let (dcode, ddisplay) = if code == "49436004" { ("14106009", "Cardiac pacemaker, device (physical object)") } else { ("72506001", "Implantable defibrillator, device (physical object)") };
+        let (dcode, ddisplay) = if code == "49436004" {
+            ("14106009", "Cardiac pacemaker, device (physical object)")
+        } else {
+            ("72506001", "Implantable defibrillator, device (physical object)")
+        };
         let implanted = onset + Duration::days(60);
         let made = implanted - Duration::days(200);
         let expires = made + Duration::days(3_650);

@@ -82,9 +82,34 @@ fn every_resource_is_valid_and_every_reference_resolves() {
     // US Core 6.1's resource types, all present.
     let types: BTreeSet<&str> = all.iter().map(|r| r["resourceType"].as_str().unwrap()).collect();
     for t in [
-        "AllergyIntolerance", "Binary", "CarePlan", "CareTeam", "Condition", "Coverage", "Device", "DiagnosticReport", "DocumentReference", "Encounter",
-        "Endpoint", "Goal", "Immunization", "Location", "Medication", "MedicationDispense", "MedicationRequest", "Observation", "Organization", "Patient",
-        "Practitioner", "PractitionerRole", "Procedure", "Provenance", "QuestionnaireResponse", "RelatedPerson", "ServiceRequest", "Specimen",
+        "AllergyIntolerance",
+        "Binary",
+        "CarePlan",
+        "CareTeam",
+        "Condition",
+        "Coverage",
+        "Device",
+        "DiagnosticReport",
+        "DocumentReference",
+        "Encounter",
+        "Endpoint",
+        "Goal",
+        "Immunization",
+        "Location",
+        "Medication",
+        "MedicationDispense",
+        "MedicationRequest",
+        "Observation",
+        "Organization",
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "Procedure",
+        "Provenance",
+        "QuestionnaireResponse",
+        "RelatedPerson",
+        "ServiceRequest",
+        "Specimen",
     ] {
         assert!(types.contains(t), "no {t}");
     }
@@ -101,14 +126,21 @@ fn dates_are_consistent() {
         let encounters: BTreeMap<String, (String, String)> = rs
             .iter()
             .filter(|r| r["resourceType"] == "Encounter")
-            .map(|r| (format!("Encounter/{}", r["id"].as_str().unwrap()), (moment(r["period"]["start"].as_str().unwrap()), moment(r["period"]["end"].as_str().unwrap()))))
+            .map(|r| {
+                (
+                    format!("Encounter/{}", r["id"].as_str().unwrap()),
+                    (moment(r["period"]["start"].as_str().unwrap()), moment(r["period"]["end"].as_str().unwrap())),
+                )
+            })
             .collect();
         for r in &rs {
             fn dates<'a>(v: &'a Value, key: &'a str, out: &mut Vec<(&'a str, &'a str)>) {
                 match v {
                     Value::Object(m) => m.iter().for_each(|(k, x)| dates(x, k, out)),
                     Value::Array(a) => a.iter().for_each(|x| dates(x, key, out)),
-                    Value::String(s) if s.len() >= 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-' && s[..4].bytes().all(|c| c.is_ascii_digit()) => out.push((key, s)),
+                    Value::String(s) if s.len() >= 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-' && s[..4].bytes().all(|c| c.is_ascii_digit()) => {
+                        out.push((key, s))
+                    }
                     _ => {}
                 }
             }
@@ -124,11 +156,12 @@ fn dates_are_consistent() {
                 assert!(day(onset) <= day(abatement), "{r}");
             }
             if r["resourceType"] == "Observation"
-                && let Some(enc) = r["encounter"]["reference"].as_str() {
-                    let (start, end) = &encounters[enc];
-                    let at = moment(r["effectiveDateTime"].as_str().unwrap());
-                    assert!(*start <= at && at <= *end, "observation at {at} outside its encounter {start}–{end}");
-                }
+                && let Some(enc) = r["encounter"]["reference"].as_str()
+            {
+                let (start, end) = &encounters[enc];
+                let at = moment(r["effectiveDateTime"].as_str().unwrap());
+                assert!(*start <= at && at <= *end, "observation at {at} outside its encounter {start}–{end}");
+            }
         }
     }
 }
@@ -163,7 +196,9 @@ fn growth_and_vital_signs_are_plausible_for_age_and_sex() {
             }
         }
         for bp in rs.iter().filter(|r| code(r) == "85354-9") {
-            let part = |c: &str| bp["component"].as_array().unwrap().iter().find(|x| x["code"]["coding"][0]["code"] == c).unwrap()["valueQuantity"]["value"].as_f64().unwrap();
+            let part = |c: &str| {
+                bp["component"].as_array().unwrap().iter().find(|x| x["code"]["coding"][0]["code"] == c).unwrap()["valueQuantity"]["value"].as_f64().unwrap()
+            };
             let (s, d) = (part("8480-6"), part("8462-4"));
             assert!((70.0..200.0).contains(&s) && (35.0..120.0).contains(&d) && s - d >= 20.0, "blood pressure {s}/{d}");
         }

@@ -100,7 +100,9 @@ async fn clinician_launches_the_demo_app_from_the_chart() {
     b.goto(&format!("{}/ehr/launches", s.url)).await;
     b.click("main table a").await;
     let steps = b.wait_text(".steps", |t| t.contains("FHIR read")).await;
-    for expected in ["Launch context created by the EHR", "The app asked for authorisation", "Consent", "Authorisation code issued", "Token exchange", "FHIR read"] {
+    for expected in
+        ["Launch context created by the EHR", "The app asked for authorisation", "Consent", "Authorisation code issued", "Token exchange", "FHIR read"]
+    {
         assert!(steps.contains(expected), "inspector lacks {expected:?}:\n{steps}");
     }
     assert!(steps.contains("remembered from an earlier decision"), "the second launch reused the consent:\n{steps}");

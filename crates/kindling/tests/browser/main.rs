@@ -26,7 +26,15 @@ pub struct Sandbox {
 pub async fn sandbox() -> Sandbox {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock: SharedClock = Arc::new(SystemClock);
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox: false, tls: None, database_url: None };
+    let config = ServerConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        public_url: None,
+        data_dir: dir.path().to_path_buf(),
+        writer_cache_mib: ServerConfig::SERVE_CACHE_MIB,
+        open_sandbox: false,
+        tls: None,
+        database_url: None,
+    };
     let app = Application::build(&config, clock).await.expect("build");
     kindling::seed(&app.state, 3, 1).await.expect("seed");
     kindling::ensure_demo_users(&app, 1).await.expect("users");

@@ -212,7 +212,13 @@ async fn bench_click_to_summary() {
     // Drop the first (warm-up) run.
     wall.remove(0);
     server.remove(0);
-    println!("click_to_summary     runs={} p50={:.0} ms p90={:.0} ms max={:.0} ms (headless Chromium: click in the EHR chart → summary rendered, consent given before)", wall.len(), percentile(&mut wall.clone(), 0.5), percentile(&mut wall.clone(), 0.9), percentile(&mut wall, 1.0));
+    println!(
+        "click_to_summary     runs={} p50={:.0} ms p90={:.0} ms max={:.0} ms (headless Chromium: click in the EHR chart → summary rendered, consent given before)",
+        wall.len(),
+        percentile(&mut wall.clone(), 0.5),
+        percentile(&mut wall.clone(), 0.9),
+        percentile(&mut wall, 1.0)
+    );
     println!("summary_server_time  runs={} p50={:.1} ms (Server-Timing of the summary page in those runs)", server.len(), percentile(&mut server, 0.5));
 
     // Server side over HTTP: the EHR session cookie, remembered consent, then callback + summary.
@@ -221,7 +227,14 @@ async fn bench_click_to_summary() {
     let r = http.post(format!("{}/ehr/login", s.url)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
     let ehr_cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     let (mut cb, mut sum, mut total) = (Vec::new(), Vec::new(), Vec::new());
-    let timing = |r: &reqwest::Response| r.headers().get("server-timing").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("app;dur=")).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let timing = |r: &reqwest::Response| {
+        r.headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("app;dur="))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     for _ in 0..25 {
         let handle: Value = http
             .post(format!("{}/auth/launch", s.url))
@@ -236,7 +249,17 @@ async fn bench_click_to_summary() {
         let mut u = url::Url::parse(&format!("{}/app/launch", s.url)).unwrap();
         u.query_pairs_mut().append_pair("iss", &format!("{}/fhir", s.url)).append_pair("launch", handle["launch"].as_str().unwrap());
         let r = http.get(u).send().await.unwrap();
-        let bound = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("kapp_l_")).unwrap().split(';').next().unwrap().to_string();
+        let bound = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .find(|c| c.starts_with("kapp_l_"))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
         let authorize = r.headers()["location"].to_str().unwrap().to_string();
         let r = http.get(&authorize).header("cookie", &ehr_cookie).send().await.unwrap();
         let callback = r.headers()["location"].to_str().unwrap().to_string();

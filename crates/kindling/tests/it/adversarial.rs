@@ -2,7 +2,9 @@
 //! to reach past a patient token's patient, or to make the server answer something other than a clear
 //! refusal. Each test names the finding it proves fixed (the security issue's numbering) and its neighbours.
 
-use crate::smart_flows::{Auth, Fixture, PUBLIC, browser_form, code, consent, exchange, fhir_get, fixture, fixture_with, inputs, login, patient_tokens, post_form, root};
+use crate::smart_flows::{
+    Auth, Fixture, PUBLIC, browser_form, code, consent, exchange, fhir_get, fixture, fixture_with, inputs, login, patient_tokens, post_form, root,
+};
 use crate::{Browser, TestApp};
 use serde_json::{Value, json};
 
@@ -169,13 +171,34 @@ async fn conditional_create_says_nothing_about_other_patients() {
     let app = &f.app;
     let t = patient_tokens(&f, "launch/patient patient/*.cruds").await;
     let token = t["access_token"].as_str().unwrap();
-    let theirs = app.app_state.store.search(&fhir::query::parse("Condition", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let theirs = app
+        .app_state
+        .store
+        .search(
+            &fhir::query::parse("Condition", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap(),
+        )
+        .await
+        .unwrap();
     let theirs = app.app_state.store.fetch(&theirs[..1]).await.unwrap().remove(0);
     let code = serde_json::from_str::<Value>(&theirs.json).unwrap()["code"]["coding"][0]["code"].as_str().unwrap().to_string();
     let mut answers = Vec::new();
-    for criteria in [format!("patient={}&code={code}", f.p2), format!("patient={}&code=no-such-code", f.p2), format!("_id={}", theirs.id), format!("subject=Patient/{}", f.p2)] {
+    for criteria in [
+        format!("patient={}&code={code}", f.p2),
+        format!("patient={}&code=no-such-code", f.p2),
+        format!("_id={}", theirs.id),
+        format!("subject=Patient/{}", f.p2),
+    ] {
         let mine = json!({"resourceType": "Condition", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
-        let r = app.client.post(app.url("Condition")).bearer_auth(token).header("content-type", "application/fhir+json").header("if-none-exist", &criteria).body(mine.to_string()).send().await.unwrap();
+        let r = app
+            .client
+            .post(app.url("Condition"))
+            .bearer_auth(token)
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", &criteria)
+            .body(mine.to_string())
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let body = r.text().await.unwrap();
         assert!(!body.contains(&theirs.id), "{criteria}: {body}");
@@ -183,7 +206,16 @@ async fn conditional_create_says_nothing_about_other_patients() {
     }
     assert_eq!(answers, [201, 201, 201, 201], "the same answer whatever the other record holds");
     // Within the patient's own record the condition still works.
-    let r = app.client.post(app.url("Condition")).bearer_auth(token).header("content-type", "application/fhir+json").header("if-none-exist", "code:text=x").body(json!({"resourceType": "Condition", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}}).to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Condition"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "code:text=x")
+        .body(json!({"resourceType": "Condition", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}}).to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 412, "four of the patient's own records match");
 }
 
@@ -213,7 +245,18 @@ async fn a_refiled_records_old_versions_stay_with_their_patient() {
     assert_eq!(versions, ["2"]);
     assert!(!history.to_string().contains(&f.p2), "history shows the other patient");
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "Observation/refiled/_history/1"}}]});
-    let r: Value = app.client.post(app.url("")).bearer_auth(token).header("content-type", "application/fhir+json").body(batch.to_string()).send().await.unwrap().json().await.unwrap();
+    let r: Value = app
+        .client
+        .post(app.url(""))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(r["entry"][0]["response"]["status"].as_str().unwrap().starts_with("403"), "{r}");
     assert!(!r.to_string().contains(&f.p2));
     // The other patient sees the version filed under them, not the corrected one.
@@ -265,10 +308,12 @@ async fn patient_writes_and_deletes_stay_in_their_own_record() {
     let own = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}, "performer": [{"reference": format!("Patient/{}", f.p1)}]});
     assert_eq!(send(reqwest::Method::POST, "Observation", token, Some(own)).await.unwrap().status(), 201);
     // B's deleted record cannot be re-filed under A by PUT (REST or Bundle): its last version is B's.
-    let gone = json!({"resourceType": "Observation", "id": "gone", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p2)}});
+    let gone =
+        json!({"resourceType": "Observation", "id": "gone", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p2)}});
     assert_eq!(send(reqwest::Method::PUT, "Observation/gone", doc, Some(gone)).await.unwrap().status(), 201);
     assert!(send(reqwest::Method::DELETE, "Observation/gone", doc, None).await.unwrap().status().is_success());
-    let takeover = json!({"resourceType": "Observation", "id": "gone", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
+    let takeover =
+        json!({"resourceType": "Observation", "id": "gone", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
     assert_eq!(send(reqwest::Method::PUT, "Observation/gone", token, Some(takeover.clone())).await.unwrap().status(), 403);
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"resource": takeover, "request": {"method": "PUT", "url": "Observation/gone"}}]});
     let r: Value = send(reqwest::Method::POST, "", token, Some(batch)).await.unwrap().json().await.unwrap();
@@ -285,7 +330,11 @@ async fn oversized_searches_get_a_clear_400() {
     let many_values = (0..1000).map(|i| format!("c{i}")).collect::<Vec<_>>().join(",");
     let many_params = (0..940).map(|i| format!("_id=x{i}")).collect::<Vec<_>>().join("&");
     let spread = (0..80).map(|i| format!("code={}", (0..10).map(|j| format!("c{i}-{j}")).collect::<Vec<_>>().join(","))).collect::<Vec<_>>().join("&");
-    for (what, query, limit) in [("values", format!("Observation?code={many_values}"), "at most 100 comma-separated"), ("parameters", format!("Observation?{many_params}"), "at most 100 parameters"), ("values in all", format!("Observation?{spread}"), "at most 400 values")] {
+    for (what, query, limit) in [
+        ("values", format!("Observation?code={many_values}"), "at most 100 comma-separated"),
+        ("parameters", format!("Observation?{many_params}"), "at most 100 parameters"),
+        ("values in all", format!("Observation?{spread}"), "at most 400 values"),
+    ] {
         for prefer in [None, Some("handling=lenient")] {
             let mut req = app.client.get(app.url(&query));
             if let Some(p) = prefer {
@@ -305,7 +354,14 @@ async fn oversized_searches_get_a_clear_400() {
     assert_eq!(app.get(&format!("Observation?{hundred_params}")).await.status(), 200);
     let four_hundred = (0..40).map(|i| format!("code={}", (0..10).map(|j| format!("c{i}-{j}")).collect::<Vec<_>>().join(","))).collect::<Vec<_>>().join("&");
     assert_eq!(app.get(&format!("Observation?{four_hundred}")).await.status(), 200);
-    let post = app.client.post(app.url("Observation/_search")).header("content-type", "application/x-www-form-urlencoded").body(format!("code={many_values}")).send().await.unwrap();
+    let post = app
+        .client
+        .post(app.url("Observation/_search"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("code={many_values}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post.status(), 400, "POST _search too");
 }
 
@@ -323,9 +379,12 @@ async fn malformed_requests_get_structured_errors() {
         assert!(r.headers()["content-type"].to_str().unwrap().contains("json"), "{path}");
         assert_eq!(r.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome", "{path}");
     }
-    let r = app.client.post(app.url("Patient")).bearer_auth(token).header("content-type", "application/fhir+json").body(vec![0xff_u8, 0xfe]).send().await.unwrap();
+    let r =
+        app.client.post(app.url("Patient")).bearer_auth(token).header("content-type", "application/fhir+json").body(vec![0xff_u8, 0xfe]).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
-    let oauth = |path: &str, body: Vec<u8>, content_type: &str| app.client.post(format!("{}{path}", root(app))).header("content-type", content_type.to_string()).body(body).send();
+    let oauth = |path: &str, body: Vec<u8>, content_type: &str| {
+        app.client.post(format!("{}{path}", root(app))).header("content-type", content_type.to_string()).body(body).send()
+    };
     for path in ["/auth/token", "/auth/introspect", "/auth/revoke"] {
         for body in [vec![0xff_u8, 0xfe, b'=', 0xc3], b"grant_type=%ff%fe&client_id=x".to_vec()] {
             let r = oauth(path, body, "application/x-www-form-urlencoded").await.unwrap();
@@ -334,20 +393,37 @@ async fn malformed_requests_get_structured_errors() {
             assert_eq!(v["error"], "invalid_request", "{path}: {v}");
         }
     }
-    for body in ["{", "[1]", r#"{"redirect_uris": 5}"#, r#"{"client_name": 7, "redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "none"}"#] {
+    for body in
+        ["{", "[1]", r#"{"redirect_uris": 5}"#, r#"{"client_name": 7, "redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "none"}"#]
+    {
         let r = oauth("/auth/register", body.into(), "application/json").await.unwrap();
         assert_eq!(r.status(), 400, "{body}");
         assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().starts_with("invalid_"), "{body}");
     }
     for body in ["{", r#"{"patient": 5}"#, r#"{"faults": {"nope": 1}}"#] {
-        let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).header("content-type", "application/json").body(body).send().await.unwrap();
+        let r = app
+            .client
+            .post(format!("{}/auth/launch", root(app)))
+            .basic_auth("doc", Some("doc-pass"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{body}");
         assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request", "{body}");
     }
     // A form the sign-in service cannot read is a page for a person.
     let r = post_form(app, "/auth/consent", &[]).await;
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    let r = app.client.post(format!("{}/auth/consent", root(app))).header("content-type", "application/x-www-form-urlencoded").body(vec![0xff_u8]).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/consent", root(app)))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![0xff_u8])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
 }
@@ -359,7 +435,8 @@ async fn launch_contexts_hold_together() {
     let f = fixture().await;
     let app = &f.app;
     let first = |ty: &str, patient: &str| {
-        let q = fhir::query::parse(ty, &[("patient".into(), patient.to_string())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+        let q =
+            fhir::query::parse(ty, &[("patient".into(), patient.to_string())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
         async move {
             let keys = app.app_state.store.search(&q).await.unwrap();
             app.app_state.store.fetch(&keys[..1]).await.unwrap().remove(0).id
@@ -432,7 +509,8 @@ async fn a_database_outage_is_a_503_not_a_bad_credential() {
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.headers().get("www-authenticate").is_none());
     assert_eq!(r.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
-    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_id", PUBLIC)]).await;
+    let r =
+        post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_id", PUBLIC)]).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
@@ -462,7 +540,8 @@ async fn a_database_outage_is_a_503_not_a_bad_credential() {
 async fn self_registered_apps_get_no_error_redirects() {
     let f = fixture().await;
     let app = &f.app;
-    let client_id = self_register(app, json!({"client_name": "Redirector", "redirect_uris": ["https://evil.example/x"], "token_endpoint_auth_method": "none"})).await;
+    let client_id =
+        self_register(app, json!({"client_name": "Redirector", "redirect_uris": ["https://evil.example/x"], "token_endpoint_auth_method": "none"})).await;
     let client_id = client_id.as_str();
     let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
     url.query_pairs_mut().append_pair("client_id", client_id).append_pair("redirect_uri", "https://evil.example/x").append_pair("response_type", "token");
@@ -483,12 +562,23 @@ async fn compartment_requests_do_not_reveal_other_patients() {
     let app = &f.app;
     let t = patient_tokens(&f, "launch/patient patient/*.rs").await;
     let token = t["access_token"].as_str().unwrap();
-    for path in [format!("Patient/{}/Observation", f.p2), "Patient/no-such-patient/Observation".to_string(), format!("Patient/{}/$everything", f.p2), "Patient/no-such-patient/$everything".to_string()] {
+    for path in [
+        format!("Patient/{}/Observation", f.p2),
+        "Patient/no-such-patient/Observation".to_string(),
+        format!("Patient/{}/$everything", f.p2),
+        "Patient/no-such-patient/$everything".to_string(),
+    ] {
         let (status, body) = fhir_get(app, &path, Some(token)).await;
         assert_eq!(status, 403, "{path}");
         assert_eq!(body["resourceType"], "OperationOutcome");
     }
-    for path in [format!("Patient/{}", f.p2), "Patient/no-such-patient".to_string(), format!("Patient/{}/_history", f.p2), "Patient/no-such-patient/_history".to_string(), "Patient/no-such-patient/_history/1".to_string()] {
+    for path in [
+        format!("Patient/{}", f.p2),
+        "Patient/no-such-patient".to_string(),
+        format!("Patient/{}/_history", f.p2),
+        "Patient/no-such-patient/_history".to_string(),
+        "Patient/no-such-patient/_history/1".to_string(),
+    ] {
         assert_eq!(fhir_get(app, &path, Some(token)).await.0, 403, "{path}");
     }
     let (status, b) = fhir_get(app, &format!("Patient/{}/Observation", f.p1), Some(token)).await;
@@ -506,10 +596,26 @@ async fn a_patient_record_cannot_be_linked_to_another_patient() {
     let token = t["access_token"].as_str().unwrap();
     let (_, mut me) = fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await;
     me["link"] = json!([{"other": {"reference": format!("Patient/{}", f.p2)}, "type": "seealso"}]);
-    let r = app.client.put(app.url(&format!("Patient/{}", f.p1))).bearer_auth(token).header("content-type", "application/fhir+json").body(me.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .put(app.url(&format!("Patient/{}", f.p1)))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(me.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     me.as_object_mut().unwrap().remove("link");
-    let r = app.client.put(app.url(&format!("Patient/{}", f.p1))).bearer_auth(token).header("content-type", "application/fhir+json").body(me.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .put(app.url(&format!("Patient/{}", f.p1)))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(me.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "the patient's own record without the link is fine");
 }
 

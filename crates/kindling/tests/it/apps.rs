@@ -49,18 +49,38 @@ async fn dynamic_registration() {
     let (_, d) = app.get_json(".well-known/smart-configuration").await;
     let endpoint = d["registration_endpoint"].as_str().unwrap().to_string();
     assert_eq!(endpoint, format!("{root}/auth/register"));
-    let r = app.client.post(&endpoint).json(&json!({"client_name": "Dyn", "redirect_uris": ["https://dyn.example/cb"], "token_endpoint_auth_method": "none"})).send().await.unwrap();
+    let r = app
+        .client
+        .post(&endpoint)
+        .json(&json!({"client_name": "Dyn", "redirect_uris": ["https://dyn.example/cb"], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let reg: Value = r.json().await.unwrap();
     assert!(reg.get("client_secret").is_none());
     let client_id = reg["client_id"].as_str().unwrap();
     assert!(auth::registry::get_client(app.auth.store.as_ref(), client_id).await.unwrap().is_some());
-    let r = app.client.post(&endpoint).json(&json!({"client_name": "Dyn2", "redirect_uris": ["https://dyn.example/cb"], "token_endpoint_auth_method": "client_secret_basic"})).send().await.unwrap();
+    let r = app
+        .client
+        .post(&endpoint)
+        .json(&json!({"client_name": "Dyn2", "redirect_uris": ["https://dyn.example/cb"], "token_endpoint_auth_method": "client_secret_basic"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let reg: Value = r.json().await.unwrap();
     let secret = reg["client_secret"].as_str().unwrap();
     // The secret works for client authentication (introspection accepts authenticated clients).
-    let r = app.client.post(format!("{root}/auth/introspect")).basic_auth(reg["client_id"].as_str().unwrap(), Some(secret)).header("content-type", "application/x-www-form-urlencoded").body("token=x").send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{root}/auth/introspect"))
+        .basic_auth(reg["client_id"].as_str().unwrap(), Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     for bad in [
         json!({"redirect_uris": ["http://evil.example/cb"], "token_endpoint_auth_method": "none"}),
@@ -71,7 +91,13 @@ async fn dynamic_registration() {
         assert_eq!(r.status(), 400);
         assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_redirect_uri");
     }
-    let r = app.client.post(&endpoint).json(&json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "tls_client_auth"})).send().await.unwrap();
+    let r = app
+        .client
+        .post(&endpoint)
+        .json(&json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "tls_client_auth"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client_metadata");
 }
 
@@ -84,13 +110,29 @@ fn apps_command_line() {
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    let added = run(&["apps", "--data", data, "add", "--name", "CLI app", "--type", "confidential-symmetric", "--redirect-uri", "https://cli.example/cb", "--client-id", "cli-app"]);
+    let added = run(&[
+        "apps",
+        "--data",
+        data,
+        "add",
+        "--name",
+        "CLI app",
+        "--type",
+        "confidential-symmetric",
+        "--redirect-uri",
+        "https://cli.example/cb",
+        "--client-id",
+        "cli-app",
+    ]);
     assert!(added.contains("client_id: cli-app"));
     assert!(added.contains("client_secret: "), "the secret is shown once");
     let listed = run(&["apps", "--data", data, "list"]);
     assert!(listed.contains("cli-app") && !listed.contains("client_secret"));
     run(&["apps", "--data", data, "remove", "cli-app"]);
     assert!(!run(&["apps", "--data", data, "list"]).contains("cli-app"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kindling")).args(["apps", "--data", data, "add", "--name", "x", "--redirect-uri", "http://evil.example/cb"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .args(["apps", "--data", data, "add", "--name", "x", "--redirect-uri", "http://evil.example/cb"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

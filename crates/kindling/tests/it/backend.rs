@@ -88,7 +88,14 @@ async fn request(app: &TestApp, assertion: &str, scope: &str) -> reqwest::Respon
             ("client_assertion", assertion),
         ])
         .finish();
-    app.client.post(token_url(app)).header("content-type", "application/x-www-form-urlencoded").header("accept", "application/json").body(body).send().await.unwrap()
+    app.client
+        .post(token_url(app))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -108,7 +115,15 @@ async fn es384_and_rs384_assertions_get_system_tokens() {
         assert_eq!(r.status(), 200);
         let r = app.client.get(app.url(&format!("Patient/{}", synth::patient_id(3, 1)))).bearer_auth(token).send().await.unwrap();
         assert_eq!(r.status(), 200, "system scopes reach every patient");
-        let r = app.client.post(app.url("Patient")).bearer_auth(token).header("content-type", "application/fhir+json").body(r#"{"resourceType":"Patient"}"#).send().await.unwrap();
+        let r = app
+            .client
+            .post(app.url("Patient"))
+            .bearer_auth(token)
+            .header("content-type", "application/fhir+json")
+            .body(r#"{"resourceType":"Patient"}"#)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 403, "read-only system scopes");
     }
     // v1 system scopes are accepted and answered in v1; scopes beyond the registration are not granted.
@@ -123,7 +138,9 @@ async fn es384_and_rs384_assertions_get_system_tokens() {
 async fn bad_grant_types_and_assertion_types() {
     let (app, keys) = setup().await;
     let assertion = sign(&keys, &header("ES384", "ec-1"), &claims(&app));
-    let body = format!("grant_type=not_a_grant_type&scope=system/*.rs&client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer&client_assertion={assertion}");
+    let body = format!(
+        "grant_type=not_a_grant_type&scope=system/*.rs&client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer&client_assertion={assertion}"
+    );
     let r = app.client.post(token_url(&app)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
@@ -162,7 +179,10 @@ async fn every_bad_assertion_is_refused() {
         ("foreign jku", sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "jku": "https://evil.example/jwks.json"}), &with("jti", json!("f")))),
         ("wrong aud", sign(&keys, &header("ES384", "ec-1"), &with("aud", json!("https://other.example/token")))),
         ("iss differs from sub", sign(&keys, &header("ES384", "ec-1"), &with("sub", json!("someone-else")))),
-        ("unknown issuer", sign(&keys, &header("ES384", "ec-1"), &json!({"iss": "nobody", "sub": "nobody", "aud": token_url(&app), "exp": now(&app) + 60, "jti": "g"}))),
+        (
+            "unknown issuer",
+            sign(&keys, &header("ES384", "ec-1"), &json!({"iss": "nobody", "sub": "nobody", "aud": token_url(&app), "exp": now(&app) + 60, "jti": "g"})),
+        ),
         ("expired", sign(&keys, &header("ES384", "ec-1"), &with("exp", json!(now(&app) - 120)))),
         ("exp too far ahead", sign(&keys, &header("ES384", "ec-1"), &with("exp", json!(now(&app) + 3600)))),
         ("no exp", sign(&keys, &header("ES384", "ec-1"), &without("exp"))),
@@ -233,24 +253,50 @@ async fn asymmetric_client_code_flow_and_refresh() {
     let page = browser.get(url).await.text().await.unwrap();
     let req = page.split("name=\"request\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
     let form = |pairs: &[(&str, &str)]| url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
-    let post = |path: &str, body: String| app.client.post(format!("{root}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body).send();
-    let consent_page = browser.post_form(&format!("{root}/auth/login"), &[("request", &req), ("username", "pat3"), ("password", "pw")]).await.text().await.unwrap();
+    let post =
+        |path: &str, body: String| app.client.post(format!("{root}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body).send();
+    let consent_page =
+        browser.post_form(&format!("{root}/auth/login"), &[("request", &req), ("username", "pat3"), ("password", "pw")]).await.text().await.unwrap();
     assert!(consent_page.contains("would like to"));
     let r = browser.post_form(&format!("{root}/auth/consent"), &[("request", &req), ("decision", "allow"), ("scope", "patient/*.rs")]).await;
     let location = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let code = location.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
     let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
     let a1 = sign(&keys, &header("ES384", "ec-1"), &claims(&app));
-    let r = post("/auth/token", form(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "https://backend.example/cb"), ("code_verifier", &verifier), ("client_assertion_type", assertion_type), ("client_assertion", &a1)])).await.unwrap();
+    let r = post(
+        "/auth/token",
+        form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "https://backend.example/cb"),
+            ("code_verifier", &verifier),
+            ("client_assertion_type", assertion_type),
+            ("client_assertion", &a1),
+        ]),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let t: Value = r.json().await.unwrap();
     assert!(t["id_token"].is_string() && t["refresh_token"].is_string());
     let a2 = sign(&keys, &header("RS384", "rsa-1"), &claims(&app));
-    let r = post("/auth/token", form(&[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_assertion_type", assertion_type), ("client_assertion", &a2)])).await.unwrap();
+    let r = post(
+        "/auth/token",
+        form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+            ("client_assertion_type", assertion_type),
+            ("client_assertion", &a2),
+        ]),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     // Without an assertion the refresh is refused: this client must authenticate.
     let t2: Value = r.json().await.unwrap();
-    let r = post("/auth/token", form(&[("grant_type", "refresh_token"), ("refresh_token", t2["refresh_token"].as_str().unwrap()), ("client_id", CLIENT)])).await.unwrap();
+    let r = post("/auth/token", form(&[("grant_type", "refresh_token"), ("refresh_token", t2["refresh_token"].as_str().unwrap()), ("client_id", CLIENT)]))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 

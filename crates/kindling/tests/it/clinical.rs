@@ -42,7 +42,11 @@ fn slice<'a>(html: &'a str, start: &str, end: &str) -> &'a str {
 #[tokio::test]
 async fn synthea_vitals_and_labs_read_right_in_the_chart_and_the_app() {
     let Some(dir) = synthea_dir() else { return };
-    let file = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("Abdul_Koepp_")).expect("Abdul Koepp's bundle");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("Abdul_Koepp_"))
+        .expect("Abdul Koepp's bundle");
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap()).read_to_string(&mut text).unwrap();
     let raw: Value = serde_json::from_str(&text).unwrap();

@@ -24,7 +24,12 @@ async fn concurrent_conditional_writes_create_one_resource() {
         // REST: POST with If-None-Exist.
         let value = format!("post-{round}");
         let sends = (0..CLIENTS).map(|_| {
-            app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", format!("identifier=urn:race|{value}")).body(patient(&value).to_string()).send()
+            app.client
+                .post(app.url("Patient"))
+                .header("content-type", "application/fhir+json")
+                .header("if-none-exist", format!("identifier=urn:race|{value}"))
+                .body(patient(&value).to_string())
+                .send()
         });
         let statuses: Vec<u16> = futures_statuses(sends).await;
         assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "POST round {round}: {statuses:?}");
@@ -40,7 +45,11 @@ async fn concurrent_conditional_writes_create_one_resource() {
         // Conditional update.
         let value = format!("put-{round}");
         let sends = (0..CLIENTS).map(|_| {
-            app.client.put(app.url(&format!("Patient?identifier=urn:race|{value}"))).header("content-type", "application/fhir+json").body(patient(&value).to_string()).send()
+            app.client
+                .put(app.url(&format!("Patient?identifier=urn:race|{value}")))
+                .header("content-type", "application/fhir+json")
+                .body(patient(&value).to_string())
+                .send()
         });
         let statuses = futures_statuses(sends).await;
         assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "PUT round {round}: {statuses:?}");
@@ -69,7 +78,8 @@ async fn concurrent_creates_of_one_id_are_never_a_failed_precondition() {
     for round in 0..ROUNDS {
         let id = format!("race-{round}");
         let body = json!({"resourceType": "Patient", "id": id, "name": [{"family": "Race"}]});
-        let sends = (0..CLIENTS).map(|_| app.client.put(app.url(&format!("Patient/{id}"))).header("content-type", "application/fhir+json").body(body.to_string()).send());
+        let sends = (0..CLIENTS)
+            .map(|_| app.client.put(app.url(&format!("Patient/{id}"))).header("content-type", "application/fhir+json").body(body.to_string()).send());
         let statuses = futures_statuses(sends).await;
         // One create and updates after it: a create that loses the race to the same id waits for the
         // winner and becomes an update, so no client sees a conflict it must retry.

@@ -71,12 +71,7 @@ async fn if_match_optimistic_locking() {
     let created = app.create(patient("Lock", "Ed", "male", "1990")).await;
     let id = created["id"].as_str().unwrap();
     let send = |etag: &'static str, body: serde_json::Value| {
-        app.client
-            .put(app.url(&format!("Patient/{id}")))
-            .header("content-type", "application/fhir+json")
-            .header("if-match", etag)
-            .body(body.to_string())
-            .send()
+        app.client.put(app.url(&format!("Patient/{id}"))).header("content-type", "application/fhir+json").header("if-match", etag).body(body.to_string()).send()
     };
     let r = send("W/\"1\"", created.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
@@ -102,7 +97,16 @@ async fn concurrent_if_match_updates_one_wins() {
         let mut body = created.clone();
         body["name"][0]["given"] = json!([format!("Al{i}")]);
         handles.push(tokio::spawn(async move {
-            client.put(url).header("content-type", "application/fhir+json").header("if-match", "W/\"1\"").body(body.to_string()).send().await.unwrap().status().as_u16()
+            client
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .header("if-match", "W/\"1\"")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }));
     }
     let mut statuses = Vec::new();
@@ -117,23 +121,63 @@ async fn concurrent_if_match_updates_one_wins() {
 async fn conditional_create_and_prefer() {
     let app = spawn_app().await;
     let p = patient("Cond", "Cy", "female", "1975");
-    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy").body(p.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy")
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy").body(p.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy")
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "an existing match is returned, not duplicated");
     let b = app.search("Patient?identifier=urn:test:mrn|Cond-Cy").await;
     assert_eq!(b["total"], 1);
 
-    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("prefer", "return=minimal").body(p.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=minimal")
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert!(r.headers().contains_key("location"));
     assert!(r.text().await.unwrap().is_empty());
-    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("prefer", "return=OperationOutcome").body(p.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=OperationOutcome")
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let oo: serde_json::Value = r.json().await.unwrap();
     assert_eq!(oo["resourceType"], "OperationOutcome");
     // Two matches now: If-None-Exist must refuse.
-    let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy").body(p.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "identifier=urn:test:mrn|Cond-Cy")
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 412);
 }
 

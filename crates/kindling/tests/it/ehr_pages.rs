@@ -40,7 +40,9 @@ async fn ehr_pages_sessions_search_paging_and_launch() {
     let app = spawn_secured_app().await;
     kindling::seed(&app.app_state, 25, 3).await.unwrap();
     let store = app.auth.store.as_ref();
-    auth::registry::put_user(store, "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    auth::registry::put_user(store, "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0)))
+        .await
+        .unwrap();
     auth::registry::put_user(store, "pat", "Pat", auth::model::UserRole::Patient, "pat-pass", &format!("Patient/{}", synth::patient_id(3, 0))).await.unwrap();
     ehr::register_demo_app(&app.auth).await.unwrap();
 
@@ -103,7 +105,9 @@ async fn ehr_pages_sessions_search_paging_and_launch() {
     let r = form(&app, "/ehr/launch", Some(&cookie), &bad).await;
     assert_eq!(r.status(), 400);
     // Another patient's encounter cannot go into this launch.
-    let other = fhir::query::parse("Encounter", &[("patient".into(), synth::patient_id(3, 1))], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap();
+    let other =
+        fhir::query::parse("Encounter", &[("patient".into(), synth::patient_id(3, 1))], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 })
+            .unwrap();
     let keys = app.app_state.store.search(&other).await.unwrap();
     let foreign = app.app_state.store.fetch(&keys[..1]).await.unwrap().remove(0).id;
     let mut wrong = with_csrf.clone();
@@ -154,7 +158,14 @@ async fn app_registration_pages() {
         &app,
         "/ehr/apps",
         Some(&cookie),
-        &[("csrf", &token), ("name", "Chart Helper"), ("kind", "confidential-symmetric"), ("launch_url", "https://helper.example/launch"), ("redirect_uris", "https://helper.example/cb"), ("profile", "epic")],
+        &[
+            ("csrf", &token),
+            ("name", "Chart Helper"),
+            ("kind", "confidential-symmetric"),
+            ("launch_url", "https://helper.example/launch"),
+            ("redirect_uris", "https://helper.example/cb"),
+            ("profile", "epic"),
+        ],
     )
     .await;
     assert_eq!(r.status(), 201);
@@ -171,7 +182,13 @@ async fn app_registration_pages() {
     let (_, edit) = page(&app, &format!("/ehr/apps/{client_id}"), &cookie).await;
     assert!(!edit.contains(&secret), "the secret is never shown again");
     // Edit keeps the secret; disable removes the app from charts and from token requests.
-    let r = form(&app, &format!("/ehr/apps/{client_id}"), Some(&cookie), &[("csrf", &token), ("name", "Chart Helper 2"), ("launch_url", "https://helper.example/launch"), ("redirect_uris", "https://helper.example/cb")]).await;
+    let r = form(
+        &app,
+        &format!("/ehr/apps/{client_id}"),
+        Some(&cookie),
+        &[("csrf", &token), ("name", "Chart Helper 2"), ("launch_url", "https://helper.example/launch"), ("redirect_uris", "https://helper.example/cb")],
+    )
+    .await;
     assert_eq!(r.status(), 303);
     let stored2 = auth::registry::get_client(store, &client_id).await.unwrap().unwrap();
     assert_eq!(stored2.name, "Chart Helper 2");

@@ -38,7 +38,15 @@ async fn every_error_is_an_operation_outcome() {
     assert_outcome(r, 422).await;
     let r = app.post_json("Patient", &json!({"resourceType": "Patient", "name": []})).await;
     assert_outcome(r, 422).await;
-    let r = app.client.put(app.url("Patient/x")).header("content-type", "application/fhir+json").header("if-match", "banana").body(json!({"resourceType": "Patient", "id": "x"}).to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .put(app.url("Patient/x"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "banana")
+        .body(json!({"resourceType": "Patient", "id": "x"}).to_string())
+        .send()
+        .await
+        .unwrap();
     assert_outcome(r, 400).await;
     assert_outcome(app.get("Patient?_getpages=nope").await, 400).await;
     assert_outcome(app.get("?_getpages=nope").await, 410).await;
@@ -89,10 +97,14 @@ async fn limits_hold_under_abuse() {
     let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").body(deep).send().await.unwrap();
     assert_outcome(r, 400).await;
     let nested = (0..200).fold(json!("leaf"), |inner, _| json!({"extension": [{"url": "http://x", "valueString": "v"}], "x": inner}));
-    let r = app.post_json("Basic", &json!({"resourceType": "Basic", "code": {"text": "deep"}, "extension": [{"url": "http://x", "valueString": nested.to_string()}]})).await;
+    let r = app
+        .post_json("Basic", &json!({"resourceType": "Basic", "code": {"text": "deep"}, "extension": [{"url": "http://x", "valueString": nested.to_string()}]}))
+        .await;
     assert_eq!(r.status(), 201, "deep content inside a string is only text");
     // A transaction or batch Bundle holds at most 10,000 entries.
-    let entries: Vec<Value> = (0..10_001).map(|i| json!({"resource": {"resourceType": "Basic", "code": {"text": format!("{i}")}}, "request": {"method": "POST", "url": "Basic"}})).collect();
+    let entries: Vec<Value> = (0..10_001)
+        .map(|i| json!({"resource": {"resourceType": "Basic", "code": {"text": format!("{i}")}}, "request": {"method": "POST", "url": "Basic"}}))
+        .collect();
     let r = app.post_json("", &json!({"resourceType": "Bundle", "type": "batch", "entry": entries})).await;
     let oo = assert_outcome(r, 413).await;
     assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("10000"), "{oo}");

@@ -38,7 +38,8 @@ async fn imports_real_synthea_bundles_and_serves_them() {
     assert_eq!(summary.created, summary.resources, "a first import creates everything");
 
     // Synthea's urn:uuid names are the ids, so importing the same files again updates in place.
-    let patient_ids = |b: &serde_json::Value| -> Vec<String> { b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect() };
+    let patient_ids =
+        |b: &serde_json::Value| -> Vec<String> { b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect() };
     let before = patient_ids(&patients);
     let observations = app.search("Observation?_summary=count").await["total"].clone();
     let again = kindling::import::import_files(&app.app_state, files_again, |_| {}).await.unwrap();

@@ -1,23 +1,23 @@
 //! Integration tests: the whole server on port 0, driven over real HTTP.
 
+mod adversarial;
+mod apps;
+mod backend;
 mod bundles;
+mod clinical;
+mod concurrency;
 mod crud;
+mod ehr_pages;
 mod errors;
 mod history;
 mod import;
-mod search;
-mod apps;
-mod backend;
-mod smart_flows;
-mod ehr_pages;
-mod sdk;
-mod reference_app;
-mod multi_node;
 mod migrations;
+mod multi_node;
+mod reference_app;
+mod sdk;
+mod search;
+mod smart_flows;
 mod tls;
-mod adversarial;
-mod concurrency;
-mod clinical;
 
 use fhir::time::{ManualClock, SharedClock};
 use kindling::{Application, ServerConfig};
@@ -72,7 +72,15 @@ async fn spawn_on(open_sandbox: bool, reference_app: Option<Option<String>>, dat
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
-    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), public_url: None, data_dir: dir.path().to_path_buf(), writer_cache_mib: ServerConfig::SERVE_CACHE_MIB, open_sandbox, tls: None, database_url };
+    let config = ServerConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        public_url: None,
+        data_dir: dir.path().to_path_buf(),
+        writer_cache_mib: ServerConfig::SERVE_CACHE_MIB,
+        open_sandbox,
+        tls: None,
+        database_url,
+    };
     let mut app = Application::build(&config, shared).await.expect("build app");
     match &reference_app {
         None => {}
@@ -171,17 +179,30 @@ impl ScratchPostgres {
     /// Makes the database unreachable for the servers using it (as an outage would): no new connections,
     /// and the open ones are closed.
     pub async fn cut(&self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", self.name))).execute(&self.admin).await.expect("refuse connections");
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()").bind(&self.name).execute(&self.admin).await.expect("close connections");
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", self.name)))
+            .execute(&self.admin)
+            .await
+            .expect("refuse connections");
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+            .bind(&self.name)
+            .execute(&self.admin)
+            .await
+            .expect("close connections");
     }
 
     /// Ends [`ScratchPostgres::cut`].
     pub async fn restore(&self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", self.name))).execute(&self.admin).await.expect("accept connections");
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", self.name)))
+            .execute(&self.admin)
+            .await
+            .expect("accept connections");
     }
 
     pub async fn drop_database(self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&self.admin).await.expect("drop the test database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&self.admin)
+            .await
+            .expect("drop the test database");
     }
 }
 
@@ -194,12 +215,7 @@ pub fn on_postgres() -> bool {
 pub fn ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|e| e["search"]["mode"] == "match")
-                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter(|e| e["search"]["mode"] == "match").filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 

@@ -2,8 +2,8 @@
 //! Skipped with a message without PostgreSQL, except in CI. (SQLite's: unit tests in `store::sqlite`.)
 
 use serde_json::json;
-use store::{Precondition, Store};
 use store::postgres::{PostgresConfig, PostgresStore};
+use store::{Precondition, Store};
 
 #[tokio::test]
 async fn migration_6_fills_the_per_patient_dates_as_writes_do() {
@@ -36,7 +36,10 @@ async fn migration_6_fills_the_per_patient_dates_as_writes_do() {
 
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let rows = || async {
-        sqlx::query_as::<_, (String, i64, Option<i64>, Option<i64>)>("SELECT p, rid, date_lo, date_hi FROM sp_token_patient ORDER BY rid, p, seq").fetch_all(&pool).await.unwrap()
+        sqlx::query_as::<_, (String, i64, Option<i64>, Option<i64>)>("SELECT p, rid, date_lo, date_hi FROM sp_token_patient ORDER BY rid, p, seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
     };
     let written = rows().await;
     assert_eq!(written.len(), 7);

@@ -4,10 +4,10 @@
 //! Skipped with a message without PostgreSQL, except in CI.
 
 use serde_json::{Value, json};
-use store::Store;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use store::Store;
 
 /// A `kindling` process serving one node.
 struct Node {
@@ -27,7 +27,13 @@ impl Drop for Node {
 
 /// Starts `kindling <args>` and waits for its ready line.
 fn node(args: &[&str]) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kindling")).args(args).env("KINDLING_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start kindling");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .args(args)
+        .env("KINDLING_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kindling");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -69,7 +75,11 @@ async fn two_nodes_share_every_flow() {
     let base = format!("{public}/fhir");
     let patient = synth::patient_id(9, 0);
     let clock: fhir::time::SharedClock = std::sync::Arc::new(fhir::time::SystemClock);
-    let store = std::sync::Arc::new(store::postgres::PostgresStore::connect(store::postgres::PostgresConfig { url: url.clone(), base_url: Some(base.clone()), max_connections: 2 }, clock).await.unwrap());
+    let store = std::sync::Arc::new(
+        store::postgres::PostgresStore::connect(store::postgres::PostgresConfig { url: url.clone(), base_url: Some(base.clone()), max_connections: 2 }, clock)
+            .await
+            .unwrap(),
+    );
     let client = auth::model::Client {
         client_id: "nodes-app".into(),
         name: "Nodes".into(),
@@ -89,7 +99,13 @@ async fn two_nodes_share_every_flow() {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
 
     // A launch created on node A is authorised on node B, and its code exchanged on node A.
-    let r = http.post(format!("{}/auth/launch", a.addr)).basic_auth("clinician", Some("kindling-clinician")).json(&json!({"patient": patient})).send().await.unwrap();
+    let r = http
+        .post(format!("{}/auth/launch", a.addr))
+        .basic_auth("clinician", Some("kindling-clinician"))
+        .json(&json!({"patient": patient}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let handle = r.json::<Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
     let verifier = "a-verifier-that-is-long-enough-for-pkce-0123456789";
@@ -108,7 +124,9 @@ async fn two_nodes_share_every_flow() {
     // One browser: the binding cookie set by node B is sent back to node B (and A: same host).
     let browser = crate::Browser::with_origin(&a.public);
     let html = browser.get(authorize).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", b.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
+    let r = browser
+        .post_form(&format!("{}/auth/login", b.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")])
+        .await;
     let html = r.text().await.unwrap();
     let mut consent = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
@@ -119,7 +137,18 @@ async fn two_nodes_share_every_flow() {
     assert_eq!(r.status(), 303);
     let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let code = loc.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
-    let r = form(&http, &format!("{}/auth/token", a.addr), &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "https://app.example/cb"), ("code_verifier", verifier), ("client_id", "nodes-app")]).await;
+    let r = form(
+        &http,
+        &format!("{}/auth/token", a.addr),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "https://app.example/cb"),
+            ("code_verifier", verifier),
+            ("client_id", "nodes-app"),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 200, "node A exchanges the code node B issued");
     let t: Value = r.json().await.unwrap();
     assert_eq!(t["patient"], json!(patient));
@@ -145,7 +174,13 @@ async fn two_nodes_share_every_flow() {
     // a new one through the same nodes.)
     let _ = rt1;
     let mut authorize = url::Url::parse(&format!("{}/auth/authorize", a.addr)).unwrap();
-    let r = http.post(format!("{}/auth/launch", b.addr)).basic_auth("clinician", Some("kindling-clinician")).json(&json!({"patient": patient})).send().await.unwrap();
+    let r = http
+        .post(format!("{}/auth/launch", b.addr))
+        .basic_auth("clinician", Some("kindling-clinician"))
+        .json(&json!({"patient": patient}))
+        .send()
+        .await
+        .unwrap();
     let handle = r.json::<Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
     authorize
         .query_pairs_mut()
@@ -160,17 +195,33 @@ async fn two_nodes_share_every_flow() {
         .append_pair("code_challenge_method", "S256");
     let browser = crate::Browser::with_origin(&a.public);
     let html = browser.get(authorize).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", a.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")]).await;
+    let r = browser
+        .post_form(&format!("{}/auth/login", a.addr), &[("request", &hidden(&html, "request")), ("username", "clinician"), ("password", "kindling-clinician")])
+        .await;
     assert_eq!(r.status(), 303, "consent remembered across nodes");
     let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
     let code = loc.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
-    let t: Value = form(&http, &format!("{}/auth/token", b.addr), &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "https://app.example/cb"), ("code_verifier", verifier), ("client_id", "nodes-app")])
+    let t: Value = form(
+        &http,
+        &format!("{}/auth/token", b.addr),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "https://app.example/cb"),
+            ("code_verifier", verifier),
+            ("client_id", "nodes-app"),
+        ],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let rt1 = t["refresh_token"].as_str().unwrap().to_string();
+    let r2: Value = form(&http, &format!("{}/auth/token", a.addr), &[("grant_type", "refresh_token"), ("refresh_token", &rt1), ("client_id", "nodes-app")])
         .await
         .json()
         .await
         .unwrap();
-    let rt1 = t["refresh_token"].as_str().unwrap().to_string();
-    let r2: Value = form(&http, &format!("{}/auth/token", a.addr), &[("grant_type", "refresh_token"), ("refresh_token", &rt1), ("client_id", "nodes-app")]).await.json().await.unwrap();
     let rt2 = r2["refresh_token"].as_str().unwrap().to_string();
     let reuse = form(&http, &format!("{}/auth/token", b.addr), &[("grant_type", "refresh_token"), ("refresh_token", &rt1), ("client_id", "nodes-app")]).await;
     assert_eq!(reuse.status(), 400);
@@ -184,7 +235,8 @@ async fn two_nodes_share_every_flow() {
     let etag = format!("W/\"{}\"", fresh.version);
     let backend_key = aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
     let point = aws_lc_rs::signature::KeyPair::public_key(&backend_key).as_ref().to_vec();
-    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "k1", "x": auth::crypto::b64url(&point[1..49]), "y": auth::crypto::b64url(&point[49..97])}]});
+    let jwks =
+        json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "k1", "x": auth::crypto::b64url(&point[1..49]), "y": auth::crypto::b64url(&point[49..97])}]});
     let backend = auth::model::Client {
         client_id: "nodes-backend".into(),
         name: "Nodes backend".into(),
@@ -211,7 +263,12 @@ async fn two_nodes_share_every_flow() {
     let r = form(
         &http,
         &format!("{}/auth/token", b.addr),
-        &[("grant_type", "client_credentials"), ("scope", "system/Patient.rus"), ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"), ("client_assertion", &assertion)],
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/Patient.rus"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", &assertion),
+        ],
     )
     .await;
     assert_eq!(r.status(), 200);

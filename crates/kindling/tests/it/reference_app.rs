@@ -33,7 +33,16 @@ fn location(r: &reqwest::Response) -> String {
 
 /// The `name=value` of the launch-binding cookie the app set when it started a launch.
 fn launch_cookie(r: &reqwest::Response) -> String {
-    r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("kapp_l_")).expect("launch cookie").split(';').next().unwrap().to_string()
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("kapp_l_"))
+        .expect("launch cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// A patient's standalone launch of the reference app, consenting to every scope offered: the summary page.
@@ -42,7 +51,8 @@ pub(crate) async fn standalone_summary(app: &TestApp, user: &str, password: &str
     let bound = launch_cookie(&r);
     let browser = crate::Browser::new();
     let html = browser.get(location(&r)).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", root(app)), &[("request", &hidden(&html, "request")), ("username", user), ("password", password)]).await;
+    let r =
+        browser.post_form(&format!("{}/auth/login", root(app)), &[("request", &hidden(&html, "request")), ("username", user), ("password", password)]).await;
     let html = r.text().await.unwrap();
     let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
@@ -84,7 +94,14 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     let store = app.auth.store.as_ref();
     auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
     let patient = synth::patient_id(4, 1);
-    let r = app.client.post(format!("{}/auth/launch", root(&app))).basic_auth("doc", Some("doc-pass")).json(&serde_json::json!({"patient": patient, "need_patient_banner": true})).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/launch", root(&app)))
+        .basic_auth("doc", Some("doc-pass"))
+        .json(&serde_json::json!({"patient": patient, "need_patient_banner": true}))
+        .send()
+        .await
+        .unwrap();
     let handle = r.json::<serde_json::Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
 
     // The EHR opens the app's launch URL; the app sends the browser to authorise.
@@ -99,7 +116,9 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     // The sign-in pages in the same browser (their cookies: the request's binding, then the session).
     let browser = crate::Browser::new();
     let html = browser.get(&authorize).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    let r = browser
+        .post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")])
+        .await;
     let html = r.text().await.unwrap();
     let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
     for s in html.split("name=\"scope\" value=\"").skip(1) {
@@ -171,14 +190,23 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("This launch has expired"));
     // A callback link opened in another browser (without the launch's cookie) is refused.
-    let r = app.client.post(format!("{}/auth/launch", root(&app))).basic_auth("doc", Some("doc-pass")).json(&serde_json::json!({"patient": patient})).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/launch", root(&app)))
+        .basic_auth("doc", Some("doc-pass"))
+        .json(&serde_json::json!({"patient": patient}))
+        .send()
+        .await
+        .unwrap();
     let handle2 = r.json::<serde_json::Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
     let mut u = url::Url::parse(&format!("{}/app/launch", root(&app))).unwrap();
     u.query_pairs_mut().append_pair("iss", &app.base).append_pair("launch", &handle2);
     let r = app.client.get(u).send().await.unwrap();
     let browser = crate::Browser::new();
     let html = browser.get(location(&r)).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    let r = browser
+        .post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")])
+        .await;
     let forwarded = location(&r);
     assert!(forwarded.contains("/app/callback?"), "consent remembered: straight back to the app");
     let r = app.client.get(&forwarded).send().await.unwrap();
@@ -188,7 +216,13 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
     assert!(text.contains("session started") && text.contains("summary shown"), "the flow was logged:\n{text}");
-    let secrets: HashMap<&str, &str> = HashMap::from([("access token", access.as_str()), ("refresh token", refresh.as_str()), ("code", code.as_str()), ("launch handle", handle.as_str()), ("browser secret", secret.as_str())]);
+    let secrets: HashMap<&str, &str> = HashMap::from([
+        ("access token", access.as_str()),
+        ("refresh token", refresh.as_str()),
+        ("code", code.as_str()),
+        ("launch handle", handle.as_str()),
+        ("browser secret", secret.as_str()),
+    ]);
     for (what, value) in secrets {
         assert!(!text.contains(value), "the {what} appears in the logs");
     }
@@ -207,7 +241,9 @@ async fn consent_denied_and_standalone_launch() {
     let bound = launch_cookie(&r);
     let browser = crate::Browser::new();
     let html = browser.get(location(&r)).await.text().await.unwrap();
-    let r = browser.post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
+    let r = browser
+        .post_form(&format!("{}/auth/login", root(&app)), &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")])
+        .await;
     let html = r.text().await.unwrap();
     let r = browser.post_form(&format!("{}/auth/consent", root(&app)), &[("request", &hidden(&html, "request")), ("decision", "deny")]).await;
     let r = app.client.get(location(&r)).header("cookie", &bound).send().await.unwrap();

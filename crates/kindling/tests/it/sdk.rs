@@ -48,7 +48,14 @@ async fn register(app: &TestApp, id: &str, kind: ClientKind, jwks: Option<Value>
 }
 
 fn smart(app: &TestApp, client_id: &str, auth: ClientAuth) -> SmartClient {
-    let ehr = EhrConfig { iss: app.base.clone(), client_id: client_id.into(), auth, redirect_uri: REDIRECT.into(), ehr_scope: EHR_SCOPE.into(), standalone_scope: SCOPE.into() };
+    let ehr = EhrConfig {
+        iss: app.base.clone(),
+        client_id: client_id.into(),
+        auth,
+        redirect_uri: REDIRECT.into(),
+        ehr_scope: EHR_SCOPE.into(),
+        standalone_scope: SCOPE.into(),
+    };
     SmartClient::new(vec![ehr], Arc::new(MemoryPendingStore::new())).unwrap()
 }
 
@@ -111,9 +118,18 @@ async fn ehr_launch_context_fhir_access_and_scope_checks() {
     let app = &f.app;
     register(app, "pub", ClientKind::Public, None).await;
     let s = smart(app, "pub", ClientAuth::Public);
-    let enc = app.app_state.store.search(&fhir::query::parse("Encounter", &[("patient".into(), f.p.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let enc = app
+        .app_state
+        .store
+        .search(
+            &fhir::query::parse("Encounter", &[("patient".into(), f.p.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap(),
+        )
+        .await
+        .unwrap();
     let encounter = app.app_state.store.fetch(&enc[..1]).await.unwrap().remove(0).id;
-    let handle = ehr_handle(app, json!({"patient": f.p, "encounter": encounter, "tenant": "t-1", "fhirContext": [{"reference": format!("Encounter/{encounter}")}]})).await;
+    let handle =
+        ehr_handle(app, json!({"patient": f.p, "encounter": encounter, "tenant": "t-1", "fhirContext": [{"reference": format!("Encounter/{encounter}")}]}))
+            .await;
     let req = s.ehr_launch(&app.base, &handle).await.unwrap();
     let client::AuthorizationRequest::Redirect { url, state } = &req else { panic!() };
     assert!(state.len() >= 32, "≥ 128 bits of state");
@@ -154,7 +170,10 @@ async fn ehr_launch_context_fhir_access_and_scope_checks() {
     assert!(matches!(fhir.get("https://evil.example/fhir/Patient").await, Err(Error::OutsideBase { .. })));
     assert!(matches!(fhir.get(&format!("{}-evil/Patient", app.base)).await, Err(Error::OutsideBase { .. })));
     // Not granted → typed 403.
-    let e = fhir.create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p)}})).await.unwrap_err();
+    let e = fhir
+        .create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p)}}))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::Fhir { status: 403, .. }), "{e}");
     assert_eq!(e.user_message(), "This app was not given access to this part of the record.");
     session.revoke().await.unwrap();
@@ -181,7 +200,12 @@ async fn unknown_issuers_state_iss_and_denials_are_refused() {
     let s = smart(app, "pub-deny", ClientAuth::Public);
     let req = s.standalone_launch(&app.base).await.unwrap();
     let b = crate::Browser::new();
-    let mut r = b.get(match &req { client::AuthorizationRequest::Redirect { url, .. } => url.clone(), _ => unreachable!() }).await;
+    let mut r = b
+        .get(match &req {
+            client::AuthorizationRequest::Redirect { url, .. } => url.clone(),
+            _ => unreachable!(),
+        })
+        .await;
     let html = r.text().await.unwrap();
     r = post(app, &b, "/auth/login", &[("request", &hidden(&html, "request")), ("username", "pat"), ("password", "pat-pass")]).await;
     let html = r.text().await.unwrap();
@@ -192,7 +216,15 @@ async fn unknown_issuers_state_iss_and_denials_are_refused() {
     // An expired launch.
     let handle = ehr_handle(app, json!({"patient": f.p, "faults": {"expired_launch": true}})).await;
     let req = s.ehr_launch(&app.base, &handle).await.unwrap();
-    let r = app.client.get(match &req { client::AuthorizationRequest::Redirect { url, .. } => url.clone(), _ => unreachable!() }).send().await.unwrap();
+    let r = app
+        .client
+        .get(match &req {
+            client::AuthorizationRequest::Redirect { url, .. } => url.clone(),
+            _ => unreachable!(),
+        })
+        .send()
+        .await
+        .unwrap();
     let params: HashMap<String, String> = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap().query_pairs().into_owned().collect();
     let e = s.callback(&params).await.unwrap_err();
     assert!(matches!(e, Error::LaunchExpired { .. }), "{e}");

@@ -21,7 +21,9 @@ async fn fixture() -> (TestApp, String, String) {
         }))
         .await;
     let enc_id = enc["id"].as_str().unwrap().to_string();
-    let med = app.create(json!({"resourceType": "Medication", "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]}})).await;
+    let med = app
+        .create(json!({"resourceType": "Medication", "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]}}))
+        .await;
     app.create(json!({
         "resourceType": "MedicationRequest", "status": "active", "intent": "order",
         "medicationReference": {"reference": format!("Medication/{}", med["id"].as_str().unwrap())},
@@ -132,7 +134,10 @@ async fn quantity_and_number_parameters() {
     assert_eq!(total(&app.search("Observation?value-quantity=le72|http://unitsofmeasure.org|/min").await), 2);
     assert_eq!(total(&app.search("Observation?value-quantity=70.5").await), 1);
     assert_eq!(total(&app.search("Observation?value-quantity=70.4").await), 0, "precision of 70.4 is [70.35, 70.45)");
-    app.create(json!({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/x"}, "prediction": [{"probabilityDecimal": 0.42}]})).await;
+    app.create(
+        json!({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/x"}, "prediction": [{"probabilityDecimal": 0.42}]}),
+    )
+    .await;
     assert_eq!(total(&app.search("RiskAssessment?probability=gt0.4").await), 1);
     assert_eq!(total(&app.search("RiskAssessment?probability=0.42").await), 1);
     assert_eq!(total(&app.search("RiskAssessment?probability=lt0.4").await), 0);
@@ -183,7 +188,8 @@ async fn sort_count_summary_elements_total() {
 async fn include_revinclude_and_iterate() {
     let (app, a, _) = fixture().await;
     let b = app.search("MedicationRequest?_include=MedicationRequest:medication&_include=MedicationRequest:patient").await;
-    let modes: Vec<(&str, &str)> = b["entry"].as_array().unwrap().iter().map(|e| (e["resource"]["resourceType"].as_str().unwrap(), e["search"]["mode"].as_str().unwrap())).collect();
+    let modes: Vec<(&str, &str)> =
+        b["entry"].as_array().unwrap().iter().map(|e| (e["resource"]["resourceType"].as_str().unwrap(), e["search"]["mode"].as_str().unwrap())).collect();
     assert!(modes.contains(&("MedicationRequest", "match")));
     assert!(modes.contains(&("Medication", "include")));
     assert!(modes.contains(&("Patient", "include")));
@@ -239,7 +245,10 @@ async fn one_patients_category_through_writes() {
     let (app, a, b) = fixture().await;
     let vitals = |p: &str| format!("Observation?patient={p}&category=vital-signs&_count=100");
     assert_eq!(total(&app.search(&vitals(&a)).await), 3);
-    assert_eq!(total(&app.search(&format!("Observation?patient={a}&category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs")).await), 3);
+    assert_eq!(
+        total(&app.search(&format!("Observation?patient={a}&category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs")).await),
+        3
+    );
     assert_eq!(total(&app.search(&format!("Observation?patient={a}&category=http://snomed.info/sct|vital-signs")).await), 0);
     assert_eq!(total(&app.search(&format!("Observation?patient={a}&category=laboratory,vital-signs")).await), 4);
     assert_eq!(total(&app.search(&format!("Observation?subject=Patient/{a}&category=laboratory&category=vital-signs")).await), 0, "repeated is AND");
@@ -350,7 +359,14 @@ async fn one_patients_category_sorted_by_date_through_writes() {
 #[tokio::test]
 async fn post_search_compartment_and_everything() {
     let (app, a, b) = fixture().await;
-    let r = app.client.post(app.url("Observation/_search")).header("content-type", "application/x-www-form-urlencoded").body(format!("patient={a}&category=vital-signs")).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Observation/_search"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("patient={a}&category=vital-signs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let bundle: Value = r.json().await.unwrap();
     assert_eq!(bundle["total"], 3);
@@ -364,7 +380,8 @@ async fn post_search_compartment_and_everything() {
         assert!(types.contains(t), "{t} missing from $everything: {types:?}");
     }
     assert_eq!(e["entry"][0]["resource"]["resourceType"], "Patient");
-    let ids_everything: Vec<&str> = e["entry"].as_array().unwrap().iter().filter(|x| x["resource"]["resourceType"] == "Patient").map(|x| x["resource"]["id"].as_str().unwrap()).collect();
+    let ids_everything: Vec<&str> =
+        e["entry"].as_array().unwrap().iter().filter(|x| x["resource"]["resourceType"] == "Patient").map(|x| x["resource"]["id"].as_str().unwrap()).collect();
     assert_eq!(ids_everything, vec![a.as_str()], "no other patient leaks into $everything");
     let e = app.search(&format!("Patient/{a}/$everything?_type=Observation,Condition&_count=2")).await;
     assert_eq!(e["total"], 5);
@@ -389,7 +406,14 @@ async fn unknown_parameters_and_lenient_handling() {
     assert_eq!(b["total"], 1);
     let outcome = b["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("an outcome entry says what was ignored");
     assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("nonsense"));
-    for bad in ["Patient?gender:fuzzy=x", "Patient?_count=abc", "Patient?birthdate=yesterday", "Observation?value-quantity=abc", "Patient?name=", "Patient?general-practitioner.name=x"] {
+    for bad in [
+        "Patient?gender:fuzzy=x",
+        "Patient?_count=abc",
+        "Patient?birthdate=yesterday",
+        "Observation?value-quantity=abc",
+        "Patient?name=",
+        "Patient?general-practitioner.name=x",
+    ] {
         let (status, body) = app.get_json(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }

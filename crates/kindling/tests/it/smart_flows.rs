@@ -68,10 +68,12 @@ pub(crate) fn unescape(s: &str) -> String {
 /// Values of the inputs named `name` in an HTML page.
 pub(crate) fn inputs(html: &str, name: &str) -> Vec<String> {
     let needle = format!("name=\"{name}\" value=\"");
-    html.match_indices(&needle).map(|(i, _)| {
-        let rest = &html[i + needle.len()..];
-        unescape(&rest[..rest.find('"').unwrap()])
-    }).collect()
+    html.match_indices(&needle)
+        .map(|(i, _)| {
+            let rest = &html[i + needle.len()..];
+            unescape(&rest[..rest.find('"').unwrap()])
+        })
+        .collect()
 }
 
 pub(crate) fn location(r: &reqwest::Response) -> url::Url {
@@ -179,7 +181,12 @@ pub(crate) fn code(app: &TestApp, a: &Auth<'_>, r: &reqwest::Response) -> String
 }
 
 pub(crate) async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str) -> reqwest::Response {
-    post_form(app, "/auth/token", &[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", client_id)]).await
+    post_form(
+        app,
+        "/auth/token",
+        &[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", client_id)],
+    )
+    .await
 }
 
 /// Standalone launch as the patient user, consenting to everything.
@@ -227,7 +234,15 @@ async fn discovery_documents() {
     }
     assert_eq!(d["issuer"], json!(app.base));
     let oidc: Value = app.client.get(format!("{}/.well-known/openid-configuration", app.base)).send().await.unwrap().json().await.unwrap();
-    for k in ["issuer", "authorization_endpoint", "token_endpoint", "jwks_uri", "response_types_supported", "subject_types_supported", "id_token_signing_alg_values_supported"] {
+    for k in [
+        "issuer",
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "response_types_supported",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+    ] {
         assert!(oidc.get(k).is_some(), "{k}");
     }
     assert_eq!(oidc["issuer"], d["issuer"]);
@@ -290,7 +305,15 @@ async fn standalone_patient_launch_end_to_end() {
     assert_eq!((status, b["total"].as_u64()), (200, Some(0)), "searching another patient finds nothing");
     let (status, _) = fhir_get(app, &format!("Patient/{}/$everything", f.p2), Some(token)).await;
     assert_eq!(status, 403);
-    let r = app.client.post(app.url("Patient")).bearer_auth(token).header("content-type", "application/fhir+json").body(json!({"resourceType": "Patient"}).to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("Patient"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient"}).to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, ".rs grants no create");
     // The practitioner named in the record is outside the compartment but not of any patient: readable.
     let (status, _) = fhir_get(app, &format!("Practitioner/{}", synth::practitioner_id(0)), Some(token)).await;
@@ -325,7 +348,9 @@ async fn pkce_code_and_client_checks_at_the_token_endpoint() {
         let r = consent_if_asked(app, &a.browser, login(app, &a.browser, page, "pat", "pat-pass").await).await;
         (code(app, &a, &r), a.verifier.clone(), a.challenge.clone())
     };
-    for (label, verifier) in [("no verifier", None), ("empty verifier", Some(String::new())), ("wrong verifier", Some(format!("{}-{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4())))] {
+    for (label, verifier) in
+        [("no verifier", None), ("empty verifier", Some(String::new())), ("wrong verifier", Some(format!("{}-{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4())))]
+    {
         let (c, _, _) = get_code(()).await;
         let mut form = vec![("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("client_id", PUBLIC)];
         if let Some(v) = &verifier {
@@ -344,7 +369,12 @@ async fn pkce_code_and_client_checks_at_the_token_endpoint() {
     assert_eq!(r.headers()["cache-control"], "no-store");
     // Redirect URI must match the authorisation request.
     let (c, v, _) = get_code(()).await;
-    let r = post_form(app, "/auth/token", &[("grant_type", "authorization_code"), ("code", &c), ("redirect_uri", "https://app.example/other"), ("code_verifier", &v), ("client_id", PUBLIC)]).await;
+    let r = post_form(
+        app,
+        "/auth/token",
+        &[("grant_type", "authorization_code"), ("code", &c), ("redirect_uri", "https://app.example/other"), ("code_verifier", &v), ("client_id", PUBLIC)],
+    )
+    .await;
     assert_eq!(r.status(), 400);
     // A replayed code fails and revokes the tokens of its first use.
     let (c, v, _) = get_code(()).await;
@@ -362,7 +392,15 @@ async fn pkce_code_and_client_checks_at_the_token_endpoint() {
     let r = post_form(app, "/auth/token", &[("grant_type", "password"), ("client_id", PUBLIC)]).await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
-    let r = app.client.post(format!("{}/auth/token", root(app))).basic_auth("BAD_CLIENT_ID", Some("secret")).header("content-type", "application/x-www-form-urlencoded").body("grant_type=authorization_code&code=x").send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/token", root(app)))
+        .basic_auth("BAD_CLIENT_ID", Some("secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=authorization_code&code=x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
     let r = post_form(app, "/auth/token", &[("grant_type", "authorization_code"), ("code", "x"), ("client_id", CONFIDENTIAL)]).await;
@@ -404,7 +442,9 @@ async fn authorize_errors_never_redirect_to_untrusted_addresses() {
     url.query_pairs_mut().extend_pairs(Auth::new(app, PUBLIC, "launch/patient").params().into_iter().filter(|(k, _)| !k.starts_with("code_challenge")));
     check(app.client.get(url).send().await.unwrap(), "invalid_request");
     let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
-    url.query_pairs_mut().extend_pairs(Auth::new(app, PUBLIC, "launch/patient").params().into_iter().map(|(k, v)| if k == "response_type" { (k, "token".to_string()) } else { (k, v) }));
+    url.query_pairs_mut().extend_pairs(
+        Auth::new(app, PUBLIC, "launch/patient").params().into_iter().map(|(k, v)| if k == "response_type" { (k, "token".to_string()) } else { (k, v) }),
+    );
     check(app.client.get(url).send().await.unwrap(), "unsupported_response_type");
     // Denied consent.
     let a = Auth::new(app, PUBLIC, "launch/patient patient/*.rs");
@@ -423,16 +463,33 @@ async fn authorize_by_post_and_confidential_client_with_basic_auth() {
     let app = &f.app;
     let a = Auth::new(app, CONFIDENTIAL, "launch/patient openid fhirUser patient/Patient.rs");
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(a.params()).finish();
-    let page = app.client.post(format!("{}/auth/authorize", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    let page =
+        app.client.post(format!("{}/auth/authorize", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
     a.browser.keep(&page);
     let r = consent(app, &a.browser, login(app, &a.browser, page, "pat", "pat-pass").await, true, &[], &[]).await;
     let c = code(app, &a, &r);
     let form = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs([("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("code_verifier", a.verifier.as_str())])
         .finish();
-    let wrong = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some("wrong")).header("content-type", "application/x-www-form-urlencoded").body(form.clone()).send().await.unwrap();
+    let wrong = app
+        .client
+        .post(format!("{}/auth/token", root(app)))
+        .basic_auth(CONFIDENTIAL, Some("wrong"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    let ok = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some(&f.secret)).header("content-type", "application/x-www-form-urlencoded").body(form).send().await.unwrap();
+    let ok = app
+        .client
+        .post(format!("{}/auth/token", root(app)))
+        .basic_auth(CONFIDENTIAL, Some(&f.secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200, "a failed attempt does not burn the code");
     let t: Value = ok.json().await.unwrap();
     assert!(t["id_token"].is_string());
@@ -449,7 +506,10 @@ async fn consent_unticking_categories_and_remembered_consent() {
     let r = consent(app, &a.browser, page, true, &["patient/Condition.rs"], &[vitals]).await;
     let c = code(app, &a, &r);
     let t: Value = exchange(app, PUBLIC, &c, &a.verifier).await.json().await.unwrap();
-    assert_eq!(t["scope"], "launch/patient patient/Patient.rs patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs");
+    assert_eq!(
+        t["scope"],
+        "launch/patient patient/Patient.rs patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"
+    );
     let token = t["access_token"].as_str().unwrap();
     let (status, _) = fhir_get(app, &format!("Condition?patient={}", f.p1), Some(token)).await;
     assert_eq!(status, 403, "an unticked type is refused");
@@ -461,7 +521,20 @@ async fn consent_unticking_categories_and_remembered_consent() {
     let (_, labs) = fhir_get(app, &format!("Observation?patient={}&category=laboratory", f.p1), Some(token)).await;
     assert_eq!(labs["total"], 0);
     // A lab result read directly is refused.
-    let lab_id = f.app.app_state.store.search(&fhir::query::parse("Observation", &[("patient".into(), f.p1.clone()), ("category".into(), "laboratory".into())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let lab_id = f
+        .app
+        .app_state
+        .store
+        .search(
+            &fhir::query::parse(
+                "Observation",
+                &[("patient".into(), f.p1.clone()), ("category".into(), "laboratory".into())],
+                fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     if let Some(key) = lab_id.first() {
         let lab = f.app.app_state.store.fetch(&[*key]).await.unwrap().remove(0);
         let (status, _) = fhir_get(app, &format!("Observation/{}", lab.id), Some(token)).await;
@@ -479,7 +552,14 @@ async fn consent_unticking_categories_and_remembered_consent() {
 async fn ehr_launch_with_context_and_single_use_handle() {
     let f = fixture().await;
     let app = &f.app;
-    let enc = app.app_state.store.search(&fhir::query::parse("Encounter", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let enc = app
+        .app_state
+        .store
+        .search(
+            &fhir::query::parse("Encounter", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap(),
+        )
+        .await
+        .unwrap();
     let encounter = app.app_state.store.fetch(&enc[..1]).await.unwrap().remove(0).id;
     let launch_ctx = json!({"patient": f.p2, "encounter": encounter, "need_patient_banner": false, "tenant": "practice-42", "intent": "reconcile-medications",
         "fhirContext": [{"reference": format!("Encounter/{encounter}")}], "extra": {"practice_id": "P-42"}});
@@ -546,26 +626,41 @@ async fn refresh_rotation_reuse_detection_and_scope_narrowing() {
     assert_ne!(rt1, rt2, "rotated");
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), t2["access_token"].as_str()).await.0, 200);
     // Narrowing with the full granted scope string (non-resource scopes included) and a subset.
-    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt2), ("client_id", PUBLIC), ("scope", t["scope"].as_str().unwrap())]).await;
+    let r = post_form(
+        app,
+        "/auth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", &rt2), ("client_id", PUBLIC), ("scope", t["scope"].as_str().unwrap())],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let t3: Value = r.json().await.unwrap();
     let rt3 = t3["refresh_token"].as_str().unwrap().to_string();
-    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt3), ("client_id", PUBLIC), ("scope", "patient/*.cruds")]).await;
+    let r =
+        post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt3), ("client_id", PUBLIC), ("scope", "patient/*.cruds")]).await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
-    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt3), ("client_id", PUBLIC), ("scope", "patient/Patient.rs")]).await;
+    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt3), ("client_id", PUBLIC), ("scope", "patient/Patient.rs")])
+        .await;
     let t4: Value = r.json().await.unwrap();
     assert_eq!(t4["scope"], "patient/Patient.rs");
     // Reusing a rotated-out token revokes the whole grant.
     let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rt1), ("client_id", PUBLIC)]).await;
     assert_eq!(r.status(), 400);
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), t4["access_token"].as_str()).await.0, 401);
-    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &uuid::Uuid::new_v4().to_string()), ("client_id", PUBLIC)]).await;
+    let r =
+        post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &uuid::Uuid::new_v4().to_string()), ("client_id", PUBLIC)]).await;
     assert_eq!(r.status(), 400);
     // Another client cannot use this client's refresh token.
     let t = patient_tokens(&f, "launch/patient offline_access patient/*.rs").await;
-    let r = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some(&f.secret)).header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("grant_type=refresh_token&refresh_token={}", t["refresh_token"].as_str().unwrap())).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/token", root(app)))
+        .basic_auth(CONFIDENTIAL, Some(&f.secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("grant_type=refresh_token&refresh_token={}", t["refresh_token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
@@ -577,7 +672,15 @@ async fn introspection_and_revocation() {
     let token = t["access_token"].as_str().unwrap();
     let r = post_form(app, "/auth/introspect", &[("token", token)]).await;
     assert_eq!(r.status(), 401, "introspection needs authentication");
-    let r = app.client.post(format!("{}/auth/introspect", root(app))).bearer_auth(token).header("content-type", "application/x-www-form-urlencoded").body(format!("token={token}")).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/introspect", root(app)))
+        .bearer_auth(token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let i: Value = r.json().await.unwrap();
     assert_eq!(i["active"], true);
@@ -594,7 +697,8 @@ async fn introspection_and_revocation() {
     let r = post_form(app, "/auth/revoke", &[("token", t["refresh_token"].as_str().unwrap()), ("client_id", PUBLIC)]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 401);
-    let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_id", PUBLIC)]).await;
+    let r =
+        post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_id", PUBLIC)]).await;
     assert_eq!(r.status(), 400);
     let r = post_form(app, "/auth/introspect", &[("token", token), ("client_id", PUBLIC)]).await;
     assert_eq!(r.json::<Value>().await.unwrap()["active"], false);
@@ -777,8 +881,23 @@ async fn public_clients_may_refresh_without_identifying_themselves() {
     let a = Auth::new(app, CONFIDENTIAL, "launch/patient offline_access patient/*.rs");
     let r = consent_if_asked(app, &a.browser, login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await).await;
     let c = code(app, &a, &r);
-    let body = format!("grant_type=authorization_code&code={c}&redirect_uri={}&code_verifier={}", url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>(), a.verifier);
-    let t: Value = app.client.post(format!("{}/auth/token", root(app))).basic_auth(CONFIDENTIAL, Some(&f.secret)).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap().json().await.unwrap();
+    let body = format!(
+        "grant_type=authorization_code&code={c}&redirect_uri={}&code_verifier={}",
+        url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>(),
+        a.verifier
+    );
+    let t: Value = app
+        .client
+        .post(format!("{}/auth/token", root(app)))
+        .basic_auth(CONFIDENTIAL, Some(&f.secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let r = post_form(app, "/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())]).await;
     assert_eq!(r.status(), 401);
 }
@@ -808,9 +927,23 @@ async fn cors_on_discovery_metadata_and_the_token_endpoint() {
     let r = consent_if_asked(app, &a.browser, login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await).await;
     let c = code(app, &a, &r);
     let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([("grant_type", "authorization_code"), ("code", c.as_str()), ("redirect_uri", REDIRECT), ("code_verifier", a.verifier.as_str()), ("client_id", PUBLIC)])
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("code", c.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", a.verifier.as_str()),
+            ("client_id", PUBLIC),
+        ])
         .finish();
-    let r = app.client.post(format!("{}/auth/token", root(app))).header("origin", origin).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/token", root(app)))
+        .header("origin", origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], origin);
 }
@@ -843,7 +976,16 @@ async fn consent_and_pick_forms_cannot_widen_the_grant() {
     let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("pat", Some("pat-pass")).json(&json!({"patient": f.p2})).send().await.unwrap();
     assert_eq!(r.status(), 403);
     // Self-registered apps get no user/ or system/ access.
-    let reg: Value = app.client.post(format!("{}/auth/register", root(app))).json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", "scope": "system/*.cruds user/*.rs patient/*.rs"})).send().await.unwrap().json().await.unwrap();
+    let reg: Value = app
+        .client
+        .post(format!("{}/auth/register", root(app)))
+        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", "scope": "system/*.cruds user/*.rs patient/*.rs"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(reg["scope"], "patient/*.rs");
 }
 
@@ -869,7 +1011,15 @@ async fn patient_tokens_stay_in_the_record_on_every_path() {
     assert_eq!(post("Organization", json!({"resourceType": "Organization", "name": "x"}), None).await.unwrap().status(), 403);
     // If-None-Exist cannot fetch another patient's resource: its criteria see only this patient's record,
     // so another patient's match is no match, and the new resource is created.
-    let other = app.app_state.store.search(&fhir::query::parse("Observation", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let other = app
+        .app_state
+        .store
+        .search(
+            &fhir::query::parse("Observation", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 })
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let other_id = app.app_state.store.fetch(&other[..1]).await.unwrap().remove(0).id;
     let mine = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
     let r = post("Observation", mine, Some(("if-none-exist", format!("_id={other_id}")))).await.unwrap();
@@ -939,7 +1089,14 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     assert_eq!(t["expires_in"], 570);
     assert_eq!(t["scope"], "launch openid fhirUser patient/Condition.rs");
     assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 403);
-    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&json!({"patient": f.p2, "profile": "oracle"})).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/auth/launch", root(app)))
+        .basic_auth("doc", Some("doc-pass"))
+        .json(&json!({"patient": f.p2, "profile": "oracle"}))
+        .send()
+        .await
+        .unwrap();
     let handle: Value = r.json().await.unwrap();
     let mut a = Auth::new(app, PUBLIC, scope);
     a.launch = Some(handle["launch"].as_str().unwrap().to_string());
@@ -1025,14 +1182,26 @@ async fn injected_faults_behave_as_a_real_server_would() {
     assert_eq!(fhir_get(app, &format!("Condition?patient={}", f.p2), t["access_token"].as_str()).await.0, 200);
 
     // No encounter context, although the EHR chose one.
-    let enc = app.app_state.store.search(&fhir::query::parse("Encounter", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()).await.unwrap();
+    let enc = app
+        .app_state
+        .store
+        .search(
+            &fhir::query::parse("Encounter", &[("patient".into(), f.p2.clone())], fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap(),
+        )
+        .await
+        .unwrap();
     let encounter = app.app_state.store.fetch(&enc[..1]).await.unwrap().remove(0).id;
     let t = ehr_tokens(&f, json!({"patient": f.p2, "encounter": encounter, "faults": {"no_encounter": true}}), scope).await;
     assert!(t.get("encounter").is_none());
 
     // The launch's steps are in the audit trail under its id, for the inspector, without token values.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let steps = app.app_state.store.audit_events(&store::audit::AuditFilter { launch: t["launch_id"].as_str().map(str::to_string), limit: 100, ..Default::default() }).await.unwrap();
+    let steps = app
+        .app_state
+        .store
+        .audit_events(&store::audit::AuditFilter { launch: t["launch_id"].as_str().map(str::to_string), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
     let actions: Vec<&str> = steps.iter().rev().map(|(_, r)| r.action.as_str()).collect();
     for a in ["launch", "authorize-request", "code", "token"] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");

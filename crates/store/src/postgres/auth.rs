@@ -35,12 +35,13 @@ impl AuthStore for PostgresStore {
     }
 
     async fn auth_get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
-        let row = sqlx::query("SELECT value, grant_id, expires, used, revoked FROM auth_records WHERE kind = $1 AND key = $2 AND (expires IS NULL OR expires > $3)")
-            .bind(kind)
-            .bind(key)
-            .bind(self.now())
-            .fetch_optional(self.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT value, grant_id, expires, used, revoked FROM auth_records WHERE kind = $1 AND key = $2 AND (expires IS NULL OR expires > $3)")
+                .bind(kind)
+                .bind(key)
+                .bind(self.now())
+                .fetch_optional(self.pool())
+                .await?;
         row.as_ref().map(|r| record(r, 0)).transpose()
     }
 
@@ -125,11 +126,13 @@ impl AuthStore for PostgresStore {
     }
 
     async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>> {
-        let rows = sqlx::query("SELECT key, value, grant_id, expires, used, revoked FROM auth_records WHERE kind = $1 AND (expires IS NULL OR expires > $2) ORDER BY key")
-            .bind(kind)
-            .bind(self.now())
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT key, value, grant_id, expires, used, revoked FROM auth_records WHERE kind = $1 AND (expires IS NULL OR expires > $2) ORDER BY key",
+        )
+        .bind(kind)
+        .bind(self.now())
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(|r| Ok::<_, StoreError>((r.try_get::<String, _>(0)?, record(r, 1)?))).collect()
     }
 }

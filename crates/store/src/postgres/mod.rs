@@ -8,7 +8,10 @@ mod reads;
 mod write;
 
 use crate::sql::{Dialect, SqlBuilder, SqlValue, compile_search, compile_search_numbered};
-use crate::{HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, SearchPage, Snapshot, Store, StoreError, StoredResource, Transaction, Written};
+use crate::{
+    HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, SearchPage, Snapshot, Store, StoreError, StoredResource, Transaction,
+    Written,
+};
 use async_trait::async_trait;
 use fhir::query::{Include, SearchQuery};
 use fhir::time::{SharedClock, unix_ms};
@@ -85,7 +88,9 @@ pub async fn migrate(pool: &PgPool, now_ms: i64) -> Result<Vec<String>> {
     let mut conn = pool.acquire().await?;
     sqlx::query("SELECT pg_advisory_lock(7206191)").execute(&mut *conn).await?;
     let result = async {
-        sqlx::query("CREATE TABLE IF NOT EXISTS kindling_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)").execute(&mut *conn).await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS kindling_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+            .execute(&mut *conn)
+            .await?;
         let applied: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM kindling_migrations").fetch_one(&mut *conn).await?;
         crate::check_schema_not_newer(applied, MIGRATIONS.last().map_or(0, |m| m.0))?;
         let mut done = Vec::new();
@@ -95,7 +100,12 @@ pub async fn migrate(pool: &PgPool, now_ms: i64) -> Result<Vec<String>> {
             }
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(*sql)).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO kindling_migrations (version, name, applied_at) VALUES ($1, $2, $3)").bind(version).bind(*name).bind(now_ms).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO kindling_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(version)
+                .bind(*name)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             tracing::info!(version, name, "applied PostgreSQL migration");
             done.push(format!("{version} {name}"));
@@ -123,7 +133,12 @@ impl PostgresStore {
             .await?;
         migrate(&pool, unix_ms(clock.now())).await?;
         let relaxed_options = config.url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("synchronous_commit", "off")]);
-        let relaxed = PgPoolOptions::new().max_connections((config.max_connections / 2).max(2)).acquire_timeout(std::time::Duration::from_secs(5)).test_before_acquire(false).connect_with(relaxed_options).await?;
+        let relaxed = PgPoolOptions::new()
+            .max_connections((config.max_connections / 2).max(2))
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect_with(relaxed_options)
+            .await?;
         let reads = reads::ReadCoalescer::spawn(pool.clone());
         Ok(PostgresStore { pool, relaxed, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock })
     }
@@ -162,7 +177,12 @@ impl PostgresStore {
     }
 }
 
-pub(crate) async fn read_current<'e, E: sqlx::Executor<'e, Database = Postgres>>(exec: E, resource_type: &str, id: &str, for_update: bool) -> Result<Option<StoredResource>> {
+pub(crate) async fn read_current<'e, E: sqlx::Executor<'e, Database = Postgres>>(
+    exec: E,
+    resource_type: &str,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<StoredResource>> {
     let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE res_type = $1 AND id = $2{}", if for_update { " FOR UPDATE" } else { "" });
     let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(resource_type).bind(id).fetch_optional(exec).await?;
     row.as_ref().map(row_to_resource).transpose()
@@ -172,7 +192,10 @@ pub(crate) async fn fetch_keys<'e, E: sqlx::Executor<'e, Database = Postgres>>(e
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE deleted = 0 AND rid = ANY($1)"))).bind(keys).fetch_all(exec).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE deleted = 0 AND rid = ANY($1)")))
+        .bind(keys)
+        .fetch_all(exec)
+        .await?;
     let mut found: std::collections::HashMap<i64, StoredResource> = std::collections::HashMap::with_capacity(rows.len());
     for r in &rows {
         let r = row_to_resource(r)?;
@@ -202,7 +225,11 @@ impl Store for PostgresStore {
         if current.version == version {
             return Ok(Some(current));
         }
-        let row = sqlx::query("SELECT last_updated, deleted, content FROM resource_history WHERE rid = $1 AND version = $2").bind(current.key).bind(version).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT last_updated, deleted, content FROM resource_history WHERE rid = $1 AND version = $2")
+            .bind(current.key)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             None => Ok(None),
             Some(r) => Ok(Some(StoredResource {
@@ -245,7 +272,8 @@ impl Store for PostgresStore {
                                       UNION ALL SELECT rid, version, last_updated, deleted, content FROM resource_history) v ON v.rid = r.rid
               WHERE {cond}"
         );
-        let total: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM ({union}) AS h")), args(&values)).fetch_one(&self.pool).await?;
+        let total: i64 =
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM ({union}) AS h")), args(&values)).fetch_one(&self.pool).await?;
         // usize values beyond i64 (absurd paging offsets) would wrap negative, which PostgreSQL refuses.
         let limit = bind(SqlValue::Int(p.count.min(i64::MAX as usize) as i64), &mut values);
         let offset = bind(SqlValue::Int(p.offset.min(i64::MAX as usize) as i64), &mut values);
@@ -348,7 +376,11 @@ impl Store for PostgresStore {
     }
 
     async fn load_snapshot(&self, id: &str) -> Result<Option<Arc<Snapshot>>> {
-        let row = sqlx::query("SELECT resource_type, query, keys, expires FROM search_snapshots WHERE id = $1 AND expires > $2").bind(id).bind(self.now()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT resource_type, query, keys, expires FROM search_snapshots WHERE id = $1 AND expires > $2")
+            .bind(id)
+            .bind(self.now())
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             None => Ok(None),
             Some(r) => Ok(Some(Arc::new(Snapshot { resource_type: r.try_get(0)?, query: r.try_get(1)?, keys: r.try_get(2)?, expires: r.try_get(3)? }))),

@@ -68,15 +68,17 @@ impl ReadCoalescer {
     pub(crate) async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
         // Nothing in flight: nobody to share a statement with, so skip the dispatcher's hop.
         if self.slots.available_permits() == self.in_flight
-            && let Ok(_permit) = self.slots.clone().try_acquire_owned() {
-                return read_current(&self.pool, resource_type, id, false).await;
-            }
+            && let Ok(_permit) = self.slots.clone().try_acquire_owned()
+        {
+            return read_current(&self.pool, resource_type, id, false).await;
+        }
         let (reply, answer) = oneshot::channel();
         let ask = Ask { resource_type: resource_type.to_string(), id: id.to_string(), reply };
         if self.tx.send(ask).is_ok()
-            && let Ok(result) = answer.await {
-                return result;
-            }
+            && let Ok(result) = answer.await
+        {
+            return result;
+        }
         // The dispatcher's runtime is gone (a store used from another runtime): read directly.
         read_current(&self.pool, resource_type, id, false).await
     }

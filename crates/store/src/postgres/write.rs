@@ -142,20 +142,46 @@ pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Re
             tokens.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Text(r.system.as_deref()), Text(r.code.as_deref()), Text(r.text.as_deref())]);
         }
         for (seq, r) in rows.references.iter().enumerate() {
-            references.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Text(r.target_type.as_deref()), Text(r.target_id.as_deref()), Text(r.url.as_deref())]);
+            references.push(vec![
+                Int(k),
+                Text(Some(r.key)),
+                Int(seq as i64),
+                Text(r.target_type.as_deref()),
+                Text(r.target_id.as_deref()),
+                Text(r.url.as_deref()),
+            ]);
         }
         for (seq, r) in rows.dates.iter().enumerate() {
             dates.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Int(r.lo), Int(r.hi)]);
         }
         for (seq, r) in rows.quantities.iter().enumerate() {
-            quantities.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Real(r.value), Text(r.system.as_deref()), Text(r.code.as_deref()), Text(r.unit.as_deref())]);
+            quantities.push(vec![
+                Int(k),
+                Text(Some(r.key)),
+                Int(seq as i64),
+                Real(r.value),
+                Text(r.system.as_deref()),
+                Text(r.code.as_deref()),
+                Text(r.unit.as_deref()),
+            ]);
         }
         for (seq, r) in rows.numbers.iter().enumerate() {
             numbers.push(vec![Int(k), Text(Some(r.key)), Int(seq as i64), Real(r.value)]);
         }
         for r in rows.patient_tokens() {
             let t = r.token;
-            patient_tokens.push(vec![Text(Some(r.patient)), Text(Some(t.key)), Text(t.code.as_deref()), Int(k), Int(r.seq as i64), Text(t.system.as_deref()), Int(r.in_compartment as i64), Owned(r.via), OptInt(r.date.map(|d| d.0)), OptInt(r.date.map(|d| d.1))]);
+            patient_tokens.push(vec![
+                Text(Some(r.patient)),
+                Text(Some(t.key)),
+                Text(t.code.as_deref()),
+                Int(k),
+                Int(r.seq as i64),
+                Text(t.system.as_deref()),
+                Int(r.in_compartment as i64),
+                Owned(r.via),
+                OptInt(r.date.map(|d| d.0)),
+                OptInt(r.date.map(|d| d.1)),
+            ]);
         }
         for p in &rows.patient_compartments {
             compartments.push(vec![Int(k), Text(Some(p))]);
@@ -194,7 +220,15 @@ pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepare
             .await?;
         if let Some(key) = key {
             batch.push(key, &prepared.rows);
-            let resource = StoredResource { key, resource_type: prepared.resource_type.clone(), id: prepared.id.clone(), version: 1, last_updated: now, deleted: false, json };
+            let resource = StoredResource {
+                key,
+                resource_type: prepared.resource_type.clone(),
+                id: prepared.id.clone(),
+                version: 1,
+                last_updated: now,
+                deleted: false,
+                json,
+            };
             return Ok(Written { resource, created: true, unchanged: false });
         }
     }
@@ -215,7 +249,13 @@ pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepare
         let key = match &current {
             Some(c) => {
                 archive(conn, c).await?;
-                sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 0, content = $3 WHERE rid = $4").bind(version).bind(last_updated).bind(&json).bind(c.key).execute(&mut *conn).await?;
+                sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 0, content = $3 WHERE rid = $4")
+                    .bind(version)
+                    .bind(last_updated)
+                    .bind(&json)
+                    .bind(c.key)
+                    .execute(&mut *conn)
+                    .await?;
                 clear_index(conn, batch, c.key).await?;
                 c.key
             }
@@ -278,7 +318,19 @@ pub(crate) async fn put_many(conn: &mut PgConnection, batch: &mut IndexBatch, wr
             out[i + k] = Some(match keys.get(&(p.resource_type.clone(), p.id.clone())) {
                 Some(&key) => {
                     batch.push(key, &p.rows);
-                    Written { resource: StoredResource { key, resource_type: p.resource_type.clone(), id: p.id.clone(), version: 1, last_updated: now, deleted: false, json }, created: true, unchanged: false }
+                    Written {
+                        resource: StoredResource {
+                            key,
+                            resource_type: p.resource_type.clone(),
+                            id: p.id.clone(),
+                            version: 1,
+                            last_updated: now,
+                            deleted: false,
+                            json,
+                        },
+                        created: true,
+                        unchanged: false,
+                    }
                 }
                 None => put(conn, batch, p, *pre, now).await?,
             });
@@ -288,14 +340,26 @@ pub(crate) async fn put_many(conn: &mut PgConnection, batch: &mut IndexBatch, wr
     Ok(out.into_iter().map(|w| w.expect("every write done")).collect())
 }
 
-pub(crate) async fn delete(conn: &mut PgConnection, batch: &mut IndexBatch, resource_type: &str, id: &str, precondition: Precondition, now: i64) -> Result<Option<StoredResource>> {
+pub(crate) async fn delete(
+    conn: &mut PgConnection,
+    batch: &mut IndexBatch,
+    resource_type: &str,
+    id: &str,
+    precondition: Precondition,
+    now: i64,
+) -> Result<Option<StoredResource>> {
     let current = read_current(&mut *conn, resource_type, id, true).await?;
     crate::check_precondition(precondition, current.as_ref())?;
     let Some(c) = current.filter(|c| !c.deleted) else { return Ok(None) };
     archive(conn, &c).await?;
     let version = c.version + 1;
     let last_updated = now.max(c.last_updated + 1);
-    sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 1, content = '' WHERE rid = $3").bind(version).bind(last_updated).bind(c.key).execute(&mut *conn).await?;
+    sqlx::query("UPDATE resources SET version = $1, last_updated = $2, deleted = 1, content = '' WHERE rid = $3")
+        .bind(version)
+        .bind(last_updated)
+        .bind(c.key)
+        .execute(&mut *conn)
+        .await?;
     clear_index(conn, batch, c.key).await?;
     Ok(Some(StoredResource { version, last_updated, deleted: true, json: String::new(), ..c }))
 }
@@ -338,7 +402,10 @@ mod tests {
     #[test]
     fn copy_rows_escape_what_the_text_format_reserves() {
         let mut buf = Vec::new();
-        copy_row(&mut buf, &[Field::Int(-7), Field::Text(Some("a\tb\nc\rd\\e")), Field::Text(None), Field::Text(Some("\\N")), Field::Real(0.1), Field::Real(1e-300)]);
+        copy_row(
+            &mut buf,
+            &[Field::Int(-7), Field::Text(Some("a\tb\nc\rd\\e")), Field::Text(None), Field::Text(Some("\\N")), Field::Real(0.1), Field::Real(1e-300)],
+        );
         copy_row(&mut buf, &[Field::Text(Some("")), Field::Text(Some("Ünï ✓")), Field::OptInt(None), Field::OptInt(Some(-1))]);
         assert_eq!(String::from_utf8(buf).unwrap(), "-7\ta\\tb\\nc\\rd\\\\e\t\\N\t\\\\N\t0.1\t1e-300\n\tÜnï ✓\t\\N\t-1\n");
     }

@@ -1,22 +1,16 @@
 //! [`AuthStore`] on SQLite.
 
 use super::SqliteStore;
+use crate::StoreError;
 use crate::{AuthRecord, AuthStore, Result};
 use async_trait::async_trait;
 use fhir::time::unix_ms;
-use crate::StoreError;
 use rusqlite::{OptionalExtension, params};
 use std::sync::Arc;
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthRecord> {
-    Ok(AuthRecord {
-        value: row.get(0)?,
-        grant_id: row.get(1)?,
-        expires: row.get(2)?,
-        used: row.get::<_, i64>(3)? != 0,
-        revoked: row.get::<_, i64>(4)? != 0,
-    })
+    Ok(AuthRecord { value: row.get(0)?, grant_id: row.get(1)?, expires: row.get(2)?, used: row.get::<_, i64>(3)? != 0, revoked: row.get::<_, i64>(4)? != 0 })
 }
 
 impl SqliteStore {
@@ -46,9 +40,21 @@ impl SqliteStore {
 /// record. Each commit of a single record wrote its four B-tree pages (table and three indexes) to the
 /// WAL; issuing a backend token took two such commits.
 pub(crate) enum AuthWrite {
-    Put { kind: String, key: String, value: String, grant_id: Option<String>, expires: Option<i64> },
+    Put {
+        kind: String,
+        key: String,
+        value: String,
+        grant_id: Option<String>,
+        expires: Option<i64>,
+    },
     /// Inserts unless a live record has the key; `true` when inserted.
-    InsertNew { kind: String, key: String, value: String, expires: Option<i64>, now: i64 },
+    InsertNew {
+        kind: String,
+        key: String,
+        value: String,
+        expires: Option<i64>,
+        now: i64,
+    },
     /// `InsertNew` of the first, then (only if it inserted) `Put` of the second.
     InsertNewThenPut(Box<(AuthWrite, AuthWrite)>),
 }
@@ -167,7 +173,9 @@ impl AuthStore for SqliteStore {
     async fn auth_consume(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
         let conn = self.inner.writer.lock().await;
         let record = conn
-            .prepare_cached("SELECT value, grant_id, expires, used, revoked FROM auth_records WHERE kind = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)")?
+            .prepare_cached(
+                "SELECT value, grant_id, expires, used, revoked FROM auth_records WHERE kind = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
+            )?
             .query_row(params![kind, key, self.now()], row_to_record)
             .optional()?;
         if record.is_some() {
@@ -200,7 +208,8 @@ impl AuthStore for SqliteStore {
     async fn auth_purge_expired(&self, before: i64, limit: usize) -> Result<u64> {
         let conn = self.inner.writer.lock().await;
         let n = relaxed(&conn, |c| {
-            c.prepare_cached("DELETE FROM auth_records WHERE (kind, key) IN (SELECT kind, key FROM auth_records WHERE expires < ?1 LIMIT ?2)")?.execute(params![before, limit as i64])
+            c.prepare_cached("DELETE FROM auth_records WHERE (kind, key) IN (SELECT kind, key FROM auth_records WHERE expires < ?1 LIMIT ?2)")?
+                .execute(params![before, limit as i64])
         })?;
         Ok(n as u64)
     }
@@ -213,13 +222,7 @@ impl AuthStore for SqliteStore {
         let rows = stmt.query_map(params![kind, self.now()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                AuthRecord {
-                    value: r.get(1)?,
-                    grant_id: r.get(2)?,
-                    expires: r.get(3)?,
-                    used: r.get::<_, i64>(4)? != 0,
-                    revoked: r.get::<_, i64>(5)? != 0,
-                },
+                AuthRecord { value: r.get(1)?, grant_id: r.get(2)?, expires: r.get(3)?, used: r.get::<_, i64>(4)? != 0, revoked: r.get::<_, i64>(5)? != 0 },
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -228,8 +231,8 @@ impl AuthStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::sqlite::{SqliteConfig, SqliteStore};
     use crate::AuthStore;
+    use crate::sqlite::{SqliteConfig, SqliteStore};
     use fhir::time::ManualClock;
     use std::sync::Arc;
 

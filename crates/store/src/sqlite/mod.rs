@@ -8,8 +8,8 @@ mod write;
 
 use crate::sql::{Dialect, SqlValue, compile_search};
 use crate::{
-    HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, Snapshot, SnapshotCache, Store,
-    StoreError, StoredResource, Transaction, Written,
+    HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, Snapshot, SnapshotCache, Store, StoreError, StoredResource, Transaction,
+    Written,
 };
 use async_trait::async_trait;
 use fhir::query::{Include, SearchQuery};
@@ -115,10 +115,7 @@ fn spawn_checkpoints(path: &Path, alive: std::sync::Weak<()>) -> Result<()> {
 
 /// Opens a connection; `cache_kib` sizes its page cache (it fills only as pages are used).
 fn open_connection(path: &Path, cache_kib: i64) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.execute_batch(
         // 8 KiB pages (set on creation only): about 10% faster bulk imports than 4 KiB, same reads.
         "PRAGMA page_size = 8192;
@@ -156,9 +153,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `config.path` and applies pending migrations.
     pub fn open(config: SqliteConfig, clock: SharedClock) -> Result<Self> {
         if let Some(dir) = config.path.parent()
-            && !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
-            }
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
         let mut writer = open_connection(&config.path, config.writer_cache_mib as i64 * 1024)?;
         migrate(&mut writer, unix_ms(clock.now()))?;
         let checkpoints = Arc::new(());
@@ -288,9 +286,7 @@ impl Store for SqliteStore {
             return Ok(Some(current));
         }
         let mut stmt = conn.prepare_cached("SELECT last_updated, deleted, content FROM resource_history WHERE rid = ?1 AND version = ?2")?;
-        let old = stmt
-            .query_row(params![current.key, version], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
-            .optional()?;
+        let old = stmt.query_row(params![current.key, version], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))).optional()?;
         Ok(old.map(|(last_updated, deleted, json)| StoredResource {
             key: current.key,
             resource_type: current.resource_type.clone(),
@@ -342,11 +338,10 @@ impl Store for SqliteStore {
         let limit_idx = values.len();
         values.push(SqlValue::Int(p.offset as i64));
         let offset_idx = values.len();
-        let sql = format!("SELECT {RESOURCE_COLUMNS} FROM ({union}) AS h ORDER BY last_updated DESC, version DESC, rid DESC LIMIT ?{limit_idx} OFFSET ?{offset_idx}");
+        let sql =
+            format!("SELECT {RESOURCE_COLUMNS} FROM ({union}) AS h ORDER BY last_updated DESC, version DESC, rid DESC LIMIT ?{limit_idx} OFFSET ?{offset_idx}");
         let mut stmt = conn.prepare_cached(&sql)?;
-        let entries = stmt
-            .query_map(rusqlite::params_from_iter(values.iter()), row_to_resource)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let entries = stmt.query_map(rusqlite::params_from_iter(values.iter()), row_to_resource)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(HistoryPage { total: total as usize, entries })
     }
 
@@ -383,11 +378,7 @@ impl Store for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let guard = self.inner.writer.clone().lock_owned().await;
         guard.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Box::new(SqliteTransaction {
-            conn: Some(guard),
-            clock: self.inner.clock.clone(),
-            base_url: self.inner.base_url.clone(),
-        }))
+        Ok(Box::new(SqliteTransaction { conn: Some(guard), clock: self.inner.clock.clone(), base_url: self.inner.base_url.clone() }))
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String> {
@@ -501,9 +492,10 @@ impl SqliteTransaction {
 impl Drop for SqliteTransaction {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
-            && let Err(e) = conn.execute_batch("ROLLBACK") {
-                tracing::error!(error = %e, "rollback failed");
-            }
+            && let Err(e) = conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rollback failed");
+        }
     }
 }
 
@@ -539,10 +531,11 @@ impl Transaction for SqliteTransaction {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         if let Some(conn) = self.conn.take()
-            && let Err(e) = conn.execute_batch("COMMIT") {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e.into());
-            }
+            && let Err(e) = conn.execute_batch("COMMIT")
+        {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
         Ok(())
     }
 }
@@ -580,8 +573,11 @@ mod tests {
                 ("o2", obs(json!({"effectivePeriod": {"start": "2023-01-01", "end": "2023-01-10T12:00:00Z"}}))),
                 ("o3", obs(json!(null))),
                 // No `date` parameter on Condition.
-                ("c1", json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2020-01-01",
-                              "category": [{"coding": [{"code": "problem-list-item"}]}]})),
+                (
+                    "c1",
+                    json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2020-01-01",
+                              "category": [{"coding": [{"code": "problem-list-item"}]}]}),
+                ),
             ] {
                 o["id"] = json!(id);
                 tx.put(o, Precondition::None).await.unwrap();

@@ -18,7 +18,15 @@ pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondi
         if inserted == 1 {
             let key = conn.last_insert_rowid();
             write_index(conn, key, &prepared.rows)?;
-            let resource = StoredResource { key, resource_type: prepared.resource_type.clone(), id: prepared.id.clone(), version: 1, last_updated: now, deleted: false, json };
+            let resource = StoredResource {
+                key,
+                resource_type: prepared.resource_type.clone(),
+                id: prepared.id.clone(),
+                version: 1,
+                last_updated: now,
+                deleted: false,
+                json,
+            };
             return Ok(Written { resource, created: true, unchanged: false });
         }
     }
@@ -34,8 +42,12 @@ pub(crate) fn put(conn: &Connection, prepared: &Prepared, precondition: Precondi
     let key = match &current {
         Some(c) => {
             archive(conn, c)?;
-            conn.prepare_cached("UPDATE resources SET version = ?1, last_updated = ?2, deleted = 0, content = ?3 WHERE rid = ?4")?
-                .execute(params![version, last_updated, json, c.key])?;
+            conn.prepare_cached("UPDATE resources SET version = ?1, last_updated = ?2, deleted = 0, content = ?3 WHERE rid = ?4")?.execute(params![
+                version,
+                last_updated,
+                json,
+                c.key
+            ])?;
             clear_index(conn, c.key)?;
             c.key
         }
@@ -58,15 +70,23 @@ pub(crate) fn delete(conn: &Connection, resource_type: &str, id: &str, precondit
     archive(conn, &c)?;
     let version = c.version + 1;
     let last_updated = now.max(c.last_updated + 1);
-    conn.prepare_cached("UPDATE resources SET version = ?1, last_updated = ?2, deleted = 1, content = '' WHERE rid = ?3")?
-        .execute(params![version, last_updated, c.key])?;
+    conn.prepare_cached("UPDATE resources SET version = ?1, last_updated = ?2, deleted = 1, content = '' WHERE rid = ?3")?.execute(params![
+        version,
+        last_updated,
+        c.key
+    ])?;
     clear_index(conn, c.key)?;
     Ok(Some(StoredResource { version, last_updated, deleted: true, json: String::new(), ..c }))
 }
 
 fn archive(conn: &Connection, c: &StoredResource) -> Result<()> {
-    conn.prepare_cached("INSERT INTO resource_history (rid, version, last_updated, deleted, content) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![c.key, c.version, c.last_updated, c.deleted as i64, c.json])?;
+    conn.prepare_cached("INSERT INTO resource_history (rid, version, last_updated, deleted, content) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
+        c.key,
+        c.version,
+        c.last_updated,
+        c.deleted as i64,
+        c.json
+    ])?;
     Ok(())
 }
 
