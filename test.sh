@@ -33,11 +33,16 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432
     fi
 fi
 
-# 2. The workspace: unit tests, HTTP integration tests, and the browser tests (headless Chromium through
+# 2. The style the code keeps: formatted (rustfmt.toml) and clippy-clean, warnings as errors.
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# 3. The workspace: unit tests, HTTP integration tests, and the browser tests (headless Chromium through
 # the EHR). The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
 cargo test --workspace --locked "$@"
 
-# 3. The same HTTP-level FHIR and SMART suite on PostgreSQL (each test server on a database of its own,
+# 4. The same HTTP-level FHIR and SMART suite on PostgreSQL (each test server on a database of its own,
 # dropped afterwards), plus the multi-node checks. Skipped with a message when PostgreSQL is unreachable;
 # in CI (CI set) that is a failure.
 pg_admin=postgres://postgres@127.0.0.1:5432/test
@@ -55,7 +60,7 @@ else
     echo "PostgreSQL is not reachable on 127.0.0.1:5432: skipping the PostgreSQL suite" >&2
 fi
 
-# 4. Python and npm packages for the interop checks (in target/).
+# 5. Python and npm packages for the interop checks (in target/).
 venv=target/interop-venv
 if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -91,11 +96,11 @@ start_kindling() {
     [ -n "$url" ] || { cat "$log" >&2; echo "kindling up did not become ready in 60 s" >&2; exit 1; }
 }
 
-# 5. FHIR interop (open sandbox, no tokens).
+# 6. FHIR interop (open sandbox, no tokens).
 start_kindling open --open-sandbox
 "$venv/bin/python" tests/interop/fhirpy_check.py "$url/fhir"
 
-# 6. SMART interop (tokens enforced).
+# 7. SMART interop (tokens enforced).
 start_kindling secured
 "$venv/bin/python" tests/interop/fhirclient_check.py "$url/fhir" target/debug/kindling "$work/secured" \
     "$npm_dir/node_modules/fhirclient/build/fhir-client.js"
