@@ -22,6 +22,13 @@ pub struct Negotiated {
     pub lenient: bool,
 }
 
+impl Negotiated {
+    /// FHIR JSON, compact, the defaults.
+    pub fn fhir_json() -> Self {
+        Negotiated { pretty: false, content_type: FHIR_JSON, prefer_return: PreferReturn::Representation, lenient: false }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreferReturn {
     Minimal,
@@ -51,35 +58,82 @@ impl<S: Send + Sync> FromRequestParts<S> for Negotiated {
     }
 }
 
-/// Whether a read of a `Binary` asks for its own bytes rather than FHIR JSON: no `_format`, and an `Accept`
-/// in which no item is JSON or a wildcard (`Accept: application/pdf`, `text/plain`, …).
-pub fn wants_raw_binary(query: &str, headers: &HeaderMap) -> bool {
+/// The media types a read of a `Binary` asks for when it wants the document's own bytes rather than FHIR
+/// JSON: no `_format`, and an `Accept` in which no item is JSON, a wildcard or another FHIR format
+/// (`Accept: application/pdf`, `text/plain`, …). Lower-cased, without parameters, `q=0` items left out.
+/// `None`: FHIR JSON (or its 406).
+pub fn raw_binary_accept(query: &str, headers: &HeaderMap) -> Option<Vec<String>> {
     if query_value(query, "_format").is_some() {
-        return false;
+        return None;
     }
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return false };
-    // A FHIR format that is not JSON (application/fhir+xml) stays a 406.
-    !accept.trim().is_empty() && accept.split(',').all(|item| json_format(item).is_none() && !item.contains("fhir"))
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())?.to_ascii_lowercase();
+    let mut wanted = Vec::new();
+    for item in accept.split(',') {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        if media.is_empty() {
+            continue;
+        }
+        if json_format(media).is_some() || media.contains("fhir") {
+            return None;
+        }
+        let refused = parts.any(|p| p.replace(' ', "").strip_prefix("q=").and_then(|q| q.parse::<f64>().ok()).is_some_and(|q| q <= 0.0));
+        if !refused {
+            wanted.push(media.to_string());
+        }
+    }
+    (!wanted.is_empty()).then_some(wanted)
 }
 
-/// The answer to a read of a `Binary` that asked for its own bytes: the decoded `data` with its
-/// `contentType`. The content is the uploader's, so it may not run as a page of this origin (sandboxed,
-/// no sniffing).
-pub fn binary_response(r: &StoredResource) -> Result<Response, ApiError> {
+/// Whether a Binary of this content type could run as a page or a script if a browser rendered it.
+fn active_content(media: &str) -> bool {
+    media.contains("html") || media.contains("xml") || media.contains("javascript") || media.contains("svg")
+}
+
+/// The answer to a read of a `Binary` that asked for its own bytes (`wanted`, from [`raw_binary_accept`]):
+/// the decoded `data` with its `contentType`, when that is what was asked for (or its `type/*`); a 406
+/// otherwise. `Ok(None)` when the stored data cannot be decoded: the caller answers FHIR JSON instead. The
+/// content is the uploader's, so it may not run as a page of this origin (sandboxed, no sniffing, and
+/// active types only as a download).
+pub fn binary_response(r: &StoredResource, wanted: &[String]) -> Result<Option<Response>, ApiError> {
     use base64::Engine as _;
     let v: serde_json::Value = serde_json::from_str(&r.json).map_err(|_| ApiError::internal())?;
-    let content_type = v["contentType"].as_str().and_then(|c| HeaderValue::from_str(c).ok()).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let stored = v["contentType"].as_str().unwrap_or("application/octet-stream");
+    let media = stored.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let family = media.split('/').next().unwrap_or("");
+    if !wanted.iter().any(|w| *w == media || w.strip_suffix("/*") == Some(family)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            format!("this Binary is {media}; ask for {media} or for application/fhir+json"),
+        ));
+    }
+    let Ok(content_type) = HeaderValue::from_str(stored) else { return Ok(None) };
+    // base64Binary may carry whitespace and leave out padding.
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
     let bytes = match v["data"].as_str() {
-        Some(d) => base64::engine::general_purpose::STANDARD.decode(d).map_err(|_| ApiError::internal())?,
+        Some(d) => match lenient.decode(d.bytes().filter(|b| !b.is_ascii_whitespace()).collect::<Vec<u8>>()) {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        },
         None => Vec::new(),
     };
     let mut resp = (StatusCode::OK, bytes).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
+    if active_content(&media) {
+        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    }
     resource_headers(h, "", r, false);
-    Ok(resp)
+    Ok(Some(resp))
 }
 
 /// Reads `Accept`, `_format`, `_pretty` and `Prefer`; a 406 when no JSON form is acceptable.
@@ -172,4 +226,48 @@ pub fn resource_body(r: &StoredResource, pretty: bool) -> String {
         return s;
     }
     r.json.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    fn binary(content_type: &str, data: &str) -> StoredResource {
+        let json = serde_json::json!({"resourceType": "Binary", "id": "b", "contentType": content_type, "data": data}).to_string();
+        StoredResource { key: 1, resource_type: "Binary".into(), id: "b".into(), version: 1, last_updated: 0, deleted: false, json }
+    }
+
+    #[test]
+    fn which_reads_of_a_binary_want_its_bytes() {
+        assert_eq!(raw_binary_accept("", &accept("application/pdf")), Some(vec!["application/pdf".to_string()]));
+        assert_eq!(raw_binary_accept("", &accept("Application/PDF; q=0.9, text/*")), Some(vec!["application/pdf".to_string(), "text/*".to_string()]));
+        assert_eq!(raw_binary_accept("", &accept("application/pdf;q=0")), None, "q=0 refuses");
+        for json_too in ["application/pdf, */*", "application/fhir+json", "Application/FHIR+JSON", "application/json", "application/fhir+xml"] {
+            assert_eq!(raw_binary_accept("", &accept(json_too)), None, "{json_too}");
+        }
+        assert_eq!(raw_binary_accept("_format=json", &accept("application/pdf")), None);
+        assert_eq!(raw_binary_accept("", &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_bytes_only_in_the_type_asked_for_and_decoded_leniently() {
+        let pdf = binary("application/pdf", "JVBE\nRi0x LjQ");
+        let r = binary_response(&pdf, &["application/pdf".into()]).unwrap().expect("decoded despite whitespace and missing padding");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/pdf");
+        assert_eq!(r.headers()[header::VARY], "Accept");
+        assert!(r.headers().get(header::CONTENT_DISPOSITION).is_none());
+        assert!(binary_response(&pdf, &["application/*".into()]).unwrap().is_some());
+        assert_eq!(binary_response(&pdf, &["image/png".into()]).unwrap_err().status, StatusCode::NOT_ACCEPTABLE);
+        let html = binary("text/html", "PHNjcmlwdD4=");
+        let r = binary_response(&html, &["text/html".into()]).unwrap().unwrap();
+        assert_eq!(r.headers()[header::CONTENT_DISPOSITION], "attachment", "active content only as a download");
+        assert!(r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("sandbox"));
+        assert!(binary_response(&binary("text/plain", "not base64 at all!"), &["text/plain".into()]).unwrap().is_none(), "undecodable: FHIR JSON instead");
+    }
 }

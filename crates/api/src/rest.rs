@@ -273,20 +273,31 @@ pub async fn instance_read(
 ) -> ApiResult<Response> {
     // A Binary may be read as its own bytes (`Accept: application/pdf`); everything else is FHIR JSON.
     let query = query.unwrap_or_default();
-    let raw = ty == "Binary" && crate::response::wants_raw_binary(&query, &headers);
-    let neg = if raw { None } else { Some(crate::response::negotiate(&query, &headers)?) };
+    let raw = if ty == "Binary" { crate::response::raw_binary_accept(&query, &headers) } else { None };
+    let neg = if raw.is_some() { None } else { Some(crate::response::negotiate(&query, &headers)?) };
     access.check_patient_id(&ty, &id)?;
     let r = read_current(&state, &ty, &id).await?;
     check_stored(&state, &access, Interaction::Read, &r).await?;
+    // One URL, two forms of a Binary: caches must key on Accept.
+    let vary = |resp: &mut Response| {
+        if ty == "Binary" {
+            resp.headers_mut().insert(header::VARY, header::HeaderValue::from_static("Accept"));
+        }
+    };
     if header_str(&headers, "if-none-match").is_some_and(|v| v.trim() == r.etag() || v.trim() == format!("\"{}\"", r.version)) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         resource_headers(resp.headers_mut(), &state.base_url, &r, false);
+        vary(&mut resp);
         return Ok(resp);
     }
-    match neg {
-        Some(neg) => Ok(resource_response(&state, neg, &r)),
-        None => crate::response::binary_response(&r),
+    if let Some(wanted) = raw
+        && let Some(resp) = crate::response::binary_response(&r, &wanted)?
+    {
+        return Ok(resp);
     }
+    let mut resp = resource_response(&state, neg.unwrap_or_else(Negotiated::fhir_json), &r);
+    vary(&mut resp);
+    Ok(resp)
 }
 
 pub async fn instance_vread(

@@ -241,13 +241,15 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn audit_count(&self, filter: &audit::AuditFilter) -> Result<u64>;
 }
 
-/// Whether `precondition` holds for the current version (shared by the backends).
-/// The current version when `prepared` would store exactly its content again (same body and meta).
+/// Whether `prepared` would store exactly the current version's content again (same body and meta;
+/// `versionId` and `lastUpdated` aside). The index rows are not compared: a resource left unchanged keeps
+/// the rows it was written with.
 pub(crate) fn same_as_current(prepared: &Prepared, current: Option<&StoredResource>) -> bool {
     current
         .is_some_and(|c| !c.deleted && c.resource_type == prepared.resource_type && c.id == prepared.id && prepared.render(c.version, c.last_updated) == c.json)
 }
 
+/// Whether `precondition` holds for the current version (shared by the backends).
 pub(crate) fn check_precondition(precondition: Precondition, current: Option<&StoredResource>) -> Result<()> {
     match (precondition, current) {
         (Precondition::None | Precondition::IfChanged, _) => Ok(()),

@@ -138,3 +138,35 @@ async fn concurrent_imports_of_a_shared_resource_all_land() {
     let patients = app.search("Patient?organization=Organization/shared-org").await;
     assert_eq!(patients["total"], 8);
 }
+
+/// The write path an import falls back to, one record at a time: eight transactions create the same new
+/// id at once (`IfChanged`, as imports write); all commit, one creates, the others find it and leave it
+/// unchanged (the same content) or update it. On PostgreSQL they race on the unique key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_import_writes_of_one_new_id_all_land() {
+    let app = spawn_app().await;
+    for round in 0..5 {
+        let id = format!("import-race-{round}");
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = app.app_state.store.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let mut tx = store.begin().await.unwrap();
+                    let w =
+                        tx.put(serde_json::json!({"resourceType": "Organization", "id": id, "name": "Race Clinic"}), store::Precondition::IfChanged).await?;
+                    tx.commit().await?;
+                    Ok::<_, store::StoreError>(w)
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for t in tasks {
+            let w = t.await.unwrap().unwrap_or_else(|e| panic!("round {round}: an import write failed: {e}"));
+            created += usize::from(w.created);
+        }
+        assert_eq!(created, 1, "round {round}");
+        let history = app.search(&format!("Organization/{id}/_history")).await;
+        assert_eq!(history["total"], 1, "round {round}: the same content is one version");
+    }
+}

@@ -1252,10 +1252,15 @@ async fn notes_resolve_to_their_documents_within_the_patients_record() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], content_type);
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["vary"], "Accept", "one URL, two forms: caches key on Accept");
     assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("sandbox"));
     let bytes = r.bytes().await.unwrap();
     assert_eq!(bytes.as_ref(), base64::engine::general_purpose::STANDARD.decode(binary["data"].as_str().unwrap()).unwrap());
     assert_eq!(bytes.len() as u64, attachment["size"].as_u64().unwrap());
+    // Another type than the document's: a 406 that says which it is.
+    let r = app.client.get(app.url(url)).bearer_auth(token).header("accept", "image/png").send().await.unwrap();
+    assert_eq!(r.status(), 406);
+    assert!(r.text().await.unwrap().contains(content_type));
     // The other patient's discharge summary (a PDF): refused as JSON and as bytes, and not searchable.
     let theirs = ehr::chart::search(app.app_state.store.as_ref(), "DocumentReference", &[("patient", f.p2.as_str())], 100).await.unwrap();
     let pdf = theirs.iter().map(|(_, d)| d["content"][0]["attachment"].clone()).find(|a| a["contentType"] == "application/pdf").expect("a discharge summary");

@@ -232,9 +232,9 @@ pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepare
             return Ok(Written { resource, created: true, unchanged: false });
         }
     }
-    // A create that races another transaction's create of the same id waits for it (ON CONFLICT), then
-    // finds the row on a second look and updates it, so two imports or PUTs of one id never fail on the
-    // unique key.
+    // An import's create that races another transaction's create of the same id waits for it (ON
+    // CONFLICT), then finds the row on a second look (a new snapshot: READ COMMITTED) and updates it or
+    // leaves it unchanged, so two imports of one id never fail on the unique key.
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -270,7 +270,10 @@ pub(crate) async fn put(conn: &mut PgConnection, batch: &mut IndexBatch, prepare
                     .await?;
                 match inserted {
                     Some(key) => key,
-                    None if attempts < 3 && matches!(precondition, Precondition::None | Precondition::IfChanged) => continue,
+                    // Only an import (IfChanged, full access) may turn into an update of a record it did not
+                    // see: a REST write was judged against the record as it stood (none), so it must not
+                    // silently update what another client created meanwhile; it gets a 409 to retry.
+                    None if attempts < 3 && precondition == Precondition::IfChanged => continue,
                     None => return Err(crate::StoreError::Conflict(format!("{}/{} was created by a concurrent write", prepared.resource_type, prepared.id))),
                 }
             }
