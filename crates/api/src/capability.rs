@@ -14,6 +14,8 @@ pub struct OAuthUris {
     pub revoke: String,
     pub introspect: String,
     pub register: String,
+    /// Where users see and withdraw what they authorised.
+    pub manage: Option<String>,
 }
 
 const US_CORE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/";
@@ -79,6 +81,16 @@ const US_CORE_PROFILES: &[(&str, &[&str])] = &[
 /// only the CapabilityStatement find the authorisation server here; `.well-known/smart-configuration`
 /// says more).
 fn security(o: &OAuthUris) -> Value {
+    let mut uris = vec![
+        json!({"url": "authorize", "valueUri": o.authorize}),
+        json!({"url": "token", "valueUri": o.token}),
+        json!({"url": "revoke", "valueUri": o.revoke}),
+        json!({"url": "introspect", "valueUri": o.introspect}),
+        json!({"url": "register", "valueUri": o.register}),
+    ];
+    if let Some(manage) = &o.manage {
+        uris.push(json!({"url": "manage", "valueUri": manage}));
+    }
     json!({
         "cors": true,
         "service": [{
@@ -87,13 +99,7 @@ fn security(o: &OAuthUris) -> Value {
         }],
         "extension": [{
             "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-            "extension": [
-                {"url": "authorize", "valueUri": o.authorize},
-                {"url": "token", "valueUri": o.token},
-                {"url": "revoke", "valueUri": o.revoke},
-                {"url": "introspect", "valueUri": o.introspect},
-                {"url": "register", "valueUri": o.register}
-            ]
+            "extension": uris
         }],
         "description": "Access tokens from the SMART authorisation server are required: patient/, user/ and system/ scopes (v1 and v2, granular) decide what each token reads and writes."
     })
@@ -206,7 +212,14 @@ mod tests {
 
     fn uris() -> OAuthUris {
         let e = |p: &str| format!("https://ehr.example/auth/{p}");
-        OAuthUris { authorize: e("authorize"), token: e("token"), revoke: e("revoke"), introspect: e("introspect"), register: e("register") }
+        OAuthUris {
+            authorize: e("authorize"),
+            token: e("token"),
+            revoke: e("revoke"),
+            introspect: e("introspect"),
+            register: e("register"),
+            manage: Some("https://ehr.example/ehr/connected".into()),
+        }
     }
 
     #[test]

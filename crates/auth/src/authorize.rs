@@ -438,7 +438,7 @@ const CONDITION_CATEGORIES: &[(&str, &str)] = &[
     ("http://hl7.org/fhir/us/core/CodeSystem/condition-category|health-concern", "Health concerns"),
 ];
 
-fn explain(scope: &Scope) -> String {
+pub(crate) fn explain(scope: &Scope) -> String {
     match scope {
         Scope::OpenId | Scope::Profile => "Know who you are".into(),
         Scope::FhirUser => "Know your user record (who you are in the record system)".into(),
@@ -692,7 +692,7 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
     }
     let scope = approved.join(" ");
     let consent_key = format!("{}|{}", user.username, client.client_id);
-    let decision = serde_json::json!({"offered": granted.to_string(), "approved": scope}).to_string();
+    let decision = serde_json::json!({"offered": granted.to_string(), "approved": scope, "at": s.now_ms()}).to_string();
     if let Err(e) = s.store.auth_put("consent", &consent_key, &decision, None, None).await {
         return internal(&s, e);
     }

@@ -64,7 +64,7 @@ fn json_response(v: Value) -> Response {
 
 pub async fn smart_configuration(State(s): State<Shared>) -> Response {
     let c = &s.config;
-    json_response(json!({
+    let mut doc = json!({
         "issuer": c.fhir_base,
         "jwks_uri": c.endpoint("jwks"),
         "authorization_endpoint": c.endpoint("authorize"),
@@ -81,7 +81,11 @@ pub async fn smart_configuration(State(s): State<Shared>) -> Response {
         "authorization_response_iss_parameter_supported": true,
         "scopes_supported": SCOPES_SUPPORTED,
         "capabilities": CAPABILITIES,
-    }))
+    });
+    if let Some(manage) = &c.manage_url {
+        doc["management_endpoint"] = json!(manage);
+    }
+    json_response(doc)
 }
 
 pub async fn openid_configuration(State(s): State<Shared>) -> Response {

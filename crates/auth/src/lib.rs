@@ -10,6 +10,7 @@ pub mod apps;
 mod authorize;
 pub mod crypto;
 mod discovery;
+pub mod grants;
 pub mod jose;
 pub mod keys;
 pub mod launch;
@@ -46,6 +47,9 @@ pub struct AuthConfig {
     pub code_secs: i64,
     pub launch_secs: i64,
     pub refresh_token_days: i64,
+    /// Where a user sees and withdraws the apps they authorised (SMART's `management_endpoint`); the EHR
+    /// layer serves it.
+    pub manage_url: Option<String>,
 }
 
 impl AuthConfig {
@@ -59,6 +63,7 @@ impl AuthConfig {
             code_secs: 60,
             launch_secs: 300,
             refresh_token_days: 90,
+            manage_url: None,
         }
     }
 

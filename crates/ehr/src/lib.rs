@@ -44,6 +44,8 @@ pub fn router(server: Shared) -> Router {
         .route("/ehr/launch", post(launch))
         .route("/ehr/launches", get(launches))
         .route("/ehr/launches/{id}", get(inspector))
+        .route("/ehr/connected", get(connected))
+        .route("/ehr/connected/{client_id}/withdraw", post(withdraw))
         .route("/ehr/apps", get(apps_list).post(app_create))
         .route("/ehr/apps/new", get(app_new))
         .route("/ehr/apps/{id}", get(app_edit).post(app_update))
@@ -517,6 +519,50 @@ async fn launches(State(s): State<Shared>, headers: HeaderMap) -> Response {
         })
         .collect();
     render(StatusCode::OK, &LaunchesPage { nav: Nav::of(&sess), launches: rows })
+}
+
+/// The apps the signed-in user (clinician or patient) authorised, with what each may do, and a button to
+/// withdraw each one's access.
+async fn connected(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(sess) = session::current(&s, &headers).await else { return Redirect::to("/ehr/login").into_response() };
+    let now = s.now_ms();
+    let apps = match auth::grants::connected_apps(s.store.as_ref(), &sess.user.username, now).await {
+        Ok(a) => a,
+        Err(e) => return internal(e),
+    };
+    let rows = apps
+        .into_iter()
+        .map(|a| ConnectedRow {
+            may: auth::grants::in_plain_words(&a.scope),
+            authorised: a.authorised.map_or_else(|| "—".to_string(), |t| clock_time(t, true)),
+            status: match a.access_until {
+                Some(t) if t > now => format!("Has access now (until {} UTC)", clock_time(t, true)),
+                _ if a.live_grants > 0 => "Can renew its access without asking you".to_string(),
+                _ => "No access now; it may reconnect without asking while your consent stands".to_string(),
+            },
+            client_id: a.client_id,
+            name: a.name,
+        })
+        .collect();
+    let withdrawn = q.get("withdrawn").cloned();
+    render(StatusCode::OK, &ConnectedPage { nav: Nav::of(&sess), apps: rows, withdrawn })
+}
+
+/// Withdraws an app's access for the signed-in user: its tokens stop working now and the next launch asks
+/// for consent again.
+async fn withdraw(State(s): State<Shared>, headers: HeaderMap, Path(client_id): Path<String>, axum::Form(p): axum::Form<Params>) -> Response {
+    let Some(sess) = session::current(&s, &headers).await else { return Redirect::to("/ehr/login").into_response() };
+    if let Some(r) = csrf_refusal(&sess, &p) {
+        return r;
+    }
+    let revoked = match auth::grants::withdraw(s.store.as_ref(), &sess.user.username, &client_id, s.now_ms()).await {
+        Ok(n) => n,
+        Err(e) => return internal(e),
+    };
+    tracing::info!(client = %client_id, user = %sess.user.username, grants = revoked, "access withdrawn");
+    s.audit("withdraw", true, Some(&client_id), Some(&sess.user.username), None, &format!("access withdrawn by the user; {revoked} grant(s) revoked"));
+    let to = format!("/ehr/connected?withdrawn={}", url::form_urlencoded::byte_serialize(client_id.as_bytes()).collect::<String>());
+    Redirect::to(&to).into_response()
 }
 
 fn clock_time(ms: i64, with_date: bool) -> String {

@@ -131,6 +131,23 @@ pub struct LaunchesPage {
     pub launches: Vec<LaunchRow>,
 }
 
+pub struct ConnectedRow {
+    pub client_id: String,
+    pub name: String,
+    pub may: Vec<String>,
+    pub authorised: String,
+    pub status: String,
+}
+
+#[derive(Template)]
+#[template(path = "connected.html")]
+pub struct ConnectedPage {
+    pub nav: Nav,
+    pub apps: Vec<ConnectedRow>,
+    /// The app just withdrawn, for the confirmation line.
+    pub withdrawn: Option<String>,
+}
+
 pub struct Step {
     pub title: String,
     pub when: String,

@@ -175,7 +175,9 @@ impl Application {
         let base_url = format!("{public_url}/fhir");
         let store = open_store(config, &base_url, clock.clone()).await?;
         let audit = store::audit::AuditSink::spawn(store.clone());
-        let auth = auth::AuthServer::new(store.clone(), auth::AuthConfig::new(&public_url), clock.clone(), Some(audit.clone()), Arc::new(ehr::AuthPages))
+        // The EHR layer's page where users see and withdraw the apps they authorised.
+        let auth_config = auth::AuthConfig { manage_url: Some(format!("{public_url}/ehr/connected")), ..auth::AuthConfig::new(&public_url) };
+        let auth = auth::AuthServer::new(store.clone(), auth_config, clock.clone(), Some(audit.clone()), Arc::new(ehr::AuthPages))
             .await
             .map_err(|e| anyhow::anyhow!("cannot load or create the signing keys: {e}"))?;
         let access: Option<Arc<dyn api::access::AccessResolver>> = if config.open_sandbox {
@@ -194,6 +196,7 @@ impl Application {
                 revoke: c.endpoint("revoke"),
                 introspect: c.endpoint("introspect"),
                 register: c.endpoint("register"),
+                manage: c.manage_url.clone(),
             }
         });
         let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth };

@@ -1276,3 +1276,55 @@ async fn notes_resolve_to_their_documents_within_the_patients_record() {
     let r = app.client.get(app.url(other)).header("accept", "application/pdf").send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// "You can withdraw it at any time", kept: the patient's Connected apps page lists what each app may do,
+/// and Withdraw stops its tokens at once (refresh included) and forgets the consent, so the next launch asks
+/// again. Nobody else sees or withdraws another user's apps. Discovery and the CapabilityStatement name the
+/// page as the management endpoint.
+#[tokio::test]
+async fn connected_apps_are_listed_and_withdrawn() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = patient_tokens(&f, "launch/patient openid fhirUser offline_access patient/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 200);
+
+    let portal = Browser::new();
+    assert_eq!(portal.post_form(&format!("{}/portal/login", root(app)), &[("username", "pat"), ("password", "pat-pass")]).await.status(), 303);
+    let html = portal.get(format!("{}/ehr/connected", root(app))).await.text().await.unwrap();
+    assert!(html.contains(&format!("App {PUBLIC}")), "{html}");
+    assert!(html.contains("Keep access when you are not signed in") && html.contains("Has access now"), "{html}");
+    // The clinician has authorised nothing, and cannot withdraw the patient's app.
+    let doc = Browser::new();
+    assert_eq!(doc.post_form(&format!("{}/ehr/login", root(app)), &[("username", "doc"), ("password", "doc-pass")]).await.status(), 303);
+    let doc_page = doc.get(format!("{}/ehr/connected", root(app))).await.text().await.unwrap();
+    assert!(doc_page.contains("You have not allowed any app yet"), "{doc_page}");
+    let doc_csrf = inputs(&doc_page, "csrf").remove(0);
+    let r = doc.post_form(&format!("{}/ehr/connected/{PUBLIC}/withdraw", root(app)), &[("csrf", &doc_csrf)]).await;
+    assert_eq!(r.status(), 303);
+    app.clock.advance(time::Duration::milliseconds(1001));
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 200, "doc's withdraw touched only doc's grants");
+
+    // Without the page's CSRF token: refused.
+    assert_eq!(portal.post_form(&format!("{}/ehr/connected/{PUBLIC}/withdraw", root(app)), &[]).await.status(), 403);
+    let csrf = inputs(&html, "csrf").remove(0);
+    let r = portal.post_form(&format!("{}/ehr/connected/{PUBLIC}/withdraw", root(app)), &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    let after = portal.get(format!("{}{}", root(app), r.headers()["location"].to_str().unwrap())).await.text().await.unwrap();
+    assert!(after.contains(&format!("Access withdrawn for {PUBLIC}")) && after.contains("You have not allowed any app yet"), "{after}");
+    app.clock.advance(time::Duration::milliseconds(1001));
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 401, "the access token stopped working");
+    let r = refresh(app, t["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 400, "the refresh token too");
+    // The next authorisation asks for consent again.
+    let a = Auth::new(app, PUBLIC, "launch/patient openid fhirUser offline_access patient/*.rs");
+    let page = login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("would like to"), "consent is asked again");
+
+    let smart: Value = app.client.get(app.url(".well-known/smart-configuration")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(smart["management_endpoint"], format!("{}/ehr/connected", root(app)));
+    let cs: Value = app.client.get(app.url("metadata")).send().await.unwrap().json().await.unwrap();
+    let uris = cs["rest"][0]["security"]["extension"][0]["extension"].as_array().unwrap();
+    assert!(uris.iter().any(|u| u["url"] == "manage" && u["valueUri"] == smart["management_endpoint"]));
+}

@@ -1,0 +1,128 @@
+//! What a user has authorised: every app with a remembered consent or live tokens, and withdrawing an
+//! app's access at once (its tokens revoked, its remembered consent forgotten). The EHR and the portal show
+//! this as "Connected apps", the SMART `management_endpoint`.
+
+use crate::model::Grant;
+use std::collections::BTreeMap;
+use store::{AuthStore, StoreError};
+
+/// An app the user authorised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedApp {
+    pub client_id: String,
+    /// The registered name (the client id when the app is no longer registered).
+    pub name: String,
+    /// The scopes the user approved (remembered consent), or those of the live tokens.
+    pub scope: String,
+    /// When consent was given (Unix ms), for consents recorded with their time.
+    pub authorised: Option<i64>,
+    /// Grants (a sign-in and consent each) that still have a live token.
+    pub live_grants: usize,
+    /// Until when its newest access token works (Unix ms).
+    pub access_until: Option<i64>,
+}
+
+fn consent_key(username: &str, client_id: &str) -> String {
+    format!("{username}|{client_id}")
+}
+
+/// The user's grants with a live token, by client: (grant ids, newest access expiry, a scope).
+async fn live_grants(store: &dyn AuthStore, username: &str, now: i64) -> Result<BTreeMap<String, (Vec<String>, Option<i64>, String)>, StoreError> {
+    let mut out: BTreeMap<String, (Vec<String>, Option<i64>, String)> = BTreeMap::new();
+    for kind in ["refresh", "access"] {
+        for (_, r) in store.auth_list(kind).await? {
+            if r.revoked || r.used || r.expires.is_some_and(|e| e <= now) {
+                continue;
+            }
+            let Ok(g) = serde_json::from_str::<Grant>(&r.value) else { continue };
+            if g.username.as_deref() != Some(username) || g.revoke_at.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let e = out.entry(g.client_id.clone()).or_insert_with(|| (Vec::new(), None, g.scope.clone()));
+            if !e.0.contains(&g.grant_id) {
+                e.0.push(g.grant_id.clone());
+            }
+            if kind == "access" {
+                e.1 = e.1.max(r.expires.or(g.expires));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The apps `username` has authorised, by name.
+pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> Result<Vec<ConnectedApp>, StoreError> {
+    let mut apps: BTreeMap<String, ConnectedApp> = BTreeMap::new();
+    let prefix = format!("{username}|");
+    for (key, r) in store.auth_list("consent").await? {
+        let Some(client_id) = key.strip_prefix(&prefix) else { continue };
+        let decision: serde_json::Value = serde_json::from_str(&r.value).unwrap_or_default();
+        apps.insert(
+            client_id.to_string(),
+            ConnectedApp {
+                client_id: client_id.to_string(),
+                name: client_id.to_string(),
+                scope: decision["approved"].as_str().unwrap_or_default().to_string(),
+                authorised: decision["at"].as_i64(),
+                live_grants: 0,
+                access_until: None,
+            },
+        );
+    }
+    for (client_id, (grants, until, scope)) in live_grants(store, username, now).await? {
+        let app = apps.entry(client_id.clone()).or_insert_with(|| ConnectedApp {
+            client_id: client_id.clone(),
+            name: client_id.clone(),
+            scope,
+            authorised: None,
+            live_grants: 0,
+            access_until: None,
+        });
+        app.live_grants = grants.len();
+        app.access_until = until;
+    }
+    let mut out: Vec<ConnectedApp> = Vec::with_capacity(apps.len());
+    for (_, mut app) in apps {
+        if let Some(c) = crate::registry::get_client(store, &app.client_id).await? {
+            app.name = c.name;
+        }
+        out.push(app);
+    }
+    out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()).then(a.client_id.cmp(&b.client_id)));
+    Ok(out)
+}
+
+/// Withdraws what `username` authorised `client_id` to do: every grant's tokens (access, refresh, unused
+/// codes) stop working now, and the remembered consent is forgotten, so the next launch asks again.
+/// Returns how many grants were revoked.
+pub async fn withdraw(store: &dyn AuthStore, username: &str, client_id: &str, now: i64) -> Result<usize, StoreError> {
+    store.auth_delete("consent", &consent_key(username, client_id)).await?;
+    let mut grant_ids: Vec<String> = live_grants(store, username, now).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
+    for (_, r) in store.auth_list("code").await? {
+        if let Ok(g) = serde_json::from_str::<Grant>(&r.value)
+            && g.username.as_deref() == Some(username)
+            && g.client_id == client_id
+            && !grant_ids.contains(&g.grant_id)
+        {
+            grant_ids.push(g.grant_id);
+        }
+    }
+    for id in &grant_ids {
+        store.auth_revoke_grant(id).await?;
+    }
+    Ok(grant_ids.len())
+}
+
+/// Approved scopes in plain words, as the consent page words them.
+pub fn in_plain_words(scope: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for token in scope.split_whitespace() {
+        if let Ok(s) = smart::Scope::parse(token) {
+            let words = crate::authorize::explain(&s);
+            if !out.contains(&words) {
+                out.push(words);
+            }
+        }
+    }
+    out
+}
