@@ -494,7 +494,7 @@ fn categories_for(resource_type: Option<&str>) -> &'static [(&'static str, &'sta
 /// What may be granted to this user through this app: requested ∩ the app's allowance, and for patient
 /// users only patient-level resource scopes (their `user/` access would be every record; `system/` is for
 /// backend services only).
-fn grantable(client: &Client, user: &User, requested: &str) -> ScopeSet {
+pub(crate) fn grantable(client: &Client, user: &User, requested: &str) -> ScopeSet {
     let mut granted = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(requested));
     let patient_user = user.role == UserRole::Patient;
     granted.scopes.retain(|s| match s {

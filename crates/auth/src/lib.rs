@@ -18,6 +18,7 @@ pub mod model;
 pub mod outbound;
 pub mod pages;
 pub mod profile;
+pub use token::operator_tokens;
 pub mod registry;
 pub mod session;
 mod token;

@@ -632,3 +632,59 @@ pub async fn revoke(State(s): State<Shared>, headers: HeaderMap, body: axum::bod
     no_store(&mut r);
     r
 }
+
+/// Tokens for `username` through `client_id` without the browser flow, for a developer's `curl` against
+/// a sandbox (`kindling token`): what the user could be granted through that app (the app's allowance, and
+/// patient users only patient-level scopes), with the patient in context when one is given (a patient user's
+/// own record always). Refuses what the flow would refuse: an unknown or disabled app, an unknown user, a
+/// patient that does not exist, patient-level scopes without a patient, or nothing grantable.
+pub async fn operator_tokens(s: &Shared, client_id: &str, username: &str, patient: Option<&str>, scope: &str) -> Result<Value, String> {
+    let client = crate::registry::get_client(s.store.as_ref(), client_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no app '{client_id}' is registered"))?;
+    if client.disabled {
+        return Err(format!("the app '{client_id}' is disabled"));
+    }
+    let user = crate::registry::get_user(s.store.as_ref(), username).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no user '{username}'"))?;
+    let patient = match (user.own_patient(), patient) {
+        (Some(own), Some(asked)) if own != asked => return Err(format!("'{username}' is a patient user: tokens are for their own record ({own}) only")),
+        (Some(own), _) => Some(own.to_string()),
+        (None, asked) => asked.map(str::to_string),
+    };
+    if let Some(p) = &patient
+        && !s.store.read("Patient", p).await.map_err(|e| e.to_string())?.is_some_and(|r| !r.deleted)
+    {
+        return Err(format!("there is no Patient/{p}"));
+    }
+    let granted = crate::authorize::grantable(&client, &user, scope);
+    if granted.scopes.is_empty() {
+        return Err(format!("'{client_id}' may not be granted any of '{scope}' for '{username}' (the app allows: {})", client.allowed_scope));
+    }
+    if patient.is_none() && granted.resource_scopes().any(|r| r.level == smart::Level::Patient) {
+        return Err("patient/ scopes need a patient: add --patient ID".into());
+    }
+    let grant = Grant {
+        grant_id: crate::crypto::random_token(),
+        client_id: client.client_id.clone(),
+        scope: granted.to_string(),
+        username: Some(user.username.clone()),
+        fhir_user: Some(user.fhir_user.clone()),
+        patient,
+        encounter: None,
+        launch: None,
+        nonce: None,
+        redirect_uri: None,
+        code_challenge: None,
+        expires: None,
+        revoke_at: None,
+        profile: None,
+    };
+    let response = issue_tokens(s, &client, grant, None, Refresh::New, None).await;
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("the token could not be issued: {}", String::from_utf8_lossy(&body)));
+    }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}

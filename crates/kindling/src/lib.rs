@@ -373,6 +373,24 @@ pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Resul
 pub const DEMO_USERS: &[(&str, &str, &str, &str)] =
     &[("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter"), ("patient", "kindling-patient", "patient", "the first synthetic patient")];
 
+/// Marks the database as a sandbox (`kindling up` made it): developer shortcuts such as `kindling token`
+/// work only on such a database.
+pub async fn mark_sandbox(auth: &auth::Shared) -> anyhow::Result<()> {
+    auth.store.auth_put("meta", "sandbox", "{\"made_by\":\"kindling up\"}", None, None).await?;
+    Ok(())
+}
+
+/// An access token for `curl`, without the browser flow: only on a sandbox database (see [`mark_sandbox`]),
+/// and only what the user could be granted through the app (see [`auth::operator_tokens`]).
+pub async fn sandbox_token(auth: &auth::Shared, client_id: &str, username: &str, patient: Option<&str>, scope: &str) -> anyhow::Result<serde_json::Value> {
+    if auth.store.auth_get("meta", "sandbox").await?.is_none() {
+        anyhow::bail!(
+            "this database was not made by `kindling up`: tokens for it come from the authorisation flow (or backend services), not from `kindling token`"
+        );
+    }
+    auth::operator_tokens(auth, client_id, username, patient, scope).await.map_err(anyhow::Error::msg)
+}
+
 /// Creates the demo users when they do not exist: a clinician linked to the first practitioner and a
 /// patient linked to the first synthetic patient of `seed`.
 pub async fn ensure_demo_users(app: &Application, seed: u64) -> anyhow::Result<()> {

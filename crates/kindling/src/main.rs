@@ -199,6 +199,26 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print an access token for curl, without the browser flow (sandbox databases, made by `kindling up`,
+    /// only): what USER could be granted through APP, with PATIENT in context.
+    Token {
+        #[arg(long, default_value = "./kindling-data")]
+        data: PathBuf,
+        /// The app (client id) the token is for.
+        #[arg(long, default_value = "kindling-demo")]
+        app: String,
+        /// The user the token acts for.
+        #[arg(long, default_value = "clinician")]
+        user: String,
+        /// The patient in context (needed for patient/ scopes; a patient user's own record always).
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long, default_value = "openid fhirUser user/*.rs")]
+        scope: String,
+        /// The FHIR base the printed curl line uses.
+        #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
+        base: String,
+    },
     /// Manage registered apps.
     Apps {
         #[arg(long, default_value = "./kindling-data")]
@@ -260,6 +280,7 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("Seeded {n} resources.");
             }
             kindling::ensure_demo_users(&app, seed).await?;
+            kindling::mark_sandbox(&app.auth).await?;
             ehr::register_demo_app(&app.auth).await?;
             app.mount_reference_app().await?;
             load_apps(&app, serve.apps.as_deref()).await?;
@@ -284,6 +305,20 @@ async fn main() -> anyhow::Result<()> {
             load_apps(&app, serve.apps.as_deref()).await?;
             print_ready(&app, started);
             app.run_until(shutdown_signal()).await
+        }
+        Command::Token { data, app: client_id, user, patient, scope, base } => {
+            let app = Application::build(&offline_config(data), clock).await?;
+            let t = kindling::sandbox_token(&app.auth, &client_id, &user, patient.as_deref(), &scope).await?;
+            let token = t["access_token"].as_str().unwrap_or_default();
+            eprintln!(
+                "Access token for {user} through {client_id}, valid {} s; scope: {}{}",
+                t["expires_in"],
+                t["scope"].as_str().unwrap_or_default(),
+                t["patient"].as_str().map(|p| format!("; patient {p}")).unwrap_or_default()
+            );
+            println!("{token}");
+            eprintln!("\nFor example:\n  curl -H \"Authorization: Bearer {token}\" \"{base}/Patient?_count=5\"");
+            Ok(())
         }
         Command::Seed { data, patients, seed } => {
             let app = Application::build(&offline_config(data), clock).await?;

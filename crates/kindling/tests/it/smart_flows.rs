@@ -1328,3 +1328,37 @@ async fn connected_apps_are_listed_and_withdrawn() {
     let uris = cs["rest"][0]["security"]["extension"][0]["extension"].as_array().unwrap();
     assert!(uris.iter().any(|u| u["url"] == "manage" && u["valueUri"] == smart["management_endpoint"]));
 }
+
+/// `kindling token`: a developer's token for curl, only on a sandbox database, and only what the user could
+/// be granted through the app in the browser flow.
+#[tokio::test]
+async fn sandbox_tokens_for_curl_grant_no_more_than_the_flow() {
+    let f = fixture().await;
+    let app = &f.app;
+    let err = kindling::sandbox_token(&app.auth, PUBLIC, "doc", None, "user/*.rs").await.unwrap_err().to_string();
+    assert!(err.contains("not made by `kindling up`"), "{err}");
+    kindling::mark_sandbox(&app.auth).await.unwrap();
+    let t = kindling::sandbox_token(&app.auth, PUBLIC, "doc", None, "openid fhirUser user/*.rs").await.unwrap();
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 200);
+    assert!(t["id_token"].is_string());
+    // A patient user: their own record, whatever is asked, and never user/ access.
+    let t = kindling::sandbox_token(&app.auth, PUBLIC, "pat", None, "patient/*.rs user/*.rs").await.unwrap();
+    assert_eq!(t["patient"], f.p1);
+    assert_eq!(t["scope"], "patient/*.rs");
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p1), Some(token)).await.0, 200);
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.0, 403);
+    for (user, patient, scope, says) in [
+        ("pat", Some(f.p2.as_str()), "patient/*.rs", "their own record"),
+        ("doc", None, "patient/*.rs", "need a patient"),
+        ("doc", Some("no-such-patient"), "patient/*.rs", "no Patient/no-such-patient"),
+        ("nobody", None, "user/*.rs", "no user"),
+        ("doc", None, "system/*.rs", "may not be granted"),
+    ] {
+        let err = kindling::sandbox_token(&app.auth, PUBLIC, user, patient, scope).await.unwrap_err().to_string();
+        assert!(err.contains(says), "{user} {scope}: {err}");
+    }
+    let err = kindling::sandbox_token(&app.auth, "no-such-app", "doc", None, "user/*.rs").await.unwrap_err().to_string();
+    assert!(err.contains("no app"), "{err}");
+}
