@@ -653,7 +653,7 @@ pub async fn operator_tokens(s: &Shared, client_id: &str, username: &str, patien
         (None, asked) => asked.map(str::to_string),
     };
     if let Some(p) = &patient
-        && !s.store.read("Patient", p).await.map_err(|e| e.to_string())?.is_some_and(|r| !r.deleted)
+        && s.store.read("Patient", p).await.map_err(|e| e.to_string())?.is_none_or(|r| r.deleted)
     {
         return Err(format!("there is no Patient/{p}"));
     }
