@@ -37,6 +37,18 @@ async fn open_chart(b: &Browser, s: &Sandbox, id: &str, name: &str, family: &str
     b.goto(&format!("{}/ehr/patients", s.url)).await;
     b.fill("#name", family).await;
     b.click("form.search button.primary").await;
+    // The live search tells screen readers what it found, in the status region it keeps (family names are
+    // unique among the seeded patients).
+    let mut said = String::new();
+    for _ in 0..50 {
+        let v = b.c.execute("const e = document.querySelector('#result-count[role=status]'); return e ? e.textContent : ''", vec![]).await.expect("script");
+        said = v.as_str().unwrap_or_default().to_string();
+        if said == "1 patient found" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(said, "1 patient found");
     b.click(&format!("#results a[href='/ehr/patients/{id}']")).await;
     let banner = b.wait_text(".banner .name", |t| !t.is_empty()).await;
     assert_eq!(banner, name);

@@ -84,6 +84,10 @@ async fn ehr_pages_sessions_search_paging_and_launch() {
     // The chart, and a launch from it.
     let (status, chart) = page(&app, &format!("/ehr/patients/{}", target.id), &cookie).await;
     assert_eq!(status, 200);
+    // Voice control: a button's accessible name starts with the words on it (WCAG 2.5.3).
+    assert!(chart.contains("aria-label=\"In chart: open "), "{chart}");
+    let (_, list) = page(&app, "/ehr/patients", &cookie).await;
+    assert!(list.contains("id=\"result-count\" class=\"skip\" role=\"status\">25 patients found<"), "the search result count is announced");
     assert!(chart.contains(family) && chart.contains("Kindling demo app"));
     let token = csrf(&chart);
     let launch = [("patient", target.id.as_str()), ("encounter", ""), ("launch", "tab|kindling-demo")];
