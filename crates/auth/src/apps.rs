@@ -36,6 +36,10 @@ pub struct AppEntry {
     pub jwks_url: Option<String>,
     #[serde(default)]
     pub icon: Option<String>,
+    /// Registered disabled (not offered in charts and the portal until enabled in the EHR). Applies when
+    /// the app is first registered; afterwards the EHR's Enable/Disable stands across restarts.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +127,9 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
             }
             _ => None,
         };
+        // The file adds apps and updates what it states; the EHR's runtime choices (enabled or disabled, the
+        // default vendor profile) stand across restarts.
+        let existing = registry::stored_client(store, &entry.client_id).await?;
         let client = Client {
             client_id: entry.client_id,
             name: entry.name,
@@ -134,8 +141,8 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
             jwks,
             jwks_url: entry.jwks_url,
             icon: entry.icon,
-            disabled: false,
-            profile: None,
+            disabled: existing.as_ref().map_or(entry.disabled, |c| c.disabled),
+            profile: existing.and_then(|c| c.profile),
             self_registered: false,
         };
         validate(&client).map_err(AppsError::Invalid)?;

@@ -12,8 +12,14 @@ const USER: &str = "user";
 /// processes notice within that second.
 pub(crate) static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// An enabled app (what the flows may use).
 pub async fn get_client(store: &dyn AuthStore, client_id: &str) -> Result<Option<Client>, StoreError> {
-    Ok(store.auth_get(CLIENT, client_id).await?.and_then(|r| serde_json::from_str(&r.value).ok()).filter(|c: &Client| !c.disabled))
+    Ok(stored_client(store, client_id).await?.filter(|c: &Client| !c.disabled))
+}
+
+/// A registered app, enabled or disabled (for the screens and files that manage registrations).
+pub async fn stored_client(store: &dyn AuthStore, client_id: &str) -> Result<Option<Client>, StoreError> {
+    Ok(store.auth_get(CLIENT, client_id).await?.and_then(|r| serde_json::from_str(&r.value).ok()))
 }
 
 pub async fn list_clients(store: &dyn AuthStore) -> Result<Vec<Client>, StoreError> {

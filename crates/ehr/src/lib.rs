@@ -670,7 +670,7 @@ async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): 
 }
 
 async fn stored_client(s: &Shared, id: &str) -> Result<Option<auth::model::Client>, store::StoreError> {
-    Ok(s.store.auth_get("client", id).await?.and_then(|r| serde_json::from_str(&r.value).ok()))
+    auth::registry::stored_client(s.store.as_ref(), id).await
 }
 
 async fn app_edit(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {

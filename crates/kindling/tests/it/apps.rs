@@ -37,9 +37,30 @@ async fn apps_file_registers_apps_with_secrets_from_the_environment() {
     assert!(auth::apps::load_apps_file(store, &unknown, |_| Some("x".into())).await.is_err());
     let scope = file.replace("patient/*.rs\"", "patient/*.rw\"");
     assert!(auth::apps::load_apps_file(store, &scope, |_| Some("x".into())).await.unwrap_err().to_string().contains("scope"));
-    // The repository's own development apps file is valid.
+    // The repository's own development apps file is valid; Inferno's app starts disabled (no local Inferno,
+    // no dead launch in the charts).
     let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/apps.dev.toml")).unwrap();
     assert!(!auth::apps::load_apps_file(store, &dev, |_| None).await.unwrap().is_empty());
+    assert!(auth::registry::stored_client(store, "inferno-local").await.unwrap().unwrap().disabled);
+    assert!(auth::registry::get_client(store, "inferno-local").await.unwrap().is_none(), "a disabled app cannot be used");
+
+    // What the EHR changed at run time stands when the file is loaded again (the next start): the file adds
+    // and updates what it states, it never re-enables an app or resets its profile.
+    let mut c = auth::registry::get_client(store, "cfg-public").await.unwrap().unwrap();
+    c.disabled = true;
+    c.profile = Some(auth::model::Profile::Epic);
+    auth::registry::put_client_as_is(store, &c).await.unwrap();
+    let renamed = file.replace("Configured public app", "Renamed public app");
+    auth::apps::load_apps_file(store, &renamed, |_| Some("x".into())).await.unwrap();
+    let c = auth::registry::stored_client(store, "cfg-public").await.unwrap().unwrap();
+    assert_eq!(c.name, "Renamed public app", "the file updates what it states");
+    assert!(c.disabled, "a runtime disable stands");
+    assert_eq!(c.profile, Some(auth::model::Profile::Epic), "the runtime profile stands");
+    let mut inferno = auth::registry::stored_client(store, "inferno-local").await.unwrap().unwrap();
+    inferno.disabled = false;
+    auth::registry::put_client_as_is(store, &inferno).await.unwrap();
+    auth::apps::load_apps_file(store, &dev, |_| None).await.unwrap();
+    assert!(!auth::registry::get_client(store, "inferno-local").await.unwrap().unwrap().disabled, "enabled in the EHR, stays enabled");
 }
 
 #[tokio::test]
