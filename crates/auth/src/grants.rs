@@ -126,3 +126,17 @@ pub fn in_plain_words(scope: &str) -> Vec<String> {
     }
     out
 }
+
+/// Revokes every grant `username` holds, through any app (their account was disabled): all their tokens
+/// stop working now. Remembered consents stay, for when the account is enabled again. Returns how many
+/// grants were revoked.
+pub async fn revoke_all(store: &dyn AuthStore, username: &str, now: i64) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for (_, (grants, _, _)) in live_grants(store, username, now).await? {
+        for id in grants {
+            store.auth_revoke_grant(&id).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

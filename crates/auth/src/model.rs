@@ -205,6 +205,9 @@ pub struct User {
     pub password_hash: String,
     /// `Practitioner/x` or `Patient/y`.
     pub fhir_user: String,
+    /// A disabled user cannot sign in, and their sessions and tokens stop working.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 impl std::fmt::Debug for User {

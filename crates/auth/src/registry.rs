@@ -56,8 +56,27 @@ pub async fn remove_client(store: &dyn AuthStore, client_id: &str) -> Result<(),
     result
 }
 
+/// An enabled user (who may sign in and act).
 pub async fn get_user(store: &dyn AuthStore, username: &str) -> Result<Option<User>, StoreError> {
+    Ok(stored_user(store, username).await?.filter(|u| !u.disabled))
+}
+
+/// A user account, enabled or disabled (for managing accounts).
+pub async fn stored_user(store: &dyn AuthStore, username: &str) -> Result<Option<User>, StoreError> {
     Ok(store.auth_get(USER, username).await?.and_then(|r| serde_json::from_str(&r.value).ok()))
+}
+
+/// Every user account, by user name.
+pub async fn list_users(store: &dyn AuthStore) -> Result<Vec<User>, StoreError> {
+    let mut users: Vec<User> = store.auth_list(USER).await?.into_iter().filter_map(|(_, r)| serde_json::from_str(&r.value).ok()).collect();
+    users.sort_by(|a, b| a.username.cmp(&b.username));
+    Ok(users)
+}
+
+/// Stores a user account as it is (its password hash included).
+pub async fn put_user_as_is(store: &dyn AuthStore, user: &User) -> Result<(), StoreError> {
+    let value = serde_json::to_string(user).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.auth_put(USER, &user.username, &value, None, None).await
 }
 
 pub async fn put_user(store: &dyn AuthStore, username: &str, display_name: &str, role: UserRole, password: &str, fhir_user: &str) -> Result<User, StoreError> {
@@ -67,6 +86,7 @@ pub async fn put_user(store: &dyn AuthStore, username: &str, display_name: &str,
         role,
         password_hash: hash_password(password),
         fhir_user: fhir_user.to_string(),
+        disabled: false,
     };
     let value = serde_json::to_string(&user).map_err(|e| StoreError::Backend(e.to_string()))?;
     store.auth_put(USER, username, &value, None, None).await?;

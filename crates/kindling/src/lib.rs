@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod import;
+pub mod users;
 
 use anyhow::Context;
 use api::AppState;

@@ -143,6 +143,37 @@ enum AppsCommand {
 }
 
 #[derive(Subcommand)]
+enum UsersCommand {
+    /// List the accounts (user name, role, linked record, name, disabled).
+    List,
+    /// Add an account; its password is read from the environment variable --password-env names.
+    Add {
+        username: String,
+        /// The name shown in the EHR.
+        #[arg(long)]
+        name: String,
+        /// clinician or patient
+        #[arg(long)]
+        role: String,
+        /// The linked record: Practitioner/ID for a clinician, Patient/ID for a patient.
+        #[arg(long)]
+        fhir_user: String,
+        #[arg(long, default_value = "KINDLING_PASSWORD")]
+        password_env: String,
+    },
+    /// Disable an account: no sign-in, and its tokens stop working now.
+    Disable { username: String },
+    /// Enable a disabled account.
+    Enable { username: String },
+    /// Set a new password, read from the environment variable --password-env names.
+    Passwd {
+        username: String,
+        #[arg(long, default_value = "KINDLING_PASSWORD")]
+        password_env: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the sandbox: FHIR server with synthetic patients (seeded on first start).
     Up {
@@ -218,6 +249,13 @@ enum Command {
         /// The FHIR base the printed curl line uses.
         #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
         base: String,
+    },
+    /// Manage user accounts (clinicians and patients) on this database, SQLite or PostgreSQL.
+    Users {
+        #[arg(long, default_value = "./kindling-data")]
+        data: PathBuf,
+        #[command(subcommand)]
+        command: UsersCommand,
     },
     /// Manage registered apps.
     Apps {
@@ -355,6 +393,36 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => kindling::bench::run(args).await,
         Command::Apps { data, command } => apps(data, command, clock).await,
+        Command::Users { data, command } => {
+            let app = Application::build(&offline_config(data), clock).await?;
+            let password = |var: &str| {
+                std::env::var(var).map_err(|_| anyhow::anyhow!("set the password in the environment variable {var} (it is never taken on the command line)"))
+            };
+            match command {
+                UsersCommand::List => {
+                    for line in kindling::users::list(&app.auth).await? {
+                        println!("{line}");
+                    }
+                }
+                UsersCommand::Add { username, name, role, fhir_user, password_env } => {
+                    let u = kindling::users::add(&app.auth, app.state.store.as_ref(), &username, &name, &role, &fhir_user, &password(&password_env)?).await?;
+                    println!("Added {} ({}).", u.username, u.fhir_user);
+                }
+                UsersCommand::Disable { username } => {
+                    let n = kindling::users::disable(&app.auth, &username).await?;
+                    println!("Disabled {username}; {n} grant(s) revoked.");
+                }
+                UsersCommand::Enable { username } => {
+                    kindling::users::enable(&app.auth, &username).await?;
+                    println!("Enabled {username}.");
+                }
+                UsersCommand::Passwd { username, password_env } => {
+                    kindling::users::passwd(&app.auth, &username, &password(&password_env)?).await?;
+                    println!("Changed the password of {username}.");
+                }
+            }
+            Ok(())
+        }
         Command::Migrate { database_url } => {
             let mut cfg = offline_config(PathBuf::from("."));
             cfg.database_url = Some(database_url);

@@ -18,6 +18,7 @@ mod sdk;
 mod search;
 mod smart_flows;
 mod tls;
+mod users;
 
 use fhir::time::{ManualClock, SharedClock};
 use kindling::{Application, ServerConfig};
