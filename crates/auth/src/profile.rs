@@ -78,14 +78,17 @@ pub fn access_token_secs(profile: Profile, faults: &Faults, default: i64) -> i64
     match profile {
         Profile::Oracle => 570,
         Profile::Nextgen => 3600,
-        Profile::Strict | Profile::Epic => default,
+        // Epic's OAuth 2.0 specification shows `"expires_in": 3240` in its token responses.
+        Profile::Epic => 3240,
+        Profile::Strict => default,
     }
 }
 
 /// Whether a refresh under this profile rotates the refresh token (strict: yes). NextGen-style servers
-/// return the same one; Epic-style servers return none (the old one stays valid).
+/// return the same one; Epic- and Oracle-style servers return none (the old one stays valid: Oracle's
+/// authorization documentation says a refresh response carries no new refresh token).
 pub fn rotates_refresh(profile: Profile) -> bool {
-    matches!(profile, Profile::Strict | Profile::Oracle)
+    matches!(profile, Profile::Strict)
 }
 
 /// Vendor-specific changes to a token response.
@@ -99,14 +102,14 @@ pub fn shape_response(grant: &Grant, body: &mut Value) {
             body["enterprise_id"] = pick("enterprise_id", "kindling-enterprise-1");
         }
         Profile::Epic => {
+            // As Epic's documentation shows its token responses: `"token_type": "bearer"` in lower case,
+            // the banner flag as a string, the DSTU2 patient id. (No `__epic.user`: no public source.)
+            body["token_type"] = json!("bearer");
             if let Some(b) = body.get("need_patient_banner").and_then(Value::as_bool) {
                 body["need_patient_banner"] = json!(b.to_string());
             }
             if let Some(p) = &grant.patient {
                 body["__epic.dstu2.patient"] = json!(format!("E{p}"));
-            }
-            if let Some(u) = &grant.username {
-                body["__epic.user"] = json!(u);
             }
         }
     }

@@ -1066,6 +1066,8 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "epic", "need_patient_banner": false}), scope).await;
     assert_eq!(t["need_patient_banner"], json!("false"));
     assert_eq!(t["__epic.dstu2.patient"], json!(format!("E{}", f.p2)));
+    assert_eq!((t["token_type"].as_str(), t["expires_in"].as_i64()), (Some("bearer"), Some(3240)), "as Epic's documentation shows");
+    assert!(t.get("__epic.user").is_none(), "no field without a public source");
     let granted = t["scope"].as_str().unwrap();
     assert!(granted.contains("patient/Observation.read") && !granted.contains("patient/*"), "{granted}");
     assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 200, "the expanded grant still works");
@@ -1104,6 +1106,12 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     url.query_pairs_mut().extend_pairs(a.params().into_iter().map(|(k, v)| if k == "aud" { ("resource".to_string(), v) } else { (k, v) }));
     let r = app.client.get(url).send().await.unwrap();
     assert_eq!(query(&location(&r)).get("error_description").map(String::as_str), Some("aud is required"));
+    // Oracle's documentation: a refresh response carries no new refresh token; the old one stays valid.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "oracle"}), "launch openid fhirUser offline_access patient/Condition.rs").await;
+    let rt = t["refresh_token"].as_str().unwrap();
+    let r1: Value = refresh(app, rt).await.json().await.unwrap();
+    assert!(r1["access_token"].is_string() && r1.get("refresh_token").is_none(), "{r1}");
+    assert_eq!(refresh(app, rt).await.status(), 200, "the old refresh token stays valid");
 
     // Strict (the default): a boolean, rotation, no vendor fields.
     let t = ehr_tokens(&f, json!({"patient": f.p2}), scope).await;
