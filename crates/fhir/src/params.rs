@@ -63,6 +63,10 @@ const PRACTITIONER_LIKE: &[&str] = &["Practitioner", "PractitionerRole", "Organi
 type Row = (&'static str, &'static str, ParamKind, &'static str, Option<&'static [&'static str]>);
 
 /// Clinical resources whose subject is a patient share these parameter shapes.
+///
+/// Adding or changing a row (or a compartment rule below) changes the index rows of that type: stored
+/// resources keep their old rows until a migration lists the type in `reindex_pending`, which the store
+/// drains when it opens (see the store's migrations).
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
     // Patient
@@ -98,6 +102,7 @@ const TABLE: &[Row] = &[
     ("PractitionerRole", "specialty", Token, "specialty", None),
     ("PractitionerRole", "role", Token, "code", None),
     ("PractitionerRole", "active", Token, "active", None),
+    ("PractitionerRole", "endpoint", Reference, "endpoint", Some(&["Endpoint"])),
     // Organization
     ("Organization", "identifier", Token, "identifier", None),
     ("Organization", "name", String, "name|alias", None),
@@ -129,6 +134,7 @@ const TABLE: &[Row] = &[
     ("Encounter", "service-provider", Reference, "serviceProvider", Some(&["Organization"])),
     ("Encounter", "reason-code", Token, "reasonCode", None),
     ("Encounter", "length", Quantity, "length", None),
+    ("Encounter", "discharge-disposition", Token, "hospitalization.dischargeDisposition", None),
     // Condition
     ("Condition", "identifier", Token, "identifier", None),
     ("Condition", "patient", Reference, "subject", Some(PATIENT)),
@@ -253,6 +259,7 @@ const TABLE: &[Row] = &[
     ("CareTeam", "participant", Reference, "participant.member", Some(PRACTITIONER_LIKE)),
     ("CareTeam", "date", Date, "period", None),
     ("CareTeam", "encounter", Reference, "encounter", Some(&["Encounter"])),
+    ("CareTeam", "role", Token, "participant.role", None),
     // Goal
     ("Goal", "identifier", Token, "identifier", None),
     ("Goal", "patient", Reference, "subject", Some(PATIENT)),

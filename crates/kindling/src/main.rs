@@ -222,6 +222,10 @@ enum Command {
         /// `postgres://…` or `sqlite://path`.
         #[arg(long, env = "KINDLING_DATABASE_URL")]
         database_url: String,
+        /// The servers' public URL: absolute references to it are indexed as local when a migration
+        /// rebuilds search-index rows.
+        #[arg(long, env = "KINDLING_PUBLIC_URL", default_value = "http://localhost")]
+        public_url: String,
     },
     /// Run the reference clinician app on its own against any SMART EHR (`config/app.dev.toml`).
     App {
@@ -423,10 +427,10 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Migrate { database_url } => {
+        Command::Migrate { database_url, public_url } => {
             let mut cfg = offline_config(PathBuf::from("."));
             cfg.database_url = Some(database_url);
-            kindling::open_store(&cfg, "http://localhost/fhir", clock).await?;
+            kindling::open_store(&cfg, &format!("{}/fhir", public_url.trim_end_matches('/')), clock).await?;
             println!("The database is up to date.");
             Ok(())
         }

@@ -59,3 +59,72 @@ async fn migration_6_fills_the_per_patient_dates_as_writes_do() {
     pool.close().await;
     db.drop_database().await;
 }
+
+/// A CareTeam stored under the old index rules (no `role` rows) and its type listed in `reindex_pending`.
+fn old_care_team() -> serde_json::Value {
+    json!({"resourceType": "CareTeam", "id": "ct1", "status": "active", "subject": {"reference": "Patient/p1"},
+           "participant": [{"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "446050000"}]}], "member": {"reference": "Practitioner/d1"}}]})
+}
+
+async fn finds_by_role(store: &dyn Store) -> usize {
+    let q = fhir::query::parse(
+        "CareTeam",
+        &[("role".into(), "http://snomed.info/sct|446050000".into())],
+        fhir::query::ParseOptions { lenient: false, base: None, now_ms: 0 },
+    )
+    .unwrap();
+    store.search(&q).await.unwrap().len()
+}
+
+/// Migration 8's `reindex_pending`: a type listed there has its index rows rebuilt from the stored content
+/// when the store opens (new search parameters then find what was stored before them), once.
+#[tokio::test]
+async fn listed_types_are_reindexed_when_the_store_opens_sqlite() {
+    use store::sqlite::{SqliteConfig, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let open =
+        || SqliteStore::open(SqliteConfig { path: path.clone(), base_url: None, writer_cache_mib: 8 }, std::sync::Arc::new(fhir::time::SystemClock)).unwrap();
+    let store = open();
+    let mut tx = store.begin().await.unwrap();
+    tx.put(old_care_team(), Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(finds_by_role(&store).await, 1);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DELETE FROM sp_token WHERE rid IN (SELECT rid FROM resources WHERE res_type = 'CareTeam')").unwrap();
+    let store = open();
+    assert_eq!(finds_by_role(&store).await, 0, "indexed under the old rules");
+    drop(store);
+    conn.execute_batch("INSERT INTO reindex_pending (res_type) VALUES ('CareTeam')").unwrap();
+    let store = open();
+    assert_eq!(finds_by_role(&store).await, 1, "rebuilt when the store opened");
+    let left: i64 = conn.query_row("SELECT count(*) FROM reindex_pending", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "done once");
+}
+
+#[tokio::test]
+async fn listed_types_are_reindexed_when_the_store_opens_postgres() {
+    let Some(db) = crate::ScratchPostgres::create("reindex").await else { return };
+    let clock: fhir::time::SharedClock = std::sync::Arc::new(fhir::time::SystemClock);
+    let connect = || PostgresStore::connect(PostgresConfig { url: db.url.clone(), base_url: None, max_connections: 2 }, clock.clone());
+    let store = connect().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.put(old_care_team(), Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(finds_by_role(&store).await, 1);
+    drop(store);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("DELETE FROM sp_token WHERE rid IN (SELECT rid FROM resources WHERE res_type = 'CareTeam')").execute(&pool).await.unwrap();
+    let store = connect().await.unwrap();
+    assert_eq!(finds_by_role(&store).await, 0, "indexed under the old rules");
+    drop(store);
+    sqlx::raw_sql("INSERT INTO reindex_pending (res_type) VALUES ('CareTeam')").execute(&pool).await.unwrap();
+    let store = connect().await.unwrap();
+    assert_eq!(finds_by_role(&store).await, 1, "rebuilt when the store opened");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM reindex_pending").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0, "done once");
+    drop(store);
+    pool.close().await;
+    db.drop_database().await;
+}

@@ -418,3 +418,24 @@ async fn unknown_parameters_and_lenient_handling() {
         assert_eq!(status, 400, "{bad}: {body}");
     }
 }
+
+/// Searches Inferno's US Core kit runs that were missing, on the seeded population: CareTeam by `role`,
+/// Encounter by `discharge-disposition`, PractitionerRole with `_include=PractitionerRole:endpoint`.
+#[tokio::test]
+async fn us_core_searches_for_roles_dispositions_and_endpoints() {
+    let app = crate::spawn_app().await;
+    kindling::seed(&app.app_state, 3, 12).await.unwrap();
+    let teams = app.search("CareTeam?role=http://snomed.info/sct|446050000&_count=100").await;
+    assert_eq!(teams["total"], 3, "every patient's team has a primary care physician");
+    // A cardiologist is on the team of the 67-year-old with atrial fibrillation, not the 44-year-old's.
+    assert_eq!(app.search("CareTeam?role=http://snomed.info/sct|17561000&patient=kp-12-0002").await["total"], 1);
+    assert_eq!(app.search("CareTeam?role=http://snomed.info/sct|17561000&patient=kp-12-0003").await["total"], 0);
+    let stays = app.search("Encounter?discharge-disposition=home&_count=100").await;
+    let entries = stays["entry"].as_array().unwrap();
+    assert!(!entries.is_empty(), "the emergency and inpatient stays");
+    assert!(entries.iter().all(|e| ["EMER", "IMP"].contains(&e["resource"]["class"]["code"].as_str().unwrap())));
+    let roles = app.search("PractitionerRole?_include=PractitionerRole:endpoint&_count=100").await;
+    let endpoints =
+        roles["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include" && e["resource"]["resourceType"] == "Endpoint").count();
+    assert_eq!(endpoints, 2, "the two practices' Direct endpoints");
+}

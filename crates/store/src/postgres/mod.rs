@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "patient_tokens", include_str!("../../migrations/postgres/0005_patient_tokens.sql")),
     (6, "patient_token_dates", include_str!("../../migrations/postgres/0006_patient_token_dates.sql")),
     (7, "lz4_content", include_str!("../../migrations/postgres/0007_lz4_content.sql")),
+    (8, "reindex_pending", include_str!("../../migrations/postgres/0008_reindex_pending.sql")),
 ];
 
 /// How long a paging snapshot lives.
@@ -117,6 +118,27 @@ pub async fn migrate(pool: &PgPool, now_ms: i64) -> Result<Vec<String>> {
     result
 }
 
+/// Rebuilds the search-index rows of every type a migration listed in `reindex_pending`, one transaction
+/// per type, under the migration lock (a node starting meanwhile waits; the next finds nothing to do).
+pub async fn reindex_pending(pool: &PgPool, base_url: Option<&str>) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(7206191)").execute(&mut *conn).await?;
+    let result = async {
+        let types: Vec<String> = sqlx::query_scalar("SELECT res_type FROM reindex_pending ORDER BY res_type").fetch_all(&mut *conn).await?;
+        for ty in types {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let n = write::reindex_type(&mut tx, &ty, base_url).await?;
+            sqlx::query("DELETE FROM reindex_pending WHERE res_type = $1").bind(&ty).execute(&mut *tx).await?;
+            tx.commit().await?;
+            tracing::info!(resource_type = %ty, resources = n, "rebuilt the search index");
+        }
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(7206191)").execute(&mut *conn).await;
+    result
+}
+
 impl PostgresStore {
     /// Connects and applies pending migrations.
     pub async fn connect(config: PostgresConfig, clock: SharedClock) -> Result<PostgresStore> {
@@ -132,6 +154,7 @@ impl PostgresStore {
             .connect(&config.url)
             .await?;
         migrate(&pool, unix_ms(clock.now())).await?;
+        reindex_pending(&pool, config.base_url.as_deref()).await?;
         let relaxed_options = config.url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("synchronous_commit", "off")]);
         let relaxed = PgPoolOptions::new()
             .max_connections((config.max_connections / 2).max(2))

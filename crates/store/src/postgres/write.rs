@@ -118,6 +118,25 @@ async fn write_rows(conn: &mut PgConnection, table: &str, columns: &str, rows: &
     Ok(())
 }
 
+/// Rebuilds the index rows of every live resource of `resource_type` from its stored content; returns how
+/// many resources were indexed.
+pub(crate) async fn reindex_type(conn: &mut PgConnection, resource_type: &str, base_url: Option<&str>) -> Result<usize> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT rid, content FROM resources WHERE res_type = $1 AND deleted = 0").bind(resource_type).fetch_all(&mut *conn).await?;
+    let mut batch = IndexBatch::default();
+    for (key, json) in &rows {
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| crate::StoreError::Backend(format!("{resource_type} {key}: {e}")))?;
+        let prepared = crate::prepare(value, base_url)?;
+        clear_index(conn, &mut batch, *key).await?;
+        batch.push(*key, &prepared.rows);
+        if batch.rows.len() >= 1000 {
+            flush(conn, &mut batch).await?;
+        }
+    }
+    flush(conn, &mut batch).await?;
+    Ok(rows.len())
+}
+
 /// Writes the pending index rows.
 pub(crate) async fn flush(conn: &mut PgConnection, batch: &mut IndexBatch) -> Result<()> {
     if batch.rows.is_empty() {

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "partial_auth_indexes", include_str!("../../migrations/sqlite/0005_partial_auth_indexes.sql")),
     (6, "patient_tokens", include_str!("../../migrations/sqlite/0006_patient_tokens.sql")),
     (7, "patient_token_dates", include_str!("../../migrations/sqlite/0007_patient_token_dates.sql")),
+    (8, "reindex_pending", include_str!("../../migrations/sqlite/0008_reindex_pending.sql")),
 ];
 
 /// How long a paging snapshot lives.
@@ -149,6 +150,21 @@ fn migrate(conn: &mut Connection, now_ms: i64) -> Result<()> {
     Ok(())
 }
 
+/// Rebuilds the search-index rows of every type a migration listed in `reindex_pending`, one transaction
+/// per type, and forgets the type.
+fn reindex_pending(conn: &mut Connection, base_url: Option<&str>) -> Result<()> {
+    let types: Vec<String> =
+        conn.prepare("SELECT res_type FROM reindex_pending ORDER BY res_type")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for ty in types {
+        let tx = conn.transaction()?;
+        let n = write::reindex_type(&tx, &ty, base_url)?;
+        tx.execute("DELETE FROM reindex_pending WHERE res_type = ?1", [&ty])?;
+        tx.commit()?;
+        tracing::info!(resource_type = %ty, resources = n, "rebuilt the search index");
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `config.path` and applies pending migrations.
     pub fn open(config: SqliteConfig, clock: SharedClock) -> Result<Self> {
@@ -159,6 +175,7 @@ impl SqliteStore {
         }
         let mut writer = open_connection(&config.path, config.writer_cache_mib as i64 * 1024)?;
         migrate(&mut writer, unix_ms(clock.now()))?;
+        reindex_pending(&mut writer, config.base_url.as_deref())?;
         let checkpoints = Arc::new(());
         spawn_checkpoints(&config.path, Arc::downgrade(&checkpoints))?;
         Ok(SqliteStore {

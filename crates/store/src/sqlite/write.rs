@@ -90,6 +90,22 @@ fn archive(conn: &Connection, c: &StoredResource) -> Result<()> {
     Ok(())
 }
 
+/// Rebuilds the index rows of every live resource of `resource_type` from its stored content; returns how
+/// many resources were indexed.
+pub(crate) fn reindex_type(conn: &Connection, resource_type: &str, base_url: Option<&str>) -> Result<usize> {
+    let rows: Vec<(i64, String)> = conn
+        .prepare("SELECT rid, content FROM resources WHERE res_type = ?1 AND deleted = 0")?
+        .query_map([resource_type], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (key, json) in &rows {
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| crate::StoreError::Backend(format!("{resource_type} {key}: {e}")))?;
+        let prepared = crate::prepare(value, base_url)?;
+        clear_index(conn, *key)?;
+        write_index(conn, *key, &prepared.rows)?;
+    }
+    Ok(rows.len())
+}
+
 fn clear_index(conn: &Connection, key: i64) -> Result<()> {
     // First, while the compartment, reference and token rows that lead to them are there: the per-patient
     // rows are found by their whole key prefix (patient, parameter, code, rid).
