@@ -38,6 +38,14 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# npm packages (in target/): axe-core for the browser tests' accessibility checks, the SMART JavaScript
+# client for the interop checks.
+npm_dir=target/interop-npm
+if [ ! -f "$npm_dir/node_modules/fhirclient/build/fhir-client.js" ] || [ ! -f "$npm_dir/node_modules/axe-core/axe.min.js" ]; then
+    mkdir -p "$npm_dir"
+    npm install --silent --no-audit --no-fund --prefix "$npm_dir" fhirclient@2.6.3 axe-core@4.10.2 >/dev/null
+fi
+
 # 3. The workspace: unit tests, HTTP integration tests, and the browser tests (headless Chromium through
 # the EHR). The Synthea import test reads ../shared/data/synthea-r4 when it exists (CI always has it).
 cargo test --workspace --locked "$@"
@@ -60,7 +68,7 @@ else
     echo "PostgreSQL is not reachable on 127.0.0.1:5432: skipping the PostgreSQL suite" >&2
 fi
 
-# 5. Python and npm packages for the interop checks (in target/).
+# 5. Python packages for the interop checks (in target/).
 venv=target/interop-venv
 if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -69,11 +77,6 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
-npm_dir=target/interop-npm
-if [ ! -f "$npm_dir/node_modules/fhirclient/build/fhir-client.js" ]; then
-    mkdir -p "$npm_dir"
-    npm install --silent --no-audit --no-fund --prefix "$npm_dir" fhirclient@2.6.3 >/dev/null
-fi
 
 work=$(mktemp -d)
 pids=()

@@ -22,6 +22,7 @@ async fn patients(s: &Sandbox) -> Vec<(String, String, String)> {
 
 async fn sign_in(b: &Browser, s: &Sandbox, path: &str, user: &str, password: &str) {
     b.goto(&format!("{}{path}", s.url)).await;
+    b.axe(path).await;
     b.fill("#username", user).await;
     b.fill("#password", password).await;
     b.click("main form button.primary").await;
@@ -110,6 +111,7 @@ async fn clinician_launches_the_demo_app_from_the_chart() {
     // The launch inspector shows the handshake and the app's FHIR calls.
     back_to_first_window(&b).await;
     b.goto(&format!("{}/ehr/launches", s.url)).await;
+    b.axe("launches").await;
     b.click("main table a").await;
     let steps = b.wait_text(".steps", |t| t.contains("FHIR read")).await;
     for expected in
@@ -120,6 +122,12 @@ async fn clinician_launches_the_demo_app_from_the_chart() {
     assert!(steps.contains("remembered from an earlier decision"), "the second launch reused the consent:\n{steps}");
     assert!(!steps.contains("access_token="), "no token values:\n{steps}");
     b.screenshot("ehr-inspector").await;
+    // The app registration pages and the clinician's connected apps.
+    for (path, title) in [("/ehr/apps", "Apps"), ("/ehr/apps/new", "Register an app"), ("/ehr/connected", "Connected apps")] {
+        b.goto(&format!("{}{path}", s.url)).await;
+        b.find("h1").await;
+        b.axe(title).await;
+    }
 }
 
 #[tokio::test]
@@ -130,14 +138,22 @@ async fn patient_portal_launches_a_patient_app_on_their_own_record() {
     let (own_id, own_name, _) = &ps[0];
     sign_in(&b, &s, "/portal/login", "patient", "kindling-patient").await;
     assert_eq!(b.wait_text(".banner .name", |t| !t.is_empty()).await, *own_name);
+    b.axe("portal").await;
     // The clinicians' EHR is not for patients.
     b.goto(&format!("{}/ehr/patients", s.url)).await;
     b.wait_text("h1", |t| t.contains("for clinicians")).await;
+    b.axe("refusal page").await;
     b.goto(&format!("{}/portal", s.url)).await;
     launch_in_new_tab(&b, &format!("tab|{DEMO}")).await;
     approve(&b).await;
     app_shows_patient(&b, own_name).await;
     assert_eq!(b.text("#ctx-patient").await, *own_id);
+    // The patient's connected apps, with the app just allowed.
+    back_to_first_window(&b).await;
+    b.goto(&format!("{}/ehr/connected", s.url)).await;
+    b.wait_text("h1", |t| t == "Connected apps").await;
+    assert!(b.text("main").await.contains("Withdraw"));
+    b.axe("connected apps").await;
 }
 
 /// Sets the launcher's fault options on a freshly loaded chart.

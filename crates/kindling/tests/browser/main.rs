@@ -111,7 +111,53 @@ pub async fn browser() -> Option<Browser> {
     Some(Browser { c, driver, _profile: profile })
 }
 
+/// axe-core's script, from the npm registry (`./test.sh` installs it in `target/interop-npm`;
+/// `KINDLING_AXE_JS` names another copy). Without it the accessibility checks are skipped with a message,
+/// except in CI, where that fails.
+fn axe_source() -> Option<&'static str> {
+    static SOURCE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SOURCE
+        .get_or_init(|| {
+            let path = std::env::var("KINDLING_AXE_JS")
+                .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/interop-npm/node_modules/axe-core/axe.min.js").to_string());
+            match std::fs::read_to_string(&path) {
+                Ok(s) => Some(s),
+                Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("axe-core is missing at {path} ({e}); ./test.sh installs it"),
+                Err(_) => {
+                    eprintln!("SKIPPED accessibility checks: axe-core not found at {path} (./test.sh installs it)");
+                    None
+                }
+            }
+        })
+        .as_deref()
+}
+
 impl Browser {
+    /// Runs axe-core's WCAG 2.1 A and AA rules on the page as it is now, and fails on any serious or
+    /// critical violation, naming the rule and the elements.
+    pub async fn axe(&self, page: &str) {
+        let Some(source) = axe_source() else { return };
+        self.c.execute(source, vec![]).await.expect("load axe-core");
+        let found = self
+            .c
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})
+                   .then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                     .map(v => ({rule: v.id, impact: v.impact, help: v.help, where: v.nodes.slice(0, 5).map(n => n.target.join(' '))}))))
+                   .catch(e => done([{rule: 'axe-error', help: String(e)}]));",
+                vec![],
+            )
+            .await
+            .expect("run axe-core");
+        let violations = found.as_array().cloned().unwrap_or_default();
+        assert!(
+            violations.is_empty(),
+            "{page}: WCAG 2.1 AA violations (serious or critical):\n{}",
+            serde_json::to_string_pretty(&violations).unwrap_or_default()
+        );
+    }
+
     pub async fn goto(&self, url: &str) {
         self.c.goto(url).await.unwrap_or_else(|e| panic!("goto {url}: {e}"));
     }
@@ -182,7 +228,10 @@ impl Browser {
         }
     }
 
+    /// A page state people see: checked with axe-core (see [`Browser::axe`]) and, with
+    /// `KINDLING_SCREENSHOTS`, saved as `{name}.png`.
     pub async fn screenshot(&self, name: &str) {
+        self.axe(name).await;
         if let Some(dir) = std::env::var_os("KINDLING_SCREENSHOTS") {
             let png = self.c.screenshot().await.expect("screenshot");
             std::fs::create_dir_all(&dir).expect("screenshot dir");
