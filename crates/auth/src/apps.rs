@@ -12,6 +12,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::AuthStore;
 
+/// A JWKS in the apps file: JSON text, or the same structure written as TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum JwksField {
+    Text(String),
+    Table(Value),
+}
+
 /// One `[[app]]` of an apps file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +29,9 @@ pub struct AppEntry {
     /// `public`, `confidential-symmetric` or `confidential-asymmetric`.
     #[serde(rename = "type")]
     pub kind: ClientKind,
+    /// Where the authorisation code may go; not needed by backend-services apps
+    /// (confidential-asymmetric with no user-facing flow).
+    #[serde(default)]
     pub redirect_uris: Vec<String>,
     #[serde(default)]
     pub launch_url: Option<String>,
@@ -29,9 +40,9 @@ pub struct AppEntry {
     /// For symmetric apps: the environment variable that holds the secret.
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// For asymmetric apps: the JWKS as inline JSON text, or a URL.
+    /// For asymmetric apps: the JWKS, as JSON text or as a TOML table (or give `jwks_url`).
     #[serde(default)]
-    pub jwks: Option<String>,
+    pub jwks: Option<JwksField>,
     #[serde(default)]
     pub jwks_url: Option<String>,
     #[serde(default)]
@@ -89,6 +100,11 @@ pub fn validate(c: &Client) -> Result<(), String> {
     if c.kind == ClientKind::ConfidentialAsymmetric && c.jwks.is_none() && c.jwks_url.is_none() {
         return Err(format!("{}: an asymmetric app needs its JWKS or a JWKS URL", c.client_id));
     }
+    if let Some(jwks) = &c.jwks
+        && crate::jose::usable_keys(jwks) == 0
+    {
+        return Err(format!("{}: the JWKS holds no usable public key (RSA of 2048 bits or more for RS384, or EC P-384 for ES384)", c.client_id));
+    }
     for (what, u) in [("launch URL", &c.launch_url), ("icon URL", &c.icon)] {
         if let Some(u) = u
             && !url::Url::parse(u).is_ok_and(|x| matches!(x.scheme(), "https" | "http"))
@@ -113,9 +129,15 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
     let mut ids = Vec::new();
     for entry in file.app {
         let jwks = match &entry.jwks {
-            Some(text) => Some(serde_json::from_str::<Value>(text).map_err(|e| AppsError::Invalid(format!("{}: jwks is not JSON: {e}", entry.client_id)))?),
+            Some(JwksField::Text(text)) => {
+                Some(serde_json::from_str::<Value>(text).map_err(|e| AppsError::Invalid(format!("{}: jwks is not JSON: {e}", entry.client_id)))?)
+            }
+            Some(JwksField::Table(v)) => Some(v.clone()),
             None => None,
         };
+        if entry.secret_env.is_some() && entry.kind != ClientKind::ConfidentialSymmetric {
+            return Err(AppsError::Invalid(format!("{}: secret_env is for confidential-symmetric apps only; this one is {:?}", entry.client_id, entry.kind)));
+        }
         let secret_hash = match (entry.kind, &entry.secret_env) {
             (ClientKind::ConfidentialSymmetric, Some(var)) => {
                 let secret =

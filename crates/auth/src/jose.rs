@@ -39,6 +39,24 @@ pub fn claimed_issuer(jwt: &str) -> Option<String> {
 static PARSED: LazyLock<Mutex<HashMap<String, Arc<ParsedPublicKey>>>> = LazyLock::new(Default::default);
 const PARSED_MAX: usize = 1024;
 
+/// How many keys of a JWK Set can verify client assertions here: RSA keys (RS384, 2048 bits or more) and
+/// EC P-384 keys (ES384) whose public parts parse. Checked at registration, so that a wrong JWKS is told at
+/// once rather than at the first token request.
+pub fn usable_keys(jwks: &Value) -> usize {
+    jwks["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter(|k| match (k["kty"].as_str(), k["alg"].as_str()) {
+                    (Some("RSA"), None | Some("RS384")) => parsed_key("RS384", k).is_ok(),
+                    (Some("EC"), None | Some("ES384")) => k["crv"] == "P-384" && parsed_key("ES384", k).is_ok(),
+                    _ => false,
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn parsed_key(alg: &str, key: &Value) -> Result<Arc<ParsedPublicKey>, String> {
     let text = |name: &str| key[name].as_str().ok_or_else(|| format!("the registered key has no valid '{name}'"));
     let id = match alg {

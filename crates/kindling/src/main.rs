@@ -520,6 +520,9 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
             }
         }
         AppsCommand::Remove { client_id } => {
+            if auth::registry::stored_client(store, &client_id).await?.is_none() {
+                anyhow::bail!("no app '{client_id}' is registered (kindling apps list shows them)");
+            }
             auth::registry::remove_client(store, &client_id).await?;
             println!("removed {client_id}");
         }

@@ -37,6 +37,25 @@ async fn apps_file_registers_apps_with_secrets_from_the_environment() {
     assert!(auth::apps::load_apps_file(store, &unknown, |_| Some("x".into())).await.is_err());
     let scope = file.replace("patient/*.rs\"", "patient/*.rw\"");
     assert!(auth::apps::load_apps_file(store, &scope, |_| Some("x".into())).await.unwrap_err().to_string().contains("scope"));
+    // A secret for an app that has no use for one is a mistake said at once.
+    let public_with_secret = file.replace("scope = \"launch/patient patient/*.rs\"", "scope = \"launch/patient patient/*.rs\"\nsecret_env = \"CFG_SECRET\"");
+    let err = auth::apps::load_apps_file(store, &public_with_secret, |_| Some("x".into())).await.unwrap_err().to_string();
+    assert!(err.contains("secret_env is for confidential-symmetric apps only"), "{err}");
+    // A backend app: no redirect URIs, its JWKS written as a TOML table, checked for a usable key.
+    use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let key = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+    let point = key.public_key().as_ref();
+    let (x, y) = (auth::crypto::b64url(&point[1..49]), auth::crypto::b64url(&point[49..97]));
+    let backend = |x: &str| {
+        format!(
+            "[[app]]\nclient_id = \"cfg-backend\"\nname = \"Nightly export\"\ntype = \"confidential-asymmetric\"\nscope = \"system/*.rs\"\n\n[app.jwks]\nkeys = [{{ kty = \"EC\", crv = \"P-384\", kid = \"k1\", x = \"{x}\", y = \"{y}\" }}]\n"
+        )
+    };
+    assert_eq!(auth::apps::load_apps_file(store, &backend(&x), |_| None).await.unwrap(), vec!["cfg-backend"]);
+    assert_eq!(auth::registry::get_client(store, "cfg-backend").await.unwrap().unwrap().jwks.unwrap()["keys"][0]["kid"], "k1");
+    let err = auth::apps::load_apps_file(store, &backend("AAAA"), |_| None).await.unwrap_err().to_string();
+    assert!(err.contains("no usable public key"), "{err}");
+
     // The repository's own development apps file is valid; Inferno's app starts disabled (no local Inferno,
     // no dead launch in the charts).
     let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/apps.dev.toml")).unwrap();
