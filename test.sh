@@ -2,8 +2,9 @@
 # Runs every test: the Rust workspace (unit, HTTP integration and browser tests), then interop checks in which
 # independent tooling drives a running `kindling up`:
 #   - Python fhirpy + fhir.resources against the FHIR API (open sandbox);
-#   - the SMART JavaScript client (npm fhirclient) in headless Chromium, through a full standalone launch
-#     against the token-enforcing server.
+#   - the SMART JavaScript client (npm fhirclient) in headless Chromium, and the SMART Python client (PyPI
+#     fhirclient, which finds the authorisation server in the CapabilityStatement), each through a full
+#     standalone launch against the token-enforcing server.
 # Installs what the tests need first (Debian chromium and chromium-driver, Python and npm packages); safe
 # to run repeatedly.
 set -euo pipefail
@@ -107,3 +108,4 @@ start_kindling open --open-sandbox
 start_kindling secured
 "$venv/bin/python" tests/interop/fhirclient_check.py "$url/fhir" target/debug/kindling "$work/secured" \
     "$npm_dir/node_modules/fhirclient/build/fhir-client.js"
+"$venv/bin/python" tests/interop/clientpy_check.py "$url/fhir" target/debug/kindling "$work/secured"
