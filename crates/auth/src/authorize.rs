@@ -737,6 +737,7 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
         launch: pending.launch.clone(),
         nonce: pending.nonce.clone(),
         redirect_uri: Some(pending.redirect_uri.clone()),
+        state: pending.state.clone(),
         code_challenge: Some(pending.code_challenge.clone()),
         expires: None,
         revoke_at: None,

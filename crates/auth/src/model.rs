@@ -324,6 +324,9 @@ pub struct Grant {
     /// Set on codes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_uri: Option<String>,
+    /// The authorisation request's `state`, on codes only (Epic-style servers echo it in the token response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_challenge: Option<String>,
     /// Unix ms of the access token's expiry (on access tokens).

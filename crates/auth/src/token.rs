@@ -228,6 +228,7 @@ async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs, jti: Opt
         launch: None,
         nonce: None,
         redirect_uri: None,
+        state: None,
         code_challenge: None,
         expires: None,
         revoke_at: None,
@@ -391,6 +392,8 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
     }
     grant.redirect_uri = None;
     grant.code_challenge = None;
+    // The request's `state` lives on the code only: echoed once (Epic-style), never kept with the tokens.
+    let request_state = grant.state.take();
     let now = s.now_ms();
     let scopes = ScopeSet::parse(&grant.scope);
     let backend = grant.username.is_none();
@@ -492,6 +495,11 @@ async fn issue_tokens(s: &Shared, client: &Client, mut grant: Grant, narrowed_sc
         }
     }
     crate::profile::shape_response(&grant, &mut body);
+    if let Some(st) = request_state
+        && grant.profile() == crate::model::Profile::Epic
+    {
+        body["state"] = json!(st);
+    }
     tracing::info!(client = %client.client_id, user = ?grant.username, patient = ?grant.patient, "tokens issued");
     let refresh_note = match (&refresh, body.get("refresh_token").is_some()) {
         (Refresh::New, true) => "a new refresh token",
@@ -675,6 +683,7 @@ pub async fn operator_tokens(s: &Shared, client_id: &str, username: &str, patien
         launch: None,
         nonce: None,
         redirect_uri: None,
+        state: None,
         code_challenge: None,
         expires: None,
         revoke_at: None,

@@ -1049,6 +1049,7 @@ pub(crate) async fn ehr_tokens(f: &Fixture, context: Value, scope: &str) -> Valu
     assert_eq!(r.status(), 200);
     let mut t: Value = r.json().await.unwrap();
     t["launch_id"] = created["launch_id"].clone();
+    t["request_state"] = json!(a.state);
     t
 }
 
@@ -1068,12 +1069,14 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     assert_eq!(t["__epic.dstu2.patient"], json!(format!("E{}", f.p2)));
     assert_eq!((t["token_type"].as_str(), t["expires_in"].as_i64()), (Some("bearer"), Some(3240)), "as Epic's documentation shows");
     assert!(t.get("__epic.user").is_none(), "no field without a public source");
+    assert_eq!(t["state"], t["request_state"], "Epic echoes the request's state in the token response");
     let granted = t["scope"].as_str().unwrap();
     assert!(granted.contains("patient/Observation.read") && !granted.contains("patient/*"), "{granted}");
     assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 200, "the expanded grant still works");
     let rt = t["refresh_token"].as_str().unwrap();
     let r1: Value = refresh(app, rt).await.json().await.unwrap();
     assert!(r1["access_token"].is_string() && r1.get("refresh_token").is_none(), "{r1}");
+    assert!(r1.get("state").is_none(), "state belongs to the code exchange only");
     assert_eq!(refresh(app, rt).await.status(), 200, "the old refresh token stays valid");
 
     // NextGen-style: practice and enterprise identifiers, one-hour tokens, the same refresh token again.
@@ -1116,7 +1119,7 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     // Strict (the default): a boolean, rotation, no vendor fields.
     let t = ehr_tokens(&f, json!({"patient": f.p2}), scope).await;
     assert_eq!(t["need_patient_banner"], json!(false), "a boolean, not a string");
-    assert!(t.get("practice_id").is_none() && t.get("__epic.dstu2.patient").is_none());
+    assert!(t.get("practice_id").is_none() && t.get("__epic.dstu2.patient").is_none() && t.get("state").is_none());
     assert_eq!(t["scope"], scope);
 }
 
