@@ -362,7 +362,7 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
     }
     // A repeat launch with consent already given needs no extra click: when everything asked now was
     // offered before, the user's earlier decision stands.
-    let consent_key = format!("{}|{}", user.username, client.client_id);
+    let consent_key = crate::grants::consent_key(&user.username, &client.client_id);
     if let Ok(Some(r)) = s.store.auth_get("consent", &consent_key).await
         && let Ok(decision) = serde_json::from_str::<serde_json::Value>(&r.value)
     {
@@ -691,7 +691,7 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
         }
     }
     let scope = approved.join(" ");
-    let consent_key = format!("{}|{}", user.username, client.client_id);
+    let consent_key = crate::grants::consent_key(&user.username, &client.client_id);
     let decision = serde_json::json!({"offered": granted.to_string(), "approved": scope, "at": s.now_ms()}).to_string();
     if let Err(e) = s.store.auth_put("consent", &consent_key, &decision, None, None).await {
         return internal(&s, e);

@@ -22,14 +22,26 @@ pub struct ConnectedApp {
     pub access_until: Option<i64>,
 }
 
-fn consent_key(username: &str, client_id: &str) -> String {
+/// The key of the consent `username` gave `client_id` (kind `consent`).
+pub(crate) fn consent_key(username: &str, client_id: &str) -> String {
     format!("{username}|{client_id}")
 }
 
-/// The user's grants with a live token, by client: (grant ids, newest access expiry, a scope).
-async fn live_grants(store: &dyn AuthStore, username: &str, now: i64) -> Result<BTreeMap<String, (Vec<String>, Option<i64>, String)>, StoreError> {
+/// The token kinds a grant lives in: what makes an app connected, and what withdrawing stops (with the
+/// codes not yet exchanged).
+const TOKENS: &[&str] = &["refresh", "access"];
+const TOKENS_AND_CODES: &[&str] = &["refresh", "access", "code"];
+
+/// The user's grants with a live record of one of `kinds`, by client: (grant ids, newest access expiry, a
+/// scope).
+async fn live_grants(
+    store: &dyn AuthStore,
+    username: &str,
+    now: i64,
+    kinds: &[&str],
+) -> Result<BTreeMap<String, (Vec<String>, Option<i64>, String)>, StoreError> {
     let mut out: BTreeMap<String, (Vec<String>, Option<i64>, String)> = BTreeMap::new();
-    for kind in ["refresh", "access"] {
+    for &kind in kinds {
         for (_, r) in store.auth_list(kind).await? {
             if r.revoked || r.used || r.expires.is_some_and(|e| e <= now) {
                 continue;
@@ -69,7 +81,7 @@ pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> 
             },
         );
     }
-    for (client_id, (grants, until, scope)) in live_grants(store, username, now).await? {
+    for (client_id, (grants, until, scope)) in live_grants(store, username, now, TOKENS).await? {
         let app = apps.entry(client_id.clone()).or_insert_with(|| ConnectedApp {
             client_id: client_id.clone(),
             name: client_id.clone(),
@@ -97,16 +109,7 @@ pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> 
 /// Returns how many grants were revoked.
 pub async fn withdraw(store: &dyn AuthStore, username: &str, client_id: &str, now: i64) -> Result<usize, StoreError> {
     store.auth_delete("consent", &consent_key(username, client_id)).await?;
-    let mut grant_ids: Vec<String> = live_grants(store, username, now).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
-    for (_, r) in store.auth_list("code").await? {
-        if let Ok(g) = serde_json::from_str::<Grant>(&r.value)
-            && g.username.as_deref() == Some(username)
-            && g.client_id == client_id
-            && !grant_ids.contains(&g.grant_id)
-        {
-            grant_ids.push(g.grant_id);
-        }
-    }
+    let grant_ids = live_grants(store, username, now, TOKENS_AND_CODES).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
     for id in &grant_ids {
         store.auth_revoke_grant(id).await?;
     }
@@ -127,12 +130,12 @@ pub fn in_plain_words(scope: &str) -> Vec<String> {
     out
 }
 
-/// Revokes every grant `username` holds, through any app (their account was disabled): all their tokens
-/// stop working now. Remembered consents stay, for when the account is enabled again. Returns how many
+/// Revokes every grant `username` holds, through any app (their account was disabled): all their tokens and
+/// unused codes stop working now. Remembered consents stay, for when the account is enabled again. Returns how many
 /// grants were revoked.
 pub async fn revoke_all(store: &dyn AuthStore, username: &str, now: i64) -> Result<usize, StoreError> {
     let mut n = 0;
-    for (_, (grants, _, _)) in live_grants(store, username, now).await? {
+    for (_, (grants, _, _)) in live_grants(store, username, now, TOKENS_AND_CODES).await? {
         for id in grants {
             store.auth_revoke_grant(&id).await?;
             n += 1;

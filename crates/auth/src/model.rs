@@ -304,7 +304,7 @@ pub enum Awaiting {
 }
 
 /// What a code, an access token and a refresh token stand for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Grant {
     pub grant_id: String,
     pub client_id: String,

@@ -221,18 +221,7 @@ async fn client_credentials(s: &Shared, client: &Client, pairs: &Pairs, jti: Opt
         grant_id: uuid::Uuid::now_v7().to_string(),
         client_id: client.client_id.clone(),
         scope: granted.to_string(),
-        username: None,
-        fhir_user: None,
-        patient: None,
-        encounter: None,
-        launch: None,
-        nonce: None,
-        redirect_uri: None,
-        state: None,
-        code_challenge: None,
-        expires: None,
-        revoke_at: None,
-        profile: None,
+        ..Grant::default()
     };
     issue_tokens(s, client, grant, None, Refresh::New, Some(jti)).await
 }
@@ -673,21 +662,14 @@ pub async fn operator_tokens(s: &Shared, client_id: &str, username: &str, patien
         return Err("patient/ scopes need a patient: add --patient ID".into());
     }
     let grant = Grant {
-        grant_id: crate::crypto::random_token(),
+        // Time-ordered, as everywhere else grant ids are made (they are indexed).
+        grant_id: uuid::Uuid::now_v7().to_string(),
         client_id: client.client_id.clone(),
         scope: granted.to_string(),
         username: Some(user.username.clone()),
         fhir_user: Some(user.fhir_user.clone()),
         patient,
-        encounter: None,
-        launch: None,
-        nonce: None,
-        redirect_uri: None,
-        state: None,
-        code_challenge: None,
-        expires: None,
-        revoke_at: None,
-        profile: None,
+        ..Grant::default()
     };
     let response = issue_tokens(s, &client, grant, None, Refresh::New, None).await;
     let status = response.status();
