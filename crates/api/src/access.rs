@@ -270,6 +270,24 @@ fn matches_constraints(resource_type: &str, resource: &Value, sets: &[Vec<(Strin
     })
 }
 
+/// How the compartment question is answered when a stored resource is judged.
+#[derive(Clone, Copy)]
+enum Compartment {
+    /// From the content itself (a past version, or a resource about to be written).
+    Content,
+    /// From the current version's index rows, to be looked up under this key.
+    Ask(i64),
+    /// Already looked up.
+    Known(bool),
+}
+
+/// What judging a resource needs, short of refusing it.
+enum Verdict {
+    Allowed,
+    /// The answer depends on whether the resource is in the context patient's compartment.
+    Probe,
+}
+
 impl Access {
     /// May `interaction` happen on this resource (as stored, or as about to be written)? `key` is the
     /// stored resource's key when `content` is its current version (its index rows then answer the
@@ -283,15 +301,38 @@ impl Access {
         key: Option<i64>,
         content: Content<'_>,
     ) -> Result<(), ApiError> {
-        let Access::Token(t) = self else { return Ok(()) };
+        let asked = key.map_or(Compartment::Content, Compartment::Ask);
+        match self.decide(state, interaction, resource_type, id, asked, content)? {
+            Verdict::Allowed => Ok(()),
+            Verdict::Probe => {
+                let (Access::Token(t), Some(k)) = (self, key) else { return Err(forbidden("the compartment cannot be checked")) };
+                let patient = t.patient.as_deref().unwrap_or_default();
+                let inside = state.store.in_patient_compartment(k, patient).await?;
+                self.decide(state, interaction, resource_type, id, Compartment::Known(inside), content).map(|_| ())
+            }
+        }
+    }
+
+    /// The rules of [`Access::check_resource`], without looking anything up: [`Verdict::Probe`] when the
+    /// answer needs the stored compartment rows (only with [`Compartment::Ask`]).
+    fn decide(
+        &self,
+        state: &AppState,
+        interaction: Interaction,
+        resource_type: &str,
+        id: &str,
+        compartment: Compartment,
+        content: Content<'_>,
+    ) -> Result<Verdict, ApiError> {
+        let Access::Token(t) = self else { return Ok(Verdict::Allowed) };
         if interaction == Interaction::Read && t.fhir_user.as_deref() == Some(&format!("{resource_type}/{id}")) {
-            return Ok(());
+            return Ok(Verdict::Allowed);
         }
         for level in [Level::System, Level::User] {
             if let Some(sets) = t.scopes.access(level, resource_type, interaction)
                 && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url)))
             {
-                return Ok(());
+                return Ok(Verdict::Allowed);
             }
         }
         if let Some(sets) = t.scopes.access(Level::Patient, resource_type, interaction) {
@@ -317,17 +358,63 @@ impl Access {
                 // element), not merely mention them as performer or author, and mention no other patient.
                 content.value().is_some_and(|v| written_for_patient(resource_type, &v, patient, &state.base_url))
             } else {
-                match key {
-                    Some(k) => state.store.in_patient_compartment(k, patient).await?,
-                    None => content.value().is_some_and(|v| content_in_compartment(resource_type, &v, patient, &state.base_url)),
+                match compartment {
+                    Compartment::Known(inside) => inside,
+                    Compartment::Ask(_) => return Ok(Verdict::Probe),
+                    Compartment::Content => content.value().is_some_and(|v| content_in_compartment(resource_type, &v, patient, &state.base_url)),
                 }
             };
             if in_compartment && (sets.is_empty() || content.value().is_some_and(|v| matches_constraints(resource_type, &v, &sets, &state.base_url))) {
-                return Ok(());
+                return Ok(Verdict::Allowed);
             }
             return Err(forbidden(format!("the granted scopes do not allow {} of this {resource_type}", verb(interaction))));
         }
         Err(forbidden(format!("no granted scope allows {} of {resource_type}", verb(interaction))))
+    }
+
+    /// The stored resources (current versions) this token may read, in their order: the rules of
+    /// [`Access::check_resource`], with the compartment rows of all of them looked up in one statement.
+    pub async fn readable(&self, state: &AppState, resources: Vec<store::StoredResource>) -> Result<Vec<store::StoredResource>, ApiError> {
+        let Access::Token(t) = self else { return Ok(resources) };
+        let mut verdicts = Vec::with_capacity(resources.len());
+        let mut probes = Vec::new();
+        for r in &resources {
+            let v = self.decide(state, Interaction::Read, &r.resource_type, &r.id, Compartment::Ask(r.key), Content::Stored(&r.json)).ok();
+            if matches!(v, Some(Verdict::Probe)) {
+                probes.push(r.key);
+            }
+            verdicts.push(v);
+        }
+        let inside = match (&t.patient, probes.is_empty()) {
+            (Some(patient), false) => state.store.in_patient_compartment_many(&probes, patient).await?,
+            _ => Default::default(),
+        };
+        Ok(resources
+            .into_iter()
+            .zip(verdicts)
+            .filter(|(r, v)| match v {
+                Some(Verdict::Allowed) => true,
+                Some(Verdict::Probe) => {
+                    let known = Compartment::Known(inside.contains(&r.key));
+                    matches!(self.decide(state, Interaction::Read, &r.resource_type, &r.id, known, Content::Stored(&r.json)), Ok(Verdict::Allowed))
+                }
+                None => false,
+            })
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Whether every result of a search of `resource_type` narrowed by [`Access::restrict_search`] may be
+    /// read without another look: the token's read grants for the type are its search grants, so the
+    /// compartment and constraint filters the query carried are the read rules. Not for `Patient`, where a
+    /// patient-level read reaches only the context patient's own record while their compartment also holds
+    /// records that link to it.
+    pub fn search_implies_read(&self, resource_type: &str) -> bool {
+        let Access::Token(t) = self else { return true };
+        resource_type != "Patient"
+            && [Level::System, Level::User, Level::Patient]
+                .iter()
+                .all(|l| t.scopes.access(*l, resource_type, Interaction::Search) == t.scopes.access(*l, resource_type, Interaction::Read))
     }
 
     /// Narrows a search of `q.resource_type` to what the token may see, or refuses it.
@@ -380,15 +467,6 @@ impl Access {
             Some(own) if own != Some(id) => Err(forbidden("patient-level scopes reach only the patient in context")),
             _ => Ok(()),
         }
-    }
-
-    /// Whether the token may read this stored resource (for `_include`d entries, `$everything` and pages
-    /// of frozen searches).
-    pub async fn may_read(&self, state: &AppState, r: &store::StoredResource) -> bool {
-        if matches!(self, Access::Open) {
-            return true;
-        }
-        self.check_resource(state, Interaction::Read, &r.resource_type, &r.id, Some(r.key), Content::Stored(&r.json)).await.is_ok()
     }
 
     /// Interactions on resources not known in advance (conditional update or delete) need an

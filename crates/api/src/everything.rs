@@ -31,7 +31,7 @@ pub async fn everything(state: &AppState, access: &crate::access::Access, patien
     let keys = state.store.everything(patient_id, types.as_deref(), since).await?;
     let mut q = SearchQuery::new("Patient");
     q.count = count;
-    let mut source = PageSource { keys, offset: 0, snapshot_id: None, first: None };
+    let mut source = PageSource { keys, offset: 0, snapshot_id: None, first: None, narrowed: false };
     if source.keys.len() > count {
         let snapshot = Snapshot { resource_type: Some("Patient".into()), query: format!("_count={count}"), keys: source.keys.clone(), expires: 0 };
         source.snapshot_id = Some(state.store.save_snapshot(snapshot).await?);

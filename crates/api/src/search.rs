@@ -40,14 +40,18 @@ pub struct PageSource {
     pub snapshot_id: Option<String>,
     /// The resources of this page when they came with the search (else fetched by key).
     pub first: Option<Vec<StoredResource>>,
+    /// The keys come from a search run just now with the query [`Access::restrict_search`] narrowed for
+    /// this token (its compartment and constraint filters), so its matches need no second look when the
+    /// token's read grants are its search grants.
+    pub narrowed: bool,
 }
 
-/// Runs a new search and builds its first page.
+/// Runs a new search, narrowed for `access` by [`Access::restrict_search`], and builds its first page.
 pub async fn search_bundle(state: &AppState, access: &Access, q: &SearchQuery, self_url: String, query_string: String) -> ApiResult<Bundle> {
     let paged = q.summary != Summary::Count && q.count > 0;
     let snapshot = paged.then(|| Snapshot { resource_type: Some(q.resource_type.clone()), query: query_string, keys: Vec::new(), expires: 0 });
     let page = state.store.search_page(q, if paged { q.count } else { 0 }, snapshot).await?;
-    let source = PageSource { keys: page.keys, offset: 0, snapshot_id: page.snapshot_id, first: Some(page.first) };
+    let source = PageSource { keys: page.keys, offset: 0, snapshot_id: page.snapshot_id, first: Some(page.first), narrowed: true };
     page_bundle(state, access, q, source, self_url).await
 }
 
@@ -85,10 +89,12 @@ pub async fn page_bundle(state: &AppState, access: &Access, q: &SearchQuery, sou
     };
     let mut included = includes(state, q, page_keys).await?;
     if !matches!(access, Access::Open) {
-        // Searches are already narrowed to what the token may see; included resources and pages of
-        // frozen results (possibly fetched with another token) are checked one by one.
-        matches = filter_readable(state, access, matches).await;
-        included = filter_readable(state, access, included).await;
+        // A search run now was narrowed to what the token may see; included resources and pages of
+        // frozen results (possibly fetched with another token) are checked, each set in one statement.
+        if !(source.narrowed && access.search_implies_read(&q.resource_type)) {
+            matches = access.readable(state, matches).await?;
+        }
+        included = access.readable(state, included).await?;
     }
     for r in &matches {
         bundle.entry.push(entry(state, q, r, "match"));
@@ -105,16 +111,6 @@ pub async fn page_bundle(state: &AppState, access: &Access, q: &SearchQuery, sou
         bundle.entry.push(Entry { resource: Some(Body::Value(oo)), search: Some(SearchInfo { mode: "outcome" }), ..Default::default() });
     }
     Ok(bundle)
-}
-
-async fn filter_readable(state: &AppState, access: &Access, resources: Vec<StoredResource>) -> Vec<StoredResource> {
-    let mut out = Vec::with_capacity(resources.len());
-    for r in resources {
-        if access.may_read(state, &r).await {
-            out.push(r);
-        }
-    }
-    out
 }
 
 fn entry(state: &AppState, q: &SearchQuery, r: &StoredResource, mode: &'static str) -> Entry {
@@ -183,6 +179,6 @@ pub async fn snapshot_page(state: &AppState, access: &Access, pairs: &[(String, 
     }
     let q = parse_search(state, &resource_type, &original, true)?;
     let self_url = format!("{}?_getpages={id}&_getpagesoffset={offset}&_count={}", state.base_url, q.count);
-    let source = PageSource { keys: snapshot.keys.clone(), offset, snapshot_id: Some(id.to_string()), first: None };
+    let source = PageSource { keys: snapshot.keys.clone(), offset, snapshot_id: Some(id.to_string()), first: None, narrowed: false };
     page_bundle(state, access, &q, source, self_url).await
 }

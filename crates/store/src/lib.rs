@@ -221,6 +221,8 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn everything(&self, patient_id: &str, types: Option<&[String]>, since: Option<i64>) -> Result<Vec<i64>>;
     /// Whether the resource with this key lies in the compartment of `patient_id`.
     async fn in_patient_compartment(&self, key: i64, patient_id: &str) -> Result<bool>;
+    /// Which of `keys` lie in the compartment of `patient_id`, in one statement (per 500 keys on SQLite).
+    async fn in_patient_compartment_many(&self, keys: &[i64], patient_id: &str) -> Result<std::collections::HashSet<i64>>;
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
     /// Paging snapshots: a search result frozen so that `next` links are stable under concurrent writes.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String>;

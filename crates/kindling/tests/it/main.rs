@@ -17,6 +17,7 @@ mod reference_app;
 mod sdk;
 mod search;
 mod smart_flows;
+mod statements;
 mod tls;
 mod users;
 

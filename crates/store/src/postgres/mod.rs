@@ -340,6 +340,15 @@ impl Store for PostgresStore {
         Ok(row.is_some())
     }
 
+    async fn in_patient_compartment_many(&self, keys: &[i64], patient_id: &str) -> Result<std::collections::HashSet<i64>> {
+        if keys.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT rid FROM compartment WHERE patient_id = $1 AND rid = ANY($2)").bind(patient_id).bind(keys).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(k,)| k).collect())
+    }
+
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let tx = self.pool.begin().await?;
         Ok(Box::new(PostgresTransaction { tx, clock: self.clock.clone(), base_url: self.base_url.clone(), batch: write::IndexBatch::default() }))

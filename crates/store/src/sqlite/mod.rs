@@ -392,6 +392,21 @@ impl Store for SqliteStore {
         Ok(stmt.exists(params![key, patient_id])?)
     }
 
+    async fn in_patient_compartment_many(&self, keys: &[i64], patient_id: &str) -> Result<std::collections::HashSet<i64>> {
+        let conn = self.inner.reader()?;
+        let mut found = std::collections::HashSet::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let mut stmt = conn.prepare_cached(&format!("SELECT rid FROM compartment WHERE patient_id = ? AND rid IN ({placeholders})"))?;
+            let values = std::iter::once(rusqlite::types::Value::Text(patient_id.to_string())).chain(chunk.iter().map(|k| rusqlite::types::Value::Integer(*k)));
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| r.get::<_, i64>(0))?;
+            for r in rows {
+                found.insert(r?);
+            }
+        }
+        Ok(found)
+    }
+
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let guard = self.inner.writer.clone().lock_owned().await;
         guard.execute_batch("BEGIN IMMEDIATE")?;
