@@ -275,8 +275,8 @@ fn matches_constraints(resource_type: &str, resource: &Value, sets: &[Vec<(Strin
 enum Compartment {
     /// From the content itself (a past version, or a resource about to be written).
     Content,
-    /// From the current version's index rows, to be looked up under this key.
-    Ask(i64),
+    /// From the current version's index rows (looked up by the caller, which knows the key).
+    Ask,
     /// Already looked up.
     Known(bool),
 }
@@ -301,7 +301,7 @@ impl Access {
         key: Option<i64>,
         content: Content<'_>,
     ) -> Result<(), ApiError> {
-        let asked = key.map_or(Compartment::Content, Compartment::Ask);
+        let asked = if key.is_some() { Compartment::Ask } else { Compartment::Content };
         match self.decide(state, interaction, resource_type, id, asked, content)? {
             Verdict::Allowed => Ok(()),
             Verdict::Probe => {
@@ -360,7 +360,7 @@ impl Access {
             } else {
                 match compartment {
                     Compartment::Known(inside) => inside,
-                    Compartment::Ask(_) => return Ok(Verdict::Probe),
+                    Compartment::Ask => return Ok(Verdict::Probe),
                     Compartment::Content => content.value().is_some_and(|v| content_in_compartment(resource_type, &v, patient, &state.base_url)),
                 }
             };
@@ -379,7 +379,7 @@ impl Access {
         let mut verdicts = Vec::with_capacity(resources.len());
         let mut probes = Vec::new();
         for r in &resources {
-            let v = self.decide(state, Interaction::Read, &r.resource_type, &r.id, Compartment::Ask(r.key), Content::Stored(&r.json)).ok();
+            let v = self.decide(state, Interaction::Read, &r.resource_type, &r.id, Compartment::Ask, Content::Stored(&r.json)).ok();
             if matches!(v, Some(Verdict::Probe)) {
                 probes.push(r.key);
             }
