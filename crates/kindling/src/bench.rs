@@ -33,8 +33,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub database_url: Option<String>,
     /// Run only these parts (comma-separated): `fhir` (reads and searches), `tokens` (client_credentials),
-    /// `code` (authorize + code exchange), `overhead` (token check on a read). All when absent.
-    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead"])]
+    /// `code` (authorize + code exchange), `overhead` (token check on a read), `api-load` (the Synthea set
+    /// loaded through the FHIR API into a fresh sandbox, then US-Core-style searches). All when absent.
+    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load"])]
     pub only: Vec<String>,
 }
 
@@ -119,7 +120,7 @@ impl Conn {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        if body.is_some() {
+        if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
             req = req.header("content-type", "application/x-www-form-urlencoded");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
@@ -193,6 +194,12 @@ fn report(name: &str, clients: usize, s: &Stats) {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.runs("api-load") {
+        api_load(&args).await?;
+        if args.only.iter().all(|p| p == "api-load") {
+            return Ok(());
+        }
+    }
     if !args.reuse {
         if !args.synthea.is_dir() {
             bail!("the Synthea directory {} does not exist (use --synthea)", args.synthea.display());
@@ -270,6 +277,110 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // SQLite database would checkpoint its log too (about 6% of the machine, measured).
     drop(server);
     auth_bench(&args, &reads, &patients).await
+}
+
+/// Data that arrives through the API: a fresh sandbox (one seeded patient, statistics taken then, as
+/// `kindling up` does), the Synthea set PUT through `POST /fhir` transactions by 4 clients, as an
+/// integration engine would, then a set of US-Core-style searches, each run once, timed one by one. On
+/// PostgreSQL (`--database-url`) the database is emptied first.
+async fn api_load(args: &BenchArgs) -> anyhow::Result<()> {
+    let data = args.data.with_extension("api");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    if let Some(url) = &args.database_url {
+        store::postgres::reset_database(url).await?;
+    }
+    {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let config = crate::ServerConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            public_url: None,
+            data_dir: data.clone(),
+            writer_cache_mib: crate::ServerConfig::SERVE_CACHE_MIB,
+            open_sandbox: true,
+            tls: None,
+            database_url: args.database_url.clone(),
+        };
+        let app = crate::Application::build(&config, clock).await?;
+        crate::seed(&app.state, 0, 1).await?;
+    }
+    let server = start_server(&data, true, args.database_url.as_deref())?;
+    let files = crate::import::collect_files(std::slice::from_ref(&args.synthea))?;
+    let queue = Arc::new(std::sync::Mutex::new(files));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (base, queue) = (server.base.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = connect(&base).await?;
+            let (mut resources, mut errors) = (0usize, 0usize);
+            loop {
+                let Some(file) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else { break };
+                for bundle in crate::import::read_bundles(&file)? {
+                    resources += bundle["entry"].as_array().map_or(0, Vec::len);
+                    let r = conn.send("POST", "/fhir", &[("content-type", "application/fhir+json")], Some(bundle.to_string())).await?;
+                    if r.status != 200 {
+                        errors += 1;
+                        let said = String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).to_string();
+                        println!("# {}: {} {said}", file.display(), r.status);
+                    }
+                }
+            }
+            anyhow::Ok((resources, errors))
+        }));
+    }
+    let (mut resources, mut errors) = (0, 0);
+    for t in tasks {
+        let (r, e) = t.await??;
+        resources += r;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "api_load                     resources={resources} failed_bundles={errors} seconds={elapsed:.1} rate={:.0} resources/s",
+        resources as f64 / elapsed
+    );
+
+    let mut conn = connect(&server.base).await?;
+    let (_, body) = conn.get("/fhir/Patient?_count=10&_elements=id&_sort=_id").await?;
+    let bundle: Value = serde_json::from_slice(&body)?;
+    let patients: Vec<String> =
+        bundle["entry"].as_array().map(|a| a.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let mut searches = vec![
+        "/fhir/Encounter?class=IMP&date=ge2016-01-01&date=lt2017-01-01".to_string(),
+        "/fhir/Observation?code=http://loinc.org|4548-4".to_string(),
+        "/fhir/Condition?clinical-status=active&code=http://snomed.info/sct|44054006".to_string(),
+        "/fhir/Patient?gender=female&birthdate=ge1980".to_string(),
+        "/fhir/Immunization?date=ge2019-01-01".to_string(),
+    ];
+    for p in &patients {
+        searches.extend([
+            format!("/fhir/Observation?patient={p}&category=laboratory"),
+            format!("/fhir/Observation?patient={p}&code=http://loinc.org|4548-4"),
+            format!("/fhir/Observation?patient={p}&date=1979"),
+            format!("/fhir/Condition?patient={p}&category=problem-list-item"),
+            format!("/fhir/Encounter?patient={p}&date=ge2015-01-01"),
+        ]);
+    }
+    let (mut total, mut slowest, mut worst, mut failed) = (Duration::ZERO, Duration::ZERO, String::new(), 0);
+    for path in &searches {
+        let t = Instant::now();
+        let (status, _) = conn.get(path).await?;
+        let took = t.elapsed();
+        failed += usize::from(status != 200);
+        total += took;
+        if took > slowest {
+            (slowest, worst) = (took, path.clone());
+        }
+    }
+    println!(
+        "searches_after_api_load      searches={} failed={failed} total={:.1} ms slowest={:.1} ms ({worst})",
+        searches.len(),
+        total.as_secs_f64() * 1000.0,
+        slowest.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
 
 const BENCH_REDIRECT: &str = "https://bench.example/cb";

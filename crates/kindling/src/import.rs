@@ -64,30 +64,34 @@ struct Unit {
     errors: Vec<String>,
 }
 
+/// The transaction Bundles a file holds, as the import writes them: a Bundle as it is (a collection made a
+/// transaction, Synthea's `urn:uuid:` names kept as ids), NDJSON in transactions of 500 resources.
+pub fn read_bundles(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let raw = std::fs::read(path)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let text = if name.ends_with(".gz") {
+        let mut s = String::new();
+        GzDecoder::new(&raw[..]).read_to_string(&mut s)?;
+        s
+    } else {
+        String::from_utf8(raw)?
+    };
+    if name.trim_end_matches(".gz").ends_with(".ndjson") {
+        let mut resources = Vec::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+            resources.push(v);
+        }
+        Ok(resources.chunks(500).map(|c| as_transaction(c.to_vec())).collect())
+    } else {
+        let v: Value = serde_json::from_str(&text)?;
+        Ok(vec![normalise(v)])
+    }
+}
+
 fn read_file(path: &Path, base_url: &str) -> Unit {
     let file = path.display().to_string();
-    let result = (|| -> anyhow::Result<Vec<Value>> {
-        let raw = std::fs::read(path)?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let text = if name.ends_with(".gz") {
-            let mut s = String::new();
-            GzDecoder::new(&raw[..]).read_to_string(&mut s)?;
-            s
-        } else {
-            String::from_utf8(raw)?
-        };
-        if name.trim_end_matches(".gz").ends_with(".ndjson") {
-            let mut resources = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
-                resources.push(v);
-            }
-            Ok(resources.chunks(500).map(|c| as_transaction(c.to_vec())).collect())
-        } else {
-            let v: Value = serde_json::from_str(&text)?;
-            Ok(vec![normalise(v)])
-        }
-    })();
+    let result = read_bundles(path);
     let mut unit = Unit { file, prepared: Vec::new(), bundles: Vec::new(), errors: Vec::new() };
     match result {
         Ok(bundles) => {

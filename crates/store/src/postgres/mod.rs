@@ -54,6 +54,71 @@ pub struct PostgresStore {
     swept: std::sync::atomic::AtomicI64,
     base_url: Option<String>,
     clock: SharedClock,
+    statistics: Arc<Statistics>,
+}
+
+/// Planner statistics that follow the data, with nobody running a command.
+///
+/// PostgreSQL's autovacuum analyses a table once a tenth of it has changed, but it may be off (it is on
+/// the machines these tests run on) or a minute behind a bulk load. Every 1,000 resources a node writes,
+/// it compares the highest resource key with the row count the planner last saw (`pg_class.reltuples`)
+/// and, when the resources have more than doubled since (and grown by 1,000), runs `ANALYZE` in the
+/// background: it takes no lock that writes wait for, and one node at a time does it (an advisory lock).
+pub(crate) struct Statistics {
+    written: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl Statistics {
+    const CHECK_EVERY: u64 = 1000;
+
+    fn new() -> Arc<Statistics> {
+        Arc::new(Statistics { written: 0.into(), running: false.into() })
+    }
+
+    /// Counts resources written (committed) by this node; checks the statistics every 1,000.
+    fn wrote(self: &Arc<Self>, pool: &PgPool, n: u64) {
+        let before = self.written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 && (before + n) / Self::CHECK_EVERY != before / Self::CHECK_EVERY {
+            self.check(pool.clone());
+        }
+    }
+
+    /// Checks (and refreshes) the statistics in the background, unless a check is already running.
+    fn check(self: &Arc<Self>, pool: PgPool) {
+        if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = refresh_statistics(&pool).await {
+                tracing::warn!(error = %e, "could not refresh the planner statistics");
+            }
+            me.running.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+}
+
+/// `ANALYZE` when the resources outgrew the statistics; whether it ran.
+async fn refresh_statistics(pool: &PgPool) -> Result<bool> {
+    let (size, seen): (i64, f32) =
+        sqlx::query_as("SELECT COALESCE((SELECT MAX(rid) FROM resources), 0), COALESCE((SELECT reltuples FROM pg_class WHERE oid = 'resources'::regclass), 0)")
+            .fetch_one(pool)
+            .await?;
+    if (size as f64) < 2.0 * f64::from(seen.max(0.0)) + 1000.0 {
+        return Ok(false);
+    }
+    let mut conn = pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('kindling:analyze', 0))").fetch_one(&mut *conn).await?;
+    if !locked {
+        return Ok(false);
+    }
+    let started = std::time::Instant::now();
+    let analysed = sqlx::query("ANALYZE").execute(&mut *conn).await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended('kindling:analyze', 0))").execute(&mut *conn).await?;
+    analysed?;
+    tracing::debug!(resources = size, previous = seen, ms = started.elapsed().as_secs_f64() * 1000.0, "planner statistics taken again");
+    Ok(true)
 }
 
 pub(crate) fn args(values: &[SqlValue]) -> PgArguments {
@@ -163,7 +228,10 @@ impl PostgresStore {
             .connect_with(relaxed_options)
             .await?;
         let reads = reads::ReadCoalescer::spawn(pool.clone());
-        Ok(PostgresStore { pool, relaxed, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock })
+        let statistics = Statistics::new();
+        // Data written by an earlier run (through the API, say) may have outgrown the statistics.
+        statistics.check(pool.clone());
+        Ok(PostgresStore { pool, relaxed, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock, statistics })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -351,7 +419,15 @@ impl Store for PostgresStore {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let tx = self.pool.begin().await?;
-        Ok(Box::new(PostgresTransaction { tx, clock: self.clock.clone(), base_url: self.base_url.clone(), batch: write::IndexBatch::default() }))
+        Ok(Box::new(PostgresTransaction {
+            tx,
+            clock: self.clock.clone(),
+            base_url: self.base_url.clone(),
+            batch: write::IndexBatch::default(),
+            written: 0,
+            statistics: self.statistics.clone(),
+            pool: self.pool.clone(),
+        }))
     }
 
     async fn search_page(&self, query: &SearchQuery, count: usize, snapshot: Option<Snapshot>) -> Result<SearchPage> {
@@ -497,6 +573,10 @@ pub struct PostgresTransaction {
     base_url: Option<String>,
     /// Index rows not yet written (see [`write::flush`]); written before any read and at commit.
     batch: write::IndexBatch,
+    /// Resources written, counted at commit for [`Statistics`].
+    written: u64,
+    statistics: Arc<Statistics>,
+    pool: PgPool,
 }
 
 #[async_trait]
@@ -532,11 +612,13 @@ impl Transaction for PostgresTransaction {
 
     async fn put_prepared(&mut self, prepared: &Prepared, precondition: Precondition) -> Result<Written> {
         let now = unix_ms(self.clock.now());
+        self.written += 1;
         write::put(&mut self.tx, &mut self.batch, prepared, precondition, now).await
     }
 
     async fn put_prepared_many(&mut self, writes: &[(Prepared, Precondition)]) -> Result<Vec<Written>> {
         let now = unix_ms(self.clock.now());
+        self.written += writes.len() as u64;
         write::put_many(&mut self.tx, &mut self.batch, writes, now).await
     }
 
@@ -548,6 +630,7 @@ impl Transaction for PostgresTransaction {
     async fn commit(mut self: Box<Self>) -> Result<()> {
         write::flush(&mut self.tx, &mut self.batch).await?;
         self.tx.commit().await?;
+        self.statistics.wrote(&self.pool, self.written);
         Ok(())
     }
 }

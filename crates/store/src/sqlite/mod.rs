@@ -66,7 +66,9 @@ struct Inner {
     base_url: Option<String>,
     clock: SharedClock,
     writer: Arc<AsyncMutex<Connection>>,
-    readers: Mutex<Vec<Connection>>,
+    /// Reader connections, each with the statistics generation it was opened under.
+    readers: Mutex<Vec<(u64, Connection)>>,
+    statistics: Arc<Statistics>,
     snapshots: SnapshotCache,
     /// Started on first use, on the runtime of that use.
     auth_writes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<auth::Pending>>,
@@ -176,6 +178,9 @@ impl SqliteStore {
         let mut writer = open_connection(&config.path, config.writer_cache_mib as i64 * 1024)?;
         migrate(&mut writer, unix_ms(clock.now()))?;
         reindex_pending(&mut writer, config.base_url.as_deref())?;
+        let statistics = Arc::new(Statistics::load(&writer)?);
+        // Data written by an earlier run (through the API, say) may have outgrown the statistics.
+        statistics.follow(&writer)?;
         let checkpoints = Arc::new(());
         spawn_checkpoints(&config.path, Arc::downgrade(&checkpoints))?;
         Ok(SqliteStore {
@@ -185,6 +190,7 @@ impl SqliteStore {
                 clock,
                 writer: Arc::new(AsyncMutex::new(writer)),
                 readers: Mutex::new(Vec::new()),
+                statistics,
                 snapshots: SnapshotCache::new(2048),
                 auth_writes: std::sync::OnceLock::new(),
                 _checkpoints: checkpoints,
@@ -208,10 +214,68 @@ impl SqliteStore {
     }
 }
 
+/// Planner statistics that follow the data, with nobody running a command.
+///
+/// SQLite plans with the statistics `ANALYZE` last stored. Taken when the sandbox held a handful of
+/// resources and never again, they made searches after a load through the API 20–100 times slower (the
+/// planner scanned the wrong index: `kindling bench --only api-load`, BENCHMARKS.md). They are taken
+/// again, on the writer after a commit, whenever the resources have more than doubled since the last time
+/// (and grown by at least 1,000): sampled (`analysis_limit`), a few milliseconds on the Synthea set, and a
+/// logarithmic number of times as a database grows. The size is the highest resource key, which every
+/// write raises; no rows are counted.
+struct Statistics {
+    /// The highest resource key when the statistics were last taken.
+    taken_at: std::sync::atomic::AtomicI64,
+    /// Bumped each time they are taken: a connection keeps the statistics it read when it opened, so
+    /// readers opened before are closed rather than pooled again.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Statistics {
+    /// What the stored statistics say the resources table held when they were taken (0 if never).
+    fn load(conn: &Connection) -> Result<Statistics> {
+        let has_stats: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1')", [], |r| r.get(0))?;
+        let mut taken_at = 0;
+        if has_stats {
+            let mut stmt = conn.prepare("SELECT stat FROM sqlite_stat1 WHERE tbl = 'resources'")?;
+            for stat in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                taken_at = taken_at.max(stat?.split(' ').next().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0));
+            }
+        }
+        Ok(Statistics { taken_at: taken_at.into(), generation: 0.into() })
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes the statistics again if the resources outgrew them; called on the writer, outside a transaction.
+    fn follow(&self, conn: &Connection) -> Result<()> {
+        let size: i64 = conn.prepare_cached("SELECT COALESCE(MAX(rid), 0) FROM resources")?.query_row([], |r| r.get(0))?;
+        let taken_at = self.taken_at.load(std::sync::atomic::Ordering::Relaxed);
+        if size >= 2 * taken_at + 1000 {
+            let started = std::time::Instant::now();
+            self.take(conn)?;
+            tracing::debug!(resources = size, previous = taken_at, ms = started.elapsed().as_secs_f64() * 1000.0, "planner statistics taken again");
+        }
+        Ok(())
+    }
+
+    /// Takes the statistics (sampled: enough for the planner, milliseconds rather than seconds).
+    fn take(&self, conn: &Connection) -> Result<()> {
+        conn.execute_batch("PRAGMA analysis_limit = 1000; ANALYZE;")?;
+        let size: i64 = conn.prepare_cached("SELECT COALESCE(MAX(rid), 0) FROM resources")?.query_row([], |r| r.get(0))?;
+        self.taken_at.store(size, std::sync::atomic::Ordering::Relaxed);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+}
+
 /// A pooled reader connection, returned to the pool on drop.
 struct PooledReader<'a> {
     conn: Option<Connection>,
-    pool: &'a Mutex<Vec<Connection>>,
+    generation: u64,
+    inner: &'a Inner,
 }
 
 impl std::ops::Deref for PooledReader<'_> {
@@ -224,9 +288,13 @@ impl std::ops::Deref for PooledReader<'_> {
 impl Drop for PooledReader<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            // A connection opened before the statistics were last taken plans with the old ones: closed.
+            if self.generation != self.inner.statistics.generation() {
+                return;
+            }
+            let mut pool = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
             if pool.len() < 8 {
-                pool.push(c);
+                pool.push((self.generation, c));
             }
         }
     }
@@ -234,12 +302,17 @@ impl Drop for PooledReader<'_> {
 
 impl Inner {
     fn reader(&self) -> Result<PooledReader<'_>> {
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let current = self.statistics.generation();
+        let pooled = {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            pool.retain(|(g, _)| *g == current);
+            pool.pop()
+        };
         let conn = match pooled {
-            Some(c) => c,
+            Some((_, c)) => c,
             None => open_connection(&self.path, 8 * 1024)?,
         };
-        Ok(PooledReader { conn: Some(conn), pool: &self.readers })
+        Ok(PooledReader { conn: Some(conn), generation: current, inner: self })
     }
 }
 
@@ -410,7 +483,12 @@ impl Store for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let guard = self.inner.writer.clone().lock_owned().await;
         guard.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Box::new(SqliteTransaction { conn: Some(guard), clock: self.inner.clock.clone(), base_url: self.inner.base_url.clone() }))
+        Ok(Box::new(SqliteTransaction {
+            conn: Some(guard),
+            clock: self.inner.clock.clone(),
+            base_url: self.inner.base_url.clone(),
+            statistics: self.inner.statistics.clone(),
+        }))
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String> {
@@ -492,8 +570,7 @@ impl Store for SqliteStore {
 
     async fn optimize(&self) -> Result<()> {
         let conn = self.inner.writer.lock().await;
-        // Sampled statistics (analysis_limit) are enough for the planner and take milliseconds, not seconds.
-        conn.execute_batch("PRAGMA analysis_limit = 1000; ANALYZE;")?;
+        self.inner.statistics.take(&conn)?;
         // Empty the WAL, so that the next start need not scan it; the checkpoint thread may hold the
         // checkpoint lock for a moment (the pragma then answers busy).
         for _ in 0..100 {
@@ -503,8 +580,6 @@ impl Store for SqliteStore {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        // Readers cache the old statistics in their prepared statements; start them afresh.
-        self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
 }
@@ -513,6 +588,7 @@ pub struct SqliteTransaction {
     conn: Option<OwnedMutexGuard<Connection>>,
     clock: SharedClock,
     base_url: Option<String>,
+    statistics: Arc<Statistics>,
 }
 
 impl SqliteTransaction {
@@ -562,11 +638,14 @@ impl Transaction for SqliteTransaction {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        if let Some(conn) = self.conn.take()
-            && let Err(e) = conn.execute_batch("COMMIT")
-        {
+        let Some(conn) = self.conn.take() else { return Ok(()) };
+        if let Err(e) = conn.execute_batch("COMMIT") {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e.into());
+        }
+        // Committed: statistics that fail to follow cost speed, not data.
+        if let Err(e) = self.statistics.follow(&conn) {
+            tracing::warn!(error = %e, "could not refresh the planner statistics");
         }
         Ok(())
     }
@@ -624,6 +703,45 @@ mod tests {
         conn.execute_batch("ALTER TABLE sp_token_patient DROP COLUMN date_lo; ALTER TABLE sp_token_patient DROP COLUMN date_hi;").unwrap();
         conn.execute_batch(include_str!("../../migrations/sqlite/0007_patient_token_dates.sql")).unwrap();
         assert_eq!(rows(&conn), written);
+    }
+
+    /// Planner statistics follow data written through transactions: taken again once the resources
+    /// have more than doubled (and grown by 1,000), with nobody calling `optimize`.
+    #[tokio::test]
+    async fn statistics_follow_the_data_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(SqliteConfig { path: dir.path().join("a.db"), base_url: None, writer_cache_mib: 8 }, Arc::new(SystemClock)).unwrap();
+        let write = |from: usize, to: usize| {
+            let store = &store;
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                for i in from..to {
+                    let o = json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final", "code": {"text": "x"},
+                                   "subject": {"reference": format!("Patient/p{}", i % 50)}});
+                    tx.put(o, Precondition::None).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        };
+        let stat = || -> i64 {
+            let conn = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+            conn.query_row("SELECT COALESCE(MAX(CAST(stat AS INTEGER)), 0) FROM sqlite_stat1 WHERE tbl = 'resources'", [], |r| r.get(0)).unwrap_or(0)
+        };
+        write(0, 20).await;
+        store.optimize().await.unwrap();
+        assert_eq!(stat(), 20);
+        write(20, 900).await;
+        assert_eq!(stat(), 20, "not yet grown by 1,000");
+        for from in (900..3000).step_by(300) {
+            write(from, from + 300).await;
+        }
+        assert!(stat() >= 1020, "taken again while the data grew: {}", stat());
+        let before = stat();
+        // Reopened: up to date, nothing to do; the readers plan with what is stored.
+        drop(store);
+        let store = SqliteStore::open(SqliteConfig { path: dir.path().join("a.db"), base_url: None, writer_cache_mib: 8 }, Arc::new(SystemClock)).unwrap();
+        assert_eq!(stat(), before);
+        assert_eq!(store.counts().await.unwrap(), vec![("Observation".to_string(), 3000)]);
     }
 
     #[test]
