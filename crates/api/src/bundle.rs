@@ -140,10 +140,36 @@ fn error_entry(e: &ApiError) -> Entry {
 }
 
 async fn transaction(state: &AppState, access: &Access, bundle: &mut Value) -> ApiResult<Bundle> {
-    let mut tx = state.store.begin().await?;
-    let applied = apply_transaction(state, access, &mut *tx, bundle).await?;
-    tx.commit().await?;
+    let applied = commit_transaction(state, access, bundle).await?;
     Ok(finish_transaction(state, access, applied).await)
+}
+
+/// How often a transaction that lost a deadlock is run again before the client is told to retry.
+const CONTENTION_RETRIES: usize = 3;
+
+/// Writes and commits a transaction Bundle, and runs it again (from the Bundle as it came: applying it
+/// rewrites it) when it lost a deadlock with a concurrent transaction and was rolled back. Only stores
+/// with concurrent writers can lose one; with one writer (SQLite) the Bundle is not copied.
+async fn commit_transaction(state: &AppState, access: &Access, bundle: &mut Value) -> ApiResult<Applied> {
+    let original = (state.store.concurrent_writers() > 1).then(|| bundle.clone());
+    let mut attempt = 0;
+    loop {
+        let run = async {
+            let mut tx = state.store.begin().await?;
+            let applied = apply_transaction(state, access, &mut *tx, bundle).await?;
+            tx.commit().await?;
+            ApiResult::Ok(applied)
+        };
+        match run.await {
+            Err(e) if e.is_contention() && attempt < CONTENTION_RETRIES => {
+                let Some(original) = &original else { return Err(e) };
+                attempt += 1;
+                tracing::debug!(attempt, "transaction lost a deadlock; running it again");
+                *bundle = original.clone();
+            }
+            other => return other,
+        }
+    }
 }
 
 /// A transaction whose writes are done (not yet committed) and whose GET entries are still to run.
@@ -271,9 +297,7 @@ pub async fn import_bundle(state: &AppState, mut bundle: Value) -> ApiResult<(Wr
     let mut written = Written::default();
     match bundle.get("type").and_then(Value::as_str) {
         Some("transaction") => {
-            let mut tx = state.store.begin().await?;
-            let applied = apply_transaction(state, &Access::Open, &mut *tx, &mut bundle).await?;
-            tx.commit().await?;
+            let applied = commit_transaction(state, &Access::Open, &mut bundle).await?;
             applied.outcomes.iter().flatten().for_each(|o| written.add(o));
             Ok((written, Vec::new()))
         }
@@ -312,27 +336,31 @@ pub async fn import_prepared(state: &AppState, bundles: Vec<PreparedBundle>) -> 
     drop(tx);
     let mut results = Vec::with_capacity(bundles.len());
     for bundle in &bundles {
-        let mut tx = state.store.begin().await?;
-        let mut done = Vec::with_capacity(bundle.writes.len());
-        let mut failed = None;
-        for (i, (prepared, precondition)) in bundle.writes.iter().enumerate() {
-            match tx.put_prepared(prepared, *precondition).await {
-                Ok(w) => done.push(w),
-                Err(e) => {
-                    failed = Some(entry_error(i, e.into()));
-                    break;
-                }
+        let mut attempt = 0;
+        let result = loop {
+            match write_prepared(state, bundle).await {
+                Err(e) if e.is_contention() && attempt < CONTENTION_RETRIES => attempt += 1,
+                Err(e) if e.status.is_server_error() => return Err(e),
+                other => break other,
             }
-        }
-        match failed {
-            None => {
-                tx.commit().await?;
-                results.push(Ok(Written::count(&done)));
-            }
-            Some(e) => results.push(Err(e)),
-        }
+        };
+        results.push(result);
     }
     Ok(results)
+}
+
+/// One prepared Bundle in a transaction of its own.
+async fn write_prepared(state: &AppState, bundle: &PreparedBundle) -> ApiResult<Written> {
+    let mut tx = state.store.begin().await?;
+    let mut done = Vec::with_capacity(bundle.writes.len());
+    for (i, (prepared, precondition)) in bundle.writes.iter().enumerate() {
+        match tx.put_prepared(prepared, *precondition).await {
+            Ok(w) => done.push(w),
+            Err(e) => return Err(entry_error(i, e.into())),
+        }
+    }
+    tx.commit().await?;
+    Ok(Written::count(&done))
 }
 
 /// Runs the writes of a transaction Bundle inside `tx`.
@@ -416,9 +444,20 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
             rewrite_references(state, tx, res, &ids).await.map_err(|e| entry_error(i, e))?;
         }
     }
-    // 3. Process in the mandated order.
+    // 3. Process in the mandated order (deletes, creates, updates, reads) and, within each, updates and
+    // deletes by resource identity: two Bundles that write the same resources then lock them in the
+    // same order and cannot deadlock on PostgreSQL (Synthea's Bundles each update the same practitioners
+    // and organisations, in their own orders).
     let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| requests[i].method);
+    let identity = |i: usize| -> Option<(String, String)> {
+        let (ty, id, _) = requests[i].target();
+        match requests[i].method {
+            Method::Put | Method::Delete => id.map(str::to_string).or_else(|| assigned.get(&i).cloned()).map(|id| (ty.to_string(), id)),
+            _ => None,
+        }
+    };
+    let keys: Vec<Option<(String, String)>> = (0..requests.len()).map(identity).collect();
+    order.sort_by(|&a, &b| (requests[a].method, &keys[a]).cmp(&(requests[b].method, &keys[b])));
     let mut outcomes: Vec<Option<Outcome>> = (0..requests.len()).map(|_| None).collect();
     let mut gets = Vec::new();
     for i in order {

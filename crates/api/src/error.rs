@@ -43,6 +43,17 @@ impl ApiError {
     pub fn unavailable() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the service cannot reach its database right now; retry after the time given in Retry-After")
     }
+    /// A write lost a race with a concurrent transaction and was rolled back whole: the client may send
+    /// it again as it is.
+    pub fn contention(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "transient", format!("{}; nothing was saved: send the request again", message.into()))
+    }
+
+    /// Whether this is [`ApiError::contention`]: the request may be run again as it was.
+    pub fn is_contention(&self) -> bool {
+        self.status == StatusCode::CONFLICT && self.code == "transient"
+    }
+
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal server error; the details are in the server log")
     }
@@ -66,6 +77,7 @@ impl From<StoreError> for ApiError {
                 store::error::report_unavailable(&m);
                 ApiError::unavailable()
             }
+            StoreError::Contention(m) => ApiError::contention(m),
         }
     }
 }

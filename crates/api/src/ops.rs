@@ -136,9 +136,10 @@ pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &
     let written = match tx.put(body, precondition).await {
         Ok(w) => w,
         // Without If-Match nothing was promised: a clash with a concurrent create of the same id (PostgreSQL's
-        // unique key) is a 409 the client can retry, never "precondition failed".
+        // unique key) is a 409 the client can retry, never "precondition failed"; a transaction Bundle is run
+        // again by the server (it then finds the resource and updates it).
         Err(store::StoreError::Conflict(_)) if if_match.is_none() => {
-            return Err(ApiError::conflict(format!("{resource_type}/{id} was created by a concurrent request; retry the update")));
+            return Err(ApiError::contention(format!("{resource_type}/{id} was created by a concurrent request")));
         }
         Err(e) => return Err(e.into()),
     };

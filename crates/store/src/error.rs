@@ -17,6 +17,11 @@ pub enum StoreError {
     /// `Retry-After`.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The transaction was chosen as the victim of a deadlock with a concurrent one and rolled back:
+    /// nothing of it was saved, and running it again will succeed. HTTP layers retry whole transactions,
+    /// then answer 409 with the issue code `transient`.
+    #[error("contention: {0}")]
+    Contention(String),
 }
 
 /// Whether a PostgreSQL error means the database cannot be reached or cannot serve now.
@@ -72,6 +77,9 @@ impl From<sqlx::Error> for StoreError {
             // A concurrent writer created the same resource, or another node won an If-Match race.
             sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("40001") => {
                 StoreError::Conflict("a concurrent write changed this resource".into())
+            }
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("40P01") => {
+                StoreError::Contention("a concurrent transaction wrote the same resources in another order".into())
             }
             _ if sqlx_unavailable(&e) => StoreError::Unavailable(format!("postgres: {e}")),
             _ => StoreError::Backend(format!("postgres: {e}")),
