@@ -34,8 +34,9 @@ pub struct BenchArgs {
     pub database_url: Option<String>,
     /// Run only these parts (comma-separated): `fhir` (reads and searches), `tokens` (client_credentials),
     /// `code` (authorize + code exchange), `overhead` (token check on a read), `api-load` (the Synthea set
-    /// loaded through the FHIR API into a fresh sandbox, then US-Core-style searches). All when absent.
-    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load"])]
+    /// loaded through the FHIR API into a fresh sandbox, then US-Core-style searches), `scoped` (one
+    /// search with a patient-, a user- and a system-level token in turn). All when absent.
+    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped"])]
     pub only: Vec<String>,
 }
 
@@ -389,6 +390,7 @@ const BENCH_REDIRECT: &str = "https://bench.example/cb";
 /// FHIR read, against a `kindling serve` that enforces tokens.
 async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[String]) -> anyhow::Result<()> {
     use auth::model::{Client, ClientKind, UserRole};
+    let mut scoped_tokens: Vec<(&str, String)> = Vec::new();
     // The backend clients' keys, one per algorithm SMART asks servers to accept, through the SDK.
     let es384 = client::SigningKey::generate_es384("bench-es");
     let rs384 = client::SigningKey::generate_rs384("bench-rs");
@@ -432,6 +434,14 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         .await?;
         auth::registry::put_client(store, client("bench-public", ClientKind::Public, "launch/patient openid fhirUser user/*.rs patient/*.rs", None)).await?;
         auth::registry::put_user(store, "bench-doc", "Bench", UserRole::Clinician, "bench-pass", "Practitioner/bench").await?;
+        if args.runs("scoped") {
+            let patient = patients.first().map(String::as_str);
+            let mint = async |scope: &str, patient: Option<&str>| -> anyhow::Result<String> {
+                let t = auth::operator_tokens(&app.auth, "bench-public", "bench-doc", patient, scope).await.map_err(anyhow::Error::msg)?;
+                Ok(t["access_token"].as_str().unwrap_or_default().to_string())
+            };
+            scoped_tokens = vec![("patient/*.rs", mint("patient/*.rs", patient).await?), ("user/*.rs", mint("user/*.rs", None).await?)];
+        }
     }
     let server = start_server(&args.data, false, args.database_url.as_deref())?;
     let base = server.base.clone();
@@ -475,6 +485,49 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
                 println!("# {name}: the {} pre-signed assertions ran out before the time was up; the figure below is a lower bound", signed.len());
             }
             report(name, clients, &s);
+        }
+    }
+
+    // One search with each kind of token, in turn on one connection, so that machine noise hits all alike.
+    if args.runs("scoped") {
+        let mut conn = connect(&base).await?;
+        let assertion = rs384.client_assertion("bench-backend-rs", &token_url).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+        let body = format!("grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}");
+        let r = conn.send("POST", &token_path, &[], Some(body)).await?;
+        let system: Value = serde_json::from_slice(&r.body)?;
+        scoped_tokens.push(("system/*.rs", system["access_token"].as_str().unwrap_or_default().to_string()));
+        let patient = patients.first().cloned().unwrap_or_default();
+        let path = format!("/fhir/Observation?patient={patient}&category=vital-signs&_sort=-date&_count=50");
+        let bearers: Vec<String> = scoped_tokens.iter().map(|(_, t)| format!("Bearer {t}")).collect();
+        let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); bearers.len()];
+        let (mut errors, mut entries) = (0usize, vec![0usize; bearers.len()]);
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        while Instant::now() < deadline && latencies[0].len() < 1_000_000 {
+            for (k, bearer) in bearers.iter().enumerate() {
+                let t = Instant::now();
+                let r = conn.send("GET", &path, &[("authorization", bearer)], None).await?;
+                latencies[k].push(t.elapsed().as_micros() as u64);
+                errors += usize::from(r.status != 200);
+                if entries[k] == 0 {
+                    let b: Value = serde_json::from_slice(&r.body)?;
+                    entries[k] = b["entry"].as_array().map_or(0, Vec::len);
+                }
+            }
+        }
+        let system_p50 = {
+            let mut l = latencies[bearers.len() - 1].clone();
+            l.sort_unstable();
+            percentile(&l, 0.5)
+        };
+        for ((scope, _), (mut l, n)) in scoped_tokens.iter().zip(latencies.into_iter().zip(entries)) {
+            l.sort_unstable();
+            let p50 = percentile(&l, 0.5);
+            println!(
+                "scoped search {scope:<14} requests={:<6} entries={n:<3} errors={errors:<3} p50={p50:>7.3} ms  p99={:>7.3} ms  vs system={:.2}x",
+                l.len(),
+                percentile(&l, 0.99),
+                p50 / system_p50
+            );
         }
     }
 
