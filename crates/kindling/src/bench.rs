@@ -492,7 +492,9 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
     if args.runs("scoped") {
         let mut conn = connect(&base).await?;
         let assertion = rs384.client_assertion("bench-backend-rs", &token_url).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
-        let body = format!("grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}");
+        let body = format!(
+            "grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+        );
         let r = conn.send("POST", &token_path, &[], Some(body)).await?;
         let system: Value = serde_json::from_slice(&r.body)?;
         scoped_tokens.push(("system/*.rs", system["access_token"].as_str().unwrap_or_default().to_string()));
