@@ -154,7 +154,13 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str, 
             r["supportedProfile"] = json!(profiles.iter().map(|p| format!("{US_CORE}{p}|6.1.0")).collect::<Vec<_>>());
         }
         if *ty == "Patient" {
-            r["operation"] = json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]);
+            r["operation"] = json!([
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
+            ]);
+        }
+        if *ty == "Group" {
+            r["operation"] = json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]);
         }
         resources.push(r);
     }
@@ -164,7 +170,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str, 
         "date": date,
         "publisher": "Kindling",
         "kind": "instance",
-        "instantiates": ["http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server"],
+        "instantiates": ["http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server", "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "software": {"name": "Kindling", "version": software_version},
         "implementation": {"description": "Kindling FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
@@ -174,6 +180,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str, 
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}],
             "searchParam": [
                 {"name": "_count", "type": "number"},
                 {"name": "_sort", "type": "string"},

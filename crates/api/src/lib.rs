@@ -7,6 +7,7 @@ mod bundle_out;
 pub mod capability;
 pub mod error;
 mod everything;
+pub mod export;
 pub mod ops;
 pub mod response;
 pub mod rest;
@@ -106,6 +107,82 @@ async fn outcome_errors(request: axum::extract::Request, next: axum::middleware:
 /// The largest request body the FHIR API reads (a 413 beyond).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+// ---- Bulk Data $export ---------------------------------------------------------------------------------
+
+async fn export_kick_off(
+    state: &AppState,
+    access: &access::Access,
+    level: export::Level,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let pairs = search::parse_pairs(uri.query().unwrap_or(""));
+    let body: Option<serde_json::Value> = if body.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the kick-off body is not JSON: {e}")))?)
+    };
+    let params = export::kick_off_parameters(headers, &pairs, body.as_ref(), &level)?;
+    let request = format!("{}{}", state.base_url.trim_end_matches("/fhir"), uri.path_and_query().map_or("", |p| p.as_str()));
+    export::kick_off(state, access, level, params, request).await
+}
+
+async fn export_system(
+    State(state): State<AppState>,
+    axum::Extension(access): axum::Extension<access::Access>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    export_kick_off(&state, &access, export::Level::System, &uri, &headers, &body).await
+}
+
+async fn export_patients(
+    State(state): State<AppState>,
+    axum::Extension(access): axum::Extension<access::Access>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    export_kick_off(&state, &access, export::Level::Patients, &uri, &headers, &body).await
+}
+
+async fn export_group(
+    State(state): State<AppState>,
+    axum::Extension(access): axum::Extension<access::Access>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    export_kick_off(&state, &access, export::Level::Group(id), &uri, &headers, &body).await
+}
+
+async fn export_status(
+    State(state): State<AppState>,
+    axum::Extension(access): axum::Extension<access::Access>,
+    axum::extract::Path(job): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    export::status(&state, &access, &job).await
+}
+
+async fn export_cancel(
+    State(state): State<AppState>,
+    axum::Extension(access): axum::Extension<access::Access>,
+    axum::extract::Path(job): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    export::cancel(&state, &access, &job).await
+}
+
+async fn export_file(
+    State(state): State<AppState>,
+    axum::Extension(access): axum::Extension<access::Access>,
+    axum::extract::Path((job, file)): axum::extract::Path<(String, String)>,
+) -> ApiResult<Response> {
+    export::file(&state, &access, &job, &file).await
+}
+
 /// The `/fhir` routes. Mount the result at the root of the server.
 pub fn router(state: AppState) -> Router {
     use rest::*;
@@ -115,6 +192,11 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir", with_405(get(system_get).post(system_post)))
         .route("/fhir/", with_405(get(system_get).post(system_post)))
         .route("/fhir/_history", with_405(get(system_history)))
+        .route("/fhir/$export", with_405(get(export_system).post(export_system)))
+        .route("/fhir/Patient/$export", with_405(get(export_patients).post(export_patients)))
+        .route("/fhir/Group/{id}/$export", with_405(get(export_group).post(export_group)))
+        .route("/fhir/$export-status/{job}", with_405(get(export_status).delete(export_cancel)))
+        .route("/fhir/$export-file/{job}/{file}", with_405(get(export_file)))
         .route("/fhir/{type}", with_405(get(type_search).post(type_create).put(type_conditional_update).delete(type_conditional_delete)))
         .route("/fhir/{type}/_search", with_405(post(type_search_post)))
         .route("/fhir/{type}/_history", with_405(get(type_history)))

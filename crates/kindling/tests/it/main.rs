@@ -9,6 +9,7 @@ mod concurrency;
 mod crud;
 mod ehr_pages;
 mod errors;
+mod export;
 mod history;
 mod import;
 mod migrations;

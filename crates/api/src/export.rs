@@ -1,0 +1,394 @@
+//! Bulk Data `$export` (FHIR Bulk Data Access 2.0): system, patient and Group level.
+//!
+//! A kick-off runs the export's searches at once, under the token's access, and freezes the keys of what
+//! matched in a job record of the store (`auth_records`, kind `bulk_export`): on PostgreSQL every node
+//! reads it, and it survives restarts. The job is complete when the kick-off answers; its files are
+//! rendered as they are downloaded, streamed from the database in chunks of 1,000 resources (a large export
+//! never sits in memory), each resource as it was at the job's `transactionTime` (a later version is
+//! replaced by the one current then, from the history). A job, and with it its files, lives for
+//! [`JOB_TTL_MS`] after the kick-off; the client that started it is the only one that sees it.
+
+use crate::AppState;
+use crate::access::Access;
+use crate::error::{ApiError, ApiResult};
+use crate::search::parse_search;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fhir::query::Filter;
+use fhir::time::{format_http_date, format_instant, from_unix_ms};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The store record kind of export jobs.
+const JOB_KIND: &str = "bulk_export";
+/// How long a job and its files stay after the kick-off.
+pub const JOB_TTL_MS: i64 = 60 * 60 * 1000;
+/// Resources per output file; a type with more is split into several files.
+pub const FILE_RESOURCES: usize = 100_000;
+/// Resources fetched from the database per step while a file streams.
+const CHUNK: usize = 1000;
+
+/// Which resources an export is about.
+#[derive(Debug, Clone)]
+pub enum Level {
+    /// `[base]/$export`: every resource the token may read.
+    System,
+    /// `[base]/Patient/$export`: the compartments of every patient (or of the `patient` parameter's).
+    Patients,
+    /// `[base]/Group/[id]/$export`: the compartments of the Group's patient members.
+    Group(String),
+}
+
+/// A frozen export: what matched at kick-off, by type, in files.
+#[derive(Debug, Serialize, Deserialize)]
+struct Job {
+    /// The client that started it (`None` in the open sandbox).
+    client_id: Option<String>,
+    /// The kick-off request URL, for the manifest.
+    request: String,
+    /// Unix ms.
+    transaction_time: i64,
+    files: Vec<File>,
+    /// Why some requested types were left out (served as OperationOutcomes in the error file).
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct File {
+    #[serde(rename = "type")]
+    resource_type: String,
+    keys: Vec<i64>,
+}
+
+/// The parameters of a kick-off, from the query string (GET) or a Parameters resource (POST).
+#[derive(Debug, Default)]
+pub struct KickOff {
+    pub types: Option<Vec<String>>,
+    pub since: Option<String>,
+    pub type_filters: Vec<String>,
+    pub patients: Vec<String>,
+}
+
+fn client_of(access: &Access) -> Option<String> {
+    match access {
+        Access::Open => None,
+        Access::Token(t) => Some(t.client_id.clone()),
+    }
+}
+
+/// Reads the kick-off parameters: `pairs` from the query string, `body` a Parameters resource (POST).
+/// Parameters this server does not support are refused (400) unless `Prefer: handling=lenient`.
+pub fn kick_off_parameters(headers: &HeaderMap, pairs: &[(String, String)], body: Option<&Value>, level: &Level) -> ApiResult<KickOff> {
+    let prefer: Vec<String> =
+        headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|p| p.trim().to_ascii_lowercase()).collect();
+    if !prefer.iter().any(|p| p == "respond-async") {
+        return Err(ApiError::bad_request("a bulk export needs the header Prefer: respond-async"));
+    }
+    let lenient = prefer.iter().any(|p| p == "handling=lenient");
+    if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+        && !accept.split(',').any(|a| matches!(a.split(';').next().unwrap_or("").trim(), "application/fhir+json" | "application/json" | "*/*"))
+    {
+        return Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "a bulk export kick-off answers application/fhir+json"));
+    }
+    let mut all: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_format").cloned().collect();
+    if let Some(body) = body {
+        if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+            return Err(ApiError::bad_request("a POST kick-off takes a Parameters resource"));
+        }
+        for p in body.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let value = ["valueString", "valueInstant", "valueDateTime", "valueCode", "valueUri", "valueUrl", "valueCanonical"]
+                .iter()
+                .find_map(|k| p.get(*k).and_then(Value::as_str))
+                .map(str::to_string)
+                .or_else(|| p.pointer("/valueReference/reference").and_then(Value::as_str).map(str::to_string));
+            let Some(value) = value else {
+                return Err(ApiError::bad_request(format!("the parameter '{name}' has no value this server reads")));
+            };
+            all.push((name, value));
+        }
+    }
+    let mut k = KickOff::default();
+    for (name, value) in all {
+        match name.as_str() {
+            "_outputFormat" => {
+                if !matches!(value.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") {
+                    return Err(ApiError::bad_request(format!("_outputFormat '{value}' is not supported; use application/fhir+ndjson")));
+                }
+            }
+            "_type" => {
+                for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if !fhir::types::is_storable_type(t) {
+                        if lenient {
+                            continue;
+                        }
+                        return Err(ApiError::bad_request(format!("_type names '{t}', which is not a resource type served here")));
+                    }
+                    k.types.get_or_insert_with(Vec::new).push(t.to_string());
+                }
+            }
+            "_since" => {
+                if fhir::time::parse_date_range(&value).is_none() || !value.contains('T') {
+                    return Err(ApiError::bad_request(format!("_since '{value}' is not an instant (e.g. 2024-01-01T00:00:00Z)")));
+                }
+                k.since = Some(value);
+            }
+            "_typeFilter" => k.type_filters.extend(value.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_string)),
+            "patient" if body.is_some() && !matches!(level, Level::System) => {
+                let id = value.strip_prefix("Patient/").unwrap_or(&value);
+                if !fhir::types::is_valid_id(id) {
+                    return Err(ApiError::bad_request(format!("patient '{value}' is not a Patient reference")));
+                }
+                k.patients.push(id.to_string());
+            }
+            other if lenient => tracing::debug!(parameter = other, "bulk export parameter ignored under handling=lenient"),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "the bulk export parameter '{other}' is not supported here (supported: _outputFormat, _type, _since, _typeFilter, and patient in a POST at Patient or Group level); send Prefer: handling=lenient to have it ignored"
+                )));
+            }
+        }
+    }
+    Ok(k)
+}
+
+/// Runs a kick-off: freezes what matches and answers 202 with the status URL in `Content-Location`.
+pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: KickOff, request: String) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    let transaction_time = state.now_ms();
+    let patients = match &level {
+        Level::System => None,
+        Level::Patients if params.patients.is_empty() => None,
+        Level::Patients => Some(params.patients.clone()),
+        Level::Group(id) => Some(group_members(state, access, id, &params.patients).await?),
+    };
+    let compartment_only = !matches!(level, Level::System);
+    let types: Vec<String> = match &params.types {
+        Some(t) => t.clone(),
+        None => {
+            let mut t: Vec<String> = state.store.counts().await?.into_iter().filter(|(_, n)| *n > 0).map(|(t, _)| t).collect();
+            if compartment_only {
+                t.retain(|t| t == "Patient" || fhir::params::in_patient_compartment(t));
+            }
+            t.sort();
+            t
+        }
+    };
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for ty in &types {
+        if compartment_only && ty != "Patient" && !fhir::params::in_patient_compartment(ty) {
+            errors.push(format!("{ty} is outside the patient compartment, so a patient-level export does not hold it"));
+            continue;
+        }
+        // `_typeFilter`s of this type are alternatives (their results are joined); none means all of it.
+        let filters: Vec<&str> = params.type_filters.iter().filter_map(|f| f.strip_prefix(ty.as_str()).and_then(|r| r.strip_prefix('?'))).collect();
+        let criteria: Vec<Vec<(String, String)>> =
+            if filters.is_empty() { vec![Vec::new()] } else { filters.iter().map(|f| crate::search::parse_pairs(f)).collect() };
+        let mut keys: Vec<i64> = Vec::new();
+        let mut refused = None;
+        for mut pairs in criteria {
+            if let Some(since) = &params.since {
+                pairs.push(("_lastUpdated".into(), format!("gt{since}")));
+            }
+            let mut q = parse_search(state, ty, &pairs, false).map_err(|e| ApiError::bad_request(format!("_typeFilter for {ty}: {}", e.message)))?;
+            if let Err(e) = access.restrict_search(state, &mut q) {
+                refused = Some(e.message);
+                break;
+            }
+            match &patients {
+                // Every patient's compartment: every resource of a compartment type.
+                None => keys.extend(state.store.search(&q).await?),
+                Some(ids) => {
+                    for id in ids {
+                        let mut per = q.clone();
+                        if ty == "Patient" {
+                            per.filters.extend(parse_search(state, ty, &[("_id".into(), id.clone())], false)?.filters);
+                        } else {
+                            per.filters.push(Filter::PatientCompartment(id.clone()));
+                        }
+                        keys.extend(state.store.search(&per).await?);
+                    }
+                }
+            }
+        }
+        if let Some(message) = refused {
+            // Types the client asked for by name are reported; the rest are simply not exported.
+            if params.types.is_some() {
+                errors.push(format!("{ty} was not exported: {message}"));
+            }
+            continue;
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        for part in keys.chunks(FILE_RESOURCES) {
+            files.push(File { resource_type: ty.clone(), keys: part.to_vec() });
+        }
+    }
+    let exported: usize = files.iter().map(|f| f.keys.len()).sum();
+    let job = Job { client_id: client_of(access), request, transaction_time, files, errors };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let value = serde_json::to_string(&job).map_err(|_| ApiError::internal())?;
+    state.store.auth_put(JOB_KIND, &id, &value, None, Some(transaction_time + JOB_TTL_MS)).await?;
+    audit(state, access, "export", &format!("kick-off: {} resources of {} types in {} files", exported, types.len(), job.files.len()));
+    tracing::debug!(job = %id, resources = exported, ms = started.elapsed().as_secs_f64() * 1000.0, "bulk export planned");
+    let mut r = StatusCode::ACCEPTED.into_response();
+    let status_url = format!("{}/$export-status/{id}", state.base_url);
+    r.headers_mut().insert(header::CONTENT_LOCATION, HeaderValue::from_str(&status_url).map_err(|_| ApiError::internal())?);
+    Ok(r)
+}
+
+/// The patient members of a Group the token may read (inactive members left out), or only `wanted` of them.
+async fn group_members(state: &AppState, access: &Access, id: &str, wanted: &[String]) -> ApiResult<Vec<String>> {
+    crate::ops::check_id(id)?;
+    let group = crate::rest::read_current(state, "Group", id).await?;
+    crate::rest::check_stored(state, access, smart::Interaction::Read, &group).await?;
+    let v: Value = serde_json::from_str(&group.json).map_err(|_| ApiError::internal())?;
+    let mut members: Vec<String> = v
+        .get("member")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| m.get("inactive").and_then(Value::as_bool) != Some(true))
+        .filter_map(|m| m.pointer("/entity/reference").and_then(Value::as_str))
+        .filter_map(|r| r.strip_prefix("Patient/").map(str::to_string))
+        .collect();
+    if !wanted.is_empty() {
+        members.retain(|m| wanted.contains(m));
+    }
+    Ok(members)
+}
+
+/// Loads a job the client may see: an unknown, expired or someone else's job is 404 alike.
+async fn load_job(state: &AppState, access: &Access, id: &str) -> ApiResult<Job> {
+    let gone = || ApiError::not_found("there is no such export job: it expired, was cancelled, or never existed");
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(gone());
+    }
+    let record = state.store.auth_get(JOB_KIND, id).await?.ok_or_else(gone)?;
+    if record.expires.is_some_and(|e| e <= state.now_ms()) {
+        return Err(gone());
+    }
+    let job: Job = serde_json::from_str(&record.value).map_err(|_| ApiError::internal())?;
+    if job.client_id != client_of(access) {
+        return Err(gone());
+    }
+    Ok(job)
+}
+
+/// `GET [base]/$export-status/[id]`: the manifest (the job is complete once kicked off).
+pub async fn status(state: &AppState, access: &Access, id: &str) -> ApiResult<Response> {
+    let job = load_job(state, access, id).await?;
+    let file_url = |name: String| format!("{}/$export-file/{id}/{name}", state.base_url);
+    let output: Vec<Value> =
+        job.files.iter().enumerate().map(|(n, f)| json!({"type": f.resource_type, "url": file_url(format!("{n}.ndjson")), "count": f.keys.len()})).collect();
+    let error: Vec<Value> = if job.errors.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({"type": "OperationOutcome", "url": file_url("errors.ndjson".into()), "count": job.errors.len()})]
+    };
+    let manifest = json!({
+        "transactionTime": format_instant(from_unix_ms(job.transaction_time)),
+        "request": job.request,
+        "requiresAccessToken": !matches!(access, Access::Open),
+        "output": output,
+        "error": error,
+    });
+    let mut r = (StatusCode::OK, axum::Json(manifest)).into_response();
+    let expires = from_unix_ms(job.transaction_time + JOB_TTL_MS);
+    if let Ok(v) = HeaderValue::from_str(&format_http_date(expires)) {
+        r.headers_mut().insert(header::EXPIRES, v);
+    }
+    Ok(r)
+}
+
+/// `DELETE [base]/$export-status/[id]`: cancels the job and removes its files.
+pub async fn cancel(state: &AppState, access: &Access, id: &str) -> ApiResult<Response> {
+    load_job(state, access, id).await?;
+    state.store.auth_delete(JOB_KIND, id).await?;
+    audit(state, access, "export-cancel", &format!("job {id} cancelled"));
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `GET [base]/$export-file/[id]/[n].ndjson` (or `errors.ndjson`): one file, streamed.
+pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> ApiResult<Response> {
+    let mut job = load_job(state, access, id).await?;
+    let ndjson = |body: Body| {
+        let mut r = Response::new(body);
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
+        r
+    };
+    if name == "errors.ndjson" {
+        let lines: String = job.errors.iter().map(|e| format!("{}\n", fhir::outcome::outcome(fhir::Severity::Error, "forbidden", e))).collect();
+        return Ok(ndjson(Body::from(lines)));
+    }
+    let n: usize = name
+        .strip_suffix(".ndjson")
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n < job.files.len())
+        .ok_or_else(|| ApiError::not_found("this export has no such file"))?;
+    let file = job.files.swap_remove(n);
+    audit(state, access, "export-download", &format!("job {id} file {n}: {} {} resources", file.keys.len(), file.resource_type));
+    let stream = futures_util::stream::unfold((state.clone(), file.keys, 0usize, job.transaction_time), |(state, keys, at, tt)| async move {
+        if at >= keys.len() {
+            return None;
+        }
+        let end = (at + CHUNK).min(keys.len());
+        let chunk = render_chunk(&state, &keys[at..end], tt).await;
+        Some((chunk, (state, keys, end, tt)))
+    });
+    Ok(ndjson(Body::from_stream(stream)))
+}
+
+/// NDJSON lines of these resources as they were at `transaction_time`; resources deleted since are left out.
+async fn render_chunk(state: &AppState, keys: &[i64], transaction_time: i64) -> Result<String, std::io::Error> {
+    let failed = |e: store::StoreError| {
+        tracing::error!(error = %e, "bulk export file: the database failed while streaming");
+        std::io::Error::other("the database failed while the file was streamed")
+    };
+    let resources = state.store.fetch(keys).await.map_err(failed)?;
+    let mut out = String::with_capacity(resources.len() * 1024);
+    for r in resources {
+        if r.last_updated <= transaction_time {
+            out.push_str(&r.json);
+            out.push('\n');
+            continue;
+        }
+        // Changed after the export began: the version current at its transactionTime.
+        let mut version = r.version - 1;
+        while version >= 1 {
+            match state.store.vread(&r.resource_type, &r.id, version).await.map_err(failed)? {
+                Some(old) if old.last_updated <= transaction_time => {
+                    if !old.deleted {
+                        out.push_str(&old.json);
+                        out.push('\n');
+                    }
+                    break;
+                }
+                _ => version -= 1,
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn audit(state: &AppState, access: &Access, action: &str, detail: &str) {
+    let Some(sink) = &state.audit else { return };
+    let token = match access {
+        Access::Token(t) => Some(t),
+        Access::Open => None,
+    };
+    sink.record(store::audit::AuditRecord {
+        recorded: state.now_ms(),
+        category: "export".into(),
+        action: action.into(),
+        outcome: "0".into(),
+        client_id: token.map(|t| t.client_id.clone()),
+        username: token.and_then(|t| t.fhir_user.clone()),
+        patient: None,
+        launch: None,
+        entity: None,
+        detail: Some(detail.to_string()),
+    });
+}

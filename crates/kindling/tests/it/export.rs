@@ -1,0 +1,247 @@
+//! Bulk Data `$export` (issue 20) over HTTP with backend-services tokens: kick-off, status, files, access
+//! and cancel, on SQLite and (in the suite's second run) PostgreSQL.
+
+use crate::{TestApp, spawn_secured_app};
+use auth::model::{Client, ClientKind};
+use serde_json::{Value, json};
+
+const SEED: u64 = 3;
+
+/// Registers a backend client allowed `scope` and returns a `client_credentials` token for it.
+async fn backend_token(app: &TestApp, client_id: &str, scope: &str) -> String {
+    let key = client::SigningKey::generate_es384("k1");
+    let client = Client {
+        client_id: client_id.into(),
+        name: client_id.into(),
+        kind: ClientKind::ConfidentialAsymmetric,
+        secret_hash: None,
+        redirect_uris: Vec::new(),
+        launch_url: None,
+        allowed_scope: scope.into(),
+        jwks: Some(json!({"keys": [key.public_jwk()]})),
+        jwks_url: None,
+        icon: None,
+        disabled: false,
+        profile: None,
+        self_registered: false,
+    };
+    auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
+    let token_url = format!("{}/auth/token", app.base.trim_end_matches("/fhir"));
+    let assertion = key.client_assertion(client_id, &token_url).unwrap();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("scope", scope),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let r = app.client.post(&token_url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+}
+
+async fn kick_off(app: &TestApp, token: &str, path: &str, prefer: &str) -> reqwest::Response {
+    app.client.get(app.url(path)).bearer_auth(token).header("prefer", prefer).header("accept", "application/fhir+json").send().await.unwrap()
+}
+
+/// Kicks off, expects 202, and returns the manifest from the status URL.
+async fn export(app: &TestApp, token: &str, path: &str) -> (String, Value) {
+    let r = kick_off(app, token, path, "respond-async").await;
+    assert_eq!(r.status(), 202, "{path}: {}", r.text().await.unwrap());
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
+    let r = app.client.get(&status_url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("expires"));
+    (status_url, r.json().await.unwrap())
+}
+
+/// Downloads a file of the manifest: its resources.
+async fn download(app: &TestApp, token: &str, url: &str) -> Vec<Value> {
+    let r = app.client.get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    assert_eq!(r.headers()["content-type"], "application/fhir+ndjson");
+    r.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn outputs<'a>(manifest: &'a Value, ty: &str) -> Vec<&'a Value> {
+    manifest["output"].as_array().unwrap().iter().filter(|o| o["type"] == ty).collect()
+}
+
+async fn live_count(app: &TestApp, ty: &str) -> usize {
+    app.app_state.store.counts().await.unwrap().into_iter().find(|(t, _)| t == ty).map_or(0, |(_, n)| n as usize)
+}
+
+#[tokio::test]
+async fn a_system_export_is_kicked_off_polled_downloaded_and_cancelled() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 2, SEED).await.unwrap();
+    let token = backend_token(&app, "exporter", "system/*.rs").await;
+
+    // Stated in the CapabilityStatement, at each level.
+    let cs: Value = app.client.get(app.url("metadata")).send().await.unwrap().json().await.unwrap();
+    assert!(cs["instantiates"].to_string().contains("bulkdata/CapabilityStatement/bulk-data"));
+    assert_eq!(cs["rest"][0]["operation"][0]["definition"], "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export");
+    for (ty, definition) in [("Patient", "patient-export"), ("Group", "group-export")] {
+        let r = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == ty).unwrap();
+        assert!(r["operation"].to_string().contains(definition), "{ty}: {r}");
+    }
+
+    // Refusals, each with its reason.
+    let r = kick_off(&app, &token, "$export", "").await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("respond-async"));
+    for (query, says) in [
+        ("_outputFormat=text/csv", "_outputFormat"),
+        ("_type=Nonsense", "Nonsense"),
+        ("_since=yesterday", "_since"),
+        ("includeAssociatedData=LatestProvenanceResources", "handling=lenient"),
+    ] {
+        let r = kick_off(&app, &token, &format!("$export?{query}"), "respond-async").await;
+        assert_eq!(r.status(), 400, "{query}");
+        let oo: Value = r.json().await.unwrap();
+        assert_eq!(oo["resourceType"], "OperationOutcome");
+        assert!(oo.to_string().contains(says), "{query}: {oo}");
+    }
+    let r = kick_off(&app, &token, "$export?includeAssociatedData=LatestProvenanceResources", "respond-async, handling=lenient").await;
+    assert_eq!(r.status(), 202);
+    let r = app.client.get(app.url("$export")).header("prefer", "respond-async").send().await.unwrap();
+    assert_eq!(r.status(), 401, "a token is needed");
+
+    // Every type with data, each file as many resources as the manifest says, each of its type.
+    let (status_url, manifest) = export(&app, &token, "$export?_outputFormat=application/fhir%2Bndjson").await;
+    assert_eq!(manifest["requiresAccessToken"], true);
+    assert!(manifest["request"].as_str().unwrap().ends_with("/fhir/$export?_outputFormat=application/fhir%2Bndjson"));
+    assert!(manifest["transactionTime"].as_str().unwrap().contains('T'));
+    for ty in ["Patient", "Observation", "Condition", "Encounter", "Practitioner"] {
+        let files = outputs(&manifest, ty);
+        assert_eq!(files.len(), 1, "{ty}: {manifest}");
+        let resources = download(&app, &token, files[0]["url"].as_str().unwrap()).await;
+        assert_eq!(resources.len(), files[0]["count"].as_u64().unwrap() as usize, "{ty}");
+        assert_eq!(resources.len(), live_count(&app, ty).await, "{ty}");
+        assert!(resources.iter().all(|r| r["resourceType"] == ty));
+    }
+    let file = outputs(&manifest, "Patient")[0]["url"].as_str().unwrap().to_string();
+    assert_eq!(app.client.get(&file).send().await.unwrap().status(), 401, "files need the token");
+
+    // Another client sees neither the job nor its files.
+    let other = backend_token(&app, "someone-else", "system/*.rs").await;
+    assert_eq!(app.client.get(&status_url).bearer_auth(&other).send().await.unwrap().status(), 404);
+    assert_eq!(app.client.get(&file).bearer_auth(&other).send().await.unwrap().status(), 404);
+    assert_eq!(app.client.delete(&status_url).bearer_auth(&other).send().await.unwrap().status(), 404);
+
+    // Cancelled: gone, files too.
+    assert_eq!(app.client.delete(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);
+    assert_eq!(app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().status(), 404);
+    assert_eq!(app.client.get(&file).bearer_auth(&token).send().await.unwrap().status(), 404);
+
+    // Expired an hour after the kick-off (asked in-process: the token has expired by then too).
+    let (status_url, _) = export(&app, &token, "$export?_type=Patient").await;
+    let job = status_url.rsplit('/').next().unwrap().to_string();
+    let exporter = api::access::Access::Token(std::sync::Arc::new(api::access::TokenAccess {
+        client_id: "exporter".into(),
+        scopes: smart::ScopeSet::parse("system/*.rs"),
+        patient: None,
+        fhir_user: None,
+        launch: None,
+        faults: None,
+    }));
+    assert_eq!(api::export::status(&app.app_state, &exporter, &job).await.unwrap().status(), 200);
+    app.clock.advance(time::Duration::minutes(61));
+    assert_eq!(api::export::status(&app.app_state, &exporter, &job).await.unwrap_err().status, 404);
+}
+
+#[tokio::test]
+async fn files_hold_resources_as_they_were_at_the_transaction_time_and_since_filters() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 2, SEED).await.unwrap();
+    let token = backend_token(&app, "exporter", "system/*.rs").await;
+    let (_, manifest) = export(&app, &token, "$export?_type=Patient").await;
+    let since = manifest["transactionTime"].as_str().unwrap().to_string();
+
+    // Changed after the kick-off: the file still holds the version current at its transaction time.
+    app.clock.advance(time::Duration::seconds(5));
+    let first = synth::patient_id(SEED, 0);
+    let second = synth::patient_id(SEED, 1);
+    let current = app.app_state.store.read("Patient", &first).await.unwrap().unwrap();
+    let mut v: Value = serde_json::from_str(&current.json).unwrap();
+    v["gender"] = json!("unknown");
+    let mut tx = app.app_state.store.begin().await.unwrap();
+    api::ops::update(&app.app_state, &mut *tx, "Patient", &first, v, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let patients = download(&app, &token, outputs(&manifest, "Patient")[0]["url"].as_str().unwrap()).await;
+    let exported = patients.iter().find(|p| p["id"] == first.as_str()).unwrap();
+    assert_ne!(exported["gender"], "unknown", "the version of the transaction time");
+    assert_eq!(exported["meta"]["versionId"], "1");
+    assert!(patients.iter().any(|p| p["id"] == second.as_str()));
+
+    // _since: only what changed after it.
+    let (_, later) = export(&app, &token, &format!("$export?_type=Patient,Observation&_since={}", since.replace('+', "%2B"))).await;
+    let files = outputs(&later, "Patient");
+    assert_eq!(files.len(), 1, "{later}");
+    assert_eq!(files[0]["count"], 1);
+    let patients = download(&app, &token, files[0]["url"].as_str().unwrap()).await;
+    assert_eq!(patients[0]["gender"], "unknown");
+    assert!(outputs(&later, "Observation").is_empty(), "no observation changed: {later}");
+}
+
+#[tokio::test]
+async fn patient_and_group_exports_hold_only_their_patients_and_scopes_decide_the_types() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 3, SEED).await.unwrap();
+    let first = synth::patient_id(SEED, 0);
+    let second = synth::patient_id(SEED, 1);
+    let group = json!({"resourceType": "Group", "id": "panel", "type": "person", "actual": true,
+                       "member": [{"entity": {"reference": format!("Patient/{first}")}}, {"entity": {"reference": format!("Patient/{second}")}, "inactive": true}]});
+    api::bundle::process(
+        &app.app_state,
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": group, "request": {"method": "PUT", "url": "Group/panel"}}]}),
+    )
+    .await
+    .unwrap();
+    let token = backend_token(&app, "exporter", "system/*.rs").await;
+
+    // Group: its one active member's compartment.
+    let (_, manifest) = export(&app, &token, "Group/panel/$export?_type=Patient,Condition,Practitioner").await;
+    let patients = download(&app, &token, outputs(&manifest, "Patient")[0]["url"].as_str().unwrap()).await;
+    assert_eq!(patients.len(), 1);
+    assert_eq!(patients[0]["id"], first.as_str());
+    let conditions = download(&app, &token, outputs(&manifest, "Condition")[0]["url"].as_str().unwrap()).await;
+    assert!(!conditions.is_empty());
+    assert!(conditions.iter().all(|c| c["subject"]["reference"] == format!("Patient/{first}")));
+    // Practitioner lies outside the compartment: reported in the error file.
+    assert!(outputs(&manifest, "Practitioner").is_empty());
+    let errors = download(&app, &token, manifest["error"][0]["url"].as_str().unwrap()).await;
+    assert!(errors[0]["issue"][0]["diagnostics"].as_str().unwrap().contains("Practitioner"), "{errors:?}");
+    let r = kick_off(&app, &token, "Group/nosuch/$export", "respond-async").await;
+    assert_eq!(r.status(), 404);
+
+    // Patient level: every patient; with POST `patient`, only those.
+    let (_, manifest) = export(&app, &token, "Patient/$export?_type=Patient").await;
+    assert_eq!(outputs(&manifest, "Patient")[0]["count"], 3);
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,Encounter"},
+        {"name": "patient", "valueReference": {"reference": format!("Patient/{second}")}}]});
+    let r = app.client.post(app.url("Patient/$export")).bearer_auth(&token).header("prefer", "respond-async").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
+    let manifest: Value = app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let encounters = download(&app, &token, outputs(&manifest, "Encounter")[0]["url"].as_str().unwrap()).await;
+    assert!(!encounters.is_empty());
+    assert!(encounters.iter().all(|e| e["subject"]["reference"] == format!("Patient/{second}")));
+
+    // Granular system scopes: laboratory observations only, and no Patient at all.
+    let lab = "system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory";
+    let token = backend_token(&app, "lab-exporter", lab).await;
+    let (_, manifest) = export(&app, &token, "$export?_type=Observation,Patient").await;
+    let observations = download(&app, &token, outputs(&manifest, "Observation")[0]["url"].as_str().unwrap()).await;
+    assert!(!observations.is_empty());
+    assert!(observations.iter().all(|o| o["category"].to_string().contains("laboratory")), "only laboratory results");
+    assert!(outputs(&manifest, "Patient").is_empty());
+    let errors = download(&app, &token, manifest["error"][0]["url"].as_str().unwrap()).await;
+    assert!(errors[0].to_string().contains("Patient was not exported"), "{errors:?}");
+    // Without a type list, what the scopes allow, silently.
+    let (_, manifest) = export(&app, &token, "$export").await;
+    let types: Vec<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Observation"]);
+    assert!(manifest["error"].as_array().unwrap().is_empty());
+}
