@@ -35,8 +35,9 @@ pub struct BenchArgs {
     /// Run only these parts (comma-separated): `fhir` (reads and searches), `tokens` (client_credentials),
     /// `code` (authorize + code exchange), `overhead` (token check on a read), `api-load` (the Synthea set
     /// loaded through the FHIR API into a fresh sandbox, then US-Core-style searches), `scoped` (one
-    /// search with a patient-, a user- and a system-level token in turn). All when absent.
-    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped"])]
+    /// search with a patient-, a user- and a system-level token in turn), `export` (a system-level Bulk
+    /// Data export of everything, kicked off and downloaded). All when absent.
+    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped", "export"])]
     pub only: Vec<String>,
 }
 
@@ -100,6 +101,7 @@ struct Conn {
 struct Reply {
     status: u16,
     location: Option<String>,
+    content_location: Option<String>,
     set_cookie: Option<String>,
     body: Bytes,
 }
@@ -128,9 +130,9 @@ impl Conn {
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (location, set_cookie) = (header("location"), header("set-cookie"));
+        let (location, content_location, set_cookie) = (header("location"), header("content-location"), header("set-cookie"));
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, location, set_cookie, body })
+        Ok(Reply { status, location, content_location, set_cookie, body })
     }
 
     async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
@@ -533,6 +535,10 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         }
     }
 
+    if args.runs("export") {
+        export_bench(&server, &rs384, &token_url).await?;
+    }
+
     // Full authorization_code flows: authorise (signed-in session, consent remembered) then exchange
     // the code for tokens with an RS256 id_token.
     let scope = "openid fhirUser user/*.rs";
@@ -608,6 +614,78 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         percentile(&with_token, 0.5),
         percentile(&without, 0.5),
         (percentile(&with_token, 0.5) - percentile(&without, 0.5)) * 1000.0
+    );
+    Ok(())
+}
+
+/// A system-level Bulk Data export of everything: the kick-off's time, then every file downloaded in
+/// turn (resources/s), with the server's peak RSS sampled every 20 ms meanwhile.
+async fn export_bench(server: &ServerProcess, key: &client::SigningKey, token_url: &str) -> anyhow::Result<()> {
+    let mut conn = connect(&server.base).await?;
+    let assertion = key.client_assertion("bench-backend-rs", token_url).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+    let body = format!(
+        "grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+    );
+    let r = conn.send("POST", "/auth/token", &[], Some(body)).await?;
+    let token: Value = serde_json::from_slice(&r.body)?;
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap_or_default());
+    let pid = server.child.id();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_kib(pid).unwrap_or(0)));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let before = rss_kib(pid).unwrap_or(0);
+    let t = Instant::now();
+    let r = conn.send("GET", "/fhir/$export", &[("authorization", &bearer), ("prefer", "respond-async")], None).await?;
+    let kick_off = t.elapsed();
+    if r.status != 202 {
+        bail!("the export kick-off answered {}: {}", r.status, String::from_utf8_lossy(&r.body));
+    }
+    let status_url = r.content_location.clone().context("no Content-Location")?;
+    let path = |url: &str| url.find("/fhir/").map(|i| url[i..].to_string()).unwrap_or_default();
+    let t = Instant::now();
+    let mut r = conn.send("GET", &path(&status_url), &[("authorization", &bearer)], None).await?;
+    let first_status = kick_off + t.elapsed();
+    while r.status == 202 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        r = conn.send("GET", &path(&status_url), &[("authorization", &bearer)], None).await?;
+    }
+    let planned = kick_off + t.elapsed();
+    let manifest: Value = serde_json::from_slice(&r.body)?;
+    let files: Vec<String> = manifest["output"].as_array().into_iter().flatten().filter_map(|o| o["url"].as_str().map(str::to_string)).collect();
+    let (mut resources, mut bytes) = (0usize, 0usize);
+    let t = Instant::now();
+    for url in &files {
+        let r = conn.send("GET", &path(url), &[("authorization", &bearer)], None).await?;
+        if r.status != 200 {
+            bail!("{url} answered {}", r.status);
+        }
+        bytes += r.body.len();
+        resources += r.body.iter().filter(|b| **b == b'\n').count();
+    }
+    let download = t.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.await?;
+    println!(
+        "export                       kick_off={:.1} ms first_status={:.1} ms complete={:.0} ms files={} resources={resources} mb={:.0} download_s={:.1} rate={:.0} resources/s rss_before={:.1} MB rss_peak={:.1} MB",
+        kick_off.as_secs_f64() * 1000.0,
+        first_status.as_secs_f64() * 1000.0,
+        planned.as_secs_f64() * 1000.0,
+        files.len(),
+        bytes as f64 / 1e6,
+        download.as_secs_f64(),
+        resources as f64 / download.as_secs_f64(),
+        before as f64 / 1024.0,
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
     );
     Ok(())
 }

@@ -49,10 +49,24 @@ async fn export(app: &TestApp, token: &str, path: &str) -> (String, Value) {
     let r = kick_off(app, token, path, "respond-async").await;
     assert_eq!(r.status(), 202, "{path}: {}", r.text().await.unwrap());
     let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
-    let r = app.client.get(&status_url).bearer_auth(token).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers().contains_key("expires"));
-    (status_url, r.json().await.unwrap())
+    let manifest = poll(app, token, &status_url).await;
+    (status_url, manifest)
+}
+
+/// Polls a status URL until the export is complete (202 with X-Progress and Retry-After until then).
+async fn poll(app: &TestApp, token: &str, status_url: &str) -> Value {
+    for _ in 0..500 {
+        let r = app.client.get(status_url).bearer_auth(token).send().await.unwrap();
+        if r.status() == 202 {
+            assert!(r.headers().contains_key("x-progress") && r.headers().contains_key("retry-after"));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("expires"));
+        return r.json().await.unwrap();
+    }
+    panic!("the export at {status_url} did not complete");
 }
 
 /// Downloads a file of the manifest: its resources.
@@ -224,7 +238,7 @@ async fn patient_and_group_exports_hold_only_their_patients_and_scopes_decide_th
     let r = app.client.post(app.url("Patient/$export")).bearer_auth(&token).header("prefer", "respond-async").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
-    let manifest: Value = app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let manifest = poll(&app, &token, &status_url).await;
     let encounters = download(&app, &token, outputs(&manifest, "Encounter")[0]["url"].as_str().unwrap()).await;
     assert!(!encounters.is_empty());
     assert!(encounters.iter().all(|e| e["subject"]["reference"] == format!("Patient/{second}")));
@@ -244,4 +258,42 @@ async fn patient_and_group_exports_hold_only_their_patients_and_scopes_decide_th
     let types: Vec<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["Observation"]);
     assert!(manifest["error"].as_array().unwrap().is_empty());
+}
+
+/// Two nodes on one PostgreSQL database: a job kicked off on one is polled and downloaded on the other; a
+/// job left planning by a node that stopped is planned again by the next status request, on any node.
+#[tokio::test]
+async fn a_job_started_on_one_node_is_served_by_another_and_survives_a_stopped_node() {
+    let Some(pg) = crate::ScratchPostgres::create("export").await else { return };
+    let a = crate::spawn_secured_on(&pg.url).await;
+    let b = crate::spawn_secured_on(&pg.url).await;
+    kindling::seed(&a.app_state, 2, SEED).await.unwrap();
+    let token = backend_token(&a, "exporter", "system/*.rs").await;
+    let r = kick_off(&a, &token, "$export?_type=Patient,Encounter", "respond-async").await;
+    assert_eq!(r.status(), 202);
+    let on_a = r.headers()["content-location"].to_str().unwrap().to_string();
+    let on_b = on_a.replace(&a.base, &b.base);
+    assert_ne!(on_a, on_b);
+    let manifest = poll(&b, &token, &on_b).await;
+    for ty in ["Patient", "Encounter"] {
+        let url = outputs(&manifest, ty)[0]["url"].as_str().unwrap().replace(&a.base, &b.base);
+        let resources = download(&b, &token, &url).await;
+        assert_eq!(resources.len(), live_count(&b, ty).await, "{ty}");
+    }
+
+    // A node stopped while planning: the record says "planning" since long ago, with no files.
+    let job = on_a.rsplit('/').next().unwrap();
+    let record = a.app_state.store.auth_get("bulk_export", job).await.unwrap().unwrap();
+    let mut left: Value = serde_json::from_str(&record.value).unwrap();
+    left["state"] = json!("Planning");
+    left["files"] = json!([]);
+    left["planning_since"] = json!(left["transaction_time"].as_i64().unwrap() - 60_000);
+    a.app_state.store.auth_put("bulk_export", job, &left.to_string(), None, record.expires).await.unwrap();
+    let r = b.client.get(&on_b).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 202, "taken over, planning again");
+    let again = poll(&b, &token, &on_b).await;
+    assert_eq!(again["output"], manifest["output"]);
+    assert_eq!(again["transactionTime"], manifest["transactionTime"]);
+    drop((a, b));
+    pg.drop_database().await;
 }
