@@ -109,3 +109,7 @@ start_kindling secured
 "$venv/bin/python" tests/interop/fhirclient_check.py "$url/fhir" target/debug/kindling "$work/secured" \
     "$npm_dir/node_modules/fhirclient/build/fhir-client.js"
 "$venv/bin/python" tests/interop/clientpy_check.py "$url/fhir" target/debug/kindling "$work/secured"
+
+# 8. Bulk Data: an independent client written from the IG runs a system and a Group export with a
+# backend-services token and validates every exported resource with fhir.resources.
+"$venv/bin/python" tests/interop/bulk_check.py "$url/fhir" target/debug/kindling "$work/secured"

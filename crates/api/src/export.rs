@@ -447,14 +447,18 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
         .ok_or_else(|| ApiError::not_found("this export has no such file"))?;
     let file = job.files.swap_remove(n);
     audit(state, access, "export-download", &format!("job {id} file {n}: {} {} resources", file.keys.len(), file.resource_type));
-    let stream = futures_util::stream::unfold((state.clone(), file.keys, 0usize, job.transaction_time), |(state, keys, at, tt)| async move {
-        if at >= keys.len() {
-            return None;
-        }
-        let end = (at + CHUNK).min(keys.len());
-        let chunk = render_chunk(&state, &keys[at..end], tt).await;
-        Some((chunk, (state, keys, end, tt)))
-    });
+    // Fused: a compressing layer may poll once more after the end.
+    let stream = futures_util::StreamExt::fuse(futures_util::stream::unfold(
+        (state.clone(), file.keys, 0usize, job.transaction_time),
+        |(state, keys, at, tt)| async move {
+            if at >= keys.len() {
+                return None;
+            }
+            let end = (at + CHUNK).min(keys.len());
+            let chunk = render_chunk(&state, &keys[at..end], tt).await;
+            Some((chunk, (state, keys, end, tt)))
+        },
+    ));
     Ok(ndjson(Body::from_stream(stream)))
 }
 

@@ -102,8 +102,11 @@ fn check_no_empty(v: &Value, root: &str) -> Result<(), Invalid> {
                     (path, what)
                 })
             }),
+            // A member may not be null (FHIR JSON leaves absent elements out); nulls inside arrays of
+            // primitives stand for values given only by their `_element` extensions.
             Value::Object(o) => o.iter().find_map(|(k, x)| {
-                find_empty(x).map(|(mut path, what)| {
+                let found = if x.is_null() { Some((Vec::new(), "null (leave an absent element out)")) } else { find_empty(x) };
+                found.map(|(mut path, what)| {
                     path.push(format!(".{k}"));
                     (path, what)
                 })
@@ -139,6 +142,9 @@ mod tests {
         assert!(e.0.contains("code"));
         assert!(validate_resource(&json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": {"reference": "Patient/1"}, "medicationCodeableConcept": {"text": "x"}}), None).is_ok());
         assert!(validate_resource(&json!({"resourceType": "Patient", "name": [{"family": ""}]}), None).is_err());
+        let null = validate_resource(&json!({"resourceType": "Medication", "code": {"text": "x"}, "name": null}), None).unwrap_err();
+        assert_eq!(null.0, "Medication.name is null (leave an absent element out)");
+        assert!(validate_resource(&json!({"resourceType": "Patient", "name": [{"given": ["A", null], "_given": [null, {"id": "x"}]}]}), None).is_ok());
         assert!(validate_resource(&json!({"resourceType": "Patient", "gender": "m"}), None).is_err());
     }
 }

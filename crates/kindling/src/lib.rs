@@ -360,7 +360,11 @@ pub fn router(state: AppState, auth: auth::Shared) -> Router {
 /// Loads the deterministic synthetic population into the store.
 pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Result<usize> {
     let today = state.clock.now().date();
-    let bundles = synth::generate(&synth::Options { patients, seed, today });
+    let mut bundles = synth::generate(&synth::Options { patients, seed, today });
+    if patients > 0 {
+        let groups = synth::groups(seed, &bundles[1..]);
+        bundles.push(groups);
+    }
     let mut resources = 0;
     for b in bundles {
         resources += b["entry"].as_array().map_or(0, Vec::len);

@@ -186,6 +186,61 @@ pub fn generate(opts: &Options) -> Vec<Value> {
     out
 }
 
+/// Groups over the patients of one seed, as an EHR keeps them for population health and Bulk Data
+/// `Group/[id]/$export`: the panel of the first practitioner (`kp-{seed}-panel`, the patients whose
+/// general practitioner they are) and a registry of the patients with active type 2 diabetes
+/// (`kp-{seed}-diabetes`).
+/// `patient_bundles` are the patient Bundles [`generate`] made (after its first, shared one).
+pub fn groups(seed: u64, patient_bundles: &[Value]) -> Value {
+    let gp = format!("Practitioner/{}", practitioner_id(0));
+    let (mut panel, mut diabetes) = (Vec::new(), Vec::new());
+    for bundle in patient_bundles {
+        let resources: Vec<&Value> = bundle["entry"].as_array().into_iter().flatten().map(|e| &e["resource"]).collect();
+        let Some(patient) = resources.iter().find(|r| r["resourceType"] == "Patient") else { continue };
+        let member = named_reference("Patient", patient["id"].as_str().unwrap_or_default(), &patient_name(patient));
+        if patient["generalPractitioner"][0]["reference"] == gp.as_str() {
+            panel.push(json!({"entity": member.clone()}));
+        }
+        let diabetic = resources.iter().any(|r| {
+            r["resourceType"] == "Condition"
+                && r["clinicalStatus"]["coding"][0]["code"] == "active"
+                && r["code"]["coding"].as_array().is_some_and(|c| c.iter().any(|c| c["code"] == "44054006"))
+        });
+        if diabetic {
+            diabetes.push(json!({"entity": member}));
+        }
+    }
+    let mut b = Bundle::new();
+    b.put(json!({
+        "resourceType": "Group", "id": format!("kp-{seed}-panel"), "active": true, "type": "person", "actual": true,
+        "code": cc("http://snomed.info/sct", "158965000", "Medical practitioner"),
+        "name": format!("Panel of {}", clinician_name(0)),
+        "managingEntity": named_reference("Practitioner", &practitioner_id(0), &clinician_name(0)),
+        "quantity": panel.len(),
+        "member": panel
+    }));
+    b.put(json!({
+        "resourceType": "Group", "id": format!("kp-{seed}-diabetes"), "active": true, "type": "person", "actual": true,
+        "name": "Type 2 diabetes registry",
+        "managingEntity": named_reference("Organization", PROVIDERS[1].0, PROVIDERS[1].1),
+        "characteristic": [{
+            "code": cc("http://loinc.org", "11450-4", "Problem list - Reported"),
+            "valueCodeableConcept": cc("http://snomed.info/sct", "44054006", "Diabetes mellitus type 2 (disorder)"),
+            "exclude": false
+        }],
+        "quantity": diabetes.len(),
+        "member": diabetes
+    }));
+    b.finish()
+}
+
+/// "Given Family" of a generated Patient.
+fn patient_name(patient: &Value) -> String {
+    let name = &patient["name"][0];
+    let given: Vec<&str> = name["given"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    format!("{} {}", given.join(" "), name["family"].as_str().unwrap_or_default()).trim().to_string()
+}
+
 fn address(line: &str, city: &str, zip: &str) -> Value {
     json!({"use": "work", "line": [line], "city": city, "state": "MA", "postalCode": zip, "country": "US"})
 }
@@ -270,7 +325,8 @@ fn shared_resources() -> Value {
     let mut out = b.finish();
     // Empty prefixes are left out rather than sent as [].
     for e in out["entry"].as_array_mut().into_iter().flatten() {
-        if let Some(name) = e["resource"]["name"].get_mut(0).and_then(Value::as_object_mut)
+        // (`get_mut`, not indexing: indexing a missing member inserts a null.)
+        if let Some(name) = e["resource"].get_mut("name").and_then(|n| n.get_mut(0)).and_then(Value::as_object_mut)
             && name.get("prefix").is_some_and(|p| p.as_array().is_some_and(Vec::is_empty))
         {
             name.remove("prefix");

@@ -248,3 +248,26 @@ fn discharge_summaries_are_pdf_documents() {
     let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, pdf["data"].as_str().unwrap()).unwrap();
     assert!(bytes.starts_with(b"%PDF-1.4") && bytes.ends_with(b"%%EOF\n"));
 }
+
+#[test]
+fn groups_hold_the_panel_and_the_diabetes_registry() {
+    let bundles = generate(&opts(50));
+    let groups = crate::groups(1, &bundles[1..]);
+    let resources: Vec<&Value> = groups["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    assert_eq!(resources.len(), 2);
+    let patients: BTreeMap<String, &Value> =
+        bundles[1..].iter().map(|b| (format!("Patient/{}", b["entry"][0]["resource"]["id"].as_str().unwrap()), b)).collect();
+    for g in &resources {
+        assert!(fhir::validate::validate_resource(g, Some("Group")).is_ok(), "{g}");
+        let members: Vec<&str> = g["member"].as_array().unwrap().iter().map(|m| m["entity"]["reference"].as_str().unwrap()).collect();
+        assert!(members.len() >= 3, "{}: {members:?}", g["id"]);
+        assert_eq!(g["quantity"], members.len());
+        assert!(members.iter().all(|m| patients.contains_key(*m)), "members are generated patients");
+        if g["id"] == "kp-1-diabetes" {
+            for m in &members {
+                let text = patients[*m].to_string();
+                assert!(text.contains("44054006"), "{m} has type 2 diabetes");
+            }
+        }
+    }
+}

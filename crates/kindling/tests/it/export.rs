@@ -136,6 +136,13 @@ async fn a_system_export_is_kicked_off_polled_downloaded_and_cancelled() {
     }
     let file = outputs(&manifest, "Patient")[0]["url"].as_str().unwrap().to_string();
     assert_eq!(app.client.get(&file).send().await.unwrap().status(), 401, "files need the token");
+    // Compressed on request (the body streams through gzip to its end).
+    let r = app.client.get(&file).bearer_auth(&token).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.bytes().await.unwrap()[..]), &mut text).unwrap();
+    assert_eq!(text.lines().count(), live_count(&app, "Patient").await);
 
     // Another client sees neither the job nor its files.
     let other = backend_token(&app, "someone-else", "system/*.rs").await;
