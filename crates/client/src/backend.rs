@@ -60,6 +60,10 @@ impl BackendClient {
         Ok((Secret::new(token), Instant::now() + Duration::from_secs(keep)))
     }
 
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// FHIR access with this client's tokens.
     pub fn fhir(self: &Arc<Self>) -> Fhir {
         Fhir::new(self.http.clone(), self.clone())

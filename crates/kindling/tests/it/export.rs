@@ -9,6 +9,23 @@ const SEED: u64 = 3;
 
 /// Registers a backend client allowed `scope` and returns a `client_credentials` token for it.
 async fn backend_token(app: &TestApp, client_id: &str, scope: &str) -> String {
+    let key = register_backend(app, client_id, scope).await;
+    let token_url = format!("{}/auth/token", app.base.trim_end_matches("/fhir"));
+    let assertion = key.client_assertion(client_id, &token_url).unwrap();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("scope", scope),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let r = app.client.post(&token_url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+}
+
+/// Registers a backend client allowed `scope`; returns its key.
+async fn register_backend(app: &TestApp, client_id: &str, scope: &str) -> client::SigningKey {
     let key = client::SigningKey::generate_es384("k1");
     let client = Client {
         client_id: client_id.into(),
@@ -26,18 +43,7 @@ async fn backend_token(app: &TestApp, client_id: &str, scope: &str) -> String {
         self_registered: false,
     };
     auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
-    let token_url = format!("{}/auth/token", app.base.trim_end_matches("/fhir"));
-    let assertion = key.client_assertion(client_id, &token_url).unwrap();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("scope", scope),
-        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-        ("client_assertion", assertion.as_str()),
-    ];
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-    let r = app.client.post(&token_url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+    key
 }
 
 async fn kick_off(app: &TestApp, token: &str, path: &str, prefer: &str) -> reqwest::Response {
@@ -303,4 +309,48 @@ async fn a_job_started_on_one_node_is_served_by_another_and_survives_a_stopped_n
     assert_eq!(again["transactionTime"], manifest["transactionTime"]);
     drop((a, b));
     pg.drop_database().await;
+}
+
+/// The SDK's `BackendClient::export`: kicks off, polls, streams each file resource by resource, reports a
+/// refusal as a typed error, and cancels.
+#[tokio::test]
+async fn the_sdk_exports_streams_and_cancels() {
+    use client::{Error, ExportLevel, ExportRequest};
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 3, SEED).await.unwrap();
+    let key = register_backend(&app, "sdk-exporter", "system/*.rs").await;
+    let backend = client::BackendClient::new(&app.base, "sdk-exporter", std::sync::Arc::new(key), "system/*.rs").unwrap();
+    let export = backend.export(&ExportRequest { types: vec!["Patient".into(), "Condition".into()], ..Default::default() }).await.unwrap();
+    assert!(export.manifest.requires_access_token);
+    for ty in ["Patient", "Condition"] {
+        let file = export.manifest.output.iter().find(|f| f.resource_type == ty).unwrap();
+        let mut seen = 0;
+        let n = export
+            .resources(file, |r| {
+                assert_eq!(r["resourceType"], ty);
+                seen += 1;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!((n, seen), (file.count.unwrap(), live_count(&app, ty).await as u64), "{ty}");
+    }
+    // Group level: the panel's members.
+    let group: Value = serde_json::from_str(&app.app_state.store.read("Group", &format!("kp-{SEED}-diabetes")).await.unwrap().unwrap().json).unwrap();
+    let members = group["member"].as_array().unwrap().len() as u64;
+    let by_group = backend
+        .export(&ExportRequest { level: ExportLevel::Group(format!("kp-{SEED}-diabetes")), types: vec!["Patient".into()], ..Default::default() })
+        .await
+        .unwrap();
+    let exported: u64 = by_group.manifest.output.iter().map(|f| f.count.unwrap()).sum();
+    assert_eq!(exported, members);
+    // A refusal is typed, with the server's reason.
+    let e = backend.export(&ExportRequest { types: vec!["Nonsense".into()], ..Default::default() }).await.err().unwrap();
+    assert!(matches!(&e, Error::Fhir { status: 400, detail } if detail.contains("Nonsense")), "{e}");
+    // Cancelled: the status URL is gone.
+    let status_url = export.status_url.clone();
+    let token = client::TokenSource::token(backend.as_ref()).await.unwrap();
+    assert_eq!(app.client.get(&status_url).bearer_auth(token.expose()).send().await.unwrap().status(), 200);
+    export.cancel().await.unwrap();
+    assert_eq!(app.client.get(&status_url).bearer_auth(token.expose()).send().await.unwrap().status(), 404);
 }
