@@ -45,6 +45,8 @@ pub enum Level {
 struct Job {
     /// The client that started it (`None` in the open sandbox).
     client_id: Option<String>,
+    /// Who may see it ([`owner_of`]).
+    owner: Option<String>,
     /// The kick-off request URL, for the manifest.
     request: String,
     /// Unix ms.
@@ -96,6 +98,24 @@ fn client_of(access: &Access) -> Option<String> {
         Access::Token(t) => Some(t.client_id.clone()),
     }
 }
+
+/// Who a job belongs to: the client and, for tokens issued to a person, that person and the patient in
+/// context, so that two users of one app never see each other's exports.
+fn owner_of(access: &Access) -> Option<String> {
+    match access {
+        Access::Open => None,
+        Access::Token(t) => Some(format!("{}|{}|{}", t.client_id, t.fhir_user.as_deref().unwrap_or(""), t.patient.as_deref().unwrap_or(""))),
+    }
+}
+
+/// A job's owner alone (read without the rest of the record).
+#[derive(Deserialize)]
+struct Owner {
+    owner: Option<String>,
+}
+
+/// Live jobs one owner may hold at once; a kick-off beyond answers 429.
+pub const JOBS_PER_OWNER: usize = 5;
 
 /// Reads the kick-off parameters: `pairs` from the query string, `body` a Parameters resource (POST).
 /// Parameters this server does not support are refused (400) unless `Prefer: handling=lenient`.
@@ -191,8 +211,29 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
         Level::Patients => Some(params.patients.clone()),
         Level::Group(id) => Some(group_members(state, access, id, &params.patients).await?),
     };
+    let owner = owner_of(access);
+    let now = state.now_ms();
+    let live = state
+        .store
+        .auth_list(JOB_KIND)
+        .await?
+        .into_iter()
+        .filter(|(_, r)| r.expires.is_none_or(|e| e > now))
+        .filter(|(_, r)| serde_json::from_str::<Owner>(&r.value).is_ok_and(|j| j.owner == owner))
+        .count();
+    if live >= JOBS_PER_OWNER {
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            format!("{live} exports of this client are still kept (at most {JOBS_PER_OWNER}); cancel one (DELETE its status URL) or wait until one expires"),
+        )
+        .into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return Ok(r);
+    }
     let job = Job {
         client_id: client_of(access),
+        owner: owner_of(access),
         request,
         transaction_time,
         state: JobState::Planning,
@@ -362,7 +403,7 @@ async fn load_job(state: &AppState, access: &Access, id: &str) -> ApiResult<Job>
         return Err(gone());
     }
     let job: Job = serde_json::from_str(&record.value).map_err(|_| ApiError::internal())?;
-    if job.client_id != client_of(access) {
+    if job.owner != owner_of(access) {
         return Err(gone());
     }
     Ok(job)

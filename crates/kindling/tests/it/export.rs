@@ -354,3 +354,36 @@ async fn the_sdk_exports_streams_and_cancels() {
     export.cancel().await.unwrap();
     assert_eq!(app.client.get(&status_url).bearer_auth(token.expose()).send().await.unwrap().status(), 404);
 }
+
+/// Jobs belong to the client and the person it acts for: two users of one app do not see each other's
+/// exports; and one owner keeps at most five at a time (429 with Retry-After beyond).
+#[tokio::test]
+async fn jobs_belong_to_their_user_and_are_limited_per_owner() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, SEED).await.unwrap();
+    ehr::register_demo_app(&app.auth).await.unwrap();
+    for (user, practitioner) in [("doc1", 0), ("doc2", 1)] {
+        let linked = format!("Practitioner/{}", synth::practitioner_id(practitioner));
+        auth::registry::put_user(app.auth.store.as_ref(), user, user, auth::model::UserRole::Clinician, "long-enough-1", &linked).await.unwrap();
+    }
+    let token = |user: &'static str| {
+        let auth = app.auth.clone();
+        async move { auth::operator_tokens(&auth, "kindling-demo", user, None, "user/*.rs").await.unwrap()["access_token"].as_str().unwrap().to_string() }
+    };
+    let (one, two) = (token("doc1").await, token("doc2").await);
+    let (status_url, manifest) = export(&app, &one, "$export?_type=Patient").await;
+    let file = outputs(&manifest, "Patient")[0]["url"].as_str().unwrap().to_string();
+    assert_eq!(app.client.get(&status_url).bearer_auth(&two).send().await.unwrap().status(), 404, "another user of the same app");
+    assert_eq!(app.client.get(&file).bearer_auth(&two).send().await.unwrap().status(), 404);
+    assert_eq!(download(&app, &one, &file).await.len(), 1);
+
+    for _ in 1..5 {
+        export(&app, &one, "$export?_type=Patient").await;
+    }
+    let r = kick_off(&app, &one, "$export?_type=Patient", "respond-async").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(kick_off(&app, &two, "$export?_type=Patient", "respond-async").await.status(), 202, "the limit is per owner");
+    assert_eq!(app.client.delete(&status_url).bearer_auth(&one).send().await.unwrap().status(), 202);
+    assert_eq!(kick_off(&app, &one, "$export?_type=Patient", "respond-async").await.status(), 202, "room again after a cancel");
+}
