@@ -517,6 +517,10 @@ fn add_constraint_filter(state: &AppState, q: &mut SearchQuery, sets: &[Vec<(Str
     if !sets.iter().all(|s| s.len() == 1 && &s[0].0 == name) {
         return Err(forbidden("these granular scopes combine several parameters; search each granted subset separately"));
     }
+    // Only what a read can check too: a plain token parameter (no modifier, no result parameter).
+    if params::find(&q.resource_type, name).is_none_or(|p| p.kind != params::ParamKind::Token) {
+        return Err(forbidden(format!("the granted scope constraint '{name}' is not a token search parameter of {}; it cannot be enforced", q.resource_type)));
+    }
     let values: Vec<String> = sets.iter().map(|s| s[0].1.replace(',', "\\,")).collect();
     let pairs = vec![(name.clone(), values.join(","))];
     let parsed = fhir::query::parse(&q.resource_type, &pairs, ParseOptions { lenient: false, base: Some(&state.base_url), now_ms: state.now_ms() })

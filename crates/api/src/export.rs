@@ -276,6 +276,9 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
     let started = std::time::Instant::now();
     let Ok(Some(record)) = state.store.auth_get(JOB_KIND, &id).await else { return };
     let Ok(mut job) = serde_json::from_str::<Job>(&record.value) else { return };
+    // The export reflects the data as its searches find it: its transaction time is when they start, so
+    // that every version a file serves from history was the one the searches were run against.
+    job.transaction_time = state.now_ms();
     let planned = plan(&state, &access, &job).await;
     match state.store.auth_get(JOB_KIND, &id).await {
         Ok(Some(_)) => {}
@@ -288,7 +291,10 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
             job.state = JobState::Complete;
         }
         Err(e) => {
-            job.failure = Some(e.message);
+            if e.status.is_server_error() {
+                tracing::error!(job = %id, error = %e.message, "a bulk export could not be planned");
+            }
+            job.failure = Some(if e.status.is_server_error() { "the server could not run its searches; start the export again".into() } else { e.message });
             job.state = JobState::Failed;
         }
     }
@@ -322,6 +328,13 @@ async fn plan(state: &AppState, access: &Access, job: &Job) -> ApiResult<(Vec<Fi
     for ty in &types {
         if compartment_only && ty != "Patient" && !fhir::params::in_patient_compartment(ty) {
             errors.push(format!("{ty} is outside the patient compartment, so a patient-level export does not hold it"));
+            continue;
+        }
+        // Export hands out content: a type the token may search but not read is not exported.
+        if let Err(e) = access.check_any(ty, smart::Interaction::Read) {
+            if params.types.is_some() {
+                errors.push(format!("{ty} was not exported: {}", e.message));
+            }
             continue;
         }
         // `_typeFilter`s of this type are alternatives (their results are joined); none means all of it.
@@ -364,6 +377,17 @@ async fn plan(state: &AppState, access: &Access, job: &Job) -> ApiResult<(Vec<Fi
         }
         keys.sort_unstable();
         keys.dedup();
+        // As a search page would be: where the read rules are not the search's (a Patient compartment
+        // holds the records linked to the patient, which a patient-level read refuses; read grants narrower
+        // than search grants), every resource is checked for reading, a chunk at a time.
+        if !access.search_implies_read(ty) {
+            let mut readable = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(CHUNK) {
+                let resources = state.store.fetch(chunk).await?;
+                readable.extend(access.readable(state, resources).await?.into_iter().map(|r| r.key));
+            }
+            keys = readable;
+        }
         for part in keys.chunks(FILE_RESOURCES) {
             files.push(File { resource_type: ty.clone(), keys: part.to_vec() });
         }
@@ -490,21 +514,21 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
     audit(state, access, "export-download", &format!("job {id} file {n}: {} {} resources", file.keys.len(), file.resource_type));
     // Fused: a compressing layer may poll once more after the end.
     let stream = futures_util::StreamExt::fuse(futures_util::stream::unfold(
-        (state.clone(), file.keys, 0usize, job.transaction_time),
-        |(state, keys, at, tt)| async move {
+        (state.clone(), access.clone(), file.keys, 0usize, job.transaction_time),
+        |(state, access, keys, at, tt)| async move {
             if at >= keys.len() {
                 return None;
             }
             let end = (at + CHUNK).min(keys.len());
-            let chunk = render_chunk(&state, &keys[at..end], tt).await;
-            Some((chunk, (state, keys, end, tt)))
+            let chunk = render_chunk(&state, &access, &keys[at..end], tt).await;
+            Some((chunk, (state, access, keys, end, tt)))
         },
     ));
     Ok(ndjson(Body::from_stream(stream)))
 }
 
 /// NDJSON lines of these resources as they were at `transaction_time`; resources deleted since are left out.
-async fn render_chunk(state: &AppState, keys: &[i64], transaction_time: i64) -> Result<String, std::io::Error> {
+async fn render_chunk(state: &AppState, access: &Access, keys: &[i64], transaction_time: i64) -> Result<String, std::io::Error> {
     let failed = |e: store::StoreError| {
         tracing::error!(error = %e, "bulk export file: the database failed while streaming");
         std::io::Error::other("the database failed while the file was streamed")
@@ -522,7 +546,13 @@ async fn render_chunk(state: &AppState, keys: &[i64], transaction_time: i64) -> 
         while version >= 1 {
             match state.store.vread(&r.resource_type, &r.id, version).await.map_err(failed)? {
                 Some(old) if old.last_updated <= transaction_time => {
-                    if !old.deleted {
+                    // An older version is judged on its own content (it may have been another patient's,
+                    // or outside a granted category, then).
+                    let allowed = access
+                        .check_resource(state, smart::Interaction::Read, &old.resource_type, &old.id, None, crate::access::Content::Stored(&old.json))
+                        .await
+                        .is_ok();
+                    if !old.deleted && allowed {
                         out.push_str(&old.json);
                         out.push('\n');
                     }
