@@ -190,8 +190,24 @@ pub fn kick_off_parameters(headers: &HeaderMap, pairs: &[(String, String)], body
             }
         }
     }
+    // Each type, filter and patient is a search: repeated ones count once, and the patients one kick-off
+    // names are bounded (a Group's members are not: they are the Group).
+    for list in [k.types.as_mut(), Some(&mut k.type_filters), Some(&mut k.patients)].into_iter().flatten() {
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|x| seen.insert(x.clone()));
+    }
+    if k.patients.len() > MAX_PATIENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("{} patients in one kick-off; at most {MAX_PATIENTS} (export a Group instead)", k.patients.len()),
+        ));
+    }
     Ok(k)
 }
+
+/// The most `patient` parameters one kick-off may name.
+pub const MAX_PATIENTS: usize = 1000;
 
 /// Runs a kick-off: checks what can be checked at once (a bad filter or Group is a 400 or 404 now), records
 /// the job, plans it in the background and answers 202 with the status URL in `Content-Location`.
@@ -411,6 +427,7 @@ async fn group_members(state: &AppState, access: &Access, id: &str, wanted: &[St
         .filter_map(|r| r.strip_prefix("Patient/").map(str::to_string))
         .collect();
     if !wanted.is_empty() {
+        let wanted: std::collections::HashSet<&String> = wanted.iter().collect();
         members.retain(|m| wanted.contains(m));
     }
     Ok(members)

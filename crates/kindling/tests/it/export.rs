@@ -252,6 +252,17 @@ async fn patient_and_group_exports_hold_only_their_patients_and_scopes_decide_th
     assert_eq!(r.status(), 202);
     let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
     let manifest = poll(&app, &token, &status_url).await;
+    let many: Vec<Value> = (0..1001).map(|i| json!({"name": "patient", "valueReference": {"reference": format!("Patient/p{i}")}})).collect();
+    let r = app
+        .client
+        .post(app.url("Patient/$export"))
+        .bearer_auth(&token)
+        .header("prefer", "respond-async")
+        .json(&json!({"resourceType": "Parameters", "parameter": many}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "at most 1,000 patients in one kick-off");
     let encounters = download(&app, &token, outputs(&manifest, "Encounter")[0]["url"].as_str().unwrap()).await;
     assert!(!encounters.is_empty());
     assert!(encounters.iter().all(|e| e["subject"]["reference"] == format!("Patient/{second}")));
