@@ -73,8 +73,10 @@ enum JobState {
     Failed,
 }
 
-/// A job still planning this long after a node started on it is planned again by the next status request.
+/// A job still planning this long after a node started on it, whose planner has not renewed its lease
+/// (record kind [`LEASE_KIND`]) for as long, is planned again by the next status request.
 const PLANNING_STALE_MS: i64 = 30_000;
+const LEASE_KIND: &str = "bulk_export_lease";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct File {
@@ -263,6 +265,7 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
     };
     let id = uuid::Uuid::new_v4().simple().to_string();
     save(state, &id, &job).await?;
+    state.store.auth_put(LEASE_KIND, &id, "", None, Some(transaction_time + PLANNING_STALE_MS)).await?;
     audit(state, access, "export", &format!("kick-off: {}", job.request));
     start_planning(state, access, &id);
     let mut r = StatusCode::ACCEPTED.into_response();
@@ -295,7 +298,7 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
     // The export reflects the data as its searches find it: its transaction time is when they start, so
     // that every version a file serves from history was the one the searches were run against.
     job.transaction_time = state.now_ms();
-    let planned = plan(&state, &access, &job).await;
+    let planned = plan(&state, &access, &id, &job).await;
     match state.store.auth_get(JOB_KIND, &id).await {
         Ok(Some(_)) => {}
         _ => return,
@@ -324,7 +327,7 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
 }
 
 /// The files and the error messages of a job: its searches, run under `access`.
-async fn plan(state: &AppState, access: &Access, job: &Job) -> ApiResult<(Vec<File>, Vec<String>)> {
+async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResult<(Vec<File>, Vec<String>)> {
     let params = &job.params;
     let compartment_only = job.compartment_only;
     let patients = &job.patients;
@@ -342,6 +345,7 @@ async fn plan(state: &AppState, access: &Access, job: &Job) -> ApiResult<(Vec<Fi
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for ty in &types {
+        state.store.auth_put(LEASE_KIND, id, "", None, Some(state.now_ms() + PLANNING_STALE_MS)).await?;
         if compartment_only && ty != "Patient" && !fhir::params::in_patient_compartment(ty) {
             errors.push(format!("{ty} is outside the patient compartment, so a patient-level export does not hold it"));
             continue;
@@ -451,11 +455,11 @@ async fn load_job(state: &AppState, access: &Access, id: &str) -> ApiResult<Job>
 }
 
 /// A job not yet planned: 202 with progress, after taking over a planning left by a node that stopped.
-async fn in_progress(state: &AppState, access: &Access, id: &str, mut job: Job) -> ApiResult<Response> {
+async fn in_progress(state: &AppState, access: &Access, id: &str, job: Job) -> ApiResult<Response> {
     let now = state.now_ms();
-    if now - job.planning_since > PLANNING_STALE_MS {
-        job.planning_since = now;
-        save(state, id, &job).await?;
+    // The planner renews its lease as it goes; one that lapsed belongs to a node that stopped. Of the
+    // status requests that find it lapsed (on any node), the one that takes the lease plans again.
+    if now - job.planning_since > PLANNING_STALE_MS && state.store.auth_insert_new(LEASE_KIND, id, "", Some(now + PLANNING_STALE_MS)).await? {
         tracing::info!(job = %id, "a bulk export left planning by a stopped node is planned again");
         start_planning(state, access, id);
     }

@@ -305,7 +305,8 @@ async fn a_job_started_on_one_node_is_served_by_another_and_survives_a_stopped_n
         assert_eq!(resources.len(), live_count(&b, ty).await, "{ty}");
     }
 
-    // A node stopped while planning: the record says "planning" since long ago, with no files.
+    // A node stopped while planning: the record says "planning" since long ago, with no files. While the
+    // lease is live nobody takes over.
     let job = on_a.rsplit('/').next().unwrap();
     let record = a.app_state.store.auth_get("bulk_export", job).await.unwrap().unwrap();
     let mut left: Value = serde_json::from_str(&record.value).unwrap();
@@ -313,6 +314,12 @@ async fn a_job_started_on_one_node_is_served_by_another_and_survives_a_stopped_n
     left["files"] = json!([]);
     left["planning_since"] = json!(left["transaction_time"].as_i64().unwrap() - 60_000);
     a.app_state.store.auth_put("bulk_export", job, &left.to_string(), None, record.expires).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(b.client.get(&on_b).bearer_auth(&token).send().await.unwrap().status(), 202, "the lease is live: nobody plans again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Its lease lapsed (the planner renews it as it goes; a stopped one does not).
+    a.app_state.store.auth_delete("bulk_export_lease", job).await.unwrap();
     let r = b.client.get(&on_b).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 202, "taken over, planning again");
     let again = poll(&b, &token, &on_b).await;
