@@ -536,7 +536,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
     }
 
     if args.runs("export") {
-        export_bench(&server, &rs384, &token_url).await?;
+        export_bench(&server, &rs384, &token_url, reads).await?;
     }
 
     // Full authorization_code flows: authorise (signed-in session, consent remembered) then exchange
@@ -620,7 +620,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
 
 /// A system-level Bulk Data export of everything: the kick-off's time, then every file downloaded in
 /// turn (resources/s), with the server's peak RSS sampled every 20 ms meanwhile.
-async fn export_bench(server: &ServerProcess, key: &client::SigningKey, token_url: &str) -> anyhow::Result<()> {
+async fn export_bench(server: &ServerProcess, key: &client::SigningKey, token_url: &str, reads: &Arc<Vec<String>>) -> anyhow::Result<()> {
     let mut conn = connect(&server.base).await?;
     let assertion = key.client_assertion("bench-backend-rs", token_url).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
     let body = format!(
@@ -687,6 +687,50 @@ async fn export_bench(server: &ServerProcess, key: &client::SigningKey, token_ur
         before as f64 / 1024.0,
         peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
     );
+
+    // Reads by id on one connection, in alternating 1-second phases without and with 4 clients polling
+    // the export's status URL 10 times a second each (every client of a real export polls about once a
+    // second), so machine noise hits both alike.
+    let status_path = path(&status_url);
+    let (mut quiet, mut polled) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    for phase in 0..6 {
+        let polling = Arc::new(std::sync::atomic::AtomicBool::new(phase % 2 == 1));
+        let mut pollers = Vec::new();
+        if phase % 2 == 1 {
+            for _ in 0..4 {
+                let (base, status_path, bearer, polling) = (server.base.clone(), status_path.clone(), bearer.clone(), polling.clone());
+                pollers.push(tokio::spawn(async move {
+                    let mut conn = connect(&base).await?;
+                    while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                        conn.send("GET", &status_path, &[("authorization", &bearer)], None).await?;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            let t = Instant::now();
+            conn.send("GET", &reads[i % reads.len()], &[("authorization", &bearer)], None).await?;
+            let us = t.elapsed().as_micros() as u64;
+            if phase % 2 == 1 {
+                polled.push(us)
+            } else {
+                quiet.push(us)
+            }
+            i += 1;
+        }
+        polling.store(false, std::sync::atomic::Ordering::Relaxed);
+        for p in pollers {
+            p.await??;
+        }
+    }
+    quiet.sort_unstable();
+    polled.sort_unstable();
+    let (q, p) = (percentile(&quiet, 0.5), percentile(&polled, 0.5));
+    println!("export_status_polls          reads_p50_quiet={q:.3} ms reads_p50_with_4_pollers_at_10_hz={p:.3} ms slowdown={:.1}%", (p / q - 1.0) * 100.0);
     Ok(())
 }
 
