@@ -43,8 +43,6 @@ pub enum Level {
 /// An export: what it asks for and, once planned, what matched, by type, in files.
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
-    /// The client that started it (`None` in the open sandbox).
-    client_id: Option<String>,
     /// Who may see it ([`owner_of`]).
     owner: Option<String>,
     /// The kick-off request URL, for the manifest.
@@ -92,13 +90,6 @@ pub struct KickOff {
     pub since: Option<String>,
     pub type_filters: Vec<String>,
     pub patients: Vec<String>,
-}
-
-fn client_of(access: &Access) -> Option<String> {
-    match access {
-        Access::Open => None,
-        Access::Token(t) => Some(t.client_id.clone()),
-    }
 }
 
 /// Who a job belongs to: the client and, for tokens issued to a person, that person and the patient in
@@ -250,7 +241,6 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
         return Ok(r);
     }
     let job = Job {
-        client_id: client_of(access),
         owner: owner_of(access),
         request,
         transaction_time,

@@ -493,13 +493,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
     // One search with each kind of token, in turn on one connection, so that machine noise hits all alike.
     if args.runs("scoped") {
         let mut conn = connect(&base).await?;
-        let assertion = rs384.client_assertion("bench-backend-rs", &token_url).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
-        let body = format!(
-            "grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
-        );
-        let r = conn.send("POST", &token_path, &[], Some(body)).await?;
-        let system: Value = serde_json::from_slice(&r.body)?;
-        scoped_tokens.push(("system/*.rs", system["access_token"].as_str().unwrap_or_default().to_string()));
+        scoped_tokens.push(("system/*.rs", system_token(&mut conn, &rs384, &token_url).await?));
         let patient = patients.first().cloned().unwrap_or_default();
         let path = format!("/fhir/Observation?patient={patient}&category=vital-signs&_sort=-date&_count=50");
         let bearers: Vec<String> = scoped_tokens.iter().map(|(_, t)| format!("Bearer {t}")).collect();
@@ -618,17 +612,22 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
     Ok(())
 }
 
-/// A system-level Bulk Data export of everything: the kick-off's time, then every file downloaded in
-/// turn (resources/s), with the server's peak RSS sampled every 20 ms meanwhile.
-async fn export_bench(server: &ServerProcess, key: &client::SigningKey, token_url: &str, reads: &Arc<Vec<String>>) -> anyhow::Result<()> {
-    let mut conn = connect(&server.base).await?;
+/// A `system/*.rs` token for the RS384 backend client `bench-backend-rs` (registered by [`auth_bench`]).
+async fn system_token(conn: &mut Conn, key: &client::SigningKey, token_url: &str) -> anyhow::Result<String> {
     let assertion = key.client_assertion("bench-backend-rs", token_url).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
     let body = format!(
         "grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
     );
     let r = conn.send("POST", "/auth/token", &[], Some(body)).await?;
     let token: Value = serde_json::from_slice(&r.body)?;
-    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap_or_default());
+    token["access_token"].as_str().map(str::to_string).with_context(|| format!("no backend token: {}", String::from_utf8_lossy(&r.body)))
+}
+
+/// A system-level Bulk Data export of everything: the kick-off's time, then every file downloaded in
+/// turn (resources/s), with the server's peak RSS sampled every 20 ms meanwhile.
+async fn export_bench(server: &ServerProcess, key: &client::SigningKey, token_url: &str, reads: &Arc<Vec<String>>) -> anyhow::Result<()> {
+    let mut conn = connect(&server.base).await?;
+    let bearer = format!("Bearer {}", system_token(&mut conn, key, token_url).await?);
     let pid = server.child.id();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_kib(pid).unwrap_or(0)));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
