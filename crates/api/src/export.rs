@@ -1,12 +1,13 @@
 //! Bulk Data `$export` (FHIR Bulk Data Access 2.0): system, patient and Group level.
 //!
-//! A kick-off runs the export's searches at once, under the token's access, and freezes the keys of what
-//! matched in a job record of the store (`auth_records`, kind `bulk_export`): on PostgreSQL every node
-//! reads it, and it survives restarts. The job is complete when the kick-off answers; its files are
+//! A kick-off checks its parameters, records a job in the store (`auth_records`, kind `bulk_export`: on
+//! PostgreSQL every node reads it, and it survives restarts) and answers; the export's searches then run in
+//! the background under the token's access and freeze the keys of what matched in the job. Its files are
 //! rendered as they are downloaded, streamed from the database in chunks of 1,000 resources (a large export
 //! never sits in memory), each resource as it was at the job's `transactionTime` (a later version is
 //! replaced by the one current then, from the history). A job, and with it its files, lives for
-//! [`JOB_TTL_MS`] after the kick-off; the client that started it is the only one that sees it.
+//! [`JOB_TTL_MS`] after the kick-off; the client that started it is the only one that sees it. A kick-off
+//! may name failures to rehearse ([`ExportFaults`]).
 
 use crate::AppState;
 use crate::access::Access;
@@ -64,6 +65,13 @@ struct Job {
     failure: Option<String>,
 }
 
+impl Job {
+    /// When the job and its files go (Unix ms).
+    fn expires(&self) -> i64 {
+        self.transaction_time + self.params.faults.expire_secs.map_or(JOB_TTL_MS, |s| s * 1000)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 enum JobState {
     Planning,
@@ -75,6 +83,9 @@ enum JobState {
 /// (record kind [`LEASE_KIND`]) for as long, is planned again by the next status request.
 const PLANNING_STALE_MS: i64 = 30_000;
 const LEASE_KIND: &str = "bulk_export_lease";
+/// Records of injected faults: a kick-off refused (`kickoff-429`), a file that answered 404 (`file-404-once`).
+const REFUSED_KIND: &str = "bulk_export_refused";
+const MISSED_KIND: &str = "bulk_export_missed";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct File {
@@ -90,6 +101,66 @@ pub struct KickOff {
     pub since: Option<String>,
     pub type_filters: Vec<String>,
     pub patients: Vec<String>,
+    /// Failures to rehearse, from the kick-off's [`FAULT_HEADER`].
+    #[serde(default)]
+    pub faults: ExportFaults,
+}
+
+/// The kick-off header that names failures to inject into one export (comma-separated), so that a client
+/// can rehearse them against the sandbox: `slow=N`, `kickoff-429`, `fail`, `file-404-once`, `expire=N`.
+pub const FAULT_HEADER: &str = "kindling-export-fault";
+/// The longest `slow=N` wait per resource type (the planner's lease lapses after [`PLANNING_STALE_MS`]).
+pub const MAX_SLOW_MS: u64 = 10_000;
+
+/// Failures injected into one export; kept with the job, so that every node and a restart honour them.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportFaults {
+    /// `slow=N`: planning waits N ms before each resource type, and `X-Progress` counts the types done.
+    #[serde(default)]
+    pub slow_ms: u64,
+    /// `kickoff-429`: of the kick-offs that name it, every second one (starting with the first) is refused
+    /// with 429 and `Retry-After: 1`, as a busy server would; a client that waits and retries gets through.
+    #[serde(default)]
+    pub kickoff_429: bool,
+    /// `fail`: the job fails; its status URL answers 500 with an OperationOutcome.
+    #[serde(default)]
+    pub fail: bool,
+    /// `file-404-once`: each output file answers 404 (with `Retry-After: 1`) to its first download.
+    #[serde(default)]
+    pub file_404_once: bool,
+    /// `expire=N`: the job and its files expire N s after the kick-off instead of after an hour.
+    #[serde(default)]
+    pub expire_secs: Option<i64>,
+}
+
+impl ExportFaults {
+    /// Reads the [`FAULT_HEADER`] value; an unknown fault or a bad number is an error to show the client.
+    pub fn parse(value: &str) -> Result<ExportFaults, String> {
+        let mut f = ExportFaults::default();
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, arg) = match item.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim())),
+                None => (item, None),
+            };
+            let number = |what: &str| -> Result<u64, String> {
+                arg.and_then(|a| a.parse::<u64>().ok()).ok_or_else(|| format!("the export fault '{name}' needs a whole number of {what}: {name}=N"))
+            };
+            match (name.to_ascii_lowercase().as_str(), arg) {
+                ("slow", _) => {
+                    f.slow_ms = number("milliseconds")?;
+                    if f.slow_ms > MAX_SLOW_MS {
+                        return Err(format!("slow={} is longer than {MAX_SLOW_MS} ms per resource type", f.slow_ms));
+                    }
+                }
+                ("expire", _) => f.expire_secs = Some(number("seconds")?.min(JOB_TTL_MS as u64 / 1000) as i64),
+                ("kickoff-429", None) => f.kickoff_429 = true,
+                ("fail", None) => f.fail = true,
+                ("file-404-once", None) => f.file_404_once = true,
+                _ => return Err(format!("'{item}' is not an export fault (known: slow=N, kickoff-429, fail, file-404-once, expire=N)")),
+            }
+        }
+        Ok(f)
+    }
 }
 
 /// Who a job belongs to: the client and, for tokens issued to a person, that person and the patient in
@@ -143,6 +214,12 @@ pub fn kick_off_parameters(headers: &HeaderMap, pairs: &[(String, String)], body
         }
     }
     let mut k = KickOff::default();
+    let faults: Vec<&str> = headers
+        .get_all(FAULT_HEADER)
+        .iter()
+        .map(|v| v.to_str().map_err(|_| ApiError::bad_request(format!("{FAULT_HEADER} is not text"))))
+        .collect::<ApiResult<_>>()?;
+    k.faults = ExportFaults::parse(&faults.join(",")).map_err(ApiError::bad_request)?;
     for (name, value) in all {
         match name.as_str() {
             "_outputFormat" => {
@@ -240,6 +317,18 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         return Ok(r);
     }
+    if params.faults.kickoff_429 {
+        // Alternates through a record every node sees: refused when none is live (and one is left), let
+        // through when one is (and it goes).
+        let key = owner.clone().unwrap_or_default();
+        if state.store.auth_insert_new(REFUSED_KIND, &key, "", Some(now + 10 * 60_000)).await? {
+            let mut r =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "injected fault (kickoff-429): the server is busy; retry after 1 s").into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(r);
+        }
+        state.store.auth_delete(REFUSED_KIND, &key).await?;
+    }
     let job = Job {
         owner: owner_of(access),
         request,
@@ -275,7 +364,7 @@ fn start_planning(state: &AppState, access: &Access, id: &str) {
 
 async fn save(state: &AppState, id: &str, job: &Job) -> ApiResult<()> {
     let value = serde_json::to_string(job).map_err(|_| ApiError::internal())?;
-    state.store.auth_put(JOB_KIND, id, &value, None, Some(job.transaction_time + JOB_TTL_MS)).await?;
+    state.store.auth_put(JOB_KIND, id, &value, None, Some(job.expires())).await?;
     Ok(())
 }
 
@@ -294,6 +383,10 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
         _ => return,
     }
     match planned {
+        Ok(_) if job.params.faults.fail => {
+            job.failure = Some("injected fault (fail): the export failed; start it again".into());
+            job.state = JobState::Failed;
+        }
         Ok((files, errors)) => {
             job.files = files;
             job.errors = errors;
@@ -334,8 +427,12 @@ async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResu
     };
     let mut files = Vec::new();
     let mut errors = Vec::new();
-    for ty in &types {
-        state.store.auth_put(LEASE_KIND, id, "", None, Some(state.now_ms() + PLANNING_STALE_MS)).await?;
+    for (done, ty) in types.iter().enumerate() {
+        let progress = format!("{done} of {} resource types searched", types.len());
+        state.store.auth_put(LEASE_KIND, id, &progress, None, Some(state.now_ms() + PLANNING_STALE_MS)).await?;
+        if job.params.faults.slow_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(job.params.faults.slow_ms)).await;
+        }
         if compartment_only && ty != "Patient" && !fhir::params::in_patient_compartment(ty) {
             errors.push(format!("{ty} is outside the patient compartment, so a patient-level export does not hold it"));
             continue;
@@ -453,8 +550,11 @@ async fn in_progress(state: &AppState, access: &Access, id: &str, job: Job) -> A
         tracing::info!(job = %id, "a bulk export left planning by a stopped node is planned again");
         start_planning(state, access, id);
     }
+    // The planner's lease holds its progress.
+    let progress = state.store.auth_get(LEASE_KIND, id).await?.map(|l| l.value).filter(|v| !v.is_empty());
+    let progress = progress.unwrap_or_else(|| "finding the resources to export".into());
     let mut r = StatusCode::ACCEPTED.into_response();
-    r.headers_mut().insert("x-progress", HeaderValue::from_static("finding the resources to export"));
+    r.headers_mut().insert("x-progress", HeaderValue::from_str(&progress).map_err(|_| ApiError::internal())?);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     Ok(r)
 }
@@ -486,7 +586,7 @@ pub async fn status(state: &AppState, access: &Access, id: &str) -> ApiResult<Re
         "error": error,
     });
     let mut r = (StatusCode::OK, axum::Json(manifest)).into_response();
-    let expires = from_unix_ms(job.transaction_time + JOB_TTL_MS);
+    let expires = from_unix_ms(job.expires());
     if let Ok(v) = HeaderValue::from_str(&format_http_date(expires)) {
         r.headers_mut().insert(header::EXPIRES, v);
     }
@@ -521,6 +621,11 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
         .and_then(|n| n.parse().ok())
         .filter(|n| *n < job.files.len())
         .ok_or_else(|| ApiError::not_found("this export has no such file"))?;
+    if job.params.faults.file_404_once && state.store.auth_insert_new(MISSED_KIND, &format!("{id}/{n}"), "", Some(job.expires())).await? {
+        let mut r = ApiError::not_found("injected fault (file-404-once): this file is not there yet; ask again").into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(r);
+    }
     let file = job.files.swap_remove(n);
     audit(state, access, "export-download", &format!("job {id} file {n}: {} {} resources", file.keys.len(), file.resource_type));
     // Fused: a compressing layer may poll once more after the end.

@@ -34,11 +34,14 @@ pub struct ExportRequest {
     pub type_filters: Vec<String>,
     /// How long to wait for the export to complete before giving up (the job is then cancelled).
     pub max_wait: Duration,
+    /// Failures for a Kindling sandbox to inject into this export, to rehearse them (the
+    /// `Kindling-Export-Fault` header: `slow=N`, `kickoff-429`, `fail`, `file-404-once`, `expire=N`).
+    pub fault: Option<String>,
 }
 
 impl Default for ExportRequest {
     fn default() -> Self {
-        ExportRequest { level: ExportLevel::System, types: Vec::new(), since: None, type_filters: Vec::new(), max_wait: Duration::from_secs(600) }
+        ExportRequest { level: ExportLevel::System, types: Vec::new(), since: None, type_filters: Vec::new(), max_wait: Duration::from_secs(600), fault: None }
     }
 }
 
@@ -127,15 +130,12 @@ impl BackendClient {
         let mut renewed = false;
         let status_url = loop {
             let token = self.token().await?;
-            let r = self
-                .http()
-                .get(url.as_str())
-                .bearer_auth(token.expose())
-                .header("accept", "application/fhir+json")
-                .header("prefer", "respond-async")
-                .send()
-                .await
-                .map_err(Error::transport)?;
+            let mut kick_off =
+                self.http().get(url.as_str()).bearer_auth(token.expose()).header("accept", "application/fhir+json").header("prefer", "respond-async");
+            if let Some(fault) = &request.fault {
+                kick_off = kick_off.header("kindling-export-fault", fault);
+            }
+            let r = kick_off.send().await.map_err(Error::transport)?;
             match r.status().as_u16() {
                 202 => {
                     let location = r.headers().get("content-location").and_then(|v| v.to_str().ok());
@@ -190,22 +190,30 @@ impl BackendClient {
 
 impl Export {
     /// Streams one file (an output or an error file), calling `each` for every resource as its line
-    /// arrives; returns how many there were. The token goes only to URLs under the FHIR base.
+    /// arrives; returns how many there were. The token goes only to URLs under the FHIR base. A file that
+    /// answers 404, 429 or 503 before its first byte is asked for once more after `Retry-After` (a storage
+    /// that has not caught up, a busy server); a second failure is the error.
     pub async fn resources(&self, file: &ExportFile, mut each: impl FnMut(Value) -> Result<()>) -> Result<u64> {
         let base = self.client.base();
         let within = file.url.starts_with(&format!("{base}/"));
-        // A file may take long to stream: the client's 15 s budget is for single requests.
-        let mut req = self.client.http().get(&file.url).header("accept", "application/fhir+ndjson").timeout(Duration::from_secs(3600));
-        if self.manifest.requires_access_token {
-            if !within {
-                return Err(Error::OutsideBase { url: file.url.clone() });
+        if self.manifest.requires_access_token && !within {
+            return Err(Error::OutsideBase { url: file.url.clone() });
+        }
+        let mut attempt = 0;
+        let mut r = loop {
+            attempt += 1;
+            // A file may take long to stream: the client's 15 s budget is for single requests.
+            let mut req = self.client.http().get(&file.url).header("accept", "application/fhir+ndjson").timeout(Duration::from_secs(3600));
+            if self.manifest.requires_access_token {
+                req = req.bearer_auth(self.client.token().await?.expose());
             }
-            req = req.bearer_auth(self.client.token().await?.expose());
-        }
-        let mut r = req.send().await.map_err(Error::transport)?;
-        if !r.status().is_success() {
-            return Err(refusal(r).await);
-        }
+            let r = req.send().await.map_err(Error::transport)?;
+            match r.status().as_u16() {
+                200..=299 => break r,
+                404 | 429 | 503 if attempt == 1 => tokio::time::sleep(retry_after(&r).min(Duration::from_secs(30))).await,
+                _ => return Err(refusal(r).await),
+            }
+        };
         let (mut pending, mut count) = (Vec::<u8>::new(), 0u64);
         let mut line = |bytes: &[u8]| -> Result<()> {
             if bytes.iter().all(u8::is_ascii_whitespace) {

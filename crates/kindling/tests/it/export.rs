@@ -432,3 +432,110 @@ async fn a_patient_token_exports_only_what_it_may_read() {
     let conditions = download(&app, &token, outputs(&manifest, "Condition")[0]["url"].as_str().unwrap()).await;
     assert!(conditions.iter().all(|c| c["subject"]["reference"] == format!("Patient/{own}")));
 }
+
+async fn kick_off_with_fault(app: &TestApp, token: &str, path: &str, fault: &str) -> reqwest::Response {
+    app.client.get(app.url(path)).bearer_auth(token).header("prefer", "respond-async").header("kindling-export-fault", fault).send().await.unwrap()
+}
+
+/// Rehearsal: each injected export fault, as a client meets it over HTTP — a refused kick-off, slow progress,
+/// a failed job, a file that 404s once, a job that expires — and unknown faults refused.
+#[tokio::test]
+async fn injected_export_faults_are_met_as_a_client_would_meet_real_ones() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, SEED).await.unwrap();
+    let token = backend_token(&app, "rehearser", "system/*.rs").await;
+
+    for bad in ["sometimes", "slow", "slow=99999", "expire=soon", "fail=1"] {
+        let r = kick_off_with_fault(&app, &token, "$export?_type=Patient", bad).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        let oo: Value = r.json().await.unwrap();
+        assert_eq!(oo["resourceType"], "OperationOutcome", "{bad}");
+    }
+
+    // kickoff-429: refused with Retry-After, let through on the retry, refused again on the next one.
+    let r = kick_off_with_fault(&app, &token, "$export?_type=Patient", "kickoff-429").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(r.text().await.unwrap().contains("injected fault"));
+    let r = kick_off_with_fault(&app, &token, "$export?_type=Patient", "kickoff-429").await;
+    assert_eq!(r.status(), 202);
+    let first = r.headers()["content-location"].to_str().unwrap().to_string();
+    assert_eq!(kick_off_with_fault(&app, &token, "$export?_type=Patient", "kickoff-429").await.status(), 429);
+    assert_eq!(app.client.delete(&first).bearer_auth(&token).send().await.unwrap().status(), 202);
+
+    // slow=N: the status says how far planning got, then completes.
+    let r = kick_off_with_fault(&app, &token, "$export?_type=Patient,Condition,Observation", "slow=400").await;
+    assert_eq!(r.status(), 202);
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
+    let r = app.client.get(&status_url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let r = app.client.get(&status_url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let progress = r.headers()["x-progress"].to_str().unwrap().to_string();
+    assert!(["1 of 3 resource types searched", "2 of 3 resource types searched"].contains(&progress.as_str()), "{progress}");
+    let manifest = poll(&app, &token, &status_url).await;
+    assert_eq!(manifest["output"].as_array().unwrap().len(), 3);
+    assert_eq!(app.client.delete(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);
+
+    // fail: the status answers 500 with an OperationOutcome that says why.
+    let r = kick_off_with_fault(&app, &token, "$export?_type=Patient", "fail").await;
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
+    let r = loop {
+        let r = app.client.get(&status_url).bearer_auth(&token).send().await.unwrap();
+        if r.status() != 202 {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(r.status(), 500);
+    let oo: Value = r.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert!(oo.to_string().contains("injected fault (fail)"), "{oo}");
+    assert_eq!(app.client.delete(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);
+
+    // file-404-once: each file's first download is a 404 with Retry-After, the second one serves it.
+    let r = kick_off_with_fault(&app, &token, "$export?_type=Patient,Condition", "file-404-once, expire=120").await;
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
+    let manifest = poll(&app, &token, &status_url).await;
+    for file in manifest["output"].as_array().unwrap() {
+        let url = file["url"].as_str().unwrap();
+        let r = app.client.get(url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{url}");
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(download(&app, &token, url).await.len(), file["count"].as_u64().unwrap() as usize);
+        assert_eq!(download(&app, &token, url).await.len(), file["count"].as_u64().unwrap() as usize, "only once");
+    }
+    // expire=N: the manifest's Expires says when, and after it the job and its files are gone.
+    let r = app.client.get(&status_url).bearer_auth(&token).send().await.unwrap();
+    let expires = time::OffsetDateTime::parse(r.headers()["expires"].to_str().unwrap(), &time::format_description::well_known::Rfc2822).unwrap();
+    let transaction_time = time::OffsetDateTime::parse(manifest["transactionTime"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    assert!((119..=120).contains(&(expires - transaction_time).whole_seconds()), "{expires} vs {transaction_time}: HTTP dates are whole seconds");
+    app.clock.advance(time::Duration::seconds(121));
+    let token = backend_token(&app, "rehearser", "system/*.rs").await;
+    assert_eq!(app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().status(), 404);
+    let file = manifest["output"][0]["url"].as_str().unwrap();
+    assert_eq!(app.client.get(file).bearer_auth(&token).send().await.unwrap().status(), 404);
+}
+
+/// The SDK rides out the recoverable faults (a refused kick-off, slow progress, a file that 404s once) and
+/// reports the others as typed errors with the server's reason.
+#[tokio::test]
+async fn the_sdk_rides_out_recoverable_export_faults() {
+    use client::{Error, ExportRequest};
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, SEED).await.unwrap();
+    let key = register_backend(&app, "sdk-rehearser", "system/*.rs").await;
+    let backend = client::BackendClient::new(&app.base, "sdk-rehearser", std::sync::Arc::new(key), "system/*.rs").unwrap();
+    let request = |fault: &str| ExportRequest { types: vec!["Patient".into(), "Condition".into()], fault: Some(fault.into()), ..Default::default() };
+    let export = backend.export(&request("kickoff-429, slow=200, file-404-once")).await.unwrap();
+    for ty in ["Patient", "Condition"] {
+        let file = export.manifest.output.iter().find(|f| f.resource_type == ty).unwrap();
+        let n = export.resources(file, |_| Ok(())).await.unwrap();
+        assert_eq!(n, live_count(&app, ty).await as u64, "{ty}");
+    }
+    let e = backend.export(&request("fail")).await.err().unwrap();
+    assert!(matches!(&e, Error::Fhir { status: 500, detail } if detail.contains("injected fault")), "{e}");
+    let e = backend.export(&request("expire=0")).await.err().unwrap();
+    assert!(matches!(&e, Error::Fhir { status: 404, .. }), "{e}");
+}
