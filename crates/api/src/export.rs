@@ -59,6 +59,9 @@ struct Job {
     compartment_only: bool,
     patients: Option<Vec<String>>,
     files: Vec<File>,
+    /// Resources deleted after `_since` that the export would have held (`Type/id`), by type.
+    #[serde(default)]
+    deleted: Vec<(String, Vec<String>)>,
     /// Why some requested types were left out (served as OperationOutcomes in the error file).
     errors: Vec<String>,
     /// Why the export failed (state `Failed`).
@@ -101,6 +104,9 @@ pub struct KickOff {
     pub since: Option<String>,
     pub type_filters: Vec<String>,
     pub patients: Vec<String>,
+    /// `_elements`: `Type.element` or `element` (every type), top-level elements only.
+    #[serde(default)]
+    pub elements: Vec<String>,
     /// Failures to rehearse, from the kick-off's [`FAULT_HEADER`].
     #[serde(default)]
     pub faults: ExportFaults,
@@ -244,6 +250,16 @@ pub fn kick_off_parameters(headers: &HeaderMap, pairs: &[(String, String)], body
                 }
                 k.since = Some(value);
             }
+            "_elements" => {
+                for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let (ty, name) = e.split_once('.').map_or((None, e), |(t, n)| (Some(t), n));
+                    let is_name = name.as_bytes().first().is_some_and(u8::is_ascii_lowercase) && name.bytes().all(|b| b.is_ascii_alphanumeric());
+                    if !is_name || ty.is_some_and(|t| !fhir::types::is_storable_type(t)) {
+                        return Err(ApiError::bad_request(format!("_elements '{e}' is not Type.element or element (top-level elements only)")));
+                    }
+                    k.elements.push(e.to_string());
+                }
+            }
             "_typeFilter" => k.type_filters.extend(value.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_string)),
             "patient" if body.is_some() && !matches!(level, Level::System) => {
                 let id = value.strip_prefix("Patient/").unwrap_or(&value);
@@ -262,7 +278,7 @@ pub fn kick_off_parameters(headers: &HeaderMap, pairs: &[(String, String)], body
     }
     // Each type, filter and patient is a search: repeated ones count once, and the patients one kick-off
     // names are bounded (a Group's members are not: they are the Group).
-    for list in [k.types.as_mut(), Some(&mut k.type_filters), Some(&mut k.patients)].into_iter().flatten() {
+    for list in [k.types.as_mut(), Some(&mut k.type_filters), Some(&mut k.patients), Some(&mut k.elements)].into_iter().flatten() {
         let mut seen = std::collections::HashSet::new();
         list.retain(|x| seen.insert(x.clone()));
     }
@@ -339,6 +355,7 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
         compartment_only: !matches!(level, Level::System),
         patients,
         files: Vec::new(),
+        deleted: Vec::new(),
         errors: Vec::new(),
         failure: None,
     };
@@ -387,8 +404,9 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
             job.failure = Some("injected fault (fail): the export failed; start it again".into());
             job.state = JobState::Failed;
         }
-        Ok((files, errors)) => {
+        Ok(Planned { files, deleted, errors }) => {
             job.files = files;
+            job.deleted = deleted;
             job.errors = errors;
             job.state = JobState::Complete;
         }
@@ -409,8 +427,15 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
     tracing::debug!(job = %id, resources = exported, ms = started.elapsed().as_secs_f64() * 1000.0, "bulk export planned");
 }
 
-/// The files and the error messages of a job: its searches, run under `access`.
-async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResult<(Vec<File>, Vec<String>)> {
+/// What a job's searches found.
+struct Planned {
+    files: Vec<File>,
+    deleted: Vec<(String, Vec<String>)>,
+    errors: Vec<String>,
+}
+
+/// The files, the deletions and the error messages of a job: its searches, run under `access`.
+async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResult<Planned> {
     let params = &job.params;
     let compartment_only = job.compartment_only;
     let patients = &job.patients;
@@ -427,6 +452,7 @@ async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResu
     };
     let mut files = Vec::new();
     let mut errors = Vec::new();
+    let mut deleted = Vec::new();
     for (done, ty) in types.iter().enumerate() {
         let progress = format!("{done} of {} resource types searched", types.len());
         state.store.auth_put(LEASE_KIND, id, &progress, None, Some(state.now_ms() + PLANNING_STALE_MS)).await?;
@@ -498,8 +524,52 @@ async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResu
         for part in keys.chunks(FILE_RESOURCES) {
             files.push(File { resource_type: ty.clone(), keys: part.to_vec() });
         }
+        // A system-level `_since` export also lists what was deleted since (the criteria of a `_typeFilter`
+        // cannot be judged on a deleted resource, nor a compartment, so those exports list none).
+        if let Some(since) = &params.since
+            && !compartment_only
+            && filters.is_empty()
+        {
+            let ids = deleted_since(state, access, ty, since, job.transaction_time).await?;
+            if !ids.is_empty() {
+                deleted.push((ty.clone(), ids));
+            }
+        }
     }
-    Ok((files, errors))
+    Ok(Planned { files, deleted, errors })
+}
+
+/// The most versions a `_since` export looks through for deletions, per type.
+const MAX_DELETION_SCAN: usize = 1_000_000;
+
+/// Ids of the resources of `ty` whose latest version between `since` and `transaction_time` is a deletion,
+/// and whose version before it the token may read.
+async fn deleted_since(state: &AppState, access: &Access, ty: &str, since: &str, transaction_time: i64) -> ApiResult<Vec<String>> {
+    let Some(since) = fhir::time::parse_date_range(since) else { return Ok(Vec::new()) };
+    let scope = store::HistoryScope::Type(ty.to_string());
+    let mut params = store::HistoryParams { since: Some(since.lo + 1), till: Some(transaction_time), count: CHUNK, offset: 0 };
+    // Newest first: the first version seen of each resource is its latest in the window.
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    loop {
+        let page = state.store.history(&scope, &params).await?;
+        let n = page.entries.len();
+        for v in page.entries {
+            if !seen.insert(v.id.clone()) || !v.deleted {
+                continue;
+            }
+            let Some(before) = state.store.vread(ty, &v.id, v.version - 1).await? else { continue };
+            let readable = access.check_resource(state, smart::Interaction::Read, ty, &v.id, None, crate::access::Content::Stored(&before.json)).await.is_ok();
+            if readable {
+                ids.push(v.id);
+            }
+        }
+        params.offset += n;
+        if n < CHUNK || params.offset >= MAX_DELETION_SCAN {
+            break;
+        }
+    }
+    Ok(ids)
 }
 
 /// The patient members of a Group the token may read (inactive members left out), or only `wanted` of them.
@@ -578,13 +648,22 @@ pub async fn status(state: &AppState, access: &Access, id: &str) -> ApiResult<Re
     } else {
         vec![json!({"type": "OperationOutcome", "url": file_url("errors.ndjson".into()), "count": job.errors.len()})]
     };
-    let manifest = json!({
+    let deleted: Vec<Value> = job
+        .deleted
+        .iter()
+        .enumerate()
+        .map(|(n, (_, ids))| json!({"type": "Bundle", "url": file_url(format!("deleted-{n}.ndjson")), "count": ids.len().div_ceil(CHUNK)}))
+        .collect();
+    let mut manifest = json!({
         "transactionTime": format_instant(from_unix_ms(job.transaction_time)),
         "request": job.request,
         "requiresAccessToken": !matches!(access, Access::Open),
         "output": output,
         "error": error,
     });
+    if job.params.since.is_some() {
+        manifest["deleted"] = Value::Array(deleted);
+    }
     let mut r = (StatusCode::OK, axum::Json(manifest)).into_response();
     let expires = from_unix_ms(job.expires());
     if let Ok(v) = HeaderValue::from_str(&format_http_date(expires)) {
@@ -616,6 +695,19 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
         let lines: String = job.errors.iter().map(|e| format!("{}\n", fhir::outcome::outcome(fhir::Severity::Error, "forbidden", e))).collect();
         return Ok(ndjson(Body::from(lines)));
     }
+    if let Some(n) = name.strip_prefix("deleted-").and_then(|n| n.strip_suffix(".ndjson")).and_then(|n| n.parse::<usize>().ok()) {
+        let (ty, ids) = job.deleted.get(n).ok_or_else(|| ApiError::not_found("this export has no such file"))?;
+        audit(state, access, "export-download", &format!("job {id} deleted file {n}: {} {ty} deletions", ids.len()));
+        // Transaction Bundles of DELETE requests, up to 1,000 entries each (Bulk Data 2.0 `deleted`).
+        let lines: String = ids
+            .chunks(CHUNK)
+            .map(|chunk| {
+                let entry: Vec<Value> = chunk.iter().map(|i| json!({"request": {"method": "DELETE", "url": format!("{ty}/{i}")}})).collect();
+                format!("{}\n", json!({"resourceType": "Bundle", "type": "transaction", "entry": entry}))
+            })
+            .collect();
+        return Ok(ndjson(Body::from(lines)));
+    }
     let n: usize = name
         .strip_suffix(".ndjson")
         .and_then(|n| n.parse().ok())
@@ -628,33 +720,52 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
     }
     let file = job.files.swap_remove(n);
     audit(state, access, "export-download", &format!("job {id} file {n}: {} {} resources", file.keys.len(), file.resource_type));
+    // `_elements` that apply to this type: its own (`Type.element`) and those without a type.
+    let elements: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+        job.params
+            .elements
+            .iter()
+            .filter_map(|e| match e.split_once('.') {
+                Some((ty, name)) => (ty == file.resource_type).then(|| name.to_string()),
+                None => Some(e.clone()),
+            })
+            .collect(),
+    );
     // Fused: a compressing layer may poll once more after the end.
     let stream = futures_util::StreamExt::fuse(futures_util::stream::unfold(
-        (state.clone(), access.clone(), file.keys, 0usize, job.transaction_time),
-        |(state, access, keys, at, tt)| async move {
+        (state.clone(), access.clone(), file.keys, 0usize, job.transaction_time, elements),
+        |(state, access, keys, at, tt, elements)| async move {
             if at >= keys.len() {
                 return None;
             }
             let end = (at + CHUNK).min(keys.len());
-            let chunk = render_chunk(&state, &access, &keys[at..end], tt).await;
-            Some((chunk, (state, access, keys, end, tt)))
+            let chunk = render_chunk(&state, &access, &keys[at..end], tt, &elements).await;
+            Some((chunk, (state, access, keys, end, tt, elements)))
         },
     ));
     Ok(ndjson(Body::from_stream(stream)))
 }
 
-/// NDJSON lines of these resources as they were at `transaction_time`; resources deleted since are left out.
-async fn render_chunk(state: &AppState, access: &Access, keys: &[i64], transaction_time: i64) -> Result<String, std::io::Error> {
+/// NDJSON lines of these resources as they were at `transaction_time`, with only `elements` (and the
+/// mandatory ones) when some are named; resources deleted since are left out.
+async fn render_chunk(state: &AppState, access: &Access, keys: &[i64], transaction_time: i64, elements: &[String]) -> Result<String, std::io::Error> {
     let failed = |e: store::StoreError| {
         tracing::error!(error = %e, "bulk export file: the database failed while streaming");
         std::io::Error::other("the database failed while the file was streamed")
     };
     let resources = state.store.fetch(keys).await.map_err(failed)?;
     let mut out = String::with_capacity(resources.len() * 1024);
+    let push = |out: &mut String, json: &str| {
+        let shaped = if elements.is_empty() { None } else { serde_json::from_str::<Value>(json).ok() };
+        match shaped {
+            Some(v) => out.push_str(&fhir::shape::apply_elements(&v, elements).to_string()),
+            None => out.push_str(json),
+        }
+        out.push('\n');
+    };
     for r in resources {
         if r.last_updated <= transaction_time {
-            out.push_str(&r.json);
-            out.push('\n');
+            push(&mut out, &r.json);
             continue;
         }
         // Changed after the export began: the version current at its transactionTime.
@@ -669,8 +780,7 @@ async fn render_chunk(state: &AppState, access: &Access, keys: &[i64], transacti
                         .await
                         .is_ok();
                     if !old.deleted && allowed {
-                        out.push_str(&old.json);
-                        out.push('\n');
+                        push(&mut out, &old.json);
                     }
                     break;
                 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 pub struct Invalid(pub String);
 
 /// Required elements (cardinality 1..) of the supported resource types; a `[x]` suffix means any choice type.
-fn required_elements(resource_type: &str) -> &'static [&'static str] {
+pub fn required_elements(resource_type: &str) -> &'static [&'static str] {
     match resource_type {
         "Observation" => &["status", "code"],
         "Condition" => &["subject"],

@@ -209,6 +209,79 @@ async fn files_hold_resources_as_they_were_at_the_transaction_time_and_since_fil
     let patients = download(&app, &token, files[0]["url"].as_str().unwrap()).await;
     assert_eq!(patients[0]["gender"], "unknown");
     assert!(outputs(&later, "Observation").is_empty(), "no observation changed: {later}");
+    assert_eq!(later["deleted"], json!([]), "nothing deleted yet");
+
+    // Deleted since: listed in `deleted` as transaction Bundles of DELETE requests, not in the output.
+    app.clock.advance(time::Duration::seconds(5));
+    let found: Value = app
+        .client
+        .get(app.url(&format!("Observation?patient={first}&category=vital-signs&_count=1")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let observation = found["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    let mut tx = app.app_state.store.begin().await.unwrap();
+    api::ops::delete(&mut *tx, "Patient", &second, None).await.unwrap();
+    api::ops::delete(&mut *tx, "Observation", &observation, None).await.unwrap();
+    tx.commit().await.unwrap();
+    app.clock.advance(time::Duration::seconds(5));
+    let (_, latest) = export(&app, &token, &format!("$export?_type=Patient,Observation&_since={}", since.replace('+', "%2B"))).await;
+    let patients = download(&app, &token, outputs(&latest, "Patient")[0]["url"].as_str().unwrap()).await;
+    assert_eq!(patients.iter().map(|p| p["id"].as_str().unwrap()).collect::<Vec<_>>(), [first.as_str()], "the deleted one is not exported");
+    let deleted = latest["deleted"].as_array().unwrap();
+    assert_eq!(deleted.len(), 2, "{latest}");
+    let mut requests = Vec::new();
+    for file in deleted {
+        assert_eq!(file["type"], "Bundle");
+        for bundle in download(&app, &token, file["url"].as_str().unwrap()).await {
+            assert_eq!((bundle["resourceType"].as_str(), bundle["type"].as_str()), (Some("Bundle"), Some("transaction")));
+            for e in bundle["entry"].as_array().unwrap() {
+                assert_eq!(e["request"]["method"], "DELETE");
+                requests.push(e["request"]["url"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    requests.sort();
+    assert_eq!(requests, [format!("Observation/{observation}"), format!("Patient/{second}")]);
+    // A token that may read only laboratory observations is not told of a deleted vital sign.
+    let lab = backend_token(
+        &app,
+        "lab-exporter",
+        "system/Patient.rs system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+    )
+    .await;
+    let (_, labs) = export(&app, &lab, &format!("$export?_type=Observation&_since={}", since.replace('+', "%2B"))).await;
+    assert_eq!(labs["deleted"], json!([]), "{labs}");
+}
+
+/// `_elements`: only the named top-level elements (per type or for all), the mandatory ones, and a
+/// SUBSETTED tag; a malformed one is refused.
+#[tokio::test]
+async fn elements_subset_the_exported_resources() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, SEED).await.unwrap();
+    let token = backend_token(&app, "subsetter", "system/*.rs").await;
+    for bad in ["Patient.name.given", "Nonsense.id", "9lives", "Patient."] {
+        let r = kick_off(&app, &token, &format!("$export?_type=Patient&_elements={bad}"), "respond-async").await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let (_, manifest) = export(&app, &token, "$export?_type=Patient,Observation&_elements=Patient.birthDate,subject").await;
+    let patients = download(&app, &token, outputs(&manifest, "Patient")[0]["url"].as_str().unwrap()).await;
+    assert!(!patients.is_empty());
+    for p in &patients {
+        assert!(p["birthDate"].is_string() && p["name"].is_null() && p["subject"].is_null(), "{p}");
+        assert!(p["meta"]["tag"].to_string().contains("SUBSETTED"), "{p}");
+    }
+    let observations = download(&app, &token, outputs(&manifest, "Observation")[0]["url"].as_str().unwrap()).await;
+    for o in &observations {
+        // `subject` as asked (no type named), `status` and `code` as mandatory; the value is left out.
+        assert!(o["subject"].is_object() && o["status"].is_string() && o["code"].is_object(), "{o}");
+        assert!(o["valueQuantity"].is_null() && o["effectiveDateTime"].is_null() && o["birthDate"].is_null(), "{o}");
+    }
 }
 
 #[tokio::test]
