@@ -90,10 +90,18 @@ const LEASE_KIND: &str = "bulk_export_lease";
 const REFUSED_KIND: &str = "bulk_export_refused";
 const MISSED_KIND: &str = "bulk_export_missed";
 
+/// The frozen keys of each output file, one record per file (`{job}/{n}`): a status poll reads the small
+/// job record only, and a download the keys of its own file, not every file's (2 MB for the Synthea set).
+const KEYS_KIND: &str = "bulk_export_keys";
+
 #[derive(Debug, Serialize, Deserialize)]
 struct File {
     #[serde(rename = "type")]
     resource_type: String,
+    #[serde(default)]
+    count: usize,
+    /// While planning only: saved in a [`KEYS_KIND`] record of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     keys: Vec<i64>,
 }
 
@@ -404,7 +412,15 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
             job.failure = Some("injected fault (fail): the export failed; start it again".into());
             job.state = JobState::Failed;
         }
-        Ok(Planned { files, deleted, errors }) => {
+        Ok(Planned { mut files, deleted, errors }) => {
+            // Each file's keys before the job that names them, so that a complete job always has them.
+            for (n, f) in files.iter_mut().enumerate() {
+                let keys = serde_json::to_string(&std::mem::take(&mut f.keys)).unwrap_or_default();
+                if let Err(e) = state.store.auth_put(KEYS_KIND, &format!("{id}/{n}"), &keys, None, Some(job.expires())).await {
+                    tracing::error!(job = %id, error = %e, "could not save the keys of a bulk export file");
+                    return;
+                }
+            }
             job.files = files;
             job.deleted = deleted;
             job.errors = errors;
@@ -418,7 +434,7 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
             job.state = JobState::Failed;
         }
     }
-    let exported: usize = job.files.iter().map(|f| f.keys.len()).sum();
+    let exported: usize = job.files.iter().map(|f| f.count).sum();
     if let Err(e) = save(&state, &id, &job).await {
         tracing::error!(job = %id, error = %e.message, "could not save a planned bulk export");
         return;
@@ -522,7 +538,7 @@ async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResu
             keys = readable;
         }
         for part in keys.chunks(FILE_RESOURCES) {
-            files.push(File { resource_type: ty.clone(), keys: part.to_vec() });
+            files.push(File { resource_type: ty.clone(), count: part.len(), keys: part.to_vec() });
         }
         // A system-level `_since` export also lists what was deleted since (the criteria of a `_typeFilter`
         // cannot be judged on a deleted resource, nor a compartment, so those exports list none).
@@ -642,7 +658,7 @@ pub async fn status(state: &AppState, access: &Access, id: &str) -> ApiResult<Re
     }
     let file_url = |name: String| format!("{}/$export-file/{id}/{name}", state.base_url);
     let output: Vec<Value> =
-        job.files.iter().enumerate().map(|(n, f)| json!({"type": f.resource_type, "url": file_url(format!("{n}.ndjson")), "count": f.keys.len()})).collect();
+        job.files.iter().enumerate().map(|(n, f)| json!({"type": f.resource_type, "url": file_url(format!("{n}.ndjson")), "count": f.count})).collect();
     let error: Vec<Value> = if job.errors.is_empty() {
         Vec::new()
     } else {
@@ -674,8 +690,11 @@ pub async fn status(state: &AppState, access: &Access, id: &str) -> ApiResult<Re
 
 /// `DELETE [base]/$export-status/[id]`: cancels the job and removes its files.
 pub async fn cancel(state: &AppState, access: &Access, id: &str) -> ApiResult<Response> {
-    load_job(state, access, id).await?;
+    let job = load_job(state, access, id).await?;
     state.store.auth_delete(JOB_KIND, id).await?;
+    for n in 0..job.files.len() {
+        state.store.auth_delete(KEYS_KIND, &format!("{id}/{n}")).await?;
+    }
     audit(state, access, "export-cancel", &format!("job {id} cancelled"));
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -718,7 +737,12 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Ok(r);
     }
-    let file = job.files.swap_remove(n);
+    let mut file = job.files.swap_remove(n);
+    if file.keys.is_empty() && file.count > 0 {
+        let gone = || ApiError::not_found("this export file is gone: the export expired or was cancelled");
+        let record = state.store.auth_get(KEYS_KIND, &format!("{id}/{n}")).await?.ok_or_else(gone)?;
+        file.keys = serde_json::from_str(&record.value).map_err(|_| ApiError::internal())?;
+    }
     audit(state, access, "export-download", &format!("job {id} file {n}: {} {} resources", file.keys.len(), file.resource_type));
     // `_elements` that apply to this type: its own (`Type.element`) and those without a type.
     let elements: std::sync::Arc<Vec<String>> = std::sync::Arc::new(

@@ -160,6 +160,9 @@ async fn a_system_export_is_kicked_off_polled_downloaded_and_cancelled() {
     assert_eq!(app.client.delete(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);
     assert_eq!(app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().status(), 404);
     assert_eq!(app.client.get(&file).bearer_auth(&token).send().await.unwrap().status(), 404);
+    let job = status_url.rsplit('/').next().unwrap();
+    let kept = app.app_state.store.auth_list("bulk_export_keys").await.unwrap();
+    assert!(!kept.iter().any(|(key, _)| key.starts_with(job)), "a cancelled job's file keys go with it");
 
     // Expired an hour after the kick-off (asked in-process: the token has expired by then too).
     let (status_url, _) = export(&app, &token, "$export?_type=Patient").await;
