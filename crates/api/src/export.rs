@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 
 /// The store record kind of export jobs.
 const JOB_KIND: &str = "bulk_export";
-/// How long a job and its files stay after the kick-off.
+/// How long a job and its files stay after the kick-off, unless the server is configured otherwise
+/// (`AppState::export_ttl_ms`).
 pub const JOB_TTL_MS: i64 = 60 * 60 * 1000;
 /// Resources per output file; a type with more is split into several files.
 pub const FILE_RESOURCES: usize = 100_000;
@@ -51,6 +52,9 @@ struct Job {
     /// Unix ms.
     transaction_time: i64,
     state: JobState,
+    /// How long the job and its files are kept after `transaction_time` (the server's setting at kick-off).
+    #[serde(default = "default_ttl_ms")]
+    ttl_ms: i64,
     /// When a node last started planning it (Unix ms): a job still planning long after was left by a node
     /// that stopped, and the next status request plans it again.
     planning_since: i64,
@@ -68,10 +72,14 @@ struct Job {
     failure: Option<String>,
 }
 
+fn default_ttl_ms() -> i64 {
+    JOB_TTL_MS
+}
+
 impl Job {
-    /// When the job and its files go (Unix ms).
+    /// When the job and its files go (Unix ms): the server's keeping time, or an injected earlier expiry.
     fn expires(&self) -> i64 {
-        self.transaction_time + self.params.faults.expire_secs.map_or(JOB_TTL_MS, |s| s * 1000)
+        self.transaction_time + self.params.faults.expire_secs.map_or(self.ttl_ms, |s| (s * 1000).min(self.ttl_ms))
     }
 }
 
@@ -166,7 +174,7 @@ impl ExportFaults {
                         return Err(format!("slow={} is longer than {MAX_SLOW_MS} ms per resource type", f.slow_ms));
                     }
                 }
-                ("expire", _) => f.expire_secs = Some(number("seconds")?.min(JOB_TTL_MS as u64 / 1000) as i64),
+                ("expire", _) => f.expire_secs = Some(number("seconds")?.min(86_400) as i64),
                 ("kickoff-429", None) => f.kickoff_429 = true,
                 ("fail", None) => f.fail = true,
                 ("file-404-once", None) => f.file_404_once = true,
@@ -357,6 +365,7 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
         owner: owner_of(access),
         request,
         transaction_time,
+        ttl_ms: state.export_ttl_ms,
         state: JobState::Planning,
         planning_since: transaction_time,
         params,
@@ -738,6 +747,9 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
         return Ok(r);
     }
     let mut file = job.files.swap_remove(n);
+    // The keys were chosen under the kick-off's token; the one downloading must still read the type (a
+    // client whose grants shrank since does not get through an old job what it no longer may read).
+    access.check_any(&file.resource_type, smart::Interaction::Read)?;
     if file.keys.is_empty() && file.count > 0 {
         let gone = || ApiError::not_found("this export file is gone: the export expired or was cancelled");
         let record = state.store.auth_get(KEYS_KIND, &format!("{id}/{n}")).await?.ok_or_else(gone)?;

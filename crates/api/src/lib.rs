@@ -37,6 +37,8 @@ pub struct AppState {
     /// The SMART authorisation server's endpoints, stated in the CapabilityStatement's `rest.security`
     /// (`None` when tokens are not enforced).
     pub oauth: Option<capability::OAuthUris>,
+    /// How long a Bulk Data export job and its files are kept after the kick-off (ms).
+    pub export_ttl_ms: i64,
 }
 
 impl AppState {

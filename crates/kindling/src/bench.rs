@@ -223,6 +223,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 open_sandbox: false,
                 tls: None,
                 database_url: args.database_url.clone(),
+                export_ttl_secs: None,
             },
             clock,
         )
@@ -304,6 +305,7 @@ async fn api_load(args: &BenchArgs) -> anyhow::Result<()> {
             open_sandbox: true,
             tls: None,
             database_url: args.database_url.clone(),
+            export_ttl_secs: None,
         };
         let app = crate::Application::build(&config, clock).await?;
         crate::seed(&app.state, 0, 1).await?;
@@ -406,6 +408,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             open_sandbox: false,
             tls: None,
             database_url: args.database_url.clone(),
+            export_ttl_secs: None,
         };
         let app = crate::Application::build(&config, clock).await?;
         let store = app.state.store.as_ref();

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     /// `postgres://…` for PostgreSQL (several nodes share it), `sqlite://path`, or `None` for the SQLite
     /// file in `data_dir`.
     pub database_url: Option<String>,
+    /// How long a Bulk Data export and its files are kept after the kick-off (default: an hour).
+    pub export_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,7 +202,8 @@ impl Application {
                 manage: c.manage_url.clone(),
             }
         });
-        let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth };
+        let export_ttl_ms = config.export_ttl_secs.map_or(api::export::JOB_TTL_MS, |s| (s as i64).saturating_mul(1000));
+        let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth, export_ttl_ms };
         Ok(Application { listener, tls, addr, public_url, state, auth, reference_app: None, data_dir: config.data_dir.clone() })
     }
 

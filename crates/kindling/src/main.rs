@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
-    /// Settings from a TOML file (listen, public_url, database_url, data, apps, tls_cert, tls_key); flags and
+    /// Settings from a TOML file (listen, public_url, database_url, data, apps, tls_cert, tls_key, export_ttl_secs); flags and
     /// environment variables given as well take precedence.
     #[arg(long, env = "KINDLING_CONFIG")]
     config: Option<PathBuf>,
@@ -53,6 +53,9 @@ struct ServeArgs {
     /// the SQLite file in --data.
     #[arg(long, env = "KINDLING_DATABASE_URL")]
     database_url: Option<String>,
+    /// How long a Bulk Data export and its files are kept after the kick-off, in seconds [default: 3600].
+    #[arg(long, env = "KINDLING_EXPORT_TTL_SECS")]
+    export_ttl_secs: Option<u64>,
 }
 
 /// The settings of a `--config` file.
@@ -66,6 +69,7 @@ struct FileConfig {
     apps: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    export_ttl_secs: Option<u64>,
 }
 
 /// Serving settings after flags, environment, `--config` file and defaults are combined.
@@ -78,6 +82,7 @@ struct Serve {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     database_url: Option<String>,
+    export_ttl_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -103,6 +108,7 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             database_url: self.database_url.or(file.database_url),
+            export_ttl_secs: self.export_ttl_secs.or(file.export_ttl_secs),
         })
     }
 }
@@ -302,6 +308,7 @@ fn offline_config(data: PathBuf) -> ServerConfig {
         open_sandbox: false,
         tls: None,
         database_url,
+        export_ttl_secs: None,
     }
 }
 
@@ -542,6 +549,7 @@ fn config(serve: &Serve) -> ServerConfig {
             _ => None,
         },
         database_url: serve.database_url.clone(),
+        export_ttl_secs: serve.export_ttl_secs,
     }
 }
 

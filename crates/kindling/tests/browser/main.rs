@@ -34,6 +34,7 @@ pub async fn sandbox() -> Sandbox {
         open_sandbox: false,
         tls: None,
         database_url: None,
+        export_ttl_secs: None,
     };
     let app = Application::build(&config, clock).await.expect("build");
     kindling::seed(&app.state, 3, 1).await.expect("seed");

@@ -156,6 +156,12 @@ async fn a_system_export_is_kicked_off_polled_downloaded_and_cancelled() {
     assert_eq!(app.client.get(&file).bearer_auth(&other).send().await.unwrap().status(), 404);
     assert_eq!(app.client.delete(&status_url).bearer_auth(&other).send().await.unwrap().status(), 404);
 
+    // The client's grants shrink: a file of a type it may no longer read is refused, the others served.
+    let narrower = backend_token(&app, "exporter", "system/Patient.rs").await;
+    let observations = outputs(&manifest, "Observation")[0]["url"].as_str().unwrap().to_string();
+    assert_eq!(app.client.get(&observations).bearer_auth(&narrower).send().await.unwrap().status(), 403);
+    assert_eq!(app.client.get(&file).bearer_auth(&narrower).send().await.unwrap().status(), 200);
+
     // Cancelled: gone, files too.
     assert_eq!(app.client.delete(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);
     assert_eq!(app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().status(), 404);
@@ -614,4 +620,36 @@ async fn the_sdk_rides_out_recoverable_export_faults() {
     assert!(matches!(&e, Error::Fhir { status: 500, detail } if detail.contains("injected fault")), "{e}");
     let e = backend.export(&request("expire=0")).await.err().unwrap();
     assert!(matches!(&e, Error::Fhir { status: 404, .. }), "{e}");
+}
+
+/// The server's keeping time (`--export-ttl-secs`, here set on the state directly) decides when a job and
+/// its files go.
+#[tokio::test]
+async fn jobs_are_kept_as_long_as_the_server_is_configured_to() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, SEED).await.unwrap();
+    let state = api::AppState { export_ttl_ms: 120_000, ..app.app_state.clone() };
+    let exporter = api::access::Access::Token(std::sync::Arc::new(api::access::TokenAccess {
+        client_id: "exporter".into(),
+        scopes: smart::ScopeSet::parse("system/*.rs"),
+        patient: None,
+        fhir_user: None,
+        launch: None,
+        faults: None,
+    }));
+    let params = api::export::KickOff { types: Some(vec!["Patient".into()]), ..Default::default() };
+    let r = api::export::kick_off(&state, &exporter, api::export::Level::System, params, "http://x/fhir/$export".into()).await.unwrap();
+    let job = r.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let manifest = loop {
+        let r = api::export::status(&state, &exporter, &job).await.unwrap();
+        if r.status() == 200 {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let expires = time::OffsetDateTime::parse(manifest.headers()["expires"].to_str().unwrap(), &time::format_description::well_known::Rfc2822).unwrap();
+    let left = expires - fhir::time::Clock::now(app.clock.as_ref());
+    assert!((118..=120).contains(&left.whole_seconds()), "{left}");
+    app.clock.advance(time::Duration::seconds(121));
+    assert_eq!(api::export::status(&state, &exporter, &job).await.unwrap_err().status, 404);
 }

@@ -83,6 +83,7 @@ async fn spawn_on(open_sandbox: bool, reference_app: Option<Option<String>>, dat
         open_sandbox,
         tls: None,
         database_url,
+        export_ttl_secs: None,
     };
     let mut app = Application::build(&config, shared).await.expect("build app");
     match &reference_app {
