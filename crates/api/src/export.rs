@@ -97,6 +97,8 @@ const LEASE_KIND: &str = "bulk_export_lease";
 /// Records of injected faults: a kick-off refused (`kickoff-429`), a file that answered 404 (`file-404-once`).
 const REFUSED_KIND: &str = "bulk_export_refused";
 const MISSED_KIND: &str = "bulk_export_missed";
+/// A cancelled job's mark, for a planner that saves its result after the cancel.
+const CANCELLED_KIND: &str = "bulk_export_cancelled";
 
 /// The frozen keys of each output file, one record per file (`{job}/{n}`): a status poll reads the small
 /// job record only, and a download the keys of its own file, not every file's (2 MB for the Synthea set).
@@ -448,6 +450,12 @@ async fn plan_and_save(state: AppState, access: Access, id: String) {
         tracing::error!(job = %id, error = %e.message, "could not save a planned bulk export");
         return;
     }
+    // A cancel between the check above and this save is undone by the save: the cancel's mark (left
+    // before it deleted the job) says so, and the job goes again.
+    if let Ok(Some(_)) = state.store.auth_get(CANCELLED_KIND, &id).await {
+        let _ = remove(&state, &id, job.files.len()).await;
+        return;
+    }
     audit(&state, &access, "export-planned", &format!("job {id}: {exported} resources in {} files", job.files.len()));
     tracing::debug!(job = %id, resources = exported, ms = started.elapsed().as_secs_f64() * 1000.0, "bulk export planned");
 }
@@ -700,12 +708,20 @@ pub async fn status(state: &AppState, access: &Access, id: &str) -> ApiResult<Re
 /// `DELETE [base]/$export-status/[id]`: cancels the job and removes its files.
 pub async fn cancel(state: &AppState, access: &Access, id: &str) -> ApiResult<Response> {
     let job = load_job(state, access, id).await?;
-    state.store.auth_delete(JOB_KIND, id).await?;
-    for n in 0..job.files.len() {
-        state.store.auth_delete(KEYS_KIND, &format!("{id}/{n}")).await?;
-    }
+    // Marked first, so that a planner saving its result meanwhile sees the cancel and removes the job.
+    state.store.auth_put(CANCELLED_KIND, id, "", None, Some(job.expires())).await?;
+    remove(state, id, job.files.len()).await?;
     audit(state, access, "export-cancel", &format!("job {id} cancelled"));
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Deletes a job and the keys of its files.
+async fn remove(state: &AppState, id: &str, files: usize) -> ApiResult<()> {
+    state.store.auth_delete(JOB_KIND, id).await?;
+    for n in 0..files {
+        state.store.auth_delete(KEYS_KIND, &format!("{id}/{n}")).await?;
+    }
+    Ok(())
 }
 
 /// `GET [base]/$export-file/[id]/[n].ndjson` (or `errors.ndjson`): one file, streamed.

@@ -653,3 +653,22 @@ async fn jobs_are_kept_as_long_as_the_server_is_configured_to() {
     app.clock.advance(time::Duration::seconds(121));
     assert_eq!(api::export::status(&state, &exporter, &job).await.unwrap_err().status, 404);
 }
+
+/// A job cancelled while its searches run stays cancelled: the planner does not bring it back, nor leave
+/// its files' keys behind.
+#[tokio::test]
+async fn a_job_cancelled_while_planning_stays_cancelled() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, SEED).await.unwrap();
+    let token = backend_token(&app, "canceller", "system/*.rs").await;
+    let r = kick_off_with_fault(&app, &token, "$export?_type=Patient,Condition", "slow=300").await;
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
+    assert_eq!(app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);
+    assert_eq!(app.client.delete(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    assert_eq!(app.client.get(&status_url).bearer_auth(&token).send().await.unwrap().status(), 404);
+    let job = status_url.rsplit('/').next().unwrap();
+    assert!(app.app_state.store.auth_get("bulk_export", job).await.unwrap().is_none());
+    let kept = app.app_state.store.auth_list("bulk_export_keys").await.unwrap();
+    assert!(!kept.iter().any(|(key, _)| key.starts_with(job)));
+}
