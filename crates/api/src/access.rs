@@ -420,6 +420,16 @@ impl Access {
     /// Narrows a search of `q.resource_type` to what the token may see, or refuses it.
     pub fn restrict_search(&self, state: &AppState, q: &mut SearchQuery) -> Result<(), ApiError> {
         let Access::Token(t) = self else { return Ok(()) };
+        // A chain or `_has` searches another type: it is held to what the token may search there, so that
+        // it never tells about resources the token could not find directly.
+        for f in q.filters.iter_mut() {
+            if let Some((inner_type, filters)) = f.inner_mut() {
+                let mut inner = SearchQuery::new(inner_type);
+                inner.filters = std::mem::take(filters);
+                self.restrict_search(state, &mut inner).map_err(|e| forbidden(format!("a chained or _has search of {inner_type}: {}", e.message)))?;
+                *filters = inner.filters;
+            }
+        }
         let ty = q.resource_type.clone();
         for level in [Level::System, Level::User] {
             if let Some(sets) = t.scopes.access(level, &ty, Interaction::Search) {

@@ -118,6 +118,50 @@ pub enum Filter {
     },
     /// Resources in the compartment of this patient.
     PatientCompartment(String),
+    /// A chained parameter, one level (`subject:Patient.name=peter`): the resource refers through `key`
+    /// to a live `target_type` resource that matches every filter (the caller adds the token's limits on
+    /// `target_type` to them).
+    Chain {
+        key: &'static str,
+        target_type: String,
+        filters: Vec<Filter>,
+    },
+    /// `_has`, one level (`Patient?_has:Observation:patient:code=1234-5`): a live `source_type` resource
+    /// refers to this one (of `target_type`) through `key` and matches every filter.
+    Has {
+        source_type: String,
+        key: &'static str,
+        target_type: String,
+        filters: Vec<Filter>,
+    },
+}
+
+impl Filter {
+    /// The type whose resources a [`Filter::Chain`] or [`Filter::Has`] searches, and its filters.
+    pub fn inner_mut(&mut self) -> Option<(&str, &mut Vec<Filter>)> {
+        match self {
+            Filter::Chain { target_type, filters, .. } => Some((target_type.as_str(), filters)),
+            Filter::Has { source_type, filters, .. } => Some((source_type.as_str(), filters)),
+            _ => None,
+        }
+    }
+
+    /// Whether the filter can select its matching resources on its own (a search index drives it).
+    pub fn can_select(&self) -> bool {
+        match self {
+            Filter::String { .. }
+            | Filter::TokenText { .. }
+            | Filter::Reference { .. }
+            | Filter::Date { .. }
+            | Filter::Quantity { .. }
+            | Filter::Number { .. }
+            | Filter::PatientCompartment(_)
+            | Filter::Chain { .. }
+            | Filter::Has { .. } => true,
+            Filter::Token { negate, .. } => !negate,
+            Filter::Id(_) | Filter::LastUpdated(_) | Filter::Missing { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -333,6 +377,16 @@ fn parse_one(q: &mut SearchQuery, raw_name: &str, value: &str, opts: ParseOption
     if values.iter().any(|v| v.is_empty()) {
         return err(format!("parameter '{raw_name}' has an empty value"));
     }
+    if name == "_has" {
+        let filter = parse_has(&ty, modifier.unwrap_or(""), &values, opts)?;
+        q.filters.push(filter);
+        return Ok(());
+    }
+    if raw_name.contains('.') {
+        let filter = parse_chain(&ty, raw_name, &values, opts)?;
+        q.filters.push(filter);
+        return Ok(());
+    }
     if name == "_id" {
         if let Some(m) = modifier {
             if m == "missing" {
@@ -356,15 +410,97 @@ fn parse_one(q: &mut SearchQuery, raw_name: &str, value: &str, opts: ParseOption
         q.filters.push(Filter::LastUpdated(cmps));
         return Ok(());
     }
-    if name.contains('.') {
-        return err(format!("chained parameter '{name}' is not supported"));
-    }
     let Some(param) = params::find(&ty, name) else {
         return err(format!("unknown search parameter '{name}' for {ty}"));
     };
     let filter = parse_param(param, modifier, &values, opts)?;
     q.filters.push(filter);
     Ok(())
+}
+
+/// The condition inside a chain or `_has`: one parameter of `ty` (with its modifier), which must be able to
+/// select its resources on its own (not `:missing`, not `:not`).
+fn parse_inner(ty: &str, raw: &str, values: &[String], opts: ParseOptions<'_>) -> Result<Filter, QueryError> {
+    let (name, modifier) = match raw.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (raw, None),
+    };
+    if name == "_has" || name.contains('.') {
+        return err(format!("'{raw}': chains and _has go one level deep here"));
+    }
+    if name == "_id" {
+        return err(format!("'{raw}' cannot be used inside _has; search the referring resources instead"));
+    }
+    let Some(param) = params::find(ty, name) else {
+        return err(format!("unknown search parameter '{name}' for {ty}"));
+    };
+    let filter = parse_param(param, modifier, values, opts)?;
+    if !filter.can_select() {
+        return err(format!("'{raw}' cannot be used inside a chain or _has (no :missing or :not there)"));
+    }
+    Ok(filter)
+}
+
+/// `ref[:Type].param[:modifier]`: one level of chaining.
+fn parse_chain(ty: &str, raw_name: &str, values: &[String], opts: ParseOptions<'_>) -> Result<Filter, QueryError> {
+    let (outer, inner) = raw_name.split_once('.').unwrap_or((raw_name, ""));
+    let (ref_name, type_modifier) = match outer.split_once(':') {
+        Some((n, t)) => (n, Some(t)),
+        None => (outer, None),
+    };
+    let Some(param) = params::find(ty, ref_name) else {
+        return err(format!("unknown search parameter '{ref_name}' for {ty} in the chain '{raw_name}'"));
+    };
+    if param.kind != ParamKind::Reference {
+        return err(format!("'{ref_name}' is not a reference parameter of {ty}, so it cannot be chained"));
+    }
+    let target_type = match (type_modifier, param.targets) {
+        (Some(t), targets) => {
+            if !is_known_type(t) || targets.is_some_and(|ts| !ts.contains(&t)) {
+                return err(format!("'{ref_name}' of {ty} does not refer to '{t}'"));
+            }
+            t
+        }
+        (None, Some([only])) => only,
+        (None, targets) => {
+            // Several possible targets: the one that has the chained parameter, when only one does.
+            let inner_name = inner.split(':').next().unwrap_or("");
+            let having: Vec<&'static str> = targets.unwrap_or(&[]).iter().copied().filter(|t| params::find(t, inner_name).is_some()).collect();
+            match having.as_slice() {
+                [only] => *only,
+                _ => return err(format!("'{ref_name}' of {ty} may refer to several types; name one, e.g. {ref_name}:Patient.{inner_name}")),
+            }
+        }
+    };
+    if inner == "_id" {
+        // `subject:Patient._id=123` is the reference itself.
+        if let Some(bad) = values.iter().find(|v| !is_valid_id(v)) {
+            return err(format!("'{bad}' is not a valid resource id"));
+        }
+        let values = values.iter().map(|id| RefValue::Local { resource_type: Some(target_type.to_string()), id: id.clone() }).collect();
+        return Ok(Filter::Reference { key: param.index_key.as_str(), values });
+    }
+    let filter = parse_inner(target_type, inner, values, opts)?;
+    Ok(Filter::Chain { key: param.index_key.as_str(), target_type: target_type.to_string(), filters: vec![filter] })
+}
+
+/// `_has:Source:ref:param[:modifier]`: resources that a `Source` matching `param` refers to through `ref`.
+fn parse_has(ty: &str, spec: &str, values: &[String], opts: ParseOptions<'_>) -> Result<Filter, QueryError> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(source), Some(ref_name), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+        return err(format!("_has:{spec} must be _has:Type:reference:parameter (e.g. _has:Observation:patient:code)"));
+    };
+    if !is_known_type(source) {
+        return err(format!("unknown resource type '{source}' in _has:{spec}"));
+    }
+    let Some(param) = params::find(source, ref_name) else {
+        return err(format!("unknown search parameter '{ref_name}' for {source} in _has:{spec}"));
+    };
+    if param.kind != ParamKind::Reference || param.targets.is_some_and(|ts| !ts.contains(&ty)) {
+        return err(format!("'{ref_name}' of {source} does not refer to {ty}"));
+    }
+    let filter = parse_inner(source, inner, values, opts)?;
+    Ok(Filter::Has { source_type: source.to_string(), key: param.index_key.as_str(), target_type: ty.to_string(), filters: vec![filter] })
 }
 
 fn parse_include(value: &str, iterate: bool) -> Result<Include, QueryError> {

@@ -304,6 +304,7 @@ fn selectivity_rank(f: &Filter) -> u8 {
     match f {
         Filter::Id(_) => 0,
         Filter::Reference { .. } | Filter::PatientCompartment(_) => 1,
+        Filter::Chain { .. } | Filter::Has { .. } => 2,
         Filter::Token { key, negate: false, .. } if key.ends_with(".identifier") => 1,
         Filter::String { mode: StringMode::Exact, .. } => 2,
         Filter::String { .. } | Filter::Date { .. } | Filter::Quantity { .. } | Filter::Number { .. } => 3,
@@ -325,17 +326,7 @@ enum Role {
 
 /// Filters that can drive a search from their index alone.
 fn can_drive(f: &Filter) -> bool {
-    match f {
-        Filter::String { .. }
-        | Filter::TokenText { .. }
-        | Filter::Reference { .. }
-        | Filter::Date { .. }
-        | Filter::Quantity { .. }
-        | Filter::Number { .. }
-        | Filter::PatientCompartment(_) => true,
-        Filter::Token { negate, .. } => !negate,
-        Filter::Id(_) | Filter::LastUpdated(_) | Filter::Missing { .. } => false,
-    }
+    f.can_select()
 }
 
 /// Opens the subquery of an index filter: the source form selects the distinct matching rids, the
@@ -481,6 +472,56 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
                 b.push(" AND x.target_type = ").text(t);
             }
             b.push(")");
+        }
+        Filter::Chain { key, target_type, filters } => {
+            // The references of the candidate (or, as the source, of any resource) to live targets that
+            // every inner filter selects.
+            match role {
+                Role::Source => {
+                    b.push("SELECT DISTINCT x.rid FROM sp_reference x JOIN resources t ON t.res_type = x.target_type AND t.id = x.target_id WHERE x.p = ")
+                }
+                Role::Check => {
+                    let check = check_key(b.dialect);
+                    b.push(
+                        "EXISTS (SELECT 1 FROM sp_reference x JOIN resources t ON t.res_type = x.target_type AND t.id = x.target_id WHERE x.rid = r.rid AND ",
+                    )
+                    .push(check)
+                }
+            };
+            b.text(key).push(" AND x.target_type = ").text(target_type).push(" AND t.deleted = 0");
+            for f in filters {
+                b.push(" AND t.rid IN (");
+                compile_filter(b, f, Role::Source);
+                b.push(")");
+            }
+            if role == Role::Check {
+                b.push(")");
+            }
+        }
+        Filter::Has { source_type: _, key, target_type, filters } => {
+            // The resources that a referring resource selected by every inner filter points to (index rows
+            // exist only for live resources, so the referring side needs no check of its own).
+            match role {
+                Role::Source => {
+                    b.push("SELECT DISTINCT t.rid FROM sp_reference x JOIN resources t ON t.res_type = x.target_type AND t.id = x.target_id WHERE x.p = ")
+                }
+                // Through the candidate's own row: `r` may be the driver's rids alone.
+                Role::Check => b.push(
+                    "EXISTS (SELECT 1 FROM resources h JOIN sp_reference x ON x.target_type = h.res_type AND x.target_id = h.id WHERE h.rid = r.rid AND x.p = ",
+                ),
+            };
+            b.text(key).push(" AND x.target_type = ").text(target_type);
+            if role == Role::Source {
+                b.push(" AND t.deleted = 0");
+            }
+            for f in filters {
+                b.push(" AND x.rid IN (");
+                compile_filter(b, f, Role::Source);
+                b.push(")");
+            }
+            if role == Role::Check {
+                b.push(")");
+            }
         }
         Filter::PatientCompartment(patient_id) => {
             if role == Role::Source {

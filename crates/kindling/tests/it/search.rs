@@ -439,3 +439,61 @@ async fn us_core_searches_for_roles_dispositions_and_endpoints() {
         roles["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include" && e["resource"]["resourceType"] == "Endpoint").count();
     assert_eq!(endpoints, 2, "the two practices' Direct endpoints");
 }
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Chained parameters and `_has`, one level: they follow references both ways, honour modifiers and the
+/// target type, leave out deleted targets, and refuse deeper or ambiguous forms with a reason.
+#[tokio::test]
+async fn chained_parameters_and_has_follow_references() {
+    let (app, a, b) = fixture().await;
+    let of_a = sorted(ids(&app.search(&format!("Observation?subject=Patient/{a}&_count=100")).await));
+    assert_eq!(of_a.len(), 4);
+    assert_eq!(sorted(ids(&app.search("Observation?subject:Patient.name=smith&_count=100").await)), of_a, "name starts with, through the subject");
+    assert_eq!(sorted(ids(&app.search("Observation?patient.family:exact=Smith&_count=100").await)), of_a, "modifier on the chained parameter");
+    assert_eq!(sorted(ids(&app.search("Observation?patient.identifier=urn:test:mrn|Smith-Ann&_count=100").await)), of_a);
+    assert_eq!(sorted(ids(&app.search(&format!("Observation?patient._id={a}&_count=100")).await)), of_a);
+    // Ann and Bob (Smythe) both match "sm"; with another condition ANDed only Ann's heart rates.
+    assert_eq!(total(&app.search("Observation?patient.name=sm").await), 5);
+    assert_eq!(total(&app.search("Observation?patient.name=sm&code=8867-4&patient.gender=female").await), 2);
+    assert_eq!(total(&app.search("Observation?patient.name=nobody").await), 0);
+    assert_eq!(total(&app.search("MedicationRequest?encounter.class=AMB").await), 1);
+
+    // _has: the patients with a laboratory glucose result, with a heart rate, with both.
+    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=2339-0").await), [a.clone()]);
+    assert_eq!(sorted(ids(&app.search("Patient?_has:Observation:subject:code=8867-4").await)), sorted(vec![a.clone(), b.clone()]));
+    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=2339-0&_has:Observation:patient:code=8867-4").await), [a.clone()]);
+    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=8867-4&gender=male").await), [b.clone()]);
+    assert_eq!(ids(&app.search("Patient?_has:Condition:patient:code=38341003").await), [a.clone()]);
+    assert_eq!(total(&app.search("Patient?_has:Observation:patient:code=0000-0").await), 0);
+
+    // A deleted target no longer matches; a deleted referrer no longer counts.
+    let heart_of_b = ids(&app.search("Observation?code=8867-4&date=2019").await);
+    assert_eq!(total(&app.search("Observation?patient.name=smythe").await), 1);
+    let r = app.client.delete(app.url(&format!("Patient/{b}"))).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(total(&app.search("Observation?patient.name=smythe").await), 0);
+    let r = app.client.delete(app.url(&format!("Observation/{}", heart_of_b[0]))).send().await.unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(ids(&app.search("Patient?_has:Observation:subject:code=8867-4").await), [a.clone()]);
+
+    for (query, says) in [
+        ("Observation?patient.organization.name=x", "one level"),
+        ("Observation?performer.name=x", "name one"),
+        ("Observation?subject:Medication.name=x", "does not refer"),
+        ("Observation?code.name=x", "not a reference"),
+        ("Patient?_has:Observation:patient=x", "_has:Type:reference:parameter"),
+        ("Patient?_has:Observation:code:code=x", "does not refer to Patient"),
+        ("Patient?_has:Observation:encounter:code=x", "does not refer to Patient"),
+        ("Patient?_has:Observation:patient:_has:Observation:patient:code=x", "one level"),
+        ("Patient?_has:Observation:patient:code:missing=true", "cannot be used inside"),
+        ("Observation?patient.nonsense=x", "unknown search parameter"),
+    ] {
+        let (status, body) = app.get_json(query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.to_string().contains(says), "{query}: {body}");
+    }
+}
