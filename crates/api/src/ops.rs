@@ -50,7 +50,13 @@ pub fn conditional_query(state: &AppState, resource_type: &str, query: &str) -> 
         return Err(ApiError::bad_request("a conditional request needs search parameters"));
     }
     let opts = ParseOptions { lenient: false, base: Some(&state.base_url), now_ms: state.now_ms() };
-    parse(resource_type, &pairs, opts).map_err(|e| ApiError::bad_request(format!("conditional criteria: {e}")))
+    let q = parse(resource_type, &pairs, opts).map_err(|e| ApiError::bad_request(format!("conditional criteria: {e}")))?;
+    // Conditional writes are held to a type-wide grant of their own type only: criteria that reach into
+    // another type would answer (created, updated, 412) about resources the token may not search.
+    if q.filters.iter().any(|f| matches!(f, fhir::query::Filter::Chain { .. } | fhir::query::Filter::Has { .. })) {
+        return Err(ApiError::bad_request("conditional criteria cannot use chained parameters or _has; name the resource by its own parameters"));
+    }
+    Ok(q)
 }
 
 /// The key that serialises conditional writes with the same criteria (see

@@ -36,8 +36,9 @@ pub struct BenchArgs {
     /// `code` (authorize + code exchange), `overhead` (token check on a read), `api-load` (the Synthea set
     /// loaded through the FHIR API into a fresh sandbox, then US-Core-style searches), `scoped` (one
     /// search with a patient-, a user- and a system-level token in turn), `export` (a system-level Bulk
-    /// Data export of everything, kicked off and downloaded). All when absent.
-    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped", "export"])]
+    /// Data export of everything, kicked off and downloaded), `chained` (chained-parameter and `_has`
+    /// searches). All when absent.
+    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped", "export", "chained"])]
     pub only: Vec<String>,
 }
 
@@ -274,6 +275,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let s = load(&server.base, searches.clone(), clients, args.seconds).await?;
         report("vital-signs search", clients, &s);
     }
+    if args.runs("chained") {
+        chained_searches(&server.base, &mut conn, args.seconds).await?;
+    }
     if let Some(kib) = rss_kib(pid) {
         println!("memory_after_load            rss={:.1} MB", kib as f64 / 1024.0);
     }
@@ -281,6 +285,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // SQLite database would checkpoint its log too (about 6% of the machine, measured).
     drop(server);
     auth_bench(&args, &reads, &patients).await
+}
+
+/// Chained parameters and `_has` on one connection: observations by their patient's identifier and by
+/// their patient's family name, and patients by a laboratory code of their observations.
+async fn chained_searches(base: &str, conn: &mut Conn, seconds: u64) -> anyhow::Result<()> {
+    let (_, body) = conn.get("/fhir/Patient?_count=100&_elements=identifier,name").await?;
+    let bundle: Value = serde_json::from_slice(&body)?;
+    let patients: Vec<&Value> = bundle["entry"].as_array().into_iter().flatten().map(|e| &e["resource"]).collect();
+    let by_identifier: Vec<String> = patients
+        .iter()
+        .filter_map(|p| {
+            let i = &p["identifier"][0];
+            Some(format!("/fhir/Observation?patient.identifier={}|{}&_count=50", i["system"].as_str()?, i["value"].as_str()?))
+        })
+        .collect();
+    let by_name: Vec<String> = patients
+        .iter()
+        .filter_map(|p| Some(format!("/fhir/Observation?subject:Patient.family={}&category=vital-signs&_count=50", p["name"][0]["family"].as_str()?)))
+        .collect();
+    let has: Vec<String> = ["4548-4", "2339-0", "8302-2", "72166-2", "2093-3", "39156-5"]
+        .iter()
+        .map(|c| format!("/fhir/Patient?_has:Observation:patient:code=http://loinc.org|{c}&_count=50"))
+        .collect();
+    for (label, paths) in [("chain patient.identifier", by_identifier), ("chain subject:Patient.family", by_name), ("_has Observation code", has)] {
+        if paths.is_empty() {
+            bail!("no patients to build the {label} searches from");
+        }
+        let s = load(base, Arc::new(paths), 1, seconds).await?;
+        report(label, 1, &s);
+    }
+    Ok(())
 }
 
 /// Data that arrives through the API: a fresh sandbox (one seeded patient, statistics taken then, as

@@ -322,6 +322,9 @@ enum Role {
     Source,
     /// A test of the candidate row `r`.
     Check,
+    /// The matching rids, repeats allowed, inside an `IN (…)` (which makes its own set: a `DISTINCT`
+    /// there cost 3 of 8 ms for 1,768 observations).
+    Member,
 }
 
 /// Filters that can drive a search from their index alone.
@@ -335,6 +338,7 @@ fn sub_in(b: &mut SqlBuilder, table: &str, key: &str, negate: bool, role: Role) 
     let check = check_key(b.dialect);
     match (negate, role) {
         (false, Role::Source) => b.push("SELECT DISTINCT rid FROM (SELECT rid FROM ").push(table).push(" WHERE p = "),
+        (false, Role::Member) => b.push("SELECT rid FROM ").push(table).push(" WHERE p = "),
         (false, Role::Check) => b.push("EXISTS (SELECT 1 FROM ").push(table).push(" x WHERE x.rid = r.rid AND ").push(check),
         (true, _) => b.push("NOT EXISTS (SELECT 1 FROM ").push(table).push(" x WHERE x.rid = r.rid AND ").push(check),
     };
@@ -354,7 +358,11 @@ fn check_key(dialect: Dialect) -> &'static str {
 
 /// Closes what [`sub_in`] opened.
 fn sub_close(b: &mut SqlBuilder, role: Role) {
-    b.push(if role == Role::Source { ")) z" } else { "))" });
+    b.push(match role {
+        Role::Source => ")) z",
+        Role::Check => "))",
+        Role::Member => ")",
+    });
 }
 
 fn or_sep(b: &mut SqlBuilder, i: usize) {
@@ -477,7 +485,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
             // The references of the candidate (or, as the source, of any resource) to live targets that
             // every inner filter selects.
             match role {
-                Role::Source => {
+                Role::Source | Role::Member => {
                     b.push("SELECT DISTINCT x.rid FROM sp_reference x JOIN resources t ON t.res_type = x.target_type AND t.id = x.target_id WHERE x.p = ")
                 }
                 Role::Check => {
@@ -491,7 +499,7 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
             b.text(key).push(" AND x.target_type = ").text(target_type).push(" AND t.deleted = 0");
             for f in filters {
                 b.push(" AND t.rid IN (");
-                compile_filter(b, f, Role::Source);
+                compile_filter(b, f, Role::Member);
                 b.push(")");
             }
             if role == Role::Check {
@@ -499,32 +507,26 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
             }
         }
         Filter::Has { source_type: _, key, target_type, filters } => {
-            // The resources that a referring resource selected by every inner filter points to (index rows
-            // exist only for live resources, so the referring side needs no check of its own).
+            // The ids the referring resources selected by every inner filter point to, each once, then
+            // their live resources (index rows exist only for live resources, so the referring side needs
+            // no check of its own).
             match role {
-                Role::Source => {
-                    b.push("SELECT DISTINCT t.rid FROM sp_reference x JOIN resources t ON t.res_type = x.target_type AND t.id = x.target_id WHERE x.p = ")
+                Role::Source | Role::Member => {
+                    b.push("SELECT t.rid FROM resources t WHERE t.res_type = ").text(target_type).push(" AND t.deleted = 0 AND t.id IN (")
                 }
                 // Through the candidate's own row: `r` may be the driver's rids alone.
-                Role::Check => b.push(
-                    "EXISTS (SELECT 1 FROM resources h JOIN sp_reference x ON x.target_type = h.res_type AND x.target_id = h.id WHERE h.rid = r.rid AND x.p = ",
-                ),
+                Role::Check => b.push("EXISTS (SELECT 1 FROM resources t WHERE t.rid = r.rid AND t.id IN ("),
             };
-            b.text(key).push(" AND x.target_type = ").text(target_type);
-            if role == Role::Source {
-                b.push(" AND t.deleted = 0");
-            }
+            b.push("SELECT x.target_id FROM sp_reference x WHERE x.p = ").text(key).push(" AND x.target_type = ").text(target_type);
             for f in filters {
                 b.push(" AND x.rid IN (");
-                compile_filter(b, f, Role::Source);
+                compile_filter(b, f, Role::Member);
                 b.push(")");
             }
-            if role == Role::Check {
-                b.push(")");
-            }
+            b.push(if role == Role::Check { "))" } else { ")" });
         }
         Filter::PatientCompartment(patient_id) => {
-            if role == Role::Source {
+            if role != Role::Check {
                 b.push("SELECT rid FROM compartment WHERE patient_id = ").text(patient_id);
             } else {
                 b.push("EXISTS (SELECT 1 FROM compartment x WHERE x.rid = r.rid AND x.patient_id = ").text(patient_id).push(")");

@@ -463,11 +463,11 @@ async fn chained_parameters_and_has_follow_references() {
     assert_eq!(total(&app.search("MedicationRequest?encounter.class=AMB").await), 1);
 
     // _has: the patients with a laboratory glucose result, with a heart rate, with both.
-    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=2339-0").await), [a.clone()]);
+    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=2339-0").await), [a.as_str()]);
     assert_eq!(sorted(ids(&app.search("Patient?_has:Observation:subject:code=8867-4").await)), sorted(vec![a.clone(), b.clone()]));
-    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=2339-0&_has:Observation:patient:code=8867-4").await), [a.clone()]);
-    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=8867-4&gender=male").await), [b.clone()]);
-    assert_eq!(ids(&app.search("Patient?_has:Condition:patient:code=38341003").await), [a.clone()]);
+    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=2339-0&_has:Observation:patient:code=8867-4").await), [a.as_str()]);
+    assert_eq!(ids(&app.search("Patient?_has:Observation:patient:code=8867-4&gender=male").await), [b.as_str()]);
+    assert_eq!(ids(&app.search("Patient?_has:Condition:patient:code=38341003").await), [a.as_str()]);
     assert_eq!(total(&app.search("Patient?_has:Observation:patient:code=0000-0").await), 0);
 
     // A deleted target no longer matches; a deleted referrer no longer counts.
@@ -478,8 +478,32 @@ async fn chained_parameters_and_has_follow_references() {
     assert_eq!(total(&app.search("Observation?patient.name=smythe").await), 0);
     let r = app.client.delete(app.url(&format!("Observation/{}", heart_of_b[0]))).send().await.unwrap();
     assert!(r.status().is_success());
-    assert_eq!(ids(&app.search("Patient?_has:Observation:subject:code=8867-4").await), [a.clone()]);
+    assert_eq!(ids(&app.search("Patient?_has:Observation:subject:code=8867-4").await), [a.as_str()]);
 
+    // Conditional writes are checked against a grant of their own type only, so their criteria may not
+    // reach into another: a conditional update "of the patient with a glucose result" is refused.
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let r = app
+            .client
+            .request(method.clone(), app.url("Patient?_has:Observation:patient:code=2339-0"))
+            .header("content-type", "application/fhir+json")
+            .body(patient("New", "Person", "other", "2000-01-01").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{method}");
+        assert!(r.text().await.unwrap().contains("chained parameters or _has"), "{method}");
+    }
+    let r = app
+        .client
+        .post(app.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_has:Observation:patient:code=2339-0")
+        .body(patient("New", "Person", "other", "2000-01-01").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     for (query, says) in [
         ("Observation?patient.organization.name=x", "one level"),
         ("Observation?performer.name=x", "name one"),
@@ -496,4 +520,62 @@ async fn chained_parameters_and_has_follow_references() {
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.to_string().contains(says), "{query}: {body}");
     }
+}
+
+/// Chains and `_has` search another type under the same token: what the token may not find there directly
+/// (another patient's record, a category outside its granular scope, a type it has no scope for) it does
+/// not learn through them either.
+#[tokio::test]
+async fn chains_and_has_stay_within_what_the_token_may_search() {
+    let app = crate::spawn_secured_app().await;
+    ehr::register_demo_app(&app.auth).await.unwrap();
+    let practitioner = "Practitioner/doc".to_string();
+    auth::registry::put_user(app.auth.store.as_ref(), "doc", "Doc", auth::model::UserRole::Clinician, "long-enough-1", &practitioner).await.unwrap();
+    let put = |r: Value| json!({"resource": r, "request": {"method": "PUT", "url": format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())}});
+    let with_id = |mut r: Value, id: &str| {
+        r["id"] = json!(id);
+        r
+    };
+    let entries = vec![
+        put(with_id(patient("Smith", "Ann", "female", "1970-03-04"), "ann")),
+        put(with_id(patient("Jones", "Bob", "male", "1985-11-20"), "bob")),
+        put(with_id(observation("ann", "laboratory", "2339-0", "2022-03-03", 105.0, "mg/dL"), "ann-glucose")),
+        put(with_id(observation("ann", "vital-signs", "8867-4", "2022-03-03", 70.0, "/min"), "ann-pulse")),
+        put(with_id(observation("bob", "laboratory", "2339-0", "2022-03-03", 99.0, "mg/dL"), "bob-glucose")),
+        put(with_id(observation("bob", "vital-signs", "8867-4", "2022-03-03", 60.0, "/min"), "bob-pulse")),
+    ];
+    api::bundle::process(&app.app_state, json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await.unwrap();
+    let token = |patient: Option<&'static str>, scope: &'static str| {
+        let auth = app.auth.clone();
+        async move { auth::operator_tokens(&auth, "kindling-demo", "doc", patient, scope).await.unwrap()["access_token"].as_str().unwrap().to_string() }
+    };
+    let search = |token: String, query: &'static str| {
+        let (client, url) = (app.client.clone(), app.url(query));
+        async move {
+            let r = client.get(url).bearer_auth(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, if status == 200 { sorted(ids(&body)) } else { vec![body.to_string()] })
+        }
+    };
+    let has_glucose = "Patient?_has:Observation:patient:code=2339-0";
+    let everything = token(None, "user/*.rs").await;
+    assert_eq!(search(everything.clone(), has_glucose).await, (200, vec!["ann".to_string(), "bob".to_string()]));
+    assert_eq!(search(everything, "Observation?patient.name=jones").await, (200, vec!["bob-glucose".to_string(), "bob-pulse".to_string()]));
+
+    // Vital signs only: which patients have a laboratory result is not the user's to learn.
+    let vitals = token(None, "user/Patient.rs user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs").await;
+    assert_eq!(search(vitals.clone(), has_glucose).await, (200, vec![]));
+    assert_eq!(search(vitals, "Patient?_has:Observation:patient:code=8867-4").await, (200, vec!["ann".to_string(), "bob".to_string()]));
+
+    // No scope for Observation at all: the _has search is refused, not answered empty.
+    let patients_only = token(None, "user/Patient.rs").await;
+    let (status, body) = search(patients_only, has_glucose).await;
+    assert_eq!(status, 403, "{body:?}");
+
+    // Ann's own token: her record only, through either direction.
+    let ann = token(Some("ann"), "patient/*.rs").await;
+    assert_eq!(search(ann.clone(), has_glucose).await, (200, vec!["ann".to_string()]));
+    assert_eq!(search(ann.clone(), "Observation?patient.name=jones").await, (200, vec![]));
+    assert_eq!(search(ann, "Observation?patient.name=smith").await, (200, vec!["ann-glucose".to_string(), "ann-pulse".to_string()]));
 }
