@@ -130,7 +130,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str, 
         let mut r = json!({
             "type": ty,
             "interaction": [
-                {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+                {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
                 {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}
             ],
             "versioning": "versioned-update",
@@ -175,6 +175,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str, 
         "implementation": {"description": "Kindling FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json", "application/json"],
+        "patchFormat": ["application/json-patch+json"],
         "implementationGuide": ["http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core|6.1.0"],
         "rest": [{
             "mode": "server",
@@ -251,7 +252,8 @@ mod tests {
         let uris = security["extension"][0]["extension"].as_array().unwrap();
         let token = uris.iter().find(|e| e["url"] == "token").unwrap();
         assert_eq!(token["valueUri"], "https://ehr.example/auth/token");
-        assert!(cs.get("patchFormat").is_none(), "no PATCH, so no patchFormat");
+        assert_eq!(cs["patchFormat"], json!(["application/json-patch+json"]));
+        assert!(resources.iter().all(|r| r["interaction"].as_array().unwrap().iter().any(|i| i["code"] == "patch")));
         // The open sandbox states no security it does not enforce.
         assert!(capability_statement("https://ehr.example/fhir", "1.0.0", "2026-12-05T00:00:00Z", None)["rest"][0].get("security").is_none());
     }

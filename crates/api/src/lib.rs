@@ -202,7 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/{type}", with_405(get(type_search).post(type_create).put(type_conditional_update).delete(type_conditional_delete)))
         .route("/fhir/{type}/_search", with_405(post(type_search_post)))
         .route("/fhir/{type}/_history", with_405(get(type_history)))
-        .route("/fhir/{type}/{id}", with_405(get(instance_read).put(instance_update).delete(instance_delete)))
+        .route("/fhir/{type}/{id}", with_405(get(instance_read).put(instance_update).patch(instance_patch).delete(instance_delete)))
         .route("/fhir/{type}/{id}/_history", with_405(get(instance_history)))
         .route("/fhir/{type}/{id}/_history/{vid}", with_405(get(instance_vread)))
         .route("/fhir/{type}/{id}/{sub}", with_405(get(instance_sub)))

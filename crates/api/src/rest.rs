@@ -355,6 +355,78 @@ pub async fn instance_update(
     Ok(write_response(&state, neg, outcome))
 }
 
+/// `PATCH [type]/[id]` with a JSON Patch (`application/json-patch+json`): applied to the current version
+/// and written as an update would be (validation, `If-Match`, the token's rules on the resource before and
+/// after). Without `If-Match` a concurrent write between the read and the write makes it start again (up
+/// to three times), so no update is lost.
+pub async fn instance_patch(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path((ty, id)): Path<(String, String)>,
+    neg: Negotiated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_type(&ty)?;
+    check_id(&id)?;
+    let content_type = header_str(&headers, "content-type").unwrap_or("");
+    if content_type.split(';').next().unwrap_or("").trim() != "application/json-patch+json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "PATCH takes a JSON Patch with Content-Type: application/json-patch+json (FHIRPath Patch is not supported)",
+        ));
+    }
+    let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the JSON Patch is not JSON: {e}")))?;
+    if !matches!(access, Access::Open) {
+        access.check_any(&ty, Interaction::Update)?;
+        access.check_patient_id(&ty, &id)?;
+    }
+    let if_match = match header_str(&headers, "if-match") {
+        Some(v) => Some(parse_if_match(v)?),
+        None => None,
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = read_current(&state, &ty, &id).await?;
+        if !matches!(access, Access::Open) {
+            check_stored(&state, &access, Interaction::Update, &current).await?;
+        }
+        if let Some(v) = if_match
+            && v != current.version
+        {
+            return Err(ApiError::precondition_failed(format!("{ty}/{id} is at version {}, not {v}", current.version)));
+        }
+        let before: Value = serde_json::from_str(&current.json).map_err(|_| ApiError::internal())?;
+        let after = fhir::patch::apply(&before, &patch).map_err(|e| match e {
+            fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(format!("the JSON Patch is malformed: {m}")),
+            fhir::patch::PatchError::Unprocessable(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", format!("the JSON Patch cannot be applied: {m}"))
+            }
+        })?;
+        if after.get("resourceType") != before.get("resourceType") || after.get("id") != before.get("id") {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", "a patch may not change the resource's type or id"));
+        }
+        if !matches!(access, Access::Open) {
+            access.check_resource(&state, Interaction::Update, &ty, &id, None, Content::Parsed(&after)).await?;
+        }
+        let mut tx = state.store.begin().await?;
+        match ops::update(&state, &mut *tx, &ty, &id, after, Some(current.version)).await {
+            Ok(outcome) => {
+                tx.commit().await?;
+                return Ok(write_response(&state, neg, outcome));
+            }
+            // Written by someone else since it was read: patch the newer version.
+            Err(e) if e.status == StatusCode::PRECONDITION_FAILED && if_match.is_none() && attempt < 3 => continue,
+            Err(e) if e.status == StatusCode::PRECONDITION_FAILED && if_match.is_none() => {
+                return Err(ApiError::contention(format!("{ty}/{id} kept changing while it was patched; try again")));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub async fn instance_delete(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

@@ -8,6 +8,7 @@ pub mod display;
 pub mod extract;
 pub mod outcome;
 pub mod params;
+pub mod patch;
 pub mod query;
 pub mod reference;
 pub mod shape;

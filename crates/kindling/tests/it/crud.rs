@@ -330,3 +330,133 @@ async fn get_all(app: &crate::TestApp, paths: Vec<String>) -> Vec<(u16, serde_js
     }
     out
 }
+
+async fn patch(app: &crate::TestApp, path: &str, content_type: &str, body: &serde_json::Value, if_match: Option<&str>) -> reqwest::Response {
+    let mut r = app.client.patch(app.url(path)).header("content-type", content_type).body(body.to_string());
+    if let Some(v) = if_match {
+        r = r.header("if-match", v);
+    }
+    r.send().await.unwrap()
+}
+
+/// `PATCH` with a JSON Patch: applied to the current version and written as an update (new version,
+/// validation, `If-Match`); malformed patches, failed tests and id changes are refused with their reason.
+#[tokio::test]
+async fn json_patch_updates_a_resource() {
+    let app = spawn_app().await;
+    let created: serde_json::Value = app.post_json("Patient", &patient("Smith", "Ann", "female", "1970-01-02")).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("Patient/{id}");
+    let ops = json!([
+        {"op": "test", "path": "/gender", "value": "female"},
+        {"op": "replace", "path": "/birthDate", "value": "1970-01-03"},
+        {"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "555-0100", "use": "home"}]},
+        {"op": "add", "path": "/name/0/given/-", "value": "Marie"}
+    ]);
+    let r = patch(&app, &path, "application/json-patch+json", &ops, Some("W/\"1\"")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "W/\"2\"");
+    let (status, read) = app.get_json(&path).await;
+    assert_eq!(status, 200);
+    assert_eq!(read["birthDate"], "1970-01-03");
+    assert_eq!(read["telecom"][0]["value"], "555-0100");
+    assert_eq!(read["name"][0]["given"], json!(["Ann", "Marie"]));
+    assert_eq!(read["meta"]["versionId"], "2");
+    // Without If-Match it applies to whatever is current.
+    let r = patch(&app, &path, "application/json-patch+json", &json!([{"op": "remove", "path": "/telecom"}]), None).await;
+    assert_eq!(r.status(), 200);
+    assert!(app.get_json(&path).await.1.get("telecom").is_none());
+
+    for (content_type, body, if_match, status, says) in [
+        ("application/json-patch+json", json!([{"op": "remove", "path": "/gender"}]), Some("W/\"1\""), 412, "version"),
+        ("application/fhir+json", json!([{"op": "remove", "path": "/gender"}]), None, 415, "json-patch"),
+        ("application/json-patch+json", json!({"op": "remove", "path": "/gender"}), None, 400, "array"),
+        ("application/json-patch+json", json!([{"op": "remove", "path": "/deceasedBoolean"}]), None, 422, "does not exist"),
+        ("application/json-patch+json", json!([{"op": "test", "path": "/gender", "value": "male"}]), None, 422, "test"),
+        ("application/json-patch+json", json!([{"op": "replace", "path": "/id", "value": "other"}]), None, 422, "type or id"),
+        ("application/json-patch+json", json!([{"op": "replace", "path": "/gender", "value": 7}]), None, 422, "gender"),
+    ] {
+        let r = patch(&app, &path, content_type, &body, if_match).await;
+        assert_eq!(r.status(), status, "{body}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("OperationOutcome") && text.contains(says), "{body}: {text}");
+    }
+    assert_eq!(app.get_json(&path).await.1["meta"]["versionId"], "3", "no refused patch wrote anything");
+    assert_eq!(patch(&app, "Patient/nobody", "application/json-patch+json", &json!([]), None).await.status(), 404);
+    // A patch that leaves the resource invalid is refused like such an update.
+    let obs: serde_json::Value =
+        app.post_json("Observation", &crate::observation(&id, "vital-signs", "8867-4", "2020-01-01", 70.0, "/min")).await.json().await.unwrap();
+    let r = patch(
+        &app,
+        &format!("Observation/{}", obs["id"].as_str().unwrap()),
+        "application/json-patch+json",
+        &json!([{"op": "remove", "path": "/status"}]),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("status"));
+}
+
+/// `PATCH` under a token: as an update, judged on the resource before and after — a read-only token, a
+/// patient token on another patient's record, and a granular token moving a result out of its category are
+/// refused, and nothing is written.
+#[tokio::test]
+async fn json_patch_is_held_to_the_tokens_update_rules() {
+    let app = crate::spawn_secured_app().await;
+    kindling::seed(&app.app_state, 2, 5).await.unwrap();
+    let client = auth::model::Client {
+        client_id: "patcher".into(),
+        name: "Patcher".into(),
+        kind: auth::model::ClientKind::Public,
+        secret_hash: None,
+        redirect_uris: vec!["https://patcher.example/cb".into()],
+        launch_url: None,
+        allowed_scope: "launch/patient openid fhirUser patient/*.cruds user/*.cruds user/*.rs patient/*.rs".into(),
+        jwks: None,
+        jwks_url: None,
+        icon: None,
+        disabled: false,
+        profile: None,
+        self_registered: false,
+    };
+    auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
+    auth::registry::put_user(app.auth.store.as_ref(), "doc", "Doc", auth::model::UserRole::Clinician, "long-enough-1", "Practitioner/doc").await.unwrap();
+    let token = async |patient: Option<&str>, scope: &str| {
+        auth::operator_tokens(&app.auth, "patcher", "doc", patient, scope).await.unwrap()["access_token"].as_str().unwrap().to_string()
+    };
+    let (ann, bob) = (synth::patient_id(5, 0), synth::patient_id(5, 1));
+    let vital = {
+        let r = app
+            .client
+            .get(app.url(&format!("Observation?patient={bob}&category=vital-signs&_count=1")))
+            .bearer_auth(token(None, "user/*.rs").await)
+            .send()
+            .await
+            .unwrap();
+        let b: serde_json::Value = r.json().await.unwrap();
+        b["entry"][0]["resource"]["id"].as_str().unwrap().to_string()
+    };
+    let send = async |token: &str, path: &str, ops: serde_json::Value| {
+        app.client
+            .patch(app.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json-patch+json")
+            .body(ops.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let gender = json!([{"op": "replace", "path": "/gender", "value": "unknown"}]);
+    assert_eq!(send(&token(None, "user/*.rs").await, &format!("Patient/{bob}"), gender.clone()).await, 403, "read-only");
+    assert_eq!(send(&token(Some(&ann), "patient/*.cruds").await, &format!("Patient/{bob}"), gender.clone()).await, 403, "another patient");
+    let to_lab = json!([{"op": "replace", "path": "/category/0/coding/0/code", "value": "laboratory"}]);
+    let vitals_only = token(None, "user/Observation.cruds?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs").await;
+    assert_eq!(send(&vitals_only, &format!("Observation/{vital}"), to_lab).await, 403, "out of the granted category");
+    let stored = app.app_state.store.read("Observation", &vital).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1, "nothing written");
+    let note = json!([{"op": "add", "path": "/note", "value": [{"text": "checked"}]}]);
+    assert_eq!(send(&vitals_only, &format!("Observation/{vital}"), note).await, 200, "within the category");
+    assert_eq!(send(&token(Some(&bob), "patient/*.cruds").await, &format!("Patient/{bob}"), gender).await, 200, "the patient's own record");
+}
