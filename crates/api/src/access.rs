@@ -427,6 +427,13 @@ impl Access {
                 let mut inner = SearchQuery::new(inner_type);
                 inner.filters = std::mem::take(filters);
                 self.restrict_search(state, &mut inner).map_err(|e| forbidden(format!("a chained or _has search of {inner_type}: {}", e.message)))?;
+                // A patient-level Patient search also finds the records that link to the patient, which
+                // the token may not read (a page leaves them out); inside a chain nothing would.
+                if inner_type == "Patient"
+                    && let Some(own) = self.patient_only("Patient")
+                {
+                    inner.filters.push(Filter::Ids { resource_type: "Patient".into(), ids: own.map(str::to_string).into_iter().collect() });
+                }
                 *filters = inner.filters;
             }
         }

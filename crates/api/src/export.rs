@@ -135,6 +135,8 @@ pub struct KickOff {
 pub const FAULT_HEADER: &str = "kindling-export-fault";
 /// The longest `slow=N` wait per resource type (the planner's lease lapses after [`PLANNING_STALE_MS`]).
 pub const MAX_SLOW_MS: u64 = 10_000;
+/// The most `slow=N` adds to one job's planning in all.
+pub const MAX_SLOW_TOTAL_MS: u64 = 30_000;
 
 /// Failures injected into one export; kept with the job, so that every node and a restart honour them.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -486,12 +488,16 @@ async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResu
     let mut files = Vec::new();
     let mut errors = Vec::new();
     let mut deleted = Vec::new();
+    let mut slept = 0;
     for (done, ty) in types.iter().enumerate() {
+        // A job cancelled or expired meanwhile is not planned further (its planner would otherwise hold a
+        // thread for nothing).
+        match state.store.auth_get(JOB_KIND, id).await? {
+            Some(r) if r.expires.is_none_or(|e| e > state.now_ms()) => {}
+            _ => return Err(ApiError::not_found("the export was cancelled or expired while it was planned")),
+        }
         let progress = format!("{done} of {} resource types searched", types.len());
         state.store.auth_put(LEASE_KIND, id, &progress, None, Some(state.now_ms() + PLANNING_STALE_MS)).await?;
-        if job.params.faults.slow_ms > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(job.params.faults.slow_ms)).await;
-        }
         if compartment_only && ty != "Patient" && !fhir::params::in_patient_compartment(ty) {
             errors.push(format!("{ty} is outside the patient compartment, so a patient-level export does not hold it"));
             continue;
@@ -502,6 +508,12 @@ async fn plan(state: &AppState, access: &Access, id: &str, job: &Job) -> ApiResu
                 errors.push(format!("{ty} was not exported: {}", e.message));
             }
             continue;
+        }
+        // Injected slowness, for types actually exported, at most MAX_SLOW_TOTAL_MS for the whole job.
+        let wait = job.params.faults.slow_ms.min(MAX_SLOW_TOTAL_MS - slept);
+        if wait > 0 {
+            slept += wait;
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
         // `_typeFilter`s of this type are alternatives (their results are joined); none means all of it.
         let filters: Vec<&str> = params.type_filters.iter().filter_map(|f| f.strip_prefix(ty.as_str()).and_then(|r| r.strip_prefix('?'))).collect();
@@ -741,6 +753,7 @@ pub async fn file(state: &AppState, access: &Access, id: &str, name: &str) -> Ap
     }
     if let Some(n) = name.strip_prefix("deleted-").and_then(|n| n.strip_suffix(".ndjson")).and_then(|n| n.parse::<usize>().ok()) {
         let (ty, ids) = job.deleted.get(n).ok_or_else(|| ApiError::not_found("this export has no such file"))?;
+        access.check_any(ty, smart::Interaction::Read)?;
         audit(state, access, "export-download", &format!("job {id} deleted file {n}: {} {ty} deletions", ids.len()));
         // Transaction Bundles of DELETE requests, up to 1,000 entries each (Bulk Data 2.0 `deleted`).
         let lines: String = ids

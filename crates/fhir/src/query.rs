@@ -118,6 +118,13 @@ pub enum Filter {
     },
     /// Resources in the compartment of this patient.
     PatientCompartment(String),
+    /// These resources of one type, by id: the context patient alone, which the server puts inside a
+    /// chain or `_has` on `Patient` for a patient-level token (its Patient search would also find the
+    /// records that link to the patient, which it may not read).
+    Ids {
+        resource_type: String,
+        ids: Vec<String>,
+    },
     /// A chained parameter, one level (`subject:Patient.name=peter`): the resource refers through `key`
     /// to a live `target_type` resource that matches every filter (the caller adds the token's limits on
     /// `target_type` to them).
@@ -157,7 +164,8 @@ impl Filter {
             | Filter::Number { .. }
             | Filter::PatientCompartment(_)
             | Filter::Chain { .. }
-            | Filter::Has { .. } => true,
+            | Filter::Has { .. }
+            | Filter::Ids { .. } => true,
             Filter::Token { negate, .. } => !negate,
             Filter::Id(_) | Filter::LastUpdated(_) | Filter::Missing { .. } => false,
         }

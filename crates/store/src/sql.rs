@@ -305,6 +305,7 @@ fn selectivity_rank(f: &Filter) -> u8 {
         Filter::Id(_) => 0,
         Filter::Reference { .. } | Filter::PatientCompartment(_) => 1,
         Filter::Chain { .. } | Filter::Has { .. } => 2,
+        Filter::Ids { .. } => 0,
         Filter::Token { key, negate: false, .. } if key.ends_with(".identifier") => 1,
         Filter::String { mode: StringMode::Exact, .. } => 2,
         Filter::String { .. } | Filter::Date { .. } | Filter::Quantity { .. } | Filter::Number { .. } => 3,
@@ -480,6 +481,19 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
                 b.push(" AND x.target_type = ").text(t);
             }
             b.push(")");
+        }
+        Filter::Ids { resource_type, ids } => {
+            match role {
+                Role::Source | Role::Member => b.push("SELECT rid FROM resources WHERE res_type = ").text(resource_type).push(" AND deleted = 0 AND id IN ("),
+                Role::Check => b.push("r.id IN ("),
+            };
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    b.push(",");
+                }
+                b.text(id);
+            }
+            b.push(if ids.is_empty() { "NULL)" } else { ")" });
         }
         Filter::Chain { key, target_type, filters } => {
             // The references of the candidate (or, as the source, of any resource) to live targets that

@@ -543,6 +543,15 @@ async fn chains_and_has_stay_within_what_the_token_may_search() {
         put(with_id(observation("ann", "vital-signs", "8867-4", "2022-03-03", 70.0, "/min"), "ann-pulse")),
         put(with_id(observation("bob", "laboratory", "2339-0", "2022-03-03", 99.0, "mg/dL"), "bob-glucose")),
         put(with_id(observation("bob", "vital-signs", "8867-4", "2022-03-03", 60.0, "/min"), "bob-pulse")),
+        // A record linked to Ann (so her Patient search finds it, though she may not read it), and a result
+        // about it that Ann performed (so it is in Ann's compartment).
+        put(json!({"resourceType": "Patient", "id": "linked", "birthDate": "1980-01-01",
+                   "link": [{"other": {"reference": "Patient/ann"}, "type": "seealso"}]})),
+        put({
+            let mut o = with_id(observation("linked", "vital-signs", "8867-4", "2022-03-03", 65.0, "/min"), "probe");
+            o["performer"] = json!([{"reference": "Patient/ann"}]);
+            o
+        }),
     ];
     api::bundle::process(&app.app_state, json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await.unwrap();
     let token = |patient: Option<&'static str>, scope: &'static str| {
@@ -566,7 +575,7 @@ async fn chains_and_has_stay_within_what_the_token_may_search() {
     // Vital signs only: which patients have a laboratory result is not the user's to learn.
     let vitals = token(None, "user/Patient.rs user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs").await;
     assert_eq!(search(vitals.clone(), has_glucose).await, (200, vec![]));
-    assert_eq!(search(vitals, "Patient?_has:Observation:patient:code=8867-4").await, (200, vec!["ann".to_string(), "bob".to_string()]));
+    assert_eq!(search(vitals, "Patient?_has:Observation:patient:code=8867-4").await, (200, vec!["ann".to_string(), "bob".to_string(), "linked".to_string()]));
 
     // No scope for Observation at all: the _has search is refused, not answered empty.
     let patients_only = token(None, "user/Patient.rs").await;
@@ -577,5 +586,8 @@ async fn chains_and_has_stay_within_what_the_token_may_search() {
     let ann = token(Some("ann"), "patient/*.rs").await;
     assert_eq!(search(ann.clone(), has_glucose).await, (200, vec!["ann".to_string()]));
     assert_eq!(search(ann.clone(), "Observation?patient.name=jones").await, (200, vec![]));
-    assert_eq!(search(ann, "Observation?patient.name=smith").await, (200, vec!["ann-glucose".to_string(), "ann-pulse".to_string()]));
+    assert_eq!(search(ann.clone(), "Observation?patient.name=smith").await, (200, vec!["ann-glucose".to_string(), "ann-pulse".to_string()]));
+    // The linked record is not Ann's to read: a chain does not probe it through a result in her record.
+    assert_eq!(search(ann.clone(), "Observation?subject:Patient.birthdate=1980-01-01").await, (200, vec![]));
+    assert_eq!(search(ann, "Observation?subject:Patient.birthdate=1970-03-04").await, (200, vec!["ann-glucose".to_string(), "ann-pulse".to_string()]));
 }
