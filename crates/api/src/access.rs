@@ -427,13 +427,6 @@ impl Access {
                 let mut inner = SearchQuery::new(inner_type);
                 inner.filters = std::mem::take(filters);
                 self.restrict_search(state, &mut inner).map_err(|e| forbidden(format!("a chained or _has search of {inner_type}: {}", e.message)))?;
-                // A patient-level Patient search also finds the records that link to the patient, which
-                // the token may not read (a page leaves them out); inside a chain nothing would.
-                if inner_type == "Patient"
-                    && let Some(own) = self.patient_only("Patient")
-                {
-                    inner.filters.push(Filter::Ids { resource_type: "Patient".into(), ids: own.map(str::to_string).into_iter().collect() });
-                }
                 *filters = inner.filters;
             }
         }
@@ -447,7 +440,19 @@ impl Access {
             let Some(patient) = t.patient.clone() else {
                 return Err(forbidden("patient-level scopes need a patient in context"));
             };
-            if ty == "Patient" || params::in_patient_compartment(&ty) {
+            if ty == "Patient" {
+                // The Patient compartment also holds the records that link to the patient, which a
+                // patient-level read refuses: the search is held to what the token may read (its patient,
+                // and its user's own record), so that neither a page, its total, nor a chain through
+                // Patient tells about the others.
+                let mut ids = vec![patient];
+                if let Some(own) = t.fhir_user.as_deref().and_then(|u| u.strip_prefix("Patient/"))
+                    && !ids.iter().any(|i| i == own)
+                {
+                    ids.push(own.to_string());
+                }
+                q.filters.push(Filter::Ids { resource_type: "Patient".into(), ids });
+            } else if params::in_patient_compartment(&ty) {
                 q.filters.push(Filter::PatientCompartment(patient));
             } else if !is_shared_type(&ty) {
                 return Err(forbidden(format!("{ty} is outside the patient's record; patient-level scopes cannot search it")));

@@ -485,7 +485,8 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
         Filter::Ids { resource_type, ids } => {
             match role {
                 Role::Source | Role::Member => b.push("SELECT rid FROM resources WHERE res_type = ").text(resource_type).push(" AND deleted = 0 AND id IN ("),
-                Role::Check => b.push("r.id IN ("),
+                // By rid: `r` may be the driver's rids alone.
+                Role::Check => b.push("r.rid IN (SELECT rid FROM resources WHERE res_type = ").text(resource_type).push(" AND id IN ("),
             };
             for (i, id) in ids.iter().enumerate() {
                 if i > 0 {
@@ -494,6 +495,9 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
                 b.text(id);
             }
             b.push(if ids.is_empty() { "NULL)" } else { ")" });
+            if role == Role::Check {
+                b.push(")");
+            }
         }
         Filter::Chain { key, target_type, filters } => {
             // The references of the candidate (or, as the source, of any resource) to live targets that

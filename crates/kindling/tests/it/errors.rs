@@ -21,7 +21,8 @@ async fn every_error_is_an_operation_outcome() {
     assert_outcome(app.get("Nonsense/1").await, 404).await;
     assert_outcome(app.get("Patient/bad id!").await, 400).await;
     assert_outcome(app.get("nothing/here/at/all/really").await, 404).await;
-    assert_outcome(app.client.patch(app.url("Patient/1")).send().await.unwrap(), 405).await;
+    assert_outcome(app.client.patch(app.url("Patient")).send().await.unwrap(), 405).await;
+    assert_outcome(app.client.patch(app.url("Patient/1")).send().await.unwrap(), 415).await;
     assert_outcome(app.client.delete(app.url("metadata")).send().await.unwrap(), 405).await;
     let r = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").body("{not json").send().await.unwrap();
     assert_outcome(r, 400).await;

@@ -589,5 +589,11 @@ async fn chains_and_has_stay_within_what_the_token_may_search() {
     assert_eq!(search(ann.clone(), "Observation?patient.name=smith").await, (200, vec!["ann-glucose".to_string(), "ann-pulse".to_string()]));
     // The linked record is not Ann's to read: a chain does not probe it through a result in her record.
     assert_eq!(search(ann.clone(), "Observation?subject:Patient.birthdate=1980-01-01").await, (200, vec![]));
-    assert_eq!(search(ann, "Observation?subject:Patient.birthdate=1970-03-04").await, (200, vec!["ann-glucose".to_string(), "ann-pulse".to_string()]));
+    assert_eq!(search(ann.clone(), "Observation?subject:Patient.birthdate=1970-03-04").await, (200, vec!["ann-glucose".to_string(), "ann-pulse".to_string()]));
+    // Nor does a plain Patient search count it (its total once included the linked record).
+    for (query, expected) in [("Patient?_summary=count", 1), ("Patient?birthdate=1980-01-01&_summary=count", 0), ("Patient", 1)] {
+        let r = app.client.get(app.url(query)).bearer_auth(&ann).send().await.unwrap();
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["total"], expected, "{query}: {b}");
+    }
 }
