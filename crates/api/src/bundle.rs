@@ -26,6 +26,7 @@ enum Method {
     Delete,
     Post,
     Put,
+    Patch,
     Get,
 }
 
@@ -68,7 +69,7 @@ fn parse_entries(base_url: &str, bundle: &mut Value) -> ApiResult<Vec<Request>> 
             Some("POST") => Method::Post,
             Some("PUT") => Method::Put,
             Some("DELETE") => Method::Delete,
-            Some("PATCH") => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", format!("entry {i}: PATCH is not supported"))),
+            Some("PATCH") => Method::Patch,
             other => return Err(ApiError::bad_request(format!("entry {i}: request.method {other:?} is not a FHIR HTTP verb"))),
         };
         let raw_url = request.get("url").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("entry {i} has no request.url")))?;
@@ -77,9 +78,14 @@ fn parse_entries(base_url: &str, bundle: &mut Value) -> ApiResult<Vec<Request>> 
             Some(v) => Some(parse_if_match(v)?),
             None => None,
         };
-        if matches!(method, Method::Post | Method::Put) && resource.is_none() {
+        if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
             return Err(ApiError::bad_request(format!("entry {i} ({raw_url}) needs a resource")));
         }
+        // A PATCH entry carries its JSON Patch as a Binary (FHIR R4 §3.1.0.11.6); kept as the patch itself.
+        let resource = match (method, resource) {
+            (Method::Patch, Some(binary)) => Some(json_patch_of(&binary).map_err(|e| ApiError { message: format!("entry {i}: {}", e.message), ..e })?),
+            (_, resource) => resource,
+        };
         out.push(Request {
             method,
             url,
@@ -90,6 +96,28 @@ fn parse_entries(base_url: &str, bundle: &mut Value) -> ApiResult<Vec<Request>> 
         });
     }
     Ok(out)
+}
+
+/// The JSON Patch inside a PATCH entry's Binary (`contentType` `application/json-patch+json`, `data` base64).
+fn json_patch_of(binary: &Value) -> ApiResult<Value> {
+    use base64::Engine as _;
+    let unsupported = || {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "a PATCH entry takes a Binary with contentType application/json-patch+json and the patch in data (FHIRPath Patch is not supported)",
+        )
+    };
+    if binary.get("resourceType").and_then(Value::as_str) != Some("Binary") {
+        return Err(unsupported());
+    }
+    let media = binary.get("contentType").and_then(Value::as_str).unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json-patch+json" {
+        return Err(unsupported());
+    }
+    let data: Vec<u8> = binary.get("data").and_then(Value::as_str).unwrap_or("").bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(&data).map_err(|_| ApiError::bad_request("the PATCH entry's Binary data is not base64"))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the PATCH entry's JSON Patch is not JSON: {e}")))
 }
 
 /// Processes a `transaction` or `batch` Bundle with full access (seeding and import).
@@ -452,7 +480,7 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
     let identity = |i: usize| -> Option<(String, String)> {
         let (ty, id, _) = requests[i].target();
         match requests[i].method {
-            Method::Put | Method::Delete => id.map(str::to_string).or_else(|| assigned.get(&i).cloned()).map(|id| (ty.to_string(), id)),
+            Method::Put | Method::Delete | Method::Patch => id.map(str::to_string).or_else(|| assigned.get(&i).cloned()).map(|id| (ty.to_string(), id)),
             _ => None,
         }
     };
@@ -479,6 +507,10 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                 gets.push(i);
                 continue;
             }
+            Method::Patch => match (id, query) {
+                (Some(id), None) => rest::patch_in(state, access, &mut *tx, &ty, &id, r.resource.as_ref().unwrap_or(&Value::Null), r.if_match).await,
+                _ => Err(ApiError::bad_request(format!("'{}' is not a valid PATCH URL (Type/id)", r.url))),
+            },
             Method::Delete => match (id, query) {
                 (Some(id), None) => ops::delete(&mut *tx, &ty, &id, r.if_match).await,
                 (None, Some(q)) => ops::conditional_delete(state, &mut *tx, &ty, &q).await,
@@ -601,6 +633,11 @@ async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction
                 None => Ok(()),
             }
         }
+        // The resource before and after is judged where the patch is applied (`rest::patch_in`).
+        (Method::Patch, Some(id), None) => {
+            access.check_any(ty, Interaction::Update)?;
+            access.check_patient_id(ty, id)
+        }
         (Method::Delete, Some(id), None) => match tx.read(ty, id).await?.filter(|e| !e.deleted) {
             Some(existing) => rest::check_stored(state, access, Interaction::Delete, &existing).await,
             None => access.check_any(ty, Interaction::Delete),
@@ -716,6 +753,10 @@ async fn batch_write(state: &AppState, access: &Access, r: Request) -> ApiResult
             (Some(id), None) => ops::update(state, &mut *tx, &ty, &id, r.resource.unwrap_or(Value::Null), r.if_match).await?,
             (None, Some(q)) => ops::conditional_update(state, &mut *tx, &ty, &q, r.resource.unwrap_or(Value::Null)).await?,
             _ => return Err(ApiError::bad_request(format!("'{}' is not a valid PUT URL", r.url))),
+        },
+        Method::Patch => match (id, query) {
+            (Some(id), None) => rest::patch_in(state, access, &mut *tx, &ty, &id, r.resource.as_ref().unwrap_or(&Value::Null), r.if_match).await?,
+            _ => return Err(ApiError::bad_request(format!("'{}' is not a valid PATCH URL (Type/id)", r.url))),
         },
         Method::Get => {
             drop(tx);

@@ -389,30 +389,8 @@ pub async fn instance_patch(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let current = read_current(&state, &ty, &id).await?;
-        if !matches!(access, Access::Open) {
-            check_stored(&state, &access, Interaction::Update, &current).await?;
-        }
-        if let Some(v) = if_match
-            && v != current.version
-        {
-            return Err(ApiError::precondition_failed(format!("{ty}/{id} is at version {}, not {v}", current.version)));
-        }
-        let before: Value = serde_json::from_str(&current.json).map_err(|_| ApiError::internal())?;
-        let after = fhir::patch::apply(&before, &patch).map_err(|e| match e {
-            fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(format!("the JSON Patch is malformed: {m}")),
-            fhir::patch::PatchError::Unprocessable(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", format!("the JSON Patch cannot be applied: {m}"))
-            }
-        })?;
-        if after.get("resourceType") != before.get("resourceType") || after.get("id") != before.get("id") {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", "a patch may not change the resource's type or id"));
-        }
-        if !matches!(access, Access::Open) {
-            access.check_resource(&state, Interaction::Update, &ty, &id, None, Content::Parsed(&after)).await?;
-        }
         let mut tx = state.store.begin().await?;
-        match ops::update(&state, &mut *tx, &ty, &id, after, Some(current.version)).await {
+        match patch_in(&state, &access, &mut *tx, &ty, &id, &patch, if_match).await {
             Ok(outcome) => {
                 tx.commit().await?;
                 return Ok(write_response(&state, neg, outcome));
@@ -425,6 +403,47 @@ pub async fn instance_patch(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Applies a JSON Patch to the current version of `ty/id` (read in `tx`) and writes the result as an update
+/// at that version (a `412` when another write came in between), judged under `access` as an update of the
+/// resource before and after.
+pub async fn patch_in(
+    state: &AppState,
+    access: &Access,
+    tx: &mut dyn store::Transaction,
+    ty: &str,
+    id: &str,
+    patch: &Value,
+    if_match: Option<i64>,
+) -> ApiResult<Outcome> {
+    let current = match tx.read(ty, id).await? {
+        None => return Err(ApiError::not_found(format!("{ty}/{id} is not known"))),
+        Some(r) if r.deleted => return Err(ApiError::gone(format!("{ty}/{id} was deleted"))),
+        Some(r) => r,
+    };
+    if !matches!(access, Access::Open) {
+        check_stored(state, access, Interaction::Update, &current).await?;
+    }
+    if let Some(v) = if_match
+        && v != current.version
+    {
+        return Err(ApiError::precondition_failed(format!("{ty}/{id} is at version {}, not {v}", current.version)));
+    }
+    let before: Value = serde_json::from_str(&current.json).map_err(|_| ApiError::internal())?;
+    let after = fhir::patch::apply(&before, patch).map_err(|e| match e {
+        fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(format!("the JSON Patch is malformed: {m}")),
+        fhir::patch::PatchError::Unprocessable(m) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", format!("the JSON Patch cannot be applied: {m}"))
+        }
+    })?;
+    if after.get("resourceType") != before.get("resourceType") || after.get("id") != before.get("id") {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", "a patch may not change the resource's type or id"));
+    }
+    if !matches!(access, Access::Open) {
+        access.check_resource(state, Interaction::Update, ty, id, None, Content::Parsed(&after)).await?;
+    }
+    ops::update(state, tx, ty, id, after, Some(current.version)).await
 }
 
 pub async fn instance_delete(

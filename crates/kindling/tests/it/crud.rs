@@ -460,3 +460,61 @@ async fn json_patch_is_held_to_the_tokens_update_rules() {
     assert_eq!(send(&vitals_only, &format!("Observation/{vital}"), note).await, 200, "within the category");
     assert_eq!(send(&token(Some(&bob), "patient/*.cruds").await, &format!("Patient/{bob}"), gender).await, 200, "the patient's own record");
 }
+
+/// PATCH entries in Bundles: the JSON Patch as a Binary (`application/json-patch+json`), applied in a
+/// transaction after the creates (references to their `fullUrl`s rewritten inside the patch), and on its
+/// own in a batch; a failed test fails the transaction whole and only its entry in a batch.
+#[tokio::test]
+async fn json_patch_entries_in_transactions_and_batches() {
+    use base64::Engine as _;
+    let app = spawn_app().await;
+    let created: serde_json::Value = app.post_json("Patient", &patient("Smith", "Ann", "female", "1970-01-02")).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let binary = |ops: serde_json::Value| {
+        json!({"resourceType": "Binary", "contentType": "application/json-patch+json",
+               "data": base64::engine::general_purpose::STANDARD.encode(ops.to_string())})
+    };
+    let entry = |ops: serde_json::Value| json!({"resource": binary(ops), "request": {"method": "PATCH", "url": format!("Patient/{id}")}});
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(json!([{"op": "add", "path": "/generalPractitioner", "value": [{"reference": "urn:uuid:9d1e4a2c-0000-4000-8000-000000000001"}]}])),
+        {"fullUrl": "urn:uuid:9d1e4a2c-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Practitioner", "name": [{"family": "Okafor"}]},
+         "request": {"method": "POST", "url": "Practitioner"}}
+    ]});
+    let r = app.post_json("", &transaction).await;
+    assert_eq!(r.status(), 200);
+    let response: serde_json::Value = r.json().await.unwrap();
+    assert!(response["entry"][0]["response"]["status"].as_str().unwrap().starts_with("200"), "{response}");
+    let practitioner = response["entry"][1]["response"]["location"].as_str().unwrap().split("/_history").next().unwrap().to_string();
+    let (_, read) = app.get_json(&format!("Patient/{id}")).await;
+    assert_eq!(read["generalPractitioner"][0]["reference"], practitioner.as_str(), "the fullUrl inside the patch was rewritten");
+    assert_eq!(read["meta"]["versionId"], "2");
+
+    // A failed test fails the whole transaction; nothing of it stays.
+    let failing = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(json!([{"op": "replace", "path": "/gender", "value": "other"}])),
+        {"resource": {"resourceType": "Practitioner", "name": [{"family": "Never"}]}, "request": {"method": "POST", "url": "Practitioner"}},
+        entry(json!([{"op": "test", "path": "/gender", "value": "male"}])),
+    ]});
+    let r = app.post_json("", &failing).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(app.get_json(&format!("Patient/{id}")).await.1["gender"], "female");
+    assert_eq!(app.get_json("Practitioner?family=Never").await.1["total"], 0);
+
+    // A PATCH entry whose Binary is not a JSON Patch is refused (415) before anything runs.
+    let other = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Binary", "contentType": "application/fhir+json", "data": "e30="}, "request": {"method": "PATCH", "url": format!("Patient/{id}")}},
+    ]});
+    assert_eq!(app.post_json("", &other).await.status(), 415);
+    // In a batch each entry stands alone.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        entry(json!([{"op": "replace", "path": "/gender", "value": "other"}])),
+        entry(json!([{"op": "test", "path": "/gender", "value": "male"}])),
+    ]});
+    let r = app.post_json("", &batch).await;
+    assert_eq!(r.status(), 200);
+    let response: serde_json::Value = r.json().await.unwrap();
+    let statuses: Vec<&str> = response["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert!(statuses[0].starts_with("200") && statuses[1].starts_with("422"), "{statuses:?}");
+    assert_eq!(app.get_json(&format!("Patient/{id}")).await.1["gender"], "other");
+}
