@@ -159,6 +159,9 @@ pub fn capability_statement(base_url: &str, software_version: &str, date: &str, 
                 {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
             ]);
         }
+        if *ty == "DocumentReference" {
+            r["operation"] = json!([{"name": "docref", "definition": "http://hl7.org/fhir/us/core/OperationDefinition/docref"}]);
+        }
         if *ty == "Group" {
             r["operation"] = json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]);
         }

@@ -199,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/Group/{id}/$export", with_405(get(export_group).post(export_group)))
         .route("/fhir/$export-status/{job}", with_405(get(export_status).delete(export_cancel)))
         .route("/fhir/$export-file/{job}/{file}", with_405(get(export_file)))
+        .route("/fhir/DocumentReference/$docref", with_405(get(docref).post(docref)))
         .route("/fhir/{type}", with_405(get(type_search).post(type_create).put(type_conditional_update).delete(type_conditional_delete)))
         .route("/fhir/{type}/_search", with_405(post(type_search_post)))
         .route("/fhir/{type}/_history", with_405(get(type_history)))

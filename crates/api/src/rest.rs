@@ -169,6 +169,73 @@ async fn run_search(
     Ok(bundle_response(neg, &b))
 }
 
+/// `GET|POST [base]/DocumentReference/$docref` (US Core "Fetch DocumentReference"): a patient's documents
+/// whose care period overlaps `start`..`end`, of the given `type`s, newest first, as a searchset under the
+/// token's search rules. Without `start` and `end`, the patient's most recent document of the `type`s
+/// (by default a Summary of Episode Note, LOINC 34133-9, as US Core asks). Documents are never generated:
+/// `on-demand` is accepted and has no effect.
+pub async fn docref(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    neg: Negotiated,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let mut given = parse_pairs(q.as_deref().unwrap_or(""));
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("$docref takes a Parameters resource: {e}")))?;
+        if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+            return Err(ApiError::bad_request("$docref takes a Parameters resource"));
+        }
+        for p in v.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let value = ["valueId", "valueString", "valueDate", "valueDateTime", "valueUri", "valueCanonical", "valueCode"]
+                .iter()
+                .find_map(|k| p.get(*k).and_then(Value::as_str).map(str::to_string))
+                .or_else(|| p.get("valueBoolean").and_then(Value::as_bool).map(|b| b.to_string()))
+                .or_else(|| {
+                    let c = p.get("valueCoding")?;
+                    Some(format!("{}|{}", c.get("system").and_then(Value::as_str).unwrap_or(""), c.get("code").and_then(Value::as_str)?))
+                })
+                .or_else(|| p.pointer("/valueReference/reference").and_then(Value::as_str).map(str::to_string));
+            let value = value.ok_or_else(|| ApiError::bad_request(format!("the $docref parameter '{name}' has no value this server reads")))?;
+            given.push((name, value));
+        }
+    }
+    let (mut patient, mut start, mut end, mut types) = (None, None, None, Vec::new());
+    for (name, value) in given {
+        match name.as_str() {
+            "patient" => patient = Some(value.trim_start_matches("Patient/").to_string()),
+            "start" => start = Some(value),
+            "end" => end = Some(value),
+            "type" => types.push(value),
+            "on-demand" | "profile" | "_format" | "_pretty" => {}
+            other => {
+                return Err(ApiError::bad_request(format!("$docref does not take the parameter '{other}' (patient, start, end, type, on-demand, profile)")));
+            }
+        }
+    }
+    let patient = patient.ok_or_else(|| ApiError::bad_request("$docref needs the patient parameter"))?;
+    check_id(&patient)?;
+    let mut pairs = vec![("patient".to_string(), patient), ("_sort".to_string(), "-date".to_string())];
+    if start.is_none() && end.is_none() {
+        if types.is_empty() {
+            types.push("http://loinc.org|34133-9".into());
+        }
+        pairs.push(("_count".into(), "1".into()));
+    }
+    if let Some(start) = start {
+        pairs.push(("period".into(), format!("ge{start}")));
+    }
+    if let Some(end) = end {
+        pairs.push(("period".into(), format!("le{end}")));
+    }
+    if !types.is_empty() {
+        pairs.push(("type".into(), types.join(",")));
+    }
+    run_search(&state, &access, neg, "DocumentReference", pairs, None).await
+}
+
 pub async fn type_create(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

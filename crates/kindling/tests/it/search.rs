@@ -597,3 +597,44 @@ async fn chains_and_has_stay_within_what_the_token_may_search() {
         assert_eq!(b["total"], expected, "{query}: {b}");
     }
 }
+
+/// US Core `DocumentReference/$docref`: the latest Summary of Episode Note without dates, the documents of
+/// a care period with them, by type; GET or a POSTed Parameters; a clear 400 without a patient.
+#[tokio::test]
+async fn docref_fetches_a_patients_documents() {
+    let app = spawn_app().await;
+    let p = app.create(patient("Doc", "Ref", "female", "1960-01-01")).await["id"].as_str().unwrap().to_string();
+    let doc = |code: &str, date: &str| {
+        json!({"resourceType": "DocumentReference", "status": "current",
+               "type": {"coding": [{"system": "http://loinc.org", "code": code}]},
+               "subject": {"reference": format!("Patient/{p}")}, "date": format!("{date}T12:00:00Z"),
+               "content": [{"attachment": {"contentType": "text/plain", "data": "bm90ZQ=="}}],
+               "context": {"period": {"start": format!("{date}T09:00:00Z"), "end": format!("{date}T12:00:00Z")}}})
+    };
+    let old_ccd = app.create(doc("34133-9", "2019-05-05")).await["id"].as_str().unwrap().to_string();
+    let new_ccd = app.create(doc("34133-9", "2022-06-06")).await["id"].as_str().unwrap().to_string();
+    let note = app.create(doc("11506-3", "2021-03-03")).await["id"].as_str().unwrap().to_string();
+    assert_eq!(ids(&app.search(&format!("DocumentReference/$docref?patient={p}")).await), [new_ccd.as_str()], "the latest CCD");
+    assert_eq!(ids(&app.search(&format!("DocumentReference/$docref?patient={p}&start=2021-01-01&end=2021-12-31")).await), [note.as_str()]);
+    assert_eq!(
+        ids(&app.search(&format!("DocumentReference/$docref?patient=Patient/{p}&start=2019-01-01")).await),
+        [new_ccd.as_str(), note.as_str(), old_ccd.as_str()],
+        "newest first"
+    );
+    assert_eq!(ids(&app.search(&format!("DocumentReference/$docref?patient={p}&start=2019-01-01&type=http://loinc.org|11506-3")).await), [note.as_str()]);
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueId": p}, {"name": "start", "valueDate": "2021-01-01"}, {"name": "end", "valueDate": "2021-12-31"},
+        {"name": "on-demand", "valueBoolean": false}
+    ]});
+    let r = app.post_json("DocumentReference/$docref", &params).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(ids(&r.json().await.unwrap()), [note.as_str()]);
+    for (query, says) in [("DocumentReference/$docref", "patient"), (&format!("DocumentReference/$docref?patient={p}&color=red") as &str, "color")] {
+        let (status, body) = app.get_json(query).await;
+        assert_eq!(status, 400, "{query}");
+        assert!(body.to_string().contains(says), "{body}");
+    }
+    let (_, cs) = app.get_json("metadata").await;
+    let dr = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "DocumentReference").unwrap().clone();
+    assert_eq!(dr["operation"][0]["name"], "docref");
+}
