@@ -318,6 +318,11 @@ pub const MAX_PATIENTS: usize = 1000;
 /// Runs a kick-off: checks what can be checked at once (a bad filter or Group is a 400 or 404 now), records
 /// the job, plans it in the background and answers 202 with the status URL in `Content-Location`.
 pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: KickOff, request: String) -> ApiResult<Response> {
+    if !state.export_faults && params.faults != ExportFaults::default() {
+        return Err(ApiError::bad_request(
+            "this server does not inject export faults (kindling up does; kindling serve with --export-faults or KINDLING_EXPORT_FAULTS=true)",
+        ));
+    }
     let transaction_time = state.now_ms();
     for filter in &params.type_filters {
         let (ty, query) = filter.split_once('?').ok_or_else(|| ApiError::bad_request(format!("_typeFilter '{filter}' is not Type?search")))?;

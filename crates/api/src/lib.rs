@@ -39,6 +39,8 @@ pub struct AppState {
     pub oauth: Option<capability::OAuthUris>,
     /// How long a Bulk Data export job and its files are kept after the kick-off (ms).
     pub export_ttl_ms: i64,
+    /// Whether a kick-off's `Kindling-Export-Fault` header is honoured (else refused with 400).
+    pub export_faults: bool,
 }
 
 impl AppState {

@@ -225,6 +225,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 tls: None,
                 database_url: args.database_url.clone(),
                 export_ttl_secs: None,
+                export_faults: false,
             },
             clock,
         )
@@ -341,6 +342,7 @@ async fn api_load(args: &BenchArgs) -> anyhow::Result<()> {
             tls: None,
             database_url: args.database_url.clone(),
             export_ttl_secs: None,
+            export_faults: false,
         };
         let app = crate::Application::build(&config, clock).await?;
         crate::seed(&app.state, 0, 1).await?;
@@ -444,6 +446,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             tls: None,
             database_url: args.database_url.clone(),
             export_ttl_secs: None,
+            export_faults: false,
         };
         let app = crate::Application::build(&config, clock).await?;
         let store = app.state.store.as_ref();

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     /// How long a Bulk Data export and its files are kept after the kick-off (default: an hour).
     pub export_ttl_secs: Option<u64>,
+    /// Honour the `Kindling-Export-Fault` header of Bulk Data kick-offs (the sandbox's failure rehearsal;
+    /// on in `kindling up`, off in `kindling serve` unless asked for).
+    pub export_faults: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -203,7 +206,7 @@ impl Application {
             }
         });
         let export_ttl_ms = config.export_ttl_secs.map_or(api::export::JOB_TTL_MS, |s| (s as i64).saturating_mul(1000));
-        let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth, export_ttl_ms };
+        let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth, export_ttl_ms, export_faults: config.export_faults };
         Ok(Application { listener, tls, addr, public_url, state, auth, reference_app: None, data_dir: config.data_dir.clone() })
     }
 

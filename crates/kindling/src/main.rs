@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
-    /// Settings from a TOML file (listen, public_url, database_url, data, apps, tls_cert, tls_key, export_ttl_secs); flags and
-    /// environment variables given as well take precedence.
+    /// Settings from a TOML file (listen, public_url, database_url, data, apps, tls_cert, tls_key, export_ttl_secs,
+    /// export_faults); flags and environment variables given as well take precedence.
     #[arg(long, env = "KINDLING_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -56,6 +56,10 @@ struct ServeArgs {
     /// How long a Bulk Data export and its files are kept after the kick-off, in seconds [default: 3600].
     #[arg(long, env = "KINDLING_EXPORT_TTL_SECS")]
     export_ttl_secs: Option<u64>,
+    /// Honour the `Kindling-Export-Fault` header of Bulk Data kick-offs, so clients can rehearse failures
+    /// (always on in `kindling up`).
+    #[arg(long, env = "KINDLING_EXPORT_FAULTS")]
+    export_faults: bool,
 }
 
 /// The settings of a `--config` file.
@@ -70,6 +74,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     export_ttl_secs: Option<u64>,
+    export_faults: Option<bool>,
 }
 
 /// Serving settings after flags, environment, `--config` file and defaults are combined.
@@ -83,6 +88,7 @@ struct Serve {
     tls_key: Option<PathBuf>,
     database_url: Option<String>,
     export_ttl_secs: Option<u64>,
+    export_faults: bool,
 }
 
 impl ServeArgs {
@@ -109,6 +115,7 @@ impl ServeArgs {
             tls_key,
             database_url: self.database_url.or(file.database_url),
             export_ttl_secs: self.export_ttl_secs.or(file.export_ttl_secs),
+            export_faults: self.export_faults || file.export_faults.unwrap_or(false),
         })
     }
 }
@@ -309,6 +316,7 @@ fn offline_config(data: PathBuf) -> ServerConfig {
         tls: None,
         database_url,
         export_ttl_secs: None,
+        export_faults: false,
     }
 }
 
@@ -321,7 +329,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Up { serve, patients, seed } => {
             let serve = serve.resolve()?;
             let started = Instant::now();
-            let mut app = Application::build(&config(&serve), clock).await?;
+            // The sandbox: clients may rehearse export failures.
+            let mut app = Application::build(&ServerConfig { export_faults: true, ..config(&serve) }, clock).await?;
             let counts = app.store().counts().await?;
             if !counts.iter().any(|(t, n)| t == "Patient" && *n > 0) {
                 eprintln!("First start: seeding {patients} synthetic patients (seed {seed}) into {} ...", serve.data.display());
@@ -550,6 +559,7 @@ fn config(serve: &Serve) -> ServerConfig {
         },
         database_url: serve.database_url.clone(),
         export_ttl_secs: serve.export_ttl_secs,
+        export_faults: serve.export_faults,
     }
 }
 

@@ -35,6 +35,7 @@ pub async fn sandbox() -> Sandbox {
         tls: None,
         database_url: None,
         export_ttl_secs: None,
+        export_faults: true,
     };
     let app = Application::build(&config, clock).await.expect("build");
     kindling::seed(&app.state, 3, 1).await.expect("seed");

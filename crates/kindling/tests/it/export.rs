@@ -652,6 +652,14 @@ async fn jobs_are_kept_as_long_as_the_server_is_configured_to() {
     assert!((118..=120).contains(&left.whole_seconds()), "{left}");
     app.clock.advance(time::Duration::seconds(121));
     assert_eq!(api::export::status(&state, &exporter, &job).await.unwrap_err().status, 404);
+
+    // A server that does not inject faults (kindling serve without --export-faults) refuses to be asked.
+    let production = api::AppState { export_faults: false, ..app.app_state.clone() };
+    let faults = api::export::ExportFaults::parse("slow=100").unwrap();
+    let params = api::export::KickOff { types: Some(vec!["Patient".into()]), faults, ..Default::default() };
+    let e = api::export::kick_off(&production, &exporter, api::export::Level::System, params, "http://x/fhir/$export".into()).await.unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(e.message.contains("--export-faults"), "{}", e.message);
 }
 
 /// A job cancelled while its searches run stays cancelled: the planner does not bring it back, nor leave

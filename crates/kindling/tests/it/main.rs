@@ -84,6 +84,7 @@ async fn spawn_on(open_sandbox: bool, reference_app: Option<Option<String>>, dat
         tls: None,
         database_url,
         export_ttl_secs: None,
+        export_faults: true,
     };
     let mut app = Application::build(&config, shared).await.expect("build app");
     match &reference_app {

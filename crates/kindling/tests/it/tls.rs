@@ -43,6 +43,7 @@ async fn serves_https_with_tls_1_2_and_1_3_only() {
         tls: Some(TlsFiles { cert: tls_dir().join("cert.pem"), key: tls_dir().join("key.pem") }),
         database_url: None,
         export_ttl_secs: None,
+        export_faults: false,
     };
     let app = Application::build(&config, clock).await.unwrap();
     let addr = app.addr;
