@@ -223,21 +223,7 @@ pub fn kick_off_parameters(headers: &HeaderMap, pairs: &[(String, String)], body
     }
     let mut all: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_format").cloned().collect();
     if let Some(body) = body {
-        if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-            return Err(ApiError::bad_request("a POST kick-off takes a Parameters resource"));
-        }
-        for p in body.get("parameter").and_then(Value::as_array).into_iter().flatten() {
-            let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-            let value = ["valueString", "valueInstant", "valueDateTime", "valueCode", "valueUri", "valueUrl", "valueCanonical"]
-                .iter()
-                .find_map(|k| p.get(*k).and_then(Value::as_str))
-                .map(str::to_string)
-                .or_else(|| p.pointer("/valueReference/reference").and_then(Value::as_str).map(str::to_string));
-            let Some(value) = value else {
-                return Err(ApiError::bad_request(format!("the parameter '{name}' has no value this server reads")));
-            };
-            all.push((name, value));
-        }
+        all.extend(crate::ops::parameter_pairs(body, "a POST kick-off")?);
     }
     let mut k = KickOff::default();
     let faults: Vec<&str> = headers

@@ -59,6 +59,31 @@ pub fn conditional_query(state: &AppState, resource_type: &str, query: &str) -> 
     Ok(q)
 }
 
+/// The name and value of each parameter of an operation's `Parameters` body, as query-string values would
+/// be: primitives as they are, a `valueCoding` as `system|code`, a `valueReference` as its reference.
+/// `what` names the operation in the errors (`a POST kick-off`, `$docref`).
+pub fn parameter_pairs(body: &Value, what: &str) -> ApiResult<Vec<(String, String)>> {
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(ApiError::bad_request(format!("{what} takes a Parameters resource")));
+    }
+    let mut out = Vec::new();
+    for p in body.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+        let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let value = ["valueString", "valueId", "valueInstant", "valueDate", "valueDateTime", "valueCode", "valueUri", "valueUrl", "valueCanonical"]
+            .iter()
+            .find_map(|k| p.get(*k).and_then(Value::as_str).map(str::to_string))
+            .or_else(|| p.get("valueBoolean").and_then(Value::as_bool).map(|b| b.to_string()))
+            .or_else(|| {
+                let c = p.get("valueCoding")?;
+                Some(format!("{}|{}", c.get("system").and_then(Value::as_str).unwrap_or(""), c.get("code").and_then(Value::as_str)?))
+            })
+            .or_else(|| p.pointer("/valueReference/reference").and_then(Value::as_str).map(str::to_string));
+        let value = value.ok_or_else(|| ApiError::bad_request(format!("the parameter '{name}' has no value this server reads")))?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
 /// The key that serialises conditional writes with the same criteria (see
 /// [`store::Transaction::serialize_on`]): the type and the criteria's pairs, sorted, so that the same
 /// criteria in another order or spelling of the query string meet on the same lock.

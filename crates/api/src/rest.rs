@@ -184,23 +184,7 @@ pub async fn docref(
     let mut given = parse_pairs(q.as_deref().unwrap_or(""));
     if !body.is_empty() {
         let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("$docref takes a Parameters resource: {e}")))?;
-        if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-            return Err(ApiError::bad_request("$docref takes a Parameters resource"));
-        }
-        for p in v.get("parameter").and_then(Value::as_array).into_iter().flatten() {
-            let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-            let value = ["valueId", "valueString", "valueDate", "valueDateTime", "valueUri", "valueCanonical", "valueCode"]
-                .iter()
-                .find_map(|k| p.get(*k).and_then(Value::as_str).map(str::to_string))
-                .or_else(|| p.get("valueBoolean").and_then(Value::as_bool).map(|b| b.to_string()))
-                .or_else(|| {
-                    let c = p.get("valueCoding")?;
-                    Some(format!("{}|{}", c.get("system").and_then(Value::as_str).unwrap_or(""), c.get("code").and_then(Value::as_str)?))
-                })
-                .or_else(|| p.pointer("/valueReference/reference").and_then(Value::as_str).map(str::to_string));
-            let value = value.ok_or_else(|| ApiError::bad_request(format!("the $docref parameter '{name}' has no value this server reads")))?;
-            given.push((name, value));
-        }
+        given.extend(ops::parameter_pairs(&v, "$docref")?);
     }
     let (mut patient, mut start, mut end, mut types) = (None, None, None, Vec::new());
     for (name, value) in given {

@@ -46,6 +46,18 @@ async fn register_backend(app: &TestApp, client_id: &str, scope: &str) -> client
     key
 }
 
+/// The access of a `system/*.rs` backend token of `client_id`, for calls made in-process (past a token's expiry).
+fn system_access(client_id: &str) -> api::access::Access {
+    api::access::Access::Token(std::sync::Arc::new(api::access::TokenAccess {
+        client_id: client_id.into(),
+        scopes: smart::ScopeSet::parse("system/*.rs"),
+        patient: None,
+        fhir_user: None,
+        launch: None,
+        faults: None,
+    }))
+}
+
 async fn kick_off(app: &TestApp, token: &str, path: &str, prefer: &str) -> reqwest::Response {
     app.client.get(app.url(path)).bearer_auth(token).header("prefer", prefer).header("accept", "application/fhir+json").send().await.unwrap()
 }
@@ -173,14 +185,7 @@ async fn a_system_export_is_kicked_off_polled_downloaded_and_cancelled() {
     // Expired an hour after the kick-off (asked in-process: the token has expired by then too).
     let (status_url, _) = export(&app, &token, "$export?_type=Patient").await;
     let job = status_url.rsplit('/').next().unwrap().to_string();
-    let exporter = api::access::Access::Token(std::sync::Arc::new(api::access::TokenAccess {
-        client_id: "exporter".into(),
-        scopes: smart::ScopeSet::parse("system/*.rs"),
-        patient: None,
-        fhir_user: None,
-        launch: None,
-        faults: None,
-    }));
+    let exporter = system_access("exporter");
     assert_eq!(api::export::status(&app.app_state, &exporter, &job).await.unwrap().status(), 200);
     app.clock.advance(time::Duration::minutes(61));
     assert_eq!(api::export::status(&app.app_state, &exporter, &job).await.unwrap_err().status, 404);
@@ -629,14 +634,7 @@ async fn jobs_are_kept_as_long_as_the_server_is_configured_to() {
     let app = spawn_secured_app().await;
     kindling::seed(&app.app_state, 1, SEED).await.unwrap();
     let state = api::AppState { export_ttl_ms: 120_000, ..app.app_state.clone() };
-    let exporter = api::access::Access::Token(std::sync::Arc::new(api::access::TokenAccess {
-        client_id: "exporter".into(),
-        scopes: smart::ScopeSet::parse("system/*.rs"),
-        patient: None,
-        fhir_user: None,
-        launch: None,
-        faults: None,
-    }));
+    let exporter = system_access("exporter");
     let params = api::export::KickOff { types: Some(vec!["Patient".into()]), ..Default::default() };
     let r = api::export::kick_off(&state, &exporter, api::export::Level::System, params, "http://x/fhir/$export".into()).await.unwrap();
     let job = r.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
