@@ -102,6 +102,7 @@ start_kindling() {
 
 # 6. FHIR interop (open sandbox, no tokens).
 start_kindling open --open-sandbox
+open_url=$url
 "$venv/bin/python" tests/interop/fhirpy_check.py "$url/fhir"
 
 # 7. SMART interop (tokens enforced).
@@ -113,3 +114,16 @@ start_kindling secured
 # 8. Bulk Data: an independent client written from the IG runs a system and a Group export with a
 # backend-services token and validates every exported resource with fhir.resources.
 "$venv/bin/python" tests/interop/bulk_check.py "$url/fhir" target/debug/kindling "$work/secured"
+
+# 9. The published contract (/openapi.json, docs/api-contract.md): schemathesis generates requests from the
+# description, valid and invalid, against the open sandbox (writes included) and against the token-enforcing
+# server with a patient's token, and fails on any 5xx and on any response whose status, content type,
+# headers or body the description does not allow (every error an OperationOutcome, RFC 6749 JSON or a page
+# for a person). A fixed seed keeps CI repeatable; SCHEMATHESIS_SEED=random (or another number) explores.
+st_seed=${SCHEMATHESIS_SEED:-20261206}
+st_args=(--checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,allow_header_conformance
+    --max-redirects 0 --workers 1 --no-color --suppress-health-check all)
+[ "$st_seed" = random ] || st_args+=(--seed "$st_seed")
+"$venv/bin/st" run "$open_url/openapi.json" "${st_args[@]}" --max-time "${SCHEMATHESIS_SECONDS:-100}"
+patient_token=$(target/debug/kindling token --data "$work/secured" --user patient --scope "openid fhirUser patient/*.rs" 2>/dev/null)
+"$venv/bin/st" run "$url/openapi.json" "${st_args[@]}" --max-time "${SCHEMATHESIS_SECONDS:-60}" -H "Authorization: Bearer $patient_token"

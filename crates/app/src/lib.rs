@@ -79,6 +79,7 @@ impl App {
             .route("/app/s/{sid}/", get(summary_page))
             .route("/app/s/{sid}/signout", post(signout))
             .route("/app/static/app.css", get(css))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), page_errors))
             .with_state(self)
     }
 
@@ -116,6 +117,32 @@ impl App {
         }
         locks.entry(sid.to_string()).or_default().clone()
     }
+}
+
+/// Every refusal is a page in the app's words: an extractor's rejection (a form that is not
+/// `application/x-www-form-urlencoded`, a bad query string) or axum's bare 405 is plain text or empty, and
+/// becomes the app's message page here.
+async fn page_errors(State(app): State<App>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let html = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || html {
+        return response;
+    }
+    let mut page = app.message(
+        status,
+        Message {
+            kind: "error",
+            heading: "This request could not be read".into(),
+            explanation: "The app did not understand what the browser sent.".into(),
+            action: "Go back to the EHR and open the app again.".into(),
+            ..Message::default()
+        },
+    );
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        page.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    page
 }
 
 #[derive(Template, Default)]

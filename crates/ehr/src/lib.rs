@@ -54,7 +54,32 @@ pub fn router(server: Shared) -> Router {
         .route("/portal/login", get(portal_login_page).post(portal_login))
         .route("/ehr/static/{file}", get(static_file))
         .route("/demo-app/{file}", get(demo_app_file))
+        .layer(axum::middleware::from_fn(page_errors))
         .with_state(server)
+}
+
+/// Every refusal is a page for the person who met it: an extractor's rejection (a form that is not
+/// `application/x-www-form-urlencoded`, not UTF-8, too large) or axum's bare 405 is plain text or empty,
+/// and becomes the EHR's message page here.
+async fn page_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let html = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || html {
+        return response;
+    }
+    let mut page = message(
+        Nav::anonymous(),
+        status,
+        "This request could not be read",
+        "The EHR did not understand what the browser sent.",
+        "Go back, reload the page and try again.",
+        "/ehr",
+    );
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        page.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    page
 }
 
 /// Renders a template as a page: never cached, never framed by another site, no referrer leaks.

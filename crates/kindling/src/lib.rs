@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod import;
+pub mod openapi;
 pub mod users;
 
 use anyhow::Context;
@@ -351,6 +352,7 @@ pub fn router(state: AppState, auth: auth::Shared) -> Router {
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state)
         .merge(auth)
         .merge(ehr)

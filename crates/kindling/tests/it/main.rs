@@ -14,6 +14,7 @@ mod history;
 mod import;
 mod migrations;
 mod multi_node;
+mod openapi;
 mod reference_app;
 mod sdk;
 mod search;
