@@ -289,6 +289,16 @@ enum Verdict {
 }
 
 impl Access {
+    /// Whose request this is, for what a client keeps on the server (export jobs, paging snapshots): the
+    /// client and, for tokens issued to a person, that person and the patient in context, so that two
+    /// users of one app never see each other's. `None` on an open sandbox.
+    pub fn owner(&self) -> Option<String> {
+        match self {
+            Access::Open => None,
+            Access::Token(t) => Some(format!("{}|{}|{}", t.client_id, t.fhir_user.as_deref().unwrap_or(""), t.patient.as_deref().unwrap_or(""))),
+        }
+    }
+
     /// May `interaction` happen on this resource (as stored, or as about to be written)? `key` is the
     /// stored resource's key when `content` is its current version (its index rows then answer the
     /// compartment question); `None` judges the content itself (a past version, or a new resource).

@@ -33,7 +33,8 @@ pub async fn everything(state: &AppState, access: &crate::access::Access, patien
     q.count = count;
     let mut source = PageSource { keys, offset: 0, snapshot_id: None, first: None, narrowed: false };
     if source.keys.len() > count {
-        let snapshot = Snapshot { resource_type: Some("Patient".into()), query: format!("_count={count}"), keys: source.keys.clone(), expires: 0 };
+        let snapshot =
+            Snapshot { resource_type: Some("Patient".into()), query: format!("_count={count}"), keys: source.keys.clone(), expires: 0, owner: access.owner() };
         source.snapshot_id = Some(state.store.save_snapshot(snapshot).await?);
     }
     let self_url = format!("{}/Patient/{patient_id}/$everything", state.base_url);

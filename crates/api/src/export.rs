@@ -45,7 +45,7 @@ pub enum Level {
 /// An export: what it asks for and, once planned, what matched, by type, in files.
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
-    /// Who may see it ([`owner_of`]).
+    /// Who may see it ([`Access::owner`]).
     owner: Option<String>,
     /// The kick-off request URL, for the manifest.
     request: String,
@@ -189,15 +189,6 @@ impl ExportFaults {
     }
 }
 
-/// Who a job belongs to: the client and, for tokens issued to a person, that person and the patient in
-/// context, so that two users of one app never see each other's exports.
-fn owner_of(access: &Access) -> Option<String> {
-    match access {
-        Access::Open => None,
-        Access::Token(t) => Some(format!("{}|{}|{}", t.client_id, t.fhir_user.as_deref().unwrap_or(""), t.patient.as_deref().unwrap_or(""))),
-    }
-}
-
 /// A job's owner alone (read without the rest of the record).
 #[derive(Deserialize)]
 struct Owner {
@@ -324,7 +315,7 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
         Level::Patients => Some(params.patients.clone()),
         Level::Group(id) => Some(group_members(state, access, id, &params.patients).await?),
     };
-    let owner = owner_of(access);
+    let owner = access.owner();
     let now = state.now_ms();
     let live = state
         .store
@@ -357,7 +348,7 @@ pub async fn kick_off(state: &AppState, access: &Access, level: Level, params: K
         state.store.auth_delete(REFUSED_KIND, &key).await?;
     }
     let job = Job {
-        owner: owner_of(access),
+        owner: access.owner(),
         request,
         transaction_time,
         ttl_ms: state.export_ttl_ms,
@@ -641,7 +632,7 @@ async fn load_job(state: &AppState, access: &Access, id: &str) -> ApiResult<Job>
         return Err(gone());
     }
     let job: Job = serde_json::from_str(&record.value).map_err(|_| ApiError::internal())?;
-    if job.owner != owner_of(access) {
+    if job.owner != access.owner() {
         return Err(gone());
     }
     Ok(job)

@@ -49,7 +49,8 @@ pub struct PageSource {
 /// Runs a new search, narrowed for `access` by [`Access::restrict_search`], and builds its first page.
 pub async fn search_bundle(state: &AppState, access: &Access, q: &SearchQuery, self_url: String, query_string: String) -> ApiResult<Bundle> {
     let paged = q.summary != Summary::Count && q.count > 0;
-    let snapshot = paged.then(|| Snapshot { resource_type: Some(q.resource_type.clone()), query: query_string, keys: Vec::new(), expires: 0 });
+    let snapshot =
+        paged.then(|| Snapshot { resource_type: Some(q.resource_type.clone()), query: query_string, keys: Vec::new(), expires: 0, owner: access.owner() });
     let page = state.store.search_page(q, if paged { q.count } else { 0 }, snapshot).await?;
     let source = PageSource { keys: page.keys, offset: 0, snapshot_id: page.snapshot_id, first: Some(page.first), narrowed: true };
     page_bundle(state, access, q, source, self_url).await
@@ -169,8 +170,13 @@ pub async fn snapshot_page(state: &AppState, access: &Access, pairs: &[(String, 
     let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let id = get("_getpages").unwrap_or_default();
     let offset: usize = get("_getpagesoffset").unwrap_or("0").parse().map_err(|_| ApiError::bad_request("_getpagesoffset must be a number"))?;
-    let snapshot =
-        state.store.load_snapshot(id).await?.ok_or_else(|| ApiError::gone("this search result has expired or never existed; run the search again"))?;
+    // Another token's snapshot is answered as one that does not exist: a leaked `next` link serves no one else.
+    let snapshot = state
+        .store
+        .load_snapshot(id)
+        .await?
+        .filter(|s| s.owner.is_none() || s.owner == access.owner())
+        .ok_or_else(|| ApiError::gone("this search result has expired or never existed; run the search again"))?;
     let resource_type = snapshot.resource_type.clone().unwrap_or_default();
     let mut original = parse_pairs(&snapshot.query);
     if let Some(c) = get("_count") {

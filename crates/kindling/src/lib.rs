@@ -343,6 +343,35 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
     }
 }
 
+/// The most a request's header fields may hold in all (names and values): browsers' cookies and the
+/// largest bearer tokens stay far below it. The HTTP layer itself refuses more than 100 fields (431) and a
+/// request line of more than 64 KiB (414), without a body.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses a request whose headers exceed [`MAX_HEADER_BYTES`] with `431`, in the error shape of the route
+/// it was sent to: an OperationOutcome for the FHIR API, RFC 6749 JSON for the OAuth endpoints and
+/// discovery, a page for people elsewhere.
+async fn header_limit(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size <= MAX_HEADER_BYTES {
+        return next.run(request).await;
+    }
+    let message = format!("the request's header fields hold {size} bytes; at most {} KiB are read", MAX_HEADER_BYTES / 1024);
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let path = request.uri().path();
+    let oauth = ["/auth/token", "/auth/introspect", "/auth/revoke", "/auth/launch", "/auth/register", "/auth/jwks", "/auth/style.json"];
+    if path.starts_with("/fhir/.well-known/") || oauth.contains(&path) {
+        auth::oauth_error(status, "invalid_request", &message)
+    } else if path == "/fhir" || path.starts_with("/fhir/") {
+        api::error::ApiError::new(status, "too-costly", message).into_response()
+    } else {
+        let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Request too large</title></head><body>\
+                    <h1>This request is too large</h1><p>The browser sent more header data (mostly cookies) than this server reads.</p>\
+                    <p>Clear this site's cookies in the browser and try again.</p></body></html>";
+        (status, Html(page)).into_response()
+    }
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState, auth: auth::Shared) -> Router {
     let fhir = api::router(state.clone()).layer(cors());
@@ -359,6 +388,7 @@ pub fn router(state: AppState, auth: auth::Shared) -> Router {
         .merge(fhir)
         .layer(CompressionLayer::new().gzip(true))
         .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(axum::middleware::from_fn(header_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             // The path only: query strings are not logged.
             tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 pub use error::StoreError;
 pub use prepare::{Prepared, prepare};
-pub use snapshot::{Snapshot, SnapshotCache};
+pub use snapshot::{MAX_SNAPSHOTS_PER_OWNER, Snapshot, SnapshotCache};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -120,3 +120,34 @@ async fn limits_hold_under_abuse() {
         assert_eq!(b["resourceType"], "OperationOutcome");
     }
 }
+
+/// Header fields beyond 32 KiB in all are refused with 431 in the shape of the route they were sent to;
+/// a request just under the limit is served.
+#[tokio::test]
+async fn oversized_headers_are_refused_in_each_routes_error_shape() {
+    let app = spawn_app().await;
+    let origin = app.base.strip_suffix("/fhir").unwrap().to_string();
+    let big = "x".repeat(33 * 1024);
+    let r = app.client.get(app.url("Patient")).header("x-padding", &big).send().await.unwrap();
+    let oo = assert_outcome(r, 431).await;
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("32 KiB"), "{oo}");
+    let r = app
+        .client
+        .post(format!("{origin}/auth/token"))
+        .header("x-padding", &big)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 431);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let r = app.client.get(format!("{origin}/ehr/login")).header("cookie", format!("a={big}")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 431);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("cookies"));
+    // Just under the limit: served.
+    let r = app.client.get(app.url("Patient?_count=1")).header("x-padding", "x".repeat(30 * 1024)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

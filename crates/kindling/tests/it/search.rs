@@ -638,3 +638,53 @@ async fn docref_fetches_a_patients_documents() {
     let dr = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "DocumentReference").unwrap().clone();
     assert_eq!(dr["operation"][0]["name"], "docref");
 }
+
+/// Paging snapshots belong to the token's owner (client, user, patient): another user's token cannot page
+/// through one (410, as if it never existed), and one owner keeps at most 100 live snapshots: the 101st
+/// paged search drops the oldest, whose `next` link then answers 410, while other owners' links work.
+#[tokio::test]
+async fn paging_snapshots_belong_to_their_owner_and_are_limited_per_owner() {
+    let app = crate::spawn_secured_app().await;
+    ehr::register_demo_app(&app.auth).await.unwrap();
+    for user in ["pager1", "pager2"] {
+        let linked = format!("Practitioner/{user}");
+        auth::registry::put_user(app.auth.store.as_ref(), user, user, auth::model::UserRole::Clinician, "long-enough-1", &linked).await.unwrap();
+    }
+    let entries: Vec<Value> = (0..3)
+        .map(|i| json!({"resource": patient("Pager", &format!("P{i}"), "female", "1970-01-01"), "request": {"method": "POST", "url": "Patient"}}))
+        .collect();
+    api::bundle::process(&app.app_state, json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await.unwrap();
+    let token = |user: &'static str| {
+        let auth = app.auth.clone();
+        async move { auth::operator_tokens(&auth, "kindling-demo", user, None, "user/*.rs").await.unwrap()["access_token"].as_str().unwrap().to_string() }
+    };
+    let (one, two) = (token("pager1").await, token("pager2").await);
+    let next_link = |token: String| {
+        let (client, url) = (app.client.clone(), app.url("Patient?name=pager&_count=1"));
+        async move {
+            let b: Value = client.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").expect("a next link")["url"].as_str().unwrap().to_string()
+        }
+    };
+    let status = |token: String, url: String| {
+        let client = app.client.clone();
+        async move { client.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    // A millisecond between searches, so that "oldest" is well defined on the test's manual clock.
+    let tick = || app.clock.advance(time::Duration::milliseconds(1));
+    let first = next_link(one.clone()).await;
+    tick();
+    let others = next_link(two.clone()).await;
+    assert_eq!(status(one.clone(), first.clone()).await, 200);
+    assert_eq!(status(two.clone(), first.clone()).await, 410, "another user's next link");
+    for _ in 0..store::MAX_SNAPSHOTS_PER_OWNER - 1 {
+        tick();
+        next_link(one.clone()).await;
+    }
+    assert_eq!(status(one.clone(), first.clone()).await, 200, "100 live snapshots are kept");
+    tick();
+    let newest = next_link(one.clone()).await;
+    assert_eq!(status(one.clone(), first).await, 410, "the oldest went when the 101st was saved");
+    assert_eq!(status(one.clone(), newest).await, 200);
+    assert_eq!(status(two, others).await, 200, "other owners keep theirs");
+}

@@ -9,8 +9,8 @@ mod write;
 
 use crate::sql::{Dialect, SqlBuilder, SqlValue, compile_search, compile_search_numbered};
 use crate::{
-    HistoryPage, HistoryParams, HistoryScope, Precondition, Prepared, Reader, Result, SearchPage, Snapshot, Store, StoreError, StoredResource, Transaction,
-    Written,
+    HistoryPage, HistoryParams, HistoryScope, MAX_SNAPSHOTS_PER_OWNER, Precondition, Prepared, Reader, Result, SearchPage, Snapshot, Store, StoreError,
+    StoredResource, Transaction, Written,
 };
 use async_trait::async_trait;
 use fhir::query::{Include, SearchQuery};
@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "patient_token_dates", include_str!("../../migrations/postgres/0006_patient_token_dates.sql")),
     (7, "lz4_content", include_str!("../../migrations/postgres/0007_lz4_content.sql")),
     (8, "reindex_pending", include_str!("../../migrations/postgres/0008_reindex_pending.sql")),
+    (9, "snapshot_owner", include_str!("../../migrations/postgres/0009_snapshot_owner.sql")),
 ];
 
 /// How long a paging snapshot lives.
@@ -440,9 +441,20 @@ impl Store for PostgresStore {
             Some(s) => {
                 self.sweep_snapshots().await?;
                 let id = uuid::Uuid::new_v4().simple().to_string();
-                b.push(", snap AS (INSERT INTO search_snapshots (id, resource_type, query, keys, expires) SELECT ").text(&id).push(", ");
+                b.push(", snap AS (INSERT INTO search_snapshots (id, resource_type, query, keys, expires, owner) SELECT ").text(&id).push(", ");
                 b.text(s.resource_type.as_deref().unwrap_or(&query.resource_type)).push(", ").text(&s.query).push(", array_agg(rid ORDER BY n), ");
-                b.int(self.now() + SNAPSHOT_TTL_MS).push(" FROM k HAVING count(*) > ").int(count as i64).push(")");
+                b.int(self.now() + SNAPSHOT_TTL_MS).push(", ");
+                match &s.owner {
+                    Some(o) => b.text(o),
+                    None => b.push("NULL"),
+                };
+                b.push(" FROM k HAVING count(*) > ").int(count as i64).push(")");
+                if let Some(owner) = &s.owner {
+                    // The owner's oldest live snapshots beyond the limit go when this one is saved.
+                    b.push(", evict AS (DELETE FROM search_snapshots WHERE id IN (SELECT id FROM search_snapshots WHERE owner = ").text(owner);
+                    b.push(" AND expires > ").int(self.now()).push(" ORDER BY expires DESC OFFSET ").int(MAX_SNAPSHOTS_PER_OWNER as i64 - 1);
+                    b.push(") AND EXISTS (SELECT 1 FROM k WHERE n > ").int(count as i64).push("))");
+                }
                 Some(id)
             }
             None => None,
@@ -472,26 +484,43 @@ impl Store for PostgresStore {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = self.now();
         self.sweep_snapshots().await?;
-        sqlx::query("INSERT INTO search_snapshots (id, resource_type, query, keys, expires) VALUES ($1, $2, $3, $4, $5)")
+        if let Some(owner) = &snapshot.owner {
+            sqlx::query(
+                "DELETE FROM search_snapshots WHERE id IN (SELECT id FROM search_snapshots WHERE owner = $1 AND expires > $2 ORDER BY expires DESC OFFSET $3)",
+            )
+            .bind(owner)
+            .bind(now)
+            .bind(MAX_SNAPSHOTS_PER_OWNER as i64 - 1)
+            .execute(&self.pool)
+            .await?;
+        }
+        sqlx::query("INSERT INTO search_snapshots (id, resource_type, query, keys, expires, owner) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&id)
             .bind(&snapshot.resource_type)
             .bind(&snapshot.query)
             .bind(&snapshot.keys)
             .bind(now + SNAPSHOT_TTL_MS)
+            .bind(&snapshot.owner)
             .execute(&self.pool)
             .await?;
         Ok(id)
     }
 
     async fn load_snapshot(&self, id: &str) -> Result<Option<Arc<Snapshot>>> {
-        let row = sqlx::query("SELECT resource_type, query, keys, expires FROM search_snapshots WHERE id = $1 AND expires > $2")
+        let row = sqlx::query("SELECT resource_type, query, keys, expires, owner FROM search_snapshots WHERE id = $1 AND expires > $2")
             .bind(id)
             .bind(self.now())
             .fetch_optional(&self.pool)
             .await?;
         match row {
             None => Ok(None),
-            Some(r) => Ok(Some(Arc::new(Snapshot { resource_type: r.try_get(0)?, query: r.try_get(1)?, keys: r.try_get(2)?, expires: r.try_get(3)? }))),
+            Some(r) => Ok(Some(Arc::new(Snapshot {
+                resource_type: r.try_get(0)?,
+                query: r.try_get(1)?,
+                keys: r.try_get(2)?,
+                expires: r.try_get(3)?,
+                owner: r.try_get(4)?,
+            }))),
         }
     }
 
