@@ -21,6 +21,7 @@ mod search;
 mod smart_flows;
 mod statements;
 mod tls;
+mod us_core_kit;
 mod users;
 
 use fhir::time::{ManualClock, SharedClock};
