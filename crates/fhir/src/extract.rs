@@ -154,10 +154,31 @@ pub fn normalize_string(s: &str) -> String {
     out
 }
 
+/// The steps of a path: split at dots outside `[...]` filters, whose values may hold dots
+/// (`extension[url=http://hl7.org/fhir/StructureDefinition/condition-assertedDate].valueDateTime`).
+fn steps(path: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut out = Vec::new();
+    for (i, c) in path.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            '.' if depth == 0 => {
+                out.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&path[start..]);
+    out.into_iter()
+}
+
 /// Collects the values found at `path` (one alternative) below `root`.
 pub fn values_at<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
     let mut current: Vec<&Value> = vec![root];
-    for step in path.split('.') {
+    for step in steps(path) {
         let (name, filter) = match step.find('[') {
             Some(i) => {
                 let inner = step[i + 1..].trim_end_matches(']');
@@ -361,6 +382,20 @@ fn collect_tokens(key: &'static str, v: &Value, rows: &mut IndexRows) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_filter_value_may_hold_dots() {
+        let url = "http://hl7.org/fhir/StructureDefinition/condition-assertedDate";
+        let c = json!({"resourceType": "Condition", "extension": [
+            {"url": "http://example.org/other", "valueDateTime": "2001-01-01"},
+            {"url": url, "valueDateTime": "2020-05-06"}
+        ]});
+        let found = values_at(&c, &format!("extension[url={url}].valueDateTime"));
+        assert_eq!(found, [&json!("2020-05-06")]);
+        assert_eq!(steps("a[x=b.c].d.e").collect::<Vec<_>>(), ["a[x=b.c]", "d", "e"]);
+        let rows = extract("Condition", &c, None).unwrap();
+        assert!(format!("{rows:?}").contains("Condition.asserted-date"), "{rows:?}");
+    }
 
     #[test]
     fn observation_rows() {

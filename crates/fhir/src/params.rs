@@ -146,6 +146,7 @@ const TABLE: &[Row] = &[
     ("Condition", "onset-date", Date, "onsetDateTime|onsetPeriod", None),
     ("Condition", "abatement-date", Date, "abatementDateTime|abatementPeriod", None),
     ("Condition", "recorded-date", Date, "recordedDate", None),
+    ("Condition", "asserted-date", Date, "extension[url=http://hl7.org/fhir/StructureDefinition/condition-assertedDate].valueDateTime", None),
     ("Condition", "encounter", Reference, "encounter", Some(&["Encounter"])),
     // Observation
     ("Observation", "identifier", Token, "identifier", None),

@@ -652,6 +652,8 @@ impl Gen {
             }
             self.put(json!({
                 "resourceType": "Condition", "id": id,
+                // US Core problems and health concerns: when the clinician first asserted it (this visit).
+                "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/condition-assertedDate", "valueDateTime": date_str(enc.start.date())}],
                 "clinicalStatus": cc(CONDITION_CLINICAL, "active", "Active"),
                 "verificationStatus": cc(CONDITION_VER, "confirmed", "Confirmed"),
                 "category": category,

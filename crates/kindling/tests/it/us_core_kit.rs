@@ -14,7 +14,6 @@
 //! - `_revinclude=Provenance:target` on every profile's type, and `_include=MedicationRequest:medication`
 //!   and `MedicationDispense:medication`, include exactly the resources that point (or are pointed) there.
 //!
-//! Not run: Condition `asserted-date` (an extension the server does not index; SHOULD, so g10 drops it).
 
 use crate::TestApp;
 use serde_json::{Value, json};
@@ -87,12 +86,14 @@ const PROFILES: &[Profile] = &[
             p("onset-date", Date, &["onsetDateTime", "onsetPeriod"]),
             p("abatement-date", Date, &["abatementDateTime", "abatementPeriod"]),
             p("recorded-date", Date, &["recordedDate"]),
+            p("asserted-date", Date, &["extension"]),
             p("code", Token, &["code"]),
             p("encounter", Reference, &["encounter"]),
         ],
         combos: &[
             &["patient", "category"],
             &["patient", "recorded-date"],
+            &["patient", "asserted-date"],
             &["patient", "onset-date"],
             &["patient", "abatement-date"],
             &["patient", "clinical-status"],
@@ -294,6 +295,11 @@ fn walk<'a>(v: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
 }
 
 fn values<'a>(r: &'a Value, param: &Param) -> Vec<&'a Value> {
+    if param.name == "asserted-date" {
+        // The condition-assertedDate extension's value.
+        let url = "http://hl7.org/fhir/StructureDefinition/condition-assertedDate";
+        return r["extension"].as_array().into_iter().flatten().filter(|e| e["url"] == url).map(|e| &e["valueDateTime"]).filter(|v| v.is_string()).collect();
+    }
     let mut out = Vec::new();
     for path in param.paths {
         walk(r, path, &mut out);

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "patient_tokens", include_str!("../../migrations/sqlite/0006_patient_tokens.sql")),
     (7, "patient_token_dates", include_str!("../../migrations/sqlite/0007_patient_token_dates.sql")),
     (8, "reindex_pending", include_str!("../../migrations/sqlite/0008_reindex_pending.sql")),
+    (9, "condition_asserted_date", include_str!("../../migrations/sqlite/0009_condition_asserted_date.sql")),
 ];
 
 /// How long a paging snapshot lives.
