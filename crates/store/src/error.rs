@@ -45,6 +45,8 @@ static SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 
 /// Logs a storage outage once, not once per request: at most one line every 30 seconds, with the
 /// number of failures since the last line. Details stay in the log; callers answer 503.
+/// (It reads the wall clock directly: it only spaces out log lines, and has no clock to be given.)
+#[allow(clippy::disallowed_methods)]
 pub fn report_unavailable(detail: &str) {
     use std::sync::atomic::Ordering;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);

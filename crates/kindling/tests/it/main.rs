@@ -1,5 +1,8 @@
 //! Integration tests: the whole server on port 0, driven over real HTTP.
 
+// Tests start their manual clocks at the real now, and compare with it.
+#![allow(clippy::disallowed_methods)]
+
 mod adversarial;
 mod apps;
 mod backend;
