@@ -372,6 +372,19 @@ async fn header_limit(request: axum::extract::Request, next: axum::middleware::N
     }
 }
 
+/// A URL no route serves: an OperationOutcome under `/fhir` (as the FHIR API's own fallback answers), a
+/// page for a person elsewhere (a mistyped EHR or portal address).
+async fn nothing_here(uri: axum::http::Uri) -> axum::response::Response {
+    let path = uri.path();
+    if path == "/fhir" || path.starts_with("/fhir/") {
+        return api::error::ApiError::not_found("there is nothing at this URL; the FHIR base is /fhir").into_response();
+    }
+    let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Page not found</title></head><body>\
+                <h1>Page not found</h1><p>There is nothing at this URL.</p>\
+                <p><a href=\"/ehr\">The EHR</a> · <a href=\"/portal\">the patient portal</a> · <a href=\"/\">Kindling</a></p></body></html>";
+    (StatusCode::NOT_FOUND, Html(page)).into_response()
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState, auth: auth::Shared) -> Router {
     let fhir = api::router(state.clone()).layer(cors());
@@ -386,6 +399,7 @@ pub fn router(state: AppState, auth: auth::Shared) -> Router {
         .merge(auth)
         .merge(ehr)
         .merge(fhir)
+        .fallback(nothing_here)
         .layer(CompressionLayer::new().gzip(true))
         .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(axum::middleware::from_fn(header_limit))

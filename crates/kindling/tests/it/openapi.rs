@@ -101,6 +101,7 @@ async fn every_route_is_described_and_every_described_operation_is_routed() {
         let status = r.status().as_u16();
         let body = r.text().await.unwrap_or_default();
         assert_ne!(status, 405, "{method} {path}: 405 ({body})");
+        assert!(!(status == 404 && body.contains("There is nothing at this URL")), "{method} {path}: not routed");
         assert!(!(status == 404 && body.contains("there is nothing at this URL")), "{method} {path}: not routed");
     }
 }
@@ -155,6 +156,13 @@ async fn form_posts_the_pages_cannot_read_are_answered_with_a_page() {
         let body = r.text().await.unwrap();
         assert!(body.contains("This request could not be read"), "{path}: {body}");
     }
+    // A mistyped page address: a page, not FHIR JSON; under /fhir an OperationOutcome.
+    let r = app.client.get(format!("{origin}/ehr/patients/x/nonsense")).send().await.expect("GET");
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let r = app.client.get(format!("{origin}/fhir/Patient/x/y/z/w")).send().await.expect("GET");
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+json"));
     let r = app.client.delete(format!("{origin}/ehr/login")).send().await.expect("DELETE");
     assert_eq!(r.status().as_u16(), 405);
     assert!(r.headers()["allow"].to_str().unwrap().contains("POST"));
