@@ -132,7 +132,8 @@ fn kickoff_responses() -> Value {
 fn build() -> Value {
     let storable: Vec<&str> = fhir::types::R4_RESOURCE_TYPES.iter().copied().filter(|t| fhir::types::is_storable_type(t)).collect();
     let mut paths = Map::new();
-    let mut add = |path: &str, method: &str, operation: Value| {
+    let mut add = |path: &str, method: &str, mut operation: Value| {
+        operation["operationId"] = json!(operation_id(method, path));
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[method] = operation;
     };
@@ -715,6 +716,26 @@ fn build() -> Value {
         "paths": paths,
         "components": components(&storable),
     })
+}
+
+/// `get /fhir/{type}/{id}` → `get_fhir_type_id`; `/fhir/` (the base with a slash) → `..._fhir_slash`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_string();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        id.push('_');
+        id.extend(part.chars().filter_map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' => Some(c),
+            '-' | '.' | '_' => Some('_'),
+            _ => None,
+        }));
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        id.push_str("_slash");
+    }
+    if path == "/" {
+        id.push_str("_root");
+    }
+    id
 }
 
 fn history_params() -> Vec<Value> {

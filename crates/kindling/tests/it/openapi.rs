@@ -118,9 +118,12 @@ async fn every_reference_in_the_description_resolves() {
         let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("an external reference: {r}"));
         assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
     }
-    // Every operation says what its errors look like.
+    // Every operation says what its errors look like, and has an id of its own.
+    let mut operation_ids = std::collections::HashSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(operation_ids.insert(id.to_string()), "{method} {path}: operationId {id} is used twice");
             assert!(op["responses"]["default"].is_object(), "{method} {path} has no default (error) response");
             assert!(op["summary"].as_str().is_some_and(|s| !s.is_empty()), "{method} {path} has no summary");
         }
