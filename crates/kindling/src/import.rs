@@ -68,13 +68,17 @@ struct Unit {
 /// transaction, Synthea's `urn:uuid:` names kept as ids), NDJSON in transactions of 500 resources.
 pub fn read_bundles(path: &Path) -> anyhow::Result<Vec<Value>> {
     let raw = std::fs::read(path)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    parse_bundles(path.file_name().and_then(|n| n.to_str()).unwrap_or_default(), &raw)
+}
+
+/// [`read_bundles`] of a file's bytes, read by its name (`.json`, `.ndjson`, either with `.gz`).
+pub fn parse_bundles(name: &str, raw: &[u8]) -> anyhow::Result<Vec<Value>> {
     let text = if name.ends_with(".gz") {
         let mut s = String::new();
-        GzDecoder::new(&raw[..]).read_to_string(&mut s)?;
+        GzDecoder::new(raw).read_to_string(&mut s)?;
         s
     } else {
-        String::from_utf8(raw)?
+        String::from_utf8(raw.to_vec())?
     };
     if name.trim_end_matches(".gz").ends_with(".ndjson") {
         let mut resources = Vec::new();
