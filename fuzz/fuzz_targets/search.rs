@@ -7,7 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use store::Store;
 
-const TYPES: &[&str] = &["Patient", "Observation", "Condition", "Encounter", "MedicationRequest", "AuditEvent", "DocumentReference", "Group", "Practitioner", "Procedure"];
+const TYPES: &[&str] =
+    &["Patient", "Observation", "Condition", "Encounter", "MedicationRequest", "AuditEvent", "DocumentReference", "Group", "Practitioner", "Procedure"];
 
 struct Env {
     rt: tokio::runtime::Runtime,
