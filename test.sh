@@ -87,6 +87,8 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$wo
 start_kindling() {
     local name=$1; shift
     local log="$work/$name.log"
+    # Created here, not by the background job's redirect, which may not have run when the loop first reads it.
+    : >"$log"
     target/debug/kindling up --data "$work/$name" --listen 127.0.0.1:0 --patients 3 "$@" >"$log" 2>&1 &
     local pid=$!
     pids+=("$pid")
