@@ -53,7 +53,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed("this interaction is not supported at this URL")
 }
 
-async fn not_found() -> ApiError {
+/// The answer to a URL under `/fhir` that no route serves.
+pub async fn not_found() -> ApiError {
     ApiError::not_found("there is nothing at this URL; the FHIR base is /fhir")
 }
 

@@ -365,11 +365,21 @@ async fn header_limit(request: axum::extract::Request, next: axum::middleware::N
     } else if path == "/fhir" || path.starts_with("/fhir/") {
         api::error::ApiError::new(status, "too-costly", message).into_response()
     } else {
-        let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Request too large</title></head><body>\
-                    <h1>This request is too large</h1><p>The browser sent more header data (mostly cookies) than this server reads.</p>\
-                    <p>Clear this site's cookies in the browser and try again.</p></body></html>";
-        (status, Html(page)).into_response()
+        short_page(
+            status,
+            "This request is too large",
+            "<p>The browser sent more header data (mostly cookies) than this server reads.</p><p>Clear this site's cookies in the browser and try again.</p>",
+        )
     }
+}
+
+/// A page for a person met outside the EHR's and the app's own pages (their templates need a session).
+fn short_page(status: StatusCode, heading: &str, body_html: &str) -> axum::response::Response {
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{heading}</title></head><body><h1>{heading}</h1>{body_html}\
+         <p><a href=\"/ehr\">The EHR</a> · <a href=\"/portal\">the patient portal</a> · <a href=\"/\">Kindling</a></p></body></html>"
+    );
+    (status, Html(page)).into_response()
 }
 
 /// A URL no route serves: an OperationOutcome under `/fhir` (as the FHIR API's own fallback answers), a
@@ -377,12 +387,9 @@ async fn header_limit(request: axum::extract::Request, next: axum::middleware::N
 async fn nothing_here(uri: axum::http::Uri) -> axum::response::Response {
     let path = uri.path();
     if path == "/fhir" || path.starts_with("/fhir/") {
-        return api::error::ApiError::not_found("there is nothing at this URL; the FHIR base is /fhir").into_response();
+        return api::not_found().await.into_response();
     }
-    let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Page not found</title></head><body>\
-                <h1>Page not found</h1><p>There is nothing at this URL.</p>\
-                <p><a href=\"/ehr\">The EHR</a> · <a href=\"/portal\">the patient portal</a> · <a href=\"/\">Kindling</a></p></body></html>";
-    (StatusCode::NOT_FOUND, Html(page)).into_response()
+    short_page(StatusCode::NOT_FOUND, "Page not found", "<p>There is nothing at this URL.</p>")
 }
 
 /// The whole HTTP surface.

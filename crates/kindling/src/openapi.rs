@@ -285,13 +285,12 @@ fn build() -> Value {
             }),
         ),
     );
-    let search_criteria = param(
+    let mut criteria = param(
         "criteria",
         "query",
         "Search parameters naming the one resource (e.g. identifier=system|value)",
         json!({ "type": "object", "additionalProperties": { "type": "string" } }),
     );
-    let mut criteria = search_criteria.clone();
     criteria["style"] = json!("form");
     criteria["explode"] = json!(true);
     add(
