@@ -3,7 +3,7 @@
 
 use crate::crypto::random_token;
 use crate::model::{Client, ClientKind};
-use crate::{Shared, oauth_error, registry};
+use crate::{ErrorCode, OAuthError, Shared, registry};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -186,31 +186,31 @@ pub async fn register(store: &dyn AuthStore, client: Client) -> Result<Option<St
 const DYNAMIC_CEILING: &str = "launch launch/patient launch/encounter openid fhirUser profile offline_access online_access patient/*.cruds";
 
 /// RFC 7591 dynamic client registration.
-pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    let bad = |error: &str, msg: &str| oauth_error(StatusCode::BAD_REQUEST, error, msg);
+pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, OAuthError> {
+    let bad = |error: ErrorCode, msg: &str| Err(OAuthError::registration(error, msg.to_string()));
     // Parsed here, not by an extractor, so that every refusal is RFC 7591 JSON.
     let m: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return bad("invalid_client_metadata", "the registration must be a JSON object"),
-        Err(e) => return bad("invalid_client_metadata", &format!("the registration is not valid JSON: {e}")),
+        Ok(_) => return bad(ErrorCode::InvalidClientMetadata, "the registration must be a JSON object"),
+        Err(e) => return bad(ErrorCode::InvalidClientMetadata, &format!("the registration is not valid JSON: {e}")),
     };
     for field in ["client_name", "token_endpoint_auth_method", "scope", "jwks_uri", "initiate_login_uri", "logo_uri"] {
         if m.get(field).is_some_and(|v| !v.is_string()) {
-            return bad("invalid_client_metadata", &format!("{field} must be a string"));
+            return bad(ErrorCode::InvalidClientMetadata, &format!("{field} must be a string"));
         }
     }
     if m.get("redirect_uris").is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
-        return bad("invalid_redirect_uri", "redirect_uris must be an array of strings");
+        return bad(ErrorCode::InvalidRedirectUri, "redirect_uris must be an array of strings");
     }
     if m.get("jwks").is_some_and(|v| !v["keys"].is_array()) {
-        return bad("invalid_client_metadata", "jwks must be a JWK set: an object with a keys array");
+        return bad(ErrorCode::InvalidClientMetadata, "jwks must be a JWK set: an object with a keys array");
     }
     // A self-registered app's keys URL is fetched by this server: https only, and (at fetch time) public
     // addresses only.
     if let Some(uri) = m["jwks_uri"].as_str() {
         let ok = url::Url::parse(uri).is_ok_and(|u| u.scheme() == "https" && u.host().is_some() && u.username().is_empty() && u.password().is_none());
         if !ok {
-            return bad("invalid_client_metadata", "jwks_uri must be an https URL");
+            return bad(ErrorCode::InvalidClientMetadata, "jwks_uri must be an https URL");
         }
     }
     let redirect_uris: Vec<String> =
@@ -220,7 +220,7 @@ pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes)
         "none" => ClientKind::Public,
         "client_secret_basic" | "client_secret_post" => ClientKind::ConfidentialSymmetric,
         "private_key_jwt" => ClientKind::ConfidentialAsymmetric,
-        other => return bad("invalid_client_metadata", &format!("token_endpoint_auth_method '{other}' is not supported")),
+        other => return bad(ErrorCode::InvalidClientMetadata, &format!("token_endpoint_auth_method '{other}' is not supported")),
     };
     let scope = match m["scope"].as_str() {
         Some(requested) => smart::ScopeSet::parse(DYNAMIC_CEILING).narrow(&smart::ScopeSet::parse(requested)).to_string(),
@@ -244,12 +244,12 @@ pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes)
     let invalid_redirect =
         client.redirect_uris.iter().any(|u| !valid_redirect_uri(u)) || (client.redirect_uris.is_empty() && kind != ClientKind::ConfidentialAsymmetric);
     if invalid_redirect {
-        return bad("invalid_redirect_uri", "redirect_uris must be absolute https URLs (or http on localhost) without fragments");
+        return bad(ErrorCode::InvalidRedirectUri, "redirect_uris must be absolute https URLs (or http on localhost) without fragments");
     }
     let secret = match register(s.store.as_ref(), client.clone()).await {
         Ok(secret) => secret,
-        Err(AppsError::Invalid(msg)) => return bad("invalid_client_metadata", &msg),
-        Err(AppsError::Store(e)) => return crate::unavailable(&e),
+        Err(AppsError::Invalid(msg)) => return bad(ErrorCode::InvalidClientMetadata, &msg),
+        Err(AppsError::Store(e)) => return Err(e.into()),
     };
     tracing::info!(client = %client.client_id, kind = ?client.kind, "app registered dynamically");
     let mut body = json!({
@@ -267,7 +267,7 @@ pub async fn register_endpoint(State(s): State<Shared>, body: axum::body::Bytes)
     }
     let mut r = (StatusCode::CREATED, Json(body)).into_response();
     crate::no_store(&mut r);
-    r
+    Ok(r)
 }
 
 /// A fresh client id for apps added on the command line without one.

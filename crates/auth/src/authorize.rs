@@ -62,7 +62,7 @@ fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Op
         q.append_pair("iss", &s.config.fhir_base);
     }
     tracing::info!(error, "authorisation refused");
-    s.audit_in(trace, "authorize", false, None, None, None, &format!("refused, sent back to the app: {error}: {description}"));
+    s.audit("authorize").launch(trace).refused().record(format!("refused, sent back to the app: {error}: {description}"));
     Redirect::to(url.as_str()).into_response()
 }
 
@@ -116,14 +116,14 @@ async fn authorize(s: &Shared, headers: &HeaderMap, p: Params) -> Response {
                 .iter()
                 .filter_map(|k| show(k).map(|v| format!("{k}={v}")))
                 .collect();
-        s.audit_in(trace.as_deref(), "authorize-request", true, Some(&client.client_id), None, None, &params.join("\n"));
+        s.audit("authorize-request").launch(trace.as_deref()).client(client.client_id.as_str()).record(params.join("\n"));
     }
     // An app that registered itself may have registered any address as its redirect URI: refusals made
     // before anyone has signed in are pages here, so that this endpoint is no open redirector for it
     // (RFC 9700 §4.11.2). Administrator-registered apps get RFC 6749 error redirects.
     let refuse = |error: &str, description: &str| {
         if client.self_registered {
-            s.audit_in(trace.as_deref(), "authorize", false, Some(&client.client_id), None, None, &format!("refused: {error}: {description}"));
+            s.audit("authorize").launch(trace.as_deref()).client(client.client_id.as_str()).refused().record(format!("refused: {error}: {description}"));
             error_page(s, StatusCode::BAD_REQUEST, "This app's request cannot be accepted", description, "Tell the app's developer.")
         } else {
             redirect_error(s, trace.as_deref(), redirect_uri, state, error, description)
@@ -236,15 +236,11 @@ async fn bound_request(s: &Shared, headers: &HeaderMap, request_id: &str, step: 
     let Some(pending) = load_pending(s, request_id).await else { return Err(expired_request(s)) };
     if !session::same_browser(headers, &pending.browser) {
         tracing::info!(client = %pending.client_id, "authorisation form from another browser refused");
-        s.audit_in(
-            pending.launch.as_ref().and_then(|l| l.id.as_deref()),
-            "authorize",
-            false,
-            Some(&pending.client_id),
-            None,
-            None,
-            "a form of this request was posted by another browser (or without its cookie): refused",
-        );
+        s.audit("authorize")
+            .launch(pending.launch_id())
+            .client(pending.client_id.as_str())
+            .refused()
+            .record("a form of this request was posted by another browser (or without its cookie): refused");
         return Err(other_browser(s));
     }
     if pending.awaiting != step {
@@ -266,15 +262,12 @@ async fn acting_user(s: &Shared, headers: &HeaderMap, pending: &PendingAuthoriza
         ));
     };
     if pending.username.as_deref() != Some(session.user.username.as_str()) {
-        s.audit_in(
-            pending.launch.as_ref().and_then(|l| l.id.as_deref()),
-            "authorize",
-            false,
-            Some(&pending.client_id),
-            Some(&session.user.username),
-            None,
-            "a form of another user's request was posted: refused",
-        );
+        s.audit("authorize")
+            .launch(pending.launch_id())
+            .client(pending.client_id.as_str())
+            .user(session.user.username.as_str())
+            .refused()
+            .record("a form of another user's request was posted: refused");
         return Err(error_page(
             s,
             StatusCode::FORBIDDEN,
@@ -370,15 +363,12 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
         let approved = ScopeSet::parse(decision["approved"].as_str().unwrap_or(""));
         if offered.narrow(&granted).to_string() == granted.to_string() {
             let approved = approved.narrow(&granted).to_string();
-            s.audit_in(
-                pending.launch.as_ref().and_then(|l| l.id.as_deref()),
-                "consent",
-                true,
-                Some(&client.client_id),
-                Some(&user.username),
-                pending.patient.as_deref(),
-                &format!("remembered from an earlier decision: {approved}"),
-            );
+            s.audit("consent")
+                .launch(pending.launch_id())
+                .client(client.client_id.as_str())
+                .user(user.username.as_str())
+                .patient(pending.patient.as_deref())
+                .record(format!("remembered from an earlier decision: {approved}"));
             return issue_code(s, pending, &user, approved).await;
         }
     }
@@ -548,14 +538,14 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
         Ok(Some(u)) if verify_password(password, &u.password_hash) => u,
         Ok(_) => {
             tracing::info!("sign-in failed");
-            s.audit("login", false, Some(&client.client_id), Some(username), None, "wrong user name or password");
+            s.audit("login").client(client.client_id.as_str()).user(username).refused().record("wrong user name or password");
             return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some("That user name and password do not match. Try again."));
         }
         Err(e) => return internal(&s, e),
     };
     // An EHR launch continues only as the user who launched it.
     if pending.username.as_ref().is_some_and(|launcher| *launcher != user.username) {
-        s.audit("login", false, Some(&client.client_id), Some(&user.username), None, "signed in as another user than the launch's");
+        s.audit("login").client(client.client_id.as_str()).user(user.username.as_str()).refused().record("signed in as another user than the launch's");
         return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some("This app was launched by another user. Sign in as that user."));
     }
     let cookie = match session::start(&s, &user).await {
@@ -563,7 +553,7 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
         Err(e) => return internal(&s, e),
     };
     tracing::info!(user = %user.username, "signed in");
-    s.audit("login", true, Some(&client.client_id), Some(&user.username), None, "signed in");
+    s.audit("login").client(client.client_id.as_str()).user(user.username.as_str()).record("signed in");
     pending.username = Some(user.username.clone());
     let mut response = proceed(&s, Some(user), &request_id, pending, &client).await;
     response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -611,7 +601,7 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
 /// Consent submission: the ticked scopes (with category sub-scopes in place of whole types), or a denial.
 pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     // Repeated fields (`scope`, `category`) need the raw pairs.
-    let Some(pairs) = crate::token::form_pairs(&body) else { return unreadable_form(&s) };
+    let Some(pairs) = crate::token::request::form_pairs(&body) else { return unreadable_form(&s) };
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let request_id = get("request").unwrap_or_default();
     let pending = match bound_request(&s, &headers, &request_id, Awaiting::Consent).await {
@@ -631,15 +621,13 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
     }
     if get("decision").as_deref() != Some("allow") {
         tracing::info!(client = %pending.client_id, user = %user.username, "consent denied");
-        s.audit_in(
-            pending.launch.as_ref().and_then(|l| l.id.as_deref()),
-            "consent",
-            false,
-            Some(&pending.client_id),
-            Some(&user.username),
-            pending.patient.as_deref(),
-            "the user denied access",
-        );
+        s.audit("consent")
+            .launch(pending.launch_id())
+            .client(pending.client_id.as_str())
+            .user(user.username.as_str())
+            .patient(pending.patient.as_deref())
+            .refused()
+            .record("the user denied access");
         return redirect_error(
             &s,
             pending.launch.as_ref().and_then(|l| l.id.as_deref()),
@@ -697,15 +685,12 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
         return internal(&s, e);
     }
     tracing::info!(client = %client.client_id, user = %user.username, "consent given");
-    s.audit_in(
-        pending.launch.as_ref().and_then(|l| l.id.as_deref()),
-        "consent",
-        true,
-        Some(&client.client_id),
-        Some(&user.username),
-        pending.patient.as_deref(),
-        &format!("approved: {scope}"),
-    );
+    s.audit("consent")
+        .launch(pending.launch_id())
+        .client(client.client_id.as_str())
+        .user(user.username.as_str())
+        .patient(pending.patient.as_deref())
+        .record(format!("approved: {scope}"));
     issue_code(&s, pending, &user, scope).await
 }
 
@@ -716,15 +701,12 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
     let scope = crate::profile::shape_granted(profile, &faults, &approved);
     let trace = pending.launch.as_ref().and_then(|l| l.id.clone());
     if !faults.deny.is_empty() {
-        s.audit_in(
-            trace.as_deref(),
-            "consent",
-            true,
-            Some(&pending.client_id),
-            Some(&user.username),
-            pending.patient.as_deref(),
-            &format!("injected fault: the user denied {}", faults.deny.join(", ")),
-        );
+        s.audit("consent")
+            .launch(trace.as_deref())
+            .client(pending.client_id.as_str())
+            .user(user.username.as_str())
+            .patient(pending.patient.as_deref())
+            .record(format!("injected fault: the user denied {}", faults.deny.join(", ")));
     }
     let grant = Grant {
         grant_id: uuid::Uuid::now_v7().to_string(),
@@ -756,15 +738,12 @@ async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, appr
         UserRole::Patient => "patient",
     };
     tracing::info!(client = %grant.client_id, user = %user.username, role, patient = ?grant.patient, "authorisation code issued");
-    s.audit_in(
-        trace.as_deref(),
-        "code",
-        true,
-        Some(&grant.client_id),
-        Some(&user.username),
-        grant.patient.as_deref(),
-        &format!("code issued (lives {} s) for scope: {}", s.config.code_secs, grant.scope),
-    );
+    s.audit("code")
+        .launch(trace.as_deref())
+        .client(grant.client_id.as_str())
+        .user(user.username.as_str())
+        .patient(grant.patient.as_deref())
+        .record(format!("code issued (lives {} s) for scope: {}", s.config.code_secs, grant.scope));
     let Ok(mut url) = url::Url::parse(&pending.redirect_uri) else { return internal(s, "stored redirect URI no longer parses") };
     {
         let mut q = url.query_pairs_mut();

@@ -3,7 +3,7 @@
 
 use crate::crypto::{random_token, token_hash, verify_password};
 use crate::model::LaunchContext;
-use crate::{Shared, oauth_error, registry};
+use crate::{ErrorCode, OAuthError, Shared, registry};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -57,7 +57,13 @@ pub async fn new_launch(server: &Shared, context: &LaunchContext) -> Result<NewL
         what.push(format!("injected faults: {}", faults.join("; ")));
     }
     what.push(format!("handle expires in {} s", if context.faults.expired_launch { 0 } else { server.config.launch_secs }));
-    server.audit_in(Some(&id), "launch", true, context.client_id.as_deref(), context.username.as_deref(), context.patient.as_deref(), &what.join("\n"));
+    server
+        .audit("launch")
+        .launch(id.as_str())
+        .client(context.client_id.as_deref())
+        .user(context.username.as_deref())
+        .patient(context.patient.as_deref())
+        .record(what.join("\n"));
     Ok(NewLaunch { handle, id })
 }
 
@@ -144,47 +150,30 @@ pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<R
     Ok(Ok(()))
 }
 
-pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let Some((username, password)) = basic_credentials(&headers) else {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "sign in with the EHR user's name and password (HTTP Basic)");
-    };
-    let user = match registry::get_user(server.store.as_ref(), &username).await {
-        Ok(Some(u)) if verify_password(&password, &u.password_hash) => u,
-        Ok(_) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown user or wrong password"),
-        Err(e) => return crate::unavailable(&e),
+pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, OAuthError> {
+    let (username, password) =
+        basic_credentials(&headers).ok_or_else(|| OAuthError::invalid_client("sign in with the EHR user's name and password (HTTP Basic)"))?;
+    let user = match registry::get_user(server.store.as_ref(), &username).await? {
+        Some(u) if verify_password(&password, &u.password_hash) => u,
+        _ => return Err(OAuthError::invalid_client("unknown user or wrong password")),
     };
     // Parsed here, not by an extractor, so that a malformed context is an RFC 6749 error like the others.
-    let mut context: LaunchContext = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &format!("the launch context is not valid: {e}")),
-    };
+    let mut context: LaunchContext = serde_json::from_slice(&body).map_err(|e| OAuthError::invalid_request(format!("the launch context is not valid: {e}")))?;
     // Patients launch apps on their own record only (portal launches); clinicians on any.
     if let Some(own) = user.own_patient() {
         if context.patient.as_deref().is_some_and(|p| p != own) {
-            return oauth_error(StatusCode::FORBIDDEN, "access_denied", "a patient can launch apps only on their own record");
+            return Err(OAuthError::new(StatusCode::FORBIDDEN, ErrorCode::AccessDenied, "a patient can launch apps only on their own record"));
         }
         context.patient = Some(own.to_string());
     }
-    match check_context(&server, &context).await {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &why),
-        Err(e) => return crate::unavailable(&e),
-    }
-    if let Err(why) = context.faults.validate() {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &why);
-    }
+    check_context(&server, &context).await?.map_err(OAuthError::invalid_request)?;
+    context.faults.validate().map_err(OAuthError::invalid_request)?;
     context.username = Some(user.username);
     context.id = None;
-    match new_launch(&server, &context).await {
-        Ok(NewLaunch { handle, id }) => {
-            let mut r = (
-                StatusCode::CREATED,
-                Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": server.config.fhir_base})),
-            )
-                .into_response();
-            crate::no_store(&mut r);
-            r
-        }
-        Err(e) => crate::unavailable(&e),
-    }
+    let NewLaunch { handle, id } = new_launch(&server, &context).await?;
+    let mut r =
+        (StatusCode::CREATED, Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": server.config.fhir_base})))
+            .into_response();
+    crate::no_store(&mut r);
+    Ok(r)
 }

@@ -7,10 +7,14 @@
 //! can finish a flow another began. [`AuthServer`] also resolves bearer tokens for the FHIR API.
 
 pub mod apps;
+mod audit;
 mod authorize;
+mod client_auth;
 pub mod crypto;
 mod discovery;
+pub mod error;
 pub mod grants;
+mod introspect;
 pub mod jose;
 pub mod keys;
 pub mod launch;
@@ -20,20 +24,23 @@ pub mod pages;
 pub mod profile;
 pub use token::operator_tokens;
 pub mod registry;
+mod revoke;
 pub mod session;
 mod token;
 
 use api::access::{AccessResolver, TokenAccess};
 use async_trait::async_trait;
 use axum::Router;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fhir::time::{SharedClock, unix_ms};
 use model::Grant;
-use serde_json::json;
 use std::sync::Arc;
 use store::Store;
+
+pub use audit::Audit;
+pub use error::{ErrorCode, OAuthError};
 
 /// Lifetimes and addresses.
 #[derive(Debug, Clone)]
@@ -83,7 +90,7 @@ pub struct AuthServer {
     /// Tokens resolved in the last second, by hash: repeated requests with one token skip the store.
     /// One second bounds how long a revocation on another node goes unnoticed here.
     resolved: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<TokenAccess>)>>,
-    audit: Option<store::audit::AuditSink>,
+    pub(crate) audit: Option<store::audit::AuditSink>,
     /// For clients' JWKS URLs: fenced against reaching into the server's own network.
     outbound: outbound::Fetcher,
     /// Fetched JWKS by URL, with the time (Unix ms) until which their Cache-Control allows keeping them.
@@ -201,39 +208,6 @@ impl AuthServer {
         })
     }
 
-    /// Records an authorisation decision in the audit trail (never token material).
-    pub fn audit(&self, action: &str, success: bool, client_id: Option<&str>, username: Option<&str>, patient: Option<&str>, detail: &str) {
-        self.audit_in(None, action, success, client_id, username, patient, detail);
-    }
-
-    /// [`AuthServer::audit`] for a step of one launch (shown by the EHR's launch inspector).
-    #[allow(clippy::too_many_arguments)]
-    pub fn audit_in(
-        &self,
-        launch: Option<&str>,
-        action: &str,
-        success: bool,
-        client_id: Option<&str>,
-        username: Option<&str>,
-        patient: Option<&str>,
-        detail: &str,
-    ) {
-        if let Some(sink) = &self.audit {
-            sink.record(store::audit::AuditRecord {
-                recorded: self.now_ms(),
-                category: "auth".into(),
-                action: action.into(),
-                outcome: if success { "0" } else { "4" }.into(),
-                client_id: client_id.map(str::to_string),
-                username: username.map(str::to_string),
-                patient: patient.map(str::to_string),
-                entity: None,
-                detail: Some(detail.to_string()),
-                launch: launch.map(str::to_string),
-            });
-        }
-    }
-
     pub fn now_ms(&self) -> i64 {
         unix_ms(self.clock.now())
     }
@@ -278,15 +252,7 @@ impl AccessResolver for AuthServer {
         {
             // An injected revocation: from now on the grant is revoked like any other.
             let _ = self.revoke_grant(&grant.grant_id).await;
-            self.audit_in(
-                grant.launch_id(),
-                "revoke",
-                true,
-                Some(&grant.client_id),
-                grant.username.as_deref(),
-                grant.patient.as_deref(),
-                "tokens revoked by the server (injected fault)",
-            );
+            self.audit("revoke").grant(&grant).record("tokens revoked by the server (injected fault)");
             return Ok(None);
         }
         let faults = grant.faults();
@@ -329,38 +295,6 @@ impl AccessResolver for AuthServer {
     }
 }
 
-/// RFC 6749 §5.2 error JSON (also used by introspection and revocation), never cached.
-pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut r = (status, axum::Json(json!({"error": error, "error_description": description}))).into_response();
-    no_store(&mut r);
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"kindling\""));
-    }
-    r
-}
-
-/// A storage failure at an OAuth endpoint: `503 temporarily_unavailable` with `Retry-After` when the
-/// database cannot be reached (logged once per outage, not per request), `500 server_error` for other
-/// failures. Never a credential error: a valid client or token is not turned away as invalid.
-pub fn unavailable(e: &store::StoreError) -> Response {
-    match e {
-        store::StoreError::Unavailable(m) => {
-            store::error::report_unavailable(m);
-            let mut r = oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the authorisation server cannot reach its database right now; retry later",
-            );
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
-        other => {
-            tracing::error!(error = %other, "authorisation server storage error");
-            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the authorisation server could not complete the request")
-        }
-    }
-}
-
 pub fn no_store(r: &mut Response) {
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -379,16 +313,16 @@ async fn oauth_json_errors(request: axum::extract::Request, next: axum::middlewa
         Ok(text) => text,
         Err(structured) => return structured,
     };
-    let error = if status.is_server_error() { "server_error" } else { "invalid_request" };
-    oauth_error(status, error, &text)
+    let code = if status.is_server_error() { ErrorCode::ServerError } else { ErrorCode::InvalidRequest };
+    OAuthError::new(status, code, text).into_response()
 }
 
 /// The routes of the authorisation server (mount at the server root).
 pub fn router(server: Shared) -> Router {
     let oauth = Router::new()
         .route("/auth/token", post(token::token))
-        .route("/auth/introspect", post(token::introspect))
-        .route("/auth/revoke", post(token::revoke))
+        .route("/auth/introspect", post(introspect::introspect))
+        .route("/auth/revoke", post(revoke::revoke))
         .route("/auth/launch", post(launch::create_launch))
         .route("/auth/register", post(apps::register_endpoint))
         .layer(axum::middleware::from_fn(oauth_json_errors));

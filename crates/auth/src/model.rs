@@ -293,6 +293,13 @@ pub struct PendingAuthorization {
     pub awaiting: Awaiting,
 }
 
+impl PendingAuthorization {
+    /// The public id of the EHR launch this request continues, if any.
+    pub fn launch_id(&self) -> Option<&str> {
+        self.launch.as_ref().and_then(|l| l.id.as_deref())
+    }
+}
+
 /// The step a pending authorisation request waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -173,7 +173,7 @@ async fn sign_in(s: &Shared, headers: &HeaderMap, p: &Params, role: UserRole) ->
     let user = match auth::registry::get_user(s.store.as_ref(), username).await {
         Ok(Some(u)) if auth::crypto::verify_password(password, &u.password_hash) => u,
         _ => {
-            s.audit("ehr-login", false, None, Some(username), None, "wrong user name or password");
+            s.audit("ehr-login").user(username).refused().record("wrong user name or password");
             return Err("That user name and password do not match. Try again.");
         }
     };
@@ -183,7 +183,7 @@ async fn sign_in(s: &Shared, headers: &HeaderMap, p: &Params, role: UserRole) ->
             UserRole::Patient => "This is the patient portal. Clinicians sign in to the EHR.",
         });
     }
-    s.audit("ehr-login", true, None, Some(&user.username), None, "signed in to the EHR");
+    s.audit("ehr-login").user(user.username.as_str()).record("signed in to the EHR");
     session::start(s, &user).await.map_err(|_| "The sign-in could not be saved. Try again.")
 }
 
@@ -585,7 +585,10 @@ async fn withdraw(State(s): State<Shared>, headers: HeaderMap, Path(client_id): 
         Err(e) => return internal(e),
     };
     tracing::info!(client = %client_id, user = %sess.user.username, grants = revoked, "access withdrawn");
-    s.audit("withdraw", true, Some(&client_id), Some(&sess.user.username), None, &format!("access withdrawn by the user; {revoked} grant(s) revoked"));
+    s.audit("withdraw")
+        .client(client_id.as_str())
+        .user(sess.user.username.as_str())
+        .record(format!("access withdrawn by the user; {revoked} grant(s) revoked"));
     let to = format!("/ehr/connected?withdrawn={}", url::form_urlencoded::byte_serialize(client_id.as_bytes()).collect::<String>());
     Redirect::to(&to).into_response()
 }
@@ -687,7 +690,7 @@ async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): 
     };
     match auth::registry::put_client(s.store.as_ref(), client).await {
         Ok(secret) => {
-            s.audit("app-registered", true, Some(&form.client_id), Some(&sess.user.username), None, "registered in the EHR");
+            s.audit("app-registered").client(form.client_id.as_str()).user(sess.user.username.as_str()).record("registered in the EHR");
             render(StatusCode::CREATED, &AppFormPage::created(Nav::of(&sess), form, secret))
         }
         Err(e) => internal(e),
@@ -749,7 +752,7 @@ async fn app_update(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
     };
     match auth::registry::put_client_as_is(s.store.as_ref(), &client).await {
         Ok(()) => {
-            s.audit("app-updated", true, Some(&client.client_id), Some(&sess.user.username), None, "registration edited in the EHR");
+            s.audit("app-updated").client(client.client_id.as_str()).user(sess.user.username.as_str()).record("registration edited in the EHR");
             Redirect::to(&format!("/ehr/apps/{}", client.client_id)).into_response()
         }
         Err(e) => internal(e),
@@ -782,7 +785,10 @@ async fn app_status(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
     if let Err(e) = auth::registry::put_client_as_is(s.store.as_ref(), &client).await {
         return internal(e);
     }
-    s.audit(if client.disabled { "app-disabled" } else { "app-enabled" }, true, Some(&client.client_id), Some(&sess.user.username), None, "changed in the EHR");
+    s.audit(if client.disabled { "app-disabled" } else { "app-enabled" })
+        .client(client.client_id.as_str())
+        .user(sess.user.username.as_str())
+        .record("changed in the EHR");
     Redirect::to(&format!("/ehr/apps/{}", client.client_id)).into_response()
 }
 

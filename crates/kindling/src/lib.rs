@@ -361,7 +361,7 @@ async fn header_limit(request: axum::extract::Request, next: axum::middleware::N
     let path = request.uri().path();
     let oauth = ["/auth/token", "/auth/introspect", "/auth/revoke", "/auth/launch", "/auth/register", "/auth/jwks", "/auth/style.json"];
     if path.starts_with("/fhir/.well-known/") || oauth.contains(&path) {
-        auth::oauth_error(status, "invalid_request", &message)
+        auth::OAuthError::new(status, auth::ErrorCode::InvalidRequest, message).into_response()
     } else if path == "/fhir" || path.starts_with("/fhir/") {
         api::error::ApiError::new(status, "too-costly", message).into_response()
     } else {

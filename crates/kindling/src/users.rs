@@ -44,7 +44,7 @@ pub async fn add(auth: &auth::Shared, fhir: &dyn Store, username: &str, name: &s
         bail!("the user '{username}' exists already (kindling users passwd changes a password)");
     }
     let user = auth::registry::put_user(auth.store.as_ref(), username, name, role, password, fhir_user).await?;
-    auth.audit("user-added", true, None, Some(username), None, &format!("{} linked to {fhir_user}", role_name(role)));
+    auth.audit("user-added").user(username).record(format!("{} linked to {fhir_user}", role_name(role)));
     Ok(user)
 }
 
@@ -74,7 +74,7 @@ pub async fn disable(auth: &auth::Shared, username: &str) -> anyhow::Result<usiz
     user.disabled = true;
     auth::registry::put_user_as_is(auth.store.as_ref(), &user).await?;
     let revoked = auth::grants::revoke_all(auth.store.as_ref(), username, auth.now_ms()).await?;
-    auth.audit("user-disabled", true, None, Some(username), None, &format!("{revoked} grant(s) revoked"));
+    auth.audit("user-disabled").user(username).record(format!("{revoked} grant(s) revoked"));
     Ok(revoked)
 }
 
@@ -83,7 +83,7 @@ pub async fn enable(auth: &auth::Shared, username: &str) -> anyhow::Result<()> {
     let mut user = existing(auth, username).await?;
     user.disabled = false;
     auth::registry::put_user_as_is(auth.store.as_ref(), &user).await?;
-    auth.audit("user-enabled", true, None, Some(username), None, "enabled");
+    auth.audit("user-enabled").user(username).record("enabled");
     Ok(())
 }
 
@@ -93,6 +93,6 @@ pub async fn passwd(auth: &auth::Shared, username: &str, password: &str) -> anyh
     let mut user = existing(auth, username).await?;
     user.password_hash = auth::crypto::hash_password(password);
     auth::registry::put_user_as_is(auth.store.as_ref(), &user).await?;
-    auth.audit("user-password", true, None, Some(username), None, "password changed");
+    auth.audit("user-password").user(username).record("password changed");
     Ok(())
 }

@@ -1,0 +1,69 @@
+//! `refresh_token` (RFC 6749 §6): rotation with reuse detection (OAuth 2.0 Security BCP §4.14), or the
+//! vendor profile's own habit (the same token again, or none).
+
+use super::issue::{Refresh, issue_tokens};
+use crate::crypto::token_key;
+use crate::model::{Client, Grant, Profile};
+use crate::{OAuthError, Shared};
+use serde_json::Value;
+use smart::ScopeSet;
+
+pub(super) async fn exchange(s: &Shared, client: &Client, rt: &str, scope: Option<&str>) -> Result<Value, OAuthError> {
+    let hash = token_key(rt);
+    let record = s.store.auth_get("refresh", &hash).await?.ok_or_else(|| OAuthError::invalid_grant("the refresh token is invalid or has expired"))?;
+    let grant: Grant = serde_json::from_str(&record.value).map_err(|_| OAuthError::internal("unreadable refresh record"))?;
+    // Another client's refresh token is refused first: reuse detection (which revokes the grant) is
+    // only for the client the token was issued to.
+    if grant.client_id != client.client_id {
+        return Err(OAuthError::invalid_grant("the refresh token was issued to another client"));
+    }
+    if record.revoked {
+        return Err(OAuthError::invalid_grant("the refresh token was revoked"));
+    }
+    if record.used {
+        return Err(reused(s, client, &grant).await);
+    }
+    if grant.revoke_at.is_some_and(|at| at <= s.now_ms()) {
+        let _ = s.revoke_grant(&grant.grant_id).await;
+        s.audit("refresh").grant(&grant).refused().record("refused: the grant was revoked (injected fault)");
+        return Err(OAuthError::invalid_grant("the refresh token was revoked"));
+    }
+    if grant.faults().refresh_fails {
+        s.audit("refresh").grant(&grant).refused().record("refused with invalid_grant (injected fault: refresh fails)");
+        return Err(OAuthError::invalid_grant("the refresh token is no longer valid"));
+    }
+    // The request is checked before the token is spent, so a bad request does not burn it.
+    let narrowed = match scope {
+        None => None,
+        Some(requested) => {
+            let requested = ScopeSet::parse(requested);
+            let within = ScopeSet::parse(&grant.scope).narrow(&requested);
+            if !requested.invalid.is_empty() || within.to_string() != requested.to_string() {
+                return Err(OAuthError::invalid_scope("a refresh may only ask for scopes that were granted"));
+            }
+            Some(within.to_string())
+        }
+    };
+    // The app's registration may have shrunk since: never refresh beyond what it is allowed now.
+    let current = narrowed.clone().unwrap_or_else(|| grant.scope.clone());
+    let allowed_now = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(&current)).to_string();
+    let narrowed = if allowed_now == grant.scope { narrowed } else { Some(allowed_now) };
+    let profile = grant.profile();
+    if !crate::profile::rotates_refresh(profile) {
+        let keep = if profile == Profile::Nextgen { Refresh::Same(rt) } else { Refresh::Omit };
+        return issue_tokens(s, client, grant, narrowed, keep, None).await;
+    }
+    match s.store.auth_consume("refresh", &hash).await? {
+        Some(r) if !r.used && !r.revoked => {}
+        _ => return Err(reused(s, client, &grant).await),
+    }
+    issue_tokens(s, client, grant, narrowed, Refresh::New, None).await
+}
+
+/// A rotated-out refresh token came back: someone holds a copy. Revoke the whole grant.
+async fn reused(s: &Shared, client: &Client, grant: &Grant) -> OAuthError {
+    let n = s.revoke_grant(&grant.grant_id).await.unwrap_or(0);
+    tracing::warn!(client = %client.client_id, revoked = n, "refresh token reused; the grant is revoked");
+    s.audit("refresh-reuse").grant(grant).refused().record("a rotated-out refresh token came back; the grant was revoked");
+    OAuthError::invalid_grant("the refresh token was already used")
+}
