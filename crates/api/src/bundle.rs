@@ -5,10 +5,11 @@
 //! mandated order — DELETE, POST, PUT/PATCH, then GET/HEAD — while responses keep the request order.
 //! A batch runs each entry on its own and reports each outcome.
 
-use crate::access::{Access, Content};
+use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, EntryResponse};
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, Outcome, parse_if_match};
+use crate::policy::Content;
 use crate::{AppState, rest};
 use axum::http::StatusCode;
 use fhir::time::{format_instant, from_unix_ms};

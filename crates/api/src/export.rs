@@ -586,7 +586,7 @@ async fn deleted_since(state: &AppState, access: &Access, ty: &str, since: &str,
                 continue;
             }
             let Some(before) = state.store.vread(ty, &v.id, v.version - 1).await? else { continue };
-            let readable = access.check_resource(state, smart::Interaction::Read, ty, &v.id, None, crate::access::Content::Stored(&before.json)).await.is_ok();
+            let readable = access.check_resource(state, smart::Interaction::Read, ty, &v.id, None, crate::policy::Content::Stored(&before.json)).await.is_ok();
             if readable {
                 ids.push(v.id);
             }
@@ -823,7 +823,7 @@ async fn render_chunk(state: &AppState, access: &Access, keys: &[i64], transacti
                     // An older version is judged on its own content (it may have been another patient's,
                     // or outside a granted category, then).
                     let allowed = access
-                        .check_resource(state, smart::Interaction::Read, &old.resource_type, &old.id, None, crate::access::Content::Stored(&old.json))
+                        .check_resource(state, smart::Interaction::Read, &old.resource_type, &old.id, None, crate::policy::Content::Stored(&old.json))
                         .await
                         .is_ok();
                     if !old.deleted && allowed {

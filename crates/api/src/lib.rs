@@ -9,6 +9,7 @@ pub mod error;
 mod everything;
 pub mod export;
 pub mod ops;
+pub mod policy;
 pub mod response;
 pub mod rest;
 pub mod search;

@@ -1,9 +1,10 @@
 //! The FHIR RESTful interactions as axum handlers.
 
-use crate::access::{Access, Content};
+use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, EntryResponse, Link, SearchInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, Outcome, check_id, check_type, parse_if_match};
+use crate::policy::Content;
 use crate::response::{Negotiated, PreferReturn, json_response, raw_json_response, resource_body, resource_headers};
 use crate::search::{self, encode_pairs, parse_pairs, parse_search};
 use crate::{AppState, bundle};
