@@ -460,10 +460,17 @@ pub fn patient_compartment_paths(resource_type: &str) -> &'static [&'static str]
 /// Token parameters whose rows are also indexed per patient (see `sp_token_patient` in the PostgreSQL
 /// migrations): `category` splits a patient's record into sections (vital signs, laboratory, problem list
 /// items, …). Such a value matches a large share of all resources, so its own index cannot start a search;
-/// per patient it picks out a few dozen of the patient's resources instead of all of them.
+/// per patient it picks out a few dozen of the patient's resources instead of all of them. And
+/// [`PATIENTS_BY_CODE`].
 pub fn indexed_per_patient(token_key: &str) -> bool {
-    token_key.rsplit_once('.').is_some_and(|(_, name)| name == "category")
+    token_key == PATIENTS_BY_CODE || token_key.rsplit_once('.').is_some_and(|(_, name)| name == "category")
 }
+
+/// The token parameter whose per-patient rows also have an index by code (a partial index of
+/// `sp_token_patient` on `(code, system, patient_id, via)` where `p` is this key): the patients who have
+/// an observation with a code, without looking up each observation's patient reference
+/// (`Patient?_has:Observation:patient:code=…`). Per patient, its rows answer `Observation?patient=X&code=…`.
+pub const PATIENTS_BY_CODE: &str = "Observation.code";
 
 /// Date parameters whose range is carried on each per-patient token row (`date_lo`, `date_hi` of
 /// `sp_token_patient`): `date`, the clinical date of a resource, by which a patient's section is listed
@@ -497,7 +504,7 @@ mod tests {
         }
         assert!(types_with_params().len() >= 25);
         assert_eq!(find("Observation", "category").map(|p| p.kind), Some(Token));
-        assert!(indexed_per_patient("Observation.category") && !indexed_per_patient("Observation.code"));
+        assert!(indexed_per_patient("Observation.category") && indexed_per_patient("Observation.code") && !indexed_per_patient("Condition.code"));
         assert!(dated_per_patient("Observation.date") && !dated_per_patient("Condition.onset-date"));
         let patient = find("Observation", "patient").unwrap();
         assert_eq!(patient.index_key, "Observation.subject");

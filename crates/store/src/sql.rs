@@ -299,6 +299,20 @@ fn compile_patient_tokens(b: &mut SqlBuilder, pt: &PatientTokens, token: &Filter
     b.push(if pt.dated { ") z GROUP BY rid" } else { ") z" });
 }
 
+/// For a `_has` of patients through a reference key with a token filter of
+/// [`fhir::params::PATIENTS_BY_CODE`] among its inner filters: that filter's place and values.
+fn patients_by_code<'f>(key: &str, target_type: &str, filters: &'f [Filter]) -> Option<(usize, &'f [TokenValue])> {
+    if target_type != "Patient" || key.contains(['%', '_', '\\']) {
+        return None;
+    }
+    filters.iter().enumerate().find_map(|(i, f)| match f {
+        Filter::Token { key, values, negate: false } if *key == fhir::params::PATIENTS_BY_CODE && values.iter().all(|v| v.code.is_some()) => {
+            Some((i, values.as_slice()))
+        }
+        _ => None,
+    })
+}
+
 /// Lower is more selective (a heuristic: the planner has no statistics for our parameter values).
 fn selectivity_rank(f: &Filter) -> u8 {
     match f {
@@ -524,6 +538,29 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
                 b.push(")");
             }
         }
+        Filter::Has { source_type: _, key, target_type, filters } if patients_by_code(key, target_type, filters).is_some() => {
+            // The patients with rows of the code in the per-patient index (through its partial index by
+            // code, which needs `p` as a literal), referred to through `key`; other inner filters (what
+            // the token adds) are tests of the rows' resources.
+            let Some((code, values)) = patients_by_code(key, target_type, filters) else { unreachable!("the guard found it") };
+            match role {
+                Role::Source | Role::Member => {
+                    b.push("SELECT t.rid FROM resources t WHERE t.res_type = ").text(target_type).push(" AND t.deleted = 0 AND t.id IN (")
+                }
+                Role::Check => b.push("EXISTS (SELECT 1 FROM resources t WHERE t.rid = r.rid AND t.id IN ("),
+            };
+            b.push(&format!("SELECT z.patient_id FROM sp_token_patient z WHERE z.p = '{}' AND (", fhir::params::PATIENTS_BY_CODE));
+            token_values(b, values);
+            b.push(") AND z.via LIKE ").text(&format!("%,{key},%"));
+            for (i, f) in filters.iter().enumerate() {
+                if i != code {
+                    b.push(" AND z.rid IN (");
+                    compile_filter(b, f, Role::Member);
+                    b.push(")");
+                }
+            }
+            b.push(if role == Role::Check { "))" } else { ")" });
+        }
         Filter::Has { source_type: _, key, target_type, filters } => {
             // The ids the referring resources selected by every inner filter point to, each once, then
             // their live resources (index rows exist only for live resources, so the referring side needs
@@ -704,6 +741,35 @@ mod tests {
         assert!(b.sql.contains("?3"));
     }
 
+    #[test]
+    fn has_of_patients_by_observation_code_reads_the_per_patient_rows_by_code() {
+        let sql = search("Patient", &[("_has:Observation:patient:code", "http://loinc.org|4548-4,http://loinc.org|8302-2")]);
+        assert!(
+            sql.contains(
+                "t.id IN (SELECT z.patient_id FROM sp_token_patient z WHERE z.p = 'Observation.code' AND ((code = $2 AND system = $3) OR (code = $4 AND system = $5)) AND z.via LIKE $6)"
+            ),
+            "{sql}"
+        );
+        assert!(!sql.contains("sp_reference"), "{sql}");
+        // As a test of a candidate, and with what a token adds to the referring side.
+        let mut q = query("Patient", &[("_id", "a"), ("_has:Observation:subject:code", "4548-4")]);
+        if let Some((_, inner)) = q.filters[1].inner_mut() {
+            inner.push(Filter::PatientCompartment("p1".into()));
+        }
+        let sql = compile_search(&q, Dialect::Postgres).sql;
+        assert!(sql.contains("EXISTS (SELECT 1 FROM resources t WHERE t.rid = r.rid AND t.id IN (SELECT z.patient_id FROM sp_token_patient z"), "{sql}");
+        assert!(sql.contains("AND z.rid IN (SELECT rid FROM compartment WHERE patient_id = $"), "{sql}");
+        // Other codes, other targets, and codes without a value keep the general form.
+        for (ty, pairs) in [
+            ("Patient", ("_has:Condition:patient:code", "44054006")),
+            ("Encounter", ("_has:Observation:encounter:code", "4548-4")),
+            ("Patient", ("_has:Observation:patient:code", "http://loinc.org|")),
+        ] {
+            let sql = search(ty, &[pairs]);
+            assert!(sql.contains("SELECT x.target_id FROM sp_reference x") && !sql.contains("sp_token_patient"), "{sql}");
+        }
+    }
+
     fn query(resource_type: &str, pairs: &[(&str, &str)]) -> SearchQuery {
         let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         parse(resource_type, &pairs, ParseOptions { lenient: false, base: None, now_ms: 0 }).unwrap()
@@ -715,7 +781,7 @@ mod tests {
 
     #[test]
     fn the_most_selective_index_drives_and_the_row_is_read_only_when_needed() {
-        let sql = search("Observation", &[("code", "8867-4"), ("patient", "p1")]);
+        let sql = search("Observation", &[("status", "final"), ("patient", "p1")]);
         assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_reference "), "{sql}");
         assert!(sql.contains("EXISTS (SELECT 1 FROM sp_token x WHERE x.rid = r.rid"), "{sql}");
         assert!(!sql.contains("resources"), "index rows alone answer: {sql}");
@@ -748,12 +814,16 @@ mod tests {
             ("Observation", &[("patient", "p1"), ("category", "http://terminology.hl7.org/CodeSystem/observation-category|")][..]),
             ("Observation", &[("subject", "p1"), ("category", "vital-signs")][..]),
             ("Observation", &[("encounter", "e1"), ("category", "vital-signs")][..]),
-            ("Observation", &[("patient", "p1"), ("code", "8867-4")][..]),
+            ("Observation", &[("patient", "p1"), ("status", "final")][..]),
+            ("Condition", &[("patient", "p1"), ("code", "44054006")][..]),
             ("Observation", &[("patient", "p1"), ("category:not", "vital-signs")][..]),
         ] {
             let sql = search(ty, pairs);
             assert!(!sql.contains("sp_token_patient"), "{pairs:?}: {sql}");
         }
+        // An observation's code is indexed per patient too (`fhir::params::PATIENTS_BY_CODE`).
+        let sql = search("Observation", &[("patient", "p1"), ("code", "http://loinc.org|8867-4")]);
+        assert!(sql.contains("FROM sp_token_patient WHERE patient_id = $1 AND p = $2 AND ((code = $3 AND system = $4)) AND via LIKE $5"), "{sql}");
         // Patient-level scopes add the compartment: answered by the same rows.
         let mut q = query("Observation", &[("patient", "p1"), ("category", "vital-signs")]);
         q.filters.push(Filter::PatientCompartment("p1".into()));
@@ -785,7 +855,7 @@ mod tests {
         // Other sort keys, and searches the per-patient rows do not drive, read the date index.
         let sql = search("Observation", &[("patient", "p1"), ("category", "vital-signs"), ("_sort", "code")]);
         assert!(sql.starts_with("WITH d AS MATERIALIZED (SELECT DISTINCT rid FROM (SELECT rid FROM sp_token_patient "), "{sql}");
-        let sql = search("Observation", &[("patient", "p1"), ("code", "8867-4"), ("_sort", "-date")]);
+        let sql = search("Observation", &[("patient", "p1"), ("status", "final"), ("_sort", "-date")]);
         assert!(sql.contains("(SELECT MAX(s.hi) FROM sp_date s WHERE s.rid = r.rid AND s.p = $"), "{sql}");
         assert!(!sql.contains("date_hi"), "{sql}");
         // Both dialects, and the numbered form a page is cut from.

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "reindex_pending", include_str!("../../migrations/postgres/0008_reindex_pending.sql")),
     (9, "snapshot_owner", include_str!("../../migrations/postgres/0009_snapshot_owner.sql")),
     (10, "condition_asserted_date", include_str!("../../migrations/postgres/0010_condition_asserted_date.sql")),
+    (11, "patients_by_code", include_str!("../../migrations/postgres/0011_patients_by_code.sql")),
 ];
 
 /// How long a paging snapshot lives.

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "patient_token_dates", include_str!("../../migrations/sqlite/0007_patient_token_dates.sql")),
     (8, "reindex_pending", include_str!("../../migrations/sqlite/0008_reindex_pending.sql")),
     (9, "condition_asserted_date", include_str!("../../migrations/sqlite/0009_condition_asserted_date.sql")),
+    (10, "patients_by_code", include_str!("../../migrations/sqlite/0010_patients_by_code.sql")),
 ];
 
 /// How long a paging snapshot lives.
