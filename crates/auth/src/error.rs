@@ -4,7 +4,7 @@
 //! one [`IntoResponse`] writes the body and headers (never cached; `WWW-Authenticate` on 401;
 //! `Retry-After` when the database is out of reach).
 //!
-//! The authorisation endpoint refuses through [`crate::authorize::Refusal`] instead: a person is there,
+//! The authorisation endpoint refuses through `authorize::request::Refusal` instead: a person is there,
 //! so a refusal is a page or a redirect back to the app, carrying one of the same [`ErrorCode`]s.
 
 use axum::http::{HeaderValue, StatusCode, header};
