@@ -93,57 +93,91 @@ const RESERVED: &[&str] = &[
     "launch",
 ];
 
+/// What does not hold together in a launch context ([`check_context`]). `Display` is the sentence for
+/// the developer of an integration (the launch API's `error_description`); the EHR's launch button shows
+/// its own page for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextProblem {
+    PatientInvalid,
+    PatientMissing,
+    EncounterWithoutPatient,
+    EncounterInvalid,
+    EncounterMissing,
+    EncounterOfAnotherPatient,
+    /// An extra value named like a SMART or OAuth field of the token response.
+    ReservedExtra(String),
+    /// A `fhirContext` item that is not a reference to a record here, or of another patient.
+    FhirContext(String),
+}
+
+impl std::fmt::Display for ContextProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContextProblem::PatientInvalid => f.write_str("the patient of the launch is not a valid id"),
+            ContextProblem::PatientMissing => f.write_str("the patient of the launch does not exist"),
+            ContextProblem::EncounterWithoutPatient => f.write_str("an encounter needs the patient it belongs to in the launch"),
+            ContextProblem::EncounterInvalid => f.write_str("the encounter of the launch is not a valid id"),
+            ContextProblem::EncounterMissing => f.write_str("the encounter of the launch does not exist"),
+            ContextProblem::EncounterOfAnotherPatient => f.write_str("the encounter of the launch belongs to another patient"),
+            ContextProblem::ReservedExtra(k) => write!(f, "'{k}' is a SMART or OAuth field of the token response; it cannot be an extra launch value"),
+            ContextProblem::FhirContext(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Whether a launch context holds together: its patient exists, its encounter is that patient's, and every
 /// `fhirContext` reference exists and, when it is a record about a patient, is about the launch's patient.
-/// A context can never hand an app a record of another patient than the one it names.
-pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<Result<(), String>, store::StoreError> {
+/// A context can never hand an app a record of another patient than the one it names. The one check of
+/// every launch, from the EHR's button and from the launch API alike.
+pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<Result<(), ContextProblem>, store::StoreError> {
     let store = server.store.as_ref();
     if let Some(p) = &context.patient {
         if !fhir::types::is_valid_id(p) {
-            return Ok(Err("the patient of the launch is not a valid id".into()));
+            return Ok(Err(ContextProblem::PatientInvalid));
         }
         if store.read("Patient", p).await?.is_none_or(|r| r.deleted) {
-            return Ok(Err("the patient of the launch does not exist".into()));
+            return Ok(Err(ContextProblem::PatientMissing));
         }
     }
     if let Some(e) = &context.encounter {
-        let Some(p) = &context.patient else { return Ok(Err("an encounter needs the patient it belongs to in the launch".into())) };
+        let Some(p) = &context.patient else { return Ok(Err(ContextProblem::EncounterWithoutPatient)) };
         if !fhir::types::is_valid_id(e) {
-            return Ok(Err("the encounter of the launch is not a valid id".into()));
+            return Ok(Err(ContextProblem::EncounterInvalid));
         }
         match store.read("Encounter", e).await? {
             Some(r) if !r.deleted => {
                 if !store.in_patient_compartment(r.key, p).await? {
-                    return Ok(Err("the encounter of the launch belongs to another patient".into()));
+                    return Ok(Err(ContextProblem::EncounterOfAnotherPatient));
                 }
             }
-            _ => return Ok(Err("the encounter of the launch does not exist".into())),
+            _ => return Ok(Err(ContextProblem::EncounterMissing)),
         }
     }
     // Extra fields join the token response: they may add vendor values (practice ids), never stand in
     // for the context this function checks or for the token response's own fields.
     if let Some(k) = context.extra.keys().find(|k| RESERVED.contains(&k.as_str()) || k.starts_with("error")) {
-        return Ok(Err(format!("'{k}' is a SMART or OAuth field of the token response; it cannot be an extra launch value")));
+        return Ok(Err(ContextProblem::ReservedExtra(k.clone())));
     }
     let base = format!("{}/", server.config.fhir_base);
+    let problem = |why: String| Ok(Err(ContextProblem::FhirContext(why)));
     for item in &context.fhir_context {
         let Some(reference) = item.get("reference") else { continue };
-        let Some(reference) = reference.as_str() else { return Ok(Err("a fhirContext reference must be a string".into())) };
+        let Some(reference) = reference.as_str() else { return problem("a fhirContext reference must be a string".into()) };
         let relative = reference.strip_prefix(&base).unwrap_or(reference);
         let Some((ty, id)) = relative.split_once('/').filter(|(t, i)| fhir::types::is_storable_type(t) && fhir::types::is_valid_id(i)) else {
-            return Ok(Err(format!("the fhirContext reference '{reference}' is not a reference to a resource on this server (Type/id)")));
+            return problem(format!("the fhirContext reference '{reference}' is not a reference to a resource on this server (Type/id)"));
         };
         let Some(r) = store.read(ty, id).await?.filter(|r| !r.deleted) else {
-            return Ok(Err(format!("the fhirContext reference '{reference}' does not exist")));
+            return problem(format!("the fhirContext reference '{reference}' does not exist"));
         };
         let about_a_patient = ty == "Patient" || fhir::params::in_patient_compartment(ty);
         if about_a_patient {
             let Some(p) = &context.patient else {
-                return Ok(Err(format!("the fhirContext reference '{reference}' is a patient's record: the launch must name that patient")));
+                return problem(format!("the fhirContext reference '{reference}' is a patient's record: the launch must name that patient"));
             };
             let theirs = if ty == "Patient" { id == p } else { store.in_patient_compartment(r.key, p).await? };
             if !theirs {
-                return Ok(Err(format!("the fhirContext reference '{reference}' belongs to another patient than the launch's")));
+                return problem(format!("the fhirContext reference '{reference}' belongs to another patient than the launch's"));
             }
         }
     }
@@ -166,7 +200,7 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, bod
         }
         context.patient = Some(own.to_string());
     }
-    check_context(&server, &context).await?.map_err(OAuthError::invalid_request)?;
+    check_context(&server, &context).await?.map_err(|p| OAuthError::invalid_request(p.to_string()))?;
     context.faults.validate().map_err(OAuthError::invalid_request)?;
     context.username = Some(user.username);
     context.id = None;

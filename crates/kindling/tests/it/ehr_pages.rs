@@ -117,6 +117,16 @@ async fn ehr_pages_sessions_search_paging_and_launch() {
     let mut wrong = with_csrf.clone();
     wrong[1] = ("encounter", &foreign);
     assert_eq!(form(&app, "/ehr/launch", Some(&cookie), &wrong).await.status(), 400);
+    // The same check as the launch API's (auth::launch::check_context), said for a clinician.
+    wrong[1] = ("encounter", "no-such-encounter");
+    let r = form(&app, "/ehr/launch", Some(&cookie), &wrong).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("That encounter is not this patient"));
+    let mut nobody = with_csrf.clone();
+    nobody[0] = ("patient", "no-such-patient");
+    let r = form(&app, "/ehr/launch", Some(&cookie), &nobody).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("No such patient"));
 
     // The launch is listed and inspectable; unknown launches are not.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
