@@ -10,8 +10,13 @@ use crate::bundle_out::{Body, Bundle, Entry, EntryResponse};
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, Outcome, parse_if_match};
 use crate::policy::Content;
+use crate::response::Negotiated;
 use crate::{AppState, rest};
-use axum::http::StatusCode;
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use fhir::time::{format_instant, from_unix_ms};
 use fhir::types::is_known_type;
 use serde_json::Value;
@@ -21,6 +26,27 @@ use store::Transaction;
 
 /// The most entries a transaction or batch Bundle posted to the API may carry (a 413 beyond).
 pub const MAX_ENTRIES: usize = 10_000;
+
+/// `POST [base]` with a transaction or batch Bundle.
+pub async fn system_post(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    neg: Negotiated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let value = rest::json_body(&headers, &body)?;
+    let entries = value.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
+    if entries > MAX_ENTRIES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("a transaction or batch Bundle may carry at most {} entries; this one has {entries} (kindling import takes larger files)", MAX_ENTRIES),
+        ));
+    }
+    let b = process_with_access(&state, &access, value).await?;
+    Ok(rest::bundle_response(neg, &b))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Method {

@@ -1,5 +1,6 @@
 //! The FHIR RESTful interactions as axum handlers.
 
+use crate::AppState;
 use crate::access::Access;
 use crate::bundle_out::{Body, Bundle, Entry, EntryResponse, Link, SearchInfo};
 use crate::error::{ApiError, ApiResult};
@@ -7,7 +8,6 @@ use crate::ops::{self, Outcome, check_id, check_type, parse_if_match};
 use crate::policy::Content;
 use crate::response::{Negotiated, PreferReturn, json_response, raw_json_response, resource_body, resource_headers};
 use crate::search::{self, encode_pairs, parse_pairs, parse_search};
-use crate::{AppState, bundle};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -59,7 +59,7 @@ fn resource_response(state: &AppState, neg: Negotiated, r: &StoredResource) -> R
     response
 }
 
-fn bundle_response(neg: Negotiated, b: &Bundle) -> Response {
+pub(crate) fn bundle_response(neg: Negotiated, b: &Bundle) -> Response {
     json_response(StatusCode::OK, b, neg.pretty, neg.content_type)
 }
 
@@ -72,29 +72,6 @@ pub async fn system_get(State(state): State<AppState>, Extension(access): Extens
         return Ok(bundle_response(neg, &b));
     }
     Err(ApiError::bad_request("searching across all resource types is not supported; search one type, e.g. GET [base]/Patient?name=smith"))
-}
-
-pub async fn system_post(
-    State(state): State<AppState>,
-    Extension(access): Extension<Access>,
-    neg: Negotiated,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let value = json_body(&headers, &body)?;
-    let entries = value.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
-    if entries > bundle::MAX_ENTRIES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-costly",
-            format!(
-                "a transaction or batch Bundle may carry at most {} entries; this one has {entries} (kindling import takes larger files)",
-                bundle::MAX_ENTRIES
-            ),
-        ));
-    }
-    let b = bundle::process_with_access(&state, &access, value).await?;
-    Ok(bundle_response(neg, &b))
 }
 
 pub async fn system_history(
