@@ -22,9 +22,38 @@ pub struct ConnectedApp {
     pub access_until: Option<i64>,
 }
 
+const CONSENT: &str = "consent";
+
 /// The key of the consent `username` gave `client_id` (kind `consent`).
-pub(crate) fn consent_key(username: &str, client_id: &str) -> String {
+fn consent_key(username: &str, client_id: &str) -> String {
     format!("{username}|{client_id}")
+}
+
+/// A remembered consent: what a user decided for an app, so that a repeat launch asking no more than was
+/// offered then needs no extra click. Its stored form (kind `consent`, key `user|client`) is this type's
+/// serde form and is read and written only here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentDecision {
+    /// The scopes the consent page offered.
+    #[serde(default)]
+    pub offered: String,
+    /// The scopes the user approved (narrowed to categories where they chose some).
+    #[serde(default)]
+    pub approved: String,
+    /// When (Unix ms); absent in consents recorded before it was kept.
+    #[serde(default)]
+    pub at: Option<i64>,
+}
+
+/// The consent `username` gave `client_id`, if one is remembered (an unreadable record counts as none).
+pub async fn remembered_consent(store: &dyn AuthStore, username: &str, client_id: &str) -> Result<Option<ConsentDecision>, StoreError> {
+    Ok(store.auth_get(CONSENT, &consent_key(username, client_id)).await?.and_then(|r| serde_json::from_str(&r.value).ok()))
+}
+
+/// Remembers `decision` (replacing an earlier one).
+pub async fn remember_consent(store: &dyn AuthStore, username: &str, client_id: &str, decision: &ConsentDecision) -> Result<(), StoreError> {
+    let value = serde_json::to_string(decision).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.auth_put(CONSENT, &consent_key(username, client_id), &value, None, None).await
 }
 
 /// The token kinds a grant lives in: what makes an app connected, and what withdrawing stops (with the
@@ -66,16 +95,16 @@ async fn live_grants(
 pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> Result<Vec<ConnectedApp>, StoreError> {
     let mut apps: BTreeMap<String, ConnectedApp> = BTreeMap::new();
     let prefix = format!("{username}|");
-    for (key, r) in store.auth_list("consent").await? {
+    for (key, r) in store.auth_list(CONSENT).await? {
         let Some(client_id) = key.strip_prefix(&prefix) else { continue };
-        let decision: serde_json::Value = serde_json::from_str(&r.value).unwrap_or_default();
+        let decision: ConsentDecision = serde_json::from_str(&r.value).unwrap_or_default();
         apps.insert(
             client_id.to_string(),
             ConnectedApp {
                 client_id: client_id.to_string(),
                 name: client_id.to_string(),
-                scope: decision["approved"].as_str().unwrap_or_default().to_string(),
-                authorised: decision["at"].as_i64(),
+                scope: decision.approved,
+                authorised: decision.at,
                 live_grants: 0,
                 access_until: None,
             },
@@ -108,7 +137,7 @@ pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> 
 /// codes) stop working now, and the remembered consent is forgotten, so the next launch asks again.
 /// Returns how many grants were revoked.
 pub async fn withdraw(store: &dyn AuthStore, username: &str, client_id: &str, now: i64) -> Result<usize, StoreError> {
-    store.auth_delete("consent", &consent_key(username, client_id)).await?;
+    store.auth_delete(CONSENT, &consent_key(username, client_id)).await?;
     let grant_ids = live_grants(store, username, now, TOKENS_AND_CODES).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
     for id in &grant_ids {
         store.auth_revoke_grant(id).await?;

@@ -142,7 +142,7 @@ impl Application {
     pub async fn mount_reference_app_on(&mut self, database: &str) -> anyhow::Result<()> {
         let store = self.state.store.as_ref();
         let base = &self.public_url;
-        let existing = store.auth_get("client", REFERENCE_APP).await?.and_then(|r| serde_json::from_str::<auth::model::Client>(&r.value).ok());
+        let existing = auth::registry::stored_client(store, REFERENCE_APP).await?;
         let client = auth::model::Client {
             client_id: REFERENCE_APP.into(),
             name: "Patient summary (reference app)".into(),

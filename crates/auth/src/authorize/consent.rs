@@ -180,9 +180,8 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
         }
     }
     let scope = approved.join(" ");
-    let consent_key = crate::grants::consent_key(&user.username, &client.client_id);
-    let decision = serde_json::json!({"offered": granted.to_string(), "approved": scope, "at": s.now_ms()}).to_string();
-    if let Err(e) = s.store.auth_put("consent", &consent_key, &decision, None, None).await {
+    let decision = crate::grants::ConsentDecision { offered: granted.to_string(), approved: scope.clone(), at: Some(s.now_ms()) };
+    if let Err(e) = crate::grants::remember_consent(s.store.as_ref(), &user.username, &client.client_id, &decision).await {
         return internal(&s, e);
     }
     tracing::info!(client = %client.client_id, user = %user.username, "consent given");

@@ -214,12 +214,9 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
     }
     // A repeat launch with consent already given needs no extra click: when everything asked now was
     // offered before, the user's earlier decision stands.
-    let consent_key = crate::grants::consent_key(&user.username, &client.client_id);
-    if let Ok(Some(r)) = s.store.auth_get("consent", &consent_key).await
-        && let Ok(decision) = serde_json::from_str::<serde_json::Value>(&r.value)
-    {
-        let offered = ScopeSet::parse(decision["offered"].as_str().unwrap_or(""));
-        let approved = ScopeSet::parse(decision["approved"].as_str().unwrap_or(""));
+    if let Ok(Some(decision)) = crate::grants::remembered_consent(s.store.as_ref(), &user.username, &client.client_id).await {
+        let offered = ScopeSet::parse(&decision.offered);
+        let approved = ScopeSet::parse(&decision.approved);
         if offered.narrow(&granted).to_string() == granted.to_string() {
             let approved = approved.narrow(&granted).to_string();
             s.audit("consent")
