@@ -1,6 +1,7 @@
 //! The app's session store, the same checks on SQLite and on PostgreSQL (127.0.0.1:5432, user postgres,
 //! a database of its own per run, dropped at the end). Without a reachable PostgreSQL the PostgreSQL run is
 //! skipped with a message — except in CI (`CI` set), where it fails.
+#![allow(clippy::unwrap_used)] // a test fails loudly where it unwraps
 
 use app::store::{AppSession, AppStore, hash};
 use client::{PendingAuthorization, PendingStore, Secret, StoredSession};

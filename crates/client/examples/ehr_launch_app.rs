@@ -58,7 +58,7 @@ async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Que
     match app.smart.callback_bound(&q, browser.as_deref()).await {
         Ok(session) => {
             let id = client::jose::random(24);
-            app.sessions.lock().unwrap().insert(id.clone(), session);
+            app.sessions.lock().expect("no thread panics holding the session map").insert(id.clone(), session);
             let cookie = format!("example_session={id}; Path=/; HttpOnly; SameSite=Lax");
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
@@ -74,7 +74,7 @@ async fn home(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         .get(header::COOKIE)
         .and_then(|c| c.to_str().ok())
         .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("example_session=").map(str::to_string)));
-    let Some(session) = id.and_then(|id| app.sessions.lock().unwrap().get(&id).cloned()) else {
+    let Some(session) = id.and_then(|id| app.sessions.lock().expect("no thread panics holding the session map").get(&id).cloned()) else {
         return page("<p>Open this app from a patient's chart in the EHR.</p>");
     };
     let ctx = session.context();

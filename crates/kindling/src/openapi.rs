@@ -191,7 +191,7 @@ fn build() -> Value {
             json!({ "200": fhir_ok("CapabilityStatement", "Resource") }),
             "FhirError",
         );
-        o["parameters"].as_array_mut().unwrap().push(param("mode", "query", "full (the default)", string()));
+        o["parameters"].as_array_mut().expect("op() gives every operation a parameters array").push(param("mode", "query", "full (the default)", string()));
         o
     });
     for base in ["/fhir", "/fhir/"] {

@@ -4,6 +4,7 @@
 //! browser profile, so they run in parallel.
 //!
 //! With `KINDLING_SCREENSHOTS=<dir>` the tests also save the screenshots referenced from the README.
+#![allow(clippy::unwrap_used)] // a test fails loudly where it unwraps
 
 mod flows;
 mod reference_app;

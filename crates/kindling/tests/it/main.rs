@@ -1,4 +1,5 @@
 //! Integration tests: the whole server on port 0, driven over real HTTP.
+#![allow(clippy::unwrap_used)] // a test fails loudly where it unwraps
 
 // Tests start their manual clocks at the real now, and compare with it.
 #![allow(clippy::disallowed_methods)]
