@@ -46,6 +46,12 @@ impl App {
     /// Builds the app: its EHR registrations (secrets from `secret`, by environment variable name) and its
     /// store (sessions encrypted with `key`).
     pub async fn new(config: AppConfig, key: [u8; 32], secret: impl Fn(&str) -> Option<String>) -> Result<App, String> {
+        App::with_clock(config, key, secret, Arc::new(client::SystemClock)).await
+    }
+
+    /// [`App::new`] reading "now" from `clock` (session expiry, token refresh): the server that hosts the
+    /// app in one process hands it its own clock, so that tests move both together.
+    pub async fn with_clock(config: AppConfig, key: [u8; 32], secret: impl Fn(&str) -> Option<String>, clock: client::SharedClock) -> Result<App, String> {
         let mut ehrs = Vec::new();
         for e in &config.ehrs {
             let auth = match &e.client_secret_env {
@@ -63,8 +69,8 @@ impl App {
                 standalone_scope: config::EHR_SCOPE.replace("launch ", "launch/patient "),
             });
         }
-        let store = AppStore::connect(&config.database, key).await.map_err(|e| format!("cannot open the app's database: {e}"))?;
-        let smart = SmartClient::new(ehrs, Arc::new(store.clone())).map_err(|e| e.to_string())?;
+        let store = AppStore::connect(&config.database, key).await.map_err(|e| format!("cannot open the app's database: {e}"))?.with_clock(clock.clone());
+        let smart = SmartClient::new(ehrs, Arc::new(store.clone())).map_err(|e| e.to_string())?.with_clock(clock);
         let ancestors = if config.frame_ancestors.is_empty() { "'self'".to_string() } else { format!("'self' {}", config.frame_ancestors.join(" ")) };
         let csp = HeaderValue::from_str(&format!("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors {ancestors}"))
             .map_err(|e| e.to_string())?;

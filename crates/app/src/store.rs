@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use client::{PendingAuthorization, PendingStore, StoredSession};
+use client::{SharedClock, SystemClock};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -41,13 +42,8 @@ enum Backend {
 pub struct AppStore {
     backend: Backend,
     key: Arc<LessSafeKey>,
-}
-
-/// The reference app's session expiry reads the wall clock; taking the injected clock is open work (issue
-/// 18, "clocks everywhere").
-#[allow(clippy::disallowed_methods)]
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    /// "Now" for session and pending-authorisation expiry.
+    clock: SharedClock,
 }
 
 /// Sessions live at most this long (a clinic day); the EHR's tokens usually end them sooner.
@@ -74,7 +70,7 @@ impl AppStore {
             for stmt in PG_SCHEMA {
                 sqlx::query(*stmt).execute(&pool).await?;
             }
-            return Ok(AppStore { backend: Backend::Postgres(pool), key });
+            return Ok(AppStore { backend: Backend::Postgres(pool), key, clock: Arc::new(SystemClock) });
         }
         let path = database.strip_prefix("sqlite://").unwrap_or(database);
         let conn = Connection::open(Path::new(path))?;
@@ -83,7 +79,18 @@ impl AppStore {
              CREATE TABLE IF NOT EXISTS app_sessions (id TEXT PRIMARY KEY, browser_hash TEXT NOT NULL, expires INTEGER NOT NULL, data BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS app_pending (state_hash TEXT PRIMARY KEY, expires INTEGER NOT NULL, data BLOB NOT NULL);",
         )?;
-        Ok(AppStore { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))), key })
+        Ok(AppStore { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))), key, clock: Arc::new(SystemClock) })
+    }
+
+    /// Reads "now" from `clock` instead of the system's clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> AppStore {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, in Unix seconds.
+    fn now(&self) -> i64 {
+        self.clock.now_secs()
     }
 
     fn seal(&self, aad: &str, plain: &[u8]) -> Vec<u8> {
@@ -123,7 +130,7 @@ impl AppStore {
     pub async fn save_session(&self, id: &str, browser_hash: &str, s: &AppSession) -> Result<(), StoreError> {
         let plain = serde_json::to_vec(s).map_err(|e| StoreError::Other(e.to_string()))?;
         let sealed = self.seal(id, &plain);
-        let (id, browser_hash, expires) = (id.to_string(), browser_hash.to_string(), now() + SESSION_SECS);
+        let (id, browser_hash, expires) = (id.to_string(), browser_hash.to_string(), self.now() + SESSION_SECS);
         const SQL: &str =
             "INSERT INTO app_sessions (id, browser_hash, expires, data) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET data = excluded.data";
         match &self.backend {
@@ -134,7 +141,7 @@ impl AppStore {
 
     /// The session `id` when `browser_hash` matches and it has not expired.
     pub async fn load_session(&self, id: &str, browser_hash: &str) -> Result<Option<AppSession>, StoreError> {
-        let (idc, bh, t) = (id.to_string(), browser_hash.to_string(), now());
+        let (idc, bh, t) = (id.to_string(), browser_hash.to_string(), self.now());
         const SQL: &str = "SELECT data FROM app_sessions WHERE id = $1 AND browser_hash = $2 AND expires > $3";
         let row: Option<Vec<u8>> = match &self.backend {
             Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.query_row(SQL, params![idc, bh, t], |r| r.get(0)).optional()?)).await?,
@@ -151,7 +158,7 @@ impl AppStore {
 
     /// Deletes a session (and every expired one).
     pub async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
-        let (id, t) = (id.to_string(), now());
+        let (id, t) = (id.to_string(), self.now());
         const DEL: &str = "DELETE FROM app_sessions WHERE id = $1 OR expires <= $2";
         match &self.backend {
             Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.execute(DEL, params![id, t]).map(|_| ())?)).await,
@@ -170,7 +177,7 @@ impl AppStore {
     }
 
     async fn pending_put(&self, key: String, expires: i64, sealed: Vec<u8>) -> Result<(), StoreError> {
-        let t = now();
+        let t = self.now();
         const CLEAN: &str = "DELETE FROM app_pending WHERE expires <= $1";
         const PUT: &str = "INSERT INTO app_pending (state_hash, expires, data) VALUES ($1, $2, $3) ON CONFLICT (state_hash) DO UPDATE SET expires = excluded.expires, data = excluded.data";
         match &self.backend {
@@ -192,7 +199,7 @@ impl AppStore {
 
     /// Removes and returns a pending authorisation: one statement, so two nodes cannot both take it.
     async fn pending_take(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = now();
+        let t = self.now();
         const TAKE: &str = "DELETE FROM app_pending WHERE state_hash = $1 AND expires > $2 RETURNING data";
         match &self.backend {
             Backend::Sqlite(c) => Self::sqlite(c, move |c| Ok(c.query_row(TAKE, params![key, t], |r| r.get(0)).optional()?)).await,
@@ -214,7 +221,7 @@ impl PendingStore for AppStore {
         let key = hash(state);
         let plain = serde_json::to_vec(&pending).map_err(|e| client::Error::Config(e.to_string()))?;
         let sealed = self.seal(&key, &plain);
-        self.pending_put(key, now() + ttl.as_secs() as i64, sealed).await.map_err(|e| client::Error::Config(e.to_string()))
+        self.pending_put(key, self.now() + ttl.as_secs() as i64, sealed).await.map_err(|e| client::Error::Config(e.to_string()))
     }
 
     async fn take(&self, state: &str) -> client::Result<Option<PendingAuthorization>> {

@@ -1,6 +1,7 @@
 //! SMART Backend Services: `client_credentials` with a `private_key_jwt` assertion, the token cached until
 //! shortly before it expires.
 
+use crate::clock::Clock;
 use crate::discovery::SmartConfiguration;
 use crate::error::{Error, Result, Secret};
 use crate::fhir::Fhir;
@@ -52,7 +53,8 @@ impl BackendClient {
     async fn fetch(&self) -> Result<(Secret, Instant)> {
         let endpoint = self.endpoint().await?.to_string();
         let mut form = vec![("grant_type".to_string(), "client_credentials".to_string()), ("scope".into(), self.scope.clone())];
-        let body = token_request(&self.http, &ClientAuth::PrivateKeyJwt(self.key.clone()), &self.client_id, &endpoint, &mut form).await?;
+        let now = crate::clock::SystemClock.now_secs();
+        let body = token_request(&self.http, &ClientAuth::PrivateKeyJwt(self.key.clone()), &self.client_id, &endpoint, now, &mut form).await?;
         let token = body["access_token"].as_str().ok_or_else(|| Error::Transport("no access_token".into()))?;
         let lifetime = body["expires_in"].as_u64().unwrap_or(300).min(86_400);
         // Renew 30 s before expiry (at half-life for tokens shorter than a minute).

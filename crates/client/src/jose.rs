@@ -1,6 +1,7 @@
 //! The JOSE the client needs: signing `private_key_jwt` assertions (RS384, ES384) and verifying the
 //! server's RS256 `id_token` against its JWKS.
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaPublicKeyComponents};
@@ -116,18 +117,16 @@ impl SigningKey {
         Ok(format!("{input}.{}", b64url(&sig)))
     }
 
-    /// A `private_key_jwt` client assertion for `token_url`, valid four minutes, with a fresh `jti`.
+    /// A `private_key_jwt` client assertion for `token_url`, valid four minutes from now (the system's
+    /// clock), with a fresh `jti`.
     pub fn client_assertion(&self, client_id: &str, token_url: &str) -> Result<String> {
-        let now = now_secs();
+        self.client_assertion_at(client_id, token_url, crate::clock::SystemClock.now_secs())
+    }
+
+    /// [`SigningKey::client_assertion`] issued at `now` (Unix seconds).
+    pub fn client_assertion_at(&self, client_id: &str, token_url: &str, now: i64) -> Result<String> {
         self.sign(&json!({"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + 240, "iat": now, "jti": random(24)}))
     }
-}
-
-/// The SDK reads the wall clock itself (for assertion and token times); taking an injected clock is open
-/// work (issue 18, "clocks everywhere").
-#[allow(clippy::disallowed_methods)]
-pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Checks an RS256 `id_token`: the signature with the key its `kid` names in `jwks`, then `iss`, `aud`,
@@ -192,7 +191,7 @@ mod tests {
             assert_eq!(claims["iss"], "app");
             assert_eq!(claims["sub"], "app");
             assert_eq!(claims["aud"], "https://ehr.example/token");
-            assert!(claims["exp"].as_i64().unwrap() - now_secs() <= 300);
+            assert!(claims["exp"].as_i64().unwrap() - crate::clock::SystemClock.now_secs() <= 300);
             let again = key.client_assertion("app", "https://ehr.example/token").unwrap();
             let claims2: Value = serde_json::from_slice(&b64url_decode(again.split('.').nth(1).unwrap()).unwrap()).unwrap();
             assert_ne!(claims["jti"], claims2["jti"], "fresh jti each time");

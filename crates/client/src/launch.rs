@@ -1,6 +1,7 @@
 //! Launching: EHR launch (`iss` + `launch`) and standalone launch build the authorisation request; the
 //! callback checks `state` and RFC 9207 `iss`, turns errors into typed ones and exchanges the code.
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::context::{LaunchContext, Tokens};
 use crate::discovery::SmartConfiguration;
 use crate::error::{Error, Result, Secret};
@@ -27,10 +28,13 @@ pub enum ClientAuth {
 
 impl ClientAuth {
     /// Adds this authentication to a token-endpoint request (form pairs and the request builder).
+    /// Adds the client's authentication to a request to `token_url`; an assertion is issued at `now` (Unix
+    /// seconds).
     pub(crate) fn apply(
         &self,
         client_id: &str,
         token_url: &str,
+        now: i64,
         form: &mut Vec<(String, String)>,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder> {
@@ -51,7 +55,7 @@ impl ClientAuth {
             ClientAuth::PrivateKeyJwt(key) => {
                 form.push(("client_id".into(), client_id.into()));
                 form.push(("client_assertion_type".into(), "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
-                form.push(("client_assertion".into(), key.client_assertion(client_id, token_url)?));
+                form.push(("client_assertion".into(), key.client_assertion_at(client_id, token_url, now)?));
                 Ok(req)
             }
         }
@@ -110,6 +114,7 @@ pub struct SmartClient {
     http: reqwest::Client,
     discovery: std::sync::Mutex<HashMap<String, (Instant, Arc<SmartConfiguration>)>>,
     post_threshold: usize,
+    clock: SharedClock,
 }
 
 impl SmartClient {
@@ -120,7 +125,14 @@ impl SmartClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(SmartClient { ehrs, pending, http, discovery: std::sync::Mutex::new(HashMap::new()), post_threshold: MAX_GET_URL })
+        Ok(SmartClient { ehrs, pending, http, discovery: std::sync::Mutex::new(HashMap::new()), post_threshold: MAX_GET_URL, clock: Arc::new(SystemClock) })
+    }
+
+    /// Reads "now" from `clock` (token expiry and refresh, assertions, `id_token` checks) instead of the
+    /// system's clock: in tests, a [`crate::ManualClock`] moves a session to its refresh without waiting.
+    pub fn with_clock(mut self, clock: SharedClock) -> SmartClient {
+        self.clock = clock;
+        self
     }
 
     /// The HTTP client the SDK uses (timeouts set, redirects not followed).
@@ -139,7 +151,7 @@ impl SmartClient {
     /// must still be configured; the client authentication comes from its configuration.
     pub fn restore(&self, stored: crate::session::StoredSession) -> Result<Session> {
         let ehr = self.ehr(&stored.iss)?.clone();
-        Ok(Session::restore(self.http.clone(), ehr.auth, stored))
+        Ok(Session::restore(self.http.clone(), self.clock.clone(), ehr.auth, stored))
     }
 
     /// The configured EHR for an `iss`; an unknown issuer is refused and never contacted.
@@ -270,13 +282,13 @@ impl SmartClient {
             ("redirect_uri".into(), pending.redirect_uri.clone()),
             ("code_verifier".into(), pending.code_verifier.expose().to_string()),
         ];
-        let body = token_request(&self.http, &ehr.auth, &ehr.client_id, &pending.token_endpoint, &mut form).await?;
+        let body = token_request(&self.http, &ehr.auth, &ehr.client_id, &pending.token_endpoint, self.clock.now_secs(), &mut form).await?;
         let tokens = Tokens::from_response(&body).ok_or_else(|| Error::Transport("the token response has no access_token".into()))?;
         let conf = self.configuration(&pending.iss).await?;
         let claims = match (&tokens.id_token, &conf.jwks_uri) {
             (Some(id), Some(jwks_uri)) => {
                 let jwks: Value = self.http.get(jwks_uri).send().await.map_err(Error::transport)?.json().await.map_err(Error::transport)?;
-                Some(jose::verify_id_token(id.expose(), &jwks, &pending.issuer, &pending.client_id, Some(&pending.nonce), jose::now_secs())?)
+                Some(jose::verify_id_token(id.expose(), &jwks, &pending.issuer, &pending.client_id, Some(&pending.nonce), self.clock.now_secs())?)
             }
             (Some(_), None) => return Err(Error::IdToken("the server publishes no jwks_uri to verify it with".into())),
             _ => None,
@@ -292,6 +304,7 @@ impl SmartClient {
         }
         Ok(Session::new(
             self.http.clone(),
+            self.clock.clone(),
             crate::session::SessionParts {
                 iss: pending.iss,
                 client_id: ehr.client_id.clone(),
@@ -314,10 +327,11 @@ pub(crate) async fn token_request(
     auth: &ClientAuth,
     client_id: &str,
     token_url: &str,
+    now: i64,
     form: &mut Vec<(String, String)>,
 ) -> Result<Value> {
     let req = http.post(token_url).header("accept", "application/json");
-    let req = auth.apply(client_id, token_url, form, req)?;
+    let req = auth.apply(client_id, token_url, now, form, req)?;
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
     let r = req.header("content-type", "application/x-www-form-urlencoded").body(body).send().await.map_err(Error::transport)?;
     let status = r.status();

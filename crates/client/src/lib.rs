@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod clock;
 mod context;
 mod discovery;
 mod error;
@@ -55,6 +56,7 @@ mod session;
 pub mod types;
 
 pub use backend::BackendClient;
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use context::{Granted, LaunchContext, Tokens, relative_reference};
 pub use discovery::SmartConfiguration;
 pub use error::{Error, Result, Secret};

@@ -1,6 +1,7 @@
 //! One launch's tokens and context, and their lifecycle: proactive refresh before expiry, rotation (the new
 //! refresh token is kept; the old one when none comes back), a typed error when refresh fails, revocation.
 
+use crate::clock::SharedClock;
 use crate::context::{LaunchContext, Tokens};
 use crate::error::{Error, Result, Secret};
 use crate::fhir::Fhir;
@@ -8,7 +9,7 @@ use crate::launch::{ClientAuth, token_request};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Refresh this long before the access token expires (half the lifetime for tokens shorter than two
 /// minutes, so that short tokens are not refreshed on every call).
@@ -30,19 +31,26 @@ pub trait TokenSource: Send + Sync {
 
 struct TokenState {
     tokens: Tokens,
-    expires_at: Option<Instant>,
+    /// When the access token expires (Unix ms, on the session's clock).
+    expires_at: Option<i64>,
     /// The access token's whole lifetime, for the refresh margin.
     lifetime: Option<Duration>,
 }
 
 impl TokenState {
-    fn new(tokens: Tokens) -> TokenState {
+    /// The state of tokens received at `now_ms`.
+    fn new(tokens: Tokens, now_ms: i64) -> TokenState {
         let lifetime = tokens.expires_in.map(|s| Duration::from_secs(s.clamp(0, MAX_LIFETIME_SECS) as u64));
-        TokenState { expires_at: lifetime.map(|l| Instant::now() + l), lifetime, tokens }
+        TokenState { expires_at: lifetime.map(|l| now_ms.saturating_add(l.as_millis() as i64)), lifetime, tokens }
     }
 
     fn margin(&self) -> Duration {
         self.lifetime.map_or(REFRESH_MARGIN, |l| REFRESH_MARGIN.min(l / 2))
+    }
+
+    /// How long the access token has left at `now_ms` (zero once expired), when its lifetime is known.
+    fn left(&self, now_ms: i64) -> Option<Duration> {
+        self.expires_at.map(|e| Duration::from_millis(e.saturating_sub(now_ms).max(0) as u64))
     }
 }
 
@@ -89,6 +97,7 @@ pub struct StoredSession {
 
 struct Inner {
     http: reqwest::Client,
+    clock: SharedClock,
     iss: String,
     client_id: String,
     auth: ClientAuth,
@@ -118,14 +127,30 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(http: reqwest::Client, parts: SessionParts, tokens: Tokens, context: LaunchContext, id_claims: Option<Value>) -> Session {
-        Session::with_state(http, parts, TokenState::new(tokens), context, id_claims)
+    pub(crate) fn new(
+        http: reqwest::Client,
+        clock: SharedClock,
+        parts: SessionParts,
+        tokens: Tokens,
+        context: LaunchContext,
+        id_claims: Option<Value>,
+    ) -> Session {
+        let state = TokenState::new(tokens, clock.now_ms());
+        Session::with_state(http, clock, parts, state, context, id_claims)
     }
 
-    fn with_state(http: reqwest::Client, parts: SessionParts, state: TokenState, context: LaunchContext, id_claims: Option<Value>) -> Session {
+    fn with_state(
+        http: reqwest::Client,
+        clock: SharedClock,
+        parts: SessionParts,
+        state: TokenState,
+        context: LaunchContext,
+        id_claims: Option<Value>,
+    ) -> Session {
         Session {
             inner: Arc::new(Inner {
                 http,
+                clock,
                 iss: parts.iss,
                 client_id: parts.client_id,
                 auth: parts.auth,
@@ -140,8 +165,8 @@ impl Session {
         }
     }
 
-    pub(crate) fn restore(http: reqwest::Client, auth: ClientAuth, s: StoredSession) -> Session {
-        let now = crate::jose::now_secs();
+    pub(crate) fn restore(http: reqwest::Client, clock: SharedClock, auth: ClientAuth, s: StoredSession) -> Session {
+        let now = clock.now_secs();
         let tokens =
             Tokens { access_token: s.access_token, refresh_token: s.refresh_token, id_token: None, expires_in: s.expires_at.map(|e| e.saturating_sub(now)) };
         let context = LaunchContext::from_response(&s.response, &s.requested_scope, s.id_claims.as_ref());
@@ -154,17 +179,16 @@ impl Session {
             requested_scope: s.requested_scope,
             context_source: s.response,
         };
-        let mut state = TokenState::new(tokens);
+        let mut state = TokenState::new(tokens, clock.now_ms());
         if let Some(l) = s.lifetime {
             state.lifetime = Some(Duration::from_secs(l.clamp(0, MAX_LIFETIME_SECS) as u64));
         }
-        Session::with_state(http, parts, state, context, s.id_claims)
+        Session::with_state(http, clock, parts, state, context, s.id_claims)
     }
 
     /// The session as data for the app's session store (tokens included: keep it server-side, encrypted).
     pub async fn to_stored(&self) -> StoredSession {
         let state = self.inner.state.lock().await;
-        let now = crate::jose::now_secs();
         StoredSession {
             iss: self.inner.iss.clone(),
             client_id: self.inner.client_id.clone(),
@@ -172,7 +196,7 @@ impl Session {
             revocation_endpoint: self.inner.revocation_endpoint.clone(),
             access_token: state.tokens.access_token.clone(),
             refresh_token: state.tokens.refresh_token.clone(),
-            expires_at: state.expires_at.map(|e| now.saturating_add(e.saturating_duration_since(Instant::now()).as_secs() as i64)),
+            expires_at: state.expires_at.map(|e| e.div_euclid(1000)),
             lifetime: state.lifetime.map(|l| l.as_secs() as i64),
             requested_scope: self.inner.requested_scope.clone(),
             response: self.inner.context_source.clone(),
@@ -221,16 +245,17 @@ impl Session {
 
     /// Seconds until the access token expires, when known.
     pub async fn expires_in(&self) -> Option<u64> {
-        self.inner.state.lock().await.expires_at.map(|e| e.saturating_duration_since(Instant::now()).as_secs())
+        self.inner.state.lock().await.left(self.inner.clock.now_ms()).map(|d| d.as_secs())
     }
 
     /// The current access token, refreshed first when it expires within a minute and can be refreshed.
     pub async fn access_token(&self) -> Result<Secret> {
         let mut state = self.inner.state.lock().await;
-        let due = state.expires_at.is_some_and(|e| e.saturating_duration_since(Instant::now()) < state.margin());
+        let left = state.left(self.inner.clock.now_ms());
+        let due = left.is_some_and(|l| l < state.margin());
         if due && state.tokens.refresh_token.is_some() {
             self.refresh_locked(&mut state).await?;
-        } else if state.expires_at.is_some_and(|e| e <= Instant::now()) {
+        } else if left.is_some_and(|l| l.is_zero()) {
             return Err(Error::SessionEnded { detail: "the access token expired and there is no refresh token".into() });
         }
         Ok(state.tokens.access_token.clone())
@@ -247,7 +272,8 @@ impl Session {
             return Err(Error::RefreshFailed { detail: "no refresh token was issued".into() });
         };
         let mut form = vec![("grant_type".to_string(), "refresh_token".to_string()), ("refresh_token".into(), rt.expose().to_string())];
-        let body = match token_request(&self.inner.http, &self.inner.auth, &self.inner.client_id, &self.inner.token_endpoint, &mut form).await {
+        let now = self.inner.clock.now_secs();
+        let body = match token_request(&self.inner.http, &self.inner.auth, &self.inner.client_id, &self.inner.token_endpoint, now, &mut form).await {
             Ok(b) => b,
             Err(Error::Transport(t)) => return Err(Error::Transport(t)),
             Err(e) => {
@@ -260,7 +286,7 @@ impl Session {
             // No rotation (or an Epic-style response without one): the old refresh token stays valid.
             tokens.refresh_token = Some(rt);
         }
-        *state = TokenState::new(tokens);
+        *state = TokenState::new(tokens, self.inner.clock.now_ms());
         tracing::info!(iss = %self.inner.iss, client = %self.inner.client_id, "access token refreshed");
         Ok(())
     }
@@ -275,7 +301,7 @@ impl Session {
         };
         let mut form = vec![("token".to_string(), token.expose().to_string()), ("token_type_hint".into(), hint.into())];
         let req = self.inner.http.post(endpoint);
-        let req = self.inner.auth.apply(&self.inner.client_id, endpoint, &mut form, req)?;
+        let req = self.inner.auth.apply(&self.inner.client_id, endpoint, self.inner.clock.now_secs(), &mut form, req)?;
         let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
         let r = req.header("content-type", "application/x-www-form-urlencoded").body(body).send().await.map_err(Error::transport)?;
         if !r.status().is_success() {

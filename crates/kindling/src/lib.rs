@@ -112,6 +112,16 @@ pub async fn open_store(config: &ServerConfig, base_url: &str, clock: SharedCloc
     }
 }
 
+/// The server's clock, as the client SDK's: the reference app hosted in this process reads the same time.
+#[derive(Debug)]
+struct AppClock(SharedClock);
+
+impl client::Clock for AppClock {
+    fn now_ms(&self) -> i64 {
+        fhir::time::unix_ms(self.0.now())
+    }
+}
+
 /// A bound, not yet serving, Kindling server.
 pub struct Application {
     listener: TcpListener,
@@ -167,7 +177,8 @@ impl Application {
             frame_ancestors: Vec::new(),
             ehrs: vec![app::config::EhrEntry { iss: self.state.base_url.clone(), client_id: REFERENCE_APP.into(), client_secret_env: Some("secret".into()) }],
         };
-        let app = app::App::new(config, app::random_key(), move |_| Some(secret.clone())).await.map_err(|e| anyhow::anyhow!(e))?;
+        let clock: client::SharedClock = Arc::new(AppClock(self.state.clock.clone()));
+        let app = app::App::with_clock(config, app::random_key(), move |_| Some(secret.clone()), clock).await.map_err(|e| anyhow::anyhow!(e))?;
         self.reference_app = Some(app);
         Ok(())
     }

@@ -25,8 +25,13 @@ pub struct Sandbox {
 
 /// `kindling up` in miniature: three synthetic patients, the demo users and the demo app.
 pub async fn sandbox() -> Sandbox {
+    sandbox_on(Arc::new(SystemClock)).await
+}
+
+/// [`sandbox`] on `clock` (the server's, and the reference app's it hosts): a test moves a
+/// `ManualClock` instead of sleeping.
+pub async fn sandbox_on(clock: SharedClock) -> Sandbox {
     let dir = tempfile::tempdir().expect("temp dir");
-    let clock: SharedClock = Arc::new(SystemClock);
     let config = ServerConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         public_url: None,

@@ -1,8 +1,10 @@
 //! The reference clinician app, launched from the EHR the way a clinician does, in headless Chromium:
 //! the summary against the FHIR data, and each designed unhappy path through the EHR's fault injection.
 
-use crate::{Browser, Sandbox, browser, sandbox};
+use crate::{Browser, Sandbox, browser, sandbox, sandbox_on};
+use fhir::time::{Clock, ManualClock, SystemClock};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const APP: &str = "kindling-summary";
@@ -128,7 +130,9 @@ async fn the_summary_shows_the_record_and_each_tab_keeps_its_patient() {
 
 #[tokio::test]
 async fn unhappy_paths_have_designed_pages() {
-    let s = sandbox().await;
+    // The server's clock, which the reference app it hosts reads too: moved below instead of sleeping.
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let s = sandbox_on(clock.clone()).await;
     let Some(b) = browser().await else { return };
     let p = synth::patient_id(1, 1);
     sign_in(&b, &s).await;
@@ -167,8 +171,8 @@ async fn unhappy_paths_have_designed_pages() {
     first_window(&b).await;
     launch(&b, &s, &p, &[("token_secs", "6"), ("refresh_fails", "1")]).await;
     let name = b.wait_text("#patient-name", |t| !t.is_empty()).await;
-    // The app refreshes when less than half a short token's life is left: wait until it must.
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    // The app refreshes when less than half a short token's life is left: move time until it must.
+    clock.advance(time::Duration::seconds(4));
     b.c.refresh().await.unwrap();
     b.wait_text("h1", |t| t == "Your session with the record system has ended").await;
     assert!(b.text(".context").await.contains(&name), "the clinician stays oriented");
