@@ -128,6 +128,8 @@ impl App {
 /// Every refusal is a page in the app's words: an extractor's rejection (a form that is not
 /// `application/x-www-form-urlencoded`, a bad query string) or axum's bare 405 is plain text or empty, and
 /// becomes the app's message page here.
+/// The same rule as `auth::pages::is_unrendered_error` (the app depends on the SDK only, not on the
+/// server's crates).
 async fn page_errors(State(app): State<App>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();

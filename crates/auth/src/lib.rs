@@ -317,6 +317,16 @@ async fn oauth_json_errors(request: axum::extract::Request, next: axum::middlewa
     OAuthError::new(status, code, text).into_response()
 }
 
+/// The authorisation server's paths outside `/fhir/.well-known/` whose every answer, refusals included, is
+/// JSON: the OAuth endpoints (RFC 6749 errors), the key set and the EHR style. Kept beside [`router`].
+const JSON_PATHS: &[&str] = &["/auth/token", "/auth/introspect", "/auth/revoke", "/auth/launch", "/auth/register", "/auth/jwks", "/auth/style.json"];
+
+/// Whether the authorisation server answers `path` in JSON (so that a refusal made before it, such as
+/// oversized headers, can answer in the same shape); the other `/auth` paths are pages for a person.
+pub fn answers_json(path: &str) -> bool {
+    path.starts_with("/fhir/.well-known/") || JSON_PATHS.contains(&path)
+}
+
 /// The routes of the authorisation server (mount at the server root).
 pub fn router(server: Shared) -> Router {
     let oauth = Router::new()
@@ -340,4 +350,32 @@ pub fn router(server: Shared) -> Router {
         .merge(pages)
         .merge(oauth)
         .with_state(server)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The paths the router serves in a block of this file's `router` (between `start` and `end`).
+    fn routes_between(start: &str, end: &str) -> Vec<String> {
+        let src = include_str!("lib.rs");
+        let from = src.find(start).expect("block start");
+        let block = &src[from..from + src[from..].find(end).expect("block end")];
+        block.split(".route(\"").skip(1).map(|r| r[..r.find('"').expect("closing quote")].to_string()).collect()
+    }
+
+    #[test]
+    fn the_json_paths_are_the_routers_json_routes() {
+        let oauth = routes_between("let oauth = Router::new()", "oauth_json_errors");
+        let pages = routes_between("let pages = Router::new()", "page_errors");
+        assert!(oauth.len() >= 5 && pages.len() >= 4, "{oauth:?} {pages:?}");
+        for p in &oauth {
+            assert!(super::answers_json(p), "{p} answers JSON errors");
+        }
+        for p in &pages {
+            assert!(!super::answers_json(p), "{p} is a page for a person");
+        }
+        for p in ["/fhir/.well-known/smart-configuration", "/fhir/.well-known/openid-configuration", "/auth/jwks", "/auth/style.json"] {
+            assert!(super::answers_json(p), "{p}");
+        }
+        assert!(!super::answers_json("/fhir/Patient") && !super::answers_json("/ehr/patients"));
+    }
 }

@@ -75,14 +75,12 @@ pub fn router(server: Shared) -> Router {
 /// and becomes the EHR's message page here.
 async fn page_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
-    let status = response.status();
-    let html = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("text/html"));
-    if !(status.is_client_error() || status.is_server_error()) || html {
+    if !auth::pages::is_unrendered_error(&response) {
         return response;
     }
     let mut page = message(
         Nav::anonymous(),
-        status,
+        response.status(),
         "This request could not be read",
         "The EHR did not understand what the browser sent.",
         "Go back, reload the page and try again.",

@@ -370,8 +370,7 @@ async fn header_limit(request: axum::extract::Request, next: axum::middleware::N
     let message = format!("the request's header fields hold {size} bytes; at most {} KiB are read", MAX_HEADER_BYTES / 1024);
     let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
     let path = request.uri().path();
-    let oauth = ["/auth/token", "/auth/introspect", "/auth/revoke", "/auth/launch", "/auth/register", "/auth/jwks", "/auth/style.json"];
-    if path.starts_with("/fhir/.well-known/") || oauth.contains(&path) {
+    if auth::answers_json(path) {
         auth::OAuthError::new(status, auth::ErrorCode::InvalidRequest, message).into_response()
     } else if path == "/fhir" || path.starts_with("/fhir/") {
         api::error::ApiError::new(status, "too-costly", message).into_response()

@@ -152,14 +152,12 @@ fn unreadable_form(s: &AuthServer) -> Response {
 /// not UTF-8, a wrong content type) is plain text, and becomes the sign-in service's error page here.
 pub async fn page_errors(State(s): State<Shared>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
-    let status = response.status();
-    let html = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("text/html"));
-    if !(status.is_client_error() || status.is_server_error()) || html {
+    if !pages::is_unrendered_error(&response) {
         return response;
     }
     error_page(
         &s,
-        status,
+        response.status(),
         "This request could not be read",
         "The sign-in service did not understand what the browser sent.",
         "Go back to the app or the EHR and launch it again.",
