@@ -327,6 +327,10 @@ pub fn answers_json(path: &str) -> bool {
     path.starts_with("/fhir/.well-known/") || JSON_PATHS.contains(&path)
 }
 
+/// The largest body the OAuth endpoints read (a 413 in RFC 6749 JSON beyond): token requests, assertions,
+/// registrations with a JWK Set and launch contexts are a few KiB.
+pub const MAX_OAUTH_BODY: usize = 64 * 1024;
+
 /// The routes of the authorisation server (mount at the server root).
 pub fn router(server: Shared) -> Router {
     let oauth = Router::new()
@@ -335,6 +339,7 @@ pub fn router(server: Shared) -> Router {
         .route("/auth/revoke", post(revoke::revoke))
         .route("/auth/launch", post(launch::create_launch))
         .route("/auth/register", post(apps::register_endpoint))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_OAUTH_BODY))
         .layer(axum::middleware::from_fn(oauth_json_errors));
     let pages = Router::new()
         .route("/auth/authorize", get(authorize::authorize_get).post(authorize::authorize_post))

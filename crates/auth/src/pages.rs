@@ -55,8 +55,6 @@ pub struct ConsentView<'a> {
     pub offline: bool,
 }
 
-/// Serves a rendered page: never cached, no referrer, framed only by this origin (the EHR may embed an app
-/// in its chart, and the app's authorisation then happens inside that frame; other sites never can).
 /// Whether `response` is a refusal no page was rendered for (an extractor's plain-text rejection, axum's
 /// bare 405): the person-facing routes (here and in the EHR) turn those into their own message page.
 pub fn is_unrendered_error(response: &Response) -> bool {
@@ -65,6 +63,8 @@ pub fn is_unrendered_error(response: &Response) -> bool {
     (status.is_client_error() || status.is_server_error()) && !html
 }
 
+/// Serves a rendered page: never cached, no referrer, framed only by this origin (the EHR may embed an app
+/// in its chart, and the app's authorisation then happens inside that frame; other sites never can).
 pub fn serve(status: StatusCode, html: String) -> Response {
     let mut r = (status, Html(html)).into_response();
     let h = r.headers_mut();

@@ -27,9 +27,8 @@ pub enum ClientAuth {
 }
 
 impl ClientAuth {
-    /// Adds this authentication to a token-endpoint request (form pairs and the request builder).
-    /// Adds the client's authentication to a request to `token_url`; an assertion is issued at `now` (Unix
-    /// seconds).
+    /// Adds this authentication to a request to `token_url` (form pairs and the request builder); an
+    /// assertion is issued at `now` (Unix seconds).
     pub(crate) fn apply(
         &self,
         client_id: &str,

@@ -15,8 +15,9 @@ pub async fn authorize_post(State(s): State<Shared>, headers: HeaderMap, Form(p)
     authorize(&s, &headers, AuthorizeRequest::from_params(&p)).await
 }
 
-/// The parameters of an authorisation request; an empty value is an absent one.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// The parameters of an authorisation request; an empty value is an absent one. `Debug` is what the launch
+/// inspector shows (no `state`, `nonce`, challenge or launch handle).
+#[derive(Default, PartialEq, Eq)]
 pub(crate) struct AuthorizeRequest {
     client_id: Option<String>,
     redirect_uri: Option<String>,
@@ -32,6 +33,12 @@ pub(crate) struct AuthorizeRequest {
     nonce: Option<String>,
     /// The EHR's launch handle.
     launch: Option<String>,
+}
+
+impl std::fmt::Debug for AuthorizeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthorizeRequest {{ {} }}", self.described().replace('\n', ", "))
+    }
 }
 
 impl AuthorizeRequest {
@@ -337,5 +344,7 @@ mod tests {
         assert!(shown.contains("client_id=app") && shown.contains("scope=openid fhirUser patient/*.rs"), "{shown}");
         assert!(shown.contains("state=(2 characters)") && shown.contains("nonce=(5 characters)") && shown.contains("launch=(handle)"), "{shown}");
         assert!(!shown.contains("the-handle") && !shown.contains("n0nce") && !shown.contains("E9Melhoa"), "{shown}");
+        let debug = format!("{:?}", with(&[("launch", "the-handle"), ("nonce", "n0nce")]));
+        assert!(debug.contains("client_id=app") && !debug.contains("the-handle") && !debug.contains("n0nce") && !debug.contains("E9Melhoa"), "{debug}");
     }
 }

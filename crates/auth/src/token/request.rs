@@ -8,6 +8,14 @@ use axum::http::{HeaderMap, header};
 /// A form body's pairs: UTF-8, each parameter at most once.
 pub(crate) struct Form(Vec<(String, String)>);
 
+/// The most parameters a token, introspection or revocation request may carry (they need about ten).
+const MAX_PARAMS: usize = 64;
+
+/// A secret's length, never its value, for `Debug`.
+fn redacted(s: &str) -> String {
+    format!("<{} characters>", s.len())
+}
+
 /// A form body's pairs; `None` when it is not UTF-8 (percent-decoded values included).
 pub(crate) fn form_pairs(body: &[u8]) -> Option<Vec<(String, String)>> {
     std::str::from_utf8(body).ok()?;
@@ -24,10 +32,13 @@ impl Form {
     /// one is refused rather than one of its values picked.
     pub(crate) fn parse(body: &[u8]) -> Result<Form, OAuthError> {
         let pairs = form_pairs(body).ok_or_else(|| OAuthError::invalid_request("the body must be application/x-www-form-urlencoded UTF-8 text"))?;
-        for (i, (k, _)) in pairs.iter().enumerate() {
-            if pairs[..i].iter().any(|(n, _)| n == k) {
-                return Err(OAuthError::invalid_request(format!("the parameter {k} is repeated")));
-            }
+        // No OAuth request needs more; a body of many thousand parameters is refused before any work.
+        if pairs.len() > MAX_PARAMS {
+            return Err(OAuthError::invalid_request(format!("a request to this endpoint has at most {MAX_PARAMS} parameters")));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+        if let Some((k, _)) = pairs.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+            return Err(OAuthError::invalid_request(format!("the parameter {k} is repeated")));
         }
         Ok(Form(pairs))
     }
@@ -42,8 +53,8 @@ impl Form {
     }
 }
 
-/// How the client says who it is (RFC 6749 §2.3).
-#[derive(Debug, PartialEq, Eq)]
+/// How the client says who it is (RFC 6749 §2.3). `Debug` shows no secret.
+#[derive(PartialEq, Eq)]
 pub(crate) enum Credentials {
     /// Nothing: no `Authorization` header, no `client_id`, no assertion. Only a public client's refresh may
     /// come like this (RFC 6749 §6; the SMART JavaScript client sends none): its refresh token names it.
@@ -57,6 +68,23 @@ pub(crate) enum Credentials {
     /// `private_key_jwt` (RFC 7523 §2.2). `assertion_type` is checked by the authentication, so that a
     /// wrong one is an `invalid_client` error like the others.
     Assertion { assertion_type: Option<String>, assertion: String, client_id: Option<String> },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Unreadable => f.write_str("Unreadable"),
+            Credentials::ClientId(id) => f.debug_tuple("ClientId").field(id).finish(),
+            Credentials::Secret { client_id, secret } => f.debug_struct("Secret").field("client_id", client_id).field("secret", &redacted(secret)).finish(),
+            Credentials::Assertion { assertion_type, assertion, client_id } => f
+                .debug_struct("Assertion")
+                .field("assertion_type", assertion_type)
+                .field("assertion", &redacted(assertion))
+                .field("client_id", client_id)
+                .finish(),
+        }
+    }
 }
 
 impl Credentials {
@@ -82,8 +110,8 @@ impl Credentials {
     }
 }
 
-/// What the client asks for.
-#[derive(Debug, PartialEq, Eq)]
+/// What the client asks for. `Debug` shows no code, verifier or refresh token.
+#[derive(PartialEq, Eq)]
 pub(crate) enum GrantRequest {
     AuthorizationCode {
         code: String,
@@ -99,6 +127,23 @@ pub(crate) enum GrantRequest {
     ClientCredentials {
         scope: String,
     },
+}
+
+impl std::fmt::Debug for GrantRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantRequest::AuthorizationCode { code, redirect_uri, code_verifier } => f
+                .debug_struct("AuthorizationCode")
+                .field("code", &redacted(code))
+                .field("redirect_uri", redirect_uri)
+                .field("code_verifier", &redacted(code_verifier))
+                .finish(),
+            GrantRequest::RefreshToken { refresh_token, scope } => {
+                f.debug_struct("RefreshToken").field("refresh_token", &redacted(refresh_token)).field("scope", scope).finish()
+            }
+            GrantRequest::ClientCredentials { scope } => f.debug_struct("ClientCredentials").field("scope", scope).finish(),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -178,6 +223,31 @@ mod tests {
             assert_eq!((e.code().as_str(), e.status().as_u16()), (code, 400), "{body}");
             assert!(e.description().contains(description), "{body}: {}", e.description());
         }
+    }
+
+    #[test]
+    fn a_body_of_many_parameters_is_refused_before_any_work() {
+        // Found on review: the repeat check compared every pair with every earlier one (quadratic in a
+        // 2 MB body of distinct keys, before any client authentication).
+        let many: String = (0..200_000).map(|i| format!("k{i}=")).collect::<Vec<_>>().join("&");
+        let e = Form::parse(many.as_bytes()).err().expect("refused");
+        assert_eq!(e.code().as_str(), "invalid_request");
+        assert!(e.description().contains("at most 64 parameters"), "{}", e.description());
+        let at_limit: String = (0..MAX_PARAMS).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join("&");
+        assert!(Form::parse(at_limit.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let r = parse("grant_type=authorization_code&code=the-code&code_verifier=the-verifier&client_id=app&client_secret=the-secret", None).unwrap();
+        let shown = format!("{r:?}");
+        assert!(shown.contains("app") && shown.contains("<10 characters>"), "{shown}");
+        for secret in ["the-code", "the-verifier", "the-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let r = parse("grant_type=refresh_token&refresh_token=the-refresh-token&client_assertion=the.jwt.value", None).unwrap();
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("the-refresh-token") && !shown.contains("the.jwt.value"), "{shown}");
     }
 
     #[test]

@@ -151,3 +151,30 @@ async fn oversized_headers_are_refused_in_each_routes_error_shape() {
     let r = app.client.get(app.url("Patient?_count=1")).header("x-padding", "x".repeat(30 * 1024)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// Found on review: the token endpoint's repeat check was quadratic in the number of parameters, before
+/// any client authentication. OAuth bodies are now at most 64 KiB and 64 parameters, refused in RFC 6749
+/// JSON.
+#[tokio::test]
+async fn oversized_oauth_bodies_are_refused_as_oauth_errors() {
+    let app = spawn_app().await;
+    let origin = app.base.strip_suffix("/fhir").unwrap().to_string();
+    let post =
+        |path: &str, body: String| app.client.post(format!("{origin}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body).send();
+    // Over 64 KiB: 413 before the form is read.
+    let huge: String = (0..20_000).map(|i| format!("k{i}=")).collect::<Vec<_>>().join("&");
+    assert!(huge.len() > 64 * 1024);
+    for path in ["/auth/token", "/auth/introspect", "/auth/revoke"] {
+        let r = post(path, huge.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 413, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{path}: {body}");
+    }
+    // Under it, but more parameters than any OAuth request has: 400.
+    let many: String = (0..1_000).map(|i| format!("k{i}=")).collect::<Vec<_>>().join("&");
+    let r = post("/auth/token", format!("grant_type=client_credentials&{many}")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("at most 64 parameters"), "{body}");
+}
