@@ -10,32 +10,49 @@ use time::Date;
 /// A patient as listed and bannered.
 #[derive(Debug, Clone)]
 pub struct PatientFacts {
+    /// The Patient id.
     pub id: String,
+    /// Given and family name.
     pub name: String,
+    /// `male`, `female`, `other` or `unknown` as recorded.
     pub gender: String,
+    /// `YYYY-MM-DD`.
     pub birth_date: String,
+    /// Age in years today (or months for infants), as the banner shows it.
     pub age: String,
+    /// The medical record number.
     pub identifier: String,
 }
 
+/// One row of a chart section.
 #[derive(Debug, Clone)]
 pub struct Line {
+    /// The resource id.
     pub id: String,
+    /// What a clinician reads first (the display text).
     pub text: String,
+    /// The dates, status and values beside it.
     pub detail: String,
 }
 
 /// Everything the chart page shows.
 #[derive(Debug, Clone)]
 pub struct Chart {
+    /// The banner.
     pub patient: PatientFacts,
+    /// Recent encounters, newest first.
     pub encounters: Vec<Line>,
+    /// Active problems.
     pub problems: Vec<Line>,
+    /// Active medications.
     pub medications: Vec<Line>,
+    /// Allergies and intolerances.
     pub allergies: Vec<Line>,
+    /// Latest vital signs.
     pub vitals: Vec<Line>,
 }
 
+/// The banner facts of a Patient resource (`v`), with the age on `today`.
 pub fn patient_facts(id: &str, v: &Value, today: Date) -> PatientFacts {
     let name = &v["name"][0];
     let given = name["given"].as_array().map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")).unwrap_or_default();

@@ -12,6 +12,7 @@
 //! Pages are server-rendered (askama) and work without JavaScript; htmx (vendored) only makes the patient
 //! search live and the inspector refresh itself. The EHR shares its sign-in session with the
 //! authorisation server, so an app launched here does not ask the clinician to sign in again.
+#![deny(missing_docs)]
 
 mod apps;
 mod auth_pages;
@@ -214,4 +215,5 @@ pub async fn register_demo_app(s: &Shared) -> Result<(), store::StoreError> {
     auth::registry::put_client_as_is(s.store.as_ref(), &merged).await
 }
 
+/// The client id of the demo app the EHR registers (`register_demo_app`).
 pub const DEMO_APP: &str = "kindling-demo";

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What `kindling bench` measures, and on which data.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Directory of Synthea bundles to import.
@@ -197,6 +198,7 @@ fn report(name: &str, clients: usize, s: &Stats) {
     );
 }
 
+/// Runs the benchmark: prints one line per measurement.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs("api-load") {
         api_load(&args).await?;

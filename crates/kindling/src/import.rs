@@ -9,8 +9,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// What an import did.
 #[derive(Debug, Default)]
 pub struct ImportSummary {
+    /// Files read.
     pub files: usize,
     /// Resources imported (created + updated + unchanged).
     pub resources: usize,
@@ -20,7 +22,9 @@ pub struct ImportSummary {
     pub updated: usize,
     /// Resources already stored with the same content, left as they were (no new version).
     pub unchanged: usize,
+    /// One line per entry or file that could not be imported.
     pub errors: Vec<String>,
+    /// How long the import took.
     pub elapsed: Duration,
 }
 
@@ -31,6 +35,7 @@ impl ImportSummary {
         self.updated += w.updated;
         self.unchanged += w.unchanged;
     }
+    /// Resources imported per second.
     pub fn rate(&self) -> f64 {
         self.resources as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }

@@ -1,5 +1,6 @@
 //! The Kindling binary's library: assembling the server from its parts, seeding, importing and
 //! benchmarking. `main.rs` is only the command line over this.
+#![deny(missing_docs)]
 
 pub mod bench;
 pub mod import;
@@ -27,9 +28,11 @@ use tower_http::decompression::RequestDecompressionLayer;
 /// What a server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
     /// Externally visible base URL of the server (no trailing slash); derived from the bound address when absent.
     pub public_url: Option<String>,
+    /// Where the SQLite database, keys and export files live.
     pub data_dir: PathBuf,
     /// SQLite writer page cache; large for bulk imports, small for serving.
     pub writer_cache_mib: u32,
@@ -47,9 +50,12 @@ pub struct ServerConfig {
     pub export_faults: bool,
 }
 
+/// A TLS certificate chain and its private key, both PEM files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// The certificate chain.
     pub cert: PathBuf,
+    /// The private key.
     pub key: PathBuf,
 }
 
@@ -72,11 +78,14 @@ pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAccepto
 }
 
 impl ServerConfig {
+    /// The SQLite writer's page cache when serving.
     pub const SERVE_CACHE_MIB: u32 = 32;
+    /// The SQLite writer's page cache for a bulk import.
     pub const IMPORT_CACHE_MIB: u32 = 256;
 }
 
 impl ServerConfig {
+    /// The SQLite file in the data directory.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("kindling.db")
     }
@@ -126,10 +135,13 @@ impl client::Clock for AppClock {
 pub struct Application {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The bound address.
     pub addr: SocketAddr,
     /// e.g. `http://127.0.0.1:8080`
     pub public_url: String,
+    /// The FHIR API's state (store, clock, base URL, token resolver).
     pub state: AppState,
+    /// The authorisation server.
     pub auth: auth::Shared,
     /// The reference clinician app, when mounted (see [`Application::mount_reference_app`]).
     pub reference_app: Option<app::App>,
@@ -222,10 +234,12 @@ impl Application {
         Ok(Application { listener, tls, addr, public_url, state, auth, reference_app: None, data_dir: config.data_dir.clone() })
     }
 
+    /// The FHIR base URL (`…/fhir`).
     pub fn base_url(&self) -> &str {
         &self.state.base_url
     }
 
+    /// The store the server uses.
     pub fn store(&self) -> Arc<dyn Store> {
         self.state.store.clone()
     }

@@ -3,6 +3,7 @@
 //! - [`scope`]: the scope grammar (SMART v1 `.read`/`.write`/`.*`, v2 `.cruds` with `?param=value`
 //!   constraints, launch-context and identity scopes), and the question every party asks of a grant:
 //!   "may this interaction on this resource type happen?"
+#![deny(missing_docs)]
 
 pub mod scope;
 

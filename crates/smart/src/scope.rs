@@ -8,14 +8,19 @@
 
 use std::fmt;
 
+/// Whose data a resource scope reaches: the patient in context, what the user may see, or every record (backend services).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Level {
+    /// `patient/`: the patient in context.
     Patient,
+    /// `user/`: what the signed-in user may see.
     User,
+    /// `system/`: every record (backend services).
     System,
 }
 
 impl Level {
+    /// The scope prefix (`patient`, `user`, `system`).
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Patient => "patient",
@@ -29,10 +34,15 @@ impl Level {
 /// or system history; `c` create; `u` update; `d` delete).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Interaction {
+    /// `c`: create.
     Create,
+    /// `r`: read, vread, instance history.
     Read,
+    /// `u`: update.
     Update,
+    /// `d`: delete.
     Delete,
+    /// `s`: search, type and system history.
     Search,
 }
 
@@ -53,22 +63,30 @@ impl Interaction {
 pub struct Permissions(u8);
 
 impl Permissions {
+    /// `cruds` (and v1 `*`).
     pub const ALL: Permissions = Permissions(31);
+    /// v1 `read`: read and search.
     pub const READ_V1: Permissions = Permissions(2 | 16);
+    /// v1 `write`: create, update and delete.
     pub const WRITE_V1: Permissions = Permissions(1 | 4 | 8);
 
+    /// Whether the permissions allow `i`.
     pub fn allows(self, i: Interaction) -> bool {
         self.0 & i.bit() != 0
     }
+    /// No permission at all.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+    /// The permissions both allow.
     pub fn intersect(self, other: Permissions) -> Permissions {
         Permissions(self.0 & other.0)
     }
+    /// The permissions either allows.
     pub fn union(self, other: Permissions) -> Permissions {
         Permissions(self.0 | other.0)
     }
+    /// Whether every permission of `other` is here.
     pub fn contains(self, other: Permissions) -> bool {
         self.0 & other.0 == other.0
     }
@@ -89,6 +107,7 @@ impl Permissions {
         Some(Permissions(bits))
     }
 
+    /// The v2 letters, in `cruds` order.
     pub fn v2_letters(self) -> String {
         [('c', 1), ('r', 2), ('u', 4), ('d', 8), ('s', 16)].iter().filter(|(_, b)| self.0 & b != 0).map(|(c, _)| *c).collect()
     }
@@ -97,9 +116,11 @@ impl Permissions {
 /// `(patient|user|system)/(Type|*).perms[?constraints]`
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResourceScope {
+    /// `patient`, `user` or `system`.
     pub level: Level,
     /// `None` for `*`.
     pub resource_type: Option<String>,
+    /// What may be done.
     pub permissions: Permissions,
     /// `?param=value` constraints (v2 only), kept verbatim (SMART sends `|` and `:` unencoded).
     pub constraints: Vec<(String, String)>,
@@ -108,6 +129,7 @@ pub struct ResourceScope {
 }
 
 impl ResourceScope {
+    /// Whether the scope is for `resource_type` (its own type, or `*`).
     pub fn covers_type(&self, resource_type: &str) -> bool {
         self.resource_type.as_deref().is_none_or(|t| t == resource_type)
     }
@@ -165,25 +187,36 @@ impl fmt::Display for ResourceScope {
 /// One scope of a request or grant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
+    /// `openid`.
     OpenId,
+    /// `fhirUser`.
     FhirUser,
+    /// `profile` (v1's name for the user's identity).
     Profile,
+    /// `offline_access`: a refresh token that outlives the sign-in.
     OfflineAccess,
+    /// `online_access`: a refresh token while the user is signed in.
     OnlineAccess,
     /// `launch` (EHR launch).
     Launch,
     /// `launch/patient`, `launch/encounter`, `launch/<type>[?role=URI]`.
     LaunchContext {
+        /// The context's name (`patient`, `encounter`, or another type in lower case).
         context: String,
+        /// `?role=URI`, for a context beyond patient and encounter.
         role: Option<String>,
     },
+    /// `(patient|user|system)/Type.perms[?constraints]`.
     Resource(ResourceScope),
 }
 
+/// A scope that does not parse, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("'{scope}' is not a valid SMART scope: {reason}")]
 pub struct ScopeError {
+    /// The scope as written.
     pub scope: String,
+    /// Why it was refused.
     pub reason: &'static str,
 }
 
@@ -193,6 +226,7 @@ fn is_resource_type_name(s: &str) -> bool {
 }
 
 impl Scope {
+    /// Parses one scope (never loosely: a v2 permission string out of `cruds` order is refused).
     pub fn parse(s: &str) -> Result<Scope, ScopeError> {
         let err = |reason| Err(ScopeError { scope: s.to_string(), reason });
         match s {
@@ -279,11 +313,14 @@ impl fmt::Display for Scope {
 /// the grant; a client can report them).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScopeSet {
+    /// The scopes that parsed, each once, in their order.
     pub scopes: Vec<Scope>,
+    /// The scopes that did not parse.
     pub invalid: Vec<ScopeError>,
 }
 
 impl ScopeSet {
+    /// Parses a space-separated scope string; duplicates are kept once.
     pub fn parse(s: &str) -> ScopeSet {
         let mut out = ScopeSet::default();
         for token in s.split([' ', '\t', '\n']).filter(|t| !t.is_empty()) {
@@ -299,10 +336,12 @@ impl ScopeSet {
         out
     }
 
+    /// Whether the set holds `s` exactly.
     pub fn contains(&self, s: &Scope) -> bool {
         self.scopes.contains(s)
     }
 
+    /// The resource scopes of the set.
     pub fn resource_scopes(&self) -> impl Iterator<Item = &ResourceScope> {
         self.scopes.iter().filter_map(|s| match s {
             Scope::Resource(r) => Some(r),

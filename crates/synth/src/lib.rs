@@ -13,6 +13,7 @@
 //! twenty-five is the demo patient, with active problems, medicines, allergies and abnormal results. Every
 //! entry is a `PUT` with a stable id, so seeding twice updates rather than duplicates. The same
 //! `(seed, patients, today)` always gives the same output, byte for byte.
+#![deny(missing_docs)]
 
 mod codes;
 mod growth;
@@ -23,9 +24,12 @@ use codes::*;
 use serde_json::{Value, json};
 use time::{Date, PrimitiveDateTime};
 
+/// What to generate.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// How many patients.
     pub patients: usize,
+    /// The seed: the same seed gives the same population.
     pub seed: u64,
     /// Dates are generated up to this day.
     pub today: Date,
@@ -75,6 +79,7 @@ pub(crate) const CARDIOLOGIST: usize = 5;
 pub(crate) const NURSE_PRACTITIONER: usize = 6;
 pub(crate) const OBSTETRICIAN: usize = 7;
 
+/// How many practitioners the sandbox has (their ids are `synth::practitioner_id(0..PRACTITIONERS)`).
 pub const PRACTITIONERS: usize = CLINICIANS.len();
 
 /// (id, name, city, street address, postal code, phone)
