@@ -2,7 +2,7 @@
 //! or `client_secret_post` for symmetric clients, `private_key_jwt` (RFC 7523 §2.2) for asymmetric ones,
 //! `client_id` alone for public ones.
 
-use crate::crypto::{token_key, verify_password};
+use crate::crypto::{token_key, verify_client_secret};
 use crate::model::{Client, ClientKind, Grant};
 use crate::token::request::Credentials;
 use crate::{OAuthError, Shared};
@@ -62,7 +62,7 @@ pub(crate) async fn authenticate(s: &Shared, credentials: &Credentials) -> Resul
     let refusal = match (client.kind, secret) {
         (ClientKind::Public, None) => None,
         (ClientKind::Public, Some(_)) => Some("this client is registered as public and has no secret"),
-        (ClientKind::ConfidentialSymmetric, Some(secret)) if client.secret_hash.as_deref().is_some_and(|h| verify_password(secret, h)) => None,
+        (ClientKind::ConfidentialSymmetric, Some(secret)) if client.secret_hash.as_deref().is_some_and(|h| verify_client_secret(secret, h)) => None,
         (ClientKind::ConfidentialSymmetric, Some(_)) => Some("client authentication failed"),
         (ClientKind::ConfidentialSymmetric, None) => Some("this confidential client must authenticate with its secret"),
         (ClientKind::ConfidentialAsymmetric, _) => Some("this client must authenticate with a private_key_jwt assertion"),

@@ -76,6 +76,27 @@ pub fn hash_password(password: &str) -> String {
     argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default()
 }
 
+/// The stored form of a client secret the server generated ([`random_token`], 256 random bits): its
+/// SHA-256. A slow password hash protects what a person chose; a secret of 256 random bits cannot be
+/// guessed from its digest, and an argon2 verification on every token request cost ~19 MiB and
+/// milliseconds of CPU each (and kept the memory of a process that started the reference app).
+pub fn hash_generated_secret(secret: &str) -> String {
+    format!("sha256${}", b64url(digest(&SHA256, secret.as_bytes()).as_ref()))
+}
+
+/// Whether `secret` matches a client's stored secret hash: a generated secret's SHA-256
+/// ([`hash_generated_secret`], compared in constant time), or an argon2 hash (secrets supplied by an
+/// apps file, and every secret stored before).
+pub fn verify_client_secret(secret: &str, hash: &str) -> bool {
+    match hash.strip_prefix("sha256$") {
+        Some(expected) => {
+            let got = b64url(digest(&SHA256, secret.as_bytes()).as_ref());
+            aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), expected.as_bytes()).is_ok()
+        }
+        None => verify_password(secret, hash),
+    }
+}
+
 pub fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
@@ -101,6 +122,23 @@ mod tests {
         assert_ne!(random_token(), random_token());
         assert_eq!(random_token().len(), 43);
         assert_eq!(token_hash("x"), "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881");
+    }
+
+    #[test]
+    fn client_secrets_generated_here_are_checked_by_digest_and_older_argon2_ones_still_verify() {
+        let secret = random_token();
+        let h = hash_generated_secret(&secret);
+        assert!(h.starts_with("sha256$") && !h.contains(&secret));
+        assert!(verify_client_secret(&secret, &h));
+        assert!(!verify_client_secret(&random_token(), &h));
+        assert!(!verify_client_secret("", &h));
+        // Stored before (and secrets from an apps file): argon2.
+        let old = hash_password("from-an-apps-file");
+        assert!(verify_client_secret("from-an-apps-file", &old));
+        assert!(!verify_client_secret("wrong", &old));
+        // A digest is never taken for an argon2 hash or the other way round.
+        assert!(!verify_client_secret(&secret, "sha256$"));
+        assert!(!verify_client_secret(&h, &h));
     }
 
     #[test]

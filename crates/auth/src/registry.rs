@@ -32,7 +32,7 @@ pub async fn put_client(store: &dyn AuthStore, mut client: Client) -> Result<Opt
     let secret = match client.kind {
         ClientKind::ConfidentialSymmetric => {
             let s = random_token();
-            client.secret_hash = Some(hash_password(&s));
+            client.secret_hash = Some(crate::crypto::hash_generated_secret(&s));
             Some(s)
         }
         _ => None,

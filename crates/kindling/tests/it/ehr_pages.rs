@@ -191,7 +191,7 @@ async fn app_registration_pages() {
     let s_start = html.find("id=\"client-secret\">").unwrap() + "id=\"client-secret\">".len();
     let secret = html[s_start..s_start + html[s_start..].find('<').unwrap()].to_string();
     let stored = auth::registry::get_client(store, &client_id).await.unwrap().unwrap();
-    assert!(auth::crypto::verify_password(&secret, stored.secret_hash.as_deref().unwrap()));
+    assert!(auth::crypto::verify_client_secret(&secret, stored.secret_hash.as_deref().unwrap()));
     assert_eq!(stored.profile, Some(auth::model::Profile::Epic));
     let (_, edit) = page(&app, &format!("/ehr/apps/{client_id}"), &cookie).await;
     assert!(!edit.contains(&secret), "the secret is never shown again");
