@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+/// The app's settings (`kindling app --config FILE`, TOML).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
@@ -28,11 +29,13 @@ pub struct AppConfig {
     pub ehrs: Vec<EhrEntry>,
 }
 
+/// One EHR the app may be launched from (`[[ehr]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EhrEntry {
     /// The EHR's FHIR base, as it sends it in `iss`.
     pub iss: String,
+    /// The app's client id at that EHR.
     pub client_id: String,
     /// Environment variable holding the client secret (a confidential app); none for a public one.
     #[serde(default)]
@@ -48,6 +51,7 @@ fn default_database() -> String {
 }
 
 impl AppConfig {
+    /// Reads and checks a TOML configuration.
     pub fn from_toml(text: &str) -> Result<AppConfig, String> {
         let c: AppConfig = toml::from_str(text).map_err(|e| format!("app config: {e}"))?;
         if c.ehrs.is_empty() {
@@ -57,10 +61,12 @@ impl AppConfig {
         Ok(c)
     }
 
+    /// The redirect URI to register at the EHRs.
     pub fn redirect_uri(&self) -> String {
         format!("{}/app/callback", self.public_url.trim_end_matches('/'))
     }
 
+    /// The launch URL to register at the EHRs.
     pub fn launch_url(&self) -> String {
         format!("{}/app/launch", self.public_url.trim_end_matches('/'))
     }

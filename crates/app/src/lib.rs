@@ -5,6 +5,7 @@
 //!
 //! Each launch is its own session at `/app/s/{id}/`, bound to a browser secret in a cookie scoped to that
 //! path, so two tabs with two patients never mix and a relaunch replaces nothing.
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod store;
@@ -89,6 +90,7 @@ impl App {
             .with_state(self)
     }
 
+    /// The app's store (for tests that look at what is kept).
     pub fn store(&self) -> &AppStore {
         &self.store
     }

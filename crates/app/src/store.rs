@@ -12,12 +12,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Why the app's store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The SQLite database refused.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// A sealed record did not open with the key (tampered with, or another key).
     #[error("a stored record could not be decrypted")]
     Decrypt,
+    /// Anything else (PostgreSQL, a task that did not finish).
     #[error("{0}")]
     Other(String),
 }
@@ -25,6 +29,7 @@ pub enum StoreError {
 /// A session as kept: the SDK's stored session plus what the app shows while it cannot reach the EHR.
 #[derive(Serialize, Deserialize)]
 pub struct AppSession {
+    /// The SDK's session (tokens included: sealed at rest).
     pub smart: StoredSession,
     /// The patient's name once read (for orientation on error pages).
     #[serde(default)]
@@ -38,6 +43,7 @@ enum Backend {
     Postgres(sqlx::PgPool),
 }
 
+/// Sessions and pending authorisations, sealed with AES-256-GCM, on SQLite or PostgreSQL.
 #[derive(Clone)]
 pub struct AppStore {
     backend: Backend,
@@ -208,6 +214,7 @@ impl AppStore {
     }
 }
 
+/// A SHA-256 digest, base64url: how states, session ids and browser secrets are keyed.
 pub fn hash(s: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
     use base64::Engine;

@@ -7,7 +7,9 @@ use client::{Error, Interaction, Session};
 
 /// A section's content, or why it is not shown.
 pub struct Section<T> {
+    /// What the section shows, when it could be loaded.
     pub data: Option<T>,
+    /// Why it is not shown, in a clinician's words.
     pub message: Option<String>,
 }
 
@@ -32,40 +34,65 @@ impl<T> Section<T> {
     }
 }
 
+/// One line of a list: what a clinician reads first, and the details beside it.
 pub struct Row {
+    /// The display text (a problem, a medication, an allergy).
     pub text: String,
+    /// Dates, status, dosage or reaction.
     pub detail: String,
 }
 
+/// The patient banner.
 pub struct PatientBanner {
+    /// Given and family name.
     pub name: String,
+    /// As recorded.
     pub gender: String,
+    /// `YYYY-MM-DD`.
     pub birth_date: String,
+    /// The medical record number.
     pub identifier: String,
 }
 
+/// One vital sign over time.
 pub struct VitalChart {
+    /// What it is (e.g. Blood pressure), with its unit.
     pub title: String,
+    /// The latest value and its date.
     pub latest: String,
+    /// The trend as an inline SVG.
     pub svg: String,
 }
 
+/// One laboratory result.
 pub struct Lab {
+    /// The test's display name.
     pub name: String,
+    /// The value with its unit.
     pub value: String,
+    /// The reference range, when given.
     pub range: String,
     /// "High", "Low", "Abnormal" or "".
     pub flag: String,
+    /// When it was taken.
     pub date: String,
 }
 
+/// The patient summary page, section by section.
 pub struct Summary {
+    /// The banner.
     pub patient: Section<PatientBanner>,
+    /// The encounter of the launch, when the EHR gave one.
     pub encounter: Option<Section<Row>>,
+    /// Active problems.
     pub problems: Section<Vec<Row>>,
+    /// Active medications.
     pub medications: Section<Vec<Row>>,
+    /// Allergies and intolerances.
     pub allergies: Section<Vec<Row>>,
+    /// Vital signs over time.
     pub vitals: Section<Vec<VitalChart>>,
+    /// Recent laboratory results.
     pub labs: Section<Vec<Lab>>,
     /// Some section failed because the session ended: the page offers a relaunch.
     pub session_ended: bool,
