@@ -23,12 +23,16 @@ use std::sync::Arc;
 pub enum Access {
     /// The explicit open-sandbox mode: no token needed.
     Open,
+    /// What a bearer token grants.
     Token(Arc<TokenAccess>),
 }
 
+/// What a resolved bearer token grants, and on whose behalf.
 #[derive(Debug, Clone)]
 pub struct TokenAccess {
+    /// The client the token was issued to.
     pub client_id: String,
+    /// The granted scopes.
     pub scopes: ScopeSet,
     /// The patient in context (bare id).
     pub patient: Option<String>,
@@ -44,13 +48,17 @@ pub struct TokenAccess {
 /// deterministic (0.5 fails every second request, starting with the second) so that tests can rely on it.
 #[derive(Debug)]
 pub struct FhirFaults {
+    /// The status a share of requests fails with (429 or 503).
     pub status: Option<u16>,
+    /// The share of requests that fail (0 to 1).
     pub rate: f64,
+    /// A delay before every request is answered.
     pub delay_ms: u64,
     requests: std::sync::atomic::AtomicU64,
 }
 
 impl FhirFaults {
+    /// Faults failing `rate` of the requests with `status`, each request first delayed by `delay_ms`.
     pub fn new(status: Option<u16>, rate: f64, delay_ms: u64) -> FhirFaults {
         FhirFaults { status, rate: rate.clamp(0.0, 1.0), delay_ms, requests: std::sync::atomic::AtomicU64::new(0) }
     }
@@ -67,6 +75,7 @@ impl FhirFaults {
 /// error when that cannot be known now (the database is unreachable): never a bad credential.
 #[async_trait]
 pub trait AccessResolver: Send + Sync {
+    /// What `bearer_token` grants.
     async fn resolve(&self, bearer_token: &str) -> Result<Option<Arc<TokenAccess>>, store::StoreError>;
 }
 

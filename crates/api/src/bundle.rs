@@ -241,9 +241,11 @@ pub struct PreparedBundle {
 }
 
 impl PreparedBundle {
+    /// How many writes the Bundle holds.
     pub fn len(&self) -> usize {
         self.writes.len()
     }
+    /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }
@@ -251,10 +253,12 @@ impl PreparedBundle {
 
 /// What [`prepare_transaction`] made of a Bundle.
 pub enum Preparation {
+    /// Every entry prepared: write them in one transaction.
     Ready(PreparedBundle),
     /// The Bundle needs the database to resolve (conditional entries or references, deletes, reads, or not
     /// a transaction): process it with [`process`].
     NeedsDatabase(Value),
+    /// The Bundle is refused (its OperationOutcome).
     Invalid(ApiError),
 }
 
@@ -322,12 +326,16 @@ pub fn prepare_transaction(base_url: &str, mut bundle: Value) -> Preparation {
 /// resources that were already stored with the same content (left as they were).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
+    /// Resources that did not exist before.
     pub created: usize,
+    /// Resources that got a new version.
     pub updated: usize,
+    /// Resources already stored with the same content.
     pub unchanged: usize,
 }
 
 impl Written {
+    /// All resources the import touched.
     pub fn total(&self) -> usize {
         self.created + self.updated + self.unchanged
     }

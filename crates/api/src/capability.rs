@@ -9,10 +9,15 @@ const NOT_SERVED: &[&str] = &["Bundle", "OperationOutcome", "Parameters"];
 /// The SMART authorisation server's endpoints, for `rest.security`.
 #[derive(Clone, Debug)]
 pub struct OAuthUris {
+    /// The authorisation endpoint.
     pub authorize: String,
+    /// The token endpoint.
     pub token: String,
+    /// The revocation endpoint (RFC 7009).
     pub revoke: String,
+    /// The introspection endpoint (RFC 7662).
     pub introspect: String,
+    /// The dynamic registration endpoint (RFC 7591).
     pub register: String,
     /// Where users see and withdraw what they authorised.
     pub manage: Option<String>,
@@ -105,6 +110,7 @@ fn security(o: &OAuthUris) -> Value {
     })
 }
 
+/// The server's CapabilityStatement (US Core Server, SMART `rest.security`), for `GET [base]/metadata`.
 pub fn capability_statement(base_url: &str, software_version: &str, date: &str, oauth: Option<&OAuthUris>) -> Value {
     let mut resources = Vec::new();
     for ty in R4_RESOURCE_TYPES.iter().filter(|t| !NOT_SERVED.contains(t)) {

@@ -118,9 +118,13 @@ struct File {
 /// The parameters of a kick-off, from the query string (GET) or a Parameters resource (POST).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct KickOff {
+    /// `_type`: the resource types to export (all the token may read when absent).
     pub types: Option<Vec<String>>,
+    /// `_since`: only resources changed after this instant.
     pub since: Option<String>,
+    /// `_typeFilter`: searches that select what is exported of a type.
     pub type_filters: Vec<String>,
+    /// `patient`: the patients of a Patient- or Group-level export (all when empty).
     pub patients: Vec<String>,
     /// `_elements`: `Type.element` or `element` (every type), top-level elements only.
     #[serde(default)]

@@ -1,4 +1,5 @@
 //! The FHIR R4 REST API of Kindling, served under `/fhir` by axum over any [`store::Store`].
+#![deny(missing_docs)]
 
 pub mod access;
 mod audit_event;
@@ -25,11 +26,14 @@ use store::Store;
 
 pub use error::{ApiError, ApiResult};
 
+/// What every FHIR handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The database.
     pub store: Arc<dyn Store>,
     /// The FHIR base URL as clients see it, without a trailing slash (e.g. `http://127.0.0.1:8080/fhir`).
     pub base_url: String,
+    /// "Now" (lastUpdated, history, paging snapshots, export expiry).
     pub clock: SharedClock,
     /// Resolves bearer tokens; `None` is the explicit open-sandbox mode (no token needed).
     pub access: Option<Arc<dyn access::AccessResolver>>,
@@ -45,6 +49,7 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> i64 {
         unix_ms(self.clock.now())
     }

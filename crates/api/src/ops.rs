@@ -13,7 +13,9 @@ use store::{Precondition, StoredResource, Transaction};
 /// The result of one interaction, before it becomes an HTTP response or a Bundle entry response.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The HTTP status (200, 201, 204, 304, 412...).
     pub status: StatusCode,
+    /// The resource as stored after the interaction, when there is one.
     pub resource: Option<StoredResource>,
     /// Set on creates and updates, for the `Location` header.
     pub location: bool,
@@ -23,10 +25,12 @@ pub struct Outcome {
     pub updated: bool,
 }
 
+/// Refuses a resource type the server does not know (`404`).
 pub fn check_type(resource_type: &str) -> ApiResult<()> {
     if is_storable_type(resource_type) { Ok(()) } else { Err(ApiError::not_found(format!("'{resource_type}' is not a resource type served here"))) }
 }
 
+/// Refuses an id outside FHIR's id grammar (`400`).
 pub fn check_id(id: &str) -> ApiResult<()> {
     if is_valid_id(id) { Ok(()) } else { Err(ApiError::bad_request(format!("'{id}' is not a valid FHIR id"))) }
 }

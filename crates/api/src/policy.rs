@@ -42,7 +42,9 @@ fn verb(i: Interaction) -> &'static str {
 /// or a compartment must be read from it, so unconstrained grants cost no JSON parsing).
 #[derive(Clone, Copy)]
 pub enum Content<'a> {
+    /// About to be written.
     Parsed(&'a Value),
+    /// As stored (JSON text).
     Stored(&'a str),
 }
 
@@ -70,6 +72,7 @@ pub enum Compartment {
 /// What judging a resource needs, short of refusing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// The interaction may happen.
     Allowed,
     /// The answer depends on whether the stored resource is in the context patient's compartment: ask
     /// the store, and decide again with [`Compartment::Known`].

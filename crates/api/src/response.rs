@@ -10,15 +10,21 @@ use fhir::time::{format_http_date, from_unix_ms};
 use serde::Serialize;
 use store::StoredResource;
 
+/// `Content-Type` of FHIR JSON.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+/// `Content-Type` when the client asked for `application/json`.
 pub const PLAIN_JSON: &str = "application/json; charset=utf-8";
 
 /// What the client asked for in `Accept`, `_format`, `_pretty` and `Prefer`.
 #[derive(Debug, Clone, Copy)]
 pub struct Negotiated {
+    /// `_pretty=true`: indented JSON.
     pub pretty: bool,
+    /// The content type to answer with.
     pub content_type: &'static str,
+    /// What `Prefer: return=` asked for.
     pub prefer_return: PreferReturn,
+    /// `Prefer: handling=lenient`: unknown search parameters are ignored instead of refused.
     pub lenient: bool,
 }
 
@@ -29,10 +35,14 @@ impl Negotiated {
     }
 }
 
+/// `Prefer: return=` (FHIR R4 §3.1.0.8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreferReturn {
+    /// No body.
     Minimal,
+    /// The resource (the default).
     Representation,
+    /// An OperationOutcome.
     OperationOutcome,
 }
 
@@ -183,6 +193,7 @@ pub fn negotiate(query: &str, headers: &HeaderMap) -> Result<Negotiated, ApiErro
     Ok(Negotiated { pretty, content_type, prefer_return, lenient })
 }
 
+/// A JSON response of `body` with this status and content type.
 pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T, pretty: bool, content_type: &'static str) -> Response {
     let text = if pretty { serde_json::to_string_pretty(body) } else { serde_json::to_string(body) };
     match text {
@@ -194,6 +205,7 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T, pretty
     }
 }
 
+/// A JSON response of an already serialised body.
 pub fn raw_json_response(status: StatusCode, body: String, content_type: &'static str) -> Response {
     let mut r = (status, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -65,6 +65,7 @@ pub(crate) fn bundle_response(neg: Negotiated, b: &Bundle) -> Response {
 
 // ---- whole system --------------------------------------------------------------------------------------
 
+/// `GET [base]`: only the `_getpages` links of a paged search.
 pub async fn system_get(State(state): State<AppState>, Extension(access): Extension<Access>, neg: Negotiated, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let pairs = parse_pairs(q.as_deref().unwrap_or(""));
     if pairs.iter().any(|(k, _)| k == "_getpages") {
@@ -74,6 +75,7 @@ pub async fn system_get(State(state): State<AppState>, Extension(access): Extens
     Err(ApiError::bad_request("searching across all resource types is not supported; search one type, e.g. GET [base]/Patient?name=smith"))
 }
 
+/// `GET [base]/_history`.
 pub async fn system_history(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -86,6 +88,7 @@ pub async fn system_history(
 
 // ---- type level ----------------------------------------------------------------------------------------
 
+/// `GET [base]/[type]?…`: a search.
 pub async fn type_search(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -98,6 +101,7 @@ pub async fn type_search(
     run_search(&state, &access, neg, &ty, pairs, None).await
 }
 
+/// `POST [base]/[type]/_search`: a search with its parameters in the body.
 pub async fn type_search_post(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -198,6 +202,7 @@ pub async fn docref(
     run_search(&state, &access, neg, "DocumentReference", pairs, None).await
 }
 
+/// `POST [base]/[type]`: create (conditional with `If-None-Exist`).
 pub async fn type_create(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -232,6 +237,7 @@ pub async fn type_create(
     Ok(write_response(&state, neg, outcome))
 }
 
+/// `PUT [base]/[type]?…`: conditional update.
 pub async fn type_conditional_update(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -251,6 +257,7 @@ pub async fn type_conditional_update(
     Ok(write_response(&state, neg, outcome))
 }
 
+/// `DELETE [base]/[type]?…`: conditional delete.
 pub async fn type_conditional_delete(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -267,6 +274,7 @@ pub async fn type_conditional_delete(
     Ok(write_response(&state, Negotiated { prefer_return: PreferReturn::OperationOutcome, ..neg }, outcome))
 }
 
+/// `GET [base]/[type]/_history`.
 pub async fn type_history(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -293,6 +301,7 @@ pub async fn read_current(state: &AppState, ty: &str, id: &str) -> ApiResult<Sto
     }
 }
 
+/// `GET [base]/[type]/[id]`: read (and the raw bytes of a Binary when asked for).
 pub async fn instance_read(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -329,6 +338,7 @@ pub async fn instance_read(
     Ok(resp)
 }
 
+/// `GET [base]/[type]/[id]/_history/[vid]`: vread.
 pub async fn instance_vread(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -349,6 +359,7 @@ pub async fn instance_vread(
     }
 }
 
+/// `PUT [base]/[type]/[id]`: update (or create with a client id).
 pub async fn instance_update(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -475,6 +486,7 @@ pub async fn patch_in(
     ops::update(state, tx, ty, id, after, Some(current.version)).await
 }
 
+/// `DELETE [base]/[type]/[id]`.
 pub async fn instance_delete(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -500,6 +512,7 @@ pub async fn instance_delete(
     Ok(write_response(&state, neg, outcome))
 }
 
+/// `GET [base]/[type]/[id]/_history`.
 pub async fn instance_history(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,

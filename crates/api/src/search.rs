@@ -10,6 +10,7 @@ use fhir::shape;
 use std::collections::HashSet;
 use store::{Snapshot, StoredResource};
 
+/// A query string's parameters, percent-decoded, in their order.
 pub fn parse_pairs(query: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
@@ -34,7 +35,9 @@ pub fn encode_pairs(pairs: &[(String, String)]) -> String {
 
 /// Where a page of results comes from.
 pub struct PageSource {
+    /// The keys of the whole result, in order.
     pub keys: Vec<i64>,
+    /// Where this page starts.
     pub offset: usize,
     /// Present when the result set was frozen for paging.
     pub snapshot_id: Option<String>,
