@@ -5,34 +5,49 @@ use crate::Store;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// One event of the audit trail (AuditEvent).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuditRecord {
     /// Unix ms.
     pub recorded: i64,
     /// `rest` or `auth`.
     pub category: String,
+    /// What happened (`login`, `token`, `read`...).
     pub action: String,
     /// `0` success, `4` minor failure (refused), `8` serious failure.
     pub outcome: String,
+    /// The client involved.
     pub client_id: Option<String>,
+    /// The user involved.
     pub username: Option<String>,
+    /// The patient whose record it was about.
     pub patient: Option<String>,
+    /// What was acted on (a path, a resource).
     pub entity: Option<String>,
+    /// A sentence for the launch inspector (never token material).
     pub detail: Option<String>,
     /// The public id of the SMART launch this belongs to, when known (for the launch inspector).
     pub launch: Option<String>,
 }
 
+/// Which audit records to list.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
+    /// Only records at or after this (Unix ms).
     pub since: Option<i64>,
+    /// Only about this patient.
     pub patient: Option<String>,
+    /// Only of this client.
     pub client_id: Option<String>,
+    /// Only of this user.
     pub username: Option<String>,
+    /// Only this record.
     pub id: Option<i64>,
+    /// Only of this launch.
     pub launch: Option<String>,
     /// Paging: only records older than this id (the last id of the page before).
     pub before: Option<i64>,
+    /// At most this many records.
     pub limit: usize,
 }
 

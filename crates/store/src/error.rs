@@ -10,6 +10,7 @@ pub enum StoreError {
     /// The resource is missing `resourceType` or `id`.
     #[error("{0}")]
     BadInput(String),
+    /// The database failed in a way the client cannot fix (logged; a generic 500 for the client).
     #[error("storage backend error: {0}")]
     Backend(String),
     /// The database cannot be reached or cannot answer now (connection refused or lost, pool exhausted,

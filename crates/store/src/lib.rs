@@ -4,8 +4,10 @@
 //! store; every write keeps the superseded version in history and rewrites the search-index rows of the
 //! resource in the same database transaction; deletes are soft (a new version marked deleted). The trait
 //! speaks only in FHIR terms and opaque `i64` keys, so a backend may be SQLite or PostgreSQL.
+#![deny(missing_docs)]
 
 pub mod audit;
+/// What can go wrong in a store.
 pub mod error;
 pub mod postgres;
 mod prepare;
@@ -21,6 +23,7 @@ pub use error::StoreError;
 pub use prepare::{Prepared, prepare};
 pub use snapshot::{MAX_SNAPSHOTS_PER_OWNER, Snapshot, SnapshotCache};
 
+/// The result of a store operation.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// One version of one resource as stored.
@@ -28,17 +31,22 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct StoredResource {
     /// Opaque key of the resource (all versions share it).
     pub key: i64,
+    /// The resource type.
     pub resource_type: String,
+    /// The resource id.
     pub id: String,
+    /// The version (`meta.versionId`), from 1.
     pub version: i64,
     /// Unix milliseconds.
     pub last_updated: i64,
+    /// Whether this version is a deletion.
     pub deleted: bool,
     /// Canonical JSON; empty when `deleted`.
     pub json: String,
 }
 
 impl StoredResource {
+    /// The version's ETag (`W/"<version>"`).
     pub fn etag(&self) -> String {
         format!("W/\"{}\"", self.version)
     }
@@ -55,32 +63,43 @@ pub struct SearchPage {
     pub snapshot_id: Option<String>,
 }
 
+/// Whose history (FHIR's system, type and instance history).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryScope {
+    /// Every resource.
     System,
+    /// Every resource of a type.
     Type(String),
+    /// One resource (type, id).
     Instance(String, String),
 }
 
+/// Which versions of a history, and which page of them.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryParams {
     /// Only versions updated at or after this (Unix ms).
     pub since: Option<i64>,
     /// Only versions updated at or before this (Unix ms); pins paging against concurrent writes.
     pub till: Option<i64>,
+    /// Versions per page.
     pub count: usize,
+    /// Where the page starts.
     pub offset: usize,
 }
 
+/// A page of history.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
+    /// Versions in the whole history (for `Bundle.total`).
     pub total: usize,
+    /// The page's versions, newest first.
     pub entries: Vec<StoredResource>,
 }
 
 /// What a write expects of the current version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {
+    /// The write happens whatever the current version is.
     None,
     /// No precondition, and a write whose content equals the current version's is skipped (no new
     /// version, no lock held): an import of files already imported leaves the data as it was.
@@ -94,6 +113,7 @@ pub enum Precondition {
 /// The outcome of a write.
 #[derive(Debug, Clone)]
 pub struct Written {
+    /// The version written (or the unchanged current one).
     pub resource: StoredResource,
     /// True when the write created the resource (no earlier live version).
     pub created: bool,
@@ -138,6 +158,7 @@ pub trait Transaction: Reader {
         let _ = key;
         Ok(())
     }
+    /// Commits every write of the transaction, or none.
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
@@ -146,20 +167,28 @@ pub trait Transaction: Reader {
 pub struct AuthRecord {
     /// JSON.
     pub value: String,
+    /// The grant the record belongs to (revoked with it).
     pub grant_id: Option<String>,
     /// Unix ms.
     pub expires: Option<i64>,
+    /// Whether it was consumed (single-use records: codes, launches).
     pub used: bool,
+    /// Whether it was revoked.
     pub revoked: bool,
 }
 
 /// A record to write, for [`AuthStore::auth_insert_new_then_put`].
 #[derive(Debug, Clone, Copy)]
 pub struct NewAuthRecord<'a> {
+    /// The record's kind (`code`, `access`, `jti`...).
     pub kind: &'a str,
+    /// Its key within the kind.
     pub key: &'a str,
+    /// JSON.
     pub value: &'a str,
+    /// The grant it belongs to.
     pub grant_id: Option<&'a str>,
+    /// Unix ms after which it is gone.
     pub expires: Option<i64>,
 }
 
@@ -169,6 +198,7 @@ pub struct NewAuthRecord<'a> {
 pub trait AuthStore: Send + Sync {
     /// Inserts or replaces a record (clearing `used` and `revoked`).
     async fn auth_put(&self, kind: &str, key: &str, value: &str, grant_id: Option<&str>, expires: Option<i64>) -> Result<()>;
+    /// The record, when it exists and has not expired.
     async fn auth_get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>>;
     /// Marks a record used and returns it as it was before, atomically: of two concurrent consumers exactly
     /// one sees `used == false`.
@@ -182,6 +212,7 @@ pub trait AuthStore: Send + Sync {
     async fn auth_insert_new_then_put(&self, new: NewAuthRecord<'_>, then: NewAuthRecord<'_>) -> Result<bool>;
     /// Revokes every record of a grant; returns how many.
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64>;
+    /// Deletes a record.
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()>;
     /// Every live record of a kind, by key.
     async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>>;
@@ -189,13 +220,18 @@ pub trait AuthStore: Send + Sync {
     async fn auth_purge_expired(&self, before: i64, limit: usize) -> Result<u64>;
 }
 
+/// Everything Kindling keeps: FHIR resources with their history and search indexes, paging snapshots, the authorisation server's state ([`AuthStore`]) and the audit trail.
 #[async_trait]
 pub trait Store: AuthStore + Send + Sync + 'static {
     /// The current version, also when it is a deletion; `None` when the resource never existed.
     async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>>;
+    /// One version of a resource.
     async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>>;
+    /// A page of history.
     async fn history(&self, scope: &HistoryScope, params: &HistoryParams) -> Result<HistoryPage>;
+    /// The keys of every live resource the query selects, in the query's order.
     async fn search(&self, query: &SearchQuery) -> Result<Vec<i64>>;
+    /// The resources of `keys`, in that order.
     async fn fetch(&self, keys: &[i64]) -> Result<Vec<StoredResource>>;
     /// Runs a new search and fetches the resources of its first `count` keys; when more than `count`
     /// match and `snapshot` is given, saves it (with the keys filled in) for paging. A backend may do it
@@ -223,9 +259,11 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn in_patient_compartment(&self, key: i64, patient_id: &str) -> Result<bool>;
     /// Which of `keys` lie in the compartment of `patient_id`, in one statement (per 500 keys on SQLite).
     async fn in_patient_compartment_many(&self, keys: &[i64], patient_id: &str) -> Result<std::collections::HashSet<i64>>;
+    /// Opens a write transaction.
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
     /// Paging snapshots: a search result frozen so that `next` links are stable under concurrent writes.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<String>;
+    /// A paging snapshot, while it lives.
     async fn load_snapshot(&self, id: &str) -> Result<Option<std::sync::Arc<Snapshot>>>;
     /// Counts of live resources per type.
     async fn counts(&self) -> Result<Vec<(String, i64)>>;

@@ -10,12 +10,15 @@ use serde_json::{Map, Value};
 /// A resource ready to be written as some version.
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// The resource type.
     pub resource_type: String,
+    /// The resource id.
     pub id: String,
     /// Members of `meta` other than `versionId`/`lastUpdated`, serialised, each preceded by a comma.
     meta_rest: String,
     /// Members of the resource after `meta`, serialised, each preceded by a comma.
     body_rest: String,
+    /// Its search-index rows.
     pub rows: IndexRows,
 }
 

@@ -4,9 +4,11 @@ use std::sync::{Arc, Mutex};
 /// A frozen search result for paging.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The searched type (`None` for a system-level page).
     pub resource_type: Option<String>,
     /// The original query string (for `_include`, `_elements` etc. on later pages).
     pub query: String,
+    /// The keys of the whole result, in order.
     pub keys: Vec<i64>,
     /// Unix ms after which the snapshot is gone.
     pub expires: i64,
@@ -29,10 +31,12 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
+    /// A cache of at most `capacity` snapshots.
     pub fn new(capacity: usize) -> Self {
         SnapshotCache { entries: Mutex::new(HashMap::new()), capacity }
     }
 
+    /// Keeps `snapshot` under `id`, dropping the owner's oldest beyond its share and, when full, expired ones (then the one closest to expiry).
     pub fn insert(&self, id: String, snapshot: Snapshot, now: i64) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(owner) = &snapshot.owner {
@@ -57,6 +61,7 @@ impl SnapshotCache {
         map.insert(id, Arc::new(snapshot));
     }
 
+    /// The snapshot under `id`, while it lives at `now`.
     pub fn get(&self, id: &str, now: i64) -> Option<Arc<Snapshot>> {
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         map.get(id).filter(|s| s.expires > now).cloned()

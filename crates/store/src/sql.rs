@@ -4,6 +4,7 @@
 use fhir::params::ParamKind;
 use fhir::query::{DateCmp, Filter, Include, NumCmp, Prefix, RefValue, SearchQuery, SortKey, StringMode, TokenValue};
 
+/// The SQL flavour (only the placeholders differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     /// `?NNN`
@@ -12,25 +13,33 @@ pub enum Dialect {
     Postgres,
 }
 
+/// A bound value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
+    /// Text.
     Text(String),
+    /// An integer.
     Int(i64),
+    /// A real number.
     Real(f64),
 }
 
 /// Accumulates SQL text and its bound values.
 pub struct SqlBuilder {
+    /// The SQL text.
     pub sql: String,
+    /// The bound values, in placeholder order.
     pub values: Vec<SqlValue>,
     dialect: Dialect,
 }
 
 impl SqlBuilder {
+    /// An empty statement in `dialect`.
     pub fn new(dialect: Dialect) -> Self {
         SqlBuilder { sql: String::with_capacity(256), values: Vec::new(), dialect }
     }
 
+    /// Appends SQL text (never a value from a request: those are bound).
     pub fn push(&mut self, s: &str) -> &mut Self {
         self.sql.push_str(s);
         self
@@ -47,18 +56,22 @@ impl SqlBuilder {
         self
     }
 
+    /// Binds a text value.
     pub fn text(&mut self, s: &str) -> &mut Self {
         self.bind(SqlValue::Text(s.to_string()))
     }
 
+    /// Binds an integer.
     pub fn int(&mut self, i: i64) -> &mut Self {
         self.bind(SqlValue::Int(i))
     }
 
+    /// Binds a real number.
     pub fn real(&mut self, f: f64) -> &mut Self {
         self.bind(SqlValue::Real(f))
     }
 
+    /// Binds a list of keys as `(…)`.
     pub fn int_list(&mut self, keys: &[i64]) -> &mut Self {
         self.push("(");
         for (i, k) in keys.iter().enumerate() {

@@ -39,15 +39,18 @@ const SNAPSHOT_TTL_MS: i64 = 30 * 60 * 1000;
 /// Expired snapshots are deleted by the first save after this much time (per node), not by every save.
 const SNAPSHOT_SWEEP_MS: i64 = 60 * 1000;
 
+/// Where the PostgreSQL store is, and how to use it.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     /// `postgres://user@host:port/database`
     pub url: String,
     /// This server's FHIR base URL; absolute references to it are indexed as local.
     pub base_url: Option<String>,
+    /// Connections in the pool.
     pub max_connections: u32,
 }
 
+/// The FHIR data and the authorisation server's state in PostgreSQL, shared by several nodes.
 pub struct PostgresStore {
     pool: PgPool,
     /// For short-lived auth records: `synchronous_commit = off` (see [`PostgresStore::relaxed_pool`]).
@@ -237,6 +240,7 @@ impl PostgresStore {
         Ok(PostgresStore { pool, relaxed, reads, swept: std::sync::atomic::AtomicI64::new(0), base_url: config.base_url, clock, statistics })
     }
 
+    /// The connection pool (for tests and tools).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -598,6 +602,7 @@ impl Store for PostgresStore {
     }
 }
 
+/// A write transaction on PostgreSQL.
 pub struct PostgresTransaction {
     tx: sqlx::Transaction<'static, Postgres>,
     clock: SharedClock,

@@ -49,8 +49,10 @@ impl ToSql for SqlValue {
     }
 }
 
+/// Where the SQLite store is, and how to open it.
 #[derive(Debug, Clone)]
 pub struct SqliteConfig {
+    /// The database file.
     pub path: PathBuf,
     /// This server's FHIR base URL; absolute references to it are indexed as local.
     pub base_url: Option<String>,
@@ -59,6 +61,7 @@ pub struct SqliteConfig {
     pub writer_cache_mib: u32,
 }
 
+/// The FHIR data and the authorisation server's state in one SQLite file (one node).
 pub struct SqliteStore {
     inner: Arc<Inner>,
 }
@@ -200,6 +203,7 @@ impl SqliteStore {
         })
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -586,6 +590,7 @@ impl Store for SqliteStore {
     }
 }
 
+/// A write transaction on SQLite (the writer connection, held until commit).
 pub struct SqliteTransaction {
     conn: Option<OwnedMutexGuard<Connection>>,
     clock: SharedClock,
