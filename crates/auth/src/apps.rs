@@ -16,7 +16,9 @@ use store::AuthStore;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum JwksField {
+    /// The JSON text of a JWK Set.
     Text(String),
+    /// A JWK Set written as a TOML table.
     Table(Value),
 }
 
@@ -24,7 +26,9 @@ pub enum JwksField {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppEntry {
+    /// The client id (stable across environments).
     pub client_id: String,
+    /// The name people see (EHR app list, consent page).
     pub name: String,
     /// `public`, `confidential-symmetric` or `confidential-asymmetric`.
     #[serde(rename = "type")]
@@ -33,6 +37,7 @@ pub struct AppEntry {
     /// (confidential-asymmetric with no user-facing flow).
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// Where the EHR opens the app for a launch (`?iss=…&launch=…`).
     #[serde(default)]
     pub launch_url: Option<String>,
     /// The most the app may be granted.
@@ -43,8 +48,10 @@ pub struct AppEntry {
     /// For asymmetric apps: the JWKS, as JSON text or as a TOML table (or give `jwks_url`).
     #[serde(default)]
     pub jwks: Option<JwksField>,
+    /// Where the app publishes its public keys (instead of `jwks`).
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// A logo URL for the EHR's app list.
     #[serde(default)]
     pub icon: Option<String>,
     /// Registered disabled (not offered in charts and the portal until enabled in the EHR). Applies when
@@ -60,10 +67,13 @@ struct AppsFile {
     app: Vec<AppEntry>,
 }
 
+/// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AppsError {
+    /// The registration is not valid (the reason, for its author).
     #[error("{0}")]
     Invalid(String),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
 }

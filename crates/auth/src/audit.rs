@@ -42,16 +42,19 @@ impl<'a> Audit<'a> {
         self
     }
 
+    /// The client involved.
     pub fn client(mut self, client_id: impl Into<Option<&'a str>>) -> Self {
         self.client_id = client_id.into();
         self
     }
 
+    /// The user involved.
     pub fn user(mut self, username: impl Into<Option<&'a str>>) -> Self {
         self.username = username.into();
         self
     }
 
+    /// The patient whose record it was about.
     pub fn patient(mut self, patient: impl Into<Option<&'a str>>) -> Self {
         self.patient = patient.into();
         self

@@ -5,10 +5,12 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+/// Base64url without padding.
 pub fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Decodes base64url without padding.
 pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
@@ -64,10 +66,12 @@ pub fn valid_pkce_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
+/// Whether two byte strings are equal, in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
+/// An argon2id hash of a password (a person's choice), with a random salt.
 pub fn hash_password(password: &str) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let mut salt = [0u8; 16];
@@ -97,6 +101,7 @@ pub fn verify_client_secret(secret: &str, hash: &str) -> bool {
     }
 }
 
+/// Whether `password` matches its argon2 hash.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())

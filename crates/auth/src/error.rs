@@ -15,24 +15,40 @@ use std::borrow::Cow;
 /// The error codes Kindling sends (RFC 6749 §4.1.2.1 and §5.2, RFC 7591 §3.2.2, RFC 6750 §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// `invalid_request`: a parameter is missing, repeated or malformed.
     InvalidRequest,
+    /// `invalid_client`: client authentication failed.
     InvalidClient,
+    /// `invalid_grant`: the code or refresh token is invalid, expired, revoked or another client's.
     InvalidGrant,
+    /// `unauthorized_client`: the client may not use this grant.
     UnauthorizedClient,
+    /// `unsupported_grant_type`.
     UnsupportedGrantType,
+    /// `unsupported_response_type`.
     UnsupportedResponseType,
+    /// `invalid_scope`.
     InvalidScope,
+    /// `access_denied`: the user (or the rules) refused.
     AccessDenied,
+    /// `server_error`.
     ServerError,
+    /// `temporarily_unavailable`: retry after `Retry-After`.
     TemporarilyUnavailable,
+    /// `invalid_client_metadata` (RFC 7591).
     InvalidClientMetadata,
+    /// `invalid_redirect_uri` (RFC 7591).
     InvalidRedirectUri,
+    /// `login_required` (OpenID Connect).
     LoginRequired,
+    /// `consent_required` (OpenID Connect).
     ConsentRequired,
+    /// `interaction_required` (OpenID Connect).
     InteractionRequired,
 }
 
 impl ErrorCode {
+    /// The code as sent.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
@@ -70,6 +86,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
+    /// A refusal with this status, code and description.
     pub fn new(status: StatusCode, code: ErrorCode, description: impl Into<Cow<'static, str>>) -> OAuthError {
         OAuthError { status, code, description: description.into(), retry_after: false }
     }
@@ -105,14 +122,17 @@ impl OAuthError {
         OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::ServerError, "the request could not be completed")
     }
 
+    /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
     }
 
+    /// The RFC 6749 code.
     pub fn code(&self) -> ErrorCode {
         self.code
     }
 
+    /// The description for the developer.
     pub fn description(&self) -> &str {
         &self.description
     }

@@ -9,6 +9,7 @@ use store::{AuthStore, StoreError};
 /// An app the user authorised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectedApp {
+    /// The app's client id.
     pub client_id: String,
     /// The registered name (the client id when the app is no longer registered).
     pub name: String,

@@ -14,10 +14,14 @@ const SKEW: i64 = 60;
 /// Assertions may live at most this long (SMART: `exp` no more than five minutes ahead).
 const MAX_LIFETIME: i64 = 300;
 
+/// A verified client assertion (RFC 7523): who signed it, and what makes it single-use.
 #[derive(Debug)]
 pub struct Assertion {
+    /// The client (`iss` = `sub`).
     pub client_id: String,
+    /// Its `jti`, recorded until it expires.
     pub jti: String,
+    /// Its expiry (Unix seconds).
     pub exp: i64,
 }
 

@@ -12,21 +12,27 @@ use store::AuthStore;
 
 const KIND: &str = "signing_key";
 
+/// The server's signing key (RS256 id_tokens).
 pub struct SigningKey {
+    /// Its key id (`kid`).
     pub kid: String,
     pair: KeyPair,
 }
 
+/// The current signing key and the public JWKS of every key kept.
 pub struct Keys {
     current: SigningKey,
     /// Public JWKs of every key, current first.
     jwks: Value,
 }
 
+/// Why the keys could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// Key generation or parsing failed.
     #[error("key generation or parsing failed")]
     Crypto,
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
 }
@@ -99,10 +105,12 @@ impl Keys {
         Ok(Keys { current, jwks })
     }
 
+    /// The public JWK Set (`/auth/jwks`).
     pub fn jwks(&self) -> &Value {
         &self.jwks
     }
 
+    /// The current key's id.
     pub fn kid(&self) -> &str {
         &self.current.kid
     }

@@ -29,7 +29,9 @@ pub const LAUNCH_REF: &str = "launch_ref";
 
 /// A created launch: the opaque handle for the app, and the public id for the inspector.
 pub struct NewLaunch {
+    /// The opaque, single-use handle the app receives (`launch`).
     pub handle: String,
+    /// The launch's public id (launch inspector, audit trail).
     pub id: String,
 }
 
@@ -98,11 +100,17 @@ const RESERVED: &[&str] = &[
 /// its own page for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContextProblem {
+    /// The patient is not a valid id.
     PatientInvalid,
+    /// The patient does not exist.
     PatientMissing,
+    /// An encounter without its patient.
     EncounterWithoutPatient,
+    /// The encounter is not a valid id.
     EncounterInvalid,
+    /// The encounter does not exist.
     EncounterMissing,
+    /// The encounter is another patient's.
     EncounterOfAnotherPatient,
     /// An extra value named like a SMART or OAuth field of the token response.
     ReservedExtra(String),
@@ -184,6 +192,7 @@ pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<R
     Ok(Ok(()))
 }
 
+/// `POST /auth/launch`: an EHR integration creates a launch for its user (HTTP Basic) and context.
 pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, OAuthError> {
     let (username, password) =
         basic_credentials(&headers).ok_or_else(|| OAuthError::invalid_client("sign in with the EHR user's name and password (HTTP Basic)"))?;

@@ -5,6 +5,7 @@
 //! PKCE S256, `refresh_token` with rotation and reuse detection), introspection (RFC 7662), revocation
 //! (RFC 7009), and the EHR's launch-context API. All state lives in the [`store::AuthStore`], so any node
 //! can finish a flow another began. [`AuthServer`] also resolves bearer tokens for the FHIR API.
+#![deny(missing_docs)]
 
 pub mod apps;
 mod audit;
@@ -49,11 +50,15 @@ pub struct AuthConfig {
     pub public_url: String,
     /// The FHIR base (`{public_url}/fhir`): the `aud` apps must ask for, the `iss` of launches and tokens.
     pub fhir_base: String,
+    /// Lifetime of access tokens issued to people's apps (seconds).
     pub access_token_secs: i64,
     /// Backend-services (client_credentials) tokens.
     pub backend_token_secs: i64,
+    /// Lifetime of authorisation codes (seconds).
     pub code_secs: i64,
+    /// Lifetime of EHR launch handles (seconds).
     pub launch_secs: i64,
+    /// Lifetime of refresh tokens (days).
     pub refresh_token_days: i64,
     /// Where a user sees and withdraws the apps they authorised (SMART's `management_endpoint`); the EHR
     /// layer serves it.
@@ -61,6 +66,7 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// The defaults for a server at `public_url`.
     pub fn new(public_url: &str) -> AuthConfig {
         let public_url = public_url.trim_end_matches('/').to_string();
         AuthConfig {
@@ -75,15 +81,21 @@ impl AuthConfig {
         }
     }
 
+    /// An absolute URL of this server (`{public_url}/auth/{path}`).
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}/auth/{path}", self.public_url)
     }
 }
 
+/// The SMART authorisation server: its configuration, keys and store, and the clients it has resolved recently.
 pub struct AuthServer {
+    /// Where its state lives (shared with the FHIR API).
     pub store: Arc<dyn Store>,
+    /// Lifetimes and addresses.
     pub config: AuthConfig,
+    /// The signing keys (id_tokens) and their JWKS.
     pub keys: keys::Keys,
+    /// "Now".
     pub clock: SharedClock,
     /// Renders the sign-in, picker, consent and error pages (the EHR layer provides it).
     pub pages: Arc<dyn pages::Pages>,
@@ -112,9 +124,11 @@ struct CachedClient {
 const RESOLVE_CACHE_MS: i64 = 1000;
 const RESOLVE_CACHE_MAX: usize = 10_000;
 
+/// The authorisation server as the routers' state.
 pub type Shared = Arc<AuthServer>;
 
 impl AuthServer {
+    /// Builds the server: loads (or generates) its signing key from the store.
     pub async fn new(
         store: Arc<dyn Store>,
         config: AuthConfig,
@@ -208,6 +222,7 @@ impl AuthServer {
         })
     }
 
+    /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> i64 {
         unix_ms(self.clock.now())
     }
@@ -295,6 +310,7 @@ impl AccessResolver for AuthServer {
     }
 }
 
+/// Marks a response as never to be cached (RFC 6749 §5.1: `Cache-Control: no-store`, `Pragma: no-cache`).
 pub fn no_store(r: &mut Response) {
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

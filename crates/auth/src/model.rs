@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// How a client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientKind {
@@ -17,23 +18,32 @@ pub enum ClientKind {
 /// A registered app.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Client {
+    /// The client id.
     pub client_id: String,
+    /// The name people see.
     pub name: String,
+    /// How it authenticates.
     pub kind: ClientKind,
-    /// Argon2 hash of the secret (symmetric clients only); the secret itself is shown once.
+    /// Hash of the secret (symmetric clients only): `sha256$…` of a secret Kindling generated, argon2 of one an apps file supplied (see `crypto::verify_client_secret`); the secret itself is shown once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_hash: Option<String>,
+    /// Its registered redirect URIs (exact match).
     pub redirect_uris: Vec<String>,
+    /// Where the EHR opens it for a launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_url: Option<String>,
     /// The most this client may be granted.
     pub allowed_scope: String,
+    /// Its public keys (`private_key_jwt`), inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<Value>,
+    /// Or where it publishes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    /// A logo URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icon: Option<String>,
+    /// Disabled apps can neither launch nor get tokens.
     #[serde(default)]
     pub disabled: bool,
     /// The EHR behaviour this app meets by default (a launch may choose another).
@@ -71,8 +81,10 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// Every profile, in the order the EHR offers them.
     pub const ALL: [Profile; 4] = [Profile::Strict, Profile::Nextgen, Profile::Epic, Profile::Oracle];
 
+    /// The name in configuration and URLs.
     pub fn as_str(self) -> &'static str {
         match self {
             Profile::Strict => "strict",
@@ -82,6 +94,7 @@ impl Profile {
         }
     }
 
+    /// The name people see.
     pub fn label(self) -> &'static str {
         match self {
             Profile::Strict => "Strict SMART 2.2",
@@ -91,6 +104,7 @@ impl Profile {
         }
     }
 
+    /// Reads a profile's name.
     pub fn parse(s: &str) -> Option<Profile> {
         Profile::ALL.into_iter().find(|p| p.as_str() == s)
     }
@@ -130,6 +144,7 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Whether no fault is injected.
     pub fn is_empty(&self) -> bool {
         *self == Faults::default()
     }
@@ -190,18 +205,26 @@ impl Faults {
     }
 }
 
+/// Who a user is in the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UserRole {
+    /// A clinician (EHR), linked to a Practitioner.
     Clinician,
+    /// A patient (portal), linked to a Patient.
     Patient,
 }
 
+/// A person who signs in.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct User {
+    /// The sign-in name.
     pub username: String,
+    /// The name shown.
     pub display_name: String,
+    /// Clinician or patient.
     pub role: UserRole,
+    /// The argon2 hash of the password.
     pub password_hash: String,
     /// `Practitioner/x` or `Patient/y`.
     pub fhir_user: String,
@@ -244,19 +267,25 @@ pub struct LaunchContext {
     /// The signed-in EHR user who launched the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The patient in context (bare id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
+    /// The encounter in context (bare id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encounter: Option<String>,
     /// SMART 2.2 `fhirContext` objects.
     #[serde(default, rename = "fhirContext", skip_serializing_if = "Vec::is_empty")]
     pub fhir_context: Vec<Value>,
+    /// SMART `intent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
+    /// A tenant id (Oracle-style).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Whether the app should show its own patient banner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub need_patient_banner: Option<bool>,
+    /// The EHR's style for embedded apps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smart_style_url: Option<String>,
     /// Further token-response parameters (practice or enterprise identifiers, ...).
@@ -267,20 +296,30 @@ pub struct LaunchContext {
 /// An authorisation request between `/authorize` and the code, across sign-in, picker and consent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingAuthorization {
+    /// The vendor profile the flow follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+    /// The app.
     pub client_id: String,
+    /// Where the code goes.
     pub redirect_uri: String,
+    /// The scopes asked for.
     pub scope: String,
+    /// The app's `state`, returned with the code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// The PKCE S256 challenge.
     pub code_challenge: String,
+    /// The OpenID Connect `nonce`, put in the id_token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// The EHR launch this request belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<LaunchContext>,
+    /// The user this request is for, once known (an EHR launch names them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The patient chosen or given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
     /// Hash of the browser-binding cookie of the browser that started the request: only that browser may
@@ -304,28 +343,40 @@ impl PendingAuthorization {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Awaiting {
+    /// The sign-in form.
     #[default]
     SignIn,
+    /// The patient picker.
     Patient,
+    /// The consent page.
     Consent,
 }
 
 /// What a code, an access token and a refresh token stand for.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Grant {
+    /// Ties together everything one authorisation produced (revoked as one).
     pub grant_id: String,
+    /// The app.
     pub client_id: String,
+    /// The granted scopes.
     pub scope: String,
+    /// The user who authorised it (none for backend services).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The user's FHIR resource (`fhirUser`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fhir_user: Option<String>,
+    /// The patient in context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
+    /// The encounter in context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encounter: Option<String>,
+    /// The launch context it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<LaunchContext>,
+    /// The OpenID Connect `nonce`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
     /// Set on codes only.
@@ -334,6 +385,7 @@ pub struct Grant {
     /// The authorisation request's `state`, on codes only (Epic-style servers echo it in the token response).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// The PKCE challenge the code exchange must answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_challenge: Option<String>,
     /// Unix ms of the access token's expiry (on access tokens).
@@ -348,14 +400,17 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The faults injected into this grant's launch.
     pub fn faults(&self) -> Faults {
         self.launch.as_ref().map(|l| l.faults.clone()).unwrap_or_default()
     }
 
+    /// The public id of the launch it came from.
     pub fn launch_id(&self) -> Option<&str> {
         self.launch.as_ref().and_then(|l| l.id.as_deref())
     }
 
+    /// The vendor profile it follows.
     pub fn profile(&self) -> Profile {
         self.profile.unwrap_or_default()
     }

@@ -22,13 +22,17 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// Which addresses an outbound fetch may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reach {
+    /// Private (RFC 1918, unique-local) addresses.
     pub private: bool,
+    /// Loopback addresses.
     pub loopback: bool,
 }
 
 impl Reach {
+    /// Public addresses only.
     pub const PUBLIC: Reach = Reach { private: false, loopback: false };
 
+    /// Whether `ip` may be reached.
     pub fn allows(self, ip: IpAddr) -> bool {
         match classify(ip) {
             Class::Public => true,
@@ -134,11 +138,14 @@ fn client(reach: Reach) -> Result<reqwest::Client, reqwest::Error> {
 
 /// A fetched JWK set and how long (seconds) its `Cache-Control` lets it be kept.
 pub struct Fetched {
+    /// The JWK Set.
     pub jwks: serde_json::Value,
+    /// Seconds it may be kept.
     pub max_age: i64,
 }
 
 impl Fetcher {
+    /// A fetcher with the time limits and address rules above.
     pub fn new() -> Result<Fetcher, reqwest::Error> {
         Ok(Fetcher {
             public: client(Reach::PUBLIC)?,

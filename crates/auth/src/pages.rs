@@ -8,29 +8,43 @@ use axum::response::{Html, IntoResponse, Response};
 
 /// Renders the authorisation server's pages to HTML. Implementations must escape every value.
 pub trait Pages: Send + Sync {
+    /// An error page for a person.
     fn error(&self, view: &ErrorView<'_>) -> String;
+    /// The sign-in page.
     fn login(&self, view: &LoginView<'_>) -> String;
+    /// The patient picker.
     fn patient_picker(&self, view: &PickerView<'_>) -> String;
+    /// The consent page.
     fn consent(&self, view: &ConsentView<'_>) -> String;
 }
 
+/// What an error page says.
 pub struct ErrorView<'a> {
+    /// The heading.
     pub title: &'a str,
+    /// What happened, in plain words.
     pub explanation: &'a str,
+    /// What the person can do.
     pub action: &'a str,
 }
 
+/// What the sign-in page shows.
 pub struct LoginView<'a> {
     /// The pending authorisation request the form continues.
     pub request_id: &'a str,
+    /// The app asking.
     pub app_name: &'a str,
     /// The user an EHR launch was made by (only they may continue it).
     pub expected_user: Option<&'a str>,
+    /// Why the last attempt failed.
     pub error: Option<&'a str>,
 }
 
+/// What the patient picker shows.
 pub struct PickerView<'a> {
+    /// The pending request the form continues.
     pub request_id: &'a str,
+    /// The app asking.
     pub app_name: &'a str,
     /// (id, label)
     pub patients: &'a [(String, String)],
@@ -38,7 +52,9 @@ pub struct PickerView<'a> {
 
 /// One line of the consent screen.
 pub struct ConsentItem {
+    /// The scope as granted.
     pub scope: String,
+    /// What it allows, in plain words.
     pub explanation: String,
     /// Resource scopes can be unticked; identity and context scopes come with the launch.
     pub optional: bool,
@@ -46,10 +62,15 @@ pub struct ConsentItem {
     pub categories: Vec<(String, String)>,
 }
 
+/// What the consent page shows.
 pub struct ConsentView<'a> {
+    /// The pending request the form continues.
     pub request_id: &'a str,
+    /// The app asking.
     pub app_name: &'a str,
+    /// The patient the app would see.
     pub patient_label: Option<&'a str>,
+    /// One line per scope.
     pub items: &'a [ConsentItem],
     /// The app asks for offline access.
     pub offline: bool,

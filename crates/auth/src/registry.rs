@@ -22,6 +22,7 @@ pub async fn stored_client(store: &dyn AuthStore, client_id: &str) -> Result<Opt
     Ok(store.auth_get(CLIENT, client_id).await?.and_then(|r| serde_json::from_str(&r.value).ok()))
 }
 
+/// Every registered app, enabled or not.
 pub async fn list_clients(store: &dyn AuthStore) -> Result<Vec<Client>, StoreError> {
     Ok(store.auth_list(CLIENT).await?.into_iter().filter_map(|(_, r)| serde_json::from_str(&r.value).ok()).collect())
 }
@@ -79,6 +80,7 @@ pub async fn put_user_as_is(store: &dyn AuthStore, user: &User) -> Result<(), St
     store.auth_put(USER, &user.username, &value, None, None).await
 }
 
+/// Creates or replaces a user with this password (hashed with argon2).
 pub async fn put_user(store: &dyn AuthStore, username: &str, display_name: &str, role: UserRole, password: &str, fhir_user: &str) -> Result<User, StoreError> {
     let user = User {
         username: username.to_string(),

@@ -7,13 +7,16 @@ use crate::model::User;
 use crate::{Shared, registry};
 use axum::http::{HeaderMap, HeaderValue, header};
 
+/// The name of the sign-in session cookie.
 pub const COOKIE: &str = "kindling_session";
+/// How long a sign-in session lasts (hours).
 pub const HOURS: i64 = 8;
 const KIND: &str = "session";
 
 /// A signed-in person.
 #[derive(Clone)]
 pub struct Session {
+    /// Who is signed in.
     pub user: User,
     /// Derived from the session token: forms carry it so that another site cannot post them (CSRF).
     pub csrf: String,
