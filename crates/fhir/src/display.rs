@@ -4,10 +4,13 @@
 
 use serde_json::Value;
 
+/// The LOINC code system.
 pub const LOINC: &str = "http://loinc.org";
 /// Blood-pressure panels: the current LOINC panel and the older one Synthea (and many EHRs) still send.
 pub const BLOOD_PRESSURE_PANELS: &[&str] = &["85354-9", "55284-4"];
+/// LOINC: systolic blood pressure.
 pub const SYSTOLIC: &str = "8480-6";
+/// LOINC: diastolic blood pressure.
 pub const DIASTOLIC: &str = "8462-4";
 
 /// UCUM codes whose printed form differs from the code.

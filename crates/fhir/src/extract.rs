@@ -9,60 +9,92 @@ use crate::reference::parse_reference;
 use crate::time::parse_date_range;
 use serde_json::Value;
 
+/// A `string` parameter's value of a resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StringRow {
+    /// The search parameter's index key (`Type.name`).
     pub key: &'static str,
+    /// Lower-cased, accents removed (what `name=` matches).
     pub norm: String,
+    /// As written (what `name:exact=` matches).
     pub exact: String,
 }
 
+/// A `token` (or `uri`) parameter's value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenRow {
+    /// The search parameter's index key (`Type.name`).
     pub key: &'static str,
+    /// The code system, when given.
     pub system: Option<String>,
+    /// The code, when given.
     pub code: Option<String>,
     /// Display or text, normalised, for `:text`.
     pub text: Option<String>,
 }
 
+/// A `reference` parameter's value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceRow {
+    /// The search parameter's index key (`Type.name`).
     pub key: &'static str,
+    /// The referenced type, when the reference names one.
     pub target_type: Option<String>,
+    /// The referenced id.
     pub target_id: Option<String>,
+    /// The reference as written, when absolute.
     pub url: Option<String>,
 }
 
+/// A `date` parameter's value, as the range of instants it covers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DateRow {
+    /// The search parameter's index key (`Type.name`).
     pub key: &'static str,
+    /// The first millisecond (Unix ms).
     pub lo: i64,
+    /// The last millisecond (Unix ms).
     pub hi: i64,
 }
 
+/// A `quantity` parameter's value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantityRow {
+    /// The search parameter's index key (`Type.name`).
     pub key: &'static str,
+    /// The number.
     pub value: f64,
+    /// The unit's system (UCUM).
     pub system: Option<String>,
+    /// The unit's code.
     pub code: Option<String>,
+    /// The unit as written.
     pub unit: Option<String>,
 }
 
+/// A `number` parameter's value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NumberRow {
+    /// The search parameter's index key (`Type.name`).
     pub key: &'static str,
+    /// The number.
     pub value: f64,
 }
 
 /// Every index row of one resource version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IndexRows {
+    /// String values.
     pub strings: Vec<StringRow>,
+    /// Token values.
     pub tokens: Vec<TokenRow>,
+    /// Reference values.
     pub references: Vec<ReferenceRow>,
+    /// Date values.
     pub dates: Vec<DateRow>,
+    /// Quantity values.
     pub quantities: Vec<QuantityRow>,
+    /// Number values.
     pub numbers: Vec<NumberRow>,
     /// Ids of the patients whose compartment holds this resource.
     pub patient_compartments: Vec<String>,
@@ -77,6 +109,7 @@ pub struct IndexRows {
 /// One row of the per-patient token index (see [`crate::params::indexed_per_patient`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatientTokenRow<'a> {
+    /// The patient (bare id).
     pub patient: &'a str,
     /// Whether the resource is in this patient's compartment.
     pub in_compartment: bool,
@@ -85,6 +118,7 @@ pub struct PatientTokenRow<'a> {
     pub via: String,
     /// The token's place among [`IndexRows::tokens`].
     pub seq: usize,
+    /// The token.
     pub token: &'a TokenRow,
     /// The range of the resource's date parameter of [`crate::params::dated_per_patient`]: the least `lo`
     /// and the greatest `hi` of its values (what an ascending and a descending sort compare), if it has any.
@@ -122,10 +156,13 @@ impl IndexRows {
     }
 }
 
+/// Why a resource's search values could not be read.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{element}: {problem}")]
 pub struct ExtractError {
+    /// The element (a FHIRPath-like path).
     pub element: String,
+    /// What is wrong with it.
     pub problem: String,
 }
 

@@ -3,6 +3,7 @@
 //! Resources are kept as JSON ([`serde_json::Value`]); this crate knows the resource types, the search
 //! parameters we support and how to index and query them, references, structural validation and
 //! OperationOutcome. Time is injected through [`time::Clock`].
+#![deny(missing_docs)]
 
 pub mod display;
 pub mod extract;

@@ -2,11 +2,16 @@
 
 use serde_json::{Value, json};
 
+/// An OperationOutcome issue's severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// `fatal`.
     Fatal,
+    /// `error`.
     Error,
+    /// `warning`.
     Warning,
+    /// `information`.
     Information,
 }
 

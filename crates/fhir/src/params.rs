@@ -4,18 +4,27 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+/// A search parameter's type (FHIR R4 §3.1.1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParamKind {
+    /// `string`.
     String,
+    /// `token`.
     Token,
+    /// `reference`.
     Reference,
+    /// `date`.
     Date,
+    /// `quantity`.
     Quantity,
+    /// `number`.
     Number,
+    /// `uri`.
     Uri,
 }
 
 impl ParamKind {
+    /// The FHIR name of the type.
     pub fn as_str(self) -> &'static str {
         match self {
             ParamKind::String => "string",
@@ -32,8 +41,11 @@ impl ParamKind {
 /// One search parameter of one resource type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchParam {
+    /// The resource type it belongs to.
     pub resource: &'static str,
+    /// Its name in a query (`patient`, `code`...).
     pub name: &'static str,
+    /// Its type.
     pub kind: ParamKind,
     /// Alternatives separated by `|`; each a dotted path from the resource root, where a step may carry a
     /// filter `step[field=value]`.
@@ -410,6 +422,7 @@ pub fn params_for(resource_type: &str) -> &'static [SearchParam] {
     registry().by_type.get(resource_type).map(Vec::as_slice).unwrap_or(&[])
 }
 
+/// The parameter `name` of `resource_type`, when the server supports it.
 pub fn find(resource_type: &str, name: &str) -> Option<&'static SearchParam> {
     params_for(resource_type).iter().find(|p| p.name == name)
 }

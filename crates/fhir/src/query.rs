@@ -8,7 +8,9 @@ use crate::reference::parse_reference;
 use crate::time::{MAX_MS, MIN_MS, parse_date_range};
 use crate::types::{is_known_type, is_valid_id};
 
+/// `_count` when none is given.
 pub const DEFAULT_COUNT: usize = 50;
+/// The largest `_count` served (a larger one is lowered).
 pub const MAX_COUNT: usize = 1000;
 /// The most search parameters one search may carry (repeated names count each time).
 pub const MAX_PARAMETERS: usize = 100;
@@ -17,42 +19,65 @@ pub const MAX_VALUES_PER_PARAMETER: usize = 100;
 /// The most values all parameters of one search may carry together.
 pub const MAX_VALUES: usize = 400;
 
+/// A comparison prefix (FHIR R4 §3.1.1.4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefix {
+    /// `eq` (the default).
     Eq,
+    /// `ne`.
     Ne,
+    /// `gt`.
     Gt,
+    /// `lt`.
     Lt,
+    /// `ge`.
     Ge,
+    /// `le`.
     Le,
+    /// `sa`: starts after.
     Sa,
+    /// `eb`: ends before.
     Eb,
+    /// `ap`: approximately.
     Ap,
 }
 
+/// A date comparison: the prefix and the range of the value given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DateCmp {
+    /// The prefix.
     pub prefix: Prefix,
+    /// The value's first millisecond.
     pub lo: i64,
+    /// The value's last millisecond.
     pub hi: i64,
 }
 
+/// A number comparison: the prefix and the value with its implied precision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NumCmp {
+    /// The prefix.
     pub prefix: Prefix,
+    /// The value.
     pub value: f64,
     /// The implicit range of the value given its precision (`100` means [99.5, 100.5)).
     pub lo: f64,
+    /// The upper end of the value's precision range.
     pub hi: f64,
 }
 
+/// A quantity comparison.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantityCmp {
+    /// The number part.
     pub num: NumCmp,
+    /// The unit's system, when given.
     pub system: Option<String>,
+    /// The unit's code, when given.
     pub code: Option<String>,
 }
 
+/// One value of a token parameter (`[system|]code`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenValue {
     /// `None`: any system; `Some(None)`: no system (`|code`); `Some(Some(s))`: that system.
@@ -61,59 +86,100 @@ pub struct TokenValue {
     pub code: Option<String>,
 }
 
+/// One value of a reference parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefValue {
-    Local { resource_type: Option<String>, id: String },
+    /// `[Type/]id` on this server.
+    Local {
+        /// The type, when given (or implied by the parameter's single target).
+        resource_type: Option<String>,
+        /// The id.
+        id: String,
+    },
+    /// An absolute URL (matched as written).
     Url(String),
 }
 
+/// How a string parameter matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StringMode {
+    /// The default: starts with, ignoring case and accents.
     StartsWith,
+    /// `:exact`.
     Exact,
+    /// `:contains`.
     Contains,
 }
 
 /// One ANDed condition; the values inside are ORed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
+    /// `_id`.
     Id(Vec<String>),
+    /// `_lastUpdated`.
     LastUpdated(Vec<DateCmp>),
+    /// A string parameter.
     String {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// How the values match.
         mode: StringMode,
+        /// The values, ORed.
         values: Vec<String>,
     },
+    /// A token parameter (`:not` when `negate`).
     Token {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The values, ORed.
         values: Vec<TokenValue>,
+        /// `:not`: resources without any of the values.
         negate: bool,
     },
+    /// A token parameter with `:text`.
     TokenText {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The values, ORed.
         values: Vec<String>,
     },
+    /// A reference parameter.
     Reference {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The values, ORed.
         values: Vec<RefValue>,
     },
+    /// A date parameter.
     Date {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The values, ORed.
         values: Vec<DateCmp>,
     },
+    /// A quantity parameter.
     Quantity {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The values, ORed.
         values: Vec<QuantityCmp>,
     },
+    /// A number parameter.
     Number {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The values, ORed.
         values: Vec<NumCmp>,
     },
     /// `target_type` restricts reference rows shared with a broader parameter.
     Missing {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The parameter's type.
         kind: ParamKind,
+        /// `true`: resources without a value; `false`: with one.
         missing: bool,
+        /// The type a reference must point to.
         target_type: Option<&'static str>,
     },
     /// Resources in the compartment of this patient.
@@ -122,23 +188,32 @@ pub enum Filter {
     /// chain or `_has` on `Patient` for a patient-level token (its Patient search would also find the
     /// records that link to the patient, which it may not read).
     Ids {
+        /// The type.
         resource_type: String,
+        /// The ids.
         ids: Vec<String>,
     },
     /// A chained parameter, one level (`subject:Patient.name=peter`): the resource refers through `key`
     /// to a live `target_type` resource that matches every filter (the caller adds the token's limits on
     /// `target_type` to them).
     Chain {
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// The type the reference points to.
         target_type: String,
+        /// What that resource must match.
         filters: Vec<Filter>,
     },
     /// `_has`, one level (`Patient?_has:Observation:patient:code=1234-5`): a live `source_type` resource
     /// refers to this one (of `target_type`) through `key` and matches every filter.
     Has {
+        /// The type of the referring resources.
         source_type: String,
+        /// The search parameter's index key (`Type.name`).
         key: &'static str,
+        /// This resource's type.
         target_type: String,
+        /// What the referring resource must match.
         filters: Vec<Filter>,
     },
 }
@@ -172,59 +247,95 @@ impl Filter {
     }
 }
 
+/// What a search sorts by.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SortKey {
+    /// `_id`.
     Id,
+    /// `_lastUpdated`.
     LastUpdated,
-    Param { key: &'static str, kind: ParamKind },
+    /// A search parameter.
+    Param {
+        /// Its index key (`Type.name`).
+        key: &'static str,
+        /// Its type (what is compared).
+        kind: ParamKind,
+    },
 }
 
+/// One `_sort` key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sort {
+    /// The key.
     pub key: SortKey,
+    /// `-` before it.
     pub descending: bool,
 }
 
+/// `_summary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Summary {
+    /// `false` (the default): whole resources.
     False,
+    /// `count`: the total only.
     Count,
+    /// `data`: without the narrative.
     Data,
+    /// `text`: the narrative and mandatory elements.
     Text,
 }
 
+/// `_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Total {
+    /// `none`.
     None,
+    /// `estimate`.
     Estimate,
+    /// `accurate`.
     Accurate,
 }
 
 /// `_include=Source:param[:Target]` or `_revinclude=Source:param[:Target]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Include {
+    /// The type whose reference is followed.
     pub source_type: String,
+    /// The reference parameter's index key.
     pub key: &'static str,
+    /// The target type, when named.
     pub target_type: Option<String>,
+    /// `:iterate`.
     pub iterate: bool,
 }
 
+/// A parsed search: its filters, sort, paging and shaping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchQuery {
+    /// The searched type.
     pub resource_type: String,
+    /// The conditions, ANDed.
     pub filters: Vec<Filter>,
+    /// The sort keys.
     pub sort: Vec<Sort>,
+    /// Entries per page.
     pub count: usize,
+    /// `_summary`.
     pub summary: Summary,
+    /// `_elements`.
     pub elements: Option<Vec<String>>,
+    /// `_total`.
     pub total: Total,
+    /// `_include`s.
     pub include: Vec<Include>,
+    /// `_revinclude`s.
     pub revinclude: Vec<Include>,
     /// Parameters ignored under `Prefer: handling=lenient`, with the reason.
     pub ignored: Vec<String>,
 }
 
 impl SearchQuery {
+    /// A search of every `resource_type` resource, with the defaults.
     pub fn new(resource_type: &str) -> Self {
         SearchQuery {
             resource_type: resource_type.to_string(),
@@ -241,6 +352,7 @@ impl SearchQuery {
     }
 }
 
+/// Why a search could not be read (a sentence for a 400 OperationOutcome).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct QueryError(pub String);
@@ -263,6 +375,7 @@ pub struct ParseOptions<'a> {
 /// Parameters that only shape the HTTP response and are handled before searching.
 const TRANSPORT_PARAMS: &[&str] = &["_format", "_pretty"];
 
+/// Reads a search of `resource_type` from its parameters, in the order given.
 pub fn parse(resource_type: &str, pairs: &[(String, String)], opts: ParseOptions<'_>) -> Result<SearchQuery, QueryError> {
     check_size(pairs)?;
     let mut q = SearchQuery::new(resource_type);
@@ -656,6 +769,7 @@ fn split_prefix(v: &str) -> (Prefix, &str) {
     (p, &v[2..])
 }
 
+/// Reads a date parameter's value with its prefix (`ge2020-01`), relative to `now_ms` for partial dates.
 pub fn parse_date_cmp(v: &str, now_ms: i64) -> Result<DateCmp, QueryError> {
     let (prefix, rest) = split_prefix(v);
     let Some(range) = parse_date_range(rest) else {
@@ -671,6 +785,7 @@ pub fn parse_date_cmp(v: &str, now_ms: i64) -> Result<DateCmp, QueryError> {
     Ok(DateCmp { prefix, lo, hi })
 }
 
+/// Reads a number parameter's value with its prefix.
 pub fn parse_num_cmp(v: &str) -> Result<NumCmp, QueryError> {
     let (prefix, rest) = split_prefix(v);
     let value: f64 = rest.parse().ok().filter(|f: &f64| f.is_finite()).ok_or_else(|| QueryError(format!("'{v}' is not a valid number search value")))?;

@@ -2,10 +2,14 @@
 
 use crate::types::{is_known_type, is_valid_id};
 
+/// A reference string, read.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ParsedReference {
+    /// The referenced type.
     pub resource_type: Option<String>,
+    /// The referenced id.
     pub id: Option<String>,
+    /// The version, for `Type/id/_history/v`.
     pub version: Option<String>,
     /// The whole reference when it is absolute (`http…`, `urn:…`).
     pub url: Option<String>,

@@ -7,11 +7,14 @@ use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 /// Source of the current time. Production uses [`SystemClock`]; tests use [`ManualClock`].
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now.
     fn now(&self) -> OffsetDateTime;
 }
 
+/// A clock shared by the server's parts.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// The system's clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -29,9 +32,11 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock standing at `start`.
     pub fn new(start: OffsetDateTime) -> Self {
         Self { unix_ms: AtomicI64::new((start.unix_timestamp_nanos() / 1_000_000) as i64) }
     }
+    /// Moves the clock forward.
     pub fn advance(&self, by: time::Duration) {
         self.unix_ms.fetch_add(by.whole_milliseconds() as i64, Ordering::SeqCst);
     }
@@ -43,10 +48,12 @@ impl Clock for ManualClock {
     }
 }
 
+/// An instant in Unix milliseconds.
 pub fn unix_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The instant of Unix milliseconds `ms`.
 pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
@@ -77,11 +84,15 @@ pub fn format_http_date(t: OffsetDateTime) -> String {
 /// An inclusive range of Unix milliseconds that a (possibly partial) FHIR date value covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsRange {
+    /// The first millisecond (Unix ms).
     pub lo: i64,
+    /// The last millisecond (Unix ms).
     pub hi: i64,
 }
 
+/// The earliest instant FHIR dates reach (0001-01-01).
 pub const MIN_MS: i64 = -62_135_596_800_000; // 0001-01-01
+/// The latest instant FHIR dates reach (9999-12-31T23:59:59.999).
 pub const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999
 
 /// Parses FHIR `date`, `dateTime` or `instant` (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`, `YYYY-MM-DDThh:mm(:ss(.sss))(Z|±hh:mm)`)

@@ -153,6 +153,7 @@ pub const R4_RESOURCE_TYPES: &[&str] = &[
 /// Types that are never stored through the REST interface (they are messages about the interaction itself).
 const NOT_STORABLE: &[&str] = &["Bundle", "OperationOutcome", "Parameters"];
 
+/// Whether `name` is a FHIR R4 resource type.
 pub fn is_known_type(name: &str) -> bool {
     R4_RESOURCE_TYPES.binary_search(&name).is_ok()
 }

@@ -3,6 +3,7 @@
 use crate::types::{is_storable_type, is_valid_id};
 use serde_json::Value;
 
+/// Why a resource is not valid (a sentence for the OperationOutcome).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
