@@ -93,10 +93,7 @@ pub fn hash_generated_secret(secret: &str) -> String {
 /// apps file, and every secret stored before).
 pub fn verify_client_secret(secret: &str, hash: &str) -> bool {
     match hash.strip_prefix("sha256$") {
-        Some(expected) => {
-            let got = b64url(digest(&SHA256, secret.as_bytes()).as_ref());
-            aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), expected.as_bytes()).is_ok()
-        }
+        Some(expected) => constant_time_eq(b64url(digest(&SHA256, secret.as_bytes()).as_ref()).as_bytes(), expected.as_bytes()),
         None => verify_password(secret, hash),
     }
 }

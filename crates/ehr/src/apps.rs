@@ -66,6 +66,11 @@ pub(crate) async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum
     }
 }
 
+/// The page for an app id that is not registered.
+fn no_such_app(sess: &Session) -> Response {
+    message(Nav::of(sess), StatusCode::NOT_FOUND, "No such app", "No app with this client id is registered.", "Pick an app from the list.", "/ehr/apps")
+}
+
 pub(crate) async fn stored_client(s: &Shared, id: &str) -> Result<Option<auth::model::Client>, store::StoreError> {
     auth::registry::stored_client(s.store.as_ref(), id).await
 }
@@ -77,14 +82,7 @@ pub(crate) async fn app_edit(State(s): State<Shared>, headers: HeaderMap, Path(i
     };
     match stored_client(&s, &id).await {
         Ok(Some(c)) => render(StatusCode::OK, &AppFormPage::edit(Nav::of(&sess), AppForm::from_client(&c), None)),
-        Ok(None) => message(
-            Nav::of(&sess),
-            StatusCode::NOT_FOUND,
-            "No such app",
-            "No app with this client id is registered.",
-            "Pick an app from the list.",
-            "/ehr/apps",
-        ),
+        Ok(None) => no_such_app(&sess),
         Err(e) => internal(e),
     }
 }
@@ -100,14 +98,7 @@ pub(crate) async fn app_update(State(s): State<Shared>, headers: HeaderMap, Path
     let existing = match stored_client(&s, &id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return message(
-                Nav::of(&sess),
-                StatusCode::NOT_FOUND,
-                "No such app",
-                "No app with this client id is registered.",
-                "Pick an app from the list.",
-                "/ehr/apps",
-            );
+            return no_such_app(&sess);
         }
         Err(e) => return internal(e),
     };
@@ -139,14 +130,7 @@ pub(crate) async fn app_status(State(s): State<Shared>, headers: HeaderMap, Path
     let mut client = match stored_client(&s, &id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return message(
-                Nav::of(&sess),
-                StatusCode::NOT_FOUND,
-                "No such app",
-                "No app with this client id is registered.",
-                "Pick an app from the list.",
-                "/ehr/apps",
-            );
+            return no_such_app(&sess);
         }
         Err(e) => return internal(e),
     };

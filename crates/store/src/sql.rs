@@ -551,29 +551,6 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
                 b.push(")");
             }
         }
-        Filter::Has { source_type: _, key, target_type, filters } if patients_by_code(key, target_type, filters).is_some() => {
-            // The patients with rows of the code in the per-patient index (through its partial index by
-            // code, which needs `p` as a literal), referred to through `key`; other inner filters (what
-            // the token adds) are tests of the rows' resources.
-            let Some((code, values)) = patients_by_code(key, target_type, filters) else { unreachable!("the guard found it") };
-            match role {
-                Role::Source | Role::Member => {
-                    b.push("SELECT t.rid FROM resources t WHERE t.res_type = ").text(target_type).push(" AND t.deleted = 0 AND t.id IN (")
-                }
-                Role::Check => b.push("EXISTS (SELECT 1 FROM resources t WHERE t.rid = r.rid AND t.id IN ("),
-            };
-            b.push(&format!("SELECT z.patient_id FROM sp_token_patient z WHERE z.p = '{}' AND (", fhir::params::PATIENTS_BY_CODE));
-            token_values(b, values);
-            b.push(") AND z.via LIKE ").text(&format!("%,{key},%"));
-            for (i, f) in filters.iter().enumerate() {
-                if i != code {
-                    b.push(" AND z.rid IN (");
-                    compile_filter(b, f, Role::Member);
-                    b.push(")");
-                }
-            }
-            b.push(if role == Role::Check { "))" } else { ")" });
-        }
         Filter::Has { source_type: _, key, target_type, filters } => {
             // The ids the referring resources selected by every inner filter point to, each once, then
             // their live resources (index rows exist only for live resources, so the referring side needs
@@ -585,11 +562,25 @@ fn compile_filter(b: &mut SqlBuilder, f: &Filter, role: Role) {
                 // Through the candidate's own row: `r` may be the driver's rids alone.
                 Role::Check => b.push("EXISTS (SELECT 1 FROM resources t WHERE t.rid = r.rid AND t.id IN ("),
             };
-            b.push("SELECT x.target_id FROM sp_reference x WHERE x.p = ").text(key).push(" AND x.target_type = ").text(target_type);
-            for f in filters {
-                b.push(" AND x.rid IN (");
-                compile_filter(b, f, Role::Member);
-                b.push(")");
+            if let Some((code, values)) = patients_by_code(key, target_type, filters) {
+                // The patients with rows of the code in the per-patient index (through its partial index
+                // by code, which needs `p` as a literal), referred to through `key`; other inner filters
+                // (what the token adds) are tests of the rows' resources.
+                b.push(&format!("SELECT z.patient_id FROM sp_token_patient z WHERE z.p = '{}' AND (", fhir::params::PATIENTS_BY_CODE));
+                token_values(b, values);
+                b.push(") AND z.via LIKE ").text(&format!("%,{key},%"));
+                for (_, f) in filters.iter().enumerate().filter(|(i, _)| *i != code) {
+                    b.push(" AND z.rid IN (");
+                    compile_filter(b, f, Role::Member);
+                    b.push(")");
+                }
+            } else {
+                b.push("SELECT x.target_id FROM sp_reference x WHERE x.p = ").text(key).push(" AND x.target_type = ").text(target_type);
+                for f in filters {
+                    b.push(" AND x.rid IN (");
+                    compile_filter(b, f, Role::Member);
+                    b.push(")");
+                }
             }
             b.push(if role == Role::Check { "))" } else { ")" });
         }
