@@ -42,6 +42,48 @@ pub struct TokenAccess {
     pub launch: Option<String>,
     /// Failures the EHR simulator injects into this token's FHIR calls.
     pub faults: Option<Arc<FhirFaults>>,
+    /// What the vendor profile the token was issued under changes in the FHIR API.
+    pub vendor: Option<Arc<VendorFhir>>,
+}
+
+/// A vendor profile's rules for the FHIR API (read-only servers, vendor search parameters, a request
+/// budget per app), as the authorisation server resolved them for one token.
+#[derive(Debug)]
+pub struct VendorFhir {
+    /// The profile's name, for the messages.
+    pub profile: String,
+    /// Read and search only: writes, vread and history answer 405.
+    pub read_only: bool,
+    /// Vendor search parameters taken as a standard one: (vendor name, standard name).
+    pub param_aliases: Vec<(String, String)>,
+    /// At most this many requests per minute per app.
+    pub requests_per_minute: Option<u32>,
+    /// The app's budget of requests in the current minute (shared by its tokens on this node).
+    pub budget: Option<Arc<Budget>>,
+}
+
+/// Requests counted per calendar minute, for a profile's request budget.
+#[derive(Debug, Default)]
+pub struct Budget {
+    window: std::sync::Mutex<(i64, u32)>,
+}
+
+impl Budget {
+    /// Counts a request at `now_ms` against `per_minute`: `Err(seconds)` until the next minute when the
+    /// budget is spent.
+    pub fn take(&self, now_ms: i64, per_minute: u32) -> Result<(), u64> {
+        let minute = now_ms.div_euclid(60_000);
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 != minute {
+            *w = (minute, 0);
+        }
+        if w.1 >= per_minute {
+            let left_ms = (minute + 1) * 60_000 - now_ms;
+            return Err((left_ms as u64).div_ceil(1000).max(1));
+        }
+        w.1 += 1;
+        Ok(())
+    }
 }
 
 /// Injected FHIR failures of one grant: a delay, and an error status on a share of requests. The share is
@@ -147,6 +189,11 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
             match resolver.resolve(token).await {
                 Err(e) => return (ApiError::from(e).into_response(), None),
                 Ok(Some(t)) => {
+                    if let Some(v) = &t.vendor
+                        && let Some(r) = vendor_rules(state, v, &mut request)
+                    {
+                        return (r, Some(Access::Token(t)));
+                    }
                     if let Some(f) = &t.faults {
                         if f.delay_ms > 0 {
                             tokio::time::sleep(std::time::Duration::from_millis(f.delay_ms)).await;
@@ -163,6 +210,56 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
     };
     request.extensions_mut().insert(access.clone());
     (next.run(request).await, Some(access))
+}
+
+/// A vendor profile's FHIR rules: the app's request budget, a read-only API, vendor search parameters
+/// (rewritten to the standard ones before the request is read). `Some` is the refusal.
+fn vendor_rules(state: &AppState, v: &VendorFhir, request: &mut Request) -> Option<Response> {
+    if let (Some(per_minute), Some(budget)) = (v.requests_per_minute, &v.budget)
+        && let Err(wait) = budget.take(state.now_ms(), per_minute)
+    {
+        let message = format!("this server allows {per_minute} requests per minute per app ({} profile); retry after the time given in Retry-After", v.profile);
+        let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message).into_response();
+        if let Ok(h) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, h);
+        }
+        return Some(r);
+    }
+    let path = request.uri().path();
+    let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+        || (request.method() == axum::http::Method::POST && path.ends_with("/_search"));
+    if v.read_only && (!reads || path.contains("/_history") || path.contains("/$")) {
+        let message =
+            format!("this server's FHIR API offers read and search only ({} profile): no create, update, delete, history, vread or operations", v.profile);
+        return Some(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message).into_response());
+    }
+    if !v.param_aliases.is_empty()
+        && let Some(query) = request.uri().query()
+    {
+        let given: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).map(|(k, val)| (k.into_owned(), val.into_owned())).collect();
+        let mut changed = false;
+        let mut pairs = Vec::with_capacity(given.len());
+        for (k, val) in &given {
+            match v.param_aliases.iter().find(|(from, _)| from == k) {
+                // The standard parameter, when given as well, wins; the vendor one is dropped.
+                Some((_, to)) if given.iter().any(|(g, _)| g == to) => changed = true,
+                Some((_, to)) => {
+                    changed = true;
+                    pairs.push((to.clone(), val.clone()));
+                }
+                None => pairs.push((k.clone(), val.clone())),
+            }
+        }
+        if changed {
+            let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+            let uri = format!("{}?{query}", request.uri().path());
+            match uri.parse() {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => return Some(ApiError::bad_request("the query cannot be read").into_response()),
+            }
+        }
+    }
+    None
 }
 
 /// What a rate-limited (429) or overloaded (503) FHIR server answers: an OperationOutcome and `Retry-After`.

@@ -174,7 +174,7 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
             jwks_url: entry.jwks_url,
             icon: entry.icon,
             disabled: existing.as_ref().map_or(entry.disabled, |c| c.disabled),
-            profile: existing.and_then(|c| c.profile),
+            profile: existing.and_then(|c| c.profile.clone()),
             self_registered: false,
         };
         validate(&client).map_err(AppsError::Invalid)?;

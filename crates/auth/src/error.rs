@@ -82,13 +82,14 @@ pub struct OAuthError {
     status: StatusCode,
     code: ErrorCode,
     description: Cow<'static, str>,
-    retry_after: bool,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
     /// A refusal with this status, code and description.
     pub fn new(status: StatusCode, code: ErrorCode, description: impl Into<Cow<'static, str>>) -> OAuthError {
-        OAuthError { status, code, description: description.into(), retry_after: false }
+        OAuthError { status, code, description: description.into(), retry_after: None }
     }
 
     /// `400 invalid_request`: a parameter is missing, repeated or malformed.
@@ -114,6 +115,14 @@ impl OAuthError {
     /// `400` with an RFC 7591 registration error code.
     pub fn registration(code: ErrorCode, description: impl Into<Cow<'static, str>>) -> OAuthError {
         OAuthError::new(StatusCode::BAD_REQUEST, code, description)
+    }
+
+    /// `429 temporarily_unavailable` with `Retry-After`: a vendor profile's throttle.
+    pub fn throttled(retry_after_secs: u64, description: impl Into<Cow<'static, str>>) -> OAuthError {
+        OAuthError {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..OAuthError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TemporarilyUnavailable, description)
+        }
     }
 
     /// `500 server_error` for a failure that is not the caller's; the cause is logged, never sent.
@@ -153,7 +162,7 @@ impl From<store::StoreError> for OAuthError {
             store::StoreError::Unavailable(m) => {
                 store::error::report_unavailable(&m);
                 OAuthError {
-                    retry_after: true,
+                    retry_after: Some(5),
                     ..OAuthError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         ErrorCode::TemporarilyUnavailable,
@@ -176,8 +185,8 @@ impl IntoResponse for OAuthError {
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"kindling\""));
         }
-        if self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         r
     }

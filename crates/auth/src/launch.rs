@@ -53,7 +53,7 @@ pub async fn new_launch(server: &Shared, context: &LaunchContext) -> Result<NewL
     if let Some(c) = &context.client_id {
         what.push(format!("app: {c}"));
     }
-    what.push(format!("profile: {}", context.profile.unwrap_or_default().label()));
+    what.push(format!("profile: {}", server.config.profiles.rules(&context.profile.clone().unwrap_or_default()).label));
     let faults = context.faults.describe();
     if !faults.is_empty() {
         what.push(format!("injected faults: {}", faults.join("; ")));
@@ -95,6 +95,11 @@ const RESERVED: &[&str] = &[
     "launch",
 ];
 
+/// Whether a token-response field is one of SMART's or OAuth's own (no launch value or profile may set it).
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name) || name.starts_with("error")
+}
+
 /// What does not hold together in a launch context ([`check_context`]). `Display` is the sentence for
 /// the developer of an integration (the launch API's `error_description`); the EHR's launch button shows
 /// its own page for a person.
@@ -116,6 +121,8 @@ pub enum ContextProblem {
     ReservedExtra(String),
     /// A `fhirContext` item that is not a reference to a record here, or of another patient.
     FhirContext(String),
+    /// No vendor profile has this name.
+    UnknownProfile(String),
 }
 
 impl std::fmt::Display for ContextProblem {
@@ -129,6 +136,7 @@ impl std::fmt::Display for ContextProblem {
             ContextProblem::EncounterOfAnotherPatient => f.write_str("the encounter of the launch belongs to another patient"),
             ContextProblem::ReservedExtra(k) => write!(f, "'{k}' is a SMART or OAuth field of the token response; it cannot be an extra launch value"),
             ContextProblem::FhirContext(why) => f.write_str(why),
+            ContextProblem::UnknownProfile(p) => write!(f, "there is no vendor profile '{p}'"),
         }
     }
 }
@@ -163,8 +171,13 @@ pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<R
     }
     // Extra fields join the token response: they may add vendor values (practice ids), never stand in
     // for the context this function checks or for the token response's own fields.
-    if let Some(k) = context.extra.keys().find(|k| RESERVED.contains(&k.as_str()) || k.starts_with("error")) {
+    if let Some(k) = context.extra.keys().find(|k| is_reserved(k)) {
         return Ok(Err(ContextProblem::ReservedExtra(k.clone())));
+    }
+    if let Some(p) = &context.profile
+        && server.config.profiles.get(p.as_str()).is_none()
+    {
+        return Ok(Err(ContextProblem::UnknownProfile(p.to_string())));
     }
     let base = format!("{}/", server.config.fhir_base);
     let problem = |why: String| Ok(Err(ContextProblem::FhirContext(why)));

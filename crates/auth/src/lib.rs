@@ -63,6 +63,8 @@ pub struct AuthConfig {
     /// Where a user sees and withdraws the apps they authorised (SMART's `management_endpoint`); the EHR
     /// layer serves it.
     pub manage_url: Option<String>,
+    /// The vendor profiles launches and apps may follow (the shipped ones, plus `--profiles DIR`).
+    pub profiles: Arc<profile::Profiles>,
 }
 
 impl AuthConfig {
@@ -78,6 +80,7 @@ impl AuthConfig {
             launch_secs: 300,
             refresh_token_days: 90,
             manage_url: None,
+            profiles: Arc::new(profile::Profiles::builtin()),
         }
     }
 
@@ -111,6 +114,8 @@ pub struct AuthServer {
     clients: std::sync::Mutex<std::collections::HashMap<String, CachedClient>>,
     /// Injected FHIR faults by grant, so that "every second request" counts across cache refreshes.
     fhir_faults: std::sync::Mutex<std::collections::HashMap<String, Arc<api::access::FhirFaults>>>,
+    /// A vendor profile's FHIR request budgets, by profile and client: one per app, whatever its tokens.
+    budgets: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<api::access::Budget>>>,
 }
 
 /// A registration as the token endpoint read it: when (Unix ms), and [`registry::CHANGES`] then.
@@ -149,6 +154,7 @@ impl AuthServer {
             outbound,
             jwks_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             fhir_faults: std::sync::Mutex::new(std::collections::HashMap::new()),
+            budgets: std::sync::Mutex::new(std::collections::HashMap::new()),
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
@@ -283,6 +289,17 @@ impl AccessResolver for AuthServer {
                 .clone()
         });
         let launch = grant.launch_id().map(str::to_string);
+        let vendor = self.config.profiles.rules(&grant.profile()).fhir_rules().map(|mut v| {
+            if v.requests_per_minute.is_some() {
+                let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+                if budgets.len() > RESOLVE_CACHE_MAX {
+                    // Budgets no cached token holds any more (the rest stay, so no app gets two at once).
+                    budgets.retain(|_, b| Arc::strong_count(b) > 1);
+                }
+                v.budget = Some(budgets.entry((v.profile.clone(), grant.client_id.clone())).or_default().clone());
+            }
+            Arc::new(v)
+        });
         let access = Arc::new(TokenAccess {
             client_id: grant.client_id,
             scopes: smart::ScopeSet::parse(&grant.scope),
@@ -290,6 +307,7 @@ impl AccessResolver for AuthServer {
             fhir_user: grant.fhir_user,
             launch,
             faults: fhir_faults,
+            vendor,
         });
         // Never trust a cached token past its own expiry (or its injected revocation).
         let until = match (record.expires, grant.revoke_at) {

@@ -61,54 +61,7 @@ fn stored_without_origin() -> bool {
     true
 }
 
-/// Vendor profiles: documented behaviours of real EHRs that break apps, reproduced on demand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Profile {
-    /// SMART App Launch 2.2 to the letter.
-    #[default]
-    Strict,
-    /// NextGen-style: practice and enterprise identifiers in the token response; one-hour access tokens;
-    /// refresh without rotation (the same refresh token stays valid).
-    Nextgen,
-    /// Epic-style: `need_patient_banner` as the string "false", vendor-prefixed extra token fields, refresh
-    /// responses without a new refresh token, granted scopes in another form than requested (v1 names,
-    /// wildcards expanded).
-    Epic,
-    /// Oracle Health-style: ~570 s access tokens, wildcard resource scopes silently dropped, `aud` (not
-    /// `resource`) mandatory.
-    Oracle,
-}
-
-impl Profile {
-    /// Every profile, in the order the EHR offers them.
-    pub const ALL: [Profile; 4] = [Profile::Strict, Profile::Nextgen, Profile::Epic, Profile::Oracle];
-
-    /// The name in configuration and URLs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Profile::Strict => "strict",
-            Profile::Nextgen => "nextgen",
-            Profile::Epic => "epic",
-            Profile::Oracle => "oracle",
-        }
-    }
-
-    /// The name people see.
-    pub fn label(self) -> &'static str {
-        match self {
-            Profile::Strict => "Strict SMART 2.2",
-            Profile::Nextgen => "NextGen-style",
-            Profile::Epic => "Epic-style",
-            Profile::Oracle => "Oracle Health-style",
-        }
-    }
-
-    /// Reads a profile's name.
-    pub fn parse(s: &str) -> Option<Profile> {
-        Profile::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-}
+pub use crate::profile::Profile;
 
 /// Failures injected into one launch, each behaving as a real server's would.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -412,6 +365,6 @@ impl Grant {
 
     /// The vendor profile it follows.
     pub fn profile(&self) -> Profile {
-        self.profile.unwrap_or_default()
+        self.profile.clone().unwrap_or_default()
     }
 }

@@ -29,7 +29,7 @@ pub(crate) async fn app_new(State(s): State<Shared>, headers: HeaderMap) -> Resp
         Ok(x) => x,
         Err(r) => return r,
     };
-    render(StatusCode::OK, &AppFormPage::new_app(Nav::of(&sess), AppForm::default(), None))
+    render(StatusCode::OK, &AppFormPage::new_app(Nav::of(&sess), AppForm::default(), None).offering(profiles(&s)))
 }
 
 pub(crate) async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
@@ -53,14 +53,14 @@ pub(crate) async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum
         .join("-");
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     form.client_id = format!("{}-{suffix}", if slug.is_empty() { "app" } else { &slug[..slug.len().min(24)] });
-    let client = match form.to_client(None) {
+    let client = match form.to_client(None, &s.config.profiles) {
         Ok(c) => c,
-        Err(why) => return render(StatusCode::BAD_REQUEST, &AppFormPage::new_app(Nav::of(&sess), form, Some(why))),
+        Err(why) => return render(StatusCode::BAD_REQUEST, &AppFormPage::new_app(Nav::of(&sess), form, Some(why)).offering(profiles(&s))),
     };
     match auth::registry::put_client(s.store.as_ref(), client).await {
         Ok(secret) => {
             s.audit("app-registered").client(form.client_id.as_str()).user(sess.user.username.as_str()).record("registered in the EHR");
-            render(StatusCode::CREATED, &AppFormPage::created(Nav::of(&sess), form, secret))
+            render(StatusCode::CREATED, &AppFormPage::created(Nav::of(&sess), form, secret).offering(profiles(&s)))
         }
         Err(e) => internal(e),
     }
@@ -81,7 +81,7 @@ pub(crate) async fn app_edit(State(s): State<Shared>, headers: HeaderMap, Path(i
         Err(r) => return r,
     };
     match stored_client(&s, &id).await {
-        Ok(Some(c)) => render(StatusCode::OK, &AppFormPage::edit(Nav::of(&sess), AppForm::from_client(&c), None)),
+        Ok(Some(c)) => render(StatusCode::OK, &AppFormPage::edit(Nav::of(&sess), AppForm::from_client(&c), None).offering(profiles(&s))),
         Ok(None) => no_such_app(&sess),
         Err(e) => internal(e),
     }
@@ -106,9 +106,9 @@ pub(crate) async fn app_update(State(s): State<Shared>, headers: HeaderMap, Path
     form.client_id = existing.client_id.clone();
     form.kind = kind_str(existing.kind).to_string();
     form.disabled = existing.disabled;
-    let client = match form.to_client(Some(&existing)) {
+    let client = match form.to_client(Some(&existing), &s.config.profiles) {
         Ok(c) => c,
-        Err(why) => return render(StatusCode::BAD_REQUEST, &AppFormPage::edit(Nav::of(&sess), form, Some(why))),
+        Err(why) => return render(StatusCode::BAD_REQUEST, &AppFormPage::edit(Nav::of(&sess), form, Some(why)).offering(profiles(&s))),
     };
     match auth::registry::put_client_as_is(s.store.as_ref(), &client).await {
         Ok(()) => {

@@ -3,8 +3,9 @@
 use super::*;
 use auth::launch::ContextProblem;
 
-pub(crate) fn profiles() -> Vec<(&'static str, &'static str)> {
-    Profile::ALL.iter().map(|p| (p.as_str(), p.label())).collect()
+/// The vendor profiles a launch or an app may follow, as (name, label), strict first.
+pub(crate) fn profiles(s: &auth::AuthServer) -> Vec<(String, String)> {
+    s.config.profiles.all().iter().map(|p| (p.name.clone(), p.label.clone())).collect()
 }
 
 /// Reads the launcher's fault fields.
@@ -105,7 +106,13 @@ pub(crate) async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Fo
         encounter,
         need_patient_banner: Some(!embed),
         smart_style_url: embed.then(|| s.config.endpoint("style.json")),
-        profile: p.get("profile").and_then(|v| Profile::parse(v)).or(client.profile),
+        // A chosen profile goes to the launch check (an unknown name is refused there); the app's default
+        // only while the server still knows it (else the launch follows strict SMART, as its tokens would).
+        profile: p
+            .get("profile")
+            .filter(|v| !v.is_empty())
+            .map(|v| Profile::named(v))
+            .or(client.profile.clone().filter(|d| s.config.profiles.get(d.as_str()).is_some())),
         ..LaunchContext::default()
     };
     // The launch API's check, with a page for the clinician.

@@ -103,7 +103,7 @@ pub struct ChartPage {
     pub nav: Nav,
     pub chart: Chart,
     pub apps: Vec<AppView>,
-    pub profiles: Vec<(&'static str, &'static str)>,
+    pub profiles: Vec<(String, String)>,
     pub embed: Option<String>,
     pub embed_name: String,
 }
@@ -114,7 +114,7 @@ pub struct PortalPage {
     pub nav: Nav,
     pub patient: PatientFacts,
     pub apps: Vec<AppView>,
-    pub profiles: Vec<(&'static str, &'static str)>,
+    pub profiles: Vec<(String, String)>,
 }
 
 pub struct LaunchRow {
@@ -267,13 +267,13 @@ impl AppForm {
             scope: c.allowed_scope.clone(),
             jwks_url: c.jwks_url.clone().unwrap_or_default(),
             icon: c.icon.clone().unwrap_or_default(),
-            profile: c.profile.unwrap_or_default().as_str().to_string(),
+            profile: c.profile.clone().unwrap_or_default().as_str().to_string(),
             disabled: c.disabled,
         }
     }
 
     /// The registration this form describes (keeping an existing one's secret and keys); checked.
-    pub fn to_client(&self, existing: Option<&Client>) -> Result<Client, String> {
+    pub fn to_client(&self, existing: Option<&Client>, profiles: &auth::profile::Profiles) -> Result<Client, String> {
         let kind = match self.kind.as_str() {
             "public" | "" => ClientKind::Public,
             "confidential-symmetric" => ClientKind::ConfidentialSymmetric,
@@ -286,6 +286,11 @@ impl AppForm {
         {
             return Err("The launch URL must be an absolute URL.".into());
         }
+        let profile = match self.profile.as_str() {
+            "" | "strict" => None,
+            name if profiles.get(name).is_some() => Some(Profile::named(name)),
+            _ => return Err("Choose an EHR behaviour from the list.".into()),
+        };
         let client = Client {
             client_id: self.client_id.clone(),
             name: self.name.clone(),
@@ -298,7 +303,7 @@ impl AppForm {
             jwks_url: opt(&self.jwks_url),
             icon: opt(&self.icon),
             disabled: self.disabled,
-            profile: Profile::parse(&self.profile).filter(|p| *p != Profile::Strict),
+            profile,
             // Saved by an administrator on the Apps page: reviewed, so no longer a self-registered app.
             self_registered: false,
         };
@@ -319,7 +324,7 @@ pub struct AppFormPage {
     pub secret: Option<String>,
     pub error: Option<String>,
     pub kinds: Vec<(&'static str, &'static str)>,
-    pub profiles: Vec<(&'static str, &'static str)>,
+    pub profiles: Vec<(String, String)>,
 }
 
 impl AppFormPage {
@@ -341,8 +346,14 @@ impl AppFormPage {
                 ("confidential-symmetric", "Confidential, client secret"),
                 ("confidential-asymmetric", "Confidential, private key JWT"),
             ],
-            profiles: crate::profiles(),
+            profiles: Vec::new(),
         }
+    }
+
+    /// The page offering these vendor profiles.
+    pub fn offering(mut self, profiles: Vec<(String, String)>) -> AppFormPage {
+        self.profiles = profiles;
+        self
     }
 
     pub fn new_app(nav: Nav, form: AppForm, error: Option<String>) -> AppFormPage {

@@ -129,5 +129,5 @@ pub(crate) async fn chart_page(s: &Shared, sess: &Session, id: &str, embed: Opti
         Some((src, name)) => (Some(src), name),
         None => (None, String::new()),
     };
-    render(StatusCode::OK, &ChartPage { nav: Nav::of(sess), chart, apps, profiles: profiles(), embed: embed_src, embed_name })
+    render(StatusCode::OK, &ChartPage { nav: Nav::of(sess), chart, apps, profiles: profiles(s), embed: embed_src, embed_name })
 }

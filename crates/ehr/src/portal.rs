@@ -23,5 +23,5 @@ pub(crate) async fn portal(State(s): State<Shared>, headers: HeaderMap) -> Respo
         Ok(a) => a,
         Err(e) => return internal(e),
     };
-    render(StatusCode::OK, &PortalPage { nav: Nav::of(&sess), patient, apps, profiles: profiles() })
+    render(StatusCode::OK, &PortalPage { nav: Nav::of(&sess), patient, apps, profiles: profiles(&s) })
 }

@@ -228,6 +228,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 database_url: args.database_url.clone(),
                 export_ttl_secs: None,
                 export_faults: false,
+                profiles_dir: None,
             },
             clock,
         )
@@ -345,6 +346,7 @@ async fn api_load(args: &BenchArgs) -> anyhow::Result<()> {
             database_url: args.database_url.clone(),
             export_ttl_secs: None,
             export_faults: false,
+            profiles_dir: None,
         };
         let app = crate::Application::build(&config, clock).await?;
         crate::seed(&app.state, 0, 1).await?;
@@ -449,6 +451,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             database_url: args.database_url.clone(),
             export_ttl_secs: None,
             export_faults: false,
+            profiles_dir: None,
         };
         let app = crate::Application::build(&config, clock).await?;
         let store = app.state.store.as_ref();

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     /// Honour the `Kindling-Export-Fault` header of Bulk Data kick-offs (the sandbox's failure rehearsal;
     /// on in `kindling up`, off in `kindling serve` unless asked for).
     pub export_faults: bool,
+    /// A directory of vendor profile files (TOML) adding to, or replacing, the shipped ones.
+    pub profiles_dir: Option<PathBuf>,
 }
 
 /// A TLS certificate chain and its private key, both PEM files.
@@ -206,7 +208,12 @@ impl Application {
         let store = open_store(config, &base_url, clock.clone()).await?;
         let audit = store::audit::AuditSink::spawn(store.clone());
         // The EHR layer's page where users see and withdraw the apps they authorised.
-        let auth_config = auth::AuthConfig { manage_url: Some(format!("{public_url}/ehr/connected")), ..auth::AuthConfig::new(&public_url) };
+        let profiles = match &config.profiles_dir {
+            Some(dir) => auth::profile::Profiles::with_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => auth::profile::Profiles::builtin(),
+        };
+        let auth_config =
+            auth::AuthConfig { manage_url: Some(format!("{public_url}/ehr/connected")), profiles: Arc::new(profiles), ..auth::AuthConfig::new(&public_url) };
         let auth = auth::AuthServer::new(store.clone(), auth_config, clock.clone(), Some(audit.clone()), Arc::new(ehr::AuthPages))
             .await
             .map_err(|e| anyhow::anyhow!("cannot load or create the signing keys: {e}"))?;

@@ -60,6 +60,10 @@ struct ServeArgs {
     /// (always on in `kindling up`).
     #[arg(long, env = "KINDLING_EXPORT_FAULTS")]
     export_faults: bool,
+    /// A directory of vendor profiles (`*.toml`, as in `config/profiles/`): each file adds a profile or
+    /// replaces the shipped one of its name.
+    #[arg(long, env = "KINDLING_PROFILES")]
+    profiles: Option<PathBuf>,
 }
 
 /// The settings of a `--config` file.
@@ -75,6 +79,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     export_ttl_secs: Option<u64>,
     export_faults: Option<bool>,
+    profiles: Option<PathBuf>,
 }
 
 /// Serving settings after flags, environment, `--config` file and defaults are combined.
@@ -89,6 +94,7 @@ struct Serve {
     database_url: Option<String>,
     export_ttl_secs: Option<u64>,
     export_faults: bool,
+    profiles: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -116,6 +122,7 @@ impl ServeArgs {
             database_url: self.database_url.or(file.database_url),
             export_ttl_secs: self.export_ttl_secs.or(file.export_ttl_secs),
             export_faults: self.export_faults || file.export_faults.unwrap_or(false),
+            profiles: self.profiles.or(file.profiles),
         })
     }
 }
@@ -317,6 +324,7 @@ fn offline_config(data: PathBuf) -> ServerConfig {
         database_url,
         export_ttl_secs: None,
         export_faults: false,
+        profiles_dir: None,
     }
 }
 
@@ -560,6 +568,7 @@ fn config(serve: &Serve) -> ServerConfig {
         database_url: serve.database_url.clone(),
         export_ttl_secs: serve.export_ttl_secs,
         export_faults: serve.export_faults,
+        profiles_dir: serve.profiles.clone(),
     }
 }
 

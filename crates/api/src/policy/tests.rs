@@ -14,6 +14,7 @@ fn token(scope: &str, patient: Option<&str>, fhir_user: Option<&str>) -> TokenAc
         fhir_user: fhir_user.map(str::to_string),
         launch: None,
         faults: None,
+        vendor: None,
     }
 }
 

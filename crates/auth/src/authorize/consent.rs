@@ -134,8 +134,8 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
             pending.launch.as_ref().and_then(|l| l.id.as_deref()),
             &pending.redirect_uri,
             pending.state.as_deref(),
-            ErrorCode::AccessDenied,
-            "the user did not allow access",
+            pending.profile.as_ref(),
+            super::request::Refusal::new(ErrorCode::AccessDenied, "the user did not allow access"),
         );
     }
     let client = match registry::get_client(s.store.as_ref(), &pending.client_id).await {
@@ -196,9 +196,9 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
 
 pub(super) async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, approved: String) -> Response {
     let code = crate::crypto::ordered_token(s.now_ms());
-    let profile = pending.profile.unwrap_or_default();
+    let profile = pending.profile.clone().unwrap_or_default();
     let faults = pending.launch.as_ref().map(|l| l.faults.clone()).unwrap_or_default();
-    let scope = crate::profile::shape_granted(profile, &faults, &approved);
+    let scope = crate::profile::shape_granted(s.config.profiles.rules(&profile), &faults, &approved);
     let trace = pending.launch.as_ref().and_then(|l| l.id.clone());
     if !faults.deny.is_empty() {
         s.audit("consent")

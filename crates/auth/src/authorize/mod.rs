@@ -58,14 +58,21 @@ fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
 }
 
 /// A redirect back to the app with an RFC 6749 error.
-fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, error: ErrorCode, description: &str) -> Response {
+/// An RFC 6749 §4.1.2.1 error redirect. Under a profile that writes errors as `error_uri` (Oracle-style),
+/// `error_uri` names what went wrong (`slug`, or the error code) in place of `error_description`.
+fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, profile: Option<&Profile>, r: request::Refusal) -> Response {
+    let (error, description) = (r.code, r.description.as_ref());
     let Ok(mut url) = url::Url::parse(redirect_uri) else {
         return error_page(s, StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
     };
+    let error_uri = profile.and_then(|p| s.config.profiles.rules(p).error_uri(r.slug.unwrap_or(error.as_str())));
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("error", error.as_str());
-        q.append_pair("error_description", description);
+        match &error_uri {
+            Some(uri) => q.append_pair("error_uri", uri),
+            None => q.append_pair("error_description", description),
+        };
         if let Some(st) = state {
             q.append_pair("state", st);
         }

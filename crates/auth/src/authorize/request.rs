@@ -12,7 +12,9 @@ pub async fn authorize_get(State(s): State<Shared>, headers: HeaderMap, Query(p)
 }
 
 pub async fn authorize_post(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
-    authorize(&s, &headers, AuthorizeRequest::from_params(&p)).await
+    let mut req = AuthorizeRequest::from_params(&p);
+    req.posted = true;
+    authorize(&s, &headers, req).await
 }
 
 /// The parameters of an authorisation request; an empty value is an absent one. `Debug` is what the launch
@@ -33,6 +35,8 @@ pub(crate) struct AuthorizeRequest {
     nonce: Option<String>,
     /// The EHR's launch handle.
     launch: Option<String>,
+    /// Sent with `POST` (SMART's `authorize-post`) rather than `GET`.
+    posted: bool,
 }
 
 impl std::fmt::Debug for AuthorizeRequest {
@@ -56,6 +60,7 @@ impl AuthorizeRequest {
             code_challenge_method: get("code_challenge_method"),
             nonce: get("nonce"),
             launch: get("launch"),
+            posted: false,
         }
     }
 
@@ -100,8 +105,12 @@ impl AuthorizeRequest {
         if self.code_challenge_method.as_deref() != Some("S256") {
             return Err(Refusal::new(ErrorCode::InvalidRequest, "code_challenge_method must be S256"));
         }
-        if self.audience().map(|a| a.trim_end_matches('/')) != Some(fhir_base) {
-            return Err(Refusal::new(ErrorCode::InvalidRequest, "aud must be this server's FHIR base URL"));
+        match self.audience() {
+            None => return Err(Refusal::new(ErrorCode::InvalidRequest, "aud must be this server's FHIR base URL").named("aud:missing")),
+            Some(a) if a.trim_end_matches('/') != fhir_base => {
+                return Err(Refusal::new(ErrorCode::InvalidRequest, "aud must be this server's FHIR base URL").named("aud:invalid"));
+            }
+            Some(_) => {}
         }
         let Some(scope) = self.scope.as_deref() else {
             return Err(Refusal::new(ErrorCode::InvalidScope, "scope is required"));
@@ -117,13 +126,20 @@ impl AuthorizeRequest {
 /// description for the app's developer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
-    code: ErrorCode,
-    description: Cow<'static, str>,
+    pub(super) code: ErrorCode,
+    pub(super) description: Cow<'static, str>,
+    /// What went wrong, for a profile's `error_uri` (Oracle-style `launch:code-required`); the code when absent.
+    pub(super) slug: Option<&'static str>,
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, description: impl Into<Cow<'static, str>>) -> Refusal {
-        Refusal { code, description: description.into() }
+    pub(super) fn new(code: ErrorCode, description: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal { code, description: description.into(), slug: None }
+    }
+
+    /// The same refusal, named `slug` in an `error_uri`.
+    fn named(self, slug: &'static str) -> Refusal {
+        Refusal { slug: Some(slug), ..self }
     }
 }
 
@@ -131,12 +147,14 @@ impl Refusal {
 /// URI: its refusals, made before anyone has signed in, are pages here, so that this endpoint is no open
 /// redirector for it (RFC 9700 §4.11.2). Administrator-registered apps get RFC 6749 error redirects with
 /// `state` and `iss`.
-fn refuse(s: &Shared, client: &Client, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, r: Refusal) -> Response {
+/// `profile` is the launch's when it is known, else the app's.
+fn refuse(s: &Shared, client: &Client, profile: Option<&Profile>, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, r: Refusal) -> Response {
     if client.self_registered {
         s.audit("authorize").launch(trace).client(client.client_id.as_str()).refused().record(format!("refused: {}: {}", r.code, r.description));
         error_page(s, StatusCode::BAD_REQUEST, "This app's request cannot be accepted", &r.description, "Tell the app's developer.")
     } else {
-        redirect_error(s, trace, redirect_uri, state, r.code, &r.description)
+        let profile = profile.or(client.profile.as_ref());
+        redirect_error(s, trace, redirect_uri, state, profile, r)
     }
 }
 
@@ -169,6 +187,22 @@ async fn take_launch(s: &Shared, handle: &str, client: &Client, requested: &Scop
         launch.encounter = None;
     }
     Ok(launch)
+}
+
+/// What the vendor profile refuses that SMART allows.
+fn profile_rules(rules: &crate::profile::ProfileRules, req: &AuthorizeRequest, launched: bool, scopes: &ScopeSet) -> Result<(), Refusal> {
+    if rules.aud_required() && req.aud.is_none() {
+        return Err(Refusal::new(ErrorCode::InvalidRequest, "aud is required").named("aud:missing"));
+    }
+    if rules.post_only_with_launch() && req.posted && !launched {
+        return Err(Refusal::new(ErrorCode::InvalidRequest, "this server accepts POST to the authorisation endpoint for EHR launches only; use GET"));
+    }
+    let user_scopes = scopes.scopes.iter().any(|sc| matches!(sc, Scope::Resource(r) if r.level == smart::Level::User));
+    if rules.launch_required_for_user_scopes() && user_scopes && !launched {
+        return Err(Refusal::new(ErrorCode::InvalidRequest, "a clinician's app (user/ scopes) must be launched from the EHR: this request has no launch")
+            .named("grant:launch:code-required"));
+    }
+    Ok(())
 }
 
 /// The app, its redirect URI, then the request's own checks, the launch, and the vendor profile's rules;
@@ -217,19 +251,19 @@ async fn authorize(s: &Shared, headers: &HeaderMap, req: AuthorizeRequest) -> Re
     let trace = trace.as_deref();
     let (scope, code_challenge) = match req.check(&s.config.fhir_base) {
         Ok(checked) => checked,
-        Err(r) => return refuse(s, &client, trace, redirect_uri, state, r),
+        Err(r) => return refuse(s, &client, None, trace, redirect_uri, state, r),
     };
     let launch = match req.launch.as_deref() {
         Some(handle) => match take_launch(s, handle, &client, &ScopeSet::parse(scope)).await {
             Ok(l) => Some(l),
-            Err(LaunchStop::Refused(r)) => return refuse(s, &client, trace, redirect_uri, state, r),
+            Err(LaunchStop::Refused(r)) => return refuse(s, &client, None, trace, redirect_uri, state, r),
             Err(LaunchStop::Failed(e)) => return internal(s, e),
         },
         None => None,
     };
-    let profile = launch.as_ref().and_then(|l| l.profile).or(client.profile).unwrap_or_default();
-    if profile == Profile::Oracle && req.aud.is_none() {
-        return refuse(s, &client, trace, redirect_uri, state, Refusal::new(ErrorCode::InvalidRequest, "aud is required"));
+    let profile = launch.as_ref().and_then(|l| l.profile.clone()).or(client.profile.clone()).unwrap_or_default();
+    if let Err(r) = profile_rules(s.config.profiles.rules(&profile), &req, launch.is_some(), &ScopeSet::parse(scope)) {
+        return refuse(s, &client, Some(&profile), trace, redirect_uri, state, r);
     }
     // The request belongs to this browser: its forms are accepted only with this browser's binding cookie.
     let (browser, set_cookie) = session::browser_binding(s, headers);
@@ -332,7 +366,9 @@ mod tests {
             (&[("scope", "launch patient/*.rs")], ErrorCode::InvalidRequest, "the launch scope needs the launch parameter from the EHR"),
         ];
         for (changes, code, description) in cases {
-            assert_eq!(with(changes).check(BASE), Err(Refusal::new(*code, *description)), "{changes:?}");
+            let request = with(changes);
+            let refused = request.check(BASE).map_err(|r| (r.code, r.description.to_string()));
+            assert_eq!(refused, Err((*code, description.to_string())), "{changes:?}");
         }
         // With a launch, the launch scope is expected (checked against the launch itself later).
         assert!(with(&[("scope", "launch patient/*.rs"), ("launch", "handle")]).check(BASE).is_ok());

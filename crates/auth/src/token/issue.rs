@@ -46,7 +46,11 @@ pub(crate) async fn issue_tokens(
     {
         grant.revoke_at = Some(now + after * 1000);
     }
-    let lifetime = if backend { s.config.backend_token_secs } else { crate::profile::access_token_secs(grant.profile(), &faults, s.config.access_token_secs) };
+    let lifetime = if backend {
+        s.config.backend_token_secs
+    } else {
+        crate::profile::access_token_secs(s.config.profiles.rules(&grant.profile()), &faults, s.config.access_token_secs)
+    };
     let access = ordered_token(now);
     let expires = now + lifetime * 1000;
     grant.expires = Some(expires);
@@ -125,9 +129,10 @@ pub(crate) async fn issue_tokens(
             body[k] = v.clone();
         }
     }
-    crate::profile::shape_response(&grant, &mut body);
+    let rules = s.config.profiles.rules(&grant.profile());
+    crate::profile::shape_response(rules, &grant, &mut body);
     if let Some(st) = request_state
-        && grant.profile() == crate::model::Profile::Epic
+        && rules.tokens.echo_state.as_ref().is_some_and(|r| r.value)
     {
         body["state"] = json!(st);
     }

@@ -3,10 +3,14 @@
 
 use super::issue::{Refresh, issue_tokens};
 use crate::crypto::token_key;
-use crate::model::{Client, Grant, Profile};
+use crate::model::{Client, Grant};
+use crate::profile::RefreshHabit;
 use crate::{OAuthError, Shared};
 use serde_json::Value;
 use smart::ScopeSet;
+
+/// The last refresh of a grant, under a profile that throttles refreshes (expires after the interval).
+const REFRESHED: &str = "refreshed";
 
 pub(super) async fn exchange(s: &Shared, client: &Client, rt: &str, scope: Option<&str>) -> Result<Value, OAuthError> {
     let hash = token_key(rt);
@@ -48,12 +52,50 @@ pub(super) async fn exchange(s: &Shared, client: &Client, rt: &str, scope: Optio
     let current = narrowed.clone().unwrap_or_else(|| grant.scope.clone());
     let allowed_now = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(&current)).to_string();
     let narrowed = if allowed_now == grant.scope { narrowed } else { Some(allowed_now) };
-    let profile = grant.profile();
-    if !crate::profile::rotates_refresh(profile) {
-        let keep = if profile == Profile::Nextgen { Refresh::Same(rt) } else { Refresh::Omit };
+    let rules = s.config.profiles.rules(&grant.profile());
+    // A vendor that throttles refreshes: one per grant per interval, counted on every node alike. The mark
+    // is taken back when the refresh then fails on the server's side, so a retry is not throttled.
+    let throttled = rules.tokens.min_refresh_interval_secs.as_ref().map(|r| r.value);
+    if let Some(min) = throttled {
+        let now = s.now_ms();
+        if !s.store.auth_insert_new(REFRESHED, &grant.grant_id, "", Some(now + min * 1000)).await? {
+            let until = s.store.auth_get(REFRESHED, &grant.grant_id).await?.and_then(|r| r.expires).unwrap_or(now + min * 1000);
+            let wait = ((until - now).max(0) as u64).div_ceil(1000);
+            s.audit("refresh").grant(&grant).refused().record(format!("throttled: one refresh per {min} s ({} profile)", rules.name));
+            return Err(OAuthError::throttled(
+                wait,
+                format!("refreshed too often: this server allows one refresh per {min} s; retry after the time given in Retry-After"),
+            ));
+        }
+    }
+    let grant_id = grant.grant_id.clone();
+    let result = refresh_with(s, client, rules.refresh(), grant, rt, &hash, narrowed).await;
+    if throttled.is_some() && result.as_ref().is_err_and(OAuthError::is_server_side) {
+        let _ = s.store.auth_delete(REFRESHED, &grant_id).await;
+    }
+    result
+}
+
+/// The refresh itself, as the profile answers it: rotation (the old token spent, reuse detected), the same
+/// token again, or none.
+async fn refresh_with(
+    s: &Shared,
+    client: &Client,
+    habit: RefreshHabit,
+    grant: Grant,
+    rt: &str,
+    hash: &str,
+    narrowed: Option<String>,
+) -> Result<Value, OAuthError> {
+    let keep = match habit {
+        RefreshHabit::Rotate => None,
+        RefreshHabit::Same => Some(Refresh::Same(rt)),
+        RefreshHabit::None => Some(Refresh::Omit),
+    };
+    if let Some(keep) = keep {
         return issue_tokens(s, client, grant, narrowed, keep, None).await;
     }
-    match s.store.auth_consume("refresh", &hash).await? {
+    match s.store.auth_consume("refresh", hash).await? {
         Some(r) if !r.used && !r.revoked => {}
         _ => return Err(reused(s, client, &grant).await),
     }

@@ -42,6 +42,7 @@ pub async fn sandbox_on(clock: SharedClock) -> Sandbox {
         database_url: None,
         export_ttl_secs: None,
         export_faults: true,
+        profiles_dir: None,
     };
     let app = Application::build(&config, clock).await.expect("build");
     kindling::seed(&app.state, 3, 1).await.expect("seed");

@@ -67,14 +67,14 @@ async fn apps_file_registers_apps_with_secrets_from_the_environment() {
     // and updates what it states, it never re-enables an app or resets its profile.
     let mut c = auth::registry::get_client(store, "cfg-public").await.unwrap().unwrap();
     c.disabled = true;
-    c.profile = Some(auth::model::Profile::Epic);
+    c.profile = Some(auth::model::Profile::named("epic"));
     auth::registry::put_client_as_is(store, &c).await.unwrap();
     let renamed = file.replace("Configured public app", "Renamed public app");
     auth::apps::load_apps_file(store, &renamed, |_| Some("x".into())).await.unwrap();
     let c = auth::registry::stored_client(store, "cfg-public").await.unwrap().unwrap();
     assert_eq!(c.name, "Renamed public app", "the file updates what it states");
     assert!(c.disabled, "a runtime disable stands");
-    assert_eq!(c.profile, Some(auth::model::Profile::Epic), "the runtime profile stands");
+    assert_eq!(c.profile, Some(auth::model::Profile::named("epic")), "the runtime profile stands");
     let mut inferno = auth::registry::stored_client(store, "inferno-local").await.unwrap().unwrap();
     inferno.disabled = false;
     auth::registry::put_client_as_is(store, &inferno).await.unwrap();

@@ -7,7 +7,7 @@ fn root(app: &TestApp) -> String {
     app.base.trim_end_matches("/fhir").to_string()
 }
 
-async fn form(app: &TestApp, path: &str, cookie: Option<&str>, pairs: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn form(app: &TestApp, path: &str, cookie: Option<&str>, pairs: &[(&str, &str)]) -> reqwest::Response {
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
     let mut req = app.client.post(format!("{}{path}", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body);
     if let Some(c) = cookie {
@@ -30,7 +30,7 @@ pub(crate) async fn sign_in(app: &TestApp, path: &str, user: &str, password: &st
     set.split(';').next().unwrap().to_string()
 }
 
-fn csrf(html: &str) -> String {
+pub(crate) fn csrf(html: &str) -> String {
     let start = html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
     html[start..start + html[start..].find('"').unwrap()].to_string()
 }
@@ -192,7 +192,7 @@ async fn app_registration_pages() {
     let secret = html[s_start..s_start + html[s_start..].find('<').unwrap()].to_string();
     let stored = auth::registry::get_client(store, &client_id).await.unwrap().unwrap();
     assert!(auth::crypto::verify_client_secret(&secret, stored.secret_hash.as_deref().unwrap()));
-    assert_eq!(stored.profile, Some(auth::model::Profile::Epic));
+    assert_eq!(stored.profile, Some(auth::model::Profile::named("epic")));
     let (_, edit) = page(&app, &format!("/ehr/apps/{client_id}"), &cookie).await;
     assert!(!edit.contains(&secret), "the secret is never shown again");
     // Edit keeps the secret; disable removes the app from charts and from token requests.

@@ -55,6 +55,7 @@ fn system_access(client_id: &str) -> api::access::Access {
         fhir_user: None,
         launch: None,
         faults: None,
+        vendor: None,
     }))
 }
 

@@ -19,6 +19,7 @@ mod import;
 mod migrations;
 mod multi_node;
 mod openapi;
+mod profiles;
 mod reference_app;
 mod sdk;
 mod search;
@@ -55,7 +56,12 @@ pub async fn spawn_secured_app() -> TestApp {
 
 /// The whole platform, tokens enforced, on the given database (e.g. a [`ScratchPostgres`] URL).
 pub async fn spawn_secured_on(database: &str) -> TestApp {
-    spawn_on(false, None, Some(database.to_string())).await
+    spawn_on(false, None, Some(database.to_string()), None).await
+}
+
+/// The whole platform, tokens enforced, with the vendor profiles of `dir` added (`--profiles DIR`).
+pub async fn spawn_secured_with_profiles(dir: std::path::PathBuf) -> TestApp {
+    spawn_on(false, None, test_database().await, Some(dir)).await
 }
 
 /// The whole platform with the reference clinician app mounted under `/app`.
@@ -74,10 +80,15 @@ async fn spawn(open_sandbox: bool) -> TestApp {
 
 /// `reference_app`: not mounted (`None`), mounted on SQLite (`Some(None)`) or on the given database.
 async fn spawn_inner(open_sandbox: bool, reference_app: Option<Option<String>>) -> TestApp {
-    spawn_on(open_sandbox, reference_app, test_database().await).await
+    spawn_on(open_sandbox, reference_app, test_database().await, None).await
 }
 
-async fn spawn_on(open_sandbox: bool, reference_app: Option<Option<String>>, database_url: Option<String>) -> TestApp {
+async fn spawn_on(
+    open_sandbox: bool,
+    reference_app: Option<Option<String>>,
+    database_url: Option<String>,
+    profiles_dir: Option<std::path::PathBuf>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let shared: SharedClock = clock.clone();
@@ -91,6 +102,7 @@ async fn spawn_on(open_sandbox: bool, reference_app: Option<Option<String>>, dat
         database_url,
         export_ttl_secs: None,
         export_faults: true,
+        profiles_dir,
     };
     let mut app = Application::build(&config, shared).await.expect("build app");
     match &reference_app {

@@ -255,6 +255,66 @@ async fn consent_denied_and_standalone_launch() {
     assert!(page.contains("id=\"patient-name\""), "a standalone launch shows the banner");
 }
 
+/// An EHR launch of the reference app for `patient` under `profile`, as the clinician `doc`: the summary page.
+async fn ehr_launch_summary(app: &TestApp, patient: &str, profile: &str) -> String {
+    let r = app
+        .client
+        .post(format!("{}/auth/launch", root(app)))
+        .basic_auth("doc", Some("doc-pass"))
+        .json(&serde_json::json!({"patient": patient, "profile": profile, "need_patient_banner": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{profile}");
+    let handle = r.json::<serde_json::Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
+    let mut u = url::Url::parse(&format!("{}/app/launch", root(app))).unwrap();
+    u.query_pairs_mut().append_pair("iss", &app.base).append_pair("launch", &handle);
+    let r = app.client.get(u).send().await.unwrap();
+    assert_eq!(r.status(), 303, "{profile}");
+    let bound = launch_cookie(&r);
+    let browser = crate::Browser::new();
+    let html = browser.get(location(&r)).await.text().await.unwrap();
+    let mut r =
+        browser.post_form(&format!("{}/auth/login", root(app)), &[("request", &hidden(&html, "request")), ("username", "doc"), ("password", "doc-pass")]).await;
+    if r.status() == 200 {
+        let html = r.text().await.unwrap();
+        let mut form = vec![("request".to_string(), hidden(&html, "request")), ("decision".into(), "allow".into())];
+        for s in html.split("name=\"scope\" value=\"").skip(1) {
+            form.push(("scope".into(), s[..s.find('"').unwrap()].to_string()));
+        }
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        r = browser.post_form(&format!("{}/auth/consent", root(app)), &pairs).await;
+    }
+    let callback = location(&r);
+    assert!(callback.contains("/app/callback?") && !callback.contains("error="), "{profile}: {callback}");
+    let r = app.client.get(&callback).header("cookie", &bound).send().await.unwrap();
+    assert_eq!(r.status(), 303, "{profile}: the callback starts a session");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let r = app.client.get(format!("{}{}", root(app), location(&r))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{profile}");
+    r.text().await.unwrap()
+}
+
+/// The reference app works on every vendor profile the EHR offers: the summary shows the patient, and
+/// what a profile does not grant (Oracle drops wildcard scopes) degrades to plain words, not an error page.
+#[tokio::test]
+async fn the_reference_app_works_under_every_vendor_profile() {
+    let app = spawn_with_reference_app().await;
+    kindling::seed(&app.app_state, 1, 5).await.unwrap();
+    let store = app.auth.store.as_ref();
+    auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    let patient = synth::patient_id(5, 0);
+    let profiles: Vec<String> = app.auth.config.profiles.all().iter().map(|p| p.name.clone()).collect();
+    assert!(profiles.len() >= 5, "{profiles:?}");
+    for profile in profiles {
+        let page = ehr_launch_summary(&app, &patient, &profile).await;
+        assert!(page.contains("id=\"patient-name\"") && page.contains("Active problems"), "{profile}: {page}");
+        for code in ["invalid_scope", "invalid_grant", "insufficient_scope", "OperationOutcome", "access_token"] {
+            assert!(!page.contains(code), "{profile}: the page speaks OAuth ({code})");
+        }
+    }
+}
+
 /// The app's sessions and pending authorisations on PostgreSQL (a database of its own, dropped after).
 /// Skipped with a message when PostgreSQL is not reachable, except in CI.
 #[tokio::test]

@@ -327,6 +327,47 @@ async fn retries_on_injected_429_and_503_and_vendor_profiles() {
     assert!(!session.context().granted.allows("Observation", Interaction::Read), "the wildcard was dropped");
 }
 
+/// The SDK on every vendor profile the server offers: launch, context, a read, a search, two refreshes.
+#[tokio::test]
+async fn the_sdk_works_under_every_vendor_profile() {
+    let f = fix().await;
+    let app = &f.app;
+    register(app, "pub", ClientKind::Public, None).await;
+    // Named types as well as the wildcard: a profile that drops wildcards (Oracle) still grants these.
+    let ehr = EhrConfig {
+        iss: app.base.clone(),
+        client_id: "pub".into(),
+        auth: ClientAuth::Public,
+        redirect_uri: REDIRECT.into(),
+        ehr_scope: format!("{EHR_SCOPE} patient/Patient.rs patient/Observation.rs"),
+        standalone_scope: SCOPE.into(),
+    };
+    let s = SmartClient::new(vec![ehr], Arc::new(MemoryPendingStore::new())).unwrap();
+    let profiles: Vec<String> = app.auth.config.profiles.all().iter().map(|p| p.name.clone()).collect();
+    for profile in profiles {
+        let handle = ehr_handle(app, json!({"patient": f.p, "profile": profile, "need_patient_banner": true})).await;
+        let req = s.ehr_launch(&app.base, &handle).await.unwrap();
+        let session = s.callback(&browser(app, &req, "doc", "doc-pass", true).await).await.unwrap_or_else(|e| panic!("{profile}: {e}"));
+        let ctx = session.context();
+        assert_eq!(ctx.patient.as_deref(), Some(f.p.as_str()), "{profile}");
+        assert!(ctx.need_patient_banner, "{profile}: the banner flag is read whatever its type");
+        assert!(session.expires_in().await.unwrap() > 0, "{profile}");
+        let fhir = session.fhir();
+        let patient = fhir.read::<Value>("Patient", &f.p).await;
+        assert!(
+            ctx.granted.allows("Patient", Interaction::Read) && ctx.granted.allows("Observation", Interaction::Search),
+            "{profile}: {}",
+            ctx.granted.as_str()
+        );
+        assert_eq!(patient.unwrap_or_else(|e| panic!("{profile}: {e}"))["id"], f.p.as_str(), "{profile}");
+        fhir.search("Observation", &[("patient", f.p.as_str())]).await.unwrap_or_else(|e| panic!("{profile}: {e}"));
+        session.refresh().await.unwrap_or_else(|e| panic!("{profile}: {e}"));
+        app.clock.advance(time::Duration::seconds(61));
+        session.refresh().await.unwrap_or_else(|e| panic!("{profile}: second refresh: {e}"));
+        assert!(fhir.read::<Value>("Patient", &f.p).await.is_ok(), "{profile}: after refreshes");
+    }
+}
+
 #[tokio::test]
 async fn backend_services_client() {
     let f = fix().await;

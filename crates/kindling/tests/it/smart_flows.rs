@@ -103,7 +103,7 @@ impl<'a> Auth<'a> {
         Auth { client_id, scope: scope.into(), state: "st-ü &=|x".into(), challenge, verifier, launch: None, aud: app.base.clone(), browser: Browser::new() }
     }
 
-    fn params(&self) -> Vec<(String, String)> {
+    pub(crate) fn params(&self) -> Vec<(String, String)> {
         let mut p = vec![
             ("response_type".into(), "code".into()),
             ("client_id".into(), self.client_id.into()),
@@ -1108,12 +1108,18 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     let mut url = url::Url::parse(&format!("{}/auth/authorize", root(app))).unwrap();
     url.query_pairs_mut().extend_pairs(a.params().into_iter().map(|(k, v)| if k == "aud" { ("resource".to_string(), v) } else { (k, v) }));
     let r = app.client.get(url).send().await.unwrap();
-    assert_eq!(query(&location(&r)).get("error_description").map(String::as_str), Some("aud is required"));
+    // Oracle writes its errors as `error_uri` URNs, not `error_description`.
+    let q = query(&location(&r));
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
+    assert_eq!(q.get("error_uri").map(String::as_str), Some("urn:cerner:error:authorization-server:smart-v1:aud:missing"));
+    assert!(!q.contains_key("error_description"), "{q:?}");
     // Oracle's documentation: a refresh response carries no new refresh token; the old one stays valid.
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "oracle"}), "launch openid fhirUser offline_access patient/Condition.rs").await;
     let rt = t["refresh_token"].as_str().unwrap();
     let r1: Value = refresh(app, rt).await.json().await.unwrap();
     assert!(r1["access_token"].is_string() && r1.get("refresh_token").is_none(), "{r1}");
+    // (Oracle throttles refreshes to one a minute: `profiles::oracle_throttles_refreshes_…`.)
+    app.clock.advance(time::Duration::seconds(61));
     assert_eq!(refresh(app, rt).await.status(), 200, "the old refresh token stays valid");
 
     // Strict (the default): a boolean, rotation, no vendor fields.

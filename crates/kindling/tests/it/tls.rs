@@ -44,6 +44,7 @@ async fn serves_https_with_tls_1_2_and_1_3_only() {
         database_url: None,
         export_ttl_secs: None,
         export_faults: false,
+        profiles_dir: None,
     };
     let app = Application::build(&config, clock).await.unwrap();
     let addr = app.addr;

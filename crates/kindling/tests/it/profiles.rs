@@ -1,0 +1,249 @@
+//! Vendor profiles as data (`config/profiles/*.toml`, `--profiles DIR`): the rules beyond the token
+//! response that `smart_flows::vendor_profiles_reproduce_their_ehrs` checks — what the authorisation
+//! endpoint refuses, refresh throttling, a read-only FHIR API with vendor parameters, a request budget —
+//! and a profile of the user's own.
+
+use crate::ehr_pages::{csrf, form, page, sign_in};
+use crate::smart_flows::{ALL, Auth, Fixture, PUBLIC, REDIRECT, ehr_tokens, fhir_get, fixture, fixture_with, location, query, refresh, root};
+use crate::{TestApp, spawn_secured_with_profiles};
+use auth::model::{Client, ClientKind, Profile};
+use serde_json::{Value, json};
+
+/// Registers a public app that meets `profile` by default.
+async fn app_with_profile(app: &TestApp, client_id: &str, profile: &str) {
+    let client = Client {
+        client_id: client_id.into(),
+        name: format!("App {client_id}"),
+        kind: ClientKind::Public,
+        secret_hash: None,
+        redirect_uris: vec![REDIRECT.into()],
+        launch_url: Some("https://app.example/launch".into()),
+        allowed_scope: ALL.into(),
+        jwks: None,
+        jwks_url: None,
+        icon: None,
+        disabled: false,
+        profile: Some(Profile::named(profile)),
+        self_registered: false,
+    };
+    auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_authorisation_endpoint_refuses_what_the_vendor_refuses() {
+    let f = fixture().await;
+    let app = &f.app;
+    // Oracle: a clinician's app (user/ scopes) without an EHR launch gets Oracle's URN, not a description.
+    app_with_profile(app, "oracle-app", "oracle").await;
+    let a = Auth::new(app, "oracle-app", "openid fhirUser user/Patient.rs");
+    let q = query(&location(&a.start(app).await));
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
+    assert_eq!(q.get("error_uri").map(String::as_str), Some("urn:cerner:error:authorization-server:smart-v1:grant:launch:code-required"));
+    assert!(!q.contains_key("error_description"));
+    assert!(q.contains_key("state") && q.contains_key("iss"));
+    // A patient's standalone launch is fine there (the sign-in page).
+    let a = Auth::new(app, "oracle-app", "openid fhirUser launch/patient patient/Patient.rs");
+    assert_eq!(a.start(app).await.status(), 200);
+    // The same clinician request under the strict profile is accepted (the sign-in page).
+    let a = Auth::new(app, PUBLIC, "openid fhirUser user/Patient.rs");
+    assert_eq!(a.start(app).await.status(), 200);
+
+    // Epic: POST to the authorisation endpoint for EHR launches only.
+    app_with_profile(app, "epic-app", "epic").await;
+    let a = Auth::new(app, "epic-app", "openid fhirUser launch/patient patient/Patient.rs");
+    let posted = |a: &Auth<'_>| {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(a.params()).finish();
+        app.client.post(format!("{}/auth/authorize", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send()
+    };
+    let r = posted(&a).await.unwrap();
+    let q = query(&location(&r));
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
+    assert!(q["error_description"].contains("POST"), "{q:?}");
+    assert_eq!(a.start(app).await.status(), 200, "GET is accepted");
+    let a = Auth::new(app, PUBLIC, "openid fhirUser launch/patient patient/Patient.rs");
+    assert_eq!(posted(&a).await.unwrap().status(), 200, "strict accepts POST (authorize-post)");
+
+    // The launch API refuses a profile nobody defined.
+    let r = app
+        .client
+        .post(format!("{}/auth/launch", root(app)))
+        .basic_auth("doc", Some("doc-pass"))
+        .json(&json!({"patient": f.p2, "profile": "nosuch"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["error_description"].as_str().unwrap().contains("nosuch"));
+}
+
+#[tokio::test]
+async fn oracle_throttles_refreshes_to_one_a_minute_and_epic_pads_its_scope() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "oracle"}), "launch openid fhirUser offline_access patient/Condition.rs").await;
+    let rt = t["refresh_token"].as_str().unwrap();
+    assert_eq!(refresh(app, rt).await.status(), 200);
+    app.clock.advance(time::Duration::seconds(30));
+    let r = refresh(app, rt).await;
+    assert_eq!(r.status(), 429, "a second refresh within the minute");
+    assert_eq!(r.headers()["retry-after"], "30", "the time left");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
+    app.clock.advance(time::Duration::seconds(31));
+    assert_eq!(refresh(app, rt).await.status(), 200, "and again after the minute");
+
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "epic"}), "launch openid fhirUser patient/Condition.rs").await;
+    let scope = t["scope"].as_str().unwrap();
+    assert!(scope.ends_with(' ') && scope.contains("patient/Condition.read"), "{scope:?}");
+}
+
+#[tokio::test]
+async fn nextgen_serves_read_and_search_only_and_takes_maxresults() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen"}), "launch openid fhirUser patient/*.cruds").await;
+    let token = t["access_token"].as_str().unwrap();
+    let (status, bundle) = fhir_get(app, &format!("Observation?patient={}&_maxresults=2", f.p2), Some(token)).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(2), "_maxresults is taken as _count");
+    // The other parameters are kept as they were: the same page as with _count, filters and all.
+    let (_, counted) = fhir_get(app, &format!("Observation?patient={}&category=vital-signs&_count=3", f.p2), Some(token)).await;
+    let (_, aliased) = fhir_get(app, &format!("Observation?patient={}&category=vital-signs&_maxresults=3", f.p2), Some(token)).await;
+    let ids = |b: &Value| b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(&counted), ids(&aliased));
+    assert_eq!(ids(&aliased).len(), 3);
+    assert!(aliased["entry"].as_array().unwrap().iter().all(|e| e["resource"]["category"][0]["coding"][0]["code"] == "vital-signs"));
+    let (_, both) = fhir_get(app, &format!("Observation?patient={}&_maxresults=2&_count=4", f.p2), Some(token)).await;
+    assert_eq!(both["entry"].as_array().map(Vec::len), Some(4), "the standard parameter wins when both are given");
+    let (status, _) = fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await;
+    assert_eq!(status, 200);
+    let (status, oo) = fhir_get(app, &format!("Patient/{}/_history", f.p2), Some(token)).await;
+    assert_eq!(status, 405, "{oo}");
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p2)}});
+    let r =
+        app.client.post(app.url("Observation")).bearer_auth(token).header("content-type", "application/fhir+json").body(obs.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 405, "the granted write scope does not make a read-only API writable");
+    let (_, patient) = fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await;
+    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut req = app.client.request(method, app.url(&path)).bearer_auth(token).header("content-type", "application/fhir+json");
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        req.send()
+    };
+    let transaction =
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": obs, "request": {"method": "POST", "url": "Observation"}}]});
+    for (method, path, body) in [
+        (reqwest::Method::PUT, format!("Patient/{}", f.p2), Some(patient.clone())),
+        (reqwest::Method::PATCH, format!("Patient/{}", f.p2), Some(json!([]))),
+        (reqwest::Method::DELETE, format!("Patient/{}", f.p2), None),
+        (reqwest::Method::POST, String::new(), Some(transaction)),
+        (reqwest::Method::GET, format!("Patient/{}/_history/1", f.p2), None),
+        (reqwest::Method::GET, format!("Patient/{}/$everything", f.p2), None),
+        (reqwest::Method::GET, "Patient/$export".to_string(), None),
+    ] {
+        let r = send(method.clone(), path.clone(), body).await.unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+    }
+    let r = app
+        .client
+        .post(app.url("Observation/_search"))
+        .bearer_auth(token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("patient={}", f.p2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "search by POST is a search");
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.1, patient, "nothing changed");
+    // The same grant under the strict profile may write.
+    let t = ehr_tokens(&f, json!({"patient": f.p2}), "launch openid fhirUser patient/*.cruds").await;
+    let r = app
+        .client
+        .post(app.url("Observation"))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .header("content-type", "application/fhir+json")
+        .body(obs.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (status, _) = fhir_get(app, &format!("Observation?patient={}&_maxresults=2", f.p2), t["access_token"].as_str()).await;
+    assert_eq!(status, 400, "only the NextGen profile knows _maxresults");
+}
+
+#[tokio::test]
+async fn nextgen_office_allows_twenty_requests_a_minute_per_app() {
+    let f = fixture().await;
+    let app = &f.app;
+    // Two launches of one app share the budget.
+    let a = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen-office"}), "launch openid fhirUser patient/*.rs").await;
+    let b = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen-office"}), "launch openid fhirUser patient/*.rs").await;
+    let path = format!("Patient/{}", f.p2);
+    for i in 0..20 {
+        let token = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(fhir_get(app, &path, token["access_token"].as_str()).await.0, 200, "request {i}");
+    }
+    let r = app.client.get(app.url(&path)).bearer_auth(a["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(r.json::<Value>().await.unwrap()["issue"][0]["code"], "throttled");
+    app.clock.advance(time::Duration::seconds(wait as i64));
+    assert_eq!(fhir_get(app, &path, b["access_token"].as_str()).await.0, 200, "a new minute, a new budget");
+}
+
+#[tokio::test]
+async fn a_profile_of_ones_own_is_loaded_from_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acme.toml"),
+        r#"name = "acme"
+label = "Acme EHR"
+about = "What our integration partner's EHR does."
+
+[tokens.access_token_secs]
+value = 120
+source = "unverified: seen in our test tenant"
+
+[[extra]]
+name = "acme_site"
+value = "{launch.site}"
+default = "main"
+source = "unverified"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rotator.toml"),
+        "name = \"rotator\"\nlabel = \"Rotator\"\nabout = \"x\"\n[tokens.refresh]\nvalue = \"rotate\"\nsource = \"unverified\"\n\
+         [tokens.min_refresh_interval_secs]\nvalue = 60\nsource = \"unverified\"\n",
+    )
+    .unwrap();
+    let f: Fixture = fixture_with(spawn_secured_with_profiles(dir.path().to_path_buf()).await).await;
+    let app = &f.app;
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "acme", "extra": {"site": "north"}}), "launch openid fhirUser patient/*.rs").await;
+    assert_eq!(t["expires_in"], 120);
+    assert_eq!(t["acme_site"], "north");
+
+    // The EHR's launcher offers it; a name nobody defined is refused with a page.
+    let cookie = sign_in(app, "/ehr/login", "doc", "doc-pass").await;
+    let (status, chart) = page(app, &format!("/ehr/patients/{}", f.p2), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(chart.contains("<option value=\"acme\">Acme EHR</option>"), "{chart}");
+    let client = format!("tab|{PUBLIC}");
+    let token = csrf(&chart);
+    let launch = [("patient", f.p2.as_str()), ("encounter", ""), ("launch", client.as_str()), ("csrf", token.as_str()), ("profile", "nosuch")];
+    let r = form(app, "/ehr/launch", Some(&cookie), &launch).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("there is no vendor profile"));
+
+    // A throttled refresh of a rotating profile does not spend the refresh token.
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "rotator"}), "launch openid fhirUser offline_access patient/*.rs").await;
+    let r1: Value = refresh(app, t["refresh_token"].as_str().unwrap()).await.json().await.unwrap();
+    let rt2 = r1["refresh_token"].as_str().unwrap();
+    assert_ne!(rt2, t["refresh_token"].as_str().unwrap(), "rotated");
+    assert_eq!(refresh(app, rt2).await.status(), 429);
+    app.clock.advance(time::Duration::seconds(61));
+    assert_eq!(refresh(app, rt2).await.status(), 200, "the throttled request did not spend it");
+}
