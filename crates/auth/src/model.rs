@@ -184,6 +184,11 @@ pub struct User {
     /// A disabled user cannot sign in, and their sessions and tokens stop working.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// The most this user may let an app do, as resource scopes (`user/Patient.rs user/Appointment.rs`),
+    /// applied at the user and the patient level alike: a front-desk persona grants no clinical data
+    /// whatever the app asks. `None`: everything the role allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rights: Option<String>,
 }
 
 impl std::fmt::Debug for User {

@@ -465,8 +465,18 @@ pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Resul
 }
 
 /// Demo accounts of the sandbox: (user name, password, role, display name).
-pub const DEMO_USERS: &[(&str, &str, &str, &str)] =
-    &[("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter"), ("patient", "kindling-patient", "patient", "the first synthetic patient")];
+pub const DEMO_USERS: &[(&str, &str, &str, &str)] = &[
+    ("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter, family physician: everything"),
+    ("nurse", "kindling-nurse", "clinician", "Rosa Mendes, RN: reads everything, records observations"),
+    ("frontdesk", "kindling-frontdesk", "clinician", "Sam Doyle, front desk: demographics, appointments and coverage only"),
+    ("patient", "kindling-patient", "patient", "the first synthetic patient"),
+];
+
+/// What the nurse persona may let an app do: read everything, record observations (vital signs).
+pub const NURSE_RIGHTS: &str = "user/*.rs user/Observation.c";
+/// What the front-desk persona may let an app do: demographics, scheduling and coverage; no clinical data.
+pub const FRONT_DESK_RIGHTS: &str = "user/Patient.rus user/RelatedPerson.rs user/Appointment.rs user/Encounter.rs user/Coverage.rs \
+                                     user/Practitioner.rs user/PractitionerRole.rs user/Organization.rs user/Location.rs";
 
 /// Marks the database as a sandbox (`kindling up` made it): developer shortcuts such as `kindling token`
 /// work only on such a database.
@@ -486,10 +496,11 @@ pub async fn sandbox_token(auth: &auth::Shared, client_id: &str, username: &str,
     auth::operator_tokens(auth, client_id, username, patient, scope).await.map_err(anyhow::Error::msg)
 }
 
-/// Creates the demo users when they do not exist: a clinician linked to the first practitioner and a
-/// patient linked to the first synthetic patient of `seed`.
-pub async fn ensure_demo_users(app: &Application, seed: u64) -> anyhow::Result<()> {
-    let store = app.state.store.as_ref();
+/// Creates the demo users when they do not exist: a clinician linked to the first practitioner, the
+/// nurse and front-desk personas (with [`NURSE_RIGHTS`] and [`FRONT_DESK_RIGHTS`]) and a patient linked to
+/// the first synthetic patient of `seed`.
+pub async fn ensure_demo_users(state: &api::AppState, seed: u64) -> anyhow::Result<()> {
+    let store = state.store.as_ref();
     if auth::registry::get_user(store, "clinician").await?.is_none() {
         auth::registry::put_user(
             store,
@@ -500,6 +511,18 @@ pub async fn ensure_demo_users(app: &Application, seed: u64) -> anyhow::Result<(
             &format!("Practitioner/{}", synth::practitioner_id(0)),
         )
         .await?;
+    }
+    // Personas who may see less: apps can be tried with users whose rights bound what any app is granted.
+    for (username, name, password, practitioner, rights) in [
+        ("nurse", "Rosa Mendes, RN", "kindling-nurse", synth::REGISTERED_NURSE, NURSE_RIGHTS),
+        ("frontdesk", "Sam Doyle (front desk)", "kindling-frontdesk", synth::FRONT_DESK, FRONT_DESK_RIGHTS),
+    ] {
+        if auth::registry::get_user(store, username).await?.is_none() {
+            let fhir_user = format!("Practitioner/{}", synth::practitioner_id(practitioner));
+            let mut user = auth::registry::put_user(store, username, name, auth::model::UserRole::Clinician, password, &fhir_user).await?;
+            user.rights = Some(rights.split_whitespace().collect::<Vec<_>>().join(" "));
+            auth::registry::put_user_as_is(store, &user).await?;
+        }
     }
     if auth::registry::get_user(store, "patient").await?.is_none() {
         let id = synth::patient_id(seed, 0);

@@ -164,7 +164,7 @@ enum AppsCommand {
 
 #[derive(Subcommand)]
 enum UsersCommand {
-    /// List the accounts (user name, role, linked record, name, disabled).
+    /// List the accounts (user name, role, linked record, name, rights, disabled).
     List,
     /// Add an account; its password is read from the environment variable --password-env names.
     Add {
@@ -190,6 +190,13 @@ enum UsersCommand {
         username: String,
         #[arg(long, default_value = "KINDLING_PASSWORD")]
         password_env: String,
+    },
+    /// Bound what the user may let any app do, as resource scopes (e.g. "user/Patient.rus
+    /// user/Appointment.rs"; applied at the patient level too); without --scope, lift the bound.
+    Rights {
+        username: String,
+        #[arg(long)]
+        scope: Option<String>,
     },
 }
 
@@ -345,7 +352,7 @@ async fn main() -> anyhow::Result<()> {
                 let n = kindling::seed(&app.state, patients, seed).await?;
                 eprintln!("Seeded {n} resources.");
             }
-            kindling::ensure_demo_users(&app, seed).await?;
+            kindling::ensure_demo_users(&app.state, seed).await?;
             kindling::mark_sandbox(&app.auth).await?;
             ehr::register_demo_app(&app.auth).await?;
             app.mount_reference_app().await?;
@@ -448,6 +455,10 @@ async fn main() -> anyhow::Result<()> {
                     kindling::users::passwd(&app.auth, &username, &password(&password_env)?).await?;
                     println!("Changed the password of {username}.");
                 }
+                UsersCommand::Rights { username, scope } => match kindling::users::set_rights(&app.auth, &username, scope.as_deref()).await? {
+                    Some(rights) => println!("{username} may let apps do at most: {rights}"),
+                    None => println!("{username} may let apps do whatever the role allows."),
+                },
             }
             Ok(())
         }

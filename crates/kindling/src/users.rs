@@ -55,12 +55,15 @@ fn role_name(role: UserRole) -> &'static str {
     }
 }
 
-/// Every account, one line each: user name, role, linked record, name, and whether it is disabled.
+/// Every account, one line each: user name, role, linked record, name, rights, and whether it is disabled.
 pub async fn list(auth: &auth::Shared) -> anyhow::Result<Vec<String>> {
     Ok(auth::registry::list_users(auth.store.as_ref())
         .await?
         .into_iter()
-        .map(|u| format!("{}\t{}\t{}\t{}{}", u.username, role_name(u.role), u.fhir_user, u.display_name, if u.disabled { "\tdisabled" } else { "" }))
+        .map(|u| {
+            let rights = u.rights.as_deref().map_or("all the role allows".to_string(), |r| format!("at most {r}"));
+            format!("{}\t{}\t{}\t{}\t{rights}{}", u.username, role_name(u.role), u.fhir_user, u.display_name, if u.disabled { "\tdisabled" } else { "" })
+        })
         .collect())
 }
 
@@ -95,4 +98,38 @@ pub async fn passwd(auth: &auth::Shared, username: &str, password: &str) -> anyh
     auth::registry::put_user_as_is(auth.store.as_ref(), &user).await?;
     auth.audit("user-password").user(username).record("password changed");
     Ok(())
+}
+
+/// Bounds what the user may let any app do (resource scopes, at the user and the patient level alike), or
+/// lifts the bound (`None`). Only resource scopes are accepted. An access token already issued keeps its
+/// scope until it expires; refreshes and later authorisations are bounded. Returns the rights as stored.
+pub async fn set_rights(auth: &auth::Shared, username: &str, scope: Option<&str>) -> anyhow::Result<Option<String>> {
+    let mut user = existing(auth, username).await?;
+    let rights = match scope {
+        None => None,
+        Some(text) => {
+            let set = smart::ScopeSet::parse(text);
+            if !set.invalid.is_empty() {
+                let why: Vec<String> = set.invalid.iter().map(|e| format!("'{}' ({})", e.scope, e.reason)).collect();
+                bail!("not a SMART scope: {}", why.join(", "));
+            }
+            if let Some(other) = set.scopes.iter().find(|s| !matches!(s, smart::Scope::Resource(_))) {
+                bail!("rights are resource scopes (user/Patient.rs ...), not '{other}'");
+            }
+            if let Some(t) = set.resource_scopes().filter_map(|r| r.resource_type.as_deref()).find(|t| !fhir::types::is_known_type(t)) {
+                bail!("'{t}' is no FHIR R4 resource type");
+            }
+            if set.scopes.is_empty() {
+                bail!("give at least one resource scope (or leave out --scope to lift the bound)");
+            }
+            Some(set.to_string())
+        }
+    };
+    user.rights = rights.clone();
+    auth::registry::put_user_as_is(auth.store.as_ref(), &user).await?;
+    auth.audit("user-rights").user(username).record(match &rights {
+        Some(r) => format!("rights bounded to {r}"),
+        None => "rights bound lifted".to_string(),
+    });
+    Ok(rights)
 }

@@ -69,7 +69,15 @@ pub(crate) const CLINICIANS: &[Clinician] = &[
     clinician("Farid", "Haddad", "male", ("207RC0000X", "Cardiovascular Disease"), 0, "kp-location-1", "MD"),
     clinician("Grace", "Whitfield", "female", ("363LF0000X", "Nurse Practitioner, Family"), 1, "kp-location-2", "NP"),
     clinician("Hana", "Sato", "female", ("207V00000X", "Obstetrics & Gynecology"), 1, "kp-location-2", "MD"),
+    // Staff of the family practice who sign in as the sandbox's personas: a registered nurse, and the front
+    // desk (registration and scheduling: no taxonomy, no credential, no clinical role).
+    clinician("Rosa", "Mendes", "female", ("163W00000X", "Registered Nurse"), 1, "kp-location-2", "RN"),
+    clinician("Sam", "Doyle", "male", ("", "Front desk (registration and scheduling)"), 1, "kp-location-2", ""),
 ];
+/// The registered nurse (the `nurse` persona of `kindling up`).
+pub const REGISTERED_NURSE: usize = 8;
+/// The front-desk clerk (the `frontdesk` persona of `kindling up`).
+pub const FRONT_DESK: usize = 9;
 pub(crate) const FAMILY_DOCTOR: usize = 0;
 pub(crate) const INTERNIST: usize = 1;
 pub(crate) const PEDIATRICIAN: usize = 2;
@@ -179,7 +187,11 @@ pub(crate) fn npi(base: u64) -> String {
 /// Dr. Alice Carter and colleagues as they sign: "Dr. Alice Carter" or "Grace Whitfield, NP".
 pub(crate) fn clinician_name(i: usize) -> String {
     let c = &CLINICIANS[i];
-    if c.credential == "MD" { format!("Dr. {} {}", c.given, c.family) } else { format!("{} {}, {}", c.given, c.family, c.credential) }
+    match c.credential {
+        "MD" => format!("Dr. {} {}", c.given, c.family),
+        "" => format!("{} {}", c.given, c.family),
+        credential => format!("{} {}, {credential}", c.given, c.family),
+    }
 }
 
 /// Generates the Bundles.
@@ -307,34 +319,58 @@ fn shared_resources() -> Value {
         let id = practitioner_id(i);
         let (org_id, _, city, line, zip, phone) = PROVIDERS[c.org];
         let email = format!("{}.{}@kindling.example", c.given.to_lowercase(), patient::ascii_lower(c.family));
-        b.put(json!({
+        let mut practitioner = json!({
             "resourceType": "Practitioner", "id": id, "active": true,
             "identifier": [{"system": NPI, "value": npi(123_456_000 + i as u64 * 1_013)}],
             "name": [{"use": "official", "family": c.family, "given": [c.given], "prefix": if c.credential == "MD" { json!(["Dr."]) } else { json!([]) }, "suffix": [c.credential]}],
             "gender": c.gender,
             "telecom": [{"system": "phone", "value": phone, "use": "work"}, {"system": "email", "value": email, "use": "work"}],
-            "address": [address(line, city, zip)],
-            "qualification": [{"code": cc("http://terminology.hl7.org/CodeSystem/v2-0360", c.credential, if c.credential == "MD" { "Doctor of Medicine" } else { "Nurse Practitioner" })}]
-        }));
-        b.put(json!({
+            "address": [address(line, city, zip)]
+        });
+        let qualification = match c.credential {
+            "MD" => Some("Doctor of Medicine"),
+            "NP" => Some("Nurse Practitioner"),
+            "RN" => Some("Registered Nurse"),
+            _ => None,
+        };
+        match qualification {
+            Some(display) => practitioner["qualification"] = json!([{"code": cc("http://terminology.hl7.org/CodeSystem/v2-0360", c.credential, display)}]),
+            // Front-desk staff: no credential, no NPI (only licensed providers have one).
+            None => {
+                if let Some(p) = practitioner.as_object_mut() {
+                    p.remove("identifier");
+                }
+                practitioner["name"][0]["suffix"] = json!([]);
+            }
+        }
+        b.put(practitioner);
+        // A role without a provider taxonomy is said in words (US Core binds PractitionerRole.code extensibly).
+        let role_code =
+            if c.taxonomy.0.is_empty() { json!({"text": c.taxonomy.1}) } else { cc("http://nucc.org/provider-taxonomy", c.taxonomy.0, c.taxonomy.1) };
+        let mut role = json!({
             "resourceType": "PractitionerRole", "id": format!("kp-role-{}", i + 1), "active": true,
             "practitioner": named_reference("Practitioner", &id, &clinician_name(i)),
             "organization": reference("Organization", org_id),
             "location": [reference("Location", c.location)],
-            "code": [cc("http://nucc.org/provider-taxonomy", c.taxonomy.0, c.taxonomy.1)],
-            "specialty": [cc("http://nucc.org/provider-taxonomy", c.taxonomy.0, c.taxonomy.1)],
+            "code": [role_code],
             "telecom": [{"system": "phone", "value": phone, "use": "work"}, {"system": "email", "value": email, "use": "work"}],
             "endpoint": [reference("Endpoint", &format!("kp-endpoint-{}", c.org + 1))]
-        }));
+        });
+        if !c.taxonomy.0.is_empty() {
+            role["specialty"] = json!([cc("http://nucc.org/provider-taxonomy", c.taxonomy.0, c.taxonomy.1)]);
+        }
+        b.put(role);
     }
     let mut out = b.finish();
-    // Empty prefixes are left out rather than sent as [].
+    // Empty prefixes and suffixes are left out rather than sent as [].
     for e in out["entry"].as_array_mut().into_iter().flatten() {
         // (`get_mut`, not indexing: indexing a missing member inserts a null.)
-        if let Some(name) = e["resource"].get_mut("name").and_then(|n| n.get_mut(0)).and_then(Value::as_object_mut)
-            && name.get("prefix").is_some_and(|p| p.as_array().is_some_and(Vec::is_empty))
-        {
-            name.remove("prefix");
+        if let Some(name) = e["resource"].get_mut("name").and_then(|n| n.get_mut(0)).and_then(Value::as_object_mut) {
+            for key in ["prefix", "suffix"] {
+                if name.get(key).is_some_and(|p| p.as_array().is_some_and(Vec::is_empty)) {
+                    name.remove(key);
+                }
+            }
         }
     }
     out

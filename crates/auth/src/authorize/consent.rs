@@ -80,7 +80,36 @@ pub(crate) fn grantable(client: &Client, user: &User, requested: &str) -> ScopeS
         Scope::Resource(r) => r.level == smart::Level::Patient || (r.level == smart::Level::User && !patient_user),
         _ => true,
     });
-    granted
+    match &user.rights {
+        Some(rights) => within_rights(&ScopeSet::parse(rights), &granted),
+        None => granted,
+    }
+}
+
+/// What of `granted` a user's rights allow: each resource scope narrowed by the rights at its own level
+/// (the rights' level does not matter: they say which types and actions the person may reach); a
+/// wildcard grant becomes the types the rights name. Other scopes (`openid`, `launch`, ...) stay.
+pub(crate) fn within_rights(rights: &ScopeSet, granted: &ScopeSet) -> ScopeSet {
+    let mut out = ScopeSet::default();
+    for sc in &granted.scopes {
+        let Scope::Resource(g) = sc else {
+            out.scopes.push(sc.clone());
+            continue;
+        };
+        for r in rights.resource_scopes() {
+            let right = smart::ResourceScope { level: g.level, ..r.clone() };
+            let asked = match (&g.resource_type, &r.resource_type) {
+                (None, Some(t)) => smart::ResourceScope { resource_type: Some(t.clone()), ..g.clone() },
+                _ => g.clone(),
+            };
+            if let Some(n) = right.narrow(&asked)
+                && !out.scopes.contains(&Scope::Resource(n.clone()))
+            {
+                out.scopes.push(Scope::Resource(n));
+            }
+        }
+    }
+    out
 }
 
 pub(super) fn consent_items(granted: &ScopeSet) -> Vec<ConsentItem> {
@@ -254,4 +283,30 @@ pub(super) async fn issue_code(s: &Shared, pending: PendingAuthorization, user: 
         q.append_pair("iss", &s.config.fhir_base);
     }
     Redirect::to(url.as_str()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn within(rights: &str, granted: &str) -> String {
+        within_rights(&ScopeSet::parse(rights), &ScopeSet::parse(granted)).to_string()
+    }
+
+    #[test]
+    fn a_users_rights_bound_what_any_app_is_granted() {
+        let desk = "user/Patient.rs user/Appointment.rs";
+        // A wildcard becomes the types the rights name, at the grant's own level.
+        assert_eq!(within(desk, "openid launch patient/*.rs"), "openid launch patient/Patient.rs patient/Appointment.rs");
+        assert_eq!(within(desk, "user/*.cruds"), "user/Patient.rs user/Appointment.rs");
+        // A named type outside the rights is gone; inside them, the common actions stay.
+        assert_eq!(within(desk, "user/Observation.rs user/Patient.r"), "user/Patient.r");
+        // Write rights for one type only: reading everything, writing Observations.
+        let nurse = "user/*.rs user/Observation.c";
+        assert_eq!(within(nurse, "patient/*.cruds"), "patient/*.rs patient/Observation.c");
+        assert_eq!(within(nurse, "user/Condition.cu"), "");
+        // Granular constraints survive.
+        assert_eq!(within(nurse, "patient/Observation.rs?category=vital-signs"), "patient/Observation.rs?category=vital-signs");
+        assert_eq!(within("", "openid fhirUser user/*.rs"), "openid fhirUser", "no rights: no data, only identity");
+    }
 }

@@ -26,7 +26,7 @@ mod sign_in;
 
 pub use consent::consent;
 use consent::{consent_items, issue_code};
-pub(crate) use consent::{explain, grantable};
+pub(crate) use consent::{explain, grantable, within_rights};
 use picker::patient_choices;
 use picker::patient_label;
 pub use picker::pick;

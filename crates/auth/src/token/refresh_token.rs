@@ -51,7 +51,17 @@ pub(super) async fn exchange(s: &Shared, client: &Client, rt: &str, scope: Optio
     // The app's registration may have shrunk since: never refresh beyond what it is allowed now.
     let current = narrowed.clone().unwrap_or_else(|| grant.scope.clone());
     let allowed_now = ScopeSet::parse(&client.allowed_scope).narrow(&ScopeSet::parse(&current)).to_string();
-    let narrowed = if allowed_now == grant.scope { narrowed } else { Some(allowed_now) };
+    let mut narrowed = if allowed_now == grant.scope { narrowed } else { Some(allowed_now) };
+    // So may the user's rights (`kindling users rights`): never refresh beyond them either.
+    if let Some(username) = &grant.username
+        && let Some(rights) = crate::registry::get_user(s.store.as_ref(), username).await?.and_then(|u| u.rights)
+    {
+        let current = narrowed.clone().unwrap_or_else(|| grant.scope.clone());
+        let bounded = crate::authorize::within_rights(&ScopeSet::parse(&rights), &ScopeSet::parse(&current)).to_string();
+        if bounded != current {
+            narrowed = Some(bounded);
+        }
+    }
     let rules = s.config.profiles.rules(&grant.profile());
     // A vendor that throttles refreshes: one per grant per interval, counted on every node alike. The mark
     // is taken back when the refresh then fails on the server's side, so a retry is not throttled.

@@ -46,7 +46,7 @@ pub async fn sandbox_on(clock: SharedClock) -> Sandbox {
     };
     let app = Application::build(&config, clock).await.expect("build");
     kindling::seed(&app.state, 3, 1).await.expect("seed");
-    kindling::ensure_demo_users(&app, 1).await.expect("users");
+    kindling::ensure_demo_users(&app.state, 1).await.expect("users");
     ::ehr::register_demo_app(&app.auth).await.expect("demo app");
     let mut app = app;
     app.mount_reference_app().await.expect("reference app");

@@ -74,3 +74,115 @@ async fn accounts_are_added_linked_disabled_and_given_new_passwords() {
     sign_in(&app, "/ehr/login", "drokafor", "a-new-password").await;
     assert!(kindling::users::disable(&app.auth, "nobody").await.unwrap_err().to_string().contains("no user"));
 }
+
+/// The sandbox's personas: the nurse and the front desk may let an app do less than the physician,
+/// whatever the app asks — in the authorisation flow (the consent page offers less) and in the token.
+#[tokio::test]
+async fn personas_grant_apps_no_more_than_their_rights() {
+    use crate::smart_flows::{Auth, REDIRECT, browser_form, code, exchange, inputs, login};
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 2, 12).await.unwrap();
+    kindling::ensure_demo_users(&app.app_state, 12).await.unwrap();
+    let patient = synth::patient_id(12, 0);
+    let client = auth::model::Client {
+        client_id: "writer".into(),
+        name: "A charting app".into(),
+        kind: auth::model::ClientKind::Public,
+        secret_hash: None,
+        redirect_uris: vec![REDIRECT.into()],
+        launch_url: None,
+        allowed_scope: "launch/patient openid fhirUser offline_access patient/*.cruds user/*.cruds".into(),
+        jwks: None,
+        jwks_url: None,
+        icon: None,
+        disabled: false,
+        profile: None,
+        self_registered: false,
+    };
+    auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
+    let list = kindling::users::list(&app.auth).await.unwrap().join("\n");
+    assert!(list.contains("frontdesk\tclinician\tPractitioner/kp-practitioner-10\t") && list.contains("at most user/Patient.rus"), "{list}");
+    let token = |user: &'static str| {
+        let auth = app.auth.clone();
+        let patient = patient.clone();
+        async move {
+            let t = auth::operator_tokens(&auth, "writer", user, Some(&patient), "openid fhirUser patient/*.cruds").await.unwrap();
+            (t["access_token"].as_str().unwrap().to_string(), t["scope"].as_str().unwrap().to_string())
+        }
+    };
+    let status = |method: reqwest::Method, path: String, token: String, body: Option<serde_json::Value>| {
+        let mut req = app.client.request(method, app.url(&path)).bearer_auth(token).header("content-type", "application/fhir+json");
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let vital = serde_json::json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": "2026-12-06T10:00:00Z",
+        "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}});
+    let problem = serde_json::json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{patient}")}, "code": {"text": "Headache"}});
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    // The physician: everything the app asks.
+    let (doc, scope) = token("clinician").await;
+    assert_eq!(scope, "openid fhirUser patient/*.cruds");
+    assert_eq!(status(post.clone(), "Condition".into(), doc, Some(problem.clone())).await, 201);
+    // The nurse: reads everything, records observations, nothing else.
+    let (nurse, scope) = token("nurse").await;
+    assert_eq!(scope, "openid fhirUser patient/*.rs patient/Observation.c");
+    assert_eq!(status(get.clone(), format!("Condition?patient={patient}"), nurse.clone(), None).await, 200);
+    assert_eq!(status(post.clone(), "Observation".into(), nurse.clone(), Some(vital.clone())).await, 201);
+    assert_eq!(status(post.clone(), "Condition".into(), nurse, Some(problem)).await, 403);
+    // The front desk: demographics and scheduling, no clinical data.
+    let (desk, scope) = token("frontdesk").await;
+    assert!(scope.contains("patient/Patient.rus") && !scope.contains("Observation") && !scope.contains("*"), "{scope}");
+    assert_eq!(status(get.clone(), format!("Patient/{patient}"), desk.clone(), None).await, 200);
+    assert_eq!(status(get.clone(), format!("Observation?patient={patient}"), desk.clone(), None).await, 403);
+    assert_eq!(status(post, "Observation".into(), desk, Some(vital)).await, 403);
+
+    // In the authorisation flow the consent page offers the front desk only what it may allow, and the
+    // token carries no more.
+    let a = Auth::new(&app, "writer", "launch/patient openid fhirUser patient/*.rs");
+    let page = login(&app, &a.browser, a.start(&app).await, "frontdesk", "kindling-frontdesk").await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Which patient"), "{html}");
+    let req = inputs(&html, "request").remove(0);
+    let picked = browser_form(&app, &a.browser, "/auth/pick", &[("request", &req), ("patient", &patient)]).await;
+    assert_eq!(picked.status(), 200);
+    let html = picked.text().await.unwrap();
+    let offered = inputs(&html, "scope");
+    assert!(offered.contains(&"patient/Patient.rs".to_string()) && offered.contains(&"patient/Appointment.rs".to_string()), "{offered:?}");
+    assert!(!offered.iter().any(|o| o.contains("Observation") || o.contains('*')), "{offered:?}");
+    let req = inputs(&html, "request").remove(0);
+    let mut form: Vec<(&str, &str)> = vec![("request", &req), ("decision", "allow")];
+    for o in &offered {
+        form.push(("scope", o));
+    }
+    let r = browser_form(&app, &a.browser, "/auth/consent", &form).await;
+    let t: serde_json::Value = exchange(&app, "writer", &code(&app, &a, &r), &a.verifier).await.json().await.unwrap();
+    assert!(!t["scope"].as_str().unwrap().contains("Observation"), "{t}");
+    assert_eq!(status(get.clone(), format!("Observation?patient={patient}"), t["access_token"].as_str().unwrap().to_string(), None).await, 403);
+
+    // Rights bounded after the fact bound the next refresh too.
+    let t = auth::operator_tokens(&app.auth, "writer", "clinician", Some(&patient), "openid fhirUser offline_access patient/*.rs").await.unwrap();
+    kindling::users::set_rights(&app.auth, "clinician", Some("user/Patient.rs")).await.unwrap();
+    let r = crate::smart_flows::post_form(
+        &app,
+        "/auth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap()), ("client_id", "writer")],
+    )
+    .await;
+    let refreshed: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refreshed["scope"], "openid fhirUser offline_access patient/Patient.rs", "{refreshed}");
+
+    // Rights are set with `kindling users rights`, and checked.
+    assert!(kindling::users::set_rights(&app.auth, "nurse", Some("openid")).await.unwrap_err().to_string().contains("resource scopes"));
+    assert!(kindling::users::set_rights(&app.auth, "nurse", Some("user/Nope.rs")).await.unwrap_err().to_string().contains("no FHIR R4 resource type"));
+    assert!(kindling::users::set_rights(&app.auth, "nurse", Some("user/Patient.xyz")).await.unwrap_err().to_string().contains("not a SMART scope"));
+    assert_eq!(kindling::users::set_rights(&app.auth, "nurse", None).await.unwrap(), None);
+    let (_, scope) = token("nurse").await;
+    assert_eq!(scope, "openid fhirUser patient/*.cruds", "the bound lifted");
+}
