@@ -38,8 +38,9 @@ pub struct BenchArgs {
     /// loaded through the FHIR API into a fresh sandbox, then US-Core-style searches), `scoped` (one
     /// search with a patient-, a user- and a system-level token in turn), `export` (a system-level Bulk
     /// Data export of everything, kicked off and downloaded), `chained` (chained-parameter and `_has`
-    /// searches). All when absent.
-    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped", "export", "chained"])]
+    /// searches), `writes` (conditional creates and transactions at 1 and 8 clients, then a duplicate
+    /// check). All when absent.
+    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped", "export", "chained", "writes"])]
     pub only: Vec<String>,
 }
 
@@ -282,6 +283,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs("chained") {
         chained_searches(&server.base, &mut conn, args.seconds).await?;
     }
+    if args.runs("writes") {
+        writes(&server.base, &mut conn, args.seconds).await?;
+    }
     if let Some(kib) = rss_kib(pid) {
         println!("memory_after_load            rss={:.1} MB", kib as f64 / 1024.0);
     }
@@ -319,6 +323,93 @@ async fn chained_searches(base: &str, conn: &mut Conn, seconds: u64) -> anyhow::
         let s = load(base, Arc::new(paths), 1, seconds).await?;
         report(label, 1, &s);
     }
+    Ok(())
+}
+
+/// One write of a write load: method, path, extra headers, body.
+type Write = (&'static str, String, Vec<(&'static str, String)>, String);
+
+/// Like [`load`], for writes: the `i`-th request of the run is `make(i)`; `ok` statuses are not errors.
+async fn load_writes(base: &str, clients: usize, seconds: u64, make: Arc<dyn Fn(usize) -> Write + Send + Sync>, ok: &'static [u16]) -> anyhow::Result<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (base, make, next) = (base.to_string(), make.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = connect(&base).await?;
+            let (mut lat, mut errors) = (Vec::new(), 0);
+            while Instant::now() < deadline && lat.len() < 1_000_000 {
+                let (method, path, headers, body) = make(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let t = Instant::now();
+                let r = conn.send(method, &path, &headers, Some(body)).await?;
+                lat.push(t.elapsed().as_micros() as u64);
+                if !ok.contains(&r.status) {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    collect(tasks, started).await
+}
+
+/// The write paths integrations take, on the imported data: conditional creates (`If-None-Exist` on an
+/// identifier, from a key space small enough that concurrent clients ask for the same key) and
+/// transactions (a conditionally created patient with three observations), at 1 and 8 clients. Then every
+/// key of the run is searched: more than one patient per identifier is a duplicate.
+async fn writes(base: &str, conn: &mut Conn, seconds: u64) -> anyhow::Result<()> {
+    const KEYS: usize = 400;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    const SYSTEM: &str = "https://bench.kindling.example/mrn";
+    let system = SYSTEM;
+    let patient = move |key: String| serde_json::json!({"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": key}], "name": [{"family": "Bench", "given": ["Write"]}], "gender": "unknown"});
+    for clients in [1, 8] {
+        let run = run.clone();
+        let make: Arc<dyn Fn(usize) -> Write + Send + Sync> = Arc::new(move |i| {
+            // Keys repeat across clients (i * a prime): the same criteria arrive together.
+            let key = format!("{run}-c{clients}-{}", (i * 7919) % KEYS);
+            let headers = vec![("content-type", "application/fhir+json".to_string()), ("if-none-exist", format!("identifier={system}|{key}"))];
+            ("POST", "/fhir/Patient".to_string(), headers, patient(key).to_string())
+        });
+        let s = load_writes(base, clients, seconds, make, &[200, 201]).await?;
+        report("conditional create", clients, &s);
+    }
+    for clients in [1, 8] {
+        let run = run.clone();
+        let make: Arc<dyn Fn(usize) -> Write + Send + Sync> = Arc::new(move |i| {
+            let key = format!("{run}-t{clients}-{}", (i * 7919) % KEYS);
+            let subject = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+            let mut entries = vec![serde_json::json!({"fullUrl": subject, "resource": patient(key.clone()),
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={system}|{key}")}})];
+            for (code, display, value, unit) in
+                [("8867-4", "Heart rate", 72, "/min"), ("9279-1", "Respiratory rate", 16, "/min"), ("8310-5", "Body temperature", 37, "Cel")]
+            {
+                entries.push(serde_json::json!({"resource": {"resourceType": "Observation", "status": "final",
+                    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+                    "subject": {"reference": subject}, "effectiveDateTime": "2026-12-06T10:00:00Z",
+                    "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}},
+                    "request": {"method": "POST", "url": "Observation"}}));
+            }
+            let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+            ("POST", "/fhir".to_string(), vec![("content-type", "application/fhir+json".to_string())], bundle.to_string())
+        });
+        let s = load_writes(base, clients, seconds, make, &[200]).await?;
+        report("transaction (1+3 entries)", clients, &s);
+    }
+    let (mut keys, mut duplicates) = (0, 0);
+    for prefix in ["c1", "c8", "t1", "t8"] {
+        for k in 0..KEYS {
+            let (status, body) = conn.get(&format!("/fhir/Patient?identifier={system}|{run}-{prefix}-{k}&_summary=count")).await?;
+            let total = if status == 200 { serde_json::from_slice::<Value>(&body)?["total"].as_u64().unwrap_or(0) } else { 0 };
+            keys += usize::from(total > 0);
+            duplicates += total.saturating_sub(1) as usize;
+        }
+    }
+    println!("write_duplicates             identifiers={keys} duplicates={duplicates}");
     Ok(())
 }
 
