@@ -39,8 +39,9 @@ pub struct BenchArgs {
     /// search with a patient-, a user- and a system-level token in turn), `export` (a system-level Bulk
     /// Data export of everything, kicked off and downloaded), `chained` (chained-parameter and `_has`
     /// searches), `writes` (conditional creates and transactions at 1 and 8 clients, then a duplicate
-    /// check). All when absent.
-    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped", "export", "chained", "writes"])]
+    /// check), `ehr-launch` (an EHR launch as the SMART JavaScript client makes it, request by request).
+    /// All when absent.
+    #[arg(long, value_delimiter = ',', value_parser = ["fhir", "tokens", "code", "overhead", "api-load", "scoped", "export", "chained", "writes", "ehr-launch"])]
     pub only: Vec<String>,
 }
 
@@ -521,6 +522,7 @@ async fn api_load(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 const BENCH_REDIRECT: &str = "https://bench.example/cb";
+const BENCH_LAUNCH: &str = "https://bench.example/launch";
 
 /// The authorisation server: backend-services tokens, full code flows and the cost of checking a token on a
 /// FHIR read, against a `kindling serve` that enforces tokens.
@@ -572,6 +574,9 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         )
         .await?;
         auth::registry::put_client(store, client("bench-public", ClientKind::Public, "launch/patient openid fhirUser user/*.rs patient/*.rs", None)).await?;
+        let mut ehr_app = client("bench-ehr", ClientKind::Public, "launch openid fhirUser offline_access patient/*.rs", None);
+        ehr_app.launch_url = Some(BENCH_LAUNCH.into());
+        auth::registry::put_client(store, ehr_app).await?;
         auth::registry::put_user(store, "bench-doc", "Bench", UserRole::Clinician, "bench-pass", "Practitioner/bench").await?;
         if args.runs("scoped") {
             let patient = patients.first().map(String::as_str);
@@ -707,6 +712,10 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         latencies_us.sort_unstable();
         let s = Stats { requests: latencies_us.len(), errors, elapsed: started.elapsed(), latencies_us };
         report("authorize + code exchange", clients, &s);
+    }
+
+    if args.runs("ehr-launch") {
+        ehr_launch_bench(&base, &patient, args.seconds).await?;
     }
 
     // The cost of the token check on a FHIR read: one client reads the same resources alternately from
@@ -909,6 +918,118 @@ fn presign(key: &client::SigningKey, client_id: &str, token_url: &str, count: us
         }
         Ok(all)
     })
+}
+
+/// An EHR launch from the chart, request by request as the SMART JavaScript client (fhirclient 2.x) makes
+/// them after the EHR's button: discovery, authorise (the clinician's EHR session, consent remembered),
+/// the code exchange (with an id_token), three reads, a refresh. One client, one connection; prints each
+/// step's median and the median of the whole launch's server time (loopback HTTP included).
+async fn ehr_launch_bench(base: &str, patient: &str, seconds: u64) -> anyhow::Result<()> {
+    const SCOPE: &str = "launch openid fhirUser offline_access patient/*.rs";
+    let mut conn = connect(base).await?;
+    // The clinician signs in to the EHR once (argon2, not part of a launch) and opens the chart.
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs([("username", "bench-doc"), ("password", "bench-pass")]).finish();
+    let r = conn.send("POST", "/ehr/login", &[], Some(body)).await?;
+    let session = r.set_cookie.context("no EHR session")?.split(';').next().unwrap_or_default().to_string();
+    let chart = conn.send("GET", &format!("/ehr/patients/{patient}"), &[("cookie", &session)], None).await?;
+    let csrf = hidden(&chart.body, "csrf").context("no CSRF token on the chart")?;
+    let steps =
+        ["EHR launch button", "smart-configuration", "authorize", "code exchange", "read Patient", "search vital signs", "search conditions", "refresh"];
+    let mut times: Vec<Vec<u64>> = vec![Vec::new(); steps.len()];
+    let mut totals = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut first = true;
+    while Instant::now() < deadline && totals.len() < 100_000 {
+        let mut took = [0u64; 8];
+        let mut timed = async |i: usize, conn: &mut Conn, method: &str, path: &str, headers: &[(&str, &str)], body: Option<String>| -> anyhow::Result<Reply> {
+            let t = Instant::now();
+            let r = conn.send(method, path, headers, body).await?;
+            took[i] = t.elapsed().as_micros() as u64;
+            Ok(r)
+        };
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([("patient", patient), ("encounter", ""), ("launch", "tab|bench-ehr"), ("csrf", csrf.as_str())])
+            .finish();
+        let r = timed(0, &mut conn, "POST", "/ehr/launch", &[("cookie", &session)], Some(form)).await?;
+        let to = url::Url::parse(&r.location.context("the EHR did not launch the app")?)?;
+        let handle = to.query_pairs().find(|(k, _)| k == "launch").map(|(_, v)| v.into_owned()).context("no launch handle")?;
+        let r = timed(1, &mut conn, "GET", "/fhir/.well-known/smart-configuration", &[], None).await?;
+        anyhow::ensure!(r.status == 200, "discovery failed");
+        let verifier = format!("{}-bench-verifier", auth::crypto::random_token());
+        let mut url = url::Url::parse(&format!("{base}/auth/authorize"))?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", "bench-ehr")
+            .append_pair("redirect_uri", BENCH_REDIRECT)
+            .append_pair("scope", SCOPE)
+            .append_pair("state", "s")
+            .append_pair("aud", &format!("{base}/fhir"))
+            .append_pair("code_challenge", &auth::crypto::pkce_s256(&verifier))
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("launch", &handle);
+        let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let mut r = timed(2, &mut conn, "GET", &path, &[("cookie", &session)], None).await?;
+        if first && r.status == 200 {
+            // The first launch asks for consent; later ones remember it (as a clinician's second launch).
+            let req = hidden(&r.body, "request").context("no consent page")?;
+            let binding = r.set_cookie.clone().map(|c| c.split(';').next().unwrap_or_default().to_string()).unwrap_or_default();
+            let cookies = format!("{binding}; {session}");
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([("request", req.as_str()), ("decision", "allow"), ("scope", "patient/*.rs")])
+                .finish();
+            r = conn.send("POST", "/auth/consent", &[("cookie", &cookies)], Some(body)).await?;
+        }
+        first = false;
+        let location = r.location.context("no redirect with a code")?;
+        let code = url::Url::parse(&location)?.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).context("no code")?;
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", BENCH_REDIRECT),
+                ("code_verifier", verifier.as_str()),
+                ("client_id", "bench-ehr"),
+            ])
+            .finish();
+        let r = timed(3, &mut conn, "POST", "/auth/token", &[], Some(body)).await?;
+        anyhow::ensure!(r.status == 200, "code exchange failed with {}", r.status);
+        let tokens: Value = serde_json::from_slice(&r.body)?;
+        let bearer = format!("Bearer {}", tokens["access_token"].as_str().unwrap_or_default());
+        let auth_header = [("authorization", bearer.as_str())];
+        for (i, path) in [
+            (4, format!("/fhir/Patient/{patient}")),
+            (5, format!("/fhir/Observation?patient={patient}&category=vital-signs&_sort=-date&_count=50")),
+            (6, format!("/fhir/Condition?patient={patient}")),
+        ] {
+            let r = timed(i, &mut conn, "GET", &path, &auth_header, None).await?;
+            anyhow::ensure!(r.status == 200, "{path} failed with {}", r.status);
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens["refresh_token"].as_str().unwrap_or_default()),
+                ("client_id", "bench-ehr"),
+            ])
+            .finish();
+        let r = timed(7, &mut conn, "POST", "/auth/token", &[], Some(body)).await?;
+        anyhow::ensure!(r.status == 200, "refresh failed with {}", r.status);
+        for (i, t) in took.iter().enumerate() {
+            times[i].push(*t);
+        }
+        totals.push(took.iter().sum::<u64>());
+    }
+    for (name, mut t) in steps.iter().zip(times) {
+        t.sort_unstable();
+        println!("ehr launch step {name:<22} p50={:>7.3} ms  p99={:>7.3} ms", percentile(&t, 0.5), percentile(&t, 0.99));
+    }
+    totals.sort_unstable();
+    println!(
+        "ehr launch (8 requests)      launches={} server_time p50={:>7.3} ms  p99={:>7.3} ms",
+        totals.len(),
+        percentile(&totals, 0.5),
+        percentile(&totals, 0.99)
+    );
+    Ok(())
 }
 
 fn authorize_path(base: &str, scope: &str, challenge: &str) -> String {
