@@ -7,6 +7,7 @@
 //! can finish a flow another began. [`AuthServer`] also resolves bearer tokens for the FHIR API.
 #![deny(missing_docs)]
 
+pub mod accounts;
 pub mod apps;
 mod audit;
 mod authorize;

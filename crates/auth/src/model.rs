@@ -189,11 +189,19 @@ pub struct User {
     /// whatever the app asks. `None`: everything the role allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rights: Option<String>,
+    /// An administrator (a clinician) manages the EHR's apps and user accounts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("username", &self.username).field("role", &self.role).field("fhir_user", &self.fhir_user).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("fhir_user", &self.fhir_user)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
     }
 }
 

@@ -90,6 +90,7 @@ pub async fn put_user(store: &dyn AuthStore, username: &str, display_name: &str,
         fhir_user: fhir_user.to_string(),
         disabled: false,
         rights: None,
+        admin: false,
     };
     let value = serde_json::to_string(&user).map_err(|e| StoreError::Backend(e.to_string()))?;
     store.auth_put(USER, username, &value, None, None).await?;

@@ -11,7 +11,7 @@ pub(crate) fn kind_str(k: ClientKind) -> &'static str {
 }
 
 pub(crate) async fn apps_list(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let sess = match clinician(&s, &headers).await {
+    let sess = match administrator(&s, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -25,7 +25,7 @@ pub(crate) async fn apps_list(State(s): State<Shared>, headers: HeaderMap) -> Re
 }
 
 pub(crate) async fn app_new(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let sess = match clinician(&s, &headers).await {
+    let sess = match administrator(&s, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -33,7 +33,7 @@ pub(crate) async fn app_new(State(s): State<Shared>, headers: HeaderMap) -> Resp
 }
 
 pub(crate) async fn app_create(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
-    let sess = match clinician(&s, &headers).await {
+    let sess = match administrator(&s, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -76,7 +76,7 @@ pub(crate) async fn stored_client(s: &Shared, id: &str) -> Result<Option<auth::m
 }
 
 pub(crate) async fn app_edit(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let sess = match clinician(&s, &headers).await {
+    let sess = match administrator(&s, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -88,7 +88,7 @@ pub(crate) async fn app_edit(State(s): State<Shared>, headers: HeaderMap, Path(i
 }
 
 pub(crate) async fn app_update(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, axum::Form(p): axum::Form<Params>) -> Response {
-    let sess = match clinician(&s, &headers).await {
+    let sess = match administrator(&s, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -120,7 +120,7 @@ pub(crate) async fn app_update(State(s): State<Shared>, headers: HeaderMap, Path
 }
 
 pub(crate) async fn app_status(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, axum::Form(p): axum::Form<Params>) -> Response {
-    let sess = match clinician(&s, &headers).await {
+    let sess = match administrator(&s, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };

@@ -5,7 +5,7 @@
 //!   problems, medications, allergies, vital signs), and an Apps panel that creates a launch context and
 //!   opens the app in a new tab or inside the chart.
 //! - Patient portal (`/portal`): a patient launches patient-facing apps on their own record.
-//! - App registration pages (`/ehr/apps`).
+//! - App registration pages (`/ehr/apps`) and the Users page (`/ehr/users`), for administrators.
 //! - Fault injection and vendor profiles chosen per launch, and a launch inspector (`/ehr/launches/{id}`)
 //!   that shows the SMART handshake as it happened.
 //!
@@ -23,6 +23,7 @@ mod pages;
 mod patients;
 mod portal;
 mod sign_in;
+mod users;
 
 use apps::*;
 pub use auth_pages::AuthPages;
@@ -63,6 +64,8 @@ pub fn router(server: Shared) -> Router {
         .route("/ehr/apps/new", get(app_new))
         .route("/ehr/apps/{id}", get(app_edit).post(app_update))
         .route("/ehr/apps/{id}/status", post(app_status))
+        .route("/ehr/users", get(users::users_page).post(users::user_create))
+        .route("/ehr/users/{username}", post(users::user_change))
         .route("/portal", get(portal))
         .route("/portal/login", get(portal_login_page).post(portal_login))
         .route("/ehr/static/{file}", get(static_file))
@@ -147,6 +150,22 @@ async fn clinician(s: &Shared, headers: &HeaderMap) -> Result<Session, Response>
         )),
         None => Err(Redirect::to("/ehr/login").into_response()),
     }
+}
+
+/// The signed-in administrator, or the page saying this is theirs to do (or the sign-in page).
+async fn administrator(s: &Shared, headers: &HeaderMap) -> Result<Session, Response> {
+    let sess = clinician(s, headers).await?;
+    if sess.user.admin {
+        return Ok(sess);
+    }
+    Err(message(
+        Nav::of(&sess),
+        StatusCode::FORBIDDEN,
+        "This page is for administrators",
+        "Registering apps and managing accounts is for the EHR's administrators.",
+        "Ask an administrator of this EHR.",
+        "/ehr/patients",
+    ))
 }
 
 /// The page refusing a form that was not sent from this session, if it was not.

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 pub struct Nav {
     pub user: Option<String>,
     pub clinician: bool,
+    /// An administrator: the nav offers Apps and Users.
+    pub admin: bool,
     pub csrf: String,
     pub area: &'static str,
     pub home: &'static str,
@@ -21,6 +23,7 @@ impl Nav {
         Nav {
             user: Some(s.user.display_name.clone()),
             clinician,
+            admin: clinician && s.user.admin,
             csrf: s.csrf.clone(),
             area: if clinician { "EHR" } else { "patient portal" },
             home: if clinician { "/ehr/patients" } else { "/portal" },
@@ -28,7 +31,7 @@ impl Nav {
     }
 
     pub fn anonymous() -> Nav {
-        Nav { user: None, clinician: false, csrf: String::new(), area: "EHR", home: "/ehr" }
+        Nav { user: None, clinician: false, admin: false, csrf: String::new(), area: "EHR", home: "/ehr" }
     }
 }
 

@@ -466,7 +466,7 @@ pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Resul
 
 /// Demo accounts of the sandbox: (user name, password, role, display name).
 pub const DEMO_USERS: &[(&str, &str, &str, &str)] = &[
-    ("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter, family physician: everything"),
+    ("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter, family physician and administrator: everything"),
     ("nurse", "kindling-nurse", "clinician", "Rosa Mendes, RN: reads everything, records observations"),
     ("frontdesk", "kindling-frontdesk", "clinician", "Sam Doyle, front desk: demographics, appointments and coverage only"),
     ("patient", "kindling-patient", "patient", "the first synthetic patient"),
@@ -496,21 +496,30 @@ pub async fn sandbox_token(auth: &auth::Shared, client_id: &str, username: &str,
     auth::operator_tokens(auth, client_id, username, patient, scope).await.map_err(anyhow::Error::msg)
 }
 
-/// Creates the demo users when they do not exist: a clinician linked to the first practitioner, the
+/// Creates the demo users when they do not exist: a clinician (and administrator) linked to the first practitioner, the
 /// nurse and front-desk personas (with [`NURSE_RIGHTS`] and [`FRONT_DESK_RIGHTS`]) and a patient linked to
 /// the first synthetic patient of `seed`.
 pub async fn ensure_demo_users(state: &api::AppState, seed: u64) -> anyhow::Result<()> {
     let store = state.store.as_ref();
-    if auth::registry::get_user(store, "clinician").await?.is_none() {
-        auth::registry::put_user(
-            store,
-            "clinician",
-            "Dr. Alice Carter",
-            auth::model::UserRole::Clinician,
-            "kindling-clinician",
-            &format!("Practitioner/{}", synth::practitioner_id(0)),
-        )
-        .await?;
+    // The sandbox's clinician is its administrator too (apps and accounts), also in a sandbox made before
+    // the role existed.
+    let mut clinician = match auth::registry::stored_user(store, "clinician").await? {
+        Some(u) => u,
+        None => {
+            auth::registry::put_user(
+                store,
+                "clinician",
+                "Dr. Alice Carter",
+                auth::model::UserRole::Clinician,
+                "kindling-clinician",
+                &format!("Practitioner/{}", synth::practitioner_id(0)),
+            )
+            .await?
+        }
+    };
+    if !clinician.admin && clinician.role == auth::model::UserRole::Clinician {
+        clinician.admin = true;
+        auth::registry::put_user_as_is(store, &clinician).await?;
     }
     // Personas who may see less: apps can be tried with users whose rights bound what any app is granted.
     for (username, name, password, practitioner, rights) in [

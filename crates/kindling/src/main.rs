@@ -164,7 +164,7 @@ enum AppsCommand {
 
 #[derive(Subcommand)]
 enum UsersCommand {
-    /// List the accounts (user name, role, linked record, name, rights, disabled).
+    /// List the accounts (user name, role, linked record, name, rights, administrator, disabled).
     List,
     /// Add an account; its password is read from the environment variable --password-env names.
     Add {
@@ -190,6 +190,12 @@ enum UsersCommand {
         username: String,
         #[arg(long, default_value = "KINDLING_PASSWORD")]
         password_env: String,
+    },
+    /// Make a clinician an administrator (manages apps and accounts in the EHR), or with --revoke no longer one.
+    Admin {
+        username: String,
+        #[arg(long)]
+        revoke: bool,
     },
     /// Bound what the user may let any app do, as resource scopes (e.g. "user/Patient.rus
     /// user/Appointment.rs"; applied at the patient level too); without --scope, lift the bound.
@@ -440,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 UsersCommand::Add { username, name, role, fhir_user, password_env } => {
-                    let u = kindling::users::add(&app.auth, app.state.store.as_ref(), &username, &name, &role, &fhir_user, &password(&password_env)?).await?;
+                    let u = kindling::users::add(&app.auth, &username, &name, &role, &fhir_user, &password(&password_env)?).await?;
                     println!("Added {} ({}).", u.username, u.fhir_user);
                 }
                 UsersCommand::Disable { username } => {
@@ -454,6 +460,10 @@ async fn main() -> anyhow::Result<()> {
                 UsersCommand::Passwd { username, password_env } => {
                     kindling::users::passwd(&app.auth, &username, &password(&password_env)?).await?;
                     println!("Changed the password of {username}.");
+                }
+                UsersCommand::Admin { username, revoke } => {
+                    kindling::users::set_admin(&app.auth, &username, !revoke).await?;
+                    println!("{username} is {}an administrator.", if revoke { "no longer " } else { "" });
                 }
                 UsersCommand::Rights { username, scope } => match kindling::users::set_rights(&app.auth, &username, scope.as_deref()).await? {
                     Some(rights) => println!("{username} may let apps do at most: {rights}"),

@@ -623,6 +623,45 @@ fn build() -> Value {
             &signed_in,
         ),
     );
+    add("/ehr/users", "get", ehr("User accounts (administrators)", vec![], None, &signed_in));
+    add(
+        "/ehr/users",
+        "post",
+        ehr(
+            "Add a user account (administrators)",
+            vec![],
+            Some(form(
+                &[
+                    ("csrf", "Form token"),
+                    ("username", ""),
+                    ("name", "The name shown in the EHR"),
+                    ("role", "clinician or patient"),
+                    ("fhir_user", "Practitioner/ID or Patient/ID (must exist)"),
+                    ("password", "At least 10 characters"),
+                ],
+                &[],
+            )),
+            &json!({ "201": page("Added"), "303": redirect("To sign-in when there is no session") }),
+        ),
+    );
+    add(
+        "/ehr/users/{username}",
+        "post",
+        ehr(
+            "Change a user account (administrators)",
+            vec![param("username", "path", "User name", string())],
+            Some(form(
+                &[
+                    ("csrf", "Form token"),
+                    ("action", "disable, enable, password, rights, admin or unadmin"),
+                    ("password", "For action=password"),
+                    ("rights", "For action=rights: resource scopes, or empty"),
+                ],
+                &[],
+            )),
+            &signed_in,
+        ),
+    );
     add("/portal", "get", ehr("The patient portal", vec![], None, &signed_in));
     add("/portal/login", "get", ehr("The portal sign-in page", vec![], None, &json!({ "200": page("Sign-in") })));
     add(

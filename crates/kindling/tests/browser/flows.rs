@@ -123,7 +123,7 @@ async fn clinician_launches_the_demo_app_from_the_chart() {
     assert!(!steps.contains("access_token="), "no token values:\n{steps}");
     b.screenshot("ehr-inspector").await;
     // The app registration pages and the clinician's connected apps.
-    for (path, title) in [("/ehr/apps", "Apps"), ("/ehr/apps/new", "Register an app"), ("/ehr/connected", "Connected apps")] {
+    for (path, title) in [("/ehr/apps", "Apps"), ("/ehr/apps/new", "Register an app"), ("/ehr/users", "Users"), ("/ehr/connected", "Connected apps")] {
         b.goto(&format!("{}{path}", s.url)).await;
         b.find("h1").await;
         b.axe(title).await;

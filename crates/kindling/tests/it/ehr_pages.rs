@@ -161,7 +161,14 @@ async fn app_registration_pages() {
     let store = app.auth.store.as_ref();
     auth::registry::put_user(store, "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", "Practitioner/x").await.unwrap();
     let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    // Registering apps is for administrators.
+    let (status, refused) = page(&app, "/ehr/apps/new", &cookie).await;
+    assert_eq!(status, 403);
+    assert!(refused.contains("This page is for administrators"), "{refused}");
+    assert!(!refused.contains("href=\"/ehr/apps\""), "the nav offers no Apps link to a clinician");
+    kindling::users::set_admin(&app.auth, "doc", true).await.unwrap();
     let (_, new_page) = page(&app, "/ehr/apps/new", &cookie).await;
+    assert!(new_page.contains("href=\"/ehr/apps\"") && new_page.contains("href=\"/ehr/users\""), "and does to an administrator");
     let token = csrf(&new_page);
     // Invalid: an http redirect URI off localhost.
     let r = form(&app, "/ehr/apps", Some(&cookie), &[("csrf", &token), ("name", "Bad"), ("kind", "public"), ("redirect_uris", "http://evil.example/cb")]).await;
@@ -234,4 +241,104 @@ async fn sign_in_and_consent_forms_from_another_site_are_refused() {
     // The same form from the server's own pages works.
     let r = post("/ehr/login", &ours, "username=doc&password=doc-pass").await.unwrap();
     assert_eq!(r.status(), 303);
+}
+
+/// The Users page: administrators only; adding an account (checked as `kindling users` checks it), and
+/// disabling, enabling, new passwords, rights and the administrator role, each CSRF-checked and audited.
+#[tokio::test]
+async fn administrators_manage_accounts_on_the_users_page() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, 13).await.unwrap();
+    let store = app.auth.store.as_ref();
+    let practitioner = format!("Practitioner/{}", synth::practitioner_id(2));
+    auth::registry::put_user(store, "boss", "Dr Boss", auth::model::UserRole::Clinician, "boss-pass", &practitioner).await.unwrap();
+    auth::registry::put_user(store, "doc", "Dr Doc", auth::model::UserRole::Clinician, "doc-pass", &practitioner).await.unwrap();
+    kindling::users::set_admin(&app.auth, "boss", true).await.unwrap();
+    let doc = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    assert_eq!(page(&app, "/ehr/users", &doc).await.0, 403, "not for a clinician who is no administrator");
+    let doc_csrf = csrf(&page(&app, "/ehr/patients", &doc).await.1);
+    let r = form(&app, "/ehr/users/boss", Some(&doc), &[("csrf", &doc_csrf), ("action", "disable")]).await;
+    assert_eq!(r.status(), 403, "nor its forms");
+
+    let boss = sign_in(&app, "/ehr/login", "boss", "boss-pass").await;
+    let (status, html) = page(&app, "/ehr/users", &boss).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<code>doc</code>") && html.contains("clinician, administrator"), "{html}");
+    let token = csrf(&html);
+    // Without the page's CSRF token: refused.
+    let r = form(&app, "/ehr/users", Some(&boss), &[("username", "x")]).await;
+    assert_eq!(r.status(), 403);
+    // A link to a record that does not exist, said in words; the form keeps what was typed.
+    let add = |link: &'static str| {
+        let token = token.clone();
+        let boss = boss.clone();
+        let app = &app;
+        async move {
+            form(
+                app,
+                "/ehr/users",
+                Some(&boss),
+                &[("csrf", &token), ("username", "nurse2"), ("name", "Nurse Two"), ("role", "clinician"), ("fhir_user", link), ("password", "long-enough-9")],
+            )
+            .await
+        }
+    };
+    let r = add("Practitioner/nobody").await;
+    assert_eq!(r.status(), 400);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("There is no Practitioner/nobody in the record") && html.contains("value=\"nurse2\""), "{html}");
+    assert!(!html.contains("long-enough-9"), "the password is never sent back");
+    let link: &'static str = Box::leak(practitioner.clone().into_boxed_str());
+    let r = add(link).await;
+    assert_eq!(r.status(), 201);
+    assert!(r.text().await.unwrap().contains("Added nurse2"));
+    assert_eq!(add(link).await.status(), 400, "the same user name again");
+    let nurse = sign_in(&app, "/ehr/login", "nurse2", "long-enough-9").await;
+    assert_eq!(page(&app, "/ehr/patients", &nurse).await.0, 200);
+
+    // Rights, a new password, the administrator role, disabling: each said on the page.
+    let change = |user: &'static str, pairs: Vec<(&'static str, &'static str)>| {
+        let mut all = vec![("csrf", token.clone())];
+        all.extend(pairs.into_iter().map(|(k, v)| (k, v.to_string())));
+        let boss = boss.clone();
+        let app = &app;
+        async move {
+            let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            form(app, &format!("/ehr/users/{user}"), Some(&boss), &pairs).await
+        }
+    };
+    let r = change("nurse2", vec![("action", "rights"), ("rights", "user/Patient.rs user/Nope.rs")]).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("&#39;Nope&#39; is no FHIR R4 resource type"), "refused in words");
+    let r = change("nurse2", vec![("action", "rights"), ("rights", "user/Patient.rs")]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(auth::registry::get_user(store, "nurse2").await.unwrap().unwrap().rights.as_deref(), Some("user/Patient.rs"));
+    assert_eq!(change("nurse2", vec![("action", "password"), ("password", "short")]).await.status(), 400);
+    assert_eq!(change("nurse2", vec![("action", "password"), ("password", "another-long-1")]).await.status(), 200);
+    assert_eq!(change("boss", vec![("action", "disable")]).await.status(), 400, "not one's own account");
+    assert_eq!(change("boss", vec![("action", "unadmin")]).await.status(), 400, "nor one's own role");
+    assert_eq!(change("nurse2", vec![("action", "admin")]).await.status(), 200);
+    assert!(auth::registry::get_user(store, "nurse2").await.unwrap().unwrap().admin);
+    let r = change("nurse2", vec![("action", "disable")]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Disabled nurse2"));
+    assert_eq!(page(&app, "/ehr/patients", &nurse).await.0, 303, "the session ended");
+    let r = form(&app, "/ehr/login", None, &[("username", "nurse2"), ("password", "another-long-1")]).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(change("nurse2", vec![("action", "enable")]).await.status(), 200);
+    sign_in(&app, "/ehr/login", "nurse2", "another-long-1").await;
+    // Who did what is in the audit trail (written in the background: waited for).
+    let filter = store::audit::AuditFilter { username: Some("nurse2".into()), limit: 100, ..Default::default() };
+    let mut said = String::new();
+    for _ in 0..50 {
+        let events = store.audit_events(&filter).await.unwrap();
+        said = events.iter().map(|(_, e)| format!("{} {}", e.action, e.detail.clone().unwrap_or_default())).collect::<Vec<_>>().join("\n");
+        if said.contains("user-enabled") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for what in ["user-added", "user-rights", "user-password", "user-admin", "user-disabled", "user-enabled"] {
+        assert!(said.lines().any(|l| l.starts_with(what) && l.contains("(by boss)")), "{what} by boss in:\n{said}");
+    }
 }

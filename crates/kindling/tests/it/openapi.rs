@@ -61,6 +61,7 @@ fn concrete(path: &str) -> String {
         ("{sub}", "$everything"),
         ("{client_id}", "openapi-probe"),
         ("{sid}", "openapi-probe"),
+        ("{username}", "openapi-probe"),
     ];
     let mut p = path.to_string();
     for (k, v) in values {

@@ -8,12 +8,11 @@ use crate::spawn_secured_app;
 async fn accounts_are_added_linked_disabled_and_given_new_passwords() {
     let app = spawn_secured_app().await;
     kindling::seed(&app.app_state, 2, 11).await.unwrap();
-    let fhir = app.app_state.store.as_ref();
     let practitioner = format!("Practitioner/{}", synth::practitioner_id(1));
     let patient = format!("Patient/{}", synth::patient_id(11, 1));
-    let added = kindling::users::add(&app.auth, fhir, "drokafor", "Dr. Ben Okafor", "clinician", &practitioner, "long-enough-1").await.unwrap();
+    let added = kindling::users::add(&app.auth, "drokafor", "Dr. Ben Okafor", "clinician", &practitioner, "long-enough-1").await.unwrap();
     assert!(!added.password_hash.contains("long-enough-1"), "stored hashed");
-    kindling::users::add(&app.auth, fhir, "maria", "Maria", "patient", &patient, "long-enough-2").await.unwrap();
+    kindling::users::add(&app.auth, "maria", "Maria", "patient", &patient, "long-enough-2").await.unwrap();
     // Refused, each with its reason.
     for (user, role, linked, password, says) in [
         ("drokafor", "clinician", practitioner.as_str(), "long-enough-3", "exists already"),
@@ -23,7 +22,7 @@ async fn accounts_are_added_linked_disabled_and_given_new_passwords() {
         ("x", "clinician", practitioner.as_str(), "short", "at least 10"),
         ("bad name", "clinician", practitioner.as_str(), "long-enough-3", "user name"),
     ] {
-        let err = kindling::users::add(&app.auth, fhir, user, "X", role, linked, password).await.unwrap_err().to_string();
+        let err = kindling::users::add(&app.auth, user, "X", role, linked, password).await.unwrap_err().to_string();
         assert!(err.contains(says), "{user}/{role}/{linked}: {err}");
     }
     let list = kindling::users::list(&app.auth).await.unwrap().join("\n");

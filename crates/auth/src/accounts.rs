@@ -1,0 +1,177 @@
+//! User accounts, as `kindling users` and the EHR's Users page (for administrators) manage them. A
+//! clinician is linked to a Practitioner and a patient to a Patient of the record (both must exist),
+//! passwords are stored as argon2 hashes, a disabled account can neither sign in nor keep using the tokens
+//! it was given, rights bound what the user may let any app do, and administrators manage apps and users.
+//! Every change is audited.
+
+use crate::model::{User, UserRole};
+use crate::{Shared, registry};
+use store::StoreError;
+
+/// The shortest password an account may have.
+pub const MIN_PASSWORD: usize = 10;
+
+/// Why an account change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The request itself is wrong; the text says why, for the person who made it.
+    #[error("{0}")]
+    Refused(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, AccountError>;
+
+fn refuse<T>(why: impl Into<String>) -> Result<T> {
+    Err(AccountError::Refused(why.into()))
+}
+
+fn check_username(username: &str) -> Result<()> {
+    let ok = !username.is_empty() && username.len() <= 64 && username.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    if !ok {
+        return refuse("a user name is 1 to 64 letters, digits, '.', '_', '-' or '@'");
+    }
+    Ok(())
+}
+
+fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < MIN_PASSWORD {
+        return refuse(format!("the password must have at least {MIN_PASSWORD} characters"));
+    }
+    Ok(())
+}
+
+/// The role's name in forms and on the command line.
+pub fn role_name(role: UserRole) -> &'static str {
+    match role {
+        UserRole::Clinician => "clinician",
+        UserRole::Patient => "patient",
+    }
+}
+
+/// Adds an account. `role` is `clinician` (linked to `Practitioner/…`) or `patient` (`Patient/…`); the
+/// linked record must exist. An existing user name is refused. `by` is who made the change (audit).
+pub async fn add(s: &Shared, by: Option<&str>, username: &str, name: &str, role: &str, fhir_user: &str, password: &str) -> Result<User> {
+    check_username(username)?;
+    if name.trim().is_empty() {
+        return refuse("give the name the EHR shows for this person");
+    }
+    check_password(password)?;
+    let (role, ty) = match role {
+        "clinician" => (UserRole::Clinician, "Practitioner"),
+        "patient" => (UserRole::Patient, "Patient"),
+        other => return refuse(format!("the role is clinician or patient, not '{other}'")),
+    };
+    let Some(id) = fhir_user.strip_prefix(&format!("{ty}/")).filter(|id| fhir::types::is_valid_id(id)) else {
+        return refuse(format!("a {} is linked to a {ty}: {ty}/ID", role_name(role)));
+    };
+    if s.store.read(ty, id).await?.is_none_or(|r| r.deleted) {
+        return refuse(format!("there is no {ty}/{id} in the record: create or import it first"));
+    }
+    if registry::stored_user(s.store.as_ref(), username).await?.is_some() {
+        return refuse(format!("the user '{username}' exists already"));
+    }
+    let user = registry::put_user(s.store.as_ref(), username, name.trim(), role, password, fhir_user).await?;
+    s.audit("user-added").user(username).record(format!("{} linked to {fhir_user}{}", role_name(role), by_whom(by)));
+    Ok(user)
+}
+
+fn by_whom(by: Option<&str>) -> String {
+    by.map(|b| format!(" (by {b})")).unwrap_or_default()
+}
+
+/// Every account, sorted by user name.
+pub async fn list(s: &Shared) -> Result<Vec<User>> {
+    Ok(registry::list_users(s.store.as_ref()).await?)
+}
+
+async fn existing(s: &Shared, username: &str) -> Result<User> {
+    match registry::stored_user(s.store.as_ref(), username).await? {
+        Some(u) => Ok(u),
+        None => refuse(format!("there is no user '{username}'")),
+    }
+}
+
+/// Disables an account: no sign-in, and every token it holds stops working now. Returns the grants
+/// revoked. An administrator cannot disable their own account (someone must be left to undo it).
+pub async fn disable(s: &Shared, by: Option<&str>, username: &str) -> Result<usize> {
+    if by == Some(username) {
+        return refuse("you cannot disable your own account");
+    }
+    let mut user = existing(s, username).await?;
+    user.disabled = true;
+    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
+    s.audit("user-disabled").user(username).record(format!("{revoked} grant(s) revoked{}", by_whom(by)));
+    Ok(revoked)
+}
+
+/// Enables a disabled account again.
+pub async fn enable(s: &Shared, by: Option<&str>, username: &str) -> Result<()> {
+    let mut user = existing(s, username).await?;
+    user.disabled = false;
+    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    s.audit("user-enabled").user(username).record(format!("enabled{}", by_whom(by)));
+    Ok(())
+}
+
+/// Sets a new password.
+pub async fn passwd(s: &Shared, by: Option<&str>, username: &str, password: &str) -> Result<()> {
+    check_password(password)?;
+    let mut user = existing(s, username).await?;
+    user.password_hash = crate::crypto::hash_password(password);
+    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    s.audit("user-password").user(username).record(format!("password changed{}", by_whom(by)));
+    Ok(())
+}
+
+/// Bounds what the user may let any app do (resource scopes, at the user and the patient level alike), or
+/// lifts the bound (`None`, or an empty text). Only resource scopes of FHIR R4 types are accepted. An
+/// access token already issued keeps its scope until it expires; refreshes and later authorisations are
+/// bounded. Returns the rights as stored.
+pub async fn set_rights(s: &Shared, by: Option<&str>, username: &str, scope: Option<&str>) -> Result<Option<String>> {
+    let mut user = existing(s, username).await?;
+    let rights = match scope.map(str::trim).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(text) => {
+            let set = smart::ScopeSet::parse(text);
+            if !set.invalid.is_empty() {
+                let why: Vec<String> = set.invalid.iter().map(|e| format!("'{}' ({})", e.scope, e.reason)).collect();
+                return refuse(format!("not a SMART scope: {}", why.join(", ")));
+            }
+            if let Some(other) = set.scopes.iter().find(|s| !matches!(s, smart::Scope::Resource(_))) {
+                return refuse(format!("rights are resource scopes (user/Patient.rs ...), not '{other}'"));
+            }
+            if let Some(t) = set.resource_scopes().filter_map(|r| r.resource_type.as_deref()).find(|t| !fhir::types::is_known_type(t)) {
+                return refuse(format!("'{t}' is no FHIR R4 resource type"));
+            }
+            Some(set.to_string())
+        }
+    };
+    user.rights = rights.clone();
+    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    let what = match &rights {
+        Some(r) => format!("rights bounded to {r}"),
+        None => "rights bound lifted".to_string(),
+    };
+    s.audit("user-rights").user(username).record(format!("{what}{}", by_whom(by)));
+    Ok(rights)
+}
+
+/// Makes a clinician an administrator, or no longer one. An administrator cannot take their own role
+/// (someone must be left to manage the EHR).
+pub async fn set_admin(s: &Shared, by: Option<&str>, username: &str, admin: bool) -> Result<()> {
+    let mut user = existing(s, username).await?;
+    if admin && user.role != UserRole::Clinician {
+        return refuse("only a clinician's account can be an administrator");
+    }
+    if !admin && by == Some(username) {
+        return refuse("you cannot take your own administrator role");
+    }
+    user.admin = admin;
+    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    s.audit("user-admin").user(username).record(format!("{}{}", if admin { "made an administrator" } else { "no longer an administrator" }, by_whom(by)));
+    Ok(())
+}
