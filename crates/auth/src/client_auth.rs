@@ -91,6 +91,15 @@ async fn authenticate_assertion(s: &Shared, assertion_type: Option<&str>, jwt: &
         Some(c) if c.kind == ClientKind::ConfidentialAsymmetric => c,
         _ => return Err(OAuthError::invalid_client("the assertion's issuer is not a registered asymmetric client")),
     };
+    // A vendor that takes backend keys from a JWK Set URL only refuses a client whose keys were uploaded.
+    let rules = s.config.profiles.rules(&client.profile.clone().unwrap_or_default());
+    if rules.jwks_url_only() && client.jwks_url.is_none() {
+        s.audit("client-authentication")
+            .client(client.client_id.as_str())
+            .refused()
+            .record(format!("keys registered inline; the {} profile takes them from a JWK Set URL only", rules.name));
+        return Err(OAuthError::invalid_client("this server takes client keys from a JWK Set URL only: register the app's jwks_url instead of its keys"));
+    }
     let jwks = s.client_keys(&client).await.map_err(|why| {
         tracing::info!(client = %client.client_id, reason = %why, "client keys unavailable");
         OAuthError::invalid_client(why)

@@ -133,6 +133,14 @@ pub struct FhirRules {
     pub requests_per_minute: Option<Rule<u32>>,
 }
 
+/// How clients authenticate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRules {
+    /// `private_key_jwt` clients must publish their keys at a JWK Set URL; keys registered inline are refused.
+    pub jwks_url_only: Option<Rule<bool>>,
+}
+
 /// How errors are written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +187,9 @@ pub struct ProfileRules {
     /// The FHIR API.
     #[serde(default)]
     pub fhir: FhirRules,
+    /// Client authentication.
+    #[serde(default)]
+    pub clients: ClientRules,
     /// Errors.
     #[serde(default)]
     pub errors: ErrorRules,
@@ -298,6 +309,9 @@ impl ProfileRules {
         if let Some(r) = &f.requests_per_minute {
             add("FHIR requests", format!("{} per minute per app: 429", r.value), &r.source);
         }
+        if let Some(r) = self.clients.jwks_url_only.as_ref().filter(|r| r.value) {
+            add("`private_key_jwt` keys", "from a JWK Set URL only (inline keys refused)".into(), &r.source);
+        }
         if let Some(r) = &self.errors.error_uri_prefix {
             add("authorisation errors", format!("`error_uri` `{}…` instead of `error_description`", r.value), &r.source);
         }
@@ -327,6 +341,7 @@ impl ProfileRules {
             ("launch_required_for_user_scopes", &self.authorize.launch_required_for_user_scopes),
             ("post_only_with_launch", &self.authorize.post_only_with_launch),
             ("read_only", &self.fhir.read_only),
+            ("jwks_url_only", &self.clients.jwks_url_only),
         ];
         all.into_iter().filter_map(|(n, r)| r.as_ref().filter(|r| !r.value).map(|r| (n.to_string(), r.source.clone()))).collect()
     }
@@ -344,6 +359,11 @@ impl ProfileRules {
     /// Whether `POST` authorize is for EHR launches only.
     pub fn post_only_with_launch(&self) -> bool {
         on(&self.authorize.post_only_with_launch)
+    }
+
+    /// Whether `private_key_jwt` keys must come from a JWK Set URL.
+    pub fn jwks_url_only(&self) -> bool {
+        on(&self.clients.jwks_url_only)
     }
 
     /// What a refresh answers.
@@ -479,6 +499,7 @@ static STRICT_RULES: std::sync::LazyLock<ProfileRules> = std::sync::LazyLock::ne
     scopes: ScopeRules::default(),
     authorize: AuthorizeRules::default(),
     fhir: FhirRules::default(),
+    clients: ClientRules::default(),
     errors: ErrorRules::default(),
     extra: Vec::new(),
 });

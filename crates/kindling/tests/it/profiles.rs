@@ -247,3 +247,34 @@ source = "unverified"
     app.clock.advance(time::Duration::seconds(61));
     assert_eq!(refresh(app, rt2).await.status(), 200, "the throttled request did not spend it");
 }
+
+#[tokio::test]
+async fn epic_takes_backend_keys_from_a_jwk_set_url_only() {
+    let f = fixture().await;
+    let app = &f.app;
+    let key = client::SigningKey::generate_rs384("epic-backend-key");
+    let mut backend = Client {
+        client_id: "epic-backend".into(),
+        name: "A backend service".into(),
+        kind: ClientKind::ConfidentialAsymmetric,
+        secret_hash: None,
+        redirect_uris: vec![],
+        launch_url: None,
+        allowed_scope: "system/*.rs".into(),
+        jwks: Some(json!({"keys": [key.public_jwk()]})),
+        jwks_url: None,
+        icon: None,
+        disabled: false,
+        profile: Some(Profile::named("epic")),
+        self_registered: false,
+    };
+    auth::registry::put_client(app.auth.store.as_ref(), backend.clone()).await.unwrap();
+    let service = client::BackendClient::new(&app.base, "epic-backend", std::sync::Arc::new(key), "system/*.rs").unwrap();
+    let e = service.fhir().search("Patient", &[]).await.unwrap_err();
+    assert!(matches!(e, client::Error::OAuth { ref code, ref description } if code == "invalid_client" && description.contains("JWK Set URL")), "{e:?}");
+    // The same keys under the strict profile are accepted (the registry's cache forgets within a second).
+    backend.profile = None;
+    auth::registry::put_client_as_is(app.auth.store.as_ref(), &backend).await.unwrap();
+    app.clock.advance(time::Duration::seconds(2));
+    assert!(service.fhir().search("Patient", &[]).await.is_ok());
+}
