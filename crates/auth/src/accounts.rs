@@ -29,9 +29,12 @@ fn refuse<T>(why: impl Into<String>) -> Result<T> {
 }
 
 fn check_username(username: &str) -> Result<()> {
-    let ok = !username.is_empty() && username.len() <= 64 && username.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    let ok = !username.is_empty()
+        && username.len() <= 64
+        && username.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        && username.bytes().any(|b| b.is_ascii_alphanumeric());
     if !ok {
-        return refuse("a user name is 1 to 64 letters, digits, '.', '_', '-' or '@'");
+        return refuse("a user name is 1 to 64 letters, digits, '.', '_', '-' or '@', with at least one letter or digit");
     }
     Ok(())
 }
@@ -104,7 +107,8 @@ pub async fn disable(s: &Shared, by: Option<&str>, username: &str) -> Result<usi
     user.disabled = true;
     registry::put_user_as_is(s.store.as_ref(), &user).await?;
     let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
-    s.audit("user-disabled").user(username).record(format!("{revoked} grant(s) revoked{}", by_whom(by)));
+    let ended = crate::session::end_all_of(s.store.as_ref(), username).await?;
+    s.audit("user-disabled").user(username).record(format!("{revoked} grant(s) revoked, {ended} session(s) ended{}", by_whom(by)));
     Ok(revoked)
 }
 
@@ -117,13 +121,16 @@ pub async fn enable(s: &Shared, by: Option<&str>, username: &str) -> Result<()> 
     Ok(())
 }
 
-/// Sets a new password.
+/// Sets a new password. Whoever knew the old one is signed out: every session of the account ends, and
+/// the apps it authorised lose their tokens (they ask for consent again at the next launch).
 pub async fn passwd(s: &Shared, by: Option<&str>, username: &str, password: &str) -> Result<()> {
     check_password(password)?;
     let mut user = existing(s, username).await?;
     user.password_hash = crate::crypto::hash_password(password);
     registry::put_user_as_is(s.store.as_ref(), &user).await?;
-    s.audit("user-password").user(username).record(format!("password changed{}", by_whom(by)));
+    let ended = crate::session::end_all_of(s.store.as_ref(), username).await?;
+    let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
+    s.audit("user-password").user(username).record(format!("password changed; {ended} session(s) ended, {revoked} grant(s) revoked{}", by_whom(by)));
     Ok(())
 }
 

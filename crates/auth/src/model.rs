@@ -185,8 +185,9 @@ pub struct User {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
     /// The most this user may let an app do, as resource scopes (`user/Patient.rs user/Appointment.rs`),
-    /// applied at the user and the patient level alike: a front-desk persona grants no clinical data
-    /// whatever the app asks. `None`: everything the role allows.
+    /// applied at the user and the patient level alike: a front-desk persona lets no app read clinical
+    /// resources, whatever the app asks (the bound is on apps, not on the EHR's own pages). `None`:
+    /// everything the role allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rights: Option<String>,
     /// An administrator (a clinician) manages the EHR's apps and user accounts.

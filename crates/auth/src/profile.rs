@@ -107,6 +107,9 @@ pub struct ScopeRules {
     pub v1_names: Option<Rule<bool>>,
     /// The granted scope string ends with a space.
     pub trailing_space: Option<Rule<bool>>,
+    /// Each SMART v1 resource scope granted is listed twice: as written, and with its action capitalised
+    /// (`user/Specimen.Read user/Specimen.read`).
+    pub mixed_case_duplicates: Option<Rule<bool>>,
 }
 
 /// The authorisation request.
@@ -156,8 +159,9 @@ pub struct ErrorRules {
 pub struct Extra {
     /// The field's name.
     pub name: String,
-    /// Its value: text in which `{patient}` is the patient in context and `{launch.KEY}` a value the EHR
-    /// gave the launch (`extra`); a field whose placeholders have no value takes `default`, or is left out.
+    /// Its value: text in which `{patient}` is the patient in context, `{username}` the signed-in user's
+    /// name, `{user_id}` the id of their Practitioner or Patient, and `{launch.KEY}` a value the EHR gave
+    /// the launch (`extra`); a field whose placeholders have no value takes `default`, or is left out.
     pub value: String,
     /// The value when the placeholders have none.
     pub default: Option<String>,
@@ -288,6 +292,9 @@ impl ProfileRules {
         if let Some(r) = sc.trailing_space.as_ref().filter(|r| r.value) {
             add("granted scope string", "ends with a space".into(), &r.source);
         }
+        if let Some(r) = sc.mixed_case_duplicates.as_ref().filter(|r| r.value) {
+            add("granted v1 scopes", "each twice, once with a capitalised action (`.Read`)".into(), &r.source);
+        }
         let a = &self.authorize;
         if let Some(r) = a.aud_required.as_ref().filter(|r| r.value) {
             add("`aud`", "required (`resource` not accepted)".into(), &r.source);
@@ -337,6 +344,7 @@ impl ProfileRules {
             ("drop_wildcards", &self.scopes.drop_wildcards),
             ("v1_names", &self.scopes.v1_names),
             ("trailing_space", &self.scopes.trailing_space),
+            ("mixed_case_duplicates", &self.scopes.mixed_case_duplicates),
             ("aud_required", &self.authorize.aud_required),
             ("launch_required_for_user_scopes", &self.authorize.launch_required_for_user_scopes),
             ("post_only_with_launch", &self.authorize.post_only_with_launch),
@@ -562,9 +570,21 @@ pub fn shape_granted(rules: &ProfileRules, faults: &Faults, approved: &str) -> S
     set.to_string()
 }
 
-/// The granted scope as the token response writes it.
+/// The granted scope as the token response writes it: what was granted, with the profile's spelling habits.
 pub fn scope_text(rules: &ProfileRules, granted: &str) -> String {
-    if on(&rules.scopes.trailing_space) { format!("{granted} ") } else { granted.to_string() }
+    let mut words: Vec<String> = Vec::new();
+    for w in granted.split(' ').filter(|w| !w.is_empty()) {
+        if on(&rules.scopes.mixed_case_duplicates)
+            && let Some((head, action @ ("read" | "write"))) = w.rsplit_once('.')
+        {
+            let mut cap = action.to_string();
+            cap[..1].make_ascii_uppercase();
+            words.push(format!("{head}.{cap}"));
+        }
+        words.push(w.to_string());
+    }
+    let text = words.join(" ");
+    if on(&rules.scopes.trailing_space) { format!("{text} ") } else { text }
 }
 
 /// Access-token lifetime under a profile and the launch's faults.
@@ -588,34 +608,39 @@ pub fn shape_response(rules: &ProfileRules, grant: &Grant, body: &mut Value) {
     if let Some(s) = body.get("scope").and_then(Value::as_str) {
         body["scope"] = json!(scope_text(rules, s));
     }
-    let extra = grant.launch.as_ref().map(|l| &l.extra);
     for e in &rules.extra {
         if body.get(&e.name).is_some() {
             continue;
         }
-        let value = fill(&e.value, grant.patient.as_deref(), extra).or_else(|| e.default.clone());
+        let value = fill(&e.value, |key| placeholder(grant, key)).or_else(|| e.default.clone());
         if let Some(v) = value {
             body[&e.name] = json!(v);
         }
     }
 }
 
-/// `template` with `{patient}` and `{launch.KEY}` filled; `None` when one of them has no value.
-fn fill(template: &str, patient: Option<&str>, extra: Option<&serde_json::Map<String, Value>>) -> Option<String> {
+/// A placeholder of an extra field's template, as the grant fills it: `{patient}`, `{username}` (the
+/// signed-in user's name), `{user_id}` (the id of their Practitioner or Patient), `{launch.KEY}`.
+fn placeholder(grant: &Grant, key: &str) -> Option<String> {
+    match key {
+        "patient" => grant.patient.clone(),
+        "username" => grant.username.clone(),
+        "user_id" => grant.fhir_user.as_deref().and_then(|u| u.rsplit_once('/')).map(|(_, id)| id.to_string()),
+        _ => match grant.launch.as_ref()?.extra.get(key.strip_prefix("launch.")?)? {
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        },
+    }
+}
+
+/// `template` with its `{…}` placeholders filled by `value`; `None` when one of them has no value.
+fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> Option<String> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}')? + start;
-        let key = &rest[start + 1..end];
-        let value = match key {
-            "patient" => patient?.to_string(),
-            _ => match extra?.get(key.strip_prefix("launch.")?)? {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            },
-        };
-        out.push_str(&value);
+        out.push_str(&value(&rest[start + 1..end])?);
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
@@ -663,15 +688,26 @@ mod tests {
     }
 
     #[test]
-    fn templates_fill_from_the_patient_and_the_launch() {
-        let mut extra = serde_json::Map::new();
-        extra.insert("practice_id".into(), json!("P-1"));
-        assert_eq!(fill("E{patient}", Some("7"), None).as_deref(), Some("E7"));
-        assert_eq!(fill("{launch.practice_id}", None, Some(&extra)).as_deref(), Some("P-1"));
-        assert_eq!(fill("{launch.enterprise_id}", None, Some(&extra)), None);
-        assert_eq!(fill("E{patient}", None, Some(&extra)), None);
-        assert_eq!(fill("{unknown}", Some("7"), Some(&extra)), None);
-        assert_eq!(fill("plain", None, None).as_deref(), Some("plain"));
+    fn templates_fill_from_the_grant_and_the_launch() {
+        let mut launch = crate::model::LaunchContext::default();
+        launch.extra.insert("practice_id".into(), json!("P-1"));
+        let grant = Grant {
+            patient: Some("7".into()),
+            username: Some("drlee".into()),
+            fhir_user: Some("Practitioner/p-9".into()),
+            launch: Some(launch),
+            ..Grant::default()
+        };
+        let f = |t: &str| fill(t, |k| placeholder(&grant, k));
+        assert_eq!(f("E{patient}").as_deref(), Some("E7"));
+        assert_eq!(f("{launch.practice_id}").as_deref(), Some("P-1"));
+        assert_eq!(f("{username}/{user_id}").as_deref(), Some("drlee/p-9"));
+        assert_eq!(f("{launch.enterprise_id}"), None);
+        assert_eq!(f("{unknown}"), None);
+        assert_eq!(f("{unclosed"), None);
+        assert_eq!(f("plain").as_deref(), Some("plain"));
+        let backend = Grant::default();
+        assert_eq!(fill("E{patient}", |k| placeholder(&backend, k)), None);
     }
 
     #[test]
@@ -684,6 +720,10 @@ mod tests {
         assert_eq!(oracle, "launch patient/Condition.rs");
         assert_eq!(shape_granted(p.get("strict").unwrap(), &none, "launch patient/*.rs"), "launch patient/*.rs");
         assert_eq!(scope_text(p.get("epic").unwrap(), "a b"), "a b ");
+        assert_eq!(
+            scope_text(p.get("epic").unwrap(), "openid user/Specimen.read patient/Observation.rs"),
+            "openid user/Specimen.Read user/Specimen.read patient/Observation.rs "
+        );
         assert_eq!(scope_text(p.get("strict").unwrap(), "a b"), "a b");
     }
 

@@ -108,6 +108,20 @@ pub async fn current(server: &Shared, headers: &HeaderMap) -> Option<Session> {
     Some(Session { user, csrf: csrf_of(&token) })
 }
 
+/// Ends every session of `username` (an account disabled, or given a new password): their cookies stop
+/// working for good, also if the account is enabled again. Returns how many ended. (Sessions are found by
+/// reading them all: fine for an EHR's few thousand; a larger deployment wants an index by user.)
+pub async fn end_all_of(store: &dyn store::AuthStore, username: &str) -> Result<usize, store::StoreError> {
+    let mut ended = 0;
+    for (key, record) in store.auth_list(KIND).await? {
+        if record.value == username {
+            store.auth_delete(KIND, &key).await?;
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
 /// Ends the request's session; returns the `Set-Cookie` value that clears the cookie.
 pub async fn end(server: &Shared, headers: &HeaderMap) -> HeaderValue {
     if let Some(token) = cookie_value(headers) {

@@ -51,7 +51,7 @@ impl LoginPage {
             nav: Nav::anonymous(),
             heading: "Sign in to the EHR",
             action: "/ehr/login",
-            hint: "Sandbox clinician: clinician / kindling-clinician (also nurse / kindling-nurse and frontdesk / kindling-frontdesk, who may see less). Patients use the patient portal (/portal).",
+            hint: "Sandbox clinician: clinician / kindling-clinician (also nurse / kindling-nurse and frontdesk / kindling-frontdesk, who may let apps do less). Patients use the patient portal (/portal).",
             error,
         }
     }

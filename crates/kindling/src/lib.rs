@@ -467,16 +467,18 @@ pub async fn seed(state: &AppState, patients: usize, seed: u64) -> anyhow::Resul
 /// Demo accounts of the sandbox: (user name, password, role, display name).
 pub const DEMO_USERS: &[(&str, &str, &str, &str)] = &[
     ("clinician", "kindling-clinician", "clinician", "Dr. Alice Carter, family physician and administrator: everything"),
-    ("nurse", "kindling-nurse", "clinician", "Rosa Mendes, RN: reads everything, records observations"),
-    ("frontdesk", "kindling-frontdesk", "clinician", "Sam Doyle, front desk: demographics, appointments and coverage only"),
+    ("nurse", "kindling-nurse", "clinician", "Rosa Mendes, RN: lets apps read everything and record observations"),
+    ("frontdesk", "kindling-frontdesk", "clinician", "Sam Doyle, front desk: lets apps see demographics, appointments and coverage only"),
     ("patient", "kindling-patient", "patient", "the first synthetic patient"),
 ];
 
 /// What the nurse persona may let an app do: read everything, record observations (vital signs).
 pub const NURSE_RIGHTS: &str = "user/*.rs user/Observation.c";
-/// What the front-desk persona may let an app do: demographics, scheduling and coverage; no clinical data.
-pub const FRONT_DESK_RIGHTS: &str = "user/Patient.rus user/RelatedPerson.rs user/Appointment.rs user/Encounter.rs user/Coverage.rs \
-                                     user/Practitioner.rs user/PractitionerRole.rs user/Organization.rs user/Location.rs";
+/// What the front-desk persona may let an app do: demographics, scheduling and coverage; no clinical
+/// resources (not even Encounter, whose reasons and diagnoses are clinical). It bounds apps, not the EHR's
+/// own chart.
+pub const FRONT_DESK_RIGHTS: &str = "user/Patient.rus user/RelatedPerson.rs user/Appointment.rs user/Coverage.rs user/Practitioner.rs \
+                                     user/PractitionerRole.rs user/Organization.rs user/Location.rs";
 
 /// Marks the database as a sandbox (`kindling up` made it): developer shortcuts such as `kindling token`
 /// work only on such a database.
@@ -501,8 +503,8 @@ pub async fn sandbox_token(auth: &auth::Shared, client_id: &str, username: &str,
 /// the first synthetic patient of `seed`.
 pub async fn ensure_demo_users(state: &api::AppState, seed: u64) -> anyhow::Result<()> {
     let store = state.store.as_ref();
-    // The sandbox's clinician is its administrator too (apps and accounts), also in a sandbox made before
-    // the role existed.
+    // A sandbox always has an administrator (apps and accounts): the clinician, when nobody is one (a new
+    // sandbox, or one made before the role existed). Once someone else is, the clinician is left as it is.
     let mut clinician = match auth::registry::stored_user(store, "clinician").await? {
         Some(u) => u,
         None => {
@@ -517,23 +519,31 @@ pub async fn ensure_demo_users(state: &api::AppState, seed: u64) -> anyhow::Resu
             .await?
         }
     };
-    if !clinician.admin && clinician.role == auth::model::UserRole::Clinician {
+    let has_admin = auth::registry::list_users(store).await?.iter().any(|u| u.admin && !u.disabled);
+    if !has_admin && clinician.role == auth::model::UserRole::Clinician {
         clinician.admin = true;
         auth::registry::put_user_as_is(store, &clinician).await?;
+    }
+    // The personas' practitioners are part of the shared resources; a sandbox seeded before they existed
+    // gets them now (the shared resources again: practitioners, organisations, locations).
+    let staff = synth::practitioner_id(synth::FRONT_DESK);
+    if state.store.read("Practitioner", &staff).await?.is_none_or(|r| r.deleted) {
+        crate::seed(state, 0, seed).await?;
     }
     // Personas who may see less: apps can be tried with users whose rights bound what any app is granted.
     for (username, name, password, practitioner, rights) in [
         ("nurse", "Rosa Mendes, RN", "kindling-nurse", synth::REGISTERED_NURSE, NURSE_RIGHTS),
         ("frontdesk", "Sam Doyle (front desk)", "kindling-frontdesk", synth::FRONT_DESK, FRONT_DESK_RIGHTS),
     ] {
-        if auth::registry::get_user(store, username).await?.is_none() {
+        // (`stored_user`, which also finds a disabled account: a persona disabled stays disabled.)
+        if auth::registry::stored_user(store, username).await?.is_none() {
             let fhir_user = format!("Practitioner/{}", synth::practitioner_id(practitioner));
             let mut user = auth::registry::put_user(store, username, name, auth::model::UserRole::Clinician, password, &fhir_user).await?;
             user.rights = Some(rights.split_whitespace().collect::<Vec<_>>().join(" "));
             auth::registry::put_user_as_is(store, &user).await?;
         }
     }
-    if auth::registry::get_user(store, "patient").await?.is_none() {
+    if auth::registry::stored_user(store, "patient").await?.is_none() {
         let id = synth::patient_id(seed, 0);
         auth::registry::put_user(store, "patient", "Synthetic patient", auth::model::UserRole::Patient, "kindling-patient", &format!("Patient/{id}")).await?;
     }

@@ -641,7 +641,12 @@ fn build() -> Value {
                 ],
                 &[],
             )),
-            &json!({ "201": page("Added"), "303": redirect("To sign-in when there is no session") }),
+            &json!({
+                "201": page("Added"),
+                "303": redirect("To sign-in when there is no session"),
+                "400": page("The account was not added: why, in words"),
+                "403": page("Not an administrator, or a form from elsewhere")
+            }),
         ),
     );
     add(
@@ -659,7 +664,12 @@ fn build() -> Value {
                 ],
                 &[],
             )),
-            &signed_in,
+            &json!({
+                "200": page("Done"),
+                "303": redirect("To sign-in when there is no session"),
+                "400": page("Not done: why, in words"),
+                "403": page("Not an administrator, or a form from elsewhere")
+            }),
         ),
     );
     add("/portal", "get", ehr("The patient portal", vec![], None, &signed_in));

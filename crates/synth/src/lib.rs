@@ -335,11 +335,10 @@ fn shared_resources() -> Value {
         };
         match qualification {
             Some(display) => practitioner["qualification"] = json!([{"code": cc("http://terminology.hl7.org/CodeSystem/v2-0360", c.credential, display)}]),
-            // Front-desk staff: no credential, no NPI (only licensed providers have one).
+            // Front-desk staff: no credential and no NPI (only providers have one): the practice's staff
+            // number identifies them (US Core requires an identifier, the NPI slice only where there is one).
             None => {
-                if let Some(p) = practitioner.as_object_mut() {
-                    p.remove("identifier");
-                }
+                practitioner["identifier"] = json!([{"system": "https://kindling.example/fhir/sid/staff-id", "value": format!("STAFF-{:04}", i + 1)}]);
                 practitioner["name"][0]["suffix"] = json!([]);
             }
         }

@@ -307,6 +307,8 @@ mod tests {
         assert_eq!(within(nurse, "user/Condition.cu"), "");
         // Granular constraints survive.
         assert_eq!(within(nurse, "patient/Observation.rs?category=vital-signs"), "patient/Observation.rs?category=vital-signs");
-        assert_eq!(within("", "openid fhirUser user/*.rs"), "openid fhirUser", "no rights: no data, only identity");
+        // Wildcards in the rights; v1 grants.
+        assert_eq!(within("user/*.rs", "patient/*.read patient/Condition.write"), "patient/*.read");
+        assert_eq!(within(desk, "patient/*.*"), "patient/Patient.read patient/Appointment.read", "a v1 grant stays v1");
     }
 }

@@ -259,11 +259,26 @@ async fn administrators_manage_accounts_on_the_users_page() {
     let doc_csrf = csrf(&page(&app, "/ehr/patients", &doc).await.1);
     let r = form(&app, "/ehr/users/boss", Some(&doc), &[("csrf", &doc_csrf), ("action", "disable")]).await;
     assert_eq!(r.status(), 403, "nor its forms");
+    let r = form(
+        &app,
+        "/ehr/users",
+        Some(&doc),
+        &[("csrf", &doc_csrf), ("username", "x1"), ("name", "X"), ("role", "clinician"), ("fhir_user", &practitioner), ("password", "long-enough-0")],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    assert!(!auth::registry::get_user(store, "boss").await.unwrap().unwrap().disabled && auth::registry::get_user(store, "x1").await.unwrap().is_none());
+    // Nor for a patient in the portal.
+    let patient = format!("Patient/{}", synth::patient_id(13, 0));
+    auth::registry::put_user(store, "pat", "Pat", auth::model::UserRole::Patient, "pat-pass", &patient).await.unwrap();
+    let pat = sign_in(&app, "/portal/login", "pat", "pat-pass").await;
+    assert_eq!(page(&app, "/ehr/users", &pat).await.0, 403);
 
     let boss = sign_in(&app, "/ehr/login", "boss", "boss-pass").await;
     let (status, html) = page(&app, "/ehr/users", &boss).await;
     assert_eq!(status, 200);
     assert!(html.contains("<code>doc</code>") && html.contains("clinician, administrator"), "{html}");
+    assert!(!html.contains("$argon2"), "no password hash on the page");
     let token = csrf(&html);
     // Without the page's CSRF token: refused.
     let r = form(&app, "/ehr/users", Some(&boss), &[("username", "x")]).await;
@@ -307,6 +322,8 @@ async fn administrators_manage_accounts_on_the_users_page() {
             form(app, &format!("/ehr/users/{user}"), Some(&boss), &pairs).await
         }
     };
+    let r = form(&app, "/ehr/users/nurse2", Some(&boss), &[("action", "disable")]).await;
+    assert_eq!(r.status(), 403, "a change without the page's CSRF token");
     let r = change("nurse2", vec![("action", "rights"), ("rights", "user/Patient.rs user/Nope.rs")]).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("&#39;Nope&#39; is no FHIR R4 resource type"), "refused in words");
@@ -326,7 +343,12 @@ async fn administrators_manage_accounts_on_the_users_page() {
     let r = form(&app, "/ehr/login", None, &[("username", "nurse2"), ("password", "another-long-1")]).await;
     assert_eq!(r.status(), 401);
     assert_eq!(change("nurse2", vec![("action", "enable")]).await.status(), 200);
-    sign_in(&app, "/ehr/login", "nurse2", "another-long-1").await;
+    assert_eq!(page(&app, "/ehr/patients", &nurse).await.0, 303, "the old session stays ended when the account is enabled again");
+    let again = sign_in(&app, "/ehr/login", "nurse2", "another-long-1").await;
+    // A new password signs every session out.
+    assert_eq!(change("nurse2", vec![("action", "password"), ("password", "third-long-pw")]).await.status(), 200);
+    assert_eq!(page(&app, "/ehr/patients", &again).await.0, 303);
+    sign_in(&app, "/ehr/login", "nurse2", "third-long-pw").await;
     // Who did what is in the audit trail (written in the background: waited for).
     let filter = store::audit::AuditFilter { username: Some("nurse2".into()), limit: 100, ..Default::default() };
     let mut said = String::new();

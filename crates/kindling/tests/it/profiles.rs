@@ -81,6 +81,7 @@ async fn oracle_throttles_refreshes_to_one_a_minute_and_epic_pads_its_scope() {
     let f = fixture().await;
     let app = &f.app;
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "oracle"}), "launch openid fhirUser offline_access patient/Condition.rs").await;
+    assert_eq!((t["username"].as_str(), t["user"].as_str()), (Some("doc"), Some(synth::practitioner_id(0).as_str())), "Oracle's user fields");
     let rt = t["refresh_token"].as_str().unwrap();
     assert_eq!(refresh(app, rt).await.status(), 200);
     app.clock.advance(time::Duration::seconds(30));
@@ -93,7 +94,7 @@ async fn oracle_throttles_refreshes_to_one_a_minute_and_epic_pads_its_scope() {
 
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "epic"}), "launch openid fhirUser patient/Condition.rs").await;
     let scope = t["scope"].as_str().unwrap();
-    assert!(scope.ends_with(' ') && scope.contains("patient/Condition.read"), "{scope:?}");
+    assert_eq!(scope, "launch openid fhirUser patient/Condition.Read patient/Condition.read ", "v1 names, each twice in two cases, a trailing space");
 }
 
 #[tokio::test]

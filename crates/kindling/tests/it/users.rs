@@ -160,9 +160,16 @@ async fn personas_grant_apps_no_more_than_their_rights() {
     for o in &offered {
         form.push(("scope", o));
     }
+    // A tampered form asks for more than the page offered: ignored.
+    form.extend([
+        ("scope", "patient/*.rs"),
+        ("scope", "patient/Observation.rs"),
+        ("category", "patient/Observation.rs|http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"),
+    ]);
     let r = browser_form(&app, &a.browser, "/auth/consent", &form).await;
     let t: serde_json::Value = exchange(&app, "writer", &code(&app, &a, &r), &a.verifier).await.json().await.unwrap();
-    assert!(!t["scope"].as_str().unwrap().contains("Observation"), "{t}");
+    let granted = t["scope"].as_str().unwrap();
+    assert!(!granted.contains("Observation") && !granted.contains('*'), "{t}");
     assert_eq!(status(get.clone(), format!("Observation?patient={patient}"), t["access_token"].as_str().unwrap().to_string(), None).await, 403);
 
     // Rights bounded after the fact bound the next refresh too.
