@@ -52,14 +52,26 @@ pub struct TokenAccess {
 pub struct VendorFhir {
     /// The profile's name, for the messages.
     pub profile: String,
-    /// Read and search only: writes, vread and history answer 405.
+    /// Read and search only: writes, vread, history and operations answer 405.
     pub read_only: bool,
+    /// Operations a read-only API still serves by `GET` (`$export`: its status and files too).
+    pub operations: Vec<String>,
     /// Vendor search parameters taken as a standard one: (vendor name, standard name).
     pub param_aliases: Vec<(String, String)>,
     /// At most this many requests per minute per app.
     pub requests_per_minute: Option<u32>,
     /// The app's budget of requests in the current minute (shared by its tokens on this node).
     pub budget: Option<Arc<Budget>>,
+    /// One Bulk Data kick-off per app and export address in this many seconds.
+    pub export_interval_secs: Option<i64>,
+}
+
+/// The last kick-off of an app's export, per address, under a profile that spaces them (expires then).
+const EXPORTED: &str = "vendor_export";
+
+/// Whether the request kicks off a Bulk Data export (`…/$export`, not its status or files).
+fn kicks_off_export(request: &Request) -> bool {
+    request.uri().path().ends_with("/$export")
 }
 
 /// Requests counted per calendar minute, for a profile's request budget.
@@ -175,6 +187,8 @@ pub async fn require_access(State(state): State<AppState>, request: Request, nex
 }
 
 async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> (Response, Option<Access>) {
+    // A kick-off a vendor profile spaces: (key, interval), recorded once it was accepted.
+    let mut spaced: Option<(String, i64)> = None;
     let access = match &state.access {
         None => Access::Open,
         Some(resolver) => {
@@ -189,10 +203,20 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
             match resolver.resolve(token).await {
                 Err(e) => return (ApiError::from(e).into_response(), None),
                 Ok(Some(t)) => {
-                    if let Some(v) = &t.vendor
-                        && let Some(r) = vendor_rules(state, v, &mut request)
-                    {
-                        return (r, Some(Access::Token(t)));
+                    if let Some(v) = &t.vendor {
+                        if let Some(r) = vendor_rules(state, v, &mut request) {
+                            return (r, Some(Access::Token(t)));
+                        }
+                        if let Some(interval) = v.export_interval_secs
+                            && kicks_off_export(&request)
+                        {
+                            let key = format!("{}|{}", t.client_id, request.uri().path());
+                            match export_spacing(state, v, &key, interval).await {
+                                Ok(None) => spaced = Some((key, interval)),
+                                Ok(Some(refusal)) => return (refusal, Some(Access::Token(t))),
+                                Err(e) => return (ApiError::from(e).into_response(), Some(Access::Token(t))),
+                            }
+                        }
                     }
                     if let Some(f) = &t.faults {
                         if f.delay_ms > 0 {
@@ -209,7 +233,36 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
         }
     };
     request.extensions_mut().insert(access.clone());
-    (next.run(request).await, Some(access))
+    let response = next.run(request).await;
+    if let Some((key, interval)) = spaced
+        && response.status() == StatusCode::ACCEPTED
+        && let Err(e) = state.store.auth_put(EXPORTED, &key, "", None, Some(state.now_ms() + interval * 1000)).await
+    {
+        tracing::warn!(error = %e, "an export's kick-off could not be recorded for the profile's spacing");
+    }
+    (response, Some(access))
+}
+
+/// A profile that spaces Bulk Data kick-offs: the refusal while the last one of this app and export is
+/// recent, with the seconds left.
+async fn export_spacing(state: &AppState, v: &VendorFhir, key: &str, interval: i64) -> Result<Option<Response>, store::StoreError> {
+    let now = state.now_ms();
+    let Some(last) = state.store.auth_get(EXPORTED, key).await? else { return Ok(None) };
+    let until = last.expires.unwrap_or(now);
+    if until <= now {
+        return Ok(None);
+    }
+    let wait = ((until - now) as u64).div_ceil(1000).max(1);
+    let days = interval as f64 / 86_400.0;
+    let message = format!(
+        "this server allows one bulk export per app and export every {days:.0} day(s) ({} profile); retry after the time given in Retry-After",
+        v.profile
+    );
+    let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message).into_response();
+    if let Ok(h) = HeaderValue::from_str(&wait.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, h);
+    }
+    Ok(Some(r))
 }
 
 /// A vendor profile's FHIR rules: the app's request budget, a read-only API, vendor search parameters
@@ -228,7 +281,9 @@ fn vendor_rules(state: &AppState, v: &VendorFhir, request: &mut Request) -> Opti
     let path = request.uri().path();
     let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD)
         || (request.method() == axum::http::Method::POST && path.ends_with("/_search"));
-    if v.read_only && (!reads || path.contains("/_history") || path.contains("/$")) {
+    let operation = path.split('/').find(|s| s.starts_with('$'));
+    let served = operation.is_none_or(|op| v.operations.iter().any(|allowed| op == allowed || op.starts_with(&format!("{allowed}-"))));
+    if v.read_only && (!reads || path.contains("/_history") || !served) {
         let message =
             format!("this server's FHIR API offers read and search only ({} profile): no create, update, delete, history, vread or operations", v.profile);
         return Some(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message).into_response());

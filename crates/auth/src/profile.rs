@@ -134,6 +134,11 @@ pub struct FhirRules {
     pub param_aliases: Option<Rule<BTreeMap<String, String>>>,
     /// At most this many FHIR requests per minute per app (429 with `Retry-After` beyond).
     pub requests_per_minute: Option<Rule<u32>>,
+    /// Operations a read-only API still serves by `GET` (`$export`, and with it its status and files).
+    pub operations: Option<Rule<Vec<String>>>,
+    /// One Bulk Data kick-off per app and export (the same `$export` address) in this many seconds; 429
+    /// with `Retry-After` before.
+    pub export_interval_secs: Option<Rule<i64>>,
 }
 
 /// How clients authenticate.
@@ -233,6 +238,16 @@ impl ProfileRules {
         {
             return Err(format!("{}: min_refresh_interval_secs must be between 1 and 86400", self.name));
         }
+        if let Some(r) = &self.fhir.export_interval_secs
+            && !(1..=31 * 86_400).contains(&r.value)
+        {
+            return Err(format!("{}: export_interval_secs must be between 1 and 2678400 (31 days)", self.name));
+        }
+        if let Some(r) = &self.fhir.operations
+            && let Some(o) = r.value.iter().find(|o| !o.starts_with('$') || o.len() < 2 || !o[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(format!("{}: '{o}' is not an operation name ($name)", self.name));
+        }
         if let Some(r) = &self.fhir.requests_per_minute
             && r.value == 0
         {
@@ -316,6 +331,13 @@ impl ProfileRules {
         if let Some(r) = &f.requests_per_minute {
             add("FHIR requests", format!("{} per minute per app: 429", r.value), &r.source);
         }
+        if let Some(r) = &f.operations {
+            let v: Vec<String> = r.value.iter().map(|o| format!("`{o}`")).collect();
+            add("operations of a read-only API", v.join(", "), &r.source);
+        }
+        if let Some(r) = &f.export_interval_secs {
+            add("Bulk Data kick-offs", format!("one per app and export in {} s: 429", r.value), &r.source);
+        }
         if let Some(r) = self.clients.jwks_url_only.as_ref().filter(|r| r.value) {
             add("`private_key_jwt` keys", "from a JWK Set URL only (inline keys refused)".into(), &r.source);
         }
@@ -384,12 +406,15 @@ impl ProfileRules {
         let read_only = on(&self.fhir.read_only);
         let aliases: Vec<(String, String)> = self.fhir.param_aliases.as_ref().map(|r| r.value.clone().into_iter().collect()).unwrap_or_default();
         let per_minute = self.fhir.requests_per_minute.as_ref().map(|r| r.value);
-        (read_only || !aliases.is_empty() || per_minute.is_some()).then(|| api::access::VendorFhir {
+        let export_interval_secs = self.fhir.export_interval_secs.as_ref().map(|r| r.value);
+        (read_only || !aliases.is_empty() || per_minute.is_some() || export_interval_secs.is_some()).then(|| api::access::VendorFhir {
             profile: self.name.clone(),
             read_only,
+            operations: self.fhir.operations.as_ref().map(|r| r.value.clone()).unwrap_or_default(),
             param_aliases: aliases,
             requests_per_minute: per_minute,
             budget: None,
+            export_interval_secs,
         })
     }
 

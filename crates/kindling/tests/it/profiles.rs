@@ -279,3 +279,39 @@ async fn epic_takes_backend_keys_from_a_jwk_set_url_only() {
     app.clock.advance(time::Duration::seconds(2));
     assert!(service.fhir().search("Patient", &[]).await.is_ok());
 }
+
+#[tokio::test]
+async fn nextgen_office_serves_one_bulk_export_per_app_and_export_a_week() {
+    let f = fixture().await;
+    let app = &f.app;
+    let token = |profile: &'static str| {
+        let f = &f;
+        async move {
+            ehr_tokens(f, json!({"patient": f.p2, "profile": profile}), "launch openid fhirUser user/*.rs").await["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let get = |path: String, token: String| {
+        app.client.get(app.url(&path)).bearer_auth(token).header("prefer", "respond-async").header("accept", "application/fhir+json").send()
+    };
+    let ngo = token("nextgen-office").await;
+    let r = get("Patient/$export".into(), ngo.clone()).await.unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_string();
+    // The read-only API still answers the export's status (a read), but not its cancellation.
+    let r = app.client.get(&status_url).bearer_auth(&ngo).send().await.unwrap();
+    assert!(r.status() == 200 || r.status() == 202, "{}", r.status());
+    assert_eq!(app.client.delete(&status_url).bearer_auth(&ngo).send().await.unwrap().status(), 405);
+    // A second kick-off of the same export within the week: 429 with the time left.
+    let r = get("Patient/$export".into(), ngo.clone()).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((604_000..=604_800).contains(&wait), "{wait}");
+    // Another export (a Group's) is another count.
+    let group = "Group/kp-7-panel/$export".to_string();
+    assert_eq!(get(group.clone(), ngo.clone()).await.unwrap().status(), 202);
+    // A week later the same export is served again (with a token of the day).
+    app.clock.advance(time::Duration::seconds(604_801));
+    assert_eq!(get("Patient/$export".into(), token("nextgen-office").await).await.unwrap().status(), 202);
+    // NextGen Enterprise's read-only API serves no operation at all.
+    assert_eq!(get("Patient/$export".into(), token("nextgen").await).await.unwrap().status(), 405);
+}
