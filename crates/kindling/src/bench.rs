@@ -973,18 +973,7 @@ async fn ehr_launch_bench(base: &str, patient: &str, seconds: u64) -> anyhow::Re
         let r = timed(1, &mut conn, "GET", "/fhir/.well-known/smart-configuration", &[], None).await?;
         anyhow::ensure!(r.status == 200, "discovery failed");
         let verifier = format!("{}-bench-verifier", auth::crypto::random_token());
-        let mut url = url::Url::parse(&format!("{base}/auth/authorize"))?;
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", "bench-ehr")
-            .append_pair("redirect_uri", BENCH_REDIRECT)
-            .append_pair("scope", SCOPE)
-            .append_pair("state", "s")
-            .append_pair("aud", &format!("{base}/fhir"))
-            .append_pair("code_challenge", &auth::crypto::pkce_s256(&verifier))
-            .append_pair("code_challenge_method", "S256")
-            .append_pair("launch", &handle);
-        let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let path = authorize_path_for(base, "bench-ehr", SCOPE, &auth::crypto::pkce_s256(&verifier), Some(&handle));
         let mut r = timed(2, &mut conn, "GET", &path, &[("cookie", &session)], None).await?;
         let consented = first && r.status == 200;
         if consented {
@@ -998,17 +987,7 @@ async fn ehr_launch_bench(base: &str, patient: &str, seconds: u64) -> anyhow::Re
             r = conn.send("POST", "/auth/consent", &[("cookie", &cookies)], Some(body)).await?;
         }
         first = false;
-        let location = r.location.context("no redirect with a code")?;
-        let code = url::Url::parse(&location)?.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).context("no code")?;
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", BENCH_REDIRECT),
-                ("code_verifier", verifier.as_str()),
-                ("client_id", "bench-ehr"),
-            ])
-            .finish();
+        let body = code_exchange_form(r.location.as_deref(), &verifier, "bench-ehr")?;
         let r = timed(3, &mut conn, "POST", "/auth/token", &[], Some(body)).await?;
         anyhow::ensure!(r.status == 200, "code exchange failed with {}", r.status);
         let tokens: Value = serde_json::from_slice(&r.body)?;
@@ -1055,17 +1034,40 @@ async fn ehr_launch_bench(base: &str, patient: &str, seconds: u64) -> anyhow::Re
 }
 
 fn authorize_path(base: &str, scope: &str, challenge: &str) -> String {
+    authorize_path_for(base, "bench-public", scope, challenge, None)
+}
+
+/// The authorisation request of `client_id` (with an EHR `launch` handle when given), path and query.
+fn authorize_path_for(base: &str, client_id: &str, scope: &str, challenge: &str, launch: Option<&str>) -> String {
     let mut url = url::Url::parse(&format!("{base}/auth/authorize")).expect("base URL");
     url.query_pairs_mut()
         .append_pair("response_type", "code")
-        .append_pair("client_id", "bench-public")
+        .append_pair("client_id", client_id)
         .append_pair("redirect_uri", BENCH_REDIRECT)
         .append_pair("scope", scope)
         .append_pair("state", "s")
         .append_pair("aud", &format!("{base}/fhir"))
         .append_pair("code_challenge", challenge)
         .append_pair("code_challenge_method", "S256");
+    if let Some(handle) = launch {
+        url.query_pairs_mut().append_pair("launch", handle);
+    }
     format!("{}?{}", url.path(), url.query().unwrap_or(""))
+}
+
+/// The code-exchange form for the code in the authorisation response's `location`.
+fn code_exchange_form(location: Option<&str>, verifier: &str, client_id: &str) -> anyhow::Result<String> {
+    let location = location.context("no redirect with a code")?;
+    let code = url::Url::parse(location)?.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).context("no code")?;
+    Ok(url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", BENCH_REDIRECT),
+            ("code_verifier", verifier),
+            ("client_id", client_id),
+        ])
+        .finish())
 }
 
 fn hidden(html: &[u8], name: &str) -> Option<String> {
@@ -1112,17 +1114,7 @@ async fn code_flow(conn: &mut Conn, base: &str, scope: &str, cookie: &str) -> an
     let verifier = format!("{}-bench-verifier", auth::crypto::random_token());
     let challenge = auth::crypto::pkce_s256(&verifier);
     let r = conn.send("GET", &authorize_path(base, scope, &challenge), &[("cookie", cookie)], None).await?;
-    let location = r.location.context("no redirect with a code")?;
-    let code = url::Url::parse(&location)?.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).context("no code")?;
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", BENCH_REDIRECT),
-            ("code_verifier", verifier.as_str()),
-            ("client_id", "bench-public"),
-        ])
-        .finish();
+    let body = code_exchange_form(r.location.as_deref(), &verifier, "bench-public")?;
     let r = conn.send("POST", "/auth/token", &[], Some(body)).await?;
     anyhow::ensure!(r.status == 200, "token exchange failed with {}", r.status);
     let v: Value = serde_json::from_slice(&r.body)?;

@@ -44,6 +44,26 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+/// A registration for a test: `kind`, the redirect URI the flow helpers use (`smart_flows::REDIRECT`),
+/// `allowed_scope`; no secret, keys, launch URL or profile (set what a test needs on the result).
+pub fn test_client(client_id: &str, kind: auth::model::ClientKind, allowed_scope: &str) -> auth::model::Client {
+    auth::model::Client {
+        client_id: client_id.into(),
+        name: format!("App {client_id}"),
+        kind,
+        secret_hash: None,
+        redirect_uris: vec![smart_flows::REDIRECT.into()],
+        launch_url: None,
+        allowed_scope: allowed_scope.into(),
+        jwks: None,
+        jwks_url: None,
+        icon: None,
+        disabled: false,
+        profile: None,
+        self_registered: false,
+    }
+}
+
 /// The FHIR API in open-sandbox mode (no tokens), for the FHIR-only tests.
 pub async fn spawn_app() -> TestApp {
     spawn(true).await

@@ -4,28 +4,14 @@
 //! and a profile of the user's own.
 
 use crate::ehr_pages::{csrf, form, page, sign_in};
-use crate::smart_flows::{ALL, Auth, Fixture, PUBLIC, REDIRECT, ehr_tokens, fhir_get, fixture, fixture_with, location, query, refresh, root};
-use crate::{TestApp, spawn_secured_with_profiles};
+use crate::smart_flows::{ALL, Auth, Fixture, PUBLIC, ehr_tokens, fhir_get, fixture, fixture_with, location, query, refresh, root};
+use crate::{TestApp, spawn_secured_with_profiles, test_client};
 use auth::model::{Client, ClientKind, Profile};
 use serde_json::{Value, json};
 
 /// Registers a public app that meets `profile` by default.
 async fn app_with_profile(app: &TestApp, client_id: &str, profile: &str) {
-    let client = Client {
-        client_id: client_id.into(),
-        name: format!("App {client_id}"),
-        kind: ClientKind::Public,
-        secret_hash: None,
-        redirect_uris: vec![REDIRECT.into()],
-        launch_url: Some("https://app.example/launch".into()),
-        allowed_scope: ALL.into(),
-        jwks: None,
-        jwks_url: None,
-        icon: None,
-        disabled: false,
-        profile: Some(Profile::named(profile)),
-        self_registered: false,
-    };
+    let client = Client { profile: Some(Profile::named(profile)), ..test_client(client_id, ClientKind::Public, ALL) };
     auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
 }
 
@@ -255,19 +241,10 @@ async fn epic_takes_backend_keys_from_a_jwk_set_url_only() {
     let app = &f.app;
     let key = client::SigningKey::generate_rs384("epic-backend-key");
     let mut backend = Client {
-        client_id: "epic-backend".into(),
-        name: "A backend service".into(),
-        kind: ClientKind::ConfidentialAsymmetric,
-        secret_hash: None,
         redirect_uris: vec![],
-        launch_url: None,
-        allowed_scope: "system/*.rs".into(),
         jwks: Some(json!({"keys": [key.public_jwk()]})),
-        jwks_url: None,
-        icon: None,
-        disabled: false,
         profile: Some(Profile::named("epic")),
-        self_registered: false,
+        ..test_client("epic-backend", ClientKind::ConfidentialAsymmetric, "system/*.rs")
     };
     auth::registry::put_client(app.auth.store.as_ref(), backend.clone()).await.unwrap();
     let service = client::BackendClient::new(&app.base, "epic-backend", std::sync::Arc::new(key), "system/*.rs").unwrap();

@@ -78,26 +78,12 @@ async fn accounts_are_added_linked_disabled_and_given_new_passwords() {
 /// whatever the app asks — in the authorisation flow (the consent page offers less) and in the token.
 #[tokio::test]
 async fn personas_grant_apps_no_more_than_their_rights() {
-    use crate::smart_flows::{Auth, REDIRECT, browser_form, code, exchange, inputs, login};
+    use crate::smart_flows::{Auth, browser_form, code, exchange, inputs, login};
     let app = spawn_secured_app().await;
     kindling::seed(&app.app_state, 2, 12).await.unwrap();
     kindling::ensure_demo_users(&app.app_state, 12).await.unwrap();
     let patient = synth::patient_id(12, 0);
-    let client = auth::model::Client {
-        client_id: "writer".into(),
-        name: "A charting app".into(),
-        kind: auth::model::ClientKind::Public,
-        secret_hash: None,
-        redirect_uris: vec![REDIRECT.into()],
-        launch_url: None,
-        allowed_scope: "launch/patient openid fhirUser offline_access patient/*.cruds user/*.cruds".into(),
-        jwks: None,
-        jwks_url: None,
-        icon: None,
-        disabled: false,
-        profile: None,
-        self_registered: false,
-    };
+    let client = crate::test_client("writer", auth::model::ClientKind::Public, "launch/patient openid fhirUser offline_access patient/*.cruds user/*.cruds");
     auth::registry::put_client(app.auth.store.as_ref(), client).await.unwrap();
     let list = kindling::users::list(&app.auth).await.unwrap().join("\n");
     assert!(list.contains("frontdesk\tclinician\tPractitioner/kp-practitioner-10\t") && list.contains("at most user/Patient.rus"), "{list}");
