@@ -135,7 +135,10 @@ async fn export_kick_off(
         Some(serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the kick-off body is not JSON: {e}")))?)
     };
     let params = export::kick_off_parameters(headers, &pairs, body.as_ref(), &level)?;
-    let request = format!("{}{}", state.base_url.trim_end_matches("/fhir"), uri.path_and_query().map_or("", |p| p.as_str()));
+    // The kick-off as the client sent it: on the base it called (a vendor profile's server serves the API
+    // at its own base; the routes are under `/fhir`).
+    let path_and_query = uri.path_and_query().map_or("", |p| p.as_str());
+    let request = format!("{}{}", state.base_url, path_and_query.strip_prefix("/fhir").unwrap_or(path_and_query));
     export::kick_off(state, access, level, params, request).await
 }
 

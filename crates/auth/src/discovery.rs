@@ -1,7 +1,8 @@
 //! Discovery documents (SMART 2.2 §2.1, OpenID Connect Discovery) and the JWKS. Every URL is absolute and
 //! every capability listed works.
 
-use crate::Shared;
+use crate::profile::Profile;
+use crate::{AuthConfig, Shared};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -63,14 +64,21 @@ fn json_response(v: Value) -> Response {
 }
 
 pub async fn smart_configuration(State(s): State<Shared>) -> Response {
-    let c = &s.config;
+    json_response(smart_configuration_document(&s.config, &Profile::strict()))
+}
+
+/// The SMART configuration of the server `profile` reproduces (served at its FHIR base): its issuer, and
+/// the endpoints its discovery lists (NextGen Enterprise lists no introspection, and revokes at
+/// `…/token/revoke`).
+pub fn smart_configuration_document(c: &AuthConfig, profile: &Profile) -> Value {
+    let rules = c.profiles.rules(profile);
     let mut doc = json!({
-        "issuer": c.fhir_base,
+        "issuer": c.issuer_for(profile),
         "jwks_uri": c.endpoint("jwks"),
         "authorization_endpoint": c.endpoint("authorize"),
         "token_endpoint": c.endpoint("token"),
         "introspection_endpoint": c.endpoint("introspect"),
-        "revocation_endpoint": c.endpoint("revoke"),
+        "revocation_endpoint": c.endpoint(rules.revocation_path()),
         "registration_endpoint": c.endpoint("register"),
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
@@ -82,16 +90,25 @@ pub async fn smart_configuration(State(s): State<Shared>) -> Response {
         "scopes_supported": SCOPES_SUPPORTED,
         "capabilities": CAPABILITIES,
     });
+    if !rules.advertises_introspection()
+        && let Some(o) = doc.as_object_mut()
+    {
+        o.remove("introspection_endpoint");
+    }
     if let Some(manage) = &c.manage_url {
         doc["management_endpoint"] = json!(manage);
     }
-    json_response(doc)
+    doc
 }
 
 pub async fn openid_configuration(State(s): State<Shared>) -> Response {
-    let c = &s.config;
-    json_response(json!({
-        "issuer": c.fhir_base,
+    json_response(openid_configuration_document(&s.config, &Profile::strict()))
+}
+
+/// The OpenID Connect configuration of the issuer `profile` reproduces (served at its issuer).
+pub fn openid_configuration_document(c: &AuthConfig, profile: &Profile) -> Value {
+    json!({
+        "issuer": c.issuer_for(profile),
         "authorization_endpoint": c.endpoint("authorize"),
         "token_endpoint": c.endpoint("token"),
         "jwks_uri": c.endpoint("jwks"),
@@ -102,7 +119,12 @@ pub async fn openid_configuration(State(s): State<Shared>) -> Response {
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser", "name"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "code_challenge_methods_supported": ["S256"],
-    }))
+    })
+}
+
+/// A discovery document as JSON, cacheable (the profiles' servers answer with this too).
+pub fn discovery_response(doc: Value) -> Response {
+    json_response(doc)
 }
 
 pub async fn jwks(State(s): State<Shared>) -> Response {

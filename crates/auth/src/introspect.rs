@@ -55,8 +55,8 @@ pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: axum:
                 "client_id": grant.client_id,
                 "scope": grant.scope,
                 "token_type": if kind == "access" { "Bearer" } else { "refresh_token" },
-                "iss": s.config.fhir_base,
-                "aud": s.config.fhir_base,
+                "iss": s.config.issuer_for(&grant.profile()),
+                "aud": s.config.fhir_base_for(&grant.profile()),
             });
             if let Some(exp) = record.expires {
                 v["exp"] = json!(exp / 1000);
@@ -66,7 +66,7 @@ pub async fn introspect(State(s): State<Shared>, headers: HeaderMap, body: axum:
                 v["username"] = json!(u);
             }
             if let Some(fu) = &grant.fhir_user {
-                v["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base));
+                v["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base_for(&grant.profile())));
             }
             if let Some(p) = &grant.patient {
                 v["patient"] = json!(p);

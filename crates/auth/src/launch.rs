@@ -3,6 +3,7 @@
 
 use crate::crypto::{random_token, token_hash, verify_password};
 use crate::model::LaunchContext;
+use crate::profile::Profile;
 use crate::{ErrorCode, OAuthError, Shared, registry};
 use axum::Json;
 use axum::extract::State;
@@ -179,12 +180,13 @@ pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<R
     {
         return Ok(Err(ContextProblem::UnknownProfile(p.to_string())));
     }
-    let base = format!("{}/", server.config.fhir_base);
+    // References may be absolute: on this server's FHIR base, or on the launch's profile's own.
+    let bases = [format!("{}/", server.config.fhir_base), format!("{}/", server.config.fhir_base_for(&context.profile.clone().unwrap_or_default()))];
     let problem = |why: String| Ok(Err(ContextProblem::FhirContext(why)));
     for item in &context.fhir_context {
         let Some(reference) = item.get("reference") else { continue };
         let Some(reference) = reference.as_str() else { return problem("a fhirContext reference must be a string".into()) };
-        let relative = reference.strip_prefix(&base).unwrap_or(reference);
+        let relative = bases.iter().find_map(|b| reference.strip_prefix(b.as_str())).unwrap_or(reference);
         let Some((ty, id)) = relative.split_once('/').filter(|(t, i)| fhir::types::is_storable_type(t) && fhir::types::is_valid_id(i)) else {
             return problem(format!("the fhirContext reference '{reference}' is not a reference to a resource on this server (Type/id)"));
         };
@@ -226,10 +228,15 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, bod
     context.faults.validate().map_err(OAuthError::invalid_request)?;
     context.username = Some(user.username);
     context.id = None;
+    // The `iss` of the launch: the FHIR base of the profile it follows (the launch's, else its app's).
+    let profile = match (&context.profile, &context.client_id) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => registry::get_client(server.store.as_ref(), c).await?.and_then(|c| c.profile).unwrap_or_default(),
+        (None, None) => Profile::default(),
+    };
+    let iss = server.config.fhir_base_for(&profile);
     let NewLaunch { handle, id } = new_launch(&server, &context).await?;
-    let mut r =
-        (StatusCode::CREATED, Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": server.config.fhir_base})))
-            .into_response();
+    let mut r = (StatusCode::CREATED, Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": iss}))).into_response();
     crate::no_store(&mut r);
     Ok(r)
 }

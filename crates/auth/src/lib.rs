@@ -14,6 +14,7 @@ mod authorize;
 mod client_auth;
 pub mod crypto;
 mod discovery;
+pub use discovery::{discovery_response, openid_configuration_document, smart_configuration_document};
 pub mod error;
 pub mod grants;
 mod introspect;
@@ -88,6 +89,25 @@ impl AuthConfig {
     /// An absolute URL of this server (`{public_url}/auth/{path}`).
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}/auth/{path}", self.public_url)
+    }
+
+    /// Every FHIR base this server answers at: its own, then each profile's.
+    pub fn fhir_bases(&self) -> Vec<String> {
+        std::iter::once(self.fhir_base.clone()).chain(self.profiles.all().iter().filter_map(|p| p.fhir_base(&self.public_url))).collect()
+    }
+
+    /// The FHIR base an app meets under `profile`: the profile's own server when it has one (Epic's
+    /// `…/api/FHIR/R4`, Oracle's tenant path), else [`AuthConfig::fhir_base`]. Launches send it as `iss`
+    /// and apps ask for it as `aud`.
+    pub fn fhir_base_for(&self, profile: &profile::Profile) -> String {
+        self.profiles.rules(profile).fhir_base(&self.public_url).unwrap_or_else(|| self.fhir_base.clone())
+    }
+
+    /// The authorisation server's issuer under `profile`: the `iss` of its id_tokens and authorisation
+    /// responses, and the `issuer` of its discovery (Epic's `…/oauth2`; else the profile's FHIR base).
+    pub fn issuer_for(&self, profile: &profile::Profile) -> String {
+        let rules = self.profiles.rules(profile);
+        rules.issuer(&self.public_url).or_else(|| rules.fhir_base(&self.public_url)).unwrap_or_else(|| self.fhir_base.clone())
     }
 }
 
@@ -354,7 +374,8 @@ async fn oauth_json_errors(request: axum::extract::Request, next: axum::middlewa
 
 /// The authorisation server's paths outside `/fhir/.well-known/` whose every answer, refusals included, is
 /// JSON: the OAuth endpoints (RFC 6749 errors), the key set and the EHR style. Kept beside [`router`].
-const JSON_PATHS: &[&str] = &["/auth/token", "/auth/introspect", "/auth/revoke", "/auth/launch", "/auth/register", "/auth/jwks", "/auth/style.json"];
+const JSON_PATHS: &[&str] =
+    &["/auth/token", "/auth/introspect", "/auth/revoke", "/auth/token/revoke", "/auth/launch", "/auth/register", "/auth/jwks", "/auth/style.json"];
 
 /// Whether the authorisation server answers `path` in JSON (so that a refusal made before it, such as
 /// oversized headers, can answer in the same shape); the other `/auth` paths are pages for a person.
@@ -372,6 +393,8 @@ pub fn router(server: Shared) -> Router {
         .route("/auth/token", post(token::token))
         .route("/auth/introspect", post(introspect::introspect))
         .route("/auth/revoke", post(revoke::revoke))
+        // NextGen Enterprise's address for the same endpoint (its profile's discovery names it).
+        .route("/auth/token/revoke", post(revoke::revoke))
         .route("/auth/launch", post(launch::create_launch))
         .route("/auth/register", post(apps::register_endpoint))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_OAUTH_BODY))

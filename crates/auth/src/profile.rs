@@ -158,6 +158,44 @@ pub struct ErrorRules {
     pub error_uri_prefix: Option<Rule<String>>,
 }
 
+/// Where the EHR's own server lives: its FHIR base and its authorisation server's issuer, as addresses of
+/// their own below Kindling's public URL, so that an app meets the vendor's URL shapes (a tenant in the
+/// FHIR base, an issuer that is not the FHIR base) and its discovery document.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerRules {
+    /// The path of the profile's FHIR base (e.g. `/epic/api/FHIR/R4`): launches under the profile send it as
+    /// `iss`, apps must ask for it as `aud`, and it serves the same FHIR API and its own discovery.
+    pub fhir_path: Option<Rule<String>>,
+    /// The path of the authorisation server's issuer when it is not the FHIR base (e.g. `/epic/oauth2`):
+    /// the `iss` of id_tokens and authorisation responses, and where its OpenID configuration is served.
+    pub issuer_path: Option<Rule<String>>,
+    /// Whether discovery lists an introspection endpoint (`false`: none is advertised).
+    pub introspection: Option<Rule<bool>>,
+    /// The revocation endpoint's path below `/auth/`: `revoke`, or `token/revoke`.
+    pub revocation: Option<Rule<String>>,
+    /// The tenant whose FHIR base this is (Oracle's): one segment of `fhir_path`, and `tenant` in token
+    /// responses unless the launch names another.
+    pub tenant: Option<Rule<String>>,
+}
+
+/// The first path segments that are Kindling's own (a profile's server cannot live there).
+const RESERVED_SEGMENTS: &[&str] = &["fhir", "auth", "ehr", "app", "portal", "healthz", "readyz", "openapi.json", ".well-known", "static", "assets"];
+
+/// Checks a profile's server path: `/`, then segments of letters, digits, `-`, `_` and `.`; not Kindling's own.
+fn check_server_path(what: &str, path: &str) -> Result<(), String> {
+    let segments: Vec<&str> = path.strip_prefix('/').map(|p| p.split('/').collect()).unwrap_or_default();
+    let valid = !segments.is_empty()
+        && segments.iter().all(|s| !s.is_empty() && *s != "." && *s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
+    if !valid {
+        return Err(format!("{what} '{path}' must be a path such as /vendor/fhir/r4 (segments of letters, digits, '-', '_', '.'; no trailing '/')"));
+    }
+    if RESERVED_SEGMENTS.contains(&segments[0]) {
+        return Err(format!("{what} '{path}' is under /{}, which Kindling serves itself", segments[0]));
+    }
+    Ok(())
+}
+
 /// A field the profile adds to token responses.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +240,9 @@ pub struct ProfileRules {
     /// Errors.
     #[serde(default)]
     pub errors: ErrorRules,
+    /// The EHR's own server addresses.
+    #[serde(default)]
+    pub server: ServerRules,
     /// Fields added to token responses.
     #[serde(default)]
     pub extra: Vec<Extra>,
@@ -257,6 +298,25 @@ impl ProfileRules {
             && let Some(t) = r.value.iter().find(|t| !fhir::types::is_known_type(t))
         {
             return Err(format!("{}: expand_wildcards names '{t}', which is no FHIR R4 resource type", self.name));
+        }
+        if let Some(r) = &self.server.fhir_path {
+            check_server_path("fhir_path", &r.value).map_err(|e| format!("{}: {e}", self.name))?;
+        }
+        if let Some(r) = &self.server.issuer_path {
+            check_server_path("issuer_path", &r.value).map_err(|e| format!("{}: {e}", self.name))?;
+            if self.server.fhir_path.is_none() {
+                return Err(format!("{}: issuer_path needs a fhir_path (the issuer's FHIR base)", self.name));
+            }
+        }
+        if let Some(r) = &self.server.tenant
+            && !self.fhir_path().is_some_and(|p| p.split('/').any(|seg| seg == r.value))
+        {
+            return Err(format!("{}: the tenant '{}' must be a segment of fhir_path (the tenant's FHIR base)", self.name, r.value));
+        }
+        if let Some(r) = &self.server.revocation
+            && !matches!(r.value.as_str(), "revoke" | "token/revoke")
+        {
+            return Err(format!("{}: revocation must be \"revoke\" or \"token/revoke\" (the paths Kindling serves below /auth/)", self.name));
         }
         for e in &self.extra {
             if crate::launch::is_reserved(&e.name) {
@@ -344,6 +404,22 @@ impl ProfileRules {
         if let Some(r) = &self.errors.error_uri_prefix {
             add("authorisation errors", format!("`error_uri` `{}…` instead of `error_description`", r.value), &r.source);
         }
+        let sv = &self.server;
+        if let Some(r) = &sv.fhir_path {
+            add("FHIR base", format!("`{{kindling}}{}`", r.value), &r.source);
+        }
+        if let Some(r) = &sv.issuer_path {
+            add("issuer (id_token `iss`)", format!("`{{kindling}}{}`, not the FHIR base", r.value), &r.source);
+        }
+        if let Some(r) = sv.introspection.as_ref().filter(|r| !r.value) {
+            add("introspection endpoint", "not advertised in discovery".into(), &r.source);
+        }
+        if let Some(r) = &sv.revocation {
+            add("revocation endpoint", format!("`{{kindling}}/auth/{}`", r.value), &r.source);
+        }
+        if let Some(r) = &sv.tenant {
+            add("`tenant` in the token response", format!("`{}` (unless the launch names one)", r.value), &r.source);
+        }
         for e in &self.extra {
             let v = match &e.default {
                 Some(d) => format!("`{}` (default `{d}`)", e.value),
@@ -373,7 +449,43 @@ impl ProfileRules {
             ("read_only", &self.fhir.read_only),
             ("jwks_url_only", &self.clients.jwks_url_only),
         ];
-        all.into_iter().filter_map(|(n, r)| r.as_ref().filter(|r| !r.value).map(|r| (n.to_string(), r.source.clone()))).collect()
+        let introspection = self.server.introspection.as_ref().filter(|r| r.value).map(|r| ("introspection".to_string(), r.source.clone()));
+        all.into_iter().filter_map(|(n, r)| r.as_ref().filter(|r| !r.value).map(|r| (n.to_string(), r.source.clone()))).chain(introspection).collect()
+    }
+
+    /// The path of the profile's own FHIR base, when it has one.
+    pub fn fhir_path(&self) -> Option<&str> {
+        self.server.fhir_path.as_ref().map(|r| r.value.as_str())
+    }
+
+    /// The path of the profile's issuer when it is not the FHIR base.
+    pub fn issuer_path(&self) -> Option<&str> {
+        self.server.issuer_path.as_ref().map(|r| r.value.as_str())
+    }
+
+    /// The profile's own FHIR base below `public_url`, when it has one.
+    pub fn fhir_base(&self, public_url: &str) -> Option<String> {
+        self.server.fhir_path.as_ref().map(|r| format!("{public_url}{}", r.value))
+    }
+
+    /// The profile's issuer below `public_url` when it differs from its FHIR base.
+    pub fn issuer(&self, public_url: &str) -> Option<String> {
+        self.server.issuer_path.as_ref().map(|r| format!("{public_url}{}", r.value))
+    }
+
+    /// Whether discovery advertises introspection.
+    pub fn advertises_introspection(&self) -> bool {
+        self.server.introspection.as_ref().is_none_or(|r| r.value)
+    }
+
+    /// The tenant of the profile's FHIR base, when it has one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.server.tenant.as_ref().map(|r| r.value.as_str())
+    }
+
+    /// The revocation endpoint's path below `/auth/`.
+    pub fn revocation_path(&self) -> &str {
+        self.server.revocation.as_ref().map_or("revoke", |r| r.value.as_str())
     }
 
     /// Whether `aud` is mandatory.
@@ -482,7 +594,26 @@ impl Profiles {
             }
             profiles.add(rules);
         }
+        profiles.check_servers()?;
         Ok(profiles)
+    }
+
+    /// Every profile's server paths, as (profile, path): no two may be the same or one inside another.
+    fn check_servers(&self) -> Result<(), String> {
+        let paths: Vec<(&str, &str)> = self
+            .all
+            .iter()
+            .flat_map(|p| [&p.server.fhir_path, &p.server.issuer_path].into_iter().flatten().map(move |r| (p.name.as_str(), r.value.as_str())))
+            .collect();
+        let inside = |a: &str, b: &str| a == b || a.strip_prefix(b).is_some_and(|rest| rest.starts_with('/'));
+        for (i, (pa, a)) in paths.iter().enumerate() {
+            for (pb, b) in &paths[i + 1..] {
+                if inside(a, b) || inside(b, a) {
+                    return Err(format!("the profiles '{pa}' and '{pb}' both claim the server path {a} / {b}: give each its own"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Adds a profile, replacing one of the same name.
@@ -534,6 +665,7 @@ static STRICT_RULES: std::sync::LazyLock<ProfileRules> = std::sync::LazyLock::ne
     fhir: FhirRules::default(),
     clients: ClientRules::default(),
     errors: ErrorRules::default(),
+    server: ServerRules::default(),
     extra: Vec::new(),
 });
 
@@ -685,6 +817,24 @@ mod tests {
         let p = Profiles::builtin();
         assert_eq!(p.all()[0].name, "strict");
         assert!(p.get("strict").unwrap().described().is_empty(), "strict has no rules");
+        p.check_servers().unwrap();
+    }
+
+    #[test]
+    fn server_paths_are_checked() {
+        let with = |server: &str| ProfileRules::parse(&format!("name = \"x\"\nlabel = \"X\"\nabout = \"x\"\n{server}"));
+        assert!(with("[server.fhir_path]\nvalue = \"/x/api/FHIR/R4\"\nsource = \"s\"").is_ok());
+        for bad in ["x/fhir", "/x/", "/x//r4", "/fhir/x", "/auth", "/x/../fhir", "/x?y", "/"] {
+            let e = with(&format!("[server.fhir_path]\nvalue = \"{bad}\"\nsource = \"s\"")).unwrap_err();
+            assert!(e.contains("fhir_path"), "{bad}: {e}");
+        }
+        let e = with("[server.issuer_path]\nvalue = \"/x/oauth2\"\nsource = \"s\"").unwrap_err();
+        assert!(e.contains("needs a fhir_path"), "{e}");
+        let e = with("[server.revocation]\nvalue = \"logout\"\nsource = \"s\"").unwrap_err();
+        assert!(e.contains("revocation"), "{e}");
+        let mut p = Profiles::builtin();
+        p.add(with("[server.fhir_path]\nvalue = \"/epic/api/FHIR/R4/x\"\nsource = \"s\"").unwrap());
+        assert!(p.check_servers().unwrap_err().contains("both claim"));
     }
 
     #[test]

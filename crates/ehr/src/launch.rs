@@ -164,7 +164,9 @@ pub(crate) async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Fo
         );
     };
     let mut url = url;
-    url.query_pairs_mut().append_pair("iss", &s.config.fhir_base).append_pair("launch", &created.handle);
+    // The launch's `iss` is the FHIR base of the EHR its profile reproduces (Epic's, Oracle's tenant path).
+    let iss = s.config.fhir_base_for(&context.profile.clone().unwrap_or_default());
+    url.query_pairs_mut().append_pair("iss", &iss).append_pair("launch", &created.handle);
     tracing::info!(client = %client.client_id, user = %sess.user.username, launch = %created.id, embed, "app launched from the EHR");
     if embed { chart_page(&s, &sess, &patient, Some((url.to_string(), client.name.clone()))).await } else { Redirect::to(url.as_str()).into_response() }
 }

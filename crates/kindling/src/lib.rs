@@ -6,6 +6,7 @@ pub mod bench;
 pub mod import;
 pub mod openapi;
 pub mod users;
+mod vendor_servers;
 
 use anyhow::Context;
 use api::AppState;
@@ -189,7 +190,14 @@ impl Application {
             database: database.to_string(),
             session_key_env: None,
             frame_ancestors: Vec::new(),
-            ehrs: vec![app::config::EhrEntry { iss: self.state.base_url.clone(), client_id: REFERENCE_APP.into(), client_secret_env: Some("secret".into()) }],
+            // This server's FHIR base and each vendor profile's own: launches under a profile send its base.
+            ehrs: self
+                .auth
+                .config
+                .fhir_bases()
+                .into_iter()
+                .map(|iss| app::config::EhrEntry { iss, client_id: REFERENCE_APP.into(), client_secret_env: Some("secret".into()) })
+                .collect(),
         };
         let clock: client::SharedClock = Arc::new(AppClock(self.state.clock.clone()));
         let app = app::App::with_clock(config, app::random_key(), move |_| Some(secret.clone()), clock).await.map_err(|e| anyhow::anyhow!(e))?;
@@ -335,7 +343,7 @@ async fn serve_tls(
 }
 
 /// CORS for browser apps: any origin may call the FHIR API with a bearer token; nothing uses cookies here.
-fn cors() -> CorsLayer {
+pub(crate) fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS])
@@ -415,8 +423,16 @@ fn short_page(status: StatusCode, heading: &str, body_html: &str) -> axum::respo
 
 /// A URL no route serves: an OperationOutcome under `/fhir` (as the FHIR API's own fallback answers), a
 /// page for a person elsewhere (a mistyped EHR or portal address).
-async fn nothing_here(uri: axum::http::Uri) -> axum::response::Response {
-    let path = uri.path();
+/// A vendor profile's own server answers at and below its FHIR base.
+async fn nothing_here(
+    axum::extract::State(vendors): axum::extract::State<vendor_servers::VendorServers>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let request = match vendor_servers::answer(&vendors, request).await {
+        Ok(response) => return response,
+        Err(request) => request,
+    };
+    let path = request.uri().path();
     if path == "/fhir" || path.starts_with("/fhir/") {
         return api::not_found().await.into_response();
     }
@@ -426,6 +442,7 @@ async fn nothing_here(uri: axum::http::Uri) -> axum::response::Response {
 /// The whole HTTP surface.
 pub fn router(state: AppState, auth: auth::Shared) -> Router {
     let fhir = api::router(state.clone()).layer(cors());
+    let (vendors, issuers) = vendor_servers::build(&state, &auth);
     let ehr = ehr::router(auth.clone());
     let auth = auth::router(auth).layer(cors());
     Router::new()
@@ -437,7 +454,8 @@ pub fn router(state: AppState, auth: auth::Shared) -> Router {
         .merge(auth)
         .merge(ehr)
         .merge(fhir)
-        .fallback(nothing_here)
+        .merge(issuers.layer(cors()))
+        .fallback_service(axum::routing::any(nothing_here).with_state(vendors))
         .layer(CompressionLayer::new().gzip(true))
         .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(axum::middleware::from_fn(header_limit))

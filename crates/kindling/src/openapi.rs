@@ -509,6 +509,21 @@ fn build() -> Value {
         ),
     );
     add(
+        "/auth/token/revoke",
+        "post",
+        op(
+            "SMART",
+            "Token revocation (RFC 7009) at NextGen Enterprise's address (its profile's discovery names it)",
+            vec![],
+            Some(form(
+                &[("token", "The token to revoke"), ("token_type_hint", "access_token or refresh_token"), ("client_id", ""), ("client_secret", "")],
+                &["token"],
+            )),
+            json!({ "200": { "description": "Revoked (or unknown)" } }),
+            "OAuthError",
+        ),
+    );
+    add(
         "/auth/launch",
         "post",
         op(

@@ -280,7 +280,7 @@ pub(super) async fn issue_code(s: &Shared, pending: PendingAuthorization, user: 
         if let Some(st) = &pending.state {
             q.append_pair("state", st);
         }
-        q.append_pair("iss", &s.config.fhir_base);
+        q.append_pair("iss", &s.config.issuer_for(&grant.profile()));
     }
     Redirect::to(url.as_str()).into_response()
 }

@@ -76,7 +76,8 @@ fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Op
         if let Some(st) = state {
             q.append_pair("state", st);
         }
-        q.append_pair("iss", &s.config.fhir_base);
+        // RFC 9207: the issuer the app sent the request to (its profile's, when the profile has its own).
+        q.append_pair("iss", &profile.map_or_else(|| s.config.fhir_base.clone(), |p| s.config.issuer_for(p)));
     }
     tracing::info!(error = error.as_str(), "authorisation refused");
     s.audit("authorize").launch(trace).refused().record(format!("refused, sent back to the app: {error}: {description}"));

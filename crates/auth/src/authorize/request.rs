@@ -93,9 +93,10 @@ impl AuthorizeRequest {
     }
 
     /// What the request alone decides, in the order a developer fixes it: the response type, PKCE
-    /// (S256 only), the audience (this server's FHIR base), the scope, and a launch scope without a launch.
+    /// (S256 only), the audience (one of this server's FHIR bases: which one the profile in force wants is
+    /// checked once the launch is known), the scope, and a launch scope without a launch.
     /// The checked scope and code challenge.
-    fn check(&self, fhir_base: &str) -> Result<(&str, &str), Refusal> {
+    fn check(&self, fhir_bases: &[String]) -> Result<(&str, &str), Refusal> {
         if self.response_type.as_deref() != Some("code") {
             return Err(Refusal::new(ErrorCode::UnsupportedResponseType, "only response_type=code is supported"));
         }
@@ -107,7 +108,7 @@ impl AuthorizeRequest {
         }
         match self.audience() {
             None => return Err(Refusal::new(ErrorCode::InvalidRequest, "aud must be this server's FHIR base URL").named("aud:missing")),
-            Some(a) if a.trim_end_matches('/') != fhir_base => {
+            Some(a) if !fhir_bases.iter().any(|b| a.trim_end_matches('/') == b) => {
                 return Err(Refusal::new(ErrorCode::InvalidRequest, "aud must be this server's FHIR base URL").named("aud:invalid"));
             }
             Some(_) => {}
@@ -249,7 +250,7 @@ async fn authorize(s: &Shared, headers: &HeaderMap, req: AuthorizeRequest) -> Re
         s.audit("authorize-request").launch(trace.as_deref()).client(client.client_id.as_str()).record(req.described());
     }
     let trace = trace.as_deref();
-    let (scope, code_challenge) = match req.check(&s.config.fhir_base) {
+    let (scope, code_challenge) = match req.check(&s.config.fhir_bases()) {
         Ok(checked) => checked,
         Err(r) => return refuse(s, &client, None, trace, redirect_uri, state, r),
     };
@@ -263,6 +264,12 @@ async fn authorize(s: &Shared, headers: &HeaderMap, req: AuthorizeRequest) -> Re
     };
     let profile = launch.as_ref().and_then(|l| l.profile.clone()).or(client.profile.clone()).unwrap_or_default();
     if let Err(r) = profile_rules(s.config.profiles.rules(&profile), &req, launch.is_some(), &ScopeSet::parse(scope)) {
+        return refuse(s, &client, Some(&profile), trace, redirect_uri, state, r);
+    }
+    // The EHR of the profile in force has one FHIR base (Epic's, Oracle's tenant path): the launch's `iss`.
+    let base = s.config.fhir_base_for(&profile);
+    if req.audience().is_some_and(|a| a.trim_end_matches('/') != base) {
+        let r = Refusal::new(ErrorCode::InvalidRequest, format!("aud must be this EHR's FHIR base URL, {base} (the iss of its launches)")).named("aud:invalid");
         return refuse(s, &client, Some(&profile), trace, redirect_uri, state, r);
     }
     // The request belongs to this browser: its forms are accepted only with this browser's binding cookie.
@@ -354,8 +361,8 @@ mod tests {
 
     #[test]
     fn each_check_refuses_with_its_rfc_6749_code() {
-        assert_eq!(with(&[]).check(BASE), Ok(("openid fhirUser patient/*.rs", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")));
-        assert!(with(&[("aud", "https://ehr.example/fhir/")]).check(BASE).is_ok(), "a trailing slash is the same base");
+        assert_eq!(with(&[]).check(&[BASE.to_string()]), Ok(("openid fhirUser patient/*.rs", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")));
+        assert!(with(&[("aud", "https://ehr.example/fhir/")]).check(&[BASE.to_string()]).is_ok(), "a trailing slash is the same base");
         let cases: &[(&[Change], ErrorCode, &str)] = &[
             (&[("response_type", "token")], ErrorCode::UnsupportedResponseType, "only response_type=code is supported"),
             (&[("code_challenge", "")], ErrorCode::InvalidRequest, "PKCE is required: send code_challenge with code_challenge_method=S256"),
@@ -367,11 +374,11 @@ mod tests {
         ];
         for (changes, code, description) in cases {
             let request = with(changes);
-            let refused = request.check(BASE).map_err(|r| (r.code, r.description.to_string()));
+            let refused = request.check(&[BASE.to_string()]).map_err(|r| (r.code, r.description.to_string()));
             assert_eq!(refused, Err((*code, description.to_string())), "{changes:?}");
         }
         // With a launch, the launch scope is expected (checked against the launch itself later).
-        assert!(with(&[("scope", "launch patient/*.rs"), ("launch", "handle")]).check(BASE).is_ok());
+        assert!(with(&[("scope", "launch patient/*.rs"), ("launch", "handle")]).check(&[BASE.to_string()]).is_ok());
     }
 
     #[test]

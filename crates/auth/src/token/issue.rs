@@ -89,7 +89,8 @@ pub(crate) async fn issue_tokens(
         && let Some(username) = &grant.username
     {
         let mut claims = json!({
-            "iss": s.config.fhir_base,
+            // The issuer of the profile's server (Epic's `…/oauth2` is not its FHIR base: a classic trap).
+            "iss": s.config.issuer_for(&grant.profile()),
             "sub": username,
             "aud": client.client_id,
             "iat": now / 1000,
@@ -101,7 +102,7 @@ pub(crate) async fn issue_tokens(
         if scopes.contains(&Scope::FhirUser)
             && let Some(fu) = &grant.fhir_user
         {
-            claims["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base));
+            claims["fhirUser"] = json!(format!("{}/{fu}", s.config.fhir_base_for(&grant.profile())));
         }
         body["id_token"] = json!(s.keys.sign_jwt(&claims).map_err(OAuthError::internal)?);
     }
@@ -121,7 +122,9 @@ pub(crate) async fn issue_tokens(
     if let Some(i) = &launch.intent {
         body["intent"] = json!(i);
     }
-    if let Some(t) = &launch.tenant {
+    let rules = s.config.profiles.rules(&grant.profile());
+    // The launch's tenant, else the tenant of the profile's FHIR base (Oracle's).
+    if let Some(t) = launch.tenant.as_deref().or(rules.tenant()) {
         body["tenant"] = json!(t);
     }
     for (k, v) in &launch.extra {
@@ -129,7 +132,6 @@ pub(crate) async fn issue_tokens(
             body[k] = v.clone();
         }
     }
-    let rules = s.config.profiles.rules(&grant.profile());
     crate::profile::shape_response(rules, &grant, &mut body);
     if let Some(st) = request_state
         && rules.tokens.echo_state.as_ref().is_some_and(|r| r.value)

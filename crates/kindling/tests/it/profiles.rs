@@ -9,6 +9,11 @@ use crate::{TestApp, spawn_secured_with_profiles, test_client};
 use auth::model::{Client, ClientKind, Profile};
 use serde_json::{Value, json};
 
+/// The FHIR base of the server `profile` reproduces (its `iss` and the `aud` its apps ask for).
+fn vendor_base(app: &TestApp, profile: &str) -> String {
+    app.auth.config.fhir_base_for(&Profile::named(profile))
+}
+
 /// Registers a public app that meets `profile` by default.
 async fn app_with_profile(app: &TestApp, client_id: &str, profile: &str) {
     let client = Client { profile: Some(Profile::named(profile)), ..test_client(client_id, ClientKind::Public, ALL) };
@@ -21,14 +26,16 @@ async fn the_authorisation_endpoint_refuses_what_the_vendor_refuses() {
     let app = &f.app;
     // Oracle: a clinician's app (user/ scopes) without an EHR launch gets Oracle's URN, not a description.
     app_with_profile(app, "oracle-app", "oracle").await;
-    let a = Auth::new(app, "oracle-app", "openid fhirUser user/Patient.rs");
+    let mut a = Auth::new(app, "oracle-app", "openid fhirUser user/Patient.rs");
+    a.aud = vendor_base(app, "oracle");
     let q = query(&location(&a.start(app).await));
     assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
     assert_eq!(q.get("error_uri").map(String::as_str), Some("urn:cerner:error:authorization-server:smart-v1:grant:launch:code-required"));
     assert!(!q.contains_key("error_description"));
     assert!(q.contains_key("state") && q.contains_key("iss"));
     // A patient's standalone launch is fine there (the sign-in page).
-    let a = Auth::new(app, "oracle-app", "openid fhirUser launch/patient patient/Patient.rs");
+    let mut a = Auth::new(app, "oracle-app", "openid fhirUser launch/patient patient/Patient.rs");
+    a.aud = vendor_base(app, "oracle");
     assert_eq!(a.start(app).await.status(), 200);
     // The same clinician request under the strict profile is accepted (the sign-in page).
     let a = Auth::new(app, PUBLIC, "openid fhirUser user/Patient.rs");
@@ -36,7 +43,8 @@ async fn the_authorisation_endpoint_refuses_what_the_vendor_refuses() {
 
     // Epic: POST to the authorisation endpoint for EHR launches only.
     app_with_profile(app, "epic-app", "epic").await;
-    let a = Auth::new(app, "epic-app", "openid fhirUser launch/patient patient/Patient.rs");
+    let mut a = Auth::new(app, "epic-app", "openid fhirUser launch/patient patient/Patient.rs");
+    a.aud = vendor_base(app, "epic");
     let posted = |a: &Auth<'_>| {
         let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(a.params()).finish();
         app.client.post(format!("{}/auth/authorize", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body).send()
@@ -291,4 +299,105 @@ async fn nextgen_office_serves_one_bulk_export_per_app_and_export_a_week() {
     assert_eq!(get("Patient/$export".into(), token("nextgen-office").await).await.unwrap().status(), 202);
     // NextGen Enterprise's read-only API serves no operation at all.
     assert_eq!(get("Patient/$export".into(), token("nextgen").await).await.unwrap().status(), 405);
+}
+
+/// GETs `url` with an optional token: the status and the JSON body.
+async fn get_json(app: &TestApp, url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = app.client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn each_vendor_answers_at_its_own_addresses() {
+    let f = fixture().await;
+    let app = &f.app;
+    let root = root(app);
+
+    // Epic: the FHIR base …/api/FHIR/R4, and an issuer that is not the FHIR base.
+    let epic = vendor_base(app, "epic");
+    assert_eq!(epic, format!("{root}/epic/api/FHIR/R4"));
+    let issuer = format!("{root}/epic/oauth2");
+    let (status, smart) = get_json(app, &format!("{epic}/.well-known/smart-configuration"), None).await;
+    assert_eq!((status, smart["issuer"].as_str()), (200, Some(issuer.as_str())));
+    assert_eq!(smart["token_endpoint"], format!("{root}/auth/token"));
+    let (status, oidc) = get_json(app, &format!("{issuer}/.well-known/openid-configuration"), None).await;
+    assert_eq!((status, oidc["issuer"].as_str()), (200, Some(issuer.as_str())));
+    // A launch under the profile is sent with Epic's base, and its app asks for it as `aud`.
+    let created: Value = app
+        .client
+        .post(format!("{root}/auth/launch"))
+        .basic_auth("doc", Some("doc-pass"))
+        .json(&json!({"patient": f.p2, "profile": "epic"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["iss"], epic);
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "epic"}), "launch openid fhirUser patient/Patient.rs patient/Observation.rs").await;
+    let claims = crate::smart_flows::verify_id_token(app, t["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["iss"], issuer, "Epic's id_token issuer is …/oauth2, not the FHIR base");
+    assert_ne!(claims["iss"], epic);
+    assert_eq!(claims["fhirUser"], format!("{epic}/Practitioner/{}", synth::practitioner_id(0)));
+    // The FHIR API answers at Epic's base, with links and full URLs on it.
+    let token = t["access_token"].as_str().unwrap();
+    let (status, bundle) = get_json(app, &format!("{epic}/Observation?patient={}&_count=2", f.p2), Some(token)).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert!(bundle["link"].as_array().unwrap().iter().all(|l| l["url"].as_str().unwrap().starts_with(&epic)), "{}", bundle["link"]);
+    let next = bundle["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap();
+    let (status, page) = get_json(app, next, Some(token)).await;
+    assert_eq!((status, page["entry"].as_array().map(Vec::len)), (200, Some(2)), "the next page is served at Epic's base: {page}");
+    assert!(bundle["entry"][0]["fullUrl"].as_str().unwrap().starts_with(&format!("{epic}/Observation/")));
+    let (status, patient) = get_json(app, &format!("{epic}/Patient/{}", f.p2), Some(token)).await;
+    assert_eq!((status, patient["id"].as_str()), (200, Some(f.p2.as_str())));
+    let (status, cs) = get_json(app, &format!("{epic}/metadata"), None).await;
+    assert_eq!((status, cs["resourceType"].as_str()), (200, Some("CapabilityStatement")));
+    let (status, outcome) = get_json(app, &format!("{epic}/NoSuchType/1/x/y"), Some(token)).await;
+    assert_eq!((status, outcome["resourceType"].as_str()), (404, Some("OperationOutcome")));
+    assert_eq!(get_json(app, &format!("{epic}/Patient/{}", f.p2), None).await.0, 401, "a token is needed there too");
+    // An Epic app that asks for Kindling's own base, not the launch's `iss`, is refused.
+    app_with_profile(app, "epic-app", "epic").await;
+    let a = Auth::new(app, "epic-app", "openid fhirUser launch/patient patient/Patient.rs");
+    let q = query(&location(&a.start(app).await));
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
+    assert!(q["error_description"].contains(&epic), "{q:?}");
+    assert_eq!(q.get("iss"), Some(&issuer), "RFC 9207: Epic's issuer");
+
+    // Oracle: the tenant in the FHIR base, and in the token response.
+    let oracle = vendor_base(app, "oracle");
+    let tenant = "ec2458f2-1e24-41c8-b71b-0e701af7583d";
+    assert_eq!(oracle, format!("{root}/oracle/r4/{tenant}"));
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "oracle"}), "launch openid fhirUser patient/Patient.rs").await;
+    assert_eq!(t["tenant"], tenant);
+    let claims = crate::smart_flows::verify_id_token(app, t["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["iss"], oracle, "Oracle's issuer is its FHIR base");
+    let (_, smart) = get_json(app, &format!("{oracle}/.well-known/smart-configuration"), None).await;
+    assert_eq!(smart["issuer"], oracle);
+    let (_, oidc) = get_json(app, &format!("{oracle}/.well-known/openid-configuration"), None).await;
+    assert_eq!(oidc["issuer"], oracle);
+    let (status, patient) = get_json(app, &format!("{oracle}/Patient/{}", f.p2), t["access_token"].as_str()).await;
+    assert_eq!((status, patient["id"].as_str()), (200, Some(f.p2.as_str())));
+
+    // NextGen Enterprise: no introspection advertised; revocation at …/token/revoke, which revokes.
+    let nge = vendor_base(app, "nextgen");
+    let (_, smart) = get_json(app, &format!("{nge}/.well-known/smart-configuration"), None).await;
+    assert_eq!(smart["issuer"], format!("{root}/nextgen/nge/prod/patient-oauth"));
+    assert!(smart.get("introspection_endpoint").is_none(), "{smart}");
+    assert_eq!(smart["revocation_endpoint"], format!("{root}/auth/token/revoke"));
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen"}), "launch openid fhirUser patient/Patient.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(get_json(app, &format!("{nge}/Patient/{}", f.p2), Some(token)).await.0, 200);
+    assert_eq!(crate::smart_flows::post_form(app, "/auth/token/revoke", &[("token", token), ("client_id", PUBLIC)]).await.status(), 200);
+    assert_eq!(get_json(app, &format!("{nge}/Patient/{}", f.p2), Some(token)).await.0, 401, "revoked");
+
+    // Kindling's own discovery is SMART's, unchanged.
+    let (_, smart) = get_json(app, &format!("{}/.well-known/smart-configuration", app.base), None).await;
+    assert_eq!(smart["issuer"], app.base);
+    assert_eq!(smart["introspection_endpoint"], format!("{root}/auth/introspect"));
+    assert_eq!(smart["revocation_endpoint"], format!("{root}/auth/revoke"));
 }

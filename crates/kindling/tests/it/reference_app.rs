@@ -266,9 +266,13 @@ async fn ehr_launch_summary(app: &TestApp, patient: &str, profile: &str) -> Stri
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{profile}");
-    let handle = r.json::<serde_json::Value>().await.unwrap()["launch"].as_str().unwrap().to_string();
+    let created = r.json::<serde_json::Value>().await.unwrap();
+    let handle = created["launch"].as_str().unwrap().to_string();
+    // The launch's `iss`: the FHIR base of the EHR the profile reproduces.
+    let iss = created["iss"].as_str().unwrap();
+    assert_eq!(iss, app.auth.config.fhir_base_for(&auth::model::Profile::named(profile)), "{profile}");
     let mut u = url::Url::parse(&format!("{}/app/launch", root(app))).unwrap();
-    u.query_pairs_mut().append_pair("iss", &app.base).append_pair("launch", &handle);
+    u.query_pairs_mut().append_pair("iss", iss).append_pair("launch", &handle);
     let r = app.client.get(u).send().await.unwrap();
     assert_eq!(r.status(), 303, "{profile}");
     let bound = launch_cookie(&r);

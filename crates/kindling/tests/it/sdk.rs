@@ -47,16 +47,28 @@ async fn register(app: &TestApp, id: &str, kind: ClientKind, jwks: Option<Value>
     auth::registry::put_client(app.auth.store.as_ref(), c).await.unwrap()
 }
 
+/// An SDK client configured for the server's FHIR base and each vendor profile's own.
 fn smart(app: &TestApp, client_id: &str, auth: ClientAuth) -> SmartClient {
-    let ehr = EhrConfig {
-        iss: app.base.clone(),
-        client_id: client_id.into(),
-        auth,
-        redirect_uri: REDIRECT.into(),
-        ehr_scope: EHR_SCOPE.into(),
-        standalone_scope: SCOPE.into(),
-    };
-    SmartClient::new(vec![ehr], Arc::new(MemoryPendingStore::new())).unwrap()
+    let ehrs = app
+        .auth
+        .config
+        .fhir_bases()
+        .into_iter()
+        .map(|iss| EhrConfig {
+            iss,
+            client_id: client_id.into(),
+            auth: auth.clone(),
+            redirect_uri: REDIRECT.into(),
+            ehr_scope: EHR_SCOPE.into(),
+            standalone_scope: SCOPE.into(),
+        })
+        .collect();
+    SmartClient::new(ehrs, Arc::new(MemoryPendingStore::new())).unwrap()
+}
+
+/// The `iss` of launches under `profile` (its own FHIR base, or the server's).
+fn base_of(app: &TestApp, profile: &str) -> String {
+    app.auth.config.fhir_base_for(&auth::model::Profile::named(profile))
 }
 
 fn root(app: &TestApp) -> String {
@@ -309,7 +321,7 @@ async fn retries_on_injected_429_and_503_and_vendor_profiles() {
     assert!(matches!(e, Error::Busy { status: 429, attempts: 3 }), "{e}");
 
     // Epic-style: string boolean, vendor fields, no refresh rotation — the old refresh token is kept.
-    let req = s.ehr_launch(&app.base, &launch(json!({}), "epic").await).await.unwrap();
+    let req = s.ehr_launch(&base_of(app, "epic"), &launch(json!({}), "epic").await).await.unwrap();
     let session = s.callback(&browser(app, &req, "doc", "doc-pass", true).await).await.unwrap();
     assert!(!session.context().need_patient_banner, "\"false\" read as false");
     assert!(session.context().extra.contains_key("__epic.dstu2.patient"));
@@ -317,11 +329,11 @@ async fn retries_on_injected_429_and_503_and_vendor_profiles() {
     session.refresh().await.unwrap();
     session.refresh().await.unwrap();
     // NextGen-style: practice identifiers; Oracle-style: 570 s tokens and no wildcard.
-    let req = s.ehr_launch(&app.base, &launch(json!({}), "nextgen").await).await.unwrap();
+    let req = s.ehr_launch(&base_of(app, "nextgen"), &launch(json!({}), "nextgen").await).await.unwrap();
     let session = s.callback(&browser(app, &req, "doc", "doc-pass", true).await).await.unwrap();
     assert!(session.context().extra.contains_key("practice_id"));
     session.refresh().await.unwrap();
-    let req = s.ehr_launch(&app.base, &launch(json!({}), "oracle").await).await.unwrap();
+    let req = s.ehr_launch(&base_of(app, "oracle"), &launch(json!({}), "oracle").await).await.unwrap();
     let session = s.callback(&browser(app, &req, "doc", "doc-pass", true).await).await.unwrap();
     assert!(session.expires_in().await.unwrap() <= 570);
     assert!(!session.context().granted.allows("Observation", Interaction::Read), "the wildcard was dropped");
@@ -334,19 +346,25 @@ async fn the_sdk_works_under_every_vendor_profile() {
     let app = &f.app;
     register(app, "pub", ClientKind::Public, None).await;
     // Named types as well as the wildcard: a profile that drops wildcards (Oracle) still grants these.
-    let ehr = EhrConfig {
-        iss: app.base.clone(),
-        client_id: "pub".into(),
-        auth: ClientAuth::Public,
-        redirect_uri: REDIRECT.into(),
-        ehr_scope: format!("{EHR_SCOPE} patient/Patient.rs patient/Observation.rs"),
-        standalone_scope: SCOPE.into(),
-    };
-    let s = SmartClient::new(vec![ehr], Arc::new(MemoryPendingStore::new())).unwrap();
+    let ehrs = app
+        .auth
+        .config
+        .fhir_bases()
+        .into_iter()
+        .map(|iss| EhrConfig {
+            iss,
+            client_id: "pub".into(),
+            auth: ClientAuth::Public,
+            redirect_uri: REDIRECT.into(),
+            ehr_scope: format!("{EHR_SCOPE} patient/Patient.rs patient/Observation.rs"),
+            standalone_scope: SCOPE.into(),
+        })
+        .collect();
+    let s = SmartClient::new(ehrs, Arc::new(MemoryPendingStore::new())).unwrap();
     let profiles: Vec<String> = app.auth.config.profiles.all().iter().map(|p| p.name.clone()).collect();
     for profile in profiles {
         let handle = ehr_handle(app, json!({"patient": f.p, "profile": profile, "need_patient_banner": true})).await;
-        let req = s.ehr_launch(&app.base, &handle).await.unwrap();
+        let req = s.ehr_launch(&base_of(app, &profile), &handle).await.unwrap();
         let session = s.callback(&browser(app, &req, "doc", "doc-pass", true).await).await.unwrap_or_else(|e| panic!("{profile}: {e}"));
         let ctx = session.context();
         assert_eq!(ctx.patient.as_deref(), Some(f.p.as_str()), "{profile}");

@@ -92,7 +92,7 @@ pub(crate) struct Auth<'a> {
     challenge: String,
     pub(crate) verifier: String,
     pub(crate) launch: Option<String>,
-    aud: String,
+    pub(crate) aud: String,
     /// The browser the flow runs in (its own cookies: binding cookie, session).
     pub(crate) browser: Browser,
 }
@@ -168,6 +168,18 @@ pub(crate) async fn consent_if_asked(app: &TestApp, browser: &Browser, r: reqwes
     if r.status() == 303 { r } else { consent(app, browser, r, true, &[], &[]).await }
 }
 
+/// The issuer of the authorisation server an app asking for `aud` talks to: Kindling's own (its FHIR
+/// base), or that of the vendor profile whose FHIR base `aud` is.
+pub(crate) fn issuer_of(app: &TestApp, aud: &str) -> String {
+    let c = &app.auth.config;
+    c.profiles
+        .all()
+        .iter()
+        .map(|p| auth::model::Profile::named(&p.name))
+        .find(|p| c.fhir_base_for(p) == aud)
+        .map_or_else(|| app.base.clone(), |p| c.issuer_for(&p))
+}
+
 /// The code from the redirect to the app, after checking `state` and `iss`.
 pub(crate) fn code(app: &TestApp, a: &Auth<'_>, r: &reqwest::Response) -> String {
     assert_eq!(r.status(), 303);
@@ -175,7 +187,7 @@ pub(crate) fn code(app: &TestApp, a: &Auth<'_>, r: &reqwest::Response) -> String
     assert!(loc.as_str().starts_with(REDIRECT), "{loc}");
     let q = query(&loc);
     assert_eq!(q.get("state"), Some(&a.state), "state is echoed byte for byte");
-    assert_eq!(q.get("iss"), Some(&app.base), "RFC 9207 iss");
+    assert_eq!(q.get("iss"), Some(&issuer_of(app, &a.aud)), "RFC 9207 iss");
     assert!(!q.contains_key("error"), "{q:?}");
     q["code"].clone()
 }
@@ -257,7 +269,7 @@ async fn discovery_documents() {
 }
 
 /// Verifies an RS256 id_token against the server's JWKS and returns its claims.
-async fn verify_id_token(app: &TestApp, jwt: &str) -> Value {
+pub(crate) async fn verify_id_token(app: &TestApp, jwt: &str) -> Value {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let parts: Vec<&str> = jwt.split('.').collect();
@@ -1042,6 +1054,8 @@ pub(crate) async fn ehr_tokens(f: &Fixture, context: Value, scope: &str) -> Valu
     let created: Value = r.json().await.unwrap();
     let mut a = Auth::new(app, PUBLIC, scope);
     a.launch = Some(created["launch"].as_str().unwrap().to_string());
+    // The launch's `iss` is the audience (a vendor profile's own FHIR base, under one that has it).
+    a.aud = created["iss"].as_str().unwrap().to_string();
     let page = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
     let redirect = consent_if_asked(app, &a.browser, page).await;
     let c = code(app, &a, &redirect);
