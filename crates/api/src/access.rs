@@ -44,6 +44,9 @@ pub struct TokenAccess {
     pub faults: Option<Arc<FhirFaults>>,
     /// What the vendor profile the token was issued under changes in the FHIR API.
     pub vendor: Option<Arc<VendorFhir>>,
+    /// The FHIR base the token was issued for (its `aud`): at any other base this server answers at (a
+    /// vendor profile's own), it is refused as a real EHR would. `None`: any base.
+    pub audience: Option<String>,
 }
 
 /// A vendor profile's rules for the FHIR API (read-only servers, vendor search parameters, a request
@@ -150,6 +153,8 @@ fn unauthorized(error: Option<&str>, message: &str) -> Response {
 pub async fn require_access(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    // The address as the client called it (a vendor profile's base is served through `/fhir`).
+    let called = request.extensions().get::<axum::extract::OriginalUri>().map_or_else(|| path.clone(), |u| u.path().to_string());
     let started = std::time::Instant::now();
     let (mut response, access) = resolve_and_run(&state, request, next).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -179,7 +184,7 @@ pub async fn require_access(State(state): State<AppState>, request: Request, nex
             username: token.as_ref().and_then(|t| t.fhir_user.clone()),
             patient: token.as_ref().and_then(|t| t.patient.clone()),
             launch: token.as_ref().and_then(|t| t.launch.clone()),
-            entity: Some(path),
+            entity: Some(called),
             detail: Some(format!("{method} {status} in {elapsed_ms:.1} ms")),
         });
     }
@@ -203,6 +208,10 @@ async fn resolve_and_run(state: &AppState, mut request: Request, next: Next) -> 
             match resolver.resolve(token).await {
                 Err(e) => return (ApiError::from(e).into_response(), None),
                 Ok(Some(t)) => {
+                    if let Some(aud) = t.audience.as_deref().filter(|a| *a != state.base_url) {
+                        let why = format!("this access token was issued for the FHIR server at {aud}, not for this one");
+                        return (unauthorized(Some("invalid_token"), &why), None);
+                    }
                     if let Some(v) = &t.vendor {
                         if let Some(r) = vendor_rules(state, v, &mut request) {
                             return (r, Some(Access::Token(t)));
@@ -359,12 +368,12 @@ impl Access {
     ) -> Result<(), ApiError> {
         let Access::Token(t) = self else { return Ok(()) };
         let asked = if key.is_some() { Compartment::Ask } else { Compartment::Content };
-        match policy::decide(t, &state.base_url, interaction, resource_type, id, asked, content).map_err(forbidden)? {
+        match policy::decide(t, &state.local_base, interaction, resource_type, id, asked, content).map_err(forbidden)? {
             Verdict::Allowed => Ok(()),
             Verdict::Probe => {
                 let Some(k) = key else { return Err(forbidden(Denied("the compartment cannot be checked".into()))) };
                 let inside = state.store.in_patient_compartment(k, t.patient.as_deref().unwrap_or_default()).await?;
-                policy::decide(t, &state.base_url, interaction, resource_type, id, Compartment::Known(inside), content).map(|_| ()).map_err(forbidden)
+                policy::decide(t, &state.local_base, interaction, resource_type, id, Compartment::Known(inside), content).map(|_| ()).map_err(forbidden)
             }
         }
     }
@@ -374,7 +383,7 @@ impl Access {
     pub async fn readable(&self, state: &AppState, resources: Vec<store::StoredResource>) -> Result<Vec<store::StoredResource>, ApiError> {
         let Access::Token(t) = self else { return Ok(resources) };
         let judge = |r: &store::StoredResource, c: Compartment| {
-            policy::decide(t, &state.base_url, Interaction::Read, &r.resource_type, &r.id, c, Content::Stored(&r.json))
+            policy::decide(t, &state.local_base, Interaction::Read, &r.resource_type, &r.id, c, Content::Stored(&r.json))
         };
         let verdicts: Vec<Option<Verdict>> = resources.iter().map(|r| judge(r, Compartment::Ask).ok()).collect();
         let probes: Vec<i64> = resources.iter().zip(&verdicts).filter(|(_, v)| **v == Some(Verdict::Probe)).map(|(r, _)| r.key).collect();
@@ -403,7 +412,7 @@ impl Access {
     /// Narrows a search of `q.resource_type` to what the token may see, or refuses it.
     pub fn restrict_search(&self, state: &AppState, q: &mut SearchQuery) -> Result<(), ApiError> {
         let Access::Token(t) = self else { return Ok(()) };
-        policy::restrict_search(t, &state.base_url, state.now_ms(), q).map_err(forbidden)
+        policy::restrict_search(t, &state.local_base, state.now_ms(), q).map_err(forbidden)
     }
 
     /// The context patient when `resource_type` is searchable only through patient-level scopes (no

@@ -366,7 +366,7 @@ pub async fn import_bundle(state: &AppState, mut bundle: Value) -> ApiResult<(Wr
         }
         Some("batch") => {
             let mut failed = Vec::new();
-            for (i, r) in parse_entries(&state.base_url, &mut bundle)?.into_iter().enumerate() {
+            for (i, r) in parse_entries(&state.local_base, &mut bundle)?.into_iter().enumerate() {
                 match batch_write(state, &Access::Open, r).await {
                     Ok(BatchDone::Wrote(o)) => written.add(&o),
                     Ok(BatchDone::Read(_)) => {}
@@ -428,7 +428,7 @@ async fn write_prepared(state: &AppState, bundle: &PreparedBundle) -> ApiResult<
 
 /// Runs the writes of a transaction Bundle inside `tx`.
 async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Transaction, bundle: &mut Value) -> ApiResult<Applied> {
-    let mut requests = parse_entries(&state.base_url, bundle)?;
+    let mut requests = parse_entries(&state.local_base, bundle)?;
     check_conditionals(access, &requests)?;
     // Conditional entries serialise with every other request naming the same criteria; all their locks are
     // taken up front, in one order, so that two Bundles naming the same criteria cannot deadlock.
@@ -744,7 +744,7 @@ fn collect_rewrites(v: &mut Value, ids: &HashMap<String, String>, conditional: &
 }
 
 async fn batch(state: &AppState, access: &Access, bundle: &mut Value) -> ApiResult<Bundle> {
-    let requests = parse_entries(&state.base_url, bundle)?;
+    let requests = parse_entries(&state.local_base, bundle)?;
     let mut response = Bundle::new("batch-response", state.now_ms());
     for r in requests {
         let result = batch_entry(state, access, r).await;

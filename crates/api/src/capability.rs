@@ -15,8 +15,8 @@ pub struct OAuthUris {
     pub token: String,
     /// The revocation endpoint (RFC 7009).
     pub revoke: String,
-    /// The introspection endpoint (RFC 7662).
-    pub introspect: String,
+    /// The introspection endpoint (RFC 7662), when the server advertises one.
+    pub introspect: Option<String>,
     /// The dynamic registration endpoint (RFC 7591).
     pub register: String,
     /// Where users see and withdraw what they authorised.
@@ -90,9 +90,11 @@ fn security(o: &OAuthUris) -> Value {
         json!({"url": "authorize", "valueUri": o.authorize}),
         json!({"url": "token", "valueUri": o.token}),
         json!({"url": "revoke", "valueUri": o.revoke}),
-        json!({"url": "introspect", "valueUri": o.introspect}),
-        json!({"url": "register", "valueUri": o.register}),
     ];
+    if let Some(introspect) = &o.introspect {
+        uris.push(json!({"url": "introspect", "valueUri": introspect}));
+    }
+    uris.push(json!({"url": "register", "valueUri": o.register}));
     if let Some(manage) = &o.manage {
         uris.push(json!({"url": "manage", "valueUri": manage}));
     }
@@ -233,7 +235,7 @@ mod tests {
             authorize: e("authorize"),
             token: e("token"),
             revoke: e("revoke"),
-            introspect: e("introspect"),
+            introspect: Some(e("introspect")),
             register: e("register"),
             manage: Some("https://ehr.example/ehr/connected".into()),
         }

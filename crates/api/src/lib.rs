@@ -31,8 +31,13 @@ pub use error::{ApiError, ApiResult};
 pub struct AppState {
     /// The database.
     pub store: Arc<dyn Store>,
-    /// The FHIR base URL as clients see it, without a trailing slash (e.g. `http://127.0.0.1:8080/fhir`).
+    /// The FHIR base URL as clients see it, without a trailing slash (e.g. `http://127.0.0.1:8080/fhir`):
+    /// links, `fullUrl`s and `Location`s are written on it.
     pub base_url: String,
+    /// The base on which absolute references to this server's resources are recognised (the store's, the
+    /// policy's and search's): `base_url`, except at a vendor profile's own base, whose requests are
+    /// rewritten to this one before they reach the API.
+    pub local_base: String,
     /// "Now" (lastUpdated, history, paging snapshots, export expiry).
     pub clock: SharedClock,
     /// Resolves bearer tokens; `None` is the explicit open-sandbox mode (no token needed).
@@ -61,7 +66,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// The answer to a URL under `/fhir` that no route serves.
 pub async fn not_found() -> ApiError {
-    ApiError::not_found("there is nothing at this URL; the FHIR base is /fhir")
+    ApiError::not_found("there is nothing at this URL of the FHIR API")
 }
 
 fn with_405(m: MethodRouter<AppState>) -> MethodRouter<AppState> {

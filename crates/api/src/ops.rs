@@ -53,7 +53,7 @@ pub fn conditional_query(state: &AppState, resource_type: &str, query: &str) -> 
     if pairs.is_empty() {
         return Err(ApiError::bad_request("a conditional request needs search parameters"));
     }
-    let opts = ParseOptions { lenient: false, base: Some(&state.base_url), now_ms: state.now_ms() };
+    let opts = ParseOptions { lenient: false, base: Some(&state.local_base), now_ms: state.now_ms() };
     let q = parse(resource_type, &pairs, opts).map_err(|e| ApiError::bad_request(format!("conditional criteria: {e}")))?;
     // Conditional writes are held to a type-wide grant of their own type only: criteria that reach into
     // another type would answer (created, updated, 412) about resources the token may not search.

@@ -17,7 +17,7 @@ pub fn parse_pairs(query: &str) -> Vec<(String, String)> {
 
 /// Parses the search parameters of a request against `resource_type`.
 pub fn parse_search(state: &AppState, resource_type: &str, pairs: &[(String, String)], lenient: bool) -> ApiResult<SearchQuery> {
-    let opts = ParseOptions { lenient, base: Some(&state.base_url), now_ms: state.now_ms() };
+    let opts = ParseOptions { lenient, base: Some(&state.local_base), now_ms: state.now_ms() };
     parse(resource_type, pairs, opts).map_err(|e| ApiError::bad_request(e.0))
 }
 

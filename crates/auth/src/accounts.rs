@@ -73,10 +73,20 @@ pub async fn add(s: &Shared, by: Option<&str>, username: &str, name: &str, role:
     if s.store.read(ty, id).await?.is_none_or(|r| r.deleted) {
         return refuse(format!("there is no {ty}/{id} in the record: create or import it first"));
     }
-    if registry::stored_user(s.store.as_ref(), username).await?.is_some() {
+    // Inserted only when the name is free: of two administrators adding one name at once, one succeeds.
+    let user = User {
+        username: username.to_string(),
+        display_name: name.trim().to_string(),
+        role,
+        password_hash: crate::crypto::hash_password(password),
+        fhir_user: fhir_user.to_string(),
+        disabled: false,
+        rights: None,
+        admin: false,
+    };
+    if !registry::insert_new_user(s.store.as_ref(), &user).await? {
         return refuse(format!("the user '{username}' exists already"));
     }
-    let user = registry::put_user(s.store.as_ref(), username, name.trim(), role, password, fhir_user).await?;
     s.audit("user-added").user(username).record(format!("{} linked to {fhir_user}{}", role_name(role), by_whom(by)));
     Ok(user)
 }
@@ -90,11 +100,20 @@ pub async fn list(s: &Shared) -> Result<Vec<User>> {
     Ok(registry::list_users(s.store.as_ref()).await?)
 }
 
-async fn existing(s: &Shared, username: &str) -> Result<User> {
-    match registry::stored_user(s.store.as_ref(), username).await? {
-        Some(u) => Ok(u),
-        None => refuse(format!("there is no user '{username}'")),
+/// Changes an account with `change` (which may refuse), read-change-write with compare-and-swap: when
+/// someone else changed the account in between (another administrator, another node), it is read again
+/// and `change` runs on what they wrote, so no change is lost.
+async fn update<T>(s: &Shared, username: &str, mut change: impl FnMut(&mut User) -> Result<T>) -> Result<T> {
+    for _ in 0..32 {
+        let Some((stored, mut user)) = registry::stored_user_record(s.store.as_ref(), username).await? else {
+            return refuse(format!("there is no user '{username}'"));
+        };
+        let out = change(&mut user)?;
+        if registry::replace_user(s.store.as_ref(), &stored, &user).await? {
+            return Ok(out);
+        }
     }
+    Err(AccountError::Store(StoreError::Backend(format!("the account '{username}' kept changing while it was being updated; try again"))))
 }
 
 /// Disables an account: no sign-in, and every token it holds stops working now. Returns the grants
@@ -103,9 +122,11 @@ pub async fn disable(s: &Shared, by: Option<&str>, username: &str) -> Result<usi
     if by == Some(username) {
         return refuse("you cannot disable your own account");
     }
-    let mut user = existing(s, username).await?;
-    user.disabled = true;
-    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    update(s, username, |u| {
+        u.disabled = true;
+        Ok(())
+    })
+    .await?;
     let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
     let ended = crate::session::end_all_of(s.store.as_ref(), username).await?;
     s.audit("user-disabled").user(username).record(format!("{revoked} grant(s) revoked, {ended} session(s) ended{}", by_whom(by)));
@@ -114,9 +135,11 @@ pub async fn disable(s: &Shared, by: Option<&str>, username: &str) -> Result<usi
 
 /// Enables a disabled account again.
 pub async fn enable(s: &Shared, by: Option<&str>, username: &str) -> Result<()> {
-    let mut user = existing(s, username).await?;
-    user.disabled = false;
-    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    update(s, username, |u| {
+        u.disabled = false;
+        Ok(())
+    })
+    .await?;
     s.audit("user-enabled").user(username).record(format!("enabled{}", by_whom(by)));
     Ok(())
 }
@@ -125,9 +148,12 @@ pub async fn enable(s: &Shared, by: Option<&str>, username: &str) -> Result<()> 
 /// the apps it authorised lose their tokens (they ask for consent again at the next launch).
 pub async fn passwd(s: &Shared, by: Option<&str>, username: &str, password: &str) -> Result<()> {
     check_password(password)?;
-    let mut user = existing(s, username).await?;
-    user.password_hash = crate::crypto::hash_password(password);
-    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    let hash = crate::crypto::hash_password(password);
+    update(s, username, |u| {
+        u.password_hash = hash.clone();
+        Ok(())
+    })
+    .await?;
     let ended = crate::session::end_all_of(s.store.as_ref(), username).await?;
     let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
     s.audit("user-password").user(username).record(format!("password changed; {ended} session(s) ended, {revoked} grant(s) revoked{}", by_whom(by)));
@@ -139,7 +165,6 @@ pub async fn passwd(s: &Shared, by: Option<&str>, username: &str, password: &str
 /// access token already issued keeps its scope until it expires; refreshes and later authorisations are
 /// bounded. Returns the rights as stored.
 pub async fn set_rights(s: &Shared, by: Option<&str>, username: &str, scope: Option<&str>) -> Result<Option<String>> {
-    let mut user = existing(s, username).await?;
     let rights = match scope.map(str::trim).filter(|t| !t.is_empty()) {
         None => None,
         Some(text) => {
@@ -157,8 +182,11 @@ pub async fn set_rights(s: &Shared, by: Option<&str>, username: &str, scope: Opt
             Some(set.to_string())
         }
     };
-    user.rights = rights.clone();
-    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    update(s, username, |u| {
+        u.rights = rights.clone();
+        Ok(())
+    })
+    .await?;
     let what = match &rights {
         Some(r) => format!("rights bounded to {r}"),
         None => "rights bound lifted".to_string(),
@@ -170,15 +198,17 @@ pub async fn set_rights(s: &Shared, by: Option<&str>, username: &str, scope: Opt
 /// Makes a clinician an administrator, or no longer one. An administrator cannot take their own role
 /// (someone must be left to manage the EHR).
 pub async fn set_admin(s: &Shared, by: Option<&str>, username: &str, admin: bool) -> Result<()> {
-    let mut user = existing(s, username).await?;
-    if admin && user.role != UserRole::Clinician {
-        return refuse("only a clinician's account can be an administrator");
-    }
     if !admin && by == Some(username) {
         return refuse("you cannot take your own administrator role");
     }
-    user.admin = admin;
-    registry::put_user_as_is(s.store.as_ref(), &user).await?;
+    update(s, username, |u| {
+        if admin && u.role != UserRole::Clinician {
+            return refuse("only a clinician's account can be an administrator");
+        }
+        u.admin = admin;
+        Ok(())
+    })
+    .await?;
     s.audit("user-admin").user(username).record(format!("{}{}", if admin { "made an administrator" } else { "no longer an administrator" }, by_whom(by)));
     Ok(())
 }

@@ -3,7 +3,6 @@
 
 use crate::crypto::{random_token, token_hash, verify_password};
 use crate::model::LaunchContext;
-use crate::profile::Profile;
 use crate::{ErrorCode, OAuthError, Shared, registry};
 use axum::Json;
 use axum::extract::State;
@@ -224,17 +223,20 @@ pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, bod
         }
         context.patient = Some(own.to_string());
     }
+    // The profile the launch follows is fixed now (the one asked for, else its app's while the server knows
+    // it, else strict): its FHIR base is the `iss` announced here and the `aud` the app must ask for.
+    if context.profile.is_none() {
+        let app = match &context.client_id {
+            Some(c) => registry::get_client(server.store.as_ref(), c).await?.and_then(|c| c.profile),
+            None => None,
+        };
+        context.profile = Some(app.filter(|p| server.config.profiles.get(p.as_str()).is_some()).unwrap_or_default());
+    }
     check_context(&server, &context).await?.map_err(|p| OAuthError::invalid_request(p.to_string()))?;
     context.faults.validate().map_err(OAuthError::invalid_request)?;
     context.username = Some(user.username);
     context.id = None;
-    // The `iss` of the launch: the FHIR base of the profile it follows (the launch's, else its app's).
-    let profile = match (&context.profile, &context.client_id) {
-        (Some(p), _) => p.clone(),
-        (None, Some(c)) => registry::get_client(server.store.as_ref(), c).await?.and_then(|c| c.profile).unwrap_or_default(),
-        (None, None) => Profile::default(),
-    };
-    let iss = server.config.fhir_base_for(&profile);
+    let iss = server.config.fhir_base_for(&context.profile.clone().unwrap_or_default());
     let NewLaunch { handle, id } = new_launch(&server, &context).await?;
     let mut r = (StatusCode::CREATED, Json(json!({"launch": handle, "launch_id": id, "expires_in": server.config.launch_secs, "iss": iss}))).into_response();
     crate::no_store(&mut r);

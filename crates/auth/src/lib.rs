@@ -96,6 +96,14 @@ impl AuthConfig {
         std::iter::once(self.fhir_base.clone()).chain(self.profiles.all().iter().filter_map(|p| p.fhir_base(&self.public_url))).collect()
     }
 
+    /// The profile whose FHIR base `base` is (strict for this server's own).
+    pub fn profile_at(&self, base: &str) -> Option<profile::Profile> {
+        if base == self.fhir_base {
+            return Some(profile::Profile::strict());
+        }
+        self.profiles.all().iter().find(|p| p.fhir_base(&self.public_url).as_deref() == Some(base)).map(|p| profile::Profile::named(&p.name))
+    }
+
     /// The FHIR base an app meets under `profile`: the profile's own server when it has one (Epic's
     /// `…/api/FHIR/R4`, Oracle's tenant path), else [`AuthConfig::fhir_base`]. Launches send it as `iss`
     /// and apps ask for it as `aud`.
@@ -321,7 +329,9 @@ impl AccessResolver for AuthServer {
             }
             Arc::new(v)
         });
+        let audience = Some(self.config.fhir_base_for(&grant.profile()));
         let access = Arc::new(TokenAccess {
+            audience,
             client_id: grant.client_id,
             scopes: smart::ScopeSet::parse(&grant.scope),
             patient: grant.patient,

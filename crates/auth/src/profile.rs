@@ -180,7 +180,7 @@ pub struct ServerRules {
 }
 
 /// The first path segments that are Kindling's own (a profile's server cannot live there).
-const RESERVED_SEGMENTS: &[&str] = &["fhir", "auth", "ehr", "app", "portal", "healthz", "readyz", "openapi.json", ".well-known", "static", "assets"];
+const RESERVED_SEGMENTS: &[&str] = &["fhir", "auth", "ehr", "app", "portal", "demo-app", "healthz", "readyz", "openapi.json", ".well-known"];
 
 /// Checks a profile's server path: `/`, then segments of letters, digits, `-`, `_` and `.`; not Kindling's own.
 fn check_server_path(what: &str, path: &str) -> Result<(), String> {
@@ -309,7 +309,7 @@ impl ProfileRules {
             }
         }
         if let Some(r) = &self.server.tenant
-            && !self.fhir_path().is_some_and(|p| p.split('/').any(|seg| seg == r.value))
+            && (r.value.is_empty() || !self.fhir_path().is_some_and(|p| p.split('/').any(|seg| seg == r.value)))
         {
             return Err(format!("{}: the tenant '{}' must be a segment of fhir_path (the tenant's FHIR base)", self.name, r.value));
         }

@@ -67,6 +67,25 @@ pub async fn stored_user(store: &dyn AuthStore, username: &str) -> Result<Option
     Ok(store.auth_get(USER, username).await?.and_then(|r| serde_json::from_str(&r.value).ok()))
 }
 
+/// A user account as stored (the exact text, for [`replace_user`]) and read.
+pub async fn stored_user_record(store: &dyn AuthStore, username: &str) -> Result<Option<(String, User)>, StoreError> {
+    let Some(record) = store.auth_get(USER, username).await? else { return Ok(None) };
+    let user = serde_json::from_str(&record.value).map_err(|e| StoreError::Backend(format!("the account '{username}' cannot be read: {e}")))?;
+    Ok(Some((record.value, user)))
+}
+
+/// Stores `user` only when the account still is `stored` (compare-and-swap); returns whether it did.
+pub async fn replace_user(store: &dyn AuthStore, stored: &str, user: &User) -> Result<bool, StoreError> {
+    let value = serde_json::to_string(user).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.auth_replace(USER, &user.username, stored, &value).await
+}
+
+/// Stores a new account only when its user name is free; returns whether it did.
+pub async fn insert_new_user(store: &dyn AuthStore, user: &User) -> Result<bool, StoreError> {
+    let value = serde_json::to_string(user).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.auth_insert_new(USER, &user.username, &value, None).await
+}
+
 /// Every user account, by user name.
 pub async fn list_users(store: &dyn AuthStore) -> Result<Vec<User>, StoreError> {
     let mut users: Vec<User> = store.auth_list(USER).await?.into_iter().filter_map(|(_, r)| serde_json::from_str(&r.value).ok()).collect();

@@ -112,7 +112,9 @@ pub(crate) async fn launch(State(s): State<Shared>, headers: HeaderMap, axum::Fo
             .get("profile")
             .filter(|v| !v.is_empty())
             .map(|v| Profile::named(v))
-            .or(client.profile.clone().filter(|d| s.config.profiles.get(d.as_str()).is_some())),
+            .or(client.profile.clone().filter(|d| s.config.profiles.get(d.as_str()).is_some()))
+            // Fixed now, strict when neither names one: the launch's `iss` and the `aud` it needs follow it.
+            .or(Some(Profile::strict())),
         ..LaunchContext::default()
     };
     // The launch API's check, with a page for the clinician.

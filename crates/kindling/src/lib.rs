@@ -239,13 +239,23 @@ impl Application {
                 authorize: c.endpoint("authorize"),
                 token: c.endpoint("token"),
                 revoke: c.endpoint("revoke"),
-                introspect: c.endpoint("introspect"),
+                introspect: Some(c.endpoint("introspect")),
                 register: c.endpoint("register"),
                 manage: c.manage_url.clone(),
             }
         });
         let export_ttl_ms = config.export_ttl_secs.map_or(api::export::JOB_TTL_MS, |s| (s as i64).saturating_mul(1000));
-        let state = AppState { store, base_url, clock, access, audit: fhir_audit, oauth, export_ttl_ms, export_faults: config.export_faults };
+        let state = AppState {
+            store,
+            local_base: base_url.clone(),
+            base_url,
+            clock,
+            access,
+            audit: fhir_audit,
+            oauth,
+            export_ttl_ms,
+            export_faults: config.export_faults,
+        };
         Ok(Application { listener, tls, addr, public_url, state, auth, reference_app: None, data_dir: config.data_dir.clone() })
     }
 

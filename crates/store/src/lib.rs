@@ -210,6 +210,10 @@ pub trait AuthStore: Send + Sync {
     /// `then`, in one transaction; returns whether `new` was inserted. A backend-services token and the
     /// `jti` of the assertion it was issued for: one commit instead of two.
     async fn auth_insert_new_then_put(&self, new: NewAuthRecord<'_>, then: NewAuthRecord<'_>) -> Result<bool>;
+    /// Replaces a live record's value only when it still holds `expected` (compare-and-swap); returns
+    /// whether it did. Of two concurrent read-change-write cycles on one record, one replaces and the
+    /// other sees `false` and reads again: no change is lost.
+    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str) -> Result<bool>;
     /// Revokes every record of a grant; returns how many.
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64>;
     /// Deletes a record.

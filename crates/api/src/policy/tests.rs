@@ -15,6 +15,7 @@ fn token(scope: &str, patient: Option<&str>, fhir_user: Option<&str>) -> TokenAc
         launch: None,
         faults: None,
         vendor: None,
+        audience: None,
     }
 }
 

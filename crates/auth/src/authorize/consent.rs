@@ -164,6 +164,7 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
             &pending.redirect_uri,
             pending.state.as_deref(),
             pending.profile.as_ref(),
+            &s.config.issuer_for(&pending.profile.clone().unwrap_or_default()),
             super::request::Refusal::new(ErrorCode::AccessDenied, "the user did not allow access"),
         );
     }

@@ -60,7 +60,16 @@ fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
 /// A redirect back to the app with an RFC 6749 error.
 /// An RFC 6749 §4.1.2.1 error redirect. Under a profile that writes errors as `error_uri` (Oracle-style),
 /// `error_uri` names what went wrong (`slug`, or the error code) in place of `error_description`.
-fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, profile: Option<&Profile>, r: request::Refusal) -> Response {
+/// `iss` (RFC 9207) is `issuer`: the authorisation server the app believes it talks to.
+fn redirect_error(
+    s: &Shared,
+    trace: Option<&str>,
+    redirect_uri: &str,
+    state: Option<&str>,
+    profile: Option<&Profile>,
+    issuer: &str,
+    r: request::Refusal,
+) -> Response {
     let (error, description) = (r.code, r.description.as_ref());
     let Ok(mut url) = url::Url::parse(redirect_uri) else {
         return error_page(s, StatusCode::BAD_REQUEST, "The app's return address is not valid", description, "Tell the app's developer.");
@@ -76,8 +85,7 @@ fn redirect_error(s: &Shared, trace: Option<&str>, redirect_uri: &str, state: Op
         if let Some(st) = state {
             q.append_pair("state", st);
         }
-        // RFC 9207: the issuer the app sent the request to (its profile's, when the profile has its own).
-        q.append_pair("iss", &profile.map_or_else(|| s.config.fhir_base.clone(), |p| s.config.issuer_for(p)));
+        q.append_pair("iss", issuer);
     }
     tracing::info!(error = error.as_str(), "authorisation refused");
     s.audit("authorize").launch(trace).refused().record(format!("refused, sent back to the app: {error}: {description}"));

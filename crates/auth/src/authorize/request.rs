@@ -148,14 +148,29 @@ impl Refusal {
 /// URI: its refusals, made before anyone has signed in, are pages here, so that this endpoint is no open
 /// redirector for it (RFC 9700 §4.11.2). Administrator-registered apps get RFC 6749 error redirects with
 /// `state` and `iss`.
-/// `profile` is the launch's when it is known, else the app's.
-fn refuse(s: &Shared, client: &Client, profile: Option<&Profile>, trace: Option<&str>, redirect_uri: &str, state: Option<&str>, r: Refusal) -> Response {
+/// `profile` is the launch's when it is known, else the app's. The RFC 9207 `iss` is the issuer of the FHIR
+/// base the app asked for (`aud`), as its discovery told it, when that is one of this server's bases.
+#[allow(clippy::too_many_arguments)]
+fn refuse(
+    s: &Shared,
+    client: &Client,
+    profile: Option<&Profile>,
+    aud: Option<&str>,
+    trace: Option<&str>,
+    redirect_uri: &str,
+    state: Option<&str>,
+    r: Refusal,
+) -> Response {
     if client.self_registered {
         s.audit("authorize").launch(trace).client(client.client_id.as_str()).refused().record(format!("refused: {}: {}", r.code, r.description));
         error_page(s, StatusCode::BAD_REQUEST, "This app's request cannot be accepted", &r.description, "Tell the app's developer.")
     } else {
         let profile = profile.or(client.profile.as_ref());
-        redirect_error(s, trace, redirect_uri, state, profile, r)
+        let issuer = aud
+            .and_then(|a| s.config.profile_at(a.trim_end_matches('/')))
+            .or_else(|| profile.cloned())
+            .map_or_else(|| s.config.fhir_base.clone(), |p| s.config.issuer_for(&p));
+        redirect_error(s, trace, redirect_uri, state, profile, &issuer, r)
     }
 }
 
@@ -252,25 +267,25 @@ async fn authorize(s: &Shared, headers: &HeaderMap, req: AuthorizeRequest) -> Re
     let trace = trace.as_deref();
     let (scope, code_challenge) = match req.check(&s.config.fhir_bases()) {
         Ok(checked) => checked,
-        Err(r) => return refuse(s, &client, None, trace, redirect_uri, state, r),
+        Err(r) => return refuse(s, &client, None, req.audience(), trace, redirect_uri, state, r),
     };
     let launch = match req.launch.as_deref() {
         Some(handle) => match take_launch(s, handle, &client, &ScopeSet::parse(scope)).await {
             Ok(l) => Some(l),
-            Err(LaunchStop::Refused(r)) => return refuse(s, &client, None, trace, redirect_uri, state, r),
+            Err(LaunchStop::Refused(r)) => return refuse(s, &client, None, req.audience(), trace, redirect_uri, state, r),
             Err(LaunchStop::Failed(e)) => return internal(s, e),
         },
         None => None,
     };
     let profile = launch.as_ref().and_then(|l| l.profile.clone()).or(client.profile.clone()).unwrap_or_default();
     if let Err(r) = profile_rules(s.config.profiles.rules(&profile), &req, launch.is_some(), &ScopeSet::parse(scope)) {
-        return refuse(s, &client, Some(&profile), trace, redirect_uri, state, r);
+        return refuse(s, &client, Some(&profile), req.audience(), trace, redirect_uri, state, r);
     }
     // The EHR of the profile in force has one FHIR base (Epic's, Oracle's tenant path): the launch's `iss`.
     let base = s.config.fhir_base_for(&profile);
     if req.audience().is_some_and(|a| a.trim_end_matches('/') != base) {
         let r = Refusal::new(ErrorCode::InvalidRequest, format!("aud must be this EHR's FHIR base URL, {base} (the iss of its launches)")).named("aud:invalid");
-        return refuse(s, &client, Some(&profile), trace, redirect_uri, state, r);
+        return refuse(s, &client, Some(&profile), req.audience(), trace, redirect_uri, state, r);
     }
     // The request belongs to this browser: its forms are accepted only with this browser's binding cookie.
     let (browser, set_cookie) = session::browser_binding(s, headers);

@@ -102,6 +102,13 @@ async fn ehr_pages_sessions_search_paging_and_launch() {
     let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
     assert_eq!(q["iss"], app.base);
     assert!(q["launch"].len() >= 43, "an opaque random handle");
+    // Under a vendor profile with a server of its own, the launch is sent with that server's FHIR base.
+    let mut epic = with_csrf.clone();
+    epic.push(("profile", "epic"));
+    let r = form(&app, "/ehr/launch", Some(&cookie), &epic).await;
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(q["iss"], format!("{}/epic/api/FHIR/R4", app.base.trim_end_matches("/fhir")));
     assert!(!q["launch"].contains(&target.id), "the handle carries no context");
     // Impossible faults are refused with a page, not a launch.
     let mut bad = with_csrf.clone();

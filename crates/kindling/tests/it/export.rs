@@ -56,6 +56,7 @@ fn system_access(client_id: &str) -> api::access::Access {
         launch: None,
         faults: None,
         vendor: None,
+        audience: None,
     }))
 }
 

@@ -97,30 +97,39 @@ async fn nextgen_serves_read_and_search_only_and_takes_maxresults() {
     let app = &f.app;
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen"}), "launch openid fhirUser patient/*.cruds").await;
     let token = t["access_token"].as_str().unwrap();
-    let (status, bundle) = fhir_get(app, &format!("Observation?patient={}&_maxresults=2", f.p2), Some(token)).await;
+    // NextGen Enterprise's own FHIR base (its tokens work there only).
+    let nge = vendor_base(app, "nextgen");
+    let (status, bundle) = fhir_at(app, &nge, &format!("Observation?patient={}&_maxresults=2", f.p2), Some(token)).await;
     assert_eq!(status, 200, "{bundle}");
     assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(2), "_maxresults is taken as _count");
     // The other parameters are kept as they were: the same page as with _count, filters and all.
-    let (_, counted) = fhir_get(app, &format!("Observation?patient={}&category=vital-signs&_count=3", f.p2), Some(token)).await;
-    let (_, aliased) = fhir_get(app, &format!("Observation?patient={}&category=vital-signs&_maxresults=3", f.p2), Some(token)).await;
+    let (_, counted) = fhir_at(app, &nge, &format!("Observation?patient={}&category=vital-signs&_count=3", f.p2), Some(token)).await;
+    let (_, aliased) = fhir_at(app, &nge, &format!("Observation?patient={}&category=vital-signs&_maxresults=3", f.p2), Some(token)).await;
     let ids = |b: &Value| b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(ids(&counted), ids(&aliased));
     assert_eq!(ids(&aliased).len(), 3);
     assert!(aliased["entry"].as_array().unwrap().iter().all(|e| e["resource"]["category"][0]["coding"][0]["code"] == "vital-signs"));
-    let (_, both) = fhir_get(app, &format!("Observation?patient={}&_maxresults=2&_count=4", f.p2), Some(token)).await;
+    let (_, both) = fhir_at(app, &nge, &format!("Observation?patient={}&_maxresults=2&_count=4", f.p2), Some(token)).await;
     assert_eq!(both["entry"].as_array().map(Vec::len), Some(4), "the standard parameter wins when both are given");
-    let (status, _) = fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await;
+    let (status, _) = fhir_at(app, &nge, &format!("Patient/{}", f.p2), Some(token)).await;
     assert_eq!(status, 200);
-    let (status, oo) = fhir_get(app, &format!("Patient/{}/_history", f.p2), Some(token)).await;
+    let (status, oo) = fhir_at(app, &nge, &format!("Patient/{}/_history", f.p2), Some(token)).await;
     assert_eq!(status, 405, "{oo}");
     assert_eq!(oo["resourceType"], "OperationOutcome");
     let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p2)}});
-    let r =
-        app.client.post(app.url("Observation")).bearer_auth(token).header("content-type", "application/fhir+json").body(obs.to_string()).send().await.unwrap();
+    let r = app
+        .client
+        .post(url_at(&nge, "Observation"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(obs.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405, "the granted write scope does not make a read-only API writable");
-    let (_, patient) = fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await;
+    let (_, patient) = fhir_at(app, &nge, &format!("Patient/{}", f.p2), Some(token)).await;
     let send = |method: reqwest::Method, path: String, body: Option<Value>| {
-        let mut req = app.client.request(method, app.url(&path)).bearer_auth(token).header("content-type", "application/fhir+json");
+        let mut req = app.client.request(method, url_at(&nge, &path)).bearer_auth(token).header("content-type", "application/fhir+json");
         if let Some(b) = body {
             req = req.body(b.to_string());
         }
@@ -142,7 +151,7 @@ async fn nextgen_serves_read_and_search_only_and_takes_maxresults() {
     }
     let r = app
         .client
-        .post(app.url("Observation/_search"))
+        .post(url_at(&nge, "Observation/_search"))
         .bearer_auth(token)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("patient={}", f.p2))
@@ -150,7 +159,7 @@ async fn nextgen_serves_read_and_search_only_and_takes_maxresults() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "search by POST is a search");
-    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(token)).await.1, patient, "nothing changed");
+    assert_eq!(fhir_at(app, &nge, &format!("Patient/{}", f.p2), Some(token)).await.1, patient, "nothing changed");
     // The same grant under the strict profile may write.
     let t = ehr_tokens(&f, json!({"patient": f.p2}), "launch openid fhirUser patient/*.cruds").await;
     let r = app
@@ -175,17 +184,18 @@ async fn nextgen_office_allows_twenty_requests_a_minute_per_app() {
     let a = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen-office"}), "launch openid fhirUser patient/*.rs").await;
     let b = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen-office"}), "launch openid fhirUser patient/*.rs").await;
     let path = format!("Patient/{}", f.p2);
+    let ngo = vendor_base(app, "nextgen-office");
     for i in 0..20 {
         let token = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(fhir_get(app, &path, token["access_token"].as_str()).await.0, 200, "request {i}");
+        assert_eq!(fhir_at(app, &ngo, &path, token["access_token"].as_str()).await.0, 200, "request {i}");
     }
-    let r = app.client.get(app.url(&path)).bearer_auth(a["access_token"].as_str().unwrap()).send().await.unwrap();
+    let r = app.client.get(url_at(&ngo, &path)).bearer_auth(a["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(r.status(), 429);
     let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
     assert_eq!(r.json::<Value>().await.unwrap()["issue"][0]["code"], "throttled");
     app.clock.advance(time::Duration::seconds(wait as i64));
-    assert_eq!(fhir_get(app, &path, b["access_token"].as_str()).await.0, 200, "a new minute, a new budget");
+    assert_eq!(fhir_at(app, &ngo, &path, b["access_token"].as_str()).await.0, 200, "a new minute, a new budget");
 }
 
 #[tokio::test]
@@ -275,9 +285,16 @@ async fn nextgen_office_serves_one_bulk_export_per_app_and_export_a_week() {
             ehr_tokens(f, json!({"patient": f.p2, "profile": profile}), "launch openid fhirUser user/*.rs").await["access_token"].as_str().unwrap().to_string()
         }
     };
-    let get = |path: String, token: String| {
-        app.client.get(app.url(&path)).bearer_auth(token).header("prefer", "respond-async").header("accept", "application/fhir+json").send()
+    // Each at its own FHIR base: NextGen Office's, or (at the end) NextGen Enterprise's.
+    let get_at = |profile: &str, path: String, token: String| {
+        app.client
+            .get(url_at(&vendor_base(app, profile), &path))
+            .bearer_auth(token)
+            .header("prefer", "respond-async")
+            .header("accept", "application/fhir+json")
+            .send()
     };
+    let get = |path: String, token: String| get_at("nextgen-office", path, token);
     let ngo = token("nextgen-office").await;
     let r = get("Patient/$export".into(), ngo.clone()).await.unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
@@ -298,7 +315,17 @@ async fn nextgen_office_serves_one_bulk_export_per_app_and_export_a_week() {
     app.clock.advance(time::Duration::seconds(604_801));
     assert_eq!(get("Patient/$export".into(), token("nextgen-office").await).await.unwrap().status(), 202);
     // NextGen Enterprise's read-only API serves no operation at all.
-    assert_eq!(get("Patient/$export".into(), token("nextgen").await).await.unwrap().status(), 405);
+    assert_eq!(get_at("nextgen", "Patient/$export".into(), token("nextgen").await).await.unwrap().status(), 405);
+}
+
+/// `path` at the FHIR base `base`.
+fn url_at(base: &str, path: &str) -> String {
+    if path.is_empty() { base.to_string() } else { format!("{base}/{path}") }
+}
+
+/// [`fhir_get`] at the FHIR base `base`.
+async fn fhir_at(app: &TestApp, base: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    get_json(app, &url_at(base, path), token).await
 }
 
 /// GETs `url` with an optional token: the status and the JSON body.
@@ -366,7 +393,7 @@ async fn each_vendor_answers_at_its_own_addresses() {
     let q = query(&location(&a.start(app).await));
     assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
     assert!(q["error_description"].contains(&epic), "{q:?}");
-    assert_eq!(q.get("iss"), Some(&issuer), "RFC 9207: Epic's issuer");
+    assert_eq!(q.get("iss"), Some(&app.base), "RFC 9207: the issuer of the base the app asked for");
 
     // Oracle: the tenant in the FHIR base, and in the token response.
     let oracle = vendor_base(app, "oracle");
@@ -395,9 +422,95 @@ async fn each_vendor_answers_at_its_own_addresses() {
     assert_eq!(crate::smart_flows::post_form(app, "/auth/token/revoke", &[("token", token), ("client_id", PUBLIC)]).await.status(), 200);
     assert_eq!(get_json(app, &format!("{nge}/Patient/{}", f.p2), Some(token)).await.0, 401, "revoked");
 
+    let (_, cs) = get_json(app, &format!("{nge}/metadata"), None).await;
+    assert_eq!(cs["implementation"]["url"], nge);
+    let uris: Vec<&str> = cs["rest"][0]["security"]["extension"][0]["extension"].as_array().unwrap().iter().map(|e| e["url"].as_str().unwrap()).collect();
+    assert!(uris.contains(&"revoke") && !uris.contains(&"introspect"), "{uris:?}");
+    let revoke = cs["rest"][0]["security"]["extension"][0]["extension"].as_array().unwrap().iter().find(|e| e["url"] == "revoke").unwrap()["valueUri"].clone();
+    assert_eq!(revoke, format!("{root}/auth/token/revoke"));
+
     // Kindling's own discovery is SMART's, unchanged.
     let (_, smart) = get_json(app, &format!("{}/.well-known/smart-configuration", app.base), None).await;
     assert_eq!(smart["issuer"], app.base);
     assert_eq!(smart["introspection_endpoint"], format!("{root}/auth/introspect"));
     assert_eq!(smart["revocation_endpoint"], format!("{root}/auth/revoke"));
+}
+
+#[tokio::test]
+async fn a_vendor_servers_tokens_references_and_refusals_stay_on_its_base() {
+    let f = fixture().await;
+    let app = &f.app;
+    let root = root(app);
+    let epic = vendor_base(app, "epic");
+    let oracle = vendor_base(app, "oracle");
+    let issuer = format!("{root}/epic/oauth2");
+    let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "epic"}), "launch openid fhirUser patient/Patient.rs patient/Observation.cruds").await;
+    let token = t["access_token"].as_str().unwrap();
+    // A token works at the base it was issued for, and nowhere else.
+    assert_eq!(get_json(app, &format!("{epic}/Patient/{}", f.p2), Some(token)).await.0, 200);
+    for elsewhere in [app.base.clone(), oracle.clone()] {
+        let (status, outcome) = get_json(app, &format!("{elsewhere}/Patient/{}", f.p2), Some(token)).await;
+        assert_eq!(status, 401, "{elsewhere}: {outcome}");
+        assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains(&epic), "{outcome}");
+    }
+    // Introspection names the token's issuer and audience.
+    let body = url::form_urlencoded::Serializer::new(String::new()).append_pair("token", token).finish();
+    let r = app
+        .client
+        .post(format!("{root}/auth/introspect"))
+        .bearer_auth(token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let info: Value = r.json().await.unwrap();
+    assert_eq!((info["active"].as_bool(), info["iss"].as_str(), info["aud"].as_str()), (Some(true), Some(issuer.as_str()), Some(epic.as_str())), "{info}");
+    // A resource written at Epic's base with an absolute reference on it is the patient's own.
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "written at Epic's base"},
+        "subject": {"reference": format!("{epic}/Patient/{}", f.p2)}});
+    let r = app.client.post(format!("{epic}/Observation")).bearer_auth(token).header("content-type", "application/fhir+json").json(&obs).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created_at = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(created_at.starts_with(&format!("{epic}/Observation/")), "{created_at}");
+    let id = created_at.trim_start_matches(&format!("{epic}/Observation/")).split('/').next().unwrap().to_string();
+    let subject = url::form_urlencoded::byte_serialize(format!("{epic}/Patient/{}", f.p2).as_bytes()).collect::<String>();
+    for query in [format!("Observation?patient={}&_id={id}", f.p2), format!("Observation?subject={subject}&_id={id}")] {
+        let (status, bundle) = get_json(app, &format!("{epic}/{query}"), Some(token)).await;
+        assert_eq!((status, bundle["total"].as_u64()), (200, Some(1)), "{query}: {bundle}");
+    }
+    let stored = app.app_state.store.read("Observation", &id).await.unwrap().unwrap();
+    assert!(app.app_state.store.in_patient_compartment(stored.key, &f.p2).await.unwrap(), "indexed in the patient's compartment");
+    // Paths that only look like the vendor's base are not it; discovery documents it lacks are 404.
+    assert_eq!(app.client.get(format!("{epic}x/Patient/{}", f.p2)).bearer_auth(token).send().await.unwrap().status(), 404);
+    let (status, outcome) = get_json(app, &format!("{epic}/.well-known/openid-configuration"), None).await;
+    assert_eq!((status, outcome["resourceType"].as_str()), (404, Some("OperationOutcome")), "Epic's issuer is elsewhere");
+    // A launch made for an Epic app without naming a profile follows the app's: its `iss` is Epic's base.
+    app_with_profile(app, "epic-app", "epic").await;
+    let launch = |body: Value| {
+        let url = format!("{root}/auth/launch");
+        async move { app.client.post(url).basic_auth("doc", Some("doc-pass")).json(&body).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let created = launch(json!({"patient": f.p2, "client_id": "epic-app"})).await;
+    assert_eq!(created["iss"], epic);
+    // One that names no app follows strict SMART, whichever app redeems it: `iss` and `aud` agree.
+    let created = launch(json!({"patient": f.p2})).await;
+    assert_eq!(created["iss"], app.base);
+    let mut a = Auth::new(app, "epic-app", "launch openid fhirUser patient/Patient.rs");
+    a.launch = Some(created["launch"].as_str().unwrap().to_string());
+    assert_eq!(a.start(app).await.status(), 200, "the sign-in page: the launch's iss is the aud");
+    // A refusal names the issuer of the base the app asked for (RFC 9207), as its discovery told it.
+    let created = launch(json!({"patient": f.p2, "profile": "epic"})).await;
+    let mut a = Auth::new(app, PUBLIC, "launch openid fhirUser patient/Patient.rs");
+    a.launch = Some(created["launch"].as_str().unwrap().to_string());
+    a.aud = epic.clone();
+    assert_eq!(a.start(app).await.status(), 200);
+    let q = query(&location(&a.start(app).await));
+    assert_eq!((q.get("error").map(String::as_str), q.get("iss")), (Some("invalid_request"), Some(&issuer)), "a reused launch, at Epic: {q:?}");
+    let created = launch(json!({"patient": f.p2, "profile": "epic"})).await;
+    let mut a = Auth::new(app, PUBLIC, "launch openid fhirUser patient/Patient.rs");
+    a.launch = Some(created["launch"].as_str().unwrap().to_string());
+    let q = query(&location(&a.start(app).await));
+    assert_eq!(q.get("iss"), Some(&app.base), "the app asked for Kindling's own base: its issuer answers {q:?}");
+    assert!(q["error_description"].contains(&epic), "{q:?}");
 }

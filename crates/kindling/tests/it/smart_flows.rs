@@ -213,6 +213,16 @@ pub(crate) async fn patient_tokens(f: &Fixture, scope: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// GETs an absolute FHIR URL (a vendor profile's base): the status and the JSON body.
+pub(crate) async fn fhir_get_at(app: &TestApp, url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = app.client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
 pub(crate) async fn fhir_get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
     let mut req = app.client.get(app.url(path));
     if let Some(t) = token {
@@ -1086,7 +1096,10 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     assert_eq!(t["state"], t["request_state"], "Epic echoes the request's state in the token response");
     let granted = t["scope"].as_str().unwrap();
     assert!(granted.contains("patient/Observation.read") && !granted.contains("patient/*"), "{granted}");
-    assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 200, "the expanded grant still works");
+    let epic = app.auth.config.fhir_base_for(&auth::model::Profile::named("epic"));
+    let (status, _) = fhir_get_at(app, &format!("{epic}/Observation?patient={}", f.p2), t["access_token"].as_str()).await;
+    assert_eq!(status, 200, "the expanded grant still works");
+    assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 401, "at Epic's base only");
     let rt = t["refresh_token"].as_str().unwrap();
     let r1: Value = refresh(app, rt).await.json().await.unwrap();
     assert!(r1["access_token"].is_string() && r1.get("refresh_token").is_none(), "{r1}");
@@ -1107,7 +1120,8 @@ async fn vendor_profiles_reproduce_their_ehrs() {
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "oracle"}), "launch openid fhirUser patient/*.rs patient/Condition.rs").await;
     assert_eq!(t["expires_in"], 570);
     assert_eq!(t["scope"], "launch openid fhirUser patient/Condition.rs");
-    assert_eq!(fhir_get(app, &format!("Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 403);
+    let oracle = app.auth.config.fhir_base_for(&auth::model::Profile::named("oracle"));
+    assert_eq!(fhir_get_at(app, &format!("{oracle}/Observation?patient={}", f.p2), t["access_token"].as_str()).await.0, 403);
     let r = app
         .client
         .post(format!("{}/auth/launch", root(app)))

@@ -178,3 +178,42 @@ async fn personas_grant_apps_no_more_than_their_rights() {
     let (_, scope) = token("nurse").await;
     assert_eq!(scope, "openid fhirUser patient/*.cruds", "the bound lifted");
 }
+
+/// Two administrators (or two nodes) changing one account at once: every change is kept. A password
+/// change that read the account before a concurrent disable must not write it back enabled.
+#[tokio::test]
+async fn concurrent_account_changes_are_all_kept() {
+    let app = spawn_secured_app().await;
+    kindling::seed(&app.app_state, 1, 12).await.unwrap();
+    let practitioner = format!("Practitioner/{}", synth::practitioner_id(1));
+    for i in 0..4 {
+        let name = format!("racer{i}");
+        kindling::users::add(&app.auth, &name, "Racer", "clinician", &practitioner, "long-enough-0").await.unwrap();
+        let (disabled, password, rights, admin) = tokio::join!(
+            auth::accounts::disable(&app.auth, Some("root"), &name),
+            auth::accounts::passwd(&app.auth, Some("root"), &name, "long-enough-9"),
+            auth::accounts::set_rights(&app.auth, Some("root"), &name, Some("user/Patient.rs")),
+            auth::accounts::set_admin(&app.auth, Some("root"), &name, true),
+        );
+        disabled.unwrap();
+        password.unwrap();
+        rights.unwrap();
+        admin.unwrap();
+        let user = auth::registry::stored_user(app.auth.store.as_ref(), &name).await.unwrap().unwrap();
+        assert!(user.disabled, "{name}: the disable was kept");
+        assert!(auth::crypto::verify_password("long-enough-9", &user.password_hash), "{name}: the new password was kept");
+        assert_eq!(user.rights.as_deref(), Some("user/Patient.rs"), "{name}: the rights were kept");
+        assert!(user.admin, "{name}: the administrator role was kept");
+    }
+    // Two administrators adding one name at once: one account, the other told it exists.
+    let (a, b) = tokio::join!(
+        kindling::users::add(&app.auth, "twin", "First", "clinician", &practitioner, "long-enough-1"),
+        kindling::users::add(&app.auth, "twin", "Second", "clinician", &practitioner, "long-enough-2"),
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one add succeeds: {a:?} {b:?}");
+    let err = match (a, b) {
+        (Err(e), _) | (_, Err(e)) => e,
+        _ => unreachable!("one of the two failed"),
+    };
+    assert!(err.to_string().contains("exists already"), "{err}");
+}

@@ -111,6 +111,20 @@ impl AuthStore for PostgresStore {
         Ok(sqlx::query("UPDATE auth_records SET revoked = 1 WHERE grant_id = $1").bind(grant_id).execute(self.pool()).await?.rows_affected())
     }
 
+    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str) -> Result<bool> {
+        let n = sqlx::query("UPDATE auth_records SET value = $4 WHERE kind = $1 AND key = $2 AND value = $3 AND (expires IS NULL OR expires > $5)")
+            .bind(kind)
+            .bind(key)
+            .bind(expected)
+            .bind(value)
+            .bind(self.now())
+            // Durable: account changes (a disabled account) must survive a crash.
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()> {
         sqlx::query("DELETE FROM auth_records WHERE kind = $1 AND key = $2").bind(kind).bind(key).execute(self.relaxed_pool()).await?;
         Ok(())

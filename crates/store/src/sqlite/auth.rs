@@ -199,6 +199,14 @@ impl AuthStore for SqliteStore {
         Ok(n as u64)
     }
 
+    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str) -> Result<bool> {
+        let conn = self.inner.writer.lock().await;
+        let n = conn
+            .prepare_cached("UPDATE auth_records SET value = ?4 WHERE kind = ?1 AND key = ?2 AND value = ?3 AND (expires IS NULL OR expires > ?5)")?
+            .execute(params![kind, key, expected, value, self.now()])?;
+        Ok(n == 1)
+    }
+
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()> {
         let conn = self.inner.writer.lock().await;
         conn.prepare_cached("DELETE FROM auth_records WHERE kind = ?1 AND key = ?2")?.execute(params![kind, key])?;
