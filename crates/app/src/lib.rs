@@ -7,6 +7,7 @@
 //! path, so two tabs with two patients never mix and a relaunch replaces nothing.
 #![deny(missing_docs)]
 
+pub mod cds;
 pub mod config;
 pub mod store;
 pub mod summary;
@@ -87,6 +88,9 @@ impl App {
             .route("/app/s/{sid}/signout", post(signout))
             .route("/app/static/app.css", get(css))
             .layer(axum::middleware::from_fn_with_state(self.clone(), page_errors))
+            // The decision-support service answers EHRs in JSON, errors included.
+            .route("/app/cds-services", get(cds_discovery).fallback(|| async { cds_method_not_allowed("GET, HEAD") }))
+            .route("/app/cds-services/{id}", post(cds_call).fallback(|| async { cds_method_not_allowed("POST") }))
             .with_state(self)
     }
 
@@ -172,6 +176,8 @@ struct SummaryPage {
     s: summary::Summary,
     banner: bool,
     csrf: String,
+    /// Why the app was opened, when a decision-support card opened it on a topic.
+    topic: Option<&'static str>,
 }
 
 /// The page for an SDK error, in clinical language.
@@ -439,7 +445,8 @@ async fn summary_page(State(app): State<App>, Path(sid): Path<String>, headers: 
     tracing::info!(event = "access", patient = ?patient, user = ?session.context().fhir_user, degraded_sections = degraded, ms = elapsed, outcome = "summary shown");
     let banner = session.context().need_patient_banner;
     let csrf = store::hash(&format!("csrf:{secret}"));
-    let mut r = app.page(StatusCode::OK, SummaryPage { s, banner, csrf }.render());
+    let topic = cds::topic_note(session.context().app_context.as_deref());
+    let mut r = app.page(StatusCode::OK, SummaryPage { s, banner, csrf, topic }.render());
     if let Ok(v) = HeaderValue::from_str(&format!("app;dur={elapsed:.1}")) {
         r.headers_mut().insert("server-timing", v);
     }
@@ -504,4 +511,42 @@ pub fn key_from_base64(text: &str) -> Result<[u8; 32], String> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| "the session key is not base64".to_string())?;
     bytes.try_into().map_err(|_| "the session key must be 32 bytes".to_string())
+}
+
+/// `GET /app/cds-services`: the CDS Hooks discovery document.
+async fn cds_discovery() -> Response {
+    axum::Json(cds::discovery()).into_response()
+}
+
+fn cds_method_not_allowed(allow: &'static str) -> Response {
+    let mut r = cds_error(StatusCode::METHOD_NOT_ALLOWED, "this method is not supported here");
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn cds_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({"error": message}))).into_response()
+}
+
+/// `POST /app/cds-services/{id}`: a hook call, answered with cards once the EHR's signed JWT holds.
+async fn cds_call(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if id != cds::SERVICE_ID {
+        return cds_error(StatusCode::NOT_FOUND, "no such service");
+    }
+    let url = format!("{}/app/cds-services/{id}", app.config.public_url.trim_end_matches('/'));
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(e) = app.smart.verify_cds_request(authorization, &url).await {
+        tracing::warn!(error = %e, "CDS Hooks call refused");
+        return cds_error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    let request: client::cds::HookRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return cds_error(StatusCode::BAD_REQUEST, &format!("not a CDS Hooks request: {e}")),
+    };
+    if request.hook != "patient-view" {
+        return cds_error(StatusCode::BAD_REQUEST, "this service answers patient-view only");
+    }
+    let cards = cds::patient_view(&request, &app.config.launch_url());
+    tracing::info!(event = "cds", hook = %request.hook, cards = cards.cards.len(), "CDS Hooks call answered");
+    axum::Json(cards).into_response()
 }

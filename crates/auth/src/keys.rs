@@ -1,12 +1,13 @@
 //! The server's signing keys: RSA-2048, generated on first start and persisted in the auth store, used for
-//! RS256 id_tokens and published as a JWKS. Every stored key stays in the JWKS, so tokens signed before a
-//! rotation still verify.
+//! RS256 id_tokens and RS384 CDS Hooks requests, and published as a JWKS (each key twice: `kid` for RS256,
+//! `{kid}-rs384` for RS384, so that a verifier that holds a key to one algorithm finds its own). Every stored
+//! key stays in the JWKS, so tokens signed before a rotation still verify.
 
 use crate::crypto::{b64url, b64url_decode};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
-use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384};
 use serde_json::{Value, json};
 use store::AuthStore;
 
@@ -37,13 +38,18 @@ pub enum KeyError {
     Store(#[from] store::StoreError),
 }
 
-fn public_jwk(key: &SigningKey) -> Value {
+/// The `kid` under which a key is published for RS384.
+fn rs384_kid(kid: &str) -> String {
+    format!("{kid}-rs384")
+}
+
+fn public_jwk(key: &SigningKey, alg: &str, kid: &str) -> Value {
     let public = key.pair.public_key();
     json!({
         "kty": "RSA",
         "use": "sig",
-        "alg": "RS256",
-        "kid": key.kid,
+        "alg": alg,
+        "kid": kid,
         "n": b64url(public.modulus().big_endian_without_leading_zero()),
         "e": b64url(public.exponent().big_endian_without_leading_zero()),
     })
@@ -100,7 +106,8 @@ impl Keys {
             stored.push((now_ms, SigningKey { kid, pair }));
         }
         stored.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
-        let jwks = json!({"keys": stored.iter().map(|(_, k)| public_jwk(k)).collect::<Vec<_>>()});
+        let jwks =
+            json!({"keys": stored.iter().flat_map(|(_, k)| [public_jwk(k, "RS256", &k.kid), public_jwk(k, "RS384", &rs384_kid(&k.kid))]).collect::<Vec<_>>()});
         let current = stored.into_iter().next().map(|(_, k)| k).ok_or(KeyError::Crypto)?;
         Ok(Keys { current, jwks })
     }
@@ -118,9 +125,19 @@ impl Keys {
     /// A compact RS256 JWS of `claims`.
     pub fn sign_jwt(&self, claims: &Value) -> Result<String, KeyError> {
         let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.current.kid});
+        self.sign(&header, claims, &RSA_PKCS1_SHA256)
+    }
+
+    /// A compact RS384 JWS of `claims` (CDS Hooks asks for RS384 or ES384), naming `jku`, the JWKS URL.
+    pub fn sign_jwt_rs384(&self, claims: &Value, jku: &str) -> Result<String, KeyError> {
+        let header = json!({"alg": "RS384", "typ": "JWT", "kid": rs384_kid(&self.current.kid), "jku": jku});
+        self.sign(&header, claims, &RSA_PKCS1_SHA384)
+    }
+
+    fn sign(&self, header: &Value, claims: &Value, alg: &'static dyn aws_lc_rs::signature::RsaEncoding) -> Result<String, KeyError> {
         let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
         let mut sig = vec![0u8; self.current.pair.public_modulus_len()];
-        self.current.pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut sig).map_err(|_| KeyError::Crypto)?;
+        self.current.pair.sign(alg, &SystemRandom::new(), signing_input.as_bytes(), &mut sig).map_err(|_| KeyError::Crypto)?;
         Ok(format!("{signing_input}.{}", b64url(&sig)))
     }
 }

@@ -83,6 +83,7 @@ const RESERVED: &[&str] = &[
     "need_patient_banner",
     "smart_style_url",
     "intent",
+    "appContext",
     "tenant",
     "state",
     "code",

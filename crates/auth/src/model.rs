@@ -246,6 +246,10 @@ pub struct LaunchContext {
     /// SMART `intent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
+    /// CDS Hooks `appContext`: what a decision-support card's SMART link hands the app it opens (a string,
+    /// often JSON), in the token response as `appContext`.
+    #[serde(default, rename = "appContext", skip_serializing_if = "Option::is_none")]
+    pub app_context: Option<String>,
     /// A tenant id (Oracle-style).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,

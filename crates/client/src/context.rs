@@ -19,6 +19,7 @@ const STANDARD: &[&str] = &[
     "need_patient_banner",
     "smart_style_url",
     "intent",
+    "appContext",
     "tenant",
     "fhirContext",
     "fhirUser",
@@ -41,6 +42,9 @@ pub struct LaunchContext {
     pub intent: Option<String>,
     /// The EHR's tenant or practice, when it sends one.
     pub tenant: Option<String>,
+    /// What the decision-support card whose SMART link opened the app handed it (CDS Hooks `appContext`,
+    /// a string the card's service defined, often JSON).
+    pub app_context: Option<String>,
     /// SMART 2.2 `fhirContext` objects.
     pub fhir_context: Vec<Value>,
     /// What was granted (the `scope` of the response; the requested scopes when the server omitted it).
@@ -102,6 +106,7 @@ impl LaunchContext {
             smart_style_url: s("smart_style_url"),
             intent: s("intent"),
             tenant: s("tenant"),
+            app_context: s("appContext"),
             fhir_context: body.get("fhirContext").and_then(Value::as_array).cloned().unwrap_or_default(),
             granted: Granted::new(&s("scope").unwrap_or_else(|| requested.to_string())),
             extra,

@@ -36,6 +36,9 @@ pub enum Error {
     /// The id_token did not verify.
     #[error("id_token rejected: {0}")]
     IdToken(String),
+    /// A CDS Hooks request whose signed JWT does not hold (the service answers 401).
+    #[error("CDS Hooks request rejected: {0}")]
+    CdsJwt(String),
     /// What was granted does not allow the call.
     #[error("not granted: {0}")]
     NotGranted(String),
@@ -87,6 +90,7 @@ impl Error {
             Error::Fhir { .. } => "The record system could not answer this request.",
             Error::Busy { .. } => "The record system is busy; this part could not be loaded. Try again shortly.",
             Error::OutsideBase { .. } | Error::Config(_) => "The app is not set up correctly. Tell your administrator.",
+            Error::CdsJwt(_) => "The decision-support request could not be verified, so it was not answered.",
         }
     }
 

@@ -114,6 +114,8 @@ pub struct SmartClient {
     discovery: std::sync::Mutex<HashMap<String, (Instant, Arc<SmartConfiguration>)>>,
     post_threshold: usize,
     clock: SharedClock,
+    /// `jti`s of the CDS Hooks calls verified lately, with their expiry (seconds): a replay is refused.
+    cds_jtis: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 impl SmartClient {
@@ -124,7 +126,15 @@ impl SmartClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(SmartClient { ehrs, pending, http, discovery: std::sync::Mutex::new(HashMap::new()), post_threshold: MAX_GET_URL, clock: Arc::new(SystemClock) })
+        Ok(SmartClient {
+            ehrs,
+            pending,
+            http,
+            discovery: std::sync::Mutex::new(HashMap::new()),
+            post_threshold: MAX_GET_URL,
+            clock: Arc::new(SystemClock),
+            cds_jtis: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Reads "now" from `clock` (token expiry and refresh, assertions, `id_token` checks) instead of the
@@ -170,6 +180,31 @@ impl SmartClient {
         let c = Arc::new(SmartConfiguration::fetch(&self.http, &ehr.iss).await?);
         self.discovery.lock().unwrap_or_else(|p| p.into_inner()).insert(ehr.iss.clone(), (Instant::now(), c.clone()));
         Ok(c)
+    }
+
+    /// Checks a CDS Hooks call to this app's service at `service_url`: the `Authorization: Bearer` JWT must
+    /// come from a configured EHR (its `iss` on the allow-list; no other issuer is contacted), verify with
+    /// that EHR's JWK Set (the `jwks_uri` of its discovery), name this service as `aud`, be current and not
+    /// replayed. Returns the claims.
+    pub async fn verify_cds_request(&self, authorization: Option<&str>, service_url: &str) -> Result<Value> {
+        let bad = |m: &str| Error::CdsJwt(m.to_string());
+        let jwt = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).ok_or_else(|| bad("no Bearer JWT"))?;
+        let unverified: Value =
+            jwt.split('.').nth(1).and_then(jose::b64url_decode).and_then(|b| serde_json::from_slice(&b).ok()).ok_or_else(|| bad("unreadable claims"))?;
+        let iss = unverified["iss"].as_str().ok_or_else(|| bad("no iss"))?;
+        let ehr = self.ehr(iss)?.iss.clone();
+        let conf = self.configuration(&ehr).await?;
+        let jwks_uri = conf.jwks_uri.as_deref().ok_or_else(|| bad("the EHR publishes no jwks_uri"))?;
+        let jwks: Value = self.http.get(jwks_uri).send().await.map_err(Error::transport)?.json().await.map_err(Error::transport)?;
+        let now = self.clock.now_secs();
+        let claims = crate::cds::verify_request_jwt(jwt, &jwks, iss, service_url, now)?;
+        let jti = claims["jti"].as_str().unwrap_or_default().to_string();
+        let mut seen = self.cds_jtis.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, exp| *exp + 60 >= now);
+        if seen.insert(jti, claims["exp"].as_i64().unwrap_or(now)).is_some() {
+            return Err(bad("this request's jti was seen before (a replay)"));
+        }
+        Ok(claims)
     }
 
     /// An EHR launch: the EHR opened the app's launch URL with `iss` and `launch`.

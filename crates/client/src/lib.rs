@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod cds;
 mod clock;
 mod context;
 mod discovery;

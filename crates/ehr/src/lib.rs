@@ -16,6 +16,7 @@
 
 mod apps;
 mod auth_pages;
+pub mod cds;
 pub mod chart;
 mod connected;
 mod launch;
@@ -55,6 +56,8 @@ pub fn router(server: Shared) -> Router {
         .route("/ehr/logout", post(logout))
         .route("/ehr/patients", get(patients))
         .route("/ehr/patients/{id}", get(patient_chart))
+        .route("/ehr/patients/{id}/cds", get(cds::chart_cards))
+        .route("/ehr/cds/launch", post(cds::launch_from_card))
         .route("/ehr/launch", post(launch))
         .route("/ehr/launches", get(launches))
         .route("/ehr/launches/{id}", get(inspector))

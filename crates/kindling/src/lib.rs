@@ -202,6 +202,15 @@ impl Application {
         let clock: client::SharedClock = Arc::new(AppClock(self.state.clock.clone()));
         let app = app::App::with_clock(config, app::random_key(), move |_| Some(secret.clone()), clock).await.map_err(|e| anyhow::anyhow!(e))?;
         self.reference_app = Some(app);
+        // Its decision-support service, registered with the EHR (a disabled registration stays disabled).
+        let registered = ehr::cds::endpoints(&self.auth).await?.into_iter().find(|e| e.id == REFERENCE_APP);
+        let endpoint = ehr::cds::CdsEndpoint {
+            id: REFERENCE_APP.into(),
+            name: "Patient summary (reference app)".into(),
+            url: format!("{base}/app/cds-services"),
+            disabled: registered.is_some_and(|e| e.disabled),
+        };
+        ehr::cds::register(&self.auth, &endpoint).await.map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     }
 

@@ -163,6 +163,26 @@ enum AppsCommand {
 }
 
 #[derive(Subcommand)]
+enum CdsCommand {
+    /// List the decision-support services the EHR calls (id, name, discovery URL, disabled).
+    List,
+    /// Register (or update) a CDS Hooks service by its discovery URL (`https://…/cds-services`).
+    Add {
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        url: String,
+    },
+    /// Stop calling a service (its registration stays).
+    Disable { id: String },
+    /// Call a disabled service again.
+    Enable { id: String },
+    /// Remove a service.
+    Remove { id: String },
+}
+
+#[derive(Subcommand)]
 enum UsersCommand {
     /// List the accounts (user name, role, linked record, name, rights, administrator, disabled).
     List,
@@ -301,6 +321,13 @@ enum Command {
         #[command(subcommand)]
         command: AppsCommand,
     },
+    /// Manage the decision-support (CDS Hooks) services the EHR's charts call.
+    Cds {
+        #[arg(long, default_value = "./kindling-data")]
+        data: PathBuf,
+        #[command(subcommand)]
+        command: CdsCommand,
+    },
 }
 
 fn init_tracing() {
@@ -434,6 +461,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => kindling::bench::run(args).await,
         Command::Apps { data, command } => apps(data, command, clock).await,
+        Command::Cds { data, command } => cds(data, command, clock).await,
         Command::Users { data, command } => {
             let app = Application::build(&offline_config(data), clock).await?;
             let password = |var: &str| {
@@ -570,6 +598,48 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
             }
             auth::registry::remove_client(store, &client_id).await?;
             println!("removed {client_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn cds(data: PathBuf, command: CdsCommand, clock: SharedClock) -> anyhow::Result<()> {
+    let app = Application::build(&offline_config(data), clock).await?;
+    let existing = |id: &str| {
+        let auth = app.auth.clone();
+        let id = id.to_string();
+        async move {
+            ehr::cds::endpoints(&auth)
+                .await?
+                .into_iter()
+                .find(|e| e.id == id)
+                .ok_or_else(|| anyhow::anyhow!("no CDS service '{id}' is registered (kindling cds list shows them)"))
+        }
+    };
+    match command {
+        CdsCommand::List => {
+            for e in ehr::cds::endpoints(&app.auth).await? {
+                println!("{}\t{}\t{}{}", e.id, e.name, e.url, if e.disabled { "\tdisabled" } else { "" });
+            }
+        }
+        CdsCommand::Add { id, name, url } => {
+            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { id: id.clone(), name, url, disabled: false }).await.map_err(|e| anyhow::anyhow!(e))?;
+            println!("registered {id}");
+        }
+        CdsCommand::Disable { id } => {
+            let e = existing(&id).await?;
+            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: true, ..e }).await.map_err(|e| anyhow::anyhow!(e))?;
+            println!("disabled {id}");
+        }
+        CdsCommand::Enable { id } => {
+            let e = existing(&id).await?;
+            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: false, ..e }).await.map_err(|e| anyhow::anyhow!(e))?;
+            println!("enabled {id}");
+        }
+        CdsCommand::Remove { id } => {
+            existing(&id).await?;
+            ehr::cds::remove(&app.auth, &id).await?;
+            println!("removed {id}");
         }
     }
     Ok(())

@@ -606,6 +606,26 @@ fn build() -> Value {
     );
     add("/ehr/launches", "get", ehr("Recent launches", vec![], None, &signed_in));
     add("/ehr/launches/{id}", "get", ehr("The launch inspector", vec![param("id", "path", "Launch id", string())], None, &signed_in));
+    add(
+        "/ehr/patients/{id}/cds",
+        "get",
+        ehr(
+            "The chart's decision-support cards (CDS Hooks patient-view), as an HTML fragment",
+            vec![param("id", "path", "Patient id", string())],
+            None,
+            &signed_in,
+        ),
+    );
+    add(
+        "/ehr/cds/launch",
+        "post",
+        ehr(
+            "Open the app a decision-support card links to (SMART link, with the card's appContext)",
+            vec![],
+            Some(form(&[("csrf", "Form token"), ("ref", "The cards shown"), ("card", "Card index"), ("link", "Link index")], &[])),
+            &signed_in,
+        ),
+    );
     add("/ehr/connected", "get", ehr("Apps connected to the patient's record (portal)", vec![param("withdrawn", "query", "", string())], None, &signed_in));
     add(
         "/ehr/connected/{client_id}/withdraw",
@@ -744,6 +764,32 @@ fn build() -> Value {
             vec![param("sid", "path", "Session", string())],
             Some(form(&[("csrf", "Form token")], &[])),
             json!({ "200": page("Signed out"), "303": redirect("Signed out") }),
+        ),
+    );
+    add(
+        "/app/cds-services",
+        "get",
+        op(
+            "Reference app",
+            "CDS Hooks discovery of the reference app's decision-support service",
+            vec![],
+            None,
+            json!({ "200": { "description": "The services", "content": { "application/json": { "schema": { "type": "object", "required": ["services"] } } } } }),
+            "OAuthError",
+        ),
+    );
+    add(
+        "/app/cds-services/{id}",
+        "post",
+        op(
+            "Reference app",
+            "A CDS Hooks call (patient-view), signed by the EHR with an RS384 JWT; answered with cards",
+            vec![param("id", "path", "Service id", string()), param("Authorization", "header", "Bearer JWT signed by a configured EHR", string())],
+            Some(
+                json!({ "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["hook", "hookInstance", "context"] } } } }),
+            ),
+            json!({ "200": { "description": "Cards", "content": { "application/json": { "schema": { "type": "object", "required": ["cards"] } } } } }),
+            "OAuthError",
         ),
     );
     add(

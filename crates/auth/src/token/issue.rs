@@ -122,6 +122,9 @@ pub(crate) async fn issue_tokens(
     if let Some(i) = &launch.intent {
         body["intent"] = json!(i);
     }
+    if let Some(c) = &launch.app_context {
+        body["appContext"] = json!(c);
+    }
     let rules = s.config.profiles.rules(&grant.profile());
     // The launch's tenant, else the tenant of the profile's FHIR base (Oracle's).
     if let Some(t) = launch.tenant.as_deref().or(rules.tenant()) {

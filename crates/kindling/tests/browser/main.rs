@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 pub struct Sandbox {
     pub url: String,
     pub store: Arc<dyn store::Store>,
+    /// The FHIR API's state, for writing data as an integration would.
+    pub state: api::AppState,
     _dir: tempfile::TempDir,
 }
 
@@ -52,8 +54,9 @@ pub async fn sandbox_on(clock: SharedClock) -> Sandbox {
     app.mount_reference_app().await.expect("reference app");
     let url = app.public_url.clone();
     let store = app.store();
+    let state = app.state.clone();
     tokio::spawn(app.run_until(std::future::pending()));
-    Sandbox { url, store, _dir: dir }
+    Sandbox { url, store, state, _dir: dir }
 }
 
 pub struct Browser {

@@ -287,3 +287,32 @@ async fn bench_click_to_summary() {
         percentile(&mut total, 0.9)
     );
 }
+
+/// CDS Hooks end to end: the chart opens, the reference app's decision-support service answers with a card
+/// (the patient's last blood pressure is high), and the card's SMART link opens the summary on that topic.
+#[tokio::test]
+async fn a_decision_support_card_opens_the_summary_on_its_topic() {
+    let s = sandbox().await;
+    let Some(b) = browser().await else { return };
+    let patient = synth::patient_id(1, 0);
+    let comp = |code: &str, v: f64| serde_json::json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "valueQuantity": {"value": v, "unit": "mmHg"}});
+    let now = fhir::time::format_instant(SystemClock.now());
+    let obs = serde_json::json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "Blood pressure"}, "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": now, "component": [comp("8480-6", 168.0), comp("8462-4", 101.0)]});
+    let bundle =
+        serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": obs, "request": {"method": "POST", "url": "Observation"}}]});
+    api::bundle::process(&s.state, bundle).await.expect("recorded");
+    sign_in(&b, &s).await;
+    b.goto(&format!("{}/ehr/patients/{patient}", s.url)).await;
+    b.wait_text(".cds-card h3", |t| t.contains("Blood pressure above goal: 168/101 mmHg")).await;
+    b.screenshot("ehr-cds-card").await;
+    let before = b.c.windows().await.expect("windows").len();
+    b.click(".cds-link button").await;
+    b.to_new_window(before).await;
+    approve_if_asked(&b).await;
+    b.wait_text("#topic", |t| t.contains("decision-support card about blood pressure")).await;
+    b.screenshot("app-cds-topic").await;
+    first_window(&b).await;
+}

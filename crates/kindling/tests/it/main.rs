@@ -8,6 +8,7 @@ mod adversarial;
 mod apps;
 mod backend;
 mod bundles;
+mod cds;
 mod clinical;
 mod concurrency;
 mod crud;

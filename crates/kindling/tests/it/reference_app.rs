@@ -273,7 +273,14 @@ async fn ehr_launch_summary(app: &TestApp, patient: &str, profile: &str) -> Stri
     assert_eq!(iss, app.auth.config.fhir_base_for(&auth::model::Profile::named(profile)), "{profile}");
     let mut u = url::Url::parse(&format!("{}/app/launch", root(app))).unwrap();
     u.query_pairs_mut().append_pair("iss", iss).append_pair("launch", &handle);
-    let r = app.client.get(u).send().await.unwrap();
+    summary_after_launch(app, u.as_str(), profile).await
+}
+
+/// The reference app's summary after the EHR opened `launch_url` (its launch URL with `iss` and `launch`):
+/// `doc` signs in and allows what the consent page offers. `what` names the case in messages.
+pub(crate) async fn summary_after_launch(app: &TestApp, launch_url: &str, what: &str) -> String {
+    let profile = what;
+    let r = app.client.get(launch_url).send().await.unwrap();
     assert_eq!(r.status(), 303, "{profile}");
     let bound = launch_cookie(&r);
     let browser = crate::Browser::new();

@@ -881,7 +881,8 @@ async fn signing_keys_rotate_and_old_keys_stay_published() {
     let restarted = auth::AuthServer::new(store.clone(), app.auth.config.clone(), app.clock.clone(), None, std::sync::Arc::new(ehr::AuthPages)).await.unwrap();
     assert_eq!(restarted.keys.kid(), new_kid);
     let kids: Vec<&str> = restarted.keys.jwks()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
-    assert_eq!(kids, vec![new_kid.as_str(), old_kid.as_str()], "the old key stays published");
+    let (new_rs384, old_rs384) = (format!("{new_kid}-rs384"), format!("{old_kid}-rs384"));
+    assert_eq!(kids, vec![new_kid.as_str(), new_rs384.as_str(), old_kid.as_str(), old_rs384.as_str()], "the old key stays published");
     let jwt = restarted.keys.sign_jwt(&json!({"iss": "x"})).unwrap();
     assert!(jwt.split('.').next().map(|h| String::from_utf8(auth::crypto::b64url_decode(h).unwrap()).unwrap().contains(&new_kid)).unwrap());
     // Pruning keeps keys younger than the window, then drops the old one.

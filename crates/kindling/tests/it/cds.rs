@@ -1,0 +1,225 @@
+//! CDS Hooks in the EHR: a chart asks the registered decision-support services for `patient-view` cards
+//! (prefetched under the user's rights, each call signed with an RS384 JWT and bounded in time), shows
+//! them, and a card's SMART link opens the app with the card's `appContext`.
+
+use crate::ehr_pages::{form, page, sign_in};
+use crate::reference_app::summary_after_launch;
+use crate::{TestApp, spawn_with_reference_app};
+use auth::model::UserRole;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+fn root(app: &TestApp) -> String {
+    app.base.trim_end_matches("/fhir").to_string()
+}
+
+/// Today's date on the server's clock, and an instant of it.
+fn today(app: &TestApp) -> (String, String) {
+    let now = fhir::time::Clock::now(&*app.clock);
+    (now.date().to_string(), fhir::time::format_instant(now))
+}
+
+/// Records a blood pressure panel (components in the order diastolic, systolic: they are found by code).
+async fn record_blood_pressure(app: &TestApp, patient: &str, systolic: f64, diastolic: f64, when: &str) {
+    let comp = |code: &str, display: &str, v: f64| json!({"code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]}, "valueQuantity": {"value": v, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}});
+    let obs = json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"}], "text": "Blood pressure"},
+        "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": when,
+        "component": [comp("8462-4", "Diastolic blood pressure", diastolic), comp("8480-6", "Systolic blood pressure", systolic)]});
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": obs, "request": {"method": "POST", "url": "Observation"}}]});
+    api::bundle::process(&app.app_state, bundle).await.unwrap();
+}
+
+/// The value of the hidden field `name` in the first form of `html` that has one.
+fn field(html: &str, name: &str) -> String {
+    let key = format!("name=\"{name}\" value=\"");
+    let start = html.find(&key).unwrap_or_else(|| panic!("no {name} in {html}")) + key.len();
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn a_card_in_the_chart_opens_the_reference_app_on_its_topic() {
+    let app = spawn_with_reference_app().await;
+    kindling::seed(&app.app_state, 1, 21).await.unwrap();
+    let store = app.auth.store.as_ref();
+    auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    let patient = synth::patient_id(21, 0);
+    let (date, now) = today(&app);
+    record_blood_pressure(&app, &patient, 162.0, 98.0, &now).await;
+    let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    // The chart loads its cards on its own, without waiting for them.
+    let (status, chart) = page(&app, &format!("/ehr/patients/{patient}"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(chart.contains(&format!("hx-get=\"/ehr/patients/{patient}/cds\"")), "{chart}");
+    let (status, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(cards.contains(&format!("Blood pressure above goal: 162/98 mmHg on {date}")), "{cards}");
+    assert!(cards.contains("cds-warning") && cards.contains(">Warning<"), "{cards}");
+    assert!(cards.contains("<strong>162/98 mmHg</strong>"), "the detail's Markdown, rendered: {cards}");
+    assert!(cards.contains("Source: Kindling reference app: blood pressure check"), "{cards}");
+    // The card's SMART link: the reference app, launched on this patient with the card's appContext.
+    let launch = [("csrf", field(&cards, "csrf")), ("ref", field(&cards, "ref")), ("card", field(&cards, "card")), ("link", field(&cards, "link"))];
+    let pairs: Vec<(&str, &str)> = launch.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = form(&app, "/ehr/cds/launch", Some(&cookie), &pairs).await;
+    assert_eq!(r.status(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with(&format!("{}/app/launch?iss=", root(&app))), "{to}");
+    let summary = summary_after_launch(&app, &to, "card").await;
+    assert!(summary.contains("Opened from a decision-support card about blood pressure"), "{summary}");
+    assert!(summary.contains("id=\"patient-name\""), "{summary}");
+    // The cards are the user's who saw them, and the form needs its token.
+    let no_csrf: Vec<(&str, &str)> = pairs.iter().filter(|(k, _)| *k != "csrf").copied().collect();
+    assert_eq!(form(&app, "/ehr/cds/launch", Some(&cookie), &no_csrf).await.status(), 403);
+    auth::registry::put_user(store, "other", "Dr Other", UserRole::Clinician, "other-pass", &format!("Practitioner/{}", synth::practitioner_id(1)))
+        .await
+        .unwrap();
+    let other = sign_in(&app, "/ehr/login", "other", "other-pass").await;
+    let (_, other_chart) = page(&app, &format!("/ehr/patients/{patient}"), &other).await;
+    let mut theirs: Vec<(&str, String)> = launch.iter().map(|(k, v)| (*k, v.clone())).collect();
+    theirs[0].1 = crate::ehr_pages::csrf(&other_chart);
+    let theirs: Vec<(&str, &str)> = theirs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(form(&app, "/ehr/cds/launch", Some(&other), &theirs).await.status(), 404, "another user's cards");
+    // A controlled reading: no card.
+    record_blood_pressure(&app, &patient, 124.0, 78.0, &fhir::time::format_instant(fhir::time::Clock::now(&*app.clock) + time::Duration::minutes(5))).await;
+    let (_, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &cookie).await;
+    assert!(cards.contains("No cards for this patient."), "{cards}");
+}
+
+/// What a test service received: the Authorization header and the body.
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// The well-behaved service: records the call and answers with a card that counts the prefetched conditions.
+async fn echo(
+    axum::extract::State(seen): axum::extract::State<Seen>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::Json<Value> {
+    let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let n = body["prefetch"]["conditions"]["entry"].as_array().map_or(0, Vec::len);
+    seen.lock().unwrap().push((auth, body));
+    axum::Json(
+        json!({"cards": [{"summary": format!("{n} conditions prefetched"), "indicator": "info", "source": {"label": "Echo", "url": "https://echo.example/about"},
+        "detail": "Plain <b>text</b> only", "links": [{"label": "About echo", "url": "https://echo.example/", "type": "absolute"}, {"label": "Bad", "url": "javascript:alert(1)", "type": "absolute"}]}]}),
+    )
+}
+
+/// A CDS service written against the spec, with a well-behaved service and three faulty ones.
+async fn test_service() -> (String, Seen) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/cds-services", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route(
+            "/cds-services",
+            get(|| async {
+                axum::Json(json!({"services": [
+                    {"hook": "patient-view", "id": "echo", "description": "echo", "prefetch": {"patient": "Patient/{{context.patientId}}", "conditions": "Condition?patient={{context.patientId}}", "encounter": "Encounter/{{context.encounterId}}"}},
+                    {"hook": "patient-view", "id": "slow", "description": "slow"},
+                    {"hook": "patient-view", "id": "broken", "description": "broken"},
+                    {"hook": "patient-view", "id": "garbled", "description": "garbled"},
+                    {"hook": "order-sign", "id": "orders", "description": "not called on patient-view"}
+                ]}))
+            }),
+        )
+        .route("/cds-services/echo", post(echo))
+        .route(
+            "/cds-services/slow",
+            post(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+                axum::Json(json!({"cards": []}))
+            }),
+        )
+        .route("/cds-services/broken", post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }))
+        .route(
+            "/cds-services/garbled",
+            post(|| async { axum::Json(json!({"cards": [{"summary": "fine", "indicator": "info", "source": {"label": "G"}}, {"summary": 3}, {"indicator": "hard-stop"}]})) }),
+        );
+    let router = router.with_state(seen.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (base, seen)
+}
+
+#[tokio::test]
+async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_time() {
+    let app = spawn_with_reference_app().await;
+    kindling::seed(&app.app_state, 1, 22).await.unwrap();
+    let store = app.auth.store.as_ref();
+    let practitioner = format!("Practitioner/{}", synth::practitioner_id(0));
+    auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &practitioner).await.unwrap();
+    let patient = synth::patient_id(22, 0);
+    let (base, seen) = test_service().await;
+    let endpoint = ehr::cds::CdsEndpoint { id: "spec-service".into(), name: "Spec service".into(), url: base.clone(), disabled: false };
+    ehr::cds::register(&app.auth, &endpoint).await.unwrap();
+    let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    let (status, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &cookie).await;
+    assert_eq!(status, 200);
+    // The well-behaved service's card, its detail escaped, its unsafe link left out.
+    assert!(cards.contains("conditions prefetched"), "{cards}");
+    assert!(cards.contains("Plain &lt;b&gt;text&lt;/b&gt; only"), "{cards}");
+    assert!(cards.contains("href=\"https://echo.example/\"") && !cards.contains("javascript:"), "{cards}");
+    // Each faulty one is named in plain words; the chart goes on.
+    assert!(cards.contains("slow did not answer within 2.5 seconds"), "{cards}");
+    assert!(cards.contains("broken failed (HTTP 500)"), "{cards}");
+    assert!(cards.contains("garbled sent 2 card(s) Kindling cannot read") && cards.contains(">fine<"), "{cards}");
+    // The call: signed by Kindling (RS384, aud = the service's URL), with the context and the prefetch.
+    let (authorization, body) = seen.lock().unwrap().first().cloned().expect("the echo service was called");
+    let jwt = authorization.strip_prefix("Bearer ").expect("a Bearer JWT");
+    let jwks: Value = app.client.get(format!("{}/auth/jwks", root(&app))).send().await.unwrap().json().await.unwrap();
+    let now = fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock)) / 1000;
+    let claims = client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/echo"), now).unwrap();
+    assert!(claims["exp"].as_i64().unwrap() <= now + 300);
+    assert!(client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/slow"), now).is_err(), "a token for one service is not another's");
+    assert_eq!(body["hook"], "patient-view");
+    assert!(uuid::Uuid::parse_str(body["hookInstance"].as_str().unwrap()).is_ok());
+    assert_eq!(body["fhirServer"], app.base);
+    assert_eq!(body["context"], json!({"patientId": patient, "userId": practitioner}));
+    assert_eq!(body["prefetch"]["patient"]["id"], patient);
+    assert!(body["prefetch"]["conditions"]["entry"].as_array().is_some_and(|e| !e.is_empty()), "{}", body["prefetch"]);
+    assert_eq!(body["prefetch"]["encounter"], Value::Null, "a template this hook has no value for is null");
+    // A user whose rights do not cover Conditions: that prefetch is null, the rest as before.
+    auth::registry::put_user(store, "desk", "Front Desk", UserRole::Clinician, "desk-pass", &practitioner).await.unwrap();
+    auth::accounts::set_rights(&app.auth, None, "desk", Some("user/Patient.rs")).await.unwrap();
+    let desk = sign_in(&app, "/ehr/login", "desk", "desk-pass").await;
+    seen.lock().unwrap().clear();
+    let (_, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &desk).await;
+    assert!(cards.contains("0 conditions prefetched"), "{cards}");
+    let (_, body) = seen.lock().unwrap().first().cloned().unwrap();
+    assert_eq!(body["prefetch"]["conditions"], Value::Null);
+    assert_eq!(body["prefetch"]["patient"]["id"], patient);
+    // A disabled service is not called.
+    ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: true, ..endpoint }).await.unwrap();
+    seen.lock().unwrap().clear();
+    let (_, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &cookie).await;
+    assert!(seen.lock().unwrap().is_empty() && !cards.contains("Spec service"), "{cards}");
+}
+
+#[tokio::test]
+async fn the_reference_apps_service_refuses_calls_it_cannot_verify() {
+    let app = spawn_with_reference_app().await;
+    let url = format!("{}/app/cds-services/kindling-blood-pressure", root(&app));
+    let call = json!({"hook": "patient-view", "hookInstance": "h", "context": {"patientId": "p"}});
+    let r = app.client.post(&url).json(&call).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no JWT");
+    // Signed by a key the EHR does not publish.
+    let key = client::SigningKey::generate_rs384("not-the-ehrs");
+    let now = fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock)) / 1000;
+    let forged = key.sign(&json!({"iss": app.base, "aud": url, "exp": now + 60, "iat": now, "jti": "j"})).unwrap();
+    let r = app.client.post(&url).bearer_auth(&forged).json(&call).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("kid"));
+    // Signed by the EHR, but for another service; then a good one, and its replay.
+    let sign =
+        |aud: &str, jti: &str| app.auth.keys.sign_jwt_rs384(&json!({"iss": app.base, "aud": aud, "exp": now + 60, "iat": now, "jti": jti}), "x").unwrap();
+    let r = app.client.post(&url).bearer_auth(sign("https://elsewhere.example/cds-services/x", "j1")).json(&call).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let good = sign(&url, "j2");
+    let r = app.client.post(&url).bearer_auth(&good).json(&call).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"cards": []}), "nothing prefetched, no card");
+    assert_eq!(app.client.post(&url).bearer_auth(&good).json(&call).send().await.unwrap().status(), 401, "a replay");
+    let discovery: Value = app.client.get(format!("{}/app/cds-services", root(&app))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(discovery["services"][0]["id"], "kindling-blood-pressure");
+    assert_eq!(discovery["services"][0]["hook"], "patient-view");
+}
