@@ -120,6 +120,11 @@ start_kindling secured
 # backend-services token and validates every exported resource with fhir.resources.
 "$venv/bin/python" tests/interop/bulk_check.py "$url/fhir" target/debug/kindling "$work/secured"
 
+# 8b. CDS Hooks: an independent service written from the CDS Hooks 2.0 specification (Python's http.server,
+# PyJWT, fhir.resources) is registered, called when a clinician opens a chart, and its card's SMART link
+# launches the app it names.
+"$venv/bin/python" tests/interop/cds_check.py "$url" target/debug/kindling "$work/secured"
+
 # 9. The published contract (/openapi.json, docs/api-contract.md): schemathesis generates requests from the
 # description, valid and invalid, against the open sandbox (writes included) and against the token-enforcing
 # server with a patient's token, and fails on any 5xx and on any response whose status, content type,

@@ -1,7 +1,8 @@
-//! The reference app's decision-support service (CDS Hooks 2.0): on `patient-view`, a card when the last
-//! blood pressure is at or above 140/90 mmHg, with a SMART link that opens the app on that topic
-//! (`appContext`). It reads only what the EHR prefetched under the user's rights, and answers only EHRs
-//! the app is configured for, whose signed JWT it verifies.
+//! The reference app's decision-support service (CDS Hooks 2.0): on `patient-view`, a card when the latest
+//! blood pressure of the last twelve months is at or above 140/90 mmHg (the stage 2 range of the ACC/AHA
+//! 2017 guideline), with a SMART link that opens the app on that topic (`appContext`). It reads only what
+//! the EHR prefetched under the user's rights, and answers only EHRs the app is configured for, whose
+//! signed JWT it verifies.
 
 use client::cds::{Card, Cards, Discovery, HookRequest, Link, Service, Source};
 use serde_json::{Map, Value, json};
@@ -19,15 +20,18 @@ const DIASTOLIC: &str = "8462-4";
 
 /// The discovery document.
 pub fn discovery() -> Discovery {
+    // Only what the card needs: the last three final readings.
     let mut prefetch = Map::new();
-    prefetch.insert("patient".into(), json!("Patient/{{context.patientId}}"));
-    prefetch.insert("bp".into(), json!(format!("Observation?patient={{{{context.patientId}}}}&code={LOINC}|{PANEL}&_sort=-date&_count=3")));
+    prefetch.insert(
+        "bp".into(),
+        json!(format!("Observation?patient={{{{context.patientId}}}}&code={LOINC}|{PANEL}&status=final,amended,corrected&_sort=-date&_count=3")),
+    );
     Discovery {
         services: vec![Service {
             hook: "patient-view".into(),
             id: SERVICE_ID.into(),
-            title: Some("Blood pressure above goal".into()),
-            description: "A card when the patient's last blood pressure is at or above 140/90 mmHg, with a link to review the readings in the patient summary."
+            title: Some("Raised blood pressure".into()),
+            description: "A card when the patient's latest blood pressure of the last twelve months is at or above 140/90 mmHg, with a link to review the readings in the patient summary."
                 .into(),
             prefetch,
         }],
@@ -40,6 +44,8 @@ struct Reading {
     systolic: f64,
     diastolic: f64,
     when: String,
+    /// When, in Unix ms (for ordering across time zones).
+    at: i64,
 }
 
 /// Whether a CodeableConcept carries the LOINC `code`.
@@ -49,12 +55,18 @@ fn has_loinc(concept: &Value, code: &str) -> bool {
 
 /// A blood-pressure panel's values, its components found by their codes (never by their order).
 fn reading(obs: &Value) -> Option<Reading> {
-    if !has_loinc(&obs["code"], PANEL) || obs["status"] == "entered-in-error" {
+    if !has_loinc(&obs["code"], PANEL) || !matches!(obs["status"].as_str(), Some("final" | "amended" | "corrected")) {
         return None;
     }
-    let value = |code: &str| obs["component"].as_array()?.iter().find(|c| has_loinc(&c["code"], code)).and_then(|c| c["valueQuantity"]["value"].as_f64());
-    let when = obs["effectiveDateTime"].as_str().or(obs["effectivePeriod"]["start"].as_str()).unwrap_or_default();
-    Some(Reading { systolic: value(SYSTOLIC)?, diastolic: value(DIASTOLIC)?, when: when.to_string() })
+    // A value in mmHg (UCUM `mm[Hg]`, or the unit written so), found by its component's code.
+    let value = |code: &str| {
+        let q = &obs["component"].as_array()?.iter().find(|c| has_loinc(&c["code"], code))?["valueQuantity"];
+        let mmhg = q["code"] == "mm[Hg]" || q["unit"] == "mmHg" || q["unit"] == "mm[Hg]";
+        if mmhg { q["value"].as_f64() } else { None }
+    };
+    let when = obs["effectiveDateTime"].as_str().or(obs["effectivePeriod"]["start"].as_str())?;
+    let at = fhir::time::parse_date_range(when)?.lo;
+    Some(Reading { systolic: value(SYSTOLIC)?, diastolic: value(DIASTOLIC)?, when: when.to_string(), at })
 }
 
 /// The day of a reading (`2026-11-02`).
@@ -66,35 +78,36 @@ fn mmhg(r: &Reading) -> String {
     format!("{:.0}/{:.0} mmHg", r.systolic, r.diastolic)
 }
 
-/// The cards for a `patient-view` call: one when the latest reading is at or above 140/90 mmHg, none when
-/// it is below or when the EHR prefetched no readings (not allowed, or none recorded). `launch_url` is the
-/// app's launch URL, for the SMART link.
-pub fn patient_view(request: &HookRequest, launch_url: &str) -> Cards {
+/// The cards for a `patient-view` call at `now_ms`: one when the latest reading of the last twelve months is
+/// at or above 140/90 mmHg, none when it is below, older, or when the EHR prefetched no readings (not
+/// allowed, or none recorded). `launch_url` is the app's launch URL, for the SMART link.
+pub fn patient_view(request: &HookRequest, launch_url: &str, now_ms: i64) -> Cards {
     let mut readings: Vec<Reading> = request
         .prefetch
         .get("bp")
         .and_then(|b| b["entry"].as_array())
         .map_or_else(Vec::new, |entries| entries.iter().filter_map(|e| reading(&e["resource"])).collect());
     // Newest first, whatever order the EHR sent them in.
-    readings.sort_by(|a, b| b.when.cmp(&a.when));
+    readings.sort_by_key(|r| std::cmp::Reverse(r.at));
     let Some(last) = readings.first() else { return Cards::default() };
-    if last.systolic < 140.0 && last.diastolic < 90.0 {
+    if last.at < now_ms - 365 * 86_400_000 || (last.systolic < 140.0 && last.diastolic < 90.0) {
         return Cards::default();
     }
-    let crisis = last.systolic >= 180.0 || last.diastolic >= 120.0;
+    // ACC/AHA 2017: a hypertensive crisis is above 180 and/or above 120 mmHg.
+    let crisis = last.systolic > 180.0 || last.diastolic > 120.0;
     let mut detail = String::from("The latest readings:\n\n");
     for r in &readings {
         detail.push_str(&format!("- **{}** on {}\n", mmhg(r), day(r)));
     }
     detail.push_str(if crisis {
-        "\nThe latest is in the **hypertensive crisis** range (180/120 mmHg or above): check for symptoms of organ damage and repeat the measurement now."
+        "\nThe latest is in the **hypertensive crisis** range (above 180/120 mmHg): check for symptoms of organ damage and repeat the measurement now."
     } else {
-        "\nThe latest is at or above 140/90 mmHg, the stage 2 range of the ACC/AHA 2017 guideline. Review the trend and the treatment plan."
+        "\nThe latest is at or above 140/90 mmHg, the stage 2 range of the ACC/AHA 2017 guideline (whose treatment goal for most adults is below 130/80 mmHg). Review the trend and the treatment plan."
     });
     Cards {
         cards: vec![Card {
-            uuid: Some(uuid_like(&request.hook_instance)),
-            summary: format!("Blood pressure above goal: {} on {}", mmhg(last), day(last)),
+            uuid: Some(uuid::Uuid::new_v4().to_string()),
+            summary: format!("Raised blood pressure: {} on {}", mmhg(last), day(last)),
             detail: Some(detail),
             indicator: if crisis { "critical" } else { "warning" }.into(),
             source: Source { label: "Kindling reference app: blood pressure check".into(), url: None },
@@ -108,11 +121,6 @@ pub fn patient_view(request: &HookRequest, launch_url: &str) -> Cards {
     }
 }
 
-/// A card id derived from the hook call's (one card per call).
-fn uuid_like(hook_instance: &str) -> String {
-    format!("{}-bp", hook_instance.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect::<String>())
-}
-
 /// The note the summary shows when a card opened it on a topic it knows.
 pub fn topic_note(app_context: Option<&str>) -> Option<&'static str> {
     let topic = serde_json::from_str::<Value>(app_context?).ok()?;
@@ -124,13 +132,16 @@ mod tests {
     use super::*;
 
     fn bp(sys: f64, dia: f64, when: &str, reversed: bool) -> Value {
-        let comp = |code: &str, v: f64| json!({"code": {"coding": [{"system": LOINC, "code": code}]}, "valueQuantity": {"value": v, "unit": "mmHg"}});
+        let comp = |code: &str, v: f64| json!({"code": {"coding": [{"system": LOINC, "code": code}]}, "valueQuantity": {"value": v, "unit": "mmHg", "code": "mm[Hg]"}});
         let mut components = vec![comp(SYSTOLIC, sys), comp(DIASTOLIC, dia)];
         if reversed {
             components.reverse();
         }
         json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": LOINC, "code": PANEL}]}, "effectiveDateTime": when, "component": components})
     }
+
+    /// 2026-12-01T00:00:00Z.
+    const NOW: i64 = 1_796_083_200_000;
 
     fn request(readings: Vec<Value>) -> HookRequest {
         let entries: Vec<Value> = readings.into_iter().map(|r| json!({"resource": r})).collect();
@@ -142,23 +153,36 @@ mod tests {
     #[test]
     fn a_card_when_the_last_reading_is_high_with_components_found_by_code() {
         // Diastolic listed first: the values are read by code, not position.
-        let cards = patient_view(&request(vec![bp(128.0, 82.0, "2026-10-01", false), bp(152.0, 96.0, "2026-11-02T09:30:00Z", true)]), "https://app/launch");
+        let cards = patient_view(
+            &request(vec![bp(128.0, 82.0, "2026-11-01T10:30:00-05:00", false), bp(152.0, 96.0, "2026-11-02T01:30:00Z", true)]),
+            "https://app/launch",
+            NOW,
+        );
         let card = &cards.cards[0];
-        assert_eq!(card.summary, "Blood pressure above goal: 152/96 mmHg on 2026-11-02");
+        assert_eq!(card.summary, "Raised blood pressure: 152/96 mmHg on 2026-11-02");
+        // 23:30 at UTC-5 is after 01:30 UTC the next day: the controlled reading is the latest.
+        let later = request(vec![bp(152.0, 96.0, "2026-11-02T01:30:00Z", false), bp(128.0, 82.0, "2026-11-01T23:30:00-05:00", false)]);
+        assert!(patient_view(&later, "x", NOW).cards.is_empty(), "ordered by instant, not by text");
         assert_eq!(card.indicator, "warning");
-        assert!(card.detail.as_deref().unwrap().contains("**128/82 mmHg** on 2026-10-01"));
+        assert!(card.detail.as_deref().unwrap().contains("**128/82 mmHg** on 2026-11-01"));
+        assert!(uuid::Uuid::parse_str(card.uuid.as_deref().unwrap()).is_ok());
         assert_eq!(card.links[0].kind, "smart");
         assert_eq!(card.links[0].app_context.as_deref(), Some(BLOOD_PRESSURE_TOPIC));
         assert!(card.summary.len() < 140);
-        assert_eq!(patient_view(&request(vec![bp(184.0, 100.0, "2026-11-02", false)]), "x").cards[0].indicator, "critical");
+        assert_eq!(patient_view(&request(vec![bp(184.0, 100.0, "2026-11-02", false)]), "x", NOW).cards[0].indicator, "critical");
+        assert_eq!(patient_view(&request(vec![bp(180.0, 120.0, "2026-11-02", false)]), "x", NOW).cards[0].indicator, "warning", "the crisis is above 180/120");
     }
 
     #[test]
     fn no_card_when_controlled_or_nothing_was_prefetched() {
-        assert!(patient_view(&request(vec![bp(152.0, 96.0, "2026-01-01", false), bp(126.0, 78.0, "2026-11-02", false)]), "x").cards.is_empty());
-        assert!(patient_view(&request(vec![]), "x").cards.is_empty());
+        assert!(patient_view(&request(vec![bp(152.0, 96.0, "2026-01-01", false), bp(126.0, 78.0, "2026-11-02", false)]), "x", NOW).cards.is_empty());
+        assert!(patient_view(&request(vec![bp(162.0, 96.0, "2025-06-01", false)]), "x", NOW).cards.is_empty(), "older than a year");
+        assert!(patient_view(&request(vec![]), "x", NOW).cards.is_empty());
         let none: HookRequest = serde_json::from_value(json!({"hook": "patient-view", "hookInstance": "h", "context": {}, "prefetch": {"bp": null}})).unwrap();
-        assert!(patient_view(&none, "x").cards.is_empty());
+        assert!(patient_view(&none, "x", NOW).cards.is_empty());
+        let mut preliminary = bp(170.0, 100.0, "2026-11-02", false);
+        preliminary["status"] = json!("preliminary");
+        assert!(patient_view(&request(vec![preliminary]), "x", NOW).cards.is_empty(), "only final readings count");
         assert_eq!(topic_note(Some(BLOOD_PRESSURE_TOPIC)).map(|n| n.contains("blood pressure")), Some(true));
         assert_eq!(topic_note(Some("not json")), None);
     }

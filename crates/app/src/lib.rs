@@ -33,6 +33,8 @@ pub struct App {
     store: AppStore,
     config: Arc<AppConfig>,
     csp: HeaderValue,
+    /// "Now" (the decision-support service's recency rule).
+    clock: client::SharedClock,
     /// One page load at a time per session on this node, so that two loads near a token's expiry do not
     /// both spend the same refresh token (the second would look like reuse and revoke the grant).
     locks: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -72,11 +74,11 @@ impl App {
             });
         }
         let store = AppStore::connect(&config.database, key).await.map_err(|e| format!("cannot open the app's database: {e}"))?.with_clock(clock.clone());
-        let smart = SmartClient::new(ehrs, Arc::new(store.clone())).map_err(|e| e.to_string())?.with_clock(clock);
+        let smart = SmartClient::new(ehrs, Arc::new(store.clone())).map_err(|e| e.to_string())?.with_clock(clock.clone());
         let ancestors = if config.frame_ancestors.is_empty() { "'self'".to_string() } else { format!("'self' {}", config.frame_ancestors.join(" ")) };
         let csp = HeaderValue::from_str(&format!("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors {ancestors}"))
             .map_err(|e| e.to_string())?;
-        Ok(App { smart: Arc::new(smart), store, config: Arc::new(config), csp, locks: Arc::new(std::sync::Mutex::new(HashMap::new())) })
+        Ok(App { smart: Arc::new(smart), store, config: Arc::new(config), csp, clock, locks: Arc::new(std::sync::Mutex::new(HashMap::new())) })
     }
 
     /// The app's routes, under `/app`.
@@ -535,9 +537,17 @@ async fn cds_call(State(app): State<App>, Path(id): Path<String>, headers: Heade
     }
     let url = format!("{}/app/cds-services/{id}", app.config.public_url.trim_end_matches('/'));
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Err(e) = app.smart.verify_cds_request(authorization, &url).await {
-        tracing::warn!(error = %e, "CDS Hooks call refused");
-        return cds_error(StatusCode::UNAUTHORIZED, &e.to_string());
+    match app.smart.verify_cds_request(authorization, &url).await {
+        Ok(_) => {}
+        // The EHR's keys could not be fetched: not the caller's fault, and nothing about it is told.
+        Err(e @ (Error::Transport(_) | Error::Discovery { .. })) => {
+            tracing::warn!(error = %e, "CDS Hooks call not verified: the EHR's keys could not be fetched");
+            return cds_error(StatusCode::SERVICE_UNAVAILABLE, "the EHR's keys could not be fetched; try again");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "CDS Hooks call refused");
+            return cds_error(StatusCode::UNAUTHORIZED, &e.to_string());
+        }
     }
     let request: client::cds::HookRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -546,7 +556,7 @@ async fn cds_call(State(app): State<App>, Path(id): Path<String>, headers: Heade
     if request.hook != "patient-view" {
         return cds_error(StatusCode::BAD_REQUEST, "this service answers patient-view only");
     }
-    let cards = cds::patient_view(&request, &app.config.launch_url());
+    let cards = cds::patient_view(&request, &app.config.launch_url(), app.clock.now_ms());
     tracing::info!(event = "cds", hook = %request.hook, cards = cards.cards.len(), "CDS Hooks call answered");
     axum::Json(cards).into_response()
 }

@@ -96,6 +96,9 @@ const RESERVED: &[&str] = &[
     "launch",
 ];
 
+/// The longest `appContext` (CDS Hooks) a launch may carry to its app's token response.
+pub const MAX_APP_CONTEXT: usize = 4096;
+
 /// Whether a token-response field is one of SMART's or OAuth's own (no launch value or profile may set it).
 pub fn is_reserved(name: &str) -> bool {
     RESERVED.contains(&name) || name.starts_with("error")
@@ -122,6 +125,8 @@ pub enum ContextProblem {
     ReservedExtra(String),
     /// A `fhirContext` item that is not a reference to a record here, or of another patient.
     FhirContext(String),
+    /// The `appContext` is longer than [`MAX_APP_CONTEXT`].
+    AppContextTooLong,
     /// No vendor profile has this name.
     UnknownProfile(String),
 }
@@ -138,6 +143,7 @@ impl std::fmt::Display for ContextProblem {
             ContextProblem::ReservedExtra(k) => write!(f, "'{k}' is a SMART or OAuth field of the token response; it cannot be an extra launch value"),
             ContextProblem::FhirContext(why) => f.write_str(why),
             ContextProblem::UnknownProfile(p) => write!(f, "there is no vendor profile '{p}'"),
+            ContextProblem::AppContextTooLong => write!(f, "appContext is longer than {MAX_APP_CONTEXT} characters"),
         }
     }
 }
@@ -174,6 +180,9 @@ pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<R
     // for the context this function checks or for the token response's own fields.
     if let Some(k) = context.extra.keys().find(|k| is_reserved(k)) {
         return Ok(Err(ContextProblem::ReservedExtra(k.clone())));
+    }
+    if context.app_context.as_ref().is_some_and(|c| c.len() > MAX_APP_CONTEXT) {
+        return Ok(Err(ContextProblem::AppContextTooLong));
     }
     if let Some(p) = &context.profile
         && server.config.profiles.get(p.as_str()).is_none()

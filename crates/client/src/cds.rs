@@ -128,7 +128,9 @@ pub fn verify_request_jwt(jwt: &str, jwks: &Value, issuer: &str, service_url: &s
     };
     let key = jwks["keys"]
         .as_array()
-        .and_then(|keys| keys.iter().find(|k| k["kty"] == kty && header.get("kid").is_some() && k["kid"] == header["kid"]))
+        .and_then(|keys| {
+            keys.iter().find(|k| k["kty"] == kty && header.get("kid").is_some() && k["kid"] == header["kid"] && (k.get("alg").is_none() || k["alg"] == alg))
+        })
         .ok_or_else(|| bad("no key in the EHR's JWKS has the token's kid"))?;
     let sig = b64url_decode(parts[2]).ok_or_else(|| bad("bad signature encoding"))?;
     let input = format!("{}.{}", parts[0], parts[1]);

@@ -116,7 +116,14 @@ pub struct SmartClient {
     clock: SharedClock,
     /// `jti`s of the CDS Hooks calls verified lately, with their expiry (seconds): a replay is refused.
     cds_jtis: std::sync::Mutex<HashMap<String, i64>>,
+    /// The EHRs' JWK Sets for CDS Hooks calls, with when they were fetched.
+    cds_jwks: std::sync::Mutex<HashMap<String, (Instant, Value)>>,
 }
+
+/// How long an EHR's JWK Set is reused for CDS Hooks calls.
+const CDS_JWKS_TTL: Duration = Duration::from_secs(300);
+/// An unknown `kid` refetches the JWK Set at most this often (a caller cannot make the app hammer the EHR).
+const CDS_JWKS_REFETCH: Duration = Duration::from_secs(30);
 
 impl SmartClient {
     /// A client for these EHRs, keeping pending authorisations in `pending`.
@@ -134,6 +141,7 @@ impl SmartClient {
             post_threshold: MAX_GET_URL,
             clock: Arc::new(SystemClock),
             cds_jtis: std::sync::Mutex::new(HashMap::new()),
+            cds_jwks: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -193,9 +201,14 @@ impl SmartClient {
             jwt.split('.').nth(1).and_then(jose::b64url_decode).and_then(|b| serde_json::from_slice(&b).ok()).ok_or_else(|| bad("unreadable claims"))?;
         let iss = unverified["iss"].as_str().ok_or_else(|| bad("no iss"))?;
         let ehr = self.ehr(iss)?.iss.clone();
-        let conf = self.configuration(&ehr).await?;
-        let jwks_uri = conf.jwks_uri.as_deref().ok_or_else(|| bad("the EHR publishes no jwks_uri"))?;
-        let jwks: Value = self.http.get(jwks_uri).send().await.map_err(Error::transport)?.json().await.map_err(Error::transport)?;
+        let kid = jwt
+            .split('.')
+            .next()
+            .and_then(jose::b64url_decode)
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|h| h["kid"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let jwks = self.cds_jwks(&ehr, &kid).await?;
         let now = self.clock.now_secs();
         let claims = crate::cds::verify_request_jwt(jwt, &jwks, iss, service_url, now)?;
         let jti = claims["jti"].as_str().unwrap_or_default().to_string();
@@ -205,6 +218,23 @@ impl SmartClient {
             return Err(bad("this request's jti was seen before (a replay)"));
         }
         Ok(claims)
+    }
+
+    /// The EHR's JWK Set for CDS Hooks calls: reused for five minutes, fetched again sooner only when it
+    /// lacks `kid` (a rotated key), and then at most every thirty seconds.
+    async fn cds_jwks(&self, ehr: &str, kid: &str) -> Result<Value> {
+        let has_kid = |jwks: &Value| jwks["keys"].as_array().is_some_and(|keys| keys.iter().any(|k| k["kid"] == kid));
+        if let Some((at, jwks)) = self.cds_jwks.lock().unwrap_or_else(|p| p.into_inner()).get(ehr)
+            && (at.elapsed() < CDS_JWKS_REFETCH || (at.elapsed() < CDS_JWKS_TTL && has_kid(jwks)))
+        {
+            return Ok(jwks.clone());
+        }
+        let conf = self.configuration(ehr).await?;
+        let jwks_uri = conf.jwks_uri.as_deref().ok_or_else(|| Error::CdsJwt("the EHR publishes no jwks_uri".into()))?;
+        let response = self.http.get(jwks_uri).send().await.map_err(Error::transport)?.error_for_status().map_err(Error::transport)?;
+        let jwks: Value = response.json().await.map_err(Error::transport)?;
+        self.cds_jwks.lock().unwrap_or_else(|p| p.into_inner()).insert(ehr.to_string(), (Instant::now(), jwks.clone()));
+        Ok(jwks)
     }
 
     /// An EHR launch: the EHR opened the app's launch URL with `iss` and `launch`.

@@ -14,7 +14,7 @@
 //! authorisation server, with the card's `appContext` in its token response.
 
 use super::*;
-use client::cds::{Card, Discovery, HookRequest};
+use client::cds::{Card, HookRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -24,10 +24,20 @@ const SERVICE_KIND: &str = "cds-service";
 /// The store kind of the cards a chart showed (for their SMART links), kept half an hour.
 const CARDS_KIND: &str = "cds-cards";
 const CARDS_TTL_MS: i64 = 30 * 60 * 1000;
-/// How long the chart waits for one service.
+/// How long one request to a service may take.
 pub const TIMEOUT: Duration = Duration::from_millis(2500);
+/// How long the chart's cards may take altogether (discovery, prefetch and every call, made at once).
+pub const DEADLINE: Duration = Duration::from_millis(3000);
 /// The most a discovery document or an answer may weigh.
 const MAX_BODY: usize = 256 * 1024;
+/// The most `patient-view` services of one registration called per chart.
+const MAX_SERVICES: usize = 10;
+/// The most entries a search prefetch carries when its template sets no `_count` (beyond: left out).
+const MAX_PREFETCH: usize = 100;
+/// How long a discovery document is reused.
+const DISCOVERY_TTL: Duration = Duration::from_secs(300);
+/// The longest `appContext` a card may hand an app.
+pub const MAX_APP_CONTEXT: usize = auth::launch::MAX_APP_CONTEXT;
 
 /// A decision-support service registered with the EHR: its discovery base (`…/cds-services`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,18 +46,35 @@ pub struct CdsEndpoint {
     pub id: String,
     /// Its name for people.
     pub name: String,
-    /// Its discovery URL (`https://cds.example/cds-services`).
+    /// Its discovery URL (`https://cds.example/cds-services`; `http` on this machine only).
     pub url: String,
     /// A disabled service is not called.
     #[serde(default)]
     pub disabled: bool,
+    /// The registered apps (client ids) its cards' SMART links may open; empty: any registered app.
+    #[serde(default)]
+    pub apps: Vec<String>,
 }
 
-/// Registers (or updates) a service.
+/// Whether `host` is this machine.
+fn loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Registers (or updates) a service. Its URL is `https` (health data goes there), or `http` on this
+/// machine (a service under development) or on this server's own address (the reference app's).
 pub async fn register(s: &Shared, endpoint: &CdsEndpoint) -> Result<(), String> {
-    let valid = url::Url::parse(&endpoint.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-    if !valid {
-        return Err(format!("the CDS service URL '{}' must be an http(s) URL", endpoint.url));
+    let Ok(u) = url::Url::parse(&endpoint.url) else {
+        return Err(format!("the CDS service URL '{}' is not a URL", endpoint.url));
+    };
+    let own = endpoint.url.starts_with(&format!("{}/", s.config.public_url));
+    if !(u.scheme() == "https" || (u.scheme() == "http" && (loopback(&u) || own))) {
+        return Err(format!("the CDS service URL '{}' must be https (http only on this machine: patients' data is sent there)", endpoint.url));
     }
     if endpoint.id.is_empty() || !endpoint.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(format!("the CDS service id '{}' must be letters, digits and '-'", endpoint.id));
@@ -68,16 +95,24 @@ pub async fn endpoints(s: &Shared) -> Result<Vec<CdsEndpoint>, store::StoreError
     Ok(all)
 }
 
-fn http() -> &'static reqwest::Client {
-    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    HTTP.get_or_init(|| {
-        reqwest::Client::builder().timeout(TIMEOUT).redirect(reqwest::redirect::Policy::none()).build().unwrap_or_else(|_| reqwest::Client::new())
+/// The client every call goes through: the per-request timeout, no redirects. `None` if it cannot be made.
+fn http() -> Option<&'static reqwest::Client> {
+    static HTTP: std::sync::OnceLock<Option<reqwest::Client>> = std::sync::OnceLock::new();
+    HTTP.get_or_init(|| match reqwest::Client::builder().timeout(TIMEOUT).redirect(reqwest::redirect::Policy::none()).build() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "the CDS Hooks HTTP client could not be made");
+            None
+        }
     })
+    .as_ref()
 }
 
 /// What one service's call came to, for the chart.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
+    /// The registration it belongs to.
+    pub endpoint: String,
     /// The service, as people know it.
     pub service: String,
     /// Its cards, read.
@@ -96,43 +131,84 @@ pub fn fill_template(template: &str, patient: &str, user: &str) -> Option<String
     (!out.contains("{{")).then_some(out)
 }
 
-/// One prefetch: a read (`Type/id`) or a search (`Type?…`) of the record, as the user may let an app see
-/// it (a type their rights bound away, or narrow by category, is `null`).
-async fn prefetch(s: &Shared, user: &auth::model::User, query: &str) -> Value {
-    let (ty, params) = query.split_once('?').unwrap_or((query, ""));
-    let read_id = ty.split_once('/').map(|(t, id)| (t.to_string(), id.to_string()));
-    let ty = read_id.as_ref().map_or(ty, |(t, _)| t.as_str());
-    if !fhir::types::is_storable_type(ty) {
-        return Value::Null;
-    }
-    if let Some(rights) = &user.rights {
-        let interaction = if read_id.is_some() { smart::Interaction::Read } else { smart::Interaction::Search };
-        let allowed = smart::ScopeSet::parse(rights).access(smart::Level::User, ty, interaction);
-        // Only a bound with no conditions is honoured here (a category-narrowed one prefetches nothing).
-        if !allowed.is_some_and(|alts| alts.is_empty() || alts.iter().any(|c| c.is_empty())) {
-            return Value::Null;
+/// The access a chart's prefetch has: the chart's patient only (their compartment), as the user's rights
+/// let any app read it (rights bound apps at the patient level as at the user level), as the FHIR API
+/// would judge a patient-scoped token of theirs.
+fn prefetch_access(user: &auth::model::User, patient: &str) -> api::access::TokenAccess {
+    let mut scopes = smart::ScopeSet::parse(user.rights.as_deref().unwrap_or("patient/*.rs"));
+    for sc in scopes.scopes.iter_mut() {
+        if let smart::Scope::Resource(r) = sc {
+            r.level = smart::Level::Patient;
         }
     }
-    if let Some((_, id)) = &read_id {
-        return match s.store.read(ty, id).await {
-            Ok(Some(r)) if !r.deleted => serde_json::from_str(&r.json).unwrap_or(Value::Null),
-            _ => Value::Null,
+    api::access::TokenAccess {
+        client_id: "kindling-cds-prefetch".into(),
+        scopes,
+        patient: Some(patient.to_string()),
+        fhir_user: Some(user.fhir_user.clone()),
+        launch: None,
+        faults: None,
+        vendor: None,
+        audience: None,
+    }
+}
+
+/// One prefetch: a read (`Type/id`) or a search (`Type?…`) of the chart's patient's record, judged by the
+/// FHIR API's own policy for `access` (compartment, rights, chains and `_has` included). `None`: the key is
+/// left out (not allowed, not supported, too large or failed — CDS Hooks: a key the client does not
+/// satisfy is not sent); `Some(null)`: a read that found nothing.
+async fn prefetch(s: &Shared, access: &api::access::TokenAccess, query: &str) -> Option<Value> {
+    use api::policy::{Compartment, Content, Verdict};
+    let base = &s.config.fhir_base;
+    let (path, params) = query.split_once('?').unwrap_or((query, ""));
+    let patient = access.patient.as_deref().unwrap_or_default();
+    if let Some((ty, id)) = path.split_once('/') {
+        if !params.is_empty() || !fhir::types::is_storable_type(ty) || !fhir::types::is_valid_id(id) {
+            return None;
+        }
+        let stored = match s.store.read(ty, id).await.ok()? {
+            Some(r) if !r.deleted => r,
+            _ => return Some(Value::Null),
         };
+        let judge = |c: Compartment| api::policy::decide(access, base, smart::Interaction::Read, ty, id, c, Content::Stored(&stored.json));
+        let allowed = match judge(Compartment::Ask).ok()? {
+            Verdict::Allowed => true,
+            Verdict::Probe => judge(Compartment::Known(s.store.in_patient_compartment(stored.key, patient).await.ok()?)) == Ok(Verdict::Allowed),
+        };
+        return if allowed { serde_json::from_str(&stored.json).ok() } else { None };
+    }
+    if !fhir::types::is_storable_type(path) {
+        return None;
     }
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(params.as_bytes()).into_owned().collect();
-    let opts = fhir::query::ParseOptions { lenient: false, base: Some(&s.config.fhir_base), now_ms: s.now_ms() };
-    let Ok(q) = fhir::query::parse(ty, &pairs, opts) else { return Value::Null };
-    let Ok(keys) = s.store.search(&q).await else { return Value::Null };
-    let count = q.count.min(100);
-    let Ok(found) = s.store.fetch(&keys[..keys.len().min(count)]).await else { return Value::Null };
-    let entries: Vec<Value> = found
-        .into_iter()
-        .filter_map(|r| {
-            let resource: Value = serde_json::from_str(&r.json).ok()?;
-            Some(json!({"fullUrl": format!("{}/{}/{}", s.config.fhir_base, r.resource_type, r.id), "resource": resource}))
-        })
-        .collect();
-    json!({"resourceType": "Bundle", "type": "searchset", "total": keys.len(), "entry": entries})
+    let explicit_count = pairs.iter().any(|(k, _)| k == "_count");
+    let opts = fhir::query::ParseOptions { lenient: false, base: Some(base), now_ms: s.now_ms() };
+    let mut q = fhir::query::parse(path, &pairs, opts).ok()?;
+    if !q.include.is_empty() || !q.revinclude.is_empty() {
+        // Not prefetched here: the key is left out rather than answered in part.
+        return None;
+    }
+    api::policy::restrict_search(access, base, s.now_ms(), &mut q).ok()?;
+    let keys = s.store.search(&q).await.ok()?;
+    let limit = if explicit_count { q.count } else { MAX_PREFETCH };
+    if !explicit_count && keys.len() > MAX_PREFETCH {
+        return None;
+    }
+    let found = s.store.fetch(&keys[..keys.len().min(limit)]).await.ok()?;
+    // Every result judged as a read of it would be (the search was already narrowed to what is allowed).
+    let mut entries = Vec::new();
+    for r in found {
+        let judge = |c: Compartment| api::policy::decide(access, base, smart::Interaction::Read, &r.resource_type, &r.id, c, Content::Stored(&r.json));
+        let allowed = match judge(Compartment::Ask) {
+            Ok(Verdict::Allowed) => true,
+            Ok(Verdict::Probe) => judge(Compartment::Known(s.store.in_patient_compartment(r.key, patient).await.ok()?)) == Ok(Verdict::Allowed),
+            Err(_) => false,
+        };
+        if allowed && let Ok(resource) = serde_json::from_str::<Value>(&r.json) {
+            entries.push(json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "resource": resource}));
+        }
+    }
+    Some(json!({"resourceType": "Bundle", "type": "searchset", "total": keys.len(), "entry": entries}))
 }
 
 /// Reads a service's answer: the cards it sent that hold together, and how many did not.
@@ -142,9 +218,11 @@ fn read_cards(body: &Value) -> Option<(Vec<Card>, usize)> {
     for c in raw {
         match serde_json::from_value::<Card>(c.clone()) {
             Ok(mut card) if !card.summary.trim().is_empty() && matches!(card.indicator.as_str(), "info" | "warning" | "critical") => {
-                if card.summary.chars().count() > 140 {
-                    card.summary = card.summary.chars().take(139).chain(['…']).collect();
+                // CDS Hooks: a summary under 140 characters.
+                if card.summary.chars().count() >= 140 {
+                    card.summary = card.summary.chars().take(138).chain(['…']).collect();
                 }
+                card.links.retain(|l| matches!(l.kind.as_str(), "absolute" | "smart"));
                 good.push(card);
             }
             _ => {}
@@ -154,68 +232,97 @@ fn read_cards(body: &Value) -> Option<(Vec<Card>, usize)> {
     Some((good, bad))
 }
 
-/// Calls one registered service's `patient-view` hooks for `patient`, as `user`.
-async fn call_endpoint(s: &Shared, endpoint: &CdsEndpoint, user: &auth::model::User, patient: &str) -> Vec<Outcome> {
-    let named = |problem: String| vec![Outcome { service: endpoint.name.clone(), cards: Vec::new(), problem: Some(problem) }];
-    let discovery = match fetch_json(http().get(&endpoint.url)).await {
-        Ok(v) => match serde_json::from_value::<Discovery>(v) {
-            Ok(d) => d,
-            Err(_) => return named(format!("{} sent a service list Kindling cannot read.", endpoint.name)),
-        },
-        Err(problem) => return named(problem.described(&endpoint.name)),
+/// The services of a discovery document, read one by one (a malformed entry is skipped).
+fn read_discovery(body: &Value) -> Option<Vec<client::cds::Service>> {
+    Some(body.get("services")?.as_array()?.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect())
+}
+
+/// Text a service wrote, fit for one line of the audit trail or the chart: no control characters, bounded.
+fn plain(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// A registration's discovery document, reused for a few minutes.
+async fn discovery(endpoint: &CdsEndpoint) -> Result<Vec<client::cds::Service>, CallProblem> {
+    type Cache = std::sync::Mutex<HashMap<String, (std::time::Instant, Vec<client::cds::Service>)>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some((at, services)) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&endpoint.url)
+        && at.elapsed() < DISCOVERY_TTL
+    {
+        return Ok(services.clone());
+    }
+    let http = http().ok_or(CallProblem::Unreachable)?;
+    let services = read_discovery(&fetch_json(http.get(&endpoint.url)).await?).ok_or(CallProblem::Garbled)?;
+    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(endpoint.url.clone(), (std::time::Instant::now(), services.clone()));
+    Ok(services)
+}
+
+/// A service's URL: the registration's, then the service id as one path segment.
+fn service_url(endpoint: &CdsEndpoint, id: &str) -> Option<String> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')) || id == "." || id == ".." {
+        return None;
+    }
+    let mut u = url::Url::parse(&endpoint.url).ok()?;
+    u.path_segments_mut().ok()?.pop_if_empty().push(id);
+    Some(u.to_string())
+}
+
+/// Calls one `patient-view` service for `patient`, as `user`.
+async fn call_service(s: &Shared, endpoint: &CdsEndpoint, service: &client::cds::Service, user: &auth::model::User, patient: &str) -> Outcome {
+    let label = plain(service.title.as_deref().unwrap_or(&service.id));
+    let failed = |problem: String| Outcome { endpoint: endpoint.id.clone(), service: label.clone(), cards: Vec::new(), problem: Some(problem) };
+    let Some(url) = service_url(endpoint, &service.id) else {
+        return failed(format!("{} lists a service whose id cannot be called.", plain(&endpoint.name)));
     };
-    let mut out = Vec::new();
-    for service in discovery.services.iter().filter(|sv| sv.hook == "patient-view") {
-        let label = service.title.clone().unwrap_or_else(|| service.id.clone());
-        let url = format!("{}/{}", endpoint.url.trim_end_matches('/'), service.id);
-        let mut filled = Map::new();
-        for (key, template) in &service.prefetch {
-            let value = match template.as_str().and_then(|t| fill_template(t, patient, &user.fhir_user)) {
-                Some(q) => prefetch(s, user, &q).await,
-                None => Value::Null,
-            };
+    let Some(http) = http() else { return failed(format!("{label} could not be called.")) };
+    let access = prefetch_access(user, patient);
+    let mut filled = Map::new();
+    for (key, template) in &service.prefetch {
+        if let Some(q) = template.as_str().and_then(|t| fill_template(t, patient, &user.fhir_user))
+            && let Some(value) = prefetch(s, &access, &q).await
+        {
             filled.insert(key.clone(), value);
         }
-        let mut context = Map::new();
-        context.insert("userId".into(), json!(user.fhir_user));
-        context.insert("patientId".into(), json!(patient));
-        let request = HookRequest {
-            hook: "patient-view".into(),
-            hook_instance: uuid::Uuid::new_v4().to_string(),
-            fhir_server: Some(s.config.fhir_base.clone()),
-            fhir_authorization: None,
-            context,
-            prefetch: filled,
-        };
-        let now = s.now_ms() / 1000;
-        let claims = json!({"iss": s.config.fhir_base, "aud": url, "exp": now + 300, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
-        let jwt = match s.keys.sign_jwt_rs384(&claims, &s.config.endpoint("jwks")) {
-            Ok(j) => j,
-            Err(e) => {
-                out.push(Outcome { service: label, cards: Vec::new(), problem: Some(format!("The call could not be signed ({e}).")) });
-                continue;
-            }
-        };
-        let started = std::time::Instant::now();
-        let outcome = match fetch_json(http().post(&url).bearer_auth(jwt).json(&request)).await {
-            Ok(body) => match read_cards(&body) {
-                Some((cards, 0)) => Outcome { service: label.clone(), cards, problem: None },
-                Some((cards, bad)) => {
-                    Outcome { service: label.clone(), cards, problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")) }
-                }
-                None => Outcome { service: label.clone(), cards: Vec::new(), problem: Some(format!("{label} sent an answer Kindling cannot read.")) },
-            },
-            Err(problem) => Outcome { service: label.clone(), cards: Vec::new(), problem: Some(problem.described(&label)) },
-        };
-        s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
-            "patient-view to {url}: {} card(s){} in {:.0} ms",
-            outcome.cards.len(),
-            outcome.problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
-            started.elapsed().as_secs_f64() * 1000.0
-        ));
-        out.push(outcome);
     }
-    out
+    let mut context = Map::new();
+    context.insert("userId".into(), json!(user.fhir_user));
+    context.insert("patientId".into(), json!(patient));
+    let request = HookRequest {
+        hook: "patient-view".into(),
+        hook_instance: uuid::Uuid::new_v4().to_string(),
+        fhir_server: Some(s.config.fhir_base.clone()),
+        fhir_authorization: None,
+        context,
+        prefetch: filled,
+    };
+    let now = s.now_ms() / 1000;
+    let claims = json!({"iss": s.config.fhir_base, "aud": url, "exp": now + 300, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
+    let started = std::time::Instant::now();
+    let outcome = match s.keys.sign_jwt_rs384(&claims, &s.config.endpoint("jwks")) {
+        Err(e) => failed(format!("The call to {label} could not be signed ({e}).")),
+        Ok(jwt) => match fetch_json(http.post(&url).bearer_auth(jwt).json(&request)).await {
+            Ok(body) => match read_cards(&body) {
+                Some((cards, 0)) => Outcome { endpoint: endpoint.id.clone(), service: label.clone(), cards, problem: None },
+                Some((cards, bad)) => Outcome {
+                    endpoint: endpoint.id.clone(),
+                    service: label.clone(),
+                    cards,
+                    problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")),
+                },
+                None => failed(format!("{label} sent an answer Kindling cannot read.")),
+            },
+            Err(problem) => failed(problem.described(&label)),
+        },
+    };
+    s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
+        "patient-view to {url}: {} card(s){}, prefetched {:?}, in {:.0} ms",
+        outcome.cards.len(),
+        outcome.problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
+        request.prefetch.keys().collect::<Vec<_>>(),
+        started.elapsed().as_secs_f64() * 1000.0
+    ));
+    outcome
 }
 
 /// Why a call gave nothing.
@@ -238,39 +345,102 @@ impl CallProblem {
     }
 }
 
+/// A JSON answer of at most [`MAX_BODY`] bytes (read piece by piece: a larger one is refused as it comes).
 async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, CallProblem> {
-    let response = request.send().await.map_err(|e| if e.is_timeout() { CallProblem::Slow } else { CallProblem::Unreachable })?;
+    let slow_or = |e: reqwest::Error, other: CallProblem| if e.is_timeout() { CallProblem::Slow } else { other };
+    let mut response = request.send().await.map_err(|e| slow_or(e, CallProblem::Unreachable))?;
     if !response.status().is_success() {
         return Err(CallProblem::Status(response.status().as_u16()));
     }
-    let bytes = response.bytes().await.map_err(|e| if e.is_timeout() { CallProblem::Slow } else { CallProblem::Garbled })?;
-    if bytes.len() > MAX_BODY {
+    if response.content_length().is_some_and(|n| n as usize > MAX_BODY) {
         return Err(CallProblem::Garbled);
     }
-    serde_json::from_slice(&bytes).map_err(|_| CallProblem::Garbled)
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| slow_or(e, CallProblem::Garbled))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err(CallProblem::Garbled);
+        }
+    }
+    serde_json::from_slice(&body).map_err(|_| CallProblem::Garbled)
 }
 
-/// Every enabled service's `patient-view` cards for `patient`, called at once.
+/// Every enabled service's `patient-view` cards for `patient`: discovery, then every service called at
+/// once, all within [`DEADLINE`]; what has not answered by then is named as slow.
 pub async fn patient_view(s: &Shared, user: &auth::model::User, patient: &str) -> Vec<Outcome> {
-    let endpoints = match endpoints(s).await {
-        Ok(e) => e,
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let endpoints: Vec<CdsEndpoint> = match endpoints(s).await {
+        Ok(e) => e.into_iter().filter(|e| !e.disabled).collect(),
         Err(e) => {
-            return vec![Outcome { service: "Decision support".into(), cards: Vec::new(), problem: Some(format!("The services could not be listed ({e}).")) }];
+            return vec![Outcome {
+                service: "Decision support".into(),
+                problem: Some(format!("The services could not be listed ({e}).")),
+                ..Outcome::default()
+            }];
         }
     };
-    let mut calls = tokio::task::JoinSet::new();
-    for (i, endpoint) in endpoints.into_iter().filter(|e| !e.disabled).enumerate() {
-        let (s, user, patient) = (s.clone(), user.clone(), patient.to_string());
-        calls.spawn(async move { (i, call_endpoint(&s, &endpoint, &user, &patient).await) });
+    let mut outcomes = Vec::new();
+    let mut found = tokio::task::JoinSet::new();
+    for (i, endpoint) in endpoints.iter().cloned().enumerate() {
+        found.spawn(async move { (i, discovery(&endpoint).await) });
     }
-    let mut results = Vec::new();
-    while let Some(done) = calls.join_next().await {
-        if let Ok(r) = done {
-            results.push(r);
+    let mut services: Vec<(usize, client::cds::Service)> = Vec::new();
+    let mut answered = vec![false; endpoints.len()];
+    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, found.join_next()).await {
+        let Ok((i, result)) = done else { continue };
+        answered[i] = true;
+        let endpoint = &endpoints[i];
+        match result {
+            Ok(list) => services.extend(list.into_iter().filter(|sv| sv.hook == "patient-view").take(MAX_SERVICES).map(|sv| (i, sv))),
+            Err(problem) => {
+                let name = plain(&endpoint.name);
+                s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
+                    "discovery of {}: {}",
+                    endpoint.url,
+                    problem.described(&name)
+                ));
+                outcomes.push((
+                    i,
+                    usize::MAX,
+                    Outcome { endpoint: endpoint.id.clone(), service: name.clone(), cards: Vec::new(), problem: Some(problem.described(&name)) },
+                ));
+            }
         }
     }
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().flat_map(|(_, o)| o).collect()
+    found.abort_all();
+    for (i, _) in endpoints.iter().enumerate().filter(|(i, _)| !answered[*i]) {
+        let name = plain(&endpoints[i].name);
+        outcomes.push((
+            i,
+            usize::MAX,
+            Outcome { endpoint: endpoints[i].id.clone(), service: name.clone(), problem: Some(CallProblem::Slow.described(&name)), ..Outcome::default() },
+        ));
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    let labels: Vec<String> = services.iter().map(|(_, sv)| plain(sv.title.as_deref().unwrap_or(&sv.id))).collect();
+    for (n, (i, service)) in services.iter().cloned().enumerate() {
+        let (s, user, patient, endpoint) = (s.clone(), user.clone(), patient.to_string(), endpoints[i].clone());
+        calls.spawn(async move { (i, n, call_service(&s, &endpoint, &service, &user, &patient).await) });
+    }
+    let mut done = vec![false; services.len()];
+    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, calls.join_next()).await {
+        if let Ok((i, n, outcome)) = result {
+            done[n] = true;
+            outcomes.push((i, n, outcome));
+        }
+    }
+    calls.abort_all();
+    for (n, (i, _)) in services.iter().enumerate().filter(|(n, _)| !done[*n]) {
+        let outcome = Outcome {
+            endpoint: endpoints[*i].id.clone(),
+            service: labels[n].clone(),
+            problem: Some(CallProblem::Slow.described(&labels[n])),
+            ..Outcome::default()
+        };
+        outcomes.push((*i, n, outcome));
+    }
+    outcomes.sort_by_key(|(i, n, _)| (*i, *n));
+    outcomes.into_iter().map(|(_, _, o)| o).collect()
 }
 
 /// The cards a chart showed, kept for their SMART links.
@@ -278,7 +448,8 @@ pub async fn patient_view(s: &Shared, user: &auth::model::User, patient: &str) -
 struct ShownCards {
     username: String,
     patient: String,
-    cards: Vec<Card>,
+    /// Each card with the registration whose service sent it.
+    cards: Vec<(String, Card)>,
 }
 
 /// A card as the chart shows it.
@@ -301,8 +472,9 @@ pub(crate) struct LinkView {
     pub smart: bool,
 }
 
+/// A web address a card may link to: `https`, or `http` on this machine.
 fn web_url(u: &str) -> Option<String> {
-    url::Url::parse(u).ok().filter(|u| matches!(u.scheme(), "http" | "https")).map(|u| u.to_string())
+    url::Url::parse(u).ok().filter(|u| u.scheme() == "https" || (u.scheme() == "http" && loopback(u))).map(|u| u.to_string())
 }
 
 #[derive(Template)]
@@ -317,17 +489,27 @@ struct CardsFragment {
 
 /// `GET /ehr/patients/{id}/cds`: the chart's decision-support cards (an HTML fragment the chart loads).
 pub(crate) async fn chart_cards(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let fragment = |html: &str| {
+        let mut r = Html(format!("<div id=\"cds-cards\"><p class=\"muted\">{html}</p></div>")).into_response();
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    };
     let sess = match clinician(&s, &headers).await {
         Ok(x) => x,
+        // Loaded into the chart by htmx: a sentence in its place, not the sign-in page inside the chart.
+        Err(_) if headers.contains_key("hx-request") => return fragment("Your session has ended: sign in again to see decision support."),
         Err(r) => return r,
     };
     if !fhir::types::is_valid_id(&id) || s.store.read("Patient", &id).await.ok().flatten().is_none_or(|r| r.deleted) {
-        return (StatusCode::NOT_FOUND, Html("<p class=\"muted\">No such patient.</p>".to_string())).into_response();
+        return fragment("No such patient.");
     }
+    let services = match endpoints(&s).await {
+        Ok(e) => e.iter().filter(|e| !e.disabled).count(),
+        Err(e) => return internal(e),
+    };
     let outcomes = patient_view(&s, &sess.user, &id).await;
-    let services = outcomes.len();
     let problems: Vec<String> = outcomes.iter().filter_map(|o| o.problem.clone()).collect();
-    let cards: Vec<Card> = outcomes.into_iter().flat_map(|o| o.cards).collect();
+    let cards: Vec<(String, Card)> = outcomes.into_iter().flat_map(|o| o.cards.into_iter().map(move |c| (o.endpoint.clone(), c))).collect();
     let reference = auth::crypto::random_token();
     if !cards.is_empty() {
         let shown = ShownCards { username: sess.user.username.clone(), patient: id.clone(), cards: cards.clone() };
@@ -339,7 +521,7 @@ pub(crate) async fn chart_cards(State(s): State<Shared>, headers: HeaderMap, Pat
     let views = cards
         .into_iter()
         .enumerate()
-        .map(|(index, c)| CardView {
+        .map(|(index, (_, c))| CardView {
             index,
             summary: c.summary,
             indicator_label: match c.indicator.as_str() {
@@ -357,7 +539,8 @@ pub(crate) async fn chart_cards(State(s): State<Shared>, headers: HeaderMap, Pat
                 .enumerate()
                 .filter_map(|(li, l)| match l.kind.as_str() {
                     "smart" => Some(LinkView { index: li, label: l.label, url: l.url, smart: true }),
-                    _ => web_url(&l.url).map(|url| LinkView { index: li, label: l.label, url, smart: false }),
+                    "absolute" => web_url(&l.url).map(|url| LinkView { index: li, label: l.label, url, smart: false }),
+                    _ => None,
                 })
                 .collect(),
         })
@@ -409,25 +592,42 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
     }
     let back = format!("/ehr/patients/{}", shown.patient);
     let index = |k: &str| p.get(k).and_then(|v| v.parse::<usize>().ok());
-    let Some(link) = index("card").and_then(|c| shown.cards.get(c)).and_then(|c| index("link").and_then(|l| c.links.get(l))).filter(|l| l.kind == "smart")
+    let card = index("card").and_then(|c| shown.cards.get(c));
+    let Some((endpoint_id, link)) = card.and_then(|(e, c)| index("link").and_then(|l| c.links.get(l)).map(|l| (e, l))).filter(|(_, l)| l.kind == "smart")
     else {
         return message(nav, StatusCode::BAD_REQUEST, "This link cannot be opened", "The card has no such app link.", "Go back to the chart.", &back);
     };
+    let refuse = |why: String| {
+        message(
+            Nav::of(&sess),
+            StatusCode::BAD_REQUEST,
+            "The card links to an app this EHR will not open",
+            &why,
+            "Ask an administrator, or open the app from the chart's Apps panel.",
+            &back,
+        )
+    };
+    if link.app_context.as_ref().is_some_and(|c| c.len() > MAX_APP_CONTEXT) {
+        return refuse(format!("The card hands the app more than {MAX_APP_CONTEXT} characters of context."));
+    }
     let norm = |u: &str| u.trim_end_matches('/').to_string();
-    let client = match auth::registry::list_clients(s.store.as_ref()).await {
-        Ok(all) => all.into_iter().find(|c| !c.disabled && !c.self_registered && c.launch_url.as_deref().map(norm) == Some(norm(&link.url))),
+    let matching: Vec<auth::model::Client> = match auth::registry::list_clients(s.store.as_ref()).await {
+        Ok(all) => all.into_iter().filter(|c| !c.disabled && !c.self_registered && c.launch_url.as_deref().map(norm) == Some(norm(&link.url))).collect(),
         Err(e) => return internal(e),
     };
-    let Some(client) = client else {
-        return message(
-            nav,
-            StatusCode::BAD_REQUEST,
-            "The card links to an app this EHR does not know",
-            &format!("No registered app opens at {}.", link.url),
-            "Ask an administrator to register the app, or open it another way.",
-            &back,
-        );
+    let client = match matching.as_slice() {
+        [one] => one.clone(),
+        [] => return refuse(format!("No registered app opens at {}.", plain(&link.url))),
+        _ => return refuse(format!("Several registered apps open at {}: which one is meant cannot be told.", plain(&link.url))),
     };
+    // The service's registration names the apps its cards may open (none named: any registered app).
+    let allowed = match endpoints(&s).await {
+        Ok(all) => all.into_iter().find(|e| &e.id == endpoint_id).is_some_and(|e| e.apps.is_empty() || e.apps.contains(&client.client_id)),
+        Err(e) => return internal(e),
+    };
+    if !allowed {
+        return refuse(format!("This decision-support service may not open {}.", client.name));
+    }
     let context = LaunchContext {
         client_id: Some(client.client_id.clone()),
         username: Some(sess.user.username.clone()),
@@ -463,13 +663,13 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
         .client(client.client_id.as_str())
         .user(sess.user.username.as_str())
         .patient(Some(shown.patient.as_str()))
-        .record(format!("launched from a decision-support card: {}", link.label));
+        .record(format!("launched from a decision-support card of {endpoint_id}: {}", plain(&link.label)));
     Redirect::to(url.as_str()).into_response()
 }
 
 /// A card's Markdown detail as HTML that carries nothing but text: everything is escaped, then paragraphs,
 /// `-`/`*` lists, `**bold**` and `*emphasis*` are made from the escaped text, and `[text](https://…)` links
-/// open in a new tab. No raw HTML, images or other schemes survive.
+/// open in a new tab. No raw HTML, images or other schemes (`http` included) survive.
 pub fn safe_markdown(text: &str) -> String {
     fn escape(s: &str) -> String {
         s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
@@ -483,7 +683,7 @@ pub fn safe_markdown(text: &str) -> String {
             let Some(end) = rest[close..].find(')').map(|i| close + i) else { break };
             let (label, target) = (&rest[open + 1..close], &rest[close + 2..end]);
             out.push_str(&emphasis(&escape(&rest[..open])));
-            match url::Url::parse(target).ok().filter(|u| matches!(u.scheme(), "http" | "https")) {
+            match url::Url::parse(target).ok().filter(|u| u.scheme() == "https") {
                 Some(u) => {
                     out.push_str(&format!("<a href=\"{}\" target=\"_blank\" rel=\"noopener noreferrer\">{}</a>", escape(u.as_str()), emphasis(&escape(label))))
                 }
@@ -494,22 +694,25 @@ pub fn safe_markdown(text: &str) -> String {
         out.push_str(&emphasis(&escape(rest)));
         out
     }
+    /// `open` + each odd part + `close`: markers paired from the left around non-empty text (a last
+    /// unpaired one stays text; an empty pair leaves the whole text as it was).
+    fn pairs(escaped: &str, marker: &str, open: &str, close: &str, inner: fn(&str) -> String) -> String {
+        let mut parts: Vec<String> = escaped.split(marker).map(str::to_string).collect();
+        if parts.len().is_multiple_of(2) {
+            let last = parts.pop().unwrap_or_default();
+            let before = parts.pop().unwrap_or_default();
+            parts.push(format!("{before}{marker}{last}"));
+        }
+        if parts.iter().skip(1).step_by(2).any(|p| p.trim().is_empty()) {
+            return inner(escaped);
+        }
+        parts.iter().enumerate().map(|(i, p)| if i % 2 == 1 { format!("{open}{}{close}", inner(p)) } else { inner(p) }).collect()
+    }
+    fn em(escaped: &str) -> String {
+        pairs(escaped, "*", "<em>", "</em>", str::to_string)
+    }
     fn emphasis(escaped: &str) -> String {
-        let mut out = String::new();
-        for (i, part) in escaped.split("**").enumerate() {
-            if i % 2 == 1 {
-                out.push_str("<strong>");
-                out.push_str(part);
-                out.push_str("</strong>");
-            } else {
-                out.push_str(part);
-            }
-        }
-        if escaped.matches("**").count() % 2 == 1 {
-            // An unpaired marker: leave the text as it was.
-            return escaped.to_string();
-        }
-        out
+        if escaped.contains("**") { pairs(escaped, "**", "<strong>", "</strong>", em) } else { em(escaped) }
     }
     let mut html = String::new();
     for block in text.replace("\r\n", "\n").split("\n\n") {
@@ -547,6 +750,13 @@ mod tests {
         assert_eq!(safe_markdown("[x](javascript:alert(1))"), "<p>x)</p>", "no other schemes");
         assert_eq!(safe_markdown("<img src=x onerror=alert(1)>"), "<p>&lt;img src=x onerror=alert(1)&gt;</p>");
         assert_eq!(safe_markdown("a ** b"), "<p>a ** b</p>");
+        assert_eq!(safe_markdown("**a** and *b* and 2*3"), "<p><strong>a</strong> and <em>b</em> and 2*3</p>");
+        assert_eq!(safe_markdown("[plain](http://example.org/)"), "<p>plain</p>", "https only");
+        assert_eq!(
+            safe_markdown("[a \"b\"](https://x.example/?q=\"><script>)"),
+            "<p><a href=\"https://x.example/?q=%22%3E%3Cscript%3E\" target=\"_blank\" rel=\"noopener noreferrer\">a &quot;b&quot;</a></p>"
+        );
+        assert!(!safe_markdown("[**x](https://e.example/)**").contains("<strong><a"), "markers never open a tag across a link");
         assert_eq!(safe_markdown("\"quoted\" & 'single'"), "<p>&quot;quoted&quot; &amp; &#39;single&#39;</p>");
     }
 
@@ -573,6 +783,6 @@ mod tests {
         assert_eq!((cards.len(), bad), (1, 3));
         assert!(read_cards(&json!({"nope": 1})).is_none());
         let long = json!({"cards": [{"summary": "x".repeat(200), "indicator": "info", "source": {"label": "S"}}]});
-        assert_eq!(read_cards(&long).unwrap().0[0].summary.chars().count(), 140);
+        assert_eq!(read_cards(&long).unwrap().0[0].summary.chars().count(), 139, "under 140");
     }
 }

@@ -209,8 +209,12 @@ impl Application {
             name: "Patient summary (reference app)".into(),
             url: format!("{base}/app/cds-services"),
             disabled: registered.is_some_and(|e| e.disabled),
+            // Its cards open the reference app only.
+            apps: vec![REFERENCE_APP.into()],
         };
-        ehr::cds::register(&self.auth, &endpoint).await.map_err(|e| anyhow::anyhow!(e))?;
+        if let Err(e) = ehr::cds::register(&self.auth, &endpoint).await {
+            tracing::warn!(error = %e, "the reference app's decision-support service was not registered");
+        }
         Ok(())
     }
 

@@ -171,8 +171,12 @@ enum CdsCommand {
         id: String,
         #[arg(long)]
         name: String,
+        /// `https://…/cds-services` (`http` only on this machine).
         #[arg(long)]
         url: String,
+        /// A registered app (client id) its cards' SMART links may open; repeat for several. None: any.
+        #[arg(long = "app")]
+        apps: Vec<String>,
     },
     /// Stop calling a service (its registration stays).
     Disable { id: String },
@@ -619,11 +623,17 @@ async fn cds(data: PathBuf, command: CdsCommand, clock: SharedClock) -> anyhow::
     match command {
         CdsCommand::List => {
             for e in ehr::cds::endpoints(&app.auth).await? {
-                println!("{}\t{}\t{}{}", e.id, e.name, e.url, if e.disabled { "\tdisabled" } else { "" });
+                let apps = if e.apps.is_empty() { "any app".to_string() } else { e.apps.join(",") };
+                println!("{}\t{}\t{}\t{apps}{}", e.id, e.name, e.url, if e.disabled { "\tdisabled" } else { "" });
             }
         }
-        CdsCommand::Add { id, name, url } => {
-            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { id: id.clone(), name, url, disabled: false }).await.map_err(|e| anyhow::anyhow!(e))?;
+        CdsCommand::Add { id, name, url, apps } => {
+            for client in &apps {
+                if auth::registry::stored_client(app.state.store.as_ref(), client).await?.is_none() {
+                    anyhow::bail!("no app '{client}' is registered (kindling apps list shows them)");
+                }
+            }
+            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { id: id.clone(), name, url, disabled: false, apps }).await.map_err(|e| anyhow::anyhow!(e))?;
             println!("registered {id}");
         }
         CdsCommand::Disable { id } => {

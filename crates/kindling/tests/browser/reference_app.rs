@@ -306,7 +306,7 @@ async fn a_decision_support_card_opens_the_summary_on_its_topic() {
     api::bundle::process(&s.state, bundle).await.expect("recorded");
     sign_in(&b, &s).await;
     b.goto(&format!("{}/ehr/patients/{patient}", s.url)).await;
-    b.wait_text(".cds-card h3", |t| t.contains("Blood pressure above goal: 168/101 mmHg")).await;
+    b.wait_text(".cds-card h3", |t| t.contains("Raised blood pressure: 168/101 mmHg")).await;
     b.screenshot("ehr-cds-card").await;
     let before = b.c.windows().await.expect("windows").len();
     b.click(".cds-link button").await;

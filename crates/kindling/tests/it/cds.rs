@@ -55,8 +55,8 @@ async fn a_card_in_the_chart_opens_the_reference_app_on_its_topic() {
     assert!(chart.contains(&format!("hx-get=\"/ehr/patients/{patient}/cds\"")), "{chart}");
     let (status, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &cookie).await;
     assert_eq!(status, 200);
-    assert!(cards.contains(&format!("Blood pressure above goal: 162/98 mmHg on {date}")), "{cards}");
-    assert!(cards.contains("cds-warning") && cards.contains(">Warning<"), "{cards}");
+    assert!(cards.contains(&format!("Raised blood pressure: 162/98 mmHg on {date}")), "{cards}");
+    assert!(cards.contains("cds-warning") && cards.contains(">Warning:</span> Raised blood pressure"), "{cards}");
     assert!(cards.contains("<strong>162/98 mmHg</strong>"), "the detail's Markdown, rendered: {cards}");
     assert!(cards.contains("Source: Kindling reference app: blood pressure check"), "{cards}");
     // The card's SMART link: the reference app, launched on this patient with the card's appContext.
@@ -106,16 +106,21 @@ async fn echo(
 }
 
 /// A CDS service written against the spec, with a well-behaved service and three faulty ones.
-async fn test_service() -> (String, Seen) {
+async fn test_service(other_patient: &str) -> (String, Seen) {
     let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let other = format!("Patient/{other_patient}");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/cds-services", listener.local_addr().unwrap());
     let router = axum::Router::new()
         .route(
             "/cds-services",
-            get(|| async {
+            get(move || async move {
                 axum::Json(json!({"services": [
-                    {"hook": "patient-view", "id": "echo", "description": "echo", "prefetch": {"patient": "Patient/{{context.patientId}}", "conditions": "Condition?patient={{context.patientId}}", "encounter": "Encounter/{{context.encounterId}}"}},
+                    {"hook": "patient-view", "id": "echo", "description": "echo", "prefetch": {
+                        "patient": "Patient/{{context.patientId}}", "conditions": "Condition?patient={{context.patientId}}", "encounter": "Encounter/{{context.encounterId}}",
+                        // What no chart's prefetch may give: another patient, everyone's observations, a diagnosis told through _has.
+                        "other": other, "everyone": "Observation?_count=5",
+                        "diabetes": "Patient?_id={{context.patientId}}&_has:Condition:patient:code=http://snomed.info/sct|44054006"}},
                     {"hook": "patient-view", "id": "slow", "description": "slow"},
                     {"hook": "patient-view", "id": "broken", "description": "broken"},
                     {"hook": "patient-view", "id": "garbled", "description": "garbled"},
@@ -144,13 +149,13 @@ async fn test_service() -> (String, Seen) {
 #[tokio::test]
 async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_time() {
     let app = spawn_with_reference_app().await;
-    kindling::seed(&app.app_state, 1, 22).await.unwrap();
+    kindling::seed(&app.app_state, 2, 22).await.unwrap();
     let store = app.auth.store.as_ref();
     let practitioner = format!("Practitioner/{}", synth::practitioner_id(0));
     auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &practitioner).await.unwrap();
     let patient = synth::patient_id(22, 0);
-    let (base, seen) = test_service().await;
-    let endpoint = ehr::cds::CdsEndpoint { id: "spec-service".into(), name: "Spec service".into(), url: base.clone(), disabled: false };
+    let (base, seen) = test_service(&synth::patient_id(22, 1)).await;
+    let endpoint = ehr::cds::CdsEndpoint { id: "spec-service".into(), name: "Spec service".into(), url: base.clone(), disabled: false, apps: Vec::new() };
     ehr::cds::register(&app.auth, &endpoint).await.unwrap();
     let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
     let (status, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &cookie).await;
@@ -162,7 +167,7 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
     // Each faulty one is named in plain words; the chart goes on.
     assert!(cards.contains("slow did not answer within 2.5 seconds"), "{cards}");
     assert!(cards.contains("broken failed (HTTP 500)"), "{cards}");
-    assert!(cards.contains("garbled sent 2 card(s) Kindling cannot read") && cards.contains(">fine<"), "{cards}");
+    assert!(cards.contains("garbled sent 2 card(s) Kindling cannot read") && cards.contains("</span> fine</h3>"), "{cards}");
     // The call: signed by Kindling (RS384, aud = the service's URL), with the context and the prefetch.
     let (authorization, body) = seen.lock().unwrap().first().cloned().expect("the echo service was called");
     let jwt = authorization.strip_prefix("Bearer ").expect("a Bearer JWT");
@@ -177,7 +182,14 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
     assert_eq!(body["context"], json!({"patientId": patient, "userId": practitioner}));
     assert_eq!(body["prefetch"]["patient"]["id"], patient);
     assert!(body["prefetch"]["conditions"]["entry"].as_array().is_some_and(|e| !e.is_empty()), "{}", body["prefetch"]);
-    assert_eq!(body["prefetch"]["encounter"], Value::Null, "a template this hook has no value for is null");
+    let prefetch = body["prefetch"].as_object().unwrap();
+    assert!(!prefetch.contains_key("encounter"), "a template this hook has no value for is left out");
+    assert!(!prefetch.contains_key("other"), "another patient's record is not prefetched: {prefetch:?}");
+    let everyone = prefetch["everyone"]["entry"].as_array().unwrap();
+    assert!(
+        !everyone.is_empty() && everyone.iter().all(|e| e["resource"]["subject"]["reference"].as_str().unwrap().ends_with(&format!("Patient/{patient}"))),
+        "a search stays in the chart's patient's record"
+    );
     // A user whose rights do not cover Conditions: that prefetch is null, the rest as before.
     auth::registry::put_user(store, "desk", "Front Desk", UserRole::Clinician, "desk-pass", &practitioner).await.unwrap();
     auth::accounts::set_rights(&app.auth, None, "desk", Some("user/Patient.rs")).await.unwrap();
@@ -186,8 +198,10 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
     let (_, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &desk).await;
     assert!(cards.contains("0 conditions prefetched"), "{cards}");
     let (_, body) = seen.lock().unwrap().first().cloned().unwrap();
-    assert_eq!(body["prefetch"]["conditions"], Value::Null);
-    assert_eq!(body["prefetch"]["patient"]["id"], patient);
+    let prefetch = body["prefetch"].as_object().unwrap();
+    assert!(!prefetch.contains_key("conditions"), "the rights do not cover Conditions: left out, not null");
+    assert!(!prefetch.contains_key("diabetes"), "nor may _has tell of a Condition: {prefetch:?}");
+    assert_eq!(prefetch["patient"]["id"], patient);
     // A disabled service is not called.
     ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: true, ..endpoint }).await.unwrap();
     seen.lock().unwrap().clear();
