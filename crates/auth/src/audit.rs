@@ -20,12 +20,13 @@ pub struct Audit<'a> {
     username: Option<&'a str>,
     patient: Option<&'a str>,
     launch: Option<&'a str>,
+    at: Option<i64>,
 }
 
 impl AuthServer {
     /// Starts an audit entry for `action` (a success unless marked [`Audit::refused`]).
     pub fn audit<'a>(&'a self, action: &'a str) -> Audit<'a> {
-        Audit { server: self, action, success: true, client_id: None, username: None, patient: None, launch: None }
+        Audit { server: self, action, success: true, client_id: None, username: None, patient: None, launch: None, at: None }
     }
 }
 
@@ -66,6 +67,13 @@ impl<'a> Audit<'a> {
         self
     }
 
+    /// When it happened (Unix ms), when that was before now: a step the launch inspector tells in its
+    /// place, such as the decision-support call whose card led to a launch.
+    pub fn at(mut self, recorded_ms: i64) -> Self {
+        self.at = Some(recorded_ms);
+        self
+    }
+
     /// Who and what a grant is about: its client, user, patient and launch.
     pub fn grant(self, grant: &'a Grant) -> Self {
         self.client(grant.client_id.as_str()).user(grant.username.as_deref()).patient(grant.patient.as_deref()).launch(grant.launch_id())
@@ -76,7 +84,7 @@ impl<'a> Audit<'a> {
         let Some(sink) = &self.server.audit else { return };
         let owned = |v: Option<&str>| v.map(str::to_string);
         sink.record(store::audit::AuditRecord {
-            recorded: self.server.now_ms(),
+            recorded: self.at.unwrap_or_else(|| self.server.now_ms()),
             category: "auth".into(),
             action: self.action.into(),
             outcome: if self.success { "0" } else { "4" }.into(),

@@ -113,6 +113,10 @@ fn http() -> Option<&'static reqwest::Client> {
 pub struct Outcome {
     /// The registration it belongs to.
     pub endpoint: String,
+    /// The URL called.
+    pub url: String,
+    /// The call's `hookInstance`.
+    pub hook_instance: String,
     /// The service, as people know it.
     pub service: String,
     /// Its cards, read.
@@ -271,8 +275,17 @@ fn service_url(endpoint: &CdsEndpoint, id: &str) -> Option<String> {
 /// Calls one `patient-view` service for `patient`, as `user`.
 async fn call_service(s: &Shared, endpoint: &CdsEndpoint, service: &client::cds::Service, user: &auth::model::User, patient: &str) -> Outcome {
     let label = plain(service.title.as_deref().unwrap_or(&service.id));
-    let failed = |problem: String| Outcome { endpoint: endpoint.id.clone(), service: label.clone(), cards: Vec::new(), problem: Some(problem) };
-    let Some(url) = service_url(endpoint, &service.id) else {
+    let hook_instance = uuid::Uuid::new_v4().to_string();
+    let url = service_url(endpoint, &service.id);
+    let failed = |problem: String| Outcome {
+        endpoint: endpoint.id.clone(),
+        url: url.clone().unwrap_or_default(),
+        hook_instance: hook_instance.clone(),
+        service: label.clone(),
+        cards: Vec::new(),
+        problem: Some(problem),
+    };
+    let Some(url) = url.clone() else {
         return failed(format!("{} lists a service whose id cannot be called.", plain(&endpoint.name)));
     };
     let Some(http) = http() else { return failed(format!("{label} could not be called.")) };
@@ -290,7 +303,7 @@ async fn call_service(s: &Shared, endpoint: &CdsEndpoint, service: &client::cds:
     context.insert("patientId".into(), json!(patient));
     let request = HookRequest {
         hook: "patient-view".into(),
-        hook_instance: uuid::Uuid::new_v4().to_string(),
+        hook_instance: hook_instance.clone(),
         fhir_server: Some(s.config.fhir_base.clone()),
         fhir_authorization: None,
         context,
@@ -303,13 +316,10 @@ async fn call_service(s: &Shared, endpoint: &CdsEndpoint, service: &client::cds:
         Err(e) => failed(format!("The call to {label} could not be signed ({e}).")),
         Ok(jwt) => match fetch_json(http.post(&url).bearer_auth(jwt).json(&request)).await {
             Ok(body) => match read_cards(&body) {
-                Some((cards, 0)) => Outcome { endpoint: endpoint.id.clone(), service: label.clone(), cards, problem: None },
-                Some((cards, bad)) => Outcome {
-                    endpoint: endpoint.id.clone(),
-                    service: label.clone(),
-                    cards,
-                    problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")),
-                },
+                Some((cards, 0)) => Outcome { cards, problem: None, ..failed(String::new()) },
+                Some((cards, bad)) => {
+                    Outcome { cards, problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")), ..failed(String::new()) }
+                }
                 None => failed(format!("{label} sent an answer Kindling cannot read.")),
             },
             Err(problem) => failed(problem.described(&label)),
@@ -402,7 +412,7 @@ pub async fn patient_view(s: &Shared, user: &auth::model::User, patient: &str) -
                 outcomes.push((
                     i,
                     usize::MAX,
-                    Outcome { endpoint: endpoint.id.clone(), service: name.clone(), cards: Vec::new(), problem: Some(problem.described(&name)) },
+                    Outcome { endpoint: endpoint.id.clone(), service: name.clone(), problem: Some(problem.described(&name)), ..Outcome::default() },
                 ));
             }
         }
@@ -448,8 +458,21 @@ pub async fn patient_view(s: &Shared, user: &auth::model::User, patient: &str) -
 struct ShownCards {
     username: String,
     patient: String,
-    /// Each card with the registration whose service sent it.
-    cards: Vec<(String, Card)>,
+    /// When the chart showed them (Unix ms).
+    shown_at: i64,
+    cards: Vec<ShownCard>,
+}
+
+/// A card, with the call that brought it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ShownCard {
+    /// The registration whose service sent it.
+    endpoint: String,
+    /// The service's URL.
+    url: String,
+    /// The call's `hookInstance`.
+    hook_instance: String,
+    card: Card,
 }
 
 /// A card as the chart shows it.
@@ -509,10 +532,15 @@ pub(crate) async fn chart_cards(State(s): State<Shared>, headers: HeaderMap, Pat
     };
     let outcomes = patient_view(&s, &sess.user, &id).await;
     let problems: Vec<String> = outcomes.iter().filter_map(|o| o.problem.clone()).collect();
-    let cards: Vec<(String, Card)> = outcomes.into_iter().flat_map(|o| o.cards.into_iter().map(move |c| (o.endpoint.clone(), c))).collect();
+    let cards: Vec<ShownCard> = outcomes
+        .into_iter()
+        .flat_map(|o| {
+            o.cards.into_iter().map(move |card| ShownCard { endpoint: o.endpoint.clone(), url: o.url.clone(), hook_instance: o.hook_instance.clone(), card })
+        })
+        .collect();
     let reference = auth::crypto::random_token();
     if !cards.is_empty() {
-        let shown = ShownCards { username: sess.user.username.clone(), patient: id.clone(), cards: cards.clone() };
+        let shown = ShownCards { username: sess.user.username.clone(), patient: id.clone(), shown_at: s.now_ms(), cards: cards.clone() };
         let value = serde_json::to_string(&shown).unwrap_or_default();
         if let Err(e) = s.store.auth_put(CARDS_KIND, &auth::crypto::token_hash(&reference), &value, None, Some(s.now_ms() + CARDS_TTL_MS)).await {
             return internal(e);
@@ -521,7 +549,7 @@ pub(crate) async fn chart_cards(State(s): State<Shared>, headers: HeaderMap, Pat
     let views = cards
         .into_iter()
         .enumerate()
-        .map(|(index, (_, c))| CardView {
+        .map(|(index, ShownCard { card: c, .. })| CardView {
             index,
             summary: c.summary,
             indicator_label: match c.indicator.as_str() {
@@ -593,8 +621,7 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
     let back = format!("/ehr/patients/{}", shown.patient);
     let index = |k: &str| p.get(k).and_then(|v| v.parse::<usize>().ok());
     let card = index("card").and_then(|c| shown.cards.get(c));
-    let Some((endpoint_id, link)) = card.and_then(|(e, c)| index("link").and_then(|l| c.links.get(l)).map(|l| (e, l))).filter(|(_, l)| l.kind == "smart")
-    else {
+    let Some((shown_card, link)) = card.and_then(|c| index("link").and_then(|l| c.card.links.get(l)).map(|l| (c, l))).filter(|(_, l)| l.kind == "smart") else {
         return message(nav, StatusCode::BAD_REQUEST, "This link cannot be opened", "The card has no such app link.", "Go back to the chart.", &back);
     };
     let refuse = |why: String| {
@@ -622,7 +649,7 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
     };
     // The service's registration names the apps its cards may open (none named: any registered app).
     let allowed = match endpoints(&s).await {
-        Ok(all) => all.into_iter().find(|e| &e.id == endpoint_id).is_some_and(|e| e.apps.is_empty() || e.apps.contains(&client.client_id)),
+        Ok(all) => all.into_iter().find(|e| e.id == shown_card.endpoint).is_some_and(|e| e.apps.is_empty() || e.apps.contains(&client.client_id)),
         Err(e) => return internal(e),
     };
     if !allowed {
@@ -658,13 +685,153 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
     };
     let iss = s.config.fhir_base_for(&context.profile.clone().unwrap_or_default());
     url.query_pairs_mut().append_pair("iss", &iss).append_pair("launch", &created.handle);
+    // The launch inspector tells the story from the call whose card led here.
+    let c = &shown_card.card;
+    s.audit("cds-hook").at(shown.shown_at).launch(Some(created.id.as_str())).user(sess.user.username.as_str()).patient(Some(shown.patient.as_str())).record(
+        format!(
+            "patient-view to {} (hookInstance {}) answered with the {} card “{}” from {}",
+            shown_card.url,
+            shown_card.hook_instance,
+            plain(&c.indicator),
+            plain(&c.summary),
+            plain(&c.source.label)
+        ),
+    );
     s.audit("cds-launch")
         .launch(Some(created.id.as_str()))
         .client(client.client_id.as_str())
         .user(sess.user.username.as_str())
         .patient(Some(shown.patient.as_str()))
-        .record(format!("launched from a decision-support card of {endpoint_id}: {}", plain(&link.label)));
+        .record(format!(
+            "“{}” opens {} with appContext {}",
+            plain(&link.label),
+            client.name,
+            link.app_context.as_deref().map(plain).unwrap_or_else(|| "(none)".into())
+        ));
     Redirect::to(url.as_str()).into_response()
+}
+
+/// A registration as the services page lists it.
+pub(crate) struct ServiceRow {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub apps: String,
+    pub disabled: bool,
+}
+
+/// The services page's registration form, as typed.
+#[derive(Default)]
+pub(crate) struct ServiceForm {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub apps: String,
+}
+
+#[derive(Template)]
+#[template(path = "cds_services.html")]
+struct ServicesPage {
+    nav: Nav,
+    services: Vec<ServiceRow>,
+    error: Option<String>,
+    notice: Option<String>,
+    form: ServiceForm,
+}
+
+async fn services_page(s: &Shared, sess: &Session, status: StatusCode, error: Option<String>, notice: Option<String>, form: ServiceForm) -> Response {
+    let services = match endpoints(s).await {
+        Ok(all) => all
+            .into_iter()
+            .map(|e| ServiceRow {
+                apps: if e.apps.is_empty() { "any registered app".into() } else { e.apps.join(", ") },
+                id: e.id,
+                name: e.name,
+                url: e.url,
+                disabled: e.disabled,
+            })
+            .collect(),
+        Err(e) => return internal(e),
+    };
+    render(status, &ServicesPage { nav: Nav::of(sess), services, error, notice, form })
+}
+
+/// `GET /ehr/cds`: the registered decision-support services and a form to register one (administrators).
+pub(crate) async fn services(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let sess = match administrator(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    services_page(&s, &sess, StatusCode::OK, None, None, ServiceForm::default()).await
+}
+
+/// `POST /ehr/cds`: registers (or updates) a service.
+pub(crate) async fn service_create(State(s): State<Shared>, headers: HeaderMap, axum::Form(p): axum::Form<Params>) -> Response {
+    let sess = match administrator(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if let Some(r) = csrf_refusal(&sess, &p) {
+        return r;
+    }
+    let field = |k: &str| p.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+    let form = ServiceForm { id: field("id"), name: field("name"), url: field("url"), apps: field("apps") };
+    let apps: Vec<String> = form.apps.split_whitespace().map(str::to_string).collect();
+    let mut problem = form.name.is_empty().then(|| "Give the service a name.".to_string());
+    for app in &apps {
+        match auth::registry::stored_client(s.store.as_ref(), app).await {
+            Ok(Some(_)) => {}
+            Ok(None) => problem = problem.or(Some(format!("No app '{app}' is registered."))),
+            Err(e) => return internal(e),
+        }
+    }
+    let endpoint = CdsEndpoint { id: form.id.clone(), name: form.name.clone(), url: form.url.clone(), disabled: false, apps };
+    if problem.is_none()
+        && let Err(why) = register(&s, &endpoint).await
+    {
+        problem = Some(why);
+    }
+    if let Some(why) = problem {
+        return services_page(&s, &sess, StatusCode::BAD_REQUEST, Some(why), None, form).await;
+    }
+    s.audit("cds-registered").user(sess.user.username.as_str()).record(format!("decision-support service {} at {}", endpoint.id, endpoint.url));
+    let notice = format!("{} is registered: charts call it from now on.", endpoint.name);
+    services_page(&s, &sess, StatusCode::CREATED, None, Some(notice), ServiceForm::default()).await
+}
+
+/// `POST /ehr/cds/{id}/status`: stops calling a service, or calls it again.
+pub(crate) async fn service_status(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, axum::Form(p): axum::Form<Params>) -> Response {
+    let sess = match administrator(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if let Some(r) = csrf_refusal(&sess, &p) {
+        return r;
+    }
+    let existing = match endpoints(&s).await {
+        Ok(all) => all.into_iter().find(|e| e.id == id),
+        Err(e) => return internal(e),
+    };
+    let Some(mut endpoint) = existing else {
+        return message(
+            Nav::of(&sess),
+            StatusCode::NOT_FOUND,
+            "No such service",
+            "No decision-support service has this id.",
+            "Pick one from the list.",
+            "/ehr/cds",
+        );
+    };
+    endpoint.disabled = p.get("status").map(String::as_str) == Some("disable");
+    if let Err(why) = register(&s, &endpoint).await {
+        return services_page(&s, &sess, StatusCode::BAD_REQUEST, Some(why), None, ServiceForm::default()).await;
+    }
+    s.audit("cds-status").user(sess.user.username.as_str()).record(format!(
+        "decision-support service {} {}",
+        endpoint.id,
+        if endpoint.disabled { "disabled" } else { "enabled" }
+    ));
+    Redirect::to("/ehr/cds").into_response()
 }
 
 /// A card's Markdown detail as HTML that carries nothing but text: everything is escaped, then paragraphs,

@@ -212,6 +212,8 @@ pub(crate) async fn inspector(State(s): State<Shared>, headers: HeaderMap, Path(
         Err(e) => return internal(e),
     };
     events.reverse();
+    // In the order things happened (a decision-support call recorded at launch time happened before it).
+    events.sort_by_key(|(_, r)| r.recorded);
     // Clinicians see every launch; a patient only the launches made on their own record.
     let visible = match sess.user.own_patient() {
         None => true,

@@ -58,6 +58,8 @@ pub fn router(server: Shared) -> Router {
         .route("/ehr/patients/{id}", get(patient_chart))
         .route("/ehr/patients/{id}/cds", get(cds::chart_cards))
         .route("/ehr/cds/launch", post(cds::launch_from_card))
+        .route("/ehr/cds", get(cds::services).post(cds::service_create))
+        .route("/ehr/cds/{id}/status", post(cds::service_status))
         .route("/ehr/launch", post(launch))
         .route("/ehr/launches", get(launches))
         .route("/ehr/launches/{id}", get(inspector))

@@ -166,6 +166,11 @@ pub fn step(r: &store::audit::AuditRecord, start: i64, when: String) -> Step {
     let detail = r.detail.clone().unwrap_or_default();
     let (title, hint) = match (r.category.as_str(), r.action.as_str()) {
         ("auth", "launch") => ("Launch context created by the EHR".to_string(), String::new()),
+        ("auth", "cds-hook") => ("Decision-support service called (CDS Hooks patient-view) and answered with a card".to_string(), String::new()),
+        ("auth", "cds-launch") => (
+            "The clinician opened the card's app link (SMART launch with the card's appContext)".to_string(),
+            "The app finds appContext in its token response.".into(),
+        ),
         ("auth", "authorize-request") => ("The app asked for authorisation".to_string(), String::new()),
         ("auth", "authorize") => (
             "Authorisation refused".to_string(),

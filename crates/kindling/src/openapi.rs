@@ -616,6 +616,27 @@ fn build() -> Value {
             &signed_in,
         ),
     );
+    add("/ehr/cds", "get", ehr("The registered decision-support (CDS Hooks) services, for administrators", vec![], None, &signed_in));
+    add(
+        "/ehr/cds",
+        "post",
+        ehr(
+            "Register a decision-support service",
+            vec![],
+            Some(form(&[("csrf", "Form token"), ("id", ""), ("name", ""), ("url", "Discovery URL"), ("apps", "Client ids its cards may open")], &[])),
+            &json!({ "201": page("Registered"), "303": redirect("To sign-in when there is no session") }),
+        ),
+    );
+    add(
+        "/ehr/cds/{id}/status",
+        "post",
+        ehr(
+            "Stop calling a decision-support service, or call it again",
+            vec![param("id", "path", "Service id", string())],
+            Some(form(&[("csrf", "Form token"), ("status", "enable or disable")], &[])),
+            &json!({ "303": redirect("To the services page, or to sign-in") }),
+        ),
+    );
     add(
         "/ehr/cds/launch",
         "post",

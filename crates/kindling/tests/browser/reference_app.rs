@@ -315,4 +315,8 @@ async fn a_decision_support_card_opens_the_summary_on_its_topic() {
     b.wait_text("#topic", |t| t.contains("decision-support card about blood pressure")).await;
     b.screenshot("app-cds-topic").await;
     first_window(&b).await;
+    // The administrators' page of services (axe-checked like every page).
+    b.goto(&format!("{}/ehr/cds", s.url)).await;
+    b.wait_text("h1", |t| t.contains("Decision-support services")).await;
+    b.screenshot("ehr-cds-services").await;
 }

@@ -69,6 +69,20 @@ async fn a_card_in_the_chart_opens_the_reference_app_on_its_topic() {
     let summary = summary_after_launch(&app, &to, "card").await;
     assert!(summary.contains("Opened from a decision-support card about blood pressure"), "{summary}");
     assert!(summary.contains("id=\"patient-name\""), "{summary}");
+    // The launch inspector tells it as one story: the hook call and its card, the launch, the app's steps.
+    let filter = store::audit::AuditFilter { username: Some("doc".into()), limit: 200, ..Default::default() };
+    let events = app.app_state.store.audit_events(&filter).await.unwrap();
+    let launch_id = events.iter().find(|(_, r)| r.action == "cds-launch").and_then(|(_, r)| r.launch.clone()).expect("the launch from the card is recorded");
+    let (status, inspector) = page(&app, &format!("/ehr/launches/{launch_id}"), &cookie).await;
+    assert_eq!(status, 200);
+    let hook = inspector.find("Decision-support service called").expect("the hook call is a step");
+    let card_link =
+        inspector.find("opened the card&#39;s app link").or_else(|| inspector.find("opened the card's app link")).expect("the card's link is a step");
+    let context = inspector.find("Launch context created").unwrap();
+    let token = inspector.find("Token exchange").expect("the app's token exchange");
+    assert!(hook < context && context < card_link && card_link < token || hook < card_link && card_link < token, "in order: {inspector}");
+    assert!(inspector.contains("/app/cds-services/kindling-blood-pressure") && inspector.contains("Raised blood pressure: 162/98 mmHg"), "{inspector}");
+    assert!(inspector.contains("topic"), "the appContext handed over: {inspector}");
     // The cards are the user's who saw them, and the form needs its token.
     let no_csrf: Vec<(&str, &str)> = pairs.iter().filter(|(k, _)| *k != "csrf").copied().collect();
     assert_eq!(form(&app, "/ehr/cds/launch", Some(&cookie), &no_csrf).await.status(), 403);
@@ -236,4 +250,48 @@ async fn the_reference_apps_service_refuses_calls_it_cannot_verify() {
     let discovery: Value = app.client.get(format!("{}/app/cds-services", root(&app))).send().await.unwrap().json().await.unwrap();
     assert_eq!(discovery["services"][0]["id"], "kindling-blood-pressure");
     assert_eq!(discovery["services"][0]["hook"], "patient-view");
+}
+
+#[tokio::test]
+async fn administrators_register_services_in_the_ehr() {
+    let app = spawn_with_reference_app().await;
+    kindling::seed(&app.app_state, 1, 23).await.unwrap();
+    let store = app.auth.store.as_ref();
+    let practitioner = format!("Practitioner/{}", synth::practitioner_id(0));
+    auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &practitioner).await.unwrap();
+    auth::accounts::set_admin(&app.auth, None, "doc", true).await.unwrap();
+    auth::registry::put_user(store, "nurse", "Nurse", UserRole::Clinician, "nurse-pass", &practitioner).await.unwrap();
+    let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    let (status, listed) = page(&app, "/ehr/cds", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(listed.contains("/app/cds-services") && listed.contains("kindling-summary"), "the reference app's service: {listed}");
+    let csrf = crate::ehr_pages::csrf(&listed);
+    let add = |url: &'static str, apps: &'static str| {
+        let (app, cookie, csrf) = (&app, cookie.clone(), csrf.clone());
+        async move {
+            let r = form(app, "/ehr/cds", Some(&cookie), &[("csrf", &csrf), ("id", "remote"), ("name", "Remote service"), ("url", url), ("apps", apps)]).await;
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, html) = add("http://cds.example.org/cds-services", "").await;
+    assert_eq!(status, 400);
+    assert!(html.contains("must be https") && html.contains("value=\"http://cds.example.org/cds-services\""), "the form keeps what was typed: {html}");
+    let (status, html) = add("https://cds.example.org/cds-services", "nosuch").await;
+    assert_eq!(status, 400);
+    assert!(html.contains("No app &#39;nosuch&#39; is registered") || html.contains("No app 'nosuch' is registered"), "{html}");
+    let (status, html) = add("https://cds.example.org/cds-services", "kindling-summary").await;
+    assert_eq!(status, 201);
+    assert!(html.contains("Remote service is registered"), "{html}");
+    let remote = ehr::cds::endpoints(&app.auth).await.unwrap().into_iter().find(|e| e.id == "remote").unwrap();
+    assert_eq!(
+        (remote.url.as_str(), remote.apps.clone(), remote.disabled),
+        ("https://cds.example.org/cds-services", vec!["kindling-summary".to_string()], false)
+    );
+    // Disabled, then no longer called; the form needs its token.
+    assert_eq!(form(&app, "/ehr/cds/remote/status", Some(&cookie), &[("status", "disable")]).await.status(), 403);
+    assert_eq!(form(&app, "/ehr/cds/remote/status", Some(&cookie), &[("csrf", &csrf), ("status", "disable")]).await.status(), 303);
+    assert!(ehr::cds::endpoints(&app.auth).await.unwrap().into_iter().find(|e| e.id == "remote").unwrap().disabled);
+    // For administrators only.
+    let nurse = sign_in(&app, "/ehr/login", "nurse", "nurse-pass").await;
+    assert_eq!(page(&app, "/ehr/cds", &nurse).await.0, 403);
 }
