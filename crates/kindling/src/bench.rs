@@ -55,6 +55,8 @@ struct ServerProcess {
     child: Child,
     base: String,
     startup: Duration,
+    /// SQL statements the server ran, when it was started to count them (PostgreSQL).
+    statements: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Drop for ServerProcess {
@@ -65,6 +67,12 @@ impl Drop for ServerProcess {
 }
 
 fn start_server(data: &std::path::Path, open_sandbox: bool, database_url: Option<&str>) -> anyhow::Result<ServerProcess> {
+    start_server_counting(data, open_sandbox, database_url, false)
+}
+
+/// [`start_server`], counting the SQL statements it runs when `count_statements` (from sqlx's own
+/// statement log, target `sqlx::query`, which is then on: a server to count with, not to time).
+fn start_server_counting(data: &std::path::Path, open_sandbox: bool, database_url: Option<&str>, count_statements: bool) -> anyhow::Result<ServerProcess> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
@@ -74,7 +82,26 @@ fn start_server(data: &std::path::Path, open_sandbox: bool, database_url: Option
     if let Some(url) = database_url {
         args.extend(["--database-url", url]);
     }
-    let mut child = Command::new(exe).args(args).arg("--data").arg(data).env("KINDLING_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let log = if count_statements { "warn,sqlx::query=trace" } else { "warn" };
+    let stderr = if count_statements { Stdio::piped() } else { Stdio::inherit() };
+    let mut child = Command::new(exe).args(args).arg("--data").arg(data).env("KINDLING_LOG", log).stdout(Stdio::piped()).stderr(stderr).spawn()?;
+    let statements = match child.stderr.take() {
+        Some(err) => {
+            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let c = counter.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if line.contains("sqlx::query") {
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+            });
+            Some(counter)
+        }
+        None => None,
+    };
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let base = loop {
@@ -87,7 +114,7 @@ fn start_server(data: &std::path::Path, open_sandbox: bool, database_url: Option
     let startup = started.elapsed();
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(ServerProcess { child, base, startup })
+    Ok(ServerProcess { child, base, startup, statements })
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -685,6 +712,30 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
                 percentile(&l, 0.99),
                 p50 / system_p50
             );
+        }
+        // On PostgreSQL: the statements a page costs with each token, on a second node started to count
+        // them (its statement log would slow the timed one).
+        if args.database_url.is_some() {
+            let counting = start_server_counting(&args.data, false, args.database_url.as_deref(), true)?;
+            let mut conn = connect(&counting.base).await?;
+            let counter = counting.statements.clone().context("the counting server counts")?;
+            let mut line = String::from("scoped search statements per page (PostgreSQL, 50-entry page):");
+            for ((scope, _), bearer) in scoped_tokens.iter().zip(&bearers) {
+                // A first page warms the node's caches (token resolution, registry).
+                conn.send("GET", &path, &[("authorization", bearer)], None).await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let before = counter.load(std::sync::atomic::Ordering::Relaxed);
+                let pages = 20u64;
+                for _ in 0..pages {
+                    let r = conn.send("GET", &path, &[("authorization", bearer)], None).await?;
+                    anyhow::ensure!(r.status == 200, "a counted page failed: {}", r.status);
+                }
+                // The log lines arrive through a pipe: let them drain.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let spent = counter.load(std::sync::atomic::Ordering::Relaxed) - before;
+                line.push_str(&format!(" {scope}={:.1}", spent as f64 / pages as f64));
+            }
+            println!("{line}");
         }
     }
 
