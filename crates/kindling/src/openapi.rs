@@ -493,36 +493,27 @@ fn build() -> Value {
             "OAuthError",
         ),
     );
-    add(
-        "/auth/revoke",
-        "post",
-        op(
-            "SMART",
-            "Token revocation (RFC 7009)",
-            vec![],
-            Some(form(
-                &[("token", "The token to revoke"), ("token_type_hint", "access_token or refresh_token"), ("client_id", ""), ("client_secret", "")],
-                &["token"],
-            )),
-            json!({ "200": { "description": "Revoked (or unknown)" } }),
-            "OAuthError",
-        ),
-    );
-    add(
-        "/auth/token/revoke",
-        "post",
-        op(
-            "SMART",
-            "Token revocation (RFC 7009) at NextGen Enterprise's address (its profile's discovery names it)",
-            vec![],
-            Some(form(
-                &[("token", "The token to revoke"), ("token_type_hint", "access_token or refresh_token"), ("client_id", ""), ("client_secret", "")],
-                &["token"],
-            )),
-            json!({ "200": { "description": "Revoked (or unknown)" } }),
-            "OAuthError",
-        ),
-    );
+    // The same endpoint at two addresses: SMART's, and NextGen Enterprise's (its profile's discovery names it).
+    for (path, summary) in [
+        ("/auth/revoke", "Token revocation (RFC 7009)"),
+        ("/auth/token/revoke", "Token revocation (RFC 7009) at NextGen Enterprise's address (its profile's discovery names it)"),
+    ] {
+        add(
+            path,
+            "post",
+            op(
+                "SMART",
+                summary,
+                vec![],
+                Some(form(
+                    &[("token", "The token to revoke"), ("token_type_hint", "access_token or refresh_token"), ("client_id", ""), ("client_secret", "")],
+                    &["token"],
+                )),
+                json!({ "200": { "description": "Revoked (or unknown)" } }),
+                "OAuthError",
+            ),
+        );
+    }
     add(
         "/auth/launch",
         "post",

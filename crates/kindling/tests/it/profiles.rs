@@ -4,7 +4,7 @@
 //! and a profile of the user's own.
 
 use crate::ehr_pages::{csrf, form, page, sign_in};
-use crate::smart_flows::{ALL, Auth, Fixture, PUBLIC, ehr_tokens, fhir_get, fixture, fixture_with, location, query, refresh, root};
+use crate::smart_flows::{ALL, Auth, Fixture, PUBLIC, ehr_tokens, fhir_get, fhir_get_at, fixture, fixture_with, location, query, refresh, root};
 use crate::{TestApp, spawn_secured_with_profiles, test_client};
 use auth::model::{Client, ClientKind, Profile};
 use serde_json::{Value, json};
@@ -325,17 +325,7 @@ fn url_at(base: &str, path: &str) -> String {
 
 /// [`fhir_get`] at the FHIR base `base`.
 async fn fhir_at(app: &TestApp, base: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    get_json(app, &url_at(base, path), token).await
-}
-
-/// GETs `url` with an optional token: the status and the JSON body.
-async fn get_json(app: &TestApp, url: &str, token: Option<&str>) -> (u16, Value) {
-    let mut req = app.client.get(url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    fhir_get_at(app, &url_at(base, path), token).await
 }
 
 #[tokio::test]
@@ -348,10 +338,10 @@ async fn each_vendor_answers_at_its_own_addresses() {
     let epic = vendor_base(app, "epic");
     assert_eq!(epic, format!("{root}/epic/api/FHIR/R4"));
     let issuer = format!("{root}/epic/oauth2");
-    let (status, smart) = get_json(app, &format!("{epic}/.well-known/smart-configuration"), None).await;
+    let (status, smart) = fhir_get_at(app, &format!("{epic}/.well-known/smart-configuration"), None).await;
     assert_eq!((status, smart["issuer"].as_str()), (200, Some(issuer.as_str())));
     assert_eq!(smart["token_endpoint"], format!("{root}/auth/token"));
-    let (status, oidc) = get_json(app, &format!("{issuer}/.well-known/openid-configuration"), None).await;
+    let (status, oidc) = fhir_get_at(app, &format!("{issuer}/.well-known/openid-configuration"), None).await;
     assert_eq!((status, oidc["issuer"].as_str()), (200, Some(issuer.as_str())));
     // A launch under the profile is sent with Epic's base, and its app asks for it as `aud`.
     let created: Value = app
@@ -373,20 +363,20 @@ async fn each_vendor_answers_at_its_own_addresses() {
     assert_eq!(claims["fhirUser"], format!("{epic}/Practitioner/{}", synth::practitioner_id(0)));
     // The FHIR API answers at Epic's base, with links and full URLs on it.
     let token = t["access_token"].as_str().unwrap();
-    let (status, bundle) = get_json(app, &format!("{epic}/Observation?patient={}&_count=2", f.p2), Some(token)).await;
+    let (status, bundle) = fhir_get_at(app, &format!("{epic}/Observation?patient={}&_count=2", f.p2), Some(token)).await;
     assert_eq!(status, 200, "{bundle}");
     assert!(bundle["link"].as_array().unwrap().iter().all(|l| l["url"].as_str().unwrap().starts_with(&epic)), "{}", bundle["link"]);
     let next = bundle["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap();
-    let (status, page) = get_json(app, next, Some(token)).await;
+    let (status, page) = fhir_get_at(app, next, Some(token)).await;
     assert_eq!((status, page["entry"].as_array().map(Vec::len)), (200, Some(2)), "the next page is served at Epic's base: {page}");
     assert!(bundle["entry"][0]["fullUrl"].as_str().unwrap().starts_with(&format!("{epic}/Observation/")));
-    let (status, patient) = get_json(app, &format!("{epic}/Patient/{}", f.p2), Some(token)).await;
+    let (status, patient) = fhir_get_at(app, &format!("{epic}/Patient/{}", f.p2), Some(token)).await;
     assert_eq!((status, patient["id"].as_str()), (200, Some(f.p2.as_str())));
-    let (status, cs) = get_json(app, &format!("{epic}/metadata"), None).await;
+    let (status, cs) = fhir_get_at(app, &format!("{epic}/metadata"), None).await;
     assert_eq!((status, cs["resourceType"].as_str()), (200, Some("CapabilityStatement")));
-    let (status, outcome) = get_json(app, &format!("{epic}/NoSuchType/1/x/y"), Some(token)).await;
+    let (status, outcome) = fhir_get_at(app, &format!("{epic}/NoSuchType/1/x/y"), Some(token)).await;
     assert_eq!((status, outcome["resourceType"].as_str()), (404, Some("OperationOutcome")));
-    assert_eq!(get_json(app, &format!("{epic}/Patient/{}", f.p2), None).await.0, 401, "a token is needed there too");
+    assert_eq!(fhir_get_at(app, &format!("{epic}/Patient/{}", f.p2), None).await.0, 401, "a token is needed there too");
     // An Epic app that asks for Kindling's own base, not the launch's `iss`, is refused.
     app_with_profile(app, "epic-app", "epic").await;
     let a = Auth::new(app, "epic-app", "openid fhirUser launch/patient patient/Patient.rs");
@@ -403,26 +393,26 @@ async fn each_vendor_answers_at_its_own_addresses() {
     assert_eq!(t["tenant"], tenant);
     let claims = crate::smart_flows::verify_id_token(app, t["id_token"].as_str().unwrap()).await;
     assert_eq!(claims["iss"], oracle, "Oracle's issuer is its FHIR base");
-    let (_, smart) = get_json(app, &format!("{oracle}/.well-known/smart-configuration"), None).await;
+    let (_, smart) = fhir_get_at(app, &format!("{oracle}/.well-known/smart-configuration"), None).await;
     assert_eq!(smart["issuer"], oracle);
-    let (_, oidc) = get_json(app, &format!("{oracle}/.well-known/openid-configuration"), None).await;
+    let (_, oidc) = fhir_get_at(app, &format!("{oracle}/.well-known/openid-configuration"), None).await;
     assert_eq!(oidc["issuer"], oracle);
-    let (status, patient) = get_json(app, &format!("{oracle}/Patient/{}", f.p2), t["access_token"].as_str()).await;
+    let (status, patient) = fhir_get_at(app, &format!("{oracle}/Patient/{}", f.p2), t["access_token"].as_str()).await;
     assert_eq!((status, patient["id"].as_str()), (200, Some(f.p2.as_str())));
 
     // NextGen Enterprise: no introspection advertised; revocation at …/token/revoke, which revokes.
     let nge = vendor_base(app, "nextgen");
-    let (_, smart) = get_json(app, &format!("{nge}/.well-known/smart-configuration"), None).await;
+    let (_, smart) = fhir_get_at(app, &format!("{nge}/.well-known/smart-configuration"), None).await;
     assert_eq!(smart["issuer"], format!("{root}/nextgen/nge/prod/patient-oauth"));
     assert!(smart.get("introspection_endpoint").is_none(), "{smart}");
     assert_eq!(smart["revocation_endpoint"], format!("{root}/auth/token/revoke"));
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "nextgen"}), "launch openid fhirUser patient/Patient.rs").await;
     let token = t["access_token"].as_str().unwrap();
-    assert_eq!(get_json(app, &format!("{nge}/Patient/{}", f.p2), Some(token)).await.0, 200);
+    assert_eq!(fhir_get_at(app, &format!("{nge}/Patient/{}", f.p2), Some(token)).await.0, 200);
     assert_eq!(crate::smart_flows::post_form(app, "/auth/token/revoke", &[("token", token), ("client_id", PUBLIC)]).await.status(), 200);
-    assert_eq!(get_json(app, &format!("{nge}/Patient/{}", f.p2), Some(token)).await.0, 401, "revoked");
+    assert_eq!(fhir_get_at(app, &format!("{nge}/Patient/{}", f.p2), Some(token)).await.0, 401, "revoked");
 
-    let (_, cs) = get_json(app, &format!("{nge}/metadata"), None).await;
+    let (_, cs) = fhir_get_at(app, &format!("{nge}/metadata"), None).await;
     assert_eq!(cs["implementation"]["url"], nge);
     let uris: Vec<&str> = cs["rest"][0]["security"]["extension"][0]["extension"].as_array().unwrap().iter().map(|e| e["url"].as_str().unwrap()).collect();
     assert!(uris.contains(&"revoke") && !uris.contains(&"introspect"), "{uris:?}");
@@ -430,7 +420,7 @@ async fn each_vendor_answers_at_its_own_addresses() {
     assert_eq!(revoke, format!("{root}/auth/token/revoke"));
 
     // Kindling's own discovery is SMART's, unchanged.
-    let (_, smart) = get_json(app, &format!("{}/.well-known/smart-configuration", app.base), None).await;
+    let (_, smart) = fhir_get_at(app, &format!("{}/.well-known/smart-configuration", app.base), None).await;
     assert_eq!(smart["issuer"], app.base);
     assert_eq!(smart["introspection_endpoint"], format!("{root}/auth/introspect"));
     assert_eq!(smart["revocation_endpoint"], format!("{root}/auth/revoke"));
@@ -447,9 +437,9 @@ async fn a_vendor_servers_tokens_references_and_refusals_stay_on_its_base() {
     let t = ehr_tokens(&f, json!({"patient": f.p2, "profile": "epic"}), "launch openid fhirUser patient/Patient.rs patient/Observation.cruds").await;
     let token = t["access_token"].as_str().unwrap();
     // A token works at the base it was issued for, and nowhere else.
-    assert_eq!(get_json(app, &format!("{epic}/Patient/{}", f.p2), Some(token)).await.0, 200);
+    assert_eq!(fhir_get_at(app, &format!("{epic}/Patient/{}", f.p2), Some(token)).await.0, 200);
     for elsewhere in [app.base.clone(), oracle.clone()] {
-        let (status, outcome) = get_json(app, &format!("{elsewhere}/Patient/{}", f.p2), Some(token)).await;
+        let (status, outcome) = fhir_get_at(app, &format!("{elsewhere}/Patient/{}", f.p2), Some(token)).await;
         assert_eq!(status, 401, "{elsewhere}: {outcome}");
         assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains(&epic), "{outcome}");
     }
@@ -476,14 +466,14 @@ async fn a_vendor_servers_tokens_references_and_refusals_stay_on_its_base() {
     let id = created_at.trim_start_matches(&format!("{epic}/Observation/")).split('/').next().unwrap().to_string();
     let subject = url::form_urlencoded::byte_serialize(format!("{epic}/Patient/{}", f.p2).as_bytes()).collect::<String>();
     for query in [format!("Observation?patient={}&_id={id}", f.p2), format!("Observation?subject={subject}&_id={id}")] {
-        let (status, bundle) = get_json(app, &format!("{epic}/{query}"), Some(token)).await;
+        let (status, bundle) = fhir_get_at(app, &format!("{epic}/{query}"), Some(token)).await;
         assert_eq!((status, bundle["total"].as_u64()), (200, Some(1)), "{query}: {bundle}");
     }
     let stored = app.app_state.store.read("Observation", &id).await.unwrap().unwrap();
     assert!(app.app_state.store.in_patient_compartment(stored.key, &f.p2).await.unwrap(), "indexed in the patient's compartment");
     // Paths that only look like the vendor's base are not it; discovery documents it lacks are 404.
     assert_eq!(app.client.get(format!("{epic}x/Patient/{}", f.p2)).bearer_auth(token).send().await.unwrap().status(), 404);
-    let (status, outcome) = get_json(app, &format!("{epic}/.well-known/openid-configuration"), None).await;
+    let (status, outcome) = fhir_get_at(app, &format!("{epic}/.well-known/openid-configuration"), None).await;
     assert_eq!((status, outcome["resourceType"].as_str()), (404, Some("OperationOutcome")), "Epic's issuer is elsewhere");
     // A launch made for an Epic app without naming a profile follows the app's: its `iss` is Epic's base.
     app_with_profile(app, "epic-app", "epic").await;

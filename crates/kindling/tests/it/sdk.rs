@@ -49,6 +49,11 @@ async fn register(app: &TestApp, id: &str, kind: ClientKind, jwks: Option<Value>
 
 /// An SDK client configured for the server's FHIR base and each vendor profile's own.
 fn smart(app: &TestApp, client_id: &str, auth: ClientAuth) -> SmartClient {
+    smart_with_scope(app, client_id, auth, EHR_SCOPE)
+}
+
+/// [`smart`], asking `ehr_scope` at EHR launches.
+fn smart_with_scope(app: &TestApp, client_id: &str, auth: ClientAuth, ehr_scope: &str) -> SmartClient {
     let ehrs = app
         .auth
         .config
@@ -59,7 +64,7 @@ fn smart(app: &TestApp, client_id: &str, auth: ClientAuth) -> SmartClient {
             client_id: client_id.into(),
             auth: auth.clone(),
             redirect_uri: REDIRECT.into(),
-            ehr_scope: EHR_SCOPE.into(),
+            ehr_scope: ehr_scope.into(),
             standalone_scope: SCOPE.into(),
         })
         .collect();
@@ -346,21 +351,7 @@ async fn the_sdk_works_under_every_vendor_profile() {
     let app = &f.app;
     register(app, "pub", ClientKind::Public, None).await;
     // Named types as well as the wildcard: a profile that drops wildcards (Oracle) still grants these.
-    let ehrs = app
-        .auth
-        .config
-        .fhir_bases()
-        .into_iter()
-        .map(|iss| EhrConfig {
-            iss,
-            client_id: "pub".into(),
-            auth: ClientAuth::Public,
-            redirect_uri: REDIRECT.into(),
-            ehr_scope: format!("{EHR_SCOPE} patient/Patient.rs patient/Observation.rs"),
-            standalone_scope: SCOPE.into(),
-        })
-        .collect();
-    let s = SmartClient::new(ehrs, Arc::new(MemoryPendingStore::new())).unwrap();
+    let s = smart_with_scope(app, "pub", ClientAuth::Public, &format!("{EHR_SCOPE} patient/Patient.rs patient/Observation.rs"));
     let profiles: Vec<String> = app.auth.config.profiles.all().iter().map(|p| p.name.clone()).collect();
     for profile in profiles {
         let handle = ehr_handle(app, json!({"patient": f.p, "profile": profile, "need_patient_banner": true})).await;
