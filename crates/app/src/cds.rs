@@ -17,6 +17,19 @@ const LOINC: &str = "http://loinc.org";
 const PANEL: &str = "85354-9";
 const SYSTOLIC: &str = "8480-6";
 const DIASTOLIC: &str = "8462-4";
+const HBA1C: &str = "4548-4";
+const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
+
+/// The order check on `order-sign`.
+pub const ORDER_SIGN_ID: &str = "kindling-order-review";
+/// The same check on `order-select` (as each order is chosen).
+pub const ORDER_SELECT_ID: &str = "kindling-order-select";
+/// The code system of the order check's override reasons.
+pub const OVERRIDE_SYSTEM: &str = "urn:kindling:cds:override-reason";
+/// Oral NSAIDs by RxNorm code (ibuprofen 200 mg, naproxen 500 mg, naproxen sodium 220 mg tablets).
+const NSAIDS: [&str; 3] = ["310965", "198014", "849574"];
+/// NSAIDs by name, for orders coded otherwise.
+const NSAID_NAMES: [&str; 6] = ["ibuprofen", "naproxen", "diclofenac", "celecoxib", "meloxicam", "ketorolac"];
 
 /// The discovery document.
 pub fn discovery() -> Discovery {
@@ -26,15 +39,32 @@ pub fn discovery() -> Discovery {
         "bp".into(),
         json!(format!("Observation?patient={{{{context.patientId}}}}&code={LOINC}|{PANEL}&status=final,amended,corrected&_sort=-date&_count=3")),
     );
+    let mut orders = prefetch.clone();
+    orders.insert(
+        "a1c".into(),
+        json!(format!("Observation?patient={{{{context.patientId}}}}&code={LOINC}|{HBA1C}&status=final,amended,corrected&_sort=-date&_count=1")),
+    );
+    let review = "Checks orders against the record: an NSAID while the latest blood pressure is at or above 140/90 mmHg (suggests acetaminophen instead), and an HbA1c within three months of the last one.";
     Discovery {
-        services: vec![Service {
-            hook: "patient-view".into(),
-            id: SERVICE_ID.into(),
-            title: Some("Raised blood pressure".into()),
-            description: "A card when the patient's latest blood pressure of the last twelve months is at or above 140/90 mmHg, with a link to review the readings in the patient summary."
-                .into(),
-            prefetch,
-        }],
+        services: vec![
+            Service {
+                hook: "patient-view".into(),
+                id: SERVICE_ID.into(),
+                title: Some("Raised blood pressure".into()),
+                description:
+                    "A card when the patient's latest blood pressure of the last twelve months is at or above 140/90 mmHg, with a link to review the readings in the patient summary."
+                        .into(),
+                prefetch,
+            },
+            Service {
+                hook: "order-select".into(),
+                id: ORDER_SELECT_ID.into(),
+                title: Some("Order check (as orders are chosen)".into()),
+                description: review.into(),
+                prefetch: orders.clone(),
+            },
+            Service { hook: "order-sign".into(), id: ORDER_SIGN_ID.into(), title: Some("Order check".into()), description: review.into(), prefetch: orders },
+        ],
     }
 }
 
@@ -74,6 +104,22 @@ fn day(r: &Reading) -> String {
     r.when.chars().take(10).collect()
 }
 
+/// The prefetched readings (`bp`), newest first whatever order the EHR sent them in.
+fn readings(request: &HookRequest) -> Vec<Reading> {
+    let mut readings: Vec<Reading> = request
+        .prefetch
+        .get("bp")
+        .and_then(|b| b["entry"].as_array())
+        .map_or_else(Vec::new, |entries| entries.iter().filter_map(|e| reading(&e["resource"])).collect());
+    readings.sort_by_key(|r| std::cmp::Reverse(r.at));
+    readings
+}
+
+/// The latest reading, when it is of the last twelve months and at or above 140/90 mmHg.
+fn raised(readings: &[Reading], now_ms: i64) -> Option<&Reading> {
+    readings.first().filter(|last| last.at >= now_ms - 365 * 86_400_000 && (last.systolic >= 140.0 || last.diastolic >= 90.0))
+}
+
 fn mmhg(r: &Reading) -> String {
     format!("{:.0}/{:.0} mmHg", r.systolic, r.diastolic)
 }
@@ -82,17 +128,8 @@ fn mmhg(r: &Reading) -> String {
 /// at or above 140/90 mmHg, none when it is below, older, or when the EHR prefetched no readings (not
 /// allowed, or none recorded). `launch_url` is the app's launch URL, for the SMART link.
 pub fn patient_view(request: &HookRequest, launch_url: &str, now_ms: i64) -> Cards {
-    let mut readings: Vec<Reading> = request
-        .prefetch
-        .get("bp")
-        .and_then(|b| b["entry"].as_array())
-        .map_or_else(Vec::new, |entries| entries.iter().filter_map(|e| reading(&e["resource"])).collect());
-    // Newest first, whatever order the EHR sent them in.
-    readings.sort_by_key(|r| std::cmp::Reverse(r.at));
-    let Some(last) = readings.first() else { return Cards::default() };
-    if last.at < now_ms - 365 * 86_400_000 || (last.systolic < 140.0 && last.diastolic < 90.0) {
-        return Cards::default();
-    }
+    let readings = readings(request);
+    let Some(last) = raised(&readings, now_ms) else { return Cards::default() };
     // ACC/AHA 2017: a hypertensive crisis is above 180 and/or above 120 mmHg.
     let crisis = last.systolic > 180.0 || last.diastolic > 120.0;
     let mut detail = String::from("The latest readings:\n\n");
@@ -111,6 +148,9 @@ pub fn patient_view(request: &HookRequest, launch_url: &str, now_ms: i64) -> Car
             detail: Some(detail),
             indicator: if crisis { "critical" } else { "warning" }.into(),
             source: Source { label: "Kindling reference app: blood pressure check".into(), url: None },
+            suggestions: Vec::new(),
+            selection_behavior: None,
+            override_reasons: Vec::new(),
             links: vec![Link {
                 label: "Review blood pressure in the patient summary".into(),
                 url: launch_url.into(),
@@ -119,6 +159,142 @@ pub fn patient_view(request: &HookRequest, launch_url: &str, now_ms: i64) -> Car
             }],
         }],
     }
+}
+
+/// The draft orders a call is about: on `order-select` the ones just chosen (`selections`), on `order-sign`
+/// all of them (`draftOrders`).
+fn orders_in_question(request: &HookRequest) -> Vec<&Value> {
+    let drafts = request.context.get("draftOrders").and_then(|b| b["entry"].as_array()).map_or_else(Vec::new, |e| e.iter().map(|e| &e["resource"]).collect());
+    if request.hook != "order-select" {
+        return drafts;
+    }
+    let selected: Vec<&str> =
+        request.context.get("selections").and_then(Value::as_array).map_or_else(Vec::new, |s| s.iter().filter_map(Value::as_str).collect());
+    drafts
+        .into_iter()
+        .filter(|r| {
+            let reference = format!("{}/{}", r["resourceType"].as_str().unwrap_or_default(), r["id"].as_str().unwrap_or_default());
+            selected.contains(&reference.as_str())
+        })
+        .collect()
+}
+
+/// What people call a coded thing: its text, else its first coding's display.
+fn named(concept: &Value) -> String {
+    concept["text"].as_str().or_else(|| concept["coding"][0]["display"].as_str()).unwrap_or("This medication").to_string()
+}
+
+/// Whether a MedicationRequest orders an NSAID (by RxNorm code, or by name).
+fn is_nsaid(order: &Value) -> bool {
+    let concept = &order["medicationCodeableConcept"];
+    let coded =
+        concept["coding"].as_array().is_some_and(|c| c.iter().any(|c| c["system"] == RXNORM && c["code"].as_str().is_some_and(|code| NSAIDS.contains(&code))));
+    let text = named(concept).to_lowercase();
+    coded || NSAID_NAMES.iter().any(|n| text.contains(n))
+}
+
+fn override_reason(code: &str, display: &str) -> client::cds::Coding {
+    client::cds::Coding { system: Some(OVERRIDE_SYSTEM.into()), code: code.into(), display: Some(display.into()) }
+}
+
+/// The order check (`order-select` and `order-sign`) at `now_ms`:
+///
+/// - an oral NSAID ordered while the latest blood pressure of the last twelve months is at or above 140/90
+///   mmHg: a warning (NSAIDs raise blood pressure and blunt most antihypertensives, ACC/AHA 2017), with the
+///   suggestion to order acetaminophen instead (delete the NSAID order, create the acetaminophen one);
+/// - an HbA1c ordered within three months of the last result: information (it reflects about three months
+///   of glucose; ADA Standards of Care: twice a year at goal, quarterly when not), with the suggestion to
+///   remove the order.
+pub fn order_review(request: &HookRequest, now_ms: i64) -> Cards {
+    let patient = request.context.get("patientId").and_then(Value::as_str).unwrap_or_default();
+    let readings = readings(request);
+    let mut cards = Vec::new();
+    for order in orders_in_question(request) {
+        let id = format!("{}/{}", order["resourceType"].as_str().unwrap_or_default(), order["id"].as_str().unwrap_or_default());
+        if order["resourceType"] == "MedicationRequest"
+            && is_nsaid(order)
+            && let Some(last) = raised(&readings, now_ms)
+        {
+            let drug = named(&order["medicationCodeableConcept"]);
+            let short: String = drug.chars().take(50).collect();
+            let instructions = "2 tablets (650 mg) by mouth every 6 hours as needed for pain; no more than 8 tablets (2.6 g) a day";
+            let acetaminophen = json!({"resourceType": "MedicationRequest", "status": "draft", "intent": "order",
+                "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "313782", "display": "Acetaminophen 325 MG Oral Tablet"}], "text": "Acetaminophen 325 MG Oral Tablet"},
+                "subject": {"reference": format!("Patient/{patient}")}, "dosageInstruction": [{"text": instructions}]});
+            cards.push(Card {
+                uuid: Some(uuid::Uuid::new_v4().to_string()),
+                summary: format!("{short} can raise blood pressure: latest {} on {}", mmhg(last), day(last)),
+                detail: Some(format!(
+                    "NSAIDs raise blood pressure and weaken the effect of most blood-pressure medicines (the ACC/AHA 2017 guideline lists them among the drugs that raise it). This patient's latest reading of the last twelve months is **{}** ({}).\n\nAcetaminophen is the usual first choice for pain in hypertension; taken regularly at high doses it can raise blood pressure a little too.",
+                    mmhg(last),
+                    day(last)
+                )),
+                indicator: "warning".into(),
+                source: Source { label: "Kindling reference app: order check".into(), url: None },
+                suggestions: vec![client::cds::Suggestion {
+                    label: "Order acetaminophen 325 mg instead".into(),
+                    uuid: Some(uuid::Uuid::new_v4().to_string()),
+                    is_recommended: Some(true),
+                    actions: vec![
+                        client::cds::Action { kind: "delete".into(), description: format!("Remove the order for {short}"), resource: None, resource_id: Some(json!(id)) },
+                        client::cds::Action {
+                            kind: "create".into(),
+                            description: format!("Order acetaminophen 325 mg tablets: {instructions}"),
+                            resource: Some(acetaminophen),
+                            resource_id: None,
+                        },
+                    ],
+                }],
+                selection_behavior: Some("at-most-one".into()),
+                override_reasons: vec![
+                    override_reason("short-course", "Short course; the risk was discussed with the patient"),
+                    override_reason("bp-rechecked", "Blood pressure is controlled on a repeat measurement"),
+                ],
+                links: Vec::new(),
+            });
+        }
+        let lab = order["resourceType"] == "ServiceRequest" && has_loinc(&order["code"], HBA1C);
+        if lab && let Some((days, value)) = recent_a1c(request, now_ms) {
+            cards.push(Card {
+                uuid: Some(uuid::Uuid::new_v4().to_string()),
+                summary: format!("HbA1c was measured {days} days ago ({value})"),
+                detail: Some(
+                    "HbA1c reflects the average glucose of about three months, so a repeat sooner rarely changes treatment. The ADA Standards of Care advise testing at least twice a year when at goal, and every three months when treatment has changed or the goal is not met."
+                        .into(),
+                ),
+                indicator: "info".into(),
+                source: Source { label: "Kindling reference app: order check".into(), url: None },
+                suggestions: vec![client::cds::Suggestion {
+                    label: "Remove the HbA1c order".into(),
+                    uuid: Some(uuid::Uuid::new_v4().to_string()),
+                    is_recommended: Some(true),
+                    actions: vec![client::cds::Action {
+                        kind: "delete".into(),
+                        description: "Remove the HbA1c order".into(),
+                        resource: None,
+                        resource_id: Some(json!(id)),
+                    }],
+                }],
+                selection_behavior: Some("at-most-one".into()),
+                override_reasons: vec![override_reason("result-needed", "Treatment changed; a result is needed now")],
+                links: Vec::new(),
+            });
+        }
+    }
+    Cards { cards }
+}
+
+/// The last HbA1c result (`a1c`), when it is under 90 days old: how many days, and the value as read.
+fn recent_a1c(request: &HookRequest, now_ms: i64) -> Option<(i64, String)> {
+    let obs = &request.prefetch.get("a1c")?["entry"].as_array()?.first()?["resource"];
+    if !has_loinc(&obs["code"], HBA1C) || !matches!(obs["status"].as_str(), Some("final" | "amended" | "corrected")) {
+        return None;
+    }
+    let at = fhir::time::parse_date_range(obs["effectiveDateTime"].as_str().or(obs["effectivePeriod"]["start"].as_str())?)?.lo;
+    let days = (now_ms - at) / 86_400_000;
+    let q = &obs["valueQuantity"];
+    let value = format!("{} {}", q["value"].as_f64()?, q["unit"].as_str().or(q["code"].as_str()).unwrap_or_default()).trim().to_string();
+    (0..90).contains(&days).then_some((days, value))
 }
 
 /// The note the summary shows when a card opened it on a topic it knows.
@@ -185,5 +361,47 @@ mod tests {
         assert!(patient_view(&request(vec![preliminary]), "x", NOW).cards.is_empty(), "only final readings count");
         assert_eq!(topic_note(Some(BLOOD_PRESSURE_TOPIC)).map(|n| n.contains("blood pressure")), Some(true));
         assert_eq!(topic_note(Some("not json")), None);
+    }
+
+    fn order_call(hook: &str, readings: Vec<Value>, a1c: Option<Value>, selections: &[&str]) -> HookRequest {
+        let ibuprofen = json!({"resourceType": "MedicationRequest", "id": "m1", "status": "draft", "intent": "order",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "310965", "display": "Ibuprofen 200 MG Oral Tablet"}]}});
+        let lisinopril = json!({"resourceType": "MedicationRequest", "id": "m2", "status": "draft", "intent": "order", "medicationCodeableConcept": {"text": "Lisinopril 10 MG Oral Tablet"}});
+        let a1c_order =
+            json!({"resourceType": "ServiceRequest", "id": "s1", "status": "draft", "intent": "order", "code": {"coding": [{"system": LOINC, "code": HBA1C}]}});
+        let entries: Vec<Value> = readings.into_iter().map(|r| json!({"resource": r})).collect();
+        let a1c = a1c.map_or(json!(null), |o| json!({"resourceType": "Bundle", "entry": [{"resource": o}]}));
+        serde_json::from_value(json!({"hook": hook, "hookInstance": "h", "context": {"patientId": "p1", "selections": selections,
+            "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": ibuprofen}, {"resource": lisinopril}, {"resource": a1c_order}]}},
+            "prefetch": {"bp": {"resourceType": "Bundle", "entry": entries}, "a1c": a1c}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_nsaid_with_raised_pressure_gets_a_swap_and_a_recent_hba1c_a_removal() {
+        let a1c = |when: &str| json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": LOINC, "code": HBA1C}]}, "effectiveDateTime": when, "valueQuantity": {"value": 7.2, "unit": "%"}});
+        let call = order_call("order-sign", vec![bp(152.0, 96.0, "2026-11-02", true)], Some(a1c("2026-10-15")), &[]);
+        let cards = order_review(&call, NOW).cards;
+        assert_eq!(cards.len(), 2, "{cards:?}");
+        let nsaid = &cards[0];
+        assert_eq!(nsaid.summary, "Ibuprofen 200 MG Oral Tablet can raise blood pressure: latest 152/96 mmHg on 2026-11-02");
+        assert_eq!(nsaid.indicator, "warning");
+        let actions = &nsaid.suggestions[0].actions;
+        assert_eq!((actions[0].kind.as_str(), actions[0].resource_id.clone()), ("delete", Some(json!("MedicationRequest/m1"))));
+        let created = actions[1].resource.as_ref().unwrap();
+        assert_eq!((actions[1].kind.as_str(), created["medicationCodeableConcept"]["coding"][0]["code"].as_str()), ("create", Some("313782")));
+        assert_eq!(created["subject"]["reference"], "Patient/p1");
+        assert_eq!(nsaid.selection_behavior.as_deref(), Some("at-most-one"));
+        assert_eq!(nsaid.override_reasons.len(), 2);
+        assert_eq!(cards[1].summary, "HbA1c was measured 47 days ago (7.2 %)");
+        assert_eq!(cards[1].suggestions[0].actions[0].resource_id, Some(json!("ServiceRequest/s1")));
+        // Controlled pressure and an old HbA1c: nothing to say.
+        assert!(order_review(&order_call("order-sign", vec![bp(128.0, 80.0, "2026-11-02", false)], Some(a1c("2026-06-01")), &[]), NOW).cards.is_empty());
+        // order-select looks at the selection only.
+        let select = order_call("order-select", vec![bp(152.0, 96.0, "2026-11-02", false)], None, &["MedicationRequest/m2"]);
+        assert!(order_review(&select, NOW).cards.is_empty());
+        let select = order_call("order-select", vec![bp(152.0, 96.0, "2026-11-02", false)], None, &["MedicationRequest/m1"]);
+        assert_eq!(order_review(&select, NOW).cards.len(), 1);
+        assert_eq!(discovery().services.iter().map(|s| s.hook.as_str()).collect::<Vec<_>>(), ["patient-view", "order-select", "order-sign"]);
     }
 }

@@ -93,6 +93,7 @@ impl App {
             // The decision-support service answers EHRs in JSON, errors included.
             .route("/app/cds-services", get(cds_discovery).fallback(|| async { cds_method_not_allowed("GET, HEAD") }))
             .route("/app/cds-services/{id}", post(cds_call).fallback(|| async { cds_method_not_allowed("POST") }))
+            .route("/app/cds-services/{id}/feedback", post(cds_feedback).fallback(|| async { cds_method_not_allowed("POST") }))
             .with_state(self)
     }
 
@@ -530,33 +531,72 @@ fn cds_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({"error": message}))).into_response()
 }
 
-/// `POST /app/cds-services/{id}`: a hook call, answered with cards once the EHR's signed JWT holds.
-async fn cds_call(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if id != cds::SERVICE_ID {
-        return cds_error(StatusCode::NOT_FOUND, "no such service");
-    }
-    let url = format!("{}/app/cds-services/{id}", app.config.public_url.trim_end_matches('/'));
+/// Checks the EHR's signed JWT for a call to `url`: `None` when it holds, else the answer refusing the call.
+async fn cds_refusal(app: &App, headers: &HeaderMap, url: &str) -> Option<Response> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match app.smart.verify_cds_request(authorization, &url).await {
-        Ok(_) => {}
+    match app.smart.verify_cds_request(authorization, url).await {
+        Ok(_) => None,
         // The EHR's keys could not be fetched: not the caller's fault, and nothing about it is told.
         Err(e @ (Error::Transport(_) | Error::Discovery { .. })) => {
             tracing::warn!(error = %e, "CDS Hooks call not verified: the EHR's keys could not be fetched");
-            return cds_error(StatusCode::SERVICE_UNAVAILABLE, "the EHR's keys could not be fetched; try again");
+            Some(cds_error(StatusCode::SERVICE_UNAVAILABLE, "the EHR's keys could not be fetched; try again"))
         }
         Err(e) => {
             tracing::warn!(error = %e, "CDS Hooks call refused");
-            return cds_error(StatusCode::UNAUTHORIZED, &e.to_string());
+            Some(cds_error(StatusCode::UNAUTHORIZED, &e.to_string()))
         }
+    }
+}
+
+/// The hook each of the app's services answers.
+fn cds_hook_of(id: &str) -> Option<&'static str> {
+    match id {
+        cds::SERVICE_ID => Some("patient-view"),
+        cds::ORDER_SELECT_ID => Some("order-select"),
+        cds::ORDER_SIGN_ID => Some("order-sign"),
+        _ => None,
+    }
+}
+
+/// `POST /app/cds-services/{id}`: a hook call, answered with cards once the EHR's signed JWT holds.
+async fn cds_call(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(hook) = cds_hook_of(&id) else { return cds_error(StatusCode::NOT_FOUND, "no such service") };
+    let url = format!("{}/app/cds-services/{id}", app.config.public_url.trim_end_matches('/'));
+    if let Some(refusal) = cds_refusal(&app, &headers, &url).await {
+        return refusal;
     }
     let request: client::cds::HookRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return cds_error(StatusCode::BAD_REQUEST, &format!("not a CDS Hooks request: {e}")),
     };
-    if request.hook != "patient-view" {
-        return cds_error(StatusCode::BAD_REQUEST, "this service answers patient-view only");
+    if request.hook != hook {
+        return cds_error(StatusCode::BAD_REQUEST, &format!("this service answers {hook} only"));
     }
-    let cards = cds::patient_view(&request, &app.config.launch_url(), app.clock.now_ms());
+    let cards = match hook {
+        "patient-view" => cds::patient_view(&request, &app.config.launch_url(), app.clock.now_ms()),
+        _ => cds::order_review(&request, app.clock.now_ms()),
+    };
     tracing::info!(event = "cds", hook = %request.hook, cards = cards.cards.len(), "CDS Hooks call answered");
     axum::Json(cards).into_response()
+}
+
+/// `POST /app/cds-services/{id}/feedback`: what became of the service's cards (accepted, or overridden and
+/// why), recorded in the app's log.
+async fn cds_feedback(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if cds_hook_of(&id).is_none() {
+        return cds_error(StatusCode::NOT_FOUND, "no such service");
+    }
+    let url = format!("{}/app/cds-services/{id}/feedback", app.config.public_url.trim_end_matches('/'));
+    if let Some(refusal) = cds_refusal(&app, &headers, &url).await {
+        return refusal;
+    }
+    let feedback: client::cds::Feedback = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return cds_error(StatusCode::BAD_REQUEST, &format!("not CDS Hooks feedback: {e}")),
+    };
+    for f in &feedback.feedback {
+        let reason = f.override_reason.as_ref().and_then(|r| r.reason.as_ref()).map(|c| c.code.as_str()).unwrap_or_default();
+        tracing::info!(event = "cds-feedback", service = %id, card = %f.card, outcome = %f.outcome, accepted = f.accepted_suggestions.len(), reason, "CDS Hooks feedback");
+    }
+    StatusCode::OK.into_response()
 }

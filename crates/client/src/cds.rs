@@ -96,9 +96,109 @@ pub struct Card {
     pub indicator: String,
     /// Where it comes from.
     pub source: Source,
+    /// Changes the service proposes to the orders being written (`order-select`, `order-sign`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<Suggestion>,
+    /// How many suggestions may be accepted: `at-most-one` or `any` (required when there are suggestions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_behavior: Option<String>,
+    /// The reasons a clinician may give for not following the card.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub override_reasons: Vec<Coding>,
     /// Links to pages and apps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+}
+
+/// A code, as CDS Hooks carries it (override reasons).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Coding {
+    /// The code system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The code.
+    pub code: String,
+    /// What people read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+}
+
+/// A change a card proposes; accepting it applies its actions to the draft orders.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Suggestion {
+    /// What the button says.
+    pub label: String,
+    /// A UUID, for feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Whether the service recommends it above the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_recommended: Option<bool>,
+    /// The changes, applied in order.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+}
+
+/// One change to the draft orders.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    /// `create`, `update` or `delete`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What it does, for people.
+    pub description: String,
+    /// The resource to create, or the new version of one to update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Value>,
+    /// The resource to delete (`MedicationRequest/123`; a list of them is read too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<Value>,
+}
+
+/// `POST {service}/feedback`: what became of cards.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Feedback {
+    /// One entry per card.
+    pub feedback: Vec<FeedbackItem>,
+}
+
+/// What became of one card.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackItem {
+    /// The card's `uuid`.
+    pub card: String,
+    /// `accepted` or `overridden`.
+    pub outcome: String,
+    /// The suggestions accepted (by their `uuid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_suggestions: Vec<AcceptedSuggestion>,
+    /// Why the card was not followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<OverrideReason>,
+    /// When (an instant).
+    pub outcome_timestamp: String,
+}
+
+/// An accepted suggestion, in feedback.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AcceptedSuggestion {
+    /// The suggestion's `uuid`.
+    pub id: String,
+}
+
+/// Why a card was overridden, in feedback.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideReason {
+    /// One of the card's `overrideReasons`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Coding>,
+    /// What the clinician wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_comment: Option<String>,
 }
 
 /// A service's answer.

@@ -272,8 +272,16 @@ fn service_url(endpoint: &CdsEndpoint, id: &str) -> Option<String> {
     Some(u.to_string())
 }
 
-/// Calls one `patient-view` service for `patient`, as `user`.
-async fn call_service(s: &Shared, endpoint: &CdsEndpoint, service: &client::cds::Service, user: &auth::model::User, patient: &str) -> Outcome {
+/// Calls one service's `hook` for `patient`, as `user`, with the hook's own `context` fields besides
+/// `userId` and `patientId`.
+async fn call_service(
+    s: &Shared,
+    endpoint: &CdsEndpoint,
+    service: &client::cds::Service,
+    user: &auth::model::User,
+    patient: &str,
+    extra: &Map<String, Value>,
+) -> Outcome {
     let label = plain(service.title.as_deref().unwrap_or(&service.id));
     let hook_instance = uuid::Uuid::new_v4().to_string();
     let url = service_url(endpoint, &service.id);
@@ -301,8 +309,9 @@ async fn call_service(s: &Shared, endpoint: &CdsEndpoint, service: &client::cds:
     let mut context = Map::new();
     context.insert("userId".into(), json!(user.fhir_user));
     context.insert("patientId".into(), json!(patient));
+    context.extend(extra.clone());
     let request = HookRequest {
-        hook: "patient-view".into(),
+        hook: service.hook.clone(),
         hook_instance: hook_instance.clone(),
         fhir_server: Some(s.config.fhir_base.clone()),
         fhir_authorization: None,
@@ -326,7 +335,8 @@ async fn call_service(s: &Shared, endpoint: &CdsEndpoint, service: &client::cds:
         },
     };
     s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
-        "patient-view to {url}: {} card(s){}, prefetched {:?}, in {:.0} ms",
+        "{} to {url}: {} card(s){}, prefetched {:?}, in {:.0} ms",
+        service.hook,
         outcome.cards.len(),
         outcome.problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
         request.prefetch.keys().collect::<Vec<_>>(),
@@ -375,9 +385,15 @@ async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, CallProbl
     serde_json::from_slice(&body).map_err(|_| CallProblem::Garbled)
 }
 
-/// Every enabled service's `patient-view` cards for `patient`: discovery, then every service called at
-/// once, all within [`DEADLINE`]; what has not answered by then is named as slow.
+/// Every enabled service's `patient-view` cards for `patient`: see [`fire`].
 pub async fn patient_view(s: &Shared, user: &auth::model::User, patient: &str) -> Vec<Outcome> {
+    fire(s, user, patient, "patient-view", &Map::new()).await
+}
+
+/// Every enabled service's cards for `hook` on `patient`, with the hook's own `context` fields (`extra`):
+/// discovery, then every service of that hook called at once, all within [`DEADLINE`]; what has not
+/// answered by then is named as slow.
+pub async fn fire(s: &Shared, user: &auth::model::User, patient: &str, hook: &str, extra: &Map<String, Value>) -> Vec<Outcome> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let endpoints: Vec<CdsEndpoint> = match endpoints(s).await {
         Ok(e) => e.into_iter().filter(|e| !e.disabled).collect(),
@@ -401,7 +417,7 @@ pub async fn patient_view(s: &Shared, user: &auth::model::User, patient: &str) -
         answered[i] = true;
         let endpoint = &endpoints[i];
         match result {
-            Ok(list) => services.extend(list.into_iter().filter(|sv| sv.hook == "patient-view").take(MAX_SERVICES).map(|sv| (i, sv))),
+            Ok(list) => services.extend(list.into_iter().filter(|sv| sv.hook == hook).take(MAX_SERVICES).map(|sv| (i, sv))),
             Err(problem) => {
                 let name = plain(&endpoint.name);
                 s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
@@ -429,8 +445,8 @@ pub async fn patient_view(s: &Shared, user: &auth::model::User, patient: &str) -
     let mut calls = tokio::task::JoinSet::new();
     let labels: Vec<String> = services.iter().map(|(_, sv)| plain(sv.title.as_deref().unwrap_or(&sv.id))).collect();
     for (n, (i, service)) in services.iter().cloned().enumerate() {
-        let (s, user, patient, endpoint) = (s.clone(), user.clone(), patient.to_string(), endpoints[i].clone());
-        calls.spawn(async move { (i, n, call_service(&s, &endpoint, &service, &user, &patient).await) });
+        let (s, user, patient, endpoint, extra) = (s.clone(), user.clone(), patient.to_string(), endpoints[i].clone(), extra.clone());
+        calls.spawn(async move { (i, n, call_service(&s, &endpoint, &service, &user, &patient, &extra).await) });
     }
     let mut done = vec![false; services.len()];
     while let Ok(Some(result)) = tokio::time::timeout_at(deadline, calls.join_next()).await {
@@ -465,14 +481,111 @@ struct ShownCards {
 
 /// A card, with the call that brought it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ShownCard {
+pub(crate) struct ShownCard {
     /// The registration whose service sent it.
-    endpoint: String,
+    pub endpoint: String,
     /// The service's URL.
-    url: String,
+    pub url: String,
     /// The call's `hookInstance`.
-    hook_instance: String,
-    card: Card,
+    pub hook_instance: String,
+    /// The hook called (records from before order entry have none: `patient-view`).
+    #[serde(default)]
+    pub hook: String,
+    pub card: Card,
+}
+
+impl ShownCard {
+    /// The cards of every outcome, with the calls that brought them.
+    pub fn of(outcomes: Vec<Outcome>, hook: &str) -> Vec<ShownCard> {
+        outcomes
+            .into_iter()
+            .flat_map(|o| {
+                o.cards.into_iter().map(move |card| ShownCard {
+                    endpoint: o.endpoint.clone(),
+                    url: o.url.clone(),
+                    hook_instance: o.hook_instance.clone(),
+                    hook: hook.to_string(),
+                    card,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Keeps the cards a page shows for their SMART links (half an hour); returns the reference the page's
+/// forms carry.
+pub(crate) async fn keep_shown(s: &Shared, username: &str, patient: &str, cards: &[ShownCard]) -> Result<String, store::StoreError> {
+    let reference = auth::crypto::random_token();
+    if !cards.is_empty() {
+        let shown = ShownCards { username: username.to_string(), patient: patient.to_string(), shown_at: s.now_ms(), cards: cards.to_vec() };
+        let value = serde_json::to_string(&shown).unwrap_or_default();
+        s.store.auth_put(CARDS_KIND, &auth::crypto::token_hash(&reference), &value, None, Some(s.now_ms() + CARDS_TTL_MS)).await?;
+    }
+    Ok(reference)
+}
+
+/// A card as a page shows it.
+pub(crate) fn card_view(index: usize, c: Card) -> CardView {
+    CardView {
+        index,
+        summary: c.summary,
+        indicator_label: match c.indicator.as_str() {
+            "critical" => "Critical",
+            "warning" => "Warning",
+            _ => "Information",
+        },
+        indicator: c.indicator,
+        source_url: c.source.url.as_deref().and_then(web_url),
+        source: c.source.label,
+        detail: c.detail.as_deref().map(safe_markdown).unwrap_or_default(),
+        links: c
+            .links
+            .into_iter()
+            .enumerate()
+            .filter_map(|(li, l)| match l.kind.as_str() {
+                "smart" => Some(LinkView { index: li, label: l.label, url: l.url, smart: true }),
+                "absolute" => web_url(&l.url).map(|url| LinkView { index: li, label: l.label, url, smart: false }),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// Posts feedback on a card to its service (`{service URL}/feedback`), signed as hook calls are, in the
+/// background (the clinician does not wait for it); what came of it is audited. Cards without a `uuid`
+/// cannot be told apart by their service and get none.
+pub(crate) fn send_feedback(s: &Shared, username: &str, patient: &str, shown: &ShownCard, item: client::cds::FeedbackItem) {
+    if shown.card.uuid.is_none() || shown.url.is_empty() {
+        return;
+    }
+    let (s, username, patient, endpoint) = (s.clone(), username.to_string(), patient.to_string(), shown.endpoint.clone());
+    let url = format!("{}/feedback", shown.url);
+    tokio::spawn(async move {
+        // Only to a service still registered and enabled.
+        let registered = endpoints(&s).await.is_ok_and(|all| all.iter().any(|e| e.id == endpoint && !e.disabled));
+        let result = if !registered {
+            Err("the service is no longer enabled".to_string())
+        } else if let Some(http) = http() {
+            let now = s.now_ms() / 1000;
+            let claims = json!({"iss": s.config.fhir_base, "aud": url, "exp": now + 300, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
+            match s.keys.sign_jwt_rs384(&claims, &s.config.endpoint("jwks")) {
+                Ok(jwt) => match http.post(&url).bearer_auth(jwt).json(&client::cds::Feedback { feedback: vec![item.clone()] }).send().await {
+                    Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
+                    Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                    Err(e) if e.is_timeout() => Err("no answer in time".into()),
+                    Err(_) => Err("unreachable".into()),
+                },
+                Err(e) => Err(format!("not signed ({e})")),
+            }
+        } else {
+            Err("no HTTP client".into())
+        };
+        let told = match result {
+            Ok(code) => format!("HTTP {code}"),
+            Err(problem) => format!("not delivered: {problem}"),
+        };
+        s.audit("cds-feedback").user(username.as_str()).patient(Some(patient.as_str())).record(format!("{} card {} to {url}: {told}", item.outcome, item.card));
+    });
 }
 
 /// A card as the chart shows it.
@@ -532,47 +645,12 @@ pub(crate) async fn chart_cards(State(s): State<Shared>, headers: HeaderMap, Pat
     };
     let outcomes = patient_view(&s, &sess.user, &id).await;
     let problems: Vec<String> = outcomes.iter().filter_map(|o| o.problem.clone()).collect();
-    let cards: Vec<ShownCard> = outcomes
-        .into_iter()
-        .flat_map(|o| {
-            o.cards.into_iter().map(move |card| ShownCard { endpoint: o.endpoint.clone(), url: o.url.clone(), hook_instance: o.hook_instance.clone(), card })
-        })
-        .collect();
-    let reference = auth::crypto::random_token();
-    if !cards.is_empty() {
-        let shown = ShownCards { username: sess.user.username.clone(), patient: id.clone(), shown_at: s.now_ms(), cards: cards.clone() };
-        let value = serde_json::to_string(&shown).unwrap_or_default();
-        if let Err(e) = s.store.auth_put(CARDS_KIND, &auth::crypto::token_hash(&reference), &value, None, Some(s.now_ms() + CARDS_TTL_MS)).await {
-            return internal(e);
-        }
-    }
-    let views = cards
-        .into_iter()
-        .enumerate()
-        .map(|(index, ShownCard { card: c, .. })| CardView {
-            index,
-            summary: c.summary,
-            indicator_label: match c.indicator.as_str() {
-                "critical" => "Critical",
-                "warning" => "Warning",
-                _ => "Information",
-            },
-            indicator: c.indicator,
-            source_url: c.source.url.as_deref().and_then(web_url),
-            source: c.source.label,
-            detail: c.detail.as_deref().map(safe_markdown).unwrap_or_default(),
-            links: c
-                .links
-                .into_iter()
-                .enumerate()
-                .filter_map(|(li, l)| match l.kind.as_str() {
-                    "smart" => Some(LinkView { index: li, label: l.label, url: l.url, smart: true }),
-                    "absolute" => web_url(&l.url).map(|url| LinkView { index: li, label: l.label, url, smart: false }),
-                    _ => None,
-                })
-                .collect(),
-        })
-        .collect();
+    let cards = ShownCard::of(outcomes, "patient-view");
+    let reference = match keep_shown(&s, &sess.user.username, &id, &cards).await {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    let views = cards.into_iter().enumerate().map(|(index, c)| card_view(index, c.card)).collect();
     let fragment = CardsFragment { csrf: sess.csrf.clone(), reference, cards: views, problems, services };
     match fragment.render() {
         Ok(html) => {
@@ -689,7 +767,8 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
     let c = &shown_card.card;
     s.audit("cds-hook").at(shown.shown_at).launch(Some(created.id.as_str())).user(sess.user.username.as_str()).patient(Some(shown.patient.as_str())).record(
         format!(
-            "patient-view to {} (hookInstance {}) answered with the {} card “{}” from {}",
+            "{} to {} (hookInstance {}) answered with the {} card “{}” from {}",
+            if shown_card.hook.is_empty() { "patient-view" } else { shown_card.hook.as_str() },
             shown_card.url,
             shown_card.hook_instance,
             plain(&c.indicator),

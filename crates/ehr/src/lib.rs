@@ -20,6 +20,7 @@ pub mod cds;
 pub mod chart;
 mod connected;
 mod launch;
+mod orders;
 mod pages;
 mod patients;
 mod portal;
@@ -57,6 +58,10 @@ pub fn router(server: Shared) -> Router {
         .route("/ehr/patients", get(patients))
         .route("/ehr/patients/{id}", get(patient_chart))
         .route("/ehr/patients/{id}/cds", get(cds::chart_cards))
+        .route("/ehr/patients/{id}/orders", get(orders::orders).post(orders::order_add))
+        .route("/ehr/patients/{id}/orders/remove", post(orders::order_remove))
+        .route("/ehr/patients/{id}/orders/cards", post(orders::order_card))
+        .route("/ehr/patients/{id}/orders/sign", post(orders::order_sign))
         .route("/ehr/cds/launch", post(cds::launch_from_card))
         .route("/ehr/cds", get(cds::services).post(cds::service_create))
         .route("/ehr/cds/{id}/status", post(cds::service_status))

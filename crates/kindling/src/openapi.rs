@@ -607,6 +607,43 @@ fn build() -> Value {
             &signed_in,
         ),
     );
+    let patient_id = || vec![param("id", "path", "Patient id", string())];
+    add("/ehr/patients/{id}/orders", "get", ehr("The order panel: draft orders and the decision-support cards on them", patient_id(), None, &signed_in));
+    let order_form = |summary: &str, fields: &[(&str, &str)]| {
+        ehr(
+            summary,
+            vec![param("id", "path", "Patient id", string())],
+            Some(form(fields, &[])),
+            &json!({ "200": page("Signed, or a refusal in words"), "303": redirect("To the order panel, or to sign-in when there is no session") }),
+        )
+    };
+    add(
+        "/ehr/patients/{id}/orders",
+        "post",
+        order_form("Add a draft order from the catalogue (calls the order-select services)", &[("csrf", "Form token"), ("item", "Catalogue key")]),
+    );
+    add("/ehr/patients/{id}/orders/remove", "post", order_form("Remove a draft order", &[("csrf", "Form token"), ("draft", "Type/id of the draft")]));
+    add(
+        "/ehr/patients/{id}/orders/cards",
+        "post",
+        order_form(
+            "Accept a card's suggestion (its actions change the drafts) or override the card; the service gets feedback",
+            &[
+                ("csrf", "Form token"),
+                ("ref", "The cards' reference"),
+                ("card", "Card index"),
+                ("action", "accept or override"),
+                ("suggestion", ""),
+                ("reason", ""),
+                ("comment", ""),
+            ],
+        ),
+    );
+    add(
+        "/ehr/patients/{id}/orders/sign",
+        "post",
+        order_form("Sign the drafts (calls the order-sign services; warning and critical cards must be answered first)", &[("csrf", "Form token")]),
+    );
     add("/ehr/cds", "get", ehr("The registered decision-support (CDS Hooks) services, for administrators", vec![], None, &signed_in));
     add(
         "/ehr/cds",
@@ -795,12 +832,24 @@ fn build() -> Value {
         "post",
         op(
             "Reference app",
-            "A CDS Hooks call (patient-view), signed by the EHR with an RS384 JWT; answered with cards",
+            "A CDS Hooks call (patient-view, order-select or order-sign), signed by the EHR with an RS384 JWT; answered with cards",
             vec![param("id", "path", "Service id", string()), param("Authorization", "header", "Bearer JWT signed by a configured EHR", string())],
             Some(
                 json!({ "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["hook", "hookInstance", "context"] } } } }),
             ),
             json!({ "200": { "description": "Cards", "content": { "application/json": { "schema": { "type": "object", "required": ["cards"] } } } } }),
+            "OAuthError",
+        ),
+    );
+    add(
+        "/app/cds-services/{id}/feedback",
+        "post",
+        op(
+            "Reference app",
+            "CDS Hooks feedback on the service's cards (accepted or overridden), signed by the EHR with an RS384 JWT",
+            vec![param("id", "path", "Service id", string()), param("Authorization", "header", "Bearer JWT signed by a configured EHR", string())],
+            Some(json!({ "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["feedback"] } } } })),
+            json!({ "200": { "description": "Recorded" } }),
             "OAuthError",
         ),
     );

@@ -290,20 +290,55 @@ async fn bench_click_to_summary() {
 
 /// CDS Hooks end to end: the chart opens, the reference app's decision-support service answers with a card
 /// (the patient's last blood pressure is high), and the card's SMART link opens the summary on that topic.
-#[tokio::test]
-async fn a_decision_support_card_opens_the_summary_on_its_topic() {
-    let s = sandbox().await;
-    let Some(b) = browser().await else { return };
-    let patient = synth::patient_id(1, 0);
+/// Records a blood pressure taken now (systolic and diastolic in mmHg).
+async fn record_blood_pressure(s: &Sandbox, patient: &str, systolic: f64, diastolic: f64) {
     let comp = |code: &str, v: f64| serde_json::json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "valueQuantity": {"value": v, "unit": "mmHg"}});
     let now = fhir::time::format_instant(SystemClock.now());
     let obs = serde_json::json!({"resourceType": "Observation", "status": "final",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
         "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "Blood pressure"}, "subject": {"reference": format!("Patient/{patient}")},
-        "effectiveDateTime": now, "component": [comp("8480-6", 168.0), comp("8462-4", 101.0)]});
+        "effectiveDateTime": now, "component": [comp("8480-6", systolic), comp("8462-4", diastolic)]});
     let bundle =
         serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": obs, "request": {"method": "POST", "url": "Observation"}}]});
     api::bundle::process(&s.state, bundle).await.expect("recorded");
+}
+
+#[tokio::test]
+async fn an_order_checks_suggestion_changes_the_draft_before_signing() {
+    let s = sandbox().await;
+    let Some(b) = browser().await else { return };
+    let patient = synth::patient_id(1, 1);
+    record_blood_pressure(&s, &patient, 158.0, 94.0).await;
+    sign_in(&b, &s).await;
+    b.goto(&format!("{}/ehr/patients/{patient}", s.url)).await;
+    b.click("a[href$='/orders']").await;
+    b.wait_text("h1", |t| t == "Orders").await;
+    b.find("#item").await.select_by_value("ibuprofen-200").await.expect("choose ibuprofen");
+    b.click("aside form button.primary").await;
+    // Chosen: the order-select service warns at once.
+    b.wait_text("#review h3", |t| t.contains("Ibuprofen 200 MG Oral Tablet can raise blood pressure: latest 158/94 mmHg")).await;
+    b.click("form[action$='/orders/sign'] button").await;
+    b.wait_text("#h-review", |t| t.contains("Before signing")).await;
+    b.wait_text("form[action$='/orders/sign'] .warn", |t| t.contains("1 card(s) below need an answer")).await;
+    b.screenshot("ehr-order-sign-card").await;
+    // Accepting the suggestion swaps the draft.
+    b.click("#review form.cds-link button.primary").await;
+    b.wait_text("#review .cds-outcome", |t| t.contains("Accepted: Order acetaminophen 325 mg instead")).await;
+    let drafts = b.text("section[aria-labelledby=h-drafts]").await;
+    assert!(drafts.contains("Acetaminophen 325 MG Oral Tablet") && !drafts.contains("Ibuprofen"), "{drafts}");
+    b.screenshot("ehr-order-accepted").await;
+    b.click("form[action$='/orders/sign'] button").await;
+    b.wait_text("h1", |t| t == "Orders signed").await;
+    b.goto(&format!("{}/ehr/patients/{patient}", s.url)).await;
+    b.wait_text("section[aria-labelledby=h-meds]", |t| t.contains("Acetaminophen 325 MG Oral Tablet") && !t.contains("Ibuprofen 200")).await;
+}
+
+#[tokio::test]
+async fn a_decision_support_card_opens_the_summary_on_its_topic() {
+    let s = sandbox().await;
+    let Some(b) = browser().await else { return };
+    let patient = synth::patient_id(1, 0);
+    record_blood_pressure(&s, &patient, 168.0, 101.0).await;
     sign_in(&b, &s).await;
     b.goto(&format!("{}/ehr/patients/{patient}", s.url)).await;
     b.wait_text(".cds-card h3", |t| t.contains("Raised blood pressure: 168/101 mmHg")).await;

@@ -10,18 +10,18 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
-fn root(app: &TestApp) -> String {
+pub(crate) fn root(app: &TestApp) -> String {
     app.base.trim_end_matches("/fhir").to_string()
 }
 
 /// Today's date on the server's clock, and an instant of it.
-fn today(app: &TestApp) -> (String, String) {
+pub(crate) fn today(app: &TestApp) -> (String, String) {
     let now = fhir::time::Clock::now(&*app.clock);
     (now.date().to_string(), fhir::time::format_instant(now))
 }
 
 /// Records a blood pressure panel (components in the order diastolic, systolic: they are found by code).
-async fn record_blood_pressure(app: &TestApp, patient: &str, systolic: f64, diastolic: f64, when: &str) {
+pub(crate) async fn record_blood_pressure(app: &TestApp, patient: &str, systolic: f64, diastolic: f64, when: &str) {
     let comp = |code: &str, display: &str, v: f64| json!({"code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]}, "valueQuantity": {"value": v, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}});
     let obs = json!({"resourceType": "Observation", "status": "final",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
@@ -33,7 +33,7 @@ async fn record_blood_pressure(app: &TestApp, patient: &str, systolic: f64, dias
 }
 
 /// The value of the hidden field `name` in the first form of `html` that has one.
-fn field(html: &str, name: &str) -> String {
+pub(crate) fn field(html: &str, name: &str) -> String {
     let key = format!("name=\"{name}\" value=\"");
     let start = html.find(&key).unwrap_or_else(|| panic!("no {name} in {html}")) + key.len();
     html[start..start + html[start..].find('"').unwrap()].to_string()

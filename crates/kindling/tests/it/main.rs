@@ -20,6 +20,7 @@ mod import;
 mod migrations;
 mod multi_node;
 mod openapi;
+mod orders;
 mod profiles;
 mod reference_app;
 mod sdk;
