@@ -208,8 +208,35 @@ fn override_reason(code: &str, display: &str) -> client::cds::Coding {
 pub fn order_review(request: &HookRequest, now_ms: i64) -> Cards {
     let patient = request.context.get("patientId").and_then(Value::as_str).unwrap_or_default();
     let readings = readings(request);
+    // Acetaminophen already among the drafts: the suggestion only removes the NSAID (never a second
+    // acetaminophen order, whose doses would add up).
+    let all_drafts =
+        request.context.get("draftOrders").and_then(|b| b["entry"].as_array()).map_or_else(Vec::new, |e| e.iter().map(|e| &e["resource"]).collect());
+    let has_acetaminophen = all_drafts.iter().any(|d| {
+        d["resourceType"] == "MedicationRequest" && {
+            let concept = &d["medicationCodeableConcept"];
+            let coded = concept["coding"].as_array().is_some_and(|c| c.iter().any(|c| c["system"] == RXNORM && c["code"] == "313782"));
+            let name = named(concept).to_lowercase();
+            coded || name.contains("acetaminophen") || name.contains("paracetamol")
+        }
+    });
     let mut cards = Vec::new();
     for order in orders_in_question(request) {
+        if order["resourceType"] == "MedicationRequest" && is_nsaid(order) && !request.prefetch.contains_key("bp") {
+            // The EHR did not share the readings (not allowed, or not prefetched): say so, do not stay silent.
+            let drug: String = named(&order["medicationCodeableConcept"]).chars().take(50).collect();
+            cards.push(Card {
+                uuid: Some(uuid::Uuid::new_v4().to_string()),
+                summary: format!("{drug}: blood pressure could not be checked"),
+                detail: Some("The EHR did not share this patient's blood pressure readings with the order check, so whether this NSAID may raise an already high blood pressure was not checked. Check the latest reading before signing.".into()),
+                indicator: "info".into(),
+                source: Source { label: "Kindling reference app: order check".into(), url: None },
+                suggestions: Vec::new(),
+                selection_behavior: None,
+                override_reasons: Vec::new(),
+                links: Vec::new(),
+            });
+        }
         let id = format!("{}/{}", order["resourceType"].as_str().unwrap_or_default(), order["id"].as_str().unwrap_or_default());
         if order["resourceType"] == "MedicationRequest"
             && is_nsaid(order)
@@ -231,19 +258,31 @@ pub fn order_review(request: &HookRequest, now_ms: i64) -> Cards {
                 )),
                 indicator: "warning".into(),
                 source: Source { label: "Kindling reference app: order check".into(), url: None },
-                suggestions: vec![client::cds::Suggestion {
-                    label: "Order acetaminophen 325 mg instead".into(),
-                    uuid: Some(uuid::Uuid::new_v4().to_string()),
-                    is_recommended: Some(true),
-                    actions: vec![
-                        client::cds::Action { kind: "delete".into(), description: format!("Remove the order for {short}"), resource: None, resource_id: Some(json!(id)) },
-                        client::cds::Action {
-                            kind: "create".into(),
-                            description: format!("Order acetaminophen 325 mg tablets: {instructions}"),
-                            resource: Some(acetaminophen),
-                            resource_id: None,
-                        },
-                    ],
+                suggestions: vec![{
+                    let remove = client::cds::Action { kind: "delete".into(), description: format!("Remove the order for {short}"), resource: None, resource_id: Some(json!(id)) };
+                    if has_acetaminophen {
+                        client::cds::Suggestion {
+                            label: format!("Remove {short} (acetaminophen is already ordered)"),
+                            uuid: Some(uuid::Uuid::new_v4().to_string()),
+                            is_recommended: Some(true),
+                            actions: vec![remove],
+                        }
+                    } else {
+                        client::cds::Suggestion {
+                            label: "Order acetaminophen 325 mg instead".into(),
+                            uuid: Some(uuid::Uuid::new_v4().to_string()),
+                            is_recommended: Some(true),
+                            actions: vec![
+                                remove,
+                                client::cds::Action {
+                                    kind: "create".into(),
+                                    description: format!("Order acetaminophen 325 mg tablets: {instructions}"),
+                                    resource: Some(acetaminophen),
+                                    resource_id: None,
+                                },
+                            ],
+                        }
+                    }
                 }],
                 selection_behavior: Some("at-most-one".into()),
                 override_reasons: vec![
@@ -403,5 +442,17 @@ mod tests {
         let select = order_call("order-select", vec![bp(152.0, 96.0, "2026-11-02", false)], None, &["MedicationRequest/m1"]);
         assert_eq!(order_review(&select, NOW).cards.len(), 1);
         assert_eq!(discovery().services.iter().map(|s| s.hook.as_str()).collect::<Vec<_>>(), ["patient-view", "order-select", "order-sign"]);
+        // Readings not shared: said, not silent.
+        let mut unshared = order_call("order-select", vec![], None, &["MedicationRequest/m1"]);
+        unshared.prefetch.remove("bp");
+        let cards = order_review(&unshared, NOW).cards;
+        assert_eq!((cards.len(), cards[0].summary.as_str()), (1, "Ibuprofen 200 MG Oral Tablet: blood pressure could not be checked"));
+        // Acetaminophen already drafted: the NSAID is only removed, never a second acetaminophen ordered.
+        let mut both = order_call("order-sign", vec![bp(152.0, 96.0, "2026-11-02", false)], None, &[]);
+        let drafts = both.context.get_mut("draftOrders").unwrap()["entry"].as_array_mut().unwrap();
+        drafts.push(json!({"resource": {"resourceType": "MedicationRequest", "id": "m3", "status": "draft", "intent": "order",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "313782", "display": "Acetaminophen 325 MG Oral Tablet"}]}}}));
+        let card = &order_review(&both, NOW).cards[0];
+        assert_eq!(card.suggestions[0].actions.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), ["delete"]);
     }
 }

@@ -25,7 +25,7 @@ pub mod model;
 pub mod outbound;
 pub mod pages;
 pub mod profile;
-pub use token::operator_tokens;
+pub use token::{CDS_TOKEN_SECS, cds_authorization, operator_tokens};
 pub mod registry;
 mod revoke;
 pub mod session;

@@ -77,7 +77,7 @@ pub async fn stored_user_record(store: &dyn AuthStore, username: &str) -> Result
 /// Stores `user` only when the account still is `stored` (compare-and-swap); returns whether it did.
 pub async fn replace_user(store: &dyn AuthStore, stored: &str, user: &User) -> Result<bool, StoreError> {
     let value = serde_json::to_string(user).map_err(|e| StoreError::Backend(e.to_string()))?;
-    store.auth_replace(USER, &user.username, stored, &value).await
+    store.auth_replace(USER, &user.username, stored, &value, None).await
 }
 
 /// Stores a new account only when its user name is free; returns whether it did.

@@ -54,6 +54,73 @@ pub struct CdsEndpoint {
     /// The registered apps (client ids) its cards' SMART links may open; empty: any registered app.
     #[serde(default)]
     pub apps: Vec<String>,
+    /// The OAuth client this service is registered as with this authorisation server. When set, each
+    /// call carries `fhirAuthorization`: a five-minute token of that client for the user on the chart's
+    /// patient, read-only, for the types the service's prefetch templates name (and the Patient), within
+    /// what the client is allowed and the user's rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// A fault the EHR injects into its calls to this service (rehearsal).
+    #[serde(default, skip_serializing_if = "CdsFault::is_none")]
+    pub fault: CdsFault,
+}
+
+/// A fault the EHR injects into its calls to one service, so that a team can rehearse how the chart and
+/// order entry cope (and whether their service checks the JWT), with the service as it is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CdsFault {
+    /// Calls as usual.
+    #[default]
+    None,
+    /// The EHR holds the call past the time limit (nothing is sent).
+    Slow,
+    /// The call is answered as a service failure would be, HTTP 503 (nothing is sent).
+    Error,
+    /// The call is answered with cards that do not hold together (nothing is sent).
+    Garbled,
+    /// The call is sent, signed with a JWT whose `aud` is another service's URL: a service that checks the
+    /// JWT, as it must, refuses it.
+    BadJwt,
+}
+
+impl CdsFault {
+    /// Every fault, as the forms and the command line name them.
+    pub const ALL: [(CdsFault, &'static str, &'static str); 5] = [
+        (CdsFault::None, "none", "None"),
+        (CdsFault::Slow, "slow", "Slow (past 2.5 s)"),
+        (CdsFault::Error, "error", "Error (HTTP 503)"),
+        (CdsFault::Garbled, "garbled", "Garbled cards"),
+        (CdsFault::BadJwt, "bad-jwt", "Bad JWT (wrong aud)"),
+    ];
+
+    /// Whether no fault is injected.
+    pub fn is_none(&self) -> bool {
+        *self == CdsFault::None
+    }
+
+    /// The fault a form or the command line names.
+    pub fn parse(name: &str) -> Option<CdsFault> {
+        CdsFault::ALL.iter().find(|(_, n, _)| *n == name).map(|(f, _, _)| *f)
+    }
+
+    /// Its name (`bad-jwt`).
+    pub fn name(&self) -> &'static str {
+        CdsFault::ALL.iter().find(|(f, _, _)| f == self).map_or("none", |(_, n, _)| n)
+    }
+}
+
+/// The scopes a service's `fhirAuthorization` asks for: read and search, at the patient level, of the
+/// Patient and of each type its prefetch templates name.
+pub fn wanted_scopes(service: &client::cds::Service) -> String {
+    let mut types = vec!["Patient".to_string()];
+    for template in service.prefetch.values().filter_map(Value::as_str) {
+        let ty = template.split(['?', '/']).next().unwrap_or_default();
+        if fhir::types::is_storable_type(ty) && !types.iter().any(|t| t == ty) {
+            types.push(ty.to_string());
+        }
+    }
+    types.iter().map(|t| format!("patient/{t}.rs")).collect::<Vec<_>>().join(" ")
 }
 
 /// Whether `host` is this machine.
@@ -310,36 +377,69 @@ async fn call_service(
     context.insert("userId".into(), json!(user.fhir_user));
     context.insert("patientId".into(), json!(patient));
     context.extend(extra.clone());
+    // A token for the service's own FHIR reads, when it is registered as a client.
+    let fhir_authorization = match &endpoint.client_id {
+        Some(client) => match auth::cds_authorization(s, client, user, patient, &wanted_scopes(service)).await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(error = %e, service = %endpoint.id, "no fhirAuthorization for a CDS Hooks call");
+                None
+            }
+        },
+        None => None,
+    };
     let request = HookRequest {
         hook: service.hook.clone(),
         hook_instance: hook_instance.clone(),
         fhir_server: Some(s.config.fhir_base.clone()),
-        fhir_authorization: None,
+        fhir_authorization,
         context,
         prefetch: filled,
     };
     let now = s.now_ms() / 1000;
-    let claims = json!({"iss": s.config.fhir_base, "aud": url, "exp": now + 300, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
+    let injected = |o: Outcome| Outcome { problem: o.problem.map(|p| format!("{p} (a fault injected by the EHR)")), ..o };
+    let audience = if endpoint.fault == CdsFault::BadJwt { format!("{url}-another-service") } else { url.clone() };
+    let claims = json!({"iss": s.config.fhir_base, "aud": audience, "exp": now + 300, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
     let started = std::time::Instant::now();
-    let outcome = match s.keys.sign_jwt_rs384(&claims, &s.config.endpoint("jwks")) {
-        Err(e) => failed(format!("The call to {label} could not be signed ({e}).")),
-        Ok(jwt) => match fetch_json(http.post(&url).bearer_auth(jwt).json(&request)).await {
-            Ok(body) => match read_cards(&body) {
-                Some((cards, 0)) => Outcome { cards, problem: None, ..failed(String::new()) },
-                Some((cards, bad)) => {
-                    Outcome { cards, problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")), ..failed(String::new()) }
-                }
-                None => failed(format!("{label} sent an answer Kindling cannot read.")),
+    let outcome = match endpoint.fault {
+        CdsFault::Slow => {
+            tokio::time::sleep(TIMEOUT).await;
+            injected(failed(CallProblem::Slow.described(&label)))
+        }
+        CdsFault::Error => injected(failed(CallProblem::Status(503).described(&label))),
+        CdsFault::Garbled => {
+            let (cards, bad) =
+                read_cards(&json!({"cards": [{"summary": 3, "indicator": "info"}, {"summary": "No source", "indicator": "hard-stop"}]})).unwrap_or_default();
+            injected(Outcome { cards, problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")), ..failed(String::new()) })
+        }
+        CdsFault::None | CdsFault::BadJwt => match s.keys.sign_jwt_rs384(&claims, &s.config.endpoint("jwks")) {
+            Err(e) => {
+                tracing::error!(error = %e, "a CDS Hooks call could not be signed");
+                failed(format!("The call to {label} could not be signed; the EHR works without it."))
+            }
+            Ok(jwt) => match fetch_json(http.post(&url).bearer_auth(jwt).json(&request)).await {
+                Ok(body) => match read_cards(&body) {
+                    Some((cards, 0)) => Outcome { cards, problem: None, ..failed(String::new()) },
+                    Some((cards, bad)) => Outcome {
+                        cards,
+                        problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")),
+                        ..failed(String::new())
+                    },
+                    None => failed(format!("{label} sent an answer Kindling cannot read.")),
+                },
+                Err(problem) => failed(problem.described(&label)),
             },
-            Err(problem) => failed(problem.described(&label)),
         },
     };
+    let outcome = if endpoint.fault == CdsFault::BadJwt { injected(outcome) } else { outcome };
     s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
-        "{} to {url}: {} card(s){}, prefetched {:?}, in {:.0} ms",
+        "{} to {url}{}: {} card(s){}, prefetched {:?}{}, in {:.0} ms",
         service.hook,
+        if endpoint.fault.is_none() { String::new() } else { format!(" (injected fault: {})", endpoint.fault.name()) },
         outcome.cards.len(),
         outcome.problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
         request.prefetch.keys().collect::<Vec<_>>(),
+        request.fhir_authorization.as_ref().map(|a| format!(", fhirAuthorization {}", a["scope"].as_str().unwrap_or_default())).unwrap_or_default(),
         started.elapsed().as_secs_f64() * 1000.0
     ));
     outcome
@@ -398,9 +498,10 @@ pub async fn fire(s: &Shared, user: &auth::model::User, patient: &str, hook: &st
     let endpoints: Vec<CdsEndpoint> = match endpoints(s).await {
         Ok(e) => e.into_iter().filter(|e| !e.disabled).collect(),
         Err(e) => {
+            tracing::error!(error = %e, "the CDS services could not be listed");
             return vec![Outcome {
                 service: "Decision support".into(),
-                problem: Some(format!("The services could not be listed ({e}).")),
+                problem: Some("The decision-support services could not be listed; the EHR works without them.".into()),
                 ..Outcome::default()
             }];
         }
@@ -790,12 +891,49 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
     Redirect::to(url.as_str()).into_response()
 }
 
+/// `POST /ehr/cds/{id}/fault`: injects a fault into the EHR's calls to a service (or none).
+pub(crate) async fn service_fault(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, axum::Form(p): axum::Form<Params>) -> Response {
+    let sess = match administrator(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if let Some(r) = csrf_refusal(&sess, &p) {
+        return r;
+    }
+    let Some(fault) = p.get("fault").and_then(|f| CdsFault::parse(f)) else {
+        return services_page(&s, &sess, StatusCode::BAD_REQUEST, Some("Choose a fault from the list.".into()), None, ServiceForm::default()).await;
+    };
+    let existing = match endpoints(&s).await {
+        Ok(all) => all.into_iter().find(|e| e.id == id),
+        Err(e) => return internal(e),
+    };
+    let Some(endpoint) = existing else {
+        return message(
+            Nav::of(&sess),
+            StatusCode::NOT_FOUND,
+            "No such service",
+            "No decision-support service has this id.",
+            "Pick one from the list.",
+            "/ehr/cds",
+        );
+    };
+    if let Err(why) = register(&s, &CdsEndpoint { fault, ..endpoint.clone() }).await {
+        return services_page(&s, &sess, StatusCode::BAD_REQUEST, Some(why), None, ServiceForm::default()).await;
+    }
+    s.audit("cds-fault").user(sess.user.username.as_str()).record(format!("decision-support service {}: injected fault {}", endpoint.id, fault.name()));
+    Redirect::to("/ehr/cds").into_response()
+}
+
 /// A registration as the services page lists it.
 pub(crate) struct ServiceRow {
     pub id: String,
     pub name: String,
     pub url: String,
     pub apps: String,
+    /// Its OAuth client (`fhirAuthorization`), or empty.
+    pub client: String,
+    /// The fault injected into calls to it (`none`).
+    pub fault: &'static str,
     pub disabled: bool,
 }
 
@@ -806,6 +944,7 @@ pub(crate) struct ServiceForm {
     pub name: String,
     pub url: String,
     pub apps: String,
+    pub client: String,
 }
 
 #[derive(Template)]
@@ -816,6 +955,8 @@ struct ServicesPage {
     error: Option<String>,
     notice: Option<String>,
     form: ServiceForm,
+    /// The faults that can be injected: (name, label).
+    faults: Vec<(&'static str, &'static str)>,
 }
 
 async fn services_page(s: &Shared, sess: &Session, status: StatusCode, error: Option<String>, notice: Option<String>, form: ServiceForm) -> Response {
@@ -824,6 +965,8 @@ async fn services_page(s: &Shared, sess: &Session, status: StatusCode, error: Op
             .into_iter()
             .map(|e| ServiceRow {
                 apps: if e.apps.is_empty() { "any registered app".into() } else { e.apps.join(", ") },
+                client: e.client_id.unwrap_or_default(),
+                fault: e.fault.name(),
                 id: e.id,
                 name: e.name,
                 url: e.url,
@@ -832,7 +975,8 @@ async fn services_page(s: &Shared, sess: &Session, status: StatusCode, error: Op
             .collect(),
         Err(e) => return internal(e),
     };
-    render(status, &ServicesPage { nav: Nav::of(sess), services, error, notice, form })
+    let faults = CdsFault::ALL.iter().map(|(_, n, l)| (*n, *l)).collect();
+    render(status, &ServicesPage { nav: Nav::of(sess), services, error, notice, form, faults })
 }
 
 /// `GET /ehr/cds`: the registered decision-support services and a form to register one (administrators).
@@ -854,17 +998,18 @@ pub(crate) async fn service_create(State(s): State<Shared>, headers: HeaderMap, 
         return r;
     }
     let field = |k: &str| p.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
-    let form = ServiceForm { id: field("id"), name: field("name"), url: field("url"), apps: field("apps") };
+    let form = ServiceForm { id: field("id"), name: field("name"), url: field("url"), apps: field("apps"), client: field("client") };
     let apps: Vec<String> = form.apps.split_whitespace().map(str::to_string).collect();
     let mut problem = form.name.is_empty().then(|| "Give the service a name.".to_string());
-    for app in &apps {
+    let client_id = Some(form.client.clone()).filter(|c| !c.is_empty());
+    for app in apps.iter().chain(client_id.iter()) {
         match auth::registry::stored_client(s.store.as_ref(), app).await {
             Ok(Some(_)) => {}
             Ok(None) => problem = problem.or(Some(format!("No app '{app}' is registered."))),
             Err(e) => return internal(e),
         }
     }
-    let endpoint = CdsEndpoint { id: form.id.clone(), name: form.name.clone(), url: form.url.clone(), disabled: false, apps };
+    let endpoint = CdsEndpoint { id: form.id.clone(), name: form.name.clone(), url: form.url.clone(), disabled: false, apps, client_id, fault: CdsFault::None };
     if problem.is_none()
         && let Err(why) = register(&s, &endpoint).await
     {

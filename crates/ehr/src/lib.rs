@@ -65,6 +65,7 @@ pub fn router(server: Shared) -> Router {
         .route("/ehr/cds/launch", post(cds::launch_from_card))
         .route("/ehr/cds", get(cds::services).post(cds::service_create))
         .route("/ehr/cds/{id}/status", post(cds::service_status))
+        .route("/ehr/cds/{id}/fault", post(cds::service_fault))
         .route("/ehr/launch", post(launch))
         .route("/ehr/launches", get(launches))
         .route("/ehr/launches/{id}", get(inspector))

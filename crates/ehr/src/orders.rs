@@ -136,7 +136,8 @@ async fn change_session<T>(s: &Shared, key: &str, mut change: impl FnMut(&mut Or
         };
         let value = serde_json::to_string(&session).map_err(|e| e.to_string())?;
         let written = match &current {
-            Some(r) => s.store.auth_replace(ORDERS_KIND, key, &r.value, &value).await,
+            // Every change keeps the drafts for the full time again.
+            Some(r) => s.store.auth_replace(ORDERS_KIND, key, &r.value, &value, Some(s.now_ms() + ORDERS_TTL_MS)).await,
             None => s.store.auth_insert_new(ORDERS_KIND, key, &value, Some(s.now_ms() + ORDERS_TTL_MS)).await,
         };
         if written.map_err(|e| e.to_string())? {
@@ -181,8 +182,13 @@ fn draft_bundle(drafts: &[Value]) -> Value {
     json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
 }
 
-/// A suggested resource made a draft of this patient's, by this user: only medication and lab orders, for
-/// this patient (or none named), validated as FHIR.
+/// A suggested resource made a draft of this patient's, by this user, from an allowlist: what is signed
+/// is exactly what the page shows. A medication order keeps its RxNorm-coded medication (its text set to
+/// the coding's display) and its dosage texts; a lab order its LOINC-coded test (category: laboratory).
+/// Status, subject, requester and time are this EHR's; a narrative, `meta`, notes and reasons are left
+/// out; anything else (another patient named in `patient`, `basedOn`, `performer`…, `doNotPerform`, a
+/// `medicationReference`, structured doses, extensions) refuses the suggestion, as does an intent other
+/// than `order`.
 fn suggested_draft(resource: &Value, patient: &str, user: &auth::model::User, now: &str, id: String) -> Result<Value, String> {
     let Some(obj) = resource.as_object() else { return Err("it proposes something that is not a resource".into()) };
     let ty = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default();
@@ -193,22 +199,65 @@ fn suggested_draft(resource: &Value, patient: &str, user: &auth::model::User, no
         return Err("the order it proposes is too large".into());
     }
     let own = format!("Patient/{patient}");
-    if let Some(subject) = obj.get("subject").and_then(|s| s["reference"].as_str())
-        && subject != own
+    if let Some(subject) = obj.get("subject")
+        && subject["reference"].as_str() != Some(own.as_str())
     {
         return Err("the order it proposes is for another patient".into());
     }
-    let mut r = obj.clone();
-    r.insert("id".into(), json!(id));
-    r.insert("status".into(), json!("draft"));
-    r.entry("intent").or_insert(json!("order"));
-    r.insert("subject".into(), json!({"reference": own}));
-    r.insert("requester".into(), json!({"reference": user.fhir_user, "display": user.display_name}));
-    r.insert("authoredOn".into(), json!(now));
-    r.remove("meta");
-    let r = Value::Object(r);
+    if let Some(intent) = obj.get("intent")
+        && intent != "order"
+    {
+        return Err(format!("it proposes a {}, not an order", cds_plain(intent.as_str().unwrap_or("request"))));
+    }
+    const IGNORED: [&str; 11] = ["resourceType", "id", "status", "intent", "subject", "requester", "authoredOn", "text", "meta", "note", "reasonCode"];
+    let written: &[&str] = if ty == "MedicationRequest" { &["medicationCodeableConcept", "dosageInstruction"] } else { &["code", "category"] };
+    if let Some(other) = obj.keys().find(|k| !IGNORED.contains(&k.as_str()) && !written.contains(&k.as_str())) {
+        return Err(format!("it sets {}, which this EHR does not write on an order", cds_plain(other)));
+    }
+    // The coding a clinician reads: its display (or code) becomes the text.
+    let coded = |concept: &Value, system: &str, what: &str| -> Result<Value, String> {
+        let c = concept["coding"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["system"] == system && c["code"].as_str().is_some_and(|code| !code.is_empty())))
+            .ok_or(format!("the order it proposes has no {what} code"))?;
+        let code = c["code"].as_str().unwrap_or_default();
+        let display = c["display"].as_str().filter(|d| !d.trim().is_empty()).unwrap_or(code);
+        Ok(json!({"coding": [{"system": system, "code": code, "display": display}], "text": display}))
+    };
+    let mut r = json!({"resourceType": ty, "id": id, "status": "draft", "intent": "order", "subject": {"reference": own},
+        "requester": {"reference": user.fhir_user, "display": user.display_name}, "authoredOn": now});
+    if ty == "MedicationRequest" {
+        r["medicationCodeableConcept"] = coded(&obj.get("medicationCodeableConcept").cloned().unwrap_or_default(), RXNORM, "RxNorm")?;
+        let mut dosage = Vec::new();
+        for d in obj.get("dosageInstruction").and_then(Value::as_array).into_iter().flatten().take(4) {
+            let Some(text) = d.get("text").and_then(Value::as_str).filter(|t| !t.trim().is_empty()) else {
+                return Err("it proposes a dose without instructions in words".into());
+            };
+            if d.as_object().is_some_and(|o| o.keys().any(|k| k != "text" && k != "sequence")) {
+                return Err("it proposes a structured dose this EHR cannot show; only instructions in words are written".into());
+            }
+            dosage.push(json!({"text": cds_plain_long(text)}));
+        }
+        if !dosage.is_empty() {
+            r["dosageInstruction"] = json!(dosage);
+        }
+    } else {
+        let lab = obj.get("category").is_none_or(|c| {
+            c.as_array().is_some_and(|cs| cs.iter().any(|cc| cc["coding"].as_array().is_some_and(|x| x.iter().any(|x| x["code"] == "108252007"))))
+        });
+        if !lab {
+            return Err("it proposes a service that is not a lab test".into());
+        }
+        r["category"] = json!([{"coding": [{"system": "http://snomed.info/sct", "code": "108252007", "display": "Laboratory procedure"}]}]);
+        r["code"] = coded(&obj.get("code").cloned().unwrap_or_default(), LOINC, "LOINC")?;
+    }
     fhir::validate::validate_resource(&r, Some(ty)).map_err(|e| format!("the order it proposes is not valid FHIR ({})", e.0))?;
     Ok(r)
+}
+
+/// A longer text a service wrote (dose instructions): no control characters, bounded.
+fn cds_plain_long(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
 fn cds_plain(text: &str) -> String {
@@ -274,8 +323,12 @@ async fn review(s: &Shared, user: &auth::model::User, patient: &str, hook: &str,
     change_session(s, &session_key(patient, &user.username), |session| {
         if digest(&session.drafts) == sent {
             // A card overridden earlier for these orders is not asked again.
-            let outcomes =
-                cards.iter().map(|c| session.overridden.contains(&(c.url.clone(), c.card.summary.clone())).then(|| "Overridden earlier".to_string())).collect();
+            let outcomes = cards
+                .iter()
+                .map(|c| {
+                    (hook == "order-sign" && session.overridden.contains(&(c.url.clone(), c.card.summary.clone()))).then(|| "Overridden earlier".to_string())
+                })
+                .collect();
             session.review = Some(Review {
                 hook: hook.to_string(),
                 digest: sent.clone(),
@@ -326,6 +379,8 @@ pub(crate) struct OrdersPage {
     pub problems: Vec<String>,
     /// Warning and critical cards not yet accepted or overridden.
     pub open: usize,
+    /// The order-sign review the Sign button confirms (empty: none holds for the drafts).
+    pub sign_review: String,
     pub stale: bool,
     pub error: Option<String>,
 }
@@ -373,11 +428,17 @@ async fn orders_page(s: &Shared, sess: &Session, id: &str, status: StatusCode, e
             DraftView {
                 reference: reference_of(d),
                 text: chart::concept(concept),
-                detail: if lab { "Lab test".into() } else { d["dosageInstruction"][0]["text"].as_str().unwrap_or_default().to_string() },
+                detail: if lab {
+                    "Lab test".into()
+                } else {
+                    let texts: Vec<&str> = d["dosageInstruction"].as_array().into_iter().flatten().filter_map(|x| x["text"].as_str()).collect();
+                    if texts.is_empty() { "No instructions given".into() } else { texts.join("; then ") }
+                },
             }
         })
         .collect();
     let current = digest(&session.drafts);
+    let sign_review = session.review.as_ref().filter(|r| r.hook == "order-sign" && r.digest == current).map(|r| r.reference.clone()).unwrap_or_default();
     let (review_title, reference, cards, problems, open, stale) = match session.review {
         Some(r) => {
             let open = if r.hook == "order-sign" && r.digest == current { r.open() } else { 0 };
@@ -403,7 +464,10 @@ async fn orders_page(s: &Shared, sess: &Session, id: &str, status: StatusCode, e
     };
     let medications = CATALOGUE.iter().filter(|o| !o.lab).map(|o| (o.key, o.display)).collect();
     let labs = CATALOGUE.iter().filter(|o| o.lab).map(|o| (o.key, o.display)).collect();
-    render(status, &OrdersPage { nav: Nav::of(sess), patient, medications, labs, drafts, review_title, reference, cards, problems, open, stale, error })
+    render(
+        status,
+        &OrdersPage { nav: Nav::of(sess), patient, medications, labs, drafts, review_title, reference, cards, problems, open, sign_review, stale, error },
+    )
 }
 
 /// `GET /ehr/patients/{id}/orders`: the order panel.
@@ -422,7 +486,27 @@ async fn order_form(s: &Shared, headers: &HeaderMap, id: &str, p: &Params) -> Re
         return Err(r);
     }
     patient_facts(s, &sess, id).await?;
+    if !may_order(&sess.user) {
+        return Err(message(
+            Nav::of(&sess),
+            StatusCode::FORBIDDEN,
+            "Your account does not write orders",
+            "Writing medication and lab orders needs the right to create them, which your account does not have.",
+            "Ask a prescriber, or an administrator to change your account's rights.",
+            &format!("/ehr/patients/{id}"),
+        ));
+    }
     Ok(sess)
+}
+
+/// Whether a user may write orders: an account without rights may do anything; one with rights only
+/// when they allow creating MedicationRequest and ServiceRequest (at whatever level they are written).
+fn may_order(user: &auth::model::User) -> bool {
+    let Some(rights) = &user.rights else { return true };
+    let rights = smart::ScopeSet::parse(rights);
+    ["MedicationRequest", "ServiceRequest"]
+        .iter()
+        .all(|ty| [smart::Level::User, smart::Level::Patient, smart::Level::System].iter().any(|l| rights.access(*l, ty, smart::Interaction::Create).is_some()))
 }
 
 fn back_to_orders(id: &str) -> Response {
@@ -502,14 +586,22 @@ pub(crate) async fn order_card(State(s): State<Shared>, headers: HeaderMap, Path
     let now = fhir::time::format_instant(s.clock.now());
     let user = sess.user.clone();
     let done = change_session(&s, &session_key(&id, &sess.user.username), |session| {
+        let current = digest(&session.drafts);
         let review = session.review.as_mut().filter(|r| &r.reference == reference).ok_or("These cards have been replaced: look at the current ones.")?;
         let shown = review.cards.get(card).cloned().ok_or("That card is not on this page.")?;
         if review.outcomes[card].is_some() {
             return Err("Something was already done about this card.".into());
         }
+        // Advice is answered on the orders it was given for: after a change, signing asks again.
+        if review.digest != current {
+            return Err("Your draft orders changed since these cards were given: sign again to get advice on them as they are now.".into());
+        }
         let item = if accept {
             let n = index("suggestion").ok_or("Choose a suggestion.")?;
             let suggestion = shown.card.suggestions.get(n).ok_or("That suggestion is not on this card.")?;
+            if suggestion.actions.is_empty() {
+                return Err("This suggestion changes nothing this EHR can apply.".into());
+            }
             apply(&mut session.drafts, &suggestion.actions, &id, &user, &now).map_err(|why| format!("This suggestion cannot be applied: {why}."))?;
             review.outcomes[card] = Some(format!("Accepted: {}", cds_plain(&suggestion.label)));
             FeedbackItem {
@@ -526,9 +618,19 @@ pub(crate) async fn order_card(State(s): State<Shared>, headers: HeaderMap, Path
                 }
                 None => None,
             };
-            let said = reason.as_ref().map(|r| cds_plain(r.display.as_deref().unwrap_or(&r.code))).unwrap_or_else(|| "no reason given".into());
+            // A warning or critical card is not set aside without saying why.
+            if shown.card.indicator != "info" && reason.is_none() && comment.is_none() {
+                return Err("Say why this card is not followed: choose a reason or write a comment.".into());
+            }
+            let said = match (&reason, &comment) {
+                (Some(r), _) => cds_plain(r.display.as_deref().unwrap_or(&r.code)),
+                (None, Some(c)) => cds_plain(c),
+                (None, None) => "no reason given".into(),
+            };
             review.outcomes[card] = Some(format!("Overridden: {said}"));
-            session.overridden.push((shown.url.clone(), shown.card.summary.clone()));
+            if review.hook == "order-sign" {
+                session.overridden.push((shown.url.clone(), shown.card.summary.clone()));
+            }
             FeedbackItem {
                 card: shown.card.uuid.clone().unwrap_or_default(),
                 outcome: "overridden".into(),
@@ -572,24 +674,39 @@ pub(crate) async fn order_sign(State(s): State<Shared>, headers: HeaderMap, Path
         return orders_page(&s, &sess, &id, StatusCode::BAD_REQUEST, Some("There are no orders to sign.".into())).await;
     }
     let current = digest(&session.drafts);
-    let reviewed = |session: &OrderSession| session.review.as_ref().is_some_and(|r| r.hook == "order-sign" && r.digest == current && r.open() == 0);
-    if !reviewed(&session) {
-        if let Err(e) = review(&s, &sess.user, &id, "order-sign", session.drafts.clone(), None).await {
-            return internal(e);
+    // The order-sign review whose cards are all answered, for exactly these drafts.
+    let answered = |session: &OrderSession, reference: &str| {
+        session.review.as_ref().is_some_and(|r| r.hook == "order-sign" && r.digest == current && r.reference == reference && r.open() == 0)
+    };
+    // The form names the review the clinician saw; without one that still holds, the services are asked.
+    let reference = match p.get("review").filter(|r| !r.is_empty() && answered(&session, r)) {
+        Some(r) => r.clone(),
+        None => {
+            if let Err(e) = review(&s, &sess.user, &id, "order-sign", session.drafts.clone(), None).await {
+                return internal(e);
+            }
+            session = match read_session(&s, &key).await {
+                Ok(x) => x,
+                Err(e) => return internal(e),
+            };
+            // Signed at once only when the services had nothing new to say (cards overridden earlier
+            // aside) and every one answered; else the clinician reads the review and signs again.
+            let silent = session
+                .review
+                .as_ref()
+                .filter(|r| r.hook == "order-sign" && r.digest == current && r.problems.is_empty() && r.outcomes.iter().all(Option::is_some));
+            match silent {
+                Some(r) => r.reference.clone(),
+                None => return Redirect::to(&format!("/ehr/patients/{id}/orders#review")).into_response(),
+            }
         }
-        session = match read_session(&s, &key).await {
-            Ok(x) => x,
-            Err(e) => return internal(e),
-        };
-        if digest(&session.drafts) != current || !reviewed(&session) {
-            return Redirect::to(&format!("/ehr/patients/{id}/orders#review")).into_response();
-        }
-    }
+    };
     // Sign exactly the drafts reviewed: take them out of the session first (a second tab signing the same
-    // drafts finds them gone), then write them.
+    // drafts finds them gone, and one that asked the services again meanwhile holds this one back), then
+    // write them.
     let taken = change_session(&s, &key, |session| {
-        if digest(&session.drafts) != current {
-            return Err("Your draft orders changed while signing: look at them again.".to_string());
+        if !answered(session, &reference) {
+            return Err("Your draft orders or their decision support changed while signing: look at them again.".to_string());
         }
         Ok(std::mem::take(session))
     })
@@ -655,6 +772,16 @@ mod tests {
             .expect("a user")
     }
 
+    /// A suggested medication order with `extra` fields.
+    fn med(extra: Value) -> Value {
+        let mut m =
+            json!({"resourceType": "MedicationRequest", "intent": "order", "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "313782"}]}});
+        for (k, v) in extra.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        m
+    }
+
     fn action(kind: &str, resource: Option<Value>, id: Option<Value>) -> client::cds::Action {
         client::cds::Action { kind: kind.into(), description: kind.into(), resource, resource_id: id }
     }
@@ -669,15 +796,17 @@ mod tests {
             action("delete", None, Some(json!(reference_of(&ibuprofen)))),
             action(
                 "create",
-                Some(
-                    json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "medicationCodeableConcept": {"text": "Acetaminophen"}, "subject": {"reference": "Patient/p1"}}),
-                ),
+                Some(json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": {"reference": "Patient/p1"},
+                    "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "313782", "display": "Acetaminophen 325 MG Oral Tablet"}], "text": "Something milder"},
+                    "dosageInstruction": [{"text": "2 tablets every 6 hours"}], "note": [{"text": "dropped"}]})),
                 None,
             ),
         ];
         apply(&mut drafts, &swap, "p1", &u, now).unwrap();
         assert_eq!(drafts.len(), 1);
-        assert_eq!(drafts[0]["medicationCodeableConcept"]["text"], "Acetaminophen");
+        assert_eq!(drafts[0]["medicationCodeableConcept"]["text"], "Acetaminophen 325 MG Oral Tablet", "what is shown is the coded drug");
+        assert_eq!(drafts[0]["dosageInstruction"], json!([{"text": "2 tablets every 6 hours"}]));
+        assert!(drafts[0].get("note").is_none());
         assert_eq!(drafts[0]["status"], "draft", "a suggestion makes drafts, never signed orders");
         assert_eq!(drafts[0]["requester"]["reference"], "Practitioner/p1");
         let before = drafts.clone();
@@ -689,7 +818,24 @@ mod tests {
             (vec![action("create", Some(json!({"resourceType": "Patient"})), None)], "only medication and lab orders"),
             (vec![action("delete", None, Some(json!("MedicationRequest/not-mine")))], "not among your drafts"),
             (vec![action("update", Some(json!({"resourceType": "ServiceRequest", "id": "x"})), None)], "not among your drafts"),
-            (vec![action("create", Some(json!({"resourceType": "MedicationRequest", "intent": "order"})), None)], "not valid FHIR"),
+            (vec![action("create", Some(json!({"resourceType": "MedicationRequest", "intent": "order"})), None)], "no RxNorm code"),
+            (vec![action("create", Some(med(json!({"patient": {"reference": "Patient/p2"}}))), None)], "it sets patient"),
+            (vec![action("create", Some(med(json!({"doNotPerform": true}))), None)], "it sets doNotPerform"),
+            (vec![action("create", Some(med(json!({"basedOn": [{"reference": "ServiceRequest/x"}]}))), None)], "it sets basedOn"),
+            (vec![action("create", Some(med(json!({"intent": "proposal"}))), None)], "a proposal, not an order"),
+            (
+                vec![action("create", Some(med(json!({"dosageInstruction": [{"text": "1 a day", "doseAndRate": [{"doseQuantity": {"value": 40}}]}]}))), None)],
+                "structured dose",
+            ),
+            (
+                vec![action(
+                    "create",
+                    Some(json!({"resourceType": "ServiceRequest", "code": {"coding": [{"system": LOINC, "code": "2823-3"}]},
+                "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "387713003", "display": "Surgical procedure"}]}]})),
+                    None,
+                )],
+                "not a lab test",
+            ),
             (vec![action("delete", None, Some(json!(reference_of(&drafts[0])))), action("launch", None, None)], "does not know"),
         ] {
             let e = apply(&mut drafts, &bad, "p1", &u, now).unwrap_err();

@@ -208,9 +208,13 @@ impl Application {
             id: REFERENCE_APP.into(),
             name: "Patient summary (reference app)".into(),
             url: format!("{base}/app/cds-services"),
-            disabled: registered.is_some_and(|e| e.disabled),
+            disabled: registered.as_ref().is_some_and(|e| e.disabled),
             // Its cards open the reference app only.
             apps: vec![REFERENCE_APP.into()],
+            // It reads only what is prefetched.
+            client_id: None,
+            // An injected fault stays until an administrator clears it.
+            fault: registered.as_ref().map(|e| e.fault).unwrap_or_default(),
         };
         if let Err(e) = ehr::cds::register(&self.auth, &endpoint).await {
             tracing::warn!(error = %e, "the reference app's decision-support service was not registered");

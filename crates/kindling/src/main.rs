@@ -177,7 +177,14 @@ enum CdsCommand {
         /// A registered app (client id) its cards' SMART links may open; repeat for several. None: any.
         #[arg(long = "app")]
         apps: Vec<String>,
+        /// The service's own registered client (client id): its calls then carry `fhirAuthorization`, a
+        /// five-minute read token for the chart's patient.
+        #[arg(long)]
+        client: Option<String>,
     },
+    /// Inject a fault into the EHR's calls to a service, to rehearse: none, slow, error, garbled or
+    /// bad-jwt (signed for another service's URL).
+    Fault { id: String, fault: String },
     /// Stop calling a service (its registration stays).
     Disable { id: String },
     /// Call a disabled service again.
@@ -624,17 +631,32 @@ async fn cds(data: PathBuf, command: CdsCommand, clock: SharedClock) -> anyhow::
         CdsCommand::List => {
             for e in ehr::cds::endpoints(&app.auth).await? {
                 let apps = if e.apps.is_empty() { "any app".to_string() } else { e.apps.join(",") };
-                println!("{}\t{}\t{}\t{apps}{}", e.id, e.name, e.url, if e.disabled { "\tdisabled" } else { "" });
+                let mut client = e.client_id.as_deref().map(|c| format!("\tfhirAuthorization as {c}")).unwrap_or_default();
+                if !e.fault.is_none() {
+                    client.push_str(&format!("\tinjected fault: {}", e.fault.name()));
+                }
+                println!("{}\t{}\t{}\t{apps}{client}{}", e.id, e.name, e.url, if e.disabled { "\tdisabled" } else { "" });
             }
         }
-        CdsCommand::Add { id, name, url, apps } => {
-            for client in &apps {
+        CdsCommand::Add { id, name, url, apps, client } => {
+            for client in apps.iter().chain(client.iter()) {
                 if auth::registry::stored_client(app.state.store.as_ref(), client).await?.is_none() {
                     anyhow::bail!("no app '{client}' is registered (kindling apps list shows them)");
                 }
             }
-            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { id: id.clone(), name, url, disabled: false, apps }).await.map_err(|e| anyhow::anyhow!(e))?;
+            ehr::cds::register(
+                &app.auth,
+                &ehr::cds::CdsEndpoint { id: id.clone(), name, url, disabled: false, apps, client_id: client, fault: Default::default() },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
             println!("registered {id}");
+        }
+        CdsCommand::Fault { id, fault } => {
+            let e = existing(&id).await?;
+            let fault = ehr::cds::CdsFault::parse(&fault).ok_or_else(|| anyhow::anyhow!("no fault '{fault}': none, slow, error, garbled or bad-jwt"))?;
+            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { fault, ..e }).await.map_err(|e| anyhow::anyhow!(e))?;
+            println!("{id}: injected fault {}", fault.name());
         }
         CdsCommand::Disable { id } => {
             let e = existing(&id).await?;

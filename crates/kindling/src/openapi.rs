@@ -656,6 +656,16 @@ fn build() -> Value {
         ),
     );
     add(
+        "/ehr/cds/{id}/fault",
+        "post",
+        ehr(
+            "Inject a fault into the EHR's calls to a decision-support service (none, slow, error, garbled, bad-jwt), for rehearsal",
+            vec![param("id", "path", "Service id", string())],
+            Some(form(&[("csrf", "Form token"), ("fault", "none, slow, error, garbled or bad-jwt")], &[])),
+            &json!({ "303": redirect("To the services page, or to sign-in when there is no session") }),
+        ),
+    );
+    add(
         "/ehr/cds/{id}/status",
         "post",
         ehr(

@@ -213,7 +213,8 @@ pub trait AuthStore: Send + Sync {
     /// Replaces a live record's value only when it still holds `expected` (compare-and-swap); returns
     /// whether it did. Of two concurrent read-change-write cycles on one record, one replaces and the
     /// other sees `false` and reads again: no change is lost.
-    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str) -> Result<bool>;
+    /// `expires` (Unix ms) moves the record's expiry with the change; `None` keeps it.
+    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str, expires: Option<i64>) -> Result<bool>;
     /// Revokes every record of a grant; returns how many.
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64>;
     /// Deletes a record.

@@ -99,3 +99,53 @@ pub async fn operator_tokens(s: &Shared, client_id: &str, username: &str, patien
     };
     issue_tokens(s, &client, grant, None, Refresh::New, None).await.map_err(|e| format!("the token could not be issued: {}: {}", e.code(), e.description()))
 }
+
+/// How long a CDS Hooks `fhirAuthorization` token lives.
+pub const CDS_TOKEN_SECS: i64 = 300;
+
+/// The `fhirAuthorization` of a CDS Hooks call (CDS Hooks 2.0): a bearer token for the CDS service's own
+/// registered client (`client_id`), for `user` on `patient`, with `wanted` (patient-level read scopes)
+/// narrowed to what the client is allowed and the user's rights allow, living [`CDS_TOKEN_SECS`].
+/// No refresh token and no id_token; revoked with the user like any of their tokens. `Ok(None)` when
+/// nothing of `wanted` may be granted; `Err` when the client is not registered or disabled.
+pub async fn cds_authorization(s: &Shared, client_id: &str, user: &crate::model::User, patient: &str, wanted: &str) -> Result<Option<Value>, String> {
+    let client = crate::registry::get_client(s.store.as_ref(), client_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(|c| !c.disabled)
+        .ok_or_else(|| format!("the client '{client_id}' is not registered or is disabled"))?;
+    let mut granted = crate::authorize::grantable(&client, user, wanted);
+    // Patient-level resource scopes only: nothing else is asked for, nor given.
+    granted.scopes.retain(|sc| matches!(sc, smart::Scope::Resource(r) if r.level == smart::Level::Patient));
+    if granted.scopes.is_empty() {
+        return Ok(None);
+    }
+    let now = s.now_ms();
+    let expires = now + CDS_TOKEN_SECS * 1000;
+    let grant = Grant {
+        grant_id: uuid::Uuid::now_v7().to_string(),
+        client_id: client.client_id.clone(),
+        scope: granted.to_string(),
+        username: Some(user.username.clone()),
+        fhir_user: Some(user.fhir_user.clone()),
+        patient: Some(patient.to_string()),
+        expires: Some(expires),
+        ..Grant::default()
+    };
+    let access = crate::crypto::ordered_token(now);
+    let value = serde_json::to_string(&grant).map_err(|e| e.to_string())?;
+    s.store.auth_put("access", &crate::crypto::token_key(&access), &value, Some(&grant.grant_id), Some(expires)).await.map_err(|e| e.to_string())?;
+    s.audit("token")
+        .client(client.client_id.as_str())
+        .user(user.username.as_str())
+        .patient(Some(patient))
+        .record(format!("CDS Hooks fhirAuthorization: {}", grant.scope));
+    Ok(Some(serde_json::json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": CDS_TOKEN_SECS,
+        "scope": grant.scope,
+        "subject": client.client_id,
+        "patient": patient,
+    })))
+}

@@ -169,7 +169,21 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
     auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &practitioner).await.unwrap();
     let patient = synth::patient_id(22, 0);
     let (base, seen) = test_service(&synth::patient_id(22, 1)).await;
-    let endpoint = ehr::cds::CdsEndpoint { id: "spec-service".into(), name: "Spec service".into(), url: base.clone(), disabled: false, apps: Vec::new() };
+    // The service is a registered client of its own: its calls carry fhirAuthorization.
+    let mut spec_client = auth::registry::get_client(store, "kindling-summary").await.unwrap().unwrap();
+    spec_client.client_id = "spec-cds".into();
+    spec_client.name = "Spec CDS service".into();
+    spec_client.allowed_scope = "patient/*.rs".into();
+    auth::registry::put_client_as_is(store, &spec_client).await.unwrap();
+    let endpoint = ehr::cds::CdsEndpoint {
+        id: "spec-service".into(),
+        name: "Spec service".into(),
+        url: base.clone(),
+        disabled: false,
+        apps: Vec::new(),
+        client_id: Some("spec-cds".into()),
+        fault: Default::default(),
+    };
     ehr::cds::register(&app.auth, &endpoint).await.unwrap();
     let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
     let (status, cards) = page(&app, &format!("/ehr/patients/{patient}/cds"), &cookie).await;
@@ -204,6 +218,30 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
         !everyone.is_empty() && everyone.iter().all(|e| e["resource"]["subject"]["reference"].as_str().unwrap().ends_with(&format!("Patient/{patient}"))),
         "a search stays in the chart's patient's record"
     );
+    // fhirAuthorization: a five-minute read token of the service's client, for this user on this patient,
+    // for the types its templates name; it reads this patient's record and nobody else's.
+    let fa = &body["fhirAuthorization"];
+    assert_eq!((fa["token_type"].as_str(), fa["expires_in"].as_i64(), fa["subject"].as_str()), (Some("Bearer"), Some(300), Some("spec-cds")), "{fa}");
+    assert_eq!(fa["patient"], patient);
+    let granted: Vec<&str> = fa["scope"].as_str().unwrap().split(' ').collect();
+    for want in ["patient/Patient.rs", "patient/Condition.rs", "patient/Observation.rs", "patient/Encounter.rs"] {
+        assert!(granted.contains(&want), "{want} in {granted:?}");
+    }
+    assert!(!granted.iter().any(|g| g.starts_with("user/") || g.contains(".c") || g.contains('*')), "{granted:?}");
+    let token = fa["access_token"].as_str().unwrap();
+    let r = app.client.get(format!("{}/Condition?patient={patient}", app.base)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.json::<Value>().await.unwrap()["entry"].as_array().is_some_and(|e| !e.is_empty()));
+    let other = synth::patient_id(22, 1);
+    assert_eq!(app.client.get(format!("{}/Patient/{other}", app.base)).bearer_auth(token).send().await.unwrap().status(), 403, "another patient");
+    assert_eq!(
+        app.client.get(format!("{}/MedicationRequest?patient={patient}", app.base)).bearer_auth(token).send().await.unwrap().status(),
+        403,
+        "a type it did not ask for"
+    );
+    let write = json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{patient}")}});
+    let r = app.client.post(format!("{}/Condition", app.base)).bearer_auth(token).json(&write).send().await.unwrap();
+    assert_eq!(r.status(), 403, "read-only");
     // A user whose rights do not cover Conditions: that prefetch is null, the rest as before.
     auth::registry::put_user(store, "desk", "Front Desk", UserRole::Clinician, "desk-pass", &practitioner).await.unwrap();
     auth::accounts::set_rights(&app.auth, None, "desk", Some("user/Patient.rs")).await.unwrap();
@@ -215,6 +253,7 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
     let prefetch = body["prefetch"].as_object().unwrap();
     assert!(!prefetch.contains_key("conditions"), "the rights do not cover Conditions: left out, not null");
     assert!(!prefetch.contains_key("diabetes"), "nor may _has tell of a Condition: {prefetch:?}");
+    assert_eq!(body["fhirAuthorization"]["scope"], "patient/Patient.rs", "the token within the user's rights too");
     assert_eq!(prefetch["patient"]["id"], patient);
     // A disabled service is not called.
     ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: true, ..endpoint }).await.unwrap();
@@ -294,4 +333,53 @@ async fn administrators_register_services_in_the_ehr() {
     // For administrators only.
     let nurse = sign_in(&app, "/ehr/login", "nurse", "nurse-pass").await;
     assert_eq!(page(&app, "/ehr/cds", &nurse).await.0, 403);
+}
+
+#[tokio::test]
+async fn faults_injected_per_service_are_named_and_the_chart_goes_on() {
+    let app = spawn_with_reference_app().await;
+    kindling::seed(&app.app_state, 1, 24).await.unwrap();
+    let store = app.auth.store.as_ref();
+    auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    auth::accounts::set_admin(&app.auth, None, "doc", true).await.unwrap();
+    let patient = synth::patient_id(24, 0);
+    let (date, now) = today(&app);
+    record_blood_pressure(&app, &patient, 150.0, 95.0, &now).await;
+    let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    let (_, listed) = page(&app, "/ehr/cds", &cookie).await;
+    let csrf = crate::ehr_pages::csrf(&listed);
+    let cards_path = format!("/ehr/patients/{patient}/cds");
+    let set = |fault: &'static str| {
+        let (app, cookie, csrf) = (&app, cookie.clone(), csrf.clone());
+        async move { form(app, "/ehr/cds/kindling-summary/fault", Some(&cookie), &[("csrf", &csrf), ("fault", fault)]).await.status().as_u16() }
+    };
+    // bad-jwt is a real call the reference app refuses; the others are answered by the EHR itself.
+    for (fault, said) in [
+        ("bad-jwt", "Raised blood pressure failed (HTTP 401)"),
+        ("error", "Raised blood pressure failed (HTTP 503)"),
+        ("garbled", "Raised blood pressure sent 2 card(s) Kindling cannot read"),
+        ("slow", "Raised blood pressure did not answer within 2.5 seconds"),
+    ] {
+        assert_eq!(set(fault).await, 303);
+        let (_, services) = page(&app, "/ehr/cds", &cookie).await;
+        assert!(services.contains(&format!("<option value=\"{fault}\" selected>")), "{fault}: {services}");
+        let (status, cards) = page(&app, &cards_path, &cookie).await;
+        assert_eq!(status, 200);
+        assert!(cards.contains(said) && cards.contains("(a fault injected by the EHR)"), "{fault}: {cards}");
+        assert!(!cards.contains("Raised blood pressure: 150/95"), "{fault}: {cards}");
+    }
+    let filter = store::audit::AuditFilter { limit: 500, ..Default::default() };
+    let events = app.app_state.store.audit_events(&filter).await.unwrap();
+    assert!(
+        events.iter().any(|(_, r)| r.detail.as_deref().is_some_and(|d| d.contains("(injected fault: bad-jwt)"))),
+        "the audit trail says a fault was injected"
+    );
+    // Cleared: the card is back. An unknown fault is refused, and faults are for administrators.
+    assert_eq!(set("none").await, 303);
+    let (_, cards) = page(&app, &cards_path, &cookie).await;
+    assert!(cards.contains(&format!("Raised blood pressure: 150/95 mmHg on {date}")) && !cards.contains("fault injected"), "{cards}");
+    assert_eq!(set("meltdown").await, 400);
+    auth::registry::put_user(store, "nurse", "Nurse", UserRole::Clinician, "nurse-pass", "Practitioner/x").await.unwrap();
+    let nurse = sign_in(&app, "/ehr/login", "nurse", "nurse-pass").await;
+    assert_eq!(form(&app, "/ehr/cds/kindling-summary/fault", Some(&nurse), &[("csrf", &csrf), ("fault", "slow")]).await.status(), 403);
 }

@@ -201,7 +201,15 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
         ehr::cds::register(&app.auth, &e).await.unwrap();
     }
     let (base, seen) = order_service().await;
-    let endpoint = ehr::cds::CdsEndpoint { id: "spec-orders".into(), name: "Spec orders".into(), url: base.clone(), disabled: false, apps: Vec::new() };
+    let endpoint = ehr::cds::CdsEndpoint {
+        id: "spec-orders".into(),
+        name: "Spec orders".into(),
+        url: base.clone(),
+        disabled: false,
+        apps: Vec::new(),
+        client_id: None,
+        fault: Default::default(),
+    };
     ehr::cds::register(&app.auth, &endpoint).await.unwrap();
     let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
     let orders = format!("/ehr/patients/{patient}/orders");
@@ -247,20 +255,26 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
     let (status, page_html) = post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "1"), ("action", "accept"), ("suggestion", "1")]).await;
     assert_eq!(status, 409);
     assert!(page_html.contains("This suggestion cannot be applied: it proposes a Patient"), "{page_html}");
-    // The info card's suggestion adds a potassium test to the drafts.
-    assert_eq!(post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "1"), ("action", "accept"), ("suggestion", "0")]).await.0, 303);
-    let (_, html) = page(&app, &orders, &cookie).await;
-    assert!(html.contains("<strong>Potassium</strong>"), "{html}");
+    // The critical card overridden; then the info card's suggestion adds a potassium test to the drafts.
     assert_eq!(
         post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "0"), ("action", "override"), ("reason", "0"), ("comment", "Repeat today")])
             .await
             .0,
         303
     );
-    // The drafts changed: signing asks again; the critical card, overridden for these orders, is not asked again.
-    let (status, signed) = post_form(&app, &cookie, &sign, &csrf, &[]).await;
-    assert_eq!(status, 200, "{signed}");
+    assert_eq!(post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "1"), ("action", "accept"), ("suggestion", "0")]).await.0, 303);
+    let (_, html) = page(&app, &orders, &cookie).await;
+    assert!(html.contains("<strong>2823-3</strong>"), "the coded test, as the suggestion named it: {html}");
+    // The drafts changed: signing asks again. The critical card, overridden for these drafts, is not asked
+    // again; the information card is new advice, shown before a second click signs.
+    let (status, to) = post_form(&app, &cookie, &sign, &csrf, &[]).await;
+    assert_eq!((status, to.as_str()), (303, format!("{orders}#review").as_str()));
     assert_eq!(calls(&seen, "sign").len(), 2);
+    let (_, html) = page(&app, &orders, &cookie).await;
+    assert!(html.contains("Overridden earlier") && !html.contains("need an answer"), "{html}");
+    let (status, signed) = post_form(&app, &cookie, &sign, &csrf, &[("review", &field(&html, "review"))]).await;
+    assert_eq!(status, 200, "{signed}");
+    assert_eq!(calls(&seen, "sign").len(), 2, "signed on the review shown");
     assert_eq!(calls(&seen, "sign")[1].1["context"]["draftOrders"]["entry"].as_array().unwrap().len(), 3);
     // Feedback: one per answered card, signed for the feedback URL.
     for _ in 0..30 {

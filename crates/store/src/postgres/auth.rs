@@ -111,13 +111,16 @@ impl AuthStore for PostgresStore {
         Ok(sqlx::query("UPDATE auth_records SET revoked = 1 WHERE grant_id = $1").bind(grant_id).execute(self.pool()).await?.rows_affected())
     }
 
-    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str) -> Result<bool> {
-        let n = sqlx::query("UPDATE auth_records SET value = $4 WHERE kind = $1 AND key = $2 AND value = $3 AND (expires IS NULL OR expires > $5)")
-            .bind(kind)
-            .bind(key)
-            .bind(expected)
-            .bind(value)
-            .bind(self.now())
+    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str, expires: Option<i64>) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE auth_records SET value = $4, expires = COALESCE($6, expires) WHERE kind = $1 AND key = $2 AND value = $3 AND (expires IS NULL OR expires > $5)",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(expected)
+        .bind(value)
+        .bind(self.now())
+        .bind(expires)
             // Durable: account changes (a disabled account) must survive a crash.
             .execute(&self.pool)
             .await?

@@ -199,11 +199,13 @@ impl AuthStore for SqliteStore {
         Ok(n as u64)
     }
 
-    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str) -> Result<bool> {
+    async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str, expires: Option<i64>) -> Result<bool> {
         let conn = self.inner.writer.lock().await;
         let n = conn
-            .prepare_cached("UPDATE auth_records SET value = ?4 WHERE kind = ?1 AND key = ?2 AND value = ?3 AND (expires IS NULL OR expires > ?5)")?
-            .execute(params![kind, key, expected, value, self.now()])?;
+            .prepare_cached(
+                "UPDATE auth_records SET value = ?4, expires = COALESCE(?6, expires) WHERE kind = ?1 AND key = ?2 AND value = ?3 AND (expires IS NULL OR expires > ?5)",
+            )?
+            .execute(params![kind, key, expected, value, self.now(), expires])?;
         Ok(n == 1)
     }
 
