@@ -217,8 +217,9 @@ greeting = summary.group(2)
 
 # 6. fhirAuthorization: a short-lived read token of the service's own client, for this patient only.
 fa = body.get("fhirAuthorization") or {}
-check(fa.get("token_type") == "Bearer" and fa.get("subject") == "py-cds" and fa.get("patient") == pid, f"fhirAuthorization {fa}")
-check(0 < fa.get("expires_in", 0) <= 300 and "patient/Condition.rs" in fa.get("scope", "").split(), f"short-lived, scoped to the prefetch: {fa}")
+shown = {k: v for k, v in fa.items() if k != "access_token"}  # never print a token
+check(fa.get("token_type") == "Bearer" and fa.get("subject") == "py-cds" and fa.get("patient") == pid, f"fhirAuthorization {shown}")
+check(0 < fa.get("expires_in", 0) <= 300 and "patient/Condition.rs" in fa.get("scope", "").split(), f"short-lived, scoped to the prefetch: {shown}")
 check(reads == {"own": 200, "other": 403}, f"the token reads the chart's patient and no other: {reads}")
 
 # 7. Orders: order-sign carries the draft; the card's suggestion, accepted, changes it; feedback arrives.

@@ -116,7 +116,9 @@ pub fn wanted_scopes(service: &client::cds::Service) -> String {
     let mut types = vec!["Patient".to_string()];
     for template in service.prefetch.values().filter_map(Value::as_str) {
         let ty = template.split(['?', '/']).next().unwrap_or_default();
-        if fhir::types::is_storable_type(ty) && !types.iter().any(|t| t == ty) {
+        // Only types of the patient's record: a shared type (Practitioner, Medication) at the patient level
+        // would reach every resource of it.
+        if fhir::types::is_storable_type(ty) && ty != "Patient" && !fhir::params::patient_compartment_paths(ty).is_empty() && !types.iter().any(|t| t == ty) {
             types.push(ty.to_string());
         }
     }
@@ -348,6 +350,7 @@ async fn call_service(
     user: &auth::model::User,
     patient: &str,
     extra: &Map<String, Value>,
+    deadline: tokio::time::Instant,
 ) -> Outcome {
     let label = plain(service.title.as_deref().unwrap_or(&service.id));
     let hook_instance = uuid::Uuid::new_v4().to_string();
@@ -364,30 +367,68 @@ async fn call_service(
         return failed(format!("{} lists a service whose id cannot be called.", plain(&endpoint.name)));
     };
     let Some(http) = http() else { return failed(format!("{label} could not be called.")) };
-    let access = prefetch_access(user, patient);
-    let mut filled = Map::new();
-    for (key, template) in &service.prefetch {
-        if let Some(q) = template.as_str().and_then(|t| fill_template(t, patient, &user.fhir_user))
-            && let Some(value) = prefetch(s, &access, &q).await
-        {
-            filled.insert(key.clone(), value);
+    let injected = |o: Outcome| Outcome { problem: o.problem.map(|p| format!("{p} (a fault injected by the EHR)")), ..o };
+    let started = std::time::Instant::now();
+    let audit = |outcome: &Outcome, prefetched: Vec<&String>, token_scope: Option<&str>| {
+        s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
+            "{} to {url}{}: {} card(s){}, prefetched {prefetched:?}{}, in {:.0} ms",
+            service.hook,
+            if endpoint.fault.is_none() { String::new() } else { format!(" (injected fault: {})", endpoint.fault.name()) },
+            outcome.cards.len(),
+            outcome.problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
+            token_scope.map(|sc| format!(", fhirAuthorization {sc}")).unwrap_or_default(),
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+    };
+    // Faults the EHR answers itself: nothing is prefetched, no token made, nothing sent.
+    let answered_here = match endpoint.fault {
+        CdsFault::Slow => {
+            // Held past the per-request limit, yet ended before the section's deadline so it is told.
+            let until = (tokio::time::Instant::now() + TIMEOUT).min(deadline - Duration::from_millis(150));
+            tokio::time::sleep_until(until).await;
+            Some(injected(failed(CallProblem::Slow.described(&label))))
         }
+        CdsFault::Error => Some(injected(failed(CallProblem::Status(503).described(&label)))),
+        CdsFault::Garbled => {
+            let (cards, bad) =
+                read_cards(&json!({"cards": [{"summary": 3, "indicator": "info"}, {"summary": "No source", "indicator": "hard-stop"}]})).unwrap_or_default();
+            Some(injected(Outcome {
+                cards,
+                problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")),
+                ..failed(String::new())
+            }))
+        }
+        CdsFault::None | CdsFault::BadJwt => None,
+    };
+    if let Some(outcome) = answered_here {
+        audit(&outcome, Vec::new(), None);
+        return outcome;
     }
+    let bad_jwt = endpoint.fault == CdsFault::BadJwt;
     let mut context = Map::new();
     context.insert("userId".into(), json!(user.fhir_user));
     context.insert("patientId".into(), json!(patient));
-    context.extend(extra.clone());
-    // A token for the service's own FHIR reads, when it is registered as a client.
-    let fhir_authorization = match &endpoint.client_id {
-        Some(client) => match auth::cds_authorization(s, client, user, patient, &wanted_scopes(service)).await {
-            Ok(token) => token,
-            Err(e) => {
-                tracing::warn!(error = %e, service = %endpoint.id, "no fhirAuthorization for a CDS Hooks call");
-                None
+    let mut filled = Map::new();
+    let mut fhir_authorization = None;
+    // A call signed for another service carries no health data: no prefetch, no draft orders, no token.
+    if !bad_jwt {
+        context.extend(extra.clone());
+        let access = prefetch_access(user, patient);
+        for (key, template) in &service.prefetch {
+            if let Some(q) = template.as_str().and_then(|t| fill_template(t, patient, &user.fhir_user))
+                && let Some(value) = prefetch(s, &access, &q).await
+            {
+                filled.insert(key.clone(), value);
             }
-        },
-        None => None,
-    };
+        }
+        // A token for the service's own FHIR reads, when it is registered as a client.
+        if let Some(client) = &endpoint.client_id {
+            match auth::cds_authorization(s, client, user, patient, &wanted_scopes(service)).await {
+                Ok(token) => fhir_authorization = token,
+                Err(e) => tracing::warn!(error = %e, service = %endpoint.id, "no fhirAuthorization for a CDS Hooks call"),
+            }
+        }
+    }
     let request = HookRequest {
         hook: service.hook.clone(),
         hook_instance: hook_instance.clone(),
@@ -397,51 +438,28 @@ async fn call_service(
         prefetch: filled,
     };
     let now = s.now_ms() / 1000;
-    let injected = |o: Outcome| Outcome { problem: o.problem.map(|p| format!("{p} (a fault injected by the EHR)")), ..o };
-    let audience = if endpoint.fault == CdsFault::BadJwt { format!("{url}-another-service") } else { url.clone() };
+    let audience = if bad_jwt { format!("{url}-another-service") } else { url.clone() };
     let claims = json!({"iss": s.config.fhir_base, "aud": audience, "exp": now + 300, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
-    let started = std::time::Instant::now();
-    let outcome = match endpoint.fault {
-        CdsFault::Slow => {
-            tokio::time::sleep(TIMEOUT).await;
-            injected(failed(CallProblem::Slow.described(&label)))
+    let outcome = match s.keys.sign_jwt_rs384(&claims, &s.config.endpoint("jwks")) {
+        Err(e) => {
+            tracing::error!(error = %e, "a CDS Hooks call could not be signed");
+            failed(format!("The call to {label} could not be signed; the EHR works without it."))
         }
-        CdsFault::Error => injected(failed(CallProblem::Status(503).described(&label))),
-        CdsFault::Garbled => {
-            let (cards, bad) =
-                read_cards(&json!({"cards": [{"summary": 3, "indicator": "info"}, {"summary": "No source", "indicator": "hard-stop"}]})).unwrap_or_default();
-            injected(Outcome { cards, problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")), ..failed(String::new()) })
-        }
-        CdsFault::None | CdsFault::BadJwt => match s.keys.sign_jwt_rs384(&claims, &s.config.endpoint("jwks")) {
-            Err(e) => {
-                tracing::error!(error = %e, "a CDS Hooks call could not be signed");
-                failed(format!("The call to {label} could not be signed; the EHR works without it."))
-            }
-            Ok(jwt) => match fetch_json(http.post(&url).bearer_auth(jwt).json(&request)).await {
-                Ok(body) => match read_cards(&body) {
-                    Some((cards, 0)) => Outcome { cards, problem: None, ..failed(String::new()) },
-                    Some((cards, bad)) => Outcome {
-                        cards,
-                        problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")),
-                        ..failed(String::new())
-                    },
-                    None => failed(format!("{label} sent an answer Kindling cannot read.")),
-                },
-                Err(problem) => failed(problem.described(&label)),
+        Ok(jwt) => match fetch_json(http.post(&url).bearer_auth(jwt).json(&request)).await {
+            // The rehearsal's point: a service that accepts a JWT for another audience has a bug to fix.
+            Ok(_) if bad_jwt => failed(format!("{label} accepted a call whose JWT is for another service's URL: it does not check aud.")),
+            Ok(body) => match read_cards(&body) {
+                Some((cards, 0)) => Outcome { cards, problem: None, ..failed(String::new()) },
+                Some((cards, bad)) => {
+                    Outcome { cards, problem: Some(format!("{label} sent {bad} card(s) Kindling cannot read; they are not shown.")), ..failed(String::new()) }
+                }
+                None => failed(format!("{label} sent an answer Kindling cannot read.")),
             },
+            Err(problem) => failed(problem.described(&label)),
         },
     };
-    let outcome = if endpoint.fault == CdsFault::BadJwt { injected(outcome) } else { outcome };
-    s.audit("cds-hook").user(user.username.as_str()).patient(Some(patient)).record(format!(
-        "{} to {url}{}: {} card(s){}, prefetched {:?}{}, in {:.0} ms",
-        service.hook,
-        if endpoint.fault.is_none() { String::new() } else { format!(" (injected fault: {})", endpoint.fault.name()) },
-        outcome.cards.len(),
-        outcome.problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
-        request.prefetch.keys().collect::<Vec<_>>(),
-        request.fhir_authorization.as_ref().map(|a| format!(", fhirAuthorization {}", a["scope"].as_str().unwrap_or_default())).unwrap_or_default(),
-        started.elapsed().as_secs_f64() * 1000.0
-    ));
+    let outcome = if bad_jwt { injected(outcome) } else { outcome };
+    audit(&outcome, request.prefetch.keys().collect(), request.fhir_authorization.as_ref().and_then(|a| a["scope"].as_str()));
     outcome
 }
 
@@ -547,7 +565,7 @@ pub async fn fire(s: &Shared, user: &auth::model::User, patient: &str, hook: &st
     let labels: Vec<String> = services.iter().map(|(_, sv)| plain(sv.title.as_deref().unwrap_or(&sv.id))).collect();
     for (n, (i, service)) in services.iter().cloned().enumerate() {
         let (s, user, patient, endpoint, extra) = (s.clone(), user.clone(), patient.to_string(), endpoints[i].clone(), extra.clone());
-        calls.spawn(async move { (i, n, call_service(&s, &endpoint, &service, &user, &patient, &extra).await) });
+        calls.spawn(async move { (i, n, call_service(&s, &endpoint, &service, &user, &patient, &extra, deadline).await) });
     }
     let mut done = vec![false; services.len()];
     while let Ok(Some(result)) = tokio::time::timeout_at(deadline, calls.join_next()).await {

@@ -7,8 +7,8 @@
 //! the `order-sign` services with every draft. A card's suggestion, when accepted, applies its actions to
 //! the drafts (create, update, delete); a card may be overridden, with one of its reasons and a comment.
 //! Either is reported to the service as CDS Hooks feedback. Warning and critical cards from `order-sign`
-//! must be accepted or overridden before the orders are signed; a card overridden once is not asked again
-//! for the same orders. Signing writes the drafts to the record as `active` orders, all or none.
+//! must be accepted or overridden before the orders are signed, on the drafts they were given for and
+//! within ten minutes. Signing writes the drafts to the record as `active` orders, all or none.
 
 use super::*;
 use crate::cds::{CardView, ShownCard};
@@ -84,8 +84,6 @@ struct OrderSession {
     drafts: Vec<Value>,
     /// The cards of the last hook call on these drafts.
     review: Option<Review>,
-    /// Cards overridden earlier (the service's URL and the card's summary): not asked again.
-    overridden: Vec<(String, String)>,
 }
 
 /// The cards of one hook call, and what became of each.
@@ -102,7 +100,13 @@ struct Review {
     outcomes: Vec<Option<String>>,
     /// The services that gave nothing, in plain words.
     problems: Vec<String>,
+    /// When the services were asked (Unix ms): advice older than [`REVIEW_FRESH_MS`] is asked for again.
+    #[serde(default)]
+    at: i64,
 }
+
+/// How long an order-sign review may be signed on.
+const REVIEW_FRESH_MS: i64 = 10 * 60 * 1000;
 
 impl Review {
     /// The warning and critical cards nothing was done about yet.
@@ -214,25 +218,36 @@ fn suggested_draft(resource: &Value, patient: &str, user: &auth::model::User, no
     if let Some(other) = obj.keys().find(|k| !IGNORED.contains(&k.as_str()) && !written.contains(&k.as_str())) {
         return Err(format!("it sets {}, which this EHR does not write on an order", cds_plain(other)));
     }
-    // The coding a clinician reads: its display (or code) becomes the text.
-    let coded = |concept: &Value, system: &str, what: &str| -> Result<Value, String> {
-        let c = concept["coding"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["system"] == system && c["code"].as_str().is_some_and(|code| !code.is_empty())))
-            .ok_or(format!("the order it proposes has no {what} code"))?;
-        let code = c["code"].as_str().unwrap_or_default();
-        let display = c["display"].as_str().filter(|d| !d.trim().is_empty()).unwrap_or(code);
-        Ok(json!({"coding": [{"system": system, "code": code, "display": display}], "text": display}))
+    // Only what this EHR offers, named as its catalogue names it: the code decides what is signed, so the
+    // name shown is the code's own, never the service's.
+    let coded = |concept: &Value, system: &str, lab: bool| -> Result<Value, String> {
+        let codes: Vec<&str> =
+            concept["coding"].as_array().into_iter().flatten().filter(|c| c["system"] == system).filter_map(|c| c["code"].as_str()).collect();
+        let item = CATALOGUE.iter().find(|o| o.lab == lab && codes.contains(&o.code)).ok_or_else(|| {
+            let what = if lab { "lab test" } else { "medication" };
+            match codes.first() {
+                Some(code) => format!("it proposes a {what} this EHR does not offer ({} {})", if lab { "LOINC" } else { "RxNorm" }, cds_plain(code)),
+                None => format!("the order it proposes has no {} code", if lab { "LOINC" } else { "RxNorm" }),
+            }
+        })?;
+        Ok(json!({"coding": [{"system": system, "code": item.code, "display": item.display}], "text": item.display}))
     };
     let mut r = json!({"resourceType": ty, "id": id, "status": "draft", "intent": "order", "subject": {"reference": own},
         "requester": {"reference": user.fhir_user, "display": user.display_name}, "authoredOn": now});
     if ty == "MedicationRequest" {
-        r["medicationCodeableConcept"] = coded(&obj.get("medicationCodeableConcept").cloned().unwrap_or_default(), RXNORM, "RxNorm")?;
+        r["medicationCodeableConcept"] = coded(&obj.get("medicationCodeableConcept").cloned().unwrap_or_default(), RXNORM, false)?;
         let mut dosage = Vec::new();
-        for d in obj.get("dosageInstruction").and_then(Value::as_array).into_iter().flatten().take(4) {
+        let given = obj.get("dosageInstruction").and_then(Value::as_array).cloned().unwrap_or_default();
+        if given.len() > 4 {
+            return Err("it proposes more dosage steps than this EHR shows".into());
+        }
+        for d in &given {
             let Some(text) = d.get("text").and_then(Value::as_str).filter(|t| !t.trim().is_empty()) else {
                 return Err("it proposes a dose without instructions in words".into());
             };
+            if text.chars().count() > 300 {
+                return Err("its dosage instructions are too long to show whole".into());
+            }
             if d.as_object().is_some_and(|o| o.keys().any(|k| k != "text" && k != "sequence")) {
                 return Err("it proposes a structured dose this EHR cannot show; only instructions in words are written".into());
             }
@@ -243,13 +258,16 @@ fn suggested_draft(resource: &Value, patient: &str, user: &auth::model::User, no
         }
     } else {
         let lab = obj.get("category").is_none_or(|c| {
-            c.as_array().is_some_and(|cs| cs.iter().any(|cc| cc["coding"].as_array().is_some_and(|x| x.iter().any(|x| x["code"] == "108252007"))))
+            c.as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|cc| cc["coding"].as_array().is_some_and(|x| x.iter().any(|x| x["system"] == "http://snomed.info/sct" && x["code"] == "108252007")))
+            })
         });
         if !lab {
             return Err("it proposes a service that is not a lab test".into());
         }
         r["category"] = json!([{"coding": [{"system": "http://snomed.info/sct", "code": "108252007", "display": "Laboratory procedure"}]}]);
-        r["code"] = coded(&obj.get("code").cloned().unwrap_or_default(), LOINC, "LOINC")?;
+        r["code"] = coded(&obj.get("code").cloned().unwrap_or_default(), LOINC, true)?;
     }
     fhir::validate::validate_resource(&r, Some(ty)).map_err(|e| format!("the order it proposes is not valid FHIR ({})", e.0))?;
     Ok(r)
@@ -257,11 +275,16 @@ fn suggested_draft(resource: &Value, patient: &str, user: &auth::model::User, no
 
 /// A longer text a service wrote (dose instructions): no control characters, bounded.
 fn cds_plain_long(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(300).collect()
+    text.chars().filter(|c| visible(*c)).take(300).collect()
 }
 
 fn cds_plain(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(80).collect()
+    text.chars().filter(|c| visible(*c)).take(80).collect()
+}
+
+/// Not a control character, nor one that reorders or hides text (bidirectional overrides, zero-width).
+fn visible(c: char) -> bool {
+    !c.is_control() && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Applies a suggestion's actions to `drafts`, all or none.
@@ -322,13 +345,7 @@ async fn review(s: &Shared, user: &auth::model::User, patient: &str, hook: &str,
     let sent = digest(&drafts);
     change_session(s, &session_key(patient, &user.username), |session| {
         if digest(&session.drafts) == sent {
-            // A card overridden earlier for these orders is not asked again.
-            let outcomes = cards
-                .iter()
-                .map(|c| {
-                    (hook == "order-sign" && session.overridden.contains(&(c.url.clone(), c.card.summary.clone()))).then(|| "Overridden earlier".to_string())
-                })
-                .collect();
+            let outcomes = vec![None; cards.len()];
             session.review = Some(Review {
                 hook: hook.to_string(),
                 digest: sent.clone(),
@@ -336,6 +353,7 @@ async fn review(s: &Shared, user: &auth::model::User, patient: &str, hook: &str,
                 cards: cards.clone(),
                 outcomes,
                 problems: problems.clone(),
+                at: s.now_ms(),
             });
         }
         Ok(())
@@ -628,9 +646,6 @@ pub(crate) async fn order_card(State(s): State<Shared>, headers: HeaderMap, Path
                 (None, None) => "no reason given".into(),
             };
             review.outcomes[card] = Some(format!("Overridden: {said}"));
-            if review.hook == "order-sign" {
-                session.overridden.push((shown.url.clone(), shown.card.summary.clone()));
-            }
             FeedbackItem {
                 card: shown.card.uuid.clone().unwrap_or_default(),
                 outcome: "overridden".into(),
@@ -675,8 +690,12 @@ pub(crate) async fn order_sign(State(s): State<Shared>, headers: HeaderMap, Path
     }
     let current = digest(&session.drafts);
     // The order-sign review whose cards are all answered, for exactly these drafts.
+    let now_ms = s.now_ms();
     let answered = |session: &OrderSession, reference: &str| {
-        session.review.as_ref().is_some_and(|r| r.hook == "order-sign" && r.digest == current && r.reference == reference && r.open() == 0)
+        session
+            .review
+            .as_ref()
+            .is_some_and(|r| r.hook == "order-sign" && r.digest == current && r.reference == reference && r.open() == 0 && now_ms - r.at < REVIEW_FRESH_MS)
     };
     // The form names the review the clinician saw; without one that still holds, the services are asked.
     let reference = match p.get("review").filter(|r| !r.is_empty() && answered(&session, r)) {
@@ -689,8 +708,8 @@ pub(crate) async fn order_sign(State(s): State<Shared>, headers: HeaderMap, Path
                 Ok(x) => x,
                 Err(e) => return internal(e),
             };
-            // Signed at once only when the services had nothing new to say (cards overridden earlier
-            // aside) and every one answered; else the clinician reads the review and signs again.
+            // Signed at once only when every service answered and none had anything to say; else the
+            // clinician reads the review and signs again.
             let silent = session
                 .review
                 .as_ref()
@@ -820,6 +839,16 @@ mod tests {
             (vec![action("update", Some(json!({"resourceType": "ServiceRequest", "id": "x"})), None)], "not among your drafts"),
             (vec![action("create", Some(json!({"resourceType": "MedicationRequest", "intent": "order"})), None)], "no RxNorm code"),
             (vec![action("create", Some(med(json!({"patient": {"reference": "Patient/p2"}}))), None)], "it sets patient"),
+            (
+                vec![action(
+                    "create",
+                    Some(med(
+                        json!({"medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "1049221", "display": "Acetaminophen 325 MG Oral Tablet"}]}}),
+                    )),
+                    None,
+                )],
+                "does not offer (RxNorm 1049221)",
+            ),
             (vec![action("create", Some(med(json!({"doNotPerform": true}))), None)], "it sets doNotPerform"),
             (vec![action("create", Some(med(json!({"basedOn": [{"reference": "ServiceRequest/x"}]}))), None)], "it sets basedOn"),
             (vec![action("create", Some(med(json!({"intent": "proposal"}))), None)], "a proposal, not an order"),

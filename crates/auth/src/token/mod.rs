@@ -114,6 +114,14 @@ pub async fn cds_authorization(s: &Shared, client_id: &str, user: &crate::model:
         .map_err(|e| e.to_string())?
         .filter(|c| !c.disabled)
         .ok_or_else(|| format!("the client '{client_id}' is not registered or is disabled"))?;
+    // The account as it is now (a chart opened just before the account was disabled mints nothing), and
+    // only a clinician's: patients do not call decision support.
+    let user = crate::registry::get_user(s.store.as_ref(), &user.username)
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(|u| u.role == crate::model::UserRole::Clinician)
+        .ok_or("the user is not an enabled clinician")?;
+    let user = &user;
     let mut granted = crate::authorize::grantable(&client, user, wanted);
     // Patient-level resource scopes only: nothing else is asked for, nor given.
     granted.scopes.retain(|sc| matches!(sc, smart::Scope::Resource(r) if r.level == smart::Level::Patient));

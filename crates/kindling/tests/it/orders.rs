@@ -94,6 +94,7 @@ async fn an_order_check_suggestion_changes_the_draft_and_signing_waits_for_an_an
     let (status, _) = post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "0"), ("action", "accept"), ("suggestion", "0")]).await;
     assert_eq!(status, 409, "a card is answered once");
     let acetaminophen = field(&html, "draft");
+    assert!(html.contains("Your drafts changed since these cards were given"), "{html}");
     // Signed: the order-sign service has nothing more to say; the order is active in the record.
     let (status, signed) = post_form(&app, &cookie, &sign, &csrf, &[]).await;
     assert_eq!(status, 200, "{signed}");
@@ -118,15 +119,38 @@ async fn an_order_check_suggestion_changes_the_draft_and_signing_waits_for_an_an
     let (status, _) =
         post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "0"), ("action", "override"), ("reason", "7"), ("comment", "x")]).await;
     assert_eq!(status, 409, "a reason the card does not offer");
+    let (status, html) = post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "0"), ("action", "override"), ("reason", "")]).await;
+    assert_eq!(status, 409, "a warning is not set aside without a reason");
+    assert!(html.contains("choose a reason or write a comment"), "{html}");
     let (status, _) =
         post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "0"), ("action", "override"), ("reason", "0"), ("comment", "Three days only")])
             .await;
     assert_eq!(status, 303);
-    let (status, signed) = post_form(&app, &cookie, &sign, &csrf, &[]).await;
+    let (_, html) = page(&app, &orders, &cookie).await;
+    assert!(html.contains("Overridden: Short course; the risk was discussed with the patient"), "{html}");
+    let review = field(&html, "review");
+    assert!(!review.is_empty(), "the Sign button confirms the review it shows");
+    assert_eq!(post_form(&app, &cookie, &sign, &csrf, &[("review", "not-the-one-shown")]).await.0, 303, "another review: the services are asked again");
+    let (_, html) = page(&app, &orders, &cookie).await;
+    assert!(html.contains("1 card(s) below need an answer"), "asked again, answered anew: {html}");
+    let reference = field(&html, "ref");
+    let override_again = [("ref", reference.as_str()), ("card", "0"), ("action", "override"), ("reason", "0"), ("comment", "Three days only")];
+    assert_eq!(post_form(&app, &cookie, &cards, &csrf, &override_again).await.0, 303);
+    let (_, html) = page(&app, &orders, &cookie).await;
+    let (status, signed) = post_form(&app, &cookie, &sign, &csrf, &[("review", &field(&html, "review"))]).await;
     assert_eq!(status, 200);
     assert!(signed.contains("Naproxen 500 MG Oral Tablet"), "{signed}");
     let feedback = audited(&app, "cds-feedback", 2).await;
     assert!(feedback.iter().any(|f| f.starts_with("overridden card ") && f.ends_with("HTTP 200")), "{feedback:?}");
+    // An account whose rights do not create orders (the front desk) writes none.
+    auth::registry::put_user(store, "desk", "Front Desk", UserRole::Clinician, "desk-pass", &practitioner).await.unwrap();
+    auth::accounts::set_rights(&app.auth, None, "desk", Some("user/Patient.rs user/Appointment.rs")).await.unwrap();
+    let desk = sign_in(&app, "/ehr/login", "desk", "desk-pass").await;
+    let (_, desk_page) = page(&app, &orders, &desk).await;
+    let desk_csrf = crate::ehr_pages::csrf(&desk_page);
+    let (status, html) = post_form(&app, &desk, &orders, &desk_csrf, &[("item", "ibuprofen-200")]).await;
+    assert_eq!(status, 403);
+    assert!(html.contains("Your account does not write orders"), "{html}");
     // Drafts are the clinician's own.
     auth::registry::put_user(store, "other", "Dr Other", UserRole::Clinician, "other-pass", &practitioner).await.unwrap();
     let other = sign_in(&app, "/ehr/login", "other", "other-pass").await;
@@ -264,27 +288,34 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
     );
     assert_eq!(post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "1"), ("action", "accept"), ("suggestion", "0")]).await.0, 303);
     let (_, html) = page(&app, &orders, &cookie).await;
-    assert!(html.contains("<strong>2823-3</strong>"), "the coded test, as the suggestion named it: {html}");
-    // The drafts changed: signing asks again. The critical card, overridden for these drafts, is not asked
-    // again; the information card is new advice, shown before a second click signs.
+    assert!(html.contains("<strong>Potassium [Moles/volume] in Serum or Plasma</strong>"), "the test as this EHR's catalogue names it: {html}");
+    // The drafts changed: signing asks again, and the advice on the new drafts is answered again.
     let (status, to) = post_form(&app, &cookie, &sign, &csrf, &[]).await;
     assert_eq!((status, to.as_str()), (303, format!("{orders}#review").as_str()));
     assert_eq!(calls(&seen, "sign").len(), 2);
     let (_, html) = page(&app, &orders, &cookie).await;
-    assert!(html.contains("Overridden earlier") && !html.contains("need an answer"), "{html}");
+    assert!(html.contains("1 card(s) below need an answer"), "{html}");
+    let reference = field(&html, "ref");
+    assert_eq!(
+        post_form(&app, &cookie, &cards, &csrf, &[("ref", &reference), ("card", "0"), ("action", "override"), ("reason", "0"), ("comment", "Repeat today")])
+            .await
+            .0,
+        303
+    );
+    let (_, html) = page(&app, &orders, &cookie).await;
     let (status, signed) = post_form(&app, &cookie, &sign, &csrf, &[("review", &field(&html, "review"))]).await;
     assert_eq!(status, 200, "{signed}");
     assert_eq!(calls(&seen, "sign").len(), 2, "signed on the review shown");
     assert_eq!(calls(&seen, "sign")[1].1["context"]["draftOrders"]["entry"].as_array().unwrap().len(), 3);
     // Feedback: one per answered card, signed for the feedback URL.
     for _ in 0..30 {
-        if calls(&seen, "feedback").len() >= 2 {
+        if calls(&seen, "feedback").len() >= 3 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let feedback = calls(&seen, "feedback");
-    assert_eq!(feedback.len(), 2, "{feedback:?}");
+    assert_eq!(feedback.len(), 3, "{feedback:?}");
     let items: Vec<&Value> = feedback.iter().map(|(_, b)| &b["feedback"][0]).collect();
     let accepted = items.iter().find(|f| f["outcome"] == "accepted").unwrap();
     assert_eq!((accepted["card"].as_str(), &accepted["acceptedSuggestions"]), (Some("info-1"), &json!([{"id": "sg-1"}])));
