@@ -65,6 +65,9 @@ pub struct AppEntry {
 struct AppsFile {
     #[serde(default)]
     app: Vec<AppEntry>,
+    /// The EHR's decision-support services (`[[cds_service]]`), registered by the EHR, not here.
+    #[serde(default, rename = "cds_service")]
+    _cds_service: Vec<serde::de::IgnoredAny>,
 }
 
 /// Why a registration was refused.

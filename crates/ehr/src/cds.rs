@@ -135,6 +135,65 @@ fn loopback(u: &url::Url) -> bool {
     }
 }
 
+/// One `[[cds_service]]` of an apps file: a decision-support service registered per environment, beside
+/// the environment's apps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    /// A short name (a slug).
+    pub id: String,
+    /// Its name for people.
+    pub name: String,
+    /// Its discovery URL.
+    pub url: String,
+    /// The registered apps its cards may open (none: any).
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// Its own registered client, for `fhirAuthorization`.
+    #[serde(default)]
+    pub client: Option<String>,
+    /// Registered disabled. Applies when first registered; afterwards the EHR's choice stands.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServicesFile {
+    /// The apps are the authorisation server's to read.
+    #[serde(default, rename = "app")]
+    _apps: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cds_service: Vec<ServiceEntry>,
+}
+
+/// Registers (or updates) every `[[cds_service]]` of an apps file, once its apps are registered (the apps a
+/// service names must exist). The file adds services and updates what it states; the EHR's runtime choices
+/// (enabled or disabled, an injected fault) stand across restarts. Returns the ids.
+pub async fn load_services_file(s: &Shared, text: &str) -> Result<Vec<String>, String> {
+    let file: ServicesFile = toml::from_str(text).map_err(|e| format!("apps file: {e}"))?;
+    let mut ids = Vec::new();
+    for entry in file.cds_service {
+        for app in entry.apps.iter().chain(entry.client.iter()) {
+            if auth::registry::stored_client(s.store.as_ref(), app).await.map_err(|e| e.to_string())?.is_none() {
+                return Err(format!("cds_service {}: no app '{app}' is registered", entry.id));
+            }
+        }
+        let existing = endpoints(s).await.map_err(|e| e.to_string())?.into_iter().find(|e| e.id == entry.id);
+        let endpoint = CdsEndpoint {
+            disabled: existing.as_ref().map_or(entry.disabled, |e| e.disabled),
+            fault: existing.as_ref().map(|e| e.fault).unwrap_or_default(),
+            id: entry.id.clone(),
+            name: entry.name,
+            url: entry.url,
+            apps: entry.apps,
+            client_id: entry.client,
+        };
+        register(s, &endpoint).await.map_err(|e| format!("cds_service {}: {e}", entry.id))?;
+        ids.push(entry.id);
+    }
+    Ok(ids)
+}
+
 /// Registers (or updates) a service. Its URL is `https` (health data goes there), or `http` on this
 /// machine (a service under development) or on this server's own address (the reference app's).
 pub async fn register(s: &Shared, endpoint: &CdsEndpoint) -> Result<(), String> {

@@ -561,6 +561,10 @@ async fn load_apps(app: &Application, path: Option<&std::path::Path>) -> anyhow:
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let ids = auth::apps::load_apps_file(app.state.store.as_ref(), &text, |v| std::env::var(v).ok()).await.with_context(|| format!("in {}", path.display()))?;
     tracing::info!(apps = ids.len(), file = %path.display(), "apps registered from configuration");
+    let services = ehr::cds::load_services_file(&app.auth, &text).await.map_err(|e| anyhow::anyhow!(e)).with_context(|| format!("in {}", path.display()))?;
+    if !services.is_empty() {
+        tracing::info!(services = services.len(), file = %path.display(), "decision-support services registered from configuration");
+    }
     Ok(())
 }
 

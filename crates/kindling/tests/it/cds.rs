@@ -383,3 +383,42 @@ async fn faults_injected_per_service_are_named_and_the_chart_goes_on() {
     let nurse = sign_in(&app, "/ehr/login", "nurse", "nurse-pass").await;
     assert_eq!(form(&app, "/ehr/cds/kindling-summary/fault", Some(&nurse), &[("csrf", &csrf), ("fault", "slow")]).await.status(), 403);
 }
+
+#[tokio::test]
+async fn services_are_registered_per_environment_in_the_apps_file() {
+    let app = spawn_with_reference_app().await;
+    let file = r#"
+[[app]]
+client_id = "file-cds"
+name = "File CDS client"
+type = "public"
+redirect_uris = ["https://cds.example.org/unused"]
+scope = "patient/*.rs"
+
+[[cds_service]]
+id = "from-file"
+name = "Service from the file"
+url = "https://cds.example.org/cds-services"
+apps = ["kindling-summary"]
+client = "file-cds"
+"#;
+    auth::apps::load_apps_file(app.auth.store.as_ref(), file, |_| None).await.unwrap();
+    assert_eq!(ehr::cds::load_services_file(&app.auth, file).await.unwrap(), ["from-file"]);
+    let find = || async { ehr::cds::endpoints(&app.auth).await.unwrap().into_iter().find(|e| e.id == "from-file").unwrap() };
+    let e = find().await;
+    assert_eq!(
+        (e.url.as_str(), e.apps.clone(), e.client_id.as_deref(), e.disabled),
+        ("https://cds.example.org/cds-services", vec!["kindling-summary".into()], Some("file-cds"), false)
+    );
+    // The EHR's runtime choices stand when the file is loaded again.
+    ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: true, fault: ehr::cds::CdsFault::Slow, ..e }).await.unwrap();
+    ehr::cds::load_services_file(&app.auth, file).await.unwrap();
+    let again = find().await;
+    assert_eq!((again.disabled, again.fault), (true, ehr::cds::CdsFault::Slow));
+    // Refused: an app that is not registered, plain http elsewhere, a field the file does not know.
+    let e = ehr::cds::load_services_file(&app.auth, &file.replace("kindling-summary", "nosuch")).await.unwrap_err();
+    assert!(e.contains("no app 'nosuch' is registered"), "{e}");
+    let e = ehr::cds::load_services_file(&app.auth, &file.replace("https://cds.example.org", "http://cds.example.org")).await.unwrap_err();
+    assert!(e.contains("must be https"), "{e}");
+    assert!(ehr::cds::load_services_file(&app.auth, &file.replace("client = ", "secret = ")).await.is_err());
+}
