@@ -117,6 +117,43 @@ fn start_server_counting(data: &std::path::Path, open_sandbox: bool, database_ur
     Ok(ServerProcess { child, base, startup, statements })
 }
 
+/// CPU time (user and system) the process has used so far, in clock ticks of 10 ms (Linux).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces, so after its closing parenthesis).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Bytes the process has handed to `write` and its kin so far (the WAL and the checkpoints' copies into
+/// the database, for a SQLite server; its responses too).
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("wchar:"))?.trim().parse().ok()
+}
+
+/// What the server spent between two readings of ([`cpu_ticks`], [`written_bytes`]): CPU time in
+/// microseconds and bytes written in KiB, per request.
+fn cpu_per_request(before: (Option<u64>, Option<u64>), after: (Option<u64>, Option<u64>), requests: usize) -> String {
+    let mut line = String::new();
+    if let (Some(b), Some(a)) = (before.0, after.0)
+        && requests > 0
+    {
+        line.push_str(&format!("  server_cpu={:.0} us/req", (a - b) as f64 * 10_000.0 / requests as f64));
+    }
+    if let (Some(b), Some(a)) = (before.1, after.1)
+        && requests > 0
+    {
+        line.push_str(&format!(" written={:.1} KiB/req", (a - b) as f64 / 1024.0 / requests as f64));
+    }
+    line
+}
+
+/// The readings [`cpu_per_request`] compares.
+fn server_spent(pid: u32) -> (Option<u64>, Option<u64>) {
+    (cpu_ticks(pid), written_bytes(pid))
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
@@ -651,6 +688,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         for clients in [1, 32] {
             let deadline = Instant::now() + Duration::from_secs(args.seconds);
             let started = Instant::now();
+            let cpu_before = server_spent(server.child.id());
             let mut tasks = Vec::new();
             for _ in 0..clients {
                 let (base, signed, next, token_path) = (base.clone(), signed.clone(), next.clone(), token_path.clone());
@@ -672,7 +710,16 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             if next.load(std::sync::atomic::Ordering::Relaxed) >= signed.len() {
                 println!("# {name}: the {} pre-signed assertions ran out before the time was up; the figure below is a lower bound", signed.len());
             }
+            let cpu = cpu_per_request(cpu_before, server_spent(server.child.id()), s.requests);
             report(name, clients, &s);
+            if !cpu.is_empty() {
+                println!("{name:<28} clients={clients:<3}{cpu}");
+            }
+        }
+        // The same at 32 connections from `wrk` (C, one thread), when it is installed: a lighter load
+        // generator leaves more of the two cores to the server, as the issue's figures were measured.
+        if let Some(line) = wrk_tokens(&base, server.child.id(), key, client_id, &token_url, args.seconds, &args.data).await? {
+            println!("{name:<28} {line}");
         }
     }
 
@@ -973,6 +1020,81 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<WorkerResult>>, started: Ins
     Ok(Stats { requests: latencies_us.len(), errors, elapsed: started.elapsed(), latencies_us })
 }
 
+/// The Lua script `wrk` runs: each request takes the next pre-signed body (its own `jti`) of the file
+/// given after `--`.
+const WRK_SCRIPT: &str = r#"
+local bodies, i = {}, 0
+init = function(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+request = function()
+  i = i + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded"}, bodies[((i - 1) % #bodies) + 1])
+end
+"#;
+
+/// Backend tokens from `wrk -t1 -c32` for `seconds`, each request with its own pre-signed assertion;
+/// `None` when `wrk` is not installed. The line has the fields of [`report`].
+async fn wrk_tokens(
+    base: &str,
+    pid: u32,
+    key: &client::SigningKey,
+    client_id: &str,
+    token_url: &str,
+    seconds: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    if Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        println!("# wrk is not installed (apt-get install wrk): no wrk figure");
+        return Ok(None);
+    }
+    let count = seconds as usize * 25_000;
+    let bodies: String = presign(key, client_id, token_url, count)?
+        .into_iter()
+        .map(|a| format!("grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}\n"))
+        .collect();
+    let (script, file) = (dir.join("wrk-tokens.lua"), dir.join(format!("wrk-{client_id}.txt")));
+    std::fs::write(&script, WRK_SCRIPT)?;
+    std::fs::write(&file, bodies)?;
+    let mut wrk = Command::new("wrk");
+    wrk.args(["-t1", "-c32", "--latency", &format!("-d{seconds}s"), "-s"]).arg(&script).arg(format!("{base}/auth/token")).arg("--").arg(&file);
+    let cpu_before = server_spent(pid);
+    let out = tokio::task::spawn_blocking(move || wrk.output()).await??;
+    let cpu_after = server_spent(pid);
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| text.lines().map(str::trim).find_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().to_string());
+    let requests: usize =
+        text.lines().find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok())).context("wrk printed no request count")?;
+    let errors: usize = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let rate: f64 = field("Requests/sec:").and_then(|v| v.parse().ok()).context("wrk printed no rate")?;
+    let ms = |p: &str| field(p).and_then(|v| wrk_ms(&v)).unwrap_or(f64::NAN);
+    if requests > count {
+        println!("# wrk: {requests} requests for {count} pre-signed assertions: the rest reused a jti and were refused (counted as errors)");
+    }
+    Ok(Some(format!(
+        "clients=32  requests={requests:<8} errors={errors:<4} throughput={rate:>9.0} req/s  p50={:>7.3} ms  p99={:>7.3} ms  (wrk){}",
+        ms("50%"),
+        ms("99%"),
+        cpu_per_request(cpu_before, cpu_after, requests)
+    )))
+}
+
+/// A duration as `wrk` prints it (`850.00us`, `1.23ms`, `2.00s`), in milliseconds.
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (number, to_ms): (&str, fn(f64) -> f64) = if let Some(n) = v.strip_suffix("us") {
+        (n, |us| us / 1000.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, |ms| ms)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, |s| s * 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(to_ms)
+}
+
 /// `count` client assertions for `client_id`, each with its own `jti`, signed on every core.
 fn presign(key: &client::SigningKey, client_id: &str, token_url: &str, count: usize) -> anyhow::Result<Vec<String>> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -1171,4 +1293,16 @@ async fn code_flow(conn: &mut Conn, base: &str, scope: &str, cookie: &str) -> an
     let v: Value = serde_json::from_slice(&r.body)?;
     anyhow::ensure!(v["id_token"].is_string(), "no id_token");
     Ok(v["access_token"].as_str().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_durations_are_read_in_milliseconds() {
+        assert_eq!(super::wrk_ms("850.00us"), Some(0.85));
+        assert_eq!(super::wrk_ms("1.23ms"), Some(1.23));
+        assert_eq!(super::wrk_ms("2.00s"), Some(2000.0));
+        assert_eq!(super::wrk_ms("2.00m"), None);
+        assert_eq!(super::wrk_ms("fast"), None);
+    }
 }
