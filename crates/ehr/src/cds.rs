@@ -211,6 +211,23 @@ pub async fn register(s: &Shared, endpoint: &CdsEndpoint) -> Result<(), String> 
     s.store.auth_put(SERVICE_KIND, &endpoint.id, &value, None, None).await.map_err(|e| e.to_string())
 }
 
+/// Changes one registered service with `change` applied to the record as it is now, written only if
+/// nobody changed it meanwhile (else read and changed again): an administrator injecting a fault while
+/// another disables the service (or `kindling cds` does) both stand. The changed registration, or `None`
+/// when there is no such service.
+pub async fn change_endpoint(s: &Shared, id: &str, change: impl Fn(&mut CdsEndpoint)) -> Result<Option<CdsEndpoint>, String> {
+    for _ in 0..32 {
+        let Some(record) = s.store.auth_get(SERVICE_KIND, id).await.map_err(|e| e.to_string())? else { return Ok(None) };
+        let Ok(mut endpoint) = serde_json::from_str::<CdsEndpoint>(&record.value) else { return Ok(None) };
+        change(&mut endpoint);
+        let value = serde_json::to_string(&endpoint).map_err(|e| e.to_string())?;
+        if s.store.auth_replace(SERVICE_KIND, id, &record.value, &value, None).await.map_err(|e| e.to_string())? {
+            return Ok(Some(endpoint));
+        }
+    }
+    Err("the service's registration kept changing; try again".into())
+}
+
 /// Removes a service.
 pub async fn remove(s: &Shared, id: &str) -> Result<(), store::StoreError> {
     s.store.auth_delete(SERVICE_KIND, id).await
@@ -980,23 +997,11 @@ pub(crate) async fn service_fault(State(s): State<Shared>, headers: HeaderMap, P
     let Some(fault) = p.get("fault").and_then(|f| CdsFault::parse(f)) else {
         return services_page(&s, &sess, StatusCode::BAD_REQUEST, Some("Choose a fault from the list.".into()), None, ServiceForm::default()).await;
     };
-    let existing = match endpoints(&s).await {
-        Ok(all) => all.into_iter().find(|e| e.id == id),
-        Err(e) => return internal(e),
+    let endpoint = match change_endpoint(&s, &id, |e| e.fault = fault).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return no_such_service(&sess),
+        Err(why) => return services_page(&s, &sess, StatusCode::CONFLICT, Some(why), None, ServiceForm::default()).await,
     };
-    let Some(endpoint) = existing else {
-        return message(
-            Nav::of(&sess),
-            StatusCode::NOT_FOUND,
-            "No such service",
-            "No decision-support service has this id.",
-            "Pick one from the list.",
-            "/ehr/cds",
-        );
-    };
-    if let Err(why) = register(&s, &CdsEndpoint { fault, ..endpoint.clone() }).await {
-        return services_page(&s, &sess, StatusCode::BAD_REQUEST, Some(why), None, ServiceForm::default()).await;
-    }
     s.audit("cds-fault").user(sess.user.username.as_str()).record(format!("decision-support service {}: injected fault {}", endpoint.id, fault.name()));
     Redirect::to("/ehr/cds").into_response()
 }
@@ -1100,6 +1105,11 @@ pub(crate) async fn service_create(State(s): State<Shared>, headers: HeaderMap, 
     services_page(&s, &sess, StatusCode::CREATED, None, Some(notice), ServiceForm::default()).await
 }
 
+/// The page for a service id that is not registered.
+fn no_such_service(sess: &Session) -> Response {
+    message(Nav::of(sess), StatusCode::NOT_FOUND, "No such service", "No decision-support service has this id.", "Pick one from the list.", "/ehr/cds")
+}
+
 /// `POST /ehr/cds/{id}/status`: stops calling a service, or calls it again.
 pub(crate) async fn service_status(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, axum::Form(p): axum::Form<Params>) -> Response {
     let sess = match administrator(&s, &headers).await {
@@ -1109,24 +1119,12 @@ pub(crate) async fn service_status(State(s): State<Shared>, headers: HeaderMap, 
     if let Some(r) = csrf_refusal(&sess, &p) {
         return r;
     }
-    let existing = match endpoints(&s).await {
-        Ok(all) => all.into_iter().find(|e| e.id == id),
-        Err(e) => return internal(e),
+    let disabled = p.get("status").map(String::as_str) == Some("disable");
+    let endpoint = match change_endpoint(&s, &id, |e| e.disabled = disabled).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return no_such_service(&sess),
+        Err(why) => return services_page(&s, &sess, StatusCode::CONFLICT, Some(why), None, ServiceForm::default()).await,
     };
-    let Some(mut endpoint) = existing else {
-        return message(
-            Nav::of(&sess),
-            StatusCode::NOT_FOUND,
-            "No such service",
-            "No decision-support service has this id.",
-            "Pick one from the list.",
-            "/ehr/cds",
-        );
-    };
-    endpoint.disabled = p.get("status").map(String::as_str) == Some("disable");
-    if let Err(why) = register(&s, &endpoint).await {
-        return services_page(&s, &sess, StatusCode::BAD_REQUEST, Some(why), None, ServiceForm::default()).await;
-    }
     s.audit("cds-status").user(sess.user.username.as_str()).record(format!(
         "decision-support service {} {}",
         endpoint.id,

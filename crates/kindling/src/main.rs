@@ -618,6 +618,14 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
     Ok(())
 }
 
+/// A runtime change (fault, disabled) to a CDS service, made on its registration as it is now.
+async fn change_cds(auth: &auth::Shared, id: &str, change: impl Fn(&mut ehr::cds::CdsEndpoint)) -> anyhow::Result<ehr::cds::CdsEndpoint> {
+    ehr::cds::change_endpoint(auth, id, change)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .ok_or_else(|| anyhow::anyhow!("no CDS service '{id}' is registered (kindling cds list shows them)"))
+}
+
 async fn cds(data: PathBuf, command: CdsCommand, clock: SharedClock) -> anyhow::Result<()> {
     let app = Application::build(&offline_config(data), clock).await?;
     let existing = |id: &str| {
@@ -657,19 +665,16 @@ async fn cds(data: PathBuf, command: CdsCommand, clock: SharedClock) -> anyhow::
             println!("registered {id}");
         }
         CdsCommand::Fault { id, fault } => {
-            let e = existing(&id).await?;
             let fault = ehr::cds::CdsFault::parse(&fault).ok_or_else(|| anyhow::anyhow!("no fault '{fault}': none, slow, error, garbled or bad-jwt"))?;
-            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { fault, ..e }).await.map_err(|e| anyhow::anyhow!(e))?;
+            change_cds(&app.auth, &id, |e| e.fault = fault).await?;
             println!("{id}: injected fault {}", fault.name());
         }
         CdsCommand::Disable { id } => {
-            let e = existing(&id).await?;
-            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: true, ..e }).await.map_err(|e| anyhow::anyhow!(e))?;
+            change_cds(&app.auth, &id, |e| e.disabled = true).await?;
             println!("disabled {id}");
         }
         CdsCommand::Enable { id } => {
-            let e = existing(&id).await?;
-            ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { disabled: false, ..e }).await.map_err(|e| anyhow::anyhow!(e))?;
+            change_cds(&app.auth, &id, |e| e.disabled = false).await?;
             println!("enabled {id}");
         }
         CdsCommand::Remove { id } => {

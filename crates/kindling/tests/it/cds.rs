@@ -384,6 +384,23 @@ async fn faults_injected_per_service_are_named_and_the_chart_goes_on() {
     assert_eq!(form(&app, "/ehr/cds/kindling-summary/fault", Some(&nurse), &[("csrf", &csrf), ("fault", "slow")]).await.status(), 403);
 }
 
+/// A fault injected while another administrator disables the service: both stand, as each change is made
+/// on the registration as it is then, not as it was read before.
+#[tokio::test]
+async fn concurrent_changes_to_a_service_both_stand() {
+    let app = spawn_with_reference_app().await;
+    let id = "kindling-summary";
+    for round in 0..20 {
+        let (fault, disabled) = if round % 2 == 0 { (ehr::cds::CdsFault::Slow, true) } else { (ehr::cds::CdsFault::Error, false) };
+        let (a, b) =
+            tokio::join!(ehr::cds::change_endpoint(&app.auth, id, |e| e.fault = fault), ehr::cds::change_endpoint(&app.auth, id, |e| e.disabled = disabled),);
+        assert!(a.unwrap().is_some() && b.unwrap().is_some());
+        let e = ehr::cds::endpoints(&app.auth).await.unwrap().into_iter().find(|e| e.id == id).unwrap();
+        assert_eq!((e.fault, e.disabled), (fault, disabled), "round {round}");
+    }
+    assert_eq!(ehr::cds::change_endpoint(&app.auth, "nosuch", |e| e.disabled = true).await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn services_are_registered_per_environment_in_the_apps_file() {
     let app = spawn_with_reference_app().await;
