@@ -134,7 +134,7 @@ fn written_bytes(pid: u32) -> Option<u64> {
 
 /// What the server spent between two readings of ([`cpu_ticks`], [`written_bytes`]): CPU time in
 /// microseconds and bytes written in KiB, per request.
-fn cpu_per_request(before: (Option<u64>, Option<u64>), after: (Option<u64>, Option<u64>), requests: usize) -> String {
+fn spent_per_request(before: (Option<u64>, Option<u64>), after: (Option<u64>, Option<u64>), requests: usize) -> String {
     let mut line = String::new();
     if let (Some(b), Some(a)) = (before.0, after.0)
         && requests > 0
@@ -149,7 +149,7 @@ fn cpu_per_request(before: (Option<u64>, Option<u64>), after: (Option<u64>, Opti
     line
 }
 
-/// The readings [`cpu_per_request`] compares.
+/// The readings [`spent_per_request`] compares.
 fn server_spent(pid: u32) -> (Option<u64>, Option<u64>) {
     (cpu_ticks(pid), written_bytes(pid))
 }
@@ -688,7 +688,7 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
         for clients in [1, 32] {
             let deadline = Instant::now() + Duration::from_secs(args.seconds);
             let started = Instant::now();
-            let cpu_before = server_spent(server.child.id());
+            let spent_before = server_spent(server.child.id());
             let mut tasks = Vec::new();
             for _ in 0..clients {
                 let (base, signed, next, token_path) = (base.clone(), signed.clone(), next.clone(), token_path.clone());
@@ -710,10 +710,10 @@ async fn auth_bench(args: &BenchArgs, reads: &Arc<Vec<String>>, patients: &[Stri
             if next.load(std::sync::atomic::Ordering::Relaxed) >= signed.len() {
                 println!("# {name}: the {} pre-signed assertions ran out before the time was up; the figure below is a lower bound", signed.len());
             }
-            let cpu = cpu_per_request(cpu_before, server_spent(server.child.id()), s.requests);
+            let spent = spent_per_request(spent_before, server_spent(server.child.id()), s.requests);
             report(name, clients, &s);
-            if !cpu.is_empty() {
-                println!("{name:<28} clients={clients:<3}{cpu}");
+            if !spent.is_empty() {
+                println!("{name:<28} clients={clients:<3}{spent}");
             }
         }
         // The same at 32 connections from `wrk` (C, one thread), when it is installed: a lighter load
@@ -1058,9 +1058,9 @@ async fn wrk_tokens(
     std::fs::write(&file, bodies)?;
     let mut wrk = Command::new("wrk");
     wrk.args(["-t1", "-c32", "--latency", &format!("-d{seconds}s"), "-s"]).arg(&script).arg(format!("{base}/auth/token")).arg("--").arg(&file);
-    let cpu_before = server_spent(pid);
+    let spent_before = server_spent(pid);
     let out = tokio::task::spawn_blocking(move || wrk.output()).await??;
-    let cpu_after = server_spent(pid);
+    let spent_after = server_spent(pid);
     let _ = std::fs::remove_file(&file);
     anyhow::ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1077,7 +1077,7 @@ async fn wrk_tokens(
         "clients=32  requests={requests:<8} errors={errors:<4} throughput={rate:>9.0} req/s  p50={:>7.3} ms  p99={:>7.3} ms  (wrk){}",
         ms("50%"),
         ms("99%"),
-        cpu_per_request(cpu_before, cpu_after, requests)
+        spent_per_request(spent_before, spent_after, requests)
     )))
 }
 

@@ -126,8 +126,8 @@ fn spawn_queue(writer: Arc<AsyncMutex<rusqlite::Connection>>) -> mpsc::Unbounded
         while let Some(first) = rx.blocking_recv() {
             // What arrived while the previous group was written (or while this thread woke up) joins
             // this group. Writes used to go straight to a free writer, each in a commit of its own: at
-            // 32 clients a backend token cost 47 KiB of writes (WAL and checkpoint); queued, groups hold
-            // about 16 writes and a token costs 32 KiB.
+            // 32 clients a backend token cost 45 KiB of writes (WAL and checkpoint); queued, groups hold
+            // about 16 writes and a token costs 32-37 KiB.
             let conn = writer.blocking_lock();
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
