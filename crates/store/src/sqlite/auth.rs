@@ -5,9 +5,123 @@ use crate::StoreError;
 use crate::{AuthRecord, AuthStore, Result};
 use async_trait::async_trait;
 use fhir::time::unix_ms;
-use rusqlite::{OptionalExtension, params};
-use std::sync::Arc;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
+
+/// Pages of the auth file. Issuing a backend token inserts its assertion's `jti` at a random place in
+/// the key index: one page written to the log per token, and again when the log is copied into the file.
+/// In the FHIR data's 8 KiB pages a token cost 33 KiB of writes; with 4 KiB pages it costs 22 KiB.
+/// 1 KiB pages wrote less (13 KiB) but cost more CPU: more log frames (one `pwrite` each), overflow
+/// pages for a token's record (its grant, ~300-900 bytes), and a commit scanned the whole page cache
+/// (SQLite renumbers pages through the page number of the lock byte at 1 GiB, so the cache then holds a
+/// page beyond the end of a smaller file: the scan grows with the cache, kept small here).
+const AUTH_PAGE: i64 = 4096;
+
+/// The schema of the auth file (its `user_version` 1). Records as in the FHIR file's migrations 2 and 5.
+const AUTH_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS auth_records (
+    kind     TEXT    NOT NULL,
+    key      TEXT    NOT NULL,
+    value    TEXT    NOT NULL,
+    grant_id TEXT,
+    expires  INTEGER,
+    used     INTEGER NOT NULL DEFAULT 0,
+    revoked  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS auth_records_grant ON auth_records (grant_id) WHERE grant_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS auth_records_expires ON auth_records (expires) WHERE expires IS NOT NULL;
+PRAGMA user_version = 1;";
+
+/// The authorisation server's records (clients, users, sessions, codes, tokens, the `jti` cache...) in a
+/// SQLite file of their own beside the FHIR data (`kindling.db` → `kindling.auth.db`), with its own
+/// writer, readers and checkpoints: small pages for small records, and a token is not held up behind a
+/// FHIR write (an import, a transaction bundle) nor the other way round.
+pub(crate) struct AuthFile {
+    path: PathBuf,
+    writer: Arc<AsyncMutex<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+    /// The group-commit queue of writes; its thread is started on first use.
+    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+}
+
+/// The auth file beside the FHIR data file `data`.
+pub(crate) fn auth_path(data: &Path) -> PathBuf {
+    data.with_extension("auth.db")
+}
+
+impl AuthFile {
+    /// Opens (creating if needed) the auth file beside `data`; records that an older version kept in the
+    /// FHIR file are moved over. `data_writer` is the FHIR file's writer, outside any transaction.
+    pub(crate) fn open(data: &Path, data_writer: &Connection) -> Result<AuthFile> {
+        let path = auth_path(data);
+        let writer = super::open_connection(&path, AUTH_PAGE, 4 * 1024)?;
+        if writer.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? < 1 {
+            writer.execute_batch(&format!("BEGIN IMMEDIATE; {AUTH_SCHEMA} COMMIT;"))?;
+        }
+        move_from_data_file(data_writer, &path)?;
+        let writer = Arc::new(AsyncMutex::new(writer));
+        super::spawn_checkpoints(&path, AUTH_PAGE, Arc::downgrade(&writer))?;
+        Ok(AuthFile { path, writer, readers: Mutex::new(Vec::new()), queue: OnceLock::new() })
+    }
+
+    fn reader(&self) -> Result<AuthReader<'_>> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => super::open_connection(&self.path, AUTH_PAGE, 1024)?,
+        };
+        Ok(AuthReader { conn: Some(conn), file: self })
+    }
+}
+
+/// Moves the records an older version kept in the FHIR file into the auth file: copied in one
+/// transaction of the auth file, then dropped in one of the FHIR file (two files commit apart; a copy
+/// interrupted before the drop is simply made again).
+fn move_from_data_file(data_writer: &Connection, auth: &Path) -> Result<()> {
+    let old: bool = data_writer.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'auth_records')", [], |r| r.get(0))?;
+    if !old {
+        return Ok(());
+    }
+    let path = auth.to_str().ok_or_else(|| StoreError::Backend(format!("the path {} is not UTF-8", auth.display())))?;
+    data_writer.execute("ATTACH DATABASE ?1 AS moving", [path])?;
+    let copied = data_writer.execute(
+        "INSERT INTO moving.auth_records (kind, key, value, grant_id, expires, used, revoked)
+         SELECT kind, key, value, grant_id, expires, used, revoked FROM main.auth_records WHERE true ON CONFLICT (kind, key) DO NOTHING",
+        [],
+    );
+    let detached = data_writer.execute_batch("DETACH DATABASE moving");
+    let copied = copied?;
+    detached?;
+    data_writer.execute_batch("DROP TABLE main.auth_records")?;
+    tracing::info!(records = copied, to = %auth.display(), "moved the authorisation records to a file of their own");
+    Ok(())
+}
+
+struct AuthReader<'a> {
+    conn: Option<Connection>,
+    file: &'a AuthFile,
+}
+
+impl std::ops::Deref for AuthReader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl Drop for AuthReader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut pool = self.file.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < 8 {
+                pool.push(c);
+            }
+        }
+    }
+}
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthRecord> {
     Ok(AuthRecord { value: row.get(0)?, grant_id: row.get(1)?, expires: row.get(2)?, used: row.get::<_, i64>(3)? != 0, revoked: row.get::<_, i64>(4)? != 0 })
@@ -20,11 +134,12 @@ impl SqliteStore {
 
     /// Hands a write to the queue and waits until it is committed.
     async fn queued(&self, write: AuthWrite) -> Result<bool> {
-        let queue = self.inner.auth_writes.get_or_init(|| spawn_queue(self.inner.writer.clone()));
+        let auth = &self.inner.auth;
+        let queue = auth.queue.get_or_init(|| spawn_queue(auth.writer.clone()));
         let (reply, answer) = oneshot::channel();
         if let Err(refused) = queue.send(Pending { write, reply }) {
             // The queue's thread could not be started: write directly.
-            let conn = self.inner.writer.lock().await;
+            let conn = auth.writer.lock().await;
             return relaxed(&conn, |c| apply(c, &refused.0.write));
         }
         answer.await.map_err(|_| StoreError::Backend("the auth write queue stopped".into()))?
@@ -68,7 +183,7 @@ pub(crate) struct Pending {
 
 const MAX_GROUP: usize = 512;
 
-fn apply(c: &rusqlite::Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
+fn apply(c: &Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
     match w {
         AuthWrite::Put { kind, key, value, grant_id, expires } => {
             c.prepare_cached(
@@ -89,7 +204,7 @@ fn apply(c: &rusqlite::Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
             Ok(n == 1)
         }
         AuthWrite::InsertNewThenPut(pair) => {
-            let both = |c: &rusqlite::Connection| apply(c, &pair.0).and_then(|inserted| if inserted { apply(c, &pair.1) } else { Ok(false) });
+            let both = |c: &Connection| apply(c, &pair.0).and_then(|inserted| if inserted { apply(c, &pair.1) } else { Ok(false) });
             // In a group the whole group is one transaction already.
             if c.is_autocommit() { transaction(c, both) } else { both(c) }
         }
@@ -98,7 +213,7 @@ fn apply(c: &rusqlite::Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
 
 /// Runs `f` in one write transaction, rolled back if anything fails (the writer never stays inside a
 /// transaction).
-fn transaction<T>(c: &rusqlite::Connection, f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+fn transaction<T>(c: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     c.execute_batch("BEGIN IMMEDIATE")?;
     let result = f(c).and_then(|v| c.execute_batch("COMMIT").map(|_| v));
     if result.is_err() {
@@ -109,7 +224,7 @@ fn transaction<T>(c: &rusqlite::Connection, f: impl FnOnce(&rusqlite::Connection
 
 /// Commits `group` in one transaction; if that fails, each write on its own, so that one bad write
 /// fails alone.
-fn commit_group(conn: &rusqlite::Connection, group: &[Pending]) -> Vec<Result<bool>> {
+fn commit_group(conn: &Connection, group: &[Pending]) -> Vec<Result<bool>> {
     let together = relaxed(conn, |c| transaction(c, |c| group.iter().map(|p| apply(c, &p.write)).collect::<rusqlite::Result<Vec<bool>>>()));
     match together {
         Ok(results) => results.into_iter().map(Ok).collect(),
@@ -120,7 +235,7 @@ fn commit_group(conn: &rusqlite::Connection, group: &[Pending]) -> Vec<Result<bo
 /// The queue's writer: a thread of its own, so that a commit holds up no runtime worker and the queue
 /// depends on no runtime (a task would stop with the runtime that happened to start it, and wait while
 /// a single-threaded runtime is not polled).
-fn spawn_queue(writer: Arc<AsyncMutex<rusqlite::Connection>>) -> mpsc::UnboundedSender<Pending> {
+fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pending> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
     let started = std::thread::Builder::new().name("sqlite-auth-writes".into()).spawn(move || {
         while let Some(first) = rx.blocking_recv() {
@@ -154,7 +269,7 @@ fn spawn_queue(writer: Arc<AsyncMutex<rusqlite::Connection>>) -> mpsc::Unbounded
 /// the jti cache); in WAL mode `synchronous=NORMAL` keeps the database consistent and loses at most the
 /// last moments of such writes on a power failure, which only invalidates freshly issued tokens. FHIR
 /// writes keep `synchronous=FULL`.
-fn relaxed<T>(conn: &rusqlite::Connection, write: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> Result<T> {
+fn relaxed<T>(conn: &Connection, write: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
     conn.execute_batch("PRAGMA synchronous = NORMAL")?;
     let result = write(conn);
     conn.execute_batch("PRAGMA synchronous = FULL")?;
@@ -169,7 +284,7 @@ impl AuthStore for SqliteStore {
     }
 
     async fn auth_get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
-        let conn = self.inner.reader()?;
+        let conn = self.inner.auth.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT value, grant_id, expires, used, revoked FROM auth_records WHERE kind = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
         )?;
@@ -177,7 +292,7 @@ impl AuthStore for SqliteStore {
     }
 
     async fn auth_consume(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
-        let conn = self.inner.writer.lock().await;
+        let conn = self.inner.auth.writer.lock().await;
         let record = conn
             .prepare_cached(
                 "SELECT value, grant_id, expires, used, revoked FROM auth_records WHERE kind = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
@@ -200,13 +315,13 @@ impl AuthStore for SqliteStore {
     }
 
     async fn auth_revoke_grant(&self, grant_id: &str) -> Result<u64> {
-        let conn = self.inner.writer.lock().await;
+        let conn = self.inner.auth.writer.lock().await;
         let n = conn.prepare_cached("UPDATE auth_records SET revoked = 1 WHERE grant_id = ?1")?.execute([grant_id])?;
         Ok(n as u64)
     }
 
     async fn auth_replace(&self, kind: &str, key: &str, expected: &str, value: &str, expires: Option<i64>) -> Result<bool> {
-        let conn = self.inner.writer.lock().await;
+        let conn = self.inner.auth.writer.lock().await;
         let n = conn
             .prepare_cached(
                 "UPDATE auth_records SET value = ?4, expires = COALESCE(?6, expires) WHERE kind = ?1 AND key = ?2 AND value = ?3 AND (expires IS NULL OR expires > ?5)",
@@ -216,13 +331,13 @@ impl AuthStore for SqliteStore {
     }
 
     async fn auth_delete(&self, kind: &str, key: &str) -> Result<()> {
-        let conn = self.inner.writer.lock().await;
+        let conn = self.inner.auth.writer.lock().await;
         conn.prepare_cached("DELETE FROM auth_records WHERE kind = ?1 AND key = ?2")?.execute(params![kind, key])?;
         Ok(())
     }
 
     async fn auth_purge_expired(&self, before: i64, limit: usize) -> Result<u64> {
-        let conn = self.inner.writer.lock().await;
+        let conn = self.inner.auth.writer.lock().await;
         let n = relaxed(&conn, |c| {
             c.prepare_cached("DELETE FROM auth_records WHERE (kind, key) IN (SELECT kind, key FROM auth_records WHERE expires < ?1 LIMIT ?2)")?
                 .execute(params![before, limit as i64])
@@ -231,7 +346,7 @@ impl AuthStore for SqliteStore {
     }
 
     async fn auth_list(&self, kind: &str) -> Result<Vec<(String, AuthRecord)>> {
-        let conn = self.inner.reader()?;
+        let conn = self.inner.auth.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT key, value, grant_id, expires, used, revoked FROM auth_records WHERE kind = ?1 AND (expires IS NULL OR expires > ?2) ORDER BY key",
         )?;
@@ -249,7 +364,7 @@ impl AuthStore for SqliteStore {
 mod tests {
     use crate::AuthStore;
     use crate::sqlite::{SqliteConfig, SqliteStore};
-    use fhir::time::ManualClock;
+    use fhir::time::{ManualClock, SystemClock};
     use std::sync::Arc;
 
     #[tokio::test]
@@ -286,6 +401,52 @@ mod tests {
         assert_eq!(store.auth_purge_expired(now, 100).await.unwrap(), 0);
         assert!(store.auth_get("access", "fresh").await.unwrap().is_some());
         assert!(store.auth_get("client", "app").await.unwrap().is_some());
+    }
+
+    /// An older version kept the records in the FHIR file: they move to the auth file on opening, once.
+    #[tokio::test]
+    async fn records_of_the_data_file_move_to_the_auth_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || SqliteConfig { path: dir.path().join("a.db"), base_url: None, writer_cache_mib: 8 };
+        drop(SqliteStore::open(config(), Arc::new(SystemClock)).unwrap());
+        {
+            // The FHIR file as an older version left it, and a copy interrupted before the drop.
+            let old = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+            old.execute_batch(include_str!("../../migrations/sqlite/0002_auth.sql")).unwrap();
+            old.execute_batch(
+                "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES
+                 ('client', 'app', '{\"n\":1}', NULL, NULL, 0, 0), ('access', 't', '{}', 'g', 4102444800000, 1, 1)",
+            )
+            .unwrap();
+            let auth = rusqlite::Connection::open(dir.path().join("a.auth.db")).unwrap();
+            auth.execute("INSERT INTO auth_records (kind, key, value) VALUES ('client', 'app', '{\"n\":1}')", []).unwrap();
+        }
+        let store = SqliteStore::open(config(), Arc::new(SystemClock)).unwrap();
+        assert_eq!(store.auth_get("client", "app").await.unwrap().unwrap().value, "{\"n\":1}");
+        let token = store.auth_get("access", "t").await.unwrap().unwrap();
+        assert_eq!((token.grant_id.as_deref(), token.used, token.revoked), (Some("g"), true, true), "every column moves");
+        assert_eq!(store.auth_revoke_grant("g").await.unwrap(), 1);
+        drop(store);
+        let data = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let left: i64 = data.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'auth_records'", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 0, "the FHIR file no longer has them");
+        let store = SqliteStore::open(config(), Arc::new(SystemClock)).unwrap();
+        assert_eq!(store.auth_list("client").await.unwrap().len(), 1, "opened again, nothing is lost or doubled");
+    }
+
+    /// The auth file has a writer of its own: a token is not held up behind a FHIR write transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auth_writes_go_on_while_a_fhir_transaction_is_open() {
+        use crate::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(SqliteConfig { path: dir.path().join("a.db"), base_url: None, writer_cache_mib: 8 }, Arc::new(SystemClock)).unwrap();
+        let tx = store.begin().await.unwrap();
+        let wait = std::time::Duration::from_secs(5);
+        tokio::time::timeout(wait, store.auth_put("access", "t1", "{}", Some("g"), None)).await.expect("not held up").unwrap();
+        assert!(tokio::time::timeout(wait, store.auth_insert_new("jti", "c|1", "{}", Some(i64::MAX))).await.expect("not held up").unwrap());
+        tokio::time::timeout(wait, store.auth_consume("access", "t1")).await.expect("not held up").unwrap();
+        drop(tx);
+        assert!(store.auth_get("access", "t1").await.unwrap().unwrap().used);
     }
 
     /// Writes that queue up behind a busy writer are committed together, each with its own answer.
