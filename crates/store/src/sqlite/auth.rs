@@ -211,15 +211,20 @@ fn apply(c: &Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
     }
 }
 
-/// Runs `f` in one write transaction, rolled back if anything fails (the writer never stays inside a
-/// transaction).
+/// Runs `f` in one write transaction, rolled back if anything fails or panics (the writer never stays
+/// inside a transaction: every later write would fail).
 fn transaction<T>(c: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    c.execute_batch("BEGIN IMMEDIATE")?;
-    let result = f(c).and_then(|v| c.execute_batch("COMMIT").map(|_| v));
-    if result.is_err() {
-        let _ = c.execute_batch("ROLLBACK");
+    struct Open<'a>(&'a Connection);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            if !self.0.is_autocommit() {
+                let _ = self.0.execute_batch("ROLLBACK");
+            }
+        }
     }
-    result
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let _open = Open(c);
+    f(c).and_then(|v| c.execute_batch("COMMIT").map(|_| v))
 }
 
 /// Commits `group` in one transaction; if that fails, each write on its own, so that one bad write
@@ -267,12 +272,17 @@ fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pen
 
 /// Runs one auth-state write without waiting for the disk. Auth records are short-lived (codes, tokens,
 /// the jti cache); in WAL mode `synchronous=NORMAL` keeps the database consistent and loses at most the
-/// last moments of such writes on a power failure, which only invalidates freshly issued tokens. FHIR
-/// writes keep `synchronous=FULL`.
+/// last moments of such writes on a power failure, which only invalidates freshly issued tokens. The
+/// other writes of the auth file (revocations, deletions, compare-and-swap changes) keep
+/// `synchronous=FULL`, as FHIR writes do in theirs.
 fn relaxed<T>(conn: &Connection, write: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
     conn.execute_batch("PRAGMA synchronous = NORMAL")?;
     let result = write(conn);
-    conn.execute_batch("PRAGMA synchronous = FULL")?;
+    if let Err(e) = conn.execute_batch("PRAGMA synchronous = FULL") {
+        // The write's own outcome stands: answering an error for a group that did commit would have it
+        // applied again one write at a time, and each jti it recorded would then read as a replay.
+        tracing::error!(error = %e, "cannot set synchronous=FULL again on the auth file");
+    }
     Ok(result?)
 }
 
@@ -401,6 +411,28 @@ mod tests {
         assert_eq!(store.auth_purge_expired(now, 100).await.unwrap(), 0);
         assert!(store.auth_get("access", "fresh").await.unwrap().is_some());
         assert!(store.auth_get("client", "app").await.unwrap().is_some());
+    }
+
+    /// A write that fails or panics inside a transaction leaves the connection outside it, so that the
+    /// writes after it still go through.
+    #[test]
+    fn a_transaction_that_fails_or_panics_is_rolled_back() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
+        let failed = super::transaction(&c, |c| c.execute("INSERT INTO t VALUES (1)", []).and_then(|_| c.execute("INSERT INTO t VALUES (1)", [])));
+        assert!(failed.is_err());
+        assert!(c.is_autocommit(), "rolled back after an error");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            super::transaction::<()>(&c, |c| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                panic!("a bug in a write")
+            })
+        }));
+        assert!(panicked.is_err());
+        assert!(c.is_autocommit(), "rolled back after a panic");
+        assert_eq!(super::transaction(&c, |c| c.execute("INSERT INTO t VALUES (3)", [])).unwrap(), 1);
+        let rows: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1, "only the write after them stands");
     }
 
     /// An older version kept the records in the FHIR file: they move to the auth file on opening, once.
