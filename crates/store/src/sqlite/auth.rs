@@ -52,16 +52,30 @@ pub(crate) fn auth_path(data: &Path) -> PathBuf {
     data.with_extension("auth.db")
 }
 
+/// The auth file's schema version this release writes.
+const AUTH_VERSION: i64 = 1;
+
+/// Opens (creating if needed) the auth file beside the data file `data`: its writer connection.
+pub(crate) fn open_writer(data: &Path) -> Result<Connection> {
+    let path = auth_path(data);
+    let writer = super::open_connection(&path, AUTH_PAGE, 4 * 1024)?;
+    let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > AUTH_VERSION {
+        return Err(StoreError::Backend(format!(
+            "{} was written by a newer release of Kindling (auth schema {version}, this release knows {AUTH_VERSION}); use that release or newer",
+            path.display()
+        )));
+    }
+    if version < AUTH_VERSION {
+        writer.execute_batch(&format!("BEGIN IMMEDIATE; {AUTH_SCHEMA} COMMIT;"))?;
+    }
+    Ok(writer)
+}
+
 impl AuthFile {
-    /// Opens (creating if needed) the auth file beside `data`; records that an older version kept in the
-    /// FHIR file are moved over. `data_writer` is the FHIR file's writer, outside any transaction.
-    pub(crate) fn open(data: &Path, data_writer: &Connection) -> Result<AuthFile> {
+    /// The auth file beside `data`, served by `writer` (from [`open_writer`]).
+    pub(crate) fn start(data: &Path, writer: Connection) -> Result<AuthFile> {
         let path = auth_path(data);
-        let writer = super::open_connection(&path, AUTH_PAGE, 4 * 1024)?;
-        if writer.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? < 1 {
-            writer.execute_batch(&format!("BEGIN IMMEDIATE; {AUTH_SCHEMA} COMMIT;"))?;
-        }
-        move_from_data_file(data_writer, &path)?;
         let writer = Arc::new(AsyncMutex::new(writer));
         super::spawn_checkpoints(&path, AUTH_PAGE, Arc::downgrade(&writer))?;
         Ok(AuthFile { path, writer, readers: Mutex::new(Vec::new()), queue: OnceLock::new() })
@@ -77,26 +91,29 @@ impl AuthFile {
     }
 }
 
-/// Moves the records an older version kept in the FHIR file into the auth file: copied in one
-/// transaction of the auth file, then dropped in one of the FHIR file (two files commit apart; a copy
-/// interrupted before the drop is simply made again).
-fn move_from_data_file(data_writer: &Connection, auth: &Path) -> Result<()> {
-    let old: bool = data_writer.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'auth_records')", [], |r| r.get(0))?;
-    if !old {
-        return Ok(());
+/// Copies the records an older release kept in the data file into the auth file, committed there (with
+/// `synchronous=FULL`) before the data file's migration drops them. `data` is that migration's write
+/// transaction, so nothing writes the old records meanwhile; two files commit apart, and a copy whose
+/// drop did not commit is made again (a record already copied is kept as it is).
+pub(crate) fn move_records(data: &Connection, auth: &Connection) -> Result<()> {
+    let mut rows = data.prepare("SELECT kind, key, value, grant_id, expires, used, revoked FROM auth_records")?;
+    let mut rows = rows.query([])?;
+    let copied = transaction(auth, |auth| {
+        let mut insert = auth.prepare(
+            "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (kind, key) DO NOTHING",
+        )?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let (kind, key, value): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let (grant_id, expires, used, revoked): (Option<String>, Option<i64>, i64, i64) = (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?);
+            n += insert.execute(params![kind, key, value, grant_id, expires, used, revoked])?;
+        }
+        Ok(n)
+    })?;
+    if copied > 0 {
+        tracing::info!(records = copied, "moved the authorisation records to a file of their own");
     }
-    let path = auth.to_str().ok_or_else(|| StoreError::Backend(format!("the path {} is not UTF-8", auth.display())))?;
-    data_writer.execute("ATTACH DATABASE ?1 AS moving", [path])?;
-    let copied = data_writer.execute(
-        "INSERT INTO moving.auth_records (kind, key, value, grant_id, expires, used, revoked)
-         SELECT kind, key, value, grant_id, expires, used, revoked FROM main.auth_records WHERE true ON CONFLICT (kind, key) DO NOTHING",
-        [],
-    );
-    let detached = data_writer.execute_batch("DETACH DATABASE moving");
-    let copied = copied?;
-    detached?;
-    data_writer.execute_batch("DROP TABLE main.auth_records")?;
-    tracing::info!(records = copied, to = %auth.display(), "moved the authorisation records to a file of their own");
     Ok(())
 }
 
@@ -247,7 +264,7 @@ fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pen
             // What arrived while the previous group was written (or while this thread woke up) joins
             // this group. Writes used to go straight to a free writer, each in a commit of its own: at
             // 32 clients a backend token cost 45 KiB of writes (WAL and checkpoint); queued, groups hold
-            // about 16 writes and a token costs 32-37 KiB.
+            // about 16 writes and a token cost 32-37 KiB (22 KiB since the auth file has 4 KiB pages).
             let conn = writer.blocking_lock();
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -276,14 +293,20 @@ fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pen
 /// other writes of the auth file (revocations, deletions, compare-and-swap changes) keep
 /// `synchronous=FULL`, as FHIR writes do in theirs.
 fn relaxed<T>(conn: &Connection, write: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    let result = write(conn);
-    if let Err(e) = conn.execute_batch("PRAGMA synchronous = FULL") {
-        // The write's own outcome stands: answering an error for a group that did commit would have it
-        // applied again one write at a time, and each jti it recorded would then read as a replay.
-        tracing::error!(error = %e, "cannot set synchronous=FULL again on the auth file");
+    /// Sets `synchronous=FULL` again however the write ends, a panic included. A failure is logged: the
+    /// write's own outcome stands (answering an error for a group that did commit would have it applied
+    /// again one write at a time, and each jti it recorded would then read as a replay).
+    struct Full<'a>(&'a Connection);
+    impl Drop for Full<'_> {
+        fn drop(&mut self) {
+            if let Err(e) = self.0.execute_batch("PRAGMA synchronous = FULL") {
+                tracing::error!(error = %e, "cannot set synchronous=FULL again on the auth file");
+            }
+        }
     }
-    Ok(result?)
+    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    let _full = Full(conn);
+    Ok(write(conn)?)
 }
 
 #[async_trait]
@@ -435,35 +458,57 @@ mod tests {
         assert_eq!(rows, 1, "only the write after them stands");
     }
 
-    /// An older version kept the records in the FHIR file: they move to the auth file on opening, once.
+    /// An older release kept the records in the data file: migration 11 moves them to the auth file, once,
+    /// with every column; a copy whose drop did not commit is made again without undoing what it copied.
     #[tokio::test]
     async fn records_of_the_data_file_move_to_the_auth_file() {
         let dir = tempfile::tempdir().unwrap();
         let config = || SqliteConfig { path: dir.path().join("a.db"), base_url: None, writer_cache_mib: 8 };
-        drop(SqliteStore::open(config(), Arc::new(SystemClock)).unwrap());
-        {
-            // The FHIR file as an older version left it, and a copy interrupted before the drop.
-            let old = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let file = |name: &str| dir.path().join(name);
+        // The data file as release 10 left it (the records in it), with or without an auth file.
+        let as_release_10 = |auth_file: bool| {
+            std::thread::sleep(std::time::Duration::from_millis(300)); // the checkpoint threads stop
+            let old = rusqlite::Connection::open(file("a.db")).unwrap();
             old.execute_batch(include_str!("../../migrations/sqlite/0002_auth.sql")).unwrap();
             old.execute_batch(
-                "INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES
+                "DELETE FROM kindling_migrations WHERE version = 11;
+                 INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES
                  ('client', 'app', '{\"n\":1}', NULL, NULL, 0, 0), ('access', 't', '{}', 'g', 4102444800000, 1, 1)",
             )
             .unwrap();
-            let auth = rusqlite::Connection::open(dir.path().join("a.auth.db")).unwrap();
-            auth.execute("INSERT INTO auth_records (kind, key, value) VALUES ('client', 'app', '{\"n\":1}')", []).unwrap();
-        }
+            if !auth_file {
+                for f in ["a.auth.db", "a.auth.db-wal", "a.auth.db-shm"] {
+                    let _ = std::fs::remove_file(file(f));
+                }
+            }
+        };
+        let left_in_data_file = || {
+            let data = rusqlite::Connection::open(file("a.db")).unwrap();
+            let tables: i64 = data.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'auth_records'", [], |r| r.get(0)).unwrap();
+            let version: i64 = data.query_row("SELECT max(version) FROM kindling_migrations", [], |r| r.get(0)).unwrap();
+            (tables, version)
+        };
+        drop(SqliteStore::open(config(), Arc::new(SystemClock)).unwrap());
+        assert_eq!(left_in_data_file(), (0, 11));
+
+        // An upgrade: no auth file yet.
+        as_release_10(false);
         let store = SqliteStore::open(config(), Arc::new(SystemClock)).unwrap();
         assert_eq!(store.auth_get("client", "app").await.unwrap().unwrap().value, "{\"n\":1}");
         let token = store.auth_get("access", "t").await.unwrap().unwrap();
-        assert_eq!((token.grant_id.as_deref(), token.used, token.revoked), (Some("g"), true, true), "every column moves");
-        assert_eq!(store.auth_revoke_grant("g").await.unwrap(), 1);
+        assert_eq!((token.grant_id.as_deref(), token.expires, token.used, token.revoked), (Some("g"), Some(4102444800000), true, true), "every column moves");
+        assert_eq!(store.auth_revoke_grant("g").await.unwrap(), 1, "the grant index is there");
+        assert_eq!(left_in_data_file(), (0, 11), "the data file no longer has them");
+        // What the server changes later is the auth file's.
+        store.auth_put("client", "app", "{\"n\":2}", None, None).await.unwrap();
         drop(store);
-        let data = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
-        let left: i64 = data.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'auth_records'", [], |r| r.get(0)).unwrap();
-        assert_eq!(left, 0, "the FHIR file no longer has them");
+
+        // A move whose copy committed but whose drop did not: the copy is made again, keeping what is there.
+        as_release_10(true);
         let store = SqliteStore::open(config(), Arc::new(SystemClock)).unwrap();
-        assert_eq!(store.auth_list("client").await.unwrap().len(), 1, "opened again, nothing is lost or doubled");
+        assert_eq!(store.auth_get("client", "app").await.unwrap().unwrap().value, "{\"n\":2}");
+        assert_eq!(store.auth_list("client").await.unwrap().len(), 1);
+        assert_eq!(left_in_data_file(), (0, 11));
     }
 
     /// The auth file has a writer of its own: a token is not held up behind a FHIR write transaction.

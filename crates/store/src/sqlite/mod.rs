@@ -36,7 +36,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "reindex_pending", include_str!("../../migrations/sqlite/0008_reindex_pending.sql")),
     (9, "condition_asserted_date", include_str!("../../migrations/sqlite/0009_condition_asserted_date.sql")),
     (10, "patients_by_code", include_str!("../../migrations/sqlite/0010_patients_by_code.sql")),
+    (11, "auth_file", include_str!("../../migrations/sqlite/0011_auth_file.sql")),
 ];
+
+/// The migration that moves the authorisation records to the auth file (`auth::move_records` copies
+/// them first, in the same write transaction of the data file).
+const AUTH_FILE_MIGRATION: i64 = 11;
 
 /// How long a paging snapshot lives.
 const SNAPSHOT_TTL_MS: i64 = 30 * 60 * 1000;
@@ -169,7 +174,7 @@ fn open_connection(path: &Path, page_size: i64, cache_kib: i64) -> Result<Connec
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, now_ms: i64) -> Result<()> {
+fn migrate(conn: &mut Connection, now_ms: i64, auth: &Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS kindling_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")?;
     let applied: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM kindling_migrations", [], |r| r.get(0))?;
     crate::check_schema_not_newer(applied, MIGRATIONS.last().map_or(0, |m| m.0))?;
@@ -177,7 +182,12 @@ fn migrate(conn: &mut Connection, now_ms: i64) -> Result<()> {
         if *version <= applied {
             continue;
         }
-        let tx = conn.transaction()?;
+        // IMMEDIATE: the data file is locked for writing from the start, so that nothing else writes
+        // between what a migration reads and what it changes.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if *version == AUTH_FILE_MIGRATION {
+            auth::move_records(&tx, auth)?;
+        }
         tx.execute_batch(sql)?;
         tx.execute("INSERT INTO kindling_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)", params![version, name, now_ms])?;
         tx.commit()?;
@@ -210,12 +220,13 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut writer = open_connection(&config.path, DATA_PAGE, config.writer_cache_mib as i64 * 1024)?;
-        migrate(&mut writer, unix_ms(clock.now()))?;
+        let auth_writer = auth::open_writer(&config.path)?;
+        migrate(&mut writer, unix_ms(clock.now()), &auth_writer)?;
         reindex_pending(&mut writer, config.base_url.as_deref())?;
         let statistics = Arc::new(Statistics::load(&writer)?);
         // Data written by an earlier run (through the API, say) may have outgrown the statistics.
         statistics.follow(&writer)?;
-        let auth = auth::AuthFile::open(&config.path, &writer)?;
+        let auth = auth::AuthFile::start(&config.path, auth_writer)?;
         let writer = Arc::new(AsyncMutex::new(writer));
         spawn_checkpoints(&config.path, DATA_PAGE, Arc::downgrade(&writer))?;
         Ok(SqliteStore {
@@ -696,8 +707,9 @@ mod tests {
     use std::sync::Arc;
 
     /// Under a steady stream of writes the writer starts the log over once it holds more than
-    /// `RESTART_BYTES` (here the auth file's log). A `RESTART` from the checkpoint thread's own connection never found the writer
-    /// idle: here the log grew to 525 MiB for 156 MiB of records; this way it stays under 128 MiB.
+    /// `RESTART_BYTES` (here the auth file's log). A `RESTART` from the checkpoint thread's own connection
+    /// never found the writer idle: in the data file, with 8 KiB records, the log grew to 525 MiB for 156
+    /// MiB of records; this way it stays under 128 MiB.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_log_is_started_over_by_the_writer_while_writes_go_on() {
         use crate::AuthStore;
@@ -706,8 +718,8 @@ mod tests {
         let store = Arc::new(SqliteStore::open(SqliteConfig { path, base_url: None, writer_cache_mib: 8 }, Arc::new(SystemClock)).unwrap());
         let value = Arc::new("x".repeat(6000));
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        // Eight writers without a pause, 2,500 records of six pages each: never a moment for the log to
-        // be copied whole between two writes.
+        // Eight writers without a pause, 2,500 records of 6,000 bytes each (a cell and two overflow
+        // pages): never a moment for the log to be copied whole between two writes.
         let mut writers = tokio::task::JoinSet::new();
         for w in 0..8 {
             let (store, value, done) = (store.clone(), value.clone(), done.clone());
