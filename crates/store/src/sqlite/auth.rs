@@ -19,7 +19,8 @@ use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 /// page beyond the end of a smaller file: the scan grows with the cache, kept small here).
 const AUTH_PAGE: i64 = 4096;
 
-/// The schema of the auth file (its `user_version` 1). Records as in the FHIR file's migrations 2 and 5.
+/// The schema of the auth file (its `user_version` [`AUTH_VERSION`]). Records as in the FHIR file's
+/// migrations 2 and 5.
 const AUTH_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS auth_records (
     kind     TEXT    NOT NULL,
@@ -32,8 +33,7 @@ CREATE TABLE IF NOT EXISTS auth_records (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS auth_records_grant ON auth_records (grant_id) WHERE grant_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS auth_records_expires ON auth_records (expires) WHERE expires IS NOT NULL;
-PRAGMA user_version = 1;";
+CREATE INDEX IF NOT EXISTS auth_records_expires ON auth_records (expires) WHERE expires IS NOT NULL;";
 
 /// The authorisation server's records (clients, users, sessions, codes, tokens, the `jti` cache...) in a
 /// SQLite file of their own beside the FHIR data (`kindling.db` → `kindling.auth.db`), with its own
@@ -67,7 +67,7 @@ pub(crate) fn open_writer(data: &Path) -> Result<Connection> {
         )));
     }
     if version < AUTH_VERSION {
-        writer.execute_batch(&format!("BEGIN IMMEDIATE; {AUTH_SCHEMA} COMMIT;"))?;
+        writer.execute_batch(&format!("BEGIN IMMEDIATE; {AUTH_SCHEMA} PRAGMA user_version = {AUTH_VERSION}; COMMIT;"))?;
     }
     Ok(writer)
 }
