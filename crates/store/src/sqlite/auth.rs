@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use fhir::time::unix_ms;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
 /// Pages of the auth file. Issuing a backend token inserts its assertion's `jti` at a random place in
@@ -40,9 +40,8 @@ CREATE INDEX IF NOT EXISTS auth_records_expires ON auth_records (expires) WHERE 
 /// writer, readers and checkpoints: small pages for small records, and a token is not held up behind a
 /// FHIR write (an import, a transaction bundle) nor the other way round.
 pub(crate) struct AuthFile {
-    path: PathBuf,
     writer: Arc<AsyncMutex<Connection>>,
-    readers: Mutex<Vec<Connection>>,
+    readers: super::readers::Readers,
     /// The group-commit queue of writes; its thread is started on first use.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
@@ -78,16 +77,13 @@ impl AuthFile {
         let path = auth_path(data);
         let writer = Arc::new(AsyncMutex::new(writer));
         super::spawn_checkpoints(&path, AUTH_PAGE, Arc::downgrade(&writer))?;
-        Ok(AuthFile { path, writer, readers: Mutex::new(Vec::new()), queue: OnceLock::new() })
+        // No statistics are taken here: the readers' generation never moves on.
+        let readers = super::readers::Readers::new(path, AUTH_PAGE, 1024, super::readers::Readers::generation());
+        Ok(AuthFile { writer, readers, queue: OnceLock::new() })
     }
 
-    fn reader(&self) -> Result<AuthReader<'_>> {
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => super::open_connection(&self.path, AUTH_PAGE, 1024)?,
-        };
-        Ok(AuthReader { conn: Some(conn), file: self })
+    fn reader(&self) -> Result<super::readers::PooledReader<'_>> {
+        self.readers.get()
     }
 }
 
@@ -115,29 +111,6 @@ pub(crate) fn move_records(data: &Connection, auth: &Connection) -> Result<()> {
         tracing::info!(records = copied, "moved the authorisation records to a file of their own");
     }
     Ok(())
-}
-
-struct AuthReader<'a> {
-    conn: Option<Connection>,
-    file: &'a AuthFile,
-}
-
-impl std::ops::Deref for AuthReader<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("connection present until drop")
-    }
-}
-
-impl Drop for AuthReader<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            let mut pool = self.file.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < 8 {
-                pool.push(c);
-            }
-        }
-    }
 }
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuthRecord> {

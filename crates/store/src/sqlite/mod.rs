@@ -6,6 +6,7 @@
 //! Queries are short (microseconds) and run inline on the calling task; SQLite work is never held across an
 //! `.await` except the writer lock of an open transaction.
 
+mod readers;
 mod write;
 
 use crate::sql::{Dialect, SqlValue, compile_search};
@@ -20,7 +21,7 @@ use rusqlite::types::{ToSqlOutput, Value as SqliteValue};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 mod auth;
@@ -79,8 +80,8 @@ struct Inner {
     base_url: Option<String>,
     clock: SharedClock,
     writer: Arc<AsyncMutex<Connection>>,
-    /// Reader connections, each with the statistics generation it was opened under.
-    readers: Mutex<Vec<(u64, Connection)>>,
+    /// Reader connections, of the statistics generation they were opened under.
+    readers: readers::Readers,
     statistics: Arc<Statistics>,
     snapshots: SnapshotCache,
     /// The authorisation server's records, in a file of their own.
@@ -229,13 +230,14 @@ impl SqliteStore {
         let auth = auth::AuthFile::start(&config.path, auth_writer)?;
         let writer = Arc::new(AsyncMutex::new(writer));
         spawn_checkpoints(&config.path, DATA_PAGE, Arc::downgrade(&writer))?;
+        let readers = readers::Readers::new(config.path.clone(), DATA_PAGE, 8 * 1024, statistics.generation.clone());
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: config.path,
                 base_url: config.base_url,
                 clock,
                 writer,
-                readers: Mutex::new(Vec::new()),
+                readers,
                 statistics,
                 snapshots: SnapshotCache::new(2048),
                 auth,
@@ -274,7 +276,7 @@ struct Statistics {
     taken_at: std::sync::atomic::AtomicI64,
     /// Bumped each time they are taken: a connection keeps the statistics it read when it opened, so
     /// readers opened before are closed rather than pooled again.
-    generation: std::sync::atomic::AtomicU64,
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Statistics {
@@ -288,11 +290,7 @@ impl Statistics {
                 taken_at = taken_at.max(stat?.split(' ').next().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0));
             }
         }
-        Ok(Statistics { taken_at: taken_at.into(), generation: 0.into() })
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        Ok(Statistics { taken_at: taken_at.into(), generation: readers::Readers::generation() })
     }
 
     /// Takes the statistics again if the resources outgrew them; called on the writer, outside a transaction.
@@ -317,48 +315,9 @@ impl Statistics {
     }
 }
 
-/// A pooled reader connection, returned to the pool on drop.
-struct PooledReader<'a> {
-    conn: Option<Connection>,
-    generation: u64,
-    inner: &'a Inner,
-}
-
-impl std::ops::Deref for PooledReader<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("connection present until drop")
-    }
-}
-
-impl Drop for PooledReader<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            // A connection opened before the statistics were last taken plans with the old ones: closed.
-            if self.generation != self.inner.statistics.generation() {
-                return;
-            }
-            let mut pool = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < 8 {
-                pool.push((self.generation, c));
-            }
-        }
-    }
-}
-
 impl Inner {
-    fn reader(&self) -> Result<PooledReader<'_>> {
-        let current = self.statistics.generation();
-        let pooled = {
-            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-            pool.retain(|(g, _)| *g == current);
-            pool.pop()
-        };
-        let conn = match pooled {
-            Some((_, c)) => c,
-            None => open_connection(&self.path, DATA_PAGE, 8 * 1024)?,
-        };
-        Ok(PooledReader { conn: Some(conn), generation: current, inner: self })
+    fn reader(&self) -> Result<readers::PooledReader<'_>> {
+        self.readers.get()
     }
 }
 
