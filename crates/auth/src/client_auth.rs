@@ -83,11 +83,12 @@ async fn authenticate_assertion(s: &Shared, assertion_type: Option<&str>, jwt: &
             "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
         ));
     }
-    let iss = crate::jose::claimed_issuer(jwt).ok_or_else(|| OAuthError::invalid_client("the client assertion cannot be read"))?;
+    let unverified = crate::jose::Unverified::read(jwt).map_err(|why| OAuthError::invalid_client(format!("the client assertion cannot be read: {why}")))?;
+    let iss = unverified.issuer().ok_or_else(|| OAuthError::invalid_client("the client assertion cannot be read"))?;
     if client_id.is_some_and(|id| id != iss) {
         return Err(OAuthError::invalid_client("client_id differs from the assertion's issuer"));
     }
-    let client = match s.client(&iss).await? {
+    let client = match s.client(iss).await? {
         Some(c) if c.kind == ClientKind::ConfidentialAsymmetric => c,
         _ => return Err(OAuthError::invalid_client("the assertion's issuer is not a registered asymmetric client")),
     };
@@ -104,7 +105,7 @@ async fn authenticate_assertion(s: &Shared, assertion_type: Option<&str>, jwt: &
         tracing::info!(client = %client.client_id, reason = %why, "client keys unavailable");
         OAuthError::invalid_client(why)
     })?;
-    let assertion = crate::jose::verify(jwt, &client, &jwks, &s.config.endpoint("token"), s.now_ms() / 1000).map_err(|why| {
+    let assertion = unverified.verify(&client, &jwks, &s.config.endpoint("token"), s.now_ms() / 1000).map_err(|why| {
         tracing::info!(client = %client.client_id, reason = %why, "client assertion refused");
         s.audit("client-authentication").client(client.client_id.as_str()).refused().record(why.as_str());
         OAuthError::invalid_client(why)

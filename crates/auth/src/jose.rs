@@ -30,10 +30,28 @@ fn part(s: &str) -> Result<Value, String> {
     serde_json::from_slice(&bytes).map_err(|_| "the assertion is not JSON".to_string())
 }
 
-/// The `iss` of an assertion, unverified: which client claims to speak.
-pub fn claimed_issuer(jwt: &str) -> Option<String> {
-    let payload = jwt.split('.').nth(1)?;
-    part(payload).ok()?.get("iss")?.as_str().map(str::to_string)
+/// An assertion read but not verified yet: its header and claims are parsed once, for the claimed issuer
+/// (which client's keys to verify with) and for [`Unverified::verify`].
+pub struct Unverified<'a> {
+    parts: [&'a str; 3],
+    header: Value,
+    claims: Value,
+}
+
+impl<'a> Unverified<'a> {
+    /// Reads a compact JWS.
+    pub fn read(jwt: &'a str) -> Result<Unverified<'a>, String> {
+        let mut split = jwt.split('.');
+        let (Some(h), Some(c), Some(sig), None) = (split.next(), split.next(), split.next(), split.next()) else {
+            return Err("the assertion is not a compact JWS".into());
+        };
+        Ok(Unverified { parts: [h, c, sig], header: part(h)?, claims: part(c)? })
+    }
+
+    /// The `iss` it claims, unverified: which client claims to speak.
+    pub fn issuer(&self) -> Option<&str> {
+        self.claims["iss"].as_str()
+    }
 }
 
 /// Parsed public keys by algorithm and JWK value: parsing (the modulus of an RSA key, the point of an EC
@@ -97,70 +115,72 @@ fn parsed_key(alg: &str, key: &Value) -> Result<Arc<ParsedPublicKey>, String> {
 /// Verifies `jwt` as an assertion of `client` for the token endpoint `token_url` at `now` (Unix seconds),
 /// with the client's keys `jwks` (registered by value, or fetched from its registered JWKS URL).
 pub fn verify(jwt: &str, client: &Client, jwks: &Value, token_url: &str, now: i64) -> Result<Assertion, String> {
-    let parts: Vec<&str> = jwt.split('.').collect();
-    if parts.len() != 3 {
-        return Err("the assertion is not a compact JWS".into());
-    }
-    let header = part(parts[0])?;
-    let claims = part(parts[1])?;
-    let alg = header["alg"].as_str().unwrap_or("");
-    let kty = match alg {
-        "RS384" => "RSA",
-        "ES384" => "EC",
-        _ => return Err(format!("alg '{alg}' is not accepted; use RS384 or ES384")),
-    };
-    // RFC 7515 §4.1.11: a `crit` header names extensions the verifier must understand; this one
-    // understands none, so any `crit` (even an empty or malformed one) is refused.
-    if header.get("crit").is_some() {
-        return Err("the assertion's crit header names extensions this server does not support".into());
-    }
-    let kid = header["kid"].as_str().ok_or("the assertion header has no kid")?;
-    if let Some(jku) = header.get("jku")
-        && jku.as_str() != client.jwks_url.as_deref()
-    {
-        return Err("the jku header is not the client's registered JWKS URL".into());
-    }
-    let candidates: Vec<&Value> = jwks["keys"].as_array().map(|k| k.iter().filter(|k| k["kid"] == kid && k["kty"] == kty).collect()).unwrap_or_default();
-    let key = match candidates.as_slice() {
-        [k] => *k,
-        [] => return Err(format!("no {kty} key with kid '{kid}' is registered")),
-        _ => return Err(format!("several keys have kid '{kid}'")),
-    };
-    let signing_input = format!("{}.{}", parts[0], parts[1]);
-    let sig = b64url_decode(parts[2]).ok_or("the signature is not base64url")?;
-    if alg == "ES384" && key["crv"] != "P-384" {
-        return Err("ES384 needs a P-384 key".into());
-    }
-    let public = parsed_key(alg, key)?;
-    if public.verify_sig(signing_input.as_bytes(), &sig).is_err() {
-        return Err("the assertion's signature does not verify".into());
-    }
-    let iss = claims["iss"].as_str().unwrap_or("");
-    if iss != client.client_id || claims["sub"].as_str() != Some(iss) {
-        return Err("iss and sub must both be the client id".into());
-    }
-    let aud_ok = match &claims["aud"] {
-        Value::String(a) => a == token_url,
-        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(token_url)),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err("aud must be the token endpoint URL".into());
-    }
-    let exp = claims["exp"].as_i64().ok_or("exp is missing")?;
-    if exp + SKEW < now {
-        return Err("the assertion has expired".into());
-    }
-    if exp > now + MAX_LIFETIME + SKEW {
-        return Err("exp may be at most five minutes ahead".into());
-    }
-    // RFC 7519 §4.1.5: not before `nbf` (with the same small skew as `exp`).
-    if let Some(nbf) = claims.get("nbf") {
-        let nbf = nbf.as_i64().ok_or("nbf must be a number of seconds")?;
-        if nbf > now + SKEW {
-            return Err("the assertion is not valid yet (nbf is in the future)".into());
+    Unverified::read(jwt)?.verify(client, jwks, token_url, now)
+}
+
+impl Unverified<'_> {
+    /// [`verify`] of what was read.
+    pub fn verify(&self, client: &Client, jwks: &Value, token_url: &str, now: i64) -> Result<Assertion, String> {
+        let (parts, header, claims) = (&self.parts, &self.header, &self.claims);
+        let alg = header["alg"].as_str().unwrap_or("");
+        let kty = match alg {
+            "RS384" => "RSA",
+            "ES384" => "EC",
+            _ => return Err(format!("alg '{alg}' is not accepted; use RS384 or ES384")),
+        };
+        // RFC 7515 §4.1.11: a `crit` header names extensions the verifier must understand; this one
+        // understands none, so any `crit` (even an empty or malformed one) is refused.
+        if header.get("crit").is_some() {
+            return Err("the assertion's crit header names extensions this server does not support".into());
         }
+        let kid = header["kid"].as_str().ok_or("the assertion header has no kid")?;
+        if let Some(jku) = header.get("jku")
+            && jku.as_str() != client.jwks_url.as_deref()
+        {
+            return Err("the jku header is not the client's registered JWKS URL".into());
+        }
+        let candidates: Vec<&Value> = jwks["keys"].as_array().map(|k| k.iter().filter(|k| k["kid"] == kid && k["kty"] == kty).collect()).unwrap_or_default();
+        let key = match candidates.as_slice() {
+            [k] => *k,
+            [] => return Err(format!("no {kty} key with kid '{kid}' is registered")),
+            _ => return Err(format!("several keys have kid '{kid}'")),
+        };
+        let signing_input = format!("{}.{}", parts[0], parts[1]);
+        let sig = b64url_decode(parts[2]).ok_or("the signature is not base64url")?;
+        if alg == "ES384" && key["crv"] != "P-384" {
+            return Err("ES384 needs a P-384 key".into());
+        }
+        let public = parsed_key(alg, key)?;
+        if public.verify_sig(signing_input.as_bytes(), &sig).is_err() {
+            return Err("the assertion's signature does not verify".into());
+        }
+        let iss = claims["iss"].as_str().unwrap_or("");
+        if iss != client.client_id || claims["sub"].as_str() != Some(iss) {
+            return Err("iss and sub must both be the client id".into());
+        }
+        let aud_ok = match &claims["aud"] {
+            Value::String(a) => a == token_url,
+            Value::Array(a) => a.iter().any(|x| x.as_str() == Some(token_url)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err("aud must be the token endpoint URL".into());
+        }
+        let exp = claims["exp"].as_i64().ok_or("exp is missing")?;
+        if exp + SKEW < now {
+            return Err("the assertion has expired".into());
+        }
+        if exp > now + MAX_LIFETIME + SKEW {
+            return Err("exp may be at most five minutes ahead".into());
+        }
+        // RFC 7519 §4.1.5: not before `nbf` (with the same small skew as `exp`).
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf.as_i64().ok_or("nbf must be a number of seconds")?;
+            if nbf > now + SKEW {
+                return Err("the assertion is not valid yet (nbf is in the future)".into());
+            }
+        }
+        let jti = claims["jti"].as_str().filter(|j| !j.is_empty()).ok_or("jti is missing")?;
+        Ok(Assertion { client_id: iss.to_string(), jti: jti.to_string(), exp })
     }
-    let jti = claims["jti"].as_str().filter(|j| !j.is_empty()).ok_or("jti is missing")?;
-    Ok(Assertion { client_id: iss.to_string(), jti: jti.to_string(), exp })
 }
