@@ -33,7 +33,9 @@ fn part(s: &str) -> Result<Value, String> {
 /// An assertion read but not verified yet: its header and claims are parsed once, for the claimed issuer
 /// (which client's keys to verify with) and for [`Unverified::verify`].
 pub struct Unverified<'a> {
-    parts: [&'a str; 3],
+    /// What the signature covers (`header.claims`, as sent).
+    signed: &'a str,
+    signature: &'a str,
     header: Value,
     claims: Value,
 }
@@ -45,7 +47,7 @@ impl<'a> Unverified<'a> {
         let (Some(h), Some(c), Some(sig), None) = (split.next(), split.next(), split.next(), split.next()) else {
             return Err("the assertion is not a compact JWS".into());
         };
-        Ok(Unverified { parts: [h, c, sig], header: part(h)?, claims: part(c)? })
+        Ok(Unverified { signed: &jwt[..h.len() + 1 + c.len()], signature: sig, header: part(h)?, claims: part(c)? })
     }
 
     /// The `iss` it claims, unverified: which client claims to speak.
@@ -121,7 +123,7 @@ pub fn verify(jwt: &str, client: &Client, jwks: &Value, token_url: &str, now: i6
 impl Unverified<'_> {
     /// [`verify`] of what was read.
     pub fn verify(&self, client: &Client, jwks: &Value, token_url: &str, now: i64) -> Result<Assertion, String> {
-        let (parts, header, claims) = (&self.parts, &self.header, &self.claims);
+        let (header, claims) = (&self.header, &self.claims);
         let alg = header["alg"].as_str().unwrap_or("");
         let kty = match alg {
             "RS384" => "RSA",
@@ -145,13 +147,12 @@ impl Unverified<'_> {
             [] => return Err(format!("no {kty} key with kid '{kid}' is registered")),
             _ => return Err(format!("several keys have kid '{kid}'")),
         };
-        let signing_input = format!("{}.{}", parts[0], parts[1]);
-        let sig = b64url_decode(parts[2]).ok_or("the signature is not base64url")?;
+        let sig = b64url_decode(self.signature).ok_or("the signature is not base64url")?;
         if alg == "ES384" && key["crv"] != "P-384" {
             return Err("ES384 needs a P-384 key".into());
         }
         let public = parsed_key(alg, key)?;
-        if public.verify_sig(signing_input.as_bytes(), &sig).is_err() {
+        if public.verify_sig(self.signed.as_bytes(), &sig).is_err() {
             return Err("the assertion's signature does not verify".into());
         }
         let iss = claims["iss"].as_str().unwrap_or("");
