@@ -20,7 +20,7 @@ use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 const AUTH_PAGE: i64 = 4096;
 
 /// The schema of the auth file (its `user_version` [`AUTH_VERSION`]). Records as in the FHIR file's
-/// migrations 2 and 5.
+/// migrations 2 and 5; version 2 added the pairing id (`pairing.rs`).
 const AUTH_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS auth_records (
     kind     TEXT    NOT NULL,
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS auth_records (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS auth_records_grant ON auth_records (grant_id) WHERE grant_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS auth_records_expires ON auth_records (expires) WHERE expires IS NOT NULL;";
+CREATE INDEX IF NOT EXISTS auth_records_expires ON auth_records (expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS kindling_pair (id TEXT NOT NULL);";
 
 /// The authorisation server's records (clients, users, sessions, codes, tokens, the `jti` cache...) in a
 /// SQLite file of their own beside the FHIR data (`kindling.db` → `kindling.auth.db`), with its own
@@ -52,7 +53,7 @@ pub(crate) fn auth_path(data: &Path) -> PathBuf {
 }
 
 /// The auth file's schema version this release writes.
-const AUTH_VERSION: i64 = 1;
+const AUTH_VERSION: i64 = 2;
 
 /// Opens (creating if needed) the auth file beside the data file `data`: its writer connection.
 pub(crate) fn open_writer(data: &Path) -> Result<Connection> {
@@ -444,7 +445,7 @@ mod tests {
             let old = rusqlite::Connection::open(file("a.db")).unwrap();
             old.execute_batch(include_str!("../../migrations/sqlite/0002_auth.sql")).unwrap();
             old.execute_batch(
-                "DELETE FROM kindling_migrations WHERE version = 11;
+                "DELETE FROM kindling_migrations WHERE version >= 11;
                  INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES
                  ('client', 'app', '{\"n\":1}', NULL, NULL, 0, 0), ('access', 't', '{}', 'g', 4102444800000, 1, 1)",
             )
@@ -462,7 +463,7 @@ mod tests {
             (tables, version)
         };
         drop(SqliteStore::open(config(), Arc::new(SystemClock)).unwrap());
-        assert_eq!(left_in_data_file(), (0, 11));
+        assert_eq!(left_in_data_file(), (0, 12));
 
         // An upgrade: no auth file yet.
         as_release_10(false);
@@ -471,7 +472,7 @@ mod tests {
         let token = store.auth_get("access", "t").await.unwrap().unwrap();
         assert_eq!((token.grant_id.as_deref(), token.expires, token.used, token.revoked), (Some("g"), Some(4102444800000), true, true), "every column moves");
         assert_eq!(store.auth_revoke_grant("g").await.unwrap(), 1, "the grant index is there");
-        assert_eq!(left_in_data_file(), (0, 11), "the data file no longer has them");
+        assert_eq!(left_in_data_file(), (0, 12), "the data file no longer has them");
         // What the server changes later is the auth file's.
         store.auth_put("client", "app", "{\"n\":2}", None, None).await.unwrap();
         drop(store);
@@ -481,7 +482,7 @@ mod tests {
         let store = SqliteStore::open(config(), Arc::new(SystemClock)).unwrap();
         assert_eq!(store.auth_get("client", "app").await.unwrap().unwrap().value, "{\"n\":2}");
         assert_eq!(store.auth_list("client").await.unwrap().len(), 1);
-        assert_eq!(left_in_data_file(), (0, 11));
+        assert_eq!(left_in_data_file(), (0, 12));
     }
 
     /// The auth file has a writer of its own: a token is not held up behind a FHIR write transaction.

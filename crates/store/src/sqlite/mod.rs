@@ -25,6 +25,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 mod auth;
+mod pairing;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql")),
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "condition_asserted_date", include_str!("../../migrations/sqlite/0009_condition_asserted_date.sql")),
     (10, "patients_by_code", include_str!("../../migrations/sqlite/0010_patients_by_code.sql")),
     (11, "auth_file", include_str!("../../migrations/sqlite/0011_auth_file.sql")),
+    (12, "pairing", include_str!("../../migrations/sqlite/0012_pairing.sql")),
 ];
 
 /// The migration that moves the authorisation records to the auth file (`auth::move_records` copies
@@ -222,7 +224,11 @@ impl SqliteStore {
         }
         let mut writer = open_connection(&config.path, DATA_PAGE, config.writer_cache_mib as i64 * 1024)?;
         let auth_writer = auth::open_writer(&config.path)?;
+        // Before anything moves between them (migration 11): do the two files belong together?
+        let pair = pairing::check(&config.path, &writer, &auth_writer)?;
         migrate(&mut writer, unix_ms(clock.now()), &auth_writer)?;
+        pairing::record(&auth_writer, &pair)?;
+        pairing::record(&writer, &pair)?;
         reindex_pending(&mut writer, config.base_url.as_deref())?;
         let statistics = Arc::new(Statistics::load(&writer)?);
         // Data written by an earlier run (through the API, say) may have outgrown the statistics.
