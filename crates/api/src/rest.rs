@@ -22,6 +22,18 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A header that makes a write conditional (`If-Match`, `If-None-Exist`; `name` in lower case), as text.
+/// One that is there but cannot be read is refused rather than taken as absent: the write would otherwise
+/// go through unconditionally.
+fn condition_header<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> ApiResult<Option<&'a str>> {
+    headers.get(name).map(|v| v.to_str().map_err(|_| ApiError::bad_request(format!("the {shown} header is not readable text")))).transpose()
+}
+
+/// The version an `If-Match` header asks for.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    condition_header(headers, "if-match", "If-Match")?.map(parse_if_match).transpose()
+}
+
 /// Parses a JSON request body after checking its content type.
 pub fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     if let Some(ct) = header_str(headers, header::CONTENT_TYPE.as_str()) {
@@ -216,7 +228,7 @@ pub async fn type_create(
     access.check_resource(&state, Interaction::Create, &ty, "", None, Content::Parsed(&value)).await?;
     // If-None-Exist is a search: it runs only within what the token may search (a patient token's
     // criteria see its own patient's records only), so that its answer says nothing about the rest.
-    let condition = match header_str(&headers, "if-none-exist") {
+    let condition = match condition_header(&headers, "if-none-exist", "If-None-Exist")? {
         Some(criteria) => {
             let criteria = criteria.trim_start_matches('?');
             let mut q = ops::conditional_query(&state, &ty, criteria)?;
@@ -385,10 +397,7 @@ pub async fn instance_update(
             }
         }
     }
-    let if_match = match header_str(&headers, "if-match") {
-        Some(v) => Some(parse_if_match(v)?),
-        None => None,
-    };
+    let if_match = if_match(&headers)?;
     let mut tx = state.store.begin().await?;
     let outcome = ops::update(&state, &mut *tx, &ty, &id, value, if_match).await?;
     tx.commit().await?;
@@ -422,10 +431,7 @@ pub async fn instance_patch(
         access.check_any(&ty, Interaction::Update)?;
         access.check_patient_id(&ty, &id)?;
     }
-    let if_match = match header_str(&headers, "if-match") {
-        Some(v) => Some(parse_if_match(v)?),
-        None => None,
-    };
+    let if_match = if_match(&headers)?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -501,10 +507,7 @@ pub async fn instance_delete(
             None => access.check_type_wide(&ty, Interaction::Delete).or_else(|_| access.check_any(&ty, Interaction::Delete))?,
         }
     }
-    let if_match = match header_str(&headers, "if-match") {
-        Some(v) => Some(parse_if_match(v)?),
-        None => None,
-    };
+    let if_match = if_match(&headers)?;
     let mut tx = state.store.begin().await?;
     let outcome = ops::delete(&mut *tx, &ty, &id, if_match).await?;
     tx.commit().await?;

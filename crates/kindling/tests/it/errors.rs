@@ -1,4 +1,4 @@
-use crate::spawn_app;
+use crate::{ids, spawn_app};
 use serde_json::{Value, json};
 
 async fn assert_outcome(r: reqwest::Response, status: u16) -> Value {
@@ -49,6 +49,29 @@ async fn every_error_is_an_operation_outcome() {
         .await
         .unwrap();
     assert_outcome(r, 400).await;
+    // An If-Match that is not readable text is refused on every write that takes one, not taken as absent
+    // (the write would then go through unconditionally); the resource stays as it was.
+    let guarded = app.create(json!({"resourceType": "Patient", "name": [{"family": "Guarded"}]})).await;
+    let path = format!("Patient/{}", guarded["id"].as_str().unwrap());
+    let unreadable = reqwest::header::HeaderValue::from_bytes(b"W/\"1\xff\"").unwrap();
+    let changed = json!({"resourceType": "Patient", "id": guarded["id"], "name": [{"family": "Changed"}]});
+    let writes = [
+        app.client.put(app.url(&path)).header("content-type", "application/fhir+json").body(changed.to_string()),
+        app.client.patch(app.url(&path)).header("content-type", "application/json-patch+json").body(r#"[{"op": "remove", "path": "/name"}]"#),
+        app.client.delete(app.url(&path)),
+    ];
+    for write in writes {
+        let oo = assert_outcome(write.header("if-match", unreadable.clone()).send().await.unwrap(), 400).await;
+        assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("If-Match"), "{oo}");
+    }
+    let (status, kept) = app.get_json(&path).await;
+    assert_eq!((status, kept["name"][0]["family"].as_str()), (200, Some("Guarded")));
+    // The same for If-None-Exist: no unconditional create.
+    let unreadable = reqwest::header::HeaderValue::from_bytes(b"name=Guarded\xff").unwrap();
+    let post = app.client.post(app.url("Patient")).header("content-type", "application/fhir+json").header("if-none-exist", unreadable);
+    let oo = assert_outcome(post.body(json!({"resourceType": "Patient", "name": [{"family": "Guarded"}]}).to_string()).send().await.unwrap(), 400).await;
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("If-None-Exist"), "{oo}");
+    assert_eq!(ids(&app.search("Patient?name=Guarded").await).len(), 1);
     assert_outcome(app.get("Patient?_getpages=nope").await, 400).await;
     assert_outcome(app.get("?_getpages=nope").await, 410).await;
     assert_outcome(app.get("Patient/x/_history/abc").await, 400).await;
