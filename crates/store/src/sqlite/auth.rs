@@ -55,8 +55,9 @@ pub(crate) fn auth_path(data: &Path) -> PathBuf {
 /// The auth file's schema version this release writes.
 const AUTH_VERSION: i64 = 2;
 
-/// Opens (creating if needed) the auth file beside the data file `data`: its writer connection.
-pub(crate) fn open_writer(data: &Path) -> Result<Connection> {
+/// Opens (creating if needed) the auth file beside the data file `data`: its writer connection, and
+/// whether the file was new (no schema yet).
+pub(crate) fn open_writer(data: &Path) -> Result<(Connection, bool)> {
     let path = auth_path(data);
     let writer = super::open_connection(&path, AUTH_PAGE, 4 * 1024)?;
     let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -69,7 +70,7 @@ pub(crate) fn open_writer(data: &Path) -> Result<Connection> {
     if version < AUTH_VERSION {
         writer.execute_batch(&format!("BEGIN IMMEDIATE; {AUTH_SCHEMA} PRAGMA user_version = {AUTH_VERSION}; COMMIT;"))?;
     }
-    Ok(writer)
+    Ok((writer, version == 0))
 }
 
 impl AuthFile {
@@ -445,7 +446,8 @@ mod tests {
             let old = rusqlite::Connection::open(file("a.db")).unwrap();
             old.execute_batch(include_str!("../../migrations/sqlite/0002_auth.sql")).unwrap();
             old.execute_batch(
-                "DELETE FROM kindling_migrations WHERE version >= 11;
+                "DROP TABLE kindling_pair;
+                 DELETE FROM kindling_migrations WHERE version >= 11;
                  INSERT INTO auth_records (kind, key, value, grant_id, expires, used, revoked) VALUES
                  ('client', 'app', '{\"n\":1}', NULL, NULL, 0, 0), ('access', 't', '{}', 'g', 4102444800000, 1, 1)",
             )

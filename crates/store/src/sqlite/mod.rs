@@ -223,12 +223,11 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut writer = open_connection(&config.path, DATA_PAGE, config.writer_cache_mib as i64 * 1024)?;
-        let auth_writer = auth::open_writer(&config.path)?;
+        let (auth_writer, auth_is_new) = auth::open_writer(&config.path)?;
         // Before anything moves between them (migration 11): do the two files belong together?
-        let pair = pairing::check(&config.path, &writer, &auth_writer)?;
+        let pair = pairing::check(&config.path, &writer, &auth_writer, auth_is_new)?;
         migrate(&mut writer, unix_ms(clock.now()), &auth_writer)?;
-        pairing::record(&auth_writer, &pair)?;
-        pairing::record(&writer, &pair)?;
+        pairing::record_both(&config.path, &writer, &auth_writer, &pair)?;
         reindex_pending(&mut writer, config.base_url.as_deref())?;
         let statistics = Arc::new(Statistics::load(&writer)?);
         // Data written by an earlier run (through the API, say) may have outgrown the statistics.
