@@ -83,7 +83,19 @@ async fn authenticate_assertion(s: &Shared, assertion_type: Option<&str>, jwt: &
             "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
         ));
     }
-    let unverified = crate::jose::Unverified::read(jwt).map_err(|why| OAuthError::invalid_client(format!("the client assertion cannot be read: {why}")))?;
+    let unverified = match crate::jose::Unverified::read(jwt) {
+        Ok(u) => u,
+        Err(why) => {
+            // Refused before any client is looked up; still on the audit trail of the client it names,
+            // when its claims can be read and name a registered one.
+            if let Some(iss) = crate::jose::claimed_issuer(jwt)
+                && let Some(client) = s.client(&iss).await?
+            {
+                s.audit("client-authentication").client(client.client_id.as_str()).refused().record(why.as_str());
+            }
+            return Err(OAuthError::invalid_client(format!("the client assertion cannot be read: {why}")));
+        }
+    };
     let iss = unverified.issuer().ok_or_else(|| OAuthError::invalid_client("the client assertion cannot be read"))?;
     if client_id.is_some_and(|id| id != iss) {
         return Err(OAuthError::invalid_client("client_id differs from the assertion's issuer"));

@@ -199,6 +199,29 @@ async fn every_bad_assertion_is_refused() {
         assert!(r.status() == 400 || r.status() == 401, "{label}: {}", r.status());
         assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client", "{label}");
     }
+    // Assertions that cannot be read as a whole are refused too, and land on the audit trail of the
+    // registered client whose claims they carry.
+    let readable_claims = b64url(with("jti", json!("j")).to_string().as_bytes());
+    for (label, assertion, why) in [
+        ("header not base64url", format!("!!!.{readable_claims}.c2ln"), "not base64url"),
+        ("four parts", format!("{}.{readable_claims}.c2ln.c2ln", b64url(header("ES384", "ec-1").to_string().as_bytes())), "not a compact JWS"),
+    ] {
+        let r = request(&app, &assertion, "system/*.rs").await;
+        assert_eq!(r.status(), 401, "{label}");
+        let body = r.json::<Value>().await.unwrap();
+        assert!(body["error_description"].as_str().unwrap().contains(why), "{label}: {body}");
+        let filter = store::audit::AuditFilter { client_id: Some(CLIENT.into()), limit: 200, ..Default::default() };
+        let mut audited = false;
+        for _ in 0..100 {
+            let events = app.app_state.store.audit_events(&filter).await.unwrap();
+            audited = events.iter().any(|(_, e)| e.action == "client-authentication" && e.detail.as_deref().is_some_and(|d| d.contains(why)));
+            if audited {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(audited, "{label}: on the client's audit trail");
+    }
     // The same jti twice while the assertion lives: a replay.
     let once = sign(&keys, &header("ES384", "ec-1"), &claims(&app));
     assert_eq!(request(&app, &once, "system/*.rs").await.status(), 200);
