@@ -1,6 +1,6 @@
 //! [`AuthStore`] on SQLite.
 
-use super::SqliteStore;
+use super::{SqliteStore, relaxed, transaction};
 use crate::StoreError;
 use crate::{AuthRecord, AuthStore, Result};
 use async_trait::async_trait;
@@ -203,22 +203,6 @@ fn apply(c: &Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
     }
 }
 
-/// Runs `f` in one write transaction, rolled back if anything fails or panics (the writer never stays
-/// inside a transaction: every later write would fail).
-fn transaction<T>(c: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    struct Open<'a>(&'a Connection);
-    impl Drop for Open<'_> {
-        fn drop(&mut self) {
-            if !self.0.is_autocommit() {
-                let _ = self.0.execute_batch("ROLLBACK");
-            }
-        }
-    }
-    c.execute_batch("BEGIN IMMEDIATE")?;
-    let _open = Open(c);
-    f(c).and_then(|v| c.execute_batch("COMMIT").map(|_| v))
-}
-
 /// Commits `group` in one transaction; if that fails, each write on its own, so that one bad write
 /// fails alone.
 fn commit_group(conn: &Connection, group: &[Pending]) -> Vec<Result<bool>> {
@@ -260,28 +244,6 @@ fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pen
         tracing::error!(error = %e, "cannot start the auth write thread; auth writes are not grouped");
     }
     tx
-}
-
-/// Runs one auth-state write without waiting for the disk. Auth records are short-lived (codes, tokens,
-/// the jti cache); in WAL mode `synchronous=NORMAL` keeps the database consistent and loses at most the
-/// last moments of such writes on a power failure, which only invalidates freshly issued tokens. The
-/// other writes of the auth file (revocations, deletions, compare-and-swap changes) keep
-/// `synchronous=FULL`, as FHIR writes do in theirs.
-fn relaxed<T>(conn: &Connection, write: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-    /// Sets `synchronous=FULL` again however the write ends, a panic included. A failure is logged: the
-    /// write's own outcome stands (answering an error for a group that did commit would have it applied
-    /// again one write at a time, and each jti it recorded would then read as a replay).
-    struct Full<'a>(&'a Connection);
-    impl Drop for Full<'_> {
-        fn drop(&mut self) {
-            if let Err(e) = self.0.execute_batch("PRAGMA synchronous = FULL") {
-                tracing::error!(error = %e, "cannot set synchronous=FULL again on the auth file");
-            }
-        }
-    }
-    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    let _full = Full(conn);
-    Ok(write(conn)?)
 }
 
 #[async_trait]

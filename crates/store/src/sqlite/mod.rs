@@ -155,6 +155,44 @@ fn restart_log(writer: &Connection) -> rusqlite::Result<bool> {
     Ok(busy? == 0)
 }
 
+/// Runs `f` in one write transaction, rolled back if anything fails or panics (the writer never stays
+/// inside a transaction: every later write would fail).
+fn transaction<T>(c: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    struct Open<'a>(&'a Connection);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            if !self.0.is_autocommit() {
+                let _ = self.0.execute_batch("ROLLBACK");
+            }
+        }
+    }
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let _open = Open(c);
+    f(c).and_then(|v| c.execute_batch("COMMIT").map(|_| v))
+}
+
+/// Runs one write without waiting for the disk: the auth file's short-lived records (codes, tokens, the
+/// jti cache) and the data file's audit batches; in WAL mode `synchronous=NORMAL` keeps the database consistent and loses at most the
+/// last moments of such writes on a power failure, which only invalidates freshly issued tokens. The
+/// other writes of the auth file (revocations, deletions, compare-and-swap changes) keep
+/// `synchronous=FULL`, as FHIR writes do in theirs.
+fn relaxed<T>(conn: &Connection, write: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+    /// Sets `synchronous=FULL` again however the write ends, a panic included. A failure is logged: the
+    /// write's own outcome stands (answering an error for a group that did commit would have it applied
+    /// again one write at a time, and each jti it recorded would then read as a replay).
+    struct Full<'a>(&'a Connection);
+    impl Drop for Full<'_> {
+        fn drop(&mut self) {
+            if let Err(e) = self.0.execute_batch("PRAGMA synchronous = FULL") {
+                tracing::error!(error = %e, "cannot set synchronous=FULL again");
+            }
+        }
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    let _full = Full(conn);
+    Ok(write(conn)?)
+}
+
 /// How long a connection waits for a lock before it answers busy.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -522,29 +560,19 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, records: &[crate::audit::AuditRecord]) -> Result<()> {
         let conn = self.inner.writer.lock().await;
-        // Audit batches need no fsync of their own (see `sqlite::auth::relaxed`); FULL is restored however
-        // the batch ends, so FHIR writes never run relaxed.
-        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            conn.execute_batch("PRAGMA synchronous = FULL")?;
-            return Err(e.into());
-        }
-        let result = (|| -> rusqlite::Result<()> {
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO audit_events (recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for r in records {
-                stmt.execute(params![r.recorded, r.category, r.action, r.outcome, r.client_id, r.username, r.patient, r.entity, r.detail, r.launch])?;
-            }
-            Ok(())
-        })();
-        let end = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
-        if end.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        conn.execute_batch("PRAGMA synchronous = FULL")?;
-        end?;
-        Ok(result?)
+        // Audit batches need no fsync of their own (see `relaxed`), which restores FULL however the batch
+        // ends, so FHIR writes never run relaxed.
+        relaxed(&conn, |c| {
+            transaction(c, |c| {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO audit_events (recorded, category, action, outcome, client_id, username, patient, entity, detail, launch_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for r in records {
+                    stmt.execute(params![r.recorded, r.category, r.action, r.outcome, r.client_id, r.username, r.patient, r.entity, r.detail, r.launch])?;
+                }
+                Ok(())
+            })
+        })
     }
 
     async fn audit_events(&self, f: &crate::audit::AuditFilter) -> Result<Vec<(i64, crate::audit::AuditRecord)>> {

@@ -17,10 +17,13 @@ use crate::{Result, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
 
+fn has_table(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)", [name], |r| r.get(0))?)
+}
+
 /// The pairing id `conn`'s file records, if any.
 fn recorded(conn: &Connection) -> Result<Option<String>> {
-    let has_table: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kindling_pair')", [], |r| r.get(0))?;
-    if !has_table {
+    if !has_table(conn, "kindling_pair")? {
         return Ok(None);
     }
     Ok(conn.query_row("SELECT id FROM kindling_pair LIMIT 1", [], |r| r.get(0)).optional()?)
@@ -28,9 +31,7 @@ fn recorded(conn: &Connection) -> Result<Option<String>> {
 
 /// The highest migration applied to the data file (0 for a new one).
 fn data_version(data: &Connection) -> Result<i64> {
-    let has_table: bool =
-        data.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kindling_migrations')", [], |r| r.get(0))?;
-    if !has_table {
+    if !has_table(data, "kindling_migrations")? {
         return Ok(0);
     }
     Ok(data.query_row("SELECT COALESCE(MAX(version), 0) FROM kindling_migrations", [], |r| r.get(0))?)
