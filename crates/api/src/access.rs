@@ -429,9 +429,9 @@ impl Access {
     }
 
     /// See [`policy::check_patient_id`].
-    pub fn check_patient_id(&self, resource_type: &str, id: &str) -> Result<(), ApiError> {
+    pub fn check_patient_id(&self, resource_type: &str, id: &str, interaction: Interaction) -> Result<(), ApiError> {
         let Access::Token(t) = self else { return Ok(()) };
-        policy::check_patient_id(t, resource_type, id).map_err(forbidden)
+        policy::check_patient_id(t, resource_type, id, interaction).map_err(forbidden)
     }
 
     /// See [`policy::check_type_wide`].

@@ -671,12 +671,15 @@ async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction
         // The resource before and after is judged where the patch is applied (`rest::patch_in`).
         (Method::Patch, Some(id), None) => {
             access.check_any(ty, Interaction::Update)?;
-            access.check_patient_id(ty, id)
+            access.check_patient_id(ty, id, Interaction::Read)
         }
-        (Method::Delete, Some(id), None) => match tx.read(ty, id).await?.filter(|e| !e.deleted) {
-            Some(existing) => rest::check_stored(state, access, Interaction::Delete, &existing).await,
-            None => access.check_any(ty, Interaction::Delete),
-        },
+        (Method::Delete, Some(id), None) => {
+            access.check_patient_id(ty, id, Interaction::Delete)?;
+            match tx.read(ty, id).await?.filter(|e| !e.deleted) {
+                Some(existing) => rest::check_stored(state, access, Interaction::Delete, &existing).await,
+                None => access.check_any(ty, Interaction::Delete),
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -777,6 +780,7 @@ async fn batch_write(state: &AppState, access: &Access, r: Request) -> ApiResult
     check_conditionals(access, std::slice::from_ref(&r))?;
     let mut tx = state.store.begin().await?;
     check_entry(state, access, &mut *tx, &r).await?;
+    let post = matches!(r.method, Method::Post);
     let outcome = match r.method {
         Method::Delete => match (id, query) {
             (Some(id), None) => ops::delete(&mut *tx, &ty, &id, r.if_match).await?,
@@ -798,6 +802,13 @@ async fn batch_write(state: &AppState, access: &Access, r: Request) -> ApiResult
             return Ok(BatchDone::Read(r.url));
         }
     };
+    if post
+        && outcome.status == StatusCode::OK
+        && let Some(existing) = &outcome.resource
+    {
+        // `ifNoneExist` matched: what comes back must be readable with this token (as in the REST create).
+        rest::check_stored(state, access, Interaction::Read, existing).await?;
+    }
     tx.commit().await?;
     Ok(BatchDone::Wrote(outcome))
 }

@@ -28,7 +28,16 @@ pub async fn everything(state: &AppState, access: &crate::access::Access, patien
             other => return Err(ApiError::bad_request(format!("$everything does not take the parameter '{other}'"))),
         }
     }
-    let keys = state.store.everything(patient_id, types.as_deref(), since).await?;
+    let mut keys = state.store.everything(patient_id, types.as_deref(), since).await?;
+    if !matches!(access, crate::access::Access::Open) {
+        // Counted, paged and frozen is only what this token may read: the total (and the `last` link)
+        // must not tell how many resources of the record it cannot see, of which types or since when.
+        let mut readable = std::collections::HashSet::with_capacity(keys.len());
+        for chunk in keys.chunks(1000) {
+            readable.extend(access.readable(state, state.store.fetch(chunk).await?).await?.into_iter().map(|r| r.key));
+        }
+        keys.retain(|k| readable.contains(k));
+    }
     let mut q = SearchQuery::new("Patient");
     q.count = count;
     let mut source = PageSource { keys, offset: 0, snapshot_id: None, first: None, narrowed: false };

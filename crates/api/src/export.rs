@@ -805,7 +805,14 @@ async fn render_chunk(state: &AppState, access: &Access, keys: &[i64], transacti
         std::io::Error::other("the database failed while the file was streamed")
     };
     let resources = state.store.fetch(keys).await.map_err(failed)?;
-    let mut out = String::with_capacity(resources.len() * 1024);
+    // The keys were chosen under the kick-off's token: what the one downloading may read now is judged
+    // here, resource by resource (a narrower grant, a category scope, a patient moved out of reach).
+    let (unchanged, changed): (Vec<_>, Vec<_>) = resources.into_iter().partition(|r| r.last_updated <= transaction_time);
+    let unchanged = access.readable(state, unchanged).await.map_err(|e| {
+        tracing::error!(status = %e.status, "bulk export file: the resources could not be judged while streaming");
+        std::io::Error::other("the resources could not be judged while the file was streamed")
+    })?;
+    let mut out = String::with_capacity((unchanged.len() + changed.len()) * 1024);
     let push = |out: &mut String, json: &str| {
         let shaped = if elements.is_empty() { None } else { serde_json::from_str::<Value>(json).ok() };
         match shaped {
@@ -814,11 +821,10 @@ async fn render_chunk(state: &AppState, access: &Access, keys: &[i64], transacti
         }
         out.push('\n');
     };
-    for r in resources {
-        if r.last_updated <= transaction_time {
-            push(&mut out, &r.json);
-            continue;
-        }
+    for r in &unchanged {
+        push(&mut out, &r.json);
+    }
+    for r in changed {
         // Changed after the export began: the version current at its transactionTime.
         let mut version = r.version - 1;
         while version >= 1 {

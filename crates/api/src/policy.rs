@@ -295,13 +295,13 @@ pub fn patient_only<'t>(t: &'t TokenAccess, resource_type: &str, interaction: In
     Some(t.patient.as_deref())
 }
 
-/// A patient-level token reading another patient's Patient record is refused before the lookup, so that
-/// 403 and 404 do not tell whether that patient exists (its own fhirUser record excepted).
-pub fn check_patient_id(t: &TokenAccess, resource_type: &str, id: &str) -> Result<(), Denied> {
+/// A patient-level token reading (or deleting...) another patient's Patient record is refused before the
+/// lookup, so that 403 and 404 do not tell whether that patient exists (its own fhirUser record excepted).
+pub fn check_patient_id(t: &TokenAccess, resource_type: &str, id: &str, interaction: Interaction) -> Result<(), Denied> {
     if resource_type != "Patient" || t.fhir_user.as_deref() == Some(&format!("Patient/{id}")) {
         return Ok(());
     }
-    match patient_only(t, "Patient", Interaction::Read) {
+    match patient_only(t, "Patient", interaction) {
         Some(own) if own != Some(id) => Err(denied("patient-level scopes reach only the patient in context")),
         _ => Ok(()),
     }

@@ -325,7 +325,7 @@ pub async fn instance_read(
     let query = query.unwrap_or_default();
     let raw = if ty == "Binary" { crate::response::raw_binary_accept(&query, &headers) } else { None };
     let neg = if raw.is_some() { None } else { Some(crate::response::negotiate(&query, &headers)?) };
-    access.check_patient_id(&ty, &id)?;
+    access.check_patient_id(&ty, &id, Interaction::Read)?;
     let r = read_current(&state, &ty, &id).await?;
     check_stored(&state, &access, Interaction::Read, &r).await?;
     // One URL, two forms of a Binary: caches must key on Accept.
@@ -360,7 +360,7 @@ pub async fn instance_vread(
     check_type(&ty)?;
     check_id(&id)?;
     let version: i64 = vid.parse().map_err(|_| ApiError::bad_request(format!("'{vid}' is not a version id")))?;
-    access.check_patient_id(&ty, &id)?;
+    access.check_patient_id(&ty, &id, Interaction::Read)?;
     match state.store.vread(&ty, &id, version).await? {
         None => Err(ApiError::not_found(format!("{ty}/{id} has no version {version}"))),
         Some(r) if r.deleted => Err(ApiError::gone(format!("version {version} of {ty}/{id} is a deletion"))),
@@ -429,7 +429,7 @@ pub async fn instance_patch(
     let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the JSON Patch is not JSON: {e}")))?;
     if !matches!(access, Access::Open) {
         access.check_any(&ty, Interaction::Update)?;
-        access.check_patient_id(&ty, &id)?;
+        access.check_patient_id(&ty, &id, Interaction::Read)?;
     }
     let if_match = if_match(&headers)?;
     let mut attempt = 0;
@@ -501,6 +501,7 @@ pub async fn instance_delete(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     check_type(&ty)?;
+    access.check_patient_id(&ty, &id, Interaction::Delete)?;
     if !matches!(access, Access::Open) {
         match state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
             Some(existing) => check_stored(&state, &access, Interaction::Delete, &existing).await?,
@@ -525,7 +526,7 @@ pub async fn instance_history(
 ) -> ApiResult<Response> {
     check_type(&ty)?;
     check_id(&id)?;
-    access.check_patient_id(&ty, &id)?;
+    access.check_patient_id(&ty, &id, Interaction::Read)?;
     let Some(current) = state.store.read(&ty, &id).await? else {
         return Err(ApiError::not_found(format!("{ty}/{id} is not known")));
     };
@@ -678,9 +679,13 @@ pub async fn read_entry(state: &AppState, access: &Access, url: &str) -> ApiResu
                 ..Default::default()
             });
         }
-        [ty, id] => read_current(state, ty, id).await?,
+        [ty, id] => {
+            access.check_patient_id(ty, id, Interaction::Read)?;
+            read_current(state, ty, id).await?
+        }
         [ty, id, "_history", v] => {
             check_type(ty)?;
+            access.check_patient_id(ty, id, Interaction::Read)?;
             let version: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("'{v}' is not a version id")))?;
             match state.store.vread(ty, id, version).await? {
                 Some(r) if !r.deleted => r,

@@ -91,15 +91,13 @@ pub async fn page_bundle(state: &AppState, access: &Access, q: &SearchQuery, sou
         Some(first) => first,
         None => state.store.fetch(page_keys).await?,
     };
-    let mut included = includes(state, q, page_keys).await?;
-    if !matches!(access, Access::Open) {
-        // A search run now was narrowed to what the token may see; included resources and pages of
-        // frozen results (possibly fetched with another token) are checked, each set in one statement.
-        if !(source.narrowed && access.search_implies_read(&q.resource_type)) {
-            matches = access.readable(state, matches).await?;
-        }
-        included = access.readable(state, included).await?;
+    // A search run now was narrowed to what the token may see; pages of frozen results (possibly fetched
+    // with another token) are checked, in one statement, and so are included resources (in `includes`).
+    if !(source.narrowed && access.search_implies_read(&q.resource_type)) {
+        matches = access.readable(state, matches).await?;
     }
+    let match_keys: Vec<i64> = matches.iter().map(|r| r.key).collect();
+    let included = includes(state, access, q, &match_keys).await?;
     for r in &matches {
         bundle.entry.push(entry(state, q, r, "match"));
     }
@@ -138,8 +136,10 @@ pub fn shaped(q: &SearchQuery, r: &StoredResource) -> Body {
     Body::Value(v)
 }
 
-/// Resolves `_include` and `_revinclude` for a page, then one more hop for the `:iterate` ones.
-async fn includes(state: &AppState, q: &SearchQuery, page: &[i64]) -> ApiResult<Vec<StoredResource>> {
+/// Resolves `_include` and `_revinclude` for a page's matches, then one more hop for the `:iterate` ones.
+/// Only what the token may read is included or followed further: a resource it cannot read tells nothing
+/// of what it refers to (another patient's prescription does not lead to its medication).
+async fn includes(state: &AppState, access: &Access, q: &SearchQuery, page: &[i64]) -> ApiResult<Vec<StoredResource>> {
     if page.is_empty() || (q.include.is_empty() && q.revinclude.is_empty()) {
         return Ok(Vec::new());
     }
@@ -152,20 +152,20 @@ async fn includes(state: &AppState, q: &SearchQuery, page: &[i64]) -> ApiResult<
         found.extend(state.store.revinclude(page, inc).await?);
     }
     found.retain(|k| seen.insert(*k));
-    let mut all: Vec<i64> = page.iter().chain(found.iter()).copied().collect();
+    let mut included = access.readable(state, state.store.fetch(&found).await?).await?;
     if q.include.iter().chain(&q.revinclude).any(|i| i.iterate) {
+        let from: Vec<i64> = page.iter().copied().chain(included.iter().map(|r| r.key)).collect();
         let mut hop = Vec::new();
         for inc in q.include.iter().filter(|i| i.iterate) {
-            hop.extend(state.store.include(&all, inc).await?);
+            hop.extend(state.store.include(&from, inc).await?);
         }
         for inc in q.revinclude.iter().filter(|i| i.iterate) {
-            hop.extend(state.store.revinclude(&all, inc).await?);
+            hop.extend(state.store.revinclude(&from, inc).await?);
         }
         hop.retain(|k| seen.insert(*k));
-        found.extend(hop.iter().copied());
-        all.extend(hop);
+        included.extend(access.readable(state, state.store.fetch(&hop).await?).await?);
     }
-    Ok(state.store.fetch(&found).await?)
+    Ok(included)
 }
 
 /// `GET [base]?_getpages=ID&_getpagesoffset=N&_count=C`: a later page of a frozen search.

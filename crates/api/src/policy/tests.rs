@@ -252,11 +252,12 @@ fn the_narrower_checks() {
     let patient_level = clinician("patient/*.cruds");
     let user_level = clinician("user/*.cruds");
     // Another patient's record is refused before it is looked up.
-    assert!(check_patient_id(&patient_level, "Patient", "p1").is_ok());
-    assert!(check_patient_id(&patient_level, "Patient", "p2").is_err());
-    assert!(check_patient_id(&patient_level, "Observation", "p2").is_ok());
-    assert!(check_patient_id(&user_level, "Patient", "p2").is_ok());
-    assert!(check_patient_id(&token("patient/*.rs", Some("p1"), Some("Patient/p3")), "Patient", "p3").is_ok());
+    assert!(check_patient_id(&patient_level, "Patient", "p1", Interaction::Read).is_ok());
+    assert!(check_patient_id(&patient_level, "Patient", "p2", Interaction::Read).is_err());
+    assert!(check_patient_id(&patient_level, "Patient", "p2", Interaction::Delete).is_err(), "nor deleted");
+    assert!(check_patient_id(&patient_level, "Observation", "p2", Interaction::Read).is_ok());
+    assert!(check_patient_id(&user_level, "Patient", "p2", Interaction::Read).is_ok());
+    assert!(check_patient_id(&token("patient/*.rs", Some("p1"), Some("Patient/p3")), "Patient", "p3", Interaction::Read).is_ok());
     assert_eq!(patient_only(&patient_level, "Observation", Interaction::Search), Some(Some("p1")));
     assert_eq!(patient_only(&clinician("patient/*.rs user/Observation.s"), "Observation", Interaction::Search), None);
     // Conditional update and delete: an unconstrained user/ or system/ grant.

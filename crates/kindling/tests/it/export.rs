@@ -175,6 +175,14 @@ async fn a_system_export_is_kicked_off_polled_downloaded_and_cancelled() {
     let observations = outputs(&manifest, "Observation")[0]["url"].as_str().unwrap().to_string();
     assert_eq!(app.client.get(&observations).bearer_auth(&narrower).send().await.unwrap().status(), 403);
     assert_eq!(app.client.get(&file).bearer_auth(&narrower).send().await.unwrap().status(), 200);
+    // ... down to a category: only the resources of that category are served from the old job's file.
+    let all = download(&app, &token, &observations).await;
+    let vitals = backend_token(&app, "exporter", "system/Observation.rs?category=vital-signs").await;
+    let served = download(&app, &vitals, &observations).await;
+    let is_vital = |o: &&Value| o["category"].to_string().contains("\"vital-signs\"");
+    assert!(!served.is_empty() && served.len() < all.len(), "{} of {}", served.len(), all.len());
+    assert_eq!(served.len(), all.iter().filter(is_vital).count());
+    assert!(served.iter().all(|o| is_vital(&o)), "only vital signs");
 
     // Cancelled: gone, files too.
     assert_eq!(app.client.delete(&status_url).bearer_auth(&token).send().await.unwrap().status(), 202);

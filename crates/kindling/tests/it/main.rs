@@ -23,6 +23,7 @@ mod openapi;
 mod orders;
 mod profiles;
 mod reference_app;
+mod review;
 mod sdk;
 mod search;
 mod smart_flows;

@@ -1,0 +1,120 @@
+//! Found on a fresh-eyes review (session 20), tried as an attacker would. Each test failed before its fix.
+
+use crate::smart_flows::{Auth, Fixture, PUBLIC, code, consent, exchange, fhir_get, fixture, login, patient_tokens};
+use serde_json::{Value, json};
+
+/// Tokens for `doc` through a standalone launch with `scope`, and the browser `doc` signed in with.
+async fn doc_tokens(f: &Fixture, scope: &str) -> (Value, crate::Browser) {
+    let app = &f.app;
+    let a = Auth::new(app, PUBLIC, scope);
+    let page = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
+    let r = if page.status() == 303 { page } else { consent(app, &a.browser, page, true, &[], &[]).await };
+    let c = code(app, &a, &r);
+    let r = exchange(app, PUBLIC, &c, &a.verifier).await;
+    assert_eq!(r.status(), 200);
+    (r.json().await.unwrap(), a.browser)
+}
+
+async fn doc_token(f: &Fixture, scope: &str) -> String {
+    doc_tokens(f, scope).await.0["access_token"].as_str().unwrap().to_string()
+}
+
+async fn send(f: &Fixture, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let app = &f.app;
+    let mut req = app.client.request(method, app.url(path)).bearer_auth(token).header("content-type", "application/fhir+json");
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn entry_status(bundle: &Value, i: usize) -> String {
+    bundle["entry"][i]["response"]["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// `_include:iterate` follows only what the token may read: a patient token learns nothing of another
+/// patient's prescriptions through a practitioner they share.
+#[tokio::test]
+async fn an_iterated_include_does_not_walk_through_unreadable_resources() {
+    let f = fixture().await;
+    let app = &f.app;
+    let doc = doc_token(&f, "openid fhirUser user/*.cruds").await;
+    let put = |path: &'static str, body: Value| send(&f, reqwest::Method::PUT, path, &doc, Some(body));
+    assert_eq!(put("Practitioner/rx-doc", json!({"resourceType": "Practitioner", "id": "rx-doc", "name": [{"family": "Rx"}]})).await.0, 201);
+    assert_eq!(put("Medication/rx-med", json!({"resourceType": "Medication", "id": "rx-med", "code": {"text": "secret-med"}})).await.0, 201);
+    let prescription = json!({"resourceType": "MedicationRequest", "id": "rx-b", "status": "active", "intent": "order",
+        "subject": {"reference": format!("Patient/{}", f.p2)}, "requester": {"reference": "Practitioner/rx-doc"}, "medicationReference": {"reference": "Medication/rx-med"}});
+    assert_eq!(put("MedicationRequest/rx-b", prescription).await.0, 201);
+    let search = "Practitioner?_id=rx-doc&_revinclude=MedicationRequest:requester&_include:iterate=MedicationRequest:medication";
+    let (_, b) = fhir_get(app, search, Some(&doc)).await;
+    assert_eq!(b["entry"].as_array().unwrap().len(), 3, "the clinician sees all three: {b}");
+    let t = patient_tokens(&f, "launch/patient patient/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, "Medication/rx-med", Some(token)).await.0, 200, "the medication itself is readable");
+    let (status, b) = fhir_get(app, search, Some(token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(b["entry"].as_array().unwrap().len(), 1, "only the practitioner: {b}");
+    assert!(!b.to_string().contains("secret-med"));
+}
+
+/// `$everything` counts only what the token may see: a token that reads Patient records only learns
+/// nothing of how many Conditions a patient has.
+#[tokio::test]
+async fn everything_counts_only_what_the_token_may_read() {
+    let f = fixture().await;
+    let app = &f.app;
+    let doc = doc_token(&f, "openid fhirUser user/*.cruds").await;
+    let path = format!("Patient/{}/$everything?_type=Condition&_count=1", f.p2);
+    let (_, all) = fhir_get(app, &path, Some(&doc)).await;
+    assert!(all["total"].as_u64().unwrap() > 1, "{all}");
+    let patients_only = doc_token(&f, "openid fhirUser user/Patient.rs").await;
+    let (status, b) = fhir_get(app, &path, Some(&patients_only)).await;
+    assert_eq!(status, 200);
+    assert_eq!(b["total"].as_u64().unwrap_or(0), 0, "{b}");
+    assert!(b["entry"].as_array().is_none_or(Vec::is_empty), "{b}");
+    assert!(!b.to_string().contains("_getpages"), "no pages of what it cannot see: {b}");
+}
+
+/// A batch's conditional create that matches shows the match only to a token that may read it (as the
+/// REST conditional create does).
+#[tokio::test]
+async fn a_batch_conditional_create_shows_no_match_the_token_cannot_read() {
+    let f = fixture().await;
+    let doc = doc_token(&f, "openid fhirUser user/*.cruds").await;
+    let hidden = json!({"resourceType": "Observation", "id": "hidden", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": format!("Patient/{}", f.p2)}, "valueString": "hidden-value"});
+    assert_eq!(send(&f, reqwest::Method::PUT, "Observation/hidden", &doc, Some(hidden)).await.0, 201);
+    let writer = doc_token(&f, "openid fhirUser user/Observation.cs").await;
+    let mine = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"resource": mine, "request": {"method": "POST", "url": "Observation", "ifNoneExist": "_id=hidden"}}]});
+    let (status, r) = send(&f, reqwest::Method::POST, "", &writer, Some(batch)).await;
+    assert_eq!(status, 200);
+    assert!(!r.to_string().contains("hidden-value"), "{r}");
+    assert!(entry_status(&r, 0).starts_with("403"), "{r}");
+}
+
+/// A patient token learns from no Bundle GET and no DELETE whether another patient exists: the answer is
+/// the same 403 for a patient who exists and one who does not.
+#[tokio::test]
+async fn bundle_reads_and_deletes_do_not_reveal_whether_another_patient_exists() {
+    let f = fixture().await;
+    let t = patient_tokens(&f, "launch/patient patient/*.cruds").await;
+    let token = t["access_token"].as_str().unwrap();
+    for (them, nobody) in
+        [(format!("Patient/{}", f.p2), "Patient/nobody".to_string()), (format!("Patient/{}/_history/1", f.p2), "Patient/nobody/_history/1".into())]
+    {
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": them}}, {"request": {"method": "GET", "url": nobody}}]});
+        let (_, r) = send(&f, reqwest::Method::POST, "", token, Some(batch)).await;
+        assert_eq!((entry_status(&r, 0).get(..3), entry_status(&r, 1).get(..3)), (Some("403"), Some("403")), "{them}: {r}");
+    }
+    let them = format!("Patient/{}", f.p2);
+    assert_eq!(send(&f, reqwest::Method::DELETE, &them, token, None).await.0, 403);
+    assert_eq!(send(&f, reqwest::Method::DELETE, "Patient/nobody", token, None).await.0, 403);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": them}}, {"request": {"method": "DELETE", "url": "Patient/nobody"}}]});
+    let (_, r) = send(&f, reqwest::Method::POST, "", token, Some(batch)).await;
+    assert_eq!((entry_status(&r, 0).get(..3), entry_status(&r, 1).get(..3)), (Some("403"), Some("403")), "{r}");
+    let doc = doc_token(&f, "openid fhirUser user/*.cruds").await;
+    assert_eq!(fhir_get(&f.app, &them, Some(&doc)).await.0, 200, "still there");
+}
