@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use store::AuthStore;
+use store::{AuthStore, StoreError};
 
 /// A JWKS in the apps file: JSON text, or the same structure written as TOML.
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +192,41 @@ pub async fn load_apps_file(store: &dyn AuthStore, text: &str, env: impl Fn(&str
 pub async fn register(store: &dyn AuthStore, client: Client) -> Result<Option<String>, AppsError> {
     validate(&client).map_err(AppsError::Invalid)?;
     Ok(registry::put_client(store, client).await?)
+}
+
+/// Disables (or enables again) a registered app; `false` when there is none. A disabled app can neither
+/// launch nor get tokens, and every grant it holds is revoked now: its access tokens stop working at once,
+/// and enabling it again does not bring them back. Returns the grants revoked.
+pub async fn set_disabled(s: &Shared, client_id: &str, disabled: bool, by: Option<&str>) -> Result<Option<usize>, StoreError> {
+    let Some(mut client) = registry::stored_client(s.store.as_ref(), client_id).await? else { return Ok(None) };
+    client.disabled = disabled;
+    registry::put_client_as_is(s.store.as_ref(), &client).await?;
+    // After the change is stored: a token issued meanwhile is revoked too (or refused on use, see
+    // `AuthServer::resolve`).
+    let revoked = if disabled { revoke_grants(s, client_id).await? } else { 0 };
+    s.audit(if disabled { "app-disabled" } else { "app-enabled" }).client(client_id).user(by).record(if disabled {
+        format!("disabled; {revoked} grant(s) revoked")
+    } else {
+        "enabled".into()
+    });
+    Ok(Some(revoked))
+}
+
+/// Removes a registration and revokes every grant it held, so that an app registered again under the
+/// same client id starts with none. Returns the grants revoked.
+pub async fn remove(s: &Shared, client_id: &str, by: Option<&str>) -> Result<usize, StoreError> {
+    registry::remove_client(s.store.as_ref(), client_id).await?;
+    let revoked = revoke_grants(s, client_id).await?;
+    s.audit("app-removed").client(client_id).user(by).record(format!("removed; {revoked} grant(s) revoked"));
+    Ok(revoked)
+}
+
+async fn revoke_grants(s: &Shared, client_id: &str) -> Result<usize, StoreError> {
+    let grants = crate::grants::of_client(s.store.as_ref(), client_id, s.now_ms()).await?;
+    for id in &grants {
+        s.revoke_grant(id).await?;
+    }
+    Ok(grants.len())
 }
 
 /// The most a self-registered app may be granted: patient-level access and launch/identity scopes. `user/`

@@ -70,6 +70,18 @@ async fn live_grants(
     now: i64,
     kinds: &[&str],
 ) -> Result<BTreeMap<String, (Vec<String>, Option<i64>, String)>, StoreError> {
+    live_grants_where(store, now, kinds, |g| g.username.as_deref() == Some(username)).await
+}
+
+/// The grants `of` picks with a live record of one of `kinds`, by client: (grant ids, newest access
+/// expiry, a scope). Found by reading every record of those kinds: fine for what people do now and then
+/// (withdrawing an app, disabling an account or an app).
+async fn live_grants_where(
+    store: &dyn AuthStore,
+    now: i64,
+    kinds: &[&str],
+    of: impl Fn(&Grant) -> bool,
+) -> Result<BTreeMap<String, (Vec<String>, Option<i64>, String)>, StoreError> {
     let mut out: BTreeMap<String, (Vec<String>, Option<i64>, String)> = BTreeMap::new();
     for &kind in kinds {
         for (_, r) in store.auth_list(kind).await? {
@@ -77,7 +89,7 @@ async fn live_grants(
                 continue;
             }
             let Ok(g) = serde_json::from_str::<Grant>(&r.value) else { continue };
-            if g.username.as_deref() != Some(username) || g.revoke_at.is_some_and(|t| t <= now) {
+            if !of(&g) || g.revoke_at.is_some_and(|t| t <= now) {
                 continue;
             }
             let e = out.entry(g.client_id.clone()).or_insert_with(|| (Vec::new(), None, g.scope.clone()));
@@ -172,4 +184,10 @@ pub async fn revoke_all(store: &dyn AuthStore, username: &str, now: i64) -> Resu
         }
     }
     Ok(n)
+}
+
+/// The grants of `client_id` that still have a live token or an unused code, whoever they were issued
+/// for (users, and the app itself for backend services).
+pub async fn of_client(store: &dyn AuthStore, client_id: &str, now: i64) -> Result<Vec<String>, StoreError> {
+    Ok(live_grants_where(store, now, TOKENS_AND_CODES, |g| g.client_id == client_id).await?.remove(client_id).map(|g| g.0).unwrap_or_default())
 }

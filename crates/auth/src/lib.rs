@@ -297,6 +297,11 @@ impl AccessResolver for AuthServer {
             return Ok(None);
         }
         let Ok(grant) = serde_json::from_str::<Grant>(&record.value) else { return Ok(None) };
+        // An app disabled or removed since: its grants were revoked then, and this refuses a token issued
+        // while that happened (the registration is cached for a second, as on the token endpoint).
+        if self.client(&grant.client_id).await?.is_none() {
+            return Ok(None);
+        }
         if let Some(at) = grant.revoke_at
             && at <= now
         {

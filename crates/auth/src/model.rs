@@ -368,6 +368,10 @@ pub struct Grant {
     /// The vendor profile the grant was made under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+    /// The sign-in session (its stored key) an `online_access` grant lives with: its refresh token stops
+    /// working when that session ends. None with `offline_access`, and for grants not made at a sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl Grant {

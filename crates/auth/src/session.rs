@@ -20,6 +20,9 @@ pub struct Session {
     pub user: User,
     /// Derived from the session token: forms carry it so that another site cannot post them (CSRF).
     pub csrf: String,
+    /// The session's key in the store (a hash of the cookie's token): what an `online_access` grant is
+    /// tied to.
+    pub(crate) key: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -89,12 +92,19 @@ pub fn same_origin(server: &crate::AuthServer, headers: &HeaderMap) -> bool {
 
 /// Starts a session for `user`; returns the `Set-Cookie` value.
 pub async fn start(server: &Shared, user: &User) -> Result<HeaderValue, store::StoreError> {
+    Ok(begin(server, user).await?.0)
+}
+
+/// Starts a session for `user`; returns the `Set-Cookie` value and the session.
+pub(crate) async fn begin(server: &Shared, user: &User) -> Result<(HeaderValue, Session), store::StoreError> {
     let token = random_token();
     let expires = server.now_ms() + HOURS * 3600 * 1000;
-    server.store.auth_put(KIND, &token_hash(&token), &user.username, None, Some(expires)).await?;
+    let key = token_hash(&token);
+    server.store.auth_put(KIND, &key, &user.username, None, Some(expires)).await?;
     let secure = if server.config.public_url.starts_with("https://") { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", HOURS * 3600);
-    HeaderValue::from_str(&cookie).map_err(|e| store::StoreError::Backend(e.to_string()))
+    let cookie = HeaderValue::from_str(&cookie).map_err(|e| store::StoreError::Backend(e.to_string()))?;
+    Ok((cookie, Session { user: user.clone(), csrf: csrf_of(&token), key }))
 }
 
 /// The session the request's cookie names, when it is live.
@@ -105,7 +115,13 @@ pub async fn current(server: &Shared, headers: &HeaderMap) -> Option<Session> {
         return None;
     }
     let user = registry::get_user(server.store.as_ref(), &record.value).await.ok()??;
-    Some(Session { user, csrf: csrf_of(&token) })
+    Some(Session { user, csrf: csrf_of(&token), key: token_hash(&token) })
+}
+
+/// Whether the session stored under `key` (a [`Session`]'s) is still live: not ended by signing out, by
+/// the account being disabled or given a new password, and not expired.
+pub(crate) async fn is_live(server: &Shared, key: &str) -> Result<bool, store::StoreError> {
+    Ok(server.store.auth_get(KIND, key).await?.is_some_and(|r| !r.revoked && r.expires.is_none_or(|e| e > server.now_ms())))
 }
 
 /// Ends every session of `username` (an account disabled, or given a new password): their cookies stop

@@ -127,20 +127,11 @@ pub(crate) async fn app_status(State(s): State<Shared>, headers: HeaderMap, Path
     if let Some(r) = csrf_refusal(&sess, &p) {
         return r;
     }
-    let mut client = match stored_client(&s, &id).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            return no_such_app(&sess);
-        }
+    let disabled = p.get("disabled").map(String::as_str) == Some("1");
+    match auth::apps::set_disabled(&s, &id, disabled, Some(sess.user.username.as_str())).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return no_such_app(&sess),
         Err(e) => return internal(e),
-    };
-    client.disabled = p.get("disabled").map(String::as_str) == Some("1");
-    if let Err(e) = auth::registry::put_client_as_is(s.store.as_ref(), &client).await {
-        return internal(e);
     }
-    s.audit(if client.disabled { "app-disabled" } else { "app-enabled" })
-        .client(client.client_id.as_str())
-        .user(sess.user.username.as_str())
-        .record("changed in the EHR");
-    Redirect::to(&format!("/ehr/apps/{}", client.client_id)).into_response()
+    Redirect::to(&format!("/ehr/apps/{id}")).into_response()
 }

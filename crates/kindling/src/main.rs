@@ -611,8 +611,8 @@ async fn apps(data: PathBuf, command: AppsCommand, clock: SharedClock) -> anyhow
             if auth::registry::stored_client(store, &client_id).await?.is_none() {
                 anyhow::bail!("no app '{client_id}' is registered (kindling apps list shows them)");
             }
-            auth::registry::remove_client(store, &client_id).await?;
-            println!("removed {client_id}");
+            let revoked = auth::apps::remove(&app.auth, &client_id, None).await?;
+            println!("removed {client_id} ({revoked} grant(s) revoked: its tokens no longer work)");
         }
     }
     Ok(())

@@ -139,10 +139,11 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
         Err(r) => return r,
     };
     // The decision is the signed-in user's own, or nobody's: it is what the remembered consent records.
-    let user = match acting_user(&s, &headers, &pending).await {
+    let session = match acting_user(&s, &headers, &pending).await {
         Ok(u) => u,
         Err(r) => return r,
     };
+    let user = &session.user;
     // Single use: of two posts of one form, only the first decides.
     match s.store.auth_consume(REQUEST_KIND, &token_hash(&request_id)).await {
         Ok(Some(r)) if !r.used => {}
@@ -173,7 +174,7 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
         Ok(None) => return expired_request(&s),
         Err(e) => return internal(&s, e),
     };
-    let granted = grantable(&client, &user, &pending.scope);
+    let granted = grantable(&client, user, &pending.scope);
     let ticked: Vec<String> = pairs.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
     let categories: Vec<(String, String)> = pairs
         .iter()
@@ -221,10 +222,11 @@ pub async fn consent(State(s): State<Shared>, headers: HeaderMap, body: axum::bo
         .user(user.username.as_str())
         .patient(pending.patient.as_deref())
         .record(format!("approved: {scope}"));
-    issue_code(&s, pending, &user, scope).await
+    issue_code(&s, pending, &session, scope).await
 }
 
-pub(super) async fn issue_code(s: &Shared, pending: PendingAuthorization, user: &User, approved: String) -> Response {
+pub(super) async fn issue_code(s: &Shared, pending: PendingAuthorization, session: &Session, approved: String) -> Response {
+    let user = &session.user;
     let code = crate::crypto::ordered_token(s.now_ms());
     let profile = pending.profile.clone().unwrap_or_default();
     let faults = pending.launch.as_ref().map(|l| l.faults.clone()).unwrap_or_default();
@@ -238,7 +240,7 @@ pub(super) async fn issue_code(s: &Shared, pending: PendingAuthorization, user: 
             .patient(pending.patient.as_deref())
             .record(format!("injected fault: the user denied {}", faults.deny.join(", ")));
     }
-    let grant = Grant {
+    let mut grant = Grant {
         grant_id: uuid::Uuid::now_v7().to_string(),
         client_id: pending.client_id.clone(),
         scope,
@@ -254,7 +256,14 @@ pub(super) async fn issue_code(s: &Shared, pending: PendingAuthorization, user: 
         expires: None,
         revoke_at: None,
         profile: Some(profile),
+        session: None,
     };
+    let granted = ScopeSet::parse(&grant.scope);
+    if granted.contains(&Scope::OnlineAccess) && !granted.contains(&Scope::OfflineAccess) {
+        // Online access lasts while the user is signed in (SMART App Launch): its refresh token is tied
+        // to this sign-in, and stops working when it ends.
+        grant.session = Some(session.key.clone());
+    }
     let value = match serde_json::to_string(&grant) {
         Ok(v) => v,
         Err(e) => return internal(s, e),

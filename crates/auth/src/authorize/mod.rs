@@ -11,6 +11,7 @@
 use crate::crypto::{random_token, token_hash, verify_password};
 use crate::model::{Awaiting, Client, Grant, LaunchContext, PendingAuthorization, Profile, User, UserRole};
 use crate::pages::{self, ConsentItem, ConsentView, ErrorView, LoginView, PickerView};
+use crate::session::Session;
 use crate::{AuthServer, ErrorCode, Shared, registry, session};
 use axum::Form;
 use axum::extract::{Query, State};
@@ -126,7 +127,7 @@ async fn bound_request(s: &Shared, headers: &HeaderMap, request_id: &str, step: 
 
 /// The signed-in user of this browser, when they are the user the pending request is for: pick and consent
 /// act only for that person (whatever the form or a launch handle says).
-async fn acting_user(s: &Shared, headers: &HeaderMap, pending: &PendingAuthorization) -> Result<User, Response> {
+async fn acting_user(s: &Shared, headers: &HeaderMap, pending: &PendingAuthorization) -> Result<Session, Response> {
     let Some(session) = session::current(s, headers).await else {
         return Err(error_page(
             s,
@@ -151,7 +152,7 @@ async fn acting_user(s: &Shared, headers: &HeaderMap, pending: &PendingAuthoriza
             "Sign out, sign in as the user who launched the app, and launch it again.",
         ));
     }
-    Ok(session.user)
+    Ok(session)
 }
 
 fn unreadable_form(s: &AuthServer) -> Response {
@@ -200,16 +201,17 @@ fn expired_request(s: &AuthServer) -> Response {
     )
 }
 
-/// Decides the next step for the person at the browser (`user`, when signed in): sign-in, patient
+/// Decides the next step for the person at the browser (`session`, when signed in): sign-in, patient
 /// choice, consent, or the code.
-async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: PendingAuthorization, client: &Client) -> Response {
-    let Some(user) = user else { return login_page(s, request_id, &client.name, pending.username.as_deref(), None) };
+async fn proceed(s: &Shared, session: Option<Session>, request_id: &str, mut pending: PendingAuthorization, client: &Client) -> Response {
+    let Some(session) = session else { return login_page(s, request_id, &client.name, pending.username.as_deref(), None) };
+    let user = &session.user;
     pending.username = Some(user.username.clone());
     if let Some(own) = user.own_patient() {
         // A patient acts only on their own record, whatever a launch or a form said.
         pending.patient = Some(own.to_string());
     }
-    let granted = grantable(client, &user, &pending.scope);
+    let granted = grantable(client, user, &pending.scope);
     let wants_patient = granted.contains(&Scope::LaunchContext { context: "patient".into(), role: None })
         || granted.resource_scopes().any(|r| r.level == smart::Level::Patient);
     if pending.patient.is_none() {
@@ -239,7 +241,7 @@ async fn proceed(s: &Shared, user: Option<User>, request_id: &str, mut pending: 
                 .user(user.username.as_str())
                 .patient(pending.patient.as_deref())
                 .record(format!("remembered from an earlier decision: {approved}"));
-            return issue_code(s, pending, &user, approved).await;
+            return issue_code(s, pending, &session, approved).await;
         }
     }
     pending.awaiting = Awaiting::Consent;

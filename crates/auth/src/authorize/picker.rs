@@ -9,10 +9,11 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
         Ok(p) => p,
         Err(r) => return r,
     };
-    let picker = match acting_user(&s, &headers, &pending).await {
+    let session = match acting_user(&s, &headers, &pending).await {
         Ok(u) => u,
         Err(r) => return r,
     };
+    let picker = &session.user;
     let Some(patient) = p.get("patient").filter(|v| fhir::types::is_valid_id(v)) else { return expired_request(&s) };
     match s.store.read("Patient", patient).await {
         Ok(Some(r)) if !r.deleted => {}
@@ -37,7 +38,7 @@ pub async fn pick(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Par
         Ok(None) => return expired_request(&s),
         Err(e) => return internal(&s, e),
     };
-    proceed(&s, Some(picker), &request_id, pending, &client).await
+    proceed(&s, Some(session), &request_id, pending, &client).await
 }
 
 pub(super) async fn patient_choices(s: &Shared) -> Result<Vec<(String, String)>, store::StoreError> {

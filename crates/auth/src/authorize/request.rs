@@ -309,9 +309,9 @@ async fn authorize(s: &Shared, headers: &HeaderMap, req: AuthorizeRequest) -> Re
     }
     // Who is at the browser: the session's user. An EHR launch names its user; only that user, signed in
     // here (the EHR's sign-in shares the session), may continue it — the handle alone is not enough.
-    let signed_in = session::current(s, headers).await.map(|sess| sess.user);
-    let user = match (&pending.username, signed_in) {
-        (Some(launcher), Some(user)) if *launcher != user.username => {
+    let signed_in = session::current(s, headers).await;
+    let session = match (&pending.username, signed_in) {
+        (Some(launcher), Some(session)) if *launcher != session.user.username => {
             return error_page(
                 s,
                 StatusCode::FORBIDDEN,
@@ -320,9 +320,9 @@ async fn authorize(s: &Shared, headers: &HeaderMap, req: AuthorizeRequest) -> Re
                 "Sign out of the EHR, sign in as the user who launched the app, and launch it again from the patient's chart.",
             );
         }
-        (_, user) => user,
+        (_, session) => session,
     };
-    let mut response = proceed(s, user, &request_id, pending, &client).await;
+    let mut response = proceed(s, session, &request_id, pending, &client).await;
     if let Some(cookie) = set_cookie {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }

@@ -30,14 +30,14 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
         s.audit("login").client(client.client_id.as_str()).user(user.username.as_str()).refused().record("signed in as another user than the launch's");
         return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some("This app was launched by another user. Sign in as that user."));
     }
-    let cookie = match session::start(&s, &user).await {
+    let (cookie, session) = match session::begin(&s, &user).await {
         Ok(c) => c,
         Err(e) => return internal(&s, e),
     };
     tracing::info!(user = %user.username, "signed in");
     s.audit("login").client(client.client_id.as_str()).user(user.username.as_str()).record("signed in");
     pending.username = Some(user.username.clone());
-    let mut response = proceed(&s, Some(user), &request_id, pending, &client).await;
+    let mut response = proceed(&s, Some(session), &request_id, pending, &client).await;
     response.headers_mut().append(header::SET_COOKIE, cookie);
     response
 }

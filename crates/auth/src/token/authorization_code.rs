@@ -7,12 +7,21 @@ use crate::{OAuthError, Shared};
 use serde_json::Value;
 
 pub(super) async fn exchange(s: &Shared, client: &Client, code: &str, redirect_uri: Option<&str>, code_verifier: &str) -> Result<Value, OAuthError> {
-    let record = s.store.auth_consume("code", &token_key(code)).await?.ok_or_else(|| OAuthError::invalid_grant("the code is invalid or has expired"))?;
-    let grant: Grant = serde_json::from_str(&record.value).map_err(|_| OAuthError::internal("unreadable code record"))?;
-    // Another client's code is refused before anything else: it must not be able to trigger the replay
-    // revocation of a grant that is not its own.
+    let key = token_key(code);
+    let invalid = || OAuthError::invalid_grant("the code is invalid or has expired");
+    let another = || OAuthError::invalid_grant("the code was issued to another client");
+    let read = |value: &str| serde_json::from_str::<Grant>(value).map_err(|_| OAuthError::internal("unreadable code record"));
+    // Another client's code is refused before anything else, and before it is spent: whoever holds a
+    // leaked code must neither use it up for the app it was issued to nor trigger the replay revocation
+    // of a grant that is not their own.
+    let seen = s.store.auth_get("code", &key).await?.ok_or_else(invalid)?;
+    if read(&seen.value)?.client_id != client.client_id {
+        return Err(another());
+    }
+    let record = s.store.auth_consume("code", &key).await?.ok_or_else(invalid)?;
+    let grant = read(&record.value)?;
     if grant.client_id != client.client_id {
-        return Err(OAuthError::invalid_grant("the code was issued to another client"));
+        return Err(another());
     }
     if record.used || record.revoked {
         // RFC 6749 §4.1.2: a replayed code revokes what it produced.

@@ -27,6 +27,12 @@ pub(super) async fn exchange(s: &Shared, client: &Client, rt: &str, scope: Optio
     if record.used {
         return Err(reused(s, client, &grant).await);
     }
+    if let Some(session) = &grant.session
+        && !crate::session::is_live(s, session).await?
+    {
+        s.audit("refresh").grant(&grant).refused().record("refused: online access ended when the user signed out");
+        return Err(OAuthError::invalid_grant("the user has signed out: online access ends with their sign-in"));
+    }
     if grant.revoke_at.is_some_and(|at| at <= s.now_ms()) {
         let _ = s.revoke_grant(&grant.grant_id).await;
         s.audit("refresh").grant(&grant).refused().record("refused: the grant was revoked (injected fault)");

@@ -1,6 +1,9 @@
 //! Found on a fresh-eyes review (session 20), tried as an attacker would. Each test failed before its fix.
 
-use crate::smart_flows::{Auth, Fixture, PUBLIC, code, consent, exchange, fhir_get, fixture, login, patient_tokens};
+use crate::ehr_pages::{csrf, form, page, sign_in};
+use crate::smart_flows::{
+    Auth, CONFIDENTIAL, Fixture, PUBLIC, browser_form, code, consent, exchange, fhir_get, fixture, login, patient_tokens, post_form, refresh, root,
+};
 use serde_json::{Value, json};
 
 /// Tokens for `doc` through a standalone launch with `scope`, and the browser `doc` signed in with.
@@ -117,4 +120,121 @@ async fn bundle_reads_and_deletes_do_not_reveal_whether_another_patient_exists()
     assert_eq!((entry_status(&r, 0).get(..3), entry_status(&r, 1).get(..3)), (Some("403"), Some("403")), "{r}");
     let doc = doc_token(&f, "openid fhirUser user/*.cruds").await;
     assert_eq!(fhir_get(&f.app, &them, Some(&doc)).await.0, 200, "still there");
+}
+
+/// An app an administrator disables (or removes) loses its tokens at once: the access tokens stop
+/// working and the refresh tokens stay dead when it is enabled again.
+#[tokio::test]
+async fn a_disabled_app_loses_its_tokens_at_once() {
+    let f = fixture().await;
+    let app = &f.app;
+    let (t, _) = doc_tokens(&f, "openid fhirUser offline_access user/*.rs").await;
+    let token = t["access_token"].as_str().unwrap();
+    let read = format!("Patient/{}", f.p1);
+    assert_eq!(fhir_get(app, &read, Some(token)).await.0, 200);
+    kindling::users::set_admin(&app.auth, "doc", true).await.unwrap();
+    let cookie = sign_in(app, "/ehr/login", "doc", "doc-pass").await;
+    let (_, edit) = page(app, &format!("/ehr/apps/{PUBLIC}"), &cookie).await;
+    let status = format!("/ehr/apps/{PUBLIC}/status");
+    assert_eq!(form(app, &status, Some(&cookie), &[("csrf", &csrf(&edit)), ("disabled", "1")]).await.status(), 303);
+    assert_eq!(fhir_get(app, &read, Some(token)).await.0, 401, "the access token stopped working");
+    assert_eq!(form(app, &status, Some(&cookie), &[("csrf", &csrf(&edit)), ("disabled", "0")]).await.status(), 303);
+    assert_eq!(fhir_get(app, &read, Some(token)).await.0, 401, "and stays revoked when the app is enabled again");
+    assert_eq!(refresh(app, t["refresh_token"].as_str().unwrap()).await.status(), 400);
+    // Removed, then registered again under the same id: the old grants stay dead.
+    let (t, _) = doc_tokens(&f, "openid fhirUser offline_access user/*.rs").await;
+    let client = auth::registry::stored_client(app.auth.store.as_ref(), PUBLIC).await.unwrap().unwrap();
+    auth::apps::remove(&app.auth, PUBLIC, Some("doc")).await.unwrap();
+    auth::registry::put_client_as_is(app.auth.store.as_ref(), &client).await.unwrap();
+    assert_eq!(fhir_get(app, &read, Some(t["access_token"].as_str().unwrap())).await.0, 401);
+    assert_eq!(refresh(app, t["refresh_token"].as_str().unwrap()).await.status(), 400);
+}
+
+/// `online_access` lasts while the user is signed in (SMART App Launch): the refresh token stops working
+/// when they sign out; `offline_access` does not.
+#[tokio::test]
+async fn online_access_ends_when_the_user_signs_out() {
+    let f = fixture().await;
+    let app = &f.app;
+    let (online, browser) = doc_tokens(&f, "openid fhirUser online_access user/*.rs").await;
+    let r = refresh(app, online["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 200, "refreshes while signed in");
+    let online: Value = r.json().await.unwrap();
+    let (offline, _) = doc_tokens(&f, "openid fhirUser offline_access user/*.rs").await;
+    let html = browser.get(format!("{}/ehr/patients", root(app))).await.text().await.unwrap();
+    assert_eq!(browser_form(app, &browser, "/ehr/logout", &[("csrf", &csrf(&html))]).await.status(), 303);
+    let r = refresh(app, online["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "invalid_grant");
+    assert!(e["error_description"].as_str().unwrap().contains("signed out"), "{e}");
+    assert_eq!(refresh(app, offline["refresh_token"].as_str().unwrap()).await.status(), 200, "offline access outlives the sign-in");
+}
+
+/// Introspection tells a caller only about its own tokens: a public client id (anyone may send one) or
+/// another app's bearer token does not unlock what other apps hold.
+#[tokio::test]
+async fn introspection_answers_only_about_the_callers_own_tokens() {
+    let f = fixture().await;
+    let app = &f.app;
+    let (t, _) = doc_tokens(&f, "openid fhirUser offline_access user/*.rs").await;
+    let (refresh_token, access) = (t["refresh_token"].as_str().unwrap(), t["access_token"].as_str().unwrap());
+    let active = async |form: &[(&str, &str)], bearer: Option<&str>| {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let mut req = app.client.post(format!("{}/auth/introspect", root(app))).header("content-type", "application/x-www-form-urlencoded").body(body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["active"].clone()
+    };
+    assert_eq!(active(&[("token", refresh_token), ("client_id", PUBLIC)], None).await, true, "its own app may");
+    // The patient's app (another client) holds a live token; with it, or with the public id of another
+    // registered app, the clinician's tokens are not described.
+    auth::registry::put_client(
+        app.auth.store.as_ref(),
+        auth::model::Client { client_id: "other-public".into(), ..auth::registry::stored_client(app.auth.store.as_ref(), PUBLIC).await.unwrap().unwrap() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(active(&[("token", refresh_token), ("client_id", "other-public")], None).await, false);
+    let a = Auth::new(app, "other-public", "launch/patient patient/*.rs");
+    let r = login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await;
+    let r = crate::smart_flows::consent_if_asked(app, &a.browser, r).await;
+    let c = code(app, &a, &r);
+    let other: Value = exchange(app, "other-public", &c, &a.verifier).await.json().await.unwrap();
+    let other = other["access_token"].as_str().unwrap();
+    assert_eq!(active(&[("token", access)], Some(other)).await, false);
+    assert_eq!(active(&[("token", other)], Some(other)).await, true, "its own token");
+    // An administrator-registered confidential client (a resource server) may introspect any token.
+    assert_eq!(active(&[("token", access), ("client_id", CONFIDENTIAL), ("client_secret", &f.secret)], None).await, true);
+}
+
+/// A code sent by another client is refused without spending it: the app it was issued to still
+/// exchanges it (nothing is revoked, nothing blamed on that app).
+#[tokio::test]
+async fn another_clients_exchange_does_not_spend_a_code() {
+    let f = fixture().await;
+    let app = &f.app;
+    let a = Auth::new(app, PUBLIC, "openid fhirUser user/*.rs");
+    let r = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
+    let r = crate::smart_flows::consent_if_asked(app, &a.browser, r).await;
+    let c = code(app, &a, &r);
+    let r = post_form(
+        app,
+        "/auth/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("redirect_uri", crate::smart_flows::REDIRECT),
+            ("code_verifier", &a.verifier),
+            ("client_id", CONFIDENTIAL),
+            ("client_secret", &f.secret),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let r = exchange(app, PUBLIC, &c, &a.verifier).await;
+    assert_eq!(r.status(), 200, "the rightful app still gets its tokens");
 }
