@@ -403,6 +403,16 @@ impl Access {
             .collect())
     }
 
+    /// Whether this token reads every stored resource whatever its type and content (an unconstrained
+    /// `user/` or `system/` read of every type, as `user/*.rs`): what it is shown needs no judging.
+    pub fn reads_everything(&self) -> bool {
+        let Access::Token(t) = self else { return true };
+        fhir::types::R4_RESOURCE_TYPES
+            .iter()
+            .filter(|ty| fhir::types::is_storable_type(ty))
+            .all(|ty| [smart::Level::System, smart::Level::User].iter().any(|l| t.scopes.access(*l, ty, Interaction::Read).is_some_and(|c| c.is_empty())))
+    }
+
     /// See [`policy::search_implies_read`].
     pub fn search_implies_read(&self, resource_type: &str) -> bool {
         let Access::Token(t) = self else { return true };

@@ -95,19 +95,45 @@ fn entities_empty(ev: &Value) -> bool {
     ev["entity"].as_array().is_some_and(Vec::is_empty)
 }
 
+/// How much of the audit trail a request may see.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// Every record, in full.
+    All,
+    /// The records filed under the token's patient, without the requests' paths and details: who did what
+    /// and when. A record is filed under the patient of the token that made the request, and a clinician
+    /// in this patient's chart may have read another patient's record with it: that patient's id, in the
+    /// path, is not this patient's to see.
+    Patient,
+}
+
+/// What a patient-level view keeps of an AuditEvent (see [`View::Patient`]): the patient reference, not
+/// the request's path nor the outcome's detail.
+fn redact(ev: &mut Value) {
+    if let Some(o) = ev.as_object_mut() {
+        o.remove("outcomeDesc");
+    }
+    if let Some(entities) = ev["entity"].as_array_mut() {
+        entities.retain(|e| e["what"]["reference"].is_string());
+    }
+    if entities_empty(ev) {
+        ev.as_object_mut().map(|o| o.remove("entity"));
+    }
+}
+
 /// What the request may see of the audit trail: everything, or one patient's.
-fn scope_filter(access: &Access, filter: &mut AuditFilter) -> ApiResult<()> {
-    let Access::Token(t) = access else { return Ok(()) };
+fn scope_filter(access: &Access, filter: &mut AuditFilter) -> ApiResult<View> {
+    let Access::Token(t) = access else { return Ok(View::All) };
     for level in [Level::System, Level::User] {
         if t.scopes.access(level, "AuditEvent", Interaction::Search).is_some_and(|c| c.is_empty()) {
-            return Ok(());
+            return Ok(View::All);
         }
     }
     if t.scopes.access(Level::Patient, "AuditEvent", Interaction::Search).is_some()
         && let Some(p) = &t.patient
     {
         filter.patient = Some(p.clone());
-        return Ok(());
+        return Ok(View::Patient);
     }
     Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "no granted scope allows reading the audit trail"))
 }
@@ -141,7 +167,7 @@ pub async fn search(State(state): State<AppState>, Extension(access): Extension<
         }
     }
     let asked_patient = filter.patient.clone();
-    scope_filter(&access, &mut filter)?;
+    let view = scope_filter(&access, &mut filter)?;
     if asked_patient.is_some() && asked_patient != filter.patient {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the audit trail of another patient is not granted"));
     }
@@ -167,9 +193,13 @@ pub async fn search(State(state): State<AppState>, Extension(access): Extension<
         b.link.push(Link { relation: "next", url: link(Some(*last)) });
     }
     for (id, r) in rows {
+        let mut ev = to_audit_event(id, &r);
+        if view == View::Patient {
+            redact(&mut ev);
+        }
         b.entry.push(Entry {
             full_url: Some(format!("{}/AuditEvent/{id}", state.base_url)),
-            resource: Some(Body::Value(to_audit_event(id, &r))),
+            resource: Some(Body::Value(ev)),
             search: Some(SearchInfo { mode: "match" }),
             ..Default::default()
         });
@@ -180,9 +210,13 @@ pub async fn search(State(state): State<AppState>, Extension(access): Extension<
 pub async fn read(State(state): State<AppState>, Extension(access): Extension<Access>, Path(id): Path<String>, neg: Negotiated) -> ApiResult<Response> {
     let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("AuditEvent/{id} is not known")))?;
     let mut filter = AuditFilter { id: Some(id), limit: 1, ..Default::default() };
-    scope_filter(&access, &mut filter)?;
+    let view = scope_filter(&access, &mut filter)?;
     let (id, r) = state.store.audit_events(&filter).await?.into_iter().next().ok_or_else(|| ApiError::not_found(format!("AuditEvent/{id} is not known")))?;
-    Ok(json_response(StatusCode::OK, &to_audit_event(id, &r), neg.pretty, neg.content_type))
+    let mut ev = to_audit_event(id, &r);
+    if view == View::Patient {
+        redact(&mut ev);
+    }
+    Ok(json_response(StatusCode::OK, &ev, neg.pretty, neg.content_type))
 }
 
 pub async fn read_only() -> ApiError {

@@ -671,7 +671,7 @@ async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction
         // The resource before and after is judged where the patch is applied (`rest::patch_in`).
         (Method::Patch, Some(id), None) => {
             access.check_any(ty, Interaction::Update)?;
-            access.check_patient_id(ty, id, Interaction::Read)
+            access.check_patient_id(ty, id, Interaction::Update)
         }
         (Method::Delete, Some(id), None) => {
             access.check_patient_id(ty, id, Interaction::Delete)?;

@@ -263,6 +263,9 @@ pub async fn type_conditional_update(
     let criteria = q.unwrap_or_default();
     let value = json_body(&headers, &body)?;
     access.check_type_wide(&ty, Interaction::Update)?;
+    // The criteria are a search, whose answer (none, one, or a 412 saying how many) the response tells:
+    // it takes the right to search the type, as a conditional entry of a Bundle does.
+    access.check_type_wide(&ty, Interaction::Search)?;
     let mut tx = state.store.begin().await?;
     let outcome = ops::conditional_update(&state, &mut *tx, &ty, &criteria, value).await?;
     tx.commit().await?;
@@ -279,6 +282,7 @@ pub async fn type_conditional_delete(
 ) -> ApiResult<Response> {
     check_type(&ty)?;
     access.check_type_wide(&ty, Interaction::Delete)?;
+    access.check_type_wide(&ty, Interaction::Search)?;
     let criteria = q.unwrap_or_default();
     let mut tx = state.store.begin().await?;
     let outcome = ops::conditional_delete(&state, &mut *tx, &ty, &criteria).await?;
@@ -429,7 +433,7 @@ pub async fn instance_patch(
     let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the JSON Patch is not JSON: {e}")))?;
     if !matches!(access, Access::Open) {
         access.check_any(&ty, Interaction::Update)?;
-        access.check_patient_id(&ty, &id, Interaction::Read)?;
+        access.check_patient_id(&ty, &id, Interaction::Update)?;
     }
     let if_match = if_match(&headers)?;
     let mut attempt = 0;
@@ -616,9 +620,20 @@ async fn history(state: &AppState, access: &Access, neg: Negotiated, scope: Hist
         b.link.push(Link { relation: "previous", url: link(p.offset.saturating_sub(p.count)) });
     }
     for r in &page.entries {
-        // Every version is judged on its own content: one the token may not read is left out (a deletion
-        // has none, and belongs to a resource whose last version the caller was allowed to see).
-        if !r.deleted && check_version(state, access, r).await.is_err() {
+        // Every version is judged on its own content: one the token may not read is left out. A deletion
+        // has none: it is judged by the version it deleted (a type's or the system's history would
+        // otherwise list the deletions of resources the token never could see).
+        let visible = if matches!(access, Access::Open) {
+            true
+        } else if r.deleted {
+            match state.store.vread(&r.resource_type, &r.id, r.version - 1).await? {
+                Some(last) => check_version(state, access, &last).await.is_ok(),
+                None => false,
+            }
+        } else {
+            check_version(state, access, r).await.is_ok()
+        };
+        if !visible {
             hidden = true;
             continue;
         }

@@ -116,6 +116,108 @@ async fn update<T>(s: &Shared, username: &str, mut change: impl FnMut(&mut User)
     Err(AccountError::Store(StoreError::Backend(format!("the account '{username}' kept changing while it was being updated; try again"))))
 }
 
+/// What a sign-in attempt came to.
+#[derive(Debug)]
+pub enum SignIn {
+    /// The enabled account, with the right password.
+    Accepted(User),
+    /// Wrong user name or password (one answer for both, given in the same time).
+    Refused,
+    /// Too many failed sign-ins for this account lately: refused without looking at the password, for
+    /// this many more seconds.
+    Throttled {
+        /// Seconds until the account's failures are forgotten.
+        retry_after_secs: u64,
+    },
+    /// Too many sign-ins being checked at once: try again in a moment.
+    Busy,
+}
+
+/// Failed sign-ins of one account within [`FAILURE_WINDOW_SECS`] after which its sign-ins are refused
+/// until the window ends: a password cannot be guessed faster than this, on any number of nodes.
+pub const MAX_FAILURES: u32 = 10;
+/// How long an account's failed sign-ins are counted from the first of them.
+pub const FAILURE_WINDOW_SECS: i64 = 15 * 60;
+const FAILURES: &str = "signin-failures";
+
+/// Password checks running at once: argon2 takes 19 MiB and tens of milliseconds each, so a flood of
+/// attempts queues here instead of exhausting memory or stalling the runtime's threads.
+static CHECKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// How long an attempt waits for its turn before it is answered "busy".
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A hash no password is checked against for real: unknown and disabled accounts are checked against it, so
+/// that the time an answer takes tells nothing of which accounts exist.
+fn stand_in_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| crate::crypto::hash_password(&crate::crypto::random_token()))
+}
+
+/// Counts one more failed attempt of `username` before its password is checked (taken back when it was
+/// right), so that attempts made at once are each counted; returns the failures counted before it.
+async fn count_attempt(s: &Shared, username: &str) -> std::result::Result<u32, StoreError> {
+    for _ in 0..32 {
+        let now = s.now_ms();
+        let counted = match s.store.auth_get(FAILURES, username).await? {
+            None => s.store.auth_insert_new(FAILURES, username, "1", Some(now + FAILURE_WINDOW_SECS * 1000)).await?.then_some(0),
+            Some(r) => {
+                let failed = r.value.parse::<u32>().unwrap_or(MAX_FAILURES);
+                if failed >= MAX_FAILURES {
+                    return Ok(failed);
+                }
+                s.store.auth_replace(FAILURES, username, &r.value, &(failed + 1).to_string(), r.expires).await?.then_some(failed)
+            }
+        };
+        if let Some(failed) = counted {
+            return Ok(failed);
+        }
+    }
+    // Changed by others all along: a flood of attempts on this account.
+    Ok(MAX_FAILURES)
+}
+
+/// Checks a sign-in (the EHR's, the portal's, the authorisation server's, the launch API's): the same work
+/// whatever the account, the argon2 check off the runtime's threads (two at a time), and at most
+/// [`MAX_FAILURES`] failures per account within [`FAILURE_WINDOW_SECS`], attempts made at once included.
+pub async fn sign_in(s: &Shared, username: &str, password: &str) -> std::result::Result<SignIn, StoreError> {
+    // No account has a longer name; such attempts are checked (for the time they take) but not counted.
+    let counted = username.len() <= 64;
+    let Ok(Ok(_turn)) = tokio::time::timeout(CHECK_WAIT, CHECKING.acquire()).await else { return Ok(SignIn::Busy) };
+    if counted {
+        let failed = count_attempt(s, username).await?;
+        if failed >= MAX_FAILURES {
+            let until = s.store.auth_get(FAILURES, username).await?.and_then(|r| r.expires).unwrap_or_else(|| s.now_ms());
+            return Ok(SignIn::Throttled { retry_after_secs: ((until - s.now_ms()).max(1000) as u64).div_ceil(1000) });
+        }
+    }
+    let user = if counted { registry::get_user(s.store.as_ref(), username).await? } else { None };
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let password = password.to_string();
+    let matches = tokio::task::spawn_blocking(move || crate::crypto::verify_password(&password, hash.as_deref().unwrap_or_else(|| stand_in_hash())))
+        .await
+        .unwrap_or(false);
+    match user {
+        Some(user) if matches => {
+            // The right password: this attempt, and the failures before it, are forgotten.
+            s.store.auth_delete(FAILURES, username).await?;
+            Ok(SignIn::Accepted(user))
+        }
+        _ => Ok(SignIn::Refused),
+    }
+}
+
+/// What a person reads when sign-ins are too many at once.
+pub const BUSY_MESSAGE: &str = "Too many sign-ins are being checked just now. Try again in a moment.";
+
+/// What a person reads when their account's sign-ins are throttled.
+pub fn throttled_message(retry_after_secs: u64) -> String {
+    let minutes = retry_after_secs.div_ceil(60);
+    format!(
+        "Too many failed sign-ins for this account. Try again in {minutes} minute{}, or ask an administrator to set a new password.",
+        if minutes == 1 { "" } else { "s" }
+    )
+}
+
 /// Disables an account: no sign-in, and every token it holds stops working now. Returns the grants
 /// revoked. An administrator cannot disable their own account (someone must be left to undo it).
 pub async fn disable(s: &Shared, by: Option<&str>, username: &str) -> Result<usize> {
@@ -156,6 +258,8 @@ pub async fn passwd(s: &Shared, by: Option<&str>, username: &str, password: &str
     .await?;
     let ended = crate::session::end_all_of(s.store.as_ref(), username).await?;
     let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
+    // Its failed sign-ins are forgotten: the new password may be used at once.
+    s.store.auth_delete(FAILURES, username).await?;
     s.audit("user-password").user(username).record(format!("password changed; {ended} session(s) ended, {revoked} grant(s) revoked{}", by_whom(by)));
     Ok(())
 }

@@ -215,8 +215,14 @@ pub async fn set_disabled(s: &Shared, client_id: &str, disabled: bool, by: Optio
 /// Removes a registration and revokes every grant it held, so that an app registered again under the
 /// same client id starts with none. Returns the grants revoked.
 pub async fn remove(s: &Shared, client_id: &str, by: Option<&str>) -> Result<usize, StoreError> {
-    registry::remove_client(s.store.as_ref(), client_id).await?;
+    // Disabled first (no new tokens), then its grants revoked, then removed: a revocation that fails
+    // leaves the app registered and disabled, for the removal to be tried again.
+    if let Some(mut client) = registry::stored_client(s.store.as_ref(), client_id).await? {
+        client.disabled = true;
+        registry::put_client_as_is(s.store.as_ref(), &client).await?;
+    }
     let revoked = revoke_grants(s, client_id).await?;
+    registry::remove_client(s.store.as_ref(), client_id).await?;
     s.audit("app-removed").client(client_id).user(by).record(format!("removed; {revoked} grant(s) revoked"));
     Ok(revoked)
 }

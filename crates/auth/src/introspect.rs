@@ -15,7 +15,8 @@ enum Caller {
     /// A confidential client an administrator registered (a resource server): told about any token.
     ResourceServer,
     /// Any other client (a public client's id proves nothing; a bearer token is its app's): told only
-    /// about its own tokens, so that a stolen token cannot be tested through it without being spent.
+    /// about its own app's tokens, so that one app's token (or a public client id anyone can send) does
+    /// not describe what other apps hold.
     Client(String),
 }
 

@@ -1,7 +1,7 @@
 //! The EHR's launch-context API: `POST /auth/launch` with the EHR user's credentials (HTTP Basic) and the
 //! context as JSON; answers an opaque, single-use `launch` handle that expires (5 minutes by default).
 
-use crate::crypto::{random_token, token_hash, verify_password};
+use crate::crypto::{random_token, token_hash};
 use crate::model::LaunchContext;
 use crate::{ErrorCode, OAuthError, Shared, registry};
 use axum::Json;
@@ -220,9 +220,15 @@ pub async fn check_context(server: &Shared, context: &LaunchContext) -> Result<R
 pub async fn create_launch(State(server): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, OAuthError> {
     let (username, password) =
         basic_credentials(&headers).ok_or_else(|| OAuthError::invalid_client("sign in with the EHR user's name and password (HTTP Basic)"))?;
-    let user = match registry::get_user(server.store.as_ref(), &username).await? {
-        Some(u) if verify_password(&password, &u.password_hash) => u,
-        _ => return Err(OAuthError::invalid_client("unknown user or wrong password")),
+    let user = match crate::accounts::sign_in(&server, &username, &password).await? {
+        crate::accounts::SignIn::Accepted(u) => u,
+        crate::accounts::SignIn::Throttled { retry_after_secs } => {
+            return Err(OAuthError::throttled(retry_after_secs, "too many failed sign-ins for this user; retry after the time given in Retry-After"));
+        }
+        crate::accounts::SignIn::Refused => return Err(OAuthError::invalid_client("unknown user or wrong password")),
+        crate::accounts::SignIn::Busy => {
+            return Err(OAuthError::throttled(1, "too many sign-ins are being checked just now; retry after the time given in Retry-After"));
+        }
     };
     // Parsed here, not by an extractor, so that a malformed context is an RFC 6749 error like the others.
     let mut context: LaunchContext = serde_json::from_slice(&body).map_err(|e| OAuthError::invalid_request(format!("the launch context is not valid: {e}")))?;

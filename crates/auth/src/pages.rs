@@ -74,6 +74,9 @@ pub struct ConsentView<'a> {
     pub items: &'a [ConsentItem],
     /// The app asks for offline access.
     pub offline: bool,
+    /// For an app that registered itself (RFC 7591): the site the browser goes back to. Its name was chosen
+    /// by whoever registered it, and nobody checked it, so the page says so and names the site.
+    pub self_registered_to: Option<&'a str>,
 }
 
 /// Whether `response` is a refusal no page was rendered for (an extractor's plain-text rejection, axum's

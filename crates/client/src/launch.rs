@@ -310,7 +310,7 @@ impl SmartClient {
     }
 
     /// Finishes an authorisation from the callback's query parameters: checks `state` (single use) and
-    /// the RFC 9207 `iss` when present, turns `error` into a typed error, exchanges the code, and verifies
+    /// the RFC 9207 `iss` (required when the server's discovery says it sends it), turns `error` into a typed error, exchanges the code, and verifies
     /// the `id_token` when there is one.
     pub async fn callback(&self, params: &HashMap<String, String>) -> Result<Session> {
         self.callback_bound(params, None).await
@@ -326,13 +326,24 @@ impl SmartClient {
             let presented = browser_secret.map(jose::pkce_challenge).unwrap_or_default();
             if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), expected.as_bytes()).is_err() {
                 tracing::warn!(iss = %pending.iss, "callback from another browser than the launch's refused");
+                // Kept for the browser that started it: a callback forged in another browser (with a
+                // state seen elsewhere) must not use up the launch of the one it belongs to.
+                self.pending.put(state, pending, PENDING_TTL).await?;
                 return Err(Error::UnknownState);
             }
         }
-        if let Some(iss) = params.get("iss")
-            && iss.trim_end_matches('/') != pending.issuer.trim_end_matches('/')
-        {
-            return Err(Error::IssuerMismatch { expected: pending.issuer, got: iss.clone() });
+        match params.get("iss") {
+            Some(iss) if iss.trim_end_matches('/') != pending.issuer.trim_end_matches('/') => {
+                return Err(Error::IssuerMismatch { expected: pending.issuer, got: iss.clone() });
+            }
+            Some(_) => {}
+            // A server that says it sends `iss` (RFC 9207) always does: an answer without it did not come
+            // from that server (a mix-up attack strips it).
+            None => {
+                if self.configuration(&pending.iss).await?.raw["authorization_response_iss_parameter_supported"] == true {
+                    return Err(Error::IssuerMismatch { expected: pending.issuer, got: "(none)".into() });
+                }
+            }
         }
         if let Some(code) = params.get("error") {
             return Err(Error::from_oauth(code, params.get("error_description").map(String::as_str).unwrap_or("")));

@@ -41,6 +41,7 @@ struct ConsentPage<'a> {
     patient_label: Option<&'a str>,
     items: &'a [ConsentItem],
     offline: bool,
+    self_registered_to: Option<&'a str>,
 }
 
 fn rendered(result: askama::Result<String>) -> String {
@@ -64,6 +65,16 @@ impl Pages for AuthPages {
     }
 
     fn consent(&self, v: &ConsentView<'_>) -> String {
-        rendered(ConsentPage { request_id: v.request_id, app_name: v.app_name, patient_label: v.patient_label, items: v.items, offline: v.offline }.render())
+        rendered(
+            ConsentPage {
+                request_id: v.request_id,
+                app_name: v.app_name,
+                patient_label: v.patient_label,
+                items: v.items,
+                offline: v.offline,
+                self_registered_to: v.self_registered_to,
+            }
+            .render(),
+        )
     }
 }

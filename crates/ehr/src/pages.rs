@@ -42,25 +42,31 @@ pub struct LoginPage {
     pub heading: &'static str,
     pub action: &'static str,
     pub hint: &'static str,
-    pub error: Option<&'static str>,
+    pub error: Option<String>,
 }
 
 impl LoginPage {
-    pub fn clinician(error: Option<&'static str>) -> LoginPage {
+    pub fn clinician(error: Option<&str>) -> LoginPage {
         LoginPage {
             nav: Nav::anonymous(),
             heading: "Sign in to the EHR",
             action: "/ehr/login",
             hint: "Sandbox clinician: clinician / kindling-clinician (also nurse / kindling-nurse and frontdesk / kindling-frontdesk, who may let apps do less). Patients use the patient portal (/portal).",
-            error,
+            error: error.map(str::to_string),
         }
     }
 
-    pub fn portal(error: Option<&'static str>) -> LoginPage {
+    pub fn portal(error: Option<&str>) -> LoginPage {
         let mut nav = Nav::anonymous();
         nav.area = "patient portal";
         nav.home = "/portal";
-        LoginPage { nav, heading: "Sign in to your patient portal", action: "/portal/login", hint: "Sandbox patient: patient / kindling-patient.", error }
+        LoginPage {
+            nav,
+            heading: "Sign in to your patient portal",
+            action: "/portal/login",
+            hint: "Sandbox patient: patient / kindling-patient.",
+            error: error.map(str::to_string),
+        }
     }
 }
 

@@ -277,3 +277,14 @@ fn the_narrower_checks() {
     assert!(check_history(&clinician("user/Observation.s?category=laboratory"), Some("Observation")).is_err());
     assert!(check_history(&patient_level, Some("Observation")).is_err());
 }
+
+#[test]
+fn reads_everything_only_with_an_unconstrained_read_of_every_type() {
+    let access = |scope: &str| crate::access::Access::Token(std::sync::Arc::new(clinician(scope)));
+    assert!(access("user/*.rs").reads_everything());
+    assert!(access("system/*.r").reads_everything());
+    assert!(!access("user/Observation.rs").reads_everything(), "one type");
+    assert!(!access("user/*.s").reads_everything(), "search is not read");
+    assert!(!access("patient/*.rs").reads_everything(), "a patient's compartment only");
+    assert!(crate::access::Access::Open.reads_everything());
+}

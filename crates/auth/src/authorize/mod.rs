@@ -8,7 +8,7 @@
 //! ends in); here, what they share: the pending request bound to its browser and user, the next-step
 //! decision, and the pages for a person.
 
-use crate::crypto::{random_token, token_hash, verify_password};
+use crate::crypto::{random_token, token_hash};
 use crate::model::{Awaiting, Client, Grant, LaunchContext, PendingAuthorization, Profile, User, UserRole};
 use crate::pages::{self, ConsentItem, ConsentView, ErrorView, LoginView, PickerView};
 use crate::session::Session;
@@ -253,12 +253,17 @@ async fn proceed(s: &Shared, session: Option<Session>, request_id: &str, mut pen
         None => None,
     };
     let items = consent_items(&granted);
+    // The redirect URI was matched exactly against the registration: its host is where the answer goes.
+    let site = client
+        .self_registered
+        .then(|| url::Url::parse(&pending.redirect_uri).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_else(|| pending.redirect_uri.clone()));
     let view = ConsentView {
         request_id,
         app_name: &client.name,
         patient_label: patient_label.as_deref(),
         items: &items,
         offline: granted.contains(&Scope::OfflineAccess),
+        self_registered_to: site.as_deref(),
     };
     pages::serve(StatusCode::OK, s.pages.consent(&view))
 }

@@ -16,9 +16,17 @@ pub async fn login(State(s): State<Shared>, headers: HeaderMap, Form(p): Form<Pa
     };
     let username = p.get("username").map(String::as_str).unwrap_or("");
     let password = p.get("password").map(String::as_str).unwrap_or("");
-    let user = match registry::get_user(s.store.as_ref(), username).await {
-        Ok(Some(u)) if verify_password(password, &u.password_hash) => u,
-        Ok(_) => {
+    let user = match crate::accounts::sign_in(&s, username, password).await {
+        Ok(crate::accounts::SignIn::Accepted(u)) => u,
+        Ok(crate::accounts::SignIn::Throttled { retry_after_secs }) => {
+            s.audit("login").client(client.client_id.as_str()).user(username).refused().record("refused: too many failed sign-ins");
+            let why = crate::accounts::throttled_message(retry_after_secs);
+            return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some(&why));
+        }
+        Ok(crate::accounts::SignIn::Busy) => {
+            return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some(crate::accounts::BUSY_MESSAGE));
+        }
+        Ok(crate::accounts::SignIn::Refused) => {
             tracing::info!("sign-in failed");
             s.audit("login").client(client.client_id.as_str()).user(username).refused().record("wrong user name or password");
             return login_page(&s, &request_id, &client.name, pending.username.as_deref(), Some("That user name and password do not match. Try again."));

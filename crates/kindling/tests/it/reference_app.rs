@@ -202,6 +202,7 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     let mut u = url::Url::parse(&format!("{}/app/launch", root(&app))).unwrap();
     u.query_pairs_mut().append_pair("iss", &app.base).append_pair("launch", &handle2);
     let r = app.client.get(u).send().await.unwrap();
+    let bound2 = launch_cookie(&r);
     let browser = crate::Browser::new();
     let html = browser.get(location(&r)).await.text().await.unwrap();
     let r = browser
@@ -211,6 +212,9 @@ async fn launch_to_summary_cookies_headers_encryption_signout_and_clean_logs() {
     assert!(forwarded.contains("/app/callback?"), "consent remembered: straight back to the app");
     let r = app.client.get(&forwarded).send().await.unwrap();
     assert_eq!(r.status(), 400, "not the browser that started the launch");
+    // ... and does not use up the launch of the browser that did.
+    let r = app.client.get(&forwarded).header("cookie", &bound2).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the browser that started the launch still finishes it");
 
     // Nothing secret in the logs of the whole flow.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -238,3 +238,165 @@ async fn another_clients_exchange_does_not_spend_a_code() {
     let r = exchange(app, PUBLIC, &c, &a.verifier).await;
     assert_eq!(r.status(), 200, "the rightful app still gets its tokens");
 }
+
+/// The audit trail a patient-level token reads is that of its patient, and tells who did what and when,
+/// not the requests' paths: a clinician in this patient's chart may have read another patient's record
+/// with the token of that launch (filed under this patient), and that patient's id is not theirs to see.
+#[tokio::test]
+async fn a_patients_audit_trail_names_no_other_patient() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = crate::smart_flows::ehr_tokens(&f, json!({"patient": f.p1}), "launch openid fhirUser user/*.rs").await;
+    let in_chart = t["access_token"].as_str().unwrap();
+    assert_eq!(fhir_get(app, &format!("Patient/{}", f.p2), Some(in_chart)).await.0, 200);
+    let doc = doc_token(&f, "openid fhirUser user/*.rs").await;
+    let trail = format!("AuditEvent?patient={}&_count=200", f.p1);
+    let mut recorded = false;
+    for _ in 0..60 {
+        recorded = fhir_get(app, &trail, Some(&doc)).await.1.to_string().contains(&format!("/fhir/Patient/{}", f.p2));
+        if recorded {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(recorded, "the read is on the trail, filed under the chart's patient");
+    let p = patient_tokens(&f, "launch/patient patient/*.rs").await;
+    let (status, own) = fhir_get(app, "AuditEvent?_count=200", Some(p["access_token"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    let entries = own["entry"].as_array().unwrap();
+    assert!(entries.iter().any(|e| e["resource"]["subtype"][0]["code"] == "read"), "the patient sees that their record was read: {own}");
+    assert!(!own.to_string().contains(&f.p2), "{own}");
+    let id = entries[0]["resource"]["id"].as_str().unwrap();
+    let (status, one) = fhir_get(app, &format!("AuditEvent/{id}"), Some(p["access_token"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    assert!(one.get("outcomeDesc").is_none() && !one.to_string().contains("/fhir/"), "{one}");
+}
+
+/// Anyone may register an app (RFC 7591) under any name: its consent page says that nobody checked the
+/// name, and names the site the answer goes to. An administrator's app shows no such warning.
+#[tokio::test]
+async fn a_self_registered_apps_consent_page_names_where_the_answer_goes() {
+    let f = fixture().await;
+    let app = &f.app;
+    let r = app
+        .client
+        .post(format!("{}/auth/register", crate::smart_flows::root(app)))
+        .json(&json!({"client_name": "Kindling demo app", "redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let client_id = r.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+    let (_, challenge) = crate::smart_flows::pkce();
+    let mut url = url::Url::parse(&format!("{}/auth/authorize", crate::smart_flows::root(app))).unwrap();
+    url.query_pairs_mut().extend_pairs([
+        ("response_type", "code"),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", "https://evil.example/cb"),
+        ("scope", "launch/patient patient/*.rs"),
+        ("state", "s"),
+        ("aud", app.base.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ]);
+    let browser = crate::Browser::new();
+    let page = login(app, &browser, browser.get(url).await, "pat", "pat-pass").await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("would like to") && html.contains("id=\"self-registered\""), "{html}");
+    assert!(html.contains("nobody has checked") && html.contains("<strong>evil.example</strong>"), "{html}");
+    // The fixture's apps were registered by an administrator.
+    let a = Auth::new(app, PUBLIC, "launch/patient patient/*.rs");
+    let html = login(app, &a.browser, a.start(app).await, "pat", "pat-pass").await.text().await.unwrap();
+    assert!(html.contains("would like to") && !html.contains("self-registered"), "{html}");
+}
+
+/// A password cannot be guessed faster than ten tries per account in fifteen minutes, on any sign-in
+/// page: after ten failures even the right password is refused (saying why) until the window ends, and an
+/// administrator's new password lifts it at once.
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_account() {
+    let f = fixture().await;
+    let app = &f.app;
+    let attempt = async |password: &str| {
+        let r = crate::smart_flows::post_form(app, "/ehr/login", &[("username", "doc"), ("password", password)]).await;
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // Guesses sent at once each count.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..auth::accounts::MAX_FAILURES {
+        let (http, url) = (app.client.clone(), format!("{}/ehr/login", root(app)));
+        burst.spawn(async move {
+            let r = http.post(url).header("content-type", "application/x-www-form-urlencoded").body("username=doc&password=wrong-guess").send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+    }
+    for (status, page) in burst.join_all().await {
+        assert_eq!(status, 401);
+        assert!(page.contains("do not match"), "{page}");
+    }
+    let (status, page) = attempt("doc-pass").await;
+    assert_eq!(status, 401, "the right password, throttled");
+    assert!(page.contains("Too many failed sign-ins for this account. Try again in 15 minutes"), "{page}");
+    // The authorisation server's sign-in page and the launch API share the count.
+    let a = Auth::new(app, PUBLIC, "openid fhirUser user/*.rs");
+    let r = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("Too many failed sign-ins"));
+    let r = app.client.post(format!("{}/auth/launch", root(app))).basic_auth("doc", Some("doc-pass")).json(&json!({"patient": f.p1})).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let r = crate::smart_flows::post_form(app, "/portal/login", &[("username", "pat"), ("password", "pat-pass")]).await;
+    assert_eq!(r.status(), 303, "another account is not affected");
+    // The window passes.
+    app.clock.advance(time::Duration::minutes(16));
+    assert_eq!(attempt("doc-pass").await.0, 303);
+    // Throttled again, then a new password set by an administrator lifts it.
+    for _ in 0..auth::accounts::MAX_FAILURES {
+        attempt("wrong-guess").await;
+    }
+    assert_eq!(attempt("doc-pass").await.0, 401);
+    auth::accounts::passwd(&app.auth, Some("admin"), "doc", "a-new-pass-1").await.unwrap();
+    assert_eq!(attempt("a-new-pass-1").await.0, 303);
+}
+
+/// A conditional update or delete answers what its criteria match (none, one, or a 412 saying how many):
+/// by REST as in a Bundle, it takes the right to search the type.
+#[tokio::test]
+async fn conditional_writes_need_the_right_to_search() {
+    let f = fixture().await;
+    let writer = doc_token(&f, "openid fhirUser user/Observation.cud").await;
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)}});
+    let (status, body) = send(&f, reqwest::Method::PUT, "Observation?status=final", &writer, Some(obs)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("search"), "{body}");
+    assert_eq!(send(&f, reqwest::Method::DELETE, "Observation?status=final", &writer, None).await.0, 403);
+    let searcher = doc_token(&f, "openid fhirUser user/Observation.cruds").await;
+    assert_eq!(send(&f, reqwest::Method::DELETE, "Observation?code:text=no-such-thing", &searcher, None).await.0 / 100, 2);
+}
+
+/// A type's history lists the deletion of a resource only to a token that could read what was deleted (a
+/// token may search a type but read only some of its resources).
+#[tokio::test]
+async fn history_lists_no_deletion_of_what_the_token_could_not_read() {
+    let f = fixture().await;
+    let app = &f.app;
+    let doc = doc_token(&f, "openid fhirUser user/*.cruds").await;
+    let lab = |id: &str, category: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", f.p1)},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}]})
+    };
+    assert_eq!(send(&f, reqwest::Method::PUT, "Observation/gone-lab", &doc, Some(lab("gone-lab", "laboratory"))).await.0, 201);
+    assert_eq!(send(&f, reqwest::Method::PUT, "Observation/gone-vital", &doc, Some(lab("gone-vital", "vital-signs"))).await.0, 201);
+    for id in ["gone-lab", "gone-vital"] {
+        assert_eq!(send(&f, reqwest::Method::DELETE, &format!("Observation/{id}"), &doc, None).await.0 / 100, 2);
+    }
+    // History across resources needs an unconstrained search; what it shows, the read scope decides.
+    let vitals =
+        doc_token(&f, "openid fhirUser user/Observation.s user/Observation.r?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs")
+            .await;
+    let (status, b) = fhir_get(app, "Observation/_history?_count=1000", Some(&vitals)).await;
+    assert_eq!(status, 200, "{b}");
+    let text = b.to_string();
+    assert!(text.contains("Observation/gone-vital"), "the deleted vital sign is listed");
+    assert!(!text.contains("gone-lab"), "the deleted lab result is not: {text}");
+}

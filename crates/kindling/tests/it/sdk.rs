@@ -212,6 +212,11 @@ async fn unknown_issuers_state_iss_and_denials_are_refused() {
     let mut params = browser(app, &req, "pat", "pat-pass", true).await;
     params.insert("iss".into(), "https://other.example/fhir".into());
     assert!(matches!(s.callback(&params).await, Err(Error::IssuerMismatch { .. })));
+    // ... or has none, from a server that says it always sends one (RFC 9207: a mix-up strips it).
+    let req = s.standalone_launch(&app.base).await.unwrap();
+    let mut params = browser(app, &req, "pat", "pat-pass", true).await;
+    assert!(params.remove("iss").is_some());
+    assert!(matches!(s.callback(&params).await, Err(Error::IssuerMismatch { .. })));
     // The user denies (another app, so no earlier consent stands).
     register(app, "pub-deny", ClientKind::Public, None).await;
     let s = smart(app, "pub-deny", ClientAuth::Public);
