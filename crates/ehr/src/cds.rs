@@ -304,8 +304,9 @@ fn prefetch_access(user: &auth::model::User, patient: &str) -> api::access::Toke
 
 /// One prefetch: a read (`Type/id`) or a search (`Type?…`) of the chart's patient's record, judged by the
 /// FHIR API's own policy for `access` (compartment, rights, chains and `_has` included). `None`: the key is
-/// left out (not allowed, not supported, too large or failed — CDS Hooks: a key the client does not
-/// satisfy is not sent); `Some(null)`: a read that found nothing.
+/// left out (not allowed, not supported, too large or failed, or not found other than the chart's patient
+/// and the user's own record — CDS Hooks: a key the client does not satisfy is not sent); `Some(null)`: a
+/// read of the chart's patient or the user's record that found nothing.
 async fn prefetch(s: &Shared, access: &api::access::TokenAccess, query: &str) -> Option<Value> {
     use api::policy::{Compartment, Content, Verdict};
     let base = &s.config.fhir_base;
@@ -317,7 +318,11 @@ async fn prefetch(s: &Shared, access: &api::access::TokenAccess, query: &str) ->
         }
         let stored = match s.store.read(ty, id).await.ok()? {
             Some(r) if !r.deleted => r,
-            _ => return Some(Value::Null),
+            // `null` (nothing there) only for the chart's own patient and the user's own record: for any
+            // other id it would tell a service, from a template it wrote, whether that record exists while
+            // one it may not read is left out. Left out, it tells nothing.
+            _ if (ty == "Patient" && id == patient) || access.fhir_user.as_deref() == Some(path) => return Some(Value::Null),
+            _ => return None,
         };
         let judge = |c: Compartment| api::policy::decide(access, base, smart::Interaction::Read, ty, id, c, Content::Stored(&stored.json));
         let allowed = match judge(Compartment::Ask).ok()? {
@@ -754,12 +759,16 @@ pub(crate) fn send_feedback(s: &Shared, username: &str, patient: &str, shown: &S
         return;
     }
     let (s, username, patient, endpoint) = (s.clone(), username.to_string(), patient.to_string(), shown.endpoint.clone());
-    let url = format!("{}/feedback", shown.url);
+    let (service_at, url) = (shown.url.clone(), format!("{}/feedback", shown.url));
     tokio::spawn(async move {
-        // Only to a service still registered and enabled.
-        let registered = endpoints(&s).await.is_ok_and(|all| all.iter().any(|e| e.id == endpoint && !e.disabled));
+        // Only to a service still registered, enabled and at the address that sent the card: a registration
+        // pointed elsewhere since (cards are kept for hours) gets no clinician's comments for another host.
+        let id = service_at.rsplit('/').next().unwrap_or_default();
+        let registered = endpoints(&s)
+            .await
+            .is_ok_and(|all| all.iter().any(|e| e.id == endpoint && !e.disabled && service_url(e, id).as_deref() == Some(service_at.as_str())));
         let result = if !registered {
-            Err("the service is no longer enabled".to_string())
+            Err("the service is no longer enabled at the address that sent the card".to_string())
         } else if let Some(http) = http() {
             let now = s.now_ms() / 1000;
             let claims = json!({"iss": s.config.fhir_base, "aud": url, "exp": now + 300, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});

@@ -689,13 +689,15 @@ pub(crate) async fn order_sign(State(s): State<Shared>, headers: HeaderMap, Path
         return orders_page(&s, &sess, &id, StatusCode::BAD_REQUEST, Some("There are no orders to sign.".into())).await;
     }
     let current = digest(&session.drafts);
-    // The order-sign review whose cards are all answered, for exactly these drafts.
+    // The order-sign review whose cards are all answered, for exactly these drafts: the session's drafts
+    // are hashed again each time, since another tab may have added or removed one meanwhile.
     let now_ms = s.now_ms();
     let answered = |session: &OrderSession, reference: &str| {
-        session
-            .review
-            .as_ref()
-            .is_some_and(|r| r.hook == "order-sign" && r.digest == current && r.reference == reference && r.open() == 0 && now_ms - r.at < REVIEW_FRESH_MS)
+        digest(&session.drafts) == current
+            && session
+                .review
+                .as_ref()
+                .is_some_and(|r| r.hook == "order-sign" && r.digest == current && r.reference == reference && r.open() == 0 && now_ms - r.at < REVIEW_FRESH_MS)
     };
     // The form names the review the clinician saw; without one that still holds, the services are asked.
     let reference = match p.get("review").filter(|r| !r.is_empty() && answered(&session, r)) {

@@ -133,7 +133,7 @@ async fn test_service(other_patient: &str) -> (String, Seen) {
                     {"hook": "patient-view", "id": "echo", "description": "echo", "prefetch": {
                         "patient": "Patient/{{context.patientId}}", "conditions": "Condition?patient={{context.patientId}}", "encounter": "Encounter/{{context.encounterId}}",
                         // What no chart's prefetch may give: another patient, everyone's observations, a diagnosis told through _has.
-                        "other": other, "everyone": "Observation?_count=5",
+                        "other": other, "nobody": "Patient/no-such-patient", "everyone": "Observation?_count=5",
                         "diabetes": "Patient?_id={{context.patientId}}&_has:Condition:patient:code=http://snomed.info/sct|44054006"}},
                     {"hook": "patient-view", "id": "slow", "description": "slow"},
                     {"hook": "patient-view", "id": "broken", "description": "broken"},
@@ -213,6 +213,7 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
     let prefetch = body["prefetch"].as_object().unwrap();
     assert!(!prefetch.contains_key("encounter"), "a template this hook has no value for is left out");
     assert!(!prefetch.contains_key("other"), "another patient's record is not prefetched: {prefetch:?}");
+    assert!(!prefetch.contains_key("nobody"), "nor told apart from one that does not exist: {prefetch:?}");
     let everyone = prefetch["everyone"]["entry"].as_array().unwrap();
     assert!(
         !everyone.is_empty() && everyone.iter().all(|e| e["resource"]["subject"]["reference"].as_str().unwrap().ends_with(&format!("Patient/{patient}"))),

@@ -329,4 +329,17 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
     let jwt = feedback[0].0.strip_prefix("Bearer ").unwrap();
     client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/sign/feedback"), now).unwrap();
     assert!(client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/sign"), now).is_err(), "feedback's token is for the feedback URL");
+
+    // Cards shown, then the registration pointed at another address: a clinician's answer to those cards
+    // (and its comment) is not sent there, nor to the old one.
+    post_form(&app, &cookie, &orders, &csrf, &[("item", "bmp")]).await;
+    assert_eq!(post_form(&app, &cookie, &sign, &csrf, &[]).await.0, 303);
+    let (_, html) = page(&app, &orders, &cookie).await;
+    let reference = field(&html, "ref");
+    ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { url: format!("{base}/moved"), ..endpoint.clone() }).await.unwrap();
+    let answer = [("ref", reference.as_str()), ("card", "0"), ("action", "override"), ("reason", "0"), ("comment", "Repeat today")];
+    assert_eq!(post_form(&app, &cookie, &cards, &csrf, &answer).await.0, 303);
+    let audit = audited(&app, "cds-feedback", 4).await;
+    assert!(audit.iter().any(|a| a.contains("no longer enabled at the address that sent the card")), "{audit:?}");
+    assert_eq!(calls(&seen, "feedback").len(), 3, "nothing more was sent");
 }
