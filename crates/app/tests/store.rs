@@ -62,6 +62,8 @@ fn pending() -> PendingAuthorization {
         nonce: "n".into(),
         token_endpoint: "https://ehr.example/token".into(),
         browser_binding: None,
+        iss_required: true,
+        expires_at: None,
     }
 }
 

@@ -180,9 +180,8 @@ async fn count_attempt(s: &Shared, username: &str) -> std::result::Result<u32, S
 /// whatever the account, the argon2 check off the runtime's threads (two at a time), and at most
 /// [`MAX_FAILURES`] failures per account within [`FAILURE_WINDOW_SECS`], attempts made at once included.
 pub async fn sign_in(s: &Shared, username: &str, password: &str) -> std::result::Result<SignIn, StoreError> {
-    // No account has a longer name; such attempts are checked (for the time they take) but not counted.
-    let counted = username.len() <= 64;
-    let Ok(Ok(_turn)) = tokio::time::timeout(CHECK_WAIT, CHECKING.acquire()).await else { return Ok(SignIn::Busy) };
+    // No account has such a name; such attempts are checked (for the time they take) but not counted.
+    let counted = check_username(username).is_ok();
     if counted {
         let failed = count_attempt(s, username).await?;
         if failed >= MAX_FAILURES {
@@ -193,9 +192,17 @@ pub async fn sign_in(s: &Shared, username: &str, password: &str) -> std::result:
     let user = if counted { registry::get_user(s.store.as_ref(), username).await? } else { None };
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let password = password.to_string();
-    let matches = tokio::task::spawn_blocking(move || crate::crypto::verify_password(&password, hash.as_deref().unwrap_or_else(|| stand_in_hash())))
-        .await
-        .unwrap_or(false);
+    // The turn goes with the check: a request dropped meanwhile (the client went away) does not free it
+    // while its argon2 still runs.
+    let Ok(Ok(turn)) = tokio::time::timeout(CHECK_WAIT, CHECKING.acquire()).await else { return Ok(SignIn::Busy) };
+    let matches = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        // Made on the first attempt of any kind, so that no first attempt is told apart by its time.
+        let stand_in = stand_in_hash();
+        crate::crypto::verify_password(&password, hash.as_deref().unwrap_or(stand_in))
+    })
+    .await
+    .unwrap_or(false);
     match user {
         Some(user) if matches => {
             // The right password: this attempt, and the failures before it, are forgotten.
@@ -242,6 +249,8 @@ pub async fn enable(s: &Shared, by: Option<&str>, username: &str) -> Result<()> 
         Ok(())
     })
     .await?;
+    // Attempts made while it was disabled do not lock it now.
+    s.store.auth_delete(FAILURES, username).await?;
     s.audit("user-enabled").user(username).record(format!("enabled{}", by_whom(by)));
     Ok(())
 }

@@ -299,6 +299,8 @@ impl SmartClient {
             nonce,
             token_endpoint: conf.token_endpoint.clone(),
             browser_binding: browser.map(jose::pkce_challenge),
+            iss_required: conf.raw["authorization_response_iss_parameter_supported"] == true,
+            expires_at: Some(self.clock.now_secs() + PENDING_TTL.as_secs() as i64),
         };
         self.pending.put(&state, pending, PENDING_TTL).await?;
         let mut url = url::Url::parse(&conf.authorization_endpoint).map_err(|e| Error::Config(e.to_string()))?;
@@ -326,9 +328,13 @@ impl SmartClient {
             let presented = browser_secret.map(jose::pkce_challenge).unwrap_or_default();
             if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), expected.as_bytes()).is_err() {
                 tracing::warn!(iss = %pending.iss, "callback from another browser than the launch's refused");
-                // Kept for the browser that started it: a callback forged in another browser (with a
-                // state seen elsewhere) must not use up the launch of the one it belongs to.
-                self.pending.put(state, pending, PENDING_TTL).await?;
+                // Kept for the browser that started it, until it would have expired anyway: a callback
+                // forged in another browser (with a state seen elsewhere) must not use up the launch of
+                // the one it belongs to.
+                let left = pending.expires_at.map_or(PENDING_TTL.as_secs() as i64, |at| at - self.clock.now_secs());
+                if left > 0 {
+                    self.pending.put(state, pending, Duration::from_secs(left as u64)).await?;
+                }
                 return Err(Error::UnknownState);
             }
         }
@@ -339,11 +345,8 @@ impl SmartClient {
             Some(_) => {}
             // A server that says it sends `iss` (RFC 9207) always does: an answer without it did not come
             // from that server (a mix-up attack strips it).
-            None => {
-                if self.configuration(&pending.iss).await?.raw["authorization_response_iss_parameter_supported"] == true {
-                    return Err(Error::IssuerMismatch { expected: pending.issuer, got: "(none)".into() });
-                }
-            }
+            None if pending.iss_required => return Err(Error::IssuerMismatch { expected: pending.issuer, got: "(none)".into() }),
+            None => {}
         }
         if let Some(code) = params.get("error") {
             return Err(Error::from_oauth(code, params.get("error_description").map(String::as_str).unwrap_or("")));

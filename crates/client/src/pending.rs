@@ -29,6 +29,13 @@ pub struct PendingAuthorization {
     /// Hash of the browser secret the launch was bound to (see [`crate::SmartClient::ehr_launch_bound`]).
     #[serde(default)]
     pub browser_binding: Option<String>,
+    /// The server said it sends `iss` with every answer (RFC 9207, `authorization_response_iss_parameter_supported`):
+    /// a callback without one is refused.
+    #[serde(default)]
+    pub iss_required: bool,
+    /// When it expires (Unix seconds); kept so that putting it back does not make it live longer.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 /// Where pending authorisations wait for their callback. `take` must remove what it returns (one use).
