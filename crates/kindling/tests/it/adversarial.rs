@@ -3,7 +3,7 @@
 //! refusal. Each test names the finding it proves fixed (the security issue's numbering) and its neighbours.
 
 use crate::smart_flows::{
-    Auth, Fixture, PUBLIC, browser_form, code, consent, exchange, fhir_get, fixture, fixture_with, inputs, login, patient_tokens, post_form, root,
+    Auth, Fixture, PUBLIC, browser_form, code, consent, exchange, fhir_get, fixture, fixture_with, inputs, patient_tokens, post_form, root,
 };
 use crate::{Browser, TestApp};
 use serde_json::{Value, json};
@@ -40,14 +40,7 @@ async fn self_register(app: &TestApp, metadata: Value) -> String {
 
 /// Tokens for `doc` through a standalone launch with `scope`.
 async fn doc_tokens(f: &Fixture, scope: &str) -> Value {
-    let app = &f.app;
-    let a = Auth::new(app, PUBLIC, scope);
-    let page = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
-    let r = if page.status() == 303 { page } else { consent(app, &a.browser, page, true, &[], &[]).await };
-    let c = code(app, &a, &r);
-    let r = exchange(app, PUBLIC, &c, &a.verifier).await;
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    crate::review::doc_tokens(f, scope).await.0
 }
 
 async fn remembered_consent(f: &Fixture, user: &str) -> bool {

@@ -7,7 +7,7 @@ use crate::smart_flows::{
 use serde_json::{Value, json};
 
 /// Tokens for `doc` through a standalone launch with `scope`, and the browser `doc` signed in with.
-async fn doc_tokens(f: &Fixture, scope: &str) -> (Value, crate::Browser) {
+pub(crate) async fn doc_tokens(f: &Fixture, scope: &str) -> (Value, crate::Browser) {
     let app = &f.app;
     let a = Auth::new(app, PUBLIC, scope);
     let page = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
