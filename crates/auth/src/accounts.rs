@@ -236,7 +236,7 @@ pub async fn disable(s: &Shared, by: Option<&str>, username: &str) -> Result<usi
         Ok(())
     })
     .await?;
-    let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
+    let revoked = crate::grants::revoke_all(s, username).await?;
     let ended = crate::session::end_all_of(s.store.as_ref(), username).await?;
     s.audit("user-disabled").user(username).record(format!("{revoked} grant(s) revoked, {ended} session(s) ended{}", by_whom(by)));
     Ok(revoked)
@@ -266,7 +266,7 @@ pub async fn passwd(s: &Shared, by: Option<&str>, username: &str, password: &str
     })
     .await?;
     let ended = crate::session::end_all_of(s.store.as_ref(), username).await?;
-    let revoked = crate::grants::revoke_all(s.store.as_ref(), username, s.now_ms()).await?;
+    let revoked = crate::grants::revoke_all(s, username).await?;
     // Its failed sign-ins are forgotten: the new password may be used at once.
     s.store.auth_delete(FAILURES, username).await?;
     s.audit("user-password").user(username).record(format!("password changed; {ended} session(s) ended, {revoked} grant(s) revoked{}", by_whom(by)));

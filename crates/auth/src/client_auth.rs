@@ -122,7 +122,14 @@ async fn authenticate_assertion(s: &Shared, assertion_type: Option<&str>, jwt: &
         s.audit("client-authentication").client(client.client_id.as_str()).refused().record(why.as_str());
         OAuthError::invalid_client(why)
     })?;
-    let jti = Jti { key: format!("{}|{}", assertion.client_id, assertion.jti), expires: assertion.exp * 1000 + 60_000 };
+    // Kept while the assertion is accepted (`now` in whole seconds ≤ exp + SKEW) and one second more: the
+    // record must not lapse within the last accepted second, or the same assertion is taken twice then.
+    // The key starts with the assertion's `exp` (signed, so a replay carries the same): records land in
+    // time order at the end of the index instead of each on a random page of it.
+    let jti = Jti {
+        key: format!("{:012x}|{}|{}", assertion.exp.max(0), assertion.client_id, assertion.jti),
+        expires: (assertion.exp + crate::jose::SKEW + 1) * 1000,
+    };
     Ok((client, jti))
 }
 

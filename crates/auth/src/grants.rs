@@ -149,11 +149,12 @@ pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> 
 /// Withdraws what `username` authorised `client_id` to do: every grant's tokens (access, refresh, unused
 /// codes) stop working now, and the remembered consent is forgotten, so the next launch asks again.
 /// Returns how many grants were revoked.
-pub async fn withdraw(store: &dyn AuthStore, username: &str, client_id: &str, now: i64) -> Result<usize, StoreError> {
+pub async fn withdraw(s: &crate::Shared, username: &str, client_id: &str) -> Result<usize, StoreError> {
+    let store = s.store.as_ref();
     store.auth_delete(CONSENT, &consent_key(username, client_id)).await?;
-    let grant_ids = live_grants(store, username, now, TOKENS_AND_CODES).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
+    let grant_ids = live_grants(store, username, s.now_ms(), TOKENS_AND_CODES).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
     for id in &grant_ids {
-        store.auth_revoke_grant(id).await?;
+        s.revoke_grant(id).await?;
     }
     Ok(grant_ids.len())
 }
@@ -175,11 +176,11 @@ pub fn in_plain_words(scope: &str) -> Vec<String> {
 /// Revokes every grant `username` holds, through any app (their account was disabled): all their tokens and
 /// unused codes stop working now. Remembered consents stay, for when the account is enabled again. Returns how many
 /// grants were revoked.
-pub async fn revoke_all(store: &dyn AuthStore, username: &str, now: i64) -> Result<usize, StoreError> {
+pub async fn revoke_all(s: &crate::Shared, username: &str) -> Result<usize, StoreError> {
     let mut n = 0;
-    for (_, (grants, _, _)) in live_grants(store, username, now, TOKENS_AND_CODES).await? {
+    for (_, (grants, _, _)) in live_grants(s.store.as_ref(), username, s.now_ms(), TOKENS_AND_CODES).await? {
         for id in grants {
-            store.auth_revoke_grant(&id).await?;
+            s.revoke_grant(&id).await?;
             n += 1;
         }
     }

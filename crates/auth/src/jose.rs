@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 /// Seconds of clock skew tolerated on `exp`.
-const SKEW: i64 = 60;
+pub(crate) const SKEW: i64 = 60;
 /// Assertions may live at most this long (SMART: `exp` no more than five minutes ahead).
 const MAX_LIFETIME: i64 = 300;
 

@@ -156,6 +156,9 @@ struct CachedClient {
 
 /// How long a resolved token is trusted without asking the store again (revocation latency per node).
 const RESOLVE_CACHE_MS: i64 = 1000;
+/// The auth-record kind that marks a grant revoked (keyed by grant id, kept as long as any of its tokens
+/// could live).
+pub const REVOKED_GRANT: &str = "grant-revoked";
 const RESOLVE_CACHE_MAX: usize = 10_000;
 
 /// The authorisation server as the routers' state.
@@ -264,10 +267,22 @@ impl AuthServer {
 
     /// Revokes everything of a grant; this node forgets every token it resolved at once (others within
     /// [`RESOLVE_CACHE_MS`]).
+    ///
+    /// The revocation is recorded first ([`REVOKED_GRANT`]), then every token stored so far is revoked. A
+    /// token being issued on this grant at the same moment (a refresh that spent its token just before)
+    /// is stored before its issuer looks for that record ([`Shared::grant_revoked`]): either the sweep
+    /// below finds the new token, or the issuer finds the record and revokes it itself.
     pub async fn revoke_grant(&self, grant_id: &str) -> Result<u64, store::StoreError> {
+        let until = self.now_ms() + self.config.refresh_token_days.max(1) * 86_400_000;
+        self.store.auth_put(REVOKED_GRANT, grant_id, "", None, Some(until)).await?;
         let n = self.store.auth_revoke_grant(grant_id).await?;
         self.resolved.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(n)
+    }
+
+    /// Whether the grant was revoked (see [`Shared::revoke_grant`]).
+    pub async fn grant_revoked(&self, grant_id: &str) -> Result<bool, store::StoreError> {
+        Ok(self.store.auth_get(REVOKED_GRANT, grant_id).await?.is_some())
     }
 
     /// The grant behind a live (unexpired, unrevoked) access token.

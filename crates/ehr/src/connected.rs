@@ -36,7 +36,7 @@ pub(crate) async fn withdraw(State(s): State<Shared>, headers: HeaderMap, Path(c
     if let Some(r) = csrf_refusal(&sess, &p) {
         return r;
     }
-    let revoked = match auth::grants::withdraw(s.store.as_ref(), &sess.user.username, &client_id, s.now_ms()).await {
+    let revoked = match auth::grants::withdraw(&s, &sess.user.username, &client_id).await {
         Ok(n) => n,
         Err(e) => return internal(e),
     };

@@ -141,6 +141,13 @@ pub(crate) async fn issue_tokens(
     {
         body["state"] = json!(st);
     }
+    // Stored, now checked: a revocation of this grant that raced the issue (a copied refresh token spent
+    // on another node, a withdrawn consent) either swept these tokens or is seen here (see `revoke_grant`).
+    if s.grant_revoked(&grant.grant_id).await? {
+        s.revoke_grant(&grant.grant_id).await?;
+        s.audit("token").grant(&grant).refused().record("the grant was revoked while its tokens were issued; they are revoked too");
+        return Err(OAuthError::invalid_grant("the grant was revoked"));
+    }
     tracing::info!(client = %client.client_id, user = ?grant.username, patient = ?grant.patient, "tokens issued");
     let refresh_note = match (&refresh, body.get("refresh_token").is_some()) {
         (Refresh::New, true) => "a new refresh token",

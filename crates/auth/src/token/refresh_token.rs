@@ -111,11 +111,32 @@ async fn refresh_with(
     if let Some(keep) = keep {
         return issue_tokens(s, client, grant, narrowed, keep, None).await;
     }
-    match s.store.auth_consume("refresh", hash).await? {
-        Some(r) if !r.used && !r.revoked => {}
+    let spent = match s.store.auth_consume("refresh", hash).await? {
+        Some(r) if !r.used && !r.revoked => r,
         _ => return Err(reused(s, client, &grant).await),
+    };
+    let grant_id = grant.grant_id.clone();
+    let result = issue_tokens(s, client, grant, narrowed, Refresh::New, None).await;
+    // The new tokens could not be stored (the database went away for a moment): the client is told to
+    // retry (503), so the token it holds is made unspent again. Kept spent, the retry would read as a
+    // stolen copy coming back and revoke the whole grant. Never for a grant revoked meanwhile: looked for
+    // before, and after (a revocation in between is then completed here, as `issue_tokens` does).
+    if result.as_ref().is_err_and(OAuthError::is_server_side) {
+        let restore = async {
+            if s.grant_revoked(&grant_id).await? {
+                return Ok(());
+            }
+            s.store.auth_put("refresh", hash, &spent.value, spent.grant_id.as_deref(), spent.expires).await?;
+            if s.grant_revoked(&grant_id).await? {
+                s.revoke_grant(&grant_id).await?;
+            }
+            Ok::<(), store::StoreError>(())
+        };
+        if let Err(e) = restore.await {
+            tracing::warn!(error = %e, "a refresh token spent on a failed refresh could not be restored");
+        }
     }
-    issue_tokens(s, client, grant, narrowed, Refresh::New, None).await
+    result
 }
 
 /// A rotated-out refresh token came back: someone holds a copy. Revoke the whole grant.

@@ -249,6 +249,16 @@ async fn every_bad_assertion_is_refused() {
     // The registered jku is accepted.
     let jku = sign(&keys, &json!({"alg": "ES384", "kid": "ec-1", "jku": "https://backend.example/jwks.json"}), &claims(&app));
     assert_eq!(request(&app, &jku, "system/*.rs").await.status(), 200);
+    // The last second an assertion is accepted (exp plus the minute's skew) its jti is still on record:
+    // a replay then is refused, not taken for a first use.
+    let c = claims(&app);
+    let last = sign(&keys, &header("ES384", "ec-1"), &c);
+    assert_eq!(request(&app, &last, "system/*.rs").await.status(), 200);
+    let now_ms = fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock));
+    app.clock.advance(time::Duration::milliseconds((c["exp"].as_i64().unwrap() + 60) * 1000 + 500 - now_ms));
+    let r = request(&app, &last, "system/*.rs").await;
+    assert_eq!(r.status(), 401, "replayed in the last accepted second");
+    assert_eq!(r.json::<Value>().await.unwrap()["error_description"], "this assertion's jti was already used");
 }
 
 /// SMART S-68: an asymmetric client runs the code flow and refreshes with client assertions only.
