@@ -452,6 +452,8 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut preresolved: HashMap<usize, Outcome> = HashMap::new();
     let mut assigned: HashMap<usize, String> = HashMap::new();
+    // The version a conditional update's match had when it was found: its write is pinned to it.
+    let mut pinned: HashMap<usize, i64> = HashMap::new();
     for (i, r) in requests.iter().enumerate() {
         let (ty, id, query) = r.target();
         if !matches!(r.method, Method::Post | Method::Put) {
@@ -467,7 +469,7 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                 match keys.len() {
                     0 => None,
                     1 => {
-                        let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
+                        let existing = tx.fetch(&keys).await?.into_iter().next().filter(|e| !e.deleted).ok_or_else(changed_meanwhile)?;
                         let reference = format!("{ty}/{}", existing.id);
                         preresolved
                             .insert(i, Outcome { status: StatusCode::OK, resource: Some(existing), location: true, message: "exists".into(), updated: false });
@@ -489,7 +491,12 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                 let keys = tx.search(&q).await?;
                 let id = match keys.len() {
                     0 => r.resource.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str).map(str::to_string).unwrap_or_else(ops::new_id),
-                    1 => tx.fetch(&keys).await?.into_iter().next().map(|e| e.id).ok_or_else(ApiError::internal)?,
+                    1 => {
+                        // Deleted by another request since the search: the Bundle is run again.
+                        let found = tx.fetch(&keys).await?.into_iter().next().filter(|e| !e.deleted).ok_or_else(changed_meanwhile)?;
+                        pinned.insert(i, found.version);
+                        found.id
+                    }
                     n => return Err(entry_error(i, ApiError::precondition_failed(format!("conditional update matched {n} resources")))),
                 };
                 assigned.insert(i, id.clone());
@@ -568,7 +575,12 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                     }
                     (None, None) => return Err(entry_error(i, ApiError::bad_request("PUT needs Type/id or Type?criteria"))),
                 };
-                ops::update(state, &mut *tx, &ty, &id, body, r.if_match).await
+                let pin = pinned.remove(&i);
+                match ops::update(state, &mut *tx, &ty, &id, body, r.if_match.or(pin)).await {
+                    // The match changed after it was found (no If-Match of the client's): run again.
+                    Err(e) if pin.is_some() && r.if_match.is_none() && e.status == StatusCode::PRECONDITION_FAILED => Err(changed_meanwhile()),
+                    result => result,
+                }
             }
         };
         outcomes[i] = Some(outcome.map_err(|e| entry_error(i, e))?);
@@ -688,6 +700,12 @@ fn entry_error(i: usize, e: ApiError) -> ApiError {
     ApiError { message: format!("transaction failed at entry {i}: {}", e.message), ..e }
 }
 
+/// A conditional entry's match changed under it (another request deleted or updated it): the Bundle is
+/// run again from the start, as on any other contention.
+fn changed_meanwhile() -> ApiError {
+    ApiError::contention("a resource a conditional entry matched changed while the Bundle ran")
+}
+
 /// Replaces references to bundle entries (by `fullUrl`) with their assigned `Type/id`, and conditional
 /// references (`Type?criteria`) with the single resource they match.
 async fn rewrite_references(state: &AppState, tx: &mut dyn Transaction, v: &mut Value, ids: &HashMap<String, String>) -> ApiResult<()> {
@@ -704,7 +722,7 @@ async fn rewrite_references(state: &AppState, tx: &mut dyn Transaction, v: &mut 
         if keys.len() != 1 {
             return Err(ApiError::precondition_failed(format!("the conditional reference '{c}' matched {} resources; it must match exactly one", keys.len())));
         }
-        let found = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
+        let found = tx.fetch(&keys).await?.into_iter().next().filter(|e| !e.deleted).ok_or_else(changed_meanwhile)?;
         resolved.insert(c.clone(), format!("{ty}/{}", found.id));
     }
     let mut none = Vec::new();

@@ -92,7 +92,11 @@ pub fn parameter_pairs(body: &Value, what: &str) -> ApiResult<Vec<(String, Strin
 /// [`store::Transaction::serialize_on`]): the type and the criteria's pairs, sorted, so that the same
 /// criteria in another order or spelling of the query string meet on the same lock.
 pub fn criteria_key(resource_type: &str, criteria: &str) -> String {
-    let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(criteria.trim_start_matches('?').as_bytes()).into_owned().collect();
+    // Result controls (`_format=json`) change nothing of what matches: criteria with and without them meet.
+    let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(criteria.trim_start_matches('?').as_bytes())
+        .into_owned()
+        .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+        .collect();
     pairs.sort();
     let joined: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("conditional:{resource_type}?{}", joined.join("&"))
@@ -158,6 +162,19 @@ pub async fn create_if_none(
 
 /// `PUT [type]/[id]` (create-on-update allowed) with optional `If-Match`.
 pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &str, id: &str, body: Value, if_match: Option<i64>) -> ApiResult<Outcome> {
+    update_with(state, tx, resource_type, id, body, if_match.map_or(Precondition::None, Precondition::Version)).await
+}
+
+/// [`update`] on a precondition: `Version` (`If-Match`, or the version the caller's access was judged
+/// on), `Absent` (judged on its absence) or `None`. A failed precondition is a 412.
+pub async fn update_with(
+    state: &AppState,
+    tx: &mut dyn Transaction,
+    resource_type: &str,
+    id: &str,
+    body: Value,
+    precondition: Precondition,
+) -> ApiResult<Outcome> {
     let _ = state;
     check_type(resource_type)?;
     check_id(id)?;
@@ -167,13 +184,12 @@ pub async fn update(state: &AppState, tx: &mut dyn Transaction, resource_type: &
         Some(body_id) => return Err(ApiError::bad_request(format!("the id in the body ({body_id}) does not match the id in the URL ({id})"))),
         None => return Err(ApiError::bad_request("the resource in a PUT must carry the id from the URL")),
     }
-    let precondition = if_match.map_or(Precondition::None, Precondition::Version);
     let written = match tx.put(body, precondition).await {
         Ok(w) => w,
         // Without If-Match nothing was promised: a clash with a concurrent create of the same id (PostgreSQL's
         // unique key) is a 409 the client can retry, never "precondition failed"; a transaction Bundle is run
         // again by the server (it then finds the resource and updates it).
-        Err(store::StoreError::Conflict(_)) if if_match.is_none() => {
+        Err(store::StoreError::Conflict(_)) if precondition == Precondition::None => {
             return Err(ApiError::contention(format!("{resource_type}/{id} was created by a concurrent request")));
         }
         Err(e) => return Err(e.into()),
@@ -194,34 +210,51 @@ pub async fn conditional_update(state: &AppState, tx: &mut dyn Transaction, reso
     validated(&body, resource_type)?;
     let q = conditional_query(state, resource_type, criteria)?;
     tx.serialize_on(&criteria_key(resource_type, criteria)).await?;
-    let keys = tx.search(&q).await?;
-    match keys.len() {
-        0 => {
-            let id = body.get("id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(new_id);
-            let mut body = body;
-            body["id"] = Value::String(id.clone());
-            update(state, tx, resource_type, &id, body, None).await
-        }
-        1 => {
-            let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
-            if let Some(body_id) = body.get("id").and_then(Value::as_str)
-                && body_id != existing.id
-            {
-                return Err(ApiError::bad_request(format!("the body's id {body_id} differs from the matching resource {}", existing.id)));
+    // The lock serialises conditional writers only: a plain DELETE or PUT of the match may commit between
+    // the search and the write (PostgreSQL, READ COMMITTED). The write is pinned to the version found, and
+    // a match gone or changed meanwhile is searched for again: a deleted resource is never written back.
+    for _ in 0..CONDITIONAL_TRIES {
+        let keys = tx.search(&q).await?;
+        match keys.len() {
+            0 => {
+                let id = body.get("id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(new_id);
+                let mut body = body;
+                body["id"] = Value::String(id.clone());
+                return update(state, tx, resource_type, &id, body, None).await;
             }
-            let mut body = body;
-            body["id"] = Value::String(existing.id.clone());
-            update(state, tx, resource_type, &existing.id, body, None).await
+            1 => {
+                let Some(existing) = tx.fetch(&keys).await?.into_iter().next().filter(|r| !r.deleted) else { continue };
+                if let Some(body_id) = body.get("id").and_then(Value::as_str)
+                    && body_id != existing.id
+                {
+                    return Err(ApiError::bad_request(format!("the body's id {body_id} differs from the matching resource {}", existing.id)));
+                }
+                let mut body = body.clone();
+                body["id"] = Value::String(existing.id.clone());
+                match update(state, tx, resource_type, &existing.id, body, Some(existing.version)).await {
+                    Err(e) if e.status == StatusCode::PRECONDITION_FAILED || e.status == StatusCode::CONFLICT => continue,
+                    result => return result,
+                }
+            }
+            n => return Err(ApiError::precondition_failed(format!("the conditional update matched {n} resources"))),
         }
-        n => Err(ApiError::precondition_failed(format!("the conditional update matched {n} resources"))),
     }
+    Err(ApiError::contention(format!("the resource matching {resource_type}?{criteria} kept changing while it was updated; try again")))
 }
+
+/// How many times a conditional update or delete searches again when its match changed under it.
+const CONDITIONAL_TRIES: usize = 3;
 
 /// `DELETE [type]/[id]`, idempotent: deleting a missing or deleted resource succeeds.
 pub async fn delete(tx: &mut dyn Transaction, resource_type: &str, id: &str, if_match: Option<i64>) -> ApiResult<Outcome> {
+    delete_with(tx, resource_type, id, if_match.map_or(Precondition::None, Precondition::Version)).await
+}
+
+/// [`delete`] on a precondition (see [`update_with`]); `Absent` deletes nothing, and fails if the resource
+/// exists now.
+pub async fn delete_with(tx: &mut dyn Transaction, resource_type: &str, id: &str, precondition: Precondition) -> ApiResult<Outcome> {
     check_type(resource_type)?;
     check_id(id)?;
-    let precondition = if_match.map_or(Precondition::None, Precondition::Version);
     let deleted = tx.delete(resource_type, id, precondition).await?;
     let message =
         if deleted.is_some() { format!("deleted {resource_type}/{id}") } else { format!("{resource_type}/{id} did not exist or was already deleted") };
@@ -232,15 +265,26 @@ pub async fn delete(tx: &mut dyn Transaction, resource_type: &str, id: &str, if_
 pub async fn conditional_delete(state: &AppState, tx: &mut dyn Transaction, resource_type: &str, criteria: &str) -> ApiResult<Outcome> {
     check_type(resource_type)?;
     let q = conditional_query(state, resource_type, criteria)?;
-    let keys = tx.search(&q).await?;
-    match keys.len() {
-        0 => {
-            Ok(Outcome { status: StatusCode::OK, resource: None, location: false, message: "no resource matched; nothing was deleted".into(), updated: false })
+    // A match deleted by another request between the search and the fetch: searched again (see
+    // `conditional_update`).
+    for _ in 0..CONDITIONAL_TRIES {
+        let keys = tx.search(&q).await?;
+        match keys.len() {
+            0 => {
+                return Ok(Outcome {
+                    status: StatusCode::OK,
+                    resource: None,
+                    location: false,
+                    message: "no resource matched; nothing was deleted".into(),
+                    updated: false,
+                });
+            }
+            1 => {
+                let Some(existing) = tx.fetch(&keys).await?.into_iter().next().filter(|r| !r.deleted) else { continue };
+                return delete(tx, resource_type, &existing.id, None).await;
+            }
+            n => return Err(ApiError::precondition_failed(format!("the conditional delete matched {n} resources"))),
         }
-        1 => {
-            let existing = tx.fetch(&keys).await?.into_iter().next().ok_or_else(ApiError::internal)?;
-            delete(tx, resource_type, &existing.id, None).await
-        }
-        n => Err(ApiError::precondition_failed(format!("the conditional delete matched {n} resources"))),
     }
+    Err(ApiError::contention(format!("the resource matching {resource_type}?{criteria} kept changing while it was deleted; try again")))
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use fhir::time::{format_instant, from_unix_ms, parse_date_range};
 use serde_json::Value;
 use smart::Interaction;
-use store::{HistoryParams, HistoryScope, StoredResource};
+use store::{HistoryParams, HistoryScope, Precondition, StoredResource};
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -386,26 +386,59 @@ pub async fn instance_update(
 ) -> ApiResult<Response> {
     check_type(&ty)?;
     let value = json_body(&headers, &body)?;
-    if !matches!(access, Access::Open) {
-        // Neither the new content nor the resource it replaces may lie outside what the token grants.
-        access.check_resource(&state, Interaction::Update, &ty, &id, None, Content::Parsed(&value)).await?;
-        if let Some(current) = state.store.read(&ty, &id).await? {
+    let if_match = if_match(&headers)?;
+    if matches!(access, Access::Open) {
+        let mut tx = state.store.begin().await?;
+        let outcome = ops::update(&state, &mut *tx, &ty, &id, value, if_match).await?;
+        tx.commit().await?;
+        return Ok(write_response(&state, neg, outcome));
+    }
+    // Neither the new content nor the resource it replaces may lie outside what the token grants.
+    access.check_resource(&state, Interaction::Update, &ty, &id, None, Content::Parsed(&value)).await?;
+    for _ in 0..PINNED_TRIES {
+        // The write is pinned to what was judged: a resource reassigned to another patient (or created)
+        // between the check and the write is judged again, never overwritten unseen.
+        let judged = match state.store.read(&ty, &id).await? {
             // Replacing a deleted resource would expose its history: judge its last live version.
-            if current.deleted {
+            Some(current) if current.deleted => {
                 match state.store.vread(&ty, &id, current.version - 1).await? {
                     Some(last) => check_version_for(&state, &access, Interaction::Update, &last).await?,
                     None => access.check_type_wide(&ty, Interaction::Update)?,
                 }
-            } else {
+                Precondition::Absent
+            }
+            Some(current) => {
                 check_stored(&state, &access, Interaction::Update, &current).await?;
+                Precondition::Version(current.version)
+            }
+            None => Precondition::Absent,
+        };
+        let precondition = pinned(if_match, judged)?;
+        let mut tx = state.store.begin().await?;
+        match ops::update_with(&state, &mut *tx, &ty, &id, value.clone(), precondition).await {
+            Err(e) if if_match.is_none() && e.status == StatusCode::PRECONDITION_FAILED => continue,
+            result => {
+                let outcome = result?;
+                tx.commit().await?;
+                return Ok(write_response(&state, neg, outcome));
             }
         }
     }
-    let if_match = if_match(&headers)?;
-    let mut tx = state.store.begin().await?;
-    let outcome = ops::update(&state, &mut *tx, &ty, &id, value, if_match).await?;
-    tx.commit().await?;
-    Ok(write_response(&state, neg, outcome))
+    Err(ApiError::contention(format!("{ty}/{id} kept changing while it was updated")))
+}
+
+/// How many times a PUT or DELETE judges the resource again when it changed between the check and the
+/// write.
+const PINNED_TRIES: usize = 3;
+
+/// The precondition of a write judged on `judged` (the version the token's rules were checked on, or the
+/// resource's absence): the client's `If-Match` must name that same version.
+fn pinned(if_match: Option<i64>, judged: Precondition) -> ApiResult<Precondition> {
+    match (if_match, judged) {
+        (Some(v), Precondition::Version(seen)) if v == seen => Ok(judged),
+        (Some(v), _) => Err(store::StoreError::Conflict(format!("expected version {v}, but it is not the current version")).into()),
+        (None, _) => Ok(judged),
+    }
 }
 
 /// `PATCH [type]/[id]` with a JSON Patch (`application/json-patch+json`): applied to the current version
@@ -506,18 +539,38 @@ pub async fn instance_delete(
 ) -> ApiResult<Response> {
     check_type(&ty)?;
     access.check_patient_id(&ty, &id, Interaction::Delete)?;
-    if !matches!(access, Access::Open) {
-        match state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
-            Some(existing) => check_stored(&state, &access, Interaction::Delete, &existing).await?,
-            None => access.check_type_wide(&ty, Interaction::Delete).or_else(|_| access.check_any(&ty, Interaction::Delete))?,
+    let if_match = if_match(&headers)?;
+    let neg = if neg.prefer_return == PreferReturn::Representation { Negotiated { prefer_return: PreferReturn::OperationOutcome, ..neg } } else { neg };
+    if matches!(access, Access::Open) {
+        let mut tx = state.store.begin().await?;
+        let outcome = ops::delete(&mut *tx, &ty, &id, if_match).await?;
+        tx.commit().await?;
+        return Ok(write_response(&state, neg, outcome));
+    }
+    for _ in 0..PINNED_TRIES {
+        // Pinned to what was judged, as a PUT is.
+        let judged = match state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
+            Some(existing) => {
+                check_stored(&state, &access, Interaction::Delete, &existing).await?;
+                Precondition::Version(existing.version)
+            }
+            None => {
+                access.check_type_wide(&ty, Interaction::Delete).or_else(|_| access.check_any(&ty, Interaction::Delete))?;
+                Precondition::Absent
+            }
+        };
+        let precondition = pinned(if_match, judged)?;
+        let mut tx = state.store.begin().await?;
+        match ops::delete_with(&mut *tx, &ty, &id, precondition).await {
+            Err(e) if if_match.is_none() && e.status == StatusCode::PRECONDITION_FAILED => continue,
+            result => {
+                let outcome = result?;
+                tx.commit().await?;
+                return Ok(write_response(&state, neg, outcome));
+            }
         }
     }
-    let if_match = if_match(&headers)?;
-    let mut tx = state.store.begin().await?;
-    let outcome = ops::delete(&mut *tx, &ty, &id, if_match).await?;
-    tx.commit().await?;
-    let neg = if neg.prefer_return == PreferReturn::Representation { Negotiated { prefer_return: PreferReturn::OperationOutcome, ..neg } } else { neg };
-    Ok(write_response(&state, neg, outcome))
+    Err(ApiError::contention(format!("{ty}/{id} kept changing while it was deleted")))
 }
 
 /// `GET [base]/[type]/[id]/_history`.

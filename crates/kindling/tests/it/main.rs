@@ -22,6 +22,7 @@ mod multi_node;
 mod openapi;
 mod orders;
 mod profiles;
+mod races;
 mod reference_app;
 mod review;
 mod sdk;
