@@ -126,7 +126,7 @@ pub async fn load(session: &Session) -> Summary {
                 name: p.display_name(),
                 gender: p.gender.clone().unwrap_or_else(|| "unknown".into()),
                 birth_date: p.birth_date.clone().unwrap_or_default(),
-                identifier: p.identifier.first().and_then(|i| i.value.clone()).unwrap_or_default(),
+                identifier: p.mrn().unwrap_or_default().to_string(),
             }),
             Err(e) => Section::from_error(&e, "The patient's demographics"),
         }
@@ -148,7 +148,7 @@ pub async fn load(session: &Session) -> Summary {
         if !can("Condition") {
             return Section::unavailable(not_shared("Problems"));
         }
-        match fhir.search("Condition", &[("patient", pid), ("clinical-status", "active"), ("_count", "100")]).await {
+        match fhir.search("Condition", &[("patient", pid), ("clinical-status", display::CURRENT_PROBLEMS), ("_count", "100")]).await {
             Ok(b) => Section::ready(
                 b.matches::<Condition>("Condition")
                     .into_iter()
@@ -167,7 +167,11 @@ pub async fn load(session: &Session) -> Summary {
                 b.matches::<MedicationRequest>("MedicationRequest")
                     .into_iter()
                     .map(|m| Row {
-                        text: m.medication_codeable_concept.map(|x| x.display()).unwrap_or_else(|| "Medication".into()),
+                        text: m
+                            .medication_codeable_concept
+                            .map(|x| x.display())
+                            .or_else(|| m.medication_reference.and_then(|r| r.display))
+                            .unwrap_or_else(|| "Medication (not named)".into()),
                         detail: m.dosage_instruction.first().and_then(|d| d.text.clone()).unwrap_or_default(),
                     })
                     .collect(),
@@ -183,9 +187,17 @@ pub async fn load(session: &Session) -> Summary {
             Ok(b) => Section::ready(
                 b.matches::<AllergyIntolerance>("AllergyIntolerance")
                     .into_iter()
-                    .map(|a| Row {
-                        text: a.code.map(|x| x.display()).unwrap_or_default(),
-                        detail: a.criticality.map(|c| format!("criticality {c}")).unwrap_or_default(),
+                    .filter_map(|a| {
+                        // Refuted or entered in error: not an allergy. Unconfirmed or no longer active: said so.
+                        let note = display::allergy_note(
+                            a.clinical_status.as_ref().and_then(|c| c.code_in("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical")),
+                            a.verification_status.as_ref().and_then(|c| c.code_in("http://terminology.hl7.org/CodeSystem/allergyintolerance-verification")),
+                        )?;
+                        let detail = [a.criticality.map(|c| format!("criticality {c}")).unwrap_or_default(), note.to_string()];
+                        Some(Row {
+                            text: a.code.map(|x| x.display()).unwrap_or_default(),
+                            detail: detail.into_iter().filter(|d| !d.is_empty()).collect::<Vec<_>>().join(" · "),
+                        })
                     })
                     .collect(),
             ),
@@ -206,7 +218,7 @@ pub async fn load(session: &Session) -> Summary {
             return Section::unavailable(not_shared("Laboratory results"));
         }
         match fhir.search("Observation", &[("patient", pid), ("category", "laboratory"), ("_sort", "-date"), ("_count", "20")]).await {
-            Ok(b) => Section::ready(b.matches::<Observation>("Observation").iter().map(lab_row).collect()),
+            Ok(b) => Section::ready(b.matches::<Observation>("Observation").iter().filter(|o| display::is_result(o.status.as_deref())).map(lab_row).collect()),
             Err(e) => Section::from_error(&e, "Laboratory results"),
         }
     };
@@ -249,7 +261,7 @@ fn vital_charts(b: &Bundle) -> Vec<VitalChart> {
         // Newest first, as searched; each point's series by code (systolic, diastolic), a missing one empty.
         let mut points: Vec<(String, Vec<Option<f64>>, String)> = obs
             .iter()
-            .filter(|o| is_vital(o, codes))
+            .filter(|o| is_vital(o, codes) && display::is_result(o.status.as_deref()))
             .filter_map(|o| {
                 let when = day(&o.effective_date_time);
                 if blood_pressure {
@@ -283,9 +295,13 @@ fn vital_charts(b: &Bundle) -> Vec<VitalChart> {
 fn lab_row(o: &Observation) -> Lab {
     let q = o.value_quantity.as_ref();
     let value = q
-        .and_then(|q| Some(display::with_unit(&number(q.value?), &unit_of(q))))
+        .and_then(|q| Some(display::with_unit(&display::compared(q.comparator.as_deref(), q.value?), &unit_of(q))))
         .or_else(|| o.value_codeable_concept.as_ref().map(|c| c.display()))
-        .unwrap_or_else(|| o.value_string.clone().unwrap_or_default());
+        .or_else(|| o.value_string.clone())
+        .or_else(|| o.data_absent_reason.as_ref().map(|r| format!("no value ({})", r.display().to_lowercase())))
+        .unwrap_or_default();
+    // A preliminary result is not the final word.
+    let value = if o.status.as_deref() == Some("preliminary") { format!("{value} (preliminary)") } else { value };
     let range = o
         .reference_range
         .first()
@@ -300,14 +316,22 @@ fn lab_row(o: &Observation) -> Lab {
         })
         .unwrap_or_default();
     let interpretation = o.interpretation.first().and_then(|i| i.coding.first()).and_then(|c| c.code.clone()).unwrap_or_default();
+    // A bound (`<5`, `>600`) is flagged only where it settles it: `>600` is above a high of 99, `<5` is not.
+    let (up, down) = match q.and_then(|q| q.comparator.as_deref()) {
+        None => (true, true),
+        Some(">" | ">=") => (true, false),
+        Some(_) => (false, true),
+    };
     let computed = match (q.and_then(|q| q.value), o.reference_range.first()) {
-        (Some(v), Some(r)) if r.high.as_ref().and_then(|h| h.value).is_some_and(|h| v > h) => "H",
-        (Some(v), Some(r)) if r.low.as_ref().and_then(|l| l.value).is_some_and(|l| v < l) => "L",
+        (Some(v), Some(r)) if up && r.high.as_ref().and_then(|h| h.value).is_some_and(|h| v > h) => "H",
+        (Some(v), Some(r)) if down && r.low.as_ref().and_then(|l| l.value).is_some_and(|l| v < l) => "L",
         _ => "",
     };
     let flag = match if interpretation.is_empty() { computed } else { interpretation.as_str() } {
-        "H" | "HH" => "High",
-        "L" | "LL" => "Low",
+        "HH" => "Critical high",
+        "LL" => "Critical low",
+        "H" => "High",
+        "L" => "Low",
         "A" | "AA" => "Abnormal",
         _ => "",
     };

@@ -36,6 +36,12 @@ impl CodeableConcept {
     pub fn has_code(&self, system: &str, code: &str) -> bool {
         self.coding.iter().any(|c| c.system.as_deref() == Some(system) && c.code.as_deref() == Some(code))
     }
+
+    /// The code of the coding in `system` (else of a coding without a system), wherever it sits.
+    pub fn code_in(&self, system: &str) -> Option<&str> {
+        let of = |s: Option<&str>| self.coding.iter().find(|c| c.system.as_deref() == s).and_then(|c| c.code.as_deref());
+        of(Some(system)).or_else(|| of(None))
+    }
 }
 
 /// FHIR R4 `Reference`: the elements apps commonly read.
@@ -49,6 +55,8 @@ pub struct Reference {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Quantity {
     pub value: Option<f64>,
+    /// `<`, `<=`, `>=` or `>`: the value is a bound, not a reading.
+    pub comparator: Option<String>,
     pub unit: Option<String>,
     pub system: Option<String>,
     pub code: Option<String>,
@@ -64,6 +72,9 @@ pub struct Period {
 /// FHIR R4 `Identifier`: the elements apps commonly read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Identifier {
+    /// What kind of identifier (v2-0203: `MR` for a medical record number).
+    #[serde(rename = "type")]
+    pub type_: Option<CodeableConcept>,
     pub system: Option<String>,
     pub value: Option<String>,
 }
@@ -103,9 +114,23 @@ pub struct Patient {
 }
 
 impl Patient {
-    /// The official (else first) name for display.
+    /// The official (else usual, else first not old) name for display.
     pub fn display_name(&self) -> String {
-        self.name.iter().find(|n| n.use_.as_deref() == Some("official")).or(self.name.first()).map(HumanName::display).unwrap_or_default()
+        let by_use = |u: &str| self.name.iter().find(|n| n.use_.as_deref() == Some(u));
+        by_use("official")
+            .or_else(|| by_use("usual"))
+            .or_else(|| self.name.iter().find(|n| n.use_.as_deref() != Some("old")))
+            .map(HumanName::display)
+            .unwrap_or_default()
+    }
+
+    /// The medical record number: the identifier typed `MR` (HL7 v2-0203), wherever it sits. `None` when
+    /// none is typed so: another identifier (an SSN, a system's UUID) is not an MRN.
+    pub fn mrn(&self) -> Option<&str> {
+        self.identifier
+            .iter()
+            .find(|i| i.type_.as_ref().and_then(|t| t.code_in("http://terminology.hl7.org/CodeSystem/v2-0203")) == Some("MR"))
+            .and_then(|i| i.value.as_deref())
     }
 }
 
@@ -178,6 +203,8 @@ pub struct Observation {
     pub value_quantity: Option<Quantity>,
     pub value_codeable_concept: Option<CodeableConcept>,
     pub value_string: Option<String>,
+    /// Why there is no value.
+    pub data_absent_reason: Option<CodeableConcept>,
     #[serde(default)]
     pub interpretation: Vec<CodeableConcept>,
     #[serde(default)]
@@ -214,6 +241,7 @@ pub struct MedicationRequest {
 pub struct AllergyIntolerance {
     pub id: Option<String>,
     pub clinical_status: Option<CodeableConcept>,
+    pub verification_status: Option<CodeableConcept>,
     pub code: Option<CodeableConcept>,
     pub criticality: Option<String>,
     pub patient: Option<Reference>,

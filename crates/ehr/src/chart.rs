@@ -54,18 +54,16 @@ pub struct Chart {
 
 /// The banner facts of a Patient resource (`v`), with the age on `today`.
 pub fn patient_facts(id: &str, v: &Value, today: Date) -> PatientFacts {
-    let name = &v["name"][0];
+    // The official name (else the usual one, else the first that is not an old one): not array position.
+    let names = v["name"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let by_use = |u: &str| names.iter().find(|n| n["use"] == u);
+    let name = by_use("official").or_else(|| by_use("usual")).or_else(|| names.iter().find(|n| n["use"] != "old")).unwrap_or(&Value::Null);
     let given = name["given"].as_array().map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")).unwrap_or_default();
     let family = name["family"].as_str().unwrap_or("");
     let full = format!("{given} {family}").trim().to_string();
     let birth_date = v["birthDate"].as_str().unwrap_or("").to_string();
-    let age = age(&birth_date, today).map(|a| format!("{a} y")).unwrap_or_default();
-    let identifier = v["identifier"]
-        .as_array()
-        .and_then(|ids| ids.iter().find(|i| i["type"]["coding"][0]["code"] == "MR").or(ids.first()))
-        .and_then(|i| i["value"].as_str())
-        .unwrap_or("")
-        .to_string();
+    let age = display::age(&birth_date, today).unwrap_or_default();
+    let identifier = display::mrn(v);
     PatientFacts {
         id: id.to_string(),
         name: if full.is_empty() { format!("Patient {id}") } else { full },
@@ -76,24 +74,13 @@ pub fn patient_facts(id: &str, v: &Value, today: Date) -> PatientFacts {
     }
 }
 
-/// Whole years between a FHIR date and today.
-pub fn age(birth: &str, today: Date) -> Option<i32> {
-    let mut parts = birth.split('-').map(|p| p.parse::<i32>().ok());
-    let (y, m, d) = (parts.next()??, parts.next().flatten().unwrap_or(1), parts.next().flatten().unwrap_or(1));
-    let mut years = today.year() - y;
-    if (today.month() as i32, today.day() as i32) < (m, d) {
-        years -= 1;
-    }
-    (years >= 0).then_some(years)
-}
-
-/// The words of a CodeableConcept: its text, else its first coding's display, else its code.
+/// The words of a CodeableConcept: its text, else the display of any of its codings, else a code.
 pub fn concept(v: &Value) -> String {
     if let Some(t) = v["text"].as_str() {
         return t.to_string();
     }
-    let coding = &v["coding"][0];
-    coding["display"].as_str().or(coding["code"].as_str()).unwrap_or("(not coded)").to_string()
+    let codings = v["coding"].as_array().map(Vec::as_slice).unwrap_or_default();
+    codings.iter().find_map(|c| c["display"].as_str()).or_else(|| codings.iter().find_map(|c| c["code"].as_str())).unwrap_or("(not coded)").to_string()
 }
 
 /// An encounter's class (a Coding) in words: its display, else the v3 ActCode's name.
@@ -127,6 +114,9 @@ fn date_part(v: &Value) -> String {
 pub fn observation_value(o: &Value) -> String {
     if let Some(q) = display::quantity(&o["valueQuantity"]) {
         return q;
+    }
+    if let Some(absent) = display::absent_reason(o) {
+        return absent;
     }
     if o["valueCodeableConcept"].is_object() {
         return concept(&o["valueCodeableConcept"]);
@@ -186,7 +176,7 @@ async fn sections(store: &dyn Store, id: &str) -> Result<Sections, store::StoreE
             Line { id: eid.clone(), text: what, detail: format!("{} · {status}", date_part(&e["period"]["start"])) }
         })
         .collect();
-    let problems = search(store, "Condition", &[("patient", id), ("clinical-status", "active"), ("_sort", "-onset-date")], 50).await?;
+    let problems = search(store, "Condition", &[("patient", id), ("clinical-status", display::CURRENT_PROBLEMS), ("_sort", "-onset-date")], 50).await?;
     let problems = problems
         .iter()
         .map(|(cid, c)| Line { id: cid.clone(), text: concept(&c["code"]), detail: format!("since {}", date_part(&c["onsetDateTime"])) })
@@ -198,25 +188,36 @@ async fn sections(store: &dyn Store, id: &str) -> Result<Sections, store::StoreE
             let dose = m["dosageInstruction"][0]["text"].as_str().unwrap_or("").to_string();
             Line {
                 id: mid.clone(),
-                text: concept(&m["medicationCodeableConcept"]),
+                // A drug given by reference reads by the reference's display.
+                text: match m["medicationReference"]["display"].as_str() {
+                    Some(d) if !m["medicationCodeableConcept"].is_object() => d.to_string(),
+                    _ => concept(&m["medicationCodeableConcept"]),
+                },
                 detail: if dose.is_empty() { format!("since {}", date_part(&m["authoredOn"])) } else { dose },
             }
         })
         .collect();
     let allergies = search(store, "AllergyIntolerance", &[("patient", id)], 50).await?;
+    // Refuted or entered in error: not an allergy. Unconfirmed or no longer active: said so.
     let allergies = allergies
         .iter()
-        .map(|(aid, a)| Line {
-            id: aid.clone(),
-            text: concept(&a["code"]),
-            detail: a["criticality"].as_str().map(|c| format!("criticality {c}")).unwrap_or_default(),
+        .filter_map(|(aid, a)| {
+            let note = display::allergy_note_of(a)?;
+            let detail = [a["criticality"].as_str().map(|c| format!("criticality {c}")).unwrap_or_default(), note.to_string()];
+            Some(Line { id: aid.clone(), text: concept(&a["code"]), detail: detail.into_iter().filter(|d| !d.is_empty()).collect::<Vec<_>>().join(" · ") })
         })
         .collect();
     let obs = search(store, "Observation", &[("patient", id), ("category", "vital-signs"), ("_sort", "-date")], 200).await?;
     let mut seen = std::collections::HashSet::new();
+    // The latest result of each kind (by its LOINC code, else its words), never one entered in error.
     let vitals = obs
         .iter()
-        .filter(|(_, o)| seen.insert(o["code"]["coding"][0]["code"].as_str().unwrap_or("").to_string()))
+        .filter(|(_, o)| display::is_result(o["status"].as_str()))
+        .filter(|(_, o)| {
+            let codings = o["code"]["coding"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let loinc = codings.iter().find(|c| c["system"] == display::LOINC).and_then(|c| c["code"].as_str());
+            seen.insert(loinc.map(str::to_string).unwrap_or_else(|| concept(&o["code"])))
+        })
         .map(|(oid, o)| Line {
             id: oid.clone(),
             text: concept(&o["code"]),
@@ -233,11 +234,15 @@ mod tests {
     use time::macros::date;
 
     #[test]
-    fn ages_count_whole_years() {
-        assert_eq!(age("2000-06-15", date!(2026 - 06 - 14)), Some(25));
-        assert_eq!(age("2000-06-15", date!(2026 - 06 - 15)), Some(26));
-        assert_eq!(age("2000", date!(2026 - 01 - 01)), Some(26));
-        assert_eq!(age("", date!(2026 - 01 - 01)), None);
+    fn banners_take_the_official_name_and_the_mrn() {
+        let p = json!({"name": [{"use": "old", "family": "Maiden", "given": ["Ann"]}, {"use": "official", "family": "Smith", "given": ["Ann", "B"]}],
+            "identifier": [{"value": "uuid-1"}, {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]}, "value": "999-99-9999"},
+                {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}, "value": "MRN-7"}],
+            "birthDate": "2026-05-01", "gender": "female"});
+        let f = patient_facts("p", &p, date!(2026 - 12 - 07));
+        assert_eq!((f.name.as_str(), f.identifier.as_str(), f.age.as_str()), ("Ann B Smith", "MRN-7", "7 mo"));
+        let no_mrn = json!({"identifier": [{"value": "uuid-1"}]});
+        assert_eq!(patient_facts("p", &no_mrn, date!(2026 - 12 - 07)).identifier, "", "an untyped identifier is not an MRN");
     }
 
     #[test]
@@ -249,5 +254,8 @@ mod tests {
         assert_eq!(observation_value(&bp), "130/86 mmHg", "systolic first, whatever the array order");
         let other = json!({"code": {"text": "Panel"}, "component": [{"code": {"text": "Left"}, "valueQuantity": {"value": 1.5, "unit": "cm"}}, {"code": {"text": "Right"}, "valueString": "absent"}]});
         assert_eq!(observation_value(&other), "Left: 1.5 cm; Right: absent");
+        assert_eq!(observation_value(&json!({"valueQuantity": {"value": 600.0, "comparator": ">", "unit": "mg/dL"}})), ">600 mg/dL");
+        let absent = json!({"dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error", "display": "Error"}]}});
+        assert_eq!(observation_value(&absent), "no value (error)");
     }
 }

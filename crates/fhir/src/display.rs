@@ -91,10 +91,115 @@ pub fn with_unit(value: &str, unit: &str) -> String {
     }
 }
 
-/// A FHIR Quantity (JSON) for people: `None` without a value.
+/// A FHIR Quantity (JSON) for people: `None` without a value. Its comparator stays in front: a glucose
+/// meter's `>600 mg/dL` is not a reading of 600.
 pub fn quantity(q: &Value) -> Option<String> {
     let value = q["value"].as_f64()?;
-    Some(with_unit(&number(value), &unit(q["unit"].as_str(), q["code"].as_str())))
+    Some(with_unit(&compared(q["comparator"].as_str(), value), &unit(q["unit"].as_str(), q["code"].as_str())))
+}
+
+/// A number with its Quantity comparator (`<`, `<=`, `>=`, `>`), as a lab prints it: `<5`, `≥90`.
+pub fn compared(comparator: Option<&str>, value: f64) -> String {
+    let c = match comparator {
+        Some("<") => "<",
+        Some("<=") => "≤",
+        Some(">=") => "≥",
+        Some(">") => ">",
+        _ => "",
+    };
+    format!("{c}{}", number(value))
+}
+
+/// Why an Observation (JSON) has no value, in words (its `dataAbsentReason`): `None` when it gives none.
+pub fn absent_reason(o: &Value) -> Option<String> {
+    let r = &o["dataAbsentReason"];
+    if !r.is_object() {
+        return None;
+    }
+    let words = r["text"].as_str().or_else(|| r["coding"].as_array()?.iter().find_map(|c| c["display"].as_str().or(c["code"].as_str())));
+    Some(format!("no value ({})", words.unwrap_or("reason not given").to_lowercase()))
+}
+
+/// Whether an Observation with this `status` is a result to show: not one entered in error, cancelled or
+/// only registered (no result yet). A missing status is shown (it is required; the sender's slip).
+pub fn is_result(status: Option<&str>) -> bool {
+    !matches!(status, Some("entered-in-error" | "cancelled" | "registered"))
+}
+
+/// The code of the first coding of a CodeableConcept (JSON) in `system`, or of any coding when `system`
+/// is `None`, whatever its position.
+fn code_in<'a>(concept: &'a Value, system: &str) -> Option<&'a str> {
+    concept["coding"].as_array()?.iter().find(|c| c["system"] == system || c["system"].is_null()).and_then(|c| c["code"].as_str())
+}
+
+/// How an allergy is listed, from its clinical and verification status codes: `None` for one entered in
+/// error or refuted (not an allergy at all); otherwise a note for one unconfirmed or no longer active
+/// (empty for a current, confirmed one).
+pub fn allergy_note(clinical: Option<&str>, verification: Option<&str>) -> Option<&'static str> {
+    match (clinical, verification) {
+        (_, Some("entered-in-error" | "refuted")) => None,
+        (Some("inactive" | "resolved"), _) => Some("no longer active"),
+        (_, Some("unconfirmed" | "presumed")) => Some("unconfirmed"),
+        _ => Some(""),
+    }
+}
+
+/// [`allergy_note`] of an AllergyIntolerance (JSON).
+pub fn allergy_note_of(a: &Value) -> Option<&'static str> {
+    allergy_note(
+        code_in(&a["clinicalStatus"], "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"),
+        code_in(&a["verificationStatus"], "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"),
+    )
+}
+
+/// The Condition clinical statuses of a problem list's current problems (a search's token list).
+pub const CURRENT_PROBLEMS: &str = "active,recurrence,relapse";
+
+/// The medical record number of a Patient (JSON): the identifier typed `MR` (v2-0203), wherever it sits;
+/// empty when none is (another identifier, an SSN or a system's UUID, is not an MRN).
+pub fn mrn(patient: &Value) -> String {
+    patient["identifier"]
+        .as_array()
+        .and_then(|ids| {
+            ids.iter().find(|i| {
+                has_code(&i["type"], "http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
+                    || i["type"]["coding"].as_array().is_some_and(|c| c.iter().any(|c| c["code"] == "MR" && c["system"].is_null()))
+            })
+        })
+        .and_then(|i| i["value"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A patient's age on `today` as a chart prints it: days under a month, weeks under three months, months
+/// under two years, then whole years. `None` for a birth date that cannot be read or is after `today`.
+pub fn age(birth: &str, today: time::Date) -> Option<String> {
+    let mut parts = birth.split('-').map(|p| p.parse::<i32>().ok());
+    let y = parts.next()??;
+    let (m, d) = (parts.next().flatten(), parts.next().flatten());
+    let mut months = (today.year() - y) * 12 + (today.month() as i32 - m.unwrap_or(1));
+    if today.day() as i32 - d.unwrap_or(1) < 0 {
+        months -= 1;
+    }
+    if months < 0 {
+        return None;
+    }
+    if months < 24
+        && let (Some(m), Some(d)) = (m, d)
+        && let Ok(born) = time::Date::from_calendar_date(y, time::Month::try_from(u8::try_from(m).ok()?).ok()?, u8::try_from(d).ok()?)
+    {
+        let days = (today - born).whole_days();
+        return match days {
+            ..0 => None,
+            0..31 if months == 0 => Some(format!("{days} d")),
+            0..91 => Some(format!("{} wk", days / 7)),
+            _ => Some(format!("{months} mo")),
+        };
+    }
+    if months < 24 {
+        return Some(format!("{months} mo"));
+    }
+    Some(format!("{} y", months / 12))
 }
 
 /// Whether a CodeableConcept (JSON) carries `system|code`.
@@ -132,6 +237,42 @@ pub fn blood_pressure(o: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ages_read_as_a_chart_prints_them() {
+        use time::macros::date;
+        assert_eq!(age("2000-06-15", date!(2026 - 06 - 14)).as_deref(), Some("25 y"));
+        assert_eq!(age("2000-06-15", date!(2026 - 06 - 15)).as_deref(), Some("26 y"));
+        assert_eq!(age("2000", date!(2026 - 01 - 01)).as_deref(), Some("26 y"));
+        assert_eq!(age("2026-11-16", date!(2026 - 12 - 07)).as_deref(), Some("21 d"));
+        assert_eq!(age("2026-12-07", date!(2026 - 12 - 07)).as_deref(), Some("0 d"));
+        assert_eq!(age("2026-10-01", date!(2026 - 12 - 07)).as_deref(), Some("9 wk"));
+        assert_eq!(age("2025-12-08", date!(2026 - 12 - 07)).as_deref(), Some("11 mo"));
+        assert_eq!(age("2024-12-08", date!(2026 - 12 - 07)).as_deref(), Some("23 mo"));
+        assert_eq!(age("2024-12-07", date!(2026 - 12 - 07)).as_deref(), Some("2 y"));
+        assert_eq!(age("2026-12-08", date!(2026 - 12 - 07)), None);
+        assert_eq!(age("", date!(2026 - 01 - 01)), None);
+    }
+
+    #[test]
+    fn allergies_refuted_or_in_error_are_not_listed() {
+        assert_eq!(allergy_note(Some("active"), Some("confirmed")), Some(""));
+        assert_eq!(allergy_note(Some("active"), Some("refuted")), None);
+        assert_eq!(allergy_note(None, Some("entered-in-error")), None);
+        assert_eq!(allergy_note(Some("resolved"), Some("confirmed")), Some("no longer active"));
+        assert_eq!(allergy_note(Some("active"), Some("unconfirmed")), Some("unconfirmed"));
+        let a = json!({"clinicalStatus": {"coding": [{"system": "urn:other", "code": "x"}, {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]},
+            "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "refuted"}]}});
+        assert_eq!(allergy_note_of(&a), None, "found by system, not position");
+    }
+
+    #[test]
+    fn comparators_stay_with_their_values() {
+        assert_eq!(quantity(&json!({"value": 5.0, "comparator": "<", "unit": "mg/L"})), Some("<5 mg/L".into()));
+        assert_eq!(quantity(&json!({"value": 90.0, "comparator": ">=", "code": "mL/min/{1.73_m2}"})), Some("≥90 mL/min/1.73 m²".into()));
+        assert!(is_result(Some("final")) && is_result(Some("preliminary")) && is_result(None));
+        assert!(!is_result(Some("entered-in-error")) && !is_result(Some("cancelled")));
+    }
 
     #[test]
     fn units_read_as_printed() {

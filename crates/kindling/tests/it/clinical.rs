@@ -111,3 +111,116 @@ async fn every_generated_element_survives_a_round_trip() {
     }
     assert!(compared > 1000, "{compared}");
 }
+
+/// Results entered in error, refuted allergies and bounds read as what they are, in the chart and in the
+/// app: an erroneous potassium of 6.8 is not the latest result, a refuted penicillin allergy is not listed,
+/// `>600` is not 600, a relapse is a current problem, and the MRN is the identifier typed MR.
+#[tokio::test]
+async fn what_is_wrong_withdrawn_or_a_bound_is_never_shown_as_a_plain_result() {
+    let app = spawn_with_reference_app().await;
+    let pid = "kp-status";
+    let subject = serde_json::json!({"reference": format!("Patient/{pid}")});
+    let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+    let patient = serde_json::json!({"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1961-03-02",
+        "name": [{"use": "old", "family": "Maiden", "given": ["Ruth"]}, {"use": "official", "family": "Okafor", "given": ["Ruth"]}],
+        "identifier": [{"system": "https://github.com/synthetichealth/synthea", "value": "0b7c-uuid"},
+            {"type": {"coding": [{"system": v2, "code": "SS"}]}, "system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"},
+            {"type": {"coding": [{"system": v2, "code": "MR"}]}, "system": "urn:kindling:mrn", "value": "MRN-4417"}]});
+    let lab = |id: &str, code: &str, name: &str, status: &str, when: &str, value: Value| {
+        let mut o = serde_json::json!({"resourceType": "Observation", "id": id, "status": status, "subject": subject, "effectiveDateTime": when,
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+            "code": {"coding": [{"system": LOINC, "code": code, "display": name}], "text": name}});
+        o.as_object_mut().unwrap().extend(value.as_object().unwrap().clone());
+        o
+    };
+    let mmol = |v: f64| {
+        serde_json::json!({"valueQuantity": {"value": v, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+        "referenceRange": [{"low": {"value": 3.5, "unit": "mmol/L"}, "high": {"value": 5.1, "unit": "mmol/L"}}]})
+    };
+    let vital = |id: &str, status: &str, when: &str, v: f64| {
+        serde_json::json!({"resourceType": "Observation", "id": id, "status": status, "subject": subject,
+        "effectiveDateTime": when, "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "8867-4", "display": "Heart rate"}], "text": "Heart rate"},
+        "valueQuantity": {"value": v, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
+    };
+    let allergy = |id: &str, what: &str, clinical: &str, verification: &str| {
+        serde_json::json!({"resourceType": "AllergyIntolerance", "id": id, "patient": subject,
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": clinical}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": verification}]},
+        "criticality": "high", "code": {"text": what}})
+    };
+    let resources = vec![
+        patient,
+        lab("kp-k-1", "2823-3", "Potassium", "final", "2026-11-01T09:00:00Z", mmol(4.1)),
+        lab("kp-k-2", "2823-3", "Potassium", "entered-in-error", "2026-11-20T09:00:00Z", mmol(6.8)),
+        lab(
+            "kp-glu",
+            "2345-7",
+            "Glucose",
+            "final",
+            "2026-11-18T09:00:00Z",
+            serde_json::json!({
+            "valueQuantity": {"value": 600.0, "comparator": ">", "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"},
+            "referenceRange": [{"low": {"value": 70.0, "unit": "mg/dL"}, "high": {"value": 99.0, "unit": "mg/dL"}}]}),
+        ),
+        lab(
+            "kp-na",
+            "2951-2",
+            "Sodium",
+            "final",
+            "2026-11-17T09:00:00Z",
+            serde_json::json!({
+            "dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error", "display": "Error"}]}}),
+        ),
+        vital("kp-hr-1", "final", "2026-11-02T09:00:00Z", 72.0),
+        vital("kp-hr-2", "entered-in-error", "2026-11-21T09:00:00Z", 180.0),
+        allergy("kp-al-1", "Penicillin V", "active", "refuted"),
+        allergy("kp-al-2", "Latex", "resolved", "confirmed"),
+        allergy("kp-al-3", "Peanut", "active", "confirmed"),
+        serde_json::json!({"resourceType": "Condition", "id": "kp-dep", "subject": subject, "onsetDateTime": "2019-05-01",
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "relapse"}]},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item"}]}],
+            "code": {"text": "Major depressive disorder, recurrent"}}),
+        serde_json::json!({"resourceType": "MedicationRequest", "id": "kp-enox", "status": "active", "intent": "order", "subject": subject,
+            "authoredOn": "2026-11-19", "medicationReference": {"reference": "Medication/kp-med-enox", "display": "enoxaparin 40 MG/0.4 ML injection"}}),
+    ];
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|r| {
+            let url = format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
+            serde_json::json!({"resource": r, "request": {"method": "PUT", "url": url}})
+        })
+        .collect();
+    api::bundle::process(&app.app_state, serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await.unwrap();
+    let store = app.auth.store.as_ref();
+
+    // The EHR chart.
+    auth::registry::put_user(store, "doc", "Dr Doc", UserRole::Clinician, "doc-pass", &format!("Practitioner/{}", synth::practitioner_id(0))).await.unwrap();
+    let cookie = sign_in(&app, "/ehr/login", "doc", "doc-pass").await;
+    let (status, chart) = page(&app, &format!("/ehr/patients/{pid}"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(chart.contains("Ruth Okafor") && !chart.contains("Maiden"), "the official name: {chart}");
+    assert!(chart.contains("MRN: <strong>MRN-4417</strong>"), "{chart}");
+    assert!(chart.contains("72 /min") && !chart.contains("180 /min"), "the heart rate entered in error is not the latest: {chart}");
+    assert!(!chart.contains("Penicillin"), "a refuted allergy is not an allergy: {chart}");
+    assert!(chart.contains("Latex") && chart.contains("no longer active"), "{chart}");
+    assert!(chart.contains("Peanut"), "{chart}");
+    assert!(chart.contains("Major depressive disorder, recurrent"), "a relapse is a current problem: {chart}");
+    assert!(chart.contains("enoxaparin 40 MG/0.4 ML injection"), "a drug given by reference: {chart}");
+
+    // The reference app, launched by the patient.
+    auth::registry::put_user(store, "ruth", "Ruth Okafor", UserRole::Patient, "ruth-pass", &format!("Patient/{pid}")).await.unwrap();
+    let html = standalone_summary(&app, "ruth", "ruth-pass").await;
+    assert!(html.contains("MRN: <strong>MRN-4417</strong>") && !html.contains("0b7c-uuid"), "{html}");
+    let labs = slice(&html, "id=\"labs\"", "</section>");
+    assert!(labs.contains("4.1 mmol/L") && !labs.contains("6.8"), "the potassium entered in error is not shown: {labs}");
+    assert!(labs.contains("&#62;600 mg/dL"), "a bound stays a bound (&#62; is >): {labs}");
+    assert!(labs.contains("High"), "above the range: {labs}");
+    assert!(labs.contains("no value (error)"), "{labs}");
+    let vitals = slice(&html, "id=\"vitals\"", "</section>");
+    assert!(vitals.contains("72 /min on 2026-11-02") && !vitals.contains("180"), "{vitals}");
+    let allergies = slice(&html, "id=\"allergies\"", "</section>");
+    assert!(!allergies.contains("Penicillin") && allergies.contains("Latex") && allergies.contains("no longer active"), "{allergies}");
+    assert!(slice(&html, "id=\"problems\"", "</section>").contains("Major depressive disorder, recurrent"), "{html}");
+    assert!(slice(&html, "id=\"medications\"", "</section>").contains("enoxaparin 40 MG/0.4 ML injection"), "{html}");
+}
