@@ -260,6 +260,8 @@ pub struct Outcome {
     pub endpoint: String,
     /// The URL called.
     pub url: String,
+    /// The service's id at that registration (what `url` was made from).
+    pub service_id: String,
     /// The call's `hookInstance`.
     pub hook_instance: String,
     /// The service, as people know it.
@@ -422,6 +424,13 @@ fn service_url(endpoint: &CdsEndpoint, id: &str) -> Option<String> {
     Some(u.to_string())
 }
 
+/// The feedback address of a service at `service_url`: one more path segment, before any query string.
+fn feedback_url(service_url: &str) -> Option<String> {
+    let mut u = url::Url::parse(service_url).ok()?;
+    u.path_segments_mut().ok()?.pop_if_empty().push("feedback");
+    Some(u.to_string())
+}
+
 /// Calls one service's `hook` for `patient`, as `user`, with the hook's own `context` fields besides
 /// `userId` and `patientId`.
 async fn call_service(
@@ -439,6 +448,7 @@ async fn call_service(
     let failed = |problem: String| Outcome {
         endpoint: endpoint.id.clone(),
         url: url.clone().unwrap_or_default(),
+        service_id: service.id.clone(),
         hook_instance: hook_instance.clone(),
         service: label.clone(),
         cards: Vec::new(),
@@ -686,6 +696,9 @@ pub(crate) struct ShownCard {
     pub endpoint: String,
     /// The service's URL.
     pub url: String,
+    /// The service's id at that registration (records from before it have none: the URL's last segment).
+    #[serde(default)]
+    pub service_id: String,
     /// The call's `hookInstance`.
     pub hook_instance: String,
     /// The hook called (records from before order entry have none: `patient-view`).
@@ -703,6 +716,7 @@ impl ShownCard {
                 o.cards.into_iter().map(move |card| ShownCard {
                     endpoint: o.endpoint.clone(),
                     url: o.url.clone(),
+                    service_id: o.service_id.clone(),
                     hook_instance: o.hook_instance.clone(),
                     hook: hook.to_string(),
                     card,
@@ -724,8 +738,41 @@ pub(crate) async fn keep_shown(s: &Shared, username: &str, patient: &str, cards:
     Ok(reference)
 }
 
-/// A card as a page shows it.
-pub(crate) fn card_view(index: usize, c: Card) -> CardView {
+/// The apps a card's SMART link may open: enabled apps registered by an administrator, found by their
+/// launch URL, and the registrations that say which of them their services' cards may open. Used both
+/// to name the app on the card's button and to launch it, so the two never disagree.
+pub(crate) struct Launchable {
+    apps: Vec<auth::model::Client>,
+    endpoints: Vec<CdsEndpoint>,
+}
+
+impl Launchable {
+    pub async fn load(s: &Shared) -> Result<Launchable, store::StoreError> {
+        let apps = auth::registry::list_clients(s.store.as_ref()).await?.into_iter().filter(|c| !c.disabled && !c.self_registered).collect();
+        Ok(Launchable { apps, endpoints: endpoints(s).await? })
+    }
+
+    /// The app a link to `url` on a card from `endpoint`'s service opens, or why none does (in words).
+    pub fn app_for(&self, endpoint: &str, url: &str) -> Result<&auth::model::Client, String> {
+        let norm = |u: &str| u.trim_end_matches('/').to_string();
+        let matching: Vec<&auth::model::Client> = self.apps.iter().filter(|c| c.launch_url.as_deref().map(norm) == Some(norm(url))).collect();
+        let client = match matching.as_slice() {
+            [one] => *one,
+            [] => return Err(format!("No registered app opens at {}.", plain(url))),
+            _ => return Err(format!("Several registered apps open at {}: which one is meant cannot be told.", plain(url))),
+        };
+        // The service's registration names the apps its cards may open (none named: any registered app).
+        let allowed = self.endpoints.iter().find(|e| e.id == endpoint).is_some_and(|e| e.apps.is_empty() || e.apps.contains(&client.client_id));
+        if !allowed {
+            return Err(format!("This decision-support service may not open {}.", client.name));
+        }
+        Ok(client)
+    }
+}
+
+/// A card as a page shows it; its SMART links name the app they open (or say why none opens).
+pub(crate) fn card_view(index: usize, shown: ShownCard, apps: &Launchable) -> CardView {
+    let (endpoint, c) = (shown.endpoint, shown.card);
     CardView {
         index,
         summary: c.summary,
@@ -743,8 +790,11 @@ pub(crate) fn card_view(index: usize, c: Card) -> CardView {
             .into_iter()
             .enumerate()
             .filter_map(|(li, l)| match l.kind.as_str() {
-                "smart" => Some(LinkView { index: li, label: l.label, url: l.url, smart: true }),
-                "absolute" => web_url(&l.url).map(|url| LinkView { index: li, label: l.label, url, smart: false }),
+                "smart" => {
+                    let opens = apps.app_for(&endpoint, &l.url).map(|c| c.name.clone());
+                    Some(LinkView { index: li, label: l.label, url: l.url, smart: true, opens })
+                }
+                "absolute" => web_url(&l.url).map(|url| LinkView { index: li, label: l.label, url, smart: false, opens: Ok(String::new()) }),
                 _ => None,
             })
             .collect(),
@@ -759,15 +809,20 @@ pub(crate) fn send_feedback(s: &Shared, username: &str, patient: &str, shown: &S
         return;
     }
     let (s, username, patient, endpoint) = (s.clone(), username.to_string(), patient.to_string(), shown.endpoint.clone());
-    let (service_at, url) = (shown.url.clone(), format!("{}/feedback", shown.url));
+    let service_at = shown.url.clone();
+    let id = match shown.service_id.as_str() {
+        "" => service_at.rsplit('/').next().unwrap_or_default().to_string(),
+        id => id.to_string(),
+    };
+    // `{service}/feedback`, as a path segment: a registration's URL may carry a query string.
+    let url = feedback_url(&service_at).unwrap_or_default();
     tokio::spawn(async move {
         // Only to a service still registered, enabled and at the address that sent the card: a registration
         // pointed elsewhere since (cards are kept for hours) gets no clinician's comments for another host.
-        let id = service_at.rsplit('/').next().unwrap_or_default();
         let registered = endpoints(&s)
             .await
-            .is_ok_and(|all| all.iter().any(|e| e.id == endpoint && !e.disabled && service_url(e, id).as_deref() == Some(service_at.as_str())));
-        let result = if !registered {
+            .is_ok_and(|all| all.iter().any(|e| e.id == endpoint && !e.disabled && service_url(e, &id).as_deref() == Some(service_at.as_str())));
+        let result = if !registered || url.is_empty() {
             Err("the service is no longer enabled at the address that sent the card".to_string())
         } else if let Some(http) = http() {
             let now = s.now_ms() / 1000;
@@ -810,6 +865,8 @@ pub(crate) struct LinkView {
     pub label: String,
     pub url: String,
     pub smart: bool,
+    /// For a SMART link: the name of the app it opens, or why none opens.
+    pub opens: Result<String, String>,
 }
 
 /// A web address a card may link to: `https`, or `http` on this machine.
@@ -854,7 +911,11 @@ pub(crate) async fn chart_cards(State(s): State<Shared>, headers: HeaderMap, Pat
         Ok(r) => r,
         Err(e) => return internal(e),
     };
-    let views = cards.into_iter().enumerate().map(|(index, c)| card_view(index, c.card)).collect();
+    let apps = match Launchable::load(&s).await {
+        Ok(a) => a,
+        Err(e) => return internal(e),
+    };
+    let views = cards.into_iter().enumerate().map(|(index, c)| card_view(index, c, &apps)).collect();
     let fragment = CardsFragment { csrf: sess.csrf.clone(), reference, cards: views, problems, services };
     match fragment.render() {
         Ok(html) => {
@@ -919,24 +980,14 @@ pub(crate) async fn launch_from_card(State(s): State<Shared>, headers: HeaderMap
     if link.app_context.as_ref().is_some_and(|c| c.len() > MAX_APP_CONTEXT) {
         return refuse(format!("The card hands the app more than {MAX_APP_CONTEXT} characters of context."));
     }
-    let norm = |u: &str| u.trim_end_matches('/').to_string();
-    let matching: Vec<auth::model::Client> = match auth::registry::list_clients(s.store.as_ref()).await {
-        Ok(all) => all.into_iter().filter(|c| !c.disabled && !c.self_registered && c.launch_url.as_deref().map(norm) == Some(norm(&link.url))).collect(),
+    let apps = match Launchable::load(&s).await {
+        Ok(a) => a,
         Err(e) => return internal(e),
     };
-    let client = match matching.as_slice() {
-        [one] => one.clone(),
-        [] => return refuse(format!("No registered app opens at {}.", plain(&link.url))),
-        _ => return refuse(format!("Several registered apps open at {}: which one is meant cannot be told.", plain(&link.url))),
+    let client = match apps.app_for(&shown_card.endpoint, &link.url) {
+        Ok(c) => c.clone(),
+        Err(why) => return refuse(why),
     };
-    // The service's registration names the apps its cards may open (none named: any registered app).
-    let allowed = match endpoints(&s).await {
-        Ok(all) => all.into_iter().find(|e| e.id == shown_card.endpoint).is_some_and(|e| e.apps.is_empty() || e.apps.contains(&client.client_id)),
-        Err(e) => return internal(e),
-    };
-    if !allowed {
-        return refuse(format!("This decision-support service may not open {}.", client.name));
-    }
     let context = LaunchContext {
         client_id: Some(client.client_id.clone()),
         username: Some(sess.user.username.clone()),

@@ -437,6 +437,10 @@ async fn orders_page(s: &Shared, sess: &Session, id: &str, status: StatusCode, e
         Ok(x) => x,
         Err(e) => return internal(e),
     };
+    let apps = match cds::Launchable::load(s).await {
+        Ok(a) => a,
+        Err(e) => return internal(e),
+    };
     let drafts = session
         .drafts
         .iter()
@@ -472,7 +476,7 @@ async fn orders_page(s: &Shared, sess: &Session, id: &str, status: StatusCode, e
                     reasons: c.card.override_reasons.iter().enumerate().map(|(n, r)| (n, cds_plain(r.display.as_deref().unwrap_or(&r.code)))).collect(),
                     blocking: sign && outcome.is_none() && c.card.indicator != "info",
                     outcome,
-                    card: cds::card_view(i, c.card),
+                    card: cds::card_view(i, c, &apps),
                 })
                 .collect();
             let title = if sign { "Before signing" } else { "On the order just chosen" };

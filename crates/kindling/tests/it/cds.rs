@@ -59,6 +59,7 @@ async fn a_card_in_the_chart_opens_the_reference_app_on_its_topic() {
     assert!(cards.contains("cds-warning") && cards.contains(">Warning:</span> Raised blood pressure"), "{cards}");
     assert!(cards.contains("<strong>162/98 mmHg</strong>"), "the detail's Markdown, rendered: {cards}");
     assert!(cards.contains("Source: Kindling reference app: blood pressure check"), "{cards}");
+    assert!(cards.contains("Opens Patient summary (reference app)"), "the button names the app it opens: {cards}");
     // The card's SMART link: the reference app, launched on this patient with the card's appContext.
     let launch = [("csrf", field(&cards, "csrf")), ("ref", field(&cards, "ref")), ("card", field(&cards, "card")), ("link", field(&cards, "link"))];
     let pairs: Vec<(&str, &str)> = launch.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -115,7 +116,8 @@ async fn echo(
     seen.lock().unwrap().push((auth, body));
     axum::Json(
         json!({"cards": [{"summary": format!("{n} conditions prefetched"), "indicator": "info", "source": {"label": "Echo", "url": "https://echo.example/about"},
-        "detail": "Plain <b>text</b> only", "links": [{"label": "About echo", "url": "https://echo.example/", "type": "absolute"}, {"label": "Bad", "url": "javascript:alert(1)", "type": "absolute"}]}]}),
+        "detail": "Plain <b>text</b> only", "links": [{"label": "About echo", "url": "https://echo.example/", "type": "absolute"}, {"label": "Bad", "url": "javascript:alert(1)", "type": "absolute"},
+            {"label": "Open Unknown", "url": "https://unknown.example/launch", "type": "smart"}]}]}),
     )
 }
 
@@ -192,6 +194,12 @@ async fn hook_calls_are_signed_prefetched_under_the_users_rights_and_bounded_in_
     assert!(cards.contains("conditions prefetched"), "{cards}");
     assert!(cards.contains("Plain &lt;b&gt;text&lt;/b&gt; only"), "{cards}");
     assert!(cards.contains("href=\"https://echo.example/\"") && !cards.contains("javascript:"), "{cards}");
+    // A SMART link no registered app answers: the button says so and cannot be pressed.
+    assert!(
+        cards
+            .contains("type=\"submit\" disabled>Open Unknown</button> <span class=\"muted\">No registered app opens at https://unknown.example/launch.</span>"),
+        "{cards}"
+    );
     // Each faulty one is named in plain words; the chart goes on.
     assert!(cards.contains("slow did not answer within 2.5 seconds"), "{cards}");
     assert!(cards.contains("broken failed (HTTP 500)"), "{cards}");

@@ -225,10 +225,12 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
         ehr::cds::register(&app.auth, &e).await.unwrap();
     }
     let (base, seen) = order_service().await;
+    // A registration whose URL carries a query string (a tenant, say): each service's and feedback's
+    // address keeps it after its own path.
     let endpoint = ehr::cds::CdsEndpoint {
         id: "spec-orders".into(),
         name: "Spec orders".into(),
-        url: base.clone(),
+        url: format!("{base}?tenant=t1"),
         disabled: false,
         apps: Vec::new(),
         client_id: None,
@@ -261,7 +263,7 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
     assert_eq!(body["prefetch"]["patient"]["id"], patient);
     let jwks: Value = app.client.get(format!("{}/auth/jwks", root(&app))).send().await.unwrap().json().await.unwrap();
     let now = fhir::time::unix_ms(fhir::time::Clock::now(&*app.clock)) / 1000;
-    client::cds::verify_request_jwt(authorization.strip_prefix("Bearer ").unwrap(), &jwks, &app.base, &format!("{base}/select"), now).unwrap();
+    client::cds::verify_request_jwt(authorization.strip_prefix("Bearer ").unwrap(), &jwks, &app.base, &format!("{base}/select?tenant=t1"), now).unwrap();
     // order-sign: the critical card holds the signing until it is overridden.
     let sign = format!("{orders}/sign");
     assert_eq!(post_form(&app, &cookie, &sign, &csrf, &[]).await.0, 303);
@@ -327,8 +329,11 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
     );
     assert!(fhir::time::parse_date_range(overridden["outcomeTimestamp"].as_str().unwrap()).is_some());
     let jwt = feedback[0].0.strip_prefix("Bearer ").unwrap();
-    client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/sign/feedback"), now).unwrap();
-    assert!(client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/sign"), now).is_err(), "feedback's token is for the feedback URL");
+    client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/sign/feedback?tenant=t1"), now).unwrap();
+    assert!(
+        client::cds::verify_request_jwt(jwt, &jwks, &app.base, &format!("{base}/sign?tenant=t1"), now).is_err(),
+        "feedback's token is for the feedback URL"
+    );
 
     // Cards shown, then the registration pointed at another address: a clinician's answer to those cards
     // (and its comment) is not sent there, nor to the old one.
@@ -336,7 +341,7 @@ async fn order_hooks_carry_the_drafts_and_feedback_reaches_the_service() {
     assert_eq!(post_form(&app, &cookie, &sign, &csrf, &[]).await.0, 303);
     let (_, html) = page(&app, &orders, &cookie).await;
     let reference = field(&html, "ref");
-    ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { url: format!("{base}/moved"), ..endpoint.clone() }).await.unwrap();
+    ehr::cds::register(&app.auth, &ehr::cds::CdsEndpoint { url: format!("{base}/moved?tenant=t1"), ..endpoint.clone() }).await.unwrap();
     let answer = [("ref", reference.as_str()), ("card", "0"), ("action", "override"), ("reason", "0"), ("comment", "Repeat today")];
     assert_eq!(post_form(&app, &cookie, &cards, &csrf, &answer).await.0, 303);
     let audit = audited(&app, "cds-feedback", 4).await;
