@@ -68,7 +68,8 @@ pub fn condition(code: &str) -> usize {
     CONDITIONS.iter().position(|c| c.0 == code).unwrap_or_else(|| panic!("unknown condition {code}"))
 }
 
-/// (RxNorm code, display, dosage text)
+/// (RxNorm code, display, dosage text): adult products and doses. Children under 12 get their own
+/// ([`CHILD_MEDICATIONS`]), dosed by weight.
 pub const MEDICATIONS: &[(&str, &str, &str)] = &[
     ("314076", "lisinopril 10 MG Oral Tablet", "1 tablet by mouth once daily"),
     ("860975", "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet", "1 tablet by mouth twice daily with meals"),
@@ -77,11 +78,22 @@ pub const MEDICATIONS: &[(&str, &str, &str)] = &[
     ("312938", "sertraline 100 MG Oral Tablet", "1 tablet by mouth once daily"),
     ("855332", "warfarin sodium 5 MG Oral Tablet", "1 tablet by mouth once daily; adjust to INR"),
     ("313782", "acetaminophen 325 MG Oral Tablet", "2 tablets by mouth every 6 hours as needed"),
-    ("834061", "penicillin V potassium 500 MG Oral Tablet", "1 tablet by mouth every 6 hours for 10 days"),
-    ("311989", "nitrofurantoin 100 MG Oral Capsule", "1 capsule by mouth twice daily for 5 days"),
+    ("834102", "penicillin V potassium 500 MG Oral Tablet", "1 tablet by mouth twice daily for 10 days"),
+    ("311995", "nitrofurantoin, macrocrystals 50 MG Oral Capsule", "1 capsule by mouth four times daily for 7 days"),
     ("243670", "aspirin 81 MG Oral Tablet", "1 tablet by mouth once daily"),
-    ("308182", "amoxicillin 250 MG Oral Capsule", "1 capsule by mouth three times daily for 10 days"),
+    ("308182", "amoxicillin 250 MG Oral Capsule", "2 capsules by mouth three times daily for 10 days"),
     ("197806", "ibuprofen 600 MG Oral Tablet", "1 tablet by mouth every 8 hours as needed for pain"),
+];
+
+/// What a child from 2 to 11 years old is given instead of [`MEDICATIONS`]`[i]`: (adult index, RxNorm
+/// code, display, mg per unit, mg per kg per dose, most units per dose, dosage text with `{n}` for the
+/// units per dose). Under 2, a sick visit ends without a prescription (supportive care; watchful waiting
+/// for otitis media).
+pub const CHILD_MEDICATIONS: &[(usize, &str, &str, f64, f64, u32, &str)] = &[
+    (6, "282464", "acetaminophen 160 MG Oral Tablet", 160.0, 15.0, 3, "{n} tablet(s) by mouth every 6 hours as needed; at most 4 doses a day"),
+    (7, "834061", "penicillin V potassium 250 MG Oral Tablet", 250.0, 12.5, 2, "{n} tablet(s) by mouth twice daily for 10 days"),
+    (10, "308182", "amoxicillin 250 MG Oral Capsule", 250.0, 40.0, 4, "{n} capsule(s) by mouth twice daily for 10 days"),
+    (11, "198405", "ibuprofen 100 MG Oral Tablet", 100.0, 10.0, 4, "{n} tablet(s) by mouth every 8 hours as needed for pain"),
 ];
 
 /// Medicines given in hospital, as shared `Medication` resources: (id, RxNorm code, display, dosage text)

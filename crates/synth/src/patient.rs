@@ -703,22 +703,50 @@ impl Gen {
     /// medicines that are still active, once for a short course.
     fn prescribe(&mut self, enc: &Enc, m: usize, reason: &str, long_term: bool) -> String {
         let (rx, display, dosage) = MEDICATIONS[m];
+        self.prescribe_product(enc, (rx, display, dosage), reason, long_term)
+    }
+
+    /// What a sick visit prescribes for MEDICATIONS[m] at the patient's age: the adult product from 12
+    /// years, a child's product dosed by weight from 2 ([`CHILD_MEDICATIONS`]), nothing under 2.
+    fn acute_product(&self, day: Date, m: usize) -> Option<(&'static str, &'static str, String)> {
+        let age = self.age_at(day);
+        if age >= 12.0 {
+            let (rx, display, dosage) = MEDICATIONS[m];
+            return Some((rx, display, dosage.to_string()));
+        }
+        if age < 2.0 {
+            return None;
+        }
+        let &(_, rx, display, mg_per_unit, mg_per_kg, most, dosage) = CHILD_MEDICATIONS.iter().find(|c| c.0 == m)?;
+        // The weight the growth tables give this child (its own centile), without drawing from the stream.
+        let weight = growth::at(growth::median_weight(age, self.male), growth::WEIGHT_SD, self.z_weight);
+        let units = ((weight * mg_per_kg / mg_per_unit).floor() as u32).clamp(1, most);
+        Some((rx, display, dosage.replace("{n}", &units.to_string())))
+    }
+
+    fn prescribe_product(&mut self, enc: &Enc, product: (&str, &str, &str), reason: &str, long_term: bool) -> String {
+        let (rx, display, dosage) = product;
         let id = self.id("medrx");
         let frequency = if dosage.contains("twice") {
             2
         } else if dosage.contains("three times") {
             3
-        } else if dosage.contains("every 6 hours") {
+        } else if dosage.contains("four times") || dosage.contains("every 6 hours") {
             4
         } else if dosage.contains("every 8 hours") {
             3
         } else {
             1
         };
+        // A short course lasts what its dosage says ("for 7 days"), else ten days; it is active until then.
+        let course: i64 = dosage.split("for ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(10);
+        let active = long_term || enc.start.date() + Duration::days(course) > self.today;
+        let per_dose: i64 = dosage.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+        let route = if display.contains("Inhaler") { cc(SNOMED, "447694001", "Respiratory tract route") } else { cc(SNOMED, "26643006", "Oral route") };
         self.put(json!({
             "resourceType": "MedicationRequest", "id": id,
             "identifier": [{"system": ORDER_SYSTEM, "value": format!("RX{}", 500_000 + self.counter * 7 + self.n * 10_007)}],
-            "status": if long_term { "active" } else { "completed" },
+            "status": if active { "active" } else { "completed" },
             "intent": "order",
             "category": [cc("http://terminology.hl7.org/CodeSystem/medicationrequest-category", if long_term { "community" } else { "outpatient" }, if long_term { "Community" } else { "Outpatient" })],
             "reportedBoolean": false,
@@ -728,8 +756,8 @@ impl Gen {
             "authoredOn": enc.at(15),
             "requester": named_reference("Practitioner", &practitioner_id(enc.clinician), &clinician_name(enc.clinician)),
             "reasonReference": [reference("Condition", reason)],
-            "dosageInstruction": [{"text": dosage, "timing": {"repeat": {"frequency": frequency, "period": 1, "periodUnit": "d"}}, "route": cc(SNOMED, "26643006", "Oral route")}],
-            "dispenseRequest": {"numberOfRepeatsAllowed": if long_term { 3 } else { 0 }, "expectedSupplyDuration": {"value": if long_term { 90 } else { 10 }, "unit": "days", "system": UCUM, "code": "d"}}
+            "dosageInstruction": [{"text": dosage, "timing": {"repeat": {"frequency": frequency, "period": 1, "periodUnit": "d"}}, "route": route}],
+            "dispenseRequest": {"numberOfRepeatsAllowed": if long_term { 3 } else { 0 }, "expectedSupplyDuration": {"value": if long_term { 90 } else { course }, "unit": "days", "system": UCUM, "code": "d"}}
         }));
         // Fills: a short course once; a long-term medicine every 90 days within the year it covers.
         let fills = if long_term { 4 } else { 1 };
@@ -740,13 +768,13 @@ impl Gen {
             }
             let did = self.id("dispense");
             let handed = PrimitiveDateTime::new(when, Time::from_hms(17, 30, 0).unwrap_or(Time::MIDNIGHT));
-            let days = if long_term { 90 } else { 10 };
+            let days = if long_term { 90 } else { course };
             let (quantity, form, form_code) = if display.contains("Inhaler") {
                 (days / 30, "inhaler", "MDINHL")
             } else if display.contains("Capsule") {
-                (frequency * days, "capsule", "CAP")
+                (frequency * days * per_dose, "capsule", "CAP")
             } else {
-                (frequency * days * if dosage.starts_with("2 tablets") { 2 } else { 1 }, "tablet", "TAB")
+                (frequency * days * per_dose, "tablet", "TAB")
             };
             self.put(json!({
                 "resourceType": "MedicationDispense", "id": did, "status": "completed",
@@ -810,8 +838,8 @@ impl Gen {
                 "reasonReference": [reference("Condition", cid)]
             }));
         }
-        if let Some(m) = med {
-            self.prescribe(enc, m, cid, false);
+        if let Some((rx, display, dosage)) = med.and_then(|m| self.acute_product(enc.start.date(), m)) {
+            self.prescribe_product(enc, (rx, display, &dosage), cid, false);
         }
     }
 

@@ -271,3 +271,52 @@ fn groups_hold_the_panel_and_the_diabetes_registry() {
         }
     }
 }
+
+/// Every prescription is dosed for the patient it was written for: no tablet or capsule for a child under
+/// two, children's products by weight from two to eleven (acetaminophen at most 15 mg/kg a dose, 75 a
+/// day; ibuprofen at most 10 mg/kg a dose), an inhaler inhaled, and a short course active while it lasts.
+#[test]
+fn prescriptions_are_dosed_for_the_patients_age_and_weight() {
+    let bundles = generate(&opts(60));
+    let (mut children, mut courses) = (0, 0);
+    for b in &bundles[1..] {
+        let rs: Vec<&Value> = b["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+        let birth = day(rs[0]["birthDate"].as_str().unwrap());
+        let weights: Vec<(Date, f64)> =
+            rs.iter().filter(|r| code(r) == "29463-7").map(|r| (day(r["effectiveDateTime"].as_str().unwrap()), quantity(r))).collect();
+        for m in rs.iter().filter(|r| r["resourceType"] == "MedicationRequest" && r["medicationCodeableConcept"].is_object()) {
+            let written = day(m["authoredOn"].as_str().unwrap());
+            let age = (written - birth).whole_days() as f64 / 365.25;
+            let coding = &m["medicationCodeableConcept"]["coding"][0];
+            let (rx, display) = (coding["code"].as_str().unwrap(), coding["display"].as_str().unwrap());
+            let text = m["dosageInstruction"][0]["text"].as_str().unwrap();
+            let known = MEDICATIONS.iter().map(|(c, d, _)| (*c, *d)).chain(CHILD_MEDICATIONS.iter().map(|c| (c.1, c.2))).any(|p| p == (rx, display));
+            assert!(known, "{rx} {display}: one code, one product");
+            let route = m["dosageInstruction"][0]["route"]["coding"][0]["display"].as_str().unwrap();
+            assert_eq!(route == "Respiratory tract route", display.contains("Inhaler"), "{display} by {route}");
+            assert!(age >= 2.0 || m["category"][0]["coding"][0]["code"] == "community", "a sick visit's {display} for a child of {age:.1}");
+            if m["category"][0]["coding"][0]["code"] == "outpatient" {
+                courses += 1;
+                let days = m["dispenseRequest"]["expectedSupplyDuration"]["value"].as_i64().unwrap();
+                let running = written + time::Duration::days(days) > today();
+                assert_eq!(m["status"] == "active", running, "{display} written {written} for {days} days: {}", m["status"]);
+            }
+            if age >= 12.0 || m["category"][0]["coding"][0]["code"] != "outpatient" {
+                continue;
+            }
+            children += 1;
+            assert!(CHILD_MEDICATIONS.iter().any(|c| c.1 == rx), "a child of {age:.1} given the adult {display}");
+            // The nearest weight measured (each sick visit weighs the child).
+            let kg = weights.iter().min_by_key(|(d, _)| (*d - written).whole_days().abs()).map(|w| w.1).unwrap();
+            let units: f64 = text.split(' ').next().unwrap().parse().unwrap();
+            let mg = units * CHILD_MEDICATIONS.iter().find(|c| c.1 == rx).unwrap().3;
+            match rx {
+                "282464" => assert!(mg / kg <= 17.0 && mg * 4.0 / kg <= 75.0, "acetaminophen {mg} mg for {kg} kg"),
+                "198405" => assert!(mg / kg <= 11.0, "ibuprofen {mg} mg for {kg} kg"),
+                "308182" => assert!(mg * 2.0 / kg <= 95.0, "amoxicillin {mg} mg twice daily for {kg} kg"),
+                _ => {}
+            }
+        }
+    }
+    assert!(children > 0 && courses > children, "children's prescriptions {children}, short courses {courses}");
+}
