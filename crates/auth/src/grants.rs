@@ -62,6 +62,15 @@ pub async fn remember_consent(store: &dyn AuthStore, username: &str, client_id: 
 const TOKENS: &[&str] = &["refresh", "access"];
 const TOKENS_AND_CODES: &[&str] = &["refresh", "access", "code"];
 
+/// Whether a grant whose only unexpired record was just spent counts: for what is revoked it does (a
+/// refresh token or code being exchanged at that moment is about to become new tokens), for what is shown
+/// it does not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spent {
+    Counted,
+    Skipped,
+}
+
 /// The user's grants with a live record of one of `kinds`, by client: (grant ids, newest access expiry, a
 /// scope).
 async fn live_grants(
@@ -69,8 +78,9 @@ async fn live_grants(
     username: &str,
     now: i64,
     kinds: &[&str],
+    spent: Spent,
 ) -> Result<BTreeMap<String, (Vec<String>, Option<i64>, String)>, StoreError> {
-    live_grants_where(store, now, kinds, |g| g.username.as_deref() == Some(username)).await
+    live_grants_where(store, now, kinds, spent, |g| g.username.as_deref() == Some(username)).await
 }
 
 /// The grants `of` picks with a live record of one of `kinds`, by client: (grant ids, newest access
@@ -80,12 +90,13 @@ async fn live_grants_where(
     store: &dyn AuthStore,
     now: i64,
     kinds: &[&str],
+    spent: Spent,
     of: impl Fn(&Grant) -> bool,
 ) -> Result<BTreeMap<String, (Vec<String>, Option<i64>, String)>, StoreError> {
     let mut out: BTreeMap<String, (Vec<String>, Option<i64>, String)> = BTreeMap::new();
     for &kind in kinds {
         for (_, r) in store.auth_list(kind).await? {
-            if r.revoked || r.used || r.expires.is_some_and(|e| e <= now) {
+            if r.revoked || (r.used && spent == Spent::Skipped) || r.expires.is_some_and(|e| e <= now) {
                 continue;
             }
             let Ok(g) = serde_json::from_str::<Grant>(&r.value) else { continue };
@@ -123,7 +134,7 @@ pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> 
             },
         );
     }
-    for (client_id, (grants, until, scope)) in live_grants(store, username, now, TOKENS).await? {
+    for (client_id, (grants, until, scope)) in live_grants(store, username, now, TOKENS, Spent::Skipped).await? {
         let app = apps.entry(client_id.clone()).or_insert_with(|| ConnectedApp {
             client_id: client_id.clone(),
             name: client_id.clone(),
@@ -152,7 +163,7 @@ pub async fn connected_apps(store: &dyn AuthStore, username: &str, now: i64) -> 
 pub async fn withdraw(s: &crate::Shared, username: &str, client_id: &str) -> Result<usize, StoreError> {
     let store = s.store.as_ref();
     store.auth_delete(CONSENT, &consent_key(username, client_id)).await?;
-    let grant_ids = live_grants(store, username, s.now_ms(), TOKENS_AND_CODES).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
+    let grant_ids = live_grants(store, username, s.now_ms(), TOKENS_AND_CODES, Spent::Counted).await?.remove(client_id).map(|g| g.0).unwrap_or_default();
     for id in &grant_ids {
         s.revoke_grant(id).await?;
     }
@@ -178,7 +189,7 @@ pub fn in_plain_words(scope: &str) -> Vec<String> {
 /// grants were revoked.
 pub async fn revoke_all(s: &crate::Shared, username: &str) -> Result<usize, StoreError> {
     let mut n = 0;
-    for (_, (grants, _, _)) in live_grants(s.store.as_ref(), username, s.now_ms(), TOKENS_AND_CODES).await? {
+    for (_, (grants, _, _)) in live_grants(s.store.as_ref(), username, s.now_ms(), TOKENS_AND_CODES, Spent::Counted).await? {
         for id in grants {
             s.revoke_grant(&id).await?;
             n += 1;
@@ -190,5 +201,5 @@ pub async fn revoke_all(s: &crate::Shared, username: &str) -> Result<usize, Stor
 /// The grants of `client_id` that still have a live token or an unused code, whoever they were issued
 /// for (users, and the app itself for backend services).
 pub async fn of_client(store: &dyn AuthStore, client_id: &str, now: i64) -> Result<Vec<String>, StoreError> {
-    Ok(live_grants_where(store, now, TOKENS_AND_CODES, |g| g.client_id == client_id).await?.remove(client_id).map(|g| g.0).unwrap_or_default())
+    Ok(live_grants_where(store, now, TOKENS_AND_CODES, Spent::Counted, |g| g.client_id == client_id).await?.remove(client_id).map(|g| g.0).unwrap_or_default())
 }

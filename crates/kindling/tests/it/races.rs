@@ -94,3 +94,22 @@ async fn a_patients_write_racing_a_reassignment_never_lands_on_another_patients_
         assert_eq!(now["subject"]["reference"], json!(format!("Patient/{}", f.p2)), "round {round}: the patient's write ({status}) landed on another record");
     }
 }
+
+/// Withdrawing an app while its refresh token is being spent: the token is already marked used and the
+/// access token has expired, so the grant has no unspent live record. It is revoked all the same (the
+/// refresh in flight then finds the revocation and stores nothing that works).
+#[tokio::test]
+async fn a_withdrawal_while_a_refresh_is_in_flight_still_revokes_the_grant() {
+    let f = fixture().await;
+    let app = &f.app;
+    let (t, _) = doc_tokens(&f, "openid fhirUser offline_access user/*.rs").await;
+    let record = app.auth.store.auth_get("access", &auth::crypto::token_key(t["access_token"].as_str().unwrap())).await.unwrap().unwrap();
+    let grant = record.grant_id.unwrap();
+    app.clock.advance(time::Duration::seconds(app.auth.config.access_token_secs + 1));
+    // The refresh in flight: its token spent, its new tokens not stored yet.
+    let spent = app.auth.store.auth_consume("refresh", &auth::crypto::token_key(t["refresh_token"].as_str().unwrap())).await.unwrap();
+    assert!(spent.is_some_and(|r| !r.used));
+    let withdrawn = auth::grants::withdraw(&app.auth, "doc", crate::smart_flows::PUBLIC).await.unwrap();
+    assert_eq!(withdrawn, 1, "the grant being refreshed is withdrawn too");
+    assert!(app.auth.grant_revoked(&grant).await.unwrap());
+}
