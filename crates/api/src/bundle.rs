@@ -22,6 +22,7 @@ use fhir::types::is_known_type;
 use serde_json::Value;
 use smart::Interaction;
 use std::collections::HashMap;
+use store::Precondition;
 use store::Transaction;
 
 /// The most entries a transaction or batch Bundle posted to the API may carry (a 413 beyond).
@@ -527,6 +528,15 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
         }
     };
     let keys: Vec<Option<(String, String)>> = (0..requests.len()).map(identity).collect();
+    // FHIR: a transaction whose entries (conditional ones resolved) name one resource twice fails.
+    let mut named = std::collections::HashSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        if let Some((ty, id)) = k
+            && !named.insert(k)
+        {
+            return Err(entry_error(i, ApiError::bad_request(format!("{ty}/{id} is written by more than one entry of this transaction"))));
+        }
+    }
     order.sort_by(|&a, &b| (requests[a].method, &keys[a]).cmp(&(requests[b].method, &keys[b])));
     let mut outcomes: Vec<Option<Outcome>> = (0..requests.len()).map(|_| None).collect();
     let mut gets = Vec::new();
@@ -538,7 +548,7 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
             outcomes[i] = Some(done);
             continue;
         }
-        check_entry(state, access, &mut *tx, &requests[i]).await.map_err(|e| entry_error(i, e))?;
+        let judged = check_entry(state, access, &mut *tx, &requests[i]).await.map_err(|e| entry_error(i, e))?;
         let r = &mut requests[i];
         let (ty, id, query) = {
             let (t, id, q) = r.target();
@@ -554,7 +564,10 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                 _ => Err(ApiError::bad_request(format!("'{}' is not a valid PATCH URL (Type/id)", r.url))),
             },
             Method::Delete => match (id, query) {
-                (Some(id), None) => ops::delete(&mut *tx, &ty, &id, r.if_match).await,
+                (Some(id), None) => match pinned_write(r.if_match, judged) {
+                    Ok(p) => pin_failed_is_contention(ops::delete_with(&mut *tx, &ty, &id, p).await, judged, r.if_match),
+                    Err(e) => Err(e),
+                },
                 (None, Some(q)) => ops::conditional_delete(state, &mut *tx, &ty, &q).await,
                 _ => Err(ApiError::bad_request(format!("'{}' is not a valid DELETE URL", r.url))),
             },
@@ -575,11 +588,12 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                     }
                     (None, None) => return Err(entry_error(i, ApiError::bad_request("PUT needs Type/id or Type?criteria"))),
                 };
-                let pin = pinned.remove(&i);
-                match ops::update(state, &mut *tx, &ty, &id, body, r.if_match.or(pin)).await {
-                    // The match changed after it was found (no If-Match of the client's): run again.
-                    Err(e) if pin.is_some() && r.if_match.is_none() && e.status == StatusCode::PRECONDITION_FAILED => Err(changed_meanwhile()),
-                    result => result,
+                // Pinned to the version a conditional update's search found, or to what the token's
+                // judgement saw: a change meanwhile (no If-Match of the client's) runs the Bundle again.
+                let judged = pinned.remove(&i).map(Precondition::Version).or(judged);
+                match pinned_write(r.if_match, judged) {
+                    Ok(p) => pin_failed_is_contention(ops::update_with(state, &mut *tx, &ty, &id, body, p).await, judged, r.if_match),
+                    Err(e) => Err(e),
                 }
             }
         };
@@ -654,45 +668,79 @@ fn conditional_reference_types(v: &Value) -> Vec<String> {
 }
 
 /// Checks a write entry against the request's access (reads are checked when they run).
-async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction, r: &Request) -> ApiResult<()> {
+/// Judges an entry under the token. For a `PUT` or `DELETE` of `Type/id`, returns what the judgement saw
+/// (the version, or the resource's absence): the write is pinned to it (see [`pinned_write`]), so a
+/// resource reassigned between the check and the write (PostgreSQL reads committed data) is never written
+/// unjudged.
+async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction, r: &Request) -> ApiResult<Option<Precondition>> {
     if matches!(access, Access::Open) {
-        return Ok(());
+        return Ok(None);
     }
     let (ty, id, query) = r.target();
     let empty = Value::Null;
     let body = r.resource.as_ref().unwrap_or(&empty);
     match (r.method, id, query) {
-        (Method::Get, _, _) => Ok(()),
-        (Method::Post, _, _) => access.check_resource(state, Interaction::Create, ty, "", None, Content::Parsed(body)).await,
+        (Method::Get, _, _) => Ok(None),
+        (Method::Post, _, _) => access.check_resource(state, Interaction::Create, ty, "", None, Content::Parsed(body)).await.map(|_| None),
         (Method::Put | Method::Delete, _, Some(_)) => {
-            access.check_type_wide(ty, if r.method == Method::Put { Interaction::Update } else { Interaction::Delete })
+            access.check_type_wide(ty, if r.method == Method::Put { Interaction::Update } else { Interaction::Delete }).map(|_| None)
         }
         (Method::Put, Some(id), None) => {
             access.check_resource(state, Interaction::Update, ty, id, None, Content::Parsed(body)).await?;
             match tx.read(ty, id).await? {
                 // Replacing a deleted resource continues its history: its last live version is judged, as
                 // the REST update does.
-                Some(current) if current.deleted => match state.store.vread(ty, id, current.version - 1).await? {
-                    Some(last) => rest::check_version_for(state, access, Interaction::Update, &last).await,
-                    None => access.check_type_wide(ty, Interaction::Update),
-                },
-                Some(existing) => rest::check_stored(state, access, Interaction::Update, &existing).await,
-                None => Ok(()),
+                Some(current) if current.deleted => {
+                    match state.store.vread(ty, id, current.version - 1).await? {
+                        Some(last) => rest::check_version_for(state, access, Interaction::Update, &last).await?,
+                        None => access.check_type_wide(ty, Interaction::Update)?,
+                    }
+                    Ok(Some(Precondition::Absent))
+                }
+                Some(existing) => {
+                    rest::check_stored(state, access, Interaction::Update, &existing).await?;
+                    Ok(Some(Precondition::Version(existing.version)))
+                }
+                None => Ok(Some(Precondition::Absent)),
             }
         }
         // The resource before and after is judged where the patch is applied (`rest::patch_in`).
         (Method::Patch, Some(id), None) => {
             access.check_any(ty, Interaction::Update)?;
-            access.check_patient_id(ty, id, Interaction::Update)
+            access.check_patient_id(ty, id, Interaction::Update).map(|_| None)
         }
         (Method::Delete, Some(id), None) => {
             access.check_patient_id(ty, id, Interaction::Delete)?;
             match tx.read(ty, id).await?.filter(|e| !e.deleted) {
-                Some(existing) => rest::check_stored(state, access, Interaction::Delete, &existing).await,
-                None => access.check_any(ty, Interaction::Delete),
+                Some(existing) => {
+                    rest::check_stored(state, access, Interaction::Delete, &existing).await?;
+                    Ok(Some(Precondition::Version(existing.version)))
+                }
+                None => {
+                    access.check_any(ty, Interaction::Delete)?;
+                    Ok(Some(Precondition::Absent))
+                }
             }
         }
-        _ => Ok(()),
+        _ => Ok(None),
+    }
+}
+
+/// The precondition of an entry's write: the client's `If-Match`, pinned to what its judgement saw. A
+/// pin that fails without an `If-Match` of the client's means the resource changed meanwhile: contention
+/// (a transaction runs again; a batch entry answers 409, to be sent again).
+fn pinned_write(if_match: Option<i64>, judged: Option<Precondition>) -> ApiResult<Precondition> {
+    match judged {
+        Some(j) => rest::pinned(if_match, j),
+        None => Ok(if_match.map_or(Precondition::None, Precondition::Version)),
+    }
+}
+
+/// A write's result, with a failed pin of the server's own (not the client's `If-Match`) as contention.
+fn pin_failed_is_contention(result: ApiResult<Outcome>, judged: Option<Precondition>, if_match: Option<i64>) -> ApiResult<Outcome> {
+    match result {
+        Err(e) if judged.is_some() && if_match.is_none() && e.status == StatusCode::PRECONDITION_FAILED => Err(changed_meanwhile()),
+        other => other,
     }
 }
 
@@ -797,17 +845,21 @@ async fn batch_write(state: &AppState, access: &Access, r: Request) -> ApiResult
     };
     check_conditionals(access, std::slice::from_ref(&r))?;
     let mut tx = state.store.begin().await?;
-    check_entry(state, access, &mut *tx, &r).await?;
+    let judged = check_entry(state, access, &mut *tx, &r).await?;
     let post = matches!(r.method, Method::Post);
     let outcome = match r.method {
         Method::Delete => match (id, query) {
-            (Some(id), None) => ops::delete(&mut *tx, &ty, &id, r.if_match).await?,
+            (Some(id), None) => pin_failed_is_contention(ops::delete_with(&mut *tx, &ty, &id, pinned_write(r.if_match, judged)?).await, judged, r.if_match)?,
             (None, Some(q)) => ops::conditional_delete(state, &mut *tx, &ty, &q).await?,
             _ => return Err(ApiError::bad_request(format!("'{}' is not a valid DELETE URL", r.url))),
         },
         Method::Post => ops::create(state, &mut *tx, &ty, r.resource.unwrap_or(Value::Null), r.if_none_exist.as_deref(), None).await?,
         Method::Put => match (id, query) {
-            (Some(id), None) => ops::update(state, &mut *tx, &ty, &id, r.resource.unwrap_or(Value::Null), r.if_match).await?,
+            (Some(id), None) => pin_failed_is_contention(
+                ops::update_with(state, &mut *tx, &ty, &id, r.resource.unwrap_or(Value::Null), pinned_write(r.if_match, judged)?).await,
+                judged,
+                r.if_match,
+            )?,
             (None, Some(q)) => ops::conditional_update(state, &mut *tx, &ty, &q, r.resource.unwrap_or(Value::Null)).await?,
             _ => return Err(ApiError::bad_request(format!("'{}' is not a valid PUT URL", r.url))),
         },

@@ -232,7 +232,8 @@ pub async fn conditional_update(state: &AppState, tx: &mut dyn Transaction, reso
                 let mut body = body.clone();
                 body["id"] = Value::String(existing.id.clone());
                 match update(state, tx, resource_type, &existing.id, body, Some(existing.version)).await {
-                    Err(e) if e.status == StatusCode::PRECONDITION_FAILED || e.status == StatusCode::CONFLICT => continue,
+                    // Only the pin's own refusal (no SQL error: the transaction is still usable) is retried.
+                    Err(e) if e.status == StatusCode::PRECONDITION_FAILED => continue,
                     result => return result,
                 }
             }

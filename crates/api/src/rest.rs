@@ -433,7 +433,7 @@ const PINNED_TRIES: usize = 3;
 
 /// The precondition of a write judged on `judged` (the version the token's rules were checked on, or the
 /// resource's absence): the client's `If-Match` must name that same version.
-fn pinned(if_match: Option<i64>, judged: Precondition) -> ApiResult<Precondition> {
+pub(crate) fn pinned(if_match: Option<i64>, judged: Precondition) -> ApiResult<Precondition> {
     match (if_match, judged) {
         (Some(v), Precondition::Version(seen)) if v == seen => Ok(judged),
         (Some(v), _) => Err(store::StoreError::Conflict(format!("expected version {v}, but it is not the current version")).into()),

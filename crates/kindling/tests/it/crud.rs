@@ -492,14 +492,23 @@ async fn json_patch_entries_in_transactions_and_batches() {
 
     // A failed test fails the whole transaction; nothing of it stays.
     let failing = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry(json!([{"op": "replace", "path": "/gender", "value": "other"}])),
         {"resource": {"resourceType": "Practitioner", "name": [{"family": "Never"}]}, "request": {"method": "POST", "url": "Practitioner"}},
-        entry(json!([{"op": "test", "path": "/gender", "value": "male"}])),
+        entry(json!([{"op": "replace", "path": "/gender", "value": "other"}, {"op": "test", "path": "/gender", "value": "male"}])),
     ]});
     let r = app.post_json("", &failing).await;
     assert_eq!(r.status(), 422);
     assert_eq!(app.get_json(&format!("Patient/{id}")).await.1["gender"], "female");
     assert_eq!(app.get_json("Practitioner?family=Never").await.1["total"], 0);
+    // Two entries writing one resource: the transaction fails (FHIR), whatever they would do.
+    let twice = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(json!([{"op": "replace", "path": "/gender", "value": "other"}])),
+        entry(json!([{"op": "replace", "path": "/gender", "value": "male"}])),
+    ]});
+    let r = app.post_json("", &twice).await;
+    assert_eq!(r.status(), 400);
+    let outcome: serde_json::Value = r.json().await.unwrap();
+    assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("is written by more than one entry"), "{outcome}");
+    assert_eq!(app.get_json(&format!("Patient/{id}")).await.1["gender"], "female");
 
     // A PATCH entry whose Binary is not a JSON Patch is refused (415) before anything runs.
     let other = json!({"resourceType": "Bundle", "type": "batch", "entry": [
