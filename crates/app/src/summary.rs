@@ -278,9 +278,12 @@ fn vital_charts(b: &Bundle) -> Vec<VitalChart> {
         if points.is_empty() {
             continue;
         }
+        // One axis, one unit: only the readings in the latest reading's unit (a weight in lb among kg would
+        // be drawn as if it were kg).
+        let unit = points.first().map(|p| p.2.clone()).unwrap_or_default();
+        points.retain(|p| p.2 == unit);
         points.truncate(12);
         points.reverse(); // oldest first
-        let unit = points.last().map(|p| p.2.clone()).unwrap_or_default();
         let recent: Vec<(String, Vec<Option<f64>>)> = points.into_iter().map(|(d, v, _)| (d, v)).collect();
         let (last_day, last) = recent.last().cloned().unwrap_or_default();
         let shown: Vec<String> =
@@ -317,14 +320,17 @@ fn lab_row(o: &Observation) -> Lab {
         .unwrap_or_default();
     let interpretation = o.interpretation.first().and_then(|i| i.coding.first()).and_then(|c| c.code.clone()).unwrap_or_default();
     // A bound (`<5`, `>600`) is flagged only where it settles it: `>600` is above a high of 99, `<5` is not.
-    let (up, down) = match q.and_then(|q| q.comparator.as_deref()) {
+    let comparator = q.and_then(|q| q.comparator.as_deref());
+    let (up, down) = match comparator {
         None => (true, true),
         Some(">" | ">=") => (true, false),
         Some(_) => (false, true),
     };
+    let bound = matches!(comparator, Some(">" | "<"));
     let computed = match (q.and_then(|q| q.value), o.reference_range.first()) {
-        (Some(v), Some(r)) if up && r.high.as_ref().and_then(|h| h.value).is_some_and(|h| v > h) => "H",
-        (Some(v), Some(r)) if down && r.low.as_ref().and_then(|l| l.value).is_some_and(|l| v < l) => "L",
+        // `>99` against a high of 99 is above it; an exact 99 is not.
+        (Some(v), Some(r)) if up && r.high.as_ref().and_then(|h| h.value).is_some_and(|h| v > h || (bound && v >= h)) => "H",
+        (Some(v), Some(r)) if down && r.low.as_ref().and_then(|l| l.value).is_some_and(|l| v < l || (bound && v <= l)) => "L",
         _ => "",
     };
     let flag = match if interpretation.is_empty() { computed } else { interpretation.as_str() } {

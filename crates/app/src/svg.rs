@@ -21,8 +21,16 @@ pub fn trend(title: &str, unit: &str, series: &[&str], points: &[(String, Vec<Op
         hi += 1.0;
     }
     let span = hi - lo;
-    let n = points.len().max(2) - 1;
-    let x = |i: usize| PAD_L + (W - PAD_L - 8.0) * (i as f64) / (n as f64);
+    // Points sit where their dates are (a gap of a year looks like one); by order when a date cannot be read.
+    let days: Option<Vec<i64>> = points.iter().map(|(d, _)| civil_day(d)).collect();
+    let position: Vec<f64> = match days.filter(|d| d.len() > 1 && d.last() > d.first()) {
+        Some(d) => d.iter().map(|v| (v - d[0]) as f64 / (d[d.len() - 1] - d[0]) as f64).collect(),
+        None => {
+            let n = points.len().max(2) - 1;
+            (0..points.len()).map(|i| i as f64 / n as f64).collect()
+        }
+    };
+    let x = |i: usize| PAD_L + (W - PAD_L - 8.0) * position[i];
     let y = |v: f64| 6.0 + (H - PAD_B - 12.0) * (1.0 - (v - lo) / span);
     let count = points.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     let colours = ["#1f5fa8", "#b3541e"];
@@ -59,9 +67,43 @@ pub fn trend(title: &str, unit: &str, series: &[&str], points: &[(String, Vec<Op
     )
 }
 
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date (the civil calendar), `None` when it is not one.
+fn civil_day(date: &str) -> Option<i64> {
+    let mut parts = date.get(..10)?.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_sit_where_their_dates_are() {
+        assert_eq!(civil_day("1970-01-01"), Some(0));
+        assert_eq!(civil_day("2000-03-01"), Some(11_017));
+        assert_eq!(civil_day("2024-02-29"), Some(19_782));
+        assert_eq!(civil_day("2024-13-01"), None);
+        // Three readings: two a month apart, the third ten months later. The middle point is near the left.
+        let svg = trend(
+            "Weight",
+            "kg",
+            &[],
+            &[("2025-01-01".into(), vec![Some(70.0)]), ("2025-02-01".into(), vec![Some(71.0)]), ("2025-12-01".into(), vec![Some(72.0)])],
+        );
+        let xs: Vec<f64> = svg.split("<circle cx=\"").skip(1).map(|c| c[..c.find('"').unwrap()].parse().unwrap()).collect();
+        assert_eq!(xs.len(), 3);
+        assert!((xs[1] - xs[0]) < (xs[2] - xs[0]) / 5.0, "{xs:?}");
+    }
 
     #[test]
     fn charts_are_labelled_and_scaled() {

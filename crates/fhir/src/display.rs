@@ -126,10 +126,12 @@ pub fn is_result(status: Option<&str>) -> bool {
     !matches!(status, Some("entered-in-error" | "cancelled" | "registered"))
 }
 
-/// The code of the first coding of a CodeableConcept (JSON) in `system`, or of any coding when `system`
-/// is `None`, whatever its position.
+/// The code of the coding of a CodeableConcept (JSON) in `system`, else of one without a system (and a
+/// code), wherever they sit.
 fn code_in<'a>(concept: &'a Value, system: &str) -> Option<&'a str> {
-    concept["coding"].as_array()?.iter().find(|c| c["system"] == system || c["system"].is_null()).and_then(|c| c["code"].as_str())
+    let codings = concept["coding"].as_array()?;
+    let code = |pick: &dyn Fn(&Value) -> bool| codings.iter().filter(|c| pick(c)).find_map(|c| c["code"].as_str());
+    code(&|c| c["system"] == system).or_else(|| code(&|c| c["system"].is_null()))
 }
 
 /// How an allergy is listed, from its clinical and verification status codes: `None` for one entered in
@@ -192,7 +194,7 @@ pub fn age(birth: &str, today: time::Date) -> Option<String> {
         return match days {
             ..0 => None,
             0..31 if months == 0 => Some(format!("{days} d")),
-            0..91 => Some(format!("{} wk", days / 7)),
+            0..91 if months < 3 => Some(format!("{} wk", days / 7)),
             _ => Some(format!("{months} mo")),
         };
     }
@@ -247,6 +249,7 @@ mod tests {
         assert_eq!(age("2026-11-16", date!(2026 - 12 - 07)).as_deref(), Some("21 d"));
         assert_eq!(age("2026-12-07", date!(2026 - 12 - 07)).as_deref(), Some("0 d"));
         assert_eq!(age("2026-10-01", date!(2026 - 12 - 07)).as_deref(), Some("9 wk"));
+        assert_eq!(age("2026-09-07", date!(2026 - 12 - 07)).as_deref(), Some("3 mo"), "three months, not 13 weeks");
         assert_eq!(age("2025-12-08", date!(2026 - 12 - 07)).as_deref(), Some("11 mo"));
         assert_eq!(age("2024-12-08", date!(2026 - 12 - 07)).as_deref(), Some("23 mo"));
         assert_eq!(age("2024-12-07", date!(2026 - 12 - 07)).as_deref(), Some("2 y"));
@@ -262,7 +265,7 @@ mod tests {
         assert_eq!(allergy_note(Some("resolved"), Some("confirmed")), Some("no longer active"));
         assert_eq!(allergy_note(Some("active"), Some("unconfirmed")), Some("unconfirmed"));
         let a = json!({"clinicalStatus": {"coding": [{"system": "urn:other", "code": "x"}, {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]},
-            "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "refuted"}]}});
+            "verificationStatus": {"coding": [{"display": "Refuted"}, {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "refuted"}]}});
         assert_eq!(allergy_note_of(&a), None, "found by system, not position");
     }
 
