@@ -258,8 +258,11 @@ impl Gen {
             15 => picks.push(("49436004", 1.0, 70.0)),
             _ => {}
         }
+        // The pregnant patient is not given hypertension: its medicine here is lisinopril, which is not for
+        // pregnancy.
+        let expecting = !self.male && self.n % 25 == PREGNANT;
         for (code, p, youngest) in picks {
-            if !self.rng.chance(p) || self.problems.iter().any(|q| CONDITIONS[q.cond].0 == code) {
+            if !self.rng.chance(p) || self.problems.iter().any(|q| CONDITIONS[q.cond].0 == code) || (expecting && code == "38341003") {
                 continue;
             }
             let earliest = (self.birth + Duration::days((youngest * YEAR) as i64)).max(self.today - Duration::days((20.0 * YEAR) as i64));
@@ -1131,12 +1134,20 @@ impl Gen {
             None => {
                 r["lotNumber"] = json!(format!("{}{:05}", ["EK", "FH", "U7", "Y3"][self.counter % 4], self.rng.below(100_000)));
                 r["expirationDate"] = json!(date_str(enc.start.date() + Duration::days(self.rng.range(120, 600))));
-                r["site"] = if self.age_at(enc.start.date()) < 3.0 {
-                    cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LT", "left thigh")
-                } else {
-                    cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LA", "left arm")
+                // By the vaccine: rotavirus is swallowed (no site), MMR and varicella go under the skin.
+                const ROUTE: &str = "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration";
+                r["route"] = match cvx {
+                    "119" => cc(ROUTE, "PO", "Swallow, oral"),
+                    "03" | "21" => cc(ROUTE, "SQ", "Injection, subcutaneous"),
+                    _ => cc(ROUTE, "IM", "Injection, intramuscular"),
                 };
-                r["route"] = cc("http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration", "IM", "Injection, intramuscular");
+                if cvx != "119" {
+                    r["site"] = if self.age_at(enc.start.date()) < 3.0 {
+                        cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LT", "left thigh")
+                    } else {
+                        cc("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LA", "left arm")
+                    };
+                }
             }
         }
         self.put(r);

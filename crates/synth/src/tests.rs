@@ -320,3 +320,30 @@ fn prescriptions_are_dosed_for_the_patients_age_and_weight() {
     }
     assert!(children > 0 && courses > children, "children's prescriptions {children}, short courses {courses}");
 }
+
+/// Vaccines by their route (rotavirus swallowed, MMR and varicella under the skin), and no ACE inhibitor
+/// for a pregnant patient.
+#[test]
+fn routes_and_contraindications() {
+    let bundles = generate(&opts(60));
+    let mut seen = BTreeSet::new();
+    for b in &bundles[1..] {
+        let rs: Vec<&Value> = b["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+        for imm in rs.iter().filter(|r| r["resourceType"] == "Immunization" && r["status"] == "completed") {
+            let cvx = imm["vaccineCode"]["coding"][0]["code"].as_str().unwrap();
+            let route = imm["route"]["coding"][0]["code"].as_str().unwrap();
+            let expected = match cvx {
+                "119" => "PO",
+                "03" | "21" => "SQ",
+                _ => "IM",
+            };
+            assert_eq!(route, expected, "CVX {cvx}");
+            assert_eq!(imm["site"].is_object(), route != "PO", "CVX {cvx}: a site only where it is injected");
+            seen.insert(route.to_string());
+        }
+        let pregnant = rs.iter().any(|r| r["resourceType"] == "Condition" && code(r) == "72892002");
+        let ace = rs.iter().any(|r| r["resourceType"] == "MedicationRequest" && r["medicationCodeableConcept"]["coding"][0]["code"] == "314076");
+        assert!(!(pregnant && ace), "lisinopril for a pregnant patient");
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
