@@ -718,8 +718,9 @@ mod tests {
         .await;
         // Each audit commit writes its row's pages and those of the table's indexes (8 KiB pages): about
         // 800 MiB go through this log (all of it stays when the log is never started over), and up to
-        // ~100 MiB of it between two rounds of the checkpoint thread.
-        assert!(data < 256 << 20, "the data file's log grew to {} MiB of the ~800 MiB written through it", data >> 20);
+        // ~100 MiB of it between two rounds of the checkpoint thread; on a machine busy with other tests the
+        // thread runs later (305 MiB seen in CI), so the bound is well above that and well below 800.
+        assert!(data < 480 << 20, "the data file's log grew to {} MiB of the ~800 MiB written through it", data >> 20);
     }
 
     /// Eight writers without a pause, 2,500 records of 6,000 bytes each through `write` (a cell and
