@@ -148,6 +148,15 @@ pub(crate) async fn issue_tokens(
         s.audit("token").grant(&grant).refused().record("the grant was revoked while its tokens were issued; they are revoked too");
         return Err(OAuthError::invalid_grant("the grant was revoked"));
     }
+    // The user's account disabled since the code was made (disabling revokes the grants it finds, and a
+    // code stored at that moment may be missed): nothing issued for it works.
+    if let Some(username) = &grant.username
+        && crate::registry::get_user(s.store.as_ref(), username).await?.is_none()
+    {
+        s.revoke_grant(&grant.grant_id).await?;
+        s.audit("token").grant(&grant).refused().record("the user's account is disabled or removed; the tokens are revoked");
+        return Err(OAuthError::invalid_grant("the user's account is disabled"));
+    }
     tracing::info!(client = %client.client_id, user = ?grant.username, patient = ?grant.patient, "tokens issued");
     let refresh_note = match (&refresh, body.get("refresh_token").is_some()) {
         (Refresh::New, true) => "a new refresh token",

@@ -113,3 +113,23 @@ async fn a_withdrawal_while_a_refresh_is_in_flight_still_revokes_the_grant() {
     assert_eq!(withdrawn, 1, "the grant being refreshed is withdrawn too");
     assert!(app.auth.grant_revoked(&grant).await.unwrap());
 }
+
+/// An account disabled between the consent that made a code and the code's exchange (disabling revokes
+/// the grants it finds; a code stored at that moment may be missed): the exchange is refused.
+#[tokio::test]
+async fn a_code_made_for_an_account_disabled_since_buys_nothing() {
+    use crate::smart_flows::{Auth, PUBLIC, code, consent, exchange, login};
+    let f = fixture().await;
+    let app = &f.app;
+    let a = Auth::new(app, PUBLIC, "openid fhirUser user/*.rs");
+    let page = login(app, &a.browser, a.start(app).await, "doc", "doc-pass").await;
+    let r = if page.status() == 303 { page } else { consent(app, &a.browser, page, true, &[], &[]).await };
+    let c = code(app, &a, &r);
+    // Disabled as the code was stored: the account record changes, the sweep found nothing to revoke.
+    let mut user: Value = serde_json::from_str(&app.auth.store.auth_get("user", "doc").await.unwrap().unwrap().value).unwrap();
+    user["disabled"] = json!(true);
+    app.auth.store.auth_put("user", "doc", &user.to_string(), None, None).await.unwrap();
+    let r = exchange(app, PUBLIC, &c, &a.verifier).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+}
