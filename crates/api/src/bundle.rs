@@ -457,6 +457,17 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
     let mut pinned: HashMap<usize, i64> = HashMap::new();
     for (i, r) in requests.iter().enumerate() {
         let (ty, id, query) = r.target();
+        // A conditional DELETE's match is found now too, so that no other entry writes it (see below).
+        if let (Method::Delete, None, Some(criteria)) = (r.method, id, query) {
+            let q = ops::conditional_query(state, ty, criteria).map_err(|e| entry_error(i, e))?;
+            let keys = tx.search(&q).await?;
+            if let [one] = keys.as_slice()
+                && let Some(found) = tx.fetch(&[*one]).await?.into_iter().next().filter(|e| !e.deleted)
+            {
+                assigned.insert(i, found.id);
+            }
+            continue;
+        }
         if !matches!(r.method, Method::Post | Method::Put) {
             continue;
         }
@@ -560,12 +571,17 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                 continue;
             }
             Method::Patch => match (id, query) {
-                (Some(id), None) => rest::patch_in(state, access, &mut *tx, &ty, &id, r.resource.as_ref().unwrap_or(&Value::Null), r.if_match).await,
+                // Applied to the version read: a change since (no If-Match of the client's) runs the Bundle again.
+                (Some(id), None) => pin_failed_is_contention(
+                    rest::patch_in(state, access, &mut *tx, &ty, &id, r.resource.as_ref().unwrap_or(&Value::Null), r.if_match).await,
+                    true,
+                    r.if_match,
+                ),
                 _ => Err(ApiError::bad_request(format!("'{}' is not a valid PATCH URL (Type/id)", r.url))),
             },
             Method::Delete => match (id, query) {
                 (Some(id), None) => match pinned_write(r.if_match, judged) {
-                    Ok(p) => pin_failed_is_contention(ops::delete_with(&mut *tx, &ty, &id, p).await, judged, r.if_match),
+                    Ok(p) => pin_failed_is_contention(ops::delete_with(&mut *tx, &ty, &id, p).await, judged.is_some(), r.if_match),
                     Err(e) => Err(e),
                 },
                 (None, Some(q)) => ops::conditional_delete(state, &mut *tx, &ty, &q).await,
@@ -592,7 +608,7 @@ async fn apply_transaction(state: &AppState, access: &Access, tx: &mut dyn Trans
                 // judgement saw: a change meanwhile (no If-Match of the client's) runs the Bundle again.
                 let judged = pinned.remove(&i).map(Precondition::Version).or(judged);
                 match pinned_write(r.if_match, judged) {
-                    Ok(p) => pin_failed_is_contention(ops::update_with(state, &mut *tx, &ty, &id, body, p).await, judged, r.if_match),
+                    Ok(p) => pin_failed_is_contention(ops::update_with(state, &mut *tx, &ty, &id, body, p).await, judged.is_some(), r.if_match),
                     Err(e) => Err(e),
                 }
             }
@@ -736,10 +752,11 @@ fn pinned_write(if_match: Option<i64>, judged: Option<Precondition>) -> ApiResul
     }
 }
 
-/// A write's result, with a failed pin of the server's own (not the client's `If-Match`) as contention.
-fn pin_failed_is_contention(result: ApiResult<Outcome>, judged: Option<Precondition>, if_match: Option<i64>) -> ApiResult<Outcome> {
+/// A write's result, with a failed pin of the server's own (`pinned`: the server pinned the write; not the
+/// client's `If-Match`) as contention.
+fn pin_failed_is_contention(result: ApiResult<Outcome>, pinned: bool, if_match: Option<i64>) -> ApiResult<Outcome> {
     match result {
-        Err(e) if judged.is_some() && if_match.is_none() && e.status == StatusCode::PRECONDITION_FAILED => Err(changed_meanwhile()),
+        Err(e) if pinned && if_match.is_none() && e.status == StatusCode::PRECONDITION_FAILED => Err(changed_meanwhile()),
         other => other,
     }
 }
@@ -849,7 +866,9 @@ async fn batch_write(state: &AppState, access: &Access, r: Request) -> ApiResult
     let post = matches!(r.method, Method::Post);
     let outcome = match r.method {
         Method::Delete => match (id, query) {
-            (Some(id), None) => pin_failed_is_contention(ops::delete_with(&mut *tx, &ty, &id, pinned_write(r.if_match, judged)?).await, judged, r.if_match)?,
+            (Some(id), None) => {
+                pin_failed_is_contention(ops::delete_with(&mut *tx, &ty, &id, pinned_write(r.if_match, judged)?).await, judged.is_some(), r.if_match)?
+            }
             (None, Some(q)) => ops::conditional_delete(state, &mut *tx, &ty, &q).await?,
             _ => return Err(ApiError::bad_request(format!("'{}' is not a valid DELETE URL", r.url))),
         },
@@ -857,14 +876,18 @@ async fn batch_write(state: &AppState, access: &Access, r: Request) -> ApiResult
         Method::Put => match (id, query) {
             (Some(id), None) => pin_failed_is_contention(
                 ops::update_with(state, &mut *tx, &ty, &id, r.resource.unwrap_or(Value::Null), pinned_write(r.if_match, judged)?).await,
-                judged,
+                judged.is_some(),
                 r.if_match,
             )?,
             (None, Some(q)) => ops::conditional_update(state, &mut *tx, &ty, &q, r.resource.unwrap_or(Value::Null)).await?,
             _ => return Err(ApiError::bad_request(format!("'{}' is not a valid PUT URL", r.url))),
         },
         Method::Patch => match (id, query) {
-            (Some(id), None) => rest::patch_in(state, access, &mut *tx, &ty, &id, r.resource.as_ref().unwrap_or(&Value::Null), r.if_match).await?,
+            (Some(id), None) => pin_failed_is_contention(
+                rest::patch_in(state, access, &mut *tx, &ty, &id, r.resource.as_ref().unwrap_or(&Value::Null), r.if_match).await,
+                true,
+                r.if_match,
+            )?,
             _ => return Err(ApiError::bad_request(format!("'{}' is not a valid PATCH URL (Type/id)", r.url))),
         },
         Method::Get => {

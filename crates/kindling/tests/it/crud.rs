@@ -509,6 +509,14 @@ async fn json_patch_entries_in_transactions_and_batches() {
     let outcome: serde_json::Value = r.json().await.unwrap();
     assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("is written by more than one entry"), "{outcome}");
     assert_eq!(app.get_json(&format!("Patient/{id}")).await.1["gender"], "female");
+    // A conditional DELETE's match counts: deleting and writing back one resource in one transaction fails.
+    let (_, patient) = app.get_json(&format!("Patient/{id}")).await;
+    let both = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": format!("Patient?_id={id}")}},
+        {"resource": patient, "request": {"method": "PUT", "url": format!("Patient/{id}")}},
+    ]});
+    assert_eq!(app.post_json("", &both).await.status(), 400);
+    assert_eq!(app.get_json(&format!("Patient/{id}")).await.0, 200, "nothing of it ran");
 
     // A PATCH entry whose Binary is not a JSON Patch is refused (415) before anything runs.
     let other = json!({"resourceType": "Bundle", "type": "batch", "entry": [
