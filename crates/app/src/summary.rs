@@ -239,6 +239,12 @@ fn number(v: f64) -> String {
     display::number(v)
 }
 
+/// What a Quantity's unit is, to compare two of them: its UCUM code when it has one ("beats/minute" and
+/// "/min" written as `/min` are one unit), else its printed form.
+fn unit_key(q: &Quantity) -> String {
+    q.code.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| unit_of(q))
+}
+
 /// A Quantity's unit as people print it (`mm[Hg]` → mmHg, `Cel` → °C).
 fn unit_of(q: &Quantity) -> String {
     display::unit(q.unit.as_deref(), q.code.as_deref())
@@ -259,19 +265,19 @@ fn vital_charts(b: &Bundle) -> Vec<VitalChart> {
     for (codes, title) in VITALS {
         let blood_pressure = *codes == BLOOD_PRESSURE_PANELS;
         // Newest first, as searched; each point's series by code (systolic, diastolic), a missing one empty.
-        let mut points: Vec<(String, Vec<Option<f64>>, String)> = obs
+        let mut points: Vec<(String, Vec<Option<f64>>, String, String)> = obs
             .iter()
             .filter(|o| is_vital(o, codes) && display::is_result(o.status.as_deref()))
             .filter_map(|o| {
                 let when = day(&o.effective_date_time);
                 if blood_pressure {
                     let (sys, dia) = (component(o, SYSTOLIC), component(o, DIASTOLIC));
-                    let unit = sys.or(dia).map(unit_of).unwrap_or_default();
+                    let (unit, key) = sys.or(dia).map(|q| (unit_of(q), unit_key(q))).unwrap_or_default();
                     let values = vec![sys.and_then(|q| q.value), dia.and_then(|q| q.value)];
-                    values.iter().any(Option::is_some).then_some((when, values, unit))
+                    values.iter().any(Option::is_some).then_some((when, values, unit, key))
                 } else {
                     let q = o.value_quantity.as_ref()?;
-                    Some((when, vec![Some(q.value?)], unit_of(q)))
+                    Some((when, vec![Some(q.value?)], unit_of(q), unit_key(q)))
                 }
             })
             .collect();
@@ -280,11 +286,11 @@ fn vital_charts(b: &Bundle) -> Vec<VitalChart> {
         }
         // One axis, one unit: only the readings in the latest reading's unit (a weight in lb among kg would
         // be drawn as if it were kg).
-        let unit = points.first().map(|p| p.2.clone()).unwrap_or_default();
-        points.retain(|p| p.2 == unit);
+        let (unit, key) = points.first().map(|p| (p.2.clone(), p.3.clone())).unwrap_or_default();
+        points.retain(|p| p.3 == key);
         points.truncate(12);
         points.reverse(); // oldest first
-        let recent: Vec<(String, Vec<Option<f64>>)> = points.into_iter().map(|(d, v, _)| (d, v)).collect();
+        let recent: Vec<(String, Vec<Option<f64>>)> = points.into_iter().map(|(d, v, _, _)| (d, v)).collect();
         let (last_day, last) = recent.last().cloned().unwrap_or_default();
         let shown: Vec<String> =
             last.iter().map(|v| v.map(|v| if blood_pressure { format!("{v:.0}") } else { number(v) }).unwrap_or_else(|| "—".into())).collect();
@@ -342,4 +348,34 @@ fn lab_row(o: &Observation) -> Lab {
         _ => "",
     };
     Lab { name: o.code.as_ref().map(|c| c.display()).unwrap_or_default(), value, range, flag: flag.into(), date: day(&o.effective_date_time) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vital(code: &str, when: &str, value: f64, unit: &str, ucum: &str) -> serde_json::Value {
+        json!({"fullUrl": format!("urn:{when}"), "search": {"mode": "match"}, "resource": {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": code}]}, "effectiveDateTime": when,
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": ucum}}})
+    }
+
+    /// A trend is drawn in one unit: readings in another are left out, but the same UCUM unit written in
+    /// other words is the same unit.
+    #[test]
+    fn a_trend_keeps_the_readings_in_the_latest_unit() {
+        let bundle: Bundle = serde_json::from_value(json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+            vital("8867-4", "2026-03-01", 72.0, "beats/minute", "/min"),
+            vital("8867-4", "2026-02-01", 70.0, "/min", "/min"),
+            vital("29463-7", "2026-03-01", 80.0, "kg", "kg"),
+            vital("29463-7", "2026-02-01", 180.0, "lb", "[lb_av]"),
+        ]}))
+        .unwrap();
+        let charts = vital_charts(&bundle);
+        let chart = |title: &str| charts.iter().find(|c| c.title == title).unwrap();
+        assert_eq!(chart("Heart rate").svg.matches("<circle").count(), 2, "one unit in two spellings");
+        assert_eq!(chart("Weight").svg.matches("<circle").count(), 1, "180 lb is not drawn as 180 kg");
+        assert!(chart("Weight").latest.starts_with("80 kg"), "{}", chart("Weight").latest);
+    }
 }
