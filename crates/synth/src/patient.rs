@@ -1315,6 +1315,10 @@ impl Gen {
                     mean *= 0.8;
                 }
             }
+            // Anaemia on the problem list shows in the blood count: mild to moderate, below the range.
+            if lab.code == HEMOGLOBIN.code && self.active_at("271737000", day) {
+                mean = if self.male { 11.8 } else { 10.4 };
+            }
             if diabetic && lab.code == A1C.code {
                 mean = 7.6;
                 sd = 0.7;

@@ -347,3 +347,26 @@ fn routes_and_contraindications() {
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+/// A patient with anaemia on the problem list has the haemoglobin to show for it.
+#[test]
+fn anaemia_shows_in_the_blood_count() {
+    let bundles = generate(&opts(120));
+    let mut anaemic = 0;
+    for b in &bundles[1..] {
+        let rs: Vec<&Value> = b["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+        let Some(onset) = rs.iter().find(|r| r["resourceType"] == "Condition" && code(r) == "271737000").map(|c| day(c["onsetDateTime"].as_str().unwrap()))
+        else {
+            continue;
+        };
+        let male = rs[0]["gender"] == "male";
+        let after: Vec<f64> = rs.iter().filter(|r| code(r) == "718-7" && day(r["effectiveDateTime"].as_str().unwrap()) >= onset).map(|r| quantity(r)).collect();
+        if after.is_empty() {
+            continue;
+        }
+        anaemic += 1;
+        let mean = after.iter().sum::<f64>() / after.len() as f64;
+        assert!(mean < if male { 13.5 } else { 12.0 }, "haemoglobin {after:?} with anaemia");
+    }
+    assert!(anaemic > 0, "an anaemic patient with a blood count");
+}
