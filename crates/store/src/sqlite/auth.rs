@@ -174,6 +174,9 @@ pub(crate) struct Pending {
 }
 
 const MAX_GROUP: usize = 512;
+/// Under concurrent writers, a group smaller than this waits `LINGER_MICROS` once for more to join it.
+const LINGER_BELOW: usize = 8;
+const LINGER_MICROS: u64 = 150;
 
 fn apply(c: &Connection, w: &AuthWrite) -> rusqlite::Result<bool> {
     match w {
@@ -219,6 +222,7 @@ fn commit_group(conn: &Connection, group: &[Pending]) -> Vec<Result<bool>> {
 fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pending> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
     let started = std::thread::Builder::new().name("sqlite-auth-writes".into()).spawn(move || {
+        let mut last_group = 0;
         while let Some(first) = rx.blocking_recv() {
             // What arrived while the previous group was written (or while this thread woke up) joins
             // this group. Writes used to go straight to a free writer, each in a commit of its own: at
@@ -226,12 +230,23 @@ fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pen
             // about 16 writes and a token cost 32-37 KiB (22 KiB since the auth file has 4 KiB pages).
             let conn = writer.blocking_lock();
             let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(p) => group.push(p),
-                    Err(_) => break,
+            let drain = |group: &mut Vec<Pending>, rx: &mut mpsc::UnboundedReceiver<Pending>| {
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(p) => group.push(p),
+                        Err(_) => break,
+                    }
                 }
+            };
+            drain(&mut group, &mut rx);
+            // Under concurrent writers (the last group held several), a small group waits a moment for the
+            // writes on their way: a commit writes each page it touched whole, so a group of sixteen costs
+            // little more than a group of two. A lone writer never waits.
+            if group.len() < LINGER_BELOW && last_group > 1 {
+                std::thread::sleep(std::time::Duration::from_micros(LINGER_MICROS));
+                drain(&mut group, &mut rx);
             }
+            last_group = group.len();
             let results = commit_group(&conn, &group);
             drop(conn);
             for (p, r) in group.into_iter().zip(results) {
