@@ -228,7 +228,6 @@ fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pen
             // this group. Writes used to go straight to a free writer, each in a commit of its own: at
             // 32 clients a backend token cost 45 KiB of writes (WAL and checkpoint); queued, groups hold
             // about 16 writes and a token cost 32-37 KiB (22 KiB since the auth file has 4 KiB pages).
-            let conn = writer.blocking_lock();
             let mut group = vec![first];
             let drain = |group: &mut Vec<Pending>, rx: &mut mpsc::UnboundedReceiver<Pending>| {
                 while group.len() < MAX_GROUP {
@@ -241,11 +240,15 @@ fn spawn_queue(writer: Arc<AsyncMutex<Connection>>) -> mpsc::UnboundedSender<Pen
             drain(&mut group, &mut rx);
             // Under concurrent writers (the last group held several), a small group waits a moment for the
             // writes on their way: a commit writes each page it touched whole, so a group of sixteen costs
-            // little more than a group of two. A lone writer never waits.
+            // little more than a group of two. A lone writer never waits. The wait holds no lock: writers
+            // that go straight to the connection (spending a code) are not held up by it.
             if group.len() < LINGER_BELOW && last_group > 1 {
                 std::thread::sleep(std::time::Duration::from_micros(LINGER_MICROS));
                 drain(&mut group, &mut rx);
             }
+            // What arrived while the writer was busy joins too.
+            let conn = writer.blocking_lock();
+            drain(&mut group, &mut rx);
             last_group = group.len();
             let results = commit_group(&conn, &group);
             drop(conn);
