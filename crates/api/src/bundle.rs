@@ -703,22 +703,7 @@ async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction
         }
         (Method::Put, Some(id), None) => {
             access.check_resource(state, Interaction::Update, ty, id, None, Content::Parsed(body)).await?;
-            match tx.read(ty, id).await? {
-                // Replacing a deleted resource continues its history: its last live version is judged, as
-                // the REST update does.
-                Some(current) if current.deleted => {
-                    match state.store.vread(ty, id, current.version - 1).await? {
-                        Some(last) => rest::check_version_for(state, access, Interaction::Update, &last).await?,
-                        None => access.check_type_wide(ty, Interaction::Update)?,
-                    }
-                    Ok(Some(Precondition::Absent))
-                }
-                Some(existing) => {
-                    rest::check_stored(state, access, Interaction::Update, &existing).await?;
-                    Ok(Some(Precondition::Version(existing.version)))
-                }
-                None => Ok(Some(Precondition::Absent)),
-            }
+            rest::judge_replaced(state, access, ty, id, tx.read(ty, id).await?).await.map(Some)
         }
         // The resource before and after is judged where the patch is applied (`rest::patch_in`).
         (Method::Patch, Some(id), None) => {
@@ -727,16 +712,7 @@ async fn check_entry(state: &AppState, access: &Access, tx: &mut dyn Transaction
         }
         (Method::Delete, Some(id), None) => {
             access.check_patient_id(ty, id, Interaction::Delete)?;
-            match tx.read(ty, id).await?.filter(|e| !e.deleted) {
-                Some(existing) => {
-                    rest::check_stored(state, access, Interaction::Delete, &existing).await?;
-                    Ok(Some(Precondition::Version(existing.version)))
-                }
-                None => {
-                    access.check_any(ty, Interaction::Delete)?;
-                    Ok(Some(Precondition::Absent))
-                }
-            }
+            rest::judge_deleted(state, access, ty, tx.read(ty, id).await?).await.map(Some)
         }
         _ => Ok(None),
     }

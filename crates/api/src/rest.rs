@@ -398,21 +398,7 @@ pub async fn instance_update(
     for _ in 0..PINNED_TRIES {
         // The write is pinned to what was judged: a resource reassigned to another patient (or created)
         // between the check and the write is judged again, never overwritten unseen.
-        let judged = match state.store.read(&ty, &id).await? {
-            // Replacing a deleted resource would expose its history: judge its last live version.
-            Some(current) if current.deleted => {
-                match state.store.vread(&ty, &id, current.version - 1).await? {
-                    Some(last) => check_version_for(&state, &access, Interaction::Update, &last).await?,
-                    None => access.check_type_wide(&ty, Interaction::Update)?,
-                }
-                Precondition::Absent
-            }
-            Some(current) => {
-                check_stored(&state, &access, Interaction::Update, &current).await?;
-                Precondition::Version(current.version)
-            }
-            None => Precondition::Absent,
-        };
+        let judged = judge_replaced(&state, &access, &ty, &id, state.store.read(&ty, &id).await?).await?;
         let precondition = pinned(if_match, judged)?;
         let mut tx = state.store.begin().await?;
         match ops::update_with(&state, &mut *tx, &ty, &id, value.clone(), precondition).await {
@@ -430,6 +416,40 @@ pub async fn instance_update(
 /// How many times a PUT or DELETE judges the resource again when it changed between the check and the
 /// write.
 const PINNED_TRIES: usize = 3;
+
+/// Judges a PUT's replacement of `current` (the resource as read) under the token, and answers what the
+/// judgement saw: its version, or its absence. Replacing a deleted resource continues its history, so its
+/// last live version is judged.
+pub(crate) async fn judge_replaced(state: &AppState, access: &Access, ty: &str, id: &str, current: Option<StoredResource>) -> ApiResult<Precondition> {
+    match current {
+        Some(current) if current.deleted => {
+            match state.store.vread(ty, id, current.version - 1).await? {
+                Some(last) => check_version_for(state, access, Interaction::Update, &last).await?,
+                None => access.check_type_wide(ty, Interaction::Update)?,
+            }
+            Ok(Precondition::Absent)
+        }
+        Some(current) => {
+            check_stored(state, access, Interaction::Update, &current).await?;
+            Ok(Precondition::Version(current.version))
+        }
+        None => Ok(Precondition::Absent),
+    }
+}
+
+/// Judges a DELETE of `current` (as read) under the token, and answers what the judgement saw.
+pub(crate) async fn judge_deleted(state: &AppState, access: &Access, ty: &str, current: Option<StoredResource>) -> ApiResult<Precondition> {
+    match current.filter(|r| !r.deleted) {
+        Some(existing) => {
+            check_stored(state, access, Interaction::Delete, &existing).await?;
+            Ok(Precondition::Version(existing.version))
+        }
+        None => {
+            access.check_type_wide(ty, Interaction::Delete).or_else(|_| access.check_any(ty, Interaction::Delete))?;
+            Ok(Precondition::Absent)
+        }
+    }
+}
 
 /// The precondition of a write judged on `judged` (the version the token's rules were checked on, or the
 /// resource's absence): the client's `If-Match` must name that same version.
@@ -549,16 +569,7 @@ pub async fn instance_delete(
     }
     for _ in 0..PINNED_TRIES {
         // Pinned to what was judged, as a PUT is.
-        let judged = match state.store.read(&ty, &id).await?.filter(|r| !r.deleted) {
-            Some(existing) => {
-                check_stored(&state, &access, Interaction::Delete, &existing).await?;
-                Precondition::Version(existing.version)
-            }
-            None => {
-                access.check_type_wide(&ty, Interaction::Delete).or_else(|_| access.check_any(&ty, Interaction::Delete))?;
-                Precondition::Absent
-            }
-        };
+        let judged = judge_deleted(&state, &access, &ty, state.store.read(&ty, &id).await?).await?;
         let precondition = pinned(if_match, judged)?;
         let mut tx = state.store.begin().await?;
         match ops::delete_with(&mut *tx, &ty, &id, precondition).await {

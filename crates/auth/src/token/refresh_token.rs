@@ -27,14 +27,6 @@ pub(super) async fn exchange(s: &Shared, client: &Client, rt: &str, scope: Optio
     if record.used {
         return Err(reused(s, client, &grant).await);
     }
-    // The user's account disabled or removed since: their grants were revoked then; this also refuses a
-    // refresh that raced that revocation.
-    if let Some(username) = &grant.username
-        && crate::registry::get_user(s.store.as_ref(), username).await?.is_none()
-    {
-        s.audit("refresh").grant(&grant).refused().record("refused: the user's account is disabled or removed");
-        return Err(OAuthError::invalid_grant("the user's account is disabled"));
-    }
     if let Some(session) = &grant.session
         && !crate::session::is_live(s, session).await?
     {
